@@ -1,0 +1,5 @@
+"""``python -m postoffice`` runs the command-line interface."""
+
+from postoffice.cli import main
+
+raise SystemExit(main())

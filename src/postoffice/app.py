@@ -1,0 +1,130 @@
+"""The composition root: builds every part of the server from a :class:`Config` and runs it.
+
+Untrusted input seen here: none directly; this module wires the parts that see it.
+
+The flow (Postfix's split, as modules): SMTP sessions → spool (durable, then 250) → scheduler →
+delivery agents (Maildir for local mailboxes). Only :mod:`postoffice.cli` imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from postoffice.accounts import Accounts
+from postoffice.config import Config
+from postoffice.delivery.agent import DeliveryAgent
+from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.delivery.maildir import MaildirAgent
+from postoffice.net.server import BoundAddress, SmtpServer
+from postoffice.net.session import SessionObserver
+from postoffice.policy import Policy
+from postoffice.smtp.server import ServerSettings
+from postoffice.spool.envelope import Route
+from postoffice.spool.files import FileSpool
+from postoffice.spool.scheduler import Scheduler
+
+log = logging.getLogger("postoffice")
+
+
+def server_settings(config: Config) -> ServerSettings:
+    limits = config.limits
+    return ServerSettings(
+        hostname=config.hostname,
+        max_message_size=limits.message_size,
+        max_recipients=limits.recipients,
+        command_line_limit=limits.command_line,
+        text_line_limit=limits.text_line,
+        max_errors=limits.errors_per_session,
+    )
+
+
+class Application:
+    """Everything one ``postoffice serve`` process runs."""
+
+    def __init__(self, config: Config, *, observer: SessionObserver | None = None) -> None:
+        self.config = config
+        config.mail_dir.mkdir(parents=True, exist_ok=True)
+        self.accounts = Accounts(config.accounts_file)
+        self.spool = FileSpool(config.spool_dir)
+        agents: dict[Route, DeliveryAgent] = {
+            Route.LOCAL: MaildirAgent(config.mail_dir, self.spool, config.hostname),
+        }
+        self.scheduler = Scheduler(self.spool, agents)
+        self.smtp = SmtpServer(
+            settings=server_settings(config),
+            limits=config.limits,
+            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
+            spool=self.spool,
+            on_queued=self.scheduler.submit,
+            listeners=config.listeners,
+            observer=observer,
+        )
+
+    def _mailbox_ok(self, address: str) -> bool:
+        try:
+            mailbox_path(self.config.mail_dir, address)
+        except ValueError:
+            return False
+        return True
+
+    async def start(self) -> Sequence[BoundAddress]:
+        await self.scheduler.start()  # deliver what a previous run accepted but did not finish
+        return await self.smtp.start()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        await self.smtp.stop(grace)
+        await self.scheduler.stop()
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("postoffice")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
+    mode = (
+        "capture mode: every recipient is accepted, nothing is relayed"
+        if config.capture_mode
+        else ("mail server for " + ", ".join(config.domains))
+    )
+    print(f"postoffice {config.hostname}: {mode}", flush=True)
+    for address in bound:
+        print(f"listening {address}", flush=True)
+    print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
+    if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
+        log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
+
+
+async def _serve(config: Config) -> int:
+    app = Application(config)
+    try:
+        bound = await app.start()
+    except OSError as exc:
+        print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        await app.scheduler.stop()
+        return 1
+    _banner(config, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("event=shutdown")
+    await app.stop()
+    return 0
+
+
+def serve(config: Config) -> int:
+    """Run the server until SIGTERM/SIGINT; the exit code for the CLI."""
+    _configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_serve(config))
+    return 130

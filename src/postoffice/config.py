@@ -1,0 +1,644 @@
+"""Frozen, typed settings for postoffice, loaded from TOML.
+
+Untrusted input seen here: the configuration file and command-line overrides, written by the
+operator. A mistake is reported as one :class:`~postoffice.errors.ConfigError` line naming the
+file and the key, never as a traceback.
+
+Every limit below names its precedent (RFC section or Postfix default) next to its default.
+
+The TOML schema (every key optional; ``examples/postoffice.toml`` documents each one)::
+
+    hostname = "mail.example.com"        # our name in the greeting and Received: lines
+    data_dir = "/var/lib/postoffice"     # ~ expanded; relative to the config file's directory
+    domains = ["example.com"]            # local domains; none means capture mode
+    postmaster = "admin@example.com"
+    [listen]
+    smtp = ["127.0.0.1:2525", "[::1]:2525"]
+    [limits]                             # the fields of Limits, by name
+    message_size = "25MiB"               # sizes: integer octets or "512KiB", "10MB", "25MiB"
+    command_timeout = "5m"               # times: seconds, or "300s", "5m", "10min", "1h"
+
+Validation collects every problem (one :class:`ConfigError` per key) so ``check-config`` can
+list them all; :func:`load_config` raises the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import ipaddress
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from postoffice.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits for SMTP sessions; each is named in config under ``[limits]``."""
+
+    # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
+    command_line: int = 512
+    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF. 0 disables the check.
+    text_line: int = 1000
+    # RFC 1870 SIZE; 25 MiB is what large providers accept today (Postfix: 10 MB).
+    message_size: int = 25 * MiB
+    # RFC 5321 §4.5.3.1.8 requires at least 100; Postfix smtpd_recipient_limit is 1000.
+    recipients: int = 1000
+    # Total concurrent SMTP sessions across all listeners.
+    connections: int = 1000
+    # Postfix smtpd_client_connection_count_limit = 50; trusted networks are exempt.
+    connections_per_client: int = 50
+    # Postfix smtpd_hard_error_limit = 20: after this many error replies, 421 and close.
+    errors_per_session: int = 20
+    # RFC 5321 §4.5.3.2.7 server timeout: 5 minutes waiting for the next command.
+    command_timeout: float = 300.0
+    # RFC 5321 §4.5.3.2.5-6 client side (DATA block 3 min); we wait as long for each block.
+    data_block_timeout: float = 180.0
+    # RFC 5321 §4.5.3.2.6: DATA termination, 10 minutes for the whole message.
+    data_done_timeout: float = 600.0
+    # Postfix smtpd_client_event_limit_exceptions: clients exempt from per-client limits.
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address to listen on. ``kind`` is ``smtp`` (MX service); later kinds add TLS/AUTH."""
+
+    kind: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/postoffice`` (``~/.local/share/postoffice``), like other user daemons."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "postoffice"
+
+
+def default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server needs, resolved and validated."""
+
+    hostname: str = field(default_factory=default_hostname)
+    data_dir: Path = field(default_factory=default_data_dir)
+    listeners: tuple[Listener, ...] = (DEFAULT_SMTP_LISTENER,)
+    # Local domains, lower-case. Empty means capture mode: accept every recipient, relay nothing.
+    domains: tuple[str, ...] = ()
+    # Where postmaster@<local domain> and <postmaster> go (RFC 5321 §4.5.1); None: postmaster@<first domain>.
+    postmaster: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    # The file this came from, for messages; None when built from defaults and flags only.
+    source: Path | None = None
+
+    @property
+    def capture_mode(self) -> bool:
+        return not self.domains
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def accounts_file(self) -> Path:
+        return self.data_dir / "accounts.json"
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+
+# ---------------------------------------------------------------------------------------------
+# Names: domains, addresses, listener addresses
+# ---------------------------------------------------------------------------------------------
+
+# RFC 1035 §2.3.1 "preferred name syntax" as relaxed by RFC 1123 §2.1 (labels may start with a
+# digit): letters, digits and inner hyphens, 1 to 63 octets.
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# RFC 5321 §4.5.3.1.2: a domain is at most 255 octets; the dotted text form of that is 253.
+_MAX_DOMAIN_TEXT = 253
+# RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
+_MAX_LOCAL_PART = 64
+# RFC 5322 §3.2.3 atext, the characters of a dot-atom besides letters and digits.
+_ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def normalize_domain(name: str) -> str:
+    """Return ``name`` lower-cased if it is a valid domain name; raise ``ValueError`` if not.
+
+    Labels are LDH (RFC 1035/1123) or IDNA U-labels (RFC 5890), checked through their ASCII
+    form so the length limits hold on the wire. Address literals are not domain names.
+    """
+    if not name:
+        raise ValueError("empty domain name")
+    lowered = name.lower()
+    ascii_labels: list[str] = []
+    for label in lowered.split("."):
+        if not label:
+            raise ValueError(f"{name!r} has an empty label")
+        if label.isascii():
+            ascii_label = label
+        else:
+            try:
+                ascii_label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ValueError(f"{name!r}: {label!r} is not a valid internationalised label") from None
+        if not _LDH_LABEL.fullmatch(ascii_label):
+            raise ValueError(f"{name!r}: labels are letters, digits and inner hyphens, at most 63 characters")
+        ascii_labels.append(ascii_label)
+    if len(".".join(ascii_labels)) > _MAX_DOMAIN_TEXT:
+        raise ValueError(f"{name[:40]!r}...: longer than {_MAX_DOMAIN_TEXT} characters")
+    # RFC 3696 §2: a top-level domain is never all-numeric, which also keeps "10.0.0.1" out.
+    if ascii_labels[-1].isdigit():
+        raise ValueError(f"{name!r} is not a domain name (the last label is all digits)")
+    return lowered
+
+
+def _is_atext(char: str) -> bool:
+    if char.isascii():
+        return char.isalnum() or char in _ATEXT_SPECIALS
+    # RFC 6531 §3.3 adds UTF8-non-ascii to atext; controls and spaces stay out.
+    return char.isprintable() and not char.isspace()
+
+
+def normalize_address(address: str, *, fold_local: bool = False) -> str:
+    """Return ``local@domain`` with the domain lower-cased; raise ``ValueError`` if invalid.
+
+    The local part must be a dot-atom (RFC 5322 §3.2.3, UTF-8 allowed by RFC 6531): quoted
+    local parts are legal on the wire but nobody needs one to configure a server. Local parts
+    are case-sensitive in general (RFC 5321 §2.4); ``fold_local`` lower-cases it anyway, for
+    addresses this server owns.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"{address!r} is not an address of the form local@domain")
+    atoms = local.split(".")
+    if not all(atom and all(_is_atext(char) for char in atom) for atom in atoms):
+        raise ValueError(f"{address!r}: the local part has a character or dot that is not allowed")
+    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
+        raise ValueError(f"{address!r}: the local part is longer than {_MAX_LOCAL_PART} octets")
+    try:
+        domain = normalize_domain(domain)
+    except ValueError as exc:
+        raise ValueError(f"{address!r}: {exc}") from None
+    return f"{local.lower() if fold_local else local}@{domain}"
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_hostport(text: str, *, key: str = "listen.smtp") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[IPV6]:PORT`` for IPv6, as in RFC 3986 §3.2.2) into its parts.
+
+    The host is an IP address or a host name (lower-cased); port 0 asks the OS for a free port.
+    Errors are :class:`ConfigError` for ``key``.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ConfigError(f"{text!r}: expected [IPV6-ADDRESS]:PORT", key=key)
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{text!r}: {host!r} is not an IPv6 address", key=key) from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ConfigError(f"{text!r}: expected HOST:PORT, as in 127.0.0.1:2525", key=key)
+        if ":" in host:
+            raise ConfigError(f"{text!r}: put an IPv6 address in brackets, as in [::1]:2525", key=key)
+        host = _listen_host(text, host, key)
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise ConfigError(f"{text!r}: the port must be a number from 0 to 65535", key=key)
+    return host, int(port_text)
+
+
+def _listen_host(text: str, host: str, key: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        return normalize_domain(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: {host!r} is neither an IP address nor a host name", key=key) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Values with units
+# ---------------------------------------------------------------------------------------------
+
+# IEC binary units and SI decimal units are both common in mail configs (Postfix takes plain
+# octets; Exim takes K/M with binary meaning). Spelling the unit out removes the doubt.
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+# A decimal number, then an optional unit: "25MiB", "1.5 h", "300".
+_NUMBER_UNIT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)")
+_TIME_UNITS = {
+    "": 1,
+    "s": 1,
+    "sec": 1,
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+}
+
+
+class _Invalid(ValueError):
+    """A value is wrong; the message says why, the caller adds file and key."""
+
+
+def _kind(value: object) -> str:
+    # Named as TOML calls them (TOML v1.0.0 spec), since that is what the operator wrote.
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def parse_size(value: object) -> int:
+    """Octets from an integer or a string such as ``"25MiB"``, ``"10MB"`` or ``"512KiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = Decimal(value)
+    elif isinstance(value, str):
+        match = _NUMBER_UNIT.fullmatch(value.strip().lower())
+        if not match or match.group(2) not in _SIZE_UNITS:
+            raise _Invalid(
+                f"{value!r} is not a size; write octets or a number with B, KB, KiB, MB, MiB, GB, GiB"
+            )
+        number = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise _Invalid(f"expected an integer or a string such as '25MiB', got {_kind(value)}")
+    if number < 0:
+        raise _Invalid(f"{value!r} is negative")
+    return int(number)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"300s"``, ``"5m"``, ``"10min"`` or ``"1h"``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _NUMBER_UNIT.fullmatch(value.strip().lower())
+        if not match or match.group(2) not in _TIME_UNITS:
+            raise _Invalid(f"{value!r} is not a duration; write seconds or a number with s, m, min, h")
+        seconds = float(match.group(1)) * _TIME_UNITS[match.group(2)]
+    else:
+        raise _Invalid(f"expected a number of seconds or a string such as '5m', got {_kind(value)}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _Invalid(f"{value!r}: a timeout must be a positive, finite number of seconds")
+    return seconds
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(f"expected an integer, got {_kind(value)}")
+    if value < 1:
+        raise _Invalid(f"{value} is too small; the least is 1")
+    return value
+
+
+def _network(value: object) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError:
+        pass
+    try:
+        # Host bits set ("10.1.2.3/8") is almost always a typo for the network; say which.
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Invalid(
+            f"{text!r} is not an IP network in CIDR notation (10.0.0.0/8, 2001:db8::/32)"
+        ) from None
+    raise _Invalid(f"{text!r} has host bits set; did you mean {str(loose)!r}?")
+
+
+# ---------------------------------------------------------------------------------------------
+# The [limits] table
+# ---------------------------------------------------------------------------------------------
+
+_SIZE_LIMITS = ("command_line", "text_line", "message_size")
+_COUNT_LIMITS = ("recipients", "connections", "connections_per_client", "errors_per_session")
+_TIME_LIMITS = ("command_timeout", "data_block_timeout", "data_done_timeout")
+LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+
+# RFC 5321 §4.5.3.1.7: "The maximum total length of a message content ... MUST BE at least 64K octets."
+_MIN_MESSAGE_SIZE = 64 * 1024
+
+
+def _limit_value(name: str, value: object) -> object:
+    if name in _SIZE_LIMITS:
+        size = parse_size(value)
+        _check_size_floor(name, size)
+        return size
+    if name in _COUNT_LIMITS:
+        count = _count(value)
+        if name == "recipients" and count < 100:
+            raise _Invalid(
+                f"{count} is too small: RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients"
+            )
+        return count
+    if name in _TIME_LIMITS:
+        return parse_duration(value)
+    if name == "trusted_networks":
+        if not isinstance(value, list):
+            raise _Invalid(f"expected an array of networks, got {_kind(value)}")
+        return tuple(_network(item) for item in value)
+    raise AssertionError(f"limit {name} has no parser")  # pragma: no cover - a test pins the set
+
+
+def _check_size_floor(name: str, size: int) -> None:
+    if name == "command_line" and size < 512:
+        raise _Invalid(
+            f"{size} is too small: RFC 5321 §4.5.3.1.4 requires accepting command lines of 512 octets"
+        )
+    if name == "text_line" and 0 < size < 1000:
+        raise _Invalid(
+            f"{size} is too small: RFC 5321 §4.5.3.1.6 requires accepting text lines of 1000 octets"
+            " (0 turns the check off)"
+        )
+    if name == "message_size" and size < _MIN_MESSAGE_SIZE:
+        raise _Invalid(f"{size} is too small: RFC 5321 §4.5.3.1.7 requires at least 64KiB")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------
+
+_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "listen", "limits")
+_LISTEN_KEYS = ("smtp",)
+
+_T = TypeVar("_T")
+
+
+class _Problems:
+    """Collects one ConfigError per bad key, so a person sees every mistake in one run."""
+
+    def __init__(self, label: str | None) -> None:
+        self.label = label
+        self.errors: list[ConfigError] = []
+
+    def add(self, key: str | None, message: str) -> None:
+        # One line each, whatever a quoted TOML key or a parser message holds.
+        if key is not None and not key.isprintable():
+            key = repr(key)
+        message = " ".join(message.splitlines())
+        self.errors.append(ConfigError(message, key=key, path=self.label))
+
+    def check(self, key: str, parse: Callable[[], _T]) -> _T | None:
+        """``parse()``, or None after recording why it failed."""
+        try:
+            return parse()
+        except ValueError as exc:  # _Invalid and the ValueError of normalize_*
+            self.add(key, str(exc))
+        except ConfigError as exc:
+            self.add(key, exc.detail)
+        return None
+
+    def unknown_keys(self, table: dict[str, Any], known: Sequence[str], prefix: str) -> None:
+        for name in table:
+            if name in known:
+                continue
+            hint = ""
+            close = difflib.get_close_matches(name, known, n=1)
+            if prefix == "" and name in LIMIT_NAMES:
+                hint = "; it belongs in the [limits] table"
+            elif prefix == "" and name in _LISTEN_KEYS:
+                hint = "; it belongs in the [listen] table"
+            elif close:
+                hint = f"; did you mean {prefix + close[0]!r}?"
+            self.add(prefix + name, f"unknown key{hint}")
+
+
+def _table(problems: _Problems, data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a table ([{key}]), got {_kind(value)}")
+        return {}
+    return value
+
+
+def _domain_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of domain names, got {_kind(value)}")
+    domains: list[str] = []
+    for item in value:
+        domain = normalize_domain(_string(item))
+        if domain not in domains:
+            domains.append(domain)
+    return tuple(domains)
+
+
+def _listeners(value: object) -> tuple[Listener, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f'expected an array of "HOST:PORT" strings, got {_kind(value)}')
+    if not value:
+        raise _Invalid("no addresses; leave the key out for the default 127.0.0.1:2525")
+    listeners: list[Listener] = []
+    for item in value:
+        listener = Listener("smtp", *parse_hostport(_string(item)))
+        # Port 0 twice is two ephemeral ports, not a clash.
+        if listener in listeners and listener.port != 0:
+            raise _Invalid(f"{item!r} is listed twice")
+        listeners.append(listener)
+    return tuple(listeners)
+
+
+def _data_dir(value: object, base: Path) -> Path:
+    text = _string(value)
+    if not text:
+        raise _Invalid("empty path")
+    # Relative to the file, not to wherever the server happens to be started (like nginx's
+    # include paths): the same file then means the same thing from any working directory.
+    return (base / Path(text).expanduser()).resolve()
+
+
+@dataclass(slots=True)
+class _Settings:
+    """What the file said, before command-line overrides; None means "not set or invalid"."""
+
+    hostname: str | None = None
+    data_dir: Path | None = None
+    domains: tuple[str, ...] | None = None
+    postmaster: str | None = None
+    listeners: tuple[Listener, ...] | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_file(path: Path, problems: _Problems) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        problems.add(None, "no such file")
+    except IsADirectoryError:
+        problems.add(None, "is a directory, not a configuration file")
+    except OSError as exc:
+        problems.add(None, exc.strerror or str(exc))
+    except UnicodeDecodeError:
+        problems.add(None, "not UTF-8 text (TOML files are UTF-8)")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add(None, f"not valid TOML: {exc}")
+    return None
+
+
+def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
+    settings = _Settings()
+    problems.unknown_keys(data, _TOP_KEYS, "")
+    if "hostname" in data:
+        settings.hostname = problems.check("hostname", lambda: normalize_domain(_string(data["hostname"])))
+    if "data_dir" in data:
+        settings.data_dir = problems.check("data_dir", lambda: _data_dir(data["data_dir"], base))
+    if "domains" in data:
+        settings.domains = problems.check("domains", lambda: _domain_list(data["domains"]))
+    if "postmaster" in data:
+        settings.postmaster = problems.check(
+            "postmaster", lambda: normalize_address(_string(data["postmaster"]))
+        )
+    listen = _table(problems, data, "listen")
+    problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
+    if "smtp" in listen:
+        settings.listeners = problems.check("listen.smtp", lambda: _listeners(listen["smtp"]))
+    limits = _table(problems, data, "limits")
+    problems.unknown_keys(limits, LIMIT_NAMES, "limits.")
+    for name in LIMIT_NAMES:
+        if name in limits:
+            value = problems.check(f"limits.{name}", functools.partial(_limit_value, name, limits[name]))
+            if value is not None:
+                settings.limits[name] = value
+    return settings
+
+
+def _collect(
+    path: Path | None,
+    *,
+    data_dir: Path | None,
+    listeners: Sequence[Listener],
+    hostname: str | None,
+    domains: Sequence[str],
+) -> tuple[Config | None, list[ConfigError]]:
+    settings = _Settings()
+    problems = _Problems(str(path) if path is not None else None)
+    if path is not None:
+        data = _read_file(path, problems)
+        if data is None:
+            return None, problems.errors
+        settings = _parse(data, path.absolute().parent, problems)
+    # Command-line values override the file; they are checked the same way, under the flag name.
+    flags = _Problems(None)
+    if hostname is not None:
+        settings.hostname = flags.check("--hostname", lambda: normalize_domain(hostname))
+    if domains:
+        settings.domains = flags.check("--domain", lambda: _domain_list(list(domains)))
+    if listeners:
+        settings.listeners = tuple(listeners)
+    if data_dir is not None:
+        settings.data_dir = data_dir.expanduser().absolute()
+    errors = problems.errors + flags.errors
+    if errors:
+        return None, errors
+    config = Config(
+        hostname=settings.hostname or default_hostname(),
+        data_dir=settings.data_dir or default_data_dir(),
+        listeners=settings.listeners or (DEFAULT_SMTP_LISTENER,),
+        domains=settings.domains or (),
+        postmaster=settings.postmaster,
+        limits=Limits(**settings.limits),
+        source=path,
+    )
+    return config, []
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    listeners: Sequence[Listener] = (),
+    hostname: str | None = None,
+    domains: Sequence[str] = (),
+) -> Config:
+    """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
+
+    Keyword arguments override the file: non-empty ``listeners`` and ``domains`` replace the
+    file's lists. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
+    """
+    config, errors = _collect(
+        path, data_dir=data_dir, listeners=listeners, hostname=hostname, domains=domains
+    )
+    if config is None:
+        raise errors[0]
+    return config
+
+
+def check_config(path: Path | None) -> list[str]:
+    """Every problem with the file at ``path``, one line each; empty when it loads."""
+    _, errors = _collect(path, data_dir=None, listeners=(), hostname=None, domains=())
+    return [str(error) for error in errors]

@@ -1,0 +1,1 @@
+"""Delivery agents: local Maildir delivery and (later) remote SMTP delivery."""

@@ -1,0 +1,100 @@
+"""Map a mail address to its Maildir directory without letting the address choose the path.
+
+Untrusted input seen here: recipient addresses from SMTP clients (``RCPT TO``), checked by the
+SMTP grammar but still able to hold ``/``, ``..``, quotes, spaces, ``%`` and any Unicode letter
+(RFC 5321 §4.1.2 quoted strings, RFC 6531 UTF-8 mailboxes). None of that may reach the file
+system as a path separator, a ``.``/``..`` name, a hidden file, or a byte the file system
+mangles: the result is always ``mail_root/<domain>/<local>``, two plain names inside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+# Characters of RFC 5322 ``atext`` (and the dot of dot-atom) that are harmless in a file name;
+# everything else, `%` included, is percent-encoded so the mapping stays one-to-one.
+_KEEP_ASCII = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&'*+-=?^_`{|}~.")
+# Linux NAME_MAX: a longer component fails with ENAMETOOLONG at delivery time; refuse it here,
+# where the error says why.
+NAME_MAX = 255
+
+
+def mailbox_path(mail_root: Path, address: str) -> Path:
+    """``mail_root/<domain>/<encoded local part>`` for ``address``; ValueError if it has none.
+
+    ``User@Example.COM`` and ``user@example.com`` share a mailbox: the domain is
+    case-insensitive (RFC 5321 §2.4), and although a local part may be case-sensitive, Postfix
+    folds addresses to lower case for its lookups too, so a sender's capitalisation never splits
+    one user's mail.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"address has no local part and domain: {address!r}")
+    path = mail_root / _domain_name(domain) / _local_name(local)
+    # Both names are plain components by construction; this guard keeps it so if that ever
+    # changes, and refuses a symlink (placed by someone else) that leads out of the root.
+    root = mail_root.resolve()
+    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+        raise ValueError(f"mailbox for {address!r} is outside the mail root")
+    return path
+
+
+def _normalise(text: str) -> str:
+    # RFC 6531 §3.3 refers to RFC 5198, which asks for NFC: two spellings of one name (é as
+    # one code point or as e + accent) must be one mailbox.
+    return unicodedata.normalize("NFC", text.lower())
+
+
+def _local_name(local: str) -> str:
+    out = []
+    for char in _normalise(local):
+        if char in _KEEP_ASCII or (not char.isascii() and char.isalnum()):
+            out.append(char)
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    # A leading dot would make "." and ".." and hidden names, and Dovecot's Maildir++ keeps
+    # its folders as ".Name" directories inside a mailbox; "%2E" is none of those.
+    if out[0] == ".":
+        out[0] = "%2E"
+    return _bounded("".join(out), "local part")
+
+
+def _domain_name(domain: str) -> str:
+    name = _normalise(domain)
+    if name.startswith("["):
+        _check_address_literal(name)
+    else:
+        _check_domain(name)
+    return _bounded(name, "domain")
+
+
+def _check_domain(name: str) -> None:
+    # RFC 5321 §4.1.2 Domain: dot-separated labels of letters, digits and hyphens; RFC 6531
+    # §3.3 allows U-labels, so any Unicode letter or digit. No empty label: that refuses a
+    # leading dot (".", "..", hidden names) and "a..b".
+    for label in name.split("."):
+        if not label:
+            raise ValueError(f"empty label in domain {name!r}")
+        for char in label:
+            if not (char == "-" or char.isalnum()):
+                raise ValueError(f"character {char!r} not allowed in domain {name!r}")
+
+
+def _check_address_literal(name: str) -> None:
+    # RFC 5321 §4.1.3 address-literal: "[" then dcontent (printable ASCII except "[", "\" and
+    # "]") then "]", e.g. [192.0.2.1] or [ipv6:2001:db8::1]. "/" is refused too: a path
+    # separator has no place in a directory name.
+    inner = name[1:-1]
+    if not name.endswith("]") or not inner:
+        raise ValueError(f"malformed address literal {name!r}")
+    for char in inner:
+        if not ("!" <= char <= "~") or char in "[]\\/":
+            raise ValueError(f"character {char!r} not allowed in address literal {name!r}")
+
+
+def _bounded(name: str, what: str) -> str:
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise ValueError(f"{what} is too long for a directory name")
+    return name

@@ -1,0 +1,317 @@
+"""Local delivery into Maildirs: one file per message, made visible only when complete.
+
+Untrusted input seen here: recipient and sender addresses from SMTP clients (the recipient
+becomes a directory only through :func:`~postoffice.delivery.mailbox_names.mailbox_path`; both
+go into header lines with control characters replaced) and the message bytes, copied verbatim
+and never parsed.
+
+The delivery recipe is the Maildir specification's (cr.yp.to/proto/maildir.html): write
+``tmp/NAME``, fsync it, link it to ``new/NAME``, then (as qmail-local does not, but a crash-safe
+queue needs) fsync ``new/`` before the spool forgets the message. A reader never sees a partial
+file in ``new/``: the name appears there only after the data is on disk.
+
+Message files keep the bytes as the spool holds them, CRLF line endings included, like the
+added header lines; Dovecot, mutt and Python's :mod:`mailbox` read both line-ending styles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
+from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.delivery.store import MailboxStore
+from postoffice.errors import DeliveryError, SpoolError
+from postoffice.smtp import replies
+from postoffice.spool.base import Spool
+from postoffice.spool.envelope import QueuedMessage, Recipient
+from postoffice.spool.files import STORAGE_FULL_ERRNOS, fsync_directory
+
+log = logging.getLogger("postoffice.delivery")
+
+# Copy block: the message streams from the spool file and is never held whole in memory.
+BLOCK_SIZE = 64 * 1024
+# Keys become part of a file name; ours are "<queue ID>_<recipient index>".
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# File systems without hard links (some FUSE and network mounts) refuse link(2) with these;
+# rename(2) is then the way into new/, as Dovecot does by default.
+_NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+
+DeliveryHook = Callable[[str, Path], None]
+
+
+def ensure_maildir(mail_root: Path, address: str) -> Path:
+    """Create the Maildir for ``address`` (``tmp``, ``new``, ``cur``; mode 0700) and return it.
+
+    Raises ValueError when the address names no valid mailbox.
+    """
+    path = mailbox_path(mail_root, address)
+    _make_maildir(mail_root, path)
+    return path
+
+
+def _make_maildir(mail_root: Path, path: Path) -> None:
+    mail_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (path.parent, path, path / "tmp", path / "new", path / "cur"):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        # A new directory's name is durable only once its parent is synced; without this a
+        # crash could take new/ and the message in it away after the spool has let go.
+        fsync_directory(directory.parent)
+
+
+def maildir_name(key: str, received_at: float, hostname: str, size: int) -> str:
+    """``<seconds>.<key>.<host>,S=<size>``: a unique name that is the same on every attempt.
+
+    The specification's "time.unique.host", with the queue ID and recipient index as the
+    unique part; the host has "/" and ":" written as \\057 and \\072 as the specification asks
+    (and "," as \\054, so Dovecot's ",S=" file size, which saves it a stat, parses cleanly).
+    """
+    if _KEY_RE.fullmatch(key) is None:
+        raise DeliveryError(f"delivery key not usable in a file name: {key!r}")
+    host = hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+    return f"{int(received_at)}.{key}.{host},S={size}"
+
+
+class MaildirStore:
+    """:class:`~postoffice.delivery.store.MailboxStore` writing ``mail_root/<domain>/<local>/``."""
+
+    def __init__(self, mail_root: Path, hostname: str) -> None:
+        self.mail_root = mail_root
+        self.hostname = hostname
+
+    def deliver(
+        self,
+        address: str,
+        headers: bytes,
+        content: BinaryIO,
+        key: str,
+        *,
+        received_at: float,
+        size: int,
+        recovering: bool,
+    ) -> Path:
+        maildir = mailbox_path(self.mail_root, address)
+        name = maildir_name(key, received_at, self.hostname, len(headers) + size)
+        _make_maildir(self.mail_root, maildir)
+        if recovering:
+            earlier = _find_delivered(maildir, name, f"{int(received_at)}.{key}.")
+            if earlier is not None:
+                # Synced again: the crash may have come between the link and the sync.
+                fsync_directory(earlier.parent)
+                return earlier
+        temporary = maildir / "tmp" / name
+        final = maildir / "new" / name
+        _write_synced(temporary, headers, content, size)
+        try:
+            _publish(temporary, final)
+        finally:
+            _remove_quietly(temporary)
+        fsync_directory(final.parent)
+        return final
+
+
+def _find_delivered(maildir: Path, name: str, unique_prefix: str) -> Path | None:
+    """An earlier copy of this delivery: in ``new/``, or moved to ``cur/`` by a reader.
+
+    In ``cur/`` a reader appends ":2,<flags>" (and Dovecot may add ",W=" fields), so the
+    match is on "<time>.<unique>." only, which no other delivery shares.
+    """
+    candidate = maildir / "new" / name
+    if candidate.exists():
+        return candidate
+    with os.scandir(maildir / "cur") as entries:
+        for entry in entries:
+            if entry.name.startswith(unique_prefix):
+                return Path(entry.path)
+    return None
+
+
+def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int) -> None:
+    # O_TRUNC: a file left in tmp/ by a crashed attempt of this same delivery is rewritten.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    try:
+        with open(fd, "wb", buffering=BLOCK_SIZE, closefd=False) as out:
+            out.write(headers)
+            remaining = size
+            while remaining:
+                block = content.read(min(BLOCK_SIZE, remaining))
+                if not block:
+                    raise DeliveryError(f"spool content ends {remaining} bytes early")
+                out.write(block)
+                remaining -= len(block)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(path)
+        raise
+    os.close(fd)
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
+        # The name is unique to this delivery, so an earlier attempt of it got this far; its
+        # data was synced before the link, so that copy is whole.
+        pass
+    except OSError as exc:
+        if exc.errno not in _NO_LINK_ERRNOS:
+            raise
+        os.rename(temporary, final)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _header_text(value: str) -> str:
+    # Addresses passed the SMTP grammar, which has no CR or LF; this keeps a header line one
+    # line even if that ever changes (RFC 5322 §2.2: header fields are single lines).
+    return "".join("?" if ord(char) < 0x20 or ord(char) == 0x7F else char for char in value)
+
+
+def delivery_headers(mail_from: str, address: str) -> bytes:
+    """``Return-Path`` (RFC 5321 §4.4, ``<>`` for the null sender) and ``Delivered-To``.
+
+    Delivered-To is Postfix local(8)'s loop-detection header, written as a bare address.
+    UTF-8 addresses stay UTF-8 (RFC 6532 §3.2 allows it in header fields).
+    """
+    return (f"Return-Path: <{_header_text(mail_from)}>\r\nDelivered-To: {_header_text(address)}\r\n").encode()
+
+
+class MaildirAgent:
+    """:class:`~postoffice.delivery.agent.DeliveryAgent` for LOCAL recipients.
+
+    ``on_delivered(address, path)`` is called on the event loop after each copy is stored,
+    including a copy found again while recovering (the crash may have come before the call).
+    """
+
+    def __init__(
+        self,
+        mail_root: Path,
+        spool: Spool,
+        hostname: str,
+        *,
+        store: MailboxStore | None = None,
+        on_delivered: DeliveryHook | None = None,
+    ) -> None:
+        self.mail_root = mail_root
+        self._spool = spool
+        self._store: MailboxStore = store if store is not None else MaildirStore(mail_root, hostname)
+        self._on_delivered = on_delivered
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+    ) -> list[DeliveryResult]:
+        results, stored = await asyncio.to_thread(self._deliver_all, message, recipients, recovering)
+        if self._on_delivered is not None:
+            for address, path in stored:
+                try:
+                    self._on_delivered(address, path)
+                except Exception:
+                    # The copy is safely stored; a failing observer must not make it a retry.
+                    log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, address)
+        return results
+
+    def _deliver_all(
+        self, message: QueuedMessage, recipients: Sequence[Recipient], recovering: bool
+    ) -> tuple[list[DeliveryResult], list[tuple[str, Path]]]:
+        try:
+            content = self._spool.open_content(message.queue_id)
+        except SpoolError as exc:
+            log.error("queue_id=%s status=deferred error=%r", message.queue_id, str(exc))
+            return [TempFail(r, replies.LOCAL_ERROR) for r in recipients], []
+        with content:
+            return self._deliver_each(message, recipients, recovering, content)
+
+    def _deliver_each(
+        self, message: QueuedMessage, recipients: Sequence[Recipient], recovering: bool, content: BinaryIO
+    ) -> tuple[list[DeliveryResult], list[tuple[str, Path]]]:
+        start = content.tell()
+        first_index = self._first_index_by_mailbox(message, recipients)
+        results: list[DeliveryResult] = []
+        stored: list[tuple[str, Path]] = []
+        by_mailbox: dict[Path, DeliveryResult] = {}
+        for recipient in recipients:
+            try:
+                mailbox = mailbox_path(self.mail_root, recipient.address)
+            except ValueError as exc:
+                log.warning("queue_id=%s to=<%s> error=%r", message.queue_id, recipient.address, str(exc))
+                results.append(PermFail(recipient, replies.BAD_DESTINATION_MAILBOX))
+                continue
+            earlier = by_mailbox.get(mailbox)
+            if earlier is not None:
+                # One mailbox named twice (say User@ and user@) gets one copy (RFC 5321 §3.7.2
+                # wants no duplicates where they can be avoided).
+                results.append(dataclasses.replace(earlier, recipient=recipient))
+                continue
+            # The lowest index naming this mailbox in the whole envelope, so a retry with
+            # fewer recipients derives the same file name.
+            key = f"{message.queue_id}_{first_index[mailbox]}"
+            content.seek(start)
+            result = self._deliver_one(message, recipient, content, key, recovering, stored)
+            by_mailbox[mailbox] = result
+            results.append(result)
+        return results, stored
+
+    def _first_index_by_mailbox(
+        self, message: QueuedMessage, recipients: Sequence[Recipient]
+    ) -> dict[Path, int]:
+        # Recipients are the envelope's; any others (a caller's mistake) are numbered after
+        # them, so they can never take the name of a real delivery.
+        first: dict[Path, int] = {}
+        for index, recipient in enumerate((*message.envelope.recipients, *recipients)):
+            try:
+                first.setdefault(mailbox_path(self.mail_root, recipient.address), index)
+            except ValueError:
+                continue
+        return first
+
+    def _deliver_one(
+        self,
+        message: QueuedMessage,
+        recipient: Recipient,
+        content: BinaryIO,
+        key: str,
+        recovering: bool,
+        stored: list[tuple[str, Path]],
+    ) -> DeliveryResult:
+        queue_id, address = message.queue_id, recipient.address
+        headers = delivery_headers(message.envelope.mail_from, address)
+        try:
+            path = self._store.deliver(
+                address,
+                headers,
+                content,
+                key,
+                received_at=message.envelope.received_at,
+                size=message.size,
+                recovering=recovering,
+            )
+        except ValueError as exc:
+            log.warning("queue_id=%s to=<%s> error=%r", queue_id, address, str(exc))
+            return PermFail(recipient, replies.BAD_DESTINATION_MAILBOX)
+        except OSError as exc:
+            log.warning("queue_id=%s to=<%s> error=%r path=%s", queue_id, address, exc.strerror, exc.filename)
+            full = exc.errno in STORAGE_FULL_ERRNOS
+            return TempFail(recipient, replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
+        except Exception:
+            # A bug or a damaged spool file: retrying later is the only safe answer.
+            log.exception("queue_id=%s to=<%s> status=error", queue_id, address)
+            return TempFail(recipient, replies.LOCAL_ERROR)
+        stored.append((address, path))
+        return Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")

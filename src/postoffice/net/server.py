@@ -1,0 +1,130 @@
+"""The SMTP listeners: accept connections, enforce connection limits, shut down gracefully.
+
+Untrusted input seen here: connection attempts (peer addresses). Limits follow Postfix:
+``connections`` in total and ``connections_per_client`` per address, trusted networks exempt
+(``smtpd_client_event_limit_exceptions``). Over a limit the client gets ``421 4.7.0`` and the
+connection is closed; the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from postoffice.config import Limits, Listener
+from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
+from postoffice.policy import Policy
+from postoffice.smtp import replies
+from postoffice.smtp.replies import Reply
+from postoffice.smtp.server import ServerSettings
+from postoffice.spool.base import Spool
+from postoffice.spool.envelope import QueuedMessage
+
+log = logging.getLogger("postoffice.net")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundAddress:
+    """Where a listener actually listens (the port is known after binding port 0)."""
+
+    kind: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
+
+
+class SmtpServer:
+    """Every SMTP listener of the process and the sessions they carry."""
+
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        limits: Limits,
+        policy: Policy,
+        spool: Spool,
+        on_queued: Callable[[QueuedMessage], None],
+        listeners: tuple[Listener, ...],
+        observer: SessionObserver | None = None,
+    ) -> None:
+        self._services = SessionServices(
+            settings=settings,
+            limits=limits,
+            policy=policy,
+            spool=spool,
+            on_queued=on_queued,
+            admit=self._admit,
+            on_closed=self._forget,
+            observer=observer,
+        )
+        self._listeners = listeners
+        self._limits = limits
+        self._servers: list[asyncio.Server] = []
+        self.sessions: set[SmtpSession] = set()
+        self._per_client: Counter[str] = Counter()
+        self.bound: list[BoundAddress] = []
+
+    async def start(self) -> list[BoundAddress]:
+        loop = asyncio.get_running_loop()
+        factory: Callable[[], SmtpSession] = lambda: SmtpSession(self._services)  # noqa: E731
+        for listener in self._listeners:
+            server = await loop.create_server(
+                factory,
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                backlog=1024,
+                family=socket.AF_UNSPEC,
+            )
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                self.bound.append(BoundAddress(listener.kind, host, port))
+        return self.bound
+
+    def _admit(self, session: SmtpSession) -> Reply:
+        limits = self._limits
+        if len(self.sessions) >= limits.connections:
+            log.warning("session=%s event=refused reason=connections client=%s", session.id, session.peer)
+            return replies.TOO_MANY_CONNECTIONS
+        if self._per_client[session.peer] >= limits.connections_per_client and not limits.is_trusted(
+            session.peer
+        ):
+            log.warning("session=%s event=refused reason=per-client client=%s", session.id, session.peer)
+            return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
+        self.sessions.add(session)
+        self._per_client[session.peer] += 1
+        return replies.greeting(self._services.settings.hostname)
+
+    def _forget(self, session: SmtpSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self._per_client[session.peer] -= 1
+            if self._per_client[session.peer] <= 0:
+                del self._per_client[session.peer]
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting; say 421 to idle sessions; give transactions ``grace`` seconds (§3.8)."""
+        for server in self._servers:
+            server.close()
+        goodbye = replies.shutting_down(self._services.settings.hostname)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            for session in list(self.sessions):
+                if session.idle:
+                    session.close_with(goodbye)
+            if not self.sessions or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.close_with(goodbye)
+        for server in self._servers:
+            await server.wait_closed()

@@ -1,0 +1,1 @@
+"""The sans-I/O SMTP protocol: bytes in, events out, replies rendered to bytes. Stdlib only."""

@@ -1,0 +1,158 @@
+"""Framing of the inbound byte stream: command lines, DATA content and BDAT chunks.
+
+Untrusted input seen here: every byte the client sends. The reader bounds what it buffers
+(a command line never grows past ``max_line`` octets: the excess is discarded and reported once),
+ends a line only on CRLF and ends DATA only on ``<CRLF>.<CRLF>`` (RFC 5321 §4.1.1.4, §2.3.8).
+A bare CR or LF never ends anything: in a command it makes the command invalid, in DATA it makes
+the message rejected at its end. This closes the SMTP smuggling family (CVE-2023-51764,
+CVE-2024-27305), where a sender and receiver disagree on where a message ends.
+
+DATA is processed a buffer at a time, not a line at a time: the terminator, dot-stuffing
+(§4.5.2), bare line endings and over-long lines are all found with C-level ``bytes`` searches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_CRLF = b"\r\n"
+_END_OF_DATA = b"\r\n.\r\n"
+# A line with no CRLF in this many octets is emitted in pieces, so memory stays bounded.
+_MAX_PENDING_DATA = 64 * 1024
+
+
+@dataclass(slots=True)
+class DataProblems:
+    """What was wrong with DATA content; the message is rejected at its end if anything is."""
+
+    bare_line_ending: bool = False
+    line_too_long: bool = False
+
+
+class LineTooLong:
+    """Marker: a command line exceeded ``max_line`` and was discarded up to its CRLF."""
+
+
+LINE_TOO_LONG = LineTooLong()
+
+
+class Reader:
+    """Bytes in; lines, DATA pieces and BDAT pieces out. Never reads a socket."""
+
+    def __init__(self, *, max_line: int, text_line_limit: int) -> None:
+        self._buffer = bytearray()
+        self._max_line = max_line
+        self._text_line_limit = text_line_limit
+        self._discarding_line = False
+        self._at_line_start = True
+        self._line_carry = 0  # octets of the current DATA line already given out in pieces
+        self.problems = DataProblems()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def discard_buffered(self) -> None:
+        """Forget everything received so far (RFC 3207 §4.2, CVE-2011-0411: after STARTTLS)."""
+        self._buffer.clear()
+        self._discarding_line = False
+
+    # --- command lines ------------------------------------------------------------------------
+
+    def read_line(self) -> bytes | LineTooLong | None:
+        """The next command line without its CRLF, LINE_TOO_LONG, or None if incomplete."""
+        buffer = self._buffer
+        end = buffer.find(_CRLF)
+        if self._discarding_line:
+            if end < 0:
+                # Keep a trailing CR: it may be the first half of the CRLF we wait for.
+                del buffer[: len(buffer) - 1 if buffer.endswith(b"\r") else len(buffer)]
+                return None
+            del buffer[: end + 2]
+            self._discarding_line = False
+            return LINE_TOO_LONG
+        if end < 0:
+            if len(buffer) > self._max_line:
+                self._discarding_line = True
+                return self.read_line()
+            return None
+        if end + 2 > self._max_line:
+            del buffer[: end + 2]
+            return LINE_TOO_LONG
+        line = bytes(buffer[:end])
+        del buffer[: end + 2]
+        return line
+
+    # --- DATA content (RFC 5321 §4.1.1.4) -----------------------------------------------------
+
+    def start_data(self) -> None:
+        self._at_line_start = True
+        self._line_carry = 0
+        self.problems = DataProblems()
+
+    def read_data(self) -> tuple[bytes, bool] | None:
+        """Unstuffed content and whether the terminator was reached; None if nothing to give."""
+        buffer = self._buffer
+        if not buffer:
+            return None
+        if self._at_line_start and buffer.startswith(b".\r\n"):
+            del buffer[:3]
+            return b"", True
+        end = buffer.find(_END_OF_DATA)
+        if end >= 0:
+            cut, consumed, done = end + 2, end + 5, True
+        else:
+            last_crlf = buffer.rfind(_CRLF)
+            if last_crlf >= 0:
+                # Up to the last complete line; a partial line (maybe ".\r") waits for more.
+                cut = consumed = last_crlf + 2
+            elif len(buffer) > _MAX_PENDING_DATA:
+                cut = consumed = len(buffer) - 1  # keep a possible CR of a CRLF
+            else:
+                return None
+            done = False
+        segment = bytes(buffer[:cut])
+        del buffer[:consumed]
+        starts_line = self._at_line_start
+        self._at_line_start = done or segment.endswith(_CRLF)
+        return self._unstuff_and_check(segment, starts_line), done
+
+    def _unstuff_and_check(self, segment: bytes, starts_line: bool) -> bytes:
+        # §4.5.2: "If the first character is a period and there are other characters on the
+        # line, the first character of the line is deleted."
+        if starts_line and segment.startswith(b"."):
+            segment = segment[1:]
+        if b"\r\n." in segment:
+            segment = segment.replace(b"\r\n.", _CRLF)
+        crlf = segment.count(_CRLF)
+        if segment.count(b"\n") != crlf or segment.count(b"\r") != crlf:
+            self.problems.bare_line_ending = True
+        # A segment is whole lines, or a piece of one line with no CRLF at all (cut at
+        # _MAX_PENDING_DATA); such a line is measured across its pieces, so the verdict does not
+        # depend on how the bytes were split (nor on the limit being below the cut size).
+        first_end = segment.find(_CRLF)
+        first_line = self._line_carry + (len(segment) if first_end < 0 else first_end)
+        self._line_carry = first_line if first_end < 0 else 0
+        limit = self._text_line_limit
+        # §4.5.3.1.6: "The maximum total length of a text line including the <CRLF> is
+        # 1000 octets". Split only when the segment could hold such a line.
+        if limit and not self.problems.line_too_long:
+            longest = first_line
+            if len(segment) > limit - 2:
+                longest = max(longest, *map(len, segment.split(_CRLF)))
+            self.problems.line_too_long = longest > limit - 2
+        return segment
+
+    # --- BDAT chunks (RFC 3030) ---------------------------------------------------------------
+
+    def read_chunk(self, remaining: int) -> bytes | None:
+        """Up to ``remaining`` octets of a BDAT chunk, verbatim (no dot-stuffing in BDAT)."""
+        buffer = self._buffer
+        if not buffer or remaining <= 0:
+            return None
+        piece = bytes(buffer[:remaining])
+        del buffer[: len(piece)]
+        return piece

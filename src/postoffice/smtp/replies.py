@@ -1,0 +1,183 @@
+"""Every SMTP reply postoffice sends, defined once.
+
+Untrusted input seen here: none directly; texts that embed client-supplied words (the HELO name)
+are sanitised by :func:`printable` so a client cannot inject CR/LF into a reply.
+
+A reply carries a basic code (RFC 5321 §4.2) and, where RFC 3463 gives one, an enhanced status
+code. RFC 2034 §3 ties enhanced codes to sessions that used EHLO and exempts the greeting and
+the HELO/EHLO replies, so :meth:`Reply.render` takes ``enhanced`` from the session.
+Nothing else in the code base writes a literal that starts with a reply code: tests import
+the constants from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text safe to echo inside a reply: printable characters only, at most ``limit`` octets.
+
+    The bound is in UTF-8 octets, not characters: RFC 5321 §4.5.3.1.5 limits a reply line to
+    512 octets, and 200 four-octet characters (an SMTPUTF8 HELO name) would be 800.
+    """
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: ``code``, optional RFC 3463 ``enhanced`` code, one or more text lines."""
+
+    code: int
+    enhanced: str | None
+    lines: tuple[str, ...]
+
+    @classmethod
+    def of(cls, code: int, enhanced: str | None, *lines: str) -> Reply:
+        return cls(code, enhanced, lines or ("",))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def with_text(self, *lines: str) -> Reply:
+        return Reply(self.code, self.enhanced, lines)
+
+    def render(self, *, enhanced: bool) -> bytes:
+        """The reply on the wire: ``250-line`` continuation lines and a final ``250 line`` (§4.2.1)."""
+        prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
+        out = []
+        last = len(self.lines) - 1
+        for index, line in enumerate(self.lines):
+            separator = " " if index == last else "-"
+            out.append(f"{self.code}{separator}{prefix}{line}\r\n")
+        return "".join(out).encode("utf-8")
+
+    def __str__(self) -> str:
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        return f"{self.code} {prefix}{' / '.join(self.lines)}"
+
+
+# --- connection level -------------------------------------------------------------------------
+
+
+def greeting(hostname: str) -> Reply:
+    """§4.2 / §3.1: the 220 greeting names the server."""
+    return Reply.of(220, None, f"{hostname} ESMTP postoffice ready")
+
+
+def helo_ok(hostname: str, client_name: str) -> Reply:
+    return Reply.of(250, None, f"{hostname} Hello {printable(client_name)}, pleased to meet you")
+
+
+def ehlo_ok(hostname: str, client_name: str, keywords: list[str]) -> Reply:
+    """§4.1.1.1: first line greets, the others list one extension keyword each."""
+    return Reply(250, None, (f"{hostname} Hello {printable(client_name)}", *keywords))
+
+
+CLOSING = Reply.of(221, "2.0.0", "Bye")
+
+
+def shutting_down(hostname: str) -> Reply:
+    """§3.8: 421 before closing the channel when the service is going down."""
+    return Reply.of(421, "4.3.2", f"{hostname} Service shutting down, closing transmission channel")
+
+
+TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
+TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
+TIMEOUT = Reply.of(421, "4.4.2", "Timeout exceeded, closing connection")
+
+# --- positive replies -------------------------------------------------------------------------
+
+OK = Reply.of(250, "2.0.0", "Ok")
+SENDER_OK = Reply.of(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply.of(250, "2.1.5", "Ok")
+RESET_OK = Reply.of(250, "2.0.0", "Ok")
+START_MAIL_INPUT = Reply.of(354, None, 'Enter message, ending with "." on a line by itself')
+VRFY_CANNOT_VERIFY = Reply.of(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+HELP = Reply(
+    214,
+    "2.0.0",
+    (
+        "postoffice speaks ESMTP (RFC 5321). Commands:",
+        "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+        "End of HELP info",
+    ),
+)
+
+
+def queued(queue_id: str) -> Reply:
+    """§4.2.2: 250 after end of data, sent only once the message is durable."""
+    return Reply.of(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def chunk_received(size: int) -> Reply:
+    """RFC 3030 §2: each non-final BDAT chunk is acknowledged."""
+    return Reply.of(250, "2.0.0", f"Ok: {size} octets received")
+
+
+# --- command errors (§4.2.4) ------------------------------------------------------------------
+
+UNRECOGNIZED_COMMAND = Reply.of(500, "5.5.2", "Syntax error, command unrecognized")
+LINE_TOO_LONG = Reply.of(500, "5.5.2", "Line too long (RFC 5321 §4.5.3.1.4)")
+BARE_LINE_ENDING_IN_COMMAND = Reply.of(
+    500, "5.5.2", "Command contains a bare CR or LF; lines end with CRLF (RFC 5321 §2.3.8)"
+)
+SYNTAX_ERROR_IN_PARAMETERS = Reply.of(501, "5.5.4", "Syntax error in parameters or arguments")
+BAD_SENDER_SYNTAX = Reply.of(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply.of(501, "5.1.3", "Bad recipient address syntax")
+HELO_REQUIRES_DOMAIN = Reply.of(501, "5.5.4", "Syntax: HELO/EHLO domain")
+NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
+BAD_SEQUENCE = Reply.of(503, "5.5.1", "Bad sequence of commands")
+NEED_HELO = Reply.of(503, "5.5.1", "Send HELO/EHLO first")
+NEED_MAIL = Reply.of(503, "5.5.1", "Need MAIL command")
+NEED_RCPT = Reply.of(503, "5.5.1", "Need RCPT command")
+NESTED_MAIL = Reply.of(503, "5.5.1", "Sender already specified")
+DATA_AFTER_BDAT = Reply.of(503, "5.5.1", "DATA not allowed after BDAT (RFC 3030 §3)")
+PARAMETER_NOT_IMPLEMENTED = Reply.of(
+    555, "5.5.4", "MAIL FROM/RCPT TO parameters not recognized or not implemented"
+)
+PARAMETER_NOT_IMPLEMENTED_504 = Reply.of(504, "5.5.4", "Command parameter not implemented")
+
+# --- transaction errors -----------------------------------------------------------------------
+
+NO_VALID_RECIPIENTS = Reply.of(554, "5.5.1", "No valid recipients")
+MESSAGE_TOO_BIG = Reply.of(552, "5.3.4", "Message size exceeds fixed maximum message size")
+TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
+BARE_LINE_ENDING_IN_DATA = Reply.of(
+    554, "5.6.0", "Message contains a bare CR or LF; lines must end with CRLF (RFC 5321 §2.3.8)"
+)
+
+
+def text_line_too_long(limit: int) -> Reply:
+    return Reply.of(554, "5.6.0", f"Message has a line longer than {limit} octets (RFC 5321 §4.5.3.1.6)")
+
+
+NON_ASCII_NEEDS_SMTPUTF8 = Reply.of(
+    553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter (RFC 6531 §3.4)"
+)
+
+# --- policy decisions -------------------------------------------------------------------------
+
+USER_UNKNOWN = Reply.of(550, "5.1.1", "Recipient address rejected: User unknown")
+RELAY_DENIED = Reply.of(554, "5.7.1", "Relay access denied")
+BAD_DESTINATION_MAILBOX = Reply.of(553, "5.1.3", "Mailbox name not allowed")
+
+# --- local trouble ----------------------------------------------------------------------------
+
+LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing")
+INSUFFICIENT_STORAGE = Reply.of(452, "4.3.1", "Insufficient system storage")

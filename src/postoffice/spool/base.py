@@ -1,0 +1,53 @@
+"""The spool interface: what the SMTP session and the scheduler need from durable storage.
+
+Untrusted input seen here: message bytes from SMTP clients, written as opaque data.
+
+A second backend (say, PostgreSQL shared by several nodes) implements these two protocols and
+nothing in :mod:`postoffice.net` or :mod:`postoffice.smtp` changes.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Protocol
+
+from postoffice.spool.envelope import Envelope, QueuedMessage
+
+
+class MessageWriter(Protocol):
+    """Streams one incoming message into the spool; nothing is visible until :meth:`commit`."""
+
+    @property
+    def queue_id(self) -> str: ...
+
+    def write(self, data: bytes) -> None:
+        """Append message bytes. Raises StorageFullError (ENOSPC/EROFS) or SpoolError."""
+
+    async def commit(self) -> QueuedMessage:
+        """Make the message durable (data and directory fsync'd) and queue it.
+
+        Only after this returns may the server answer 250 (RFC 5321 §6.1: the receiver
+        "accepts responsibility" with that reply).
+        """
+        ...
+
+    def discard(self) -> None:
+        """Drop the partial message; safe to call twice and after a failed commit."""
+
+
+class Spool(Protocol):
+    """Durable message storage: accepted mail stays here until every recipient is final."""
+
+    def new_message(self, envelope: Envelope) -> MessageWriter: ...
+
+    def pending(self) -> list[str]:
+        """Queue IDs committed but not completed, oldest first (used at start-up)."""
+        ...
+
+    def load(self, queue_id: str) -> QueuedMessage: ...
+
+    def open_content(self, queue_id: str) -> BinaryIO:
+        """The message bytes, positioned at the start of the message."""
+        ...
+
+    def complete(self, queue_id: str) -> None:
+        """Every recipient has a final result: forget the message."""

@@ -1,0 +1,437 @@
+"""A spool of one file per message in three directories, made durable with fsync and rename.
+
+Untrusted input seen here: message bytes from SMTP clients, stored verbatim and never parsed;
+the envelope, stored as one line of JSON; and, when reading back, whatever lies in the spool
+directory: a file that does not parse is moved to ``corrupt/``, never half-trusted. Queue IDs
+given to :meth:`FileSpool.load` and friends are checked with :func:`is_queue_id` before they
+become a path component.
+
+Layout (the same three-step life as Maildir's tmp/new, cr.yp.to/proto/maildir.html, and
+Postfix's incoming → active queues)::
+
+    root/tmp/ID       being received; never got a 250, removed at start-up
+    root/queue/ID     committed: fsync'd, renamed here, directory fsync'd; then the 250
+    root/corrupt/ID   could not be parsed; kept for a person to look at
+
+Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
+
+Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
+fsync'd before the rename, so the name in ``queue/`` never points at a partial file; the
+``queue/`` directory is fsync'd after the rename, so the name itself survives a crash. Only
+then does :meth:`FileMessageWriter.commit` return and the server may answer 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool.envelope import Envelope, QueuedMessage
+from postoffice.spool.ids import is_queue_id, new_queue_id
+
+log = logging.getLogger("postoffice.spool")
+
+MAGIC = b"POSTOFFICE-SPOOL 1\n"
+# Writes reach the disk in blocks of this size; a message is never held whole in memory.
+BUFFER_SIZE = 64 * 1024
+# An envelope of 1000 recipients (Postfix smtpd_recipient_limit) is a few hundred KiB of JSON;
+# a longer line means a damaged file, and reading it must not take unbounded memory.
+MAX_ENVELOPE_LINE = 16 * 1024 * 1024
+# A queue ID is taken twice in a row only if another process made the same one in the same
+# microsecond (see ids.py); a few attempts are plenty.
+ID_ATTEMPTS = 5
+
+# Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
+# to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def spool_error(exc: OSError, action: str) -> SpoolError:
+    """The SpoolError for an OSError: StorageFullError when retrying later can succeed."""
+    kind = StorageFullError if exc.errno in STORAGE_FULL_ERRNOS else SpoolError
+    reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+    return kind(f"{action}: {reason}")
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the names in a directory durable (a rename is not, until its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("path=%s status=unremovable error=%s", path, exc.strerror)
+
+
+class _CorruptEntry(Exception):
+    """A spool file whose header does not parse."""
+
+
+@dataclass(slots=True)
+class _Publication:
+    source: Path
+    target: Path
+    done: asyncio.Future[None]
+
+
+class _GroupCommitter:
+    """Moves fsync'd files into ``queue/`` and syncs the directory once for each batch.
+
+    A directory fsync costs about as much as a data fsync, and is shared: one sync covers every
+    rename done before it started. Commits that finish while a sync is running wait together
+    and share the next one, as databases share log flushes in group commit (PostgreSQL's
+    ``commit_delay``), so many concurrent commits cost one directory sync, not one each.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._waiting: list[_Publication] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def publish(self, source: Path, target: Path) -> None:
+        """Rename ``source`` to ``target`` and return once the directory holding it is synced."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Publication(source, target, done))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                # Every rename in this batch happens before its sync starts; publications that
+                # arrive meanwhile wait for the next round.
+                batch, self._waiting = self._waiting, []
+                try:
+                    errors = await asyncio.to_thread(self._publish_batch, batch)
+                except BaseException as exc:
+                    for item in (*batch, *self._waiting):
+                        if not item.done.done():
+                            item.done.set_exception(SpoolError(f"commit interrupted: {exc!r}"))
+                    self._waiting.clear()
+                    raise
+                for item, error in zip(batch, errors, strict=True):
+                    if item.done.done():
+                        continue
+                    if error is None:
+                        item.done.set_result(None)
+                    else:
+                        item.done.set_exception(error)
+        finally:
+            self._flusher = None
+
+    def _publish_batch(self, batch: list[_Publication]) -> list[OSError | None]:
+        errors: list[OSError | None] = []
+        for item in batch:
+            try:
+                os.rename(item.source, item.target)
+            except OSError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        if all(error is not None for error in errors):
+            return errors
+        try:
+            fsync_directory(self.directory)
+        except OSError as exc:
+            # The renames may not survive a crash, and their clients are about to get a
+            # temporary failure and send again: take the files back so that a crash-free run
+            # does not deliver both copies.
+            for index, item in enumerate(batch):
+                if errors[index] is None:
+                    _remove_quietly(item.target)
+                    errors[index] = exc
+        return errors
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    DISCARDED = "discarded"
+
+
+class FileMessageWriter:
+    """Streams one message into ``tmp/ID``; :meth:`commit` moves it to ``queue/ID``."""
+
+    def __init__(
+        self, spool: FileSpool, queue_id: str, envelope: Envelope, file: BinaryIO, path: Path
+    ) -> None:
+        self._spool = spool
+        self._queue_id = queue_id
+        self._envelope = envelope
+        self._file = file
+        self._path = path
+        self._size = 0
+        self._state = _State.OPEN
+
+    @property
+    def queue_id(self) -> str:
+        return self._queue_id
+
+    @property
+    def size(self) -> int:
+        """Message bytes written so far (the spool header not included)."""
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._abort()
+            raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+        self._size += len(data)
+
+    async def commit(self) -> QueuedMessage:
+        if self._state is not _State.OPEN:
+            raise SpoolError(
+                f"queue_id={self._queue_id}: cannot commit a message that is {self._state.value}"
+            )
+        self._state = _State.COMMITTING
+        work = asyncio.ensure_future(self._commit())
+        try:
+            # Shielded: a cancelled session must not stop an fsync or rename half-way; the
+            # message then goes the way of any message that never got its 250 (_abandoned).
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(self._abandoned)
+            raise
+
+    async def _commit(self) -> QueuedMessage:
+        try:
+            await asyncio.to_thread(self._sync_and_close)
+        except OSError as exc:
+            self._abort()
+            raise spool_error(exc, f"queue_id={self._queue_id}: cannot sync") from exc
+        try:
+            await self._spool._committer.publish(self._path, self._spool.queue_dir / self._queue_id)
+        except OSError as exc:
+            self._abort()
+            raise spool_error(exc, f"queue_id={self._queue_id}: cannot queue") from exc
+        except SpoolError:
+            self._abort()
+            raise
+        self._state = _State.COMMITTED
+        return QueuedMessage(self._queue_id, self._envelope, self._size)
+
+    def _sync_and_close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _abandoned(self, work: asyncio.Future[QueuedMessage]) -> None:
+        """The committing session went away: no 250 was sent, so the message must not stay."""
+        if work.cancelled() or work.exception() is not None:
+            return  # _commit already removed the file
+        # Nobody was told "queued" and the scheduler never heard of it; if this unlink is lost
+        # in a crash the message is delivered once, which RFC 5321 §6.1 prefers to losing it.
+        _remove_quietly(self._spool.queue_dir / self._queue_id)
+        self._state = _State.DISCARDED
+
+    def discard(self) -> None:
+        """Drop the partial message. After a commit (or while one runs) this does nothing."""
+        if self._state is _State.OPEN:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._state = _State.DISCARDED
+        # Closing flushes, which fails for the same reason we are aborting.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        _remove_quietly(self._path)
+
+
+class FileSpool:
+    """:class:`~postoffice.spool.base.Spool` over a local directory tree.
+
+    One server process owns a spool: it alone receives into ``tmp/``, so at construction it
+    removes leftovers there (crash debris that never got a 250). A process that only reads
+    the queue (the ``queue`` command) passes ``clean_tmp=False`` to leave a running server's
+    in-progress messages alone.
+    """
+
+    def __init__(self, root: Path, *, clean_tmp: bool = True) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.queue_dir = root / "queue"
+        self.corrupt_dir = root / "corrupt"
+        self._committer = _GroupCommitter(self.queue_dir)
+        try:
+            self._make_directories()
+            if clean_tmp:
+                self._clean_tmp()
+        except OSError as exc:
+            raise spool_error(exc, f"cannot prepare spool {root}") from exc
+
+    def _make_directories(self) -> None:
+        # 0700: queued mail is private to the server's user, as Postfix's queue directories.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        created = False
+        for directory in (self.tmp_dir, self.queue_dir, self.corrupt_dir):
+            if not directory.is_dir():
+                directory.mkdir(mode=0o700)
+                created = True
+        if created:
+            # A commit's directory fsync covers names inside queue/, not queue/ itself.
+            fsync_directory(self.root)
+
+    def _clean_tmp(self) -> None:
+        for entry in os.scandir(self.tmp_dir):
+            # After a crash between rename and the directory sync, the same file can have a
+            # name in both tmp/ and queue/; removing the tmp/ name leaves the queued one.
+            log.info("queue_id=%s status=removed reason=unfinished-at-start-up", entry.name)
+            _remove_quietly(Path(entry.path))
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def new_message(self, envelope: Envelope) -> FileMessageWriter:
+        """Start ``tmp/ID`` (0600, O_EXCL) and write the header.
+
+        Opening and buffered writes go to the page cache and return quickly, so they run on the
+        caller's thread; only fsync, which waits for the disk, is moved off the event loop.
+        """
+        header = MAGIC + _envelope_line(envelope)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        for _ in range(ID_ATTEMPTS):
+            queue_id = new_queue_id()
+            path = self.tmp_dir / queue_id
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise spool_error(exc, "cannot create spool file") from exc
+            break
+        else:
+            raise SpoolError("cannot allocate a queue ID")
+        try:
+            file = open(fd, "wb", buffering=BUFFER_SIZE)  # noqa: SIM115 - the writer owns it
+        except BaseException:
+            os.close(fd)
+            _remove_quietly(path)
+            raise
+        writer = FileMessageWriter(self, queue_id, envelope, file, path)
+        try:
+            file.write(header)
+        except OSError as exc:
+            writer.discard()
+            raise spool_error(exc, f"queue_id={queue_id}: cannot write") from exc
+        return writer
+
+    # --- reading back -------------------------------------------------------------------------
+
+    def pending(self) -> list[str]:
+        try:
+            names = os.listdir(self.queue_dir)
+        except OSError as exc:
+            raise spool_error(exc, "cannot list the queue") from exc
+        # IDs sort by creation time (ids.py), so this is oldest first.
+        return sorted(name for name in names if is_queue_id(name))
+
+    def load(self, queue_id: str) -> QueuedMessage:
+        with self._open(queue_id) as file:
+            line = self._header_line(queue_id, file)
+            try:
+                envelope = _parse_envelope(line)
+            except _CorruptEntry as exc:
+                raise self._quarantine(queue_id, exc) from exc
+            try:
+                size = os.fstat(file.fileno()).st_size - file.tell()
+            except OSError as exc:
+                raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+        return QueuedMessage(queue_id, envelope, size)
+
+    def open_content(self, queue_id: str) -> BinaryIO:
+        file = self._open(queue_id)
+        try:
+            self._header_line(queue_id, file)
+        except BaseException:
+            file.close()
+            raise
+        return file
+
+    def complete(self, queue_id: str) -> None:
+        # No directory fsync: if the unlink is lost in a crash, the message is delivered again
+        # with recovering=True and the agents find their earlier copies.
+        try:
+            self._queue_path(queue_id).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+
+    def _queue_path(self, queue_id: str) -> Path:
+        if not is_queue_id(queue_id):
+            raise SpoolError(f"not a queue ID: {queue_id!r}")
+        return self.queue_dir / queue_id
+
+    def _open(self, queue_id: str) -> BinaryIO:
+        path = self._queue_path(queue_id)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError as exc:
+            raise SpoolError(f"queue_id={queue_id}: not in the queue") from exc
+        except OSError as exc:
+            raise spool_error(exc, f"queue_id={queue_id}: cannot open") from exc
+
+    def _header_line(self, queue_id: str, file: BinaryIO) -> bytes:
+        """Check the magic, return the envelope line and leave ``file`` at the message start."""
+        try:
+            if file.read(len(MAGIC)) != MAGIC:
+                raise _CorruptEntry("bad magic line")
+            line = file.readline(MAX_ENVELOPE_LINE + 1)
+        except OSError as exc:
+            raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+        except _CorruptEntry as exc:
+            raise self._quarantine(queue_id, exc) from exc
+        if not line.endswith(b"\n"):
+            corrupt = _CorruptEntry("envelope line truncated or too long")
+            raise self._quarantine(queue_id, corrupt) from corrupt
+        return line
+
+    def _quarantine(self, queue_id: str, problem: _CorruptEntry) -> SpoolError:
+        """Move a damaged file to ``corrupt/`` so it stops failing, and say so loudly."""
+        target = self.corrupt_dir / queue_id
+        try:
+            os.replace(self.queue_dir / queue_id, target)
+        except OSError as exc:
+            log.error("queue_id=%s status=corrupt reason=%r error=%s", queue_id, str(problem), exc.strerror)
+        else:
+            log.warning("queue_id=%s status=corrupt reason=%r moved_to=%s", queue_id, str(problem), target)
+        return SpoolError(f"queue_id={queue_id}: corrupt spool file ({problem})")
+
+
+def _envelope_line(envelope: Envelope) -> bytes:
+    # ensure_ascii escapes every non-ASCII character and JSON escapes control characters, so
+    # the line holds no raw newline whatever the client sent.
+    text = json.dumps(envelope.to_json_dict(), ensure_ascii=True, separators=(",", ":"))
+    return text.encode("ascii") + b"\n"
+
+
+def _parse_envelope(line: bytes) -> Envelope:
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return Envelope.from_json_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _CorruptEntry(f"envelope does not parse: {exc}") from exc

@@ -1,0 +1,57 @@
+"""Trace header fields added to every message (RFC 5321 §4.4, RFC 5322 §3.6.7).
+
+Untrusted input seen here: the client's HELO name and addresses, which end up inside header
+fields. They are reduced to printable text without CR/LF so a client cannot add header lines.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from email.utils import format_datetime, localtime
+
+from postoffice.smtp.replies import printable
+
+
+def _address_literal(address: str) -> str:
+    """RFC 5321 §4.1.3 address literal for the TCP-info part of ``from``."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "[unknown]"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"[{ip.ipv4_mapped}]"
+        return f"[IPv6:{ip.compressed}]"
+    return f"[{ip}]"
+
+
+def with_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
+    """The WITH keyword: RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA) and RFC 6531 §3.7.3 (UTF8SMTP*)."""
+    if not esmtp:
+        return "SMTP"
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+def received_header(
+    *,
+    helo: str,
+    client_address: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str,
+    recipient: str | None,
+    when: float,
+) -> bytes:
+    """``Received:`` per §4.4; ``for`` only with one recipient, so Bcc recipients stay private."""
+    lines = [
+        f"Received: from {printable(helo, 100) or 'unknown'} ({_address_literal(client_address)})",
+        f"\tby {hostname} (postoffice) with {protocol} id {queue_id}",
+    ]
+    stamp = format_datetime(localtime(datetime.fromtimestamp(when, UTC)))
+    if recipient is not None:
+        lines.append(f"\tfor <{printable(recipient, 300)}>; {stamp}")
+    else:
+        lines[-1] += f"; {stamp}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

@@ -1,0 +1,307 @@
+"""Shared fixtures: a real postoffice server on an ephemeral loopback port.
+
+``server`` runs :class:`postoffice.app.Application` in a background thread with its own event
+loop, so tests can use blocking clients (smtplib, swaks) and async ones (aiosmtplib) alike.
+``server_process`` runs ``python -m postoffice serve`` as a real process, for signal and crash
+tests. Nothing here ever talks to an address outside 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mailbox
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postoffice.app import Application
+from postoffice.config import Config, Limits, Listener
+
+# Subprocesses (`python -m postoffice ...`) run this checkout's sources, like the tests do.
+_SOURCES = str(Path(__file__).resolve().parent.parent / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCES, os.environ.get("PYTHONPATH")]))
+
+
+def require_tool(name: str) -> str:
+    """The path of an external program; skipped locally when absent, a failure in CI."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@dataclass
+class RunningServer:
+    """An Application running in a background thread."""
+
+    config: Config
+    app: Application
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    port: int
+    stopped: bool = field(default=False)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def wait_idle(self) -> None:
+        """Until every queued message has been delivered (or deferred)."""
+        self.call(self.app.scheduler.wait_idle())
+
+    def messages(self, address: str) -> list[mailbox.MaildirMessage]:
+        """Messages in ``address``'s Maildir, after delivery settled."""
+        self.wait_idle()
+        return maildir_messages(self.config.mail_dir, address)
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            with contextlib.suppress(Exception):
+                self.call(self.app.stop(grace=2.0))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def maildir_messages(mail_dir: Path, address: str) -> list[mailbox.MaildirMessage]:
+    local, _, domain = address.rpartition("@")
+    path = mail_dir / domain.lower() / local.lower()
+    if not path.exists():
+        return []
+    box = mailbox.Maildir(path, factory=None, create=False)
+    return sorted(box, key=lambda m: m.get_date())
+
+
+def start_server(config: Config) -> RunningServer:
+    loop = asyncio.new_event_loop()
+    ready: Future[int] = Future()
+    holder: dict[str, Application] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def boot() -> None:
+            try:
+                app = Application(config)
+                holder["app"] = app
+                bound = await app.start()
+                ready.set_result(bound[0].port)
+            except BaseException as exc:  # surface start-up errors to the test
+                ready.set_exception(exc)
+
+        loop.run_until_complete(boot())
+        if ready.exception() is None:
+            loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="postoffice-test-server", daemon=True)
+    thread.start()
+    port = ready.result(30)
+    return RunningServer(config, holder["app"], loop, thread, port)
+
+
+def make_config(data_dir: Path, **overrides: Any) -> Config:
+    limits = overrides.pop("limits", None) or Limits()
+    base = Config(
+        hostname="mx.test",
+        data_dir=data_dir,
+        listeners=(Listener("smtp", "127.0.0.1", 0),),
+        limits=limits,
+    )
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with config overrides: ``server_factory(domains=("example.test",))``."""
+    servers: list[RunningServer] = []
+
+    def factory(**overrides: Any) -> RunningServer:
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(servers)}")
+        running = start_server(make_config(data_dir, **overrides))
+        servers.append(running)
+        return running
+
+    yield factory
+    for running in servers:
+        running.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    """A capture-mode server (no domains): accepts every recipient into its own Maildir."""
+    return server_factory()
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    data_dir: Path
+    output: list[str]
+
+    def terminate(self, sig: int | None = None) -> int:
+        if self.process.poll() is None:
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
+        return self.process.wait(30)
+
+
+_LISTENING = re.compile(r"^listening smtp (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:]+)):(?P<port>\d+)$")
+
+
+def spawn_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """``python -m postoffice serve`` on an ephemeral port; waits until it listens."""
+    command = [
+        sys.executable,
+        "-m",
+        "postoffice",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--smtp",
+        "127.0.0.1:0",
+        "--hostname",
+        "mx.test",
+        *extra,
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    output: list[str] = []
+    deadline = time.monotonic() + 30
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        match = _LISTENING.match(line.strip())
+        if match:
+            threading.Thread(target=_drain, args=(process, output), daemon=True).start()
+            return ServerProcess(process, int(match["port"]), data_dir, output)
+    process.kill()
+    raise AssertionError("server did not start:\n" + "".join(output))
+
+
+def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def factory(*extra: str, data_dir: Path | None = None) -> ServerProcess:
+        running = spawn_server(data_dir or tmp_path / "data", *extra)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait(10)
+
+
+class RawSmtp:
+    """A blocking SMTP client that sends exactly the bytes it is given and reads whole replies.
+
+    For exchanges the client libraries cannot express: pipelining by hand, BDAT, over-long
+    lines, silence until a timeout. Replies come back as the bytes on the wire, so a test can
+    compare them with ``Reply.render()``.
+    """
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self._buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def read_reply(self) -> bytes:
+        """One complete reply (every ``NNN-`` line and the final ``NNN `` line), CRLFs included."""
+        lines: list[bytes] = []
+        while True:
+            end = self._buffer.find(b"\r\n")
+            if end < 0:
+                if not self._fill():
+                    raise ConnectionError(f"connection closed inside a reply: {b''.join(lines)!r}")
+                continue
+            line, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, line: str | bytes) -> bytes:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.read_reply()
+
+    def greeting(self) -> bytes:
+        return self.read_reply()
+
+    def ehlo(self, name: str = "client.test") -> bytes:
+        self.greeting()
+        return self.command(f"EHLO {name}")
+
+    def read_rest(self) -> bytes:
+        """Everything until the server closes the connection (bounded by the socket timeout)."""
+        while self._fill():
+            pass
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+@pytest.fixture
+def smtp_client() -> Iterator[Callable[..., RawSmtp]]:
+    """Open raw SMTP connections to a port: ``smtp_client(server.port)``; closed afterwards."""
+    opened: list[RawSmtp] = []
+
+    def connect(port: int, *, timeout: float = 10.0) -> RawSmtp:
+        client = RawSmtp(port, timeout=timeout)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()

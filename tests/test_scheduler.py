@@ -1,0 +1,373 @@
+"""The scheduler: delivery, completion, retries with backoff, waiting routes and recovery.
+
+The agent here is a scripted test double (the scheduler is what is under test), except in the
+recovery tests at the end, which run the real Maildir agent against a real spool, including
+one where the delivering process is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
+from postoffice.delivery.maildir import MaildirAgent
+from postoffice.smtp import replies
+from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
+from postoffice.spool.files import FileSpool
+from postoffice.spool.scheduler import Scheduler
+
+Script = Callable[[Recipient, int], DeliveryResult]
+
+
+def deliver_all(recipient: Recipient, attempt: int) -> DeliveryResult:
+    return Delivered(recipient)
+
+
+class ScriptedAgent:
+    """Answers each recipient with ``script(recipient, attempt number for this message)``."""
+
+    def __init__(self, script: Script = deliver_all, *, pause: float = 0.0) -> None:
+        self.script = script
+        self.pause = pause
+        self.calls: list[tuple[str, list[str], bool]] = []
+        self.active = 0
+        self.most_active = 0
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+    ) -> list[DeliveryResult]:
+        attempt = sum(1 for queue_id, _, _ in self.calls if queue_id == message.queue_id)
+        self.calls.append((message.queue_id, [r.address for r in recipients], recovering))
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(self.pause)
+        finally:
+            self.active -= 1
+        return [self.script(recipient, attempt) for recipient in recipients]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def queue(spool: FileSpool, *recipients: Recipient) -> QueuedMessage:
+    envelope = Envelope("from@example.org", recipients, received_at=1_700_000_000.0)
+    writer = spool.new_message(envelope)
+    writer.write(b"Subject: test\r\n\r\nhello\r\n")
+    return await writer.commit()
+
+
+def local(address: str) -> Recipient:
+    return Recipient(address, address, Route.LOCAL)
+
+
+def remote(address: str) -> Recipient:
+    return Recipient(address, address, Route.REMOTE)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> FileSpool:
+    return FileSpool(tmp_path / "spool")
+
+
+async def test_delivers_and_completes(spool: FileSpool, caplog: pytest.LogCaptureFixture) -> None:
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    message = await queue(spool, local("a@example.com"), local("b@example.com"))
+
+    with caplog.at_level(logging.INFO, logger="postoffice.spool"):
+        scheduler.submit(message)
+        await scheduler.wait_idle()
+
+    assert agent.calls == [(message.queue_id, ["a@example.com", "b@example.com"], False)]
+    assert spool.pending() == [] and scheduler.known() == []
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(f"queue_id={message.queue_id} to=<a@example.com> status=delivered" in line for line in lines)
+    await scheduler.stop()
+
+
+async def test_temporary_failure_is_retried_for_the_failed_recipients_only(spool: FileSpool) -> None:
+    def fail_b_once(recipient: Recipient, attempt: int) -> DeliveryResult:
+        if recipient.address == "b@example.com" and attempt == 0:
+            return TempFail(recipient, replies.INSUFFICIENT_STORAGE)
+        return Delivered(recipient)
+
+    agent = ScriptedAgent(fail_b_once)
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, retry_base=0.02, retry_max=1.0)
+    message = await queue(spool, local("a@example.com"), local("b@example.com"))
+
+    scheduler.submit(message)
+    await scheduler.wait_idle()
+    assert spool.pending() == [message.queue_id]
+    assert message.queue_id in scheduler.deferred()
+
+    await until(lambda: not spool.pending())  # the retry timer fires
+    assert agent.calls == [
+        (message.queue_id, ["a@example.com", "b@example.com"], False),
+        (message.queue_id, ["b@example.com"], True),
+    ]
+    await scheduler.stop()
+
+
+async def test_backoff_doubles_up_to_the_maximum(spool: FileSpool) -> None:
+    clock = FakeClock()
+    agent = ScriptedAgent(lambda r, attempt: TempFail(r, replies.LOCAL_ERROR))
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, retry_base=60, retry_max=200, clock=clock)
+    message = await queue(spool, local("a@example.com"))
+
+    scheduler.submit(message)
+    delays = []
+    for _ in range(4):
+        await scheduler.wait_idle()
+        delays.append(scheduler.deferred()[message.queue_id] - clock.now)
+        clock.now += 1
+        scheduler.flush()  # as `postqueue -f`: retry now
+    await scheduler.wait_idle()
+
+    assert delays == [60, 120, 200, 200]
+    assert len(agent.calls) == 5 and all(recovering for _, _, recovering in agent.calls[1:])
+    assert spool.pending() == [message.queue_id]
+    await scheduler.stop()
+
+
+async def test_permanent_failure_is_final(spool: FileSpool, caplog: pytest.LogCaptureFixture) -> None:
+    agent = ScriptedAgent(lambda r, attempt: PermFail(r, replies.BAD_DESTINATION_MAILBOX))
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    message = await queue(spool, local("a@example.com"))
+    with caplog.at_level(logging.INFO, logger="postoffice.spool"):
+        scheduler.submit(message)
+        await scheduler.wait_idle()
+    assert spool.pending() == [] and len(agent.calls) == 1
+    assert any("status=bounced" in record.getMessage() for record in caplog.records)
+    await scheduler.stop()
+
+
+async def test_recipients_without_an_agent_wait_in_the_spool(
+    spool: FileSpool, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, retry_base=0.01)
+    mixed = await queue(spool, local("a@example.com"), remote("far@example.net"))
+    remote_only = await queue(spool, remote("far@example.net"))
+
+    with caplog.at_level(logging.INFO, logger="postoffice.spool"):
+        scheduler.submit(mixed)
+        scheduler.submit(remote_only)
+        await scheduler.wait_idle()
+        await asyncio.sleep(0.1)  # no timer, no spinning
+        scheduler.flush()
+        await scheduler.wait_idle()
+
+    assert agent.calls == [(mixed.queue_id, ["a@example.com"], False)]
+    assert spool.pending() == sorted([mixed.queue_id, remote_only.queue_id])
+    assert scheduler.deferred() == {}
+    waiting = [r.getMessage() for r in caplog.records if "reason=no-agent" in r.getMessage()]
+    assert len(waiting) == 2  # once per message
+
+    # Once an agent for the route exists (a restart with outbound delivery), they go out.
+    await scheduler.stop()
+    outbound = ScriptedAgent()
+    restarted = Scheduler(spool, {Route.LOCAL: agent, Route.REMOTE: outbound})
+    await restarted.start()
+    await restarted.wait_idle()
+    assert sorted(outbound.calls) == sorted(
+        [(mixed.queue_id, ["far@example.net"], True), (remote_only.queue_id, ["far@example.net"], True)]
+    )
+    # Progress lives in memory: after a restart the local agent is asked again, in recovery
+    # mode, so that it finds its earlier copy instead of making a second one.
+    assert agent.calls[1:] == [(mixed.queue_id, ["a@example.com"], True)]
+    assert spool.pending() == []
+    await restarted.stop()
+
+
+async def test_start_recovers_pending_messages_oldest_first(spool: FileSpool) -> None:
+    messages = [await queue(spool, local(f"u{i}@example.com")) for i in range(5)]
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, concurrency=1)
+
+    await scheduler.start()
+    await scheduler.wait_idle()
+
+    assert [call[0] for call in agent.calls] == [m.queue_id for m in messages]
+    assert all(recovering for _, _, recovering in agent.calls)
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_start_skips_a_corrupt_entry(spool: FileSpool, caplog: pytest.LogCaptureFixture) -> None:
+    good = await queue(spool, local("a@example.com"))
+    bad = await queue(spool, local("b@example.com"))
+    (spool.queue_dir / bad.queue_id).write_bytes(b"garbage")
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+
+    with caplog.at_level(logging.WARNING):
+        await scheduler.start()
+        await scheduler.wait_idle()
+
+    assert [call[0] for call in agent.calls] == [good.queue_id]
+    assert (spool.corrupt_dir / bad.queue_id).exists() and spool.pending() == []
+    assert any(bad.queue_id in record.getMessage() for record in caplog.records)
+    await scheduler.stop()
+
+
+async def test_concurrency_is_bounded(spool: FileSpool) -> None:
+    agent = ScriptedAgent(pause=0.02)
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, concurrency=3)
+    for i in range(12):
+        scheduler.submit(await queue(spool, local(f"u{i}@example.com")))
+    await scheduler.wait_idle()
+    assert agent.most_active == 3 and len(agent.calls) == 12
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_an_agent_that_raises_is_a_temporary_failure(spool: FileSpool) -> None:
+    class BrokenAgent:
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            raise RuntimeError("agent bug")
+
+    clock = FakeClock()
+    scheduler = Scheduler(spool, {Route.LOCAL: BrokenAgent()}, clock=clock)
+    message = await queue(spool, local("a@example.com"))
+    scheduler.submit(message)
+    await scheduler.wait_idle()
+    assert scheduler.deferred() == {message.queue_id: clock.now + 60}
+    assert spool.pending() == [message.queue_id]
+    await scheduler.stop()
+
+
+async def test_stop_waits_for_running_deliveries(spool: FileSpool) -> None:
+    agent = ScriptedAgent(pause=0.1)
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    scheduler.submit(await queue(spool, local("a@example.com")))
+    await asyncio.sleep(0.01)
+    await scheduler.stop()
+    assert spool.pending() == [] and len(agent.calls) == 1
+
+
+async def test_stop_cancels_deliveries_that_overrun_and_keeps_them_queued(spool: FileSpool) -> None:
+    agent = ScriptedAgent(pause=60)
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    message = await queue(spool, local("a@example.com"))
+    scheduler.submit(message)
+    await asyncio.sleep(0.01)
+    await scheduler.stop(timeout=0.05)
+    assert spool.pending() == [message.queue_id]
+    scheduler.submit(message)  # after stop: left for the next start
+    await scheduler.wait_idle()
+    assert len(agent.calls) == 1
+
+
+# --- recovery with the real Maildir agent -------------------------------------------------------
+
+
+def copies(mail_root: Path, queue_id: str) -> dict[str, int]:
+    """How many files in new/ or cur/ each recipient index of ``queue_id`` has."""
+    found: dict[str, int] = {}
+    for directory in mail_root.glob("*/*/*"):
+        if directory.name in ("new", "cur"):
+            for name in os.listdir(directory):
+                if f".{queue_id}_" in name:
+                    index = name.split(f".{queue_id}_", 1)[1].split(".", 1)[0]
+                    found[index] = found.get(index, 0) + 1
+    return found
+
+
+async def test_restart_after_partial_delivery_delivers_each_recipient_once(
+    spool: FileSpool, tmp_path: Path
+) -> None:
+    mail_root = tmp_path / "mail"
+    message = await queue(spool, local("a@example.com"), local("b@example.com"), local("c@example.com"))
+    # The first run delivered to a, then died before anything was recorded.
+    first = MaildirAgent(mail_root, spool, "mx.example.com")
+    await first.deliver(message, message.envelope.recipients[:1])
+
+    scheduler: Scheduler = Scheduler(spool, {Route.LOCAL: MaildirAgent(mail_root, spool, "mx.example.com")})
+    await scheduler.start()
+    await scheduler.wait_idle()
+
+    assert copies(mail_root, message.queue_id) == {"0": 1, "1": 1, "2": 1}
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from postoffice.delivery.maildir import MaildirAgent
+    from postoffice.spool.envelope import Envelope, Recipient, Route
+    from postoffice.spool.files import FileSpool
+    from postoffice.spool.scheduler import Scheduler
+
+    async def main(root):
+        spool = FileSpool(root / "spool")
+        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com")}
+        scheduler = Scheduler(spool, agents)
+        await scheduler.start()
+        recipients = tuple(Recipient(f"u{i}@example.com", f"u{i}@example.com", Route.LOCAL) for i in range(3))
+        n = 0
+        while True:
+            writer = spool.new_message(Envelope("s@example.org", recipients, received_at=1.0))
+            writer.write(b"Subject: %d\\r\\n\\r\\n" % n + b"x" * 20_000)
+            queued = await writer.commit()
+            print(queued.queue_id, flush=True)  # acknowledged: from here on it must not be lost
+            scheduler.submit(queued)
+            n += 1
+
+    asyncio.run(main(Path(sys.argv[1])))
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after", [3, 17, 40])
+async def test_sigkill_loses_no_acknowledged_message_and_duplicates_none(
+    tmp_path: Path, kill_after: int
+) -> None:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    acknowledged = [child.stdout.readline().strip() for _ in range(kill_after)]
+    child.send_signal(signal.SIGKILL)
+    acknowledged += [line.strip() for line in child.stdout.readlines() if line.strip()]
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    spool = FileSpool(tmp_path / "spool")  # the restart: tmp/ debris goes
+    mail_root = tmp_path / "mail"
+    agent: DeliveryAgent = MaildirAgent(mail_root, spool, "mx.example.com")
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    await scheduler.start()
+    await scheduler.wait_idle()
+    await scheduler.stop()
+
+    assert spool.pending() == []
+    for queue_id in acknowledged:
+        assert copies(mail_root, queue_id) == {"0": 1, "1": 1, "2": 1}, queue_id
+    for maildir in mail_root.glob("*/*"):
+        for name in os.listdir(maildir / "new"):
+            body = (maildir / "new" / name).read_bytes()
+            assert name.endswith(f",S={len(body)}") and body.endswith(b"x" * 20_000)

@@ -1,0 +1,329 @@
+"""The file spool: queue IDs, durable commit, read-back, clean-up and storage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.spool.files import MAGIC, FileSpool
+from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
+
+
+def make_envelope(*addresses: str, mail_from: str = "sender@example.org") -> Envelope:
+    recipients = tuple(Recipient(a, a, Route.LOCAL) for a in addresses or ("user@example.com",))
+    return Envelope(mail_from=mail_from, recipients=recipients, received_at=1_700_000_000.5)
+
+
+async def spool_message(spool: FileSpool, content: bytes, envelope: Envelope | None = None) -> str:
+    writer = spool.new_message(envelope or make_envelope())
+    writer.write(content)
+    return (await writer.commit()).queue_id
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real file system that really runs out of space (needs root)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def remount_read_only(mount_point: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+
+
+# --- queue IDs ----------------------------------------------------------------------------------
+
+
+def test_queue_ids_are_unique_valid_and_sort_by_creation() -> None:
+    ids = [new_queue_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(is_queue_id(i) and len(i) == 16 and i.isupper() and i.isalnum() for i in ids)
+    assert sorted(ids) == ids
+
+
+def test_queue_id_encodes_its_creation_time() -> None:
+    assert abs(queue_id_time(new_queue_id()) - time.time()) < 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "../x", "a/b", "..", "0" * 15, "0" * 17, "0" * 16 + "\n", "0" * 15 + "/", "0" * 15 + "I",
+     "0" * 15 + "O", "0" * 15 + "a", "0" * 15 + "\x00", "０" * 16],
+)  # fmt: skip
+def test_is_queue_id_refuses_anything_else(text: str) -> None:
+    assert not is_queue_id(text)
+
+
+# --- writing and reading back -------------------------------------------------------------------
+
+
+async def test_round_trip_envelope_and_content(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    envelope = Envelope(
+        mail_from="",
+        recipients=(
+            Recipient("ü@exämple.com", "Ü@exämple.com", Route.LOCAL, notify=("FAILURE",), orcpt="rfc822;x@y"),
+            Recipient("far@example.net", "far@example.net", Route.REMOTE),
+        ),
+        received_at=1_700_000_123.25,
+        client_address="2001:db8::7",
+        helo="evil\r\nname",
+        smtputf8=True,
+        declared_size=10,
+        extra={"k": "v"},
+    )
+    chunks = [b"Received: from x\r\n", b"Subject: hi\r\n\r\n", b"body\r\n" * 30_000]
+    writer = spool.new_message(envelope)
+    for chunk in chunks:
+        writer.write(chunk)
+    queued = await writer.commit()
+
+    content = b"".join(chunks)
+    assert queued.size == len(content)
+    assert queued.envelope == envelope
+    assert spool.pending() == [queued.queue_id]
+    loaded = spool.load(queued.queue_id)
+    assert loaded == queued
+    with spool.open_content(queued.queue_id) as file:
+        assert file.read() == content
+    raw = (spool.queue_dir / queued.queue_id).read_bytes()
+    assert raw.startswith(MAGIC) and raw.count(b"\n", 0, len(raw) - len(content)) == 2
+
+
+async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    assert spool.pending() == []
+    assert os.listdir(spool.queue_dir) == []
+    tmp_file = spool.tmp_dir / writer.queue_id
+    assert tmp_file.stat().st_mode & 0o777 == 0o600
+
+    queued = await writer.commit()
+
+    assert spool.pending() == [queued.queue_id] == [writer.queue_id]
+    assert not tmp_file.exists()
+
+
+async def test_commit_syncs_data_before_rename_and_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"x" * 100_000)
+    await writer.commit()
+
+    tmp_file, queue_file = spool.tmp_dir / writer.queue_id, spool.queue_dir / writer.queue_id
+    assert events == [
+        ("fsync", str(tmp_file)),
+        ("rename", str(queue_file)),
+        ("fsync", str(spool.queue_dir)),
+    ]
+
+
+async def test_concurrent_commits_share_directory_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path)
+    directory_syncs = 0
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        nonlocal directory_syncs
+        if os.readlink(f"/proc/self/fd/{fd}") == str(spool.queue_dir):
+            directory_syncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ids = await asyncio.gather(*(spool_message(spool, b"m%d" % i) for i in range(20)))
+
+    assert sorted(spool.pending()) == sorted(ids)
+    assert 1 <= directory_syncs < 20
+
+
+async def test_pending_lists_oldest_first_and_ignores_strangers(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    ids = [await spool_message(spool, b"m") for _ in range(5)]
+    (spool.queue_dir / "README").write_text("not a message")
+    (spool.queue_dir / ".hidden").write_text("not a message")
+    assert spool.pending() == ids
+
+
+async def test_complete_removes_the_message_and_may_be_repeated(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    queue_id = await spool_message(spool, b"m")
+    spool.complete(queue_id)
+    spool.complete(queue_id)
+    assert spool.pending() == []
+    with pytest.raises(SpoolError):
+        spool.load(queue_id)
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "a/b", "..", "", "0" * 15 + "\x00"])
+def test_invalid_ids_are_refused_before_touching_files(tmp_path: Path, bad: str) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    for operation in (spool.load, spool.open_content, spool.complete):
+        with pytest.raises(SpoolError, match="not a queue ID"):
+            operation(bad)
+    assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "queue", "tmp"]
+
+
+# --- discarding and clean-up --------------------------------------------------------------------
+
+
+async def test_discard_removes_the_partial_message(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"partial")
+    writer.discard()
+    writer.discard()
+    assert os.listdir(spool.tmp_dir) == [] and spool.pending() == []
+    with pytest.raises(SpoolError):
+        writer.write(b"more")
+    with pytest.raises(SpoolError):
+        await writer.commit()
+
+
+async def test_discard_after_commit_keeps_the_message(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"whole")
+    queued = await writer.commit()
+    writer.discard()
+    assert spool.pending() == [queued.queue_id]
+
+
+async def test_cancelled_commit_leaves_no_message(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"x" * 1000)
+    task = asyncio.create_task(writer.commit())
+    await asyncio.sleep(0)  # the commit is under way in a worker thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    writer.discard()
+    for _ in range(100):  # the shielded commit finishes, then takes the message back
+        if not os.listdir(spool.queue_dir) and not os.listdir(spool.tmp_dir):
+            break
+        await asyncio.sleep(0.01)
+    assert os.listdir(spool.queue_dir) == [] and os.listdir(spool.tmp_dir) == []
+
+
+async def test_leftovers_in_tmp_are_removed_at_start_up(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    committed = await spool_message(spool, b"kept")
+    unfinished = spool.new_message(make_envelope())
+    unfinished.write(b"never got its 250")  # and then the process dies
+
+    FileSpool(tmp_path, clean_tmp=False)
+    assert os.listdir(spool.tmp_dir) == [unfinished.queue_id]
+
+    restarted = FileSpool(tmp_path)
+    assert os.listdir(restarted.tmp_dir) == []
+    assert restarted.pending() == [committed]
+
+
+# --- damaged files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"GARBAGE\n{}\nbody",
+        MAGIC + b'{"mail_from": "a@b"',  # envelope line cut short
+        MAGIC + b"not json\nbody",
+        MAGIC + b"[1, 2]\nbody",
+        MAGIC + b'{"mail_from": "a@b"}\nbody',  # no recipients
+        MAGIC + b'{"mail_from":"","recipients":[{"address":"a@b","original":"a@b","route":"moon"}],'
+        b'"received_at":1}\nbody',
+    ],
+)
+def test_corrupt_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture, raw: bytes) -> None:
+    spool = FileSpool(tmp_path)
+    queue_id = new_queue_id()
+    (spool.queue_dir / queue_id).write_bytes(raw)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="postoffice.spool"),
+        pytest.raises(SpoolError, match="corrupt"),
+    ):
+        spool.load(queue_id)
+
+    assert spool.pending() == []
+    assert (spool.corrupt_dir / queue_id).read_bytes() == raw
+    assert any(
+        queue_id in record.getMessage() and "corrupt" in record.getMessage() for record in caplog.records
+    )
+
+
+def test_open_content_of_a_corrupt_file_moves_it_aside(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    queue_id = new_queue_id()
+    (spool.queue_dir / queue_id).write_bytes(b"XPOSTOFFICE-SPOOL 1\n{}\n")
+    with pytest.raises(SpoolError, match="corrupt"):
+        spool.open_content(queue_id)
+    assert (spool.corrupt_dir / queue_id).exists()
+
+
+# --- storage trouble ----------------------------------------------------------------------------
+
+
+async def test_full_disk_is_storage_full_and_leaves_nothing(tmpfs: Path) -> None:
+    spool = FileSpool(tmpfs / "spool")
+    writer = spool.new_message(make_envelope())
+    with pytest.raises(StorageFullError):
+        for _ in range(64):  # 512 KiB into 64 KiB
+            writer.write(b"x" * 8192)
+        await writer.commit()
+    writer.discard()
+    assert os.listdir(spool.tmp_dir) == [] and spool.pending() == []
+
+    # Space freed, the spool works again.
+    assert spool.load(await spool_message(spool, b"small")).size == 5
+
+
+async def test_read_only_spool_is_storage_full(tmpfs: Path) -> None:
+    spool = FileSpool(tmpfs / "spool")
+    queue_id = await spool_message(spool, b"before")
+    remount_read_only(tmpfs)
+
+    with pytest.raises(StorageFullError):
+        spool.new_message(make_envelope())
+    with pytest.raises(StorageFullError):
+        FileSpool(tmpfs / "other")
+    assert spool.load(queue_id).size == len(b"before")  # reading still works
