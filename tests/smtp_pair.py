@@ -217,13 +217,27 @@ def split_at(data: bytes, cuts: Iterable[int]) -> Iterator[bytes]:
 
 
 def normalised(events: Iterable[ev.Event]) -> list[ev.Event]:
-    """Events with adjacent MessageData merged: how content is sliced depends on the feeding."""
+    """Events as comparable across feedings: adjacent MessageData merged, and no MessageData for
+    a message that did not complete (rejected, cut off by EOF, abandoned).
+
+    How content is sliced into MessageData depends on how the bytes arrived; so does how much
+    of an over-size message is handed out before the limit is noticed (RFC 1870 §6.3 only asks
+    that it be refused). Neither reaches a stored message, and the replies are the same.
+    """
     out: list[ev.Event] = []
+    start: int | None = None  # index in ``out`` of the open message's MessageStart
     for event in events:
         if isinstance(event, ev.MessageData) and out and isinstance(out[-1], ev.MessageData):
             out[-1] = ev.MessageData(out[-1].data + event.data)
-        else:
-            out.append(event)
+            continue
+        if start is not None and isinstance(event, (ev.MessageStart, ev.MessageRejected, ev.Closing)):
+            out[start:] = [e for e in out[start:] if not isinstance(e, ev.MessageData)]
+            start = None
+        if isinstance(event, ev.MessageStart):
+            start = len(out)
+        elif isinstance(event, ev.MessageComplete):
+            start = None
+        out.append(event)
     return out
 
 

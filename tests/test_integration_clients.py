@@ -12,6 +12,7 @@ import mailbox
 import os
 import re
 import smtplib
+import socket
 import subprocess
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -505,14 +506,19 @@ HOSTILE_RECIPIENTS = [
     '"con\\\\sole"@x',
     '"with space"@x',
     '"~root"@x',
+    '"..@x"@x',
+    '"@"@x',
     "..hidden@x",
+    "..@x",
+    ".@x",
 ]
 
 
 def _all_files(root: Path) -> set[Path]:
+    """Every file and directory under ``root``."""
     found: set[Path] = set()
-    for directory, _, files in os.walk(root):
-        found.update(Path(directory) / name for name in files)
+    for directory, subdirectories, files in os.walk(root):
+        found.update(Path(directory) / name for name in (*subdirectories, *files))
     return found
 
 
@@ -542,9 +548,13 @@ def test_hostile_mailbox_names_stay_inside_the_mail_root(
 
     mail_root = server.config.mail_dir.resolve()
     added = _all_files(tmp_path) - before
-    # Exactly one new file anywhere under the test's directory: the message, in the mail root.
-    assert len(added) == 1, sorted(map(str, added))
-    [path] = added
+    # Whatever was created anywhere under the test's directory is inside the mail root, and
+    # the only new file is the message.
+    for path in added:
+        assert path.resolve().is_relative_to(mail_root), path
+    added_files = [path for path in added if path.is_file()]
+    assert len(added_files) == 1, sorted(map(str, added))
+    [path] = added_files
     relative = path.resolve().relative_to(mail_root)
     domain, local, subdir, _ = relative.parts
     assert (domain, subdir) == ("x", "new")
@@ -589,3 +599,37 @@ def test_address_literal_mailbox_is_delivered(
     mail_dir = server.config.mail_dir
     assert [m["Subject"] for m in maildir_messages(mail_dir, "who@[127.0.0.1]")] == ["literal"]
     assert [m["Subject"] for m in maildir_messages(mail_dir, "who@[ipv6:::1]")] == ["literal"]
+
+
+def test_damaged_accounts_file_is_a_temporary_failure(
+    server_factory: Callable[..., RunningServer], smtp_client: Callable[..., RawSmtp]
+) -> None:
+    server = server_factory(domains=("example.test",))
+    accounts_file = server.config.accounts_file
+    Accounts(accounts_file).add_user("carol@example.test", "a password")
+    good = accounts_file.read_bytes()
+    client = smtp_client(server.port)
+    client.ehlo()
+    assert client.command("MAIL FROM:<a@example.org>") == replies.SENDER_OK.render(enhanced=True)
+    accounts_file.write_text("{ half-written")
+    # 451: the client keeps the message and tries again later (RFC 5321 §4.2.5).
+    assert client.command("RCPT TO:<carol@example.test>") == replies.LOCAL_ERROR.render(enhanced=True)
+    assert client.command("NOOP") == replies.OK.render(enhanced=True)
+    accounts_file.write_bytes(good + b"\n")
+    assert client.command("RCPT TO:<carol@example.test>") == replies.RECIPIENT_OK.render(enhanced=True)
+
+
+def test_pipelined_transaction_then_half_close(
+    server: RunningServer, smtp_client: Callable[..., RawSmtp]
+) -> None:
+    client = smtp_client(server.port)
+    client.send(
+        b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<half@example.org>\r\n"
+        b"DATA\r\nSubject: then EOF\r\n\r\nbye\r\n.\r\nQUIT\r\n"
+    )
+    client.sock.shutdown(socket.SHUT_WR)
+    rest = client.read_rest()
+    assert rest.endswith(replies.CLOSING.render(enhanced=True))
+    assert b"\r\n250 2.0.0 Ok: queued as " in rest
+    [message] = server.messages("half@example.org")
+    assert message["Subject"] == "then EOF"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RawSmtp, ServerProcess
+from conftest import RawSmtp, RunningServer, ServerProcess
 from postoffice.smtp import replies
 
 pytestmark = pytest.mark.timeout(30)
@@ -230,6 +230,14 @@ def test_sigterm_closes_idle_sessions_with_421_and_exits_0(
         socket.create_connection(("127.0.0.1", running.port), timeout=5).close()
 
 
+def test_sigterm_as_soon_as_it_listens_is_graceful(server_process: Callable[..., ServerProcess]) -> None:
+    # A supervisor may stop the server the moment it reports itself ready; the signal handler
+    # must already be in place then (exit 0, not death by SIGTERM's default action).
+    for _ in range(3):
+        running = server_process()
+        assert running.terminate() == 0
+
+
 def test_sigterm_lets_a_transaction_in_data_finish(
     server_process: Callable[..., ServerProcess], smtp_client: Callable[..., RawSmtp], tmp_path: Path
 ) -> None:
@@ -339,3 +347,55 @@ def test_second_server_on_the_same_port_fails_cleanly(
     assert running.process.poll() is None
     os.kill(running.process.pid, signal.SIGTERM)
     assert running.process.wait(20) == 0
+
+
+# --- a spool that cannot store --------------------------------------------------------------
+
+
+def test_no_250_while_the_spool_cannot_store(
+    server_factory: Callable[..., RunningServer], smtp_client: Callable[..., RawSmtp]
+) -> None:
+    server = server_factory()
+    spool_tmp = server.data_dir / "spool" / "tmp"
+    client = smtp_client(server.port)
+    client.ehlo()
+
+    def begin() -> None:
+        assert client.command("MAIL FROM:<a@example.org>") == replies.SENDER_OK.render(enhanced=True)
+        assert client.command(f"RCPT TO:<box3@{DOMAIN}>") == replies.RECIPIENT_OK.render(enhanced=True)
+
+    def break_spool() -> None:
+        # A file where the spool's tmp/ directory should be: nothing can be stored, even as root.
+        spool_tmp.rmdir()
+        spool_tmp.write_text("in the way")
+
+    def mend_spool() -> None:
+        spool_tmp.unlink()
+        spool_tmp.mkdir()
+
+    begin()
+    break_spool()
+    assert client.command("DATA") == replies.LOCAL_ERROR.render(enhanced=True)
+    mend_spool()
+    # A 4xx to DATA ends nothing: the same transaction goes on, here by BDAT.
+    # (RawSmtp.command() adds CRLF: "hello" and it are the chunk's 7 octets.)
+    first = client.command(b"BDAT 7 LAST\r\nhello")
+    assert first.startswith(b"250 2.0.0 Ok: queued as "), first
+
+    begin()
+    break_spool()
+    assert client.command(b"BDAT 7 LAST\r\nhello") == replies.LOCAL_ERROR.render(enhanced=True)
+    mend_spool()
+    begin()
+    assert client.command("DATA") == replies.START_MAIL_INPUT.render(enhanced=True)
+    second = client.command(b"Subject: second\r\n\r\nhello again\r\n.")
+    assert second.startswith(b"250 2.0.0 Ok: queued as "), second
+
+    server.wait_idle()
+    delivered = sorted(path.read_bytes() for path in delivered_files(server.data_dir))
+    assert len(delivered) == 2
+    by_data = [data for data in delivered if data.endswith(b"\r\n\r\nhello again\r\n")]
+    by_bdat = [data for data in delivered if data not in by_data]
+    assert len(by_data) == len(by_bdat) == 1
+    assert by_bdat[0].endswith(b"\r\nhello\r\n")
+    assert list(queue_dir(server.data_dir).iterdir()) == []

@@ -105,6 +105,12 @@ def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
 
 async def _serve(config: Config) -> int:
     app = Application(config)
+    # Handlers first: a supervisor may send SIGTERM as soon as it sees the banner, and that
+    # must be a graceful stop, not death by the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
         bound = await app.start()
     except OSError as exc:
@@ -112,10 +118,6 @@ async def _serve(config: Config) -> int:
         await app.scheduler.stop()
         return 1
     _banner(config, bound)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()

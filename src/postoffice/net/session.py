@@ -23,7 +23,7 @@ from typing import Protocol
 
 from postoffice.config import Limits
 from postoffice.errors import SpoolError, StorageFullError
-from postoffice.policy import Policy
+from postoffice.policy import Policy, RecipientVerdict
 from postoffice.smtp import events as ev
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
@@ -172,7 +172,11 @@ class SmtpSession(asyncio.Protocol):
         elif isinstance(event, ev.RcptReceived):
             self._on_rcpt(event)
         elif isinstance(event, ev.DataReceived):
-            self._answer(event.line, self._open_message())
+            reply = self._open_message()
+            # Refused DATA is answered here and the transaction stays open (a later DATA or
+            # BDAT may succeed): the failure must not outlive this reply.
+            self._write_failure = None
+            self._answer(event.line, reply)
         elif isinstance(event, ev.MessageStart):
             if self._writer is None and self._write_failure is None:
                 self._open_message()  # BDAT: the first chunk opens the spool file
@@ -219,8 +223,14 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_rcpt(self, event: ev.RcptReceived) -> None:
         command = event.command
-        verdict = self.services.policy.check_recipient(command.path, authenticated_user=None)
         original = str(command.path)
+        try:
+            verdict = self.services.policy.check_recipient(command.path, authenticated_user=None)
+        except Exception:
+            # The accounts file unreadable or damaged, say: a temporary failure the client can
+            # retry (RFC 5321 §4.2.5), never a dropped connection or our exception text.
+            log.exception("session=%s event=policy-error to=<%s>", self.id, original)
+            verdict = RecipientVerdict(replies.LOCAL_ERROR)
         if verdict.reply.positive:
             known = {(r.address, r.route) for r in self._recipients}
             for route, addresses in ((Route.LOCAL, verdict.local), (Route.REMOTE, verdict.remote)):
@@ -358,8 +368,17 @@ class SmtpSession(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.close()
+        if transport.get_write_buffer_size() and not self._closed:
+            # close() waits until the client has taken what is still buffered; one that reads
+            # nothing would keep the connection, and its connection slot, for ever. It gets one
+            # more command timeout to read, then the connection is dropped.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(self.services.limits.command_timeout, transport.abort)
 
     def close_with(self, reply: Reply) -> None:
         """End the session with ``reply`` (timeouts, shutdown) unless a commit is in flight."""

@@ -131,8 +131,8 @@ class Reader:
         if segment.count(b"\n") != crlf or segment.count(b"\r") != crlf:
             self.problems.bare_line_ending = True
         # A segment is whole lines, or a piece of one line with no CRLF at all (cut at
-        # _MAX_PENDING_DATA); such a line is measured across its pieces, so the verdict does not
-        # depend on how the bytes were split (nor on the limit being below the cut size).
+        # _MAX_PENDING_DATA); such a line is measured across its pieces, so the verdict is the
+        # same however the bytes were split, and right for limits above the cut size too.
         first_end = segment.find(_CRLF)
         first_line = self._line_carry + (len(segment) if first_end < 0 else first_end)
         self._line_carry = first_line if first_end < 0 else 0
