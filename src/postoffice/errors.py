@@ -13,6 +13,7 @@ client.
     ├── ProtocolError                an SMTP exchange went wrong; may carry a Reply
     │   ├── LocalProtocolError       we tried to do something the protocol forbids (a bug)
     │   └── RemoteProtocolError      the peer broke the protocol; ``reply`` answers it
+    ├── MessageError                 a message to send cannot be built (a bad address, header or file)
     ├── SmtpClientError              sending to an SMTP server failed; ``temporary`` says if a retry may help
     │   ├── SmtpConnectError         no connection, a timeout, or the server hung up
     │   ├── SmtpProtocolError        the server's replies broke RFC 5321 (garbled, or data after STARTTLS)
@@ -75,6 +76,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow; ``reply`` answers it."""
+
+
+class MessageError(PostofficeError):
+    """A message to send cannot be built from what was given; ``str()`` says what to fix."""
 
 
 class SmtpClientError(PostofficeError):
