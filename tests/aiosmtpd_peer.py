@@ -49,14 +49,18 @@ class Handler:
     data_reply: str = "250 2.0.0 Ok: queued"
     messages: list[Received] = field(default_factory=list)
 
-    async def handle_MAIL(self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if self.mail_reply is not None:
             return self.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
         envelope.rcpt_tos.append(address)
@@ -66,7 +70,9 @@ class Handler:
         if self.data_reply.startswith("250"):
             content = envelope.original_content or b""
             self.messages.append(
-                Received(str(envelope.mail_from), list(envelope.rcpt_tos), content, list(envelope.mail_options))
+                Received(
+                    str(envelope.mail_from), list(envelope.rcpt_tos), content, list(envelope.mail_options)
+                )
             )
         return self.data_reply
 

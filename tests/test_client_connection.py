@@ -78,7 +78,9 @@ async def test_message_reaches_our_server_pipelined(server: RunningServer) -> No
 async def test_bare_lf_message_is_sent_with_crlf(server: RunningServer) -> None:
     # Our server refuses bare LF in DATA (554 5.6.0); the client must have converted it.
     async with client(server.port) as smtp:
-        result = await smtp.send("a@client.test", ["bob@example.test"], b"Subject: lf\n\nline one\nline two\n")
+        result = await smtp.send(
+            "a@client.test", ["bob@example.test"], b"Subject: lf\n\nline one\nline two\n"
+        )
     assert result.reply.positive
     (delivered,) = await asyncio.to_thread(server.messages, "bob@example.test")
     assert delivered["Subject"] == "lf" and delivered.get_payload() == "line one\nline two\n"
@@ -87,9 +89,7 @@ async def test_bare_lf_message_is_sent_with_crlf(server: RunningServer) -> None:
 async def test_per_recipient_results(server_factory: Callable[..., RunningServer]) -> None:
     server = server_factory(domains=("example.test",))
     async with client(server.port) as smtp:
-        result = await smtp.send(
-            "a@client.test", ["postmaster@example.test", "nobody@example.test"], MESSAGE
-        )
+        result = await smtp.send("a@client.test", ["postmaster@example.test", "nobody@example.test"], MESSAGE)
     assert list(result.accepted) == ["postmaster@example.test"]
     assert result.refused == {"nobody@example.test": replies.USER_UNKNOWN}
 
@@ -159,13 +159,13 @@ async def test_message_reaches_aiosmtpd_one_command_at_a_time(peer: Peer) -> Non
 
 
 async def test_starttls_with_a_verified_certificate(peer_factory: Any, tls: Tls) -> None:  # noqa: F811
-    peer = peer_factory(tls_context=tls.server_context, require_starttls=True)
+    smtpd = peer_factory(tls_context=tls.server_context, require_starttls=True)
     transcript = Transcript()
-    smtp = client(peer.port, tls=TlsMode.STARTTLS, ssl_context=tls.client_context(), transcript=transcript)
+    smtp = client(smtpd.port, tls=TlsMode.STARTTLS, ssl_context=tls.client_context(), transcript=transcript)
     async with smtp:
         assert smtp.tls_active
-        await smtp.send("a@client.test", ["b@peer.test"], MESSAGE)
-    assert len(peer.handler.messages) == 1
+        await smtp.send("a@client.test", ["b@smtpd.test"], MESSAGE)
+    assert len(smtpd.handler.messages) == 1
     # RFC 3207 §4.2: EHLO again after the handshake.
     assert transcript.commands()[:3] == ["EHLO client.test", "STARTTLS", "EHLO client.test"]
 
@@ -185,18 +185,18 @@ async def test_opportunistic_starttls_goes_on_in_plaintext(peer: Peer) -> None: 
 
 
 async def test_untrusted_certificate_is_refused(peer_factory: Any, tls: Tls) -> None:  # noqa: F811
-    peer = peer_factory(tls_context=tls.server_context)
+    smtpd = peer_factory(tls_context=tls.server_context)
     with pytest.raises(SmtpTlsError) as error:
-        await client(peer.port, tls=TlsMode.STARTTLS, ssl_context=ssl.create_default_context()).connect()
+        await client(smtpd.port, tls=TlsMode.STARTTLS, ssl_context=ssl.create_default_context()).connect()
     assert "certificate" in str(error.value)
 
 
 async def test_implicit_tls(peer_factory: Any, tls: Tls) -> None:  # noqa: F811
-    peer = peer_factory(ssl_context=tls.server_context)
-    async with client(peer.port, tls=TlsMode.IMPLICIT, ssl_context=tls.client_context()) as smtp:
+    smtpd = peer_factory(ssl_context=tls.server_context)
+    async with client(smtpd.port, tls=TlsMode.IMPLICIT, ssl_context=tls.client_context()) as smtp:
         assert smtp.tls_active
-        await smtp.send("a@client.test", ["b@peer.test"], MESSAGE)
-    assert len(peer.handler.messages) == 1
+        await smtp.send("a@client.test", ["b@smtpd.test"], MESSAGE)
+    assert len(smtpd.handler.messages) == 1
 
 
 def _secrets() -> list[str]:
@@ -211,10 +211,10 @@ async def test_auth_plain_over_starttls_and_the_secret_stays_out_of_the_transcri
     peer_factory: Any,  # noqa: F811
     tls: Tls,  # noqa: F811
 ) -> None:
-    peer = peer_factory(**auth_options(tls))
+    smtpd = peer_factory(**auth_options(tls))
     transcript = Transcript()
     smtp = client(
-        peer.port,
+        smtpd.port,
         tls=TlsMode.STARTTLS,
         ssl_context=tls.client_context(),
         credentials=(USER, PASSWORD),
@@ -222,15 +222,15 @@ async def test_auth_plain_over_starttls_and_the_secret_stays_out_of_the_transcri
     )
     async with smtp:
         assert smtp.authenticated
-        await smtp.send("a@client.test", ["b@peer.test"], MESSAGE)
+        await smtp.send("a@client.test", ["b@smtpd.test"], MESSAGE)
     assert "AUTH PLAIN ***" in transcript.commands()
     assert not any(secret in transcript.text() for secret in _secrets())
 
 
 async def test_auth_login_redacts_both_answers(peer_factory: Any) -> None:  # noqa: F811
-    peer = peer_factory(auth_exclude_mechanism=["PLAIN"], **auth_options(None))
+    smtpd = peer_factory(auth_exclude_mechanism=["PLAIN"], **auth_options(None))
     transcript = Transcript()
-    async with client(peer.port, credentials=(USER, PASSWORD), transcript=transcript) as smtp:
+    async with client(smtpd.port, credentials=(USER, PASSWORD), transcript=transcript) as smtp:
         assert smtp.authenticated
     commands = transcript.commands()
     start = commands.index("AUTH LOGIN")
@@ -240,17 +240,17 @@ async def test_auth_login_redacts_both_answers(peer_factory: Any) -> None:  # no
 
 
 async def test_wrong_password(peer_factory: Any) -> None:  # noqa: F811
-    peer = peer_factory(**auth_options(None))
+    smtpd = peer_factory(**auth_options(None))
     with pytest.raises(SmtpAuthError) as error:
-        await client(peer.port, credentials=(USER, "wrong")).connect()
+        await client(smtpd.port, credentials=(USER, "wrong")).connect()
     assert error.value.reply is not None and error.value.reply.code == 535
     assert not error.value.temporary
 
 
 async def test_no_common_auth_mechanism(peer_factory: Any) -> None:  # noqa: F811
-    peer = peer_factory(auth_exclude_mechanism=["PLAIN", "LOGIN"], **auth_options(None))
+    smtpd = peer_factory(auth_exclude_mechanism=["PLAIN", "LOGIN"], **auth_options(None))
     with pytest.raises(SmtpAuthError) as error:
-        await client(peer.port, credentials=(USER, PASSWORD)).connect()
+        await client(smtpd.port, credentials=(USER, PASSWORD)).connect()
     assert error.value.reply is None and "PLAIN or LOGIN" in str(error.value)
 
 
@@ -258,7 +258,7 @@ async def test_no_common_auth_mechanism(peer_factory: Any) -> None:  # noqa: F81
     ("handler", "error", "temporary"),
     [
         (Handler(mail_reply="550 5.7.1 Sender rejected"), SmtpSenderRefused, False),
-        (Handler(rcpt_replies={"b@peer.test": "450 4.2.0 Mailbox busy"}), SmtpRecipientsRefused, True),
+        (Handler(rcpt_replies={"b@smtpd.test": "450 4.2.0 Mailbox busy"}), SmtpRecipientsRefused, True),
         (Handler(data_reply="451 4.3.0 Try again later"), SmtpDataRefused, True),
         (Handler(data_reply="554 5.6.0 Content rejected"), SmtpDataRefused, False),
     ],
@@ -269,10 +269,10 @@ async def test_refusals_carry_the_reply(
     error: type[SmtpReplyError],
     temporary: bool,
 ) -> None:
-    peer = peer_factory(handler)
-    async with client(peer.port) as smtp:
+    smtpd = peer_factory(handler)
+    async with client(smtpd.port) as smtp:
         with pytest.raises(error) as raised:
-            await smtp.send("a@client.test", ["b@peer.test"], MESSAGE)
+            await smtp.send("a@client.test", ["b@smtpd.test"], MESSAGE)
     assert raised.value.temporary is temporary
     assert str(raised.value.reply.code) in str(raised.value)
 
@@ -434,7 +434,8 @@ async def test_smtputf8_needed_but_not_offered() -> None:
         writer.write(b"220 ascii.test\r\n")
         await expect(reader, b"EHLO")
         writer.write(b"250-ascii.test\r\n250 8BITMIME\r\n")
-        await reader.read()
+        await expect(reader, b"QUIT")  # nothing was sent in between
+        writer.write(b"221 bye\r\n")
 
     async with scripted(script) as port, client(port) as smtp:
         with pytest.raises(SmtpUnsupportedError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+import os
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Sequence
@@ -636,6 +637,11 @@ def _all_refused(refused: dict[str, Reply]) -> SmtpRecipientsRefused:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"host not found ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio words it "Connect call failed (address)"; the address is already in our line.
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
