@@ -47,7 +47,7 @@ from postoffice.smtp import client as core
 SYSTEM_CONFIG = Path("/etc/postoffice.toml")
 
 # getopt's spelling of sendmail's options: a letter followed by ":" takes a value.
-SHORT_OPTIONS = "tivmnUGb:B:C:d:F:f:h:L:N:O:o:p:q:R:r:V:X:"
+SHORT_OPTIONS = "tivmnqUGb:B:C:d:F:f:h:L:N:O:o:p:R:r:V:X:"
 LONG_OPTIONS = ("server=", "config=", "help")
 # Modes other than -bm ("deliver mail", the default) are a different program (-bp lists
 # the queue, -bd runs a daemon, -bi rebuilds aliases): say so instead of pretending.
@@ -234,7 +234,7 @@ def server_options(args: SendmailArgs, environ: Mapping[str, str]) -> ServerOpti
     if args.server is not None:
         host, port = parse_server(args.server, key="--server")
         return ServerOptions(host=host, port=port or SMTP_PORT)
-    path = args.config or environ.get("POSTOFFICE_CONFIG")
+    path = args.config or environ.get("POSTOFFICE_CONFIG") or None
     if path is None and SYSTEM_CONFIG.is_file():
         path = str(SYSTEM_CONFIG)
     if path is None:
@@ -278,10 +278,6 @@ def run(argv: Sequence[str], *, stdin: BinaryIO, stderr: TextIO, environ: Mappin
     if args.help:
         stderr.write(USAGE)
         return EX_OK
-    try:
-        options = server_options(args, environ)
-    except ConfigError as exc:
-        return _fail(stderr, str(exc), EX_CONFIG)
     prepared = prepare(args, read_message(stdin, ignore_dots=args.ignore_dots))
     if not prepared.recipients:
         return _fail(stderr, "no recipients: name them as arguments, or use -t", EX_USAGE)
@@ -290,6 +286,10 @@ def run(argv: Sequence[str], *, stdin: BinaryIO, stderr: TextIO, environ: Mappin
             core.check_address(address)
         except LocalProtocolError as exc:
             return _fail(stderr, str(exc), EX_DATAERR)
+    try:
+        options = server_options(args, environ)
+    except ConfigError as exc:
+        return _fail(stderr, str(exc), EX_CONFIG)
     transcript = TranscriptPrinter(stderr, full=True) if args.verbose else None
     try:
         result = submit(options, prepared.sender, prepared.recipients, prepared.data, transcript)
