@@ -197,7 +197,7 @@ def test_usage_errors(args: tuple[str, ...], status: int, message: bytes) -> Non
 
 def test_help() -> None:
     result = run_sendmail("--help", stdin=b"")
-    assert result.returncode == 0 and b"-t " in result.stderr
+    assert result.returncode == 0 and b"-t " in result.stdout
 
 
 # --- the parts, without a process -------------------------------------------------------------

@@ -416,7 +416,9 @@ def _run_sendmail(argv: list[str]) -> int:
     from postoffice.client import sendmail
 
     try:
-        return sendmail.run(argv, stdin=sys.stdin.buffer, stderr=sys.stderr, environ=os.environ)
+        return sendmail.run(
+            argv, stdin=sys.stdin.buffer, stdout=sys.stdout, stderr=sys.stderr, environ=os.environ
+        )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:

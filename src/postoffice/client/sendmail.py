@@ -269,14 +269,16 @@ ignored. Exit status: 0 sent; 75 try again later; 67 a recipient was refused;
 """
 
 
-def run(argv: Sequence[str], *, stdin: BinaryIO, stderr: TextIO, environ: Mapping[str, str]) -> int:
+def run(
+    argv: Sequence[str], *, stdin: BinaryIO, stdout: TextIO, stderr: TextIO, environ: Mapping[str, str]
+) -> int:
     """The whole command; returns a sysexits status and never raises for a foreseeable failure."""
     try:
         args = parse_args(argv)
     except SendmailUsageError as exc:
         return _fail(stderr, str(exc), EX_USAGE)
     if args.help:
-        stderr.write(USAGE)
+        stdout.write(USAGE)
         return EX_OK
     prepared = prepare(args, read_message(stdin, ignore_dots=args.ignore_dots))
     if not prepared.recipients:

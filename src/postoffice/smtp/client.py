@@ -340,7 +340,7 @@ class DotStuffer:
             self._pending_cr = True
         if not data:
             return b""
-        out = _ANY_LINE_ENDING.sub(b"\r\n", data).replace(b"\r\n.", b"\r\n..")
+        out = _crlf_lines(data).replace(b"\r\n.", b"\r\n..")
         if self._at_line_start and out.startswith(b"."):
             out = b"." + out
         self._at_line_start = out.endswith(b"\r\n")
@@ -356,6 +356,16 @@ class DotStuffer:
             tail = b"\r\n"
         self._at_line_start = True
         return tail + END_OF_DATA
+
+
+def _crlf_lines(data: bytes) -> bytes:
+    """``data`` with every line ending CRLF; the common cases without a regular expression."""
+    carriage_returns = data.count(b"\r")
+    if carriage_returns == 0:
+        return data.replace(b"\n", b"\r\n")  # Unix text
+    if carriage_returns == data.count(b"\n") == data.count(b"\r\n"):
+        return data  # already CRLF throughout
+    return _ANY_LINE_ENDING.sub(b"\r\n", data)
 
 
 def dot_stuff(message: bytes) -> bytes:
