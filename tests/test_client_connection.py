@@ -442,6 +442,15 @@ async def test_smtputf8_needed_but_not_offered() -> None:
             await smtp.send("a@client.test", ["jörg@ascii.test"], MESSAGE)
 
 
+async def test_utf8_headers_go_without_smtputf8_when_not_offered(peer_factory: Any) -> None:  # noqa: F811
+    smtpd = peer_factory(enable_SMTPUTF8=False)
+    message = "Subject: Grüße\r\n\r\nhé\r\n".encode()
+    async with client(smtpd.port) as smtp:
+        await smtp.send("a@client.test", ["b@peer.test"], message)
+    (received,) = smtpd.handler.messages
+    assert received.content == message and "SMTPUTF8" not in received.mail_options
+
+
 async def test_silent_server_times_out() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

@@ -383,7 +383,8 @@ class SmtpClient:
         ``message`` is the whole message or an iterable of its chunks (a file read in blocks);
         for chunks, give ``size`` (for RFC 1870 SIZE) and say whether it has 8-bit octets
         (``eight_bit``, RFC 6152) or UTF-8 headers (``smtputf8``, RFC 6531). For bytes, all
-        three are worked out. Line endings become CRLF on the way out.
+        three are worked out. Line endings become CRLF on the way out. A non-ASCII address
+        needs the server's SMTPUTF8; UTF-8 in the headers asks for it when offered.
 
         Raises :class:`SmtpSenderRefused`, :class:`SmtpRecipientsRefused` (every recipient
         refused), :class:`SmtpDataRefused`, or another :class:`SmtpClientError`; after a refusal
@@ -404,15 +405,20 @@ class SmtpClient:
         else:
             head = b""
             chunks = message
-        utf8 = core.needs_smtputf8([sender, *unique], head) if smtputf8 is None else smtputf8
-        params = self._mail_parameters(size, eight_bit=bool(eight_bit), smtputf8=utf8)
+        utf8 = core.needs_smtputf8([], head) if smtputf8 is None else smtputf8
+        utf8_addresses = core.needs_smtputf8([sender, *unique])
+        params = self._mail_parameters(
+            size, eight_bit=bool(eight_bit), smtputf8=utf8 or utf8_addresses, smtputf8_required=utf8_addresses
+        )
         try:
             return await self._transaction(sender, unique, params, chunks)
         except SmtpReplyError:
             await self._reset()
             raise
 
-    def _mail_parameters(self, size: int | None, *, eight_bit: bool, smtputf8: bool) -> dict[str, str | None]:
+    def _mail_parameters(
+        self, size: int | None, *, eight_bit: bool, smtputf8: bool, smtputf8_required: bool
+    ) -> dict[str, str | None]:
         params: dict[str, str | None] = {}
         ext = self.extensions
         limit = ext.size_limit
@@ -424,12 +430,15 @@ class SmtpClient:
             )
         if size is not None and "SIZE" in ext:
             params["SIZE"] = str(size)  # RFC 1870 §6.1
-        if smtputf8:
-            if "SMTPUTF8" not in ext:
-                raise SmtpUnsupportedError(
-                    f"the message needs SMTPUTF8 (non-ASCII addresses or headers) and {self._where} does not offer it"
-                )
-            params["SMTPUTF8"] = None  # RFC 6531 §3.4
+        # RFC 6531 §3.4: a non-ASCII address cannot be sent without SMTPUTF8. UTF-8 only in the
+        # headers is sent anyway when the server does not offer it, as Postfix does: it is a
+        # request to preserve them, and the server that cannot will still deliver the message.
+        if smtputf8 and "SMTPUTF8" in ext:
+            params["SMTPUTF8"] = None
+        elif smtputf8_required:
+            raise SmtpUnsupportedError(
+                f"a non-ASCII address needs SMTPUTF8 and {self._where} does not offer it"
+            )
         # RFC 6152 §3: BODY=8BITMIME tells the server the content has 8-bit octets. A server
         # without 8BITMIME gets the message as it is, as Postfix does by default: rewriting
         # it as 7-bit would break signatures, and nearly every server accepts it.
@@ -446,15 +455,16 @@ class SmtpClient:
             # is then read and checked in order.
             replies = await self._pipeline([*commands, core.DATA])
             mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+            accepted, refused = _split(recipients, rcpt_replies)
+            if (not mail_reply.positive or not accepted) and data_reply.code == _START_MAIL_INPUT:
+                # RFC 2920 §3.1: a server that said 354 anyway gets an empty message, ended,
+                # so that the RSET after the refusal is read as a command again.
+                await self._finish_empty_data()
             if not mail_reply.positive:
                 raise SmtpSenderRefused(
                     f"sender <{sender}> refused: {mail_reply}", mail_reply, command="MAIL"
                 )
-            accepted, refused = _split(recipients, rcpt_replies)
             if not accepted:
-                if data_reply.code == _START_MAIL_INPUT:
-                    # RFC 2920 §3.1: a server that said 354 anyway gets an empty message, ended.
-                    await self._finish_empty_data()
                 raise _all_refused(refused)
         else:
             mail_reply = await self._command(commands[0], "MAIL")
