@@ -7,6 +7,8 @@ input, a terminal or a file, all from the operator. The password goes straight t
 Like uvicorn's ``main.py``, this module only turns arguments into a ``Config`` and calls into
 the package: no business logic lives here. Every error a person can fix reaches them as one line
 ``postoffice: <message>`` with exit status 1; usage errors are argparse's, status 2.
+``send`` and ``sendmail`` report what the server said with sysexits statuses (see
+:mod:`postoffice.client.submit`).
 
 Adding a command: write ``_add_<command>_parser(subparsers)``, which registers the parser and
 sets ``handler``, and ``_run_<command>(args) -> int``; then list the first in ``_COMMANDS``.
