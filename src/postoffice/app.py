@@ -22,6 +22,7 @@ from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
 from postoffice.net.server import BoundAddress, SmtpServer
 from postoffice.net.session import SessionObserver
+from postoffice.net.transcript import TranscriptLog
 from postoffice.policy import Policy
 from postoffice.smtp.server import ServerSettings
 from postoffice.spool.envelope import Route
@@ -49,6 +50,11 @@ class Application:
     def __init__(self, config: Config, *, observer: SessionObserver | None = None) -> None:
         self.config = config
         config.mail_dir.mkdir(parents=True, exist_ok=True)
+        self.transcript: TranscriptLog | None = None
+        if observer is None and config.transcript_log is not None:
+            self.transcript = TranscriptLog(config.transcript_log)
+            self.transcript.open()  # an unwritable path is reported now, not at the first session
+            observer = self.transcript
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir)
         agents: dict[Route, DeliveryAgent] = {
@@ -74,11 +80,20 @@ class Application:
 
     async def start(self) -> Sequence[BoundAddress]:
         await self.scheduler.start()  # deliver what a previous run accepted but did not finish
+        if self.transcript is not None:
+            await self.transcript.start()
         return await self.smtp.start()
 
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
         await self.scheduler.stop()
+        if self.transcript is not None:
+            await self.transcript.stop()
+
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen the transcript log (logrotate has moved it)."""
+        if self.transcript is not None:
+            self.transcript.reopen()
 
 
 def _configure_logging() -> None:
@@ -111,6 +126,7 @@ async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reopen_logs)
     try:
         bound = await app.start()
     except OSError as exc:

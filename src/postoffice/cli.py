@@ -7,6 +7,8 @@ input, a terminal or a file, all from the operator. The password goes straight t
 Like uvicorn's ``main.py``, this module only turns arguments into a ``Config`` and calls into
 the package: no business logic lives here. Every error a person can fix reaches them as one line
 ``postoffice: <message>`` with exit status 1; usage errors are argparse's, status 2.
+``send`` and ``sendmail`` report what the server said with sysexits statuses (see
+:mod:`postoffice.client.submit`).
 
 Adding a command: write ``_add_<command>_parser(subparsers)``, which registers the parser and
 sets ``handler``, and ``_run_<command>(args) -> int``; then list the first in ``_COMMANDS``.
@@ -51,6 +53,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    # sendmail's options are not argparse's (-oi, -f<>, -odi): that command parses its own, and
+    # so does a `postoffice` linked as /usr/sbin/sendmail.
+    invoked_as_sendmail = argv is None and Path(sys.argv[0]).name == "sendmail"
+    arguments = sys.argv[1:] if argv is None else argv
+    if invoked_as_sendmail or arguments[:1] == ["sendmail"]:
+        return _run_sendmail(arguments if invoked_as_sendmail else arguments[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -141,6 +149,12 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="DOMAIN",
         help="a local domain; repeat for more (replaces domains; none at all means capture mode)",
     )
+    serve.add_argument(
+        "--transcript-log",
+        type=Path,
+        metavar="FILE",
+        help="append every SMTP command and reply to FILE (AUTH secrets redacted; reopened on SIGHUP)",
+    )
     serve.set_defaults(handler=_run_serve)
 
 
@@ -151,6 +165,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         listeners=args.smtp,
         hostname=args.hostname,
         domains=args.domains,
+        transcript_log=args.transcript_log,
     )
     # Imported here so that account and config commands never load the server.
     from postoffice import app
@@ -324,9 +339,100 @@ def _run_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- send, sendmail ------------------------------------------------------------------------
+
+
+def _add_send_parser(subparsers: _Subparsers) -> None:
+    send = subparsers.add_parser(
+        "send",
+        help="send a message over SMTP (guided with --interactive)",
+        description="Build a message and send it over SMTP, showing the conversation with "
+        "--transcript. Exit status: 0 sent; 75 a 4xx reply or no connection (try again later); "
+        "65 a 5xx reply to the sender, a recipient or the message; 69 a 5xx reply to the "
+        "session (greeting, EHLO, STARTTLS, AUTH), or a TLS failure.",
+    )
+    send.add_argument("--interactive", action="store_true", help="ask for everything, step by step")
+    server = send.add_argument_group("server")
+    server.add_argument(
+        "--server", default="127.0.0.1:2525", metavar="HOST[:PORT]", help="default %(default)s"
+    )
+    tls = server.add_mutually_exclusive_group()
+    tls.add_argument("--starttls", action="store_true", help="require STARTTLS (RFC 3207)")
+    tls.add_argument("--tls", action="store_true", help="TLS from the first byte (port 465, RFC 8314)")
+    server.add_argument("--insecure", action="store_true", help="do not verify the server's certificate")
+    server.add_argument("--cafile", type=Path, metavar="FILE", help="trust the CA certificates in FILE")
+    server.add_argument("--auth-user", metavar="USER", help="log in as USER (AUTH PLAIN or LOGIN)")
+    server.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (else $POSTOFFICE_PASSWORD)",
+    )
+    server.add_argument("--ehlo", metavar="NAME", help="our name in EHLO (default: host name or address)")
+    server.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="default %(default)s")
+    message = send.add_argument_group("message")
+    message.add_argument(
+        "--from", dest="sender", metavar="ADDRESS", help="the sender (Name <address> or address)"
+    )
+    for flag in ("to", "cc", "bcc"):
+        message.add_argument(
+            f"--{flag}",
+            action="append",
+            default=[],
+            metavar="ADDRESS",
+            help="repeatable; commas separate several",
+        )
+    message.add_argument("--subject", default="", metavar="TEXT")
+    body = message.add_mutually_exclusive_group()
+    body.add_argument("--body", metavar="TEXT", help="the text (default: read standard input)")
+    body.add_argument("--body-file", type=Path, metavar="FILE", help="read the text from FILE")
+    message.add_argument("--html", type=Path, metavar="FILE", help="an HTML version (multipart/alternative)")
+    message.add_argument(
+        "--attach", action="append", type=Path, default=[], metavar="FILE", help="repeatable"
+    )
+    message.add_argument(
+        "--header", action="append", default=[], metavar='"NAME: VALUE"', help="an extra header; repeatable"
+    )
+    output = send.add_argument_group("output")
+    output.add_argument("--dry-run", action="store_true", help="print the message instead of sending it")
+    output.add_argument("--transcript", action="store_true", help="print the conversation (C: and S: lines)")
+    output.add_argument("--transcript-full", action="store_true", help="... without shortening the message")
+    send.set_defaults(handler=_run_send)
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    from postoffice.client import send_command
+
+    return send_command.run(args)
+
+
+def _add_sendmail_parser(subparsers: _Subparsers) -> None:
+    # Listed for --help only: main() hands `sendmail ...` to its own parser before argparse.
+    subparsers.add_parser(
+        "sendmail",
+        help="read a message on standard input and submit it (a drop-in /usr/sbin/sendmail)",
+        description="See `postoffice sendmail --help`.",
+    )
+
+
+def _run_sendmail(argv: list[str]) -> int:
+    from postoffice.client import sendmail
+
+    try:
+        return sendmail.run(
+            argv, stdin=sys.stdin.buffer, stdout=sys.stdout, stderr=sys.stderr, environ=os.environ
+        )
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"postoffice: {_one_line(exc)}", file=sys.stderr)
+        return os.EX_IOERR
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
     _add_alias_parser,
     _add_check_config_parser,
+    _add_send_parser,
+    _add_sendmail_parser,
 )

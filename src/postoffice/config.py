@@ -12,6 +12,7 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     data_dir = "/var/lib/postoffice"     # ~ expanded; relative to the config file's directory
     domains = ["example.com"]            # local domains; none means capture mode
     postmaster = "admin@example.com"
+    transcript_log = "/var/log/postoffice/transcript.log"   # every command and reply; off by default
     [listen]
     smtp = ["127.0.0.1:2525", "[::1]:2525"]
     [limits]                             # the fields of Limits, by name
@@ -128,6 +129,8 @@ class Config:
     # Where postmaster@<local domain> and <postmaster> go (RFC 5321 §4.5.1); None: postmaster@<first domain>.
     postmaster: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Append every SMTP command and reply here (AUTH secrets redacted); None: no transcript log.
+    transcript_log: Path | None = None
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -433,7 +436,7 @@ def _check_size_floor(name: str, size: int) -> None:
 # The loader
 # ---------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "listen", "limits")
+_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "transcript_log", "listen", "limits")
 _LISTEN_KEYS = ("smtp",)
 
 _T = TypeVar("_T")
@@ -513,6 +516,10 @@ def _listeners(value: object) -> tuple[Listener, ...]:
 
 
 def _data_dir(value: object, base: Path) -> Path:
+    return _path(value, base)
+
+
+def _path(value: object, base: Path) -> Path:
     text = _string(value)
     if not text:
         raise _Invalid("empty path")
@@ -530,6 +537,7 @@ class _Settings:
     domains: tuple[str, ...] | None = None
     postmaster: str | None = None
     listeners: tuple[Listener, ...] | None = None
+    transcript_log: Path | None = None
     limits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -563,6 +571,10 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         settings.postmaster = problems.check(
             "postmaster", lambda: normalize_address(_string(data["postmaster"]))
         )
+    if "transcript_log" in data:
+        settings.transcript_log = problems.check(
+            "transcript_log", lambda: _path(data["transcript_log"], base)
+        )
     listen = _table(problems, data, "listen")
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
     if "smtp" in listen:
@@ -584,6 +596,7 @@ def _collect(
     listeners: Sequence[Listener],
     hostname: str | None,
     domains: Sequence[str],
+    transcript_log: Path | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -602,6 +615,8 @@ def _collect(
         settings.listeners = tuple(listeners)
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
+    if transcript_log is not None:
+        settings.transcript_log = transcript_log.expanduser().absolute()
     errors = problems.errors + flags.errors
     if errors:
         return None, errors
@@ -612,6 +627,7 @@ def _collect(
         domains=settings.domains or (),
         postmaster=settings.postmaster,
         limits=Limits(**settings.limits),
+        transcript_log=settings.transcript_log,
         source=path,
     )
     return config, []
@@ -624,6 +640,7 @@ def load_config(
     listeners: Sequence[Listener] = (),
     hostname: str | None = None,
     domains: Sequence[str] = (),
+    transcript_log: Path | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
@@ -631,7 +648,12 @@ def load_config(
     file's lists. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
-        path, data_dir=data_dir, listeners=listeners, hostname=hostname, domains=domains
+        path,
+        data_dir=data_dir,
+        listeners=listeners,
+        hostname=hostname,
+        domains=domains,
+        transcript_log=transcript_log,
     )
     if config is None:
         raise errors[0]

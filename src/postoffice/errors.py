@@ -1,7 +1,9 @@
 """The one exception tree of postoffice.
 
-Untrusted input seen here: none; exceptions carry replies chosen by our own code, never
-exception text from a peer, so nothing here can leak internals to a client.
+Untrusted input seen here: the replies of remote servers, carried by the ``SmtpClientError``
+family to our own user (the sender), never to an SMTP client. Errors the server side raises carry
+replies chosen by our own code, never exception text, so nothing here can leak internals to a
+client.
 
 ::
 
@@ -11,6 +13,18 @@ exception text from a peer, so nothing here can leak internals to a client.
     ├── ProtocolError                an SMTP exchange went wrong; may carry a Reply
     │   ├── LocalProtocolError       we tried to do something the protocol forbids (a bug)
     │   └── RemoteProtocolError      the peer broke the protocol; ``reply`` answers it
+    ├── MessageError                 a message to send cannot be built (a bad address, header or file)
+    ├── SmtpClientError              sending to an SMTP server failed; ``temporary`` says if a retry may help
+    │   ├── SmtpConnectError         no connection, a timeout, or the server hung up
+    │   ├── SmtpProtocolError        the server's replies broke RFC 5321 (garbled, or data after STARTTLS)
+    │   ├── SmtpTlsError             TLS was required but not offered, or the handshake/certificate failed
+    │   ├── SmtpUnsupportedError     the message needs an extension the server lacks (SMTPUTF8)
+    │   ├── SmtpMessageTooBigError   the message is larger than the server's SIZE (RFC 1870)
+    │   ├── SmtpAuthError            AUTH refused (``reply``), or impossible: no mechanism in common, no TLS
+    │   └── SmtpReplyError           the server refused a step; ``reply`` is its answer
+    │       ├── SmtpSenderRefused    MAIL FROM refused
+    │       ├── SmtpRecipientsRefused every RCPT TO refused; ``results`` has each reply
+    │       └── SmtpDataRefused      DATA or the message itself refused
     ├── SpoolError                   the queue could not store or read a message
     │   └── StorageFullError         out of space or read-only: a temporary condition
     └── DeliveryError                a delivery agent failed outside its per-recipient results
@@ -20,6 +34,8 @@ wire, a local error is ours and must never be shown to a client.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from postoffice.smtp.replies import Reply
 
@@ -60,6 +76,105 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow; ``reply`` answers it."""
+
+
+class MessageError(PostofficeError):
+    """A message to send cannot be built from what was given; ``str()`` says what to fix."""
+
+
+class SmtpClientError(PostofficeError):
+    """Sending to an SMTP server failed.
+
+    ``reply`` is the server's answer when there was one; ``temporary`` is True when the same
+    attempt may succeed later (a 4xx reply, a network failure), as RFC 5321 §4.2.1 classes them.
+    ``str()`` is one line for a person, quoting the server's reply.
+    """
+
+    _temporary: ClassVar[bool] = False
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+    @property
+    def temporary(self) -> bool:
+        return self._temporary
+
+
+class SmtpConnectError(SmtpClientError):
+    """The connection could not be made or kept: refused, unreachable, timed out, closed."""
+
+    _temporary = True
+
+
+class SmtpProtocolError(SmtpClientError):
+    """The server sent something RFC 5321 does not allow; trying again later may help."""
+
+    _temporary = True
+
+
+class SmtpTlsError(SmtpClientError):
+    """TLS was asked for and could not be had: not offered, refused, or the certificate failed."""
+
+
+class SmtpUnsupportedError(SmtpClientError):
+    """The message cannot be sent to this server as it is (RFC 6531 §3.2: no SMTPUTF8)."""
+
+
+class SmtpMessageTooBigError(SmtpClientError):
+    """The message is larger than the SIZE the server announced (RFC 1870 §4)."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class SmtpAuthError(SmtpClientError):
+    """Authentication failed (RFC 4954 §6: 535 bad credentials, 534/538 policy, 454 temporary).
+
+    ``reply`` is None when we did not try: no mechanism in common, or no TLS to protect the
+    password.
+    """
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply is not None and self.reply.transient
+
+
+class SmtpReplyError(SmtpClientError):
+    """The server refused ``command`` (``"greeting"``, ``"EHLO"``, ``"MAIL"``...) with ``reply``."""
+
+    reply: Reply
+
+    def __init__(self, message: str, reply: Reply, *, command: str) -> None:
+        super().__init__(message, reply)
+        self.command = command
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply.transient
+
+
+class SmtpSenderRefused(SmtpReplyError):
+    """MAIL FROM was refused: nothing was sent."""
+
+
+class SmtpRecipientsRefused(SmtpReplyError):
+    """Every RCPT TO was refused; ``reply`` is the first refusal, ``results`` all of them."""
+
+    def __init__(self, message: str, reply: Reply, *, results: dict[str, Reply]) -> None:
+        super().__init__(message, reply, command="RCPT")
+        self.results = results
+
+    @property
+    def temporary(self) -> bool:
+        # Worth retrying if any recipient might be accepted later.
+        return any(result.transient for result in self.results.values())
+
+
+class SmtpDataRefused(SmtpReplyError):
+    """DATA, or the message at its end, was refused."""
 
 
 class SpoolError(PostofficeError):
