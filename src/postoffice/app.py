@@ -130,7 +130,7 @@ async def _serve(config: Config) -> int:
     try:
         bound = await app.start()
     except OSError as exc:
-        print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
         return 1
     _banner(config, bound)

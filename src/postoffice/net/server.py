@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -75,14 +76,19 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         factory: Callable[[], SmtpSession] = lambda: SmtpSession(self._services)  # noqa: E731
         for listener in self._listeners:
-            server = await loop.create_server(
-                factory,
-                listener.host,
-                listener.port,
-                reuse_address=True,
-                backlog=1024,
-                family=socket.AF_UNSPEC,
-            )
+            try:
+                server = await loop.create_server(
+                    factory,
+                    listener.host,
+                    listener.port,
+                    reuse_address=True,
+                    backlog=1024,
+                    family=socket.AF_UNSPEC,
+                )
+            except OSError as exc:
+                # asyncio's text repeats the address as a tuple; say it the way the config does.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(exc.errno, f"cannot listen on {listener}: {reason}") from exc
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
