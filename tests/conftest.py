@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from postoffice.app import Application
-from postoffice.config import Config, Limits, Listener
+from postoffice.config import Config, DeliverySettings, Limits, Listener
 
 # Subprocesses (`python -m postoffice ...`) run this checkout's sources, like the tests do.
 _SOURCES = str(Path(__file__).resolve().parent.parent / "src")
@@ -123,6 +123,11 @@ def start_server(config: Config) -> RunningServer:
     return RunningServer(config, holder["app"], loop, thread, port)
 
 
+# Mail for other domains goes to a closed port on loopback unless a test says otherwise: no
+# test ever looks up or reaches a real mail server, and such mail is deferred at once.
+NOWHERE = DeliverySettings(relay_host=("127.0.0.1", 9), relay_tls="none")
+
+
 def make_config(data_dir: Path, **overrides: Any) -> Config:
     limits = overrides.pop("limits", None) or Limits()
     base = Config(
@@ -130,6 +135,7 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         data_dir=data_dir,
         listeners=(Listener("smtp", "127.0.0.1", 0),),
         limits=limits,
+        delivery=NOWHERE,
     )
     return replace(base, **overrides)
 

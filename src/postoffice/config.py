@@ -626,7 +626,7 @@ def _check_relay(delivery: dict[str, Any], problems: _Problems) -> None:
     relay = delivery.get("relay_host")
     if has_user and relay is None:
         problems.add("delivery.relay_user", "credentials without a relay_host: nothing would use them")
-    elif has_user and delivery.get("relay_tls", "starttls") == "none":
+    elif has_user and relay is not None and delivery.get("relay_tls", "starttls") == "none":
         try:
             loopback = ipaddress.ip_address(relay[0]).is_loopback
         except ValueError:

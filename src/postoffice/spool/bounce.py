@@ -238,7 +238,9 @@ class Bouncer:
         lines = [*intro, ""]
         for item in items:
             where = f" (from {_field(item.remote_mta)})" if item.remote_mta else ""
-            lines.append(f"<{_field(item.recipient.address)}>: {item.action}: {_reply_text(item.reply)}{where}")
+            lines.append(
+                f"<{_field(item.recipient.address)}>: {item.action}: {_reply_text(item.reply)}{where}"
+            )
         text = "\r\n".join(lines) + "\r\n"
         if text.isascii():
             return b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + text.encode("ascii")

@@ -31,9 +31,9 @@ import errno
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError

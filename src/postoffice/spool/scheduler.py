@@ -492,7 +492,9 @@ class Scheduler:
             report = bool(sender) and wants_report(result.recipient, "failed")
             outcomes.append(Outcome(index, Action.FAILED, result.reply, now, result.remote_mta, report))
             log.warning(
-                "queue_id=%s to=<%s> status=expired reply=%r", entry.message.queue_id, result.recipient.address,
+                "queue_id=%s to=<%s> status=expired reply=%r",
+                entry.message.queue_id,
+                result.recipient.address,
                 str(result.reply),
             )
         await self._save_outcomes(entry, outcomes)
@@ -576,7 +578,7 @@ class Scheduler:
         """Count a failed attempt and compute the next one; with ``arm``, schedule it now."""
         state = entry.state
         state.attempts += 1
-        delay = min(self._retry_max, self._retry_base * 2 ** (state.attempts - 1))
+        delay = min(self._retry_max, self._retry_base * 2.0 ** (state.attempts - 1))
         due = now + delay
         # The last try comes at the end of the lifetime, not up to retry_max after it.
         expires = entry.message.envelope.received_at + self._lifetime

@@ -132,7 +132,8 @@ def deferred_record(
         "next": next_attempt,
         "at": at,
         "replies": {
-            str(index): {**reply_record(d.reply), "remote_mta": d.remote_mta} for index, d in deferrals.items()
+            str(index): {**reply_record(d.reply), "remote_mta": d.remote_mta}
+            for index, d in deferrals.items()
         },
     }
 
@@ -207,7 +208,9 @@ def fold(data: bytes, *, queue_id: str = "") -> QueueState:
             )
             _apply(trial, record)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("queue_id=%s status=state-record-skipped line=%d error=%r", queue_id, number, str(exc))
+            log.warning(
+                "queue_id=%s status=state-record-skipped line=%d error=%r", queue_id, number, str(exc)
+            )
             continue
         state = trial
     return state
