@@ -440,9 +440,10 @@ class RemoteAgent:
                 raise _HostFailed(replies.tls_not_offered(where), session.remote_mta)
             return True
         verify = policy == "verify"
-        server_name = (
-            None if address_literal(f"[{session.endpoint.host}]") is not None else session.endpoint.host
-        )
+        # The name the certificate must carry: the MX (or relay) host name; for an address
+        # literal, its IP address (matched against the certificate's IP entries).
+        host = session.endpoint.host
+        server_name = address_literal(host) if host.startswith("[") else host
         try:
             await smtp.starttls(
                 server_hostname=server_name if verify else None,
@@ -474,8 +475,20 @@ class RemoteAgent:
             raise _HostFailed(
                 replies.relay_auth_failed(where, "the relay does not offer AUTH"), session.remote_mta
             )
+        smtp = session.smtp
+        offered = set(smtp.supported_auth_methods)
+        # One mechanism, one try: a 535 is an answer about the credentials, and asking again
+        # with another mechanism only repeats it (aiosmtplib's login() would try them all).
+        # PLAIN and LOGIN only inside TLS or on loopback, which the configuration enforces.
+        mechanisms = {"plain": smtp.auth_plain, "login": smtp.auth_login, "cram-md5": smtp.auth_crammd5}
+        chosen = next((name for name in mechanisms if name in offered), None)
+        if chosen is None:
+            raise _HostFailed(
+                replies.relay_auth_failed(where, "no AUTH mechanism in common (PLAIN, LOGIN, CRAM-MD5)"),
+                session.remote_mta,
+            )
         try:
-            await session.smtp.login(settings.relay_user, settings.relay_password or "")
+            await mechanisms[chosen](settings.relay_user, settings.relay_password or "")
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise _HostFailed(
                 replies.relay_auth_failed(where, f"{exc.code} {exc.message}"), session.remote_mta
