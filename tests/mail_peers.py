@@ -68,6 +68,7 @@ class Behaviour:
     data_reply: str | None = None  # reply to the end of data instead of 250
     drop_in_data: bool = False  # close the connection right after 354
     refuse_ehlo: bool = False  # answer EHLO with 502, as a pre-ESMTP server would
+    data_delay: float = 0.0  # seconds to think before answering the end of data
 
 
 class PeerHandler:
@@ -75,6 +76,8 @@ class PeerHandler:
         self.behaviour = behaviour
         self.received: list[Received] = []
         self.hellos = 0  # EHLO/HELO commands: one per connection, two with STARTTLS
+        self.active = 0  # transactions at the end of data right now
+        self.most_active = 0
         self.lock = threading.Lock()
 
     async def handle_EHLO(
@@ -105,6 +108,17 @@ class PeerHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            await asyncio.sleep(self.behaviour.data_delay)
+            return self._data(session, envelope)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def _data(self, session: Session, envelope: Envelope) -> str:
         if self.behaviour.data_reply is not None:
             return self.behaviour.data_reply
         content = envelope.original_content or b""
