@@ -64,7 +64,9 @@ def remote_settings(config: Config) -> RemoteSettings:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
             raise ConfigError(
-                f"{delivery.relay_password_file}: {reason}", key="delivery.relay_password_file"
+                f"{delivery.relay_password_file}: {reason}",
+                key="delivery.relay_password_file",
+                path=str(config.source) if config.source is not None else None,
             ) from None
     return RemoteSettings(
         hostname=config.hostname,
