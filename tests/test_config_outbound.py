@@ -170,5 +170,6 @@ def test_a_missing_relay_password_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         remote_settings(load_config(path))
     assert (
-        str(info.value) == f"delivery.relay_password_file: {tmp_path / 'nothere'}: No such file or directory"
+        str(info.value)
+        == f"{path}: delivery.relay_password_file: {tmp_path / 'nothere'}: No such file or directory"
     )
