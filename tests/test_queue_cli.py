@@ -119,7 +119,7 @@ def test_the_queue_command_sees_and_changes_a_running_servers_queue(setup: Setup
 
     listing = setup.queue("list")
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.count("[deferred, 1 attempts, next ") == 3
+    assert listing.stdout.count("[deferred, 1 attempt, next ") == 3
     assert "<bob@remote.test> deferred: 451 4.3.0 Try again later (from mx.remote.test)" in listing.stdout
     assert listing.stdout.rstrip().endswith("3 messages (3 deferred)")
 

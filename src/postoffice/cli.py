@@ -466,7 +466,10 @@ def _run_queue_list(args: argparse.Namespace) -> int:
         envelope = entry.message.envelope
         status = entry.status.value
         if entry.status is admin.MessageStatus.DEFERRED:
-            status += f", {entry.state.attempts} attempts, next {_when(entry.state.next_attempt)}"
+            attempts = entry.state.attempts
+            status += (
+                f", {attempts} attempt{'s' if attempts != 1 else ''}, next {_when(entry.state.next_attempt)}"
+            )
         print(
             f"{entry.queue_id}  {entry.message.size:>9}  {_when(envelope.received_at)}  "
             f"<{envelope.mail_from}>  [{status}]"

@@ -111,8 +111,9 @@ class QueueSettings:
     # Deliveries running at once, all destinations together. Postfix allows 100 processes;
     # one of ours costs a coroutine and a connection, and 20 keep a small server's memory low.
     concurrency: int = 20
-    # Deliveries running at once to one destination (Postfix initial_destination_concurrency
-    # = 5: a receiving site is never hit with more parallel connections than that).
+    # Deliveries running at once to one remote destination (Postfix
+    # initial_destination_concurrency = 5: a receiving site never gets more parallel
+    # connections than that). Local mailboxes are limited by ``concurrency`` only.
     destination_concurrency: int = 5
 
 

@@ -10,8 +10,8 @@ After Postfix qmgr(8):
   yet into *jobs*, one per destination (the local mailboxes, or one remote domain, or the
   relay host), and hands each job to the agent for its route.
 * Jobs wait in one queue per destination and are started round-robin across destinations,
-  at most ``concurrency`` at once and ``destination_concurrency`` per destination, so a slow
-  or dead site cannot hold up mail for the others (qmgr's per-destination queues).
+  at most ``concurrency`` at once and ``destination_concurrency`` per remote destination, so a
+  slow or dead site cannot hold up mail for the others (qmgr's per-destination queues).
 * Every final result (delivered, relayed, failed) is appended to the message's state log and
   fsync'd as soon as its job ends (:mod:`postoffice.spool.state`), so a restart redoes only
   what has no result, and a recipient already done is never delivered to again.
@@ -342,8 +342,11 @@ class Scheduler:
         self._update_idle()
 
     def _next_job(self) -> _Job | None:
-        for destination in list(self._ready):
-            if self._running_by_destination.get(destination, 0) >= self._destination_concurrency:
+        for destination, queue in list(self._ready.items()):
+            # The per-destination limit protects remote sites; local mailboxes share only the
+            # total (Postfix limits local delivery per recipient, which one job here is not).
+            limit = self._destination_concurrency if queue[0].route is Route.REMOTE else self._concurrency
+            if self._running_by_destination.get(destination, 0) >= limit:
                 continue
             queue = self._ready.pop(destination)
             job = queue.popleft()
