@@ -113,12 +113,12 @@ class PeerHandler:
             self.most_active = max(self.most_active, self.active)
         try:
             await asyncio.sleep(self.behaviour.data_delay)
-            return self._data(session, envelope)
+            return self._data(server, session, envelope)
         finally:
             with self.lock:
                 self.active -= 1
 
-    def _data(self, session: Session, envelope: Envelope) -> str:
+    def _data(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.behaviour.data_reply is not None:
             return self.behaviour.data_reply
         content = envelope.original_content or b""
@@ -130,7 +130,9 @@ class PeerHandler:
                     content,
                     list(envelope.mail_options),
                     list(envelope.rcpt_options),
-                    tls=session.ssl is not None,
+                    # STARTTLS sets session.ssl; implicit TLS shows only on the transport.
+                    tls=server.transport is not None
+                    and server.transport.get_extra_info("ssl_object") is not None,
                     login=session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None,
                 )
             )

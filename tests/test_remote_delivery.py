@@ -423,3 +423,17 @@ async def test_a_relay_host_takes_everything_with_starttls_and_auth(
     assert dns.zone.queries == []
     # Bad credentials are the operator's to fix: the mail waits rather than bounces.
     assert isinstance(refused, TempFail) and refused.reply.enhanced == "4.7.0"
+
+
+async def test_a_relay_with_implicit_tls(spool: FileSpool, dns: Dns, ca: trustme.CA, tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    # aiosmtpd's Controller speaks TLS from the first byte with ssl_context (RFC 8314 §3.3).
+    with peers("127.0.0.4", ssl_context=server_context(ca, "relay.test")) as [relay]:
+        agent = make_agent(spool, dns, 25, relay=("relay.test", relay.port), relay_tls="tls", ca_file=ca_file)
+        dns.zone.a("relay.test", "127.0.0.4")  # a relay named, looked up for its address only
+        message = await queue(spool, rcpt("bob@remote.test"))
+        [result] = await agent.deliver(message, message.envelope.recipients)
+        await agent.close()
+    assert isinstance(result, Delivered) and relay.received[0].tls
+    assert ("relay.test.", "MX") not in dns.zone.queries and ("remote.test.", "MX") not in dns.zone.queries

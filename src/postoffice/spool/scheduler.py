@@ -207,6 +207,10 @@ class Scheduler:
             state = await self._read_state(queue_id)
             if state is not None and state.held:
                 self._forget(queue_id, "held")
+            elif state is not None and state.next_attempt is None:
+                # Held and released again before its retry came: released mail goes now.
+                entry.due = None
+                self._spawn(self._resume(entry))
         await self._adopt([queue_id for queue_id in queue_ids if queue_id not in self._entries])
         if flush:
             self.flush()
