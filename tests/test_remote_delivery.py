@@ -437,3 +437,15 @@ async def test_a_relay_with_implicit_tls(spool: FileSpool, dns: Dns, ca: trustme
         await agent.close()
     assert isinstance(result, Delivered) and relay.received[0].tls
     assert ("relay.test.", "MX") not in dns.zone.queries and ("remote.test.", "MX") not in dns.zone.queries
+
+
+async def test_a_peer_that_never_answers_the_data_is_a_temporary_failure(
+    spool: FileSpool, dns: Dns, mx: list[Peer]
+) -> None:
+    mx[0].behaviour.data_delay = 3.0
+    agent = make_agent(spool, dns, mx[0].port, data_timeout=0.3)
+    message = await queue(spool, rcpt("bob@remote.test"))
+    [result] = await agent.deliver(message, message.envelope.recipients)
+    await agent.close()
+    assert isinstance(result, TempFail) and result.reply.enhanced == "4.4.2"
+    assert "Timed out" in result.reply.text and agent.idle_connections() == 0

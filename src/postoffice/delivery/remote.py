@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import aiosmtplib
-from aiosmtplib.protocol import SMTPProtocol
 
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
@@ -560,7 +559,7 @@ class RemoteAgent:
                 return _finished(results, recipients, reply, remote), await self._reset(session)
             stage = "sending the message"
             response = await self._send_content(session, message)
-        except aiosmtplib.SMTPTimeoutError:
+        except TimeoutError:  # a reply (aiosmtplib's SMTPTimeoutError) or the whole transfer
             failure = replies.timed_out(where, stage)
             return _finished(results, recipients, failure, remote), False
         except (aiosmtplib.SMTPException, OSError, SpoolError) as exc:
@@ -637,7 +636,7 @@ class RemoteAgent:
                     protocol.write(stuffed)
                     await _drain(transport)
             protocol.write(end_of_data(at_line_start))
-            return await _read_final_reply(protocol, self.settings.data_timeout)
+            return await protocol.read_response(timeout=self.settings.data_timeout)
         finally:
             await asyncio.to_thread(_close, content)
 
@@ -648,10 +647,6 @@ class RemoteAgent:
         except (aiosmtplib.SMTPException, OSError):
             return False
         return _is_positive(response.code) and session.smtp.is_connected
-
-
-async def _read_final_reply(protocol: SMTPProtocol, timeout: float) -> aiosmtplib.SMTPResponse:
-    return await protocol.read_response(timeout=timeout)
 
 
 async def _drain(transport: asyncio.WriteTransport) -> None:
