@@ -442,8 +442,8 @@ async def test_a_relay_with_implicit_tls(spool: FileSpool, dns: Dns, ca: trustme
 async def test_a_peer_that_never_answers_the_data_is_a_temporary_failure(
     spool: FileSpool, dns: Dns, mx: list[Peer]
 ) -> None:
-    mx[0].behaviour.data_delay = 3.0
-    agent = make_agent(spool, dns, mx[0].port, data_timeout=0.3)
+    mx[0].behaviour.data_delay = 1.0
+    agent = make_agent(spool, dns, mx[0].port, data_timeout=0.2)
     message = await queue(spool, rcpt("bob@remote.test"))
     [result] = await agent.deliver(message, message.envelope.recipients)
     await agent.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ import dns.resolver
 
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
+
+log = logging.getLogger("postoffice.delivery")
 
 # dnspython's default lifetime is 5 s per query; slow authoritative servers need a bit more,
 # and a delivery that waits on it has nothing better to do.
@@ -75,7 +78,14 @@ class MxResolver:
         rng: random.Random | None = None,
     ) -> None:
         if nameserver is None:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                # No /etc/resolv.conf (a bare container): a local resolver is the only guess,
+                # and lookups fail as temporary until one answers or `--dns` names another.
+                log.warning("status=no-resolver-configuration using=127.0.0.1:53")
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = ["127.0.0.1"]
         else:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = [nameserver[0]]
