@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from postoffice.app import Application
-from postoffice.config import Config, Limits, Listener
+from postoffice.config import Config, DeliverySettings, Limits, Listener
 
 # Subprocesses (`python -m postoffice ...`) run this checkout's sources, like the tests do.
 _SOURCES = str(Path(__file__).resolve().parent.parent / "src")
@@ -58,7 +58,7 @@ class RunningServer:
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return self.config.listeners[0].host
 
     @property
     def data_dir(self) -> Path:
@@ -95,7 +95,8 @@ def maildir_messages(mail_dir: Path, address: str) -> list[mailbox.MaildirMessag
     return sorted(box, key=lambda m: m.get_date())
 
 
-def start_server(config: Config) -> RunningServer:
+def start_server(config: Config, **app_options: Any) -> RunningServer:
+    """Run an Application; ``app_options`` go to its constructor (``observer``, ``clock``)."""
     loop = asyncio.new_event_loop()
     ready: Future[int] = Future()
     holder: dict[str, Application] = {}
@@ -105,7 +106,7 @@ def start_server(config: Config) -> RunningServer:
 
         async def boot() -> None:
             try:
-                app = Application(config)
+                app = Application(config, **app_options)
                 holder["app"] = app
                 bound = await app.start()
                 ready.set_result(bound[0].port)
@@ -123,6 +124,11 @@ def start_server(config: Config) -> RunningServer:
     return RunningServer(config, holder["app"], loop, thread, port)
 
 
+# Mail for other domains goes to a closed port on loopback unless a test says otherwise: no
+# test ever looks up or reaches a real mail server, and such mail is deferred at once.
+NOWHERE = DeliverySettings(relay_host=("127.0.0.1", 9), relay_tls="none")
+
+
 def make_config(data_dir: Path, **overrides: Any) -> Config:
     limits = overrides.pop("limits", None) or Limits()
     base = Config(
@@ -130,18 +136,20 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         data_dir=data_dir,
         listeners=(Listener("smtp", "127.0.0.1", 0),),
         limits=limits,
+        delivery=NOWHERE,
     )
     return replace(base, **overrides)
 
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers with config overrides: ``server_factory(domains=("example.test",))``."""
+    """Start servers with config overrides: ``server_factory(domains=("example.test",))``;
+    ``app_options={"clock": ...}`` goes to the Application."""
     servers: list[RunningServer] = []
 
-    def factory(**overrides: Any) -> RunningServer:
+    def factory(*, app_options: dict[str, Any] | None = None, **overrides: Any) -> RunningServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(servers)}")
-        running = start_server(make_config(data_dir, **overrides))
+        running = start_server(make_config(data_dir, **overrides), **(app_options or {}))
         servers.append(running)
         return running
 

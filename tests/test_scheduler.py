@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.maildir import MaildirAgent
 from postoffice.smtp import replies
+from postoffice.spool.bounce import ReportItem
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
@@ -66,7 +68,7 @@ class FakeClock:
 
 
 async def queue(spool: FileSpool, *recipients: Recipient) -> QueuedMessage:
-    envelope = Envelope("from@example.org", recipients, received_at=1_700_000_000.0)
+    envelope = Envelope("from@example.org", recipients, received_at=time.time())
     writer = spool.new_message(envelope)
     writer.write(b"Subject: test\r\n\r\nhello\r\n")
     return await writer.commit()
@@ -194,9 +196,9 @@ async def test_recipients_without_an_agent_wait_in_the_spool(
     assert sorted(outbound.calls) == sorted(
         [(mixed.queue_id, ["far@example.net"], True), (remote_only.queue_id, ["far@example.net"], True)]
     )
-    # Progress lives in memory: after a restart the local agent is asked again, in recovery
-    # mode, so that it finds its earlier copy instead of making a second one.
-    assert agent.calls[1:] == [(mixed.queue_id, ["a@example.com"], True)]
+    # Progress is recorded in the spool: after a restart the local recipient, already
+    # delivered, is not asked for again.
+    assert agent.calls[1:] == []
     assert spool.pending() == []
     await restarted.stop()
 
@@ -255,7 +257,7 @@ async def test_an_agent_that_raises_is_a_temporary_failure(spool: FileSpool) -> 
     message = await queue(spool, local("a@example.com"))
     scheduler.submit(message)
     await scheduler.wait_idle()
-    assert scheduler.deferred() == {message.queue_id: clock.now + 60}
+    assert scheduler.deferred() == {message.queue_id: clock.now + 300}
     assert spool.pending() == [message.queue_id]
     await scheduler.stop()
 
@@ -371,3 +373,127 @@ async def test_sigkill_loses_no_acknowledged_message_and_duplicates_none(
         for name in os.listdir(maildir / "new"):
             body = (maildir / "new" / name).read_bytes()
             assert name.endswith(f",S={len(body)}") and body.endswith(b"x" * 20_000)
+
+
+# --- destinations, recorded progress and reports -------------------------------------------------
+
+
+async def test_a_slow_destination_does_not_hold_up_the_others(spool: FileSpool) -> None:
+    class PerDomain(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            self.pause = 30 if recipients[0].address.endswith("@slow.test") else 0
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = PerDomain()
+    scheduler = Scheduler(spool, {Route.REMOTE: agent}, concurrency=3, destination_concurrency=2)
+    for n in range(4):
+        scheduler.submit(await queue(spool, remote(f"u{n}@slow.test")))
+    fast = await queue(spool, remote("x@fast.test"))
+    scheduler.submit(fast)
+    # Two slow deliveries run (the per-destination limit), the fast one takes the third slot.
+    await until(lambda: fast.queue_id not in spool.pending())
+    assert agent.active == 2 and agent.most_active == 3
+    await scheduler.stop(timeout=0.01)
+
+
+async def test_results_are_recorded_so_a_restart_keeps_them_and_the_schedule(spool: FileSpool) -> None:
+    clock = FakeClock()
+    clock.now = time.time()
+
+    def b_fails(recipient: Recipient, attempt: int) -> DeliveryResult:
+        if recipient.address.startswith("b"):
+            return TempFail(recipient, replies.LOCAL_ERROR)
+        return Delivered(recipient)
+
+    first_agent = ScriptedAgent(b_fails)
+    scheduler = Scheduler(spool, {Route.LOCAL: first_agent}, clock=clock)
+    message = await queue(spool, local("a@example.com"), local("b@example.com"))
+    scheduler.submit(message)
+    await scheduler.wait_idle()
+    due = scheduler.deferred()[message.queue_id]
+    await scheduler.stop()
+
+    state = spool.read_state(message.queue_id)
+    assert list(state.outcomes) == [0] and state.attempts == 1 and state.next_attempt == due
+    assert state.deferrals[1].reply == replies.LOCAL_ERROR
+
+    second_agent = ScriptedAgent()
+    restarted = Scheduler(spool, {Route.LOCAL: second_agent}, clock=clock)
+    await restarted.start()
+    await restarted.wait_idle()
+    assert restarted.deferred() == {message.queue_id: due} and second_agent.calls == []
+    clock.now = due
+    restarted.run_due()
+    await restarted.wait_idle()
+    assert second_agent.calls == [(message.queue_id, ["b@example.com"], True)]
+    assert spool.pending() == []
+    await restarted.stop()
+
+
+class RecordingNotifier:
+    def __init__(self, spool: FileSpool) -> None:
+        self.spool = spool
+        self.reports: list[tuple[str, list[tuple[str, str]]]] = []
+
+    async def notify(
+        self, message: QueuedMessage, items: Sequence[ReportItem], *, will_retry_until: float | None = None
+    ) -> QueuedMessage | None:
+        self.reports.append((message.queue_id, [(item.recipient.address, item.action) for item in items]))
+        return None
+
+
+async def test_failures_are_reported_once_before_the_message_leaves(spool: FileSpool) -> None:
+    notifier = RecordingNotifier(spool)
+    agent = ScriptedAgent(
+        lambda r, attempt: PermFail(r, replies.USER_UNKNOWN) if r.address[0] == "b" else Delivered(r)
+    )
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, notifier=notifier)
+    message = await queue(
+        spool,
+        local("a@example.com"),
+        local("b@example.com"),
+        Recipient("bn@example.com", "bn@example.com", Route.LOCAL, notify=("NEVER",)),
+    )
+    scheduler.submit(message)
+    await scheduler.wait_idle()
+    assert notifier.reports == [(message.queue_id, [("b@example.com", "failed")])]
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_a_report_owed_when_the_process_died_is_sent_at_start(spool: FileSpool) -> None:
+    from postoffice.spool import state as records
+    from postoffice.spool.state import Action, Outcome
+
+    message = await queue(spool, local("a@example.com"))
+    # The result was recorded, the process died before the report was queued.
+    failed = Outcome(0, Action.FAILED, replies.USER_UNKNOWN, time.time(), None, report=True)
+    spool.append_state(message.queue_id, [records.outcome_record(failed)])
+    notifier = RecordingNotifier(spool)
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, notifier=notifier)
+    await scheduler.start()
+    await scheduler.wait_idle()
+    assert agent.calls == []  # the recipient is done
+    assert notifier.reports == [(message.queue_id, [("a@example.com", "failed")])]
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_a_held_message_is_not_delivered_until_released(spool: FileSpool) -> None:
+    from postoffice.spool import admin
+
+    message = await queue(spool, local("a@example.com"))
+    admin.hold(spool, message.queue_id)
+    agent = ScriptedAgent()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent})
+    await scheduler.start()
+    await scheduler.wait_idle()
+    assert agent.calls == [] and scheduler.known() == []
+    admin.release(spool, message.queue_id)
+    await scheduler.rescan()
+    await scheduler.wait_idle()
+    assert len(agent.calls) == 1 and spool.pending() == []
+    await scheduler.stop()

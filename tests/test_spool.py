@@ -198,7 +198,7 @@ def test_invalid_ids_are_refused_before_touching_files(tmp_path: Path, bad: str)
     for operation in (spool.load, spool.open_content, spool.complete):
         with pytest.raises(SpoolError, match="not a queue ID"):
             operation(bad)
-    assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "queue", "tmp"]
+    assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "queue", "state", "tmp"]
 
 
 # --- discarding and clean-up --------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Untrusted input seen here: none directly; this module wires the parts that see it.
 
 The flow (Postfix's split, as modules): SMTP sessions → spool (durable, then 250) → scheduler →
-delivery agents (Maildir for local mailboxes). Only :mod:`postoffice.cli` imports this module.
+delivery agents (Maildir for local mailboxes, SMTP for other domains), and reports (DSNs) back
+into the spool. Only :mod:`postoffice.cli` imports this module.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
 from postoffice.delivery.agent import DeliveryAgent
+from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
+from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.errors import ConfigError, PostofficeError
 from postoffice.net.server import BoundAddress, SmtpServer
 from postoffice.net.session import SessionObserver
 from postoffice.net.transcript import TranscriptLog
-from postoffice.policy import Policy
+from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
+from postoffice.policy import Policy, mailbox_address
+from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
-from postoffice.spool.envelope import Route
+from postoffice.spool.bounce import Bouncer
+from postoffice.spool.envelope import Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
 
@@ -41,13 +49,50 @@ def server_settings(config: Config) -> ServerSettings:
         command_line_limit=limits.command_line,
         text_line_limit=limits.text_line,
         max_errors=limits.errors_per_session,
+        # RFC 3461: NOTIFY, ORCPT, RET and ENVID are accepted, and honoured by the queue.
+        dsn=True,
+    )
+
+
+def remote_settings(config: Config) -> RemoteSettings:
+    """The remote agent's settings; reads the relay password file (ConfigError if it cannot)."""
+    delivery = config.delivery
+    password = None
+    if delivery.relay_password_file is not None:
+        try:
+            with open(delivery.relay_password_file, encoding="utf-8") as stream:
+                password = stream.readline().removesuffix("\n").removesuffix("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise ConfigError(
+                f"{delivery.relay_password_file}: {reason}",
+                key="delivery.relay_password_file",
+                path=str(config.source) if config.source is not None else None,
+            ) from None
+    return RemoteSettings(
+        hostname=config.hostname,
+        mx_port=delivery.mx_port,
+        relay=delivery.relay_host,
+        relay_tls=delivery.relay_tls,
+        relay_user=delivery.relay_user,
+        relay_password=password,
+        tls_policy=dict(delivery.tls_policy),
+        ca_file=delivery.tls_ca_file,
+        connect_timeout=delivery.connect_timeout,
+        command_timeout=delivery.command_timeout,
     )
 
 
 class Application:
     """Everything one ``postoffice serve`` process runs."""
 
-    def __init__(self, config: Config, *, observer: SessionObserver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        observer: SessionObserver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         config.mail_dir.mkdir(parents=True, exist_ok=True)
         self.transcript: TranscriptLog | None = None
@@ -57,10 +102,25 @@ class Application:
             observer = self.transcript
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir)
+        self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         agents: dict[Route, DeliveryAgent] = {
             Route.LOCAL: MaildirAgent(config.mail_dir, self.spool, config.hostname),
+            Route.REMOTE: self.remote,
         }
-        self.scheduler = Scheduler(self.spool, agents)
+        queue = config.queue
+        self.scheduler = Scheduler(
+            self.spool,
+            agents,
+            retry_base=queue.minimal_backoff_time,
+            retry_max=queue.maximal_backoff_time,
+            lifetime=queue.maximal_queue_lifetime,
+            delay_warning=queue.delay_warning_time,
+            clock=clock,
+            concurrency=queue.concurrency,
+            destination_concurrency=queue.destination_concurrency,
+            destination=self._destination,
+            notifier=Bouncer(self.spool, config.hostname, self._report_recipients, clock=clock),
+        )
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -78,6 +138,37 @@ class Application:
             return False
         return True
 
+    def _destination(self, recipient: Recipient) -> str:
+        """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""
+        if recipient.route is Route.LOCAL:
+            return "local"
+        return "remote:" + self.remote.destination(recipient)
+
+    def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
+        """Where a report (DSN) to ``sender`` goes, routed like a RCPT to that address."""
+        config = self.config
+        try:
+            path, rest = parse_path(f"<{sender}>", utf8=True, allow_null=False, allow_postmaster=False)
+        except GrammarError:
+            return ()
+        mailbox = path.mailbox
+        if mailbox is None or rest:
+            return ()
+        if config.capture_mode:
+            address = mailbox_address(mailbox)
+            return (Recipient(address, sender, Route.LOCAL),) if self._mailbox_ok(address) else ()
+        if not config.is_local_domain(mailbox.domain):
+            return (Recipient(sender, sender, Route.REMOTE),)
+        targets = self.accounts.resolve(mailbox_address(mailbox)) or []
+        return tuple(
+            Recipient(
+                target,
+                sender,
+                Route.LOCAL if config.is_local_domain(target.rpartition("@")[2]) else Route.REMOTE,
+            )
+            for target in targets
+        )
+
     async def start(self) -> Sequence[BoundAddress]:
         await self.scheduler.start()  # deliver what a previous run accepted but did not finish
         if self.transcript is not None:
@@ -87,6 +178,7 @@ class Application:
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
         await self.scheduler.stop()
+        await self.remote.close()
         if self.transcript is not None:
             await self.transcript.stop()
 
@@ -119,7 +211,25 @@ def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
 
 
 async def _serve(config: Config) -> int:
-    app = Application(config)
+    pid_file = PidFile(config.data_dir)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pid_file.acquire()
+    except PostofficeError as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _run(config)
+    finally:
+        pid_file.release()
+
+
+async def _run(config: Config) -> int:
+    try:
+        app = Application(config)
+    except PostofficeError as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
     # Handlers first: a supervisor may send SIGTERM as soon as it sees the banner, and that
     # must be a graceful stop, not death by the default action.
     stop = asyncio.Event()
@@ -127,6 +237,16 @@ async def _serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reopen_logs)
+    # `postoffice queue flush` / `hold` / `release` / `delete` (see postoffice.pidfile).
+    rescans: set[asyncio.Task[None]] = set()
+
+    def rescan(*, flush: bool) -> None:
+        task = loop.create_task(app.scheduler.rescan(flush=flush))
+        rescans.add(task)
+        task.add_done_callback(rescans.discard)
+
+    loop.add_signal_handler(FLUSH_SIGNAL, lambda: rescan(flush=True))
+    loop.add_signal_handler(RESCAN_SIGNAL, lambda: rescan(flush=False))
     try:
         bound = await app.start()
     except OSError as exc:

@@ -21,14 +21,25 @@ import contextlib
 import getpass
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from postoffice import __version__
+from postoffice import __version__, pidfile
 from postoffice.accounts import Accounts
-from postoffice.config import Config, Listener, check_config, load_config, parse_hostport
+from postoffice.config import (
+    Config,
+    Listener,
+    check_config,
+    load_config,
+    parse_dns_server,
+    parse_hostport,
+    parse_relay_host,
+)
 from postoffice.errors import AccountError, ConfigError, PostofficeError
+from postoffice.spool import admin
+from postoffice.spool.files import FileSpool
 
 # Shell convention (Advanced Bash-Scripting Guide, "Exit Codes With Special Meanings"):
 # 128 + SIGINT.
@@ -125,6 +136,26 @@ def _listener(text: str) -> Listener:
     return Listener("smtp", host, port)
 
 
+def _dns_server(text: str) -> tuple[str, int]:
+    try:
+        return parse_dns_server(text, key="--dns")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def _relay_host(text: str) -> tuple[str, int]:
+    try:
+        return parse_relay_host(text, key="--relay-host")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def _tcp_port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 1 to 65535")
+    return int(text)
+
+
 def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -155,10 +186,33 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="FILE",
         help="append every SMTP command and reply to FILE (AUTH secrets redacted; reopened on SIGHUP)",
     )
+    serve.add_argument(
+        "--dns",
+        type=_dns_server,
+        metavar="HOST:PORT",
+        help="send MX and address lookups to this DNS server (replaces [delivery] dns)",
+    )
+    serve.add_argument(
+        "--mx-port",
+        type=_tcp_port,
+        metavar="PORT",
+        help="TCP port to reach mail exchangers on (default 25; replaces [delivery] mx_port)",
+    )
+    serve.add_argument(
+        "--relay-host",
+        type=_relay_host,
+        metavar="HOST:PORT",
+        help="send all outbound mail through this server (a smarthost; replaces [delivery] relay_host)",
+    )
     serve.set_defaults(handler=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    delivery = {
+        name: value
+        for name, value in (("dns", args.dns), ("mx_port", args.mx_port), ("relay_host", args.relay_host))
+        if value is not None
+    }
     config = load_config(
         args.config,
         data_dir=args.data_dir,
@@ -166,6 +220,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         hostname=args.hostname,
         domains=args.domains,
         transcript_log=args.transcript_log,
+        delivery=delivery,
     )
     # Imported here so that account and config commands never load the server.
     from postoffice import app
@@ -336,6 +391,163 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  hostname: {config.hostname}")
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
     print(f"  data dir: {config.data_dir}")
+    delivery = config.delivery
+    if delivery.relay_host is not None:
+        outbound = (
+            f"through relay {delivery.relay_host[0]}:{delivery.relay_host[1]} (TLS: {delivery.relay_tls})"
+        )
+    else:
+        resolver = f"{delivery.dns[0]}:{delivery.dns[1]}" if delivery.dns else "the system resolver"
+        outbound = f"to MX hosts on port {delivery.mx_port}, looked up with {resolver}"
+    print(f"  outbound mail: {outbound}")
+    return 0
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+
+def _add_queue_parser(subparsers: _Subparsers) -> None:
+    queue = subparsers.add_parser(
+        "queue",
+        help="see and act on the mail queue",
+        description="See and act on the queue of mail not yet delivered. Works while the server "
+        "runs; flush, hold, release and delete tell the running server at once (with SIGUSR1 "
+        "or SIGUSR2 to the pid in <data-dir>/postoffice.pid).",
+    )
+    actions = queue.add_subparsers(title="actions", metavar="ACTION", required=True)
+    common = [_config_options()]
+
+    listing = actions.add_parser(
+        "list", help="list queued messages and why they wait", description="List the queue.", parents=common
+    )
+    listing.set_defaults(handler=_run_queue_list)
+
+    show = actions.add_parser(
+        "show",
+        help="show one message's envelope, progress and headers",
+        description="Show a message.",
+        parents=common,
+    )
+    show.add_argument("queue_id", metavar="ID")
+    show.set_defaults(handler=_run_queue_show)
+
+    flush = actions.add_parser(
+        "flush",
+        help="retry every deferred message now",
+        description="Retry deferred mail now.",
+        parents=common,
+    )
+    flush.set_defaults(handler=_run_queue_flush)
+
+    for name, helptext in (
+        ("delete", "remove messages from the queue, telling nobody"),
+        ("hold", "keep messages from being delivered until released"),
+        ("release", "let held messages go, at once"),
+    ):
+        action = actions.add_parser(
+            name, help=helptext, description=helptext.capitalize() + ".", parents=common
+        )
+        action.add_argument("queue_ids", nargs="+", metavar="ID")
+        action.set_defaults(handler=_run_queue_change, change=name)
+
+
+def _queue_spool(args: argparse.Namespace) -> tuple[Config, FileSpool]:
+    config = _load(args)
+    if not config.spool_dir.is_dir():
+        raise PostofficeError(f"no queue in {config.data_dir} (no server has run there)")
+    # clean_tmp=False: a running server may be receiving into tmp/ right now.
+    return config, FileSpool(config.spool_dir, clean_tmp=False)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _print_recipients(entry: admin.QueueEntry) -> None:
+    for status in entry.recipients():
+        line = f"    <{status.recipient.address}> {status.status}"
+        if status.reply is not None and status.status != "delivered":
+            where = f" (from {status.remote_mta})" if status.remote_mta else ""
+            line += f": {' '.join(str(status.reply).split())}{where}"
+        print(line)
+
+
+def _run_queue_list(args: argparse.Namespace) -> int:
+    _, spool = _queue_spool(args)
+    entries = admin.list_queue(spool)
+    for entry in entries:
+        envelope = entry.message.envelope
+        status = entry.status.value
+        if entry.status is admin.MessageStatus.DEFERRED:
+            attempts = entry.state.attempts
+            status += (
+                f", {attempts} attempt{'s' if attempts != 1 else ''}, next {_when(entry.state.next_attempt)}"
+            )
+        print(
+            f"{entry.queue_id}  {entry.message.size:>9}  {_when(envelope.received_at)}  "
+            f"<{envelope.mail_from}>  [{status}]"
+        )
+        _print_recipients(entry)
+    if not entries:
+        print("The queue is empty.")
+    else:
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry.status.value] = counts.get(entry.status.value, 0) + 1
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        print(f"{len(entries)} message{'s' if len(entries) != 1 else ''} ({summary})")
+    return 0
+
+
+def _run_queue_show(args: argparse.Namespace) -> int:
+    _, spool = _queue_spool(args)
+    entry = admin.show(spool, args.queue_id)
+    envelope = entry.message.envelope
+    state = entry.state
+    print(f"queue ID: {entry.queue_id}")
+    print(f"status: {entry.status.value}")
+    print(f"arrived: {_when(envelope.received_at)} from {envelope.client_address or 'this server'}")
+    print(f"size: {entry.message.size} octets")
+    print(f"sender: <{envelope.mail_from}>")
+    if envelope.ret or envelope.envid:
+        print(f"DSN: RET={envelope.ret or '-'} ENVID={envelope.envid or '-'}")
+    if state.attempts:
+        print(
+            f"attempts: {state.attempts}, last {_when(state.last_attempt)}, next {_when(state.next_attempt)}"
+        )
+    print("recipients:")
+    _print_recipients(entry)
+    print("headers:")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(admin.header_section(spool, entry.queue_id).replace(b"\r\n", b"\n"))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _run_queue_flush(args: argparse.Namespace) -> int:
+    config, _ = _queue_spool(args)
+    pid = pidfile.poke(config.data_dir, pidfile.FLUSH_SIGNAL)
+    if pid is None:
+        raise PostofficeError(
+            f"no server is running for {config.data_dir}; the queue goes out when it starts"
+        )
+    print(f"asked the server (pid {pid}) to retry the queue now")
+    return 0
+
+
+def _run_queue_change(args: argparse.Namespace) -> int:
+    config, spool = _queue_spool(args)
+    change = {"delete": admin.delete, "hold": admin.hold, "release": admin.release}[args.change]
+    past = {"delete": "deleted", "hold": "held", "release": "released"}[args.change]
+    try:
+        for queue_id in args.queue_ids:
+            change(spool, queue_id)
+            print(f"{past} {queue_id}")
+    finally:
+        # The server learns of every change made, even when a later ID was wrong.
+        pidfile.poke(config.data_dir, pidfile.RESCAN_SIGNAL)
     return 0
 
 
@@ -435,4 +647,5 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_check_config_parser,
     _add_send_parser,
     _add_sendmail_parser,
+    _add_queue_parser,
 )

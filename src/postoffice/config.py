@@ -17,7 +17,14 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     smtp = ["127.0.0.1:2525", "[::1]:2525"]
     [limits]                             # the fields of Limits, by name
     message_size = "25MiB"               # sizes: integer octets or "512KiB", "10MB", "25MiB"
-    command_timeout = "5m"               # times: seconds, or "300s", "5m", "10min", "1h"
+    command_timeout = "5m"               # times: seconds, or "300s", "5m", "10min", "1h", "5d"
+    [queue]                              # the fields of QueueSettings (Postfix names)
+    maximal_queue_lifetime = "5d"
+    [delivery]                           # outbound SMTP: DeliverySettings
+    dns = "127.0.0.1:5353"
+    relay_host = "smtp.example.net:587"
+    [delivery.tls_policy]
+    "example.net" = "require"
 
 Validation collects every problem (one :class:`ConfigError` per key) so ``check-config`` can
 list them all; :func:`load_config` raises the first.
@@ -82,6 +89,71 @@ class Limits:
         return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
 
 
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """How the queue retries and how many deliveries run at once; ``[queue]`` in the file.
+
+    Names and defaults are Postfix's (postconf(5)), so an operator's intuition carries over.
+    """
+
+    # First retry 5 minutes after a temporary failure (Postfix minimal_backoff_time = 300s).
+    minimal_backoff_time: float = 300.0
+    # The delay doubles up to this (Postfix maximal_backoff_time = 4000s, about 67 minutes).
+    maximal_backoff_time: float = 4000.0
+    # Then the sender is told it failed (Postfix maximal_queue_lifetime = 5d; RFC 5321
+    # §4.5.4.1: "the give-up time generally needs to be at least 4-5 days").
+    maximal_queue_lifetime: float = 5 * DAY
+    # A "still trying" notice after this long in the queue; 0 sends none (Postfix
+    # delay_warning_time = 0h).
+    delay_warning_time: float = 0.0
+    # Deliveries running at once, all destinations together. Postfix allows 100 processes;
+    # one of ours costs a coroutine and a connection, and 20 keep a small server's memory low.
+    concurrency: int = 20
+    # Deliveries running at once to one remote destination (Postfix
+    # initial_destination_concurrency = 5: a receiving site never gets more parallel
+    # connections than that). Local mailboxes are limited by ``concurrency`` only.
+    destination_concurrency: int = 5
+
+
+# Per-destination TLS: "none" never, "may" when offered (opportunistic, RFC 3207 §4, no
+# certificate check, as Postfix "may"), "require" encrypted or not at all (Postfix
+# "encrypt"), "verify" encrypted with a certificate valid for the MX host name.
+TLS_POLICIES = ("none", "may", "require", "verify")
+# Towards a relay host: "none", "starttls" (RFC 3207, required) or "tls" (implicit TLS from
+# the first byte, RFC 8314 §3.3); with either TLS mode the relay's certificate is verified.
+RELAY_TLS_MODES = ("none", "starttls", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """How mail for other domains leaves; ``[delivery]`` in the file."""
+
+    # The DNS server for MX lookups as (IP, port); None uses the system's (/etc/resolv.conf).
+    dns: tuple[str, int] | None = None
+    # The TCP port of every mail exchanger (RFC 5321 §2.3.5: 25); tests point it elsewhere.
+    mx_port: int = 25
+    # Send everything through this host instead of looking up MX records (a smarthost).
+    relay_host: tuple[str, int] | None = None
+    relay_user: str | None = None
+    # A file holding the relay password on its first line (never the password itself here).
+    relay_password_file: Path | None = None
+    relay_tls: str = "starttls"
+    # Domain -> one of TLS_POLICIES; every other domain gets "may".
+    tls_policy: tuple[tuple[str, str], ...] = ()
+    # CA certificates (PEM) for "verify" and for the relay, instead of the system's.
+    tls_ca_file: Path | None = None
+    # Postfix smtp_connect_timeout = 30s.
+    connect_timeout: float = 30.0
+    # Each command's reply; RFC 5321 §4.5.3.2 asks for 5 minutes (MAIL, RCPT, DATA end: 10).
+    command_timeout: float = 300.0
+
+    def tls_policy_for(self, domain: str) -> str:
+        return dict(self.tls_policy).get(domain.lower(), "may")
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     """One address to listen on. ``kind`` is ``smtp`` (MX service); later kinds add TLS/AUTH."""
@@ -131,6 +203,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     # Append every SMTP command and reply here (AUTH secrets redacted); None: no transcript log.
     transcript_log: Path | None = None
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -296,6 +370,7 @@ _TIME_UNITS = {
     "m": 60,
     "min": 60,
     "h": 3600,
+    "d": 86400,
 }
 
 
@@ -351,7 +426,7 @@ def parse_duration(value: object) -> float:
     elif isinstance(value, str):
         match = _NUMBER_UNIT.fullmatch(value.strip().lower())
         if not match or match.group(2) not in _TIME_UNITS:
-            raise _Invalid(f"{value!r} is not a duration; write seconds or a number with s, m, min, h")
+            raise _Invalid(f"{value!r} is not a duration; write seconds or a number with s, m, min, h, d")
         seconds = float(match.group(1)) * _TIME_UNITS[match.group(2)]
     else:
         raise _Invalid(f"expected a number of seconds or a string such as '5m', got {_kind(value)}")
@@ -433,10 +508,155 @@ def _check_size_floor(name: str, size: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The [queue] and [delivery] tables
+# ---------------------------------------------------------------------------------------------
+
+QUEUE_NAMES = tuple(f.name for f in dataclasses.fields(QueueSettings))
+_DELIVERY_KEYS = (
+    "dns",
+    "mx_port",
+    "relay_host",
+    "relay_user",
+    "relay_password_file",
+    "relay_tls",
+    "tls_policy",
+    "tls_ca_file",
+    "connect_timeout",
+    "command_timeout",
+)
+
+
+def _queue_value(name: str, value: object) -> object:
+    if name in ("concurrency", "destination_concurrency"):
+        return _count(value)
+    if name == "delay_warning_time" and value in (0, "0"):
+        return 0.0  # off, as Postfix's 0h
+    return parse_duration(value)
+
+
+def parse_dns_server(text: str, *, key: str = "delivery.dns") -> tuple[str, int]:
+    """``IP:PORT``, ``[IPV6]:PORT`` or a bare IP (port 53): where MX lookups are sent."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        host, port = parse_hostport(text, key=key)
+    else:
+        host, port = text, 53
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: a DNS server is given by IP address, not by name", key=key) from None
+    if port == 0:
+        raise ConfigError(f"{text!r}: port 0 names no server", key=key)
+    return str(address), port
+
+
+def parse_relay_host(text: str, *, key: str = "delivery.relay_host") -> tuple[str, int]:
+    host, port = parse_hostport(text, key=key)
+    if port == 0:
+        raise ConfigError(f"{text!r}: port 0 names no server (587 is submission, 465 implicit TLS)", key=key)
+    return host, port
+
+
+def _port(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(f"expected an integer, got {_kind(value)}")
+    if not 1 <= value <= 65535:
+        raise _Invalid(f"{value}: a port is a number from 1 to 65535")
+    return value
+
+
+def _choice(value: object, choices: Sequence[str]) -> str:
+    text = _string(value).lower()
+    if text not in choices:
+        raise _Invalid(f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _tls_policy(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _Invalid(f'expected a table of "domain" = "policy", got {_kind(value)}')
+    policy: dict[str, str] = {}
+    for domain, level in value.items():
+        try:
+            name = normalize_domain(domain)
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        try:
+            policy[name] = _choice(level, TLS_POLICIES)
+        except _Invalid as exc:
+            raise _Invalid(f"{domain!r}: {exc}") from None
+    return tuple(sorted(policy.items()))
+
+
+def _file_path(value: object, base: Path) -> Path:
+    text = _string(value)
+    if not text:
+        raise _Invalid("empty path")
+    return (base / Path(text).expanduser()).resolve()
+
+
+def _delivery_value(name: str, value: object, base: Path) -> object:
+    if name == "dns":
+        return parse_dns_server(_string(value))
+    if name == "mx_port":
+        return _port(value)
+    if name == "relay_host":
+        return parse_relay_host(_string(value))
+    if name == "relay_user":
+        user = _string(value)
+        if not user or not user.isprintable():
+            raise _Invalid("expected a non-empty user name of printable characters")
+        return user
+    if name in ("relay_password_file", "tls_ca_file"):
+        return _file_path(value, base)
+    if name == "relay_tls":
+        return _choice(value, RELAY_TLS_MODES)
+    if name == "tls_policy":
+        return _tls_policy(value)
+    if name in ("connect_timeout", "command_timeout"):
+        return parse_duration(value)
+    raise AssertionError(f"delivery key {name} has no parser")  # pragma: no cover
+
+
+def _check_relay(delivery: dict[str, Any], problems: _Problems) -> None:
+    """Credentials come in pairs, and never cross a network in the clear."""
+    has_user = "relay_user" in delivery
+    has_password = "relay_password_file" in delivery
+    if has_user != has_password:
+        missing = "relay_password_file" if has_user else "relay_user"
+        problems.add(f"delivery.{missing}", "relay_user and relay_password_file go together")
+        return
+    relay = delivery.get("relay_host")
+    if has_user and relay is None:
+        problems.add("delivery.relay_user", "credentials without a relay_host: nothing would use them")
+    elif has_user and relay is not None and delivery.get("relay_tls", "starttls") == "none":
+        try:
+            loopback = ipaddress.ip_address(relay[0]).is_loopback
+        except ValueError:
+            loopback = relay[0] == "localhost"
+        if not loopback:
+            problems.add(
+                "delivery.relay_tls",
+                '"none" would send the relay password in the clear; use "starttls" or "tls"',
+            )
+
+
+# ---------------------------------------------------------------------------------------------
 # The loader
 # ---------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "transcript_log", "listen", "limits")
+_TOP_KEYS = (
+    "hostname",
+    "data_dir",
+    "domains",
+    "postmaster",
+    "transcript_log",
+    "listen",
+    "limits",
+    "queue",
+    "delivery",
+)
 _LISTEN_KEYS = ("smtp",)
 
 _T = TypeVar("_T")
@@ -539,6 +759,8 @@ class _Settings:
     listeners: tuple[Listener, ...] | None = None
     transcript_log: Path | None = None
     limits: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, Any] = field(default_factory=dict)
+    delivery: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_file(path: Path, problems: _Problems) -> dict[str, Any] | None:
@@ -586,7 +808,34 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
             value = problems.check(f"limits.{name}", functools.partial(_limit_value, name, limits[name]))
             if value is not None:
                 settings.limits[name] = value
+    _parse_outbound(data, base, problems, settings)
     return settings
+
+
+def _parse_outbound(data: dict[str, Any], base: Path, problems: _Problems, settings: _Settings) -> None:
+    queue = _table(problems, data, "queue")
+    problems.unknown_keys(queue, QUEUE_NAMES, "queue.")
+    for name in QUEUE_NAMES:
+        if name in queue:
+            value = problems.check(f"queue.{name}", functools.partial(_queue_value, name, queue[name]))
+            if value is not None:
+                settings.queue[name] = value
+    delivery = _table(problems, data, "delivery")
+    problems.unknown_keys(delivery, _DELIVERY_KEYS, "delivery.")
+    for name in _DELIVERY_KEYS:
+        if name in delivery:
+            value = problems.check(
+                f"delivery.{name}", functools.partial(_delivery_value, name, delivery[name], base)
+            )
+            if value is not None:
+                settings.delivery[name] = value
+
+
+def _check_outbound(settings: _Settings, problems: _Problems) -> None:
+    queue = QueueSettings(**settings.queue)
+    if queue.minimal_backoff_time > queue.maximal_backoff_time:
+        problems.add("queue.minimal_backoff_time", "is longer than maximal_backoff_time")
+    _check_relay(settings.delivery, problems)
 
 
 def _collect(
@@ -597,6 +846,7 @@ def _collect(
     hostname: str | None,
     domains: Sequence[str],
     transcript_log: Path | None = None,
+    delivery: dict[str, Any] | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -617,6 +867,8 @@ def _collect(
         settings.data_dir = data_dir.expanduser().absolute()
     if transcript_log is not None:
         settings.transcript_log = transcript_log.expanduser().absolute()
+    settings.delivery.update(delivery or {})
+    _check_outbound(settings, problems)
     errors = problems.errors + flags.errors
     if errors:
         return None, errors
@@ -628,6 +880,8 @@ def _collect(
         postmaster=settings.postmaster,
         limits=Limits(**settings.limits),
         transcript_log=settings.transcript_log,
+        queue=QueueSettings(**settings.queue),
+        delivery=DeliverySettings(**settings.delivery),
         source=path,
     )
     return config, []
@@ -641,11 +895,14 @@ def load_config(
     hostname: str | None = None,
     domains: Sequence[str] = (),
     transcript_log: Path | None = None,
+    delivery: dict[str, Any] | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
     Keyword arguments override the file: non-empty ``listeners`` and ``domains`` replace the
-    file's lists. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
+    file's lists, and ``delivery`` (parsed values by :class:`DeliverySettings` field name,
+    from ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``.
+    Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
         path,
@@ -654,6 +911,7 @@ def load_config(
         hostname=hostname,
         domains=domains,
         transcript_log=transcript_log,
+        delivery=delivery,
     )
     if config is None:
         raise errors[0]

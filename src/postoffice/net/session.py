@@ -84,6 +84,8 @@ class SmtpSession(asyncio.Protocol):
         self._mail_smtputf8 = False
         self._mail_body = "7BIT"
         self._mail_size: int | None = None
+        self._mail_ret: str | None = None  # RFC 3461 DSN parameters, kept for the bounce
+        self._mail_envid: str | None = None
         self._recipients: list[Recipient] = []
         self._writer: MessageWriter | None = None
         self._write_failure: Reply | None = None
@@ -218,6 +220,8 @@ class SmtpSession(asyncio.Protocol):
             self._mail_smtputf8 = command.smtputf8
             self._mail_body = command.body or "7BIT"
             self._mail_size = command.size
+            self._mail_ret = command.ret
+            self._mail_envid = command.envid
             log.info("session=%s event=mail from=<%s> size=%s", self.id, self._mail_from, command.size)
         self._answer(event.line, reply)
 
@@ -265,6 +269,8 @@ class SmtpSession(asyncio.Protocol):
             body=self._mail_body,
             smtputf8=self._mail_smtputf8,
             declared_size=self._mail_size,
+            ret=self._mail_ret,
+            envid=self._mail_envid,
         )
         try:
             writer = self.services.spool.new_message(envelope)

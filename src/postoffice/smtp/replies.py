@@ -181,3 +181,86 @@ BAD_DESTINATION_MAILBOX = Reply.of(553, "5.1.3", "Mailbox name not allowed")
 
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing")
 INSUFFICIENT_STORAGE = Reply.of(452, "4.3.1", "Insufficient system storage")
+
+# --- outbound delivery (the text is ours; a remote server's own replies are passed on as given) --
+
+
+def remote_reply(code: int, enhanced: str | None, text: str) -> Reply:
+    """A reply received from another server, kept as data: every line made printable."""
+    lines = tuple(printable(line, 512) for line in text.splitlines()[:10]) or ("",)
+    return Reply(code, enhanced, lines)
+
+
+def null_mx(domain: str) -> Reply:
+    """RFC 7505 §4.1: a domain that publishes a null MX accepts no mail."""
+    return Reply.of(
+        556, "5.1.10", f"Recipient address rejected: {printable(domain)} accepts no mail (null MX)"
+    )
+
+
+def domain_not_found(domain: str) -> Reply:
+    """RFC 3463 X.1.2: the destination domain does not exist."""
+    return Reply.of(550, "5.1.2", f"Host or domain name not found: {printable(domain)}")
+
+
+def dns_failure(domain: str, detail: str) -> Reply:
+    """RFC 3463 X.4.3: directory server failure; a later lookup may work."""
+    return Reply.of(451, "4.4.3", f"DNS lookup for {printable(domain)} failed: {printable(detail)}")
+
+
+def no_route(domain: str) -> Reply:
+    """RFC 3463 X.4.4: no mail exchanger of the domain has an address."""
+    return Reply.of(554, "5.4.4", f"Unable to route: no address for the mail servers of {printable(domain)}")
+
+
+def loops_back(domain: str) -> Reply:
+    """RFC 3463 X.4.6: the domain's mail exchanger is this server (Postfix "loops back to myself")."""
+    return Reply.of(554, "5.4.6", f"Mail for {printable(domain)} loops back to myself")
+
+
+def cannot_connect(host: str, detail: str) -> Reply:
+    """RFC 3463 X.4.1: no answer from host."""
+    return Reply.of(451, "4.4.1", f"Connect to {printable(host)}: {printable(detail)}")
+
+
+def lost_connection(host: str, stage: str) -> Reply:
+    """RFC 3463 X.4.2: bad connection."""
+    return Reply.of(451, "4.4.2", f"Lost connection with {printable(host)} while {stage}")
+
+
+def timed_out(host: str, stage: str) -> Reply:
+    """RFC 3463 X.4.2: the connection went quiet."""
+    return Reply.of(451, "4.4.2", f"Timed out talking to {printable(host)} while {stage}")
+
+
+def tls_not_offered(host: str) -> Reply:
+    """RFC 3463 X.7.4: a required security feature is missing (RFC 3207 §4: STARTTLS)."""
+    return Reply.of(451, "4.7.4", f"TLS is required, but {printable(host)} does not offer STARTTLS")
+
+
+def tls_failed(host: str, detail: str) -> Reply:
+    """RFC 3463 X.7.5: cryptographic failure."""
+    return Reply.of(451, "4.7.5", f"TLS with {printable(host)} failed: {printable(detail)}")
+
+
+def smtputf8_not_offered(host: str) -> Reply:
+    """RFC 6531 §3.2: an internationalised message needs a server that offers SMTPUTF8.
+
+    X.6.7 is RFC 6531's "non-ASCII addresses not permitted" (registered by RFC 6531 §4.1).
+    """
+    return Reply.of(
+        553,
+        "5.6.7",
+        f"The message needs SMTPUTF8 (internationalised addresses or headers), "
+        f"which {printable(host)} does not offer",
+    )
+
+
+def too_big_for_peer(host: str, limit: int) -> Reply:
+    """RFC 1870 §6.2: the message is larger than the server announced it accepts."""
+    return Reply.of(552, "5.3.4", f"Message too big for {printable(host)} (it accepts {limit} octets)")
+
+
+def relay_auth_failed(host: str, detail: str) -> Reply:
+    """RFC 3463 X.7.0; temporary, since an operator fixes credentials without the sender's help."""
+    return Reply.of(451, "4.7.0", f"Authentication with {printable(host)} failed: {printable(detail)}")

@@ -8,9 +8,11 @@ nothing in :mod:`postoffice.net` or :mod:`postoffice.smtp` changes.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO, Protocol
 
 from postoffice.spool.envelope import Envelope, QueuedMessage
+from postoffice.spool.state import QueueState
 
 
 class MessageWriter(Protocol):
@@ -50,4 +52,15 @@ class Spool(Protocol):
         ...
 
     def complete(self, queue_id: str) -> None:
-        """Every recipient has a final result: forget the message."""
+        """Every recipient has a final result: forget the message (and its state)."""
+
+    def exists(self, queue_id: str) -> bool:
+        """Whether the message is still queued (an operator may have deleted it)."""
+        ...
+
+    def read_state(self, queue_id: str) -> QueueState:
+        """What delivery has recorded for the message; empty when nothing yet."""
+        ...
+
+    def append_state(self, queue_id: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Durably add records (:mod:`postoffice.spool.state`) to the message's state."""

@@ -11,6 +11,7 @@ Postfix's incoming → active queues)::
 
     root/tmp/ID       being received; never got a 250, removed at start-up
     root/queue/ID     committed: fsync'd, renamed here, directory fsync'd; then the 250
+    root/state/ID     what delivery has learnt so far (spool/state.py), appended and fsync'd
     root/corrupt/ID   could not be parsed; kept for a person to look at
 
 Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
@@ -30,11 +31,13 @@ import errno
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool import state as queue_state
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
 
@@ -46,6 +49,9 @@ BUFFER_SIZE = 64 * 1024
 # An envelope of 1000 recipients (Postfix smtpd_recipient_limit) is a few hundred KiB of JSON;
 # a longer line means a damaged file, and reading it must not take unbounded memory.
 MAX_ENVELOPE_LINE = 16 * 1024 * 1024
+# A state log grows by a line per attempt; a year of retries is a few hundred KiB. More
+# than this is damage, and reading it must not take unbounded memory.
+MAX_STATE_SIZE = 16 * 1024 * 1024
 # A queue ID is taken twice in a row only if another process made the same one in the same
 # microsecond (see ids.py); a few attempts are plenty.
 ID_ATTEMPTS = 5
@@ -273,12 +279,14 @@ class FileSpool:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
+        self.state_dir = root / "state"
         self.corrupt_dir = root / "corrupt"
         self._committer = _GroupCommitter(self.queue_dir)
         try:
             self._make_directories()
             if clean_tmp:
                 self._clean_tmp()
+                self._clean_orphaned_states()
         except OSError as exc:
             raise spool_error(exc, f"cannot prepare spool {root}") from exc
 
@@ -286,7 +294,7 @@ class FileSpool:
         # 0700: queued mail is private to the server's user, as Postfix's queue directories.
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         created = False
-        for directory in (self.tmp_dir, self.queue_dir, self.corrupt_dir):
+        for directory in (self.tmp_dir, self.queue_dir, self.state_dir, self.corrupt_dir):
             if not directory.is_dir():
                 directory.mkdir(mode=0o700)
                 created = True
@@ -300,6 +308,13 @@ class FileSpool:
             # name in both tmp/ and queue/; removing the tmp/ name leaves the queued one.
             log.info("queue_id=%s status=removed reason=unfinished-at-start-up", entry.name)
             _remove_quietly(Path(entry.path))
+
+    def _clean_orphaned_states(self) -> None:
+        # complete() removes the message first, then its state; a crash in between leaves a
+        # state without a message, which nothing will ever read.
+        for entry in os.scandir(self.state_dir):
+            if is_queue_id(entry.name) and not (self.queue_dir / entry.name).exists():
+                _remove_quietly(Path(entry.path))
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -371,13 +386,59 @@ class FileSpool:
 
     def complete(self, queue_id: str) -> None:
         # No directory fsync: if the unlink is lost in a crash, the message is delivered again
-        # with recovering=True and the agents find their earlier copies.
+        # with recovering=True and the agents find their earlier copies (and its state log,
+        # removed second, still says which recipients are done).
+        for path in (self._queue_path(queue_id), self.state_dir / queue_id):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+
+    def exists(self, queue_id: str) -> bool:
+        return self._queue_path(queue_id).exists()
+
+    # --- delivery state -----------------------------------------------------------------------
+
+    def read_state(self, queue_id: str) -> queue_state.QueueState:
+        path = self.state_dir / self._queue_path(queue_id).name
         try:
-            self._queue_path(queue_id).unlink()
+            with open(path, "rb") as file:
+                data = file.read(MAX_STATE_SIZE + 1)
         except FileNotFoundError:
-            pass
+            return queue_state.QueueState()
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+            raise spool_error(exc, f"queue_id={queue_id}: cannot read its state") from exc
+        if len(data) > MAX_STATE_SIZE:
+            raise SpoolError(f"queue_id={queue_id}: state log larger than {MAX_STATE_SIZE} octets")
+        return queue_state.fold(data, queue_id=queue_id)
+
+    def append_state(self, queue_id: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append records to the message's state log and fsync them before returning.
+
+        One ``write(2)`` in ``O_APPEND`` mode, so a record from another process (the ``queue``
+        command) lands before or after this batch, never inside it. A crash can leave a torn
+        last line, which :func:`~postoffice.spool.state.fold` skips.
+        """
+        if not records:
+            return
+        path = self.state_dir / self._queue_path(queue_id).name
+        data = queue_state.encode(records)
+        try:
+            created = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(errno.EIO, f"short write ({written} of {len(data)} octets)")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_directory(self.state_dir)
+        except OSError as exc:
+            raise spool_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
 
     def _queue_path(self, queue_id: str) -> Path:
         if not is_queue_id(queue_id):

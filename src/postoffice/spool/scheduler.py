@@ -1,55 +1,98 @@
 """The queue manager: hands spooled messages to delivery agents and retries what failed.
 
 Untrusted input seen here: envelopes of accepted messages (addresses from SMTP clients),
-used only to group recipients by route and to write log lines, and delivery results whose
+used to group recipients by destination and to write log lines, and delivery results whose
 reply texts may come from remote servers; nothing here interprets either.
 
-After Postfix qmgr(8): at most ``concurrency`` messages are in delivery at once; a temporary
-failure defers the message with exponential backoff (RFC 5321 §4.5.4.1: retry, and "the
-retry interval SHOULD be at least 30 minutes" for remote mail; local trouble such as a full
-disk is retried sooner, from ``retry_base``); a message leaves the spool only when every
-recipient is final, delivered or permanently failed. Which recipients are final is kept in
-memory, so a retry redoes only the rest. After a restart nothing is known, so every pending
-message is delivered with ``recovering=True`` and the agents skip copies they already made.
+After Postfix qmgr(8):
+
+* A message is delivered in *rounds*. A round splits the recipients that have no final result
+  yet into *jobs*, one per destination (the local mailboxes, or one remote domain, or the
+  relay host), and hands each job to the agent for its route.
+* Jobs wait in one queue per destination and are started round-robin across destinations,
+  at most ``concurrency`` at once and ``destination_concurrency`` per remote destination, so a
+  slow or dead site cannot hold up mail for the others (qmgr's per-destination queues).
+* Every final result (delivered, relayed, failed) is appended to the message's state log and
+  fsync'd as soon as its job ends (:mod:`postoffice.spool.state`), so a restart redoes only
+  what has no result, and a recipient already done is never delivered to again.
+* When a round ends with temporary failures, the message is deferred: the first retry after
+  ``retry_base`` seconds (Postfix ``minimal_backoff_time``, 300 s), the delay doubling up to
+  ``retry_max`` (``maximal_backoff_time``, 4000 s). RFC 5321 §4.5.4.1: "the retry interval
+  SHOULD be at least 30 minutes", which the doubling reaches by the fourth retry. The retry
+  time is recorded, so a restart keeps the schedule.
+* After ``lifetime`` (``maximal_queue_lifetime``, 5 days; §4.5.4.1 "at least 4-5 days") the
+  remaining recipients fail. Failures and, on request (RFC 3461 NOTIFY), successes and delays
+  are reported to the sender by the notifier (:mod:`postoffice.spool.bounce`).
+* A message leaves the spool only when every recipient has a final result and every report
+  owed about them is queued.
+
+Time comes from ``clock`` (wall-clock seconds, since retry times outlive the process). Tests
+pass their own and call :meth:`Scheduler.run_due` after moving it forward.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
 from postoffice.smtp import replies
+from postoffice.spool import state as records
 from postoffice.spool.base import Spool
+from postoffice.spool.bounce import Notifier, ReportItem, wants_report
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
+from postoffice.spool.state import Action, Deferral, Outcome, QueueState
 
 log = logging.getLogger("postoffice.spool")
 
-# Postfix default_process_limit is 100 processes in all; one agent call here delivers a whole
-# message, and a Maildir agent is disk-bound, so a few in parallel keep a disk busy.
-DEFAULT_CONCURRENCY = 8
+# Postfix default_process_limit is 100 processes; a job here is a coroutine and at most one
+# connection, and 20 keep the memory of a small server low.
+DEFAULT_CONCURRENCY = 20
+# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
+DEFAULT_DESTINATION_CONCURRENCY = 5
+# Postfix minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime.
+DEFAULT_RETRY_BASE = 300.0
+DEFAULT_RETRY_MAX = 4000.0
+DEFAULT_LIFETIME = 5 * 86400.0
 # How long stop() lets running deliveries finish before cancelling them (they are redone,
 # with recovering=True, at the next start).
 DEFAULT_STOP_TIMEOUT = 30.0
 
 
+def destination_of(recipient: Recipient) -> str:
+    """The default grouping: all local mailboxes together, remote mail by domain."""
+    if recipient.route is Route.LOCAL:
+        return "local"
+    return "remote:" + recipient.address.rpartition("@")[2].lower()
+
+
 @dataclass(slots=True)
 class _Entry:
-    """What the scheduler knows about one message between attempts."""
+    """What the scheduler knows about one message between and during rounds."""
 
     message: QueuedMessage
+    state: QueueState
     recovering: bool
-    final: set[int] = field(default_factory=set)  # indices into envelope.recipients
-    attempts: int = 0  # attempts that ended with a temporary failure
-    due: float | None = None  # clock() time of the next attempt, when deferred
+    due: float | None = None  # clock() time of the next round, when deferred
+    jobs_left: int = 0  # jobs of the current round not yet finished
+    in_round: bool = False
+    temporary: dict[int, TempFail] = field(default_factory=dict)  # this round's
     unrouted: set[Route] = field(default_factory=set)  # routes already reported as waiting
+
+
+@dataclass(slots=True)
+class _Job:
+    entry: _Entry
+    route: Route
+    destination: str
+    indices: list[int]
 
 
 class Scheduler:
@@ -60,24 +103,39 @@ class Scheduler:
         spool: Spool,
         agents: Mapping[Route, DeliveryAgent],
         *,
-        retry_base: float = 60.0,
-        retry_max: float = 3600.0,
-        clock: Callable[[], float] = time.monotonic,
+        retry_base: float = DEFAULT_RETRY_BASE,
+        retry_max: float = DEFAULT_RETRY_MAX,
+        lifetime: float = DEFAULT_LIFETIME,
+        delay_warning: float = 0.0,
+        clock: Callable[[], float] = time.time,
         concurrency: int = DEFAULT_CONCURRENCY,
+        destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
+        destination: Callable[[Recipient], str] = destination_of,
+        notifier: Notifier | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if concurrency < 1 or destination_concurrency < 1:
+            raise ValueError("concurrency limits must be at least 1")
         if not 0 < retry_base <= retry_max:
             raise ValueError("retry delays must satisfy 0 < retry_base <= retry_max")
+        if lifetime <= 0 or delay_warning < 0:
+            raise ValueError("lifetime must be positive and delay_warning not negative")
         self._spool = spool
         self._agents = dict(agents)
         self._retry_base = retry_base
         self._retry_max = retry_max
+        self._lifetime = lifetime
+        self._delay_warning = delay_warning
         self._clock = clock
         self._concurrency = concurrency
+        self._destination_concurrency = destination_concurrency
+        self._destination = destination
+        self._notifier = notifier
         self._entries: dict[str, _Entry] = {}
-        self._ready: deque[str] = deque()
-        self._running: dict[str, asyncio.Task[None]] = {}
+        # Ready jobs, one FIFO per destination; destinations are served round-robin.
+        self._ready: OrderedDict[str, deque[_Job]] = OrderedDict()
+        self._running = 0
+        self._running_by_destination: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -86,44 +144,102 @@ class Scheduler:
     # --- feeding the queue --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Schedule every message left in the spool (by a crash or a stop), oldest first."""
+        """Schedule every message left in the spool (by a crash or a stop), oldest first.
+
+        Messages keep the schedule recorded in their state: one deferred until later waits
+        until then, a held one stays held.
+        """
         self._stopping = False
         queue_ids = await asyncio.to_thread(self._spool.pending)
-        for queue_id in queue_ids:
-            if queue_id in self._entries:
-                continue
-            try:
-                message = await asyncio.to_thread(self._spool.load, queue_id)
-            except SpoolError as exc:
-                # load() has moved a corrupt file aside and logged it; nothing to deliver.
-                log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
-                continue
-            self._add(message, recovering=True)
-        log.info("status=started pending=%d", len(queue_ids))
+        added = await self._adopt(queue_ids)
+        log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 
     def submit(self, message: QueuedMessage) -> None:
-        """Schedule a message just committed to the spool."""
+        """Schedule a message just committed to the spool: its first round starts now."""
         if self._stopping:
             # Still safe in the spool: the next start() picks it up.
             log.info("queue_id=%s status=held reason=stopping", message.queue_id)
             return
         if message.queue_id in self._entries:
             return
-        self._add(message, recovering=False)
+        entry = _Entry(message, QueueState(), recovering=False)
+        self._entries[message.queue_id] = entry
+        self._begin_round(entry)
+        self._pump()
 
     def flush(self) -> None:
         """Retry every deferred message now (Postfix ``postqueue -f``)."""
-        for queue_id, entry in self._entries.items():
+        for entry in list(self._entries.values()):
             if entry.due is not None:
                 entry.due = None
-                self._ready.append(queue_id)
+                self._spawn(self._resume(entry))
+        self._arm_timer()
+        self._update_idle()
+
+    def run_due(self) -> None:
+        """Start the rounds that are due by ``clock()`` (the timer calls this too)."""
+        self._timer = None
+        now = self._clock()
+        for entry in list(self._entries.values()):
+            if entry.due is not None and entry.due <= now:
+                entry.due = None
+                self._spawn(self._resume(entry))
+        self._arm_timer()
+        self._update_idle()
+
+    async def rescan(self, *, flush: bool = False) -> None:
+        """Look at the spool again, after the ``queue`` command changed it.
+
+        Messages released from hold (or otherwise unknown) are scheduled; deferred ones that
+        were deleted or held are forgotten. With ``flush``, every deferred message is retried
+        now.
+        """
+        if self._stopping:
+            return
+        queue_ids = await asyncio.to_thread(self._spool.pending)
+        present = set(queue_ids)
+        for queue_id, entry in list(self._entries.items()):
+            if entry.in_round or entry.due is None:
+                continue
+            if queue_id not in present:
+                self._forget(queue_id, "deleted")
+                continue
+            state = await self._read_state(queue_id)
+            if state is not None and state.held:
+                self._forget(queue_id, "held")
+            elif state is not None and state.next_attempt is None:
+                # Held and released again before its retry came: released mail goes now.
+                entry.due = None
+                self._spawn(self._resume(entry))
+        await self._adopt([queue_id for queue_id in queue_ids if queue_id not in self._entries])
+        if flush:
+            self.flush()
+
+    async def _adopt(self, queue_ids: Sequence[str]) -> int:
+        """Load messages from the spool with their recorded state and schedule them."""
+        added = 0
+        for queue_id in queue_ids:
+            if queue_id in self._entries:
+                continue
+            try:
+                message = await asyncio.to_thread(self._spool.load, queue_id)
+                state = await asyncio.to_thread(self._spool.read_state, queue_id)
+            except SpoolError as exc:
+                # load() has moved a corrupt file aside and logged it; nothing to deliver.
+                log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
+                continue
+            if state.held:
+                continue
+            entry = _Entry(message, state, recovering=True)
+            self._entries[queue_id] = entry
+            added += 1
+            if state.next_attempt is not None and state.next_attempt > self._clock():
+                entry.due = state.next_attempt
+            else:
+                self._begin_round(entry)
         self._arm_timer()
         self._pump()
-
-    def _add(self, message: QueuedMessage, *, recovering: bool) -> None:
-        self._entries[message.queue_id] = _Entry(message, recovering)
-        self._ready.append(message.queue_id)
-        self._pump()
+        return added
 
     # --- introspection ------------------------------------------------------------------------
 
@@ -147,9 +263,11 @@ class Scheduler:
             self._timer.cancel()
             self._timer = None
         self._ready.clear()
-        running = list(self._running.values())
+        running = list(self._tasks)
+        interrupted = 0
         if running:
             _, late = await asyncio.wait(running, timeout=timeout)
+            interrupted = len(late)
             for task in late:
                 task.cancel()
             for task in late:
@@ -157,66 +275,108 @@ class Scheduler:
                     await task
         self._entries.clear()
         self._idle.set()
-        log.info("status=stopped interrupted=%d", sum(1 for task in running if task.cancelled()))
+        log.info("status=stopped interrupted=%d", interrupted)
 
-    # --- running deliveries -------------------------------------------------------------------
+    # --- rounds -------------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        while self._ready and len(self._running) < self._concurrency and not self._stopping:
-            queue_id = self._ready.popleft()
-            entry = self._entries.get(queue_id)
-            if entry is None or queue_id in self._running:
-                continue
-            task = asyncio.create_task(self._attempt(entry), name=f"deliver {queue_id}")
-            self._running[queue_id] = task
-            task.add_done_callback(functools.partial(self._finished, queue_id))
-        if self._ready or self._running:
-            self._idle.clear()
-        else:
-            self._idle.set()
-
-    def _finished(self, queue_id: str, task: asyncio.Task[None]) -> None:
-        self._running.pop(queue_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            # _attempt handles every expected failure; this is a bug, and the message stays in
-            # the spool for the next start.
-            log.error("queue_id=%s status=error", queue_id, exc_info=task.exception())
-            self._entries.pop(queue_id, None)
+    async def _resume(self, entry: _Entry) -> None:
+        """A deferred message is due: check the spool (deleted? held?) and start a round."""
+        queue_id = entry.message.queue_id
+        exists = await asyncio.to_thread(self._spool.exists, queue_id)
+        if not exists:
+            self._forget(queue_id, "deleted")
+            return
+        state = await self._read_state(queue_id)
+        if state is None:
+            # Unreadable now; try again on the normal schedule rather than lose track.
+            self._defer(entry, {}, self._clock())
+            return
+        if state.held:
+            self._forget(queue_id, "held")
+            return
+        entry.state = state
+        self._begin_round(entry)
         self._pump()
 
-    async def _attempt(self, entry: _Entry) -> None:
-        message = entry.message
-        queue_id = message.queue_id
-        deferred = False
-        for route, batch in self._unfinished_by_route(entry).items():
-            agent = self._agents.get(route)
-            if agent is None:
+    def _begin_round(self, entry: _Entry) -> None:
+        """Queue one job per destination for the recipients that have no final result yet."""
+        if self._stopping or entry.message.queue_id not in self._entries:
+            return
+        entry.in_round = True
+        entry.temporary = {}
+        jobs: dict[tuple[Route, str], _Job] = {}
+        for index, recipient in enumerate(entry.message.envelope.recipients):
+            if index in entry.state.outcomes:
+                continue
+            route = recipient.route
+            if route not in self._agents:
                 if route not in entry.unrouted:
                     entry.unrouted.add(route)
                     log.info(
-                        "queue_id=%s route=%s recipients=%d status=waiting reason=no-agent",
-                        queue_id,
+                        "queue_id=%s route=%s to=<%s> status=waiting reason=no-agent",
+                        entry.message.queue_id,
                         route.value,
-                        len(batch),
+                        recipient.address,
                     )
                 continue
-            results = await self._deliver(agent, entry, [recipient for _, recipient in batch])
-            for (index, recipient), result in zip(batch, results, strict=True):
-                deferred |= self._record(entry, index, recipient, result)
-        if len(entry.final) == len(message.envelope.recipients):
-            await self._complete(queue_id)
-        elif deferred:
-            self._defer(entry)
-        # Otherwise only recipients without an agent remain: the message waits in the spool,
-        # with no timer, until a start() with that agent; retrying now could not help.
-        entry.recovering = True
+            destination = self._destination(recipient)
+            job = jobs.get((route, destination))
+            if job is None:
+                job = jobs[(route, destination)] = _Job(entry, route, destination, [])
+            job.indices.append(index)
+        entry.jobs_left = len(jobs)
+        for job in jobs.values():
+            self._ready.setdefault(job.destination, deque()).append(job)
+        if not jobs:
+            # Nothing to deliver now: every recipient is final (a restart after the last
+            # result was recorded) or waits for an agent. Finish the round to settle it.
+            self._spawn(self._finish_round(entry))
 
-    def _unfinished_by_route(self, entry: _Entry) -> dict[Route, list[tuple[int, Recipient]]]:
-        groups: dict[Route, list[tuple[int, Recipient]]] = {}
-        for index, recipient in enumerate(entry.message.envelope.recipients):
-            if index not in entry.final:
-                groups.setdefault(recipient.route, []).append((index, recipient))
-        return groups
+    def _pump(self) -> None:
+        """Start ready jobs, round-robin over destinations, within both concurrency limits."""
+        while self._running < self._concurrency and not self._stopping:
+            job = self._next_job()
+            if job is None:
+                break
+            self._running += 1
+            self._running_by_destination[job.destination] = (
+                self._running_by_destination.get(job.destination, 0) + 1
+            )
+            self._spawn(self._run_job(job))
+        self._update_idle()
+
+    def _next_job(self) -> _Job | None:
+        for destination, queue in list(self._ready.items()):
+            # The per-destination limit protects remote sites; local mailboxes share only the
+            # total (Postfix limits local delivery per recipient, which one job here is not).
+            limit = self._destination_concurrency if queue[0].route is Route.REMOTE else self._concurrency
+            if self._running_by_destination.get(destination, 0) >= limit:
+                continue
+            queue = self._ready.pop(destination)
+            job = queue.popleft()
+            if queue:
+                self._ready[destination] = queue  # to the back: the next one gets a turn
+            return job
+        return None
+
+    async def _run_job(self, job: _Job) -> None:
+        entry = job.entry
+        try:
+            agent = self._agents[job.route]
+            recipients = [entry.message.envelope.recipients[index] for index in job.indices]
+            results = await self._deliver(agent, entry, recipients)
+            await self._record(entry, job.indices, results)
+        finally:
+            self._running -= 1
+            left = self._running_by_destination.get(job.destination, 1) - 1
+            if left:
+                self._running_by_destination[job.destination] = left
+            else:
+                self._running_by_destination.pop(job.destination, None)
+            entry.jobs_left -= 1
+            self._pump()
+        if entry.jobs_left == 0:
+            await self._finish_round(entry)
 
     async def _deliver(
         self, agent: DeliveryAgent, entry: _Entry, recipients: Sequence[Recipient]
@@ -239,48 +399,253 @@ class Scheduler:
             return [TempFail(recipient, replies.LOCAL_ERROR) for recipient in recipients]
         return results
 
-    def _record(self, entry: _Entry, index: int, recipient: Recipient, result: DeliveryResult) -> bool:
-        """Note one result; True when it asks for a retry."""
+    async def _record(self, entry: _Entry, indices: Sequence[int], results: Sequence[DeliveryResult]) -> None:
+        """Log each result; make the final ones durable before anything relies on them."""
         queue_id = entry.message.queue_id
-        if isinstance(result, Delivered):
-            entry.final.add(index)
-            log.info(
-                "queue_id=%s to=<%s> status=delivered detail=%r", queue_id, recipient.address, result.detail
-            )
+        sender = entry.message.envelope.mail_from
+        now = self._clock()
+        outcomes: list[Outcome] = []
+        for index, result in zip(indices, results, strict=True):
+            address = result.recipient.address
+            if isinstance(result, Delivered):
+                action = Action.DELIVERED if result.remote_mta is None else Action.RELAYED
+                report = bool(sender) and wants_report(result.recipient, "delivered")
+                outcomes.append(
+                    Outcome(
+                        index,
+                        action,
+                        result.reply or replies.OK,
+                        now,
+                        result.remote_mta,
+                        report=report and not result.dsn_passed_on,
+                    )
+                )
+                log.info("queue_id=%s to=<%s> status=delivered detail=%r", queue_id, address, result.detail)
+            elif isinstance(result, PermFail):
+                report = bool(sender) and wants_report(result.recipient, "failed")
+                outcomes.append(Outcome(index, Action.FAILED, result.reply, now, result.remote_mta, report))
+                log.warning(
+                    "queue_id=%s to=<%s> status=bounced reply=%r relay=%s",
+                    queue_id,
+                    address,
+                    str(result.reply),
+                    result.remote_mta or "local",
+                )
+            else:
+                entry.temporary[index] = result
+                log.info(
+                    "queue_id=%s to=<%s> status=deferred reply=%r relay=%s",
+                    queue_id,
+                    address,
+                    str(result.reply),
+                    result.remote_mta or "local",
+                )
+        await self._save_outcomes(entry, outcomes)
+
+    async def _save_outcomes(self, entry: _Entry, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            entry.state.outcomes[outcome.index] = outcome
+            entry.state.deferrals.pop(outcome.index, None)
+        await self._append(entry, [records.outcome_record(outcome) for outcome in outcomes])
+
+    async def _append(self, entry: _Entry, lines: Sequence[Mapping[str, Any]]) -> bool:
+        try:
+            await asyncio.to_thread(self._spool.append_state, entry.message.queue_id, lines)
+        except SpoolError as exc:
+            # The results stand in memory; if the process dies before the log can be written,
+            # the next start redoes those recipients (with recovering=True): a duplicate at
+            # worst, which RFC 5321 §6.1 prefers to a loss.
+            log.error("queue_id=%s status=state-unrecorded error=%r", entry.message.queue_id, str(exc))
             return False
-        if isinstance(result, PermFail):
-            # Final: the non-delivery report to the sender is the bounce module's job.
-            entry.final.add(index)
-            log.warning(
-                "queue_id=%s to=<%s> status=bounced reply=%r", queue_id, recipient.address, str(result.reply)
-            )
-            return False
-        log.info(
-            "queue_id=%s to=<%s> status=deferred reply=%r", queue_id, recipient.address, str(result.reply)
-        )
         return True
+
+    async def _finish_round(self, entry: _Entry) -> None:
+        """Every job of the round has ended: expire, report, then complete or defer."""
+        queue_id = entry.message.queue_id
+        entry.in_round = False
+        entry.recovering = True
+        temporary, entry.temporary = entry.temporary, {}
+        if queue_id not in self._entries:
+            return
+        now = self._clock()
+        expires = entry.message.envelope.received_at + self._lifetime
+        if temporary and now >= expires:
+            await self._expire(entry, temporary, now)
+            temporary = {}
+        if not await self._report(entry):
+            # The report could not be queued: keep the message and its unreported results,
+            # and try again on the retry schedule.
+            self._defer(entry, temporary, now)
+            return
+        if len(entry.state.outcomes) == len(entry.message.envelope.recipients):
+            await self._complete(queue_id)
+        elif temporary:
+            due = self._defer(entry, temporary, now, arm=False)
+            await self._save_deferral(entry, temporary, now)
+            await self._warn_if_late(entry, temporary, now)
+            entry.due = due
+            self._arm_timer()
+        # Otherwise only recipients without an agent remain: the message waits in the spool,
+        # with no timer, until a start() with that agent; retrying now could not help.
+        self._update_idle()
+
+    async def _expire(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
+        """Past the queue lifetime: the remaining recipients fail with their last reply."""
+        sender = entry.message.envelope.mail_from
+        outcomes = []
+        for index, result in sorted(temporary.items()):
+            report = bool(sender) and wants_report(result.recipient, "failed")
+            outcomes.append(Outcome(index, Action.FAILED, result.reply, now, result.remote_mta, report))
+            log.warning(
+                "queue_id=%s to=<%s> status=expired reply=%r",
+                entry.message.queue_id,
+                result.recipient.address,
+                str(result.reply),
+            )
+        await self._save_outcomes(entry, outcomes)
+
+    async def _report(self, entry: _Entry) -> bool:
+        """Queue the report owed for this message's final results, if any; False on failure."""
+        owed = entry.state.unreported()
+        if not owed:
+            return True
+        indices = [outcome.index for outcome in owed]
+        report: QueuedMessage | None = None
+        if self._notifier is not None:
+            recipients = entry.message.envelope.recipients
+            items = [
+                ReportItem(
+                    recipient=recipients[outcome.index],
+                    action=outcome.action.value,
+                    reply=outcome.reply,
+                    at=outcome.at,
+                    remote_mta=outcome.remote_mta,
+                )
+                for outcome in owed
+            ]
+            try:
+                report = await self._notifier.notify(entry.message, items)
+            except (SpoolError, OSError) as exc:
+                log.error("queue_id=%s status=report-failed error=%r", entry.message.queue_id, str(exc))
+                return False
+        entry.state.notified.update(indices)
+        # A crash between queuing the report and this record sends the report twice; the
+        # other order could lose it.
+        await self._append(entry, [records.notified_record(indices, report.queue_id if report else None)])
+        if report is not None:
+            self.submit(report)
+        return True
+
+    async def _warn_if_late(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
+        """The optional delay warning (Postfix delay_warning_time), once per message."""
+        envelope = entry.message.envelope
+        if (
+            not self._delay_warning
+            or entry.state.warned
+            or not envelope.mail_from
+            or now - envelope.received_at < self._delay_warning
+            or self._notifier is None
+        ):
+            return
+        items = [
+            ReportItem(result.recipient, "delayed", result.reply, now, result.remote_mta)
+            for _, result in sorted(temporary.items())
+            if wants_report(result.recipient, "delayed")
+        ]
+        entry.state.warned = True
+        report = None
+        if items:
+            try:
+                report = await self._notifier.notify(
+                    entry.message, items, will_retry_until=envelope.received_at + self._lifetime
+                )
+            except (SpoolError, OSError) as exc:
+                log.error("queue_id=%s status=warning-failed error=%r", entry.message.queue_id, str(exc))
+                entry.state.warned = False
+                return
+        await self._append(entry, [records.WARNED])
+        if report is not None:
+            self.submit(report)
 
     async def _complete(self, queue_id: str) -> None:
         try:
             await asyncio.to_thread(self._spool.complete, queue_id)
         except SpoolError as exc:
-            # Every recipient has its copy; at the next start recovering=True finds them.
+            # Every recipient has its result recorded; the next start finds them.
             log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(exc))
         else:
             log.info("queue_id=%s status=removed", queue_id)
         self._entries.pop(queue_id, None)
 
-    def _defer(self, entry: _Entry) -> None:
-        entry.attempts += 1
-        delay = min(self._retry_max, self._retry_base * 2 ** (entry.attempts - 1))
-        entry.due = self._clock() + delay
+    def _defer(
+        self, entry: _Entry, temporary: Mapping[int, TempFail], now: float, *, arm: bool = True
+    ) -> float:
+        """Count a failed attempt and compute the next one; with ``arm``, schedule it now."""
+        state = entry.state
+        state.attempts += 1
+        delay = min(self._retry_max, self._retry_base * 2.0 ** (state.attempts - 1))
+        due = now + delay
+        # The last try comes at the end of the lifetime, not up to retry_max after it.
+        expires = entry.message.envelope.received_at + self._lifetime
+        if now < expires < due:
+            due = expires
+        state.next_attempt = due
+        state.last_attempt = now
+        for index, result in temporary.items():
+            state.deferrals[index] = Deferral(result.reply, result.remote_mta)
         log.info(
             "queue_id=%s status=deferred attempts=%d retry_in=%.1fs",
             entry.message.queue_id,
-            entry.attempts,
-            delay,
+            state.attempts,
+            due - now,
         )
+        if arm:
+            entry.due = due
+            self._arm_timer()
+        return due
+
+    async def _save_deferral(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
+        state = entry.state
+        assert state.next_attempt is not None
+        current = {index: state.deferrals[index] for index in temporary if index in state.deferrals}
+        await self._append(entry, [records.deferred_record(state.attempts, state.next_attempt, now, current)])
+
+    def _forget(self, queue_id: str, reason: str) -> None:
+        if self._entries.pop(queue_id, None) is not None:
+            log.info("queue_id=%s status=%s", queue_id, reason)
         self._arm_timer()
+        self._update_idle()
+
+    async def _read_state(self, queue_id: str) -> QueueState | None:
+        try:
+            return await asyncio.to_thread(self._spool.read_state, queue_id)
+        except SpoolError as exc:
+            log.error("queue_id=%s status=state-unreadable error=%r", queue_id, str(exc))
+            return None
+
+    # --- tasks and timers ---------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        self._idle.clear()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Every expected failure is handled inside; this is a bug. The message stays in
+            # the spool for the next start.
+            log.error("status=error task=%s", task.get_name(), exc_info=task.exception())
+        self._pump()
+
+    def _update_idle(self) -> None:
+        if self._tasks or self._ready:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     def _arm_timer(self) -> None:
         """One timer, for the earliest due message (qmgr scans its deferred queue the same way)."""
@@ -291,14 +656,4 @@ class Scheduler:
         if not due or self._stopping:
             return
         delay = max(0.0, min(due) - self._clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._release_due)
-
-    def _release_due(self) -> None:
-        self._timer = None
-        now = self._clock()
-        for queue_id, entry in self._entries.items():
-            if entry.due is not None and entry.due <= now:
-                entry.due = None
-                self._ready.append(queue_id)
-        self._arm_timer()
-        self._pump()
+        self._timer = asyncio.get_running_loop().call_later(delay, self.run_due)
