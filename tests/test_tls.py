@@ -73,7 +73,10 @@ def test_starttls_with_smtplib(server: RunningServer, certs: Certs) -> None:
         assert client.sock.getpeercert(binary_form=True) == certs.server_certificate_der()
 
 
-def test_implicit_tls_with_smtp_ssl(server: RunningServer, certs: Certs) -> None:
+def test_implicit_tls_with_smtp_ssl(
+    server: RunningServer, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
     port = ports(server)["smtps"]
     with smtplib.SMTP_SSL(
         "127.0.0.1", port, local_hostname="client.test", context=certs.client_context(), timeout=10
@@ -86,6 +89,9 @@ def test_implicit_tls_with_smtp_ssl(server: RunningServer, certs: Certs) -> None
     [stored] = server.messages(ALICE)
     assert stored["Subject"] == "over 465"
     assert "with ESMTPSA" in stored["Received"]
+    wait_for(lambda: "event=disconnect" in caplog.text)
+    assert "event=tls client=127.0.0.1 version=TLSv1.3" in caplog.text
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("asyncio")] == []
 
 
 def test_mx_listener_offers_starttls_and_auth_only_inside(server: RunningServer, certs: Certs) -> None:

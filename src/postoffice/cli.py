@@ -353,6 +353,8 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  mode: {mode}")
     print(f"  hostname: {config.hostname}")
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
+    tls = config.tls.cert or f"self-signed, made in {config.tls_dir} when a listener needs it"
+    print(f"  tls certificate: {tls}")
     print(f"  data dir: {config.data_dir}")
     return 0
 

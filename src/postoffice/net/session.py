@@ -144,7 +144,9 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.core.receive_data(b"")
         self._process()
-        return True  # we close the transport ourselves once replies are written
+        # We close the transport ourselves once replies are written. Over TLS asyncio closes it
+        # anyway (it has no half-closed TLS) and warns if asked to keep it open.
+        return not self.core.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
