@@ -158,6 +158,20 @@ def test_smtplib_login_and_send(server: RunningServer, certs: Certs) -> None:
     assert ALICE not in stored["Received"]  # the login name stays private (aliases hide it)
 
 
+def test_commands_pipelined_after_auth_see_the_login(server: RunningServer, certs: Certs) -> None:
+    """Reading pauses while the password is checked; what follows is read with the outcome."""
+    client = tls_client(server, certs)
+    client.send(
+        f"AUTH PLAIN {plain_response(ALICE, ALICE_PASSWORD)}\r\nMAIL FROM:<{ALICE}>\r\nRCPT TO:<{BOB}>\r\n".encode()
+    )
+    assert [client.read_reply() for _ in range(3)] == [
+        reply(r.AUTH_SUCCESSFUL),
+        reply(r.SENDER_OK),
+        reply(r.RECIPIENT_OK),
+    ]
+    client.close()
+
+
 def test_wrong_password_and_unknown_user_get_the_same_reply(server: RunningServer, certs: Certs) -> None:
     client = tls_client(server, certs)
     wrong = client.command(f"AUTH PLAIN {plain_response(ALICE, 'not the password')}")

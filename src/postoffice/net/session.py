@@ -319,8 +319,8 @@ class SmtpSession(asyncio.Protocol):
         login = self.services.security.login
         assert login is not None
         result = await login.login(credentials, mechanism=mechanism, session_id=self.id, client=self.peer)
-        if self._closed:
-            return
+        if self._closed or self.core.state is State.CLOSED:
+            return  # closed meanwhile (shutdown): the 421 has answered the AUTH
         if result.disconnect:
             self._refuse_and_close(line, result.reply)
             return
