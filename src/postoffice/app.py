@@ -151,12 +151,13 @@ async def _serve(config: Config) -> int:
         print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
         return 1
-    _banner(config, bound, app.security.tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    # The banner comes last: whoever waits for "listening" may signal the server at once.
+    _banner(config, bound, app.security.tls)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
