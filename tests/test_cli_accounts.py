@@ -191,7 +191,11 @@ def test_check_config_of_the_example(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"{EXAMPLE}: ok"
     assert "  mode: MTA for example.com, example.org" in lines
-    assert "  listeners: smtp 127.0.0.1:2525, smtp [::1]:2525" in lines
+    assert (
+        "  listeners: smtp 127.0.0.1:2525, smtp [::1]:2525, submission 127.0.0.1:2587, smtps 127.0.0.1:2465"
+        in lines
+    )
+    assert "  tls certificate: /etc/postoffice/tls/fullchain.pem" in lines
     assert "  data dir: /var/lib/postoffice" in lines
 
 
@@ -284,7 +288,13 @@ def test_serve_builds_the_config_from_file_and_flags(monkeypatch: pytest.MonkeyP
     )  # fmt: skip
     assert code == 7
     (config,) = seen
-    assert config.listeners == (Listener("smtp", "::1", 0), Listener("smtp", "localhost", 2526))
+    # --smtp replaces the file's smtp listeners; its submission and smtps listeners stay.
+    assert config.listeners == (
+        Listener("smtp", "::1", 0),
+        Listener("smtp", "localhost", 2526),
+        Listener("submission", "127.0.0.1", 2587),
+        Listener("smtps", "127.0.0.1", 2465),
+    )
     assert config.data_dir == tmp_path
     assert config.hostname == "mx.test.example"
     assert config.domains == ("test.example",)

@@ -10,10 +10,12 @@ import pytest
 from postoffice.config import (
     DEFAULT_SMTP_LISTENER,
     LIMIT_NAMES,
+    AuthConfig,
     Config,
     Limits,
     Listener,
     MiB,
+    TLSConfig,
     check_config,
     load_config,
     normalize_address,
@@ -46,7 +48,16 @@ def test_example_file_loads_and_sets_every_documented_key() -> None:
     assert config.data_dir == Path("/var/lib/postoffice")
     assert config.domains == ("example.com", "example.org")
     assert config.postmaster == "admin@example.com"
-    assert config.listeners == (Listener("smtp", "127.0.0.1", 2525), Listener("smtp", "::1", 2525))
+    assert config.listeners == (
+        Listener("smtp", "127.0.0.1", 2525),
+        Listener("smtp", "::1", 2525),
+        Listener("submission", "127.0.0.1", 2587),
+        Listener("smtps", "127.0.0.1", 2465),
+    )
+    assert config.tls == TLSConfig(
+        Path("/etc/postoffice/tls/fullchain.pem"), Path("/etc/postoffice/tls/privkey.pem"), "TLSv1.2"
+    )
+    assert config.auth == AuthConfig()  # the example documents the defaults
     assert config.limits == Limits()  # the example documents the defaults
     assert config.source == EXAMPLE
     assert check_config(EXAMPLE) == []

@@ -38,11 +38,22 @@ CONFIGS = [
         max_errors=6,
     ),
     ServerSettings(hostname=HOST, auth_mechanisms=("PLAIN", "LOGIN"), dsn=True, max_errors=1000),
+    # A submission listener on port 465: TLS from the start, AUTH only inside it.
+    ServerSettings(
+        hostname=HOST,
+        implicit_tls=True,
+        auth_mechanisms=("PLAIN", "LOGIN"),
+        auth_requires_tls=True,
+        max_errors=1000,
+    ),
 ]
 # STARTTLS is kept out of the split-equivalence property on purpose: after "220 Ready to start
 # TLS" the core drops whatever plaintext is buffered (RFC 3207 §4.2), so the result depends on
 # what had arrived by then. It is fuzzed for robustness all the same.
 TLS_CONFIG = ServerSettings(hostname=HOST, starttls=True, auth_mechanisms=("PLAIN",), max_errors=1000)
+TLS_REQUIRED_CONFIG = ServerSettings(
+    hostname=HOST, starttls=True, auth_mechanisms=("PLAIN",), auth_requires_tls=True, max_errors=1000
+)
 
 # The vocabulary of real sessions: verbs, arguments, and the line-ending and dot fragments
 # that decide where lines and messages end.
@@ -258,13 +269,13 @@ def test_command_parser_parses_or_refuses(line: bytes, context: c.ParseContext) 
 
 
 @FUZZ
-@given(split(random_bytes), st.sampled_from([*CONFIGS, TLS_CONFIG]))
+@given(split(random_bytes), st.sampled_from([*CONFIGS, TLS_CONFIG, TLS_REQUIRED_CONFIG]))
 def test_random_bytes_never_break_the_core(case: tuple[bytes, list[int]], config: ServerSettings) -> None:
     drive(*case, config)
 
 
 @FUZZ
-@given(split(commandish), st.sampled_from([*CONFIGS, TLS_CONFIG]))
+@given(split(commandish), st.sampled_from([*CONFIGS, TLS_CONFIG, TLS_REQUIRED_CONFIG]))
 def test_command_streams_never_break_the_core(case: tuple[bytes, list[int]], config: ServerSettings) -> None:
     driver = drive(*case, config)
     # Every reply on the wire is accounted for by exactly one event: the greeting, one per

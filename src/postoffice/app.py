@@ -25,8 +25,12 @@ from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, PostofficeError
+from postoffice.net.listeners import Security
+from postoffice.net.login import Authenticator
+from postoffice.net.login_throttle import LoginThrottle
 from postoffice.net.server import BoundAddress, SmtpServer
 from postoffice.net.session import SessionObserver
+from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
@@ -83,6 +87,33 @@ def remote_settings(config: Config) -> RemoteSettings:
     )
 
 
+def needs_tls(config: Config) -> bool:
+    """A certificate is loaded (or made) when a listener will use it.
+
+    Submission listeners always do. The MX listener offers STARTTLS with a configured
+    certificate, and in MTA mode with a self-signed one (opportunistic TLS between servers does
+    not verify certificates, RFC 7435). In capture mode without a certificate it offers none:
+    client libraries that upgrade whenever STARTTLS is offered and verify the certificate
+    (aiosmtplib does by default) would fail against a self-signed one.
+    """
+    submission = any(listener.kind != "smtp" for listener in config.listeners)
+    return submission or config.tls.cert is not None or not config.capture_mode
+
+
+def security(config: Config, accounts: Accounts) -> Security:
+    tls = ServerTls.from_config(config) if needs_tls(config) else None
+    auth = config.auth
+    throttle = LoginThrottle(
+        max_failures=auth.max_failures, window=auth.failure_window, delay=auth.failure_delay
+    )
+    return Security(
+        tls=tls,
+        login=Authenticator(accounts, throttle),
+        starttls_on_smtp=tls is not None and (config.tls.cert is not None or not config.capture_mode),
+        plaintext_auth_on_loopback=auth.allow_plaintext_on_loopback,
+    )
+
+
 class Application:
     """Everything one ``postoffice serve`` process runs."""
 
@@ -121,6 +152,7 @@ class Application:
             destination=self._destination,
             notifier=Bouncer(self.spool, config.hostname, self._report_recipients, clock=clock),
         )
+        self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -129,6 +161,7 @@ class Application:
             on_queued=self.scheduler.submit,
             listeners=config.listeners,
             observer=observer,
+            security=self.security,
         )
 
     def _mailbox_ok(self, address: str) -> bool:
@@ -175,6 +208,13 @@ class Application:
             await self.transcript.start()
         return await self.smtp.start()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificate and key and reopen the transcript log
+        (logrotate has moved it); connections stay up."""
+        if self.security.tls is not None:
+            self.security.tls.reload()
+        self.reopen_logs()
+
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
         await self.scheduler.stop()
@@ -196,7 +236,7 @@ def _configure_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
+def _banner(config: Config, bound: Sequence[BoundAddress], tls: ServerTls | None) -> None:
     mode = (
         "capture mode: every recipient is accepted, nothing is relayed"
         if config.capture_mode
@@ -206,6 +246,8 @@ def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
     for address in bound:
         print(f"listening {address}", flush=True)
     print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
+    if tls is not None:
+        print(f"tls certificate {tls.cert} (re-read on SIGHUP)", flush=True)
     if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
 
@@ -236,7 +278,7 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reopen_logs)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
     # `postoffice queue flush` / `hold` / `release` / `delete` (see postoffice.pidfile).
     rescans: set[asyncio.Task[None]] = set()
 
@@ -253,7 +295,8 @@ async def _run(config: Config) -> int:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
         return 1
-    _banner(config, bound)
+    # The banner comes last: whoever waits for "listening" may signal the server at once.
+    _banner(config, bound, app.security.tls)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()

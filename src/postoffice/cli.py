@@ -128,12 +128,15 @@ def _load(args: argparse.Namespace) -> Config:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _listener(text: str) -> Listener:
-    try:
-        host, port = parse_hostport(text, key="--smtp")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
-    return Listener("smtp", host, port)
+def _listener_of(kind: str) -> Callable[[str], Listener]:
+    def parse(text: str) -> Listener:
+        try:
+            host, port = parse_hostport(text, key=f"--{kind}")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.detail) from None
+        return Listener(kind, host, port)
+
+    return parse
 
 
 def _dns_server(text: str) -> tuple[str, int]:
@@ -166,10 +169,38 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve.add_argument(
         "--smtp",
         action="append",
-        type=_listener,
+        type=_listener_of("smtp"),
         default=[],
+        dest="listeners",
         metavar="HOST:PORT",
         help="listen for SMTP here; repeat for more ([::1]:2525 for IPv6; replaces [listen] smtp)",
+    )
+    serve.add_argument(
+        "--submission",
+        action="append",
+        type=_listener_of("submission"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="listen for mail submission (STARTTLS, then AUTH; port 587) here; replaces [listen] submission",
+    )
+    serve.add_argument(
+        "--smtps",
+        action="append",
+        type=_listener_of("smtps"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="listen for submission over implicit TLS (port 465) here; replaces [listen] smtps",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="TLS certificate chain (PEM); without one a self-signed certificate is made",
+    )
+    serve.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert, if not in the same file"
     )
     serve.add_argument("--hostname", metavar="NAME", help="our host name in greetings and Received: lines")
     serve.add_argument(
@@ -216,11 +247,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config,
         data_dir=args.data_dir,
-        listeners=args.smtp,
+        listeners=args.listeners,
         hostname=args.hostname,
         domains=args.domains,
         transcript_log=args.transcript_log,
         delivery=delivery,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     # Imported here so that account and config commands never load the server.
     from postoffice import app
@@ -390,6 +423,8 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  mode: {mode}")
     print(f"  hostname: {config.hostname}")
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
+    tls = config.tls.cert or f"self-signed, made in {config.tls_dir} when a listener needs it"
+    print(f"  tls certificate: {tls}")
     print(f"  data dir: {config.data_dir}")
     delivery = config.delivery
     if delivery.relay_host is not None:

@@ -14,7 +14,16 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     postmaster = "admin@example.com"
     transcript_log = "/var/log/postoffice/transcript.log"   # every command and reply; off by default
     [listen]
-    smtp = ["127.0.0.1:2525", "[::1]:2525"]
+    smtp = ["127.0.0.1:2525", "[::1]:2525"]   # MX service: STARTTLS offered
+    submission = ["127.0.0.1:2587"]           # RFC 6409: STARTTLS, then AUTH, then MAIL
+    smtps = ["127.0.0.1:2465"]                # RFC 8314: implicit TLS, then AUTH, then MAIL
+    [tls]
+    cert = "fullchain.pem"               # relative to the file's directory; none: self-signed
+    key = "privkey.pem"
+    min_version = "TLSv1.2"
+    [auth]
+    allow_plaintext_on_loopback = false
+    max_failures = 5                     # failed logins per client in failure_window, then 421
     [limits]                             # the fields of Limits, by name
     message_size = "25MiB"               # sizes: integer octets or "512KiB", "10MB", "25MiB"
     command_timeout = "5m"               # times: seconds, or "300s", "5m", "10min", "1h", "5d"
@@ -154,9 +163,16 @@ class DeliverySettings:
         return dict(self.tls_policy).get(domain.lower(), "may")
 
 
+# What each kind of listener is (the net layer decides what it offers):
+#   smtp        the MX service other servers deliver to (port 25): STARTTLS offered, AUTH after TLS
+#   submission  RFC 6409 message submission (port 587): STARTTLS, then AUTH, then MAIL
+#   smtps       RFC 8314 §3 implicit TLS submission (port 465): TLS from the first byte
+LISTENER_KINDS = ("smtp", "submission", "smtps")
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One address to listen on. ``kind`` is ``smtp`` (MX service); later kinds add TLS/AUTH."""
+    """One address to listen on; ``kind`` is one of :data:`LISTENER_KINDS`."""
 
     kind: str
     host: str
@@ -174,6 +190,37 @@ class Listener:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+# RFC 8996 deprecates TLS 1.0 and 1.1; RFC 8314 §4.1 asks for TLS 1.2 or later.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The server certificate under ``[tls]``; with no ``cert`` a self-signed one is made."""
+
+    cert: Path | None = None
+    # None: the key is in the ``cert`` file (one PEM with both, as ssl.load_cert_chain allows).
+    key: Path | None = None
+    min_version: str = "TLSv1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """SMTP AUTH settings under ``[auth]``."""
+
+    # RFC 4954 §4 / RFC 8314: passwords only inside TLS. Local programs that cannot do TLS may
+    # be let in over loopback, where nobody can listen on the wire.
+    allow_plaintext_on_loopback: bool = False
+    # fail2ban's defaults (maxretry 5 in findtime 10 minutes): after this many failed logins
+    # from one client address within failure_window, 421 and disconnect; later AUTH attempts
+    # from it get 421 until the oldest failure is older than the window.
+    max_failures: int = 5
+    failure_window: float = 600.0
+    # Dovecot auth_failure_delay = 2 s: the n-th failure in the window waits n times this long
+    # before its 535, so guessing gets slower with every miss. 0 turns the delay off.
+    failure_delay: float = 2.0
 
 
 def default_data_dir() -> Path:
@@ -205,6 +252,8 @@ class Config:
     transcript_log: Path | None = None
     queue: QueueSettings = field(default_factory=QueueSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -223,6 +272,11 @@ class Config:
     @property
     def accounts_file(self) -> Path:
         return self.data_dir / "accounts.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where a self-signed certificate is kept when ``[tls] cert`` is not set."""
+        return self.data_dir / "tls"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -656,8 +710,12 @@ _TOP_KEYS = (
     "limits",
     "queue",
     "delivery",
+    "tls",
+    "auth",
 )
-_LISTEN_KEYS = ("smtp",)
+_LISTEN_KEYS = LISTENER_KINDS
+_TLS_KEYS = ("cert", "key", "min_version")
+_AUTH_KEYS = tuple(f.name for f in dataclasses.fields(AuthConfig))
 
 _T = TypeVar("_T")
 
@@ -720,14 +778,15 @@ def _domain_list(value: object) -> tuple[str, ...]:
     return tuple(domains)
 
 
-def _listeners(value: object) -> tuple[Listener, ...]:
+def _listeners(value: object, kind: str = "smtp") -> tuple[Listener, ...]:
     if not isinstance(value, list):
         raise _Invalid(f'expected an array of "HOST:PORT" strings, got {_kind(value)}')
     if not value:
-        raise _Invalid("no addresses; leave the key out for the default 127.0.0.1:2525")
+        default = " for the default 127.0.0.1:2525" if kind == "smtp" else ""
+        raise _Invalid(f"no addresses; leave the key out{default}")
     listeners: list[Listener] = []
     for item in value:
-        listener = Listener("smtp", *parse_hostport(_string(item)))
+        listener = Listener(kind, *parse_hostport(_string(item), key=f"listen.{kind}"))
         # Port 0 twice is two ephemeral ports, not a clash.
         if listener in listeners and listener.port != 0:
             raise _Invalid(f"{item!r} is listed twice")
@@ -748,6 +807,42 @@ def _path(value: object, base: Path) -> Path:
     return (base / Path(text).expanduser()).resolve()
 
 
+def _tls_version(value: object) -> str:
+    text = _string(value).strip()
+    # "1.2" is how people say it; "TLSv1.2" is how OpenSSL and Python's ssl.TLSVersion spell it.
+    normal = text if text.startswith("TLSv") else f"TLSv{text}"
+    if normal not in TLS_VERSIONS:
+        raise _Invalid(
+            f"{text!r} is not a TLS version postoffice accepts; write one of {', '.join(TLS_VERSIONS)}"
+        )
+    return normal
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _delay(value: object) -> float:
+    """A duration that may be 0 (no delay)."""
+    if value == 0 or (isinstance(value, str) and value.strip() in ("0", "0s")):
+        return 0.0
+    return parse_duration(value)
+
+
+def _auth_value(name: str, value: object) -> object:
+    if name == "allow_plaintext_on_loopback":
+        return _boolean(value)
+    if name == "max_failures":
+        return _count(value)
+    if name == "failure_window":
+        return parse_duration(value)
+    if name == "failure_delay":
+        return _delay(value)
+    raise AssertionError(f"auth setting {name} has no parser")  # pragma: no cover
+
+
 @dataclass(slots=True)
 class _Settings:
     """What the file said, before command-line overrides; None means "not set or invalid"."""
@@ -756,11 +851,13 @@ class _Settings:
     data_dir: Path | None = None
     domains: tuple[str, ...] | None = None
     postmaster: str | None = None
-    listeners: tuple[Listener, ...] | None = None
+    listeners: dict[str, tuple[Listener, ...]] = field(default_factory=dict)
     transcript_log: Path | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     queue: dict[str, Any] = field(default_factory=dict)
     delivery: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_file(path: Path, problems: _Problems) -> dict[str, Any] | None:
@@ -799,8 +896,31 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         )
     listen = _table(problems, data, "listen")
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
-    if "smtp" in listen:
-        settings.listeners = problems.check("listen.smtp", lambda: _listeners(listen["smtp"]))
+    for kind in LISTENER_KINDS:
+        if kind in listen:
+            found = problems.check(f"listen.{kind}", functools.partial(_listeners, listen[kind], kind))
+            if found is not None:
+                settings.listeners[kind] = found
+    tls = _table(problems, data, "tls")
+    problems.unknown_keys(tls, _TLS_KEYS, "tls.")
+    for name in ("cert", "key"):
+        if name in tls:
+            path = problems.check(f"tls.{name}", functools.partial(_data_dir, tls[name], base))
+            if path is not None:
+                settings.tls[name] = path
+    if "key" in tls and "cert" not in tls:
+        problems.add("tls.key", "a key needs its certificate; set tls.cert too")
+    if "min_version" in tls:
+        version = problems.check("tls.min_version", lambda: _tls_version(tls["min_version"]))
+        if version is not None:
+            settings.tls["min_version"] = version
+    auth = _table(problems, data, "auth")
+    problems.unknown_keys(auth, _AUTH_KEYS, "auth.")
+    for name in _AUTH_KEYS:
+        if name in auth:
+            value = problems.check(f"auth.{name}", functools.partial(_auth_value, name, auth[name]))
+            if value is not None:
+                settings.auth[name] = value
     limits = _table(problems, data, "limits")
     problems.unknown_keys(limits, LIMIT_NAMES, "limits.")
     for name in LIMIT_NAMES:
@@ -847,6 +967,8 @@ def _collect(
     domains: Sequence[str],
     transcript_log: Path | None = None,
     delivery: dict[str, Any] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -861,27 +983,41 @@ def _collect(
         settings.hostname = flags.check("--hostname", lambda: normalize_domain(hostname))
     if domains:
         settings.domains = flags.check("--domain", lambda: _domain_list(list(domains)))
-    if listeners:
-        settings.listeners = tuple(listeners)
+    # Listeners given on the command line replace the file's listeners of the same kind.
+    for kind in LISTENER_KINDS:
+        given = tuple(listener for listener in listeners if listener.kind == kind)
+        if given:
+            settings.listeners[kind] = given
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     if transcript_log is not None:
         settings.transcript_log = transcript_log.expanduser().absolute()
     settings.delivery.update(delivery or {})
     _check_outbound(settings, problems)
+    if tls_cert is not None:
+        settings.tls["cert"] = tls_cert.expanduser().absolute()
+        # A certificate from the command line never pairs with the file's key.
+        settings.tls.pop("key", None)
+    if tls_key is not None:
+        if tls_cert is None:
+            flags.add("--tls-key", "a key needs its certificate; give --tls-cert too")
+        settings.tls["key"] = tls_key.expanduser().absolute()
     errors = problems.errors + flags.errors
     if errors:
         return None, errors
     config = Config(
         hostname=settings.hostname or default_hostname(),
         data_dir=settings.data_dir or default_data_dir(),
-        listeners=settings.listeners or (DEFAULT_SMTP_LISTENER,),
+        # The default listener applies only when no listener of any kind is configured.
+        listeners=sum(settings.listeners.values(), ()) or (DEFAULT_SMTP_LISTENER,),
         domains=settings.domains or (),
         postmaster=settings.postmaster,
         limits=Limits(**settings.limits),
         transcript_log=settings.transcript_log,
         queue=QueueSettings(**settings.queue),
         delivery=DeliverySettings(**settings.delivery),
+        tls=TLSConfig(**settings.tls),
+        auth=AuthConfig(**settings.auth),
         source=path,
     )
     return config, []
@@ -896,13 +1032,15 @@ def load_config(
     domains: Sequence[str] = (),
     transcript_log: Path | None = None,
     delivery: dict[str, Any] | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
-    Keyword arguments override the file: non-empty ``listeners`` and ``domains`` replace the
-    file's lists, and ``delivery`` (parsed values by :class:`DeliverySettings` field name,
-    from ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``.
-    Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
+    Keyword arguments override the file: ``listeners`` replace the file's listeners of their
+    kind, non-empty ``domains`` replace its list, ``tls_cert`` (with ``tls_key``) its
+    certificate, and ``delivery`` (parsed values by :class:`DeliverySettings` field name, from
+    ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
         path,
@@ -912,6 +1050,8 @@ def load_config(
         domains=domains,
         transcript_log=transcript_log,
         delivery=delivery,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if config is None:
         raise errors[0]

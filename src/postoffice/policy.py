@@ -12,6 +12,11 @@ The rules:
 * MTA mode: only configured domains are local. A local recipient must be a user or an alias
   (else ``550 5.1.1``); ``postmaster`` is always accepted (RFC 5321 §4.5.1). A non-local
   recipient needs an authenticated session (else ``554 5.7.1``): no open relay.
+* Submission (RFC 6409; the ``submission`` and ``smtps`` listeners): MAIL needs an
+  authenticated session (else ``530 5.7.0``).
+* An authenticated session sends only as its user: MAIL FROM must be the user's address or
+  an alias that resolves to the user (else ``553 5.7.1``, RFC 6409 §6.1), so the null sender
+  is refused too. Its non-local recipients are relayed.
 """
 
 from __future__ import annotations
@@ -58,9 +63,25 @@ class Policy:
         self._accounts = accounts
         self._mailbox_ok = mailbox_ok
 
-    def check_sender(self, path: Path, *, authenticated_user: str | None) -> Reply:
-        """Any sender is accepted on the MX service; submission rules come with AUTH."""
+    def check_sender(self, path: Path, *, authenticated_user: str | None, submission: bool = False) -> Reply:
+        """The reply to MAIL FROM:<path> (see the rules in the module docstring)."""
+        if authenticated_user is None:
+            # RFC 6409 §4.3: submission is for authenticated users; the MX service takes mail
+            # from anyone (and only for local recipients, see check_recipient).
+            return replies.AUTH_REQUIRED if submission else replies.SENDER_OK
+        mailbox = path.mailbox
+        if mailbox is None:
+            # The null sender is for bounces, which a server makes, never a user (§4.5.5).
+            return replies.NULL_SENDER_REFUSED
+        if not self.owns(authenticated_user, mailbox_address(mailbox)):
+            return replies.SENDER_NOT_OWNED
         return replies.SENDER_OK
+
+    def owns(self, user: str, address: str) -> bool:
+        """``user`` may send as ``address``: it is theirs, or an alias that resolves to them
+        (a catch-all ``@domain`` alias included)."""
+        targets = self._accounts.resolve(address)
+        return targets is not None and self._accounts.resolve(user) == [user] and user in targets
 
     def check_recipient(self, path: Path, *, authenticated_user: str | None) -> RecipientVerdict:
         config = self._config

@@ -9,14 +9,17 @@ connection is closed; the server goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from postoffice.config import Limits, Listener
+from postoffice.errors import ConfigError
+from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
 from postoffice.policy import Policy
 from postoffice.smtp import replies
@@ -54,6 +57,7 @@ class SmtpServer:
         on_queued: Callable[[QueuedMessage], None],
         listeners: tuple[Listener, ...],
         observer: SessionObserver | None = None,
+        security: Security | None = None,
     ) -> None:
         self._services = SessionServices(
             settings=settings,
@@ -64,6 +68,7 @@ class SmtpServer:
             admit=self._admit,
             on_closed=self._forget,
             observer=observer,
+            security=security or Security(),
         )
         self._listeners = listeners
         self._limits = limits
@@ -74,16 +79,28 @@ class SmtpServer:
 
     async def start(self) -> list[BoundAddress]:
         loop = asyncio.get_running_loop()
-        factory: Callable[[], SmtpSession] = lambda: SmtpSession(self._services)  # noqa: E731
+        security = self._services.security
         for listener in self._listeners:
+            services = replace(
+                self._services,
+                settings=settings_for(listener.kind, self._services.settings, security),
+                submission=listener.kind in SUBMISSION_KINDS,
+            )
+            context = None
+            if listener.kind == "smtps":
+                if security.tls is None:
+                    raise ConfigError("implicit TLS needs a certificate", key="listen.smtps")
+                # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
+                context = security.tls.context
             try:
                 server = await loop.create_server(
-                    factory,
+                    functools.partial(SmtpSession, services),
                     listener.host,
                     listener.port,
                     reuse_address=True,
                     backlog=1024,
                     family=socket.AF_UNSPEC,
+                    ssl=context,
                 )
             except OSError as exc:
                 # asyncio's text repeats the address as a tuple; say it the way the config does.

@@ -7,8 +7,13 @@ whole in memory. ``250 queued as`` is sent only after :meth:`MessageWriter.commi
 i.e. once the message is durable (RFC 5321 §6.1, Postfix ``mail_stream.c``).
 
 Events are handled synchronously inside ``data_received``; only the commit at the end of a
-message is awaited, in a task, with reading paused meanwhile. An idle session therefore costs
-one protocol object and one timer, not a coroutine stack.
+message, the password check of AUTH and the TLS handshake after STARTTLS are awaited, in a
+task, with reading paused meanwhile. An idle session therefore costs one protocol object and
+one timer, not a coroutine stack.
+
+STARTTLS (RFC 3207 §4.2, CVE-2011-0411, CVE-2024-34083): once the 220 is queued, reading stops
+and the core drops every plaintext octet it holds *before* control returns to the event loop;
+the next octet this session sees comes out of the TLS layer.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from postoffice.config import Limits
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.net.listeners import Security, for_client
 from postoffice.policy import Policy, RecipientVerdict
 from postoffice.smtp import events as ev
-from postoffice.smtp import replies
+from postoffice.smtp import replies, sasl
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
@@ -58,6 +65,8 @@ class SessionServices:
     admit: Callable[[SmtpSession], Reply]  # the greeting, or 421 when over a connection limit
     on_closed: Callable[[SmtpSession], None]
     observer: SessionObserver | None = None
+    security: Security = field(default_factory=Security)
+    submission: bool = False  # RFC 6409: MAIL needs AUTH, and the sender must be the user's
 
 
 class SmtpSession(asyncio.Protocol):
@@ -75,6 +84,11 @@ class SmtpSession(asyncio.Protocol):
         self._data_started = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._user: str | None = None  # the authenticated user (RFC 4954)
+        self._sasl: sasl.Exchange | None = None
+        self._tls_task: asyncio.Future[None] | None = None
+        self._auth_task: asyncio.Future[None] | None = None
+        self._handshaking = False
         self._reset_transaction()
 
     # --- transaction state owned by the session -----------------------------------------------
@@ -97,8 +111,12 @@ class SmtpSession(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
+        services = self.services
+        self.core = ServerConnection(for_client(services.settings, services.security, self.peer))
         self._touch()
         log.info("session=%s event=connect client=%s", self.id, self.peer)
+        if services.settings.implicit_tls:
+            self._log_tls(transport)
         greeting = self.services.admit(self)
         self.core.greet(greeting)
         self._observe_reply(greeting)
@@ -128,9 +146,13 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.core.receive_data(b"")
         self._process()
-        return True  # we close the transport ourselves once replies are written
+        # We close the transport ourselves once replies are written. Over TLS asyncio closes it
+        # anyway (it has no half-closed TLS) and warns if asked to keep it open.
+        return not self.core.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return  # after a failed handshake both asyncio and _upgrade may report it
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -144,7 +166,7 @@ class SmtpSession(asyncio.Protocol):
         if self._busy or self._closed:
             return
         core = self.core
-        while True:
+        while not self._busy:  # an event may start an await: AUTH's password check, STARTTLS
             event = core.next_event()
             if isinstance(event, ev.NeedData):
                 break
@@ -158,7 +180,9 @@ class SmtpSession(asyncio.Protocol):
                 self._close_transport()
                 return
             self._handle(event)
-        self._flush()
+        self._flush()  # the 220 to STARTTLS goes out in plaintext, before the handshake
+        if self._handshaking and self._tls_task is None:
+            self._tls_task = asyncio.ensure_future(self._upgrade())
         self._rearm_if_sooner()
 
     def _handle(self, event: ev.Event) -> None:
@@ -189,10 +213,12 @@ class SmtpSession(asyncio.Protocol):
         elif isinstance(event, ev.MessageRejected):
             self._observe("", event.reply)
             self._discard_message()
-        elif isinstance(event, (ev.StartTlsRequested, ev.AuthRequested)):
-            self._answer(event.line, replies.NOT_IMPLEMENTED)
+        elif isinstance(event, ev.StartTlsRequested):
+            self._on_starttls(event)
+        elif isinstance(event, ev.AuthRequested):
+            self._on_auth(event)
         elif isinstance(event, ev.AuthResponse):
-            self._answer("***", replies.NOT_IMPLEMENTED)
+            self._on_auth_response(event)
 
     def _answer(self, line: str, reply: Reply) -> None:
         self.core.send(reply)
@@ -209,11 +235,122 @@ class SmtpSession(asyncio.Protocol):
         if self.services.observer is not None:
             self.services.observer.server_said(self.id, self.peer, reply)
 
+    # --- STARTTLS (RFC 3207) -------------------------------------------------------------------
+
+    def _on_starttls(self, event: ev.StartTlsRequested) -> None:
+        tls = self.services.security.tls
+        if tls is None:  # the core refuses STARTTLS where it is not offered; defence in depth
+            self._answer(event.line, replies.TLS_NOT_AVAILABLE)
+            return
+        self._answer(event.line, replies.READY_TO_START_TLS)
+        # From here on nothing is read in plaintext: the transport stops delivering, and the
+        # core drops what it already holds (a command pipelined after STARTTLS is an attack).
+        self._pause()
+        self.core.start_tls()
+        self._user = None
+        self._busy = True
+        self._handshaking = True
+
+    async def _upgrade(self) -> None:
+        tls = self.services.security.tls
+        transport = self._transport
+        assert tls is not None and transport is not None
+        try:
+            secure = await self._loop.start_tls(transport, self, tls.context, server_side=True)
+        except Exception as exc:  # the handshake failed or timed out: the connection is gone
+            log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
+            transport.abort()
+            self.connection_lost(None)
+            return
+        self._handshaking = False
+        if secure is None or self._closed:
+            return
+        self._transport = secure
+        self._log_tls(secure)
+        self._busy = False
+        self._resume()
+        self._process()  # the client may already have sent EHLO inside TLS
+
+    def _log_tls(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        if isinstance(tls, (ssl.SSLObject, ssl.SSLSocket)):
+            cipher = tls.cipher()
+            log.info(
+                "session=%s event=tls client=%s version=%s cipher=%s",
+                self.id,
+                self.peer,
+                tls.version(),
+                cipher[0] if cipher else "",
+            )
+
+    # --- AUTH (RFC 4954) ----------------------------------------------------------------------
+
+    def _on_auth(self, event: ev.AuthRequested) -> None:
+        login = self.services.security.login
+        if login is None:  # the core refuses AUTH where no mechanism is offered; defence in depth
+            self._answer(event.line, replies.NOT_IMPLEMENTED)
+            return
+        refusal = login.refusal(self.id, self.peer)
+        if refusal is not None:
+            self._refuse_and_close(event.line, refusal)
+            return
+        exchange = sasl.start(event.command.mechanism)
+        if exchange is None:
+            self._answer(event.line, replies.AUTH_UNKNOWN_MECHANISM)
+            return
+        self._sasl = exchange
+        self._sasl_step(event.line, exchange.begin(event.command.initial_response))
+
+    def _on_auth_response(self, event: ev.AuthResponse) -> None:
+        exchange = self._sasl
+        if exchange is None:  # the core reads a response only after our 334
+            self._answer("***", replies.BAD_SEQUENCE)
+            return
+        self._sasl_step("***", exchange.respond(event.data))
+
+    def _sasl_step(self, line: str, step: sasl.Step) -> None:
+        exchange = self._sasl
+        assert exchange is not None
+        if isinstance(step, Reply):
+            if step.code != 334:
+                self._sasl = None
+            self._answer(line, step)
+            return
+        self._sasl = None
+        self._busy = True
+        self._pause()
+        self._auth_task = asyncio.ensure_future(self._check_login(line, exchange.mechanism, step))
+
+    async def _check_login(self, line: str, mechanism: str, credentials: sasl.Credentials) -> None:
+        login = self.services.security.login
+        assert login is not None
+        result = await login.login(credentials, mechanism=mechanism, session_id=self.id, client=self.peer)
+        if self._closed or self.core.state is State.CLOSED:
+            return  # closed meanwhile (shutdown): the 421 has answered the AUTH
+        if result.disconnect:
+            self._refuse_and_close(line, result.reply)
+            return
+        if result.user is not None:
+            self._user = result.user
+        self._answer(line, result.reply)
+        self._busy = False
+        self._resume()
+        self._process()
+
+    def _refuse_and_close(self, line: str, reply: Reply) -> None:
+        """Answer the pending command with ``reply`` (a 421) and end the session."""
+        self.core.close_with(reply)
+        self._observe(line, reply)
+        self._flush()
+        self._close_transport()
+
     # --- MAIL / RCPT --------------------------------------------------------------------------
 
     def _on_mail(self, event: ev.MailReceived) -> None:
         command = event.command
-        reply = self.services.policy.check_sender(command.path, authenticated_user=None)
+        reply = self.services.policy.check_sender(
+            command.path, authenticated_user=self._user, submission=self.services.submission
+        )
         if reply.positive:
             self._reset_transaction()
             self._mail_from = str(command.path)
@@ -229,7 +366,7 @@ class SmtpSession(asyncio.Protocol):
         command = event.command
         original = str(command.path)
         try:
-            verdict = self.services.policy.check_recipient(command.path, authenticated_user=None)
+            verdict = self.services.policy.check_recipient(command.path, authenticated_user=self._user)
         except Exception:
             # The accounts file unreadable or damaged, say: a temporary failure the client can
             # retry (RFC 5321 §4.2.5), never a dropped connection or our exception text.
@@ -271,6 +408,7 @@ class SmtpSession(asyncio.Protocol):
             declared_size=self._mail_size,
             ret=self._mail_ret,
             envid=self._mail_envid,
+            auth_user=self._user,
         )
         try:
             writer = self.services.spool.new_message(envelope)
@@ -390,6 +528,10 @@ class SmtpSession(asyncio.Protocol):
         """End the session with ``reply`` (timeouts, shutdown) unless a commit is in flight."""
         if self._closed:
             return
+        if self._handshaking and self._transport is not None:
+            # Mid-handshake the wire belongs to TLS: a plaintext 421 would only garble it.
+            self._transport.abort()
+            return
         self.core.close_with(reply)
         self._observe_reply(reply)
         self._flush()
@@ -441,3 +583,9 @@ class SmtpSession(asyncio.Protocol):
             self.close_with(replies.TIMEOUT)
             return
         self._schedule_timeout()
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the log: an OpenSSL reason ("WRONG_VERSION_NUMBER") or the exception's name."""
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else type(exc).__name__

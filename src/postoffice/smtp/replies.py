@@ -100,6 +100,7 @@ TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again l
 TOO_MANY_CONNECTIONS_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
 TIMEOUT = Reply.of(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_AUTH_FAILURES = Reply.of(421, "4.7.0", "Too many failed authentication attempts, try again later")
 
 # --- positive replies -------------------------------------------------------------------------
 
@@ -129,6 +130,33 @@ def chunk_received(size: int) -> Reply:
     """RFC 3030 §2: each non-final BDAT chunk is acknowledged."""
     return Reply.of(250, "2.0.0", f"Ok: {size} octets received")
 
+
+# --- STARTTLS (RFC 3207) and AUTH (RFC 4954) -------------------------------------------------
+
+READY_TO_START_TLS = Reply.of(220, "2.0.0", "Ready to start TLS")
+# RFC 3207 §4: "454 TLS not available due to temporary reason".
+TLS_NOT_AVAILABLE = Reply.of(454, "4.7.0", "TLS not available due to temporary reason")
+AUTH_SUCCESSFUL = Reply.of(235, "2.7.0", "Authentication successful")
+# RFC 4954 §6: the accounts could not be read; the client may try again later.
+AUTH_TEMPORARY_FAILURE = Reply.of(454, "4.7.0", "Temporary authentication failure")
+
+
+def auth_challenge(encoded: str) -> Reply:
+    """RFC 4954 §4: a server challenge is ``334`` and base64 text (possibly empty), no enhanced code."""
+    return Reply.of(334, None, encoded)
+
+
+# RFC 4954 §4: "If the client wishes to cancel ... the server MUST reject the AUTH command by
+# sending a 501 reply"; a response that is not base64 gets 501 with 5.5.2.
+AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply.of(501, "5.5.2", "Cannot decode the response as base64")
+AUTH_MALFORMED = Reply.of(501, "5.5.2", "Malformed authentication response")
+AUTH_UNKNOWN_MECHANISM = Reply.of(504, "5.5.4", "Unrecognized authentication type")
+AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
+# One reply for a wrong password, an unknown user and a refused authorization identity: the
+# server never tells which (RFC 4954 §6 535 5.7.8).
+AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
+ENCRYPTION_REQUIRED = Reply.of(538, "5.7.11", "Encryption required for requested authentication mechanism")
 
 # --- command errors (§4.2.4) ------------------------------------------------------------------
 
@@ -176,6 +204,9 @@ NON_ASCII_NEEDS_SMTPUTF8 = Reply.of(
 USER_UNKNOWN = Reply.of(550, "5.1.1", "Recipient address rejected: User unknown")
 RELAY_DENIED = Reply.of(554, "5.7.1", "Relay access denied")
 BAD_DESTINATION_MAILBOX = Reply.of(553, "5.1.3", "Mailbox name not allowed")
+# RFC 6409 §6.1: the submission server may check that the sender is one the user may use.
+SENDER_NOT_OWNED = Reply.of(553, "5.7.1", "Sender address rejected: not owned by the authenticated user")
+NULL_SENDER_REFUSED = Reply.of(553, "5.7.1", "Sender address rejected: the null sender is not accepted here")
 
 # --- local trouble ----------------------------------------------------------------------------
 

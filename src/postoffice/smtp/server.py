@@ -43,6 +43,10 @@ class ServerSettings:
     starttls: bool = False
     auth_mechanisms: tuple[str, ...] = ()
     dsn: bool = False
+    # RFC 8314 §3: the listener speaks TLS from the first byte (port 465).
+    implicit_tls: bool = False
+    # AUTH only inside TLS: not advertised before, refused with 538 (RFC 4954 §4, §6).
+    auth_requires_tls: bool = False
 
 
 class _Mode:
@@ -61,7 +65,7 @@ class ServerConnection:
         self.settings = settings
         self.state = State.INIT
         self.esmtp = False  # EHLO used: enhanced status codes on (RFC 2034 §3)
-        self.tls_active = False
+        self.tls_active = settings.implicit_tls
         self.authenticated = False
         self.helo_name = ""
         self._reader = Reader(max_line=c.AUTH_LINE_LIMIT, text_line_limit=settings.text_line_limit)
@@ -130,17 +134,20 @@ class ServerConnection:
         self._answer(reply)
 
     def start_tls(self) -> None:
-        """The TLS handshake after our 220 succeeded: start afresh (RFC 3207 §4.2).
+        """The byte stream switches to TLS after our 220: start afresh (RFC 3207 §4.2).
 
+        Call it once the 220 is written and before the first byte of the handshake is read.
         "The server MUST discard any knowledge obtained from the client... which was not
         obtained from the TLS negotiation itself": plaintext that arrived after STARTTLS is
-        dropped unread (CVE-2011-0411, CVE-2024-34083), and the client must EHLO again.
+        dropped unread (CVE-2011-0411, CVE-2024-34083), and the client must EHLO (and AUTH)
+        again.
         """
         if self._mode != _Mode.TLS_PENDING:
             raise LocalProtocolError("start_tls() without an accepted STARTTLS")
         self._reader.discard_buffered()
         self._mode = _Mode.COMMAND
         self.tls_active = True
+        self.authenticated = False
         self.esmtp = False
         self.helo_name = ""
         self.state = State.INIT
@@ -159,13 +166,19 @@ class ServerConnection:
         keywords = ["PIPELINING", f"SIZE {settings.max_message_size}"]
         if settings.starttls and not self.tls_active:
             keywords.append("STARTTLS")
-        if settings.auth_mechanisms:
+        if self.auth_offered:
             keywords.append("AUTH " + " ".join(settings.auth_mechanisms))
         keywords += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if settings.dsn:
             keywords.append("DSN")
         keywords += ["SMTPUTF8", "CHUNKING"]
         return keywords
+
+    @property
+    def auth_offered(self) -> bool:
+        """AUTH is advertised now: mechanisms exist, and TLS is up where it is required."""
+        settings = self.settings
+        return bool(settings.auth_mechanisms) and (self.tls_active or not settings.auth_requires_tls)
 
     @property
     def in_transaction(self) -> bool:
@@ -285,7 +298,7 @@ class ServerConnection:
             utf8_transaction=self._utf8,
             max_message_size=self.settings.max_message_size,
             dsn=self.settings.dsn,
-            auth=bool(self.settings.auth_mechanisms),
+            auth=self.auth_offered,
         )
         try:
             command = c.parse_command(raw, context, line_limit=self.settings.command_line_limit)
@@ -317,6 +330,9 @@ class ServerConnection:
             if isinstance(command, c.Data) and self.state is State.MAIL and self._rcpt_attempted:
                 return replies.NO_VALID_RECIPIENTS  # §3.3: all RCPTs were refused
             return st.sequence_error(self.state, command)
+        if isinstance(command, c.Auth) and not self.auth_offered:
+            # RFC 4954 §4/§6: a mechanism that needs an encryption layer is refused with 538.
+            return replies.ENCRYPTION_REQUIRED
         return None
 
     def _dispatch(self, command: c.Command, line: str) -> ev.Event:

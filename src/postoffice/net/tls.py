@@ -1,0 +1,102 @@
+"""TLS for the SMTP listeners: one server ``ssl.SSLContext`` whose certificate can be re-read.
+
+Untrusted input seen here: none from the network directly (the handshake is OpenSSL's, driven
+by asyncio); the certificate and key files the operator names, which OpenSSL parses.
+
+The context is made once and shared by every listener: implicit TLS (``create_server(ssl=)``)
+and STARTTLS (``loop.start_tls``) alike. :meth:`ServerTls.reload` loads the certificate and key
+again *into the same context*: OpenSSL copies the certificate into each connection when the
+connection is created (``SSL_new``), so sessions already running keep theirs and every new
+handshake presents the new one, without closing a listener or a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from postoffice.config import Config
+from postoffice.errors import ConfigError
+from postoffice.net.selfsigned import ensure_self_signed
+
+log = logging.getLogger("postoffice.tls")
+
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class ServerTls:
+    """The server side of TLS: the context, and where its certificate and key come from."""
+
+    def __init__(
+        self,
+        cert: Path,
+        key: Path | None = None,
+        *,
+        min_version: str = "TLSv1.2",
+        config_file: Path | None = None,
+    ) -> None:
+        self.cert = cert
+        self.key = key
+        self._config_file = config_file
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # RFC 8996 retires TLS 1.0/1.1; RFC 8314 §4.1 asks for 1.2 or later.
+        self.context.minimum_version = _VERSIONS[min_version]
+        # Client certificates are not asked for: AUTH identifies submission users.
+        self.context.verify_mode = ssl.CERT_NONE
+        self._load(self.context)
+        log.info("event=tls-loaded cert=%s%s", cert, _expiry(cert))
+
+    @classmethod
+    def from_config(cls, config: Config) -> ServerTls:
+        """The configured certificate, or a self-signed one for the host name (made once)."""
+        tls = config.tls
+        if tls.cert is not None:
+            return cls(tls.cert, tls.key, min_version=tls.min_version, config_file=config.source)
+        cert, key, made = ensure_self_signed(config.tls_dir, config.hostname)
+        if made:
+            log.warning(
+                "event=tls-self-signed cert=%s: no [tls] cert is configured, so a self-signed "
+                "certificate for %s was generated; clients will warn about it until you set [tls] cert and key",
+                cert,
+                config.hostname,
+            )
+        else:
+            log.info("event=tls-self-signed cert=%s: using the self-signed certificate made earlier", cert)
+        return cls(cert, key, min_version=tls.min_version, config_file=config.source)
+
+    def reload(self) -> bool:
+        """Re-read the certificate and key (SIGHUP). On any error the old ones stay in use."""
+        try:
+            # Loaded into a scratch context first: a half-replaced pair (new certificate, old
+            # key) must never reach the live one.
+            self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+            self._load(self.context)
+        except ConfigError as exc:
+            log.error("event=tls-reload-failed %s; the previous certificate stays in use", exc)
+            return False
+        log.info("event=tls-reloaded cert=%s%s", self.cert, _expiry(self.cert))
+        return True
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            files = f"{self.cert}" + (f" and {self.key}" if self.key is not None else "")
+            raise ConfigError(
+                f"cannot load the certificate and key from {files}: {reason}",
+                key="tls.cert",
+                path=str(self._config_file) if self._config_file is not None else None,
+            ) from None
+
+
+def _expiry(cert: Path) -> str:
+    """`` expires=<date>`` for the first certificate in the file, for the log."""
+    try:
+        first = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return ""
+    return f" subject={first.subject.rfc4514_string()} expires={first.not_valid_after_utc:%Y-%m-%d}"
