@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import os
 import sys
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from postoffice import __version__
 from postoffice.accounts import Accounts
-from postoffice.config import Config, Listener, check_config, load_config, parse_hostport
+from postoffice.config import LOG_FORMATS, Config, Listener, check_config, load_config, parse_hostport
 from postoffice.errors import AccountError, ConfigError, PostofficeError
 
 # Shell convention (Advanced Bash-Scripting Guide, "Exit Codes With Special Meanings"):
@@ -141,21 +142,41 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="DOMAIN",
         help="a local domain; repeat for more (replaces domains; none at all means capture mode)",
     )
+    serve.add_argument(
+        "--http",
+        type=_http_address,
+        metavar="HOST:PORT",
+        help="serve /metrics, /livez, /readyz and /api/v1/status here",
+    )
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
+    )
     serve.set_defaults(handler=_run_serve)
 
 
+def _http_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, key="--http")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
-    config = load_config(
-        args.config,
-        data_dir=args.data_dir,
-        listeners=args.smtp,
-        hostname=args.hostname,
-        domains=args.domains,
-    )
+    def load() -> Config:
+        config = load_config(
+            args.config,
+            data_dir=args.data_dir,
+            listeners=args.smtp,
+            hostname=args.hostname,
+            domains=args.domains,
+        )
+        return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
+
+    config = load()
     # Imported here so that account and config commands never load the server.
     from postoffice import app
 
-    return app.serve(config)
+    return app.serve(config, reload=load, http=args.http)
 
 
 # -- user ----------------------------------------------------------------------------------
@@ -324,9 +345,37 @@ def _run_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- status --------------------------------------------------------------------------------
+
+
+def _add_status_parser(subparsers: _Subparsers) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="summarise a running server",
+        description="Show a running server's listeners, sessions, queue and recent errors "
+        "(from its /api/v1/status endpoint; start it with serve --http).",
+    )
+    status.add_argument(
+        "--http",
+        type=_http_address,
+        default=("127.0.0.1", 8025),
+        metavar="HOST:PORT",
+        help="the server's --http address (default 127.0.0.1:8025)",
+    )
+    status.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from postoffice.status import fetch_status, render_status
+
+    print(render_status(fetch_status(*args.http)))
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
     _add_alias_parser,
     _add_check_config_parser,
+    _add_status_parser,
 )

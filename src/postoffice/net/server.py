@@ -13,9 +13,10 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from postoffice.config import Limits, Listener
+from postoffice.config import Limits, Listener, ProxyProtocol
+from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
 from postoffice.policy import Policy
 from postoffice.smtp import replies
@@ -53,6 +54,7 @@ class SmtpServer:
         on_queued: Callable[[QueuedMessage], None],
         listeners: tuple[Listener, ...],
         observer: SessionObserver | None = None,
+        proxy: ProxyProtocol | None = None,
     ) -> None:
         self._services = SessionServices(
             settings=settings,
@@ -66,6 +68,7 @@ class SmtpServer:
         )
         self._listeners = listeners
         self._limits = limits
+        self._proxy = proxy or ProxyProtocol()
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
         self._per_client: Counter[str] = Counter()
@@ -73,10 +76,9 @@ class SmtpServer:
 
     async def start(self) -> list[BoundAddress]:
         loop = asyncio.get_running_loop()
-        factory: Callable[[], SmtpSession] = lambda: SmtpSession(self._services)  # noqa: E731
         for listener in self._listeners:
             server = await loop.create_server(
-                factory,
+                self._factory(listener),
                 listener.host,
                 listener.port,
                 reuse_address=True,
@@ -88,6 +90,18 @@ class SmtpServer:
                 host, port = sock.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
+
+    def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        # self._services is read per connection, so reconfigure() applies to new sessions.
+        if self._proxy.expects_header(listener.kind):
+            proxy = self._proxy
+            return lambda: ProxyGate(SmtpSession(self._services), proxy, self._limits.command_timeout)
+        return lambda: SmtpSession(self._services)
+
+    def reconfigure(self, *, settings: ServerSettings, limits: Limits, policy: Policy) -> None:
+        """New settings, limits and policy for sessions that start from now on (SIGHUP)."""
+        self._services = replace(self._services, settings=settings, limits=limits, policy=policy)
+        self._limits = limits
 
     def _admit(self, session: SmtpSession) -> Reply:
         limits = self._limits
@@ -120,11 +134,13 @@ class SmtpServer:
         while True:
             for session in list(self.sessions):
                 if session.idle:
+                    session.outcome = "shutdown"
                     session.close_with(goodbye)
             if not self.sessions or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
+            session.outcome = "shutdown"
             session.close_with(goodbye)
         for server in self._servers:
             await server.wait_closed()

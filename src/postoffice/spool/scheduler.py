@@ -64,6 +64,7 @@ class Scheduler:
         retry_max: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         concurrency: int = DEFAULT_CONCURRENCY,
+        on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -75,6 +76,7 @@ class Scheduler:
         self._retry_max = retry_max
         self._clock = clock
         self._concurrency = concurrency
+        self._on_result = on_result  # metrics: every per-recipient result, as it happens
         self._entries: dict[str, _Entry] = {}
         self._ready: deque[str] = deque()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -242,6 +244,8 @@ class Scheduler:
     def _record(self, entry: _Entry, index: int, recipient: Recipient, result: DeliveryResult) -> bool:
         """Note one result; True when it asks for a retry."""
         queue_id = entry.message.queue_id
+        if self._on_result is not None:
+            self._on_result(entry.message, recipient, result)
         if isinstance(result, Delivered):
             entry.final.add(index)
             log.info(
