@@ -212,7 +212,7 @@ class SmtpSession(asyncio.Protocol):
         if line.split(" ", 1)[0].upper() not in _JUNK_VERBS:
             return
         self._junk += 1
-        if self._junk > self.services.limits.junk_commands:
+        if self._junk >= self.services.limits.junk_commands:
             log.info("session=%s event=junk-limit client=%s count=%d", self.id, self.peer, self._junk)
             self.outcome = "errors"
             self.core.close_with(replies.TOO_MANY_JUNK_COMMANDS)
