@@ -120,7 +120,11 @@ class SmtpSession(asyncio.Protocol):
         self._schedule_timeout()
 
     def data_received(self, data: bytes) -> None:
-        self._touch()
+        if self.core.state in (State.DATA, State.BDAT):
+            self._touch()  # message content: the timeout is per block (§4.5.3.2.5-6)
+        # Outside a message only a complete command counts as activity (below, in _process):
+        # a client trickling one byte a second (slowloris) must not hold its slot for ever
+        # (Postfix smtpd_per_record_deadline).
         self.core.receive_data(data)
         self._process()
 
@@ -160,6 +164,7 @@ class SmtpSession(asyncio.Protocol):
             event = core.next_event()
             if isinstance(event, ev.NeedData):
                 break
+            self._touch()
             if isinstance(event, ev.MessageComplete):
                 self._busy = True
                 self._pause()
