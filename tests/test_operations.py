@@ -228,3 +228,19 @@ def test_sighup_reopens_the_log_file(server_process: Callable[..., ServerProcess
     wait_for(lambda: "event=queued" in log_file.read_text())
     assert "event=sighup" in rotated.read_text() or "event=sighup" in log_file.read_text()
     assert process.terminate() == 0
+
+
+def test_readyz_turns_503_when_shutting_down(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--http", "127.0.0.1:0")
+    port = http_port(process)
+    client = RawSmtp(process.port)
+    client.ehlo()
+    assert client.command("MAIL FROM:<a@client.test>").startswith(b"250")
+    assert client.command("RCPT TO:<b@capture.test>").startswith(b"250")
+    assert client.command("DATA").startswith(b"354")  # holds the shutdown in its grace period
+    process.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: get(port, "/readyz")[0] == 503)
+    assert get(port, "/livez") == (200, "ok\n")
+    assert client.command(b"Subject: late\r\n\r\nstill accepted\r\n.").startswith(b"250")
+    client.close()
+    assert process.process.wait(20) == 0

@@ -38,16 +38,17 @@ def fields(message: str) -> dict[str, str]:
     return found
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+def _timestamp(record: logging.LogRecord, separator: str = "T") -> str:
+    # UTC, RFC 3339; text lines use its space-separated form, readable and still sortable.
+    seconds = time.strftime(f"%Y-%m-%d{separator}%H:%M:%S", time.gmtime(record.created))
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-29T01:02:03.456Z INFO postoffice.smtp session=00002A event=connect ...``"""
+    """``2026-11-29 01:02:03.456Z INFO postoffice.smtp session=00002A event=connect ...``"""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname} {record.name} {record.getMessage()}"
+        line = f"{_timestamp(record, ' ')} {record.levelname} {record.name} {record.getMessage()}"
         if record.exc_info:
             # A traceback is several lines; keep it one event by escaping the newlines.
             line += " exception=" + json.dumps(self.formatException(record.exc_info))
