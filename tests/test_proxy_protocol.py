@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
@@ -116,6 +117,13 @@ def test_any_bytes_parse_or_refuse(data: bytes) -> None:
 # --- over a real socket ----------------------------------------------------------------------
 
 
+def wait_for_metric(server: RunningServer, line: str) -> None:
+    deadline = time.monotonic() + 10
+    while line not in server.app.metrics.exposition().decode():
+        assert time.monotonic() < deadline, line
+        time.sleep(0.02)
+
+
 def proxied_server(server_factory: Callable[..., RunningServer], trusted: tuple[str, ...]) -> RunningServer:
     return server_factory(
         proxy_protocol=ProxyProtocol(frozenset({"smtp"}), trusted),
@@ -175,6 +183,7 @@ def test_untrusted_proxy_is_refused(server_factory: Callable[..., RunningServer]
         pass
     finally:
         client.close()
+    wait_for_metric(server, 'postoffice_sessions_total{outcome="proxy-refused"} 1.0')
 
 
 def test_missing_or_broken_header_closes_without_greeting(
@@ -190,6 +199,7 @@ def test_missing_or_broken_header_closes_without_greeting(
             pass
         finally:
             client.close()
+    wait_for_metric(server, 'postoffice_sessions_total{outcome="proxy-refused"} 2.0')
     # The listener goes on serving proxied clients.
     client = RawSmtp(server.port)
     try:

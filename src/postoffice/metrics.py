@@ -96,6 +96,10 @@ class Metrics:
         self.sessions_active.dec()
         self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "disconnect").inc()
 
+    def proxy_refused(self) -> None:
+        """A connection on a PROXY protocol listener closed before any session began."""
+        self.sessions.labels("proxy-refused").inc()
+
     def message_accepted(self, size: int) -> None:
         self.messages.labels("accepted").inc()
         self.received_bytes.inc(size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from postoffice import metrics
 from postoffice.config import ProxyProtocol
 from postoffice.net import proxy_protocol
 from postoffice.net.session import SmtpSession
@@ -46,6 +47,7 @@ class ProxyGate(asyncio.Protocol):
             log.warning(
                 "session=%s event=proxy-refused client=%s reason=untrusted", self._session.id, address
             )
+            metrics.current().proxy_refused()
             transport.abort()
             return
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
@@ -86,6 +88,7 @@ class ProxyGate(asyncio.Protocol):
             peer[0] if peer else "",
             reason,
         )
+        metrics.current().proxy_refused()
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
