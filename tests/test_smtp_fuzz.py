@@ -322,7 +322,7 @@ def test_content_over_the_size_limit_does_not_depend_on_the_cuts() -> None:
     data = b"EHLO x.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
     data += b"MAIL FROM:<a@b.example>\r\n" * 3
     whole = drive(data, [], config)
-    pieces = drive(data, [len(data) - 30], config)
+    pieces = drive(data, [95], config)  # the first content line in a read of its own
     assert normalised(pieces.events) == normalised(whole.events)
     (content,) = [event for event in normalised(whole.events) if isinstance(event, ev.MessageData)]
     assert len(content.data) == 40
