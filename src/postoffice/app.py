@@ -159,6 +159,13 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
 async def _serve(config: Config, reload: Callable[[], Config] | None, http: tuple[str, int] | None) -> int:
     app = Application(config)
     ops_http = None
+    # Handlers go in before anything is announced: a supervisor may signal as soon as it reads
+    # the "listening" line, and a SIGTERM then must stop us cleanly, not kill us.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, reload)
     try:
         bound = await app.start()
         if http is not None:
@@ -175,11 +182,6 @@ async def _serve(config: Config, reload: Callable[[], Config] | None, http: tupl
     if ops_http is not None:
         host = f"[{http_host}]" if ":" in http_host else http_host
         print(f"listening http {host}:{http_port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, reload)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
