@@ -277,7 +277,7 @@ def test_serve_builds_the_config_from_file_and_flags(monkeypatch: pytest.MonkeyP
     app = pytest.importorskip("postoffice.app", exc_type=ImportError)
     seen: list[Config] = []
 
-    def fake_serve(config: Config) -> int:
+    def fake_serve(config: Config, **options: object) -> int:
         seen.append(config)
         return 7
 

@@ -324,3 +324,16 @@ def test_data_content_round_trips(content: bytes, cuts: list[int]) -> None:
     config = ServerSettings(hostname=HOST, text_line_limit=0)
     driver = drive(stream, [len(start) + cut for cut in cuts], config)
     assert driver.messages == [content]
+
+
+def test_content_over_the_size_limit_does_not_depend_on_the_cuts() -> None:
+    """Regression (found by the property above): the octets before the size limit used to be
+    handed on only when they arrived in a read of their own."""
+    config = CONFIGS[1]  # max_message_size=40
+    data = b"EHLO x.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+    data += b"MAIL FROM:<a@b.example>\r\n" * 3
+    whole = drive(data, [], config)
+    pieces = drive(data, [95], config)  # the first content line in a read of its own
+    assert normalised(pieces.events) == normalised(whole.events)
+    (content,) = [event for event in normalised(whole.events) if isinstance(event, ev.MessageData)]
+    assert len(content.data) == 40

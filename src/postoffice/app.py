@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 
+from postoffice import logs, metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config
-from postoffice.delivery.agent import DeliveryAgent
+from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
@@ -32,12 +34,13 @@ from postoffice.net.server import BoundAddress, SmtpServer
 from postoffice.net.session import SessionObserver
 from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
+from postoffice.operations import Operations
 from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
 from postoffice.spool.bounce import Bouncer
-from postoffice.spool.envelope import Recipient, Route
+from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
 
@@ -125,6 +128,7 @@ class Application:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.metrics = metrics.reset()
         config.mail_dir.mkdir(parents=True, exist_ok=True)
         self.transcript: TranscriptLog | None = None
         if observer is None and config.transcript_log is not None:
@@ -151,6 +155,7 @@ class Application:
             destination_concurrency=queue.destination_concurrency,
             destination=self._destination,
             notifier=Bouncer(self.spool, config.hostname, self._report_recipients, clock=clock),
+            on_result=self._on_delivery_result,
         )
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
@@ -162,7 +167,44 @@ class Application:
             listeners=config.listeners,
             observer=observer,
             security=self.security,
+            proxy=config.proxy_protocol,
         )
+        self.operations = Operations(
+            hostname=config.hostname,
+            spool_root=config.spool_dir,
+            scheduler=self.scheduler,
+            listeners=lambda: self.smtp.bound,
+            sessions=lambda: len(self.smtp.sessions),
+        )
+
+    def _on_delivery_result(
+        self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
+    ) -> None:
+        self.operations.on_delivery_result(message, recipient, result)
+
+    def apply(self, config: Config) -> None:
+        """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
+
+        Domains, limits, accounts and the host name take effect; listeners, the data
+        directory and the PROXY protocol settings need a restart and are reported if changed.
+        """
+        for name in ("listeners", "data_dir", "proxy_protocol"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("event=reload-ignored key=%s reason=restart-needed", name)
+        config = dataclasses.replace(
+            config,
+            listeners=self.config.listeners,
+            data_dir=self.config.data_dir,
+            proxy_protocol=self.config.proxy_protocol,
+        )
+        self.config = config
+        self.accounts = Accounts(config.accounts_file)
+        self.smtp.reconfigure(
+            settings=server_settings(config),
+            limits=config.limits,
+            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
+        )
+        log.info("event=reloaded domains=%s", ",".join(config.domains) or "(capture mode)")
 
     def _mailbox_ok(self, address: str) -> bool:
         try:
@@ -203,37 +245,36 @@ class Application:
         )
 
     async def start(self) -> Sequence[BoundAddress]:
+        logging.getLogger("postoffice").addHandler(self.operations.errors)
         await self.scheduler.start()  # deliver what a previous run accepted but did not finish
         if self.transcript is not None:
             await self.transcript.start()
-        return await self.smtp.start()
+        bound = await self.smtp.start()
+        self.operations.running = True
+        return bound
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the TLS certificate and key and reopen the transcript log
-        (logrotate has moved it); connections stay up."""
+    def reload(self, config: Config | None = None) -> None:
+        """SIGHUP: re-read the TLS certificate and key, reopen the transcript log (logrotate
+        has moved it) and apply ``config`` if given; connections stay up."""
         if self.security.tls is not None:
             self.security.tls.reload()
         self.reopen_logs()
+        if config is not None:
+            self.apply(config)
 
     async def stop(self, grace: float = 30.0) -> None:
+        self.operations.running = False  # /readyz says so before the listeners close
         await self.smtp.stop(grace)
         await self.scheduler.stop()
         await self.remote.close()
         if self.transcript is not None:
             await self.transcript.stop()
+        logging.getLogger("postoffice").removeHandler(self.operations.errors)
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""
         if self.transcript is not None:
             self.transcript.reopen()
-
-
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("postoffice")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def _banner(config: Config, bound: Sequence[BoundAddress], tls: ServerTls | None) -> None:
@@ -252,7 +293,23 @@ def _banner(config: Config, bound: Sequence[BoundAddress], tls: ServerTls | None
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
 
 
-async def _serve(config: Config) -> int:
+def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
+    """SIGHUP: reopen the log files, re-read certificates and the configuration (nginx and
+    Postfix do the same)."""
+    logs.reopen()
+    log.info("event=sighup")
+    config = None
+    if reload is not None:
+        try:
+            config = reload()
+        except Exception as exc:  # a broken file keeps the running configuration
+            log.error("event=reload-failed error=%r", " ".join(str(exc).split()))
+        else:
+            logs.configure(config.log_format, config.log_file)
+    app.reload(config)
+
+
+async def _serve(config: Config, reload: Callable[[], Config] | None, http: tuple[str, int] | None) -> int:
     pid_file = PidFile(config.data_dir)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -261,24 +318,25 @@ async def _serve(config: Config) -> int:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
     try:
-        return await _run(config)
+        return await _run(config, reload, http)
     finally:
         pid_file.release()
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, reload: Callable[[], Config] | None, http: tuple[str, int] | None) -> int:
     try:
         app = Application(config)
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
-    # Handlers first: a supervisor may send SIGTERM as soon as it sees the banner, and that
-    # must be a graceful stop, not death by the default action.
+    ops_http = None
+    # Handlers go in before anything is announced: a supervisor may signal as soon as it reads
+    # the "listening" line, and a SIGTERM then must stop us cleanly, not kill us.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, reload)
     # `postoffice queue flush` / `hold` / `release` / `delete` (see postoffice.pidfile).
     rescans: set[asyncio.Task[None]] = set()
 
@@ -291,21 +349,41 @@ async def _run(config: Config) -> int:
     loop.add_signal_handler(RESCAN_SIGNAL, lambda: rescan(flush=False))
     try:
         bound = await app.start()
+        if http is not None:
+            # Until the web application serves the HTTP port, the operations endpoints run alone.
+            from postoffice.web.ops_server import OpsHttpServer
+
+            ops_http = OpsHttpServer(app.operations, *http)
+            http_host, http_port = await ops_http.start()
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
-        await app.scheduler.stop()
+        await app.stop(grace=0)
         return 1
     # The banner comes last: whoever waits for "listening" may signal the server at once.
     _banner(config, bound, app.security.tls)
+    if ops_http is not None:
+        host = f"[{http_host}]" if ":" in http_host else http_host
+        print(f"listening http {host}:{http_port}", flush=True)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
+    if ops_http is not None:
+        await ops_http.stop()
+    log.info("event=stopped")
     return 0
 
 
-def serve(config: Config) -> int:
-    """Run the server until SIGTERM/SIGINT; the exit code for the CLI."""
-    _configure_logging()
+def serve(
+    config: Config,
+    *,
+    reload: Callable[[], Config] | None = None,
+    http: tuple[str, int] | None = None,
+) -> int:
+    """Run the server until SIGTERM/SIGINT; the exit code for the CLI.
+
+    ``reload`` re-reads the configuration on SIGHUP; ``http`` serves the operations endpoints.
+    """
+    logs.configure(config.log_format, config.log_file)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, reload, http))
     return 130

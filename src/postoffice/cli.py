@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import os
 import sys
@@ -29,6 +30,7 @@ from typing import Protocol
 from postoffice import __version__, pidfile
 from postoffice.accounts import Accounts
 from postoffice.config import (
+    LOG_FORMATS,
     Config,
     Listener,
     check_config,
@@ -235,7 +237,23 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="HOST:PORT",
         help="send all outbound mail through this server (a smarthost; replaces [delivery] relay_host)",
     )
+    serve.add_argument(
+        "--http",
+        type=_http_address,
+        metavar="HOST:PORT",
+        help="serve /metrics, /livez, /readyz and /api/v1/status here",
+    )
+    serve.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
+    )
     serve.set_defaults(handler=_run_serve)
+
+
+def _http_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text, key="--http")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -244,21 +262,26 @@ def _run_serve(args: argparse.Namespace) -> int:
         for name, value in (("dns", args.dns), ("mx_port", args.mx_port), ("relay_host", args.relay_host))
         if value is not None
     }
-    config = load_config(
-        args.config,
-        data_dir=args.data_dir,
-        listeners=args.listeners,
-        hostname=args.hostname,
-        domains=args.domains,
-        transcript_log=args.transcript_log,
-        delivery=delivery,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
+
+    def load() -> Config:
+        config = load_config(
+            args.config,
+            data_dir=args.data_dir,
+            listeners=args.listeners,
+            hostname=args.hostname,
+            domains=args.domains,
+            transcript_log=args.transcript_log,
+            delivery=delivery,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
+
+    config = load()
     # Imported here so that account and config commands never load the server.
     from postoffice import app
 
-    return app.serve(config)
+    return app.serve(config, reload=load, http=args.http)
 
 
 # -- user ----------------------------------------------------------------------------------
@@ -675,6 +698,33 @@ def _run_sendmail(argv: list[str]) -> int:
         return os.EX_IOERR
 
 
+# -- status --------------------------------------------------------------------------------
+
+
+def _add_status_parser(subparsers: _Subparsers) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="summarise a running server",
+        description="Show a running server's listeners, sessions, queue and recent errors "
+        "(from its /api/v1/status endpoint; start it with serve --http).",
+    )
+    status.add_argument(
+        "--http",
+        type=_http_address,
+        default=("127.0.0.1", 8025),
+        metavar="HOST:PORT",
+        help="the server's --http address (default 127.0.0.1:8025)",
+    )
+    status.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from postoffice.status import fetch_status, render_status
+
+    print(render_status(fetch_status(*args.http)))
+    return 0
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
@@ -683,4 +733,5 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_send_parser,
     _add_sendmail_parser,
     _add_queue_parser,
+    _add_status_parser,
 )

@@ -79,6 +79,9 @@ class Limits:
     connections_per_client: int = 50
     # Postfix smtpd_hard_error_limit = 20: after this many error replies, 421 and close.
     errors_per_session: int = 20
+    # Postfix smtpd_junk_command_limit = 100: NOOP, VRFY, EXPN, ETRN and RSET without a message
+    # accepted in between; then 421 and close.
+    junk_commands: int = 100
     # RFC 5321 §4.5.3.2.7 server timeout: 5 minutes waiting for the next command.
     command_timeout: float = 300.0
     # RFC 5321 §4.5.3.2.5-6 client side (DATA block 3 min); we wait as long for each block.
@@ -235,6 +238,26 @@ def default_hostname() -> str:
 
 DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyProtocol:
+    """Which listener kinds expect a PROXY protocol header (HAProxy v1/v2), and from whom.
+
+    A PROXY header names the client's address, so it is only believed from ``trusted``
+    networks (the load balancers); a connection from elsewhere on such a listener is closed.
+    """
+
+    kinds: frozenset[str] = frozenset()
+    trusted: tuple[str, ...] = ()
+
+    def expects_header(self, kind: str) -> bool:
+        return kind in self.kinds
+
+    def is_trusted(self, address: str) -> bool:
+        return Limits(trusted_networks=self.trusted).is_trusted(address)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -254,6 +277,10 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
+    # Log lines as key=value text or one JSON object each; to standard error, or log_file.
+    log_format: str = "text"
+    log_file: Path | None = None
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -518,7 +545,7 @@ def _network(value: object) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _SIZE_LIMITS = ("command_line", "text_line", "message_size")
-_COUNT_LIMITS = ("recipients", "connections", "connections_per_client", "errors_per_session")
+_COUNT_LIMITS = ("recipients", "connections", "connections_per_client", "errors_per_session", "junk_commands")
 _TIME_LIMITS = ("command_timeout", "data_block_timeout", "data_done_timeout")
 LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
 
@@ -712,8 +739,12 @@ _TOP_KEYS = (
     "delivery",
     "tls",
     "auth",
+    "proxy_protocol",
+    "log_format",
+    "log_file",
 )
 _LISTEN_KEYS = LISTENER_KINDS
+_PROXY_KEYS = (*LISTENER_KINDS, "trusted")
 _TLS_KEYS = ("cert", "key", "min_version")
 _AUTH_KEYS = tuple(f.name for f in dataclasses.fields(AuthConfig))
 
@@ -858,6 +889,47 @@ class _Settings:
     delivery: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
     auth: dict[str, Any] = field(default_factory=dict)
+    proxy_protocol: ProxyProtocol | None = None
+    log_format: str | None = None
+    log_file: Path | None = None
+
+
+def _log_format(value: object) -> str:
+    text = _string(value)
+    if text not in LOG_FORMATS:
+        raise _Invalid(f"{text!r} is not a log format; use one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+def _proxy_protocol(problems: _Problems, table: dict[str, Any]) -> ProxyProtocol | None:
+    problems.unknown_keys(table, _PROXY_KEYS, "proxy_protocol.")
+    kinds: set[str] = set()
+    for kind in _LISTEN_KEYS:
+        if kind in table:
+            if not isinstance(table[kind], bool):
+                problems.add(f"proxy_protocol.{kind}", f"expected true or false, got {_kind(table[kind])}")
+                return None
+            if table[kind]:
+                kinds.add(kind)
+    trusted: tuple[str, ...] | None = ()
+    if "trusted" in table:
+
+        def networks() -> tuple[str, ...]:
+            value = table["trusted"]
+            if not isinstance(value, list):
+                raise _Invalid(f"expected an array of networks, got {_kind(value)}")
+            return tuple(_network(item) for item in value)
+
+        trusted = problems.check("proxy_protocol.trusted", networks)
+    if trusted is None:
+        return None
+    if kinds and not trusted:
+        problems.add(
+            "proxy_protocol.trusted",
+            "no trusted proxy networks; a PROXY header is only believed from the load balancers listed here",
+        )
+        return None
+    return ProxyProtocol(frozenset(kinds), trusted)
 
 
 def _read_file(path: Path, problems: _Problems) -> dict[str, Any] | None:
@@ -921,6 +993,12 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
             value = problems.check(f"auth.{name}", functools.partial(_auth_value, name, auth[name]))
             if value is not None:
                 settings.auth[name] = value
+    if "proxy_protocol" in data:
+        settings.proxy_protocol = _proxy_protocol(problems, _table(problems, data, "proxy_protocol"))
+    if "log_format" in data:
+        settings.log_format = problems.check("log_format", lambda: _log_format(data["log_format"]))
+    if "log_file" in data:
+        settings.log_file = problems.check("log_file", lambda: _data_dir(data["log_file"], base))
     limits = _table(problems, data, "limits")
     problems.unknown_keys(limits, LIMIT_NAMES, "limits.")
     for name in LIMIT_NAMES:
@@ -1018,6 +1096,9 @@ def _collect(
         delivery=DeliverySettings(**settings.delivery),
         tls=TLSConfig(**settings.tls),
         auth=AuthConfig(**settings.auth),
+        proxy_protocol=settings.proxy_protocol or ProxyProtocol(),
+        log_format=settings.log_format or "text",
+        log_file=settings.log_file,
         source=path,
     )
     return config, []

@@ -9,7 +9,6 @@ connection is closed; the server goes on.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -17,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from postoffice.config import Limits, Listener
+from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError
 from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
+from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
 from postoffice.policy import Policy
 from postoffice.smtp import replies
@@ -58,6 +58,7 @@ class SmtpServer:
         listeners: tuple[Listener, ...],
         observer: SessionObserver | None = None,
         security: Security | None = None,
+        proxy: ProxyProtocol | None = None,
     ) -> None:
         self._services = SessionServices(
             settings=settings,
@@ -72,6 +73,8 @@ class SmtpServer:
         )
         self._listeners = listeners
         self._limits = limits
+        self._proxy = proxy or ProxyProtocol()
+        self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
         self._per_client: Counter[str] = Counter()
@@ -81,11 +84,6 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         security = self._services.security
         for listener in self._listeners:
-            services = replace(
-                self._services,
-                settings=settings_for(listener.kind, self._services.settings, security),
-                submission=listener.kind in SUBMISSION_KINDS,
-            )
             context = None
             if listener.kind == "smtps":
                 if security.tls is None:
@@ -94,7 +92,7 @@ class SmtpServer:
                 context = security.tls.context
             try:
                 server = await loop.create_server(
-                    functools.partial(SmtpSession, services),
+                    self._factory(listener),
                     listener.host,
                     listener.port,
                     reuse_address=True,
@@ -111,6 +109,35 @@ class SmtpServer:
                 host, port = sock.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
+
+    def _listener_services(self, kind: str) -> SessionServices:
+        """What a session on a ``kind`` listener offers (STARTTLS, AUTH, submission rules)."""
+        services = self._by_kind.get(kind)
+        if services is None:
+            base = self._services
+            services = replace(
+                base,
+                settings=settings_for(kind, base.settings, base.security),
+                submission=kind in SUBMISSION_KINDS,
+            )
+            self._by_kind[kind] = services
+        return services
+
+    def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        # Services are looked up per connection, so reconfigure() applies to new sessions.
+        kind = listener.kind
+        if self._proxy.expects_header(kind):
+            proxy = self._proxy
+            return lambda: ProxyGate(
+                SmtpSession(self._listener_services(kind)), proxy, self._limits.command_timeout
+            )
+        return lambda: SmtpSession(self._listener_services(kind))
+
+    def reconfigure(self, *, settings: ServerSettings, limits: Limits, policy: Policy) -> None:
+        """New settings, limits and policy for sessions that start from now on (SIGHUP)."""
+        self._services = replace(self._services, settings=settings, limits=limits, policy=policy)
+        self._by_kind.clear()
+        self._limits = limits
 
     def _admit(self, session: SmtpSession) -> Reply:
         limits = self._limits
@@ -143,11 +170,13 @@ class SmtpServer:
         while True:
             for session in list(self.sessions):
                 if session.idle:
+                    session.outcome = "shutdown"
                     session.close_with(goodbye)
             if not self.sessions or loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
+            session.outcome = "shutdown"
             session.close_with(goodbye)
         for server in self._servers:
             await server.wait_closed()

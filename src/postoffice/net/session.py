@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from postoffice import metrics
 from postoffice.config import Limits
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.net.listeners import Security, for_client
@@ -43,6 +44,10 @@ from postoffice.trace import received_header, with_protocol
 log = logging.getLogger("postoffice.smtp")
 
 _session_ids = itertools.count(1)
+
+# Postfix smtpd_junk_command_limit: commands that move no mail forward. A client that sends
+# nothing else is probing or holding a slot, not delivering.
+_JUNK_VERBS = frozenset({"NOOP", "VRFY", "EXPN", "ETRN", "RSET"})
 
 
 class SessionObserver(Protocol):
@@ -74,6 +79,11 @@ class SmtpSession(asyncio.Protocol):
         self.services = services
         self.id = f"{next(_session_ids):06X}"
         self.peer = ""
+        # The client's address as a trusted PROXY header states it (net.proxy_gate sets it
+        # before connection_made); limits, logs and Received: then use it instead of the proxy's.
+        self.proxied_peer: str | None = None
+        self.outcome = "disconnect"  # how the session ended, for metrics
+        self._junk = 0
         self.core = ServerConnection(services.settings)
         self._transport: asyncio.Transport | None = None
         self._busy = False  # an await (commit) is in progress; events wait
@@ -110,14 +120,17 @@ class SmtpSession(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else ""
+        self.peer = self.proxied_peer or (str(peer[0]) if peer else "")
         services = self.services
         self.core = ServerConnection(for_client(services.settings, services.security, self.peer))
         self._touch()
         log.info("session=%s event=connect client=%s", self.id, self.peer)
+        metrics.current().connection_opened("smtp")
         if services.settings.implicit_tls:
             self._log_tls(transport)
         greeting = self.services.admit(self)
+        if greeting.code != 220:
+            self.outcome = "refused"
         self.core.greet(greeting)
         self._observe_reply(greeting)
         self._flush()
@@ -127,7 +140,11 @@ class SmtpSession(asyncio.Protocol):
         self._schedule_timeout()
 
     def data_received(self, data: bytes) -> None:
-        self._touch()
+        if self.core.state in (State.DATA, State.BDAT):
+            self._touch()  # message content: the timeout is per block (§4.5.3.2.5-6)
+        # Outside a message only a complete command counts as activity (below, in _process):
+        # a client trickling one byte a second (slowloris) must not hold its slot for ever
+        # (Postfix smtpd_per_record_deadline).
         self.core.receive_data(data)
         self._process()
 
@@ -157,7 +174,8 @@ class SmtpSession(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._discard_message()
-        log.info("session=%s event=disconnect client=%s", self.id, self.peer)
+        log.info("session=%s event=disconnect client=%s outcome=%s", self.id, self.peer, self.outcome)
+        metrics.current().session_ended(self.outcome)
         self.services.on_closed(self)
 
     # --- the event pump -----------------------------------------------------------------------
@@ -170,12 +188,17 @@ class SmtpSession(asyncio.Protocol):
             event = core.next_event()
             if isinstance(event, ev.NeedData):
                 break
+            self._touch()
             if isinstance(event, ev.MessageComplete):
                 self._busy = True
                 self._pause()
                 self._commit_task = asyncio.ensure_future(self._complete_message())
                 break
             if isinstance(event, ev.Closing):
+                if event.reply is replies.TOO_MANY_ERRORS:
+                    self.outcome = "errors"
+                elif event.reply is not None and event.reply.code == replies.CLOSING.code:
+                    self.outcome = "quit"
                 self._flush()
                 self._close_transport()
                 return
@@ -191,6 +214,7 @@ class SmtpSession(asyncio.Protocol):
             self._write(event.data)
         elif isinstance(event, ev.Replied):
             self._observe(event.line, event.reply)
+            self._count_junk(event.line)
         elif isinstance(event, ev.HelloReceived):
             self._answer(event.line, core.hello_reply(event))
         elif isinstance(event, ev.MailReceived):
@@ -212,6 +236,7 @@ class SmtpSession(asyncio.Protocol):
                 self._discard_message()
         elif isinstance(event, ev.MessageRejected):
             self._observe("", event.reply)
+            metrics.current().message_rejected()
             self._discard_message()
         elif isinstance(event, ev.StartTlsRequested):
             self._on_starttls(event)
@@ -219,6 +244,16 @@ class SmtpSession(asyncio.Protocol):
             self._on_auth(event)
         elif isinstance(event, ev.AuthResponse):
             self._on_auth_response(event)
+
+    def _count_junk(self, line: str) -> None:
+        if line.split(" ", 1)[0].upper() not in _JUNK_VERBS:
+            return
+        self._junk += 1
+        if self._junk >= self.services.limits.junk_commands:
+            log.info("session=%s event=junk-limit client=%s count=%d", self.id, self.peer, self._junk)
+            self.outcome = "errors"
+            self.core.close_with(replies.TOO_MANY_JUNK_COMMANDS)
+            self._observe_reply(replies.TOO_MANY_JUNK_COMMANDS)
 
     def _answer(self, line: str, reply: Reply) -> None:
         self.core.send(reply)
@@ -383,6 +418,7 @@ class SmtpSession(asyncio.Protocol):
                         )
         else:
             log.info("session=%s event=reject to=<%s> reply=%r", self.id, original, str(verdict.reply))
+            metrics.current().recipient_rejected()
         self._answer(event.line, verdict.reply)
 
     # --- message content ----------------------------------------------------------------------
@@ -426,6 +462,7 @@ class SmtpSession(asyncio.Protocol):
             )
         except StorageFullError:
             log.warning("session=%s event=spool-full", self.id)
+            metrics.current().spool_failed()
             self._write_failure = replies.INSUFFICIENT_STORAGE
             return replies.INSUFFICIENT_STORAGE
         except SpoolError:
@@ -443,6 +480,8 @@ class SmtpSession(asyncio.Protocol):
         try:
             writer.write(data)
         except StorageFullError:
+            log.warning("session=%s event=spool-full", self.id)
+            metrics.current().spool_failed()
             self._fail_write(replies.INSUFFICIENT_STORAGE)
         except SpoolError:
             log.exception("session=%s event=spool-error", self.id)
@@ -470,6 +509,8 @@ class SmtpSession(asyncio.Protocol):
         try:
             queued = await writer.commit()
         except StorageFullError:
+            log.warning("session=%s queue_id=%s event=spool-full", self.id, writer.queue_id)
+            metrics.current().spool_failed()
             writer.discard()
             return replies.INSUFFICIENT_STORAGE
         except Exception:  # the client must get an answer, never our exception text
@@ -486,6 +527,8 @@ class SmtpSession(asyncio.Protocol):
             len(queued.envelope.recipients),
             queued.size,
         )
+        metrics.current().message_accepted(queued.size)
+        self._junk = 0
         self.services.on_queued(queued)
         return replies.queued(queued.queue_id)
 
@@ -580,6 +623,7 @@ class SmtpSession(asyncio.Protocol):
             return
         if self._loop.time() >= self._deadline():
             log.info("session=%s event=timeout client=%s state=%s", self.id, self.peer, self.core.state.value)
+            self.outcome = "timeout"
             self.close_with(replies.TIMEOUT)
             return
         self._schedule_timeout()

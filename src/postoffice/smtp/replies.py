@@ -99,6 +99,7 @@ def shutting_down(hostname: str) -> Reply:
 TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_CONNECTIONS_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_JUNK_COMMANDS = Reply.of(421, "4.7.0", "Too many commands without mail, closing connection")
 TIMEOUT = Reply.of(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_AUTH_FAILURES = Reply.of(421, "4.7.0", "Too many failed authentication attempts, try again later")
 

@@ -383,11 +383,19 @@ class ServerConnection:
         return event
 
     def _count(self, data: bytes) -> ev.MessageData | None:
-        """Account for message octets; past the size limit they are dropped (RFC 1870 §6.3)."""
+        """Account for message octets; past the size limit they are dropped (RFC 1870 §6.3).
+
+        The octets up to the limit are still handed on, so what the application sees does not
+        depend on how the stream happened to be cut into reads.
+        """
+        room = self.settings.max_message_size - self._size
         self._size += len(data)
-        if self._size > self.settings.max_message_size:
+        if self._too_big:
+            return None
+        if len(data) > room:
             self._too_big = True
-        return None if self._too_big else ev.MessageData(data)
+            data = data[: max(room, 0)]
+        return ev.MessageData(data) if data else None
 
     def _finish_message(self) -> ev.MessageComplete | ev.MessageRejected:
         problems = self._reader.problems

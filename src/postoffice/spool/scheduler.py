@@ -112,6 +112,7 @@ class Scheduler:
         destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
         destination: Callable[[Recipient], str] = destination_of,
         notifier: Notifier | None = None,
+        on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
     ) -> None:
         if concurrency < 1 or destination_concurrency < 1:
             raise ValueError("concurrency limits must be at least 1")
@@ -130,6 +131,7 @@ class Scheduler:
         self._destination_concurrency = destination_concurrency
         self._destination = destination
         self._notifier = notifier
+        self._on_result = on_result  # metrics: every per-recipient result, as it happens
         self._entries: dict[str, _Entry] = {}
         # Ready jobs, one FIFO per destination; destinations are served round-robin.
         self._ready: OrderedDict[str, deque[_Job]] = OrderedDict()
@@ -407,6 +409,8 @@ class Scheduler:
         outcomes: list[Outcome] = []
         for index, result in zip(indices, results, strict=True):
             address = result.recipient.address
+            if self._on_result is not None:
+                self._on_result(entry.message, result.recipient, result)  # metrics
             if isinstance(result, Delivered):
                 action = Action.DELIVERED if result.remote_mta is None else Action.RELAYED
                 report = bool(sender) and wants_report(result.recipient, "delivered")

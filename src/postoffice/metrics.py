@@ -1,0 +1,171 @@
+"""Prometheus metrics of one postoffice process, and the hooks that update them.
+
+Untrusted input seen here: none; label values come from this code's own fixed vocabularies
+(outcomes, states, mechanism names), never from client text, so a client cannot grow the
+number of time series.
+
+Every metric the operator can rely on is defined here, once, in its own registry (not the
+process-global default one, so that two servers in one test process do not share counts).
+Other modules call the small hook functions below instead of touching metric objects, so the
+names and labels stay in one place (Prometheus naming practice: ``postoffice_`` prefix, base
+units, ``_total`` for counters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SESSION_OUTCOMES = ("quit", "disconnect", "timeout", "refused", "errors", "shutdown", "proxy-refused")
+MESSAGE_OUTCOMES = ("accepted", "rejected", "deferred", "bounced", "delivered")
+TLS_OUTCOMES = ("ok", "failed")
+AUTH_OUTCOMES = ("ok", "failed", "cancelled")
+
+# Local delivery takes milliseconds, remote delivery seconds to minutes (retries are separate
+# observations), so the buckets span both.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """The metric objects of one server process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Counter(
+            "postoffice_connections", "SMTP connections accepted by the listeners", ["listener"], registry=r
+        )
+        self.sessions_active = Gauge("postoffice_sessions_active", "SMTP sessions open now", registry=r)
+        self.sessions = Counter(
+            "postoffice_sessions", "SMTP sessions ended, by how they ended", ["outcome"], registry=r
+        )
+        self.messages = Counter(
+            "postoffice_messages",
+            "Messages by outcome: accepted (250 at end of DATA), rejected (5xx at end of data), "
+            "deferred and bounced (delivery), delivered",
+            ["outcome"],
+            registry=r,
+        )
+        self.recipients_rejected = Counter(
+            "postoffice_recipients_rejected", "RCPT commands refused by policy", registry=r
+        )
+        self.received_bytes = Counter(
+            "postoffice_received_bytes", "Octets of message content accepted into the spool", registry=r
+        )
+        self.delivery_latency = Histogram(
+            "postoffice_delivery_latency_seconds",
+            "Time from acceptance (250) to final delivery of each recipient",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "postoffice_tls_handshakes", "STARTTLS / implicit TLS handshakes", ["outcome"], registry=r
+        )
+        self.auth_attempts = Counter(
+            "postoffice_auth_attempts", "SMTP AUTH attempts", ["mechanism", "outcome"], registry=r
+        )
+        self.spool_errors = Counter(
+            "postoffice_spool_errors", "Messages refused because the spool could not store them", registry=r
+        )
+        self.queue_size = _QueueCollector()
+        r.register(self.queue_size)
+        for outcome in SESSION_OUTCOMES:
+            self.sessions.labels(outcome)
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(outcome)
+        for outcome in TLS_OUTCOMES:
+            self.tls_handshakes.labels(outcome)
+
+    def exposition(self) -> bytes:
+        """The text format scraped at ``/metrics``."""
+        return generate_latest(self.registry)
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def connection_opened(self, listener: str) -> None:
+        self.connections.labels(listener).inc()
+        self.sessions_active.inc()
+
+    def session_ended(self, outcome: str) -> None:
+        self.sessions_active.dec()
+        self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "disconnect").inc()
+
+    def proxy_refused(self) -> None:
+        """A connection on a PROXY protocol listener closed before any session began."""
+        self.sessions.labels("proxy-refused").inc()
+
+    def message_accepted(self, size: int) -> None:
+        self.messages.labels("accepted").inc()
+        self.received_bytes.inc(size)
+
+    def message_rejected(self) -> None:
+        self.messages.labels("rejected").inc()
+
+    def recipient_rejected(self) -> None:
+        self.recipients_rejected.inc()
+
+    def spool_failed(self) -> None:
+        self.spool_errors.inc()
+
+    def delivered(self, route: str, seconds: float) -> None:
+        self.messages.labels("delivered").inc()
+        self.delivery_latency.labels(route).observe(max(seconds, 0.0))
+
+    def deferred(self) -> None:
+        self.messages.labels("deferred").inc()
+
+    def bounced(self) -> None:
+        self.messages.labels("bounced").inc()
+
+    def tls_handshake(self, ok: bool) -> None:
+        self.tls_handshakes.labels("ok" if ok else "failed").inc()
+
+    def auth_attempt(self, mechanism: str, outcome: str) -> None:
+        # Mechanism names come from our own advertised list; anything else is folded.
+        mechanism = mechanism.upper() if mechanism.upper() in ("PLAIN", "LOGIN", "CRAM-MD5") else "other"
+        self.auth_attempts.labels(mechanism, outcome if outcome in AUTH_OUTCOMES else "failed").inc()
+
+    def watch_queue(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``counts()`` (messages by queue state) at every scrape."""
+        self.queue_size.source = counts
+
+
+class _QueueCollector(Collector):
+    """``postoffice_queue_messages{state=...}``, read at scrape time rather than kept in step."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "postoffice_queue_messages", "Messages in the queue by state", labels=["state"]
+        )
+        for state, count in sorted(self.source().items()):
+            family.add_metric([state], count)
+        return [family]
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("postoffice_queue_messages", "Messages in the queue by state", labels=["state"])
+        ]
+
+
+_current = Metrics()
+
+
+def current() -> Metrics:
+    """The process's metrics (replaced by :func:`reset` when an application starts)."""
+    return _current
+
+
+def reset() -> Metrics:
+    """Fresh metrics for a new application in this process."""
+    global _current
+    _current = Metrics()
+    return _current

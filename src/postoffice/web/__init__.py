@@ -1,0 +1,1 @@
+"""HTTP interfaces of postoffice (operations endpoints; the mailbox UI and API)."""
