@@ -27,6 +27,8 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.spool.envelope import Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
+from postoffice.web.server import HttpAddress
+from postoffice.web.service import WebService
 
 log = logging.getLogger("postoffice")
 
@@ -51,8 +53,16 @@ class Application:
         config.mail_dir.mkdir(parents=True, exist_ok=True)
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir)
+        # The web UI and JSON API, with the index it keeps up to date at each delivery.
+        self.web = WebService(config, self.accounts) if config.http_listeners else None
+        self.http_addresses: list[HttpAddress] = []
         agents: dict[Route, DeliveryAgent] = {
-            Route.LOCAL: MaildirAgent(config.mail_dir, self.spool, config.hostname),
+            Route.LOCAL: MaildirAgent(
+                config.mail_dir,
+                self.spool,
+                config.hostname,
+                on_delivered=self.web.delivered if self.web is not None else None,
+            ),
         }
         self.scheduler = Scheduler(self.spool, agents)
         self.smtp = SmtpServer(
@@ -73,12 +83,21 @@ class Application:
         return True
 
     async def start(self) -> Sequence[BoundAddress]:
-        await self.scheduler.start()  # deliver what a previous run accepted but did not finish
-        return await self.smtp.start()
+        if self.web is not None:
+            self.http_addresses = await self.web.start()
+        try:
+            await self.scheduler.start()  # deliver what a previous run accepted but did not finish
+            return await self.smtp.start()
+        except BaseException:
+            if self.web is not None:
+                await self.web.stop()
+            raise
 
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
         await self.scheduler.stop()
+        if self.web is not None:
+            await self.web.stop()
 
 
 def _configure_logging() -> None:
@@ -89,7 +108,7 @@ def _configure_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
+def _banner(config: Config, bound: Sequence[BoundAddress], http: Sequence[HttpAddress] = ()) -> None:
     mode = (
         "capture mode: every recipient is accepted, nothing is relayed"
         if config.capture_mode
@@ -98,6 +117,8 @@ def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
     print(f"postoffice {config.hostname}: {mode}", flush=True)
     for address in bound:
         print(f"listening {address}", flush=True)
+    for web_address in http:
+        print(f"listening {web_address} (web UI and API)", flush=True)
     print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
     if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
@@ -111,7 +132,7 @@ async def _serve(config: Config) -> int:
         print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
         return 1
-    _banner(config, bound)
+    _banner(config, bound, app.http_addresses)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -109,12 +109,16 @@ def _load(args: argparse.Namespace) -> Config:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _listener(text: str) -> Listener:
+def _listener(text: str, kind: str = "smtp") -> Listener:
     try:
-        host, port = parse_hostport(text, key="--smtp")
+        host, port = parse_hostport(text, key=f"--{kind}")
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(exc.detail) from None
-    return Listener("smtp", host, port)
+    return Listener(kind, host, port)
+
+
+def _http_listener(text: str) -> Listener:
+    return _listener(text, "http")
 
 
 def _add_serve_parser(subparsers: _Subparsers) -> None:
@@ -132,6 +136,16 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="HOST:PORT",
         help="listen for SMTP here; repeat for more ([::1]:2525 for IPv6; replaces [listen] smtp)",
     )
+    web = serve.add_mutually_exclusive_group()
+    web.add_argument(
+        "--http",
+        action="append",
+        type=_http_listener,
+        metavar="HOST:PORT",
+        help="serve the web UI and JSON API here; repeat for more (default 127.0.0.1:8025;"
+        " replaces [listen] http)",
+    )
+    web.add_argument("--no-http", action="store_true", help="serve no web UI or JSON API")
     serve.add_argument("--hostname", metavar="NAME", help="our host name in greetings and Received: lines")
     serve.add_argument(
         "--domain",
@@ -151,6 +165,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         listeners=args.smtp,
         hostname=args.hostname,
         domains=args.domains,
+        http_listeners=() if args.no_http else args.http,
     )
     # Imported here so that account and config commands never load the server.
     from postoffice import app
@@ -292,6 +307,39 @@ def _run_alias_del(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reindex -------------------------------------------------------------------------------
+
+
+def _add_reindex_parser(subparsers: _Subparsers) -> None:
+    reindex = subparsers.add_parser(
+        "reindex",
+        help="bring the web index up to date with the Maildirs",
+        description="Reconcile the web UI's search index with the Maildirs: index messages it "
+        "lacks, forget deleted ones, follow moved ones. Safe while the server runs.",
+        parents=[_config_options()],
+    )
+    reindex.add_argument(
+        "--full", action="store_true", help="also read every indexed message again (ids stay the same)"
+    )
+    reindex.set_defaults(handler=_run_reindex)
+
+
+def _run_reindex(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from postoffice.web.index import MailIndex
+
+    index = MailIndex(config.index_file, config.mail_dir)
+    try:
+        report = index.sync(reparse=args.full)
+    finally:
+        index.close()
+    print(
+        f"indexed {report.mailboxes} mailboxes: {report.added} added, {report.removed} removed,"
+        f" {report.updated} updated ({config.index_file})"
+    )
+    return 0
+
+
 # -- check-config --------------------------------------------------------------------------
 
 
@@ -320,6 +368,7 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  mode: {mode}")
     print(f"  hostname: {config.hostname}")
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
+    print(f"  web: {', '.join(str(listener) for listener in config.http_listeners) or 'off'}")
     print(f"  data dir: {config.data_dir}")
     return 0
 
@@ -328,5 +377,6 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
     _add_alias_parser,
+    _add_reindex_parser,
     _add_check_config_parser,
 )

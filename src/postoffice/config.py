@@ -14,6 +14,7 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     postmaster = "admin@example.com"
     [listen]
     smtp = ["127.0.0.1:2525", "[::1]:2525"]
+    http = ["127.0.0.1:8025"]            # web UI and JSON API; [] turns them off
     [limits]                             # the fields of Limits, by name
     message_size = "25MiB"               # sizes: integer octets or "512KiB", "10MB", "25MiB"
     command_timeout = "5m"               # times: seconds, or "300s", "5m", "10min", "1h"
@@ -114,6 +115,8 @@ def default_hostname() -> str:
 
 
 DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
+# Mailpit's and MailHog's web port, so tools and habits carry over.
+DEFAULT_HTTP_LISTENER = Listener("http", "127.0.0.1", 8025)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,8 @@ class Config:
     # Where postmaster@<local domain> and <postmaster> go (RFC 5321 §4.5.1); None: postmaster@<first domain>.
     postmaster: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Web UI and JSON API listeners; empty turns the web side off.
+    http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -146,6 +151,11 @@ class Config:
     @property
     def accounts_file(self) -> Path:
         return self.data_dir / "accounts.json"
+
+    @property
+    def index_file(self) -> Path:
+        """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
+        return self.data_dir / "index.sqlite3"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -434,7 +444,7 @@ def _check_size_floor(name: str, size: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "listen", "limits")
-_LISTEN_KEYS = ("smtp",)
+_LISTEN_KEYS = ("smtp", "http")
 
 _T = TypeVar("_T")
 
@@ -497,14 +507,14 @@ def _domain_list(value: object) -> tuple[str, ...]:
     return tuple(domains)
 
 
-def _listeners(value: object) -> tuple[Listener, ...]:
+def _listeners(value: object, kind: str = "smtp") -> tuple[Listener, ...]:
     if not isinstance(value, list):
         raise _Invalid(f'expected an array of "HOST:PORT" strings, got {_kind(value)}')
-    if not value:
+    if not value and kind == "smtp":
         raise _Invalid("no addresses; leave the key out for the default 127.0.0.1:2525")
     listeners: list[Listener] = []
     for item in value:
-        listener = Listener("smtp", *parse_hostport(_string(item)))
+        listener = Listener(kind, *parse_hostport(_string(item), key=f"listen.{kind}"))
         # Port 0 twice is two ephemeral ports, not a clash.
         if listener in listeners and listener.port != 0:
             raise _Invalid(f"{item!r} is listed twice")
@@ -530,6 +540,7 @@ class _Settings:
     domains: tuple[str, ...] | None = None
     postmaster: str | None = None
     listeners: tuple[Listener, ...] | None = None
+    http_listeners: tuple[Listener, ...] | None = None
     limits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -567,6 +578,8 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
     if "smtp" in listen:
         settings.listeners = problems.check("listen.smtp", lambda: _listeners(listen["smtp"]))
+    if "http" in listen:
+        settings.http_listeners = problems.check("listen.http", lambda: _listeners(listen["http"], "http"))
     limits = _table(problems, data, "limits")
     problems.unknown_keys(limits, LIMIT_NAMES, "limits.")
     for name in LIMIT_NAMES:
@@ -584,6 +597,7 @@ def _collect(
     listeners: Sequence[Listener],
     hostname: str | None,
     domains: Sequence[str],
+    http_listeners: Sequence[Listener] | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -600,6 +614,8 @@ def _collect(
         settings.domains = flags.check("--domain", lambda: _domain_list(list(domains)))
     if listeners:
         settings.listeners = tuple(listeners)
+    if http_listeners is not None:
+        settings.http_listeners = tuple(http_listeners)
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     errors = problems.errors + flags.errors
@@ -612,6 +628,9 @@ def _collect(
         domains=settings.domains or (),
         postmaster=settings.postmaster,
         limits=Limits(**settings.limits),
+        http_listeners=(DEFAULT_HTTP_LISTENER,)
+        if settings.http_listeners is None
+        else settings.http_listeners,
         source=path,
     )
     return config, []
@@ -624,14 +643,22 @@ def load_config(
     listeners: Sequence[Listener] = (),
     hostname: str | None = None,
     domains: Sequence[str] = (),
+    http_listeners: Sequence[Listener] | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
     Keyword arguments override the file: non-empty ``listeners`` and ``domains`` replace the
-    file's lists. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
+    file's lists, and ``http_listeners`` (when not None; empty turns the web side off)
+    replaces ``[listen] http``. Raises the first :class:`ConfigError` found;
+    :func:`check_config` lists all.
     """
     config, errors = _collect(
-        path, data_dir=data_dir, listeners=listeners, hostname=hostname, domains=domains
+        path,
+        data_dir=data_dir,
+        listeners=listeners,
+        hostname=hostname,
+        domains=domains,
+        http_listeners=http_listeners,
     )
     if config is None:
         raise errors[0]
