@@ -223,11 +223,7 @@ def summarise(message: EmailMessage) -> Summary:
     body = _text_of(text_part)
     if body is None:
         body = html_to_text(_text_of(html_part) or "")
-    recipients = ", ".join(
-        value
-        for value in (header(message, "to"), header(message, "cc"), header(message, "delivered-to"))
-        if value
-    )
+    recipients = ", ".join(value for value in (header(message, "to"), header(message, "cc")) if value)
     return Summary(
         sender=header(message, "from"),
         recipients=recipients,
