@@ -118,6 +118,15 @@ def content_disposition(name: str) -> str:
     return f"attachment; filename=\"{message.ascii_name(name)}\"; filename*=UTF-8''{urllib.parse.quote(name)}"
 
 
+def _by_method(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Request], Any]:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        response: Response = await handlers[method](request)
+        return response
+
+    return dispatch
+
+
 @dataclass(frozen=True, slots=True)
 class WebContext:
     """What the API works with; built once by the composition root."""
@@ -139,25 +148,24 @@ class MailApi:
 
     def routes(self) -> list[BaseRoute]:
         wrap = self._handle
-        return [
-            Route("/api/v1/session", wrap(self.session), methods=["GET"]),
-            Route("/api/v1/login", wrap(self.login, authenticated=False), methods=["POST"]),
-            Route("/api/v1/logout", wrap(self.logout), methods=["POST"]),
-            Route("/api/v1/mailboxes", wrap(self.mailboxes), methods=["GET"]),
-            Route("/api/v1/mailboxes/{address:path}/messages", wrap(self.clear_mailbox), methods=["DELETE"]),
-            Route("/api/v1/messages", wrap(self.messages), methods=["GET"]),
-            Route("/api/v1/messages/{message_id:int}", wrap(self.message), methods=["GET"]),
-            Route("/api/v1/messages/{message_id:int}", wrap(self.update), methods=["PATCH"]),
-            Route("/api/v1/messages/{message_id:int}", wrap(self.delete), methods=["DELETE"]),
-            Route("/api/v1/messages/{message_id:int}/raw", wrap(self.raw), methods=["GET"]),
-            Route("/api/v1/messages/{message_id:int}/html", wrap(self.html), methods=["GET"]),
-            Route(
-                "/api/v1/messages/{message_id:int}/attachments/{number:int}",
-                wrap(self.attachment),
-                methods=["GET"],
+        # One route per path, so a wrong method gets 405 with an Allow header naming them all.
+        table: list[tuple[str, dict[str, Callable[[Request], Any]]]] = [
+            ("/api/v1/session", {"GET": wrap(self.session)}),
+            ("/api/v1/login", {"POST": wrap(self.login, authenticated=False)}),
+            ("/api/v1/logout", {"POST": wrap(self.logout)}),
+            ("/api/v1/mailboxes", {"GET": wrap(self.mailboxes)}),
+            ("/api/v1/mailboxes/{address:path}/messages", {"DELETE": wrap(self.clear_mailbox)}),
+            ("/api/v1/messages", {"GET": wrap(self.messages)}),
+            (
+                "/api/v1/messages/{message_id:int}",
+                {"GET": wrap(self.message), "PATCH": wrap(self.update), "DELETE": wrap(self.delete)},
             ),
-            Route("/api/v1/events", wrap(self.events), methods=["GET"]),
+            ("/api/v1/messages/{message_id:int}/raw", {"GET": wrap(self.raw)}),
+            ("/api/v1/messages/{message_id:int}/html", {"GET": wrap(self.html)}),
+            ("/api/v1/messages/{message_id:int}/attachments/{number:int}", {"GET": wrap(self.attachment)}),
+            ("/api/v1/events", {"GET": wrap(self.events)}),
         ]
+        return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in table]
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -311,23 +319,37 @@ class MailApi:
     # -- messages ----------------------------------------------------------------------------
 
     @staticmethod
-    def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-        text = request.query_params.get(name)
+    def _param(request: Request, name: str) -> str | None:
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
+            raise ApiError(400, f"{name} is given more than once")
+        return values[0] if values else None
+
+    def _int_param(self, request: Request, name: str, default: int, low: int, high: int) -> int:
+        text = self._param(request, name)
         if text is None or text == "":
             return default
         if not text.isascii() or not text.isdigit() or len(text) > 12 or not low <= int(text) <= high:
             raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
         return int(text)
 
+    @staticmethod
+    def _known_params(request: Request, *names: str) -> None:
+        # A misspelt parameter (mailbx=) silently widening a listing would be worse than a 400.
+        unknown = sorted(set(request.query_params) - set(names))
+        if unknown:
+            raise ApiError(400, f"unknown parameter {unknown[0][:40]!r}; expected one of {', '.join(names)}")
+
     async def messages(self, request: Request, principal: Principal | None) -> Response:
         assert principal is not None
+        self._known_params(request, "mailbox", "q", "limit", "offset")
         limit = self._int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
         offset = self._int_param(request, "offset", 0, 0, MAX_OFFSET)
-        mailbox = request.query_params.get("mailbox") or None
+        mailbox = self._param(request, "mailbox") or None
         if mailbox is not None and not principal.can_see(mailbox):
             raise ApiError(403, "not your mailbox")
         try:
-            query = compile_query(request.query_params.get("q", ""))
+            query = compile_query(self._param(request, "q") or "")
         except SearchError as exc:
             raise ApiError(400, str(exc)) from None
         scope = [mailbox] if mailbox is not None else principal.visible()
@@ -432,7 +454,11 @@ class MailApi:
 
     async def html(self, request: Request, principal: Principal | None) -> Response:
         assert principal is not None
-        remote = request.query_params.get("remote") in ("1", "true")
+        self._known_params(request, "remote")
+        remote_param = self._param(request, "remote")
+        if remote_param not in (None, "0", "1"):
+            raise ApiError(400, "remote must be 0 or 1")
+        remote = remote_param == "1"
         _, view = await self._run(self._view, principal, self._message_id(request))
         if view.html is None:
             raise ApiError(404, "this message has no HTML part")

@@ -81,7 +81,10 @@ _SCHEMAS: dict[str, Any] = {
     "Login": {
         "type": "object",
         "required": ["address", "password"],
-        "properties": {"address": {"type": "string"}, "password": {"type": "string", "format": "password"}},
+        "properties": {
+            "address": {"type": "string", "minLength": 1},
+            "password": {"type": "string", "minLength": 1, "format": "password"},
+        },
     },
     "Mailbox": {
         "type": "object",
@@ -317,6 +320,7 @@ _PATHS: dict[str, Any] = {
                     "description": "An HTML document.",
                     "content": {"text/html": {"schema": {"type": "string"}}},
                 },
+                "400": _error("remote is not 0 or 1."),
                 "401": _UNAUTHORISED,
                 "404": _error("No such message, or it has no HTML part."),
             },

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -96,6 +97,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404 and 405 (no such route, wrong method) as JSON like every API answer.
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _index(request: Request) -> Response:
     return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -123,5 +130,5 @@ def create_app(
         Route("/", _index, methods=["GET"]),
         Mount("/ui", app=StaticFiles(directory=UI_DIR), name="ui"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     return SecurityHeaders(app, loopback_only=loopback_only)
