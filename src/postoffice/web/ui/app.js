@@ -260,7 +260,12 @@ function renderRow(message, index) {
   if (!message.read) row.classList.add("unread");
   if (index === state.selected) { row.classList.add("selected"); row.setAttribute("aria-selected", "true"); }
   const extra = element("span", "extra");
-  if (message.has_attachments) extra.append(element("span", "clip", "📎"));
+  if (message.has_attachments) {
+    const clip = element("span", "clip");
+    clip.title = "has attachments";
+    clip.setAttribute("aria-label", "has attachments");
+    extra.append(clip);
+  }
   extra.append(document.createTextNode(humanSize(message.size)));
   row.append(
     element("span", "sender", displayName(message.from)),
