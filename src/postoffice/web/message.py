@@ -264,8 +264,12 @@ def sanitise_html(markup: str, inline: dict[str, str] | None = None) -> tuple[st
     images = inline or {}
 
     def rewrite(element: str, attribute: str, value: str) -> str | None:
-        if attribute == "src" and value.lower().startswith("cid:"):
-            return images.get(value[4:].strip().strip("<>"), value)
+        lowered = value.strip().lower()
+        if attribute == "src" and lowered.startswith("cid:"):
+            return images.get(value.strip()[4:].strip("<>"), value)
+        # data: is for pictures only; a data: link would be a document made by the sender.
+        if lowered.startswith("data:") and not (attribute == "src" and lowered.startswith("data:image/")):
+            return None
         return value
 
     clean = nh3.clean(
