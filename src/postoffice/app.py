@@ -83,15 +83,15 @@ class Application:
         return True
 
     async def start(self) -> Sequence[BoundAddress]:
+        await self.scheduler.start()  # deliver what a previous run accepted but did not finish
+        bound = await self.smtp.start()
         if self.web is not None:
-            self.http_addresses = await self.web.start()
-        try:
-            await self.scheduler.start()  # deliver what a previous run accepted but did not finish
-            return await self.smtp.start()
-        except BaseException:
-            if self.web is not None:
-                await self.web.stop()
-            raise
+            try:
+                self.http_addresses = await self.web.start()
+            except BaseException:
+                await self.smtp.stop(0)
+                raise
+        return bound
 
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
