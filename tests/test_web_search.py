@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.web.index import MailIndex, Row, SearchText
-from postoffice.web.search import MAX_QUERY_LENGTH, SearchError, compile_query, tokenize
+from postoffice.web.search import MAX_QUERY_LENGTH, SearchError, compile_query, mailbox_token, tokenize
 
 DAY = 86400.0
 # 2024-05-01T00:00:00Z
@@ -112,7 +112,12 @@ def test_query_meaning(index: MailIndex, query: str, expected: list[str]) -> Non
 
 def test_search_stays_inside_the_visible_mailboxes(index: MailIndex) -> None:
     assert keys(index, "pizza", ["box@example.test"]) == ["lunch"]
+    assert keys(index, "pizza is:unread", ["box@example.test"]) == ["lunch"]
+    assert keys(index, "pizza", ["other@example.test", "box@example.test"]) == ["lunch", "other"]
+    assert keys(index, "pizza", ["nobody@example.test"]) == []
     assert keys(index, "pizza", []) == []
+    # The mailbox token is not a word anyone finds by searching.
+    assert keys(index, mailbox_token("box@example.test")) == []
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,17 @@ def test_values_are_bound_never_formatted() -> None:
     compiled = compile_query('from:"x\'y" larger:2K -is:read secret')
     joined = " ".join(compiled.conditions)
     assert "x'y" not in joined and "secret" not in joined and "2048" not in joined
-    assert compiled.params == ('sender : "x\'y" * AND "secret" *', 2048)
+    assert compiled.params == (2048,)
+    assert compiled.match == '(sender : "x\'y" *) AND ({sender recipients subject body} : "secret" *)'
+
+
+def test_negated_words_are_subtracted_inside_fts() -> None:
+    compiled = compile_query("pizza -noon -from:bob")
+    text = "{sender recipients subject body}"
+    assert compiled.match == f'((({text} : "pizza" *)) NOT ({text} : "noon" *)) NOT (sender : "bob" *)'
+    assert compiled.conditions == ()
+    only_negated = compile_query("-noon")
+    assert only_negated.match is None and only_negated.params == (f'{text} : "noon" *',)
 
 
 def test_tokenize_quotes_and_negation() -> None:

@@ -31,12 +31,12 @@ from pathlib import Path
 from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
 from postoffice.web import maildir, message
 from postoffice.web.maildir import Entry
-from postoffice.web.search import Compiled
+from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_mailboxes
 
 log = logging.getLogger("postoffice.web.index")
 
 # Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 # enough that a delivery waiting for the lock never waits long.
 SYNC_BATCH = 200
@@ -65,10 +65,13 @@ CREATE TABLE IF NOT EXISTS messages (
     has_attachments INTEGER NOT NULL,
     UNIQUE (mailbox, key)
 );
-CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, received DESC, id DESC);
-CREATE INDEX IF NOT EXISTS messages_by_received ON messages (received DESC, id DESC);
+-- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
+-- rowid, so this one lists a mailbox newest first without sorting.
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox);
+-- Counting by flags, dates and sizes reads only this index, never the rows.
+CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_attachments, received, size);
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
-    sender, recipients, subject, body, tokenize = "unicode61 remove_diacritics 2"
+    sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
 );
 -- Counts kept by triggers: listing mailboxes never scans messages.
 CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
@@ -158,6 +161,17 @@ def _received_time(entry: Entry, stat: os.stat_result) -> float:
     # Our deliveries (and qmail's, Dovecot's) start the name with the delivery time in seconds.
     head = entry.name.split(".", 1)[0]
     return float(head) if head.isdigit() else stat.st_mtime
+
+
+def _name_time(entry: Entry) -> float:
+    """The delivery time for ordering, from the name, else the file's mtime (0 if gone)."""
+    head = entry.name.split(".", 1)[0]
+    if head.isdigit():
+        return float(head)
+    try:
+        return entry.path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def find_maildirs(mail_root: Path) -> Iterator[tuple[str, Path]]:
@@ -338,8 +352,8 @@ class MailIndex:
         new_id = cursor.lastrowid
         assert new_id is not None
         db.execute(
-            "INSERT INTO messages_text (rowid, sender, recipients, subject, body) VALUES (?, ?, ?, ?, ?)",
-            (new_id, row.sender, text.recipients, row.subject, text.body),
+            "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox) VALUES (?, ?, ?, ?, ?, ?)",
+            (new_id, row.sender, text.recipients, row.subject, text.body, mailbox_token(row.mailbox)),
         )
         return dataclasses.replace(row, id=new_id)
 
@@ -397,25 +411,61 @@ class MailIndex:
         limit: int,
         offset: int,
     ) -> Page:
-        """Messages newest first; ``mailboxes`` None means all, ``query`` filters."""
+        """Messages newest first; ``mailboxes`` None means all, ``query`` filters.
+
+        Newest first means in the order the index learned of them: ids are given at delivery,
+        and a sync adds what it finds oldest first, so for delivered mail this is arrival
+        order. Ordering by id lets every plan stop after one page: FTS5 yields its matches in
+        rowid order (FTS5 documentation §5, "ORDER BY rowid DESC" is served by the index), and
+        a mailbox's index ends with the rowid.
+        """
+        if mailboxes is not None and not mailboxes:
+            return Page(0, [])
         conditions = list(query.conditions)
         params: list[object] = list(query.params)
-        if mailboxes is not None:
-            if not mailboxes:
-                return Page(0, [])
-            conditions.insert(0, "mailbox IN (" + ", ".join("?" * len(mailboxes)) + ")")
-            params[:0] = list(mailboxes)
-        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
         db = self._db
-        if query.conditions:
-            total = int(db.execute(f"SELECT count(*) FROM messages{where}", params).fetchone()[0])
+        if query.match is not None:
+            # The mailboxes go into the FTS5 query: counting then needs no look at the rows.
+            match = query.match if mailboxes is None else within_mailboxes(query.match, mailboxes)
+            if conditions:
+                source = (
+                    f"FROM {TEXT_TABLE} CROSS JOIN messages ON messages.id = {TEXT_TABLE}.rowid"
+                    f" WHERE {TEXT_TABLE} MATCH ?"
+                )
+                column = "messages.id"
+            else:
+                source = f"FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?"
+                column = f"{TEXT_TABLE}.rowid"
+            order = f"ORDER BY {TEXT_TABLE}.rowid DESC"
+            params.insert(0, match)
+            where = "".join(f" AND {condition}" for condition in conditions)
         else:
+            if mailboxes is not None:
+                conditions.insert(0, "mailbox IN (" + ", ".join("?" * len(mailboxes)) + ")")
+                params[:0] = list(mailboxes)
+            source = "FROM messages"
+            column = "messages.id"
+            order = "ORDER BY messages.id DESC"
+            where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        if query.match is None and not query.conditions:
             total = sum(box.total for box in self.mailboxes(mailboxes))
-        found = db.execute(
-            f"SELECT {_COLUMNS} FROM messages{where} ORDER BY received DESC, id DESC LIMIT ? OFFSET ?",
-            [*params, min(limit, MAX_PAGE), offset],
+        else:
+            total = int(db.execute(f"SELECT count(*) {source}{where}", params).fetchone()[0])
+        # Find the page's ids first (from indexes alone), then read just those rows: skipping
+        # to a far offset never reads the rows it skips.
+        ids = [
+            int(found[0])
+            for found in db.execute(
+                f"SELECT {column} {source}{where} {order} LIMIT ? OFFSET ?",
+                [*params, min(limit, MAX_PAGE), offset],
+            )
+        ]
+        if not ids:
+            return Page(total, [])
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id DESC", ids
         ).fetchall()
-        return Page(total, [_row(values) for values in found])
+        return Page(total, [_row(values) for values in rows])
 
     def ids_in(self, address: str) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT id FROM messages WHERE mailbox = ?", (address,))]
@@ -444,18 +494,36 @@ class MailIndex:
     ) -> SyncReport:
         """Make the index say what the Maildirs hold; ``reparse`` re-reads every message.
 
-        ``stop`` is asked between mailboxes; when it says True the sync ends early.
+        Messages new to the index are added oldest first across all mailboxes, so ids (and
+        with them the newest-first order) follow delivery time. ``stop`` is asked between
+        steps; when it says True the sync ends early (the next one finishes the work).
         """
-        boxes = added = removed = updated = 0
+        boxes = removed = updated = 0
         seen_boxes: set[str] = set()
+        fresh: list[tuple[float, str, str, Entry]] = []
         for address, box in find_maildirs(self.mail_root):
             if stop is not None and stop():
-                return SyncReport(boxes, added, removed, updated)
+                return SyncReport(boxes, 0, removed, updated)
             boxes += 1
             seen_boxes.add(address)
             self.register_mailbox(address)
-            a, r, u = self._sync_mailbox(address, box, reparse, on_added)
-            added, removed, updated = added + a, removed + r, updated + u
+            new_entries, r, u = self._sync_mailbox(address, box, reparse)
+            removed, updated = removed + r, updated + u
+            fresh.extend((_name_time(entry), entry.name, address, entry) for entry in new_entries)
+        fresh.sort(key=lambda item: item[:2])
+        added = 0
+        for start in range(0, len(fresh), SYNC_BATCH):
+            if stop is not None and stop():
+                return SyncReport(boxes, added, removed, updated)
+            batch = fresh[start : start + SYNC_BATCH]
+            prepared = [self._prepare_entry(address, entry) for _, _, address, entry in batch]
+            with self._writing() as db:
+                rows = [self._insert(db, *item) for item in prepared if item is not None]
+            for new_row in rows:
+                if new_row is not None:
+                    added += 1
+                    if on_added is not None:
+                        on_added(new_row)
         with self._writing() as db:
             # Mailboxes whose directory is gone and that hold nothing are forgotten.
             for (address,) in db.execute("SELECT address FROM mailboxes WHERE total = 0").fetchall():
@@ -463,9 +531,8 @@ class MailIndex:
                     db.execute("DELETE FROM mailboxes WHERE address = ? AND total = 0", (address,))
         return SyncReport(boxes, added, removed, updated)
 
-    def _sync_mailbox(
-        self, address: str, box: Path, reparse: bool, on_added: Callable[[Row], None] | None
-    ) -> tuple[int, int, int]:
+    def _sync_mailbox(self, address: str, box: Path, reparse: bool) -> tuple[list[Entry], int, int]:
+        """Forget what is gone, follow what moved; returns the entries new to the index."""
         on_disk = {entry.key: entry for entry in maildir.entries(box)}
         indexed = {
             str(key): (int(id_), str(location))
@@ -494,19 +561,7 @@ class MailIndex:
                     "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
                     [(entry.relative, int(entry.seen), i) for entry, i in batch],
                 )
-        # Oldest first, so ids follow delivery order as they do for live deliveries.
-        fresh = sorted((entry for key, entry in on_disk.items() if key not in indexed), key=lambda e: e.name)
-        added = 0
-        for start in range(0, len(fresh), SYNC_BATCH):
-            prepared = [self._prepare_entry(address, entry) for entry in fresh[start : start + SYNC_BATCH]]
-            with self._writing() as db:
-                rows = [self._insert(db, *item) for item in prepared if item is not None]
-            for new_row in rows:
-                if new_row is not None:
-                    added += 1
-                    if on_added is not None:
-                        on_added(new_row)
-        return added, len(gone), len(changed)
+        return [entry for key, entry in on_disk.items() if key not in indexed], len(gone), len(changed)
 
     def _reparse(self, address: str, batch: Sequence[tuple[Entry, int]]) -> None:
         prepared = [(item, self._prepare_entry(address, item[0])) for item in batch]
@@ -533,6 +588,14 @@ class MailIndex:
                 )
                 db.execute("DELETE FROM messages_text WHERE rowid = ?", (message_id,))
                 db.execute(
-                    "INSERT INTO messages_text (rowid, sender, recipients, subject, body) VALUES (?, ?, ?, ?, ?)",
-                    (message_id, row.sender, text.recipients, row.subject, text.body),
+                    "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        row.sender,
+                        text.recipients,
+                        row.subject,
+                        text.body,
+                        mailbox_token(row.mailbox),
+                    ),
                 )
