@@ -118,3 +118,8 @@ def test_http_sockets_ask_for_tcp_nodelay() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_the_example_file_documents_listen_http() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "postoffice.toml"
+    assert load_config(example).http_listeners == (DEFAULT_HTTP_LISTENER,)
