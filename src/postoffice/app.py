@@ -132,11 +132,12 @@ async def _serve(config: Config) -> int:
         print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
         return 1
-    _banner(config, bound, app.http_addresses)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Announced only once SIGTERM is handled: whoever waits for these lines may stop us at once.
+    _banner(config, bound, app.http_addresses)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
