@@ -54,6 +54,10 @@ def page(browser: object) -> Iterator[object]:
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.dialogs = dialogs
+    # Console errors include Content-Security-Policy violations of the UI's own pages.
+    errors: list[str] = []
+    page.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
+    page.console_errors = errors
     yield page
     context.close()
 
@@ -161,6 +165,19 @@ def test_mail_appears_live_opens_is_found_and_deleted(page: object, server: Runn
     remaining = [*box.joinpath("new").iterdir(), *box.joinpath("cur").iterdir()]
     assert len(remaining) == 1 and b"old news" in remaining[0].read_bytes()
     assert p.dialogs == []  # type: ignore[attr-defined]
+    assert p.console_errors == []  # type: ignore[attr-defined]
+
+
+def test_api_docs_page_works_offline(page: object, server: RunningServer) -> None:
+    send(server, make_message("docs@example.test", "for the explorer"))
+    p: object = page
+    p.goto(server.base_url + "/api/docs")  # type: ignore[attr-defined]
+    card = p.locator("details.operation", has_text="/api/v1/mailboxes").first  # type: ignore[attr-defined]
+    card.locator("summary").click()
+    card.locator("button", has_text="Send").click()
+    card.locator("pre", has_text="docs@example.test").wait_for()
+    assert "200 OK" in card.locator("pre").inner_text()
+    assert p.console_errors == []  # type: ignore[attr-defined]
 
 
 def hostile_html(port: int, https_port: int) -> str:

@@ -312,9 +312,10 @@ class MailApi:
         if address not in known:
             raise ApiError(404, "no such mailbox")
         box = self.index.maildir_of(address)
-        deleted = sum(1 for entry in list(maildir.entries(box)) if maildir.delete(entry))
-        self.index.clear_mailbox(address)
-        return deleted
+        # Only what was listed goes, file and row alike: a message delivered meanwhile stays.
+        deleted = [entry.key for entry in list(maildir.entries(box)) if maildir.delete(entry)]
+        self.index.remove_keys(address, deleted)
+        return len(deleted)
 
     # -- messages ----------------------------------------------------------------------------
 

@@ -383,9 +383,13 @@ class MailIndex:
                 (entry.relative, int(entry.seen), message_id),
             )
 
-    def clear_mailbox(self, address: str) -> int:
-        with self._writing() as db:
-            return db.execute("DELETE FROM messages WHERE mailbox = ?", (address,)).rowcount
+    def remove_keys(self, address: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), SYNC_BATCH):
+            with self._writing() as db:
+                db.executemany(
+                    "DELETE FROM messages WHERE mailbox = ? AND key = ?",
+                    [(address, key) for key in keys[start : start + SYNC_BATCH]],
+                )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -466,9 +470,6 @@ class MailIndex:
             f"SELECT {_COLUMNS} FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id DESC", ids
         ).fetchall()
         return Page(total, [_row(values) for values in rows])
-
-    def ids_in(self, address: str) -> list[int]:
-        return [int(r[0]) for r in self._db.execute("SELECT id FROM messages WHERE mailbox = ?", (address,))]
 
     # -- the disk --------------------------------------------------------------------------------
 
