@@ -534,13 +534,15 @@ class MailIndex:
 
     def _sync_mailbox(self, address: str, box: Path, reparse: bool) -> tuple[list[Entry], int, int]:
         """Forget what is gone, follow what moved; returns the entries new to the index."""
-        on_disk = {entry.key: entry for entry in maildir.entries(box)}
+        # The index first, then the disk: a message delivered (and indexed) in between is on
+        # the disk but not in this snapshot, so it can never be taken for one that went away.
         indexed = {
             str(key): (int(id_), str(location))
             for id_, key, location in self._db.execute(
                 "SELECT id, key, location FROM messages WHERE mailbox = ?", (address,)
             )
         }
+        on_disk = {entry.key: entry for entry in maildir.entries(box)}
         gone = [values[0] for key, values in indexed.items() if key not in on_disk]
         changed = [
             (on_disk[key], values[0])
