@@ -8,8 +8,10 @@ disk too: the Maildirs stay the truth.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -47,6 +49,8 @@ def test_mailboxes_and_messages_newest_first(server: RunningServer) -> None:
         assert first["to"] == "alice@example.test"
         assert first["read"] is False and first["has_attachments"] is False
         assert first["size"] == maildir_files(server, "alice@example.test")[-1].stat().st_size
+        # Mailbox names are case-insensitive, as delivery treats them.
+        assert messages(http, mailbox="Alice@EXAMPLE.test")["total"] == 3
         # No mailbox: everything this caller may see (capture mode on loopback: all).
         assert messages(http)["total"] == 4
         # Paging.
@@ -397,9 +401,34 @@ def test_non_loopback_capture_mode_needs_login(server_factory: Callable[..., Run
 
     running = server_factory()
     assert open_access(running.config)
-    exposed = running.config.__class__(
-        hostname="mx.test",
-        data_dir=running.config.data_dir,
-        http_listeners=(Listener("http", "0.0.0.0", 0),),
-    )
+    exposed = dataclasses.replace(running.config, http_listeners=(Listener("http", "0.0.0.0", 0),))
     assert not open_access(exposed)
+    with_domains = dataclasses.replace(running.config, domains=("example.test",))
+    assert not open_access(with_domains)
+
+
+def test_eight_bit_mail_with_undecodable_bytes(server: RunningServer) -> None:
+    """8BITMIME mail in no declared charset: shown with replacement characters, never a 500."""
+    raw = (
+        b"From: J\xf6rg <j@example.org>\r\n"
+        b"To: kim@example.test\r\n"
+        b"Subject: Gr\xfc\xdfe\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n'
+        b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nsch\xf6n\r\n"
+        b'--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="d\xe9j\xe0.bin"\r\n'
+        b"\r\nxyz\r\n--b--\r\n"
+    )
+    with smtplib.SMTP(server.host, server.port) as smtp:
+        smtp.ehlo()
+        smtp.sendmail("j@example.org", ["kim@example.test"], raw, mail_options=["BODY=8BITMIME"])
+    server.index_idle()
+    with client(server) as http:
+        (summary,) = messages(http)["messages"]
+        assert summary["subject"].startswith("Gr") and "\ufffd" in summary["subject"]
+        detail = http.get(f"/api/v1/messages/{summary['id']}")
+        assert detail.status_code == 200
+        (attachment,) = detail.json()["attachments"]
+        download = http.get(attachment["url"])
+        assert download.status_code == 200 and download.content == b"xyz"
+        assert messages(http, q="sch")["total"] == 1

@@ -169,3 +169,15 @@ def test_attached_message_is_one_attachment() -> None:
 def test_indexed_text_is_bounded() -> None:
     raw = b"Subject: big\r\n\r\n" + b"word " * (message.MAX_INDEXED_TEXT // 2)
     assert len(message.summarise(parse(raw)).text) == message.MAX_INDEXED_TEXT
+
+
+def test_undecodable_bytes_become_replacement_characters() -> None:
+    raw = (
+        b"Subject: h\xe9llo\r\nX-Raw: \xff\xfe\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nb\xe9dy\r\n"
+    )
+    parsed = parse(raw)
+    summary = message.summarise(parsed)
+    view = message.view(parsed)
+    for text in (summary.subject, summary.text, *(value for _, value in view.headers)):
+        text.encode("utf-8")  # no lone surrogates: SQLite and JSON take it
+    assert "\ufffd" in summary.subject

@@ -300,7 +300,7 @@ class MailApi:
 
     async def clear_mailbox(self, request: Request, principal: Principal | None) -> Response:
         assert principal is not None
-        address = str(request.path_params["address"])
+        address = self.index.mailbox_name(str(request.path_params["address"]))
         if not principal.can_see(address):
             raise ApiError(403, "not your mailbox")
         deleted = await self._run(self._clear, address)
@@ -347,6 +347,8 @@ class MailApi:
         limit = self._int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
         offset = self._int_param(request, "offset", 0, 0, MAX_OFFSET)
         mailbox = self._param(request, "mailbox") or None
+        if mailbox is not None:
+            mailbox = self.index.mailbox_name(mailbox)
         if mailbox is not None and not principal.can_see(mailbox):
             raise ApiError(403, "not your mailbox")
         try:

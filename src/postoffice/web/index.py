@@ -282,6 +282,15 @@ class MailIndex:
     def maildir_of(self, address: str) -> Path:
         return mailbox_path(self.mail_root, address)
 
+    def mailbox_name(self, address: str) -> str:
+        """The name the index knows ``address``'s mailbox by (``Ann@Example.TEST`` is
+        ``ann@example.test``); ``address`` itself if it names no mailbox."""
+        try:
+            path = mailbox_path(self.mail_root, address)
+            return mailbox_address(path.parent.name, path.name)
+        except ValueError:
+            return address
+
     def add(self, path: Path) -> Row | None:
         """Index the message stored at ``path`` (a file in a Maildir's ``new/`` or ``cur/``).
 

@@ -104,6 +104,16 @@ def parse_file(path: Path) -> EmailMessage:
         return parse(stream)
 
 
+def _unicode(text: str) -> str:
+    """``text`` with any undecodable bytes (kept by the parser as lone surrogates) turned
+    into U+FFFD: SQLite, JSON and browsers all refuse lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
 def header(message: Message, name: str) -> str:
     """The decoded value of header ``name`` (RFC 2047), or its raw text if decoding fails."""
     try:
@@ -116,7 +126,7 @@ def header(message: Message, name: str) -> str:
                 break
     if value is None:
         return ""
-    return " ".join(str(value).split())
+    return _unicode(" ".join(str(value).split()))
 
 
 def header_list(message: Message) -> list[tuple[str, str]]:
@@ -126,7 +136,7 @@ def header_list(message: Message) -> list[tuple[str, str]]:
             text = str(message.policy.header_fetch_parse(key, raw))
         except Exception:
             text = str(raw)
-        result.append((key, text))
+        result.append((_unicode(key), _unicode(text)))
     return result
 
 
@@ -178,7 +188,7 @@ def _text_of(part: Message | None) -> str | None:
     except Exception:
         payload = part.get_payload(decode=True)
         content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else None
-    return content if isinstance(content, str) else None
+    return _unicode(content) if isinstance(content, str) else None
 
 
 def attachment_parts(message: EmailMessage) -> list[Message]:
@@ -206,7 +216,7 @@ def attachment_name(part: Message, number: int) -> str:
         name = part.get_filename() or ""
     except Exception:
         name = ""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
+    name = _unicode(name).replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
     name = "".join(char for char in name if char.isprintable())[:200]
     if not name:
         extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
