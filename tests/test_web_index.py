@@ -156,6 +156,10 @@ def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "indexed 1 mailboxes: 2 added, 0 removed, 0 updated" in capsys.readouterr().out
     assert cli.main(["reindex", "--full", "--data-dir", str(data_dir)]) == 0
     assert "0 added, 0 removed, 2 updated" in capsys.readouterr().out
+    assert cli.main(["reindex", "--data-dir", str(tmp_path / "typo")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("postoffice: ") and "no mail directory" in error and error.count("\n") == 1
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize(

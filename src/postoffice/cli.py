@@ -326,6 +326,9 @@ def _add_reindex_parser(subparsers: _Subparsers) -> None:
 
 def _run_reindex(args: argparse.Namespace) -> int:
     config = _load(args)
+    if not config.mail_dir.is_dir():
+        # Most likely a mistyped --data-dir: say so rather than make an empty index there.
+        raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
     from postoffice.web.index import MailIndex
 
     index = MailIndex(config.index_file, config.mail_dir)
