@@ -432,3 +432,16 @@ def test_eight_bit_mail_with_undecodable_bytes(server: RunningServer) -> None:
         download = http.get(attachment["url"])
         assert download.status_code == 200 and download.content == b"xyz"
         assert messages(http, q="sch")["total"] == 1
+
+
+def test_logout_ends_the_event_stream(mta: RunningServer) -> None:
+    with login(mta, "alice@example.test", "alice-password") as alice:
+        token = csrf(alice)
+        with alice.stream("GET", "/api/v1/events") as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            assert alice.post("/api/v1/logout", headers=token).status_code == 204
+            # The next event (a delivery to alice) is not sent; the stream ends instead.
+            send(mta, make_message("alice@example.test", "after logout"))
+            rest = list(lines)
+            assert not any("after logout" in line for line in rest)

@@ -508,17 +508,24 @@ class MailApi:
 
     async def events(self, request: Request, principal: Principal | None) -> Response:
         assert principal is not None
-        viewer = principal
+        token = request.cookies.get(SESSION_COOKIE)
 
         async def stream() -> AsyncIterator[bytes]:
-            with self.hub.subscribe(viewer.can_see) as subscription:
+            with self.hub.subscribe() as subscription:
                 # retry: how long the browser waits before reconnecting (HTML Living Standard
                 # §9.2.6); the comment makes the response start at once.
                 yield b"retry: 2000\n: connected\n\n"
-                while not subscription.ended and self.auth.active(viewer):
+                while not subscription.ended:
                     event = await subscription.next(HEARTBEAT_SECONDS)
+                    # Asked afresh each time: a logout, a removed account or a lost admin flag
+                    # takes effect on an open stream too.
+                    viewer = self.auth.principal(token)
+                    if viewer is None:
+                        return
                     if event is None:
                         yield b": keep-alive\n\n"
+                        continue
+                    if not viewer.can_see(event.mailbox):
                         continue
                     data = json.dumps(event.data, separators=(",", ":"))
                     yield f"event: {event.kind}\ndata: {data}\n\n".encode()

@@ -171,9 +171,6 @@ class Authenticator:
                 return user.admin
         return None
 
-    def active(self, principal: Principal) -> bool:
-        return principal.session is None or principal.session in self._sessions
-
     def _mailbox_of(self, address: str) -> str | None:
         try:
             path = mailbox_path(self.mail_root, address)

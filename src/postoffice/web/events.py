@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +51,10 @@ class EventHub:
                 _end(queue)
 
     @contextlib.contextmanager
-    def subscribe(self, visible: Callable[[str], bool]) -> Iterator[Subscription]:
-        """A subscription to events whose mailbox ``visible`` accepts; ends when the block does."""
-        subscription = Subscription(asyncio.Queue(QUEUE_SIZE), visible)
+    def subscribe(self) -> Iterator[Subscription]:
+        """A subscription to every event; ends when the block does. The reader decides what
+        its client may see (it may change while the stream is open)."""
+        subscription = Subscription(asyncio.Queue(QUEUE_SIZE))
         if self._closed:
             _end(subscription.queue)
         else:
@@ -81,11 +82,10 @@ def _end(queue: asyncio.Queue[Event]) -> None:
 @dataclass(slots=True)
 class Subscription:
     queue: asyncio.Queue[Event]
-    visible: Callable[[str], bool]
     ended: bool = False
 
     async def next(self, timeout: float) -> Event | None:
-        """The next visible event; None after ``timeout`` seconds of silence or once ended."""
+        """The next event; None after ``timeout`` seconds of silence or once ended."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self.ended:
@@ -98,6 +98,6 @@ class Subscription:
                 return None
             if event is _CLOSED:
                 self.ended = True
-            elif self.visible(event.mailbox):
+            else:
                 return event
         return None
