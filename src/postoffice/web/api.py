@@ -6,8 +6,8 @@ see what is decided by :class:`~postoffice.web.auth.Principal` on every call; a 
 caller may not see answers 404 exactly as a message that does not exist.
 
 Message HTML reaches a browser only through ``/messages/{id}/html``: sanitised, inside a
-document whose Content-Security-Policy forbids scripts, forms, frames, fonts and every remote
-request (``img-src https:`` is added only when the person asks to load remote content), and
+document whose Content-Security-Policy forbids scripts, forms, frames and every remote request
+(``img-src https:`` is added only when the person asks to load remote content), and which
 carries its own ``sandbox`` directive, so it stays inert even if opened outside the UI's
 sandboxed iframe. Raw messages and attachments are always downloads, never rendered here.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -42,8 +41,6 @@ from postoffice.web.auth import (
 from postoffice.web.events import Event, EventHub
 from postoffice.web.index import MAX_PAGE, MailIndex, Row
 from postoffice.web.search import SearchError, compile_query
-
-log = logging.getLogger("postoffice.web")
 
 _T = TypeVar("_T")
 

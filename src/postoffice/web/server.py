@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
 from starlette.types import ASGIApp
-
-log = logging.getLogger("postoffice.web")
 
 # Requests may take this long to finish at shutdown before their connections are closed.
 SHUTDOWN_GRACE = 5
