@@ -428,9 +428,9 @@ class MailIndex:
 
         Newest first means in the order the index learned of them: ids are given at delivery,
         and a sync adds what it finds oldest first, so for delivered mail this is arrival
-        order. Ordering by id lets every plan stop after one page: FTS5 yields its matches in
-        rowid order (FTS5 documentation §5, "ORDER BY rowid DESC" is served by the index), and
-        a mailbox's index ends with the rowid.
+        order. Ordering by id lets every plan stop after one page: FTS5 hands out its matches
+        in rowid order, either way round, without sorting them, and an SQLite index ends with
+        the rowid, so a mailbox's entries are already in id order.
         """
         if mailboxes is not None and not mailboxes:
             return Page(0, [])
