@@ -212,15 +212,32 @@ def test_hostile_html_runs_nothing_and_loads_nothing(
         send(
             server,
             make_message(
-                "victim@example.test", "Totally normal", "text", html=hostile_html(listener.port, remote.port)
+                "victim@example.test",
+                f"<img src=http://127.0.0.1:{listener.port}/subject onerror=alert('subject')>",
+                "text",
+                sender='"<b onmouseover=alert(1)>Eve</b>" <eve@example.org>',
+                html=hostile_html(listener.port, remote.port),
+                attachments=[
+                    (f"<img src=http://127.0.0.1:{listener.port}/name>.pdf", "application/pdf", b"%")
+                ],
             ),
         )
         p: object = page
         open_ui(p, server)
-        p.click("#message-list li")  # type: ignore[attr-defined]
+        row = p.locator("#message-list li").first  # type: ignore[attr-defined]
+        # Headers are text on the page, never markup.
+        assert "<img src=" in row.inner_text()
+        row.click()
         frame = p.frame_locator("#tab-html")  # type: ignore[attr-defined]
         frame.locator("#visible", has_text="Hostile but harmless").wait_for()
         assert p.locator("#remote-bar").is_visible()  # type: ignore[attr-defined]
+        assert "<b onmouseover" in p.locator("#view-from").inner_text()  # type: ignore[attr-defined]
+        p.click("button[data-tab=attachments]")  # type: ignore[attr-defined]
+        p.locator("#tab-attachments a").first.wait_for()  # type: ignore[attr-defined]
+        assert p.locator("#tab-attachments img").count() == 0  # type: ignore[attr-defined]
+        p.click("button[data-tab=headers]")  # type: ignore[attr-defined]
+        p.click("button[data-tab=html]")  # type: ignore[attr-defined]
+        frame.locator("#visible").wait_for()
         # Give the frame every chance to misbehave: click the form's button and the link.
         frame.locator("a", has_text="javascript link").click()
         p.wait_for_load_state("networkidle")  # type: ignore[attr-defined]
