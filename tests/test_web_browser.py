@@ -384,3 +384,21 @@ def test_ui_screenshots(browser: object, server: RunningServer, tmp_path: Path) 
             assert shot.stat().st_size > 1000
         finally:
             context.close()
+
+
+def test_keyboard_navigation(page: object, server: RunningServer) -> None:
+    for subject in ("oldest", "middle", "newest"):
+        send(server, make_message("keys@example.test", subject))
+    p: object = page
+    open_ui(p, server)
+    p.locator("#message-list li").nth(2).wait_for()  # type: ignore[attr-defined]
+    p.locator("#message-list").focus()  # type: ignore[attr-defined]
+    for key in ("j", "j", "j", "k", "Enter"):
+        p.keyboard.press(key)  # type: ignore[attr-defined]
+    p.locator("#view-subject", has_text="middle").wait_for()  # type: ignore[attr-defined]
+    p.keyboard.press("u")  # type: ignore[attr-defined]
+    p.locator("#message-list li.unread", has_text="middle").wait_for()  # type: ignore[attr-defined]
+    p.keyboard.press("Escape")  # type: ignore[attr-defined]
+    p.locator("#view-empty").wait_for()  # type: ignore[attr-defined]
+    p.keyboard.press("/")  # type: ignore[attr-defined]
+    assert p.evaluate("document.activeElement.id") == "search"  # type: ignore[attr-defined]
