@@ -12,6 +12,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from conftest import RunningServer, require_tool
 from postoffice.accounts import Accounts
 from web_helpers import make_message, send, wait_for
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import Browser, Dialog, Page, Route, sync_playwright
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,26 +40,42 @@ WAIT = 10_000
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     executable = require_tool("chromium")
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
 
+@dataclass
+class Watch:
+    """What a page did that it should not: dialogs opened, errors in its console (which
+    include Content-Security-Policy violations of the UI's own pages)."""
+
+    dialogs: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+
 @pytest.fixture
-def page(browser: object) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+def watch() -> Watch:
+    return Watch()
+
+
+@pytest.fixture
+def page(browser: Browser, watch: Watch) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(WAIT)
     page = context.new_page()
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.dialogs = dialogs
-    # Console errors include Content-Security-Policy violations of the UI's own pages.
-    errors: list[str] = []
-    page.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
-    page.console_errors = errors
+
+    def dismiss(dialog: Dialog) -> None:
+        watch.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
+    page.on(
+        "console", lambda entry: watch.console_errors.append(entry.text) if entry.type == "error" else None
+    )
     yield page
     context.close()
 
@@ -105,16 +123,18 @@ def listener() -> Iterator[Listener]:
     watching.close()
 
 
-def open_ui(page: object, server: RunningServer) -> None:
-    page.goto(server.base_url + "/")  # type: ignore[attr-defined]
-    page.wait_for_selector(".live.on")  # type: ignore[attr-defined]
+def open_ui(page: Page, server: RunningServer) -> None:
+    page.goto(server.base_url + "/")
+    page.wait_for_selector(".live.on")
 
 
-def test_mail_appears_live_opens_is_found_and_deleted(page: object, server: RunningServer) -> None:
+def test_mail_appears_live_opens_is_found_and_deleted(
+    page: Page, server: RunningServer, watch: Watch
+) -> None:
     send(server, make_message("dev@example.test", "An older message", "old news", sender="old@example.org"))
     open_ui(page, server)
-    p: object = page
-    assert p.locator("#message-list li").count() == 1  # type: ignore[attr-defined]
+    p = page
+    assert p.locator("#message-list li").count() == 1
 
     send(
         server,
@@ -127,57 +147,57 @@ def test_mail_appears_live_opens_is_found_and_deleted(page: object, server: Runn
             attachments=[("label.pdf", "application/pdf", b"%PDF-1.4")],
         ),
     )
-    row = p.locator("#message-list li", has_text="Your order has shipped")  # type: ignore[attr-defined]
+    row = p.locator("#message-list li", has_text="Your order has shipped")
     row.wait_for()  # arrived through the event stream: no reload
-    assert p.locator("#message-list li").count() == 2  # type: ignore[attr-defined]
+    assert p.locator("#message-list li").count() == 2
     assert "unread" in (row.get_attribute("class") or "")
     assert row.locator(".clip").count() == 1  # the attachment mark
 
     row.click()
-    p.locator("#view-subject", has_text="Your order has shipped").wait_for()  # type: ignore[attr-defined]
-    frame = p.frame_locator("#tab-html")  # type: ignore[attr-defined]
+    p.locator("#view-subject", has_text="Your order has shipped").wait_for()
+    frame = p.frame_locator("#tab-html")
     frame.locator("h1", has_text="Shipped!").wait_for()
     # Opening marks it read, in the Maildir too.
     wait_for(lambda: "unread" not in (row.get_attribute("class") or ""), what="read mark")
-    p.click("button[data-tab=text]")  # type: ignore[attr-defined]
-    p.locator("#tab-text", has_text="tracking number 12345").wait_for()  # type: ignore[attr-defined]
-    p.click("button[data-tab=headers]")  # type: ignore[attr-defined]
-    p.locator("#headers-body th", has_text="Subject").first.wait_for()  # type: ignore[attr-defined]
-    p.click("button[data-tab=source]")  # type: ignore[attr-defined]
-    p.locator("#tab-source", has_text="Subject: Your order has shipped").wait_for()  # type: ignore[attr-defined]
-    p.click("button[data-tab=attachments]")  # type: ignore[attr-defined]
-    p.locator("#tab-attachments a", has_text="label.pdf").wait_for()  # type: ignore[attr-defined]
+    p.click("button[data-tab=text]")
+    p.locator("#tab-text", has_text="tracking number 12345").wait_for()
+    p.click("button[data-tab=headers]")
+    p.locator("#headers-body th", has_text="Subject").first.wait_for()
+    p.click("button[data-tab=source]")
+    p.locator("#tab-source", has_text="Subject: Your order has shipped").wait_for()
+    p.click("button[data-tab=attachments]")
+    p.locator("#tab-attachments a", has_text="label.pdf").wait_for()
 
     # Search, from the keyboard: "/" focuses the box.
-    p.click("#message-list")  # type: ignore[attr-defined]
-    p.keyboard.press("/")  # type: ignore[attr-defined]
-    p.keyboard.type("from:shop tracking")  # type: ignore[attr-defined]
-    p.keyboard.press("Enter")  # type: ignore[attr-defined]
-    p.locator("#list-count", has_text="1 found").wait_for()  # type: ignore[attr-defined]
-    assert p.locator("#message-list li").all_inner_texts()[0].startswith("Shop")  # type: ignore[attr-defined]
+    p.click("#message-list")
+    p.keyboard.press("/")
+    p.keyboard.type("from:shop tracking")
+    p.keyboard.press("Enter")
+    p.locator("#list-count", has_text="1 found").wait_for()
+    assert p.locator("#message-list li").all_inner_texts()[0].startswith("Shop")
 
     # Delete with the keyboard: the row goes, and so does the Maildir file.
-    p.click("#message-list li")  # type: ignore[attr-defined]
-    p.locator("#message-list").focus()  # type: ignore[attr-defined]
-    p.keyboard.press("Delete")  # type: ignore[attr-defined]
-    p.locator("#message-list li").first.wait_for(state="detached")  # type: ignore[attr-defined]
+    p.click("#message-list li")
+    p.locator("#message-list").focus()
+    p.keyboard.press("Delete")
+    p.locator("#message-list li").first.wait_for(state="detached")
     box = server.config.mail_dir / "example.test" / "dev"
     remaining = [*box.joinpath("new").iterdir(), *box.joinpath("cur").iterdir()]
     assert len(remaining) == 1 and b"old news" in remaining[0].read_bytes()
-    assert p.dialogs == []  # type: ignore[attr-defined]
-    assert p.console_errors == []  # type: ignore[attr-defined]
+    assert watch.dialogs == []
+    assert watch.console_errors == []
 
 
-def test_api_docs_page_works_offline(page: object, server: RunningServer) -> None:
+def test_api_docs_page_works_offline(page: Page, server: RunningServer, watch: Watch) -> None:
     send(server, make_message("docs@example.test", "for the explorer"))
-    p: object = page
-    p.goto(server.base_url + "/api/docs")  # type: ignore[attr-defined]
-    card = p.locator("details.operation", has_text="/api/v1/mailboxes").first  # type: ignore[attr-defined]
+    p = page
+    p.goto(server.base_url + "/api/docs")
+    card = p.locator("details.operation", has_text="/api/v1/mailboxes").first
     card.locator("summary").click()
     card.locator("button", has_text="Send").click()
     card.locator("pre", has_text="docs@example.test").wait_for()
     assert "200 OK" in card.locator("pre").inner_text()
-    assert p.console_errors == []  # type: ignore[attr-defined]
+    assert watch.console_errors == []
 
 
 def hostile_html(port: int, https_port: int) -> str:
@@ -205,7 +225,7 @@ def hostile_html(port: int, https_port: int) -> str:
 
 
 def test_hostile_html_runs_nothing_and_loads_nothing(
-    page: object, server: RunningServer, listener: Listener, tmp_path: Path
+    page: Page, server: RunningServer, listener: Listener, tmp_path: Path, watch: Watch
 ) -> None:
     remote = Listener()  # stands for a remote image host, reached only after "load remote content"
     try:
@@ -222,63 +242,63 @@ def test_hostile_html_runs_nothing_and_loads_nothing(
                 ],
             ),
         )
-        p: object = page
+        p = page
         open_ui(p, server)
-        row = p.locator("#message-list li").first  # type: ignore[attr-defined]
+        row = p.locator("#message-list li").first
         # Headers are text on the page, never markup.
         assert "<img src=" in row.inner_text()
         row.click()
-        frame = p.frame_locator("#tab-html")  # type: ignore[attr-defined]
+        frame = p.frame_locator("#tab-html")
         frame.locator("#visible", has_text="Hostile but harmless").wait_for()
-        assert p.locator("#remote-bar").is_visible()  # type: ignore[attr-defined]
-        assert "<b onmouseover" in p.locator("#view-from").inner_text()  # type: ignore[attr-defined]
-        p.click("button[data-tab=attachments]")  # type: ignore[attr-defined]
-        p.locator("#tab-attachments a").first.wait_for()  # type: ignore[attr-defined]
-        assert p.locator("#tab-attachments img").count() == 0  # type: ignore[attr-defined]
-        p.click("button[data-tab=headers]")  # type: ignore[attr-defined]
-        p.click("button[data-tab=html]")  # type: ignore[attr-defined]
+        assert p.locator("#remote-bar").is_visible()
+        assert "<b onmouseover" in p.locator("#view-from").inner_text()
+        p.click("button[data-tab=attachments]")
+        p.locator("#tab-attachments a").first.wait_for()
+        assert p.locator("#tab-attachments img").count() == 0
+        p.click("button[data-tab=headers]")
+        p.click("button[data-tab=html]")
         frame.locator("#visible").wait_for()
         # Give the frame every chance to misbehave: click the form's button and the link.
         frame.locator("a", has_text="javascript link").click()
-        p.wait_for_load_state("networkidle")  # type: ignore[attr-defined]
-        assert p.url.startswith(server.base_url)  # type: ignore[attr-defined]
-        assert p.dialogs == []  # type: ignore[attr-defined]
+        p.wait_for_load_state("networkidle")
+        assert p.url.startswith(server.base_url)
+        assert watch.dialogs == []
         assert listener.connections == 0
         assert remote.connections == 0
 
         # The person asks for remote content: the https image is requested, nothing else is.
-        p.click("#load-remote")  # type: ignore[attr-defined]
+        p.click("#load-remote")
         wait_for(lambda: remote.connections > 0, what="the remote image request")
         assert listener.connections == 0
-        assert p.dialogs == []  # type: ignore[attr-defined]
+        assert watch.dialogs == []
     finally:
         remote.close()
 
 
 def test_frame_policy_holds_even_if_sanitising_missed_everything(
-    page: object, server: RunningServer, listener: Listener
+    page: Page, server: RunningServer, listener: Listener, watch: Watch
 ) -> None:
     """The second wall: the frame's own CSP and sandbox, tested with the sanitiser bypassed."""
     remote = Listener()
     try:
         send(server, make_message("victim@example.test", "Bypass", "text", html="<p>placeholder</p>"))
         raw = hostile_html(listener.port, remote.port)
-        p: object = page
+        p = page
 
-        def unsanitised(route: object) -> None:
-            real = route.fetch()  # type: ignore[attr-defined]
+        def unsanitised(route: Route) -> None:
+            real = route.fetch()
             # The server's real headers (CSP with sandbox) around markup nothing has cleaned.
-            route.fulfill(response=real, body=raw)  # type: ignore[attr-defined]
+            route.fulfill(response=real, body=raw)
 
-        p.route("**/api/v1/messages/*/html*", unsanitised)  # type: ignore[attr-defined]
+        p.route("**/api/v1/messages/*/html*", unsanitised)
         open_ui(p, server)
-        p.click("#message-list li")  # type: ignore[attr-defined]
-        frame = p.frame_locator("#tab-html")  # type: ignore[attr-defined]
+        p.click("#message-list li")
+        frame = p.frame_locator("#tab-html")
         frame.locator("#visible", has_text="Hostile but harmless").wait_for()
         frame.locator("#submit").click()
-        p.wait_for_load_state("networkidle")  # type: ignore[attr-defined]
-        assert p.url.startswith(server.base_url)  # type: ignore[attr-defined]
-        assert p.dialogs == []  # type: ignore[attr-defined]
+        p.wait_for_load_state("networkidle")
+        assert p.url.startswith(server.base_url)
+        assert watch.dialogs == []
         # Not one request. (Chromium may open a speculative TCP connection for the nested
         # <iframe> before its CSP check refuses the navigation; the sanitiser removes iframes,
         # and the test above checks that with it nothing connects at all.)
@@ -288,13 +308,15 @@ def test_frame_policy_holds_even_if_sanitising_missed_everything(
         remote.close()
 
 
-def test_phone_width_shows_one_pane_at_a_time(browser: object, server: RunningServer, tmp_path: Path) -> None:
+def test_phone_width_shows_one_pane_at_a_time(
+    browser: Browser, server: RunningServer, tmp_path: Path
+) -> None:
     for number in range(3):
         send(
             server,
             make_message(f"user{number}@example.test", f"A message with a fairly long subject line {number}"),
         )
-    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     context.set_default_timeout(WAIT)
     try:
         p = context.new_page()
@@ -327,28 +349,28 @@ def mta(server_factory: Callable[..., RunningServer], tmp_path: Path) -> Running
     return server_factory(domains=("example.test",), data_dir=data_dir)
 
 
-def test_login_then_only_your_own_mail(page: object, mta: RunningServer) -> None:
+def test_login_then_only_your_own_mail(page: Page, mta: RunningServer) -> None:
     send(mta, make_message("alice@example.test", "Hi Alice", html="<p id=greeting>Hello Alice</p>"))
     send(mta, make_message("bob@example.test", "Hi Bob", html="<p>Hello Bob</p>"))
-    p: object = page
-    p.goto(mta.base_url + "/")  # type: ignore[attr-defined]
-    p.fill("#login-address", "alice@example.test")  # type: ignore[attr-defined]
-    p.fill("#login-password", "wrong")  # type: ignore[attr-defined]
-    p.click("#login-form button[type=submit]")  # type: ignore[attr-defined]
-    p.locator("#login-error", has_text="wrong address or password").wait_for()  # type: ignore[attr-defined]
-    p.fill("#login-password", "alice-password")  # type: ignore[attr-defined]
-    p.click("#login-form button[type=submit]")  # type: ignore[attr-defined]
-    p.locator("#message-list li", has_text="Hi Alice").wait_for()  # type: ignore[attr-defined]
-    assert p.locator("#message-list li").count() == 1  # type: ignore[attr-defined]
-    assert p.locator("#mailbox-list").inner_text().count("bob") == 0  # type: ignore[attr-defined]
+    p = page
+    p.goto(mta.base_url + "/")
+    p.fill("#login-address", "alice@example.test")
+    p.fill("#login-password", "wrong")
+    p.click("#login-form button[type=submit]")
+    p.locator("#login-error", has_text="wrong address or password").wait_for()
+    p.fill("#login-password", "alice-password")
+    p.click("#login-form button[type=submit]")
+    p.locator("#message-list li", has_text="Hi Alice").wait_for()
+    assert p.locator("#message-list li").count() == 1
+    assert p.locator("#mailbox-list").inner_text().count("bob") == 0
     # The session cookie is HttpOnly: page script cannot read it.
-    assert "postoffice_session" not in p.evaluate("document.cookie")  # type: ignore[attr-defined]
+    assert "postoffice_session" not in p.evaluate("document.cookie")
     # The sandboxed frame is still allowed the session (same site), so the HTML shows.
-    p.click("#message-list li")  # type: ignore[attr-defined]
-    p.frame_locator("#tab-html").locator("#greeting", has_text="Hello Alice").wait_for()  # type: ignore[attr-defined]
+    p.click("#message-list li")
+    p.frame_locator("#tab-html").locator("#greeting", has_text="Hello Alice").wait_for()
 
 
-def test_ui_screenshots(browser: object, server: RunningServer, tmp_path: Path) -> None:
+def test_ui_screenshots(browser: Browser, server: RunningServer, tmp_path: Path) -> None:
     """Desktop and phone screenshots of a realistic mailbox (kept in the test's tmp dir)."""
     send(
         server,
@@ -372,7 +394,7 @@ def test_ui_screenshots(browser: object, server: RunningServer, tmp_path: Path) 
     )
     send(server, make_message("qa@example.test", "Password reset", "Click the link"))
     for width, height, name in ((1280, 800, "desktop"), (390, 844, "phone")):
-        context = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+        context = browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(WAIT)
         try:
             p = context.new_page()
@@ -386,19 +408,19 @@ def test_ui_screenshots(browser: object, server: RunningServer, tmp_path: Path) 
             context.close()
 
 
-def test_keyboard_navigation(page: object, server: RunningServer) -> None:
+def test_keyboard_navigation(page: Page, server: RunningServer) -> None:
     for subject in ("oldest", "middle", "newest"):
         send(server, make_message("keys@example.test", subject))
-    p: object = page
+    p = page
     open_ui(p, server)
-    p.locator("#message-list li").nth(2).wait_for()  # type: ignore[attr-defined]
-    p.locator("#message-list").focus()  # type: ignore[attr-defined]
+    p.locator("#message-list li").nth(2).wait_for()
+    p.locator("#message-list").focus()
     for key in ("j", "j", "j", "k", "Enter"):
-        p.keyboard.press(key)  # type: ignore[attr-defined]
-    p.locator("#view-subject", has_text="middle").wait_for()  # type: ignore[attr-defined]
-    p.keyboard.press("u")  # type: ignore[attr-defined]
-    p.locator("#message-list li.unread", has_text="middle").wait_for()  # type: ignore[attr-defined]
-    p.keyboard.press("Escape")  # type: ignore[attr-defined]
-    p.locator("#view-empty").wait_for()  # type: ignore[attr-defined]
-    p.keyboard.press("/")  # type: ignore[attr-defined]
-    assert p.evaluate("document.activeElement.id") == "search"  # type: ignore[attr-defined]
+        p.keyboard.press(key)
+    p.locator("#view-subject", has_text="middle").wait_for()
+    p.keyboard.press("u")
+    p.locator("#message-list li.unread", has_text="middle").wait_for()
+    p.keyboard.press("Escape")
+    p.locator("#view-empty").wait_for()
+    p.keyboard.press("/")
+    assert p.evaluate("document.activeElement.id") == "search"
