@@ -64,6 +64,20 @@ class RunningServer:
     def data_dir(self) -> Path:
         return self.config.data_dir
 
+    @property
+    def http_port(self) -> int:
+        return self.app.http_addresses[0].port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def index_idle(self) -> None:
+        """Until delivery has settled and every delivered message is in the web index."""
+        self.wait_idle()
+        if self.app.web is not None:
+            self.call(self.app.web.idle())
+
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return future.result(timeout)
@@ -135,6 +149,7 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         hostname="mx.test",
         data_dir=data_dir,
         listeners=(Listener("smtp", "127.0.0.1", 0),),
+        http_listeners=(Listener("http", "127.0.0.1", 0),),
         limits=limits,
         delivery=NOWHERE,
     )
@@ -171,6 +186,17 @@ class ServerProcess:
     data_dir: Path
     output: list[str]
 
+    def http_port(self, timeout: float = 30.0) -> int:
+        """The web listener's port, from the start-up banner."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.output):
+                match = _LISTENING_HTTP.match(line.strip())
+                if match:
+                    return int(match["port"])
+            time.sleep(0.02)
+        raise AssertionError("no http listener in:\n" + "".join(self.output))
+
     def terminate(self, sig: int | None = None) -> int:
         if self.process.poll() is None:
             if sig is None:
@@ -181,6 +207,7 @@ class ServerProcess:
 
 
 _LISTENING = re.compile(r"^listening smtp (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:]+)):(?P<port>\d+)$")
+_LISTENING_HTTP = re.compile(r"^listening http (?:\[[^\]]+\]|[^:]+):(?P<port>\d+)\b")
 
 
 def spawn_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
@@ -196,6 +223,7 @@ def spawn_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
         "127.0.0.1:0",
         "--hostname",
         "mx.test",
+        *(() if any(arg.startswith(("--http", "--no-http")) for arg in extra) else ("--http", "127.0.0.1:0")),
         *extra,
     ]
     process = subprocess.Popen(

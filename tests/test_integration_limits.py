@@ -29,7 +29,8 @@ START_DATA = replies.START_MAIL_INPUT.render(enhanced=True)
 def stored_files(server: RunningServer) -> list[Path]:
     """Every file in the mail root and the spool (after deliveries settled)."""
     server.wait_idle()
-    return [path for path in server.data_dir.rglob("*") if path.is_file() and path.name != "accounts.json"]
+    roots = (server.config.mail_dir, server.config.spool_dir)
+    return [path for root in roots for path in root.rglob("*") if path.is_file()]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from postoffice import logs, metrics
 from postoffice.accounts import Accounts
@@ -43,6 +44,9 @@ from postoffice.spool.bounce import Bouncer
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
+from postoffice.web.ops import ops_routes
+from postoffice.web.server import HttpAddress
+from postoffice.web.service import WebService
 
 log = logging.getLogger("postoffice")
 
@@ -138,8 +142,12 @@ class Application:
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir)
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
+        self.web: WebService | None = None
+        self.http_addresses: list[HttpAddress] = []
         agents: dict[Route, DeliveryAgent] = {
-            Route.LOCAL: MaildirAgent(config.mail_dir, self.spool, config.hostname),
+            Route.LOCAL: MaildirAgent(
+                config.mail_dir, self.spool, config.hostname, on_delivered=self._delivered
+            ),
             Route.REMOTE: self.remote,
         }
         queue = config.queue
@@ -176,6 +184,14 @@ class Application:
             listeners=lambda: self.smtp.bound,
             sessions=lambda: len(self.smtp.sessions),
         )
+        if config.http_listeners:
+            # The web UI and JSON API, with the index kept up to date at each delivery; the
+            # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
+            self.web = WebService(config, self.accounts, extra_routes=ops_routes(self.operations))
+
+    def _delivered(self, address: str, path: Path) -> None:
+        if self.web is not None:
+            self.web.delivered(address, path)
 
     def _on_delivery_result(
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
@@ -250,6 +266,12 @@ class Application:
         if self.transcript is not None:
             await self.transcript.start()
         bound = await self.smtp.start()
+        if self.web is not None:
+            try:
+                self.http_addresses = await self.web.start()
+            except BaseException:
+                await self.smtp.stop(0)
+                raise
         self.operations.running = True
         return bound
 
@@ -269,6 +291,8 @@ class Application:
         await self.remote.close()
         if self.transcript is not None:
             await self.transcript.stop()
+        if self.web is not None:
+            await self.web.stop()
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
 
     def reopen_logs(self) -> None:
@@ -277,7 +301,9 @@ class Application:
             self.transcript.reopen()
 
 
-def _banner(config: Config, bound: Sequence[BoundAddress], tls: ServerTls | None) -> None:
+def _banner(
+    config: Config, bound: Sequence[BoundAddress], http: Sequence[HttpAddress], tls: ServerTls | None
+) -> None:
     mode = (
         "capture mode: every recipient is accepted, nothing is relayed"
         if config.capture_mode
@@ -286,6 +312,8 @@ def _banner(config: Config, bound: Sequence[BoundAddress], tls: ServerTls | None
     print(f"postoffice {config.hostname}: {mode}", flush=True)
     for address in bound:
         print(f"listening {address}", flush=True)
+    for web_address in http:
+        print(f"listening {web_address}", flush=True)  # the web UI, JSON API and /metrics
     print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
     if tls is not None:
         print(f"tls certificate {tls.cert} (re-read on SIGHUP)", flush=True)
@@ -309,7 +337,7 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
     app.reload(config)
 
 
-async def _serve(config: Config, reload: Callable[[], Config] | None, http: tuple[str, int] | None) -> int:
+async def _serve(config: Config, reload: Callable[[], Config] | None) -> int:
     pid_file = PidFile(config.data_dir)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -318,18 +346,17 @@ async def _serve(config: Config, reload: Callable[[], Config] | None, http: tupl
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
     try:
-        return await _run(config, reload, http)
+        return await _run(config, reload)
     finally:
         pid_file.release()
 
 
-async def _run(config: Config, reload: Callable[[], Config] | None, http: tuple[str, int] | None) -> int:
+async def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     try:
         app = Application(config)
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
-    ops_http = None
     # Handlers go in before anything is announced: a supervisor may signal as soon as it reads
     # the "listening" line, and a SIGTERM then must stop us cleanly, not kill us.
     stop = asyncio.Event()
@@ -349,41 +376,25 @@ async def _run(config: Config, reload: Callable[[], Config] | None, http: tuple[
     loop.add_signal_handler(RESCAN_SIGNAL, lambda: rescan(flush=False))
     try:
         bound = await app.start()
-        if http is not None:
-            # Until the web application serves the HTTP port, the operations endpoints run alone.
-            from postoffice.web.ops_server import OpsHttpServer
-
-            ops_http = OpsHttpServer(app.operations, *http)
-            http_host, http_port = await ops_http.start()
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         await app.stop(grace=0)
         return 1
     # The banner comes last: whoever waits for "listening" may signal the server at once.
-    _banner(config, bound, app.security.tls)
-    if ops_http is not None:
-        host = f"[{http_host}]" if ":" in http_host else http_host
-        print(f"listening http {host}:{http_port}", flush=True)
+    _banner(config, bound, app.http_addresses, app.security.tls)
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
-    if ops_http is not None:
-        await ops_http.stop()
     log.info("event=stopped")
     return 0
 
 
-def serve(
-    config: Config,
-    *,
-    reload: Callable[[], Config] | None = None,
-    http: tuple[str, int] | None = None,
-) -> int:
+def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code for the CLI.
 
-    ``reload`` re-reads the configuration on SIGHUP; ``http`` serves the operations endpoints.
+    ``reload`` re-reads the configuration on SIGHUP.
     """
     logs.configure(config.log_format, config.log_file)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, reload, http))
+        return asyncio.run(_serve(config, reload))
     return 130

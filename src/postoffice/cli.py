@@ -161,6 +161,18 @@ def _tcp_port(text: str) -> int:
     return int(text)
 
 
+def _listener(text: str, kind: str = "smtp") -> Listener:
+    try:
+        host, port = parse_hostport(text, key=f"--{kind}")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+    return Listener(kind, host, port)
+
+
+def _http_listener(text: str) -> Listener:
+    return _listener(text, "http")
+
+
 def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -204,6 +216,16 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve.add_argument(
         "--tls-key", type=Path, metavar="FILE", help="private key for --tls-cert, if not in the same file"
     )
+    web = serve.add_mutually_exclusive_group()
+    web.add_argument(
+        "--http",
+        action="append",
+        type=_http_listener,
+        metavar="HOST:PORT",
+        help="serve the web UI and JSON API here; repeat for more (default 127.0.0.1:8025;"
+        " replaces [listen] http)",
+    )
+    web.add_argument("--no-http", action="store_true", help="serve no web UI or JSON API")
     serve.add_argument("--hostname", metavar="NAME", help="our host name in greetings and Received: lines")
     serve.add_argument(
         "--domain",
@@ -238,12 +260,6 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         help="send all outbound mail through this server (a smarthost; replaces [delivery] relay_host)",
     )
     serve.add_argument(
-        "--http",
-        type=_http_address,
-        metavar="HOST:PORT",
-        help="serve /metrics, /livez, /readyz and /api/v1/status here",
-    )
-    serve.add_argument(
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
     serve.set_defaults(handler=_run_serve)
@@ -274,6 +290,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             delivery=delivery,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            http_listeners=() if args.no_http else args.http,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 
@@ -281,7 +298,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     # Imported here so that account and config commands never load the server.
     from postoffice import app
 
-    return app.serve(config, reload=load, http=args.http)
+    return app.serve(config, reload=load)
 
 
 # -- user ----------------------------------------------------------------------------------
@@ -418,6 +435,42 @@ def _run_alias_del(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reindex -------------------------------------------------------------------------------
+
+
+def _add_reindex_parser(subparsers: _Subparsers) -> None:
+    reindex = subparsers.add_parser(
+        "reindex",
+        help="bring the web index up to date with the Maildirs",
+        description="Reconcile the web UI's search index with the Maildirs: index messages it "
+        "lacks, forget deleted ones, follow moved ones. Safe while the server runs.",
+        parents=[_config_options()],
+    )
+    reindex.add_argument(
+        "--full", action="store_true", help="also read every indexed message again (ids stay the same)"
+    )
+    reindex.set_defaults(handler=_run_reindex)
+
+
+def _run_reindex(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.mail_dir.is_dir():
+        # Most likely a mistyped --data-dir: say so rather than make an empty index there.
+        raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
+    from postoffice.web.index import MailIndex
+
+    index = MailIndex(config.index_file, config.mail_dir)
+    try:
+        report = index.sync(reparse=args.full)
+    finally:
+        index.close()
+    print(
+        f"indexed {report.mailboxes} mailboxes: {report.added} added, {report.removed} removed,"
+        f" {report.updated} updated ({config.index_file})"
+    )
+    return 0
+
+
 # -- check-config --------------------------------------------------------------------------
 
 
@@ -448,6 +501,7 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
     tls = config.tls.cert or f"self-signed, made in {config.tls_dir} when a listener needs it"
     print(f"  tls certificate: {tls}")
+    print(f"  web: {', '.join(str(listener) for listener in config.http_listeners) or 'off'}")
     print(f"  data dir: {config.data_dir}")
     delivery = config.delivery
     if delivery.relay_host is not None:
@@ -729,6 +783,7 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
     _add_alias_parser,
+    _add_reindex_parser,
     _add_check_config_parser,
     _add_send_parser,
     _add_sendmail_parser,

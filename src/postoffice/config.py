@@ -17,6 +17,7 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     smtp = ["127.0.0.1:2525", "[::1]:2525"]   # MX service: STARTTLS offered
     submission = ["127.0.0.1:2587"]           # RFC 6409: STARTTLS, then AUTH, then MAIL
     smtps = ["127.0.0.1:2465"]                # RFC 8314: implicit TLS, then AUTH, then MAIL
+    http = ["127.0.0.1:8025"]                 # web UI and JSON API; [] turns them off
     [tls]
     cert = "fullchain.pem"               # relative to the file's directory; none: self-signed
     key = "privkey.pem"
@@ -237,6 +238,8 @@ def default_hostname() -> str:
 
 
 DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
+# Mailpit's and MailHog's web port, so tools and habits carry over.
+DEFAULT_HTTP_LISTENER = Listener("http", "127.0.0.1", 8025)
 
 LOG_FORMATS = ("text", "json")
 
@@ -281,6 +284,8 @@ class Config:
     # Log lines as key=value text or one JSON object each; to standard error, or log_file.
     log_format: str = "text"
     log_file: Path | None = None
+    # Web UI and JSON API listeners; empty turns the web side off.
+    http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -304,6 +309,11 @@ class Config:
     def tls_dir(self) -> Path:
         """Where a self-signed certificate is kept when ``[tls] cert`` is not set."""
         return self.data_dir / "tls"
+
+    @property
+    def index_file(self) -> Path:
+        """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
+        return self.data_dir / "index.sqlite3"
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -743,7 +753,7 @@ _TOP_KEYS = (
     "log_format",
     "log_file",
 )
-_LISTEN_KEYS = LISTENER_KINDS
+_LISTEN_KEYS = (*LISTENER_KINDS, "http")
 _PROXY_KEYS = (*LISTENER_KINDS, "trusted")
 _TLS_KEYS = ("cert", "key", "min_version")
 _AUTH_KEYS = tuple(f.name for f in dataclasses.fields(AuthConfig))
@@ -812,7 +822,7 @@ def _domain_list(value: object) -> tuple[str, ...]:
 def _listeners(value: object, kind: str = "smtp") -> tuple[Listener, ...]:
     if not isinstance(value, list):
         raise _Invalid(f'expected an array of "HOST:PORT" strings, got {_kind(value)}')
-    if not value:
+    if not value and kind != "http":  # [] is how the web side is turned off
         default = " for the default 127.0.0.1:2525" if kind == "smtp" else ""
         raise _Invalid(f"no addresses; leave the key out{default}")
     listeners: list[Listener] = []
@@ -884,6 +894,7 @@ class _Settings:
     postmaster: str | None = None
     listeners: dict[str, tuple[Listener, ...]] = field(default_factory=dict)
     transcript_log: Path | None = None
+    http_listeners: tuple[Listener, ...] | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     queue: dict[str, Any] = field(default_factory=dict)
     delivery: dict[str, Any] = field(default_factory=dict)
@@ -999,6 +1010,8 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         settings.log_format = problems.check("log_format", lambda: _log_format(data["log_format"]))
     if "log_file" in data:
         settings.log_file = problems.check("log_file", lambda: _data_dir(data["log_file"], base))
+    if "http" in listen:
+        settings.http_listeners = problems.check("listen.http", lambda: _listeners(listen["http"], "http"))
     limits = _table(problems, data, "limits")
     problems.unknown_keys(limits, LIMIT_NAMES, "limits.")
     for name in LIMIT_NAMES:
@@ -1047,6 +1060,7 @@ def _collect(
     delivery: dict[str, Any] | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    http_listeners: Sequence[Listener] | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -1066,6 +1080,8 @@ def _collect(
         given = tuple(listener for listener in listeners if listener.kind == kind)
         if given:
             settings.listeners[kind] = given
+    if http_listeners is not None:
+        settings.http_listeners = tuple(http_listeners)
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     if transcript_log is not None:
@@ -1099,6 +1115,9 @@ def _collect(
         proxy_protocol=settings.proxy_protocol or ProxyProtocol(),
         log_format=settings.log_format or "text",
         log_file=settings.log_file,
+        http_listeners=(DEFAULT_HTTP_LISTENER,)
+        if settings.http_listeners is None
+        else settings.http_listeners,
         source=path,
     )
     return config, []
@@ -1115,13 +1134,16 @@ def load_config(
     delivery: dict[str, Any] | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    http_listeners: Sequence[Listener] | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
     Keyword arguments override the file: ``listeners`` replace the file's listeners of their
     kind, non-empty ``domains`` replace its list, ``tls_cert`` (with ``tls_key``) its
     certificate, and ``delivery`` (parsed values by :class:`DeliverySettings` field name, from
-    ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
+    ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``, and
+    ``http_listeners`` (when not None; empty turns the web side off) replaces ``[listen] http``.
+    Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
         path,
@@ -1133,6 +1155,7 @@ def load_config(
         delivery=delivery,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        http_listeners=http_listeners,
     )
     if config is None:
         raise errors[0]

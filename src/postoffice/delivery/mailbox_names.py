@@ -98,3 +98,32 @@ def _bounded(name: str, what: str) -> str:
     if len(os.fsencode(name)) > NAME_MAX:
         raise ValueError(f"{what} is too long for a directory name")
     return name
+
+
+def mailbox_address(domain_name: str, local_name: str) -> str:
+    """The address whose mailbox is ``<domain_name>/<local_name>``: the inverse of the encoding.
+
+    For directories this module made, ``mailbox_path(root, mailbox_address(d, l))`` is
+    ``root/d/l``; ValueError if the names are not ones :func:`mailbox_path` could have made.
+    """
+    raw = bytearray()
+    index = 0
+    while index < len(local_name):
+        char = local_name[index]
+        if char == "%":
+            hex_digits = local_name[index + 1 : index + 3]
+            if len(hex_digits) != 2 or not all(c in "0123456789ABCDEF" for c in hex_digits):
+                raise ValueError(f"not an encoded local part: {local_name!r}")
+            raw.append(int(hex_digits, 16))
+            index += 3
+        else:
+            raw.extend(char.encode("utf-8"))
+            index += 1
+    try:
+        local = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"not an encoded local part: {local_name!r}") from None
+    address = f"{local}@{domain_name}"
+    if _local_name(local) != local_name or _domain_name(domain_name) != domain_name:
+        raise ValueError(f"not a mailbox directory: {domain_name}/{local_name}")
+    return address

@@ -5,7 +5,7 @@ disclose counts, listener addresses and recent error lines, never message conten
 of mail or secrets; expose the HTTP port only to operators and the scraper.
 
 :func:`ops_routes` returns plain Starlette routes, so the main web application can mount them
-next to its own; :mod:`postoffice.web.ops_server` serves them alone when there is none.
+next to its own.
 """
 
 from __future__ import annotations

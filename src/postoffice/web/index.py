@@ -1,0 +1,613 @@
+"""The mailbox index: an SQLite database (WAL, FTS5) of what the Maildirs hold.
+
+Untrusted input seen here: message contents (through :mod:`postoffice.web.message`), Maildir
+file names that other programs create and rename, and search queries (through
+:mod:`postoffice.web.search`, which binds every value). No SQL text here is ever built from
+anything but constants.
+
+The Maildirs are the truth and this is a cache of them: :meth:`MailIndex.add` records a
+message at delivery, :meth:`MailIndex.sync` reconciles the index with the disk (messages
+added, moved or removed by mutt, Dovecot or a person), and a message whose file moved behind
+the index's back is found again by its Maildir key the moment someone asks for it.
+
+One database file, ``<data_dir>/index.sqlite3``. WAL lets the HTTP handlers read while a
+delivery writes (SQLite "Write-Ahead Logging" §2.2). Each thread gets its own connection;
+writes in this process are serialised by a lock, and ``busy_timeout`` waits for a writer in
+another process (``postoffice reindex`` while the server runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
+from postoffice.web import maildir, message
+from postoffice.web.maildir import Entry
+from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_mailboxes
+
+log = logging.getLogger("postoffice.web.index")
+
+# Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk.
+SCHEMA_VERSION = 3
+# Rows written per transaction while syncing: large enough to amortise the commit, small
+# enough that a delivery waiting for the lock never waits long.
+SYNC_BATCH = 200
+# The most rows one page may ask for.
+MAX_PAGE = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mailboxes (
+    address TEXT PRIMARY KEY,
+    total INTEGER NOT NULL DEFAULT 0,
+    unread INTEGER NOT NULL DEFAULT 0
+);
+-- AUTOINCREMENT: an id is never reused, so a stale link can never open a different message.
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mailbox TEXT NOT NULL,
+    key TEXT NOT NULL,
+    location TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    date REAL,
+    received REAL NOT NULL,
+    size INTEGER NOT NULL,
+    seen INTEGER NOT NULL,
+    has_attachments INTEGER NOT NULL,
+    UNIQUE (mailbox, key)
+);
+-- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
+-- rowid, so this one lists a mailbox newest first without sorting.
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox);
+-- Counting by flags, dates and sizes reads only this index, never the rows.
+CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_attachments, received, size);
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
+    sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
+);
+-- Counts kept by triggers: listing mailboxes never scans messages.
+CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
+    INSERT INTO mailboxes (address, total, unread) VALUES (new.mailbox, 1, new.seen = 0)
+    ON CONFLICT (address) DO UPDATE SET total = total + 1, unread = unread + (new.seen = 0);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
+    UPDATE mailboxes SET total = total - 1, unread = unread - (old.seen = 0) WHERE address = old.mailbox;
+    DELETE FROM messages_text WHERE rowid = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_flagged AFTER UPDATE OF seen ON messages BEGIN
+    UPDATE mailboxes SET unread = unread - (old.seen = 0) + (new.seen = 0) WHERE address = new.mailbox;
+END;
+"""
+
+_COLUMNS = (
+    "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One indexed message."""
+
+    id: int
+    mailbox: str
+    key: str
+    location: str
+    sender: str
+    recipients: str
+    subject: str
+    date: float | None
+    received: float
+    size: int
+    seen: bool
+    has_attachments: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """What full-text search sees of a message beyond its row: all recipients and the body."""
+
+    recipients: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCount:
+    address: str
+    total: int
+    unread: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    total: int
+    rows: list[Row]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    mailboxes: int
+    added: int
+    removed: int
+    updated: int
+
+
+def _row(values: Sequence[object]) -> Row:
+    (id_, mailbox, key, location, sender, recipients, subject, date, received, size, seen, attached) = values
+    return Row(
+        id=int(id_),  # type: ignore[call-overload]
+        mailbox=str(mailbox),
+        key=str(key),
+        location=str(location),
+        sender=str(sender),
+        recipients=str(recipients),
+        subject=str(subject),
+        date=float(date) if date is not None else None,  # type: ignore[arg-type]
+        received=float(received),  # type: ignore[arg-type]
+        size=int(size),  # type: ignore[call-overload]
+        seen=bool(seen),
+        has_attachments=bool(attached),
+    )
+
+
+def _received_time(entry: Entry, stat: os.stat_result) -> float:
+    # Our deliveries (and qmail's, Dovecot's) start the name with the delivery time in seconds.
+    head = entry.name.split(".", 1)[0]
+    return float(head) if head.isdigit() else stat.st_mtime
+
+
+def _name_time(entry: Entry) -> float:
+    """The delivery time for ordering, from the name, else the file's mtime (0 if gone)."""
+    head = entry.name.split(".", 1)[0]
+    if head.isdigit():
+        return float(head)
+    try:
+        return entry.path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def find_maildirs(mail_root: Path) -> Iterator[tuple[str, Path]]:
+    """``(address, maildir)`` for every mailbox directory under ``mail_root``."""
+    try:
+        domains = sorted(os.scandir(mail_root), key=lambda item: item.name)
+    except FileNotFoundError:
+        return
+    for domain in domains:
+        if not domain.is_dir(follow_symlinks=False):
+            continue
+        for local in sorted(os.scandir(domain.path), key=lambda item: item.name):
+            path = Path(local.path)
+            if not local.is_dir(follow_symlinks=False) or not (path / "cur").is_dir():
+                continue
+            try:
+                yield mailbox_address(domain.name, local.name), path
+            except ValueError:
+                log.warning("skipping %s: not a mailbox directory this server made", path)
+
+
+class MailIndex:
+    """The index of every Maildir under ``mail_root``, stored in ``path``."""
+
+    def __init__(self, path: Path, mail_root: Path) -> None:
+        self.path = path
+        self.mail_root = mail_root
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._prepare()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode = WAL")
+        # A cache of the Maildirs: after a power loss the last commits may go, and sync puts
+        # them back (SQLite "PRAGMA synchronous": NORMAL is safe from corruption in WAL mode).
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        return connection
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("the index is closed")
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    def close(self) -> None:
+        self._closed = True
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.close()
+            self._connections.clear()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _prepare(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:
+            # The file is a cache: a damaged one is set aside and rebuilt from the Maildirs.
+            aside = self.path.with_name(self.path.name + ".damaged")
+            log.warning("index %s is unusable (%s); moving it to %s and rebuilding", self.path, exc, aside)
+            self.close()
+            self._closed = False
+            self._local = threading.local()
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            self._create_schema()
+
+    def _create_schema(self) -> None:
+        db = self._db
+        with self._write_lock:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                db.executescript(
+                    "DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS mailboxes;"
+                    " DROP TABLE IF EXISTS messages_text;"
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def maildir_of(self, address: str) -> Path:
+        return mailbox_path(self.mail_root, address)
+
+    def mailbox_name(self, address: str) -> str:
+        """The name the index knows ``address``'s mailbox by (``Ann@Example.TEST`` is
+        ``ann@example.test``); ``address`` itself if it names no mailbox."""
+        try:
+            path = mailbox_path(self.mail_root, address)
+            return mailbox_address(path.parent.name, path.name)
+        except ValueError:
+            return address
+
+    def add(self, path: Path) -> Row | None:
+        """Index the message stored at ``path`` (a file in a Maildir's ``new/`` or ``cur/``).
+
+        Returns the new row, or None if it was indexed already (a delivery found again while
+        recovering) or is not in a mailbox directory.
+        """
+        box = path.parent.parent
+        try:
+            address = mailbox_address(box.parent.name, box.name)
+        except ValueError:
+            return None
+        if box.parent.parent != self.mail_root:
+            return None
+        entry = Entry(box, path.parent.name, path.name)
+        prepared = self._prepare_entry(address, entry)
+        if prepared is None:
+            return None
+        with self._writing() as db:
+            return self._insert(db, *prepared)
+
+    def _prepare_entry(self, address: str, entry: Entry) -> tuple[Row, SearchText] | None:
+        try:
+            with entry.path.open("rb") as stream:
+                stat = os.fstat(stream.fileno())
+                summary = message.summarise(message.parse(stream))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot index %s: %s", entry.path, exc.strerror)
+            return None
+        row = Row(
+            id=0,
+            mailbox=address,
+            key=entry.key,
+            location=entry.relative,
+            sender=summary.sender,
+            recipients=summary.recipients,
+            subject=summary.subject,
+            date=summary.date,
+            received=_received_time(entry, stat),
+            size=stat.st_size,
+            seen=entry.seen,
+            has_attachments=summary.has_attachments,
+        )
+        return row, SearchText(f"{summary.recipients} {summary.delivered_to}".strip(), summary.text)
+
+    def _insert(self, db: sqlite3.Connection, row: Row, text: SearchText) -> Row | None:
+        cursor = db.execute(
+            "INSERT INTO messages (mailbox, key, location, sender, recipients, subject, date, received,"
+            " size, seen, has_attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (mailbox, key) DO NOTHING",
+            (
+                row.mailbox,
+                row.key,
+                row.location,
+                row.sender,
+                row.recipients,
+                row.subject,
+                row.date,
+                row.received,
+                row.size,
+                int(row.seen),
+                int(row.has_attachments),
+            ),
+        )
+        if cursor.rowcount == 0:
+            return None
+        new_id = cursor.lastrowid
+        assert new_id is not None
+        db.execute(
+            "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox) VALUES (?, ?, ?, ?, ?, ?)",
+            (new_id, row.sender, text.recipients, row.subject, text.body, mailbox_token(row.mailbox)),
+        )
+        return dataclasses.replace(row, id=new_id)
+
+    def insert_many(self, items: Sequence[tuple[Row, SearchText]]) -> None:
+        """Insert prepared rows in one transaction (used by sync and the benchmark)."""
+        with self._writing() as db:
+            for row, text in items:
+                self._ensure_mailbox(db, row.mailbox)
+                self._insert(db, row, text)
+
+    @staticmethod
+    def _ensure_mailbox(db: sqlite3.Connection, address: str) -> None:
+        db.execute("INSERT INTO mailboxes (address) VALUES (?) ON CONFLICT (address) DO NOTHING", (address,))
+
+    def register_mailbox(self, address: str) -> None:
+        with self._writing() as db:
+            self._ensure_mailbox(db, address)
+
+    def remove(self, message_id: int) -> bool:
+        with self._writing() as db:
+            return db.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
+
+    def set_location(self, message_id: int, entry: Entry) -> None:
+        with self._writing() as db:
+            db.execute(
+                "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
+                (entry.relative, int(entry.seen), message_id),
+            )
+
+    def remove_keys(self, address: str, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), SYNC_BATCH):
+            with self._writing() as db:
+                db.executemany(
+                    "DELETE FROM messages WHERE mailbox = ? AND key = ?",
+                    [(address, key) for key in keys[start : start + SYNC_BATCH]],
+                )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, message_id: int) -> Row | None:
+        found = self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return _row(found) if found is not None else None
+
+    def mailboxes(self, visible: Sequence[str] | None = None) -> list[MailboxCount]:
+        """Every mailbox (``visible`` None) or those named in ``visible``, by address."""
+        rows = self._db.execute("SELECT address, total, unread FROM mailboxes ORDER BY address").fetchall()
+        allowed = None if visible is None else set(visible)
+        return [
+            MailboxCount(str(address), int(total), int(unread))
+            for address, total, unread in rows
+            if allowed is None or address in allowed
+        ]
+
+    def page(
+        self,
+        mailboxes: Sequence[str] | None,
+        query: Compiled,
+        *,
+        limit: int,
+        offset: int,
+    ) -> Page:
+        """Messages newest first; ``mailboxes`` None means all, ``query`` filters.
+
+        Newest first means in the order the index learned of them: ids are given at delivery,
+        and a sync adds what it finds oldest first, so for delivered mail this is arrival
+        order. Ordering by id lets every plan stop after one page: FTS5 hands out its matches
+        in rowid order, either way round, without sorting them, and an SQLite index ends with
+        the rowid, so a mailbox's entries are already in id order.
+        """
+        if mailboxes is not None and not mailboxes:
+            return Page(0, [])
+        conditions = list(query.conditions)
+        params: list[object] = list(query.params)
+        db = self._db
+        if query.match is not None:
+            # The mailboxes go into the FTS5 query: counting then needs no look at the rows.
+            match = query.match if mailboxes is None else within_mailboxes(query.match, mailboxes)
+            if conditions:
+                source = (
+                    f"FROM {TEXT_TABLE} CROSS JOIN messages ON messages.id = {TEXT_TABLE}.rowid"
+                    f" WHERE {TEXT_TABLE} MATCH ?"
+                )
+                column = "messages.id"
+            else:
+                source = f"FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?"
+                column = f"{TEXT_TABLE}.rowid"
+            order = f"ORDER BY {TEXT_TABLE}.rowid DESC"
+            params.insert(0, match)
+            where = "".join(f" AND {condition}" for condition in conditions)
+        else:
+            if mailboxes is not None:
+                conditions.insert(0, "mailbox IN (" + ", ".join("?" * len(mailboxes)) + ")")
+                params[:0] = list(mailboxes)
+            source = "FROM messages"
+            column = "messages.id"
+            order = "ORDER BY messages.id DESC"
+            where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        if query.match is None and not query.conditions:
+            total = sum(box.total for box in self.mailboxes(mailboxes))
+        else:
+            total = int(db.execute(f"SELECT count(*) {source}{where}", params).fetchone()[0])
+        # Find the page's ids first (from indexes alone), then read just those rows: skipping
+        # to a far offset never reads the rows it skips.
+        ids = [
+            int(found[0])
+            for found in db.execute(
+                f"SELECT {column} {source}{where} {order} LIMIT ? OFFSET ?",
+                [*params, min(limit, MAX_PAGE), offset],
+            )
+        ]
+        if not ids:
+            return Page(total, [])
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id DESC", ids
+        ).fetchall()
+        return Page(total, [_row(values) for values in rows])
+
+    # -- the disk --------------------------------------------------------------------------------
+
+    def locate(self, row: Row) -> Entry | None:
+        """The file of ``row`` now; the index follows a move, and forgets a message gone."""
+        box = self.maildir_of(row.mailbox)
+        entry = maildir.entry_at(box, row.location, row.key)
+        if entry is not None:
+            return entry
+        entry = maildir.find(box, row.key)
+        if entry is None:
+            self.remove(row.id)
+            return None
+        self.set_location(row.id, entry)
+        return entry
+
+    def sync(
+        self,
+        *,
+        reparse: bool = False,
+        on_added: Callable[[Row], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> SyncReport:
+        """Make the index say what the Maildirs hold; ``reparse`` re-reads every message.
+
+        Messages new to the index are added oldest first across all mailboxes, so ids (and
+        with them the newest-first order) follow delivery time. ``stop`` is asked between
+        steps; when it says True the sync ends early (the next one finishes the work).
+        """
+        boxes = removed = updated = 0
+        seen_boxes: set[str] = set()
+        fresh: list[tuple[float, str, str, Entry]] = []
+        for address, box in find_maildirs(self.mail_root):
+            if stop is not None and stop():
+                return SyncReport(boxes, 0, removed, updated)
+            boxes += 1
+            seen_boxes.add(address)
+            self.register_mailbox(address)
+            new_entries, r, u = self._sync_mailbox(address, box, reparse)
+            removed, updated = removed + r, updated + u
+            fresh.extend((_name_time(entry), entry.name, address, entry) for entry in new_entries)
+        fresh.sort(key=lambda item: item[:2])
+        added = 0
+        for start in range(0, len(fresh), SYNC_BATCH):
+            if stop is not None and stop():
+                return SyncReport(boxes, added, removed, updated)
+            batch = fresh[start : start + SYNC_BATCH]
+            prepared = [self._prepare_entry(address, entry) for _, _, address, entry in batch]
+            with self._writing() as db:
+                rows = [self._insert(db, *item) for item in prepared if item is not None]
+            for new_row in rows:
+                if new_row is not None:
+                    added += 1
+                    if on_added is not None:
+                        on_added(new_row)
+        with self._writing() as db:
+            # Mailboxes whose directory is gone and that hold nothing are forgotten.
+            for (address,) in db.execute("SELECT address FROM mailboxes WHERE total = 0").fetchall():
+                if address not in seen_boxes:
+                    db.execute("DELETE FROM mailboxes WHERE address = ? AND total = 0", (address,))
+        return SyncReport(boxes, added, removed, updated)
+
+    def _sync_mailbox(self, address: str, box: Path, reparse: bool) -> tuple[list[Entry], int, int]:
+        """Forget what is gone, follow what moved; returns the entries new to the index."""
+        # The index first, then the disk: a message delivered (and indexed) in between is on
+        # the disk but not in this snapshot, so it can never be taken for one that went away.
+        indexed = {
+            str(key): (int(id_), str(location))
+            for id_, key, location in self._db.execute(
+                "SELECT id, key, location FROM messages WHERE mailbox = ?", (address,)
+            )
+        }
+        on_disk = {entry.key: entry for entry in maildir.entries(box)}
+        gone = [values[0] for key, values in indexed.items() if key not in on_disk]
+        changed = [
+            (on_disk[key], values[0])
+            for key, values in indexed.items()
+            if key in on_disk and (reparse or values[1] != on_disk[key].relative)
+        ]
+        for start in range(0, len(gone), SYNC_BATCH):
+            with self._writing() as db:
+                db.executemany(
+                    "DELETE FROM messages WHERE id = ?", [(i,) for i in gone[start : start + SYNC_BATCH]]
+                )
+        for start in range(0, len(changed), SYNC_BATCH):
+            batch = changed[start : start + SYNC_BATCH]
+            if reparse:
+                self._reparse(address, batch)
+                continue
+            with self._writing() as db:
+                db.executemany(
+                    "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
+                    [(entry.relative, int(entry.seen), i) for entry, i in batch],
+                )
+        return [entry for key, entry in on_disk.items() if key not in indexed], len(gone), len(changed)
+
+    def _reparse(self, address: str, batch: Sequence[tuple[Entry, int]]) -> None:
+        prepared = [(item, self._prepare_entry(address, item[0])) for item in batch]
+        with self._writing() as db:
+            for (_, message_id), result in prepared:
+                if result is None:
+                    continue
+                row, text = result
+                db.execute(
+                    "UPDATE messages SET location = ?, sender = ?, recipients = ?, subject = ?, date = ?,"
+                    " received = ?, size = ?, seen = ?, has_attachments = ? WHERE id = ?",
+                    (
+                        row.location,
+                        row.sender,
+                        row.recipients,
+                        row.subject,
+                        row.date,
+                        row.received,
+                        row.size,
+                        int(row.seen),
+                        int(row.has_attachments),
+                        message_id,
+                    ),
+                )
+                db.execute("DELETE FROM messages_text WHERE rowid = ?", (message_id,))
+                db.execute(
+                    "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        row.sender,
+                        text.recipients,
+                        row.subject,
+                        text.body,
+                        mailbox_token(row.mailbox),
+                    ),
+                )

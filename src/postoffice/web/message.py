@@ -1,0 +1,322 @@
+"""Parsing one stored message for the index and for display.
+
+Untrusted input seen here: the whole message as a sender wrote it: headers that may be
+malformed or lie, bodies in any charset, HTML written to attack whoever reads it, attachments
+with hostile names and types. Parsing uses the stdlib ``email`` package with
+``policy.default`` (RFC 5322/2047/2231 aware); a header the parser chokes on falls back to its
+raw text, so one broken header never hides a message.
+
+HTML is sanitised with nh3 (the ammonia sanitiser): scripts, event handlers, forms, frames,
+``<meta>`` and ``<base>`` are dropped. That is the first wall; the second is that the UI shows
+the result only in a sandboxed iframe under a Content-Security-Policy (see ``api.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import html as html_lib
+import mimetypes
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import nh3
+
+# Text kept for full-text search per message: enough for any real body, bounded so one huge
+# message cannot bloat the index.
+MAX_INDEXED_TEXT = 256 * 1024
+# Inline images (cid:) are embedded into the sanitised HTML as data: URLs up to this size each
+# and in total, so the sandboxed view needs no request back to the server.
+MAX_INLINE_IMAGE = 2 * 1024 * 1024
+MAX_INLINE_TOTAL = 8 * 1024 * 1024
+
+# Tags that make sense in mail. nh3's defaults plus the layout tags mail is built from; never
+# script, iframe, object, embed, form, input, meta, base, link (the sanitiser drops them).
+_TAGS = frozenset(nh3.ALLOWED_TAGS | {"font", "style", "tfoot", "center"})
+# Removed together with their content.
+_CLEAN_CONTENT = frozenset({"script", "title", "noscript", "template", "svg", "math", "iframe", "object"})
+_GENERIC_ATTRIBUTES = frozenset(
+    {"style", "class", "id", "align", "valign", "width", "height", "bgcolor", "color", "dir", "lang", "title"}
+)
+_ATTRIBUTES: dict[str, set[str]] = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
+_ATTRIBUTES["*"] = set(_GENERIC_ATTRIBUTES)
+_ATTRIBUTES.setdefault("font", set()).update({"face", "size", "color"})
+_ATTRIBUTES.setdefault("table", set()).update({"border", "cellpadding", "cellspacing", "background"})
+_ATTRIBUTES.setdefault("td", set()).update({"background", "nowrap"})
+_ATTRIBUTES.setdefault("img", set()).update({"border"})
+_URL_SCHEMES = frozenset({"http", "https", "mailto", "cid", "data"})
+
+# What would make the browser fetch something from elsewhere once allowed: image sources,
+# background images, CSS url() and @import. Links (href) load only when clicked.
+_REMOTE_REFERENCE = re.compile(
+    r"""(?:\b(?:src|srcset|background|poster)\s*=\s*["']?\s*(?:https?:)?//)"""
+    r"""|(?:url\(\s*["']?\s*(?:https?:)?//)|(?:@import)""",
+    re.IGNORECASE,
+)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the index keeps of a message."""
+
+    sender: str
+    recipients: str
+    subject: str
+    date: float | None
+    has_attachments: bool
+    text: str
+    # Delivered-To: the envelope recipient, found by to: searches but not shown as "To".
+    delivered_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str
+    content_type: str
+    size: int
+    content_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """One message, prepared for display: ``html`` is already sanitised."""
+
+    headers: list[tuple[str, str]]
+    text: str | None
+    html: str | None
+    remote_content: bool
+    attachments: list[Attachment]
+
+
+def parse(stream: BinaryIO) -> EmailMessage:
+    return BytesParser(policy=policy.default).parse(stream)
+
+
+def parse_file(path: Path) -> EmailMessage:
+    with path.open("rb") as stream:
+        return parse(stream)
+
+
+def _unicode(text: str) -> str:
+    """``text`` with any undecodable bytes (kept by the parser as lone surrogates) turned
+    into U+FFFD: SQLite, JSON and browsers all refuse lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+def header(message: Message, name: str) -> str:
+    """The decoded value of header ``name`` (RFC 2047), or its raw text if decoding fails."""
+    try:
+        value = message.get(name)
+    except Exception:  # the email package raises several types on hostile headers
+        value = None
+        for key, raw in message.raw_items():
+            if key.lower() == name.lower():
+                value = raw
+                break
+    if value is None:
+        return ""
+    return _unicode(" ".join(str(value).split()))
+
+
+def header_list(message: Message) -> list[tuple[str, str]]:
+    result: list[tuple[str, str]] = []
+    for key, raw in message.raw_items():
+        try:
+            text = str(message.policy.header_fetch_parse(key, raw))
+        except Exception:
+            text = str(raw)
+        result.append((_unicode(key), _unicode(text)))
+    return result
+
+
+def header_date(message: Message) -> float | None:
+    value = header(message, "date")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def leaves(part: Message) -> Iterator[Message]:
+    """Every non-multipart part in order; an attached message (message/rfc822) is one leaf."""
+    if part.get_content_maintype() == "multipart":
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for child in payload:
+                if isinstance(child, Message):
+                    yield from leaves(child)
+        return
+    yield part
+
+
+def _body_parts(message: EmailMessage) -> tuple[Message | None, Message | None]:
+    """The text/plain and text/html bodies as a mail reader picks them (RFC 2046 §5.1.4)."""
+    try:
+        text = message.get_body(preferencelist=("plain",))
+        rich = message.get_body(preferencelist=("html",))
+    except Exception:
+        return None, None
+    return text, rich
+
+
+def _is_body_candidate(part: Message) -> bool:
+    return (
+        part.get_content_type() in ("text/plain", "text/html")
+        and not part.get_filename()
+        and (part.get_content_disposition() != "attachment")
+    )
+
+
+def _text_of(part: Message | None) -> str | None:
+    if part is None:
+        return None
+    try:
+        content = cast(EmailMessage, part).get_content()
+    except Exception:
+        payload = part.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else None
+    return _unicode(content) if isinstance(content, str) else None
+
+
+def attachment_parts(message: EmailMessage) -> list[Message]:
+    text, rich = _body_parts(message)
+    return [
+        part
+        for part in leaves(message)
+        if part is not text and part is not rich and not (part is message and _is_body_candidate(part))
+    ]
+
+
+def attachment_bytes(part: Message) -> bytes:
+    if part.get_content_type() == "message/rfc822":
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload:
+            return cast(Message, payload[0]).as_bytes(policy=policy.default)
+        return b""
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def attachment_name(part: Message, number: int) -> str:
+    """A file name safe for a download header and a file system: no path, no controls."""
+    try:
+        name = part.get_filename() or ""
+    except Exception:
+        name = ""
+    name = _unicode(name).replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
+    name = "".join(char for char in name if char.isprintable())[:200]
+    if not name:
+        extension = mimetypes.guess_extension(part.get_content_type()) or ".bin"
+        name = f"part{number + 1}{extension}"
+    return name
+
+
+def ascii_name(name: str) -> str:
+    return _SAFE_NAME.sub("_", name) or "download"
+
+
+def summarise(message: EmailMessage) -> Summary:
+    text_part, html_part = _body_parts(message)
+    body = _text_of(text_part)
+    if body is None:
+        body = html_to_text(_text_of(html_part) or "")
+    recipients = ", ".join(value for value in (header(message, "to"), header(message, "cc")) if value)
+    return Summary(
+        sender=header(message, "from"),
+        recipients=recipients,
+        subject=header(message, "subject"),
+        date=header_date(message),
+        has_attachments=bool(attachment_parts(message)),
+        text=body[:MAX_INDEXED_TEXT],
+        delivered_to=header(message, "delivered-to"),
+    )
+
+
+def html_to_text(markup: str) -> str:
+    # Only for the search index: every tag goes, with script and style contents.
+    stripped = nh3.clean(markup, tags=set(), clean_content_tags={"script", "style", "title"})
+    return " ".join(html_lib.unescape(stripped).split())
+
+
+def _inline_images(message: EmailMessage) -> dict[str, str]:
+    images: dict[str, str] = {}
+    total = 0
+    for part in attachment_parts(message):
+        content_id = header(part, "content-id").strip().strip("<>")
+        if not content_id or part.get_content_maintype() != "image":
+            continue
+        data = attachment_bytes(part)
+        if len(data) > MAX_INLINE_IMAGE or total + len(data) > MAX_INLINE_TOTAL:
+            continue
+        total += len(data)
+        # SVG can carry script; it stays an attachment and is never inlined.
+        if part.get_content_subtype() in ("png", "jpeg", "gif", "webp", "bmp"):
+            encoded = base64.b64encode(data).decode("ascii")
+            images[content_id] = f"data:{part.get_content_type()};base64,{encoded}"
+    return images
+
+
+def sanitise_html(markup: str, inline: dict[str, str] | None = None) -> tuple[str, bool]:
+    """Sanitised HTML and whether it refers to remote content (images, CSS) once allowed."""
+    images = inline or {}
+
+    def rewrite(element: str, attribute: str, value: str) -> str | None:
+        lowered = value.strip().lower()
+        if attribute == "src" and lowered.startswith("cid:"):
+            return images.get(value.strip()[4:].strip("<>"), value)
+        # data: is for pictures only; a data: link would be a document made by the sender.
+        if lowered.startswith("data:") and not (attribute == "src" and lowered.startswith("data:image/")):
+            return None
+        return value
+
+    clean = nh3.clean(
+        markup,
+        tags=set(_TAGS),
+        clean_content_tags=set(_CLEAN_CONTENT),
+        attributes={tag: set(attrs) for tag, attrs in _ATTRIBUTES.items()},
+        attribute_filter=rewrite,
+        strip_comments=True,
+        link_rel="noopener noreferrer",
+        url_schemes=set(_URL_SCHEMES),
+        # Links open in a new browsing context: the sandboxed frame itself never navigates.
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+    )
+    return clean, _REMOTE_REFERENCE.search(clean) is not None
+
+
+def view(message: EmailMessage) -> MessageView:
+    text_part, html_part = _body_parts(message)
+    markup = _text_of(html_part)
+    sanitised: str | None = None
+    remote = False
+    if markup is not None:
+        sanitised, remote = sanitise_html(markup, _inline_images(message))
+    attachments = [
+        Attachment(
+            name=attachment_name(part, number),
+            content_type=part.get_content_type(),
+            size=len(attachment_bytes(part)),
+            content_id=header(part, "content-id").strip().strip("<>") or None,
+        )
+        for number, part in enumerate(attachment_parts(message))
+    ]
+    return MessageView(
+        headers=header_list(message),
+        text=_text_of(text_part),
+        html=sanitised,
+        remote_content=remote,
+        attachments=attachments,
+    )

@@ -1,0 +1,124 @@
+"""The web side as one service: index, event hub, sessions and the HTTP server, started and
+stopped together by the composition root.
+
+Untrusted input seen here: paths of delivered messages (from the Maildir agent) and, through
+the parts it builds, everything the HTTP side sees.
+
+Deliveries are indexed as they happen (``delivered`` is the Maildir agent's ``on_delivered``
+hook) and announced on the event stream. At start the index is reconciled with the Maildirs
+in the background, so mail that arrived, moved or went while the server was down (or was
+changed by mutt or Dovecot) is right without a manual ``postoffice reindex``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from starlette.routing import BaseRoute
+
+from postoffice.accounts import Accounts
+from postoffice.config import Config
+from postoffice.web.api import WebContext, summary_json
+from postoffice.web.auth import Authenticator
+from postoffice.web.events import Event, EventHub
+from postoffice.web.index import MailIndex, SyncReport
+from postoffice.web.server import HttpAddress, HttpServer
+from postoffice.web.site import create_app
+
+log = logging.getLogger("postoffice.web")
+
+# Worker threads for index and Maildir work (each keeps one SQLite connection): enough for
+# reads to go on while a delivery is indexed, few enough to leave the cores to SMTP.
+WORKERS = 4
+
+
+def open_access(config: Config) -> bool:
+    """No login needed: capture mode, and every HTTP listener on loopback."""
+    return config.capture_mode and all(listener.is_loopback for listener in config.http_listeners)
+
+
+class WebService:
+    def __init__(self, config: Config, accounts: Accounts, *, extra_routes: Sequence[BaseRoute] = ()) -> None:
+        self.config = config
+        self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
+        self.index = MailIndex(config.index_file, config.mail_dir)
+        self.hub = EventHub()
+        self.auth = Authenticator(accounts, config.mail_dir, open_access=open_access(config))
+        self.context = WebContext(self.index, self.hub, self.auth, self.executor)
+        self.app = create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access)
+        self.http = HttpServer(
+            self.app, [(listener.host, listener.port) for listener in config.http_listeners]
+        )
+        self.addresses: list[HttpAddress] = []
+        self._pending: set[asyncio.Task[None]] = set()
+        self._stopping = threading.Event()
+        self._sync: asyncio.Future[SyncReport] | None = None
+
+    async def start(self) -> list[HttpAddress]:
+        self.addresses = await self.http.start()
+        loop = asyncio.get_running_loop()
+        self._sync = loop.run_in_executor(
+            self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
+        )
+        self._sync.add_done_callback(self._synced)
+        return self.addresses
+
+    @property
+    def synced(self) -> bool:
+        """The index has been reconciled with the Maildirs since start."""
+        return self._sync is not None and self._sync.done() and not self._sync.cancelled()
+
+    @staticmethod
+    def _synced(future: asyncio.Future[SyncReport]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("event=index-sync status=failed error=%r", str(error))
+            return
+        report = future.result()
+        log.info(
+            "event=index-sync mailboxes=%d added=%d removed=%d updated=%d",
+            report.mailboxes,
+            report.added,
+            report.removed,
+            report.updated,
+        )
+
+    def delivered(self, address: str, path: Path) -> None:
+        """The Maildir agent's hook: index the new copy and announce it (on the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._index(path))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _index(self, path: Path) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            row = await loop.run_in_executor(self.executor, self.index.add, path)
+        except Exception:
+            # The message is safe in its Maildir; the next sync indexes it.
+            log.exception("event=index-add status=failed path=%s", path)
+            return
+        if row is not None:
+            self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+
+    async def idle(self) -> None:
+        """Until every delivery so far is indexed (and the start-up sync is done)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._sync is not None:
+            await asyncio.wait([self._sync])
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.hub.close()
+        await self.http.stop()
+        await self.idle()
+        self.executor.shutdown(wait=True)
+        self.index.close()

@@ -1,0 +1,555 @@
+// postoffice web UI. Plain JavaScript, no build step, no inline script (the page's CSP forbids it).
+// Everything from a message is put on the page with textContent, never as markup; message HTML
+// is only ever shown by the sandboxed iframe, from /api/v1/messages/{id}/html.
+"use strict";
+
+const PAGE_SIZE = 50;
+const SOURCE_LIMIT = 1024 * 1024; // the Source tab shows at most this much; download for the rest
+
+const state = {
+  session: null,
+  mailboxes: [],
+  mailbox: null, // null: every mailbox the person may see
+  query: "",
+  offset: 0,
+  total: 0,
+  messages: [],
+  selected: -1,
+  open: null, // the message shown, as the API returned it
+  tab: "html",
+  remote: false,
+  events: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  const method = options.method || "GET";
+  if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
+  let body;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(options.json);
+  }
+  const response = await fetch(path, { method, headers, body, credentials: "same-origin" });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    if (response.status === 401 && path !== "/api/v1/login") showLogin();
+    throw new ApiError(response.status, data.error || response.statusText);
+  }
+  return data;
+}
+
+function toast(text) {
+  const element = $("toast");
+  element.textContent = text;
+  element.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { element.hidden = true; }, 3000);
+}
+
+// -- formatting --------------------------------------------------------------------------------
+
+function humanSize(octets) {
+  if (octets < 1024) return `${octets} B`;
+  if (octets < 1024 * 1024) return `${(octets / 1024).toFixed(octets < 10240 ? 1 : 0)} KB`;
+  return `${(octets / 1048576).toFixed(1)} MB`;
+}
+
+const dayFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const dateFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+
+function shortDate(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  const now = new Date();
+  return date.toDateString() === now.toDateString() ? dayFormat.format(date) : dateFormat.format(date);
+}
+
+function displayName(from) {
+  // "Alice Example <alice@example.com>" -> "Alice Example"; a bare address stays as it is.
+  const match = /^\s*"?([^"<]*?)"?\s*<[^>]*>\s*$/.exec(from || "");
+  return (match && match[1]) || from || "(no sender)";
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// -- session -------------------------------------------------------------------------------------
+
+function showLogin() {
+  if (state.events) { state.events.close(); state.events = null; }
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-address").focus();
+}
+
+async function boot() {
+  try {
+    state.session = await api("/api/v1/session");
+  } catch (error) {
+    if (error.status === 401) return showLogin();
+    throw error;
+  }
+  start();
+}
+
+function start() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  const session = state.session;
+  $("who").textContent = session.address ? `${session.address}${session.admin ? " (admin)" : ""}` : "";
+  $("logout").hidden = !session.login_required;
+  readHash();
+  connectEvents();
+  refreshMailboxes();
+  loadMessages().then(() => { if (state.pendingOpen) openMessage(state.pendingOpen); });
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    state.session = await api("/api/v1/login", {
+      method: "POST",
+      json: { address: $("login-address").value, password: $("login-password").value },
+    });
+    $("login-password").value = "";
+    start();
+  } catch (error) {
+    $("login-error").textContent = error.message;
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  try { await api("/api/v1/logout", { method: "POST" }); } catch (error) { /* logged out anyway */ }
+  state.session = null;
+  showLogin();
+});
+
+// -- where we are (kept in the address bar, so reload and back work) ----------------------------
+
+function readHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  state.mailbox = params.get("mailbox") || null;
+  state.query = params.get("q") || "";
+  state.offset = Number(params.get("offset")) || 0;
+  state.pendingOpen = Number(params.get("id")) || null;
+  $("search").value = state.query;
+}
+
+function writeHash() {
+  const params = new URLSearchParams();
+  if (state.mailbox) params.set("mailbox", state.mailbox);
+  if (state.query) params.set("q", state.query);
+  if (state.offset) params.set("offset", String(state.offset));
+  if (state.open) params.set("id", String(state.open.id));
+  const hash = params.toString();
+  history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
+}
+
+// -- mailboxes -------------------------------------------------------------------------------------
+
+async function refreshMailboxes() {
+  state.mailboxes = await api("/api/v1/mailboxes");
+  renderMailboxes();
+}
+
+const refreshMailboxesSoon = debounce(() => refreshMailboxes().catch(() => {}), 250);
+
+function renderMailboxes() {
+  const list = $("mailbox-list");
+  list.replaceChildren();
+  const totalUnread = state.mailboxes.reduce((sum, box) => sum + box.unread, 0);
+  list.append(mailboxItem(null, state.session && !state.session.admin ? "My mail" : "All mailboxes", totalUnread));
+  for (const box of state.mailboxes) list.append(mailboxItem(box.address, box.address, box.unread));
+  $("list-title").textContent = state.mailbox || "All mailboxes";
+  $("clear-mailbox").hidden = !state.mailbox;
+}
+
+function mailboxItem(address, label, unread) {
+  const item = element("li");
+  const button = element("button");
+  button.type = "button";
+  if (address === state.mailbox) button.classList.add("current");
+  button.append(element("span", "address", label), element("span", unread ? "badge" : "badge zero", String(unread)));
+  button.title = label;
+  button.addEventListener("click", () => {
+    state.mailbox = address;
+    state.offset = 0;
+    $("app").classList.remove("drawer-open");
+    closeMessage();
+    renderMailboxes();
+    loadMessages();
+  });
+  item.append(button);
+  return item;
+}
+
+$("menu").addEventListener("click", () => {
+  const open = $("app").classList.toggle("drawer-open");
+  $("menu").setAttribute("aria-expanded", String(open));
+});
+
+$("clear-mailbox").addEventListener("click", async () => {
+  if (!state.mailbox) return;
+  if (!confirm(`Delete every message in ${state.mailbox}?`)) return;
+  try {
+    const result = await api(`/api/v1/mailboxes/${encodeURIComponent(state.mailbox)}/messages`, { method: "DELETE" });
+    toast(`Deleted ${result.deleted} messages`);
+  } catch (error) { toast(error.message); }
+  closeMessage();
+  loadMessages();
+  refreshMailboxes();
+});
+
+// -- the message list ----------------------------------------------------------------------------
+
+function listUrl() {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(state.offset) });
+  if (state.mailbox) params.set("mailbox", state.mailbox);
+  if (state.query) params.set("q", state.query);
+  return `/api/v1/messages?${params}`;
+}
+
+async function loadMessages() {
+  let page;
+  try {
+    page = await api(listUrl());
+  } catch (error) {
+    toast(error.message);
+    return;
+  }
+  const openId = state.open ? state.open.id : null;
+  state.total = page.total;
+  state.messages = page.messages;
+  state.selected = state.messages.findIndex((message) => message.id === openId);
+  renderList();
+  writeHash();
+}
+
+const reloadSoon = debounce(() => loadMessages(), 250);
+
+function renderList() {
+  const list = $("message-list");
+  list.replaceChildren(...state.messages.map(renderRow));
+  $("list-empty").hidden = state.messages.length > 0;
+  const first = state.total ? state.offset + 1 : 0;
+  const last = state.offset + state.messages.length;
+  $("page-info").textContent = state.total ? `${first}–${last} of ${state.total}` : "";
+  $("list-count").textContent = state.query ? `${state.total} found` : "";
+  $("newer").disabled = state.offset === 0;
+  $("older").disabled = last >= state.total;
+}
+
+function renderRow(message, index) {
+  const row = element("li");
+  row.setAttribute("role", "option");
+  row.dataset.id = String(message.id);
+  if (!message.read) row.classList.add("unread");
+  if (index === state.selected) { row.classList.add("selected"); row.setAttribute("aria-selected", "true"); }
+  const extra = element("span", "extra");
+  if (message.has_attachments) {
+    const clip = element("span", "clip");
+    clip.title = "has attachments";
+    clip.setAttribute("aria-label", "has attachments");
+    extra.append(clip);
+  }
+  extra.append(document.createTextNode(humanSize(message.size)));
+  row.append(
+    element("span", "sender", displayName(message.from)),
+    element("span", "date", shortDate(message.date)),
+    element("span", "subject", message.subject || "(no subject)"),
+    extra,
+  );
+  row.title = `${message.from}\n${message.subject}`;
+  row.addEventListener("click", () => { select(index); openMessage(message.id); });
+  return row;
+}
+
+function select(index) {
+  if (!state.messages.length) return;
+  state.selected = Math.max(0, Math.min(index, state.messages.length - 1));
+  const rows = $("message-list").children;
+  for (let i = 0; i < rows.length; i += 1) {
+    rows[i].classList.toggle("selected", i === state.selected);
+    rows[i].setAttribute("aria-selected", String(i === state.selected));
+  }
+  rows[state.selected].scrollIntoView({ block: "nearest" });
+}
+
+$("newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE_SIZE); loadMessages(); });
+$("older").addEventListener("click", () => { state.offset += PAGE_SIZE; loadMessages(); });
+
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.query = $("search").value.trim();
+  state.offset = 0;
+  loadMessages();
+  $("message-list").focus();
+});
+$("search").addEventListener("search", () => {
+  // The clear button of a search field.
+  if ($("search").value === "" && state.query) { state.query = ""; state.offset = 0; loadMessages(); }
+});
+
+// -- one message ---------------------------------------------------------------------------------
+
+async function openMessage(id) {
+  let message;
+  try {
+    message = await api(`/api/v1/messages/${id}`);
+  } catch (error) {
+    toast(error.status === 404 ? "That message is gone." : error.message);
+    return;
+  }
+  state.open = message;
+  state.remote = false;
+  $("app").dataset.view = "message";
+  $("view-empty").hidden = true;
+  $("view").hidden = false;
+  $("view-subject").textContent = message.subject || "(no subject)";
+  $("view-from").textContent = message.from;
+  $("view-to").textContent = message.to;
+  $("view-date").textContent = message.date ? fullFormat.format(new Date(message.date)) : "";
+  $("view-size").textContent = humanSize(message.size);
+  $("download").href = `/api/v1/messages/${message.id}/raw`;
+  $("download").setAttribute("download", `message-${message.id}.eml`);
+  $("attachment-count").textContent = message.attachments.length ? `(${message.attachments.length})` : "";
+  renderHeaders(message);
+  renderAttachments(message);
+  $("tab-text").textContent = message.text ?? "(this message has no plain-text part)";
+  $("tab-source").textContent = "";
+  const tab = message.html !== null ? "html" : "text";
+  showTab(state.tab === "html" || state.tab === "text" ? tab : state.tab);
+  writeHash();
+  if (!message.read) setRead(message.id, true);
+  else updateReadButton();
+}
+
+function closeMessage() {
+  state.open = null;
+  $("view").hidden = true;
+  $("view-empty").hidden = false;
+  $("tab-html").removeAttribute("src");
+  $("app").dataset.view = "list";
+  writeHash();
+}
+
+function renderHeaders(message) {
+  const body = $("headers-body");
+  body.replaceChildren(...message.headers.map((header) => {
+    const row = element("tr");
+    row.append(element("th", "", header.name), element("td", "", header.value));
+    return row;
+  }));
+}
+
+function renderAttachments(message) {
+  const list = $("tab-attachments");
+  if (!message.attachments.length) {
+    list.replaceChildren(element("li", "muted", "No attachments."));
+    return;
+  }
+  list.replaceChildren(...message.attachments.map((attachment) => {
+    const item = element("li");
+    const link = element("a", "", attachment.name);
+    link.href = attachment.url;
+    link.setAttribute("download", attachment.name);
+    item.append(link, element("span", "muted", `${attachment.content_type} · ${humanSize(attachment.size)}`));
+    return item;
+  }));
+}
+
+function showTab(name) {
+  const message = state.open;
+  if (!message) return;
+  if (name === "html" && message.html === null) name = "text";
+  state.tab = name;
+  for (const button of document.querySelectorAll(".tabs button")) {
+    button.setAttribute("aria-selected", String(button.dataset.tab === name));
+    if (button.dataset.tab === "html") button.disabled = message.html === null;
+  }
+  for (const panel of document.querySelectorAll(".tab-panel")) panel.hidden = panel.id !== `tab-${name}`;
+  $("remote-bar").hidden = !(name === "html" && message.remote_content && !state.remote);
+  if (name === "html") {
+    const url = `/api/v1/messages/${message.id}/html${state.remote ? "?remote=1" : ""}`;
+    if ($("tab-html").getAttribute("src") !== url) $("tab-html").setAttribute("src", url);
+  } else {
+    $("tab-html").removeAttribute("src");
+  }
+  if (name === "source" && !$("tab-source").textContent) loadSource(message.id);
+}
+
+async function loadSource(id) {
+  const response = await fetch(`/api/v1/messages/${id}/raw`, { credentials: "same-origin" });
+  if (!response.ok || !response.body) { $("tab-source").textContent = "(source not available)"; return; }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  let text = "";
+  let received = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    received += value.length;
+    text += decoder.decode(value, { stream: true });
+    if (received >= SOURCE_LIMIT) {
+      reader.cancel();
+      text += "\n\n[… shortened here; download the .eml for the whole message]";
+      break;
+    }
+  }
+  if (state.open && state.open.id === id) $("tab-source").textContent = text;
+}
+
+for (const button of document.querySelectorAll(".tabs button")) {
+  button.addEventListener("click", () => showTab(button.dataset.tab));
+}
+
+$("load-remote").addEventListener("click", () => { state.remote = true; showTab("html"); });
+$("back").addEventListener("click", () => { closeMessage(); $("message-list").focus(); });
+
+async function setRead(id, read) {
+  try {
+    const summary = await api(`/api/v1/messages/${id}`, { method: "PATCH", json: { read } });
+    applyRead(summary.id, summary.read);
+  } catch (error) { toast(error.message); }
+}
+
+function applyRead(id, read) {
+  const message = state.messages.find((item) => item.id === id);
+  if (message) message.read = read;
+  const row = $("message-list").querySelector(`li[data-id="${id}"]`);
+  if (row) row.classList.toggle("unread", !read);
+  if (state.open && state.open.id === id) state.open.read = read;
+  updateReadButton();
+  refreshMailboxesSoon();
+}
+
+function updateReadButton() {
+  $("toggle-read").textContent = state.open && state.open.read ? "Mark unread" : "Mark read";
+}
+
+$("toggle-read").addEventListener("click", () => { if (state.open) setRead(state.open.id, !state.open.read); });
+$("delete").addEventListener("click", () => { if (state.open) deleteMessage(state.open.id); });
+
+async function deleteMessage(id) {
+  const index = state.messages.findIndex((message) => message.id === id);
+  try {
+    await api(`/api/v1/messages/${id}`, { method: "DELETE" });
+  } catch (error) {
+    if (error.status !== 404) { toast(error.message); return; }
+  }
+  removeFromList(id);
+  if (state.messages.length) {
+    select(Math.min(index, state.messages.length - 1));
+    if (state.open && state.open.id === id) openMessage(state.messages[state.selected].id);
+  } else if (state.open && state.open.id === id) {
+    closeMessage();
+  }
+}
+
+function removeFromList(id) {
+  const index = state.messages.findIndex((message) => message.id === id);
+  if (index < 0) return;
+  state.messages.splice(index, 1);
+  state.total = Math.max(0, state.total - 1);
+  if (state.selected > index) state.selected -= 1;
+  renderList();
+  refreshMailboxesSoon();
+}
+
+// -- live updates (Server-Sent Events) -----------------------------------------------------------
+
+function connectEvents() {
+  if (state.events) state.events.close();
+  const source = new EventSource("/api/v1/events");
+  state.events = source;
+  source.addEventListener("open", () => { $("live").classList.add("on"); $("live").title = "Live"; });
+  source.addEventListener("error", () => {
+    $("live").classList.remove("on");
+    $("live").title = "Reconnecting…";
+    // The browser reconnects by itself; if the session ended, the next call shows the login.
+    api("/api/v1/session").catch(() => {});
+  });
+  source.addEventListener("new", (event) => {
+    const message = JSON.parse(event.data);
+    refreshMailboxesSoon();
+    if (state.mailbox && message.mailbox !== state.mailbox) return;
+    if (state.query || state.offset) { reloadSoon(); return; }
+    if (state.messages.some((item) => item.id === message.id)) return;
+    state.messages.unshift(message);
+    if (state.messages.length > PAGE_SIZE) state.messages.pop();
+    state.total += 1;
+    if (state.selected >= 0) state.selected += 1;
+    renderList();
+  });
+  source.addEventListener("updated", (event) => {
+    const change = JSON.parse(event.data);
+    applyRead(change.id, change.read);
+  });
+  source.addEventListener("deleted", (event) => {
+    const change = JSON.parse(event.data);
+    removeFromList(change.id);
+    if (state.open && state.open.id === change.id) closeMessage();
+  });
+  source.addEventListener("cleared", (event) => {
+    const change = JSON.parse(event.data);
+    refreshMailboxesSoon();
+    if (!state.mailbox || state.mailbox === change.mailbox) {
+      if (state.open && state.open.mailbox === change.mailbox) closeMessage();
+      reloadSoon();
+    }
+  });
+}
+
+// -- keyboard --------------------------------------------------------------------------------------
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLTextAreaElement;
+  if (typing) {
+    if (event.key === "Escape") { event.target.blur(); $("message-list").focus(); }
+    return;
+  }
+  if ($("app").hidden) return;
+  switch (event.key) {
+    case "j": case "ArrowDown":
+      select(state.selected + 1); break;
+    case "k": case "ArrowUp":
+      select(state.selected < 0 ? 0 : state.selected - 1); break;
+    case "Enter": case "o":
+      if (state.selected >= 0) openMessage(state.messages[state.selected].id); break;
+    case "Delete": case "#":
+      if (state.selected >= 0) deleteMessage(state.messages[state.selected].id);
+      else if (state.open) deleteMessage(state.open.id);
+      break;
+    case "u":
+      if (state.open) setRead(state.open.id, !state.open.read); break;
+    case "/":
+      $("search").focus(); $("search").select(); break;
+    case "Escape":
+      if (state.open) closeMessage(); break;
+    default:
+      return;
+  }
+  event.preventDefault();
+});
+
+function debounce(fn, delay) {
+  let timer = null;
+  return () => { clearTimeout(timer); timer = setTimeout(fn, delay); };
+}
+
+boot().catch((error) => toast(error.message));

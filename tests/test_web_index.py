@@ -1,0 +1,199 @@
+"""The mailbox index against real Maildirs: delivery, sync, files moved or removed by other
+programs, damaged index files, the ``reindex`` command, and the index surviving restarts."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import RunningServer
+from postoffice import cli
+from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
+from postoffice.web.index import SCHEMA_VERSION, MailIndex
+from postoffice.web.search import compile_query
+from web_helpers import client, make_message, messages, send
+
+EVERYTHING = compile_query("")
+
+
+def deliver(mail_root: Path, address: str, name: str, subject: str, *, subdir: str = "new") -> Path:
+    box = mailbox_path(mail_root, address)
+    for part in ("tmp", "new", "cur"):
+        (box / part).mkdir(parents=True, exist_ok=True)
+    path = box / subdir / name
+    path.write_bytes(
+        f"From: a@example.org\r\nTo: {address}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n".encode()
+    )
+    return path
+
+
+@pytest.fixture
+def mail_root(tmp_path: Path) -> Path:
+    root = tmp_path / "mail"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def index(tmp_path: Path, mail_root: Path) -> MailIndex:
+    idx = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    yield idx  # type: ignore[misc]
+    idx.close()
+
+
+def subjects(index: MailIndex, mailbox: str | None = None) -> list[str]:
+    page = index.page([mailbox] if mailbox else None, EVERYTHING, limit=100, offset=0)
+    return [row.subject for row in page.rows]
+
+
+def test_add_records_a_delivery_once(index: MailIndex, mail_root: Path) -> None:
+    path = deliver(mail_root, "Ann@Example.test", "1700000000.A_0.mx", "first")
+    added = index.add(path)
+    assert added is not None and added.mailbox == "ann@example.test" and added.seen is False
+    assert index.add(path) is None  # found again while recovering: no duplicate
+    assert subjects(index) == ["first"]
+    assert index.add(mail_root / "elsewhere.eml") is None
+
+
+def test_sync_follows_what_other_programs_did(index: MailIndex, mail_root: Path) -> None:
+    kept = deliver(mail_root, "bo@example.test", "1700000001.K_0.mx", "kept")
+    gone = deliver(mail_root, "bo@example.test", "1700000002.G_0.mx", "gone")
+    read = deliver(mail_root, "bo@example.test", "1700000003.R_0.mx", "read")
+    for path in (kept, gone, read):
+        index.add(path)
+    ids = {row.subject: row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows}
+    # mutt reads one, a person deletes one, a new one arrives while the server is down.
+    os.rename(read, read.parent.parent / "cur" / (read.name + ":2,S"))
+    gone.unlink()
+    deliver(mail_root, "bo@example.test", "1700000004.N_0.mx", "new while down")
+    # A user whose mailbox is still empty is listed too.
+    (mailbox_path(mail_root, "empty@example.test") / "cur").mkdir(parents=True)
+    report = index.sync()
+    assert (report.mailboxes, report.added, report.removed, report.updated) == (2, 1, 1, 1)
+    assert subjects(index) == ["new while down", "read", "kept"]
+    by_subject = {row.subject: row for row in index.page(None, EVERYTHING, limit=10, offset=0).rows}
+    assert by_subject["read"].seen is True and by_subject["read"].id == ids["read"]
+    counts = {box.address: (box.total, box.unread) for box in index.mailboxes()}
+    assert counts == {"bo@example.test": (3, 2), "empty@example.test": (0, 0)}
+    # Nothing changed: a second sync does nothing.
+    again = index.sync()
+    assert (again.added, again.removed, again.updated) == (0, 0, 0)
+
+
+def test_reparse_reads_again_and_keeps_ids(index: MailIndex, mail_root: Path) -> None:
+    path = deliver(mail_root, "cy@example.test", "1700000000.C_0.mx", "before")
+    original = index.add(path)
+    assert original is not None
+    path.write_bytes(b"Subject: after\r\n\r\nnew words\r\n")
+    report = index.sync(reparse=True)
+    assert report.updated == 1
+    (row,) = index.page(None, compile_query("new words"), limit=10, offset=0).rows
+    assert row.id == original.id and row.subject == "after"
+    assert index.page(None, compile_query("before"), limit=10, offset=0).total == 0
+
+
+def test_locate_follows_a_rename_and_forgets_a_deletion(index: MailIndex, mail_root: Path) -> None:
+    path = deliver(mail_root, "di@example.test", "1700000000.D_0.mx", "moving")
+    row = index.add(path)
+    assert row is not None
+    moved = path.parent.parent / "cur" / (path.name + ":2,RS")
+    os.rename(path, moved)
+    entry = index.locate(row)
+    assert entry is not None and entry.path == moved and entry.seen
+    stored = index.get(row.id)
+    assert stored is not None and stored.location == f"cur/{moved.name}" and stored.seen
+    moved.unlink()
+    assert index.locate(stored) is None
+    assert index.get(row.id) is None
+    assert index.mailboxes()[0].total == 0
+
+
+def test_ids_are_never_reused(index: MailIndex, mail_root: Path) -> None:
+    first = index.add(deliver(mail_root, "ed@example.test", "1700000000.E_0.mx", "one"))
+    assert first is not None
+    index.remove(first.id)
+    second = index.add(deliver(mail_root, "ed@example.test", "1700000001.E_1.mx", "two"))
+    assert second is not None and second.id > first.id
+
+
+def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path, mail_root: Path) -> None:
+    deliver(mail_root, "fi@example.test", "1700000000.F_0.mx", "survivor")
+    path = tmp_path / "index.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    index = MailIndex(path, mail_root)
+    try:
+        index.sync()
+        assert subjects(index) == ["survivor"]
+        assert (tmp_path / "index.sqlite3.damaged").read_bytes().startswith(b"this is not")
+    finally:
+        index.close()
+
+
+def test_an_index_of_another_version_is_rebuilt(tmp_path: Path, mail_root: Path) -> None:
+    deliver(mail_root, "gi@example.test", "1700000000.G_0.mx", "fresh")
+    path = tmp_path / "index.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE messages (junk)")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    index = MailIndex(path, mail_root)
+    try:
+        index.sync()
+        assert subjects(index) == ["fresh"]
+    finally:
+        index.close()
+
+
+def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = tmp_path / "data"
+    deliver(data_dir / "mail", "hu@example.test", "1700000000.H_0.mx", "one")
+    deliver(data_dir / "mail", "hu@example.test", "1700000001.H_1.mx", "two")
+    assert cli.main(["reindex", "--data-dir", str(data_dir)]) == 0
+    assert "indexed 1 mailboxes: 2 added, 0 removed, 0 updated" in capsys.readouterr().out
+    assert cli.main(["reindex", "--full", "--data-dir", str(data_dir)]) == 0
+    assert "0 added, 0 removed, 2 updated" in capsys.readouterr().out
+    assert cli.main(["reindex", "--data-dir", str(tmp_path / "typo")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("postoffice: ") and "no mail directory" in error and error.count("\n") == 1
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    "address", ["alice@example.com", "a b@x.test", ".x%y@ex.test", "é@bücher.example", "x/y@ex.test"]
+)
+def test_mailbox_address_inverts_mailbox_path(tmp_path: Path, address: str) -> None:
+    path = mailbox_path(tmp_path, address)
+    decoded = mailbox_address(path.parent.name, path.name)
+    assert mailbox_path(tmp_path, decoded) == path
+
+
+@pytest.mark.parametrize(
+    ("domain", "local"),
+    [("ex.test", "%zz"), ("ex.test", "A"), ("ex.test", "%FF"), ("EX.test", "a"), ("ex.test", ".hidden")],
+)
+def test_mailbox_address_refuses_names_we_never_make(domain: str, local: str) -> None:
+    with pytest.raises(ValueError):
+        mailbox_address(domain, local)
+
+
+def test_mail_received_without_the_web_side_is_indexed_at_next_start(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "shared"
+    plain = server_factory(data_dir=data_dir, http_listeners=())
+    assert plain.app.web is None
+    with smtplib.SMTP(plain.host, plain.port) as smtp:
+        smtp.send_message(make_message("iris@example.test", "sent while the web was off"))
+    plain.wait_idle()
+    plain.stop()
+    web = server_factory(data_dir=data_dir)
+    web.index_idle()
+    with client(web) as http:
+        assert [m["subject"] for m in messages(http)["messages"]] == ["sent while the web was off"]
+    send(web, make_message("iris@example.test", "and one more"))
+    with client(web) as http:
+        assert messages(http)["total"] == 2

@@ -1,0 +1,183 @@
+"""Parsing and sanitising messages for display: hostile HTML, broken headers, odd charsets,
+attachment names that try to be paths, inline images."""
+
+from __future__ import annotations
+
+import base64
+import io
+from email.message import EmailMessage
+
+import pytest
+
+from postoffice.web import message
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return message.parse(io.BytesIO(raw))
+
+
+HOSTILE = """
+<meta http-equiv="refresh" content="0;url=http://evil.example/">
+<base href="http://evil.example/">
+<link rel="stylesheet" href="http://evil.example/s.css">
+<script>alert(1)</script><noscript><img src=x></noscript>
+<p onclick="alert(2)" style="color:red">text</p>
+<img src="x" onerror="alert(3)">
+<a href="javascript:alert(4)">js</a><a href="vbscript:x">vb</a><a href="data:text/html,<script>alert(5)</script>">data</a>
+<iframe src="http://evil.example/"></iframe><object data="x"></object><embed src="x">
+<form action="http://evil.example/"><input name=q><button formaction="http://evil.example/">go</button></form>
+<svg onload="alert(6)"><script>alert(7)</script></svg><math><mi xlink:href="javascript:alert(8)">m</mi></math>
+<template><script>alert(9)</script></template>
+"""
+
+
+def test_sanitiser_removes_everything_active() -> None:
+    clean, _ = message.sanitise_html(HOSTILE)
+    lowered = clean.lower()
+    for forbidden in (
+        "<script",
+        "onclick",
+        "onerror",
+        "onload",
+        "javascript:",
+        "vbscript:",
+        "data:text/html",
+        "<iframe",
+        "<object",
+        "<embed",
+        "<form",
+        "<input",
+        "<button",
+        "<meta",
+        "<base",
+        "<link",
+        "<svg",
+        "<math",
+        "<template",
+        "alert(",
+    ):
+        assert forbidden not in lowered, forbidden
+    assert '<p style="color:red">text</p>' in clean
+    assert 'target="_blank"' in clean and 'rel="noopener noreferrer"' in clean
+
+
+@pytest.mark.parametrize(
+    ("markup", "remote"),
+    [
+        ('<img src="https://t.example/p.gif">', True),
+        ('<img src="//t.example/p.gif">', True),
+        ('<table background="http://t.example/b.png"><tr><td>x</td></tr></table>', True),
+        ('<div style="background:url(https://t.example/b.png)">x</div>', True),
+        ("<style>@import url(x.css);</style>", True),
+        ('<a href="https://example.org/">a link loads nothing until clicked</a>', False),
+        ('<img src="data:image/png;base64,AAAA">', False),
+        ("<p>plain</p>", False),
+    ],
+)
+def test_remote_content_is_detected(markup: str, remote: bool) -> None:
+    assert message.sanitise_html(markup)[1] is remote
+
+
+def related_message(image_type: str = "png") -> bytes:
+    outer = EmailMessage()
+    outer["Subject"] = "inline"
+    outer.set_content("text")
+    outer.add_alternative('<p>logo: <img src="cid:logo@x"></p>', subtype="html")
+    html_part = outer.get_payload()[1]
+    html_part.add_related(b"\x89PNG fake", maintype="image", subtype=image_type, cid="<logo@x>")
+    return outer.as_bytes()
+
+
+def test_inline_images_become_data_urls() -> None:
+    view = message.view(parse(related_message()))
+    expected = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+    assert view.html is not None and f'src="{expected}"' in view.html
+    assert view.remote_content is False
+    assert [a.content_id for a in view.attachments] == ["logo@x"]
+
+
+def test_svg_is_never_inlined() -> None:
+    view = message.view(parse(related_message("svg+xml")))
+    assert view.html is not None and "data:image/svg" not in view.html
+
+
+def test_broken_headers_do_not_hide_a_message() -> None:
+    raw = (
+        b"From: =?utf-8?q?broken\r\n"
+        b"To: <<<>>>@@@\r\n"
+        b"Subject: =?unknown-charset?b?SGVsbG8=?= world\r\n"
+        b"Date: not a date\r\n"
+        b"Content-Type: text/plain; charset=x-no-such-charset\r\n"
+        b"\r\n"
+        b"caf\xe9\r\n"
+    )
+    parsed = parse(raw)
+    summary = message.summarise(parsed)
+    assert summary.date is None
+    assert "world" in summary.subject
+    assert "caf" in summary.text
+    view = message.view(parsed)
+    assert [name for name, _ in view.headers] == ["From", "To", "Subject", "Date", "Content-Type"]
+
+
+def test_latin1_body_is_decoded() -> None:
+    raw = b"Subject: x\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\xe9 cr\xe8me\r\n"
+    assert message.summarise(parse(raw)).text.strip() == "café crème"
+
+
+def test_html_only_message_is_searchable_as_text() -> None:
+    raw = b"Subject: x\r\nContent-Type: text/html\r\n\r\n<style>p{color:red}</style><p>Hello&nbsp;<b>there</b></p>\r\n"
+    summary = message.summarise(parse(raw))
+    assert summary.text == "Hello\xa0there" or summary.text == "Hello there"
+    assert "color" not in summary.text
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Windows\\evil.exe", "evil.exe"),
+        (".bashrc", "bashrc"),
+        ("na\x07me.txt", "name.txt"),
+        ("", "part1.pdf"),
+    ],
+)
+def test_attachment_names_are_only_names(filename: str, expected: str) -> None:
+    outer = EmailMessage()
+    outer.set_content("x")
+    outer.add_attachment(b"data", maintype="application", subtype="pdf", filename=filename or None)
+    (part,) = message.attachment_parts(outer)
+    assert message.attachment_name(part, 0) == expected
+
+
+def test_attached_message_is_one_attachment() -> None:
+    inner = EmailMessage()
+    inner["Subject"] = "forwarded"
+    inner.set_content("inner text")
+    inner.add_attachment(b"x", maintype="application", subtype="octet-stream", filename="inner.bin")
+    outer = EmailMessage()
+    outer["Subject"] = "fwd"
+    outer.set_content("see attached")
+    outer.add_attachment(inner)
+    parsed = parse(outer.as_bytes())
+    parts = message.attachment_parts(parsed)
+    assert [p.get_content_type() for p in parts] == ["message/rfc822"]
+    assert b"Subject: forwarded" in message.attachment_bytes(parts[0])
+    assert message.summarise(parsed).has_attachments is True
+
+
+def test_indexed_text_is_bounded() -> None:
+    raw = b"Subject: big\r\n\r\n" + b"word " * (message.MAX_INDEXED_TEXT // 2)
+    assert len(message.summarise(parse(raw)).text) == message.MAX_INDEXED_TEXT
+
+
+def test_undecodable_bytes_become_replacement_characters() -> None:
+    raw = (
+        b"Subject: h\xe9llo\r\nX-Raw: \xff\xfe\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nb\xe9dy\r\n"
+    )
+    parsed = parse(raw)
+    summary = message.summarise(parsed)
+    view = message.view(parsed)
+    for text in (summary.subject, summary.text, *(value for _, value in view.headers)):
+        text.encode("utf-8")  # no lone surrogates: SQLite and JSON take it
+    assert "\ufffd" in summary.subject
