@@ -80,7 +80,7 @@ def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("postoffice: cannot listen") and f"127.0.0.1:{port} (http)" in errors[0]
+    assert errors[0] == f"postoffice: cannot listen on http 127.0.0.1:{port}: Address already in use"
 
 
 def test_http_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:

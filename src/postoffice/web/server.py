@@ -54,10 +54,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        reason = (exc.strerror or str(exc)).lower()
-        raise OSError(
-            exc.errno, f"error while attempting to bind on address {host}:{port} (http): {reason}"
-        ) from None
+        reason = exc.strerror or str(exc)
+        shown = f"[{host}]" if ":" in host else host
+        raise OSError(exc.errno, f"cannot listen on http {shown}:{port}: {reason}") from None
     except BaseException:
         sock.close()
         raise
