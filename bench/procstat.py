@@ -7,6 +7,7 @@ since start-up; it is reset through ``clear_refs`` where the kernel allows it).
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def rss_kib(pid: int) -> int:
 def hwm_kib(pid: int) -> int:
     """Sum of the per-process peak RSS (VmHWM) of the tree, in KiB."""
     return sum(_status_kib(p, "VmHWM") for p in process_tree(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and its descendants (all threads), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
 
 
 def reset_hwm(pid: int) -> None:

@@ -61,6 +61,7 @@ class Sample:
     msgs_per_s: float = 0.0
     mb_per_s: float = 0.0
     stored_msgs_per_s: float | None = None  # until every message was in the Maildir
+    cpu_ms_per_msg: float = 0.0  # the server's CPU time (all processes and threads) per message
     idle_mib: float = 0.0
     peak_mib: float = 0.0
     growth_mib: float = 0.0
@@ -87,13 +88,16 @@ def measure(server_name: str, workload_name: str, args: argparse.Namespace, work
                 ehlo_quit_ms=result.ehlo_quit_ms,
             )
         workload: Workload = args.workloads_table[workload_name]
+        cpu_before = procstat.cpu_seconds(server.pid)
         with procstat.RssSampler(server.pid) as sampler:
             done = load.run_load(
                 workload, server.port, servers.RECIPIENT, prefer_smtp_source=not args.asyncio_load
             )
             stored = server.wait_stored(workload.messages, STORE_TIMEOUT)
         stored_rate = None if stored is None else workload.messages / max(done.seconds, stored)
+        cpu = procstat.cpu_seconds(server.pid) - cpu_before
         return Sample(
+            cpu_ms_per_msg=cpu * 1000 / workload.messages,
             msgs_per_s=workload.messages / done.seconds,
             mb_per_s=workload.megabytes / done.seconds,
             stored_msgs_per_s=stored_rate,
@@ -116,6 +120,7 @@ def median_sample(samples: list[Sample]) -> Sample:
         msgs_per_s=med([s.msgs_per_s for s in good]),
         mb_per_s=med([s.mb_per_s for s in good]),
         stored_msgs_per_s=med(stored) if len(stored) == len(good) else None,
+        cpu_ms_per_msg=med([s.cpu_ms_per_msg for s in good]),
         idle_mib=med([s.idle_mib for s in good]),
         peak_mib=med([s.peak_mib for s in good]),
         growth_mib=med([s.growth_mib for s in good]),
@@ -134,7 +139,7 @@ def _ratio(ours: float, theirs: float, *, lower_is_better: bool = False) -> str:
 def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], names: list[str]) -> str:
     lines = []
     header = (
-        f"{'workload':<9}{'server':<18}{'msgs/s':>9}{'MB/s':>8}{'stored/s':>10}"
+        f"{'workload':<9}{'server':<18}{'msgs/s':>9}{'MB/s':>8}{'stored/s':>10}{'CPU ms/msg':>11}"
         f"{'idle MB':>9}{'peak MB':>9}{'growth MB':>11}{'postoffice ÷ this':>19}"
     )
     lines += [header, "-" * len(header)]
@@ -153,6 +158,7 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
             ratio = "" if name == "postoffice" or ours is None else _ratio(ours.msgs_per_s, sample.msgs_per_s)
             lines.append(
                 f"{workload:<9}{name:<18}{sample.msgs_per_s:>9.1f}{sample.mb_per_s:>8.1f}{stored:>10}"
+                f"{sample.cpu_ms_per_msg:>11.2f}"
                 f"{sample.idle_mib:>9.1f}{sample.peak_mib:>9.1f}{sample.growth_mib:>+11.1f}{ratio:>19}"
             )
     if "W4" in workloads:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import logging
 import os
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool import durability
+from postoffice.spool.durability import GroupCommitter, SyncMethod
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
@@ -113,7 +117,8 @@ async def test_round_trip_envelope_and_content(tmp_path: Path) -> None:
 async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
     writer = spool.new_message(make_envelope())
-    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    # More than the writer buffers, so the file exists before the commit.
+    writer.write(b"Subject: x\r\n\r\n" + b"body\r\n" * 20_000)
     assert spool.pending() == []
     assert os.listdir(spool.queue_dir) == []
     tmp_file = spool.tmp_dir / writer.queue_id
@@ -128,7 +133,7 @@ async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None
 async def test_commit_syncs_data_before_rename_and_directory_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = FileSpool(tmp_path)
+    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.FSYNC))
     events: list[tuple[str, str]] = []
     real_fsync, real_rename = os.fsync, os.rename
 
@@ -157,7 +162,7 @@ async def test_commit_syncs_data_before_rename_and_directory_after(
 async def test_concurrent_commits_share_directory_syncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = FileSpool(tmp_path)
+    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.FSYNC))
     directory_syncs = 0
     real_fsync = os.fsync
 
@@ -172,6 +177,118 @@ async def test_concurrent_commits_share_directory_syncs(
 
     assert sorted(spool.pending()) == sorted(ids)
     assert 1 <= directory_syncs < 20
+
+
+needs_syncfs = pytest.mark.skipif(not durability.syncfs_available(), reason="syncfs needs Linux 5.8 or later")
+
+
+@needs_syncfs
+async def test_syncfs_commit_flushes_before_the_rename_and_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole file system is flushed once before the rename (the data) and once after it
+    # (the name); only then does commit() return, so the 250 follows both.
+    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
+    events: list[str] = []
+    real_syncfs, real_rename = durability._syncfs, os.rename
+    assert real_syncfs is not None
+
+    def syncfs(fd: int) -> int:
+        events.append("syncfs")
+        return real_syncfs(fd)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(durability, "_syncfs", syncfs)
+    monkeypatch.setattr(os, "rename", rename)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"x" * 100_000)
+    commit = asyncio.ensure_future(writer.commit())
+    queued = await commit
+
+    assert events == ["syncfs", "rename", "syncfs"]
+    assert spool.pending() == [queued.queue_id]
+    with spool.open_content(queued.queue_id) as file:
+        assert file.read() == b"x" * 100_000
+
+
+@needs_syncfs
+async def test_syncfs_commits_share_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    committer = GroupCommitter(SyncMethod.SYNCFS)
+    spool = FileSpool(tmp_path, committer=committer)
+    ids = await asyncio.gather(*(spool_message(spool, b"m%d" % i) for i in range(50)))
+    assert sorted(spool.pending()) == sorted(ids)
+    # Two flushes per commit if each went alone; shared, far fewer.
+    assert 2 <= committer.rounds < 50
+
+
+@needs_syncfs
+async def test_syncfs_error_fails_the_commit_and_leaves_nothing_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(durability, "_syncfs", failing)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"lost in write-back\r\n")
+    with pytest.raises(SpoolError, match="Input/output error"):
+        await writer.commit()
+    assert spool.pending() == []
+    assert os.listdir(spool.tmp_dir) == []
+
+
+@needs_syncfs
+async def test_syncfs_error_after_the_rename_takes_the_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
+    real_syncfs = durability._syncfs
+    assert real_syncfs is not None
+    calls = 0
+
+    def second_fails(fd: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            ctypes.set_errno(errno.EIO)
+            return -1
+        return real_syncfs(fd)
+
+    monkeypatch.setattr(durability, "_syncfs", second_fails)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"renamed, then the flush failed\r\n")
+    with pytest.raises(SpoolError):
+        await writer.commit()
+    assert spool.pending() == []
+    assert os.listdir(spool.tmp_dir) == []
+
+
+async def test_small_message_touches_no_file_until_commit(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.new_message(make_envelope())
+    writer.write(b"Subject: small\r\n\r\nbody\r\n")
+    assert os.listdir(spool.tmp_dir) == [] and os.listdir(spool.queue_dir) == []
+    queued = await writer.commit()
+    assert os.listdir(spool.tmp_dir) == []
+    assert (spool.queue_dir / queued.queue_id).stat().st_mode & 0o777 == 0o600
+    with spool.open_content(queued.queue_id) as file:
+        assert file.read() == b"Subject: small\r\n\r\nbody\r\n"
+
+
+async def test_discarded_message_leaves_nothing(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    small, big = spool.new_message(make_envelope()), spool.new_message(make_envelope())
+    small.write(b"x" * 100)
+    big.write(b"x" * 200_000)
+    small.discard()
+    big.discard()
+    assert os.listdir(spool.tmp_dir) == [] and os.listdir(spool.queue_dir) == []
 
 
 async def test_pending_lists_oldest_first_and_ignores_strangers(tmp_path: Path) -> None:
@@ -247,7 +364,7 @@ async def test_leftovers_in_tmp_are_removed_at_start_up(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
     committed = await spool_message(spool, b"kept")
     unfinished = spool.new_message(make_envelope())
-    unfinished.write(b"never got its 250")  # and then the process dies
+    unfinished.write(b"never got its 250" * 10_000)  # and then the process dies
 
     FileSpool(tmp_path, clean_tmp=False)
     assert os.listdir(spool.tmp_dir) == [unfinished.queue_id]

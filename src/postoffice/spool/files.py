@@ -16,9 +16,10 @@ Postfix's incoming → active queues)::
 Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
 
 Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
-fsync'd before the rename, so the name in ``queue/`` never points at a partial file; the
-``queue/`` directory is fsync'd after the rename, so the name itself survives a crash. Only
-then does :meth:`FileMessageWriter.commit` return and the server may answer 250.
+flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
+``queue/`` directory is flushed after the rename, so the name itself survives a crash. Only
+then does :meth:`FileMessageWriter.commit` return and the server may answer 250. The flushes
+are shared by every message committed at the same time (:mod:`postoffice.spool.durability`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import errno
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool.durability import GroupCommitter, fsync_directory
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
 
@@ -46,9 +47,6 @@ BUFFER_SIZE = 64 * 1024
 # An envelope of 1000 recipients (Postfix smtpd_recipient_limit) is a few hundred KiB of JSON;
 # a longer line means a damaged file, and reading it must not take unbounded memory.
 MAX_ENVELOPE_LINE = 16 * 1024 * 1024
-# A queue ID is taken twice in a row only if another process made the same one in the same
-# microsecond (see ids.py); a few attempts are plenty.
-ID_ATTEMPTS = 5
 
 # Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
 # to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
@@ -60,15 +58,6 @@ def spool_error(exc: OSError, action: str) -> SpoolError:
     kind = StorageFullError if exc.errno in STORAGE_FULL_ERRNOS else SpoolError
     reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
     return kind(f"{action}: {reason}")
-
-
-def fsync_directory(path: Path) -> None:
-    """Make the names in a directory durable (a rename is not, until its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_quietly(path: Path) -> None:
@@ -84,83 +73,6 @@ class _CorruptEntry(Exception):
     """A spool file whose header does not parse."""
 
 
-@dataclass(slots=True)
-class _Publication:
-    source: Path
-    target: Path
-    done: asyncio.Future[None]
-
-
-class _GroupCommitter:
-    """Moves fsync'd files into ``queue/`` and syncs the directory once for each batch.
-
-    A directory fsync costs about as much as a data fsync, and is shared: one sync covers every
-    rename done before it started. Commits that finish while a sync is running wait together
-    and share the next one, as databases share log flushes in group commit (PostgreSQL's
-    ``commit_delay``), so many concurrent commits cost one directory sync, not one each.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._waiting: list[_Publication] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def publish(self, source: Path, target: Path) -> None:
-        """Rename ``source`` to ``target`` and return once the directory holding it is synced."""
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Publication(source, target, done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        try:
-            while self._waiting:
-                # Every rename in this batch happens before its sync starts; publications that
-                # arrive meanwhile wait for the next round.
-                batch, self._waiting = self._waiting, []
-                try:
-                    errors = await asyncio.to_thread(self._publish_batch, batch)
-                except BaseException as exc:
-                    for item in (*batch, *self._waiting):
-                        if not item.done.done():
-                            item.done.set_exception(SpoolError(f"commit interrupted: {exc!r}"))
-                    self._waiting.clear()
-                    raise
-                for item, error in zip(batch, errors, strict=True):
-                    if item.done.done():
-                        continue
-                    if error is None:
-                        item.done.set_result(None)
-                    else:
-                        item.done.set_exception(error)
-        finally:
-            self._flusher = None
-
-    def _publish_batch(self, batch: list[_Publication]) -> list[OSError | None]:
-        errors: list[OSError | None] = []
-        for item in batch:
-            try:
-                os.rename(item.source, item.target)
-            except OSError as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
-        if all(error is not None for error in errors):
-            return errors
-        try:
-            fsync_directory(self.directory)
-        except OSError as exc:
-            # The renames may not survive a crash, and their clients are about to get a
-            # temporary failure and send again: take the files back so that a crash-free run
-            # does not deliver both copies.
-            for index, item in enumerate(batch):
-                if errors[index] is None:
-                    _remove_quietly(item.target)
-                    errors[index] = exc
-        return errors
-
-
 class _State(enum.Enum):
     OPEN = "open"
     COMMITTING = "committing"
@@ -169,16 +81,22 @@ class _State(enum.Enum):
 
 
 class FileMessageWriter:
-    """Streams one message into ``tmp/ID``; :meth:`commit` moves it to ``queue/ID``."""
+    """Streams one message into ``tmp/ID``; :meth:`commit` moves it to ``queue/ID``.
 
-    def __init__(
-        self, spool: FileSpool, queue_id: str, envelope: Envelope, file: BinaryIO, path: Path
-    ) -> None:
+    Bytes collect in a buffer of at most ``BUFFER_SIZE`` octets (what a buffered file would
+    hold anyway); the file is created when the buffer first fills. A message smaller than the
+    buffer is created, written, synced and renamed by the committer's thread in one go, so the
+    event loop makes no file-system call for it: creating a file can wait for the file system's
+    journal, which the flushes of other messages keep busy.
+    """
+
+    def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope, header: bytes) -> None:
         self._spool = spool
         self._queue_id = queue_id
         self._envelope = envelope
-        self._file = file
-        self._path = path
+        self._path = spool.tmp_dir / queue_id
+        self._buffer = bytearray(header)
+        self._fd: int | None = None
         self._size = 0
         self._state = _State.OPEN
 
@@ -194,12 +112,32 @@ class FileMessageWriter:
     def write(self, data: bytes) -> None:
         if self._state is not _State.OPEN:
             raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            self._abort()
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+        self._buffer += data
         self._size += len(data)
+        if len(self._buffer) >= BUFFER_SIZE:
+            try:
+                self._write_out()
+            except OSError as exc:
+                self._abort()
+                raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+
+    def _write_out(self) -> int:
+        """Create the file if need be and write the buffer to it; the file's descriptor."""
+        fd = self._fd
+        if fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
+            # an overwrite.
+            fd = self._fd = os.open(self._path, flags, 0o600)
+        buffer = self._buffer
+        view = memoryview(buffer)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            view.release()
+        buffer.clear()
+        return fd
 
     async def commit(self) -> QueuedMessage:
         if self._state is not _State.OPEN:
@@ -217,26 +155,31 @@ class FileMessageWriter:
             raise
 
     async def _commit(self) -> QueuedMessage:
+        source, target = self._path, self._spool.queue_dir / self._queue_id
         try:
-            await asyncio.to_thread(self._sync_and_close)
+            # The rest of the buffer reaches the file in the committer's thread, whose flush
+            # then puts it on disk before the rename: queue/ never names a partial file.
+            await self._spool.committer.commit(
+                self._write_out,
+                self._spool.queue_dir,
+                publish=lambda: os.rename(source, target),
+                # The directory could not be synced: the rename may not survive a crash, and
+                # the client is about to get a temporary failure and send again, so take the
+                # file back lest a crash-free run deliver both copies.
+                undo=lambda: _remove_quietly(target),
+            )
         except OSError as exc:
             self._abort()
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot sync") from exc
-        try:
-            await self._spool._committer.publish(self._path, self._spool.queue_dir / self._queue_id)
-        except OSError as exc:
-            self._abort()
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot queue") from exc
-        except SpoolError:
-            self._abort()
-            raise
+            raise spool_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
         self._state = _State.COMMITTED
+        self._close()
         return QueuedMessage(self._queue_id, self._envelope, self._size)
 
-    def _sync_and_close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _abandoned(self, work: asyncio.Future[QueuedMessage]) -> None:
         """The committing session went away: no 250 was sent, so the message must not stay."""
@@ -254,10 +197,10 @@ class FileMessageWriter:
 
     def _abort(self) -> None:
         self._state = _State.DISCARDED
-        # Closing flushes, which fails for the same reason we are aborting.
-        with contextlib.suppress(OSError):
-            self._file.close()
-        _remove_quietly(self._path)
+        self._buffer = bytearray()
+        if self._fd is not None:
+            self._close()
+            _remove_quietly(self._path)
 
 
 class FileSpool:
@@ -269,16 +212,20 @@ class FileSpool:
     in-progress messages alone.
     """
 
-    def __init__(self, root: Path, *, clean_tmp: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, clean_tmp: bool = True, committer: GroupCommitter | None = None
+    ) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
         self.corrupt_dir = root / "corrupt"
-        self._committer = _GroupCommitter(self.queue_dir)
+        # Shared with local delivery, so one flush serves both (see durability.py).
+        self.committer = committer if committer is not None else GroupCommitter()
         try:
             self._make_directories()
             if clean_tmp:
                 self._clean_tmp()
+            self.committer.watch(self.queue_dir)
         except OSError as exc:
             raise spool_error(exc, f"cannot prepare spool {root}") from exc
 
@@ -304,38 +251,29 @@ class FileSpool:
     # --- receiving ----------------------------------------------------------------------------
 
     def new_message(self, envelope: Envelope) -> FileMessageWriter:
-        """Start ``tmp/ID`` (0600, O_EXCL) and write the header.
+        """Start a message: its queue ID and header, in memory until there is more to write.
 
-        Opening and buffered writes go to the page cache and return quickly, so they run on the
-        caller's thread; only fsync, which waits for the disk, is moved off the event loop.
+        The file ``tmp/ID`` (0600, O_EXCL) appears when the content outgrows the buffer, or at
+        commit, in the committer's thread (see :class:`FileMessageWriter`). A read-only or full
+        spool is refused here, before the client sends the content, as creating the file at
+        once would.
         """
-        header = MAGIC + _envelope_line(envelope)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        for _ in range(ID_ATTEMPTS):
-            queue_id = new_queue_id()
-            path = self.tmp_dir / queue_id
-            try:
-                fd = os.open(path, flags, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise spool_error(exc, "cannot create spool file") from exc
-            break
-        else:
-            raise SpoolError("cannot allocate a queue ID")
+        self._check_writable()
+        return FileMessageWriter(self, new_queue_id(), envelope, MAGIC + _envelope_line(envelope))
+
+    def _check_writable(self) -> None:
+        # statvfs reads the file system's counters; unlike creating a file it never waits for
+        # the journal.
         try:
-            file = open(fd, "wb", buffering=BUFFER_SIZE)  # noqa: SIM115 - the writer owns it
-        except BaseException:
-            os.close(fd)
-            _remove_quietly(path)
-            raise
-        writer = FileMessageWriter(self, queue_id, envelope, file, path)
-        try:
-            file.write(header)
+            status = os.statvfs(self.tmp_dir)
         except OSError as exc:
-            writer.discard()
-            raise spool_error(exc, f"queue_id={queue_id}: cannot write") from exc
-        return writer
+            raise spool_error(exc, "cannot create spool file") from exc
+        if status.f_flag & os.ST_RDONLY:
+            raise spool_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot create spool file")
+        # Blocks reserved for root (ext4's reserved blocks) are usable when we run as root.
+        free = status.f_bfree if os.geteuid() == 0 else status.f_bavail
+        if free == 0:
+            raise spool_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot create spool file")
 
     # --- reading back -------------------------------------------------------------------------
 

@@ -28,13 +28,15 @@ from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, 
 from postoffice.errors import SpoolError
 from postoffice.smtp import replies
 from postoffice.spool.base import Spool
+from postoffice.spool.batching import ThreadBatch
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 
 log = logging.getLogger("postoffice.spool")
 
 # Postfix default_process_limit is 100 processes in all; one agent call here delivers a whole
-# message, and a Maildir agent is disk-bound, so a few in parallel keep a disk busy.
-DEFAULT_CONCURRENCY = 8
+# message. Deliveries running together share their disk flushes (the Maildir agent commits
+# them as a group), so under load this is also the most messages one flush can cover.
+DEFAULT_CONCURRENCY = 64
 # How long stop() lets running deliveries finish before cancelling them (they are redone,
 # with recovering=True, at the next start).
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -79,6 +81,7 @@ class Scheduler:
         self._ready: deque[str] = deque()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._removals = ThreadBatch()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -262,7 +265,8 @@ class Scheduler:
 
     async def _complete(self, queue_id: str) -> None:
         try:
-            await asyncio.to_thread(self._spool.complete, queue_id)
+            # Removals made at the same time share one worker-thread call.
+            await self._removals.run(functools.partial(self._spool.complete, queue_id))
         except SpoolError as exc:
             # Every recipient has its copy; at the next start recovering=True finds them.
             log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(exc))
