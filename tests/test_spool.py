@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import errno
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from postoffice.errors import SpoolError, StorageFullError
-from postoffice.spool import durability
-from postoffice.spool.durability import GroupCommitter, SyncMethod
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
@@ -133,7 +130,7 @@ async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None
 async def test_commit_syncs_data_before_rename_and_directory_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.FSYNC))
+    spool = FileSpool(tmp_path)
     events: list[tuple[str, str]] = []
     real_fsync, real_rename = os.fsync, os.rename
 
@@ -159,114 +156,24 @@ async def test_commit_syncs_data_before_rename_and_directory_after(
     ]
 
 
-async def test_concurrent_commits_share_directory_syncs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.FSYNC))
-    directory_syncs = 0
+async def test_concurrent_commits_flush_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file system groups fsyncs that are in flight together into one journal commit; that
+    # needs them in flight together. Each data fsync here waits until five are: commits made
+    # one after another would never get there.
+    spool = FileSpool(tmp_path)
+    together = threading.Barrier(5, timeout=10)
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        nonlocal directory_syncs
-        if os.readlink(f"/proc/self/fd/{fd}") == str(spool.queue_dir):
-            directory_syncs += 1
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(spool.tmp_dir)):
+            together.wait()
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     ids = await asyncio.gather(*(spool_message(spool, b"m%d" % i) for i in range(20)))
 
     assert sorted(spool.pending()) == sorted(ids)
-    assert 1 <= directory_syncs < 20
-
-
-needs_syncfs = pytest.mark.skipif(not durability.syncfs_available(), reason="syncfs needs Linux 5.8 or later")
-
-
-@needs_syncfs
-async def test_syncfs_commit_flushes_before_the_rename_and_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The whole file system is flushed once before the rename (the data) and once after it
-    # (the name); only then does commit() return, so the 250 follows both.
-    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
-    events: list[str] = []
-    real_syncfs, real_rename = durability._syncfs, os.rename
-    assert real_syncfs is not None
-
-    def syncfs(fd: int) -> int:
-        events.append("syncfs")
-        return real_syncfs(fd)
-
-    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-        events.append("rename")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(durability, "_syncfs", syncfs)
-    monkeypatch.setattr(os, "rename", rename)
-    writer = spool.new_message(make_envelope())
-    writer.write(b"x" * 100_000)
-    commit = asyncio.ensure_future(writer.commit())
-    queued = await commit
-
-    assert events == ["syncfs", "rename", "syncfs"]
-    assert spool.pending() == [queued.queue_id]
-    with spool.open_content(queued.queue_id) as file:
-        assert file.read() == b"x" * 100_000
-
-
-@needs_syncfs
-async def test_syncfs_commits_share_flushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    committer = GroupCommitter(SyncMethod.SYNCFS)
-    spool = FileSpool(tmp_path, committer=committer)
-    ids = await asyncio.gather(*(spool_message(spool, b"m%d" % i) for i in range(50)))
-    assert sorted(spool.pending()) == sorted(ids)
-    # Two flushes per commit if each went alone; shared, far fewer.
-    assert 2 <= committer.rounds < 50
-
-
-@needs_syncfs
-async def test_syncfs_error_fails_the_commit_and_leaves_nothing_queued(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
-
-    def failing(fd: int) -> int:
-        ctypes.set_errno(errno.EIO)
-        return -1
-
-    monkeypatch.setattr(durability, "_syncfs", failing)
-    writer = spool.new_message(make_envelope())
-    writer.write(b"lost in write-back\r\n")
-    with pytest.raises(SpoolError, match="Input/output error"):
-        await writer.commit()
-    assert spool.pending() == []
-    assert os.listdir(spool.tmp_dir) == []
-
-
-@needs_syncfs
-async def test_syncfs_error_after_the_rename_takes_the_file_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spool = FileSpool(tmp_path, committer=GroupCommitter(SyncMethod.SYNCFS))
-    real_syncfs = durability._syncfs
-    assert real_syncfs is not None
-    calls = 0
-
-    def second_fails(fd: int) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            ctypes.set_errno(errno.EIO)
-            return -1
-        return real_syncfs(fd)
-
-    monkeypatch.setattr(durability, "_syncfs", second_fails)
-    writer = spool.new_message(make_envelope())
-    writer.write(b"renamed, then the flush failed\r\n")
-    with pytest.raises(SpoolError):
-        await writer.commit()
-    assert spool.pending() == []
-    assert os.listdir(spool.tmp_dir) == []
+    assert not together.broken
 
 
 async def test_small_message_touches_no_file_until_commit(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ added header lines; Dovecot, mutt and Python's :mod:`mailbox` read both line-end
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -26,7 +25,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.mailbox_names import mailbox_path
@@ -34,8 +33,7 @@ from postoffice.delivery.store import MailboxStore
 from postoffice.errors import DeliveryError, SpoolError
 from postoffice.smtp import replies
 from postoffice.spool.base import Spool
-from postoffice.spool.batching import ThreadBatch
-from postoffice.spool.durability import GroupCommitter, fsync_directory
+from postoffice.spool.durability import IoPool, fsync_directory
 from postoffice.spool.envelope import QueuedMessage, Recipient
 from postoffice.spool.files import STORAGE_FULL_ERRNOS
 
@@ -52,25 +50,10 @@ _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno
 # copy_file_range(2) across file systems fails with EXDEV on kernels before 5.3, and some file
 # systems do not support it at all: then the copy goes through user space.
 _NO_COPY_RANGE_ERRNOS = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
-# Maildirs remembered as existing; past this, forget them all (one entry per mailbox).
+# Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
 _MADE_MAILDIRS = 10_000
 
 DeliveryHook = Callable[[str, Path], None]
-
-
-def _copy_file_range_call() -> Callable[[int, int, int, int], int] | None:
-    function = getattr(os, "copy_file_range", None)
-    if function is None:
-        return None
-
-    def call(source: int, destination: int, count: int, offset: int) -> int:
-        copied: int = function(source, destination, count, offset)
-        return copied
-
-    return call
-
-
-_COPY_FILE_RANGE = _copy_file_range_call()
 
 
 def ensure_maildir(mail_root: Path, address: str) -> Path:
@@ -108,43 +91,13 @@ def maildir_name(key: str, received_at: float, hostname: str, size: int) -> str:
     return f"{int(received_at)}.{key}.{host},S={size}"
 
 
-class PreparedCopy:
-    """A copy written to ``tmp/`` but not yet synced nor visible in ``new/``.
-
-    :meth:`publish` links it into ``new/``; it must run only once the data is on disk (the
-    caller syncs ``fd``, or the whole file system), and ``new/`` must be synced after it.
-    """
-
-    __slots__ = ("fd", "final", "temporary")
-
-    def __init__(self, fd: int, temporary: Path, final: Path) -> None:
-        self.fd = fd
-        self.temporary = temporary
-        self.final = final
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def publish(self) -> None:
-        try:
-            _publish(self.temporary, self.final)
-        finally:
-            _remove_quietly(self.temporary)
-
-    def close(self) -> None:
-        """Close the file; a copy never published leaves nothing behind in ``tmp/``."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-        _remove_quietly(self.temporary)
-
-
 class MaildirStore:
     """:class:`~postoffice.delivery.store.MailboxStore` writing ``mail_root/<domain>/<local>/``."""
 
     def __init__(self, mail_root: Path, hostname: str) -> None:
         self.mail_root = mail_root
         self.hostname = hostname
-        # Maildirs known to exist, so each delivery does not try five mkdirs.
+        # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
         self._made: set[Path] = set()
 
     def deliver(
@@ -157,40 +110,16 @@ class MaildirStore:
         received_at: float,
         size: int,
         recovering: bool,
+        maildir: Path | None = None,
     ) -> Path:
-        maildir = mailbox_path(self.mail_root, address)
-        copy = self.prepare(
-            maildir, headers, content, key, received_at=received_at, size=size, recovering=recovering
-        )
-        if isinstance(copy, Path):
-            return copy
-        try:
-            os.fsync(copy.fd)
-            copy.publish()
-        finally:
-            copy.close()
-        fsync_directory(copy.final.parent)
-        return copy.final
-
-    def prepare(
-        self,
-        maildir: Path,
-        headers: bytes,
-        content: BinaryIO,
-        key: str,
-        *,
-        received_at: float,
-        size: int,
-        recovering: bool,
-    ) -> Path | PreparedCopy:
-        """Write the copy into ``maildir/tmp/`` (blocking, no sync); or the earlier copy's path.
-
-        ``maildir`` comes from :func:`~postoffice.delivery.mailbox_names.mailbox_path`.
-        """
+        """See :class:`~postoffice.delivery.store.MailboxStore`; ``maildir``, when given, is
+        :func:`~postoffice.delivery.mailbox_names.mailbox_path` of ``address``, already checked."""
+        if maildir is None:
+            maildir = mailbox_path(self.mail_root, address)
         name = maildir_name(key, received_at, self.hostname, len(headers) + size)
         if maildir not in self._made:
             _make_maildir(self.mail_root, maildir)
-            if len(self._made) > _MADE_MAILDIRS:
+            if len(self._made) >= _MADE_MAILDIRS:
                 self._made.clear()
             self._made.add(maildir)
         if recovering:
@@ -200,15 +129,21 @@ class MaildirStore:
                 fsync_directory(earlier.parent)
                 return earlier
         temporary = maildir / "tmp" / name
+        final = maildir / "new" / name
         try:
-            fd = _write_copy(temporary, headers, content, size)
+            _write_synced(temporary, headers, content, size)
         except FileNotFoundError:
-            # The Maildir went away since we made it (a person removed it): make it again.
+            # The Maildir went away since it was made (a person removed it): make it again.
             self._made.discard(maildir)
             _make_maildir(self.mail_root, maildir)
             self._made.add(maildir)
-            fd = _write_copy(temporary, headers, content, size)
-        return PreparedCopy(fd, temporary, maildir / "new" / name)
+            _write_synced(temporary, headers, content, size)
+        try:
+            _publish(temporary, final)
+        finally:
+            _remove_quietly(temporary)
+        fsync_directory(final.parent)
+        return final
 
 
 def _find_delivered(maildir: Path, name: str, unique_prefix: str) -> Path | None:
@@ -227,19 +162,19 @@ def _find_delivered(maildir: Path, name: str, unique_prefix: str) -> Path | None
     return None
 
 
-def _write_copy(path: Path, headers: bytes, content: BinaryIO, size: int) -> int:
-    """Write ``headers`` and ``size`` bytes of ``content`` to ``path``; the open descriptor."""
+def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int) -> None:
     # O_TRUNC: a file left in tmp/ by a crashed attempt of this same delivery is rewritten.
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600)
     try:
         _write_all(fd, headers)
         _copy(content, fd, size)
+        os.fsync(fd)
     except BaseException:
         os.close(fd)
         _remove_quietly(path)
         raise
-    return fd
+    os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -251,16 +186,16 @@ def _write_all(fd: int, data: bytes) -> None:
 def _copy(content: BinaryIO, fd: int, size: int) -> None:
     """Copy ``size`` bytes from ``content`` (a spool file, at the message start) to ``fd``.
 
-    In the kernel (copy_file_range(2)) where it can be: the message never passes through
+    In the kernel (copy_file_range(2)) where it can be, so the message never passes through
     Python's memory; block by block otherwise.
     """
     remaining = size
-    source = content.fileno()
     offset = content.tell()
-    if _COPY_FILE_RANGE is not None:
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is not None:
         try:
             while remaining:
-                copied = _COPY_FILE_RANGE(source, fd, remaining, offset)
+                copied: int = copy_file_range(content.fileno(), fd, remaining, offset)
                 if copied == 0:
                     raise DeliveryError(f"spool content ends {remaining} bytes early")
                 offset += copied
@@ -317,11 +252,9 @@ class MaildirAgent:
     ``on_delivered(address, path)`` is called on the event loop after each copy is stored,
     including a copy found again while recovering (the crash may have come before the call).
 
-    With the built-in :class:`MaildirStore`, deliveries made at the same time share their work:
-    the copies of every message handed over in one turn of the event loop are written in one
-    worker-thread call, and one group commit (:mod:`postoffice.spool.durability`, shared with
-    the spool when ``committer`` is the spool's) syncs their data, links them into ``new/`` and
-    syncs the directories, before any of them is reported delivered.
+    Each delivery runs in a worker thread of ``io`` (the spool's, in the server), beside the
+    spool's own commits, so their flushes are grouped by the file system
+    (:mod:`postoffice.spool.durability`).
     """
 
     def __init__(
@@ -332,30 +265,20 @@ class MaildirAgent:
         *,
         store: MailboxStore | None = None,
         on_delivered: DeliveryHook | None = None,
-        committer: GroupCommitter | None = None,
+        io: IoPool | None = None,
     ) -> None:
         self.mail_root = mail_root
         self._spool = spool
         self._store: MailboxStore = store if store is not None else MaildirStore(mail_root, hostname)
         self._on_delivered = on_delivered
-        self._committer = committer if committer is not None else GroupCommitter()
-        self._batch = ThreadBatch()
+        self._io = io if io is not None else IoPool()
 
     async def deliver(
         self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
     ) -> list[DeliveryResult]:
-        if isinstance(self._store, MaildirStore):
-            outcomes, stored = await self._batch.run(
-                functools.partial(self._deliver_all, message, recipients, recovering, _prepare(self._store))
-            )
-            # Shielded: if this delivery is cancelled (at shutdown) the commit still ends before
-            # its files are closed; the copies are then found again at the next start.
-            results = await asyncio.shield(asyncio.ensure_future(self._commit_all(outcomes)))
-        else:
-            results, stored = await asyncio.to_thread(
-                self._deliver_all, message, recipients, recovering, self._store_with_sync
-            )
-        stored += _published(results)
+        results, stored = await self._io.run(
+            functools.partial(self._deliver_all, message, recipients, recovering)
+        )
         if self._on_delivered is not None:
             for address, path in stored:
                 try:
@@ -363,110 +286,68 @@ class MaildirAgent:
                 except Exception:
                     # The copy is safely stored; a failing observer must not make it a retry.
                     log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, address)
-        return [result.result if isinstance(result, _Pending) else result for result in results]
-
-    def _store_with_sync(
-        self,
-        address: str,
-        maildir: Path,
-        headers: bytes,
-        content: BinaryIO,
-        key: str,
-        *,
-        received_at: float,
-        size: int,
-        recovering: bool,
-    ) -> Path:
-        return self._store.deliver(
-            address, headers, content, key, received_at=received_at, size=size, recovering=recovering
-        )
-
-    async def _commit_all(self, outcomes: list[_Outcome]) -> list[_Outcome]:
-        copies = [
-            (outcome, outcome.copy)
-            for outcome in outcomes
-            if isinstance(outcome, _Pending) and outcome.copy is not None
-        ]
-        try:
-            done = await asyncio.gather(
-                *(self._committer.commit(copy.fileno, copy.final.parent, copy.publish) for _, copy in copies),
-                return_exceptions=True,
-            )
-        finally:
-            for _, copy in copies:
-                copy.close()
-        for (outcome, _), error in zip(copies, done, strict=True):
-            if isinstance(error, BaseException):
-                outcome.fail(error)
-        return outcomes
+        return results
 
     def _deliver_all(
-        self,
-        message: QueuedMessage,
-        recipients: Sequence[Recipient],
-        recovering: bool,
-        store: _StoreOne,
-    ) -> tuple[list[_Outcome], list[tuple[str, Path]]]:
+        self, message: QueuedMessage, recipients: Sequence[Recipient], recovering: bool
+    ) -> tuple[list[DeliveryResult], list[tuple[str, Path]]]:
         try:
             content = self._spool.open_content(message.queue_id)
         except SpoolError as exc:
             log.error("queue_id=%s status=deferred error=%r", message.queue_id, str(exc))
             return [TempFail(r, replies.LOCAL_ERROR) for r in recipients], []
         with content:
-            return self._deliver_each(message, recipients, recovering, content, store)
+            return self._deliver_each(message, recipients, recovering, content)
 
     def _deliver_each(
-        self,
-        message: QueuedMessage,
-        recipients: Sequence[Recipient],
-        recovering: bool,
-        content: BinaryIO,
-        store: _StoreOne,
-    ) -> tuple[list[_Outcome], list[tuple[str, Path]]]:
+        self, message: QueuedMessage, recipients: Sequence[Recipient], recovering: bool, content: BinaryIO
+    ) -> tuple[list[DeliveryResult], list[tuple[str, Path]]]:
         start = content.tell()
-        mailboxes: dict[str, Path | None] = {}  # each address resolved once per delivery
+        mailboxes: dict[str, Path | ValueError] = {}  # each address is checked once
         first_index = self._first_index_by_mailbox(message, recipients, mailboxes)
-        results: list[_Outcome] = []
+        results: list[DeliveryResult] = []
         stored: list[tuple[str, Path]] = []
-        by_mailbox: dict[Path, _Outcome] = {}
+        by_mailbox: dict[Path, DeliveryResult] = {}
         for recipient in recipients:
             mailbox = self._mailbox(recipient.address, mailboxes)
-            if mailbox is None:
+            if isinstance(mailbox, ValueError):
+                log.warning("queue_id=%s to=<%s> error=%r", message.queue_id, recipient.address, str(mailbox))
                 results.append(PermFail(recipient, replies.BAD_DESTINATION_MAILBOX))
                 continue
             earlier = by_mailbox.get(mailbox)
             if earlier is not None:
                 # One mailbox named twice (say User@ and user@) gets one copy (RFC 5321 §3.7.2
                 # wants no duplicates where they can be avoided).
-                results.append(_same_as(earlier, recipient))
+                results.append(dataclasses.replace(earlier, recipient=recipient))
                 continue
             # The lowest index naming this mailbox in the whole envelope, so a retry with
             # fewer recipients derives the same file name.
             key = f"{message.queue_id}_{first_index[mailbox]}"
             content.seek(start)
-            result = self._deliver_one(message, recipient, mailbox, content, key, recovering, stored, store)
+            result = self._deliver_one(message, recipient, mailbox, content, key, recovering, stored)
             by_mailbox[mailbox] = result
             results.append(result)
         return results, stored
 
-    def _mailbox(self, address: str, known: dict[str, Path | None]) -> Path | None:
-        if address not in known:
+    def _mailbox(self, address: str, known: dict[str, Path | ValueError]) -> Path | ValueError:
+        mailbox = known.get(address)
+        if mailbox is None:
             try:
-                known[address] = mailbox_path(self.mail_root, address)
+                mailbox = mailbox_path(self.mail_root, address)
             except ValueError as exc:
-                log.warning("to=<%s> error=%r", address, str(exc))
-                known[address] = None
-        return known[address]
+                mailbox = exc
+            known[address] = mailbox
+        return mailbox
 
     def _first_index_by_mailbox(
-        self, message: QueuedMessage, recipients: Sequence[Recipient], known: dict[str, Path | None]
+        self, message: QueuedMessage, recipients: Sequence[Recipient], known: dict[str, Path | ValueError]
     ) -> dict[Path, int]:
         # Recipients are the envelope's; any others (a caller's mistake) are numbered after
         # them, so they can never take the name of a real delivery.
         first: dict[Path, int] = {}
         for index, recipient in enumerate((*message.envelope.recipients, *recipients)):
             mailbox = self._mailbox(recipient.address, known)
-            if mailbox is not None:
+            if not isinstance(mailbox, ValueError):
                 first.setdefault(mailbox, index)
         return first
 
@@ -479,128 +360,41 @@ class MaildirAgent:
         key: str,
         recovering: bool,
         stored: list[tuple[str, Path]],
-        store: _StoreOne,
-    ) -> _Outcome:
+    ) -> DeliveryResult:
         queue_id, address = message.queue_id, recipient.address
         headers = delivery_headers(message.envelope.mail_from, address)
         try:
-            copy = store(
-                address,
-                mailbox,
-                headers,
-                content,
-                key,
-                received_at=message.envelope.received_at,
-                size=message.size,
-                recovering=recovering,
-            )
+            if isinstance(self._store, MaildirStore):
+                path = self._store.deliver(
+                    address,
+                    headers,
+                    content,
+                    key,
+                    received_at=message.envelope.received_at,
+                    size=message.size,
+                    recovering=recovering,
+                    maildir=mailbox,
+                )
+            else:
+                path = self._store.deliver(
+                    address,
+                    headers,
+                    content,
+                    key,
+                    received_at=message.envelope.received_at,
+                    size=message.size,
+                    recovering=recovering,
+                )
         except ValueError as exc:
             log.warning("queue_id=%s to=<%s> error=%r", queue_id, address, str(exc))
             return PermFail(recipient, replies.BAD_DESTINATION_MAILBOX)
         except OSError as exc:
-            return _storage_trouble(queue_id, recipient, exc)
+            log.warning("queue_id=%s to=<%s> error=%r path=%s", queue_id, address, exc.strerror, exc.filename)
+            full = exc.errno in STORAGE_FULL_ERRNOS
+            return TempFail(recipient, replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
         except Exception:
             # A bug or a damaged spool file: retrying later is the only safe answer.
             log.exception("queue_id=%s to=<%s> status=error", queue_id, address)
             return TempFail(recipient, replies.LOCAL_ERROR)
-        if isinstance(copy, PreparedCopy):
-            return _Pending(queue_id, recipient, copy)
-        stored.append((address, copy))
-        return _delivered(recipient, copy)
-
-
-class _StoreOne(Protocol):
-    def __call__(
-        self,
-        address: str,
-        maildir: Path,
-        headers: bytes,
-        content: BinaryIO,
-        key: str,
-        *,
-        received_at: float,
-        size: int,
-        recovering: bool,
-    ) -> Path | PreparedCopy: ...
-
-
-def _prepare(store: MaildirStore) -> _StoreOne:
-    def prepare(
-        address: str,
-        maildir: Path,
-        headers: bytes,
-        content: BinaryIO,
-        key: str,
-        *,
-        received_at: float,
-        size: int,
-        recovering: bool,
-    ) -> Path | PreparedCopy:
-        return store.prepare(
-            maildir, headers, content, key, received_at=received_at, size=size, recovering=recovering
-        )
-
-    return prepare
-
-
-class _Pending:
-    """A copy waiting for the group commit (or a second recipient of the same mailbox)."""
-
-    __slots__ = ("copy", "failure", "queue_id", "recipient", "twin_of")
-
-    def __init__(
-        self, queue_id: str, recipient: Recipient, copy: PreparedCopy | None, twin_of: _Pending | None = None
-    ) -> None:
-        self.queue_id = queue_id
-        self.recipient = recipient
-        self.copy = copy
-        self.twin_of = twin_of
-        self.failure: TempFail | None = None
-
-    @property
-    def result(self) -> DeliveryResult:
-        if self.twin_of is not None:
-            return dataclasses.replace(self.twin_of.result, recipient=self.recipient)
-        if self.failure is not None:
-            return self.failure
-        assert self.copy is not None
-        return _delivered(self.recipient, self.copy.final)
-
-    def fail(self, error: BaseException) -> None:
-        if isinstance(error, OSError):
-            self.failure = _storage_trouble(self.queue_id, self.recipient, error)
-        else:
-            log.error(
-                "queue_id=%s to=<%s> status=error error=%r", self.queue_id, self.recipient.address, error
-            )
-            self.failure = TempFail(self.recipient, replies.LOCAL_ERROR)
-
-
-_Outcome = DeliveryResult | _Pending
-
-
-def _same_as(earlier: _Outcome, recipient: Recipient) -> _Outcome:
-    if isinstance(earlier, _Pending):
-        return _Pending(earlier.queue_id, recipient, None, twin_of=earlier)
-    return dataclasses.replace(earlier, recipient=recipient)
-
-
-def _published(outcomes: list[_Outcome]) -> list[tuple[str, Path]]:
-    """(address, path) of each copy the group commit stored."""
-    return [
-        (outcome.recipient.address, outcome.copy.final)
-        for outcome in outcomes
-        if isinstance(outcome, _Pending) and outcome.copy is not None and outcome.failure is None
-    ]
-
-
-def _delivered(recipient: Recipient, path: Path) -> Delivered:
-    return Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")
-
-
-def _storage_trouble(queue_id: str, recipient: Recipient, exc: OSError) -> TempFail:
-    log.warning(
-        "queue_id=%s to=<%s> error=%r path=%s", queue_id, recipient.address, exc.strerror, exc.filename
-    )
-    full = exc.errno in STORAGE_FULL_ERRNOS
-    return TempFail(recipient, replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
+        stored.append((address, path))
+        return Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError
-from postoffice.spool.durability import GroupCommitter, fsync_directory
+from postoffice.spool.durability import IoPool, fsync_directory
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
 
@@ -85,7 +85,7 @@ class FileMessageWriter:
 
     Bytes collect in a buffer of at most ``BUFFER_SIZE`` octets (what a buffered file would
     hold anyway); the file is created when the buffer first fills. A message smaller than the
-    buffer is created, written, synced and renamed by the committer's thread in one go, so the
+    buffer is created, written, synced and renamed by a worker thread in one go, so the
     event loop makes no file-system call for it: creating a file can wait for the file system's
     journal, which the flushes of other messages keep busy.
     """
@@ -157,9 +157,9 @@ class FileMessageWriter:
     async def _commit(self) -> QueuedMessage:
         source, target = self._path, self._spool.queue_dir / self._queue_id
         try:
-            # The rest of the buffer reaches the file in the committer's thread, whose flush
-            # then puts it on disk before the rename: queue/ never names a partial file.
-            await self._spool.committer.commit(
+            # In a worker thread: the rest of the buffer reaches the file, its fsync puts it on
+            # disk, and only then the rename, so queue/ never names a partial file.
+            await self._spool.io.commit(
                 self._write_out,
                 self._spool.queue_dir,
                 publish=lambda: os.rename(source, target),
@@ -212,20 +212,18 @@ class FileSpool:
     in-progress messages alone.
     """
 
-    def __init__(
-        self, root: Path, *, clean_tmp: bool = True, committer: GroupCommitter | None = None
-    ) -> None:
+    def __init__(self, root: Path, *, clean_tmp: bool = True, io: IoPool | None = None) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
         self.corrupt_dir = root / "corrupt"
-        # Shared with local delivery, so one flush serves both (see durability.py).
-        self.committer = committer if committer is not None else GroupCommitter()
+        # Worker threads for commits, shared with local delivery in the server, so the file
+        # system groups the flushes of both (see durability.py).
+        self.io = io if io is not None else IoPool()
         try:
             self._make_directories()
             if clean_tmp:
                 self._clean_tmp()
-            self.committer.watch(self.queue_dir)
         except OSError as exc:
             raise spool_error(exc, f"cannot prepare spool {root}") from exc
 
@@ -254,7 +252,7 @@ class FileSpool:
         """Start a message: its queue ID and header, in memory until there is more to write.
 
         The file ``tmp/ID`` (0600, O_EXCL) appears when the content outgrows the buffer, or at
-        commit, in the committer's thread (see :class:`FileMessageWriter`). A read-only or full
+        commit, in a worker thread (see :class:`FileMessageWriter`). A read-only or full
         spool is refused here, before the client sends the content, as creating the file at
         once would.
         """

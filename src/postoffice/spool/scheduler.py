@@ -28,7 +28,6 @@ from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, 
 from postoffice.errors import SpoolError
 from postoffice.smtp import replies
 from postoffice.spool.base import Spool
-from postoffice.spool.batching import ThreadBatch
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 
 log = logging.getLogger("postoffice.spool")
@@ -81,7 +80,6 @@ class Scheduler:
         self._ready: deque[str] = deque()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._removals = ThreadBatch()
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -265,8 +263,7 @@ class Scheduler:
 
     async def _complete(self, queue_id: str) -> None:
         try:
-            # Removals made at the same time share one worker-thread call.
-            await self._removals.run(functools.partial(self._spool.complete, queue_id))
+            await asyncio.to_thread(self._spool.complete, queue_id)
         except SpoolError as exc:
             # Every recipient has its copy; at the next start recovering=True finds them.
             log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(exc))
