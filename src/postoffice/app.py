@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
+from postoffice.datadir import DataDirInUse, DataDirLock
 from postoffice.delivery.agent import DeliveryAgent
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
+from postoffice.errors import SpoolError
 from postoffice.net.server import BoundAddress, SmtpServer
 from postoffice.net.session import SessionObserver
 from postoffice.policy import Policy
@@ -27,6 +29,7 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.spool.envelope import Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
+from postoffice.workers import WorkerRole, supervise
 
 log = logging.getLogger("postoffice")
 
@@ -46,11 +49,14 @@ def server_settings(config: Config) -> ServerSettings:
 class Application:
     """Everything one ``postoffice serve`` process runs."""
 
-    def __init__(self, config: Config, *, observer: SessionObserver | None = None) -> None:
+    def __init__(
+        self, config: Config, *, observer: SessionObserver | None = None, clean_tmp: bool = True
+    ) -> None:
+        """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received."""
         self.config = config
         config.mail_dir.mkdir(parents=True, exist_ok=True)
         self.accounts = Accounts(config.accounts_file)
-        self.spool = FileSpool(config.spool_dir)
+        self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(config.mail_dir, self.spool, config.hostname, io=self.spool.io),
@@ -73,9 +79,13 @@ class Application:
             return False
         return True
 
-    async def start(self) -> Sequence[BoundAddress]:
-        await self.scheduler.start()  # deliver what a previous run accepted but did not finish
-        return await self.smtp.start()
+    async def start(
+        self, *, recover: Sequence[str] | None = None, reuse_port: bool = False
+    ) -> Sequence[BoundAddress]:
+        """Recover, then listen. A worker gets ``recover`` (its share of what a previous run
+        left in the queue: all of it or nothing) and listens with ``reuse_port``."""
+        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
+        return await self.smtp.start(reuse_port=reuse_port)
 
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
@@ -109,10 +119,13 @@ def _banner(config: Config, bound: Sequence[BoundAddress]) -> None:
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
 
 
-async def _serve(config: Config) -> int:
-    app = Application(config)
+async def _serve(config: Config, worker: WorkerRole | None = None) -> int:
+    app = Application(config, clean_tmp=worker is None)
     try:
-        bound = await app.start()
+        if worker is None:
+            bound = await app.start()
+        else:
+            bound = await app.start(recover=worker.recover, reuse_port=True)
     except OSError as exc:
         print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await app.scheduler.stop()
@@ -122,7 +135,10 @@ async def _serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # Only now: whoever reads "listening" may signal us at once.
-    _banner(config, bound)
+    if worker is None:
+        _banner(config, bound)
+    else:
+        worker.ready()
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
@@ -146,6 +162,44 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def serve(config: Config) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code for the CLI."""
     _configure_logging()
+    lock = DataDirLock(config.data_dir)
+    try:
+        lock.acquire()
+    except (DataDirInUse, OSError) as exc:
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"postoffice: {detail}", file=sys.stderr)
+        return 1
+    try:
+        if config.workers > 1:
+            return _serve_workers(config)
+        return _run(config, None)
+    finally:
+        lock.release()
+
+
+def _run(config: Config, worker: WorkerRole | None) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, worker))
     return 130
+
+
+def _serve_workers(config: Config) -> int:
+    # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
+    # list what it left in the queue, for worker 0 to deliver.
+    try:
+        recover = FileSpool(config.spool_dir).pending()
+    except SpoolError as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
+
+    def announce(worker_config: Config) -> None:
+        bound = [
+            BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
+        ]
+        _banner(config, bound)
+
+    try:
+        return supervise(config, recover, _run, announce)
+    except OSError as exc:
+        print(f"postoffice: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1

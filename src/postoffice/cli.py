@@ -141,6 +141,12 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         metavar="DOMAIN",
         help="a local domain; repeat for more (replaces domains; none at all means capture mode)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the listeners and the data directory (replaces workers)",
+    )
     serve.set_defaults(handler=_run_serve)
 
 
@@ -151,6 +157,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         listeners=args.smtp,
         hostname=args.hostname,
         domains=args.domains,
+        workers=args.workers,
     )
     # Imported here so that account and config commands never load the server.
     from postoffice import app

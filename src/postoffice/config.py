@@ -12,6 +12,7 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     data_dir = "/var/lib/postoffice"     # ~ expanded; relative to the config file's directory
     domains = ["example.com"]            # local domains; none means capture mode
     postmaster = "admin@example.com"
+    workers = 2                          # server processes sharing the listeners (SO_REUSEPORT)
     [listen]
     smtp = ["127.0.0.1:2525", "[::1]:2525"]
     [limits]                             # the fields of Limits, by name
@@ -128,6 +129,9 @@ class Config:
     # Where postmaster@<local domain> and <postmaster> go (RFC 5321 §4.5.1); None: postmaster@<first domain>.
     postmaster: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Server processes sharing the listeners (SO_REUSEPORT) and the data directory; each
+    # receives and delivers its own mail. One per core is the usual choice.
+    workers: int = 1
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -433,7 +437,9 @@ def _check_size_floor(name: str, size: int) -> None:
 # The loader
 # ---------------------------------------------------------------------------------------------
 
-_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "listen", "limits")
+_TOP_KEYS = ("hostname", "data_dir", "domains", "postmaster", "workers", "listen", "limits")
+# More processes than this is a typo, not a machine (Postfix default_process_limit is 100).
+MAX_WORKERS = 256
 _LISTEN_KEYS = ("smtp",)
 
 _T = TypeVar("_T")
@@ -512,6 +518,13 @@ def _listeners(value: object) -> tuple[Listener, ...]:
     return tuple(listeners)
 
 
+def _workers(value: object) -> int:
+    count = _count(value)
+    if count > MAX_WORKERS:
+        raise _Invalid(f"{count} is too many; the most is {MAX_WORKERS}")
+    return count
+
+
 def _data_dir(value: object, base: Path) -> Path:
     text = _string(value)
     if not text:
@@ -529,6 +542,7 @@ class _Settings:
     data_dir: Path | None = None
     domains: tuple[str, ...] | None = None
     postmaster: str | None = None
+    workers: int | None = None
     listeners: tuple[Listener, ...] | None = None
     limits: dict[str, Any] = field(default_factory=dict)
 
@@ -563,6 +577,8 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         settings.postmaster = problems.check(
             "postmaster", lambda: normalize_address(_string(data["postmaster"]))
         )
+    if "workers" in data:
+        settings.workers = problems.check("workers", lambda: _workers(data["workers"]))
     listen = _table(problems, data, "listen")
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
     if "smtp" in listen:
@@ -584,6 +600,7 @@ def _collect(
     listeners: Sequence[Listener],
     hostname: str | None,
     domains: Sequence[str],
+    workers: int | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -600,6 +617,8 @@ def _collect(
         settings.domains = flags.check("--domain", lambda: _domain_list(list(domains)))
     if listeners:
         settings.listeners = tuple(listeners)
+    if workers is not None:
+        settings.workers = flags.check("--workers", lambda: _workers(workers))
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     errors = problems.errors + flags.errors
@@ -611,6 +630,7 @@ def _collect(
         listeners=settings.listeners or (DEFAULT_SMTP_LISTENER,),
         domains=settings.domains or (),
         postmaster=settings.postmaster,
+        workers=settings.workers or 1,
         limits=Limits(**settings.limits),
         source=path,
     )
@@ -624,6 +644,7 @@ def load_config(
     listeners: Sequence[Listener] = (),
     hostname: str | None = None,
     domains: Sequence[str] = (),
+    workers: int | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
@@ -631,7 +652,7 @@ def load_config(
     file's lists. Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
-        path, data_dir=data_dir, listeners=listeners, hostname=hostname, domains=domains
+        path, data_dir=data_dir, listeners=listeners, hostname=hostname, domains=domains, workers=workers
     )
     if config is None:
         raise errors[0]

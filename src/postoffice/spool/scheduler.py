@@ -86,10 +86,16 @@ class Scheduler:
 
     # --- feeding the queue --------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Schedule every message left in the spool (by a crash or a stop), oldest first."""
+    async def start(self, queue_ids: Sequence[str] | None = None) -> None:
+        """Schedule every message left in the spool (by a crash or a stop), oldest first.
+
+        ``queue_ids``, when given, are the ones to recover instead: with several server
+        processes on one spool, one process lists the queue before any of them receives, and
+        only the process given that list delivers it (the others start with none).
+        """
         self._stopping = False
-        queue_ids = await asyncio.to_thread(self._spool.pending)
+        if queue_ids is None:
+            queue_ids = await asyncio.to_thread(self._spool.pending)
         for queue_id in queue_ids:
             if queue_id in self._entries:
                 continue
