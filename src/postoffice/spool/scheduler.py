@@ -33,8 +33,8 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 log = logging.getLogger("postoffice.spool")
 
 # Postfix default_process_limit is 100 processes in all; one agent call here delivers a whole
-# message. Deliveries running together share their disk flushes (the Maildir agent commits
-# them as a group), so under load this is also the most messages one flush can cover.
+# message. Deliveries running together flush side by side, and the file system commits their
+# flushes together, so under load this is also about how many one disk flush can cover.
 DEFAULT_CONCURRENCY = 64
 # How long stop() lets running deliveries finish before cancelling them (they are redone,
 # with recovering=True, at the next start).
