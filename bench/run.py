@@ -1,7 +1,8 @@
 """Benchmark postoffice against other SMTP servers on this machine, side by side.
 
-    python bench/run.py            # every workload, 3 interleaved runs (a few minutes)
-    python bench/run.py --quick    # smaller workloads, one run (under a minute)
+    python bench/run.py            # every workload and server, one run (a few minutes)
+    python bench/run.py --runs 3   # medians of three interleaved runs
+    python bench/run.py --quick    # smaller workloads (under a minute)
 
 Every server runs as its own process on 127.0.0.1, started afresh for each measurement; load
 comes from Postfix's ``smtp-source`` when installed (an asyncio client otherwise). Workloads
@@ -75,7 +76,7 @@ def _mib(kib: float) -> float:
 
 
 def measure(server_name: str, workload_name: str, args: argparse.Namespace, workdir: Path) -> Sample:
-    with servers.running(server_name, workdir, workers=args.workers) as server:
+    with servers.running(server_name, workdir) as server:
         time.sleep(0.2)  # let start-up work (recovery scan) finish before the baseline
         idle = procstat.rss_kib(server.pid)
         if workload_name == "W4":
@@ -136,17 +137,22 @@ def _ratio(ours: float, theirs: float, *, lower_is_better: bool = False) -> str:
     return f"{value:.2f}x"
 
 
+def _ours(names: list[str]) -> list[str]:
+    return [name for name in names if servers.is_postoffice(name)]
+
+
 def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], names: list[str]) -> str:
+    """One row per server; the last columns divide each postoffice's figure by the row's."""
+    ours = _ours(names)
     lines = []
     header = (
         f"{'workload':<9}{'server':<18}{'msgs/s':>9}{'MB/s':>8}{'stored/s':>10}{'CPU ms/msg':>11}"
-        f"{'idle MB':>9}{'peak MB':>9}{'growth MB':>11}{'postoffice ÷ this':>19}"
+        f"{'idle MB':>9}{'peak MB':>9}{'growth MB':>11}" + "".join(f"{name + ' ÷':>17}" for name in ours)
     )
     lines += [header, "-" * len(header)]
     for workload in workloads:
         if workload == "W4":
             continue
-        ours = results.get((workload, "postoffice"))
         for name in names:
             sample = results.get((workload, name))
             if sample is None:
@@ -155,17 +161,22 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
                 lines.append(f"{workload:<9}{name:<18}  failed: {sample.error}")
                 continue
             stored = f"{sample.stored_msgs_per_s:.0f}" if sample.stored_msgs_per_s is not None else "-"
-            ratio = "" if name == "postoffice" or ours is None else _ratio(ours.msgs_per_s, sample.msgs_per_s)
+            ratios = ""
+            for our_name in ours:
+                our = results.get((workload, our_name))
+                ratio = "" if our_name == name or our is None else _ratio(our.msgs_per_s, sample.msgs_per_s)
+                ratios += f"{ratio:>17}"
             lines.append(
                 f"{workload:<9}{name:<18}{sample.msgs_per_s:>9.1f}{sample.mb_per_s:>8.1f}{stored:>10}"
                 f"{sample.cpu_ms_per_msg:>11.2f}"
-                f"{sample.idle_mib:>9.1f}{sample.peak_mib:>9.1f}{sample.growth_mib:>+11.1f}{ratio:>19}"
+                f"{sample.idle_mib:>9.1f}{sample.peak_mib:>9.1f}{sample.growth_mib:>+11.1f}{ratios}"
             )
     if "W4" in workloads:
         lines.append("")
-        header = f"{'W4':<9}{'server':<18}{'KiB/session':>12}{'held MB':>9}{'EHLO→QUIT ms':>14}{'KiB: this ÷ postoffice':>24}"
+        header = f"{'W4':<9}{'server':<18}{'KiB/session':>12}{'held MB':>9}{'EHLO→QUIT ms':>14}" + "".join(
+            f"{'KiB: this ÷ ' + name:>28}" for name in ours
+        )
         lines += [header, "-" * len(header)]
-        ours = results.get(("W4", "postoffice"))
         for name in names:
             sample = results.get(("W4", name))
             if sample is None:
@@ -173,52 +184,79 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
             if sample.error is not None:
                 lines.append(f"{'W4':<9}{name:<18}  failed: {sample.error}")
                 continue
-            ratio = (
-                ""
-                if name == "postoffice" or ours is None
-                else _ratio(ours.kib_per_session, sample.kib_per_session, lower_is_better=True)
-            )
+            ratios = ""
+            for our_name in ours:
+                our = results.get(("W4", our_name))
+                ratio = (
+                    ""
+                    if our_name == name or our is None
+                    else _ratio(our.kib_per_session, sample.kib_per_session, lower_is_better=True)
+                )
+                ratios += f"{ratio:>28}"
             lines.append(
                 f"{'W4':<9}{name:<18}{sample.kib_per_session:>12.2f}{sample.peak_mib:>9.1f}"
-                f"{sample.ehlo_quit_ms:>14.2f}{ratio:>24}"
+                f"{sample.ehlo_quit_ms:>14.2f}{ratios}"
             )
     return "\n".join(lines)
 
 
-def render_targets(results: dict[tuple[str, str], Sample], workloads: list[str]) -> str:
+def render_targets(results: dict[tuple[str, str], Sample], workloads: list[str], names: list[str]) -> str:
     lines = ["Targets (issue 7; Postfix figures are the issue's reference, not measured here):"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    for workload in workloads:
-        ours = results.get((workload, "postoffice"))
-        if ours is None or ours.error is not None:
-            continue
-        if workload in POSTFIX_REFERENCE:
-            need = POSTFIX_TARGET[workload] * POSTFIX_REFERENCE[workload]
-            lines.append(
-                f"  {workload}: {ours.msgs_per_s:.0f} msg/s vs ≥ {POSTFIX_TARGET[workload]:g}x Postfix "
-                f"({need:.0f}): {ours.msgs_per_s / POSTFIX_REFERENCE[workload]:.2f}x, "
-                f"{verdict(ours.msgs_per_s >= need)}"
-            )
-            peer = results.get((workload, "aiosmtpd-maildir"))
-            if workload == "W1a" and peer is not None and peer.error is None and peer.msgs_per_s > 0:
-                ratio = ours.msgs_per_s / peer.msgs_per_s
+    for our_name in _ours(names):
+        for workload in workloads:
+            ours = results.get((workload, our_name))
+            if ours is None or ours.error is not None:
+                continue
+            if workload in POSTFIX_REFERENCE:
+                need = POSTFIX_TARGET[workload] * POSTFIX_REFERENCE[workload]
                 lines.append(
-                    f"  W1a: {ratio:.2f}x aiosmtpd-maildir (same run), target ≥ {AIOSMTPD_MAILDIR_TARGET_W1A:g}x: "
-                    f"{verdict(ratio >= AIOSMTPD_MAILDIR_TARGET_W1A)}"
+                    f"  {our_name} {workload}: {ours.msgs_per_s:.0f} msg/s vs ≥ {POSTFIX_TARGET[workload]:g}x "
+                    f"Postfix ({need:.0f}): {ours.msgs_per_s / POSTFIX_REFERENCE[workload]:.2f}x, "
+                    f"{verdict(ours.msgs_per_s >= need)}"
                 )
-            limit = GROWTH_TARGET_MB[workload]
+                peer = results.get((workload, "aiosmtpd-maildir"))
+                if workload == "W1a" and peer is not None and peer.error is None and peer.msgs_per_s > 0:
+                    ratio = ours.msgs_per_s / peer.msgs_per_s
+                    lines.append(
+                        f"  {our_name} W1a: {ratio:.2f}x aiosmtpd-maildir (same run), "
+                        f"target ≥ {AIOSMTPD_MAILDIR_TARGET_W1A:g}x: {verdict(ratio >= AIOSMTPD_MAILDIR_TARGET_W1A)}"
+                    )
+                limit = GROWTH_TARGET_MB[workload]
+                lines.append(
+                    f"  {our_name} {workload}: RSS growth {ours.growth_mib:+.1f} MB, target ≤ {limit:g} MB: "
+                    f"{verdict(ours.growth_mib <= limit)}"
+                )
+            elif workload == "W4":
+                lines.append(
+                    f"  {our_name} W4: {ours.kib_per_session:.2f} KiB per idle session, "
+                    f"target ≤ {IDLE_TARGET_KIB:g}: {verdict(ours.kib_per_session <= IDLE_TARGET_KIB)}; "
+                    f"EHLO→QUIT {ours.ehlo_quit_ms:.2f} ms, target < {PROBE_TARGET_MS:g}: "
+                    f"{verdict(ours.ehlo_quit_ms < PROBE_TARGET_MS)}"
+                )
+    one, many = (
+        results.get(("W1a", "postoffice")),
+        [
+            (servers.workers_of(name), results.get(("W1a", name)))
+            for name in _ours(names)
+            if name != "postoffice"
+        ],
+    )
+    for count, sample in many:
+        if (
+            one is not None
+            and sample is not None
+            and one.error is None
+            and sample.error is None
+            and one.msgs_per_s > 0
+        ):
+            scale = sample.msgs_per_s / one.msgs_per_s
             lines.append(
-                f"  {workload}: RSS growth {ours.growth_mib:+.1f} MB, target ≤ {limit:g} MB: "
-                f"{verdict(ours.growth_mib <= limit)}"
-            )
-        elif workload == "W4":
-            lines.append(
-                f"  W4: {ours.kib_per_session:.2f} KiB per idle session, target ≤ {IDLE_TARGET_KIB:g}: "
-                f"{verdict(ours.kib_per_session <= IDLE_TARGET_KIB)}; EHLO→QUIT {ours.ehlo_quit_ms:.2f} ms, "
-                f"target < {PROBE_TARGET_MS:g}: {verdict(ours.ehlo_quit_ms < PROBE_TARGET_MS)}"
+                f"  W1a with {count} workers: {scale:.2f}x one worker, target ≥ {0.8 * count:.1f}x: "
+                f"{verdict(scale >= 0.8 * count)}"
             )
     return "\n".join(lines)
 
@@ -229,24 +267,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smaller workloads and one run (under a minute)")
     parser.add_argument(
-        "--runs", type=int, help="interleaved runs; the table shows medians (default 3, quick 1)"
+        "--runs", type=int, help="interleaved runs; the table shows medians (default 1)"
     )
     parser.add_argument(
         "--workloads", default=",".join(WORKLOAD_NAMES), help="comma-separated, from W1a,W1b,W2,W3,W4"
     )
     parser.add_argument(
-        "--servers", default=",".join(servers.SERVER_NAMES), help="comma-separated server names"
+        "--servers",
+        default=",".join(servers.SERVER_NAMES),
+        help="comma-separated: postoffice, postoffice-wN (N worker processes), aiosmtpd-maildir, aiosmtpd-discard, smtp-sink",
     )
     parser.add_argument("--messages", type=int, help="messages per workload (overrides W1a/W1b/W2/W3 counts)")
     parser.add_argument("--idle-sessions", type=int, help="W4 sessions (default 5000, quick 1000)")
-    parser.add_argument("--workers", type=int, default=1, help="postoffice --workers N")
     parser.add_argument(
         "--asyncio-load", action="store_true", help="use the asyncio client even if smtp-source exists"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the medians as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     args = parser.parse_args(argv)
-    args.runs = args.runs or (1 if args.quick else 3)
+    args.runs = args.runs or 1
     table = QUICK if args.quick else FULL
     if args.messages:
         table = {name: replace(w, messages=args.messages) for name, w in table.items()}
@@ -258,7 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if name not in WORKLOAD_NAMES:
             parser.error(f"unknown workload {name!r}")
     for name in args.server_list:
-        if name not in servers.SERVER_NAMES:
+        if name not in servers.SERVER_NAMES and not servers.is_postoffice(name):
             parser.error(f"unknown server {name!r}")
     return args
 
@@ -269,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [name for name in args.server_list if name not in names]
     generator = "smtp-source" if load.smtp_source_available() and not args.asyncio_load else "asyncio client"
     print(f"servers: {', '.join(names)}" + (f" (not installed: {', '.join(skipped)})" if skipped else ""))
-    print(f"load: {generator}; runs: {args.runs}; workers: {args.workers}", flush=True)
+    print(f"load: {generator}; runs: {args.runs}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="postoffice-bench-"))
     samples: dict[tuple[str, str], list[Sample]] = {}
     started = time.perf_counter()
@@ -304,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render_table(results, args.workload_list, names))
     print()
-    print(render_targets(results, args.workload_list))
+    print(render_targets(results, args.workload_list, names))
     print(f"\n({time.perf_counter() - started:.0f} s; medians of {args.runs} run(s))")
     if args.json is not None:
         args.json.write_text(

@@ -2,6 +2,7 @@
 
 - ``postoffice``: ``python -m postoffice serve`` in capture mode with its durable default
   (fsync before 250, then delivery into a Maildir), from a config file written here;
+  ``postoffice-wN`` is the same with ``--workers N``;
 - ``aiosmtpd-maildir``: aiosmtpd storing each message in a Maildir with fsync before 250;
 - ``aiosmtpd-discard``: aiosmtpd answering 250 and storing nothing;
 - ``smtp-sink``: Postfix's C test server, storing nothing (when Debian's ``postfix`` is installed).
@@ -26,7 +27,20 @@ REPO = BENCH_DIR.parent
 # The checkout's own sources, whatever is installed.
 SOURCES = REPO / "src"
 
-SERVER_NAMES = ("postoffice", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
+SERVER_NAMES = ("postoffice", "postoffice-w2", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
+
+
+def is_postoffice(name: str) -> bool:
+    """``postoffice`` (one process) or ``postoffice-wN`` (``serve --workers N``)."""
+    return name == "postoffice" or (
+        name.startswith("postoffice-w") and name[12:].isdigit() and int(name[12:]) > 0
+    )
+
+
+def workers_of(name: str) -> int:
+    return int(name[12:]) if name.startswith("postoffice-w") else 1
+
+
 RECIPIENT = "rcpt@bench.test"
 # The mailbox capture mode files RECIPIENT under (delivery/mailbox_names.py).
 POSTOFFICE_MAILBOX = Path("mail") / "bench.test" / "rcpt"
@@ -137,10 +151,10 @@ connections = 6000
 """
 
 
-def start(name: str, workdir: Path, *, workers: int = 1) -> RunningServer:
+def start(name: str, workdir: Path) -> RunningServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    if name == "postoffice":
-        return _start_postoffice(workdir, workers)
+    if is_postoffice(name):
+        return _start_postoffice(name, workdir, workers_of(name))
     if name == "aiosmtpd-maildir":
         return _start_aiosmtpd(workdir, maildir=True)
     if name == "aiosmtpd-discard":
@@ -150,7 +164,7 @@ def start(name: str, workdir: Path, *, workers: int = 1) -> RunningServer:
     raise ValueError(f"unknown server {name!r}")
 
 
-def _start_postoffice(workdir: Path, workers: int) -> RunningServer:
+def _start_postoffice(name: str, workdir: Path, workers: int) -> RunningServer:
     data_dir = workdir / "data"
     config = workdir / "postoffice.toml"
     config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir))
@@ -166,9 +180,7 @@ def _start_postoffice(workdir: Path, workers: int) -> RunningServer:
     log.close()
     port = _read_port(process, "listening smtp ")
     _drain(process)
-    return RunningServer(
-        "postoffice", process, port, workdir, _count_files(data_dir / POSTOFFICE_MAILBOX / "new")
-    )
+    return RunningServer(name, process, port, workdir, _count_files(data_dir / POSTOFFICE_MAILBOX / "new"))
 
 
 def _start_aiosmtpd(workdir: Path, *, maildir: bool) -> RunningServer:
@@ -210,8 +222,8 @@ def _drain(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(name: str, workdir: Path, *, workers: int = 1) -> Iterator[RunningServer]:
-    server = start(name, workdir, workers=workers)
+def running(name: str, workdir: Path) -> Iterator[RunningServer]:
+    server = start(name, workdir)
     try:
         yield server
     finally:
