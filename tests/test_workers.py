@@ -95,9 +95,15 @@ def test_what_a_previous_run_left_is_delivered_once_by_one_worker(
     wait_until(lambda: sum(subjects(data_dir).values()) >= 5, what="the queue delivered")
     wait_until(lambda: not any((data_dir / "spool" / "queue").iterdir()), what="the queue drained")
     assert subjects(data_dir) == Counter(f"left {index}" for index in range(5))
+
     # Exactly one worker recovered (pending=5); the other started with nothing.
-    started = sorted(line.split("pending=")[1].strip() for line in running.output if "status=started" in line)
-    assert started == ["0", "5"]
+    def started() -> list[str]:
+        return sorted(
+            line.split("pending=")[1].strip() for line in list(running.output) if "status=started" in line
+        )
+
+    wait_until(lambda: len(started()) == 2, what="both workers logged their start")
+    assert started() == ["0", "5"]
     assert running.terminate() == 0
 
 
@@ -128,6 +134,23 @@ def test_a_worker_that_dies_stops_the_server(
     wait_until(
         lambda: not Path(f"/proc/{second}").exists() or _zombie(second), what="the other worker stopped"
     )
+
+
+def test_workers_stop_when_the_parent_is_killed(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    running = server_process("--workers", "2", data_dir=data_dir)
+    workers = workers_of(running)
+    running.process.kill()
+    running.process.wait(10)
+    for pid in workers:
+        wait_until(
+            lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), what=f"worker {pid} ended"
+        )
+    # Their lock went with them: the data directory can be served again.
+    again = server_process(data_dir=data_dir)
+    assert again.terminate() == 0
 
 
 def _zombie(pid: int) -> bool:

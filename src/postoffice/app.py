@@ -90,6 +90,7 @@ class Application:
     async def stop(self, grace: float = 30.0) -> None:
         await self.smtp.stop(grace)
         await self.scheduler.stop()
+        await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
 
 
 def _configure_logging() -> None:

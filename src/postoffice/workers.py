@@ -19,11 +19,13 @@ others and exits with status 1, and the next start recovers whatever was left in
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +35,8 @@ from postoffice.config import Config, Listener
 
 log = logging.getLogger("postoffice")
 
+# prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 # How long the workers get to start listening.
 START_TIMEOUT = 60.0
 
@@ -120,11 +124,13 @@ def supervise(
         signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
     }
     ready_read, ready_write = os.pipe()
+    parent = os.getpid()
     try:
         for index in range(count):
             pid = os.fork()
             if pid == 0:  # the worker
                 _become_worker(
+                    parent,
                     worker_config,
                     index,
                     tuple(recover) if index == 0 else (),
@@ -156,6 +162,7 @@ def supervise(
 
 
 def _become_worker(
+    parent: int,
     config: Config,
     index: int,
     recover: tuple[str, ...],
@@ -169,6 +176,7 @@ def _become_worker(
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
+        _stop_with_parent(parent)
         os.close(ready_read)
         for sock in reserved:
             sock.close()
@@ -182,6 +190,20 @@ def _become_worker(
     finally:
         logging.shutdown()
         os._exit(status)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM if the parent dies (prctl PR_SET_PDEATHSIG, Linux).
+
+    A parent killed with SIGKILL cannot stop its workers; without this they would go on
+    receiving mail with nobody watching them.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wait_ready(ready_read: int, count: int, children: _Children) -> bool:
