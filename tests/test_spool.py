@@ -216,13 +216,43 @@ async def test_complete_removes_the_message_and_may_be_repeated(tmp_path: Path) 
         spool.load(queue_id)
 
 
+async def test_a_delivered_small_message_file_is_reused_emptied(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    first = await spool_message(spool, b"the first message, longer than the second" * 10)
+    inode = (spool.queue_dir / first).stat().st_ino
+    spool.complete(first)
+    assert spool.pending() == []
+    assert os.listdir(spool.free_dir) != []
+
+    second = await spool_message(spool, b"second")
+
+    path = spool.queue_dir / second
+    assert path.stat().st_ino == inode  # the same file, not a new one
+    assert path.stat().st_mode & 0o777 == 0o600
+    with spool.open_content(second) as file:
+        assert file.read() == b"second"  # nothing of the first is left
+    assert os.listdir(spool.free_dir) == [] and os.listdir(spool.tmp_dir) == []
+
+
+async def test_large_files_are_not_kept_and_kept_files_go_at_start_up(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    big = await spool_message(spool, b"x" * 200_000)
+    small = await spool_message(spool, b"x")
+    spool.complete(big)
+    spool.complete(small)
+    assert len(os.listdir(spool.free_dir)) == 1
+
+    FileSpool(tmp_path)  # a new start
+    assert os.listdir(spool.free_dir) == []
+
+
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "a/b", "..", "", "0" * 15 + "\x00"])
 def test_invalid_ids_are_refused_before_touching_files(tmp_path: Path, bad: str) -> None:
     spool = FileSpool(tmp_path / "spool")
     for operation in (spool.load, spool.open_content, spool.complete):
         with pytest.raises(SpoolError, match="not a queue ID"):
             operation(bad)
-    assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "queue", "tmp"]
+    assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "free", "queue", "tmp"]
 
 
 # --- discarding and clean-up --------------------------------------------------------------------

@@ -12,6 +12,12 @@ Postfix's incoming → active queues)::
     root/tmp/ID       being received; never got a 250, removed at start-up
     root/queue/ID     committed: fsync'd, renamed here, directory fsync'd; then the 250
     root/corrupt/ID   could not be parsed; kept for a person to look at
+    root/free/NAME    a small delivered message's file, kept to be reused (truncated) for a
+                      new one; emptied at start-up
+
+Reusing files: creating one file and deleting one per message cost a loaded ext4 about an
+eighth of the server's CPU time in its inode allocator (measured with ``perf``: it searches
+past recently freed inodes); truncating a file kept from an earlier message costs less.
 
 Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
 
@@ -25,9 +31,11 @@ are shared by every message committed at the same time (:mod:`postoffice.spool.d
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import errno
+import itertools
 import json
 import logging
 import os
@@ -47,6 +55,11 @@ BUFFER_SIZE = 64 * 1024
 # An envelope of 1000 recipients (Postfix smtpd_recipient_limit) is a few hundred KiB of JSON;
 # a longer line means a damaged file, and reading it must not take unbounded memory.
 MAX_ENVELOPE_LINE = 16 * 1024 * 1024
+
+# Files kept for reuse (see the module docstring): at most this many per process, and only
+# files no larger than this, so free/ never holds more than a few megabytes.
+FREE_FILES = 256
+FREE_FILE_SIZE = 16 * 1024
 
 # Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
 # to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
@@ -124,6 +137,8 @@ class FileMessageWriter:
     def _write_out(self) -> int:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
         fd = self._fd
+        if fd is None:
+            fd = self._fd = self._spool._reuse_free_file(self._path)
         if fd is None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
@@ -217,6 +232,11 @@ class FileSpool:
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
         self.corrupt_dir = root / "corrupt"
+        self.free_dir = root / "free"
+        # Names of the files this process kept in free/, oldest first (complete() runs in a
+        # worker thread: deque appends and pops are atomic).
+        self._free: collections.deque[str] = collections.deque()
+        self._free_names = itertools.count()
         # Worker threads for commits, shared with local delivery in the server, so the file
         # system groups the flushes of both (see durability.py).
         self.io = io if io is not None else IoPool()
@@ -231,7 +251,7 @@ class FileSpool:
         # 0700: queued mail is private to the server's user, as Postfix's queue directories.
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         created = False
-        for directory in (self.tmp_dir, self.queue_dir, self.corrupt_dir):
+        for directory in (self.tmp_dir, self.queue_dir, self.corrupt_dir, self.free_dir):
             if not directory.is_dir():
                 directory.mkdir(mode=0o700)
                 created = True
@@ -244,6 +264,8 @@ class FileSpool:
             # After a crash between rename and the directory sync, the same file can have a
             # name in both tmp/ and queue/; removing the tmp/ name leaves the queued one.
             log.info("queue_id=%s status=removed reason=unfinished-at-start-up", entry.name)
+            _remove_quietly(Path(entry.path))
+        for entry in os.scandir(self.free_dir):
             _remove_quietly(Path(entry.path))
 
     # --- receiving ----------------------------------------------------------------------------
@@ -306,14 +328,42 @@ class FileSpool:
         return file
 
     def complete(self, queue_id: str) -> None:
-        # No directory fsync: if the unlink is lost in a crash, the message is delivered again
+        # No directory fsync: if the removal is lost in a crash, the message is delivered again
         # with recovering=True and the agents find their earlier copies.
+        path = self._queue_path(queue_id)
         try:
-            self._queue_path(queue_id).unlink()
+            if len(self._free) < FREE_FILES and os.stat(path).st_size <= FREE_FILE_SIZE:
+                name = f"{os.getpid()}.{next(self._free_names)}"
+                os.rename(path, self.free_dir / name)
+                self._free.append(name)
+            else:
+                path.unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+
+    def _reuse_free_file(self, path: Path) -> int | None:
+        """Move a kept file to ``path`` and open it emptied; None when there is none.
+
+        link() then unlink(), not rename(): like O_EXCL, link refuses to replace a file that
+        already has the name. Only files this process put in ``free/`` are taken, so worker
+        processes sharing the spool never take the same one.
+        """
+        while self._free:
+            try:
+                name = self._free.popleft()
+            except IndexError:
+                return None
+            kept = self.free_dir / name
+            try:
+                os.link(kept, path)
+            except FileNotFoundError:
+                continue  # removed by someone; try the next
+            _remove_quietly(kept)
+            # O_NOFOLLOW: what was kept is only ever a regular file of ours, never a link.
+            return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return None
 
     def _queue_path(self, queue_id: str) -> Path:
         if not is_queue_id(queue_id):
