@@ -512,6 +512,10 @@ HOSTILE_RECIPIENTS = [
 def _all_files(root: Path) -> set[Path]:
     found: set[Path] = set()
     for directory, _, files in os.walk(root):
+        # The spool keeps a delivered message's file in spool/free/ to reuse it: not a copy
+        # the address chose a place for.
+        if Path(directory).name == "free" and Path(directory).parent.name == "spool":
+            continue
         found.update(Path(directory) / name for name in files)
     return found
 
