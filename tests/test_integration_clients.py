@@ -518,6 +518,10 @@ def _all_files(root: Path) -> set[Path]:
     """Every file and directory under ``root``."""
     found: set[Path] = set()
     for directory, subdirectories, files in os.walk(root):
+        # The spool keeps a delivered message's file in spool/free/ to reuse it: not a copy
+        # the address chose a place for.
+        if Path(directory).name == "free" and Path(directory).parent.name == "spool":
+            continue
         found.update(Path(directory) / name for name in (*subdirectories, *files))
     return found
 

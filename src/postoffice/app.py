@@ -22,12 +22,13 @@ from pathlib import Path
 from postoffice import logs, metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config
+from postoffice.datadir import DataDirInUse, DataDirLock
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
-from postoffice.errors import ConfigError, PostofficeError
+from postoffice.errors import ConfigError, PostofficeError, SpoolError
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -47,6 +48,7 @@ from postoffice.spool.scheduler import Scheduler
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService
+from postoffice.workers import WorkerRole, supervise
 
 log = logging.getLogger("postoffice")
 
@@ -130,7 +132,9 @@ class Application:
         *,
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.time,
+        clean_tmp: bool = True,
     ) -> None:
+        """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received."""
         self.config = config
         self.metrics = metrics.reset()
         config.mail_dir.mkdir(parents=True, exist_ok=True)
@@ -140,13 +144,14 @@ class Application:
             self.transcript.open()  # an unwritable path is reported now, not at the first session
             observer = self.transcript
         self.accounts = Accounts(config.accounts_file)
-        self.spool = FileSpool(config.spool_dir)
+        self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         agents: dict[Route, DeliveryAgent] = {
+            # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(
-                config.mail_dir, self.spool, config.hostname, on_delivered=self._delivered
+                config.mail_dir, self.spool, config.hostname, io=self.spool.io, on_delivered=self._delivered
             ),
             Route.REMOTE: self.remote,
         }
@@ -260,12 +265,16 @@ class Application:
             for target in targets
         )
 
-    async def start(self) -> Sequence[BoundAddress]:
+    async def start(
+        self, *, recover: Sequence[str] | None = None, reuse_port: bool = False
+    ) -> Sequence[BoundAddress]:
+        """Recover, then listen. A worker gets ``recover`` (its share of what a previous run
+        left in the queue: all of it or nothing) and listens with ``reuse_port``."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
-        await self.scheduler.start()  # deliver what a previous run accepted but did not finish
+        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
         if self.transcript is not None:
             await self.transcript.start()
-        bound = await self.smtp.start()
+        bound = await self.smtp.start(reuse_port=reuse_port)
         if self.web is not None:
             try:
                 self.http_addresses = await self.web.start()
@@ -294,6 +303,7 @@ class Application:
         if self.web is not None:
             await self.web.stop()
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
+        await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""
@@ -337,7 +347,11 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
     app.reload(config)
 
 
-async def _serve(config: Config, reload: Callable[[], Config] | None) -> int:
+async def _serve(
+    config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None = None
+) -> int:
+    if worker is not None:  # the parent holds the data directory; workers just serve
+        return await _serve_one(config, reload, worker)
     pid_file = PidFile(config.data_dir)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -346,14 +360,14 @@ async def _serve(config: Config, reload: Callable[[], Config] | None) -> int:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
     try:
-        return await _run(config, reload)
+        return await _serve_one(config, reload, None)
     finally:
         pid_file.release()
 
 
-async def _run(config: Config, reload: Callable[[], Config] | None) -> int:
+async def _serve_one(config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None) -> int:
     try:
-        app = Application(config)
+        app = Application(config, clean_tmp=worker is None)
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
@@ -375,13 +389,19 @@ async def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     loop.add_signal_handler(FLUSH_SIGNAL, lambda: rescan(flush=True))
     loop.add_signal_handler(RESCAN_SIGNAL, lambda: rescan(flush=False))
     try:
-        bound = await app.start()
+        if worker is None:
+            bound = await app.start()
+        else:
+            bound = await app.start(recover=worker.recover, reuse_port=True)
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         await app.stop(grace=0)
         return 1
     # The banner comes last: whoever waits for "listening" may signal the server at once.
-    _banner(config, bound, app.http_addresses, app.security.tls)
+    if worker is None:
+        _banner(config, bound, app.http_addresses, app.security.tls)
+    else:
+        worker.ready()
     await stop.wait()
     log.info("event=shutdown")
     await app.stop()
@@ -389,12 +409,65 @@ async def _run(config: Config, reload: Callable[[], Config] | None) -> int:
     return 0
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install 'postoffice[fast]'``).
+
+    Its transports do the socket work of a session in C; the server behaves the same on
+    either loop, and the test suite runs on the standard one.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code for the CLI.
 
-    ``reload`` re-reads the configuration on SIGHUP.
+    ``reload`` re-reads the configuration on SIGHUP (a single process; workers keep theirs).
     """
     logs.configure(config.log_format, config.log_file)
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_serve(config, reload))
+    lock = DataDirLock(config.data_dir)
+    try:
+        lock.acquire()
+    except (DataDirInUse, OSError) as exc:
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"postoffice: {detail}", file=sys.stderr)
+        return 1
+    try:
+        if config.workers > 1:
+            return _serve_workers(config)
+        return _run(config, None, reload)
+    finally:
+        lock.release()
+
+
+def _run(config: Config, worker: WorkerRole | None, reload: Callable[[], Config] | None = None) -> int:
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(_serve(config, reload, worker))
     return 130
+
+
+def _serve_workers(config: Config) -> int:
+    # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
+    # list what it left in the queue, for worker 0 to deliver.
+    try:
+        recover = FileSpool(config.spool_dir).pending()
+    except SpoolError as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
+
+    def announce(worker_config: Config) -> None:
+        bound = [
+            BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
+        ]
+        _banner(config, bound, (), None)
+
+    # One HTTP server cannot be shared by processes: with workers, the web side is off.
+    try:
+        return supervise(dataclasses.replace(config, http_listeners=()), recover, _run, announce)
+    except OSError as exc:
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
+        return 1

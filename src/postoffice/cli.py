@@ -262,6 +262,12 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve.add_argument(
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the listeners and the data directory (replaces workers)",
+    )
     serve.set_defaults(handler=_run_serve)
 
 
@@ -291,6 +297,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             http_listeners=() if args.no_http else args.http,
+            workers=args.workers,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 

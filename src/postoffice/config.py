@@ -13,6 +13,7 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     domains = ["example.com"]            # local domains; none means capture mode
     postmaster = "admin@example.com"
     transcript_log = "/var/log/postoffice/transcript.log"   # every command and reply; off by default
+    workers = 2                          # server processes sharing the listeners (SO_REUSEPORT)
     [listen]
     smtp = ["127.0.0.1:2525", "[::1]:2525"]   # MX service: STARTTLS offered
     submission = ["127.0.0.1:2587"]           # RFC 6409: STARTTLS, then AUTH, then MAIL
@@ -123,8 +124,9 @@ class QueueSettings:
     # delay_warning_time = 0h).
     delay_warning_time: float = 0.0
     # Deliveries running at once, all destinations together. Postfix allows 100 processes;
-    # one of ours costs a coroutine and a connection, and 20 keep a small server's memory low.
-    concurrency: int = 20
+    # one of ours costs a coroutine and at most a connection. Local deliveries running together
+    # share disk flushes, so under load this is also how many one flush covers.
+    concurrency: int = 64
     # Deliveries running at once to one remote destination (Postfix
     # initial_destination_concurrency = 5: a receiving site never gets more parallel
     # connections than that). Local mailboxes are limited by ``concurrency`` only.
@@ -286,6 +288,9 @@ class Config:
     log_file: Path | None = None
     # Web UI and JSON API listeners; empty turns the web side off.
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
+    # Server processes sharing the listeners (SO_REUSEPORT) and the data directory; each
+    # receives and delivers its own mail. One per core is the usual choice.
+    workers: int = 1
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -752,7 +757,10 @@ _TOP_KEYS = (
     "proxy_protocol",
     "log_format",
     "log_file",
+    "workers",
 )
+# More processes than this is a typo, not a machine (Postfix default_process_limit is 100).
+MAX_WORKERS = 256
 _LISTEN_KEYS = (*LISTENER_KINDS, "http")
 _PROXY_KEYS = (*LISTENER_KINDS, "trusted")
 _TLS_KEYS = ("cert", "key", "min_version")
@@ -835,6 +843,13 @@ def _listeners(value: object, kind: str = "smtp") -> tuple[Listener, ...]:
     return tuple(listeners)
 
 
+def _workers(value: object) -> int:
+    count = _count(value)
+    if count > MAX_WORKERS:
+        raise _Invalid(f"{count} is too many; the most is {MAX_WORKERS}")
+    return count
+
+
 def _data_dir(value: object, base: Path) -> Path:
     return _path(value, base)
 
@@ -895,6 +910,7 @@ class _Settings:
     listeners: dict[str, tuple[Listener, ...]] = field(default_factory=dict)
     transcript_log: Path | None = None
     http_listeners: tuple[Listener, ...] | None = None
+    workers: int | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     queue: dict[str, Any] = field(default_factory=dict)
     delivery: dict[str, Any] = field(default_factory=dict)
@@ -977,6 +993,8 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         settings.transcript_log = problems.check(
             "transcript_log", lambda: _path(data["transcript_log"], base)
         )
+    if "workers" in data:
+        settings.workers = problems.check("workers", lambda: _workers(data["workers"]))
     listen = _table(problems, data, "listen")
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
     for kind in LISTENER_KINDS:
@@ -1061,6 +1079,7 @@ def _collect(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
+    workers: int | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -1082,6 +1101,8 @@ def _collect(
             settings.listeners[kind] = given
     if http_listeners is not None:
         settings.http_listeners = tuple(http_listeners)
+    if workers is not None:
+        settings.workers = flags.check("--workers", lambda: _workers(workers))
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     if transcript_log is not None:
@@ -1106,6 +1127,7 @@ def _collect(
         listeners=sum(settings.listeners.values(), ()) or (DEFAULT_SMTP_LISTENER,),
         domains=settings.domains or (),
         postmaster=settings.postmaster,
+        workers=settings.workers or 1,
         limits=Limits(**settings.limits),
         transcript_log=settings.transcript_log,
         queue=QueueSettings(**settings.queue),
@@ -1135,6 +1157,7 @@ def load_config(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
+    workers: int | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
@@ -1156,6 +1179,7 @@ def load_config(
         tls_cert=tls_cert,
         tls_key=tls_key,
         http_listeners=http_listeners,
+        workers=workers,
     )
     if config is None:
         raise errors[0]

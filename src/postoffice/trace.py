@@ -26,6 +26,19 @@ def _address_literal(address: str) -> str:
     return f"[{ip}]"
 
 
+# The RFC 5322 date of the last second a header was made in: every message received in the
+# same second shares it, and formatting a local time is the dearest part of the header.
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def _date_stamp(when: float) -> str:
+    global _last_stamp
+    second = int(when)
+    if _last_stamp[0] != second:
+        _last_stamp = (second, format_datetime(localtime(datetime.fromtimestamp(second, UTC))))
+    return _last_stamp[1]
+
+
 def with_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
     """The WITH keyword: RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA) and RFC 6531 §3.7.3 (UTF8SMTP*)."""
     if not esmtp:
@@ -49,7 +62,7 @@ def received_header(
         f"Received: from {printable(helo, 100) or 'unknown'} ({_address_literal(client_address)})",
         f"\tby {hostname} (postoffice) with {protocol} id {queue_id}",
     ]
-    stamp = format_datetime(localtime(datetime.fromtimestamp(when, UTC)))
+    stamp = _date_stamp(when)
     if recipient is not None:
         lines.append(f"\tfor <{printable(recipient, 300)}>; {stamp}")
     else:

@@ -10,6 +10,7 @@ mangles: the result is always ``mail_root/<domain>/<local>``, two plain names in
 from __future__ import annotations
 
 import os
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -32,13 +33,36 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise ValueError(f"address has no local part and domain: {address!r}")
-    path = mail_root / _domain_name(domain) / _local_name(local)
+    domain_name, local_name = _domain_name(domain), _local_name(local)
+    path = mail_root / domain_name / local_name
     # Both names are plain components by construction; this guard keeps it so if that ever
     # changes, and refuses a symlink (placed by someone else) that leads out of the root.
+    if _plain(domain_name) and _plain(local_name) and not _symlinks_below(mail_root, domain_name, local_name):
+        return path  # two plain names, neither a symlink: inside the root by construction
     root = mail_root.resolve()
-    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root) or resolved == root:
         raise ValueError(f"mailbox for {address!r} is outside the mail root")
     return path
+
+
+def _plain(name: str) -> bool:
+    return "/" not in name and name not in (".", "..")
+
+
+def _symlinks_below(mail_root: Path, domain_name: str, local_name: str) -> bool:
+    """Whether ``<domain>`` or ``<domain>/<local>`` under the root is a symlink (two lstats,
+    where resolving the whole path would stat every component of the root too)."""
+    domain_path = os.path.join(mail_root, domain_name)
+    for candidate in (domain_path, os.path.join(domain_path, local_name)):
+        try:
+            if stat.S_ISLNK(os.lstat(candidate).st_mode):
+                return True
+        except FileNotFoundError:
+            return False  # nothing there yet, so nothing below it either
+        except OSError:
+            return True  # cannot tell: take the careful path
+    return False
 
 
 def _normalise(text: str) -> str:

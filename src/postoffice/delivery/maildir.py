@@ -16,10 +16,10 @@ added header lines; Dovecot, mutt and Python's :mod:`mailbox` read both line-end
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import re
@@ -33,8 +33,9 @@ from postoffice.delivery.store import MailboxStore
 from postoffice.errors import DeliveryError, SpoolError
 from postoffice.smtp import replies
 from postoffice.spool.base import Spool
+from postoffice.spool.durability import IoPool, fsync_directory
 from postoffice.spool.envelope import QueuedMessage, Recipient
-from postoffice.spool.files import STORAGE_FULL_ERRNOS, fsync_directory
+from postoffice.spool.files import STORAGE_FULL_ERRNOS
 
 log = logging.getLogger("postoffice.delivery")
 
@@ -45,6 +46,12 @@ _KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # File systems without hard links (some FUSE and network mounts) refuse link(2) with these;
 # rename(2) is then the way into new/, as Dovecot does by default.
 _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+
+# copy_file_range(2) across file systems fails with EXDEV on kernels before 5.3, and some file
+# systems do not support it at all: then the copy goes through user space.
+_NO_COPY_RANGE_ERRNOS = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
+# Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
+_MADE_MAILDIRS = 10_000
 
 DeliveryHook = Callable[[str, Path], None]
 
@@ -90,6 +97,8 @@ class MaildirStore:
     def __init__(self, mail_root: Path, hostname: str) -> None:
         self.mail_root = mail_root
         self.hostname = hostname
+        # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
+        self._made: set[Path] = set()
 
     def deliver(
         self,
@@ -101,10 +110,18 @@ class MaildirStore:
         received_at: float,
         size: int,
         recovering: bool,
+        maildir: Path | None = None,
     ) -> Path:
-        maildir = mailbox_path(self.mail_root, address)
+        """See :class:`~postoffice.delivery.store.MailboxStore`; ``maildir``, when given, is
+        :func:`~postoffice.delivery.mailbox_names.mailbox_path` of ``address``, already checked."""
+        if maildir is None:
+            maildir = mailbox_path(self.mail_root, address)
         name = maildir_name(key, received_at, self.hostname, len(headers) + size)
-        _make_maildir(self.mail_root, maildir)
+        if maildir not in self._made:
+            _make_maildir(self.mail_root, maildir)
+            if len(self._made) >= _MADE_MAILDIRS:
+                self._made.clear()
+            self._made.add(maildir)
         if recovering:
             earlier = _find_delivered(maildir, name, f"{int(received_at)}.{key}.")
             if earlier is not None:
@@ -113,7 +130,14 @@ class MaildirStore:
                 return earlier
         temporary = maildir / "tmp" / name
         final = maildir / "new" / name
-        _write_synced(temporary, headers, content, size)
+        try:
+            _write_synced(temporary, headers, content, size)
+        except FileNotFoundError:
+            # The Maildir went away since it was made (a person removed it): make it again.
+            self._made.discard(maildir)
+            _make_maildir(self.mail_root, maildir)
+            self._made.add(maildir)
+            _write_synced(temporary, headers, content, size)
         try:
             _publish(temporary, final)
         finally:
@@ -143,21 +167,50 @@ def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int) -> N
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600)
     try:
-        with open(fd, "wb", buffering=BLOCK_SIZE, closefd=False) as out:
-            out.write(headers)
-            remaining = size
-            while remaining:
-                block = content.read(min(BLOCK_SIZE, remaining))
-                if not block:
-                    raise DeliveryError(f"spool content ends {remaining} bytes early")
-                out.write(block)
-                remaining -= len(block)
+        _write_all(fd, headers)
+        _copy(content, fd, size)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         _remove_quietly(path)
         raise
     os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy(content: BinaryIO, fd: int, size: int) -> None:
+    """Copy ``size`` bytes from ``content`` (a spool file, at the message start) to ``fd``.
+
+    In the kernel (copy_file_range(2)) where it can be, so the message never passes through
+    Python's memory; block by block otherwise.
+    """
+    remaining = size
+    offset = content.tell()
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is not None:
+        try:
+            while remaining:
+                copied: int = copy_file_range(content.fileno(), fd, remaining, offset)
+                if copied == 0:
+                    raise DeliveryError(f"spool content ends {remaining} bytes early")
+                offset += copied
+                remaining -= copied
+            return
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE_ERRNOS or remaining != size:
+                raise
+    content.seek(offset)
+    while remaining:
+        block = content.read(min(BLOCK_SIZE, remaining))
+        if not block:
+            raise DeliveryError(f"spool content ends {remaining} bytes early")
+        _write_all(fd, block)
+        remaining -= len(block)
 
 
 def _publish(temporary: Path, final: Path) -> None:
@@ -198,6 +251,10 @@ class MaildirAgent:
 
     ``on_delivered(address, path)`` is called on the event loop after each copy is stored,
     including a copy found again while recovering (the crash may have come before the call).
+
+    Each delivery runs in a worker thread of ``io`` (the spool's, in the server), beside the
+    spool's own commits, so their flushes are grouped by the file system
+    (:mod:`postoffice.spool.durability`).
     """
 
     def __init__(
@@ -208,16 +265,20 @@ class MaildirAgent:
         *,
         store: MailboxStore | None = None,
         on_delivered: DeliveryHook | None = None,
+        io: IoPool | None = None,
     ) -> None:
         self.mail_root = mail_root
         self._spool = spool
         self._store: MailboxStore = store if store is not None else MaildirStore(mail_root, hostname)
         self._on_delivered = on_delivered
+        self._io = io if io is not None else IoPool()
 
     async def deliver(
         self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
     ) -> list[DeliveryResult]:
-        results, stored = await asyncio.to_thread(self._deliver_all, message, recipients, recovering)
+        results, stored = await self._io.run(
+            functools.partial(self._deliver_all, message, recipients, recovering)
+        )
         if self._on_delivered is not None:
             for address, path in stored:
                 try:
@@ -242,15 +303,15 @@ class MaildirAgent:
         self, message: QueuedMessage, recipients: Sequence[Recipient], recovering: bool, content: BinaryIO
     ) -> tuple[list[DeliveryResult], list[tuple[str, Path]]]:
         start = content.tell()
-        first_index = self._first_index_by_mailbox(message, recipients)
+        mailboxes: dict[str, Path | ValueError] = {}  # each address is checked once
+        first_index = self._first_index_by_mailbox(message, recipients, mailboxes)
         results: list[DeliveryResult] = []
         stored: list[tuple[str, Path]] = []
         by_mailbox: dict[Path, DeliveryResult] = {}
         for recipient in recipients:
-            try:
-                mailbox = mailbox_path(self.mail_root, recipient.address)
-            except ValueError as exc:
-                log.warning("queue_id=%s to=<%s> error=%r", message.queue_id, recipient.address, str(exc))
+            mailbox = self._mailbox(recipient.address, mailboxes)
+            if isinstance(mailbox, ValueError):
+                log.warning("queue_id=%s to=<%s> error=%r", message.queue_id, recipient.address, str(mailbox))
                 results.append(PermFail(recipient, replies.BAD_DESTINATION_MAILBOX))
                 continue
             earlier = by_mailbox.get(mailbox)
@@ -263,28 +324,38 @@ class MaildirAgent:
             # fewer recipients derives the same file name.
             key = f"{message.queue_id}_{first_index[mailbox]}"
             content.seek(start)
-            result = self._deliver_one(message, recipient, content, key, recovering, stored)
+            result = self._deliver_one(message, recipient, mailbox, content, key, recovering, stored)
             by_mailbox[mailbox] = result
             results.append(result)
         return results, stored
 
+    def _mailbox(self, address: str, known: dict[str, Path | ValueError]) -> Path | ValueError:
+        mailbox = known.get(address)
+        if mailbox is None:
+            try:
+                mailbox = mailbox_path(self.mail_root, address)
+            except ValueError as exc:
+                mailbox = exc
+            known[address] = mailbox
+        return mailbox
+
     def _first_index_by_mailbox(
-        self, message: QueuedMessage, recipients: Sequence[Recipient]
+        self, message: QueuedMessage, recipients: Sequence[Recipient], known: dict[str, Path | ValueError]
     ) -> dict[Path, int]:
         # Recipients are the envelope's; any others (a caller's mistake) are numbered after
         # them, so they can never take the name of a real delivery.
         first: dict[Path, int] = {}
         for index, recipient in enumerate((*message.envelope.recipients, *recipients)):
-            try:
-                first.setdefault(mailbox_path(self.mail_root, recipient.address), index)
-            except ValueError:
-                continue
+            mailbox = self._mailbox(recipient.address, known)
+            if not isinstance(mailbox, ValueError):
+                first.setdefault(mailbox, index)
         return first
 
     def _deliver_one(
         self,
         message: QueuedMessage,
         recipient: Recipient,
+        mailbox: Path,
         content: BinaryIO,
         key: str,
         recovering: bool,
@@ -293,15 +364,27 @@ class MaildirAgent:
         queue_id, address = message.queue_id, recipient.address
         headers = delivery_headers(message.envelope.mail_from, address)
         try:
-            path = self._store.deliver(
-                address,
-                headers,
-                content,
-                key,
-                received_at=message.envelope.received_at,
-                size=message.size,
-                recovering=recovering,
-            )
+            if isinstance(self._store, MaildirStore):
+                path = self._store.deliver(
+                    address,
+                    headers,
+                    content,
+                    key,
+                    received_at=message.envelope.received_at,
+                    size=message.size,
+                    recovering=recovering,
+                    maildir=mailbox,
+                )
+            else:
+                path = self._store.deliver(
+                    address,
+                    headers,
+                    content,
+                    key,
+                    received_at=message.envelope.received_at,
+                    size=message.size,
+                    recovering=recovering,
+                )
         except ValueError as exc:
             log.warning("queue_id=%s to=<%s> error=%r", queue_id, address, str(exc))
             return PermFail(recipient, replies.BAD_DESTINATION_MAILBOX)

@@ -80,7 +80,8 @@ class SmtpServer:
         self._per_client: Counter[str] = Counter()
         self.bound: list[BoundAddress] = []
 
-    async def start(self) -> list[BoundAddress]:
+    async def start(self, *, reuse_port: bool = False) -> list[BoundAddress]:
+        """Listen; ``reuse_port`` lets several processes listen on one address (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
         security = self._services.security
         for listener in self._listeners:
@@ -96,6 +97,7 @@ class SmtpServer:
                     listener.host,
                     listener.port,
                     reuse_address=True,
+                    reuse_port=reuse_port or None,
                     backlog=1024,
                     family=socket.AF_UNSPEC,
                     ssl=context,

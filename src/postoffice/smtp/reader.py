@@ -29,6 +29,23 @@ class DataProblems:
     line_too_long: bool = False
 
 
+def _has_long_line(segment: bytes, start: int, limit: int) -> bool:
+    """Whether a line from ``start`` on is longer than ``limit`` octets with its CRLF.
+
+    Lines from ``start`` on end with CRLF (a segment is cut after one). Each step jumps to
+    the last CRLF within ``limit`` octets, so it looks at a few positions per ``limit`` octets
+    instead of splitting the segment into lines; where there is no CRLF in reach, the line
+    starting there is too long.
+    """
+    position, end = start, len(segment)
+    while end - position > limit - 2:
+        last = segment.rfind(_CRLF, position, position + limit)
+        if last < 0:
+            return True
+        position = last + 2
+    return False
+
+
 class LineTooLong:
     """Marker: a command line exceeded ``max_line`` and was discarded up to its CRLF."""
 
@@ -138,12 +155,11 @@ class Reader:
         self._line_carry = first_line if first_end < 0 else 0
         limit = self._text_line_limit
         # §4.5.3.1.6: "The maximum total length of a text line including the <CRLF> is
-        # 1000 octets". Split only when the segment could hold such a line.
+        # 1000 octets".
         if limit and not self.problems.line_too_long:
-            longest = first_line
-            if len(segment) > limit - 2:
-                longest = max(longest, *map(len, segment.split(_CRLF)))
-            self.problems.line_too_long = longest > limit - 2
+            self.problems.line_too_long = first_line > limit - 2 or (
+                first_end >= 0 and _has_long_line(segment, first_end + 2, limit)
+            )
         return segment
 
     # --- BDAT chunks (RFC 3030) ---------------------------------------------------------------

@@ -52,9 +52,10 @@ from postoffice.spool.state import Action, Deferral, Outcome, QueueState
 
 log = logging.getLogger("postoffice.spool")
 
-# Postfix default_process_limit is 100 processes; a job here is a coroutine and at most one
-# connection, and 20 keep the memory of a small server low.
-DEFAULT_CONCURRENCY = 20
+# Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
+# one connection. Local deliveries running together flush side by side, and the file system
+# commits their flushes together, so under load this is also how many one disk flush covers.
+DEFAULT_CONCURRENCY = 64
 # Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
 DEFAULT_DESTINATION_CONCURRENCY = 5
 # Postfix minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime.
@@ -145,14 +146,18 @@ class Scheduler:
 
     # --- feeding the queue --------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, queue_ids: Sequence[str] | None = None) -> None:
         """Schedule every message left in the spool (by a crash or a stop), oldest first.
 
         Messages keep the schedule recorded in their state: one deferred until later waits
-        until then, a held one stays held.
+        until then, a held one stays held. ``queue_ids``, when given, are the ones to recover
+        instead: with several server processes on one spool, one process lists the queue
+        before any of them receives, and only the process given that list delivers it (the
+        others start with none).
         """
         self._stopping = False
-        queue_ids = await asyncio.to_thread(self._spool.pending)
+        if queue_ids is None:
+            queue_ids = await asyncio.to_thread(self._spool.pending)
         added = await self._adopt(queue_ids)
         log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 

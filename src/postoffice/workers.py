@@ -1,0 +1,250 @@
+"""Several server processes on one machine: a parent that forks workers and watches them.
+
+Untrusted input seen here: none; the parent accepts no connection and reads no mail. It sees
+the configuration (operator's) and signals.
+
+Each worker is a whole server (its own event loop, spool writer, scheduler and delivery) on a
+listening socket of its own bound with ``SO_REUSEPORT`` to the same address, so the kernel
+spreads incoming connections among them and each process uses its own core (one Python
+process cannot use two: the interpreter runs one thread at a time). The workers share the data
+directory safely because each one delivers only the mail it accepted itself, and what a
+previous run left in the queue is listed once, by the parent, before any worker receives, and
+given to worker 0 alone: no message is ever delivered by two processes at once.
+
+The parent holds the data directory's lock (:mod:`postoffice.datadir`) for all of them. On
+SIGTERM or SIGINT it passes SIGTERM on and waits; if a worker dies unexpectedly, it stops the
+others and exits with status 1, and the next start recovers whatever was left in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from types import FrameType
+
+from postoffice.config import Config, Listener
+
+log = logging.getLogger("postoffice")
+
+# prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+# How long the workers get to start listening.
+START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What one worker process is told by the parent."""
+
+    index: int
+    # Queue IDs left by a previous run that this worker delivers (only worker 0 gets any).
+    recover: tuple[str, ...]
+    # Called once the worker listens.
+    ready: Callable[[], None]
+
+
+def reserve_listeners(listeners: Sequence[Listener]) -> tuple[list[socket.socket], tuple[Listener, ...]]:
+    """Bind (without listening) every address, so port 0 becomes one port all workers share.
+
+    Returns the reserving sockets, to be closed once the workers listen, and the listeners
+    with concrete addresses and ports.
+    """
+    reserved: list[socket.socket] = []
+    concrete: list[Listener] = []
+    try:
+        for listener in listeners:
+            infos = socket.getaddrinfo(
+                listener.host, listener.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            )
+            seen: set[tuple[int, str]] = set()
+            for family, kind, proto, _, address in infos:
+                host = str(address[0])
+                if (family, host) in seen:
+                    continue
+                seen.add((family, host))
+                sock = socket.socket(family, kind, proto)
+                reserved.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    # As asyncio's create_server does, so the workers' sockets can join it.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
+    return reserved, tuple(concrete)
+
+
+class _Children:
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.stopping = False
+
+    def signal_all(self, signum: int) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+
+
+def supervise(
+    config: Config,
+    recover: Sequence[str],
+    run_worker: Callable[[Config, WorkerRole], int],
+    announce: Callable[[Config], None],
+) -> int:
+    """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
+
+    ``announce`` is called with the workers' configuration (concrete ports) once they all
+    listen; it prints what a single server prints.
+    """
+    count = config.workers
+    reserved, listeners = reserve_listeners(config.listeners)
+    limits = config.limits
+    # The total stays what was configured: each worker takes its share.
+    shared_limits = replace(limits, connections=max(1, -(-limits.connections // count)))
+    worker_config = replace(config, listeners=listeners, limits=shared_limits)
+    children = _Children()
+    previous = {
+        signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    ready_read, ready_write = os.pipe()
+    parent = os.getpid()
+    try:
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # the worker
+                _become_worker(
+                    parent,
+                    worker_config,
+                    index,
+                    tuple(recover) if index == 0 else (),
+                    run_worker,
+                    reserved,
+                    ready_read,
+                    ready_write,
+                )
+            children.pids.add(pid)
+        os.close(ready_write)
+        ready_write = -1
+        if not _wait_ready(ready_read, count, children):
+            children.signal_all(signal.SIGTERM)
+            _reap(children)
+            return 1
+        for sock in reserved:
+            sock.close()
+        announce(worker_config)
+        return _reap(children)
+    finally:
+        for sock in reserved:
+            sock.close()
+        for fd in (ready_read, ready_write):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _become_worker(
+    parent: int,
+    config: Config,
+    index: int,
+    recover: tuple[str, ...],
+    run_worker: Callable[[Config, WorkerRole], int],
+    reserved: list[socket.socket],
+    ready_read: int,
+    ready_write: int,
+) -> None:
+    """Run one worker in the child process and leave; never returns."""
+    status = 1
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        _stop_with_parent(parent)
+        os.close(ready_read)
+        for sock in reserved:
+            sock.close()
+
+        def ready() -> None:
+            os.write(ready_write, b".")
+
+        status = run_worker(config, WorkerRole(index, recover, ready))
+    except BaseException:
+        log.exception("worker=%d status=crashed", index)
+    finally:
+        logging.shutdown()
+        os._exit(status)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM if the parent dies (prctl PR_SET_PDEATHSIG, Linux).
+
+    A parent killed with SIGKILL cannot stop its workers; without this they would go on
+    receiving mail with nobody watching them.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wait_ready(ready_read: int, count: int, children: _Children) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    received = 0
+    while received < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or children.stopping:
+            return False
+        readable, _, _ = select.select([ready_read], [], [], min(left, 0.5))
+        if readable:
+            data = os.read(ready_read, count)
+            if not data:  # every worker is gone (each held the write end)
+                return False
+            received += len(data)
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            children.pids.discard(pid)
+            log.error("worker pid=%d status=exited-before-listening", pid)
+            return False
+    return True
+
+
+def _reap(children: _Children) -> int:
+    """Wait for every worker; 0 only if all ended cleanly after a stop signal."""
+    status = 0
+    while children.pids:
+        pid, code = os.waitpid(-1, 0)
+        if pid not in children.pids:
+            continue
+        children.pids.discard(pid)
+        clean = os.waitstatus_to_exitcode(code) == 0
+        if not children.stopping:
+            log.error(
+                "worker pid=%d status=exited code=%d: stopping the others",
+                pid,
+                os.waitstatus_to_exitcode(code),
+            )
+            children.stopping = True
+            children.signal_all(signal.SIGTERM)
+            status = 1
+        elif not clean:
+            status = 1
+    return status

@@ -1,0 +1,33 @@
+"""The benchmark still runs: a tiny W1a against every installed peer prints its table.
+
+Speed is not asserted (it belongs to the benchmark's own figures); only that the command works
+end to end and reports postoffice's rate relative to a peer measured in the same run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_quick_benchmark_prints_a_table_with_ratios() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "W1a", "--messages", "50"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("W1a ")]
+    assert any(" postoffice " in row for row in rows), done.stdout
+    # Another server's row ends with postoffice's rate divided by its own, e.g. "1.83x".
+    assert any(re.search(r"\d+\.\d\dx$", row) for row in rows if " postoffice " not in row), done.stdout
+    assert "failed" not in done.stdout, done.stdout

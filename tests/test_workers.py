@@ -1,0 +1,180 @@
+"""Several server processes (``serve --workers N``) on one port and one data directory.
+
+Real processes on an ephemeral loopback port, real SMTP clients: every message accepted by any
+worker is delivered once, what a previous run left is delivered once, SIGTERM stops them all,
+and a second server on the same data directory is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess
+from postoffice.config import load_config
+from postoffice.errors import ConfigError
+from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.spool.files import FileSpool
+
+pytestmark = pytest.mark.timeout(60)
+
+RECIPIENT = "many@workers.test"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
+        time.sleep(0.05)
+
+
+def workers_of(process: ServerProcess) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{process.process.pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return children
+
+
+def subjects(data_dir: Path) -> Counter[str]:
+    box = data_dir / "mail" / "workers.test" / "many"
+    if not (box / "new").exists():
+        return Counter()
+    return Counter(str(message["Subject"]) for message in mailbox.Maildir(box, factory=None, create=False))
+
+
+def test_workers_share_the_port_and_deliver_every_message_once(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    running = server_process("--workers", "2", data_dir=tmp_path / "data")
+    assert len(workers_of(running)) == 2
+    sent = [f"message {index}" for index in range(30)]
+    for subject in sent:  # one connection each, so the kernel spreads them over the workers
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.sendmail("sender@example.org", [RECIPIENT], f"Subject: {subject}\r\n\r\nbody\r\n")
+
+    wait_until(lambda: sum(subjects(running.data_dir).values()) >= len(sent), what="every message delivered")
+    assert subjects(running.data_dir) == Counter(sent)
+    wait_until(lambda: not any((running.data_dir / "spool" / "queue").iterdir()), what="the queue drained")
+
+    assert running.terminate(signal.SIGTERM) == 0
+    assert sum("event=shutdown" in line for line in running.output) == 2
+
+
+async def _leave_in_queue(spool_dir: Path, subject: str) -> None:
+    spool = FileSpool(spool_dir)
+    envelope = Envelope(
+        mail_from="sender@example.org",
+        recipients=(Recipient(RECIPIENT, RECIPIENT, Route.LOCAL),),
+        received_at=time.time(),
+    )
+    writer = spool.new_message(envelope)
+    writer.write(f"Subject: {subject}\r\n\r\nleft by a previous run\r\n".encode())
+    await writer.commit()
+
+
+def test_what_a_previous_run_left_is_delivered_once_by_one_worker(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    for index in range(5):
+        asyncio.run(_leave_in_queue(data_dir / "spool", f"left {index}"))
+
+    running = server_process("--workers", "2", data_dir=data_dir)
+
+    wait_until(lambda: sum(subjects(data_dir).values()) >= 5, what="the queue delivered")
+    wait_until(lambda: not any((data_dir / "spool" / "queue").iterdir()), what="the queue drained")
+    assert subjects(data_dir) == Counter(f"left {index}" for index in range(5))
+
+    # Exactly one worker recovered (pending=5); the other started with nothing.
+    def started() -> list[str]:
+        return sorted(
+            line.split("pending=")[1].strip() for line in list(running.output) if "status=started" in line
+        )
+
+    wait_until(lambda: len(started()) == 2, what="both workers logged their start")
+    assert started() == ["0", "5"]
+    assert running.terminate() == 0
+
+
+def test_a_second_server_on_the_same_data_directory_is_refused(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server_process("--workers", "2", data_dir=data_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "postoffice", "serve", "--data-dir", str(data_dir), "--smtp", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"postoffice: {data_dir} is in use by another postoffice serve"
+    ]
+
+
+def test_a_worker_that_dies_stops_the_server(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    running = server_process("--workers", "2", data_dir=tmp_path / "data")
+    first, second = workers_of(running)
+    os.kill(first, signal.SIGKILL)
+    assert running.process.wait(30) == 1
+    wait_until(
+        lambda: not Path(f"/proc/{second}").exists() or _zombie(second), what="the other worker stopped"
+    )
+
+
+def test_workers_stop_when_the_parent_is_killed(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    running = server_process("--workers", "2", data_dir=data_dir)
+    workers = workers_of(running)
+    running.process.kill()
+    running.process.wait(10)
+    for pid in workers:
+        wait_until(
+            lambda pid=pid: not Path(f"/proc/{pid}").exists() or _zombie(pid), what=f"worker {pid} ended"
+        )
+    # Their lock went with them: the data directory can be served again.
+    again = server_process(data_dir=data_dir)
+    assert again.terminate() == 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("0", "too small"), ('"two"', "expected an integer"), ("1000", "too many")],
+)
+def test_workers_key_is_checked(tmp_path: Path, value: str, problem: str) -> None:
+    config = tmp_path / "postoffice.toml"
+    config.write_text(f"workers = {value}\n")
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_config(config)
+    assert str(caught.value).startswith(f"{config}: workers:")
+
+
+def test_workers_flag_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "postoffice.toml"
+    config.write_text("workers = 4\n")
+    assert load_config(config).workers == 4
+    assert load_config(config, workers=2).workers == 2
+    assert load_config(None).workers == 1
