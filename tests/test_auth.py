@@ -389,3 +389,14 @@ def test_password_never_appears_in_the_log(
         except ValueError:
             continue
         assert password.encode() not in decoded and wrong.encode() not in decoded
+
+
+def test_tls_and_auth_outcomes_are_counted_in_the_metrics(server: RunningServer, certs: Certs) -> None:
+    client = tls_client(server, certs)
+    assert client.command(f"AUTH PLAIN {plain_response(ALICE, 'wrong')}") == reply(r.AUTH_FAILED)
+    assert client.command(f"AUTH PLAIN {plain_response(ALICE, ALICE_PASSWORD)}") == reply(r.AUTH_SUCCESSFUL)
+    client.close()
+    exposition = server.app.metrics.exposition().decode()
+    assert 'postoffice_tls_handshakes_total{outcome="ok"} 1.0' in exposition
+    assert 'postoffice_auth_attempts_total{mechanism="PLAIN",outcome="failed"} 1.0' in exposition
+    assert 'postoffice_auth_attempts_total{mechanism="PLAIN",outcome="ok"} 1.0' in exposition

@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from postoffice import metrics
 from postoffice.accounts import Accounts
 from postoffice.errors import AccountError
 from postoffice.net.login_throttle import LoginThrottle
@@ -86,7 +87,9 @@ class Authenticator:
                 mechanism,
                 user,
             )
+            metrics.current().auth_attempt(mechanism, "ok")
             return LoginResult(replies.AUTH_SUCCESSFUL, user=user)
+        metrics.current().auth_attempt(mechanism, "failed")
         failures = self._throttle.record_failure(client)
         delay = self._throttle.delay_for(failures)
         log.warning(

@@ -294,6 +294,7 @@ class SmtpSession(asyncio.Protocol):
             secure = await self._loop.start_tls(transport, self, tls.context, server_side=True)
         except Exception as exc:  # the handshake failed or timed out: the connection is gone
             log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
+            metrics.current().tls_handshake(False)
             transport.abort()
             self.connection_lost(None)
             return
@@ -307,6 +308,7 @@ class SmtpSession(asyncio.Protocol):
         self._process()  # the client may already have sent EHLO inside TLS
 
     def _log_tls(self, transport: asyncio.BaseTransport) -> None:
+        metrics.current().tls_handshake(True)
         tls = transport.get_extra_info("ssl_object")
         if isinstance(tls, (ssl.SSLObject, ssl.SSLSocket)):
             cipher = tls.cipher()
