@@ -22,7 +22,6 @@ from pathlib import Path
 from postoffice import logs, metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config
-from postoffice.datadir import DataDirInUse, DataDirLock
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
@@ -350,19 +349,7 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
 async def _serve(
     config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None = None
 ) -> int:
-    if worker is not None:  # the parent holds the data directory; workers just serve
-        return await _serve_one(config, reload, worker)
-    pid_file = PidFile(config.data_dir)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        pid_file.acquire()
-    except PostofficeError as exc:
-        print(f"postoffice: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return await _serve_one(config, reload, None)
-    finally:
-        pid_file.release()
+    return await _serve_one(config, reload, worker)
 
 
 async def _serve_one(config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None) -> int:
@@ -427,12 +414,14 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit code for the CLI.
 
     ``reload`` re-reads the configuration on SIGHUP (a single process; workers keep theirs).
+    The pid file is the data directory's lock: one ``serve`` (with its workers) per directory.
     """
     logs.configure(config.log_format, config.log_file)
-    lock = DataDirLock(config.data_dir)
+    pid_file = PidFile(config.data_dir)
     try:
-        lock.acquire()
-    except (DataDirInUse, OSError) as exc:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file.acquire()
+    except (PostofficeError, OSError) as exc:
         detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"postoffice: {detail}", file=sys.stderr)
         return 1
@@ -441,7 +430,7 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
             return _serve_workers(config)
         return _run(config, None, reload)
     finally:
-        lock.release()
+        pid_file.release()
 
 
 def _run(config: Config, worker: WorkerRole | None, reload: Callable[[], Config] | None = None) -> int:
@@ -465,6 +454,10 @@ def _serve_workers(config: Config) -> int:
         ]
         _banner(config, bound, (), None)
 
+    # `postoffice queue flush` signals the pid in the pid file, the parent here: it has no
+    # scheduler, so it ignores the signal (workers retry on their own schedule).
+    for signum in (FLUSH_SIGNAL, RESCAN_SIGNAL):
+        signal.signal(signum, signal.SIG_IGN)
     # One HTTP server cannot be shared by processes: with workers, the web side is off.
     try:
         return supervise(dataclasses.replace(config, http_listeners=()), recover, _run, announce)

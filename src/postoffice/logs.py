@@ -99,6 +99,11 @@ _handler: logging.Handler | None = None
 def configure(log_format: str = "text", log_file: Path | None = None) -> None:
     """Send the ``postoffice`` loggers to standard error or ``log_file``, in ``log_format``."""
     global _handler
+    # Log lines name no process or thread, so records need not look them up (the logging
+    # HOWTO's "Optimization" section): a few per message add up under load.
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger("postoffice")
     if _handler is not None:
         root.removeHandler(_handler)

@@ -11,7 +11,7 @@ directory safely because each one delivers only the mail it accepted itself, and
 previous run left in the queue is listed once, by the parent, before any worker receives, and
 given to worker 0 alone: no message is ever delivered by two processes at once.
 
-The parent holds the data directory's lock (:mod:`postoffice.datadir`) for all of them. On
+The parent holds the data directory's lock (:mod:`postoffice.pidfile`) for all of them. On
 SIGTERM or SIGINT it passes SIGTERM on and waits; if a worker dies unexpectedly, it stops the
 others and exits with status 1, and the next start recovers whatever was left in the queue.
 """

@@ -46,7 +46,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import aiosmtplib
 
@@ -621,9 +621,11 @@ class RemoteAgent:
     async def _send_content(self, session: _Session, message: QueuedMessage) -> aiosmtplib.SMTPResponse:
         """Stream the content, dot-stuffed, then ``.``; return the reply to the end of data."""
         protocol = session.smtp.protocol
-        transport = session.smtp.transport
-        if protocol is None or not isinstance(transport, asyncio.WriteTransport):
+        # uvloop's transports implement asyncio.WriteTransport without subclassing it, so this
+        # asks for the connection, not the class.
+        if protocol is None or session.smtp.transport is None or not session.smtp.is_connected:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        transport = cast(asyncio.WriteTransport, session.smtp.transport)
         content = await asyncio.to_thread(self._spool.open_content, message.queue_id)
         try:
             async with asyncio.timeout(self.settings.data_timeout):

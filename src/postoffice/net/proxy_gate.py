@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from postoffice import metrics
 from postoffice.config import ProxyProtocol
@@ -39,8 +40,8 @@ class ProxyGate(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if peer else ""
         if not self._settings.is_trusted(address):
@@ -48,7 +49,7 @@ class ProxyGate(asyncio.Protocol):
                 "session=%s event=proxy-refused client=%s reason=untrusted", self._session.id, address
             )
             metrics.current().proxy_refused()
-            transport.abort()
+            self._transport.abort()
             return
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
 
