@@ -404,7 +404,8 @@ def test_listeners_from_the_command_line(server_process: Callable[..., ServerPro
     process = server_process("--submission", "127.0.0.1:0", "--smtps", "127.0.0.1:0")
     found = process_ports(process, ("smtp", "submission", "smtps"))
     assert len({found["smtp"], found["submission"], found["smtps"]}) == 3
-    assert any(line.startswith("tls certificate ") for line in process.output)
+    # The banner's later lines may still be on their way from the process.
+    wait_for(lambda: any(line.startswith("tls certificate ") for line in list(process.output)))
     with smtplib.SMTP_SSL("127.0.0.1", found["smtps"], context=unverified_context(), timeout=10) as client:
         client.ehlo()
         assert client.has_extn("auth")
