@@ -130,47 +130,32 @@ def _load(args: argparse.Namespace) -> Config:
 # -- serve ---------------------------------------------------------------------------------
 
 
-def _listener_of(kind: str) -> Callable[[str], Listener]:
-    def parse(text: str) -> Listener:
+def _host_and_port(parse: Callable[..., tuple[str, int]], flag: str) -> Callable[[str], tuple[str, int]]:
+    """An argparse type for ``flag``: the config parser's check, its message as the usage error."""
+
+    def convert(text: str) -> tuple[str, int]:
         try:
-            host, port = parse_hostport(text, key=f"--{kind}")
+            return parse(text, key=flag)
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(exc.detail) from None
-        return Listener(kind, host, port)
 
-    return parse
-
-
-def _dns_server(text: str) -> tuple[str, int]:
-    try:
-        return parse_dns_server(text, key="--dns")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
+    return convert
 
 
-def _relay_host(text: str) -> tuple[str, int]:
-    try:
-        return parse_relay_host(text, key="--relay-host")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
+def _listener_of(kind: str) -> Callable[[str], Listener]:
+    address = _host_and_port(parse_hostport, f"--{kind}")
+    return lambda text: Listener(kind, *address(text))
+
+
+_dns_server = _host_and_port(parse_dns_server, "--dns")
+_relay_host = _host_and_port(parse_relay_host, "--relay-host")
+_http_address = _host_and_port(parse_hostport, "--http")
 
 
 def _tcp_port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 1 to 65535")
     return int(text)
-
-
-def _listener(text: str, kind: str = "smtp") -> Listener:
-    try:
-        host, port = parse_hostport(text, key=f"--{kind}")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
-    return Listener(kind, host, port)
-
-
-def _http_listener(text: str) -> Listener:
-    return _listener(text, "http")
 
 
 def _add_serve_parser(subparsers: _Subparsers) -> None:
@@ -220,7 +205,7 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
     web.add_argument(
         "--http",
         action="append",
-        type=_http_listener,
+        type=_listener_of("http"),
         metavar="HOST:PORT",
         help="serve the web UI and JSON API here; repeat for more (default 127.0.0.1:8025;"
         " replaces [listen] http)",
@@ -269,13 +254,6 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         help="server processes sharing the listeners and the data directory (replaces workers)",
     )
     serve.set_defaults(handler=_run_serve)
-
-
-def _http_address(text: str) -> tuple[str, int]:
-    try:
-        return parse_hostport(text, key="--http")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.detail) from None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
