@@ -346,13 +346,7 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
     app.reload(config)
 
 
-async def _serve(
-    config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None = None
-) -> int:
-    return await _serve_one(config, reload, worker)
-
-
-async def _serve_one(config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None) -> int:
+async def _serve(config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None) -> int:
     try:
         app = Application(config, clean_tmp=worker is None)
     except PostofficeError as exc:
