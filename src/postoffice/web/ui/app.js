@@ -420,11 +420,25 @@ for (const button of document.querySelectorAll(".tabs button")) {
 $("load-remote").addEventListener("click", () => { state.remote = true; showTab("html"); });
 $("back").addEventListener("click", () => { closeMessage(); $("message-list").focus(); });
 
-async function setRead(id, read) {
-  try {
-    const summary = await api(`/api/v1/messages/${id}`, { method: "PATCH", json: { read } });
-    applyRead(summary.id, summary.read);
-  } catch (error) { toast(error.message); }
+// Read-state changes show at once and reach the server one at a time per message, in the order
+// they were made: opening a message marks it read, and a quick "u" right after must not race that
+// first request and lose (both would otherwise say "read").
+const readRequests = new Map();
+
+function setRead(id, read) {
+  applyRead(id, read);
+  const previous = readRequests.get(id) ?? Promise.resolve();
+  const request = previous.then(async () => {
+    try {
+      const summary = await api(`/api/v1/messages/${id}`, { method: "PATCH", json: { read } });
+      if (readRequests.get(id) === request) applyRead(summary.id, summary.read);
+    } catch (error) {
+      toast(error.message);
+      reloadSoon();
+    }
+  });
+  readRequests.set(id, request);
+  request.finally(() => { if (readRequests.get(id) === request) readRequests.delete(id); });
 }
 
 function applyRead(id, read) {
@@ -497,6 +511,8 @@ function connectEvents() {
   });
   source.addEventListener("updated", (event) => {
     const change = JSON.parse(event.data);
+    // While this page still has changes of its own in flight, their answers are the truth.
+    if (readRequests.has(change.id)) return;
     applyRead(change.id, change.read);
   });
   source.addEventListener("deleted", (event) => {
