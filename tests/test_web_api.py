@@ -445,3 +445,29 @@ def test_logout_ends_the_event_stream(mta: RunningServer) -> None:
             send(mta, make_message("alice@example.test", "after logout"))
             rest = list(lines)
             assert not any("after logout" in line for line in rest)
+
+
+def test_index_that_falls_behind_catches_up_from_the_maildirs(
+    server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the backlog bound, deliveries are not queued for indexing (memory stays flat under
+    any load); a sync from the Maildirs finds them once the backlog drains, and the event
+    stream still announces each one."""
+    from postoffice.web import service
+
+    monkeypatch.setattr(service, "MAX_BACKLOG", 0)
+    server = server_factory()
+    with client(server) as http, http.stream("GET", "/api/v1/events") as stream:
+        lines = stream.iter_lines()
+        assert wait_for(lambda: next(lines).startswith(": connected") or None)
+        for number in range(5):
+            send(server, make_message("late@example.test", f"late {number}"))
+        announced = set()
+        while len(announced) < 5:
+            line = next(lines)
+            if line.startswith("data: "):
+                announced.add(json.loads(line[6:])["subject"])
+        assert announced == {f"late {number}" for number in range(5)}
+        page = messages(http, mailbox="late@example.test")
+        assert page["total"] == 5
+    assert "event=index-behind" in caplog.text

@@ -297,19 +297,36 @@ class MailIndex:
         Returns the new row, or None if it was indexed already (a delivery found again while
         recovering) or is not in a mailbox directory.
         """
-        box = path.parent.parent
-        try:
-            address = mailbox_address(box.parent.name, box.name)
-        except ValueError:
-            return None
-        if box.parent.parent != self.mail_root:
-            return None
-        entry = Entry(box, path.parent.name, path.name)
-        prepared = self._prepare_entry(address, entry)
-        if prepared is None:
-            return None
+        rows = self.add_many([path])
+        return rows[0] if rows else None
+
+    def add_many(self, paths: Sequence[Path]) -> list[Row]:
+        """Index several delivered messages in one transaction; returns the rows that are new.
+
+        Parsing happens before the write lock is taken, so readers and other writers wait
+        only for the inserts.
+        """
+        prepared: list[tuple[Row, SearchText]] = []
+        for path in paths:
+            box = path.parent.parent
+            try:
+                address = mailbox_address(box.parent.name, box.name)
+            except ValueError:
+                continue
+            if box.parent.parent != self.mail_root:
+                continue
+            item = self._prepare_entry(address, Entry(box, path.parent.name, path.name))
+            if item is not None:
+                prepared.append(item)
+        if not prepared:
+            return []
+        added: list[Row] = []
         with self._writing() as db:
-            return self._insert(db, *prepared)
+            for row, text in prepared:
+                new = self._insert(db, row, text)
+                if new is not None:
+                    added.append(new)
+        return added
 
     def _prepare_entry(self, address: str, entry: Entry) -> tuple[Row, SearchText] | None:
         try:

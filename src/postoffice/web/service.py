@@ -8,6 +8,12 @@ Deliveries are indexed as they happen (``delivered`` is the Maildir agent's ``on
 hook) and announced on the event stream. At start the index is reconciled with the Maildirs
 in the background, so mail that arrived, moved or went while the server was down (or was
 changed by mutt or Dovecot) is right without a manual ``postoffice reindex``.
+
+Indexing runs behind delivery, never in its way: delivered paths wait in a bounded backlog
+that one task drains in batches (one SQLite transaction each). When mail arrives faster than
+the index takes it for long enough to fill the backlog, further paths are not queued (memory
+stays flat under any load) and the index is reconciled with the Maildirs once the backlog is
+empty, which finds them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import functools
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +34,7 @@ from postoffice.config import Config
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
-from postoffice.web.index import MailIndex, SyncReport
+from postoffice.web.index import MailIndex, Row, SyncReport
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
 
@@ -36,6 +43,10 @@ log = logging.getLogger("postoffice.web")
 # Worker threads for index and Maildir work (each keeps one SQLite connection): enough for
 # reads to go on while a delivery is indexed, few enough to leave the cores to SMTP.
 WORKERS = 4
+# Delivered paths waiting to be indexed, at most (about 2 MB of paths); beyond it a sync catches up.
+MAX_BACKLOG = 20_000
+# Paths indexed in one transaction.
+INDEX_BATCH = 256
 
 
 def open_access(config: Config) -> bool:
@@ -56,7 +67,9 @@ class WebService:
             self.app, [(listener.host, listener.port) for listener in config.http_listeners]
         )
         self.addresses: list[HttpAddress] = []
-        self._pending: set[asyncio.Task[None]] = set()
+        self._backlog: deque[Path] = deque()
+        self._overflowed = False
+        self._indexer: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
         self._sync: asyncio.Future[SyncReport] | None = None
 
@@ -93,25 +106,47 @@ class WebService:
 
     def delivered(self, address: str, path: Path) -> None:
         """The Maildir agent's hook: index the new copy and announce it (on the event loop)."""
-        task = asyncio.get_running_loop().create_task(self._index(path))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if len(self._backlog) < MAX_BACKLOG:
+            self._backlog.append(path)
+        elif not self._overflowed:
+            self._overflowed = True
+            log.warning("event=index-behind backlog=%d action=resync-when-drained", len(self._backlog))
+        if self._indexer is None or self._indexer.done():
+            self._indexer = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _index(self, path: Path) -> None:
+    async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        while self._backlog or self._overflowed:
+            if not self._backlog:
+                self._overflowed = False
+                await self._catch_up(loop)
+                continue
+            batch = [self._backlog.popleft() for _ in range(min(INDEX_BATCH, len(self._backlog)))]
+            try:
+                rows = await loop.run_in_executor(self.executor, self.index.add_many, batch)
+            except Exception:
+                # The messages are safe in their Maildirs; the next sync indexes them.
+                log.exception("event=index-add status=failed messages=%d", len(batch))
+                continue
+            for row in rows:
+                self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+
+    async def _catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
+        def announce(row: Row) -> None:
+            loop.call_soon_threadsafe(self.hub.publish, Event("new", row.mailbox, summary_json(row)))
+
+        sync = functools.partial(self.index.sync, on_added=announce, stop=self._stopping.is_set)
         try:
-            row = await loop.run_in_executor(self.executor, self.index.add, path)
+            report = await loop.run_in_executor(self.executor, sync)
         except Exception:
-            # The message is safe in its Maildir; the next sync indexes it.
-            log.exception("event=index-add status=failed path=%s", path)
+            log.exception("event=index-sync status=failed")
             return
-        if row is not None:
-            self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+        log.info("event=index-sync reason=backlog added=%d", report.added)
 
     async def idle(self) -> None:
         """Until every delivery so far is indexed (and the start-up sync is done)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        while self._indexer is not None and not self._indexer.done():
+            await asyncio.wait([self._indexer])
         if self._sync is not None:
             await asyncio.wait([self._sync])
 
