@@ -448,7 +448,9 @@ def test_logout_ends_the_event_stream(mta: RunningServer) -> None:
 
 
 def test_index_that_falls_behind_catches_up_from_the_maildirs(
-    server_factory: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    server_factory: Callable[..., RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Past the backlog bound, deliveries are not queued for indexing (memory stays flat under
     any load); a sync from the Maildirs finds them once the backlog drains, and the event
