@@ -385,11 +385,19 @@ def test_half_closed_client_gets_its_replies(server: RunningServer) -> None:
 # --- a client that does not read its replies ------------------------------------------------
 
 
-def _flood_until_stalled(sock: socket.socket, line: bytes, cap: int, quiet: float = 2.0) -> int:
+def _flood_until_stalled(
+    sock: socket.socket,
+    line: bytes,
+    cap: int,
+    quiet: float = 2.0,
+    stopped_reading: Callable[[], bool] | None = None,
+) -> int:
     """Send ``line`` over and over without reading; the octets sent once the server stops taking more.
 
-    "Stops" is ``quiet`` seconds without progress: a server busy with a burst of commands
-    pauses for a moment, one that no longer reads pauses for good.
+    "Stops" is ``stopped_reading()`` turning true while our sends block, when the test can ask;
+    otherwise ``quiet`` seconds without progress (a server busy with a burst of commands pauses
+    for a moment, one that no longer reads pauses for good). Asking beats guessing on a loaded
+    machine, where a busy server can pause for longer than any quiet period.
     """
     # A small send buffer on our side, so that what we send is mostly what the server took.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
@@ -402,6 +410,8 @@ def _flood_until_stalled(sock: socket.socket, line: bytes, cap: int, quiet: floa
         try:
             sent += sock.send(block[offset:])
         except BlockingIOError:
+            if stopped_reading is not None and time.monotonic() - last_progress > 0.1 and stopped_reading():
+                break
             time.sleep(0.01)
             continue
         except (ConnectionResetError, BrokenPipeError):
@@ -436,8 +446,12 @@ def test_client_that_does_not_read_replies_is_not_read_either(
     # reads nothing would pile up the replies to everything it sends (some 90 MiB for 4 MiB of
     # commands); it must stop reading instead, with a bounded amount of replies waiting.
     line = b"HELP\r\n"
-    _flood_until_stalled(client.sock, line, 4 * 1024 * 1024, quiet=1.0)
-    wait_until(lambda: [reading for reading, _ in _transports(server)] == [False])
+
+    def stopped_reading() -> bool:
+        return [reading for reading, _ in _transports(server)] == [False]
+
+    _flood_until_stalled(client.sock, line, 4 * 1024 * 1024, quiet=30.0, stopped_reading=stopped_reading)
+    wait_until(stopped_reading)
     [(_, waiting)] = _transports(server)
     assert waiting < 8 * 1024 * 1024
     # Another client is served as usual meanwhile.
