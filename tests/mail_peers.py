@@ -69,6 +69,7 @@ class Behaviour:
     drop_in_data: bool = False  # close the connection right after 354
     refuse_ehlo: bool = False  # answer EHLO with 502, as a pre-ESMTP server would
     data_delay: float = 0.0  # seconds to think before answering the end of data
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920); aiosmtpd reads commands in order anyway
 
 
 class PeerHandler:
@@ -86,6 +87,8 @@ class PeerHandler:
         session.host_name = hostname
         with self.lock:
             self.hellos += 1
+        if self.behaviour.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(

@@ -39,9 +39,12 @@ def spool(tmp_path: Path) -> FileSpool:
     return FileSpool(tmp_path / "spool")
 
 
-@pytest.fixture
-def mx() -> Iterator[list[Peer]]:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-at-a-time"])
+def mx(request: pytest.FixtureRequest) -> Iterator[list[Peer]]:
+    """Both MX hosts; every test runs once with PIPELINING offered (RFC 2920) and once without."""
     with peers(MX1, MX2) as started:
+        for peer in started:
+            peer.behaviour.pipelining = request.param
         yield started
 
 
