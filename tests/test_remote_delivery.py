@@ -4,6 +4,7 @@ per-recipient results, and what the peer received."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 import time
@@ -14,10 +15,21 @@ import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from mail_peers import Dns, Peer, dns_server, peers, start_peer, until
+from mail_peers import (
+    Dns,
+    Peer,
+    RecordingPeer,
+    RecordingScript,
+    dns_server,
+    peers,
+    recording_peers,
+    start_peer,
+    until,
+)
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 
@@ -452,3 +464,124 @@ async def test_a_peer_that_never_answers_the_data_is_a_temporary_failure(
     await agent.close()
     assert isinstance(result, TempFail) and result.reply.enhanced == "4.4.2"
     assert "Timed out" in result.reply.text and agent.idle_connections() == 0
+
+
+# --- PIPELINING on the wire (RFC 2920) -----------------------------------------------------------
+
+THREE = ("bob@remote.test", "carol@remote.test", "dave@remote.test")
+
+
+async def deliver_to(
+    peer: RecordingPeer, spool: FileSpool, dns: Dns, *addresses: str
+) -> tuple[RemoteAgent, list[DeliveryResult]]:
+    agent = make_agent(spool, dns, peer.port)
+    message = await queue(spool, *(rcpt(address) for address in addresses))
+    return agent, await agent.deliver(message, message.envelope.recipients)
+
+
+async def test_mail_every_rcpt_and_data_go_in_one_group_when_pipelining_is_offered(
+    spool: FileSpool, dns: Dns
+) -> None:
+    async with recording_peers((MX1, RecordingScript(pipelining=True))) as [peer]:
+        agent, results = await deliver_to(peer, spool, dns, *THREE)
+        await agent.close()
+    # The peer held every reply until the client stopped sending: MAIL, the three RCPTs and
+    # DATA all arrived before the first reply (RFC 2920 §3.1: DATA last in the group).
+    assert peer.verbs()[:2] == [["EHLO"], ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]]
+    assert [type(result) for result in results] == [Delivered] * 3
+    assert peer.messages == [(list(THREE), BODY)]
+
+
+async def test_one_command_at_a_time_without_pipelining(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript(pipelining=False))) as [peer]:
+        agent, results = await deliver_to(peer, spool, dns, *THREE)
+        await agent.close()
+    assert peer.verbs()[:6] == [["EHLO"], ["MAIL"], ["RCPT"], ["RCPT"], ["RCPT"], ["DATA"]]
+    assert [type(result) for result in results] == [Delivered] * 3
+    assert peer.messages == [(list(THREE), BODY)]
+
+
+async def test_recipients_refused_inside_a_pipelined_group_get_their_own_results(
+    spool: FileSpool, dns: Dns
+) -> None:
+    refuse = {"bob@remote.test": replies.USER_UNKNOWN, "dave@remote.test": replies.TOO_MANY_RECIPIENTS}
+    async with recording_peers((MX1, RecordingScript(refuse=refuse))) as [peer]:
+        agent, results = await deliver_to(peer, spool, dns, *THREE)
+        await agent.close()
+    assert peer.verbs()[1] == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]
+    assert summary(results) == [
+        ("PermFail", "bob@remote.test", 550),
+        ("Delivered", "carol@remote.test", None),
+        ("TempFail", "dave@remote.test", 452),
+    ]
+    assert peer.messages == [(["carol@remote.test"], BODY)]
+
+
+@pytest.mark.parametrize("data_anyway", [False, True], ids=["data-refused", "data-accepted-anyway"])
+async def test_every_recipient_refused_in_a_pipelined_group_sends_no_message(
+    spool: FileSpool, dns: Dns, data_anyway: bool
+) -> None:
+    refuse = dict.fromkeys(THREE[:2], replies.USER_UNKNOWN)
+    script = RecordingScript(refuse=refuse, data_anyway=data_anyway)
+    async with recording_peers((MX1, script)) as [peer]:
+        agent, results = await deliver_to(peer, spool, dns, *THREE[:2])
+        reused = agent.idle_connections()
+        await agent.close()
+    assert summary(results) == [
+        ("PermFail", "bob@remote.test", 550),
+        ("PermFail", "carol@remote.test", 550),
+    ]
+    # A server that said 354 anyway gets a lone "." (RFC 2920 §3.1), never the message.
+    assert peer.messages == ([([], b"")] if data_anyway else [])
+    # RSET ends the refused transaction and the connection is kept for the next message.
+    assert peer.verbs()[2] == ["RSET"] and reused == 1
+
+
+async def test_a_peer_that_hangs_up_in_the_middle_of_a_pipelined_group(spool: FileSpool, dns: Dns) -> None:
+    # MAIL and the first RCPT are answered, then the connection drops.
+    async with recording_peers((MX1, RecordingScript(hang_up_after=2)), (MX2, RecordingScript())) as [
+        mx1,
+        mx2,
+    ]:
+        agent, results = await deliver_to(mx1, spool, dns, *THREE)
+        await agent.close()
+    assert [(r.reply.code, r.reply.enhanced) for r in results if not isinstance(r, Delivered)] == [
+        (451, "4.4.2")
+    ] * 3
+    assert (
+        "Lost connection" in results[0].reply.text and "RCPT TO:<carol@remote.test>" in results[0].reply.text
+    )
+    assert mx1.messages == [] and mx2.groups == []  # MAIL was accepted: not a reason for the next MX
+    assert agent.idle_connections() == 0
+
+
+async def test_a_hang_up_before_the_reply_to_mail_moves_on_to_the_next_mx(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript(hang_up_after=0)), (MX2, RecordingScript())) as [
+        mx1,
+        mx2,
+    ]:
+        agent, results = await deliver_to(mx1, spool, dns, *THREE)
+        await agent.close()
+    assert all(isinstance(r, Delivered) and r.remote_mta == "mx2.remote.test" for r in results)
+    assert mx1.messages == [] and mx2.messages == [(list(THREE), BODY)]
+
+
+def test_delivery_over_starttls_under_uvloop(spool: FileSpool, dns: Dns, ca: trustme.CA) -> None:
+    # uvloop's transports do not subclass asyncio's; the client and the spool reader must not care.
+    uvloop = pytest.importorskip("uvloop")
+    content = b"Subject: big\r\n\r\n" + b".dot-stuffed line of the message\r\n" * 20_000
+
+    async def run() -> list[DeliveryResult]:
+        agent = make_agent(spool, dns, secure.port)
+        message = await queue(spool, rcpt("bob@remote.test"), rcpt("carol@remote.test"), content=content)
+        try:
+            return await agent.deliver(message, message.envelope.recipients)
+        finally:
+            await agent.close()
+
+    with peers(MX1, tls_context=server_context(ca, "elsewhere.test")) as [secure]:
+        secure.behaviour.pipelining = True
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(run())
+    assert [type(result) for result in results] == [Delivered] * 2
+    assert secure.received[0].tls and secure.received[0].content == content
