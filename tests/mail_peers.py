@@ -236,6 +236,7 @@ class RecordingScript:
     refuse: Mapping[str, Reply] = field(default_factory=dict)  # recipient -> refusal
     data_anyway: bool = False  # 354 to DATA even with no recipient accepted (a lax server)
     hang_up_after: int | None = None  # in a group with MAIL, close after this many replies
+    starttls_answer: bytes | None = None  # offer STARTTLS, answer it with these bytes and hang up
 
 
 @dataclass
@@ -271,6 +272,10 @@ class RecordingPeer:
             command = line.decode().rstrip("\r\n")
             verb = command.split()[0].upper() if command else ""
             group.append(command)
+            if verb == "STARTTLS" and self.script.starttls_answer is not None:
+                self.groups.append([command])
+                writer.write(self.script.starttls_answer)
+                return
             if verb == "MAIL":
                 recipients = []
             if verb == "RCPT":
@@ -296,6 +301,8 @@ class RecordingPeer:
     def _reply(self, verb: str, recipients: list[str]) -> Reply:
         if verb == "EHLO":
             keywords = ["PIPELINING", "8BITMIME"] if self.script.pipelining else ["8BITMIME"]
+            if self.script.starttls_answer is not None:
+                keywords.append("STARTTLS")
             return replies.ehlo_ok("peer.test", "client", keywords)
         if verb == "DATA":
             ready = recipients or self.script.data_anyway

@@ -566,6 +566,33 @@ async def test_a_hang_up_before_the_reply_to_mail_moves_on_to_the_next_mx(spool:
     assert mx1.messages == [] and mx2.messages == [(list(THREE), BODY)]
 
 
+READY_FOR_TLS = replies.READY_TO_START_TLS.render(enhanced=True)
+
+
+async def test_a_reply_injected_before_the_tls_handshake_is_never_acted_on(
+    spool: FileSpool, dns: Dns
+) -> None:
+    # RFC 3207 §4.2 / CVE-2011-0411: a "250" sent in plaintext right after "220 Ready to start
+    # TLS" would be read as the answer to the first command inside TLS. The client refuses the
+    # connection instead of going on, and the next MX gets the mail.
+    injected = RecordingScript(starttls_answer=READY_FOR_TLS + replies.SENDER_OK.render(enhanced=True))
+    async with recording_peers((MX1, injected), (MX2, RecordingScript())) as [mx1, mx2]:
+        agent, results = await deliver_to(mx1, spool, dns, *THREE[:1])
+        await agent.close()
+    assert mx1.verbs() == [["EHLO"], ["STARTTLS"]] and mx1.messages == []
+    assert isinstance(results[0], Delivered) and results[0].remote_mta == "mx2.remote.test"
+    assert mx2.messages == [([THREE[0]], BODY)]
+
+
+async def test_a_broken_opportunistic_handshake_falls_back_to_plaintext(spool: FileSpool, dns: Dns) -> None:
+    broken = RecordingScript(starttls_answer=READY_FOR_TLS + b"this is not TLS\r\n")
+    async with recording_peers((MX1, broken)) as [peer]:
+        agent, results = await deliver_to(peer, spool, dns, *THREE[:1])
+        await agent.close()
+    assert peer.verbs()[:4] == [["EHLO"], ["STARTTLS"], ["EHLO"], ["MAIL", "RCPT", "DATA"]]
+    assert isinstance(results[0], Delivered) and peer.messages == [([THREE[0]], BODY)]
+
+
 def test_delivery_over_starttls_under_uvloop(spool: FileSpool, dns: Dns, ca: trustme.CA) -> None:
     # uvloop's transports do not subclass asyncio's; the client and the spool reader must not care.
     uvloop = pytest.importorskip("uvloop")

@@ -52,6 +52,7 @@ from postoffice.errors import (
     LocalProtocolError,
     SmtpAuthError,
     SmtpClientError,
+    SmtpConnectError,
     SmtpMessageTooBigError,
     SmtpProtocolError,
     SmtpReplyError,
@@ -369,26 +370,15 @@ class RemoteAgent:
         self.connections_opened += 1
         where = str(endpoint)
         try:
+            # From here the event loop owns the socket: it closes it on every failure.
             await client.connect(sock)
-        except SmtpTlsError as exc:
-            sock.close()
-            if policy == "may":
+        except SmtpClientError as exc:
+            if policy == "may" and _starttls_broke(client, exc):
                 # Opportunistic TLS failed: the connection is unusable, so try again in
                 # plaintext, as Postfix does at security level "may".
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
-            if client.greeting is not None and "STARTTLS" not in client.extensions:
-                raise _HostFailed(replies.tls_not_offered(where), host) from None
-            raise _HostFailed(replies.tls_failed(where, str(exc)), host) from None
-        except SmtpReplyError as exc:  # the greeting, EHLO or HELO refused
-            sock.close()
-            raise _HostFailed(_remote(exc.reply), host) from None
-        except SmtpAuthError as exc:
-            sock.close()
-            raise _HostFailed(replies.relay_auth_failed(where, str(exc)), host) from None
-        except SmtpClientError as exc:
-            sock.close()
-            raise _HostFailed(_broken(where, client.activity, exc), host) from None
+            raise _HostFailed(_open_failure(client, where, exc), host) from None
         return _Session(client, endpoint, time.monotonic())
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
@@ -547,6 +537,26 @@ def _judge(
         else:
             results[position] = _failed(recipient, reply, remote)
     return results
+
+
+def _starttls_broke(client: SmtpClient, exc: SmtpClientError) -> bool:
+    """The handshake after STARTTLS failed, or the connection broke during it. A garbled or
+    injected reply (:class:`SmtpProtocolError`) is not a reason to go on in plaintext."""
+    tls_trouble = isinstance(exc, SmtpTlsError | SmtpConnectError)
+    return tls_trouble and "STARTTLS" in client.extensions and not client.tls_active
+
+
+def _open_failure(client: SmtpClient, where: str, exc: SmtpClientError) -> Reply:
+    """Why a session could not be opened, as the reply the recipients' results carry."""
+    if isinstance(exc, SmtpReplyError):  # the greeting, EHLO or HELO refused
+        return _remote(exc.reply)
+    if isinstance(exc, SmtpAuthError):
+        return replies.relay_auth_failed(where, str(exc))
+    if isinstance(exc, SmtpTlsError):
+        if client.greeting is not None and "STARTTLS" not in client.extensions:
+            return replies.tls_not_offered(where)
+        return replies.tls_failed(where, str(exc))
+    return _broken(where, client.activity, exc)
 
 
 def _remote(reply: Reply) -> Reply:
