@@ -472,19 +472,31 @@ THREE = ("bob@remote.test", "carol@remote.test", "dave@remote.test")
 
 
 async def deliver_to(
-    peer: RecordingPeer, spool: FileSpool, dns: Dns, *addresses: str
-) -> tuple[RemoteAgent, list[DeliveryResult]]:
-    agent = make_agent(spool, dns, peer.port)
-    message = await queue(spool, *(rcpt(address) for address in addresses))
-    return agent, await agent.deliver(message, message.envelope.recipients)
+    port: int, spool: FileSpool, dns: Dns, *addresses: str
+) -> tuple[list[DeliveryResult], int]:
+    """One message through a fresh agent: its results, and how many connections it kept."""
+    agent = make_agent(spool, dns, port)
+    try:
+        message = await queue(spool, *(rcpt(address) for address in addresses))
+        return await agent.deliver(message, message.envelope.recipients), agent.idle_connections()
+    finally:
+        await agent.close()
+
+
+async def deliver_with_backup(
+    spool: FileSpool, dns: Dns, first: RecordingScript, *addresses: str
+) -> tuple[list[DeliveryResult], int, RecordingPeer, RecordingPeer]:
+    """The same, with a scripted MX1 and an ordinary MX2 behind it."""
+    async with recording_peers((MX1, first), (MX2, RecordingScript())) as [mx1, mx2]:
+        results, kept = await deliver_to(mx1.port, spool, dns, *addresses)
+    return results, kept, mx1, mx2
 
 
 async def test_mail_every_rcpt_and_data_go_in_one_group_when_pipelining_is_offered(
     spool: FileSpool, dns: Dns
 ) -> None:
     async with recording_peers((MX1, RecordingScript(pipelining=True))) as [peer]:
-        agent, results = await deliver_to(peer, spool, dns, *THREE)
-        await agent.close()
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
     # The peer held every reply until the client stopped sending: MAIL, the three RCPTs and
     # DATA all arrived before the first reply (RFC 2920 §3.1: DATA last in the group).
     assert peer.verbs()[:2] == [["EHLO"], ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]]
@@ -494,8 +506,7 @@ async def test_mail_every_rcpt_and_data_go_in_one_group_when_pipelining_is_offer
 
 async def test_one_command_at_a_time_without_pipelining(spool: FileSpool, dns: Dns) -> None:
     async with recording_peers((MX1, RecordingScript(pipelining=False))) as [peer]:
-        agent, results = await deliver_to(peer, spool, dns, *THREE)
-        await agent.close()
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
     assert peer.verbs()[:6] == [["EHLO"], ["MAIL"], ["RCPT"], ["RCPT"], ["RCPT"], ["DATA"]]
     assert [type(result) for result in results] == [Delivered] * 3
     assert peer.messages == [(list(THREE), BODY)]
@@ -506,8 +517,7 @@ async def test_recipients_refused_inside_a_pipelined_group_get_their_own_results
 ) -> None:
     refuse = {"bob@remote.test": replies.USER_UNKNOWN, "dave@remote.test": replies.TOO_MANY_RECIPIENTS}
     async with recording_peers((MX1, RecordingScript(refuse=refuse))) as [peer]:
-        agent, results = await deliver_to(peer, spool, dns, *THREE)
-        await agent.close()
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
     assert peer.verbs()[1] == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]
     assert summary(results) == [
         ("PermFail", "bob@remote.test", 550),
@@ -524,9 +534,7 @@ async def test_every_recipient_refused_in_a_pipelined_group_sends_no_message(
     refuse = dict.fromkeys(THREE[:2], replies.USER_UNKNOWN)
     script = RecordingScript(refuse=refuse, data_anyway=data_anyway)
     async with recording_peers((MX1, script)) as [peer]:
-        agent, results = await deliver_to(peer, spool, dns, *THREE[:2])
-        reused = agent.idle_connections()
-        await agent.close()
+        results, reused = await deliver_to(peer.port, spool, dns, *THREE[:2])
     assert summary(results) == [
         ("PermFail", "bob@remote.test", 550),
         ("PermFail", "carol@remote.test", 550),
@@ -539,29 +547,18 @@ async def test_every_recipient_refused_in_a_pipelined_group_sends_no_message(
 
 async def test_a_peer_that_hangs_up_in_the_middle_of_a_pipelined_group(spool: FileSpool, dns: Dns) -> None:
     # MAIL and the first RCPT are answered, then the connection drops.
-    async with recording_peers((MX1, RecordingScript(hang_up_after=2)), (MX2, RecordingScript())) as [
-        mx1,
-        mx2,
-    ]:
-        agent, results = await deliver_to(mx1, spool, dns, *THREE)
-        await agent.close()
+    results, kept, mx1, mx2 = await deliver_with_backup(spool, dns, RecordingScript(hang_up_after=2), *THREE)
     assert [(r.reply.code, r.reply.enhanced) for r in results if not isinstance(r, Delivered)] == [
         (451, "4.4.2")
     ] * 3
-    assert (
-        "Lost connection" in results[0].reply.text and "RCPT TO:<carol@remote.test>" in results[0].reply.text
-    )
+    text = results[0].reply.text
+    assert "Lost connection" in text and "RCPT TO:<carol@remote.test>" in text
     assert mx1.messages == [] and mx2.groups == []  # MAIL was accepted: not a reason for the next MX
-    assert agent.idle_connections() == 0
+    assert kept == 0
 
 
 async def test_a_hang_up_before_the_reply_to_mail_moves_on_to_the_next_mx(spool: FileSpool, dns: Dns) -> None:
-    async with recording_peers((MX1, RecordingScript(hang_up_after=0)), (MX2, RecordingScript())) as [
-        mx1,
-        mx2,
-    ]:
-        agent, results = await deliver_to(mx1, spool, dns, *THREE)
-        await agent.close()
+    results, _, mx1, mx2 = await deliver_with_backup(spool, dns, RecordingScript(hang_up_after=0), *THREE)
     assert all(isinstance(r, Delivered) and r.remote_mta == "mx2.remote.test" for r in results)
     assert mx1.messages == [] and mx2.messages == [(list(THREE), BODY)]
 
@@ -576,9 +573,7 @@ async def test_a_reply_injected_before_the_tls_handshake_is_never_acted_on(
     # TLS" would be read as the answer to the first command inside TLS. The client refuses the
     # connection instead of going on, and the next MX gets the mail.
     injected = RecordingScript(starttls_answer=READY_FOR_TLS + replies.SENDER_OK.render(enhanced=True))
-    async with recording_peers((MX1, injected), (MX2, RecordingScript())) as [mx1, mx2]:
-        agent, results = await deliver_to(mx1, spool, dns, *THREE[:1])
-        await agent.close()
+    results, _, mx1, mx2 = await deliver_with_backup(spool, dns, injected, *THREE[:1])
     assert mx1.verbs() == [["EHLO"], ["STARTTLS"]] and mx1.messages == []
     assert isinstance(results[0], Delivered) and results[0].remote_mta == "mx2.remote.test"
     assert mx2.messages == [([THREE[0]], BODY)]
@@ -587,8 +582,7 @@ async def test_a_reply_injected_before_the_tls_handshake_is_never_acted_on(
 async def test_a_broken_opportunistic_handshake_falls_back_to_plaintext(spool: FileSpool, dns: Dns) -> None:
     broken = RecordingScript(starttls_answer=READY_FOR_TLS + b"this is not TLS\r\n")
     async with recording_peers((MX1, broken)) as [peer]:
-        agent, results = await deliver_to(peer, spool, dns, *THREE[:1])
-        await agent.close()
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE[:1])
     assert peer.verbs()[:4] == [["EHLO"], ["STARTTLS"], ["EHLO"], ["MAIL", "RCPT", "DATA"]]
     assert isinstance(results[0], Delivered) and peer.messages == [([THREE[0]], BODY)]
 
