@@ -300,7 +300,7 @@ class RecordingPeer:
 
     def _reply(self, verb: str, recipients: list[str]) -> Reply:
         if verb == "EHLO":
-            keywords = ["PIPELINING", "8BITMIME"] if self.script.pipelining else ["8BITMIME"]
+            keywords = ["PIPELINING", "8BITMIME", "DSN"] if self.script.pipelining else ["8BITMIME", "DSN"]
             if self.script.starttls_answer is not None:
                 keywords.append("STARTTLS")
             return replies.ehlo_ok("peer.test", "client", keywords)

@@ -527,6 +527,22 @@ async def test_recipients_refused_inside_a_pipelined_group_get_their_own_results
     assert peer.messages == [(["carol@remote.test"], BODY)]
 
 
+async def test_a_recipient_no_command_can_carry_fails_alone(spool: FileSpool, dns: Dns) -> None:
+    # An ORCPT (RFC 3461 §4.2) too long for any RCPT line (RFC 5321 §4.5.3.1): never sent.
+    huge = rcpt("carol@remote.test", orcpt="rfc822;" + "c" * 2000 + "@remote.test")
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port)
+        message = await queue(spool, rcpt("bob@remote.test", notify=("FAILURE",)), huge)
+        results = await agent.deliver(message, message.envelope.recipients)
+        await agent.close()
+    assert summary(results) == [
+        ("Delivered", "bob@remote.test", None),
+        ("PermFail", "carol@remote.test", 553),
+    ]
+    assert results[1].reply.enhanced == "5.1.3" and results[1].remote_mta is None
+    assert peer.groups[1][1:] == ["RCPT TO:<bob@remote.test> NOTIFY=FAILURE", "DATA"]
+
+
 @pytest.mark.parametrize("data_anyway", [False, True], ids=["data-refused", "data-accepted-anyway"])
 async def test_every_recipient_refused_in_a_pipelined_group_sends_no_message(
     spool: FileSpool, dns: Dns, data_anyway: bool

@@ -422,38 +422,24 @@ class RemoteAgent:
         lets the client try the next MX then.
         """
         client = session.client
-        envelope = message.envelope
         remote = session.remote_mta
         where = str(session.endpoint)
         try:
-            params = client.mail_parameters(
-                message.size,
-                eight_bit=envelope.body == "8BITMIME",
-                smtputf8=envelope.smtputf8,
-                smtputf8_required=envelope.smtputf8,  # RFC 6531 §3.2: never downgraded here
-            )
+            mail = self._mail_command(session, message)
         except SmtpUnsupportedError:
             return _all(recipients, replies.smtputf8_not_offered(where), remote), True
         except SmtpMessageTooBigError as exc:  # RFC 1870 §6.2: not even offered to the server
             return _all(recipients, replies.too_big_for_peer(where, exc.limit), remote), True
-        if session.offers("DSN"):
-            if envelope.ret:
-                params["RET"] = envelope.ret  # RFC 3461 §4.3
-            if envelope.envid:
-                params["ENVID"] = encode_xtext(envelope.envid)  # RFC 3461 §4.4
-        try:
-            mail = core.mail(envelope.mail_from, params)
         except LocalProtocolError as exc:
-            failure = replies.unsendable_address(envelope.mail_from, str(exc), sender=True)
-            return _all(recipients, failure, None), True
-
+            sender = message.envelope.mail_from
+            return _all(recipients, replies.unsendable_address(sender, str(exc), sender=True), None), True
         results: list[DeliveryResult | None] = [None] * len(recipients)
         sendable: list[int] = []
         lines: list[bytes] = []
         for position, recipient in enumerate(recipients):
             try:
                 lines.append(core.rcpt(recipient.address, self._rcpt_parameters(session, recipient)))
-            except LocalProtocolError as exc:
+            except LocalProtocolError as exc:  # never sent: the others still go
                 failure = replies.unsendable_address(recipient.address, str(exc))
                 results[position] = PermFail(recipient, failure, None)
                 continue
@@ -495,6 +481,23 @@ class RemoteAgent:
         else:
             reusable = client.is_connected
         return _finished(results, recipients, replies.LOCAL_ERROR, remote), reusable
+
+    def _mail_command(self, session: _Session, message: QueuedMessage) -> bytes:
+        """MAIL FROM with the parameters this server takes; raises when it cannot take the
+        message (SmtpUnsupportedError, SmtpMessageTooBigError) or the line cannot be built."""
+        envelope = message.envelope
+        params = session.client.mail_parameters(
+            message.size,
+            eight_bit=envelope.body == "8BITMIME",
+            smtputf8=envelope.smtputf8,
+            smtputf8_required=envelope.smtputf8,  # RFC 6531 §3.2: never downgraded here
+        )
+        if session.offers("DSN"):
+            if envelope.ret:
+                params["RET"] = envelope.ret  # RFC 3461 §4.3
+            if envelope.envid:
+                params["ENVID"] = encode_xtext(envelope.envid)  # RFC 3461 §4.4
+        return core.mail(envelope.mail_from, params)
 
     def _rcpt_parameters(self, session: _Session, recipient: Recipient) -> dict[str, str | None]:
         parameters: dict[str, str | None] = {}
