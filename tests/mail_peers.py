@@ -1,5 +1,5 @@
-"""Independent peers on loopback for outbound delivery tests: an MTA (aiosmtpd) and a DNS server
-(dnslib).
+"""Independent peers on loopback for outbound delivery tests: an MTA (aiosmtpd), a recording MTA
+that shows how the client grouped its commands on the wire, and a DNS server (dnslib).
 
 Every peer listens on 127.0.0.0/8 only. Several fake MX hosts of one test share one port number
 on different loopback addresses (127.0.0.2, 127.0.0.3, ...; Linux routes the whole /8 to lo),
@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, LoginPassword, Session
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from postoffice.smtp import replies
+from postoffice.smtp.replies import Reply
 
 
 def free_port(*hosts: str) -> int:
@@ -69,6 +72,7 @@ class Behaviour:
     drop_in_data: bool = False  # close the connection right after 354
     refuse_ehlo: bool = False  # answer EHLO with 502, as a pre-ESMTP server would
     data_delay: float = 0.0  # seconds to think before answering the end of data
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920); aiosmtpd reads commands in order anyway
 
 
 class PeerHandler:
@@ -86,6 +90,8 @@ class PeerHandler:
         session.host_name = hostname
         with self.lock:
             self.hellos += 1
+        if self.behaviour.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -211,6 +217,135 @@ def peers(*hosts: str, **smtp_options: Any) -> Iterator[list[Peer]]:
     finally:
         for peer in started:
             peer.stop()
+
+
+# --- a recording MTA: which commands arrived before each reply ----------------------------------
+
+# The recording peer answers a command group when the client waits for it: after this long with
+# nothing more arriving. A pipelining client has sent the whole group well before then.
+HOLD_REPLIES = 0.3
+# Commands that end a group (RFC 2920 §3.1: EHLO, DATA, RSET, QUIT, NOOP wait for their reply).
+_GROUP_ENDS = {"EHLO", "HELO", "DATA", "RSET", "QUIT", "NOOP"}
+
+
+@dataclass
+class RecordingScript:
+    """How the recording peer answers."""
+
+    pipelining: bool = True  # advertise PIPELINING
+    refuse: Mapping[str, Reply] = field(default_factory=dict)  # recipient -> refusal
+    data_anyway: bool = False  # 354 to DATA even with no recipient accepted (a lax server)
+    hang_up_after: int | None = None  # in a group with MAIL, close after this many replies
+    starttls_answer: bytes | None = None  # offer STARTTLS, answer it with these bytes and hang up
+
+
+@dataclass
+class RecordingPeer:
+    """An SMTP server in the test's event loop that holds its replies until the client stops
+    sending, so ``groups`` shows exactly which commands the client sent before it waited."""
+
+    port: int
+    script: RecordingScript = field(default_factory=RecordingScript)
+    groups: list[list[str]] = field(default_factory=list)
+    messages: list[tuple[list[str], bytes]] = field(default_factory=list)  # (recipients, content)
+
+    def verbs(self) -> list[list[str]]:
+        return [[command.split()[0].upper() for command in group] for group in self.groups]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self._session(reader, writer)
+        writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(replies.greeting("peer.test").render(enhanced=False))
+        group: list[str] = []
+        pending: list[Reply] = []
+        recipients: list[str] = []
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\r\n"), HOLD_REPLIES if pending else 30)
+            except TimeoutError:
+                if not self._flush(writer, group, pending):
+                    return
+                continue
+            command = line.decode().rstrip("\r\n")
+            verb = command.split()[0].upper() if command else ""
+            group.append(command)
+            if verb == "STARTTLS" and self.script.starttls_answer is not None:
+                self.groups.append([command])
+                writer.write(self.script.starttls_answer)
+                return
+            if verb == "MAIL":
+                recipients = []
+            if verb == "RCPT":
+                address = command.partition("<")[2].partition(">")[0]
+                refusal = self.script.refuse.get(address)
+                if refusal is None:
+                    recipients.append(address)
+                pending.append(refusal or replies.RECIPIENT_OK)
+            else:
+                pending.append(self._reply(verb, recipients))
+            if (verb in _GROUP_ENDS or not self.script.pipelining) and not self._flush(
+                writer, group, pending
+            ):
+                return
+            if verb == "QUIT":
+                return
+            if verb == "DATA" and (recipients or self.script.data_anyway):
+                content = await _read_content(reader)
+                self.messages.append((recipients, content))
+                done = replies.queued("PEER") if recipients else replies.NO_VALID_RECIPIENTS
+                writer.write(done.render(enhanced=True))
+
+    def _reply(self, verb: str, recipients: list[str]) -> Reply:
+        if verb == "EHLO":
+            keywords = ["PIPELINING", "8BITMIME", "DSN"] if self.script.pipelining else ["8BITMIME", "DSN"]
+            if self.script.starttls_answer is not None:
+                keywords.append("STARTTLS")
+            return replies.ehlo_ok("peer.test", "client", keywords)
+        if verb == "DATA":
+            ready = recipients or self.script.data_anyway
+            return replies.START_MAIL_INPUT if ready else replies.NO_VALID_RECIPIENTS
+        return {"MAIL": replies.SENDER_OK, "QUIT": replies.CLOSING}.get(verb, replies.OK)
+
+    def _flush(self, writer: asyncio.StreamWriter, group: list[str], pending: list[Reply]) -> bool:
+        """Send the replies held for ``group``; False when the script hangs up instead."""
+        self.groups.append(list(group))
+        limit = self.script.hang_up_after
+        hang_up = limit is not None and any(command.upper().startswith("MAIL") for command in group)
+        answered = pending[:limit] if hang_up else pending
+        writer.write(b"".join(reply.render(enhanced=True) for reply in answered))
+        group.clear()
+        pending.clear()
+        return not hang_up
+
+
+async def _read_content(reader: asyncio.StreamReader) -> bytes:
+    """The message after 354, un-dot-stuffed (RFC 5321 §4.5.2), up to the lone "."."""
+    content = bytearray()
+    while (line := await reader.readuntil(b"\r\n")) != b".\r\n":
+        content += line[1:] if line.startswith(b".") else line
+    return bytes(content)
+
+
+@contextlib.asynccontextmanager
+async def recording_peers(
+    *scripts: tuple[str, RecordingScript], port: int | None = None
+) -> AsyncIterator[list[RecordingPeer]]:
+    """Recording peers on the given loopback addresses, all on one port (every MX shares it)."""
+    port = port or free_port(*(host for host, _ in scripts))
+    started = [RecordingPeer(port, script) for _, script in scripts]
+    servers = [
+        await asyncio.start_server(peer.serve, host, port)
+        for (host, _), peer in zip(scripts, started, strict=True)
+    ]
+    try:
+        yield started
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
 
 
 # --- the DNS server -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from postoffice.errors import (
     SmtpRecipientsRefused,
     SmtpReplyError,
     SmtpSenderRefused,
+    SmtpTimeoutError,
     SmtpTlsError,
     SmtpUnsupportedError,
 )
@@ -456,9 +457,10 @@ async def test_silent_server_times_out() -> None:
         await reader.read()
 
     async with scripted(script) as port:
-        with pytest.raises(SmtpConnectError) as error:
+        with pytest.raises(SmtpTimeoutError) as error:
             await client(port, timeout=0.3).connect()
     assert "no reply" in str(error.value) and error.value.temporary
+    assert isinstance(error.value, SmtpConnectError)
 
 
 def test_message_parses_as_sent() -> None:

@@ -13,6 +13,7 @@ from postoffice.smtp.grammar import (
     Mailbox,
     Path,
     decode_xtext,
+    encode_xtext,
     is_helo_name,
     parse_mailbox,
     parse_parameters,
@@ -279,6 +280,15 @@ BAD_XTEXT = {
 def test_decode_xtext_refuses(text: str) -> None:
     with pytest.raises(GrammarError):
         decode_xtext(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "xtext"),
+    [("abc", "abc"), ("a+b=c", "a+2Bb+3Dc"), ("two words", "two+20words"), ("rfc822;x@y", "rfc822;x@y")],
+)
+def test_xtext_round_trips(text: str, xtext: str) -> None:
+    assert encode_xtext(text) == xtext
+    assert decode_xtext(xtext) == text
 
 
 # --- is_helo_name (§4.1.1.1) --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ per-recipient results, and what the peer received."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import ssl
 import time
@@ -14,10 +15,21 @@ import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from mail_peers import Dns, Peer, dns_server, peers, start_peer, until
+from mail_peers import (
+    Dns,
+    Peer,
+    RecordingPeer,
+    RecordingScript,
+    dns_server,
+    peers,
+    recording_peers,
+    start_peer,
+    until,
+)
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 
@@ -39,9 +51,12 @@ def spool(tmp_path: Path) -> FileSpool:
     return FileSpool(tmp_path / "spool")
 
 
-@pytest.fixture
-def mx() -> Iterator[list[Peer]]:
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-at-a-time"])
+def mx(request: pytest.FixtureRequest) -> Iterator[list[Peer]]:
+    """Both MX hosts; every test runs once with PIPELINING offered (RFC 2920) and once without."""
     with peers(MX1, MX2) as started:
+        for peer in started:
+            peer.behaviour.pipelining = request.param
         yield started
 
 
@@ -449,3 +464,161 @@ async def test_a_peer_that_never_answers_the_data_is_a_temporary_failure(
     await agent.close()
     assert isinstance(result, TempFail) and result.reply.enhanced == "4.4.2"
     assert "Timed out" in result.reply.text and agent.idle_connections() == 0
+
+
+# --- PIPELINING on the wire (RFC 2920) -----------------------------------------------------------
+
+THREE = ("bob@remote.test", "carol@remote.test", "dave@remote.test")
+
+
+async def deliver_to(
+    port: int, spool: FileSpool, dns: Dns, *addresses: str
+) -> tuple[list[DeliveryResult], int]:
+    """One message through a fresh agent: its results, and how many connections it kept."""
+    agent = make_agent(spool, dns, port)
+    try:
+        message = await queue(spool, *(rcpt(address) for address in addresses))
+        return await agent.deliver(message, message.envelope.recipients), agent.idle_connections()
+    finally:
+        await agent.close()
+
+
+async def deliver_with_backup(
+    spool: FileSpool, dns: Dns, first: RecordingScript, *addresses: str
+) -> tuple[list[DeliveryResult], int, RecordingPeer, RecordingPeer]:
+    """The same, with a scripted MX1 and an ordinary MX2 behind it."""
+    async with recording_peers((MX1, first), (MX2, RecordingScript())) as [mx1, mx2]:
+        results, kept = await deliver_to(mx1.port, spool, dns, *addresses)
+    return results, kept, mx1, mx2
+
+
+async def test_mail_every_rcpt_and_data_go_in_one_group_when_pipelining_is_offered(
+    spool: FileSpool, dns: Dns
+) -> None:
+    async with recording_peers((MX1, RecordingScript(pipelining=True))) as [peer]:
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
+    # The peer held every reply until the client stopped sending: MAIL, the three RCPTs and
+    # DATA all arrived before the first reply (RFC 2920 §3.1: DATA last in the group).
+    assert peer.verbs()[:2] == [["EHLO"], ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]]
+    assert [type(result) for result in results] == [Delivered] * 3
+    assert peer.messages == [(list(THREE), BODY)]
+
+
+async def test_one_command_at_a_time_without_pipelining(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript(pipelining=False))) as [peer]:
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
+    assert peer.verbs()[:6] == [["EHLO"], ["MAIL"], ["RCPT"], ["RCPT"], ["RCPT"], ["DATA"]]
+    assert [type(result) for result in results] == [Delivered] * 3
+    assert peer.messages == [(list(THREE), BODY)]
+
+
+async def test_recipients_refused_inside_a_pipelined_group_get_their_own_results(
+    spool: FileSpool, dns: Dns
+) -> None:
+    refuse = {"bob@remote.test": replies.USER_UNKNOWN, "dave@remote.test": replies.TOO_MANY_RECIPIENTS}
+    async with recording_peers((MX1, RecordingScript(refuse=refuse))) as [peer]:
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE)
+    assert peer.verbs()[1] == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"]
+    assert summary(results) == [
+        ("PermFail", "bob@remote.test", 550),
+        ("Delivered", "carol@remote.test", None),
+        ("TempFail", "dave@remote.test", 452),
+    ]
+    assert peer.messages == [(["carol@remote.test"], BODY)]
+
+
+async def test_a_recipient_no_command_can_carry_fails_alone(spool: FileSpool, dns: Dns) -> None:
+    # An ORCPT (RFC 3461 §4.2) too long for any RCPT line (RFC 5321 §4.5.3.1): never sent.
+    huge = rcpt("carol@remote.test", orcpt="rfc822;" + "c" * 2000 + "@remote.test")
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port)
+        message = await queue(spool, rcpt("bob@remote.test", notify=("FAILURE",)), huge)
+        results = await agent.deliver(message, message.envelope.recipients)
+        await agent.close()
+    assert summary(results) == [
+        ("Delivered", "bob@remote.test", None),
+        ("PermFail", "carol@remote.test", 553),
+    ]
+    assert results[1].reply.enhanced == "5.1.3" and results[1].remote_mta is None
+    assert peer.groups[1][1:] == ["RCPT TO:<bob@remote.test> NOTIFY=FAILURE", "DATA"]
+
+
+@pytest.mark.parametrize("data_anyway", [False, True], ids=["data-refused", "data-accepted-anyway"])
+async def test_every_recipient_refused_in_a_pipelined_group_sends_no_message(
+    spool: FileSpool, dns: Dns, data_anyway: bool
+) -> None:
+    refuse = dict.fromkeys(THREE[:2], replies.USER_UNKNOWN)
+    script = RecordingScript(refuse=refuse, data_anyway=data_anyway)
+    async with recording_peers((MX1, script)) as [peer]:
+        results, reused = await deliver_to(peer.port, spool, dns, *THREE[:2])
+    assert summary(results) == [
+        ("PermFail", "bob@remote.test", 550),
+        ("PermFail", "carol@remote.test", 550),
+    ]
+    # A server that said 354 anyway gets a lone "." (RFC 2920 §3.1), never the message.
+    assert peer.messages == ([([], b"")] if data_anyway else [])
+    # RSET ends the refused transaction and the connection is kept for the next message.
+    assert peer.verbs()[2] == ["RSET"] and reused == 1
+
+
+async def test_a_peer_that_hangs_up_in_the_middle_of_a_pipelined_group(spool: FileSpool, dns: Dns) -> None:
+    # MAIL and the first RCPT are answered, then the connection drops.
+    results, kept, mx1, mx2 = await deliver_with_backup(spool, dns, RecordingScript(hang_up_after=2), *THREE)
+    assert [(r.reply.code, r.reply.enhanced) for r in results if not isinstance(r, Delivered)] == [
+        (451, "4.4.2")
+    ] * 3
+    text = results[0].reply.text
+    assert "Lost connection" in text and "RCPT TO:<carol@remote.test>" in text
+    assert mx1.messages == [] and mx2.groups == []  # MAIL was accepted: not a reason for the next MX
+    assert kept == 0
+
+
+async def test_a_hang_up_before_the_reply_to_mail_moves_on_to_the_next_mx(spool: FileSpool, dns: Dns) -> None:
+    results, _, mx1, mx2 = await deliver_with_backup(spool, dns, RecordingScript(hang_up_after=0), *THREE)
+    assert all(isinstance(r, Delivered) and r.remote_mta == "mx2.remote.test" for r in results)
+    assert mx1.messages == [] and mx2.messages == [(list(THREE), BODY)]
+
+
+READY_FOR_TLS = replies.READY_TO_START_TLS.render(enhanced=True)
+
+
+async def test_a_reply_injected_before_the_tls_handshake_is_never_acted_on(
+    spool: FileSpool, dns: Dns
+) -> None:
+    # RFC 3207 §4.2 / CVE-2011-0411: a "250" sent in plaintext right after "220 Ready to start
+    # TLS" would be read as the answer to the first command inside TLS. The client refuses the
+    # connection instead of going on, and the next MX gets the mail.
+    injected = RecordingScript(starttls_answer=READY_FOR_TLS + replies.SENDER_OK.render(enhanced=True))
+    results, _, mx1, mx2 = await deliver_with_backup(spool, dns, injected, *THREE[:1])
+    assert mx1.verbs() == [["EHLO"], ["STARTTLS"]] and mx1.messages == []
+    assert isinstance(results[0], Delivered) and results[0].remote_mta == "mx2.remote.test"
+    assert mx2.messages == [([THREE[0]], BODY)]
+
+
+async def test_a_broken_opportunistic_handshake_falls_back_to_plaintext(spool: FileSpool, dns: Dns) -> None:
+    broken = RecordingScript(starttls_answer=READY_FOR_TLS + b"this is not TLS\r\n")
+    async with recording_peers((MX1, broken)) as [peer]:
+        results, _ = await deliver_to(peer.port, spool, dns, *THREE[:1])
+    assert peer.verbs()[:4] == [["EHLO"], ["STARTTLS"], ["EHLO"], ["MAIL", "RCPT", "DATA"]]
+    assert isinstance(results[0], Delivered) and peer.messages == [([THREE[0]], BODY)]
+
+
+def test_delivery_over_starttls_under_uvloop(spool: FileSpool, dns: Dns, ca: trustme.CA) -> None:
+    # uvloop's transports do not subclass asyncio's; the client and the spool reader must not care.
+    uvloop = pytest.importorskip("uvloop")
+    content = b"Subject: big\r\n\r\n" + b".dot-stuffed line of the message\r\n" * 20_000
+
+    async def run() -> list[DeliveryResult]:
+        agent = make_agent(spool, dns, secure.port)
+        message = await queue(spool, rcpt("bob@remote.test"), rcpt("carol@remote.test"), content=content)
+        try:
+            return await agent.deliver(message, message.envelope.recipients)
+        finally:
+            await agent.close()
+
+    with peers(MX1, tls_context=server_context(ca, "elsewhere.test")) as [secure]:
+        secure.behaviour.pipelining = True
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(run())
+    assert [type(result) for result in results] == [Delivered] * 2
+    assert secure.received[0].tls and secure.received[0].content == content

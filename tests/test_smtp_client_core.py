@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import re
 
 import pytest
@@ -244,6 +245,31 @@ def test_dot_stuffer_across_chunk_boundaries() -> None:
         stuffer = core.DotStuffer()
         out = stuffer.feed(message[:cut]) + stuffer.feed(message[cut:]) + stuffer.finish()
         assert out == core.dot_stuff(message), cut
+
+
+def reference_stuffing(content: bytes) -> bytes:
+    """CRLF content line by line, as §4.5.2 describes it, then the terminator."""
+    lines = content.split(b"\r\n")
+    last = lines.pop()  # b"" when the content ends with CRLF
+    body = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
+    if last:
+        body += (b"." + last if last.startswith(b".") else last) + b"\r\n"
+    return body + b".\r\n"
+
+
+spool_lines = st.lists(st.sampled_from([b"", b".", b"..", b"a", b".a", b"a.", b"text . text"]), max_size=12)
+
+
+@given(spool_lines, st.lists(st.integers(min_value=0, max_value=80), max_size=6), st.booleans())
+def test_crlf_content_in_any_blocks_gives_the_reference_stuffing(
+    parts: list[bytes], cuts: list[int], final_crlf: bool
+) -> None:
+    # The shape of a spooled message read in blocks: CRLF only, split anywhere (even in a CRLF).
+    content = b"\r\n".join(parts) + (b"\r\n" if final_crlf and parts else b"")
+    points = sorted({0, len(content), *(min(cut, len(content)) for cut in cuts)})
+    stuffer = core.DotStuffer()
+    out = b"".join(stuffer.feed(content[a:b]) for a, b in itertools.pairwise(points)) + stuffer.finish()
+    assert out == reference_stuffing(content)
 
 
 def normalise(message: bytes) -> bytes:

@@ -16,6 +16,7 @@ client.
     ├── MessageError                 a message to send cannot be built (a bad address, header or file)
     ├── SmtpClientError              sending to an SMTP server failed; ``temporary`` says if a retry may help
     │   ├── SmtpConnectError         no connection, a timeout, or the server hung up
+    │   │   └── SmtpTimeoutError     the server went quiet: no reply (or no reading) in the time allowed
     │   ├── SmtpProtocolError        the server's replies broke RFC 5321 (garbled, or data after STARTTLS)
     │   ├── SmtpTlsError             TLS was required but not offered, or the handshake/certificate failed
     │   ├── SmtpUnsupportedError     the message needs an extension the server lacks (SMTPUTF8)
@@ -105,6 +106,10 @@ class SmtpConnectError(SmtpClientError):
     """The connection could not be made or kept: refused, unreachable, timed out, closed."""
 
     _temporary = True
+
+
+class SmtpTimeoutError(SmtpConnectError):
+    """The server did not answer, or stopped reading, within the time allowed (RFC 5321 §4.5.3.2)."""
 
 
 class SmtpProtocolError(SmtpClientError):

@@ -15,6 +15,12 @@ Every failure is one exception of the :class:`~postoffice.errors.SmtpClientError
 carrying the server's :class:`Reply` when there is one and saying whether a retry may help
 (``temporary``). A recipient refused while others were accepted is not an exception: it is in
 :attr:`SendResult.refused`.
+
+An MTA that decides per recipient (the remote delivery agent) uses the layer below
+:meth:`SmtpClient.send`: :meth:`SmtpClient.transact` runs one :class:`Transaction` and records
+every reply, refusals included, raising only when the conversation itself breaks. With
+PIPELINING (RFC 2920) MAIL, every RCPT and DATA go in one write and the replies are read in
+order; without it, one command at a time.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
 from postoffice.errors import (
     LocalProtocolError,
@@ -41,6 +47,7 @@ from postoffice.errors import (
     SmtpRecipientsRefused,
     SmtpReplyError,
     SmtpSenderRefused,
+    SmtpTimeoutError,
     SmtpTlsError,
     SmtpUnsupportedError,
 )
@@ -92,6 +99,9 @@ class TranscriptLine:
 
 TranscriptHook = Callable[[TranscriptLine], None]
 
+# The message content: the whole of it, or its chunks (a file read in blocks, maybe off the loop).
+Content = bytes | Iterable[bytes] | AsyncIterable[bytes]
+
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
@@ -100,6 +110,51 @@ class SendResult:
     accepted: dict[str, Reply]
     refused: dict[str, Reply]
     reply: Reply  # the reply to the end of the data: "250 ... queued as ..."
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One mail transaction: its command lines, and the server's replies as they arrive.
+
+    :meth:`SmtpClient.transact` records the replies in order (MAIL, each RCPT, DATA, the end of
+    the content), so after an exception it still says how far the transaction got. A reply
+    that was never asked for stays None (no RCPT after a refused MAIL without PIPELINING).
+    """
+
+    mail: bytes  # the MAIL FROM line (core.mail)
+    recipients: Sequence[bytes]  # one RCPT TO line each (core.rcpt)
+    mail_reply: Reply | None = None
+    rcpt_replies: list[Reply] = field(default_factory=list)
+    data_reply: Reply | None = None
+    final_reply: Reply | None = None  # the reply to the end of the content
+
+    @property
+    def accepted(self) -> list[int]:
+        """Positions of the recipients whose RCPT was accepted."""
+        return [position for position, reply in enumerate(self.rcpt_replies) if reply.positive]
+
+    @property
+    def ready_for_content(self) -> bool:
+        """MAIL, at least one RCPT and DATA accepted: the server waits for the message."""
+        mail, data = self.mail_reply, self.data_reply
+        return (
+            mail is not None
+            and mail.positive
+            and bool(self.accepted)
+            and data is not None
+            and data.code == _START_MAIL_INPUT
+        )
+
+    def record(self, reply: Reply) -> None:
+        """The next reply, in the order the commands went out."""
+        if self.mail_reply is None:
+            self.mail_reply = reply
+        elif len(self.rcpt_replies) < len(self.recipients):
+            self.rcpt_replies.append(reply)
+        elif self.data_reply is None:
+            self.data_reply = reply
+        else:
+            self.final_reply = reply
 
 
 class _Protocol(asyncio.Protocol):
@@ -115,8 +170,8 @@ class _Protocol(asyncio.Protocol):
         self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -155,7 +210,9 @@ class SmtpClient:
     ``credentials`` is ``(user, password)`` for AUTH (PLAIN preferred, else LOGIN); it is used
     only over TLS or to a loopback address unless ``allow_plaintext_auth``. ``ssl_context``
     defaults to :func:`ssl.create_default_context` (certificates and host name verified);
-    ``server_name`` is the name the certificate must carry (default ``host``).
+    ``server_name`` is the name the certificate must carry (default ``host``). ``timeout``
+    bounds each reply, ``connect_timeout`` (default ``timeout``) the connection and TLS
+    handshake, ``data_timeout`` sending the content and the reply to its end.
     """
 
     def __init__(
@@ -170,6 +227,7 @@ class SmtpClient:
         credentials: tuple[str, str] | None = None,
         allow_plaintext_auth: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
         data_timeout: float = DEFAULT_DATA_TIMEOUT,
         transcript: TranscriptHook | None = None,
     ) -> None:
@@ -182,6 +240,7 @@ class SmtpClient:
         self._credentials = credentials
         self._allow_plaintext_auth = allow_plaintext_auth
         self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.data_timeout = data_timeout
         self._transcript = transcript
         self._protocol: _Protocol | None = None
@@ -190,6 +249,8 @@ class SmtpClient:
         self.esmtp = False
         self.tls_active = False
         self.authenticated = False
+        # What the connection is doing, for an error report: "waiting for the reply to EHLO".
+        self.activity = "connecting"
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -205,22 +266,30 @@ class SmtpClient:
         else:
             self.close()
 
-    async def connect(self) -> None:
-        """Connect, read the greeting, EHLO (or HELO), STARTTLS and AUTH as configured."""
+    async def connect(self, sock: socket.socket | None = None) -> None:
+        """Connect, read the greeting, EHLO (or HELO), STARTTLS and AUTH as configured.
+
+        ``sock`` is a socket the caller already connected (to an address it chose itself);
+        without one, ``host`` and ``port`` are connected to.
+        """
         loop = asyncio.get_running_loop()
         implicit = self.tls_mode is TlsMode.IMPLICIT
+        context = self._context() if implicit else None
+        server_name = self._server_name if implicit else None
+        self.activity = "connecting"
         try:
-            async with asyncio.timeout(self.timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self._server_line),
-                    self.host,
-                    self.port,
-                    ssl=self._context() if implicit else None,
-                    server_hostname=self._server_name if implicit else None,
-                )
+            async with asyncio.timeout(self.connect_timeout):
+                if sock is None:
+                    _, protocol = await loop.create_connection(
+                        self._new_protocol, self.host, self.port, ssl=context, server_hostname=server_name
+                    )
+                else:
+                    _, protocol = await loop.create_connection(
+                        self._new_protocol, sock=sock, ssl=context, server_hostname=server_name
+                    )
         except TimeoutError:
-            raise SmtpConnectError(
-                f"cannot connect to {self._where}: timed out after {self.timeout:g}s"
+            raise SmtpTimeoutError(
+                f"cannot connect to {self._where}: timed out after {self.connect_timeout:g}s"
             ) from None
         except ssl.SSLError as exc:
             raise _tls_error(exc) from None
@@ -233,6 +302,9 @@ class SmtpClient:
         except BaseException:
             self.close()
             raise
+
+    def _new_protocol(self) -> _Protocol:
+        return _Protocol(self._server_line)
 
     async def _open_session(self) -> None:
         greeting = await self._reply("the greeting")
@@ -308,14 +380,15 @@ class SmtpClient:
             # injected by a machine in the middle (the client side of CVE-2011-0411).
             raise SmtpProtocolError("the server sent data after its STARTTLS reply, before TLS started")
         loop = asyncio.get_running_loop()
+        self.activity = "starting TLS"
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 transport = await loop.start_tls(
                     self._transport, protocol, self._context(), server_hostname=self._server_name
                 )
         except TimeoutError:
             raise SmtpTlsError(
-                f"TLS handshake with {self._where} timed out after {self.timeout:g}s"
+                f"TLS handshake with {self._where} timed out after {self.connect_timeout:g}s"
             ) from None
         except ssl.SSLError as exc:
             raise _tls_error(exc) from None
@@ -323,7 +396,6 @@ class SmtpClient:
             raise SmtpConnectError(f"TLS handshake with {self._where} failed: {_reason(exc)}") from None
         if transport is None:
             raise SmtpConnectError(f"{self._where} closed the connection during the TLS handshake")
-        assert isinstance(transport, asyncio.Transport)
         protocol.transport = transport
         self.tls_active = True
         # RFC 3207 §4.2: forget what the server said in plaintext and ask again.
@@ -372,7 +444,7 @@ class SmtpClient:
         self,
         sender: str,
         recipients: Sequence[str],
-        message: bytes | Iterable[bytes],
+        message: Content,
         *,
         size: int | None = None,
         eight_bit: bool | None = None,
@@ -399,26 +471,30 @@ class SmtpClient:
             size = _wire_size(message) if size is None else size
             eight_bit = not message.isascii() if eight_bit is None else eight_bit
             head = core.header_section(message)
-            chunks: Iterable[bytes] = (
-                message[start : start + _CONTENT_CHUNK] for start in range(0, len(message), _CONTENT_CHUNK)
-            )
         else:
             head = b""
-            chunks = message
         utf8 = core.needs_smtputf8([], head) if smtputf8 is None else smtputf8
         utf8_addresses = core.needs_smtputf8([sender, *unique])
-        params = self._mail_parameters(
+        params = self.mail_parameters(
             size, eight_bit=bool(eight_bit), smtputf8=utf8 or utf8_addresses, smtputf8_required=utf8_addresses
         )
+        transaction = Transaction(core.mail(sender, params), [core.rcpt(address) for address in unique])
+        await self.transact(transaction, message)
         try:
-            return await self._transaction(sender, unique, params, chunks)
+            return _send_result(sender, unique, transaction)
         except SmtpReplyError:
-            await self._reset()
+            await self.reset()
             raise
 
-    def _mail_parameters(
+    def mail_parameters(
         self, size: int | None, *, eight_bit: bool, smtputf8: bool, smtputf8_required: bool
     ) -> dict[str, str | None]:
+        """The MAIL parameters this server takes for a message; refuses what it cannot take.
+
+        Raises :class:`SmtpMessageTooBigError` when ``size`` is over the server's SIZE and
+        :class:`SmtpUnsupportedError` when SMTPUTF8 is required and not offered: both before
+        anything is sent.
+        """
         params: dict[str, str | None] = {}
         ext = self.extensions
         limit = ext.size_limit
@@ -446,70 +522,81 @@ class SmtpClient:
             params["BODY"] = "8BITMIME"
         return params
 
-    async def _transaction(
-        self, sender: str, recipients: list[str], params: dict[str, str | None], chunks: Iterable[bytes]
-    ) -> SendResult:
-        commands = [core.mail(sender, params), *(core.rcpt(address) for address in recipients)]
-        if "PIPELINING" in self.extensions:
-            # RFC 2920 §3.1: MAIL, the RCPTs and DATA go in one group, DATA last; every reply
-            # is then read and checked in order.
-            replies = await self._pipeline([*commands, core.DATA])
-            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
-            accepted, refused = _split(recipients, rcpt_replies)
-            if (not mail_reply.positive or not accepted) and data_reply.code == _START_MAIL_INPUT:
-                # RFC 2920 §3.1: a server that said 354 anyway gets an empty message, ended,
-                # so that the RSET after the refusal is read as a command again.
-                await self._finish_empty_data()
-            if not mail_reply.positive:
-                raise SmtpSenderRefused(
-                    f"sender <{sender}> refused: {mail_reply}", mail_reply, command="MAIL"
-                )
-            if not accepted:
-                raise _all_refused(refused)
-        else:
-            mail_reply = await self._command(commands[0], "MAIL")
-            if not mail_reply.positive:
-                raise SmtpSenderRefused(
-                    f"sender <{sender}> refused: {mail_reply}", mail_reply, command="MAIL"
-                )
-            rcpt_replies = [await self._command(line, "RCPT") for line in commands[1:]]
-            accepted, refused = _split(recipients, rcpt_replies)
-            if not accepted:
-                raise _all_refused(refused)
-            data_reply = await self._command(core.DATA, "DATA")
-        if data_reply.code != _START_MAIL_INPUT:
-            raise SmtpDataRefused(f"DATA refused: {data_reply}", data_reply, command="DATA")
-        await self._send_content(chunks)
-        reply = await self._reply("the end of the message", timeout=self.data_timeout)
-        if not reply.positive:
-            raise SmtpDataRefused(f"message refused: {reply}", reply, command="DATA")
-        return SendResult(accepted, refused, reply)
+    async def transact(self, transaction: Transaction, content: Content) -> Transaction:
+        """Run one mail transaction, recording every reply in ``transaction``.
 
-    async def _pipeline(self, lines: list[bytes]) -> list[Reply]:
+        Refusals are recorded, not raised: the caller reads them per recipient. The content is
+        sent only when MAIL, at least one RCPT and DATA were accepted
+        (:attr:`Transaction.ready_for_content`); after a refusal the caller says RSET
+        (:meth:`reset`) to use the connection again. Raises :class:`SmtpClientError` only when
+        the conversation breaks: a lost connection, a timeout, a garbled reply.
+        """
+        if "PIPELINING" in self.extensions:
+            await self._envelope_pipelined(transaction)
+        else:
+            await self._envelope_one_by_one(transaction)
+        if transaction.ready_for_content:
+            await self._send_content(content)
+            transaction.record(await self._reply("the end of the message", timeout=self.data_timeout))
+        return transaction
+
+    async def _envelope_pipelined(self, transaction: Transaction) -> None:
+        # RFC 2920 §3.1: MAIL and the RCPTs may go anywhere in a group, DATA only last; the
+        # client "MUST check ALL statuses associated with each command in a group".
+        lines = [transaction.mail, *transaction.recipients, core.DATA]
         for line in lines:
             self._client_line(line)
         self._write(b"".join(lines))
-        replies: list[Reply] = []
         for line in lines:
             try:
-                replies.append(await self._reply(core.redacted(line)))
+                transaction.record(await self._reply(core.redacted(line)))
             except SmtpConnectError:
                 # A 421 comes just before the server hangs up (§3.8): the rest go unanswered.
-                if replies and replies[-1].code == _CLOSING_CHANNEL:
-                    replies += [replies[-1]] * (len(lines) - len(replies))
-                    break
-                raise
-        return replies
+                last = (
+                    transaction.mail_reply if not transaction.rcpt_replies else transaction.rcpt_replies[-1]
+                )
+                if last is None or last.code != _CLOSING_CHANNEL:
+                    raise
+                while transaction.data_reply is None:
+                    transaction.record(last)
+                return
+        data = transaction.data_reply
+        if data is not None and data.code == _START_MAIL_INPUT and not transaction.ready_for_content:
+            # §3.1: "if the DATA command was accepted the client SMTP should send a single
+            # dot": an empty message, ended, so the RSET that follows is read as a command.
+            await self._finish_empty_data()
+
+    async def _envelope_one_by_one(self, transaction: Transaction) -> None:
+        mail = await self._command(transaction.mail, "MAIL")
+        transaction.record(mail)
+        if not mail.positive:
+            return
+        for line in transaction.recipients:
+            transaction.record(await self._command(line, "RCPT"))
+        if transaction.accepted:
+            transaction.record(await self._command(core.DATA, "DATA"))
 
     async def _finish_empty_data(self) -> None:
         self._client_line(core.END_OF_DATA)
         self._write(core.END_OF_DATA)
         await self._reply("the end of an empty message", timeout=self.data_timeout)
 
-    async def _send_content(self, chunks: Iterable[bytes]) -> None:
+    async def _send_content(self, content: Content) -> None:
+        """The content, dot-stuffed, then ``.``; a server that stops reading times out."""
+        self.activity = "sending the message"
+        try:
+            async with asyncio.timeout(self.data_timeout):
+                await self._stream(_chunks(content))
+        except TimeoutError:
+            self.close()
+            raise SmtpTimeoutError(
+                f"{self._where} took no more of the message within {self.data_timeout:g}s"
+            ) from None
+
+    async def _stream(self, chunks: AsyncIterator[bytes]) -> None:
         stuffer = core.DotStuffer()
         partial = bytearray()  # a line split across writes, kept for the transcript only
-        for chunk in chunks:
+        async for chunk in chunks:
             data = stuffer.feed(chunk)
             if data:
                 self._write(data)
@@ -530,26 +617,36 @@ class SmtpClient:
         for line in lines:
             self._transcript(TranscriptLine("C", line.decode("utf-8", "replace"), content=True))
 
-    async def _reset(self) -> None:
-        """RSET after a refused transaction, so the connection can carry another (§4.1.1.5)."""
+    async def reset(self, *, timeout: float | None = None) -> bool:
+        """RSET (§4.1.1.5): end a refused transaction, or check that an idle connection works.
+
+        True when the server answered 250; otherwise the connection is closed.
+        """
+        if self.is_connected:
+            try:
+                if (await self._command(core.RSET, "RSET", timeout=timeout)).positive:
+                    return True
+            except SmtpClientError:
+                pass
+        self.close()
+        return False
+
+    @property
+    def is_connected(self) -> bool:
+        """The connection is open and has not broken the protocol."""
         protocol = self._protocol
-        if protocol is None or protocol.closed or protocol.error is not None:
-            return
-        try:
-            await self._command(core.RSET, "RSET")
-        except SmtpClientError:
-            self.close()
+        return protocol is not None and not protocol.closed and protocol.error is None
 
     # --- the end ------------------------------------------------------------------------------
 
-    async def quit(self) -> None:
-        """Say QUIT (§4.1.1.10), read the 221 if it comes, and close."""
+    async def quit(self, *, timeout: float | None = None) -> None:
+        """Say QUIT (§4.1.1.10), read the 221 if it comes (within ``timeout``), and close."""
         protocol = self._protocol
         if protocol is None:
             return
         try:
             if not protocol.closed:
-                await self._command(core.QUIT, "QUIT")
+                await self._command(core.QUIT, "QUIT", timeout=timeout)
         except SmtpClientError:
             pass  # the message is already sent or refused; a sloppy goodbye changes nothing
         finally:
@@ -590,14 +687,17 @@ class SmtpClient:
                 f"{self._where} closed the connection while we were sending"
             )
 
-    async def _command(self, line: bytes, what: str, *, secret: bool = False) -> Reply:
+    async def _command(
+        self, line: bytes, what: str, *, secret: bool = False, timeout: float | None = None
+    ) -> Reply:
         self._client_line(line, secret=secret)
         self._write(line)
-        return await self._reply(what)
+        return await self._reply(what, timeout=timeout)
 
     async def _reply(self, what: str, *, timeout: float | None = None) -> Reply:
         protocol = self._proto
         limit = self.timeout if timeout is None else timeout
+        self.activity = f"waiting for the reply to {what}"
         try:
             async with asyncio.timeout(limit):
                 while True:
@@ -614,7 +714,7 @@ class SmtpClient:
                     await protocol.wakeup.wait()
         except TimeoutError:
             self.close()
-            raise SmtpConnectError(f"no reply from {self._where} to {what} within {limit:g}s") from None
+            raise SmtpTimeoutError(f"no reply from {self._where} to {what} within {limit:g}s") from None
 
     def _client_line(self, line: bytes, *, secret: bool = False) -> None:
         if self._transcript is not None:
@@ -628,6 +728,37 @@ class SmtpClient:
 def _wire_size(message: bytes) -> int:
     """The size after line endings become CRLF (RFC 1870 §6.1 asks for an estimate at least)."""
     return len(message) + message.count(b"\n") - message.count(b"\r\n")
+
+
+async def _chunks(content: Content) -> AsyncIterator[bytes]:
+    """The content in chunks: bytes cut to size, an iterable's chunks as they come."""
+    if isinstance(content, bytes):
+        for start in range(0, len(content), _CONTENT_CHUNK):
+            yield content[start : start + _CONTENT_CHUNK]
+    elif isinstance(content, AsyncIterable):
+        async for chunk in content:
+            yield chunk
+    else:
+        for chunk in content:
+            yield chunk
+
+
+def _send_result(sender: str, recipients: list[str], transaction: Transaction) -> SendResult:
+    """What :meth:`SmtpClient.send` returns for a transaction, or the refusal it raises."""
+    mail = transaction.mail_reply
+    if mail is not None and not mail.positive:
+        raise SmtpSenderRefused(f"sender <{sender}> refused: {mail}", mail, command="MAIL")
+    accepted, refused = _split(recipients, transaction.rcpt_replies)
+    if not accepted:
+        raise _all_refused(refused)
+    data = transaction.data_reply
+    if data is not None and data.code != _START_MAIL_INPUT:
+        raise SmtpDataRefused(f"DATA refused: {data}", data, command="DATA")
+    reply = transaction.final_reply
+    assert reply is not None  # transact() returns with one once the content went
+    if not reply.positive:
+        raise SmtpDataRefused(f"message refused: {reply}", reply, command="DATA")
+    return SendResult(accepted, refused, reply)
 
 
 def _split(recipients: list[str], replies: list[Reply]) -> tuple[dict[str, Reply], dict[str, Reply]]:

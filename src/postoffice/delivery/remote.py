@@ -5,19 +5,18 @@ codes and texts) and DNS answers (:mod:`postoffice.delivery.dns`); recipient add
 message content from our own clients. A remote reply only ever becomes a result (its code
 decides delivered / retry / fail) and quoted, printable text in a log line or a DSN.
 
-The client side of SMTP is aiosmtplib, chosen because it is maintained, typed, and does the
-parts that are easy to get subtly wrong: the reply parser (multi-line replies, length limits),
-STARTTLS (RFC 3207 §4.2: it discards plaintext buffered before the handshake, the client side
-of CVE-2011-0411) and the AUTH mechanisms for a relay host. It stays behind the
-:class:`~postoffice.delivery.agent.DeliveryAgent` protocol so that another client can replace
-it. Two things it does not do are done here with its public ``SMTP.protocol`` object:
+The SMTP client is the project's own: :class:`postoffice.client.connection.SmtpClient` over the
+sans-I/O :mod:`postoffice.smtp.client`. One reply parser serves both directions of the server
+(bounded line length and line count, a garbled reply ends the connection), and the client does
+what a library client (aiosmtplib) could not:
 
-* the message content is streamed from the spool in blocks, dot-stuffed on the way
-  (aiosmtplib's ``data()`` wants the whole message in memory, and rule 4 of the house is that
-  no message is ever held whole in memory);
-* MAIL and RCPT are sent as single commands and their replies read one by one. aiosmtplib
-  reads one reply per read, so it cannot take the several replies of a PIPELINING batch
-  (RFC 2920); each RCPT costs one round trip.
+* PIPELINING (RFC 2920): to a server that offers it, MAIL, every RCPT and DATA go in one write
+  and the replies are read in order, so a message to fifty recipients costs one round trip,
+  not fifty-two; a server without it gets one command at a time;
+* the content streams from the spool in blocks, dot-stuffed on the way, and writing waits
+  while the socket's buffer is full, so no message is ever held whole in memory;
+* STARTTLS refuses replies buffered before the handshake (RFC 3207 §4.2, the client side of
+  CVE-2011-0411), and AUTH (PLAIN, LOGIN) for a relay goes only inside TLS or to loopback.
 
 The conversation, per destination (a domain, or the relay host):
 
@@ -37,34 +36,42 @@ the same destination (Postfix's connection cache: ``smtp_connection_cache_time_l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
-import aiosmtplib
-
+from postoffice.client.connection import SmtpClient, TlsMode, Transaction
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
-from postoffice.delivery.dot_stuffing import dot_stuff, encode_xtext, end_of_data
-from postoffice.errors import SpoolError
+from postoffice.errors import (
+    LocalProtocolError,
+    SmtpAuthError,
+    SmtpClientError,
+    SmtpConnectError,
+    SmtpMessageTooBigError,
+    SmtpProtocolError,
+    SmtpReplyError,
+    SmtpTimeoutError,
+    SmtpTlsError,
+    SmtpUnsupportedError,
+    SpoolError,
+)
+from postoffice.smtp import client as core
 from postoffice.smtp import replies
+from postoffice.smtp.grammar import encode_xtext
 from postoffice.smtp.replies import Reply
 from postoffice.spool.base import Spool
 from postoffice.spool.envelope import QueuedMessage, Recipient
 
 log = logging.getLogger("postoffice.delivery")
 
-# Content is read from the spool and written to the socket in blocks of this size.
+# Content is read from the spool in blocks of this size, off the event loop.
 BLOCK_SIZE = 64 * 1024
-# Writing pauses while more than this is waiting in the socket's buffer (flow control).
-WRITE_HIGH_WATER = 256 * 1024
 # RFC 5321 §4.5.3.2.6: the client waits 10 minutes for the reply to the end of data.
 DATA_DONE_TIMEOUT = 600.0
 # Postfix smtp_rset_timeout = 20s: the check that a cached connection still works.
@@ -75,8 +82,6 @@ IDLE_TIMEOUT = 2.0
 REUSE_TIME_LIMIT = 300.0
 # QUIT is a courtesy; a server that does not answer within this is simply disconnected.
 QUIT_TIMEOUT = 5.0
-
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +116,9 @@ class _HostFailed(Exception):
 class _Session:
     """An open, greeted (and maybe encrypted, authenticated) connection to one endpoint."""
 
-    smtp: aiosmtplib.SMTP
+    client: SmtpClient
     endpoint: Endpoint
     created: float
-    tls: bool = False
     idle_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -122,23 +126,30 @@ class _Session:
         return self.endpoint.host
 
     def offers(self, keyword: str) -> bool:
-        return self.smtp.supports_extension(keyword)
+        return keyword in self.client.extensions
 
 
-def remote_reply(response: aiosmtplib.SMTPResponse) -> Reply:
-    """A server's reply as a :class:`Reply`, its RFC 3463 enhanced code split off the text."""
-    lines = response.message.split("\n")
-    match = _ENHANCED.match(lines[0])
-    enhanced = None
-    if match and match.group(1) == str(response.code)[:1]:
-        enhanced = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
-        prefix = re.compile(re.escape(enhanced) + r" ?")
-        lines = [prefix.sub("", line, count=1) if line.startswith(enhanced) else line for line in lines]
-    return replies.remote_reply(response.code, enhanced, "\n".join(lines))
+class _SpoolContent:
+    """A queued message's content, opened and read in blocks off the event loop only once the
+    server has said 354; :meth:`close` after the transaction, however it ended."""
 
+    def __init__(self, spool: Spool, queue_id: str) -> None:
+        self._spool = spool
+        self._queue_id = queue_id
+        self._file: BinaryIO | None = None
 
-def _is_positive(code: int) -> bool:
-    return 200 <= code < 300
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            self._file = await asyncio.to_thread(self._spool.open_content, self._queue_id)
+            while block := await asyncio.to_thread(self._file.read, BLOCK_SIZE):
+                yield block
+        except OSError as exc:
+            raise SpoolError(f"cannot read queued message {self._queue_id}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
 
 
 class _Pool:
@@ -159,14 +170,14 @@ class _Pool:
                 session.idle_timer = None
             if not sessions:
                 del self._idle[destination]
-            if session.smtp.is_connected and time.monotonic() - session.created < self._reuse_time_limit:
+            if session.client.is_connected and time.monotonic() - session.created < self._reuse_time_limit:
                 return session
             self.close(session)
             sessions = self._idle.get(destination)
         return None
 
     def put(self, destination: str, session: _Session) -> None:
-        if not session.smtp.is_connected or time.monotonic() - session.created >= self._reuse_time_limit:
+        if not session.client.is_connected or time.monotonic() - session.created >= self._reuse_time_limit:
             self.close(session)
             return
         self._idle.setdefault(destination, []).append(session)
@@ -185,10 +196,10 @@ class _Pool:
 
     def close(self, session: _Session) -> None:
         """QUIT politely in the background (RFC 5321 §4.1.1.10), then drop the connection."""
-        if not session.smtp.is_connected:
-            session.smtp.close()
+        if not session.client.is_connected:
+            session.client.close()
             return
-        task = asyncio.create_task(_quit(session.smtp))
+        task = asyncio.create_task(session.client.quit(timeout=QUIT_TIMEOUT))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -203,12 +214,6 @@ class _Pool:
 
     def idle_count(self) -> int:
         return sum(len(sessions) for sessions in self._idle.values())
-
-
-async def _quit(smtp: aiosmtplib.SMTP) -> None:
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        await smtp.quit(timeout=QUIT_TIMEOUT)
-    smtp.close()
 
 
 class RemoteAgent:
@@ -334,60 +339,60 @@ class RemoteAgent:
         return self.settings.tls_policy.get(destination, "may")
 
     async def _still_usable(self, session: _Session) -> bool:
-        try:
-            response = await session.smtp.execute_command(b"RSET", timeout=RSET_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError):
-            return False
-        return _is_positive(response.code) and session.smtp.is_connected
+        return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
 
     async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> _Session:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
         settings = self.settings
-        implicit = policy == "implicit"
         sock = await self._connect_socket(endpoint)
-        smtp = aiosmtplib.SMTP(
-            hostname=endpoint.host,
-            sock=sock,
-            local_hostname=settings.hostname,
+        mode, context = self._tls(policy if allow_tls else "none")
+        # The name the certificate must carry: the MX (or relay) host name; for an address
+        # literal, its IP address (matched against the certificate's IP entries).
+        host = endpoint.host
+        server_name = address_literal(host) if host.startswith("[") else host
+        credentials = None
+        if settings.relay is not None and settings.relay_user is not None:
+            credentials = (settings.relay_user, settings.relay_password or "")
+        client = SmtpClient(
+            host,
+            endpoint.port,
+            tls=mode,
+            ssl_context=context,
+            server_name=server_name,
+            ehlo_name=settings.hostname,
+            credentials=credentials,
             timeout=settings.command_timeout,
-            use_tls=implicit,
-            start_tls=False,
-            tls_context=self._verified if implicit else None,
+            connect_timeout=settings.connect_timeout,
+            data_timeout=settings.data_timeout,
         )
         self.connections_opened += 1
+        where = str(endpoint)
         try:
-            try:
-                await smtp.connect(timeout=settings.connect_timeout)
-            except aiosmtplib.SMTPConnectResponseError as exc:
-                raise _HostFailed(
-                    remote_reply(aiosmtplib.SMTPResponse(exc.code, exc.message)), endpoint.host
-                ) from None
-            except aiosmtplib.SMTPTimeoutError:
-                raise _HostFailed(
-                    replies.timed_out(str(endpoint), "waiting for the greeting"), endpoint.host
-                ) from None
-            except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-                raise _HostFailed(
-                    replies.cannot_connect(str(endpoint), _reason(exc)), endpoint.host
-                ) from None
-            session = _Session(smtp, endpoint, time.monotonic(), tls=implicit)
-            await self._hello(session)
-            if not implicit and policy != "none" and allow_tls:
-                if not await self._start_tls(session, policy):
-                    # Opportunistic TLS failed in the handshake: the connection is unusable,
-                    # so try again in plaintext, as Postfix does at security level "may".
-                    smtp.close()
-                    return await self._open(endpoint, policy, allow_tls=False)
-            elif policy in ("require", "verify") and not session.tls:
-                raise _HostFailed(replies.tls_not_offered(str(endpoint)), endpoint.host)
-            if settings.relay is not None and settings.relay_user is not None:
-                await self._authenticate(session)
-        except BaseException:
-            smtp.close()
-            raise
-        return session
+            # From here the event loop owns the socket: it closes it on every failure.
+            await client.connect(sock)
+        except SmtpClientError as exc:
+            if policy == "may" and _starttls_broke(client, exc):
+                # Opportunistic TLS failed: the connection is unusable, so try again in
+                # plaintext, as Postfix does at security level "may".
+                log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
+                return await self._open(endpoint, policy, allow_tls=False)
+            raise _HostFailed(_open_failure(client, where, exc), host) from None
+        return _Session(client, endpoint, time.monotonic())
+
+    def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
+        """The client's TLS mode and context for a policy (``none``/``may``/``require``/``verify``
+        for an MX, ``implicit`` too for the relay)."""
+        modes = {
+            "none": TlsMode.PLAIN,
+            "may": TlsMode.STARTTLS_IF_OFFERED,
+            "require": TlsMode.STARTTLS,
+            "verify": TlsMode.STARTTLS,
+            "implicit": TlsMode.IMPLICIT,
+        }
+        verified = policy in ("verify", "implicit")
+        return modes[policy], self._verified if verified else self._unverified
 
     async def _connect_socket(self, endpoint: Endpoint) -> socket.socket:
         """A TCP connection to exactly this address (no resolution by the OS behind our back)."""
@@ -406,95 +411,6 @@ class RemoteAgent:
             raise _HostFailed(replies.cannot_connect(str(endpoint), _reason(exc)), endpoint.host) from None
         return sock
 
-    async def _hello(self, session: _Session) -> None:
-        """EHLO, or HELO when the server refuses EHLO with 5xx (RFC 5321 §3.2)."""
-        smtp = session.smtp
-        where = str(session.endpoint)
-        try:
-            try:
-                await smtp.ehlo()
-            except aiosmtplib.SMTPHeloError as exc:
-                if exc.code < 500 or not smtp.is_connected:
-                    raise _HostFailed(
-                        remote_reply(aiosmtplib.SMTPResponse(exc.code, exc.message)), session.remote_mta
-                    ) from None
-                await smtp.helo()
-        except aiosmtplib.SMTPHeloError as exc:
-            raise _HostFailed(
-                remote_reply(aiosmtplib.SMTPResponse(exc.code, exc.message)), session.remote_mta
-            ) from None
-        except aiosmtplib.SMTPTimeoutError:
-            raise _HostFailed(replies.timed_out(where, "sending EHLO"), session.remote_mta) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _HostFailed(
-                replies.lost_connection(where, f"sending EHLO ({_reason(exc)})"), session.remote_mta
-            ) from None
-
-    async def _start_tls(self, session: _Session, policy: str) -> bool:
-        """STARTTLS per policy; False when opportunistic TLS broke the connection."""
-        smtp = session.smtp
-        where = str(session.endpoint)
-        if not session.offers("starttls"):
-            if policy in ("require", "verify"):
-                raise _HostFailed(replies.tls_not_offered(where), session.remote_mta)
-            return True
-        verify = policy == "verify"
-        # The name the certificate must carry: the MX (or relay) host name; for an address
-        # literal, its IP address (matched against the certificate's IP entries).
-        host = session.endpoint.host
-        server_name = address_literal(host) if host.startswith("[") else host
-        try:
-            await smtp.starttls(
-                server_hostname=server_name if verify else None,
-                tls_context=self._verified if verify else self._unverified,
-            )
-        except aiosmtplib.SMTPResponseException as exc:
-            # The server refused STARTTLS: the connection is still plaintext and usable.
-            if policy in ("require", "verify"):
-                raise _HostFailed(
-                    replies.tls_failed(where, f"STARTTLS refused: {exc.code} {exc.message}"),
-                    session.remote_mta,
-                ) from None
-            return True
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            if policy in ("require", "verify"):
-                raise _HostFailed(replies.tls_failed(where, _reason(exc)), session.remote_mta) from None
-            log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, _reason(exc))
-            return False
-        session.tls = True
-        # RFC 3207 §4.2: forget what was learnt before TLS; EHLO again.
-        await self._hello(session)
-        return True
-
-    async def _authenticate(self, session: _Session) -> None:
-        settings = self.settings
-        assert settings.relay_user is not None
-        where = str(session.endpoint)
-        if not session.offers("auth"):
-            raise _HostFailed(
-                replies.relay_auth_failed(where, "the relay does not offer AUTH"), session.remote_mta
-            )
-        smtp = session.smtp
-        offered = set(smtp.supported_auth_methods)
-        # One mechanism, one try: a 535 is an answer about the credentials, and asking again
-        # with another mechanism only repeats it (aiosmtplib's login() would try them all).
-        # PLAIN and LOGIN only inside TLS or on loopback, which the configuration enforces.
-        mechanisms = {"plain": smtp.auth_plain, "login": smtp.auth_login, "cram-md5": smtp.auth_crammd5}
-        chosen = next((name for name in mechanisms if name in offered), None)
-        if chosen is None:
-            raise _HostFailed(
-                replies.relay_auth_failed(where, "no AUTH mechanism in common (PLAIN, LOGIN, CRAM-MD5)"),
-                session.remote_mta,
-            )
-        try:
-            await mechanisms[chosen](settings.relay_user, settings.relay_password or "")
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            raise _HostFailed(
-                replies.relay_auth_failed(where, f"{exc.code} {exc.message}"), session.remote_mta
-            ) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _HostFailed(replies.relay_auth_failed(where, _reason(exc)), session.remote_mta) from None
-
     # --- the transaction ----------------------------------------------------------------------
 
     async def _transaction(
@@ -505,191 +421,173 @@ class RemoteAgent:
         Raises _HostFailed for a 4xx (or a lost connection) in reply to MAIL: RFC 5321 §5.1
         lets the client try the next MX then.
         """
-        smtp = session.smtp
-        envelope = message.envelope
+        client = session.client
         remote = session.remote_mta
         where = str(session.endpoint)
-
-        if envelope.smtputf8 and not session.offers("smtputf8"):
+        try:
+            mail = self._mail_command(session, message)
+        except SmtpUnsupportedError:
             return _all(recipients, replies.smtputf8_not_offered(where), remote), True
-        size_limit = _size_limit(session)
-        if size_limit and message.size > size_limit:
-            return _all(recipients, replies.too_big_for_peer(where, size_limit), remote), True
-
-        try:
-            response = await smtp.execute_command(
-                b"MAIL", b"FROM:" + _path(envelope.mail_from), *self._mail_parameters(session, message)
-            )
-        except aiosmtplib.SMTPTimeoutError:
-            raise _HostFailed(replies.timed_out(where, "sending MAIL FROM"), remote) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _HostFailed(
-                replies.lost_connection(where, f"sending MAIL FROM ({_reason(exc)})"), remote
-            ) from None
-        reply = remote_reply(response)
-        if not _is_positive(response.code):
-            if response.code < 500:
-                raise _HostFailed(reply, remote)
-            return _all(recipients, reply, remote), await self._reset(session)
-
+        except SmtpMessageTooBigError as exc:  # RFC 1870 §6.2: not even offered to the server
+            return _all(recipients, replies.too_big_for_peer(where, exc.limit), remote), True
+        except LocalProtocolError as exc:
+            sender = message.envelope.mail_from
+            return _all(recipients, replies.unsendable_address(sender, str(exc), sender=True), None), True
         results: list[DeliveryResult | None] = [None] * len(recipients)
-        accepted: list[int] = []
-        stage = "sending RCPT TO"
+        sendable: list[int] = []
+        lines: list[bytes] = []
+        for position, recipient in enumerate(recipients):
+            try:
+                lines.append(core.rcpt(recipient.address, self._rcpt_parameters(session, recipient)))
+            except LocalProtocolError as exc:  # never sent: the others still go
+                failure = replies.unsendable_address(recipient.address, str(exc))
+                results[position] = PermFail(recipient, failure, None)
+                continue
+            sendable.append(position)
+        if not sendable:
+            return _finished(results, recipients, replies.LOCAL_ERROR, None), True
+
+        transaction = Transaction(mail, lines)
+        content = _SpoolContent(self._spool, message.queue_id)
+        broken: Reply | None = None
         try:
-            for position, recipient in enumerate(recipients):
-                response = await smtp.execute_command(
-                    b"RCPT", b"TO:" + _path(recipient.address), *self._rcpt_parameters(session, recipient)
-                )
-                reply = remote_reply(response)
-                if _is_positive(response.code):
-                    accepted.append(position)
-                elif response.code >= 500:
-                    results[position] = PermFail(recipient, reply, remote)
-                else:
-                    results[position] = TempFail(recipient, reply, remote)
-            if not accepted:
-                return _finished(results, recipients, reply, remote), await self._reset(session)
-            stage = "sending DATA"
-            response = await smtp.execute_command(b"DATA")
-            if response.code != 354:
-                reply = remote_reply(response)
-                kind = PermFail if response.code >= 500 else TempFail
-                for position in accepted:
-                    results[position] = kind(recipients[position], reply, remote)
-                return _finished(results, recipients, reply, remote), await self._reset(session)
-            stage = "sending the message"
-            response = await self._send_content(session, message)
-        except TimeoutError:  # a reply (aiosmtplib's SMTPTimeoutError) or the whole transfer
-            failure = replies.timed_out(where, stage)
-            return _finished(results, recipients, failure, remote), False
-        except (aiosmtplib.SMTPException, OSError, SpoolError) as exc:
-            if isinstance(exc, SpoolError):
-                log.error("queue_id=%s status=spool-error error=%r", message.queue_id, str(exc))
-                failure = replies.LOCAL_ERROR
-                remote_name: str | None = None
-            else:
-                failure = replies.lost_connection(where, f"{stage} ({_reason(exc)})")
-                remote_name = remote
-            return _finished(results, recipients, failure, remote_name), False
+            await client.transact(transaction, content)
+        except SpoolError as exc:
+            log.error("queue_id=%s status=spool-error error=%r", message.queue_id, str(exc))
+            client.close()
+            return _finished(results, recipients, replies.LOCAL_ERROR, None), False
+        except SmtpClientError as exc:
+            broken = _broken(where, client.activity, exc)
+        finally:
+            await content.close()
 
-        reply = remote_reply(response)
-        for position in accepted:
-            recipient = recipients[position]
-            if _is_positive(response.code):
-                results[position] = Delivered(
-                    recipient,
-                    detail=f"relayed to {where}: {reply}",
-                    remote_mta=remote,
-                    reply=reply,
-                    dsn_passed_on=session.offers("dsn"),
-                )
-            elif response.code >= 500:
-                results[position] = PermFail(recipient, reply, remote)
-            else:
-                results[position] = TempFail(recipient, reply, remote)
-        return _finished(results, recipients, reply, remote), smtp.is_connected
+        mail_reply = transaction.mail_reply
+        if mail_reply is None:  # nothing agreed yet: the next MX may do better (§5.1)
+            raise _HostFailed(broken or replies.lost_connection(where, client.activity), remote)
+        if mail_reply.transient:
+            raise _HostFailed(_remote(mail_reply), remote)
+        sent = [recipients[position] for position in sendable]
+        if mail_reply.positive:
+            judged = _judge(transaction, sent, remote, where, session.offers("DSN"))
+        else:  # the sender refused for good: every recipient fails with that reply
+            judged = list(_all(sent, _remote(mail_reply), remote))
+        for position, result in zip(sendable, judged, strict=True):
+            results[position] = result
+        if broken is not None:
+            client.close()
+            return _finished(results, recipients, broken, remote), False
+        if transaction.final_reply is None:  # refused before the content: RSET (§4.1.1.5)
+            reusable = await client.reset()
+        else:
+            reusable = client.is_connected
+        return _finished(results, recipients, replies.LOCAL_ERROR, remote), reusable
 
-    def _mail_parameters(self, session: _Session, message: QueuedMessage) -> list[bytes]:
+    def _mail_command(self, session: _Session, message: QueuedMessage) -> bytes:
+        """MAIL FROM with the parameters this server takes; raises when it cannot take the
+        message (SmtpUnsupportedError, SmtpMessageTooBigError) or the line cannot be built."""
         envelope = message.envelope
-        parameters: list[str] = []
-        if session.offers("size"):
-            parameters.append(f"SIZE={message.size}")  # RFC 1870 §6.1
-        if envelope.body == "8BITMIME" and session.offers("8bitmime"):
-            parameters.append("BODY=8BITMIME")  # RFC 6152 §3
-        # Without 8BITMIME the message goes as it is, as most MTAs send it: converting MIME
-        # parts to 7 bits is not done here.
-        if envelope.smtputf8:
-            parameters.append("SMTPUTF8")  # RFC 6531 §3.4; offered, checked by the caller
-        if session.offers("dsn"):
+        params = session.client.mail_parameters(
+            message.size,
+            eight_bit=envelope.body == "8BITMIME",
+            smtputf8=envelope.smtputf8,
+            smtputf8_required=envelope.smtputf8,  # RFC 6531 §3.2: never downgraded here
+        )
+        if session.offers("DSN"):
             if envelope.ret:
-                parameters.append(f"RET={envelope.ret}")  # RFC 3461 §4.3
+                params["RET"] = envelope.ret  # RFC 3461 §4.3
             if envelope.envid:
-                parameters.append(f"ENVID={encode_xtext(envelope.envid)}")  # RFC 3461 §4.4
-        return [parameter.encode("ascii") for parameter in parameters]
+                params["ENVID"] = encode_xtext(envelope.envid)  # RFC 3461 §4.4
+        return core.mail(envelope.mail_from, params)
 
-    def _rcpt_parameters(self, session: _Session, recipient: Recipient) -> list[bytes]:
-        if not session.offers("dsn"):
-            return []
-        parameters: list[str] = []
+    def _rcpt_parameters(self, session: _Session, recipient: Recipient) -> dict[str, str | None]:
+        parameters: dict[str, str | None] = {}
+        if not session.offers("DSN"):
+            return parameters
         if recipient.notify:
-            parameters.append("NOTIFY=" + ",".join(recipient.notify))  # RFC 3461 §4.1
+            parameters["NOTIFY"] = ",".join(recipient.notify)  # RFC 3461 §4.1
         if recipient.orcpt:
             address_type, _, address = recipient.orcpt.partition(";")
-            parameters.append(f"ORCPT={address_type.strip()};{encode_xtext(address.strip())}")  # §4.2
-        return [parameter.encode("ascii") for parameter in parameters]
-
-    async def _send_content(self, session: _Session, message: QueuedMessage) -> aiosmtplib.SMTPResponse:
-        """Stream the content, dot-stuffed, then ``.``; return the reply to the end of data."""
-        protocol = session.smtp.protocol
-        # uvloop's transports implement asyncio.WriteTransport without subclassing it, so this
-        # asks for the connection, not the class.
-        if protocol is None or session.smtp.transport is None or not session.smtp.is_connected:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        transport = cast(asyncio.WriteTransport, session.smtp.transport)
-        content = await asyncio.to_thread(self._spool.open_content, message.queue_id)
-        try:
-            async with asyncio.timeout(self.settings.data_timeout):
-                at_line_start = True
-                while True:
-                    block = await asyncio.to_thread(content.read, BLOCK_SIZE)
-                    if not block:
-                        break
-                    stuffed, at_line_start = dot_stuff(block, at_line_start)
-                    protocol.write(stuffed)
-                    await _drain(transport)
-            protocol.write(end_of_data(at_line_start))
-            return await protocol.read_response(timeout=self.settings.data_timeout)
-        finally:
-            await asyncio.to_thread(_close, content)
-
-    async def _reset(self, session: _Session) -> bool:
-        """RSET after a transaction that did not complete; whether the connection is reusable."""
-        try:
-            response = await session.smtp.execute_command(b"RSET", timeout=RSET_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError):
-            return False
-        return _is_positive(response.code) and session.smtp.is_connected
+            parameters["ORCPT"] = f"{address_type.strip()};{encode_xtext(address.strip())}"  # §4.2
+        return parameters
 
 
-async def _drain(transport: asyncio.WriteTransport) -> None:
-    """Wait while the socket buffer is over the high-water mark.
+def _judge(
+    transaction: Transaction, recipients: Sequence[Recipient], remote: str, where: str, dsn: bool
+) -> list[DeliveryResult | None]:
+    """Each recipient's result from the replies the transaction got (None: no answer for it).
 
-    aiosmtplib's protocol keeps its flow-control waiter private, so this polls the transport's
-    public buffer size; a slow reader makes the loop sleep, a fast one never enters it.
+    MAIL was accepted (the caller checked). A refused RCPT is that recipient's result; for the
+    accepted ones, the reply to the end of the content, or the refusal of DATA, decides.
     """
-    delay = 0.001
-    while transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-        if transport.is_closing():
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    results: list[DeliveryResult | None] = [None] * len(recipients)
+    for position, reply in enumerate(transaction.rcpt_replies):
+        if not reply.positive:
+            results[position] = _failed(recipients[position], _remote(reply), remote)
+    decisive = transaction.final_reply if transaction.ready_for_content else transaction.data_reply
+    if decisive is None:
+        return results
+    reply = _remote(decisive)
+    for position in transaction.accepted:
+        recipient = recipients[position]
+        if transaction.final_reply is not None and reply.positive:
+            results[position] = Delivered(
+                recipient,
+                detail=f"relayed to {where}: {reply}",
+                remote_mta=remote,
+                reply=reply,
+                dsn_passed_on=dsn,
+            )
+        else:
+            results[position] = _failed(recipient, reply, remote)
+    return results
 
 
-def _close(content: BinaryIO) -> None:
-    content.close()
+def _starttls_broke(client: SmtpClient, exc: SmtpClientError) -> bool:
+    """The handshake after STARTTLS failed, or the connection broke during it. A garbled or
+    injected reply (:class:`SmtpProtocolError`) is not a reason to go on in plaintext."""
+    tls_trouble = isinstance(exc, SmtpTlsError | SmtpConnectError)
+    return tls_trouble and "STARTTLS" in client.extensions and not client.tls_active
 
 
-def _path(address: str) -> bytes:
-    """``<address>`` as it goes on the wire: UTF-8 only in an SMTPUTF8 transaction, which the
-    envelope says (the grammar refused non-ASCII addresses without it)."""
-    return f"<{address}>".encode()
+def _open_failure(client: SmtpClient, where: str, exc: SmtpClientError) -> Reply:
+    """Why a session could not be opened, as the reply the recipients' results carry."""
+    if isinstance(exc, SmtpReplyError):  # the greeting, EHLO or HELO refused
+        return _remote(exc.reply)
+    if isinstance(exc, SmtpAuthError):
+        return replies.relay_auth_failed(where, str(exc))
+    if isinstance(exc, SmtpTlsError):
+        if client.greeting is not None and "STARTTLS" not in client.extensions:
+            return replies.tls_not_offered(where)
+        return replies.tls_failed(where, str(exc))
+    return _broken(where, client.activity, exc)
 
 
-def _size_limit(session: _Session) -> int:
-    value = session.smtp.esmtp_extensions.get("size", "")
-    return int(value) if value.isdigit() else 0
+def _remote(reply: Reply) -> Reply:
+    """A server's reply as data: at most ten lines, each printable (it reaches logs and DSNs)."""
+    return replies.remote_reply(reply.code, reply.enhanced, reply.text)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip()
-    return text or type(exc).__name__
+def _broken(where: str, activity: str, exc: SmtpClientError) -> Reply:
+    """The reply for a conversation that broke off while doing ``activity``."""
+    if isinstance(exc, SmtpTimeoutError):
+        return replies.timed_out(where, activity)
+    if isinstance(exc, SmtpProtocolError):  # a garbled reply: say what was wrong with it
+        return replies.lost_connection(where, f"{activity} ({exc})")
+    return replies.lost_connection(where, activity)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _failed(recipient: Recipient, reply: Reply, remote_mta: str | None) -> DeliveryResult:
+    return (
+        PermFail(recipient, reply, remote_mta) if reply.permanent else TempFail(recipient, reply, remote_mta)
+    )
 
 
 def _all(recipients: Sequence[Recipient], reply: Reply, remote_mta: str | None) -> list[DeliveryResult]:
-    kind = PermFail if reply.permanent else TempFail
-    return [kind(recipient, reply, remote_mta) for recipient in recipients]
+    return [_failed(recipient, reply, remote_mta) for recipient in recipients]
 
 
 def _finished(

@@ -251,3 +251,19 @@ def decode_xtext(text: str) -> str:
     if not _XTEXT.fullmatch(text):
         raise GrammarError("invalid xtext")
     return re.sub(r"\+([0-9A-F]{2})", _one, text)
+
+
+def encode_xtext(text: str) -> str:
+    """RFC 3461 §4: characters outside "!" to "~", and "+" and "=", as "+HH".
+
+    The inverse of :func:`decode_xtext`, which turns each "+HH" into the character with that
+    code; characters beyond one octet (never produced by decoding) are written as their UTF-8
+    octets.
+    """
+    out = []
+    for octet in b"".join(bytes([ord(char)]) if ord(char) < 256 else char.encode("utf-8") for char in text):
+        if 33 <= octet <= 126 and octet not in (ord("+"), ord("=")):
+            out.append(chr(octet))
+        else:
+            out.append(f"+{octet:02X}")
+    return "".join(out)

@@ -256,13 +256,13 @@ def cannot_connect(host: str, detail: str) -> Reply:
 
 
 def lost_connection(host: str, stage: str) -> Reply:
-    """RFC 3463 X.4.2: bad connection."""
-    return Reply.of(451, "4.4.2", f"Lost connection with {printable(host)} while {stage}")
+    """RFC 3463 X.4.2: bad connection. ``stage`` may quote the server (a garbled reply)."""
+    return Reply.of(451, "4.4.2", f"Lost connection with {printable(host)} while {printable(stage, 400)}")
 
 
 def timed_out(host: str, stage: str) -> Reply:
     """RFC 3463 X.4.2: the connection went quiet."""
-    return Reply.of(451, "4.4.2", f"Timed out talking to {printable(host)} while {stage}")
+    return Reply.of(451, "4.4.2", f"Timed out talking to {printable(host)} while {printable(stage, 400)}")
 
 
 def tls_not_offered(host: str) -> Reply:
@@ -273,6 +273,16 @@ def tls_not_offered(host: str) -> Reply:
 def tls_failed(host: str, detail: str) -> Reply:
     """RFC 3463 X.7.5: cryptographic failure."""
     return Reply.of(451, "4.7.5", f"TLS with {printable(host)} failed: {printable(detail)}")
+
+
+def unsendable_address(address: str, detail: str, *, sender: bool = False) -> Reply:
+    """RFC 3463 X.1.7 (sender) / X.1.3 (recipient): an address, or its DSN parameters, that no
+    SMTP command can carry (our own check before sending, not a server's answer)."""
+    return Reply.of(
+        553,
+        "5.1.7" if sender else "5.1.3",
+        f"Cannot send <{printable(address)}> in an SMTP command: {printable(detail)}",
+    )
 
 
 def smtputf8_not_offered(host: str) -> Reply:
