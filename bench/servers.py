@@ -144,6 +144,8 @@ data_dir = "{data_dir}"
 
 [listen]
 smtp = ["127.0.0.1:0"]
+# The web side stays on (it indexes every delivery, as by default), on a port of its own.
+http = ["127.0.0.1:0"]
 
 [limits]
 # Above the 5,000 idle sessions of W4.

@@ -37,7 +37,7 @@ def rss_kib(pid: int) -> int:
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     command = [sys.executable, "-m", "postoffice", "serve", "--data-dir", str(data_dir)]
-    command += ["--smtp", "127.0.0.1:0", "--hostname", "soak.test"]
+    command += ["--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--hostname", "soak.test"]
     # This checkout's sources, whatever is installed.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
