@@ -290,7 +290,9 @@ async def test_cancelled_commit_leaves_no_message(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     writer.discard()
-    for _ in range(100):  # the shielded commit finishes, then takes the message back
+    # The shielded commit finishes (an fsync: on a loaded machine that can take seconds), then
+    # takes the message back.
+    for _ in range(1000):
         if not os.listdir(spool.queue_dir) and not os.listdir(spool.tmp_dir):
             break
         await asyncio.sleep(0.01)
