@@ -328,8 +328,9 @@ CHILD = textwrap.dedent(
 
     async def main(root):
         spool = FileSpool(root / "spool")
-        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com")}
-        scheduler = Scheduler(spool, agents)
+        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com", io=spool.io)}
+        # As the server runs it: Maildir results that end a message are not logged.
+        scheduler = Scheduler(spool, agents, recovers_copies=(Route.LOCAL,), blocking=spool.io.run)
         await scheduler.start()
         recipients = tuple(Recipient(f"u{i}@example.com", f"u{i}@example.com", Route.LOCAL) for i in range(3))
         n = 0
@@ -373,6 +374,35 @@ async def test_sigkill_loses_no_acknowledged_message_and_duplicates_none(
         for name in os.listdir(maildir / "new"):
             body = (maildir / "new" / name).read_bytes()
             assert name.endswith(f",S={len(body)}") and body.endswith(b"x" * 20_000)
+
+
+async def test_results_that_end_a_message_are_not_logged_for_an_agent_that_recovers_copies(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[str] = []
+    append = spool.append_state
+    monkeypatch.setattr(
+        spool, "append_state", lambda queue_id, lines: (logged.append(queue_id), append(queue_id, lines))
+    )
+
+    def b_fails_once(recipient: Recipient, attempt: int) -> DeliveryResult:
+        if recipient.address.startswith("b") and attempt == 0:
+            return TempFail(recipient, replies.LOCAL_ERROR)
+        return Delivered(recipient)
+
+    scheduler = Scheduler(
+        spool, {Route.LOCAL: ScriptedAgent(b_fails_once)}, recovers_copies=(Route.LOCAL,), retry_base=0.02
+    )
+    done = await queue(spool, local("a@example.com"))
+    retried = await queue(spool, local("a@example.com"), local("b@example.com"))
+    scheduler.submit(done)
+    scheduler.submit(retried)
+    await until(lambda: retried.queue_id in scheduler.deferred())
+    # The deferred message keeps its delivered recipient on record; the finished one left none.
+    assert list(spool.read_state(retried.queue_id).outcomes) == [0]
+    assert done.queue_id not in logged and spool.pending() == [retried.queue_id]
+    await until(lambda: spool.pending() == [])
+    await scheduler.stop()
 
 
 # --- destinations, recorded progress and reports -------------------------------------------------
