@@ -15,8 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -381,9 +382,12 @@ async def test_results_that_end_a_message_are_not_logged_for_an_agent_that_recov
 ) -> None:
     logged: list[str] = []
     append = spool.append_state
-    monkeypatch.setattr(
-        spool, "append_state", lambda queue_id, lines: (logged.append(queue_id), append(queue_id, lines))
-    )
+
+    def recording_append(queue_id: str, lines: Sequence[Mapping[str, Any]]) -> None:
+        logged.append(queue_id)
+        append(queue_id, lines)
+
+    monkeypatch.setattr(spool, "append_state", recording_append)
 
     def b_fails_once(recipient: Recipient, attempt: int) -> DeliveryResult:
         if recipient.address.startswith("b") and attempt == 0:
