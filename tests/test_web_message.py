@@ -181,3 +181,17 @@ def test_undecodable_bytes_become_replacement_characters() -> None:
     for text in (summary.subject, summary.text, *(value for _, value in view.headers)):
         text.encode("utf-8")  # no lone surrogates: SQLite and JSON take it
     assert "\ufffd" in summary.subject
+
+
+def test_header_classes_are_made_once_and_parse_as_the_default_policy() -> None:
+    from email import policy
+    from email.parser import BytesParser
+
+    raw = (
+        b'From: "Joe Q" <joe@example.com>\r\nTo: a@example.com, =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\n'
+        b"Subject: =?utf-8?q?h=C3=A9llo?=\r\nDate: Sun, 29 Nov 2026 03:00:00 +0000\r\nX-Any: 1\r\n\r\nbody\r\n"
+    )
+    first, second = (message.parse(io.BytesIO(raw)) for _ in range(2))
+    assert type(first["from"]) is type(second["from"]) and type(first["x-any"]) is type(second["x-any"])
+    reference = BytesParser(policy=policy.default).parse(io.BytesIO(raw))
+    assert message.summarise(first) == message.summarise(reference)

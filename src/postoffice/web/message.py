@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from pathlib import Path
@@ -95,8 +96,33 @@ class MessageView:
     attachments: list[Attachment]
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, making each header class once.
+
+    ``HeaderRegistry`` builds a new class (``type(...)``) every time a header is read, which
+    cost more than parsing the header itself when indexing mail. The class depends only on the
+    parser class chosen for the name, of which there are a dozen, so the cache stays that small
+    whatever header names a message brings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[object, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        parser = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(parser)
+        if made is None:
+            made = self._made[parser] = super().__getitem__(name)
+        return made
+
+
+# policy.default (RFC 5322/2047/2231 aware), with header classes made once.
+_POLICY = policy.default.clone(header_factory=_HeaderClasses())
+
+
 def parse(stream: BinaryIO) -> EmailMessage:
-    return BytesParser(policy=policy.default).parse(stream)
+    return BytesParser(policy=_POLICY).parse(stream)
 
 
 def parse_file(path: Path) -> EmailMessage:
