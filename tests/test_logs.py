@@ -1,0 +1,58 @@
+"""Log output: lines logged on the event loop are written once the loop has run what is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from postoffice.logs import BatchingStreamHandler, TextFormatter
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("postoffice.test-logs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+    handler.close()
+
+
+async def test_lines_on_the_loop_are_written_together_after_the_ready_callbacks(
+    logged: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = logged
+    logger.info("event=one")
+    logger.info("event=two")
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[-1] for line in lines] == ["event=one", "event=two"]
+
+
+async def test_a_warning_writes_what_is_held_at_once_and_in_order(
+    logged: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = logged
+    logger.info("event=first")
+    logger.warning("event=second")
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["event=first", "event=second"]
+
+
+def test_lines_outside_a_loop_are_written_at_once(logged: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = logged
+    logger.info("event=main")
+    thread = threading.Thread(target=logger.info, args=("event=thread",))
+    thread.start()
+    thread.join()
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["event=main", "event=thread"]
