@@ -140,8 +140,62 @@ def _unicode(text: str) -> str:
     return text
 
 
+# Plain headers, read without the email package's parser (see _plain_header): printable ASCII
+# with no encoded word (RFC 2047 "=?"), and for address fields, a list of dot-atom mailboxes,
+# each bare, in angle brackets, or after a display name of atoms (RFC 5322 §3.2.3, §3.4).
+_PLAIN_TEXT = re.compile(r"[\t\r\n -~]*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_MAILBOX = re.compile(
+    rf"\s*(?:(?P<name>{_ATEXT}(?:\s+{_ATEXT})*)\s*<(?P<named>{_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|<(?P<angled>{_DOT_ATOM}@{_DOT_ATOM})>|(?P<bare>{_DOT_ATOM}@{_DOT_ATOM}))\s*"
+)
+# The fields the index reads that the stdlib parses as unstructured text or as address lists.
+_UNSTRUCTURED = frozenset({"subject", "delivered-to"})
+_ADDRESS_LISTS = frozenset({"from", "to", "cc"})
+
+
+def _plain_raw(message: Message, name: str) -> str | None:
+    """The first ``name`` header as it stands in the message, if it is printable ASCII."""
+    for key, value in message.raw_items():
+        if key.lower() == name:
+            return value if isinstance(value, str) and _PLAIN_TEXT.fullmatch(value) else None
+    return None
+
+
+def _plain_header(message: Message, name: str) -> str | None:
+    """What :func:`header` returns for a plain header, without parsing it; None otherwise.
+
+    Most mail has only such headers, and the stdlib's parser, which builds a token tree for
+    every address, costs more than the rest of indexing a small message. The result is the
+    one the parser gives (``test_web_message`` compares them): unstructured text with no encoded
+    word is its own value, and a mailbox prints as ``addr`` or ``name <addr>``.
+    """
+    if name not in _UNSTRUCTURED and name not in _ADDRESS_LISTS:
+        return None
+    raw = _plain_raw(message, name)
+    if raw is None or "=?" in raw:
+        return None
+    if name in _UNSTRUCTURED:
+        return " ".join(raw.split())
+    mailboxes = []
+    for item in raw.split(","):
+        match = _PLAIN_MAILBOX.fullmatch(item)
+        if match is None:
+            return None
+        named = match["named"]
+        if named is not None:
+            mailboxes.append(f"{' '.join(match['name'].split())} <{named}>")
+        else:
+            mailboxes.append(match["angled"] or match["bare"])
+    return ", ".join(mailboxes)
+
+
 def header(message: Message, name: str) -> str:
     """The decoded value of header ``name`` (RFC 2047), or its raw text if decoding fails."""
+    plain = _plain_header(message, name)
+    if plain is not None:
+        return plain
     try:
         value = message.get(name)
     except Exception:  # the email package raises several types on hostile headers
@@ -167,7 +221,10 @@ def header_list(message: Message) -> list[tuple[str, str]]:
 
 
 def header_date(message: Message) -> float | None:
-    value = header(message, "date")
+    # The stdlib's Date header parses the text with parsedate_to_datetime and prints it again,
+    # which parses back to the same time: parse a printable one once, directly.
+    raw = _plain_raw(message, "date")
+    value = " ".join(raw.split()) if raw is not None else header(message, "date")
     if not value:
         return None
     try:
