@@ -17,7 +17,7 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +30,7 @@ from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
 
 Script = Callable[[Recipient, int], DeliveryResult]
+T = TypeVar("T")
 
 
 def deliver_all(recipient: Recipient, attempt: int) -> DeliveryResult:
@@ -406,6 +407,32 @@ async def test_results_that_end_a_message_are_not_logged_for_an_agent_that_recov
     assert list(spool.read_state(retried.queue_id).outcomes) == [0]
     assert done.queue_id not in logged and spool.pending() == [retried.queue_id]
     await until(lambda: spool.pending() == [])
+    await scheduler.stop()
+
+
+async def test_messages_finishing_together_leave_the_spool_in_one_call(spool: FileSpool) -> None:
+    calls: list[str] = []
+
+    async def blocking(call: Callable[[], T]) -> T:
+        calls.append(getattr(call, "func", call).__name__)
+        return await asyncio.to_thread(call)
+
+    release = asyncio.Event()
+
+    class Held(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            await release.wait()
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = Held()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, recovers_copies=(Route.LOCAL,), blocking=blocking)
+    for n in range(5):
+        scheduler.submit(await queue(spool, local(f"u{n}@example.com")))
+    release.set()  # all five deliveries end in the same pass of the loop
+    await scheduler.wait_idle()
+    assert spool.pending() == [] and calls == ["_remove_all"]
     await scheduler.stop()
 
 

@@ -104,6 +104,14 @@ class _Entry:
 
 
 @dataclass(slots=True)
+class _Removals:
+    """Messages to remove from the spool together, and what went wrong for which."""
+
+    queue_ids: list[str]
+    errors: asyncio.Future[dict[str, SpoolError]]
+
+
+@dataclass(slots=True)
 class _Job:
     entry: _Entry
     route: Route
@@ -163,6 +171,7 @@ class Scheduler:
         self._running_by_destination: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._removals: _Removals | None = None  # the group of removals being gathered
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -619,15 +628,49 @@ class Scheduler:
             self.submit(report)
 
     async def _complete(self, queue_id: str) -> None:
-        try:
-            await self._blocking(functools.partial(self._spool.complete, queue_id))
-        except SpoolError as exc:
+        # Messages whose rounds end in the same pass of the loop leave the spool in one call off
+        # the loop (one thread hand-off and one wake-up for the group, not one per message).
+        removals = self._removals
+        if removals is None:
+            removals = self._removals = _Removals([], asyncio.get_running_loop().create_future())
+            self._spawn(self._remove(removals))
+        removals.queue_ids.append(queue_id)
+        errors = await asyncio.shield(removals.errors)
+        error = errors.get(queue_id)
+        if error is not None:
             # Every recipient has its result recorded, or was delivered by an agent that finds
             # its copy again: the next start delivers nothing twice.
-            log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(exc))
+            log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(error))
         else:
             log.info("queue_id=%s status=removed", queue_id)
         self._entries.pop(queue_id, None)
+
+    async def _remove(self, removals: _Removals) -> None:
+        try:
+            await asyncio.sleep(0)  # the rounds ending in this pass join the group meanwhile
+            if self._removals is removals:
+                self._removals = None
+            errors = await self._blocking(functools.partial(self._remove_all, removals.queue_ids))
+        except asyncio.CancelledError:
+            # Stopping: the messages stay in the spool, and the next start finds them done.
+            if self._removals is removals:
+                self._removals = None
+            removals.errors.cancel()
+            raise
+        except Exception as exc:
+            removals.errors.set_exception(exc)
+            raise
+        removals.errors.set_result(errors)
+
+    def _remove_all(self, queue_ids: Sequence[str]) -> dict[str, SpoolError]:
+        """Blocking: complete each message in the spool; the ones that failed, and why."""
+        errors: dict[str, SpoolError] = {}
+        for queue_id in queue_ids:
+            try:
+                self._spool.complete(queue_id)
+            except SpoolError as exc:
+                errors[queue_id] = exc
+        return errors
 
     def _defer(
         self, entry: _Entry, temporary: Mapping[int, TempFail], now: float, *, arm: bool = True
