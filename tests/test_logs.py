@@ -27,26 +27,30 @@ def logged() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     handler.close()
 
 
+def events(stream: io.StringIO) -> list[str]:
+    """The last ``key=value`` of each line written so far."""
+    return [line.split()[-1] for line in stream.getvalue().splitlines()]
+
+
 async def test_lines_on_the_loop_are_written_together_after_the_ready_callbacks(
     logged: tuple[logging.Logger, io.StringIO],
 ) -> None:
     logger, stream = logged
     logger.info("event=one")
     logger.info("event=two")
-    assert stream.getvalue() == ""
+    assert events(stream) == []
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    lines = stream.getvalue().splitlines()
-    assert [line.split()[-1] for line in lines] == ["event=one", "event=two"]
+    assert events(stream) == ["event=one", "event=two"]
 
 
 async def test_a_warning_writes_what_is_held_at_once_and_in_order(
     logged: tuple[logging.Logger, io.StringIO],
 ) -> None:
     logger, stream = logged
-    logger.info("event=first")
-    logger.warning("event=second")
-    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["event=first", "event=second"]
+    for level, event in ((logging.INFO, "event=first"), (logging.WARNING, "event=second")):
+        logger.log(level, event)
+    assert events(stream) == ["event=first", "event=second"]
 
 
 def test_lines_outside_a_loop_are_written_at_once(logged: tuple[logging.Logger, io.StringIO]) -> None:
@@ -55,4 +59,4 @@ def test_lines_outside_a_loop_are_written_at_once(logged: tuple[logging.Logger, 
     thread = threading.Thread(target=logger.info, args=("event=thread",))
     thread.start()
     thread.join()
-    assert [line.split()[-1] for line in stream.getvalue().splitlines()] == ["event=main", "event=thread"]
+    assert events(stream) == ["event=main", "event=thread"]
