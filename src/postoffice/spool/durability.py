@@ -79,9 +79,9 @@ class _Workers:
 
     What :class:`IoPool` needs of ``concurrent.futures.ThreadPoolExecutor``, without the
     future, condition variable and semaphore that executor makes and signals for every call
-    (about 15 µs of CPU each, three times per message). Daemon threads: one stopped half-way
-    by the interpreter's exit was flushing a message that got no reply yet, so nothing
-    acknowledged depends on it; :meth:`IoPool.close` lets them finish first.
+    (about 15 µs of CPU each, three times per message). Daemon threads: a call stopped
+    half-way by the interpreter's exit leaves what a crash leaves (a message without its 250,
+    or one still in the spool for the next start); :meth:`IoPool.close` lets them finish first.
     """
 
     def __init__(self, limit: int, name: str) -> None:

@@ -19,8 +19,9 @@ After Postfix qmgr(8):
   its own earlier copies on a retry (``recovers_copies``: the Maildir agent names a copy the
   same on every attempt), the message leaves the spool at once and its log is never written.
   A crash before the removal is durable delivers the message again with ``recovering=True``,
-  and the agent finds those copies, so the log would only have saved that look: creating,
-  syncing and removing a file per message, half the file-system work of a delivery.
+  and the agent finds those copies, so the log would only have saved that look, at the price
+  of creating, syncing and removing a file per message: about as much file-system work as
+  storing the copy.
 * When a round ends with temporary failures, the message is deferred: the first retry after
   ``retry_base`` seconds (Postfix ``minimal_backoff_time``, 300 s), the delay doubling up to
   ``retry_max`` (``maximal_backoff_time``, 4000 s). RFC 5321 §4.5.4.1: "the retry interval
