@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import select
 import threading
 from collections.abc import Iterator
 
@@ -60,3 +61,20 @@ def test_lines_outside_a_loop_are_written_at_once(logged: tuple[logging.Logger, 
     thread.start()
     thread.join()
     assert events(stream) == ["event=main", "event=thread"]
+
+
+async def test_a_long_batch_is_written_in_whole_lines_of_at_most_pipe_buf_octets(
+    logged: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, stream = logged
+    writes: list[str] = []
+    original = stream.write
+    monkeypatch.setattr(stream, "write", lambda text: (writes.append(text), original(text))[1])
+    for n in range(200):
+        logger.info("event=line%03d padding=%s", n, "x" * 40)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(writes) > 1 and all(len(text) <= select.PIPE_BUF and text.endswith("\n") for text in writes)
+    assert [line.split()[-2] for line in stream.getvalue().splitlines()] == [
+        f"event=line{n:03d}" for n in range(200)
+    ]

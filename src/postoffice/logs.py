@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import re
+import select
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ def fields(message: str) -> dict[str, str]:
         found[key] = value
     return found
 
+
+# POSIX guarantees at least 512; Linux pipes take 4096 octets in one write without interleaving.
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
 # The last second formatted, per separator: a busy server logs many lines a second.
 _seconds: dict[str, tuple[int, str]] = {}
@@ -138,13 +142,28 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         if not held:
             super().flush()
             return
-        text = "".join(held)
+        lines = held[:]
         held.clear()
+        # Writes of at most PIPE_BUF octets, each whole lines: on a pipe shared by worker
+        # processes (serve --workers) such a write is never interleaved with another's
+        # (POSIX write(2)), so lines stay whole, as with one write per line.
+        chunk: list[str] = []
+        size = 0
         try:
-            self.stream.write(text)
-            super().flush()
+            for line in lines:
+                octets = len(line) if line.isascii() else 4 * len(line)  # UTF-8: at most 4 each
+                if chunk and size + octets > _PIPE_BUF:
+                    self._write_now("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += octets
+            self._write_now("".join(chunk))
         except Exception:
-            self.handleError(logging.makeLogRecord({"msg": "log lines lost: " + text}))
+            self.handleError(logging.makeLogRecord({"msg": "log lines lost: " + "".join(lines)}))
+
+    def _write_now(self, text: str) -> None:
+        self.stream.write(text)
+        super().flush()
 
 
 class ReopenableFileHandler(BatchingStreamHandler):
