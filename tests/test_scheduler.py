@@ -15,8 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,6 +30,7 @@ from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
 
 Script = Callable[[Recipient, int], DeliveryResult]
+T = TypeVar("T")
 
 
 def deliver_all(recipient: Recipient, attempt: int) -> DeliveryResult:
@@ -328,8 +330,9 @@ CHILD = textwrap.dedent(
 
     async def main(root):
         spool = FileSpool(root / "spool")
-        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com")}
-        scheduler = Scheduler(spool, agents)
+        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com", io=spool.io)}
+        # As the server runs it: Maildir results that end a message are not logged.
+        scheduler = Scheduler(spool, agents, recovers_copies=(Route.LOCAL,), blocking=spool.io.run)
         await scheduler.start()
         recipients = tuple(Recipient(f"u{i}@example.com", f"u{i}@example.com", Route.LOCAL) for i in range(3))
         n = 0
@@ -373,6 +376,64 @@ async def test_sigkill_loses_no_acknowledged_message_and_duplicates_none(
         for name in os.listdir(maildir / "new"):
             body = (maildir / "new" / name).read_bytes()
             assert name.endswith(f",S={len(body)}") and body.endswith(b"x" * 20_000)
+
+
+async def test_results_that_end_a_message_are_not_logged_for_an_agent_that_recovers_copies(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[str] = []
+    append = spool.append_state
+
+    def recording_append(queue_id: str, lines: Sequence[Mapping[str, Any]]) -> None:
+        logged.append(queue_id)
+        append(queue_id, lines)
+
+    monkeypatch.setattr(spool, "append_state", recording_append)
+
+    def b_fails_once(recipient: Recipient, attempt: int) -> DeliveryResult:
+        if recipient.address.startswith("b") and attempt == 0:
+            return TempFail(recipient, replies.LOCAL_ERROR)
+        return Delivered(recipient)
+
+    scheduler = Scheduler(
+        spool, {Route.LOCAL: ScriptedAgent(b_fails_once)}, recovers_copies=(Route.LOCAL,), retry_base=0.02
+    )
+    done = await queue(spool, local("a@example.com"))
+    retried = await queue(spool, local("a@example.com"), local("b@example.com"))
+    scheduler.submit(done)
+    scheduler.submit(retried)
+    await until(lambda: retried.queue_id in scheduler.deferred())
+    # The deferred message keeps its delivered recipient on record; the finished one left none.
+    assert list(spool.read_state(retried.queue_id).outcomes) == [0]
+    assert done.queue_id not in logged and spool.pending() == [retried.queue_id]
+    await until(lambda: spool.pending() == [])
+    await scheduler.stop()
+
+
+async def test_messages_finishing_together_leave_the_spool_in_one_call(spool: FileSpool) -> None:
+    calls: list[str] = []
+
+    async def blocking(call: Callable[[], T]) -> T:
+        calls.append(getattr(call, "func", call).__name__)
+        return await asyncio.to_thread(call)
+
+    release = asyncio.Event()
+
+    class Held(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            await release.wait()
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = Held()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, recovers_copies=(Route.LOCAL,), blocking=blocking)
+    for n in range(5):
+        scheduler.submit(await queue(spool, local(f"u{n}@example.com")))
+    release.set()  # all five deliveries end in the same pass of the loop
+    await scheduler.wait_idle()
+    assert spool.pending() == [] and calls == ["_remove_all"]
+    await scheduler.stop()
 
 
 # --- destinations, recorded progress and reports -------------------------------------------------

@@ -181,3 +181,84 @@ def test_undecodable_bytes_become_replacement_characters() -> None:
     for text in (summary.subject, summary.text, *(value for _, value in view.headers)):
         text.encode("utf-8")  # no lone surrogates: SQLite and JSON take it
     assert "\ufffd" in summary.subject
+
+
+def test_header_classes_are_made_once_and_parse_as_the_default_policy() -> None:
+    from email import policy
+    from email.parser import BytesParser
+
+    raw = (
+        b'From: "Joe Q" <joe@example.com>\r\nTo: a@example.com, =?utf-8?q?J=C3=B6rg?= <j@example.com>\r\n'
+        b"Subject: =?utf-8?q?h=C3=A9llo?=\r\nDate: Sun, 29 Nov 2026 03:00:00 +0000\r\nX-Any: 1\r\n\r\nbody\r\n"
+    )
+    first, second = (message.parse(io.BytesIO(raw)) for _ in range(2))
+    assert type(first["from"]) is type(second["from"]) and type(first["x-any"]) is type(second["x-any"])
+    reference = BytesParser(policy=policy.default).parse(io.BytesIO(raw))
+    assert message.summarise(first) == message.summarise(reference)
+
+
+ADDRESS_FIELDS = [
+    "<sender@example.com>",
+    "sender@example.com",
+    "Joe Q <joe@example.com>",
+    "Joe   Q  <joe@example.com>",
+    "Joe<joe@example.com>",
+    "a@example.com, <c@example.com>, Name <e@example.org>",
+    "a@example.com,\r\n c@example.com",
+    "x!#$%&'*+-/=?^_`{|}~@y.example",
+    "J!m <j@example.com>",
+    "a@b, ",
+    "a@b,,c@d",
+    "Joe.Q <j@example.com>",
+    '"Joe" <j@example.com>',
+    "<j@example.com> (comment)",
+    "undisclosed-recipients:;",
+    "a..b@example.com",
+    "<a@[192.0.2.1]>",
+    "=?utf-8?q?J=C3=B6rg?= <j@example.com>",
+    "a@b c@d",
+    "<>",
+]
+TEXT_FIELDS = [
+    "hello world",
+    "  hi   there ",
+    "a\r\n b",
+    "x=?y",
+    "=?utf-8?q?h=C3=A9llo?=",
+    "(comment) text",
+    '"q"',
+]
+DATES = [
+    "Sun, 29 Nov 2026 03:52:05 +0000 (UTC)",
+    "29 Nov 26 03:52 -0000",
+    "Sun, 29 Nov 2026 03:52:05 +0530",
+    "not a date",
+    "Sun, 31 Feb 2026 03:52:05 +0000",
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(field, value) for field in ("From", "To", "Cc") for value in ADDRESS_FIELDS]
+    + [(field, value) for field in ("Subject", "Delivered-To") for value in TEXT_FIELDS + ADDRESS_FIELDS]
+    + [("Date", value) for value in DATES],
+)
+def test_plain_headers_read_without_the_parser_read_as_the_parser_reads_them(field: str, value: str) -> None:
+    import email.utils
+    from email import policy
+    from email.parser import BytesParser
+
+    raw = f"{field}: {value}\r\n\r\nbody\r\n".encode()
+    reference = BytesParser(policy=policy.default).parse(io.BytesIO(raw))
+    parsed = message.parse(io.BytesIO(raw))
+    assert message.summarise(parsed) == message.summarise(reference)
+    # The reference result, read through the parser alone.
+    expected = " ".join(str(reference.get(field) or "").split())
+    if field == "Date":
+        try:
+            want: float | None = email.utils.parsedate_to_datetime(expected).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            want = None
+        assert message.header_date(parsed) == want
+    else:
+        assert message.header(parsed, field.lower()) == expected

@@ -168,6 +168,9 @@ class Application:
             destination=self._destination,
             notifier=Bouncer(self.spool, config.hostname, self._report_recipients, clock=clock),
             on_result=self._on_delivery_result,
+            # Maildir copies are named the same on every attempt, and found again on a retry.
+            recovers_copies=(Route.LOCAL,),
+            blocking=self.spool.io.run,
         )
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(

@@ -8,15 +8,22 @@ line. Secrets never reach a log record: AUTH lines are redacted before any loggi
 
 ``SIGHUP`` calls :func:`reopen`: a log file renamed away by logrotate is closed and created
 again under its configured name (the ``copytruncate``-free way, like nginx's ``USR1``).
+
+Lines logged on the event loop are written together once the loop has run what is ready
+(:class:`BatchingStreamHandler`): a server logs a few lines per message, and one ``write(2)``
+each, with the interpreter lock let go and taken back around it, cost more than the rest of
+the logging. Warnings and errors, and lines from other threads, are written at once.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import json
 import logging
 import re
+import select
 import sys
 import time
 from pathlib import Path
@@ -38,10 +45,23 @@ def fields(message: str) -> dict[str, str]:
     return found
 
 
+# POSIX guarantees at least 512; Linux pipes take 4096 octets in one write without interleaving.
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
+# The last second formatted, per separator: a busy server logs many lines a second.
+_seconds: dict[str, tuple[int, str]] = {}
+
+
 def _timestamp(record: logging.LogRecord, separator: str = "T") -> str:
     # UTC, RFC 3339; text lines use its space-separated form, readable and still sortable.
-    seconds = time.strftime(f"%Y-%m-%d{separator}%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    second = int(record.created)
+    cached = _seconds.get(separator)
+    if cached is None or cached[0] != second:
+        cached = _seconds[separator] = (
+            second,
+            time.strftime(f"%Y-%m-%d{separator}%H:%M:%S", time.gmtime(second)),
+        )
+    return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
@@ -73,7 +93,80 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class ReopenableFileHandler(logging.StreamHandler[TextIO]):
+class BatchingStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the INFO lines logged on an event loop once per loop pass.
+
+    The first such line asks the loop (``call_soon``) to write everything held, which happens
+    after the callbacks already ready to run: lines wait for no timer and no other event. A
+    warning or error, a line logged outside a running loop (a worker thread, start-up, the
+    CLI), :meth:`flush` and :meth:`close` write what is held at once, in order.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        held = self._held
+        held.append(line)
+        if record.levelno < logging.WARNING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                if len(held) == 1:
+                    loop.call_soon(self.flush)
+                return
+        self._write_held()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_held()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def _write_held(self) -> None:
+        # Called with the handler's lock held (emit runs under it).
+        held = self._held
+        if not held:
+            super().flush()
+            return
+        lines = held[:]
+        held.clear()
+        # Writes of at most PIPE_BUF octets, each whole lines: on a pipe shared by worker
+        # processes (serve --workers) such a write is never interleaved with another's
+        # (POSIX write(2)), so lines stay whole, as with one write per line.
+        chunk: list[str] = []
+        size = 0
+        try:
+            for line in lines:
+                octets = len(line) if line.isascii() else 4 * len(line)  # UTF-8: at most 4 each
+                if chunk and size + octets > _PIPE_BUF:
+                    self._write_now("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += octets
+            self._write_now("".join(chunk))
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "log lines lost: " + "".join(lines)}))
+
+    def _write_now(self, text: str) -> None:
+        self.stream.write(text)
+        super().flush()
+
+
+class ReopenableFileHandler(BatchingStreamHandler):
     """Appends to a file and opens it again by name on :meth:`reopen` (after log rotation)."""
 
     def __init__(self, path: Path) -> None:
@@ -86,6 +179,7 @@ class ReopenableFileHandler(logging.StreamHandler[TextIO]):
     def reopen(self) -> None:
         self.acquire()
         try:
+            self._write_held()  # lines logged before the rotation belong to the old file
             old = self.stream
             self.stream = self._open()
             old.close()
@@ -109,7 +203,7 @@ def configure(log_format: str = "text", log_file: Path | None = None) -> None:
         root.removeHandler(_handler)
         _handler.close()
     handler: logging.Handler = (
-        ReopenableFileHandler(log_file) if log_file is not None else logging.StreamHandler(sys.stderr)
+        ReopenableFileHandler(log_file) if log_file is not None else BatchingStreamHandler(sys.stderr)
     )
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)

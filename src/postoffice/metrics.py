@@ -75,12 +75,14 @@ class Metrics:
         )
         self.queue_size = _QueueCollector()
         r.register(self.queue_size)
-        for outcome in SESSION_OUTCOMES:
-            self.sessions.labels(outcome)
-        for outcome in MESSAGE_OUTCOMES:
-            self.messages.labels(outcome)
-        for outcome in TLS_OUTCOMES:
-            self.tls_handshakes.labels(outcome)
+        # Every series of a fixed vocabulary exists from the start (reads 0, not absent) and is
+        # bound once: labels() takes a lock and a dictionary look-up, several times per message.
+        self._session_outcomes = {outcome: self.sessions.labels(outcome) for outcome in SESSION_OUTCOMES}
+        self._message_outcomes = {outcome: self.messages.labels(outcome) for outcome in MESSAGE_OUTCOMES}
+        self._tls_outcomes = {outcome: self.tls_handshakes.labels(outcome) for outcome in TLS_OUTCOMES}
+        # Listener kinds and routes are few and known only as they come: bound at first use.
+        self._listener_connections: dict[str, Counter] = {}
+        self._route_latency: dict[str, Histogram] = {}
 
     def exposition(self) -> bytes:
         """The text format scraped at ``/metrics``."""
@@ -89,23 +91,27 @@ class Metrics:
     # --- hooks ------------------------------------------------------------------------------
 
     def connection_opened(self, listener: str) -> None:
-        self.connections.labels(listener).inc()
+        counter = self._listener_connections.get(listener)
+        if counter is None:
+            counter = self._listener_connections[listener] = self.connections.labels(listener)
+        counter.inc()
         self.sessions_active.inc()
 
     def session_ended(self, outcome: str) -> None:
         self.sessions_active.dec()
-        self.sessions.labels(outcome if outcome in SESSION_OUTCOMES else "disconnect").inc()
+        sessions = self._session_outcomes
+        sessions.get(outcome, sessions["disconnect"]).inc()
 
     def proxy_refused(self) -> None:
         """A connection on a PROXY protocol listener closed before any session began."""
-        self.sessions.labels("proxy-refused").inc()
+        self._session_outcomes["proxy-refused"].inc()
 
     def message_accepted(self, size: int) -> None:
-        self.messages.labels("accepted").inc()
+        self._message_outcomes["accepted"].inc()
         self.received_bytes.inc(size)
 
     def message_rejected(self) -> None:
-        self.messages.labels("rejected").inc()
+        self._message_outcomes["rejected"].inc()
 
     def recipient_rejected(self) -> None:
         self.recipients_rejected.inc()
@@ -114,17 +120,20 @@ class Metrics:
         self.spool_errors.inc()
 
     def delivered(self, route: str, seconds: float) -> None:
-        self.messages.labels("delivered").inc()
-        self.delivery_latency.labels(route).observe(max(seconds, 0.0))
+        self._message_outcomes["delivered"].inc()
+        latency = self._route_latency.get(route)
+        if latency is None:
+            latency = self._route_latency[route] = self.delivery_latency.labels(route)
+        latency.observe(max(seconds, 0.0))
 
     def deferred(self) -> None:
-        self.messages.labels("deferred").inc()
+        self._message_outcomes["deferred"].inc()
 
     def bounced(self) -> None:
-        self.messages.labels("bounced").inc()
+        self._message_outcomes["bounced"].inc()
 
     def tls_handshake(self, ok: bool) -> None:
-        self.tls_handshakes.labels("ok" if ok else "failed").inc()
+        self._tls_outcomes["ok" if ok else "failed"].inc()
 
     def auth_attempt(self, mechanism: str, outcome: str) -> None:
         # Mechanism names come from our own advertised list; anything else is folded.

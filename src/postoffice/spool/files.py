@@ -180,13 +180,18 @@ class FileMessageWriter:
 
     async def _commit(self) -> QueuedMessage:
         source, target = self._path, self._spool.queue_dir / self._queue_id
+
+        def publish() -> None:
+            os.rename(source, target)
+            self._close()  # here in the worker thread too: one system call fewer on the loop
+
         try:
             # In a worker thread: the rest of the buffer reaches the file, its fsync puts it on
             # disk, and only then the rename, so queue/ never names a partial file.
             await self._spool.io.commit(
                 self._write_out,
                 self._spool.queue_dir,
-                publish=lambda: os.rename(source, target),
+                publish=publish,
                 # The directory could not be synced: the rename may not survive a crash, and
                 # the client is about to get a temporary failure and send again, so take the
                 # file back lest a crash-free run deliver both copies.

@@ -14,7 +14,14 @@ After Postfix qmgr(8):
   slow or dead site cannot hold up mail for the others (qmgr's per-destination queues).
 * Every final result (delivered, relayed, failed) is appended to the message's state log and
   fsync'd as soon as its job ends (:mod:`postoffice.spool.state`), so a restart redoes only
-  what has no result, and a recipient already done is never delivered to again.
+  what has no result, and a recipient already done is never delivered to again. One exception:
+  when the last job of a message ends with every recipient delivered by an agent that finds
+  its own earlier copies on a retry (``recovers_copies``: the Maildir agent names a copy the
+  same on every attempt), the message leaves the spool at once and its log is never written.
+  A crash before the removal is durable delivers the message again with ``recovering=True``,
+  and the agent finds those copies, so the log would only have saved that look, at the price
+  of creating, syncing and removing a file per message: about as much file-system work as
+  storing the copy.
 * When a round ends with temporary failures, the message is deferred: the first retry after
   ``retry_base`` seconds (Postfix ``minimal_backoff_time``, 300 s), the delay doubling up to
   ``retry_max`` (``maximal_backoff_time``, 4000 s). RFC 5321 §4.5.4.1: "the retry interval
@@ -34,12 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
@@ -66,6 +74,14 @@ DEFAULT_LIFETIME = 5 * 86400.0
 # with recovering=True, at the next start).
 DEFAULT_STOP_TIMEOUT = 30.0
 
+T = TypeVar("T")
+
+
+class Blocking(Protocol):
+    """Runs a blocking spool call off the event loop (``asyncio.to_thread``, ``IoPool.run``)."""
+
+    def __call__(self, call: Callable[[], T], /) -> Awaitable[T]: ...
+
 
 def destination_of(recipient: Recipient) -> str:
     """The default grouping: all local mailboxes together, remote mail by domain."""
@@ -86,6 +102,14 @@ class _Entry:
     in_round: bool = False
     temporary: dict[int, TempFail] = field(default_factory=dict)  # this round's
     unrouted: set[Route] = field(default_factory=set)  # routes already reported as waiting
+
+
+@dataclass(slots=True)
+class _Removals:
+    """Messages to remove from the spool together, and what went wrong for which."""
+
+    queue_ids: list[str]
+    errors: asyncio.Future[dict[str, SpoolError]]
 
 
 @dataclass(slots=True)
@@ -114,6 +138,8 @@ class Scheduler:
         destination: Callable[[Recipient], str] = destination_of,
         notifier: Notifier | None = None,
         on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
+        recovers_copies: Collection[Route] = (),
+        blocking: Blocking = asyncio.to_thread,
     ) -> None:
         if concurrency < 1 or destination_concurrency < 1:
             raise ValueError("concurrency limits must be at least 1")
@@ -133,6 +159,12 @@ class Scheduler:
         self._destination = destination
         self._notifier = notifier
         self._on_result = on_result  # metrics: every per-recipient result, as it happens
+        # Routes whose agent, given recovering=True, finds the copies an earlier attempt stored
+        # (see the module docstring): their results need no log when the message leaves at once.
+        self._recovers_copies = frozenset(recovers_copies)
+        # Where spool calls run: the server passes the spool's IoPool, which wakes the loop once
+        # for a batch of finished calls where asyncio.to_thread wakes it once per call.
+        self._blocking = blocking
         self._entries: dict[str, _Entry] = {}
         # Ready jobs, one FIFO per destination; destinations are served round-robin.
         self._ready: OrderedDict[str, deque[_Job]] = OrderedDict()
@@ -140,6 +172,7 @@ class Scheduler:
         self._running_by_destination: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._removals: _Removals | None = None  # the group of removals being gathered
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -157,7 +190,7 @@ class Scheduler:
         """
         self._stopping = False
         if queue_ids is None:
-            queue_ids = await asyncio.to_thread(self._spool.pending)
+            queue_ids = await self._blocking(self._spool.pending)
         added = await self._adopt(queue_ids)
         log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 
@@ -203,7 +236,7 @@ class Scheduler:
         """
         if self._stopping:
             return
-        queue_ids = await asyncio.to_thread(self._spool.pending)
+        queue_ids = await self._blocking(self._spool.pending)
         present = set(queue_ids)
         for queue_id, entry in list(self._entries.items()):
             if entry.in_round or entry.due is None:
@@ -229,8 +262,8 @@ class Scheduler:
             if queue_id in self._entries:
                 continue
             try:
-                message = await asyncio.to_thread(self._spool.load, queue_id)
-                state = await asyncio.to_thread(self._spool.read_state, queue_id)
+                message = await self._blocking(functools.partial(self._spool.load, queue_id))
+                state = await self._blocking(functools.partial(self._spool.read_state, queue_id))
             except SpoolError as exc:
                 # load() has moved a corrupt file aside and logged it; nothing to deliver.
                 log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
@@ -289,7 +322,7 @@ class Scheduler:
     async def _resume(self, entry: _Entry) -> None:
         """A deferred message is due: check the spool (deleted? held?) and start a round."""
         queue_id = entry.message.queue_id
-        exists = await asyncio.to_thread(self._spool.exists, queue_id)
+        exists = await self._blocking(functools.partial(self._spool.exists, queue_id))
         if not exists:
             self._forget(queue_id, "deleted")
             return
@@ -372,7 +405,7 @@ class Scheduler:
             agent = self._agents[job.route]
             recipients = [entry.message.envelope.recipients[index] for index in job.indices]
             results = await self._deliver(agent, entry, recipients)
-            await self._record(entry, job.indices, results)
+            await self._record(entry, job.indices, results, logged=job.route not in self._recovers_copies)
         finally:
             self._running -= 1
             left = self._running_by_destination.get(job.destination, 1) - 1
@@ -406,8 +439,14 @@ class Scheduler:
             return [TempFail(recipient, replies.LOCAL_ERROR) for recipient in recipients]
         return results
 
-    async def _record(self, entry: _Entry, indices: Sequence[int], results: Sequence[DeliveryResult]) -> None:
-        """Log each result; make the final ones durable before anything relies on them."""
+    async def _record(
+        self, entry: _Entry, indices: Sequence[int], results: Sequence[DeliveryResult], *, logged: bool = True
+    ) -> None:
+        """Log each result; make the final ones durable before anything relies on them.
+
+        ``logged=False``: the agent finds its own copies again on a retry, so the results need
+        no state log if they end the message (see the module docstring).
+        """
         queue_id = entry.message.queue_id
         sender = entry.message.envelope.mail_from
         now = self._clock()
@@ -449,19 +488,30 @@ class Scheduler:
                     str(result.reply),
                     result.remote_mta or "local",
                 )
-        await self._save_outcomes(entry, outcomes)
+        await self._save_outcomes(entry, outcomes, logged=logged)
 
-    async def _save_outcomes(self, entry: _Entry, outcomes: Sequence[Outcome]) -> None:
+    async def _save_outcomes(
+        self, entry: _Entry, outcomes: Sequence[Outcome], *, logged: bool = True
+    ) -> None:
         if not outcomes:
             return
+        state = entry.state
         for outcome in outcomes:
-            entry.state.outcomes[outcome.index] = outcome
-            entry.state.deferrals.pop(outcome.index, None)
-        await self._append(entry, [records.outcome_record(outcome) for outcome in outcomes])
+            state.outcomes[outcome.index] = outcome
+            state.deferrals.pop(outcome.index, None)
+        # The last job of the round (this one, still counted), every recipient final and no
+        # report owed: _finish_round removes the message without waiting for anything else.
+        leaves_now = (
+            entry.jobs_left == 1
+            and len(state.outcomes) == len(entry.message.envelope.recipients)
+            and not state.unreported()
+        )
+        if logged or not leaves_now:
+            await self._append(entry, [records.outcome_record(outcome) for outcome in outcomes])
 
     async def _append(self, entry: _Entry, lines: Sequence[Mapping[str, Any]]) -> bool:
         try:
-            await asyncio.to_thread(self._spool.append_state, entry.message.queue_id, lines)
+            await self._blocking(functools.partial(self._spool.append_state, entry.message.queue_id, lines))
         except SpoolError as exc:
             # The results stand in memory; if the process dies before the log can be written,
             # the next start redoes those recipients (with recovering=True): a duplicate at
@@ -579,14 +629,49 @@ class Scheduler:
             self.submit(report)
 
     async def _complete(self, queue_id: str) -> None:
-        try:
-            await asyncio.to_thread(self._spool.complete, queue_id)
-        except SpoolError as exc:
-            # Every recipient has its result recorded; the next start finds them.
-            log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(exc))
+        # Messages whose rounds end in the same pass of the loop leave the spool in one call off
+        # the loop (one thread hand-off and one wake-up for the group, not one per message).
+        removals = self._removals
+        if removals is None:
+            removals = self._removals = _Removals([], asyncio.get_running_loop().create_future())
+            self._spawn(self._remove(removals))
+        removals.queue_ids.append(queue_id)
+        errors = await asyncio.shield(removals.errors)
+        error = errors.get(queue_id)
+        if error is not None:
+            # Every recipient has its result recorded, or was delivered by an agent that finds
+            # its copy again: the next start delivers nothing twice.
+            log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(error))
         else:
             log.info("queue_id=%s status=removed", queue_id)
         self._entries.pop(queue_id, None)
+
+    async def _remove(self, removals: _Removals) -> None:
+        try:
+            await asyncio.sleep(0)  # the rounds ending in this pass join the group meanwhile
+            if self._removals is removals:
+                self._removals = None
+            errors = await self._blocking(functools.partial(self._remove_all, removals.queue_ids))
+        except asyncio.CancelledError:
+            # Stopping: the messages stay in the spool, and the next start finds them done.
+            if self._removals is removals:
+                self._removals = None
+            removals.errors.cancel()
+            raise
+        except Exception as exc:
+            removals.errors.set_exception(exc)
+            raise
+        removals.errors.set_result(errors)
+
+    def _remove_all(self, queue_ids: Sequence[str]) -> dict[str, SpoolError]:
+        """Blocking: complete each message in the spool; the ones that failed, and why."""
+        errors: dict[str, SpoolError] = {}
+        for queue_id in queue_ids:
+            try:
+                self._spool.complete(queue_id)
+            except SpoolError as exc:
+                errors[queue_id] = exc
+        return errors
 
     def _defer(
         self, entry: _Entry, temporary: Mapping[int, TempFail], now: float, *, arm: bool = True
@@ -629,7 +714,7 @@ class Scheduler:
 
     async def _read_state(self, queue_id: str) -> QueueState | None:
         try:
-            return await asyncio.to_thread(self._spool.read_state, queue_id)
+            return await self._blocking(functools.partial(self._spool.read_state, queue_id))
         except SpoolError as exc:
             log.error("queue_id=%s status=state-unreadable error=%r", queue_id, str(exc))
             return None

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from pathlib import Path
@@ -95,8 +96,33 @@ class MessageView:
     attachments: list[Attachment]
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, making each header class once.
+
+    ``HeaderRegistry`` builds a new class (``type(...)``) every time a header is read, which
+    cost more than parsing the header itself when indexing mail. The class depends only on the
+    parser class chosen for the name, of which there are a dozen, so the cache stays that small
+    whatever header names a message brings.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[object, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        parser = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(parser)
+        if made is None:
+            made = self._made[parser] = super().__getitem__(name)
+        return made
+
+
+# policy.default (RFC 5322/2047/2231 aware), with header classes made once.
+_POLICY = policy.default.clone(header_factory=_HeaderClasses())
+
+
 def parse(stream: BinaryIO) -> EmailMessage:
-    return BytesParser(policy=policy.default).parse(stream)
+    return BytesParser(policy=_POLICY).parse(stream)
 
 
 def parse_file(path: Path) -> EmailMessage:
@@ -114,8 +140,62 @@ def _unicode(text: str) -> str:
     return text
 
 
+# Plain headers, read without the email package's parser (see _plain_header): printable ASCII
+# with no encoded word (RFC 2047 "=?"), and for address fields, a list of dot-atom mailboxes,
+# each bare, in angle brackets, or after a display name of atoms (RFC 5322 §3.2.3, §3.4).
+_PLAIN_TEXT = re.compile(r"[\t\r\n -~]*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_MAILBOX = re.compile(
+    rf"\s*(?:(?P<name>{_ATEXT}(?:\s+{_ATEXT})*)\s*<(?P<named>{_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"|<(?P<angled>{_DOT_ATOM}@{_DOT_ATOM})>|(?P<bare>{_DOT_ATOM}@{_DOT_ATOM}))\s*"
+)
+# The fields the index reads that the stdlib parses as unstructured text or as address lists.
+_UNSTRUCTURED = frozenset({"subject", "delivered-to"})
+_ADDRESS_LISTS = frozenset({"from", "to", "cc"})
+
+
+def _plain_raw(message: Message, name: str) -> str | None:
+    """The first ``name`` header as it stands in the message, if it is printable ASCII."""
+    for key, value in message.raw_items():
+        if key.lower() == name:
+            return value if isinstance(value, str) and _PLAIN_TEXT.fullmatch(value) else None
+    return None
+
+
+def _plain_header(message: Message, name: str) -> str | None:
+    """What :func:`header` returns for a plain header, without parsing it; None otherwise.
+
+    Most mail has only such headers, and the stdlib's parser, which builds a token tree for
+    every address, costs more than the rest of indexing a small message. The result is the
+    one the parser gives (``test_web_message`` compares them): unstructured text with no encoded
+    word is its own value, and a mailbox prints as ``addr`` or ``name <addr>``.
+    """
+    if name not in _UNSTRUCTURED and name not in _ADDRESS_LISTS:
+        return None
+    raw = _plain_raw(message, name)
+    if raw is None or "=?" in raw:
+        return None
+    if name in _UNSTRUCTURED:
+        return " ".join(raw.split())
+    mailboxes = []
+    for item in raw.split(","):
+        match = _PLAIN_MAILBOX.fullmatch(item)
+        if match is None:
+            return None
+        named = match["named"]
+        if named is not None:
+            mailboxes.append(f"{' '.join(match['name'].split())} <{named}>")
+        else:
+            mailboxes.append(match["angled"] or match["bare"])
+    return ", ".join(mailboxes)
+
+
 def header(message: Message, name: str) -> str:
     """The decoded value of header ``name`` (RFC 2047), or its raw text if decoding fails."""
+    plain = _plain_header(message, name)
+    if plain is not None:
+        return plain
     try:
         value = message.get(name)
     except Exception:  # the email package raises several types on hostile headers
@@ -141,7 +221,10 @@ def header_list(message: Message) -> list[tuple[str, str]]:
 
 
 def header_date(message: Message) -> float | None:
-    value = header(message, "date")
+    # The stdlib's Date header parses the text with parsedate_to_datetime and prints it again,
+    # which parses back to the same time: parse a printable one once, directly.
+    raw = _plain_raw(message, "date")
+    value = " ".join(raw.split()) if raw is not None else header(message, "date")
     if not value:
         return None
     try:
