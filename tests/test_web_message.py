@@ -262,3 +262,53 @@ def test_plain_headers_read_without_the_parser_read_as_the_parser_reads_them(fie
         assert message.header_date(parsed) == want
     else:
         assert message.header(parsed, field.lower()) == expected
+
+
+# --- large messages: the index reads a bounded prefix -------------------------------------------
+
+
+def _large(body_octets: int, attachment: bytes | None) -> bytes:
+    """A message with a text body of ``body_octets`` and, after it, an optional attachment."""
+    mail = EmailMessage()
+    mail["From"] = "big@example.test"
+    mail["Subject"] = "big"
+    mail.set_content(("lorem ipsum dolor sit amet\n" * (body_octets // 27 + 1))[:body_octets])
+    if attachment is not None:
+        mail.add_attachment(attachment, maintype="application", subtype="pdf", filename="report.pdf")
+    return mail.as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("body_octets", "attachment", "has_attachments"),
+    [
+        (1000, b"%PDF small", True),  # everything inside the prefix
+        (3 * message.INDEX_PREFIX, b"%PDF after the prefix", True),  # found by the scan
+        (3 * message.INDEX_PREFIX, None, False),  # long text only
+    ],
+)
+def test_large_messages_are_summarised_from_a_prefix(
+    body_octets: int, attachment: bytes | None, has_attachments: bool
+) -> None:
+    raw = _large(body_octets, attachment)
+    summary = message.summarise_stream(io.BytesIO(raw))
+    assert summary.subject == "big" and summary.sender == "big@example.test"
+    assert summary.has_attachments is has_attachments
+    assert summary.text.startswith("lorem ipsum")
+    assert len(summary.text) <= message.MAX_INDEXED_TEXT
+
+
+def test_indexing_a_20_mb_message_does_not_hold_it_in_memory() -> None:
+    import tracemalloc
+
+    raw = _large(1000, b"\0" * (15 * 1024 * 1024))  # 20 MB once base64-encoded
+    stream = io.BytesIO(raw)
+    tracemalloc.start()
+    try:
+        summary = message.summarise_stream(stream)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.has_attachments
+    # The parser's own objects take several times the text they hold: a bounded multiple of
+    # the prefix, a fraction of the message.
+    assert peak < 12 * message.INDEX_PREFIX < len(raw) / 3

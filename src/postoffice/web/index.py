@@ -332,7 +332,7 @@ class MailIndex:
         try:
             with entry.path.open("rb") as stream:
                 stat = os.fstat(stream.fileno())
-                summary = message.summarise(message.parse(stream))
+                summary = message.summarise_stream(stream)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -14,6 +14,7 @@ the result only in a sandboxed iframe under a Content-Security-Policy (see ``api
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import html as html_lib
 import mimetypes
@@ -32,6 +33,17 @@ import nh3
 # Text kept for full-text search per message: enough for any real body, bounded so one huge
 # message cannot bloat the index.
 MAX_INDEXED_TEXT = 256 * 1024
+# The index parses at most this much of a message: the headers, the text bodies it keeps and
+# the parts' own headers come first; a 20 MB attachment need not be in memory to be counted.
+INDEX_PREFIX = 512 * 1024
+# Past the prefix, a MIME part that is an attachment shows itself by its header (RFC 2183
+# Content-Disposition, or a leaf type other than text, RFC 2045 §5). Neither can occur inside
+# base64 (no ":" in its alphabet), the encoding of nearly every attachment.
+_ATTACHMENT_HEADER = re.compile(
+    rb"^content-disposition:[ \t]*attachment\b|^content-type:[ \t]*(?!text/|multipart/)[!#$&^_.+\w-]+/",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SCAN_BLOCK = 256 * 1024
 # Inline images (cid:) are embedded into the sanitised HTML as data: URLs up to this size each
 # and in total, so the sandboxed view needs no request back to the server.
 MAX_INLINE_IMAGE = 2 * 1024 * 1024
@@ -309,6 +321,27 @@ def attachment_name(part: Message, number: int) -> str:
 
 def ascii_name(name: str) -> str:
     return _SAFE_NAME.sub("_", name) or "download"
+
+
+def summarise_stream(stream: BinaryIO) -> Summary:
+    """What the index keeps of the message read from ``stream``, holding at most
+    :data:`INDEX_PREFIX` of it (and one scan block) in memory."""
+    head = stream.read(INDEX_PREFIX)
+    summary = summarise(BytesParser(policy=_POLICY).parsebytes(head))
+    if len(head) == INDEX_PREFIX and not summary.has_attachments:
+        summary = dataclasses.replace(summary, has_attachments=_attachment_after(stream))
+    return summary
+
+
+def _attachment_after(stream: BinaryIO) -> bool:
+    # Blocks overlap by a line's worth, so a header split between two is still seen whole.
+    tail = b""
+    while block := stream.read(_SCAN_BLOCK):
+        window = tail + block
+        if _ATTACHMENT_HEADER.search(window):
+            return True
+        tail = window[-200:]
+    return False
 
 
 def summarise(message: EmailMessage) -> Summary:
