@@ -22,7 +22,7 @@ from postoffice.accounts import Accounts
 from web_helpers import make_message, send, wait_for
 
 pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, Dialog, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, Route, expect, sync_playwright
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,7 +134,8 @@ def test_mail_appears_live_opens_is_found_and_deleted(
     send(server, make_message("dev@example.test", "An older message", "old news", sender="old@example.org"))
     open_ui(page, server)
     p = page
-    assert p.locator("#message-list li").count() == 1
+    # The list loads beside the event stream: wait for it rather than race it.
+    expect(p.locator("#message-list li")).to_have_count(1, timeout=WAIT)
 
     send(
         server,
@@ -335,7 +336,8 @@ def test_phone_width_shows_one_pane_at_a_time(
         p.click("#menu")
         p.locator("#mailbox-list button", has_text="user1@example.test").click()
         p.locator("#list-title", has_text="user1@example.test").wait_for()
-        assert p.locator("#message-list li").count() == 1
+        # The title changes at once, the list when the mailbox's page arrives.
+        expect(p.locator("#message-list li")).to_have_count(1, timeout=WAIT)
     finally:
         context.close()
 

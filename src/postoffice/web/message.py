@@ -40,9 +40,9 @@ INDEX_PREFIX = 512 * 1024
 # Content-Disposition, or a leaf type other than text, RFC 2045 §5). Neither can occur inside
 # base64 (no ":" in its alphabet), the encoding of nearly every attachment.
 _ATTACHMENT_HEADER = re.compile(
-    rb"^content-disposition:[ \t]*attachment\b|^content-type:[ \t]*(?!text/|multipart/)[!#$&^_.+\w-]+/",
-    re.IGNORECASE | re.MULTILINE,
+    rb"content-disposition:[ \t]*attachment\b|content-type:[ \t]*(?!text/|multipart/)[!#$&^_.+\w-]+/"
 )
+_HEADER_LINE = b"\ncontent-"
 _SCAN_BLOCK = 256 * 1024
 # Inline images (cid:) are embedded into the sanitised HTML as data: URLs up to this size each
 # and in total, so the sandboxed view needs no request back to the server.
@@ -334,12 +334,17 @@ def summarise_stream(stream: BinaryIO) -> Summary:
 
 
 def _attachment_after(stream: BinaryIO) -> bool:
-    # Blocks overlap by a line's worth, so a header split between two is still seen whole.
+    # Candidates are found with bytes.find on a lower-cased block (C speed over megabytes of
+    # base64); only they are matched against the pattern. Blocks overlap by a line's worth,
+    # so a header split between two is still seen whole.
     tail = b""
     while block := stream.read(_SCAN_BLOCK):
-        window = tail + block
-        if _ATTACHMENT_HEADER.search(window):
-            return True
+        window = (tail + block).lower()
+        start = window.find(_HEADER_LINE)
+        while start != -1:
+            if _ATTACHMENT_HEADER.match(window, start + 1):
+                return True
+            start = window.find(_HEADER_LINE, start + 1)
         tail = window[-200:]
     return False
 
