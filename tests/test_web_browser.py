@@ -19,7 +19,7 @@ import pytest
 
 from conftest import RunningServer, require_tool
 from postoffice.accounts import Accounts
-from web_helpers import make_message, send, wait_for
+from web_helpers import client, make_message, messages, send, wait_for
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Dialog, Page, Route, expect, sync_playwright
@@ -408,6 +408,39 @@ def test_ui_screenshots(browser: Browser, server: RunningServer, tmp_path: Path)
             assert shot.stat().st_size > 1000
         finally:
             context.close()
+
+
+def test_read_toggle_made_while_the_open_is_marking_read_wins(page: Page, server: RunningServer) -> None:
+    """Opening a message marks it read; a "u" pressed before that request is answered must
+    still leave the message unread, on the page and on the server."""
+    send(server, make_message("toggle@example.test", "toggled"))
+    held: list[Route] = []
+
+    def hold_changes(route: Route) -> None:
+        if route.request.method == "PATCH":
+            held.append(route)  # answered later, in the order the page sent them
+        else:
+            route.continue_()
+
+    p = page
+    p.route("**/api/v1/messages/*", hold_changes)
+    open_ui(p, server)
+    p.locator("#message-list li", has_text="toggled").click()
+    p.locator("#view-subject", has_text="toggled").wait_for()
+    while not held:
+        p.wait_for_timeout(20)
+    p.keyboard.press("u")  # the mark-read of the open has not been answered yet
+    p.locator("#message-list li.unread", has_text="toggled").wait_for()
+    released = 0
+    while released < 2:
+        if held:
+            held.pop(0).continue_()
+            released += 1
+        else:
+            p.wait_for_timeout(20)
+    with client(server) as http:
+        wait_for(lambda: messages(http)["messages"][0]["read"] is False, what="unread on the server")
+    p.locator("#message-list li.unread", has_text="toggled").wait_for()
 
 
 def test_keyboard_navigation(page: Page, server: RunningServer) -> None:
