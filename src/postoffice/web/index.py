@@ -318,15 +318,7 @@ class MailIndex:
             item = self._prepare_entry(address, Entry(box, path.parent.name, path.name))
             if item is not None:
                 prepared.append(item)
-        if not prepared:
-            return []
-        added: list[Row] = []
-        with self._writing() as db:
-            for row, text in prepared:
-                new = self._insert(db, row, text)
-                if new is not None:
-                    added.append(new)
-        return added
+        return self.insert_many(prepared)
 
     def _prepare_entry(self, address: str, entry: Entry) -> tuple[Row, SearchText] | None:
         try:
@@ -383,12 +375,16 @@ class MailIndex:
         )
         return dataclasses.replace(row, id=new_id)
 
-    def insert_many(self, items: Sequence[tuple[Row, SearchText]]) -> None:
-        """Insert prepared rows in one transaction (used by sync and the benchmark)."""
+    def insert_many(self, items: Sequence[tuple[Row, SearchText]]) -> list[Row]:
+        """Insert prepared rows in one transaction; returns the ones that are new.
+
+        A row's mailbox comes into being with it (the ``messages_added`` trigger).
+        """
+        if not items:
+            return []
         with self._writing() as db:
-            for row, text in items:
-                self._ensure_mailbox(db, row.mailbox)
-                self._insert(db, row, text)
+            rows = [self._insert(db, row, text) for row, text in items]
+        return [row for row in rows if row is not None]
 
     @staticmethod
     def _ensure_mailbox(db: sqlite3.Connection, address: str) -> None:
@@ -544,13 +540,10 @@ class MailIndex:
                 return SyncReport(boxes, added, removed, updated)
             batch = fresh[start : start + SYNC_BATCH]
             prepared = [self._prepare_entry(address, entry) for _, _, address, entry in batch]
-            with self._writing() as db:
-                rows = [self._insert(db, *item) for item in prepared if item is not None]
-            for new_row in rows:
-                if new_row is not None:
-                    added += 1
-                    if on_added is not None:
-                        on_added(new_row)
+            for new_row in self.insert_many([item for item in prepared if item is not None]):
+                added += 1
+                if on_added is not None:
+                    on_added(new_row)
         with self._writing() as db:
             # Mailboxes whose directory is gone and that hold nothing are forgotten.
             for (address,) in db.execute("SELECT address FROM mailboxes WHERE total = 0").fetchall():
