@@ -20,11 +20,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import RawSmtp, RunningServer, ServerProcess
+from conftest import NOWHERE, RawSmtp, RunningServer, ServerProcess
 from postoffice.smtp import replies
 
 pytestmark = pytest.mark.timeout(30)
@@ -364,7 +365,9 @@ def test_second_server_on_the_same_port_fails_cleanly(
 def test_no_250_while_the_spool_cannot_store(
     server_factory: Callable[..., RunningServer], smtp_client: Callable[..., RawSmtp]
 ) -> None:
-    server = server_factory()
+    # Every message through the spool: one for a single mailbox would otherwise go straight
+    # into it (delivery/direct.py), and the spool would not be met.
+    server = server_factory(delivery=replace(NOWHERE, local_before_reply=False))
     spool_tmp = server.data_dir / "spool" / "tmp"
     client = smtp_client(server.port)
     client.ehlo()

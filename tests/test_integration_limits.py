@@ -125,8 +125,7 @@ def test_streamed_data_over_the_limit_gets_552_and_is_not_delivered(
     # The transaction is over, the session is not.
     assert client.command("NOOP") == OK
     assert client.command("RCPT TO:<big@example.org>") == replies.NEED_MAIL.render(enhanced=True)
-    assert stored_files(server) == []
-    assert not (server.config.mail_dir / "example.org").exists()
+    assert stored_files(server) == []  # nothing in the spool, nothing in a mailbox
 
 
 def test_streamed_bdat_over_the_limit_gets_552(

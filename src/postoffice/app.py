@@ -23,9 +23,10 @@ from postoffice import logs, metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
+from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import MaildirAgent
+from postoffice.delivery.maildir import MaildirAgent, MaildirStore
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, PostofficeError, SpoolError
 from postoffice.net.listeners import Security
@@ -40,6 +41,7 @@ from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
+from postoffice.spool.base import Receiver
 from postoffice.spool.bounce import Bouncer
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
@@ -147,13 +149,25 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
+        mailboxes = MaildirStore(config.mail_dir, config.hostname)
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(
-                config.mail_dir, self.spool, config.hostname, io=self.spool.io, on_delivered=self._delivered
+                config.mail_dir,
+                self.spool,
+                config.hostname,
+                store=mailboxes,
+                io=self.spool.io,
+                on_delivered=self._delivered,
             ),
             Route.REMOTE: self.remote,
         }
+        # Where sessions store what they receive: one local mailbox at once, the rest queued.
+        receiver: Receiver = self.spool
+        if config.delivery.local_before_reply:
+            receiver = DirectReceiver(
+                self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
+            )
         queue = config.queue
         self.scheduler = Scheduler(
             self.spool,
@@ -177,7 +191,7 @@ class Application:
             settings=server_settings(config),
             limits=config.limits,
             policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
-            spool=self.spool,
+            spool=receiver,
             on_queued=self.scheduler.submit,
             listeners=config.listeners,
             observer=observer,

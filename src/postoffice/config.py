@@ -164,6 +164,9 @@ class DeliverySettings:
     connect_timeout: float = 30.0
     # Each command's reply; RFC 5321 §4.5.3.2 asks for 5 minutes (MAIL, RCPT, DATA end: 10).
     command_timeout: float = 300.0
+    # A message for one local mailbox is written into it before the 250, as an LMTP server
+    # delivers (delivery/direct.py); false sends every message through the queue first.
+    local_before_reply: bool = True
 
     def tls_policy_for(self, domain: str) -> str:
         return dict(self.tls_policy).get(domain.lower(), "may")
@@ -619,6 +622,7 @@ _DELIVERY_KEYS = (
     "tls_ca_file",
     "connect_timeout",
     "command_timeout",
+    "local_before_reply",
 )
 
 
@@ -712,6 +716,8 @@ def _delivery_value(name: str, value: object, base: Path) -> object:
         return _tls_policy(value)
     if name in ("connect_timeout", "command_timeout"):
         return parse_duration(value)
+    if name == "local_before_reply":
+        return _boolean(value)
     raise AssertionError(f"delivery key {name} has no parser")  # pragma: no cover
 
 

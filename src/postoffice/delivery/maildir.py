@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -50,6 +51,8 @@ _NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno
 # copy_file_range(2) across file systems fails with EXDEV on kernels before 5.3, and some file
 # systems do not support it at all: then the copy goes through user space.
 _NO_COPY_RANGE_ERRNOS = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
+# Files in a Maildir's tmp/ older than this are a crashed delivery's (the specification's 36 hours).
+STALE_TMP_AGE = 36 * 3600
 # Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
 _MADE_MAILDIRS = 10_000
 
@@ -100,6 +103,19 @@ class MaildirStore:
         # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
         self._made: set[Path] = set()
 
+    def prepare(self, maildir: Path, *, again: bool = False) -> None:
+        """Make ``maildir`` (a checked :func:`mailbox_path`) unless this store made it already;
+        ``again`` when it has gone since (a person removed it)."""
+        if again:
+            self._made.discard(maildir)
+        if maildir in self._made:
+            return
+        _make_maildir(self.mail_root, maildir)
+        _remove_stale(maildir / "tmp", time.time() - STALE_TMP_AGE)
+        if len(self._made) >= _MADE_MAILDIRS:
+            self._made.clear()
+        self._made.add(maildir)
+
     def deliver(
         self,
         address: str,
@@ -117,11 +133,7 @@ class MaildirStore:
         if maildir is None:
             maildir = mailbox_path(self.mail_root, address)
         name = maildir_name(key, received_at, self.hostname, len(headers) + size)
-        if maildir not in self._made:
-            _make_maildir(self.mail_root, maildir)
-            if len(self._made) >= _MADE_MAILDIRS:
-                self._made.clear()
-            self._made.add(maildir)
+        self.prepare(maildir)
         if recovering:
             earlier = _find_delivered(maildir, name, f"{int(received_at)}.{key}.")
             if earlier is not None:
@@ -134,9 +146,7 @@ class MaildirStore:
             _write_synced(temporary, headers, content, size)
         except FileNotFoundError:
             # The Maildir went away since it was made (a person removed it): make it again.
-            self._made.discard(maildir)
-            _make_maildir(self.mail_root, maildir)
-            self._made.add(maildir)
+            self.prepare(maildir, again=True)
             _write_synced(temporary, headers, content, size)
         try:
             _publish(temporary, final)
@@ -144,6 +154,22 @@ class MaildirStore:
             _remove_quietly(temporary)
         fsync_directory(final.parent)
         return final
+
+
+def _remove_stale(tmp: Path, before: float) -> None:
+    """Remove files in ``tmp/`` last changed before ``before``: what a crash left half-written.
+
+    The Maildir specification (cr.yp.to/proto/maildir.html) has files in ``tmp/`` untouched
+    for 36 hours cleaned away; a live delivery takes seconds.
+    """
+    try:
+        with os.scandir(tmp) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < before:
+                        os.unlink(entry.path)
+    except OSError:
+        return  # unreadable: delivery reports the real problem
 
 
 def _find_delivered(maildir: Path, name: str, unique_prefix: str) -> Path | None:

@@ -25,7 +25,7 @@ from postoffice.policy import Policy
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
-from postoffice.spool.base import Spool
+from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage
 
 log = logging.getLogger("postoffice.net")
@@ -53,7 +53,7 @@ class SmtpServer:
         settings: ServerSettings,
         limits: Limits,
         policy: Policy,
-        spool: Spool,
+        spool: Receiver,
         on_queued: Callable[[QueuedMessage], None],
         listeners: tuple[Listener, ...],
         observer: SessionObserver | None = None,

@@ -37,7 +37,7 @@ from postoffice.smtp import replies, sasl
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
-from postoffice.spool.base import MessageWriter, Spool
+from postoffice.spool.base import MessageWriter, Receiver
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.trace import received_header, with_protocol
 
@@ -65,7 +65,7 @@ class SessionServices:
     settings: ServerSettings
     limits: Limits
     policy: Policy
-    spool: Spool
+    spool: Receiver
     on_queued: Callable[[QueuedMessage], None]
     admit: Callable[[SmtpSession], Reply]  # the greeting, or 421 when over a connection limit
     on_closed: Callable[[SmtpSession], None]

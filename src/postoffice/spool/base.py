@@ -36,6 +36,13 @@ class MessageWriter(Protocol):
         """Drop the partial message; safe to call twice and after a failed commit."""
 
 
+class Receiver(Protocol):
+    """Where an SMTP session stores an incoming message: a :class:`Spool`, or something that
+    delivers some messages at once and hands the rest to one."""
+
+    def new_message(self, envelope: Envelope) -> MessageWriter: ...
+
+
 class Spool(Protocol):
     """Durable message storage: accepted mail stays here until every recipient is final."""
 

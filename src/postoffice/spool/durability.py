@@ -144,16 +144,6 @@ class IoPool:
         self._pool().submit(functools.partial(self._work, call, loop, future))
         return await future
 
-    async def commit(
-        self,
-        write: Callable[[], int],
-        directory: Path,
-        publish: Callable[[], None],
-        undo: Callable[[], None] | None = None,
-    ) -> None:
-        """:func:`commit_file` in a worker thread."""
-        await self.run(lambda: commit_file(write, directory, publish, undo))
-
     def close(self) -> None:
         """Wait for the calls handed over, then stop the threads."""
         with self._lock:

@@ -89,8 +89,13 @@ _RECIPIENT_FIELDS = tuple(f.name for f in fields(Recipient))
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """A message the spool holds durably: its queue ID, envelope and content size in octets."""
+    """A message the spool holds durably: its queue ID, envelope and content size in octets.
+
+    ``delivered``: already in its one recipient's mailbox before the 250
+    (:mod:`postoffice.delivery.direct`); the spool does not hold it and nothing is left to do.
+    """
 
     queue_id: str
     envelope: Envelope
     size: int
+    delivered: bool = False

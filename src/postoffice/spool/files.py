@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.spool import state as queue_state
-from postoffice.spool.durability import IoPool, fsync_directory
+from postoffice.spool.durability import IoPool, commit_file, fsync_directory
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
 
@@ -82,6 +82,11 @@ def spool_error(exc: OSError, action: str) -> SpoolError:
     return kind(f"{action}: {reason}")
 
 
+def spool_header(envelope: Envelope) -> bytes:
+    """What a spool file holds before the message: the magic line and the envelope line."""
+    return MAGIC + _envelope_line(envelope)
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -114,6 +119,7 @@ class FileMessageWriter:
 
     def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope, header: bytes) -> None:
         self._spool = spool
+        self._io = spool.io
         self._queue_id = queue_id
         self._envelope = envelope
         self._path = spool.tmp_dir / queue_id
@@ -121,6 +127,7 @@ class FileMessageWriter:
         self._fd: int | None = None
         self._size = 0
         self._state = _State.OPEN
+        self._target: Path | None = None  # where the committed file is
 
     @property
     def queue_id(self) -> str:
@@ -147,12 +154,7 @@ class FileMessageWriter:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
         fd = self._fd
         if fd is None:
-            fd = self._fd = self._spool._reuse_free_file(self._path)
-        if fd is None:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-            # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
-            # an overwrite.
-            fd = self._fd = os.open(self._path, flags, 0o600)
+            fd = self._fd = self._create()
         buffer = self._buffer
         view = memoryview(buffer)
         try:
@@ -162,6 +164,23 @@ class FileMessageWriter:
             view.release()
         buffer.clear()
         return fd
+
+    def _create(self) -> int:
+        """Open the file at ``self._path`` for writing, empty; its descriptor."""
+        fd = self._spool._reuse_free_file(self._path)
+        if fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
+            # an overwrite.
+            fd = os.open(self._path, flags, 0o600)
+        return fd
+
+    def _destination(self) -> Path:
+        """Where :meth:`commit` renames the file; its directory is synced after the rename."""
+        return self._spool.queue_dir / self._queue_id
+
+    def _committed(self) -> QueuedMessage:
+        return QueuedMessage(self._queue_id, self._envelope, self._size)
 
     async def commit(self) -> QueuedMessage:
         if self._state is not _State.OPEN:
@@ -179,30 +198,38 @@ class FileMessageWriter:
             raise
 
     async def _commit(self) -> QueuedMessage:
-        source, target = self._path, self._spool.queue_dir / self._queue_id
-
-        def publish() -> None:
-            os.rename(source, target)
-            self._close()  # here in the worker thread too: one system call fewer on the loop
-
-        try:
+        def commit() -> Path:
             # In a worker thread: the rest of the buffer reaches the file, its fsync puts it on
-            # disk, and only then the rename, so queue/ never names a partial file.
-            await self._spool.io.commit(
-                self._write_out,
-                self._spool.queue_dir,
+            # disk, and only then the rename, so the destination never names a partial file.
+            # The file is made first, then the destination asked for: making it may change
+            # where it goes (DirectMessageWriter).
+            fd = self._write_out()
+            source, target = self._path, self._destination()
+
+            def publish() -> None:
+                os.rename(source, target)
+                self._close()  # here in the worker thread too: one system call fewer on the loop
+
+            commit_file(
+                lambda: fd,
+                target.parent,
                 publish=publish,
                 # The directory could not be synced: the rename may not survive a crash, and
                 # the client is about to get a temporary failure and send again, so take the
                 # file back lest a crash-free run deliver both copies.
                 undo=lambda: _remove_quietly(target),
             )
+            return target
+
+        try:
+            target = await self._io.run(commit)
         except OSError as exc:
             self._abort()
             raise spool_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
         self._state = _State.COMMITTED
         self._close()
-        return QueuedMessage(self._queue_id, self._envelope, self._size)
+        self._target = target
+        return self._committed()
 
     def _close(self) -> None:
         fd, self._fd = self._fd, None
@@ -216,7 +243,8 @@ class FileMessageWriter:
             return  # _commit already removed the file
         # Nobody was told "queued" and the scheduler never heard of it; if this unlink is lost
         # in a crash the message is delivered once, which RFC 5321 §6.1 prefers to losing it.
-        _remove_quietly(self._spool.queue_dir / self._queue_id)
+        if self._target is not None:
+            _remove_quietly(self._target)
         self._state = _State.DISCARDED
 
     def discard(self) -> None:
@@ -301,10 +329,11 @@ class FileSpool:
         spool is refused here, before the client sends the content, as creating the file at
         once would.
         """
-        self._check_writable()
-        return FileMessageWriter(self, new_queue_id(), envelope, MAGIC + _envelope_line(envelope))
+        self.check_writable()
+        return FileMessageWriter(self, new_queue_id(), envelope, spool_header(envelope))
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """StorageFullError when the spool's file system is full or read-only."""
         # statvfs reads the file system's counters; unlike creating a file it never waits for
         # the journal.
         try:

@@ -196,6 +196,8 @@ class Scheduler:
 
     def submit(self, message: QueuedMessage) -> None:
         """Schedule a message just committed to the spool: its first round starts now."""
+        if message.delivered:
+            return  # delivered before its 250: nothing is queued
         if self._stopping:
             # Still safe in the spool: the next start() picks it up.
             log.info("queue_id=%s status=held reason=stopping", message.queue_id)
