@@ -326,6 +326,33 @@ def test_data_content_round_trips(content: bytes, cuts: list[int]) -> None:
     assert driver.messages == [content]
 
 
+# Content made of the pieces the terminator and dot-stuffing search looks at, so that lines
+# starting with periods, CRLF "." near the end of a read, and bare CR or LF all occur often.
+dotted_content = st.lists(
+    st.sampled_from([b".", b"..", b"a", b"\r\n", b"\r", b"\n", b".\r"]), max_size=40
+).map(b"".join)
+
+
+@FUZZ
+@given(dotted_content, st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_dotted_content_round_trips_and_bare_endings_are_found(content: bytes, cuts: list[int]) -> None:
+    """Clean content comes back unchanged however it is cut; content with a bare CR or LF is
+    refused (554 5.6.0) however it is cut."""
+    if content and not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    bare = len(re.findall(rb"\r(?!\n)|(?<!\r)\n", content)) > 0
+    stuffed = re.sub(rb"(?m)(?<=\r\n)\.|\A\.", b"..", content)
+    start = lines("EHLO x.example", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+    stream = start + stuffed + b".\r\n" + lines("QUIT")
+    config = ServerSettings(hostname=HOST, text_line_limit=0)
+    driver = drive(stream, [len(start) + cut for cut in cuts], config)
+    if bare:
+        assert driver.messages == []
+        assert replies.BARE_LINE_ENDING_IN_DATA.render(enhanced=True) in driver.transcript
+    else:
+        assert driver.messages == [content]
+
+
 def test_content_over_the_size_limit_does_not_depend_on_the_cuts() -> None:
     """Regression (found by the property above): the octets before the size limit used to be
     handed on only when they arrived in a read of their own."""

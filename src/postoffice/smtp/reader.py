@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _CRLF = b"\r\n"
-_END_OF_DATA = b"\r\n.\r\n"
+_LINE_START_DOT = b"\r\n."
 # A line with no CRLF in this many octets is emitted in pieces, so memory stays bounded.
 _MAX_PENDING_DATA = 64 * 1024
 
@@ -118,7 +118,19 @@ class Reader:
         if self._at_line_start and buffer.startswith(b".\r\n"):
             del buffer[:3]
             return b"", True
-        end = buffer.find(_END_OF_DATA)
+        # One search serves the terminator and dot-stuffing (§4.5.2), which both begin with
+        # CRLF "."; text seldom has a line starting with a period, so it usually finds nothing.
+        stuffed = False
+        end = -1
+        dot = buffer.find(_LINE_START_DOT)
+        while dot >= 0 and dot + 5 <= len(buffer):
+            if buffer.startswith(_CRLF, dot + 3):
+                end = dot
+                break
+            stuffed = True
+            dot = buffer.find(_LINE_START_DOT, dot + 3)
+        # (A CRLF "." with fewer than two octets after it lies past the last CRLF, beyond
+        # the cut below; it is looked at again with the next data.)
         if end >= 0:
             cut, consumed, done = end + 2, end + 5, True
         else:
@@ -131,22 +143,24 @@ class Reader:
             else:
                 return None
             done = False
-        segment = bytes(buffer[:cut])
+        with memoryview(buffer) as view:
+            segment = bytes(view[:cut])  # one copy (a bytearray slice would be a second)
         del buffer[:consumed]
         starts_line = self._at_line_start
         self._at_line_start = done or segment.endswith(_CRLF)
-        return self._unstuff_and_check(segment, starts_line), done
+        return self._unstuff_and_check(segment, starts_line, stuffed), done
 
-    def _unstuff_and_check(self, segment: bytes, starts_line: bool) -> bytes:
+    def _unstuff_and_check(self, segment: bytes, starts_line: bool, stuffed: bool) -> bytes:
         # §4.5.2: "If the first character is a period and there are other characters on the
         # line, the first character of the line is deleted."
         if starts_line and segment.startswith(b"."):
             segment = segment[1:]
-        if b"\r\n." in segment:
-            segment = segment.replace(b"\r\n.", _CRLF)
-        crlf = segment.count(_CRLF)
-        if segment.count(b"\n") != crlf or segment.count(b"\r") != crlf:
-            self.problems.bare_line_ending = True
+        if stuffed:
+            segment = segment.replace(_LINE_START_DOT, _CRLF)
+        if not self.problems.bare_line_ending:  # once found, the message is refused anyway
+            crlf = segment.count(_CRLF)
+            if segment.count(b"\n") != crlf or segment.count(b"\r") != crlf:
+                self.problems.bare_line_ending = True
         # A segment is whole lines, or a piece of one line with no CRLF at all (cut at
         # _MAX_PENDING_DATA); such a line is measured across its pieces, so the verdict is the
         # same however the bytes were split, and right for limits above the cut size too.
