@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import io
 from email.message import EmailMessage
+from email.parser import BytesParser
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from postoffice.web import message
 
@@ -312,3 +315,62 @@ def test_indexing_a_20_mb_message_does_not_hold_it_in_memory() -> None:
     # The parser's own objects take several times the text they hold: a bounded multiple of
     # the prefix, a fraction of the message.
     assert peak < 12 * message.INDEX_PREFIX < len(raw) / 3
+
+
+ONE_PART_SAMPLES = [
+    b"From: a@example.test\r\nTo: b@example.test\r\nSubject: plain\r\n\r\nHello.\r\n",
+    b"From: a@example.test\nSubject: lf only\n\nline one\nline two\n",
+    b"Subject: =?utf-8?q?caf=C3=A9?=\r\nContent-Type: text/plain; charset=latin-1\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9 au lait\r\n",
+    b"Subject: b64\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes("déjà vu".encode()).replace(b"\n", b"\r\n"),
+    b"Subject: html\r\nContent-Type: text/html\r\n\r\n<p>Hi <b>there</b></p>\r\n",
+    b"Subject: a file\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=x.pdf\r\n\r\n%PDF\r\n",
+    b"Subject: raw 8bit\r\n\r\n\xff\xfe caf\xc3\xa9\r\n",
+    b"Subject: no body\r\n\r\n",
+    b"Subject: no blank line\r\n",
+    b"Subject: broken\r\nthis is not a header\r\nTo: b@example.test\r\n\r\nbody\r\n",
+    b"Subject: mixed\n\r\nbody with a blank line\n\nlater\n",
+    b"Subject: multi\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\n"
+    b"inner\r\n--XX--\r\n",
+    b"Subject: fwd\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n",
+    b" folded first line\r\nSubject: s\r\n\r\nbody\r\n",
+]
+
+
+# Which samples the one-part reading takes; the rest go to the full parser.
+READ_AS_ONE_PART = [True, True, True, True, True, True, True, True, False, False, False, False, False, False]
+
+
+@pytest.mark.parametrize(("data", "one_part"), zip(ONE_PART_SAMPLES, READ_AS_ONE_PART, strict=True))
+def test_one_part_messages_summarise_as_the_full_parser_does(data: bytes, one_part: bool) -> None:
+    full = message.summarise(BytesParser(policy=message._POLICY).parsebytes(data))
+    assert (message._single_part(data) is not None) is one_part
+    assert message.summarise_stream(io.BytesIO(data)) == full
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Subject: s",
+                b"To: b@example.test",
+                b" folded",
+                b"no colon",
+                b"",
+                b"Content-Type: text/plain",
+                b"Content-Type: multipart/mixed; boundary=b",
+                b"--b",
+                b"body",
+                b"\xe9t\xe9",
+                b"=?utf-8?q?x?=",
+            ]
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+)
+def test_any_message_summarises_as_the_full_parser_does(lines: list[bytes], ending: bytes) -> None:
+    data = ending.join(lines)
+    full = message.summarise(BytesParser(policy=message._POLICY).parsebytes(data))
+    assert message.summarise_stream(io.BytesIO(data)) == full

@@ -327,10 +327,34 @@ def summarise_stream(stream: BinaryIO) -> Summary:
     """What the index keeps of the message read from ``stream``, holding at most
     :data:`INDEX_PREFIX` of it (and one scan block) in memory."""
     head = stream.read(INDEX_PREFIX)
-    summary = summarise(BytesParser(policy=_POLICY).parsebytes(head))
+    summary = summarise(_single_part(head) or BytesParser(policy=_POLICY).parsebytes(head))
     if len(head) == INDEX_PREFIX and not summary.has_attachments:
         summary = dataclasses.replace(summary, has_attachments=_attachment_after(stream))
     return summary
+
+
+def _single_part(data: bytes) -> EmailMessage | None:
+    """``data`` parsed, when it is a well-formed message of one part; None otherwise.
+
+    Most mail is one text part. The parser reads a body line by line in Python to look for
+    MIME boundaries, which one part has none of: this parses the header block alone and gives
+    the message the rest as its body, exactly as the parser would (its text, decoded from
+    ASCII with surrogate escapes). Anything unusual (a header block the parser would end early,
+    a multipart or message/* type, no blank line) is left to the full parse.
+    """
+    crlf = data.find(b"\r\n\r\n")
+    lf = data.find(b"\n\n")
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        split = crlf + 4
+    elif lf >= 0:
+        split = lf + 2
+    else:
+        return None
+    message = BytesParser(policy=_POLICY).parsebytes(data[:split], headersonly=True)
+    if message.defects or message.get_payload() or message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(data[split:].decode("ascii", "surrogateescape"))
+    return message
 
 
 def _attachment_after(stream: BinaryIO) -> bool:
