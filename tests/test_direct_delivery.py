@@ -163,12 +163,20 @@ def test_a_client_gone_before_the_end_of_data_leaves_nothing(server: RunningServ
             assert line[:1] in (b"2", b"3")
         sock.sendall(b"DATA\r\n")
         assert reader.readline().startswith(b"354")
-        sock.sendall(b"Subject: cut\r\n\r\n" + b"x" * 200_000 + b"\r\n")  # past the buffer: a file in tmp/
-    deadline = time.monotonic() + 10
-    while _files(maildir / "tmp") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert _files(maildir / "tmp") == []
+        # Past the writer's buffer: the content goes into a file in tmp/, which must appear...
+        sock.sendall(b"Subject: cut\r\n\r\n" + (b"x" * 98 + b"\r\n") * 2_000)
+        _wait_for(lambda: len(_files(maildir / "tmp")) == 1)
+        reader.close()  # the socket's descriptor stays open while its file object is
+    # ...and go when the client does.
+    _wait_for(lambda: _files(maildir / "tmp") == [])
     assert len(_files(maildir / "new")) == 1
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
 
 
 def test_a_crashed_delivery_left_in_tmp_is_removed_after_36_hours(

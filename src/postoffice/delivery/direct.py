@@ -86,7 +86,8 @@ class DirectReceiver:
         except ValueError:
             return None  # the queue's agent turns it into a bounce, with its reason
 
-    def _delivered(self, message: QueuedMessage, path: Path) -> None:
+    def _delivered(self, message: QueuedMessage, target: str) -> None:
+        path = Path(target)
         recipient = message.envelope.recipients[0]
         result = Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")
         log.info(
@@ -118,10 +119,11 @@ class DirectMessageWriter(FileMessageWriter):
         self._receiver = receiver
         self._io = receiver._io
         self._maildir = maildir
+        self._maildir_prefix = f"{maildir}{os.sep}"
         self._header_size = len(headers)
         # The recipient index 0 names the file, as the Maildir agent names a queued delivery.
         self._key = f"{queue_id}_0"
-        self._path = maildir / "tmp" / self._key
+        self._path = f"{self._maildir_prefix}tmp{os.sep}{self._key}"
         self._direct = True  # False once the mailbox refused and the spool took over
 
     def _create(self) -> int:
@@ -157,9 +159,9 @@ class DirectMessageWriter(FileMessageWriter):
         """Become the spool's writer: the spool's header in place of the delivery headers."""
         self._direct = False
         self._buffer[: self._header_size] = spool_header(self._envelope)
-        self._path = self._receiver.spool.tmp_dir / self.queue_id
+        self._path = self._receiver.spool.tmp_prefix + self.queue_id
 
-    def _destination(self) -> Path:
+    def _destination(self) -> str:
         if not self._direct:
             return super()._destination()
         name = maildir_name(
@@ -168,7 +170,7 @@ class DirectMessageWriter(FileMessageWriter):
             self._receiver.store.hostname,
             self._header_size + self.size,
         )
-        return self._maildir / "new" / name
+        return f"{self._maildir_prefix}new{os.sep}{name}"
 
     def _committed(self) -> QueuedMessage:
         return QueuedMessage(self.queue_id, self._envelope, self.size, delivered=self._direct)

@@ -40,7 +40,7 @@ T = TypeVar("T")
 DEFAULT_THREADS = 32
 
 
-def fsync_directory(path: Path) -> None:
+def fsync_directory(path: str | Path) -> None:
     """Make the names in a directory durable (a rename is not, until its directory is synced)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -51,7 +51,7 @@ def fsync_directory(path: Path) -> None:
 
 def commit_file(
     write: Callable[[], int],
-    directory: Path,
+    directory: str | Path,
     publish: Callable[[], None],
     undo: Callable[[], None] | None = None,
 ) -> None:

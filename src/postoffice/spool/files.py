@@ -87,9 +87,9 @@ def spool_header(envelope: Envelope) -> bytes:
     return MAGIC + _envelope_line(envelope)
 
 
-def _remove_quietly(path: Path) -> None:
+def _remove_quietly(path: str | Path) -> None:
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -122,12 +122,13 @@ class FileMessageWriter:
         self._io = spool.io
         self._queue_id = queue_id
         self._envelope = envelope
-        self._path = spool.tmp_dir / queue_id
+        # Paths as strings: pathlib's joins cost more than the rest of naming a file, per message.
+        self._path = spool.tmp_prefix + queue_id
         self._buffer = bytearray(header)
         self._fd: int | None = None
         self._size = 0
         self._state = _State.OPEN
-        self._target: Path | None = None  # where the committed file is
+        self._target: str | None = None  # where the committed file is
 
     @property
     def queue_id(self) -> str:
@@ -175,9 +176,9 @@ class FileMessageWriter:
             fd = os.open(self._path, flags, 0o600)
         return fd
 
-    def _destination(self) -> Path:
+    def _destination(self) -> str:
         """Where :meth:`commit` renames the file; its directory is synced after the rename."""
-        return self._spool.queue_dir / self._queue_id
+        return self._spool.queue_prefix + self._queue_id
 
     def _committed(self) -> QueuedMessage:
         return QueuedMessage(self._queue_id, self._envelope, self._size)
@@ -198,7 +199,7 @@ class FileMessageWriter:
             raise
 
     async def _commit(self) -> QueuedMessage:
-        def commit() -> Path:
+        def commit() -> str:
             # In a worker thread: the rest of the buffer reaches the file, its fsync puts it on
             # disk, and only then the rename, so the destination never names a partial file.
             # The file is made first, then the destination asked for: making it may change
@@ -212,7 +213,7 @@ class FileMessageWriter:
 
             commit_file(
                 lambda: fd,
-                target.parent,
+                os.path.dirname(target),
                 publish=publish,
                 # The directory could not be synced: the rename may not survive a crash, and
                 # the client is about to get a temporary failure and send again, so take the
@@ -273,6 +274,8 @@ class FileSpool:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
+        self.tmp_prefix = f"{self.tmp_dir}{os.sep}"
+        self.queue_prefix = f"{self.queue_dir}{os.sep}"
         self.state_dir = root / "state"
         self.corrupt_dir = root / "corrupt"
         self.free_dir = root / "free"
@@ -446,7 +449,7 @@ class FileSpool:
         except OSError as exc:
             raise spool_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
 
-    def _reuse_free_file(self, path: Path) -> int | None:
+    def _reuse_free_file(self, path: str) -> int | None:
         """Move a kept file to ``path`` and open it emptied; None when there is none.
 
         link() then unlink(), not rename(): like O_EXCL, link refuses to replace a file that
@@ -458,7 +461,7 @@ class FileSpool:
                 name = self._free.popleft()
             except IndexError:
                 return None
-            kept = self.free_dir / name
+            kept = f"{self.free_dir}{os.sep}{name}"
             try:
                 os.link(kept, path)
             except FileNotFoundError:
