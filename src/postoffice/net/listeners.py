@@ -16,6 +16,7 @@ programs on the same machine authenticate without TLS, since nobody can listen o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, replace
 
@@ -56,6 +57,7 @@ def for_client(settings: ServerSettings, security: Security, client: str) -> Ser
     return settings
 
 
+@functools.lru_cache(maxsize=1024)  # per connection, and clients come back: parsing is 5 µs
 def is_loopback(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
