@@ -36,8 +36,11 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
     # Both names are plain components by construction; this guard keeps it so if that ever
     # changes, and refuses a symlink (placed by someone else) that leads out of the root. The
     # symlinks are looked for on every call, never cached: one can appear at any time.
-    if _plain(domain_name) and _plain(local_name) and not _symlinks_below(mail_root, domain_name, local_name):
-        return path  # two plain names, neither a symlink: inside the root by construction
+    if _plain(domain_name) and _plain(local_name):
+        # Formatted once, and kept by the Path for whoever opens it next.
+        mailbox = os.fspath(path)
+        if not _symlink_among(mailbox[: -len(local_name) - 1], mailbox):
+            return path  # two plain names, neither a symlink: inside the root by construction
     root = mail_root.resolve()
     resolved = path.resolve()
     if not resolved.is_relative_to(root) or resolved == root:
@@ -60,12 +63,10 @@ def _plain(name: str) -> bool:
     return "/" not in name and name not in (".", "..")
 
 
-def _symlinks_below(mail_root: Path, domain_name: str, local_name: str) -> bool:
+def _symlink_among(domain_dir: str, mailbox: str) -> bool:
     """Whether ``<domain>`` or ``<domain>/<local>`` under the root is a symlink (two lstats,
     where resolving the whole path would stat every component of the root too)."""
-    # Plain strings: this runs for every recipient, and pathlib's joins cost more than the lstats.
-    domain_path = f"{os.fspath(mail_root)}/{domain_name}"
-    for candidate in (domain_path, f"{domain_path}/{local_name}"):
+    for candidate in (domain_dir, mailbox):
         try:
             if stat.S_ISLNK(os.lstat(candidate).st_mode):
                 return True
