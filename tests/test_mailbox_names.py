@@ -98,6 +98,18 @@ def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
         mailbox_path(root, "user@example.com")
 
 
+def test_a_symlink_placed_after_an_earlier_lookup_is_refused(tmp_path: Path) -> None:
+    # The name mapping is cached; the symlink check must not be.
+    root = tmp_path / "mail"
+    outside = tmp_path / "outside"
+    (root / "example.com").mkdir(parents=True)
+    outside.mkdir()
+    assert mailbox_path(root, "user@example.com") == root / "example.com" / "user"
+    (root / "example.com" / "user").symlink_to(outside)
+    with pytest.raises(ValueError, match="outside the mail root"):
+        mailbox_path(root, "user@example.com")
+
+
 def test_distinct_local_parts_stay_distinct(tmp_path: Path) -> None:
     # Percent-encoding "%" itself keeps the mapping one-to-one.
     names = {mailbox_path(tmp_path, f"{local}@example.com") for local in ["a/b", "a%2Fb", "a%252Fb", "a_b"]}

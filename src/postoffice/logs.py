@@ -36,11 +36,15 @@ _PAIR = re.compile(r"""([A-Za-z_][\w.-]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\
 def fields(message: str) -> dict[str, str]:
     """The ``key=value`` pairs of a log message; quoted values are unquoted."""
     found: dict[str, str] = {}
-    for match in _PAIR.finditer(message):
-        key, value = match.group(1), match.group(2)
+    for key, value in _PAIR.findall(message):
         if value[:1] in ("'", '"'):
-            with contextlib.suppress(ValueError, SyntaxError):
-                value = str(ast.literal_eval(value))
+            if len(value) > 1 and value[-1] == value[0] and "\\" not in value and value.isprintable():
+                # A whole quoted value of printable characters with no escape means its text
+                # as is; the parser is for escapes (and leaves a malformed value as it was).
+                value = value[1:-1]
+            else:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    value = str(ast.literal_eval(value))
         found[key] = value
     return found
 
@@ -48,40 +52,57 @@ def fields(message: str) -> dict[str, str]:
 # POSIX guarantees at least 512; Linux pipes take 4096 octets in one write without interleaving.
 _PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
-# The last second formatted, per separator: a busy server logs many lines a second.
-_seconds: dict[str, tuple[int, str]] = {}
 
+class _Clock:
+    """UTC timestamps in RFC 3339 form, with ``separator`` between date and time.
 
-def _timestamp(record: logging.LogRecord, separator: str = "T") -> str:
-    # UTC, RFC 3339; text lines use its space-separated form, readable and still sortable.
-    second = int(record.created)
-    cached = _seconds.get(separator)
-    if cached is None or cached[0] != second:
-        cached = _seconds[separator] = (
-            second,
-            time.strftime(f"%Y-%m-%d{separator}%H:%M:%S", time.gmtime(second)),
-        )
-    return f"{cached[1]}.{int(record.msecs):03d}Z"
+    The date and time of day are formatted once a second: a busy server logs many lines a second.
+    """
+
+    def __init__(self, separator: str) -> None:
+        self._format = f"%Y-%m-%d{separator}%H:%M:%S"
+        # One tuple, replaced whole: a thread never sees one second's text under another's.
+        self._last: tuple[int, str] = (-1, "")
+
+    def stamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime(self._format, time.gmtime(second)))
+        return f"{last[1]}.{int(record.msecs):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
     """``2026-11-29 01:02:03.456Z INFO postoffice.smtp session=00002A event=connect ...``"""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # RFC 3339's space-separated form: readable and still sortable.
+        self._clock = _Clock(" ")
+
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record, ' ')} {record.levelname} {record.name} {record.getMessage()}"
+        line = f"{self._clock.stamp(record)} {record.levelname} {record.name} {record.getMessage()}"
         if record.exc_info:
             # A traceback is several lines; keep it one event by escaping the newlines.
             line += " exception=" + json.dumps(self.formatException(record.exc_info))
         return " ".join(line.splitlines())
 
 
+# json.dumps(..., ensure_ascii=False) builds a new encoder for every call; this one is reused.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` and every key=value field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = _Clock("T")
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         entry: dict[str, str] = {
-            "ts": _timestamp(record),
+            "ts": self._clock.stamp(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": message,
@@ -90,7 +111,7 @@ class JsonFormatter(logging.Formatter):
             entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return _JSON.encode(entry)
 
 
 class BatchingStreamHandler(logging.StreamHandler[TextIO]):
@@ -198,6 +219,9 @@ def configure(log_format: str = "text", log_file: Path | None = None) -> None:
     logging.logProcesses = False
     logging.logThreads = False
     logging.logMultiprocessing = False
+    # Nor do they name a source file or line, so records need not find their caller either:
+    # the same section documents setting logging._srcfile to None to skip that frame walk.
+    logging._srcfile = None
     root = logging.getLogger("postoffice")
     if _handler is not None:
         root.removeHandler(_handler)

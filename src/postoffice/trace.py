@@ -6,6 +6,7 @@ fields. They are reduced to printable text without CR/LF so a client cannot add 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from datetime import UTC, datetime
 from email.utils import format_datetime, localtime
@@ -13,6 +14,8 @@ from email.utils import format_datetime, localtime
 from postoffice.smtp.replies import printable
 
 
+# A client connects again and again: its literal is made once (bounded, for many clients).
+@functools.lru_cache(maxsize=1024)
 def _address_literal(address: str) -> str:
     """RFC 5321 §4.1.3 address literal for the TCP-info part of ``from``."""
     try:

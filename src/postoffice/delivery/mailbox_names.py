@@ -9,6 +9,7 @@ mangles: the result is always ``mail_root/<domain>/<local>``, two plain names in
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import unicodedata
@@ -30,15 +31,16 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
     folds addresses to lower case for its lookups too, so a sender's capitalisation never splits
     one user's mail.
     """
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"address has no local part and domain: {address!r}")
-    domain_name, local_name = _domain_name(domain), _local_name(local)
-    path = mail_root / domain_name / local_name
+    domain_name, local_name = _names(address)
+    path = mail_root.joinpath(domain_name, local_name)
     # Both names are plain components by construction; this guard keeps it so if that ever
-    # changes, and refuses a symlink (placed by someone else) that leads out of the root.
-    if _plain(domain_name) and _plain(local_name) and not _symlinks_below(mail_root, domain_name, local_name):
-        return path  # two plain names, neither a symlink: inside the root by construction
+    # changes, and refuses a symlink (placed by someone else) that leads out of the root. The
+    # symlinks are looked for on every call, never cached: one can appear at any time.
+    if _plain(domain_name) and _plain(local_name):
+        # Formatted once, and kept by the Path for whoever opens it next.
+        mailbox = os.fspath(path)
+        if not _symlink_among(mailbox[: -len(local_name) - 1], mailbox):
+            return path  # two plain names, neither a symlink: inside the root by construction
     root = mail_root.resolve()
     resolved = path.resolve()
     if not resolved.is_relative_to(root) or resolved == root:
@@ -46,15 +48,25 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
     return path
 
 
+# The mapping depends on the address alone, and a server sees the same few recipients again and
+# again (each RCPT, then delivery); bounded, so a client sending many addresses cannot grow it.
+@functools.lru_cache(maxsize=1024)
+def _names(address: str) -> tuple[str, str]:
+    """The directory names ``(<domain>, <encoded local part>)`` for ``address``."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"address has no local part and domain: {address!r}")
+    return _domain_name(domain), _local_name(local)
+
+
 def _plain(name: str) -> bool:
     return "/" not in name and name not in (".", "..")
 
 
-def _symlinks_below(mail_root: Path, domain_name: str, local_name: str) -> bool:
+def _symlink_among(domain_dir: str, mailbox: str) -> bool:
     """Whether ``<domain>`` or ``<domain>/<local>`` under the root is a symlink (two lstats,
     where resolving the whole path would stat every component of the root too)."""
-    domain_path = os.path.join(mail_root, domain_name)
-    for candidate in (domain_path, os.path.join(domain_path, local_name)):
+    for candidate in (domain_dir, mailbox):
         try:
             if stat.S_ISLNK(os.lstat(candidate).st_mode):
                 return True

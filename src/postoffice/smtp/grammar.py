@@ -187,6 +187,9 @@ def parse_path(text: str, *, utf8: bool, allow_null: bool, allow_postmaster: boo
 
 def _find_path_end(text: str) -> int:
     """Index of the ``>`` closing the path, skipping a quoted local part (which may hold ``>``)."""
+    close = text.find(">", 1)
+    if close != -1 and '"' not in text[1:close]:
+        return close  # no quoted string before the first ">": the usual path, found in C
     in_quotes = False
     index = 1
     while index < len(text):

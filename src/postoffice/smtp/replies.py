@@ -12,7 +12,7 @@ the constants from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -21,6 +21,8 @@ def printable(text: str, limit: int = 200) -> str:
     The bound is in UTF-8 octets, not characters: RFC 5321 §4.5.3.1.5 limits a reply line to
     512 octets, and 200 four-octet characters (an SMTPUTF8 HELO name) would be 800.
     """
+    if text.isascii() and len(text) <= limit and text.isprintable():
+        return text  # the usual HELO name: nothing to replace or cut
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
     return cleaned.encode("utf-8")[:limit].decode("utf-8", "ignore")
 
@@ -32,6 +34,9 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The wire form with and without the enhanced code, made on first use: most replies are
+    # module constants sent again and again.
+    _wire: dict[bool, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, code: int, enhanced: str | None, *lines: str) -> Reply:
@@ -58,6 +63,12 @@ class Reply:
 
     def render(self, *, enhanced: bool) -> bytes:
         """The reply on the wire: ``250-line`` continuation lines and a final ``250 line`` (§4.2.1)."""
+        wire = self._wire.get(enhanced)
+        if wire is None:
+            wire = self._wire[enhanced] = self._render(enhanced)
+        return wire
+
+    def _render(self, enhanced: bool) -> bytes:
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
         out = []
         last = len(self.lines) - 1

@@ -17,6 +17,7 @@ writes as the driver likes.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 
@@ -293,12 +294,9 @@ class ServerConnection:
             return self._reply_event("", replies.LINE_TOO_LONG)
         assert isinstance(raw, bytes)
         line = _loggable(raw)
-        context = c.ParseContext(
-            esmtp=self.esmtp,
-            utf8_transaction=self._utf8,
-            max_message_size=self.settings.max_message_size,
-            dsn=self.settings.dsn,
-            auth=self.auth_offered,
+        settings = self.settings
+        context = _parse_context(
+            self.esmtp, self._utf8, settings.max_message_size, settings.dsn, self.auth_offered
         )
         try:
             command = c.parse_command(raw, context, line_limit=self.settings.command_line_limit)
@@ -464,6 +462,14 @@ class ServerConnection:
             return self._reply_event("***", replies.LINE_TOO_LONG)
         assert isinstance(raw, bytes)
         return ev.AuthResponse(raw.decode("ascii", "replace"))
+
+
+# A session meets a handful of distinct contexts; sharing them saves building one per command.
+@functools.lru_cache(maxsize=64)
+def _parse_context(esmtp: bool, utf8: bool, max_message_size: int, dsn: bool, auth: bool) -> c.ParseContext:
+    return c.ParseContext(
+        esmtp=esmtp, utf8_transaction=utf8, max_message_size=max_message_size, dsn=dsn, auth=auth
+    )
 
 
 def _loggable(raw: bytes) -> str:
