@@ -149,7 +149,7 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
-        mailboxes = MaildirStore(config.mail_dir, config.hostname)
+        self.mailboxes = mailboxes = MaildirStore(config.mail_dir, config.hostname)
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(
@@ -245,7 +245,7 @@ class Application:
 
     def _mailbox_ok(self, address: str) -> bool:
         try:
-            mailbox_path(self.config.mail_dir, address)
+            mailbox_path(self.mailboxes.mail_root, address)  # the data directory never changes
         except ValueError:
             return False
         return True

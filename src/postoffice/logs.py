@@ -219,9 +219,6 @@ def configure(log_format: str = "text", log_file: Path | None = None) -> None:
     logging.logProcesses = False
     logging.logThreads = False
     logging.logMultiprocessing = False
-    # Nor do they name a source file or line, so records need not find their caller either:
-    # the same section documents setting logging._srcfile to None to skip that frame walk.
-    logging._srcfile = None
     root = logging.getLogger("postoffice")
     if _handler is not None:
         root.removeHandler(_handler)
