@@ -8,6 +8,7 @@ import smtplib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,27 @@ def test_add_records_a_delivery_once(index: MailIndex, mail_root: Path) -> None:
     assert index.add(path) is None  # found again while recovering: no duplicate
     assert subjects(index) == ["first"]
     assert index.add(mail_root / "elsewhere.eml") is None
+
+
+def test_a_batch_of_long_texts_is_written_in_parts_and_all_of_it_indexed(
+    index: MailIndex, mail_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("postoffice.web.index.PREPARED_TEXT_BUDGET", 25)  # two bodies fill it
+    paths = [
+        deliver(mail_root, "ann@example.test", f"17000000{n:02d}.B{n}_0.mx", f"long {n}") for n in range(7)
+    ]
+    transactions = 0
+    insert_many = index.insert_many
+
+    def counting(items: Any) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return insert_many(items)
+
+    monkeypatch.setattr(index, "insert_many", counting)
+    assert len(index.add_many(paths)) == 7
+    assert transactions == 4  # 2 + 2 + 2 + the last one
+    assert sorted(subjects(index)) == [f"long {n}" for n in range(7)]
 
 
 def test_sync_follows_what_other_programs_did(index: MailIndex, mail_root: Path) -> None:

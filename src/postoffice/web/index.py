@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,9 @@ SCHEMA_VERSION = 3
 SYNC_BATCH = 200
 # The most rows one page may ask for.
 MAX_PAGE = 500
+# Characters of message text parsed and held before they are written: a batch of long
+# messages is written in several transactions, so memory stays flat whatever the batch size.
+PREPARED_TEXT_BUDGET = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mailboxes (
@@ -306,7 +309,9 @@ class MailIndex:
         Parsing happens before the write lock is taken, so readers and other writers wait
         only for the inserts.
         """
-        prepared: list[tuple[Row, SearchText]] = []
+        return self._insert_prepared(self._prepare_paths(paths))
+
+    def _prepare_paths(self, paths: Sequence[Path]) -> Iterator[tuple[Row, SearchText] | None]:
         for path in paths:
             box = path.parent.parent
             try:
@@ -315,10 +320,23 @@ class MailIndex:
                 continue
             if box.parent.parent != self.mail_root:
                 continue
-            item = self._prepare_entry(address, Entry(box, path.parent.name, path.name))
-            if item is not None:
-                prepared.append(item)
-        return self.insert_many(prepared)
+            yield self._prepare_entry(address, Entry(box, path.parent.name, path.name))
+
+    def _insert_prepared(self, items: Iterable[tuple[Row, SearchText] | None]) -> list[Row]:
+        """Insert what ``items`` prepares, in one transaction unless their texts together
+        pass PREPARED_TEXT_BUDGET (then in several, holding no more than that at a time)."""
+        rows: list[Row] = []
+        prepared: list[tuple[Row, SearchText]] = []
+        held = 0
+        for item in items:
+            if item is None:
+                continue
+            prepared.append(item)
+            held += len(item[1].body)
+            if held >= PREPARED_TEXT_BUDGET:
+                rows += self.insert_many(prepared)
+                prepared, held = [], 0
+        return rows + self.insert_many(prepared)
 
     def _prepare_entry(self, address: str, entry: Entry) -> tuple[Row, SearchText] | None:
         try:
@@ -539,8 +557,8 @@ class MailIndex:
             if stop is not None and stop():
                 return SyncReport(boxes, added, removed, updated)
             batch = fresh[start : start + SYNC_BATCH]
-            prepared = [self._prepare_entry(address, entry) for _, _, address, entry in batch]
-            for new_row in self.insert_many([item for item in prepared if item is not None]):
+            prepared = (self._prepare_entry(address, entry) for _, _, address, entry in batch)
+            for new_row in self._insert_prepared(prepared):
                 added += 1
                 if on_added is not None:
                     on_added(new_row)
