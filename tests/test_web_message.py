@@ -342,7 +342,7 @@ ONE_PART_SAMPLES = [
 READ_AS_ONE_PART = [True, True, True, True, True, True, True, True, False, False, False, False, False, False]
 
 
-@pytest.mark.parametrize(("data", "one_part"), zip(ONE_PART_SAMPLES, READ_AS_ONE_PART, strict=True))
+@pytest.mark.parametrize(("data", "one_part"), list(zip(ONE_PART_SAMPLES, READ_AS_ONE_PART, strict=True)))
 def test_one_part_messages_summarise_as_the_full_parser_does(data: bytes, one_part: bool) -> None:
     full = message.summarise(BytesParser(policy=message._POLICY).parsebytes(data))
     assert (message._single_part(data) is not None) is one_part
