@@ -34,7 +34,6 @@ from postoffice.delivery.agent import Delivered, DeliveryResult
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import DeliveryHook, MaildirStore, delivery_headers, maildir_name
 from postoffice.spool.base import MessageWriter
-from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import STORAGE_FULL_ERRNOS, FileMessageWriter, FileSpool, spool_header
 from postoffice.spool.ids import new_queue_id
@@ -58,19 +57,18 @@ class DirectReceiver:
         *,
         on_delivered: DeliveryHook | None = None,
         on_result: ResultHook | None = None,
-        io: IoPool | None = None,
     ) -> None:
         self.spool = spool
         self.store = store
         self._on_delivered = on_delivered
         self._on_result = on_result
-        self._io = io if io is not None else spool.io
 
     def new_message(self, envelope: Envelope) -> MessageWriter:
         maildir = self._direct_mailbox(envelope)
         if maildir is None:
             return self.spool.new_message(envelope)
-        # The spool's own check first: a full or read-only disk is refused before the content.
+        # The spool's check: a full or read-only disk is refused before the content, and the
+        # spool is where the message goes should its mailbox refuse it.
         self.spool.check_writable()
         return DirectMessageWriter(self, new_queue_id(), envelope, maildir)
 
@@ -117,7 +115,6 @@ class DirectMessageWriter(FileMessageWriter):
         headers = delivery_headers(envelope.mail_from, envelope.recipients[0].address)
         super().__init__(receiver.spool, queue_id, envelope, headers)
         self._receiver = receiver
-        self._io = receiver._io
         self._maildir = maildir
         self._maildir_prefix = f"{maildir}{os.sep}"
         self._header_size = len(headers)
