@@ -90,7 +90,10 @@ class _Workers:
         self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._idle = 0  # threads waiting for a call that no submit() has counted on yet
+        # Threads waiting for a call that no submit() has counted on yet. A thread that takes a
+        # call queued while every thread was busy counts itself idle anyway, so this can run
+        # high; that happens only at the limit, where no thread could be started regardless.
+        self._idle = 0
         self._closed = False
 
     def submit(self, call: Callable[[], None]) -> None:
