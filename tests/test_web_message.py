@@ -300,6 +300,15 @@ def test_large_messages_are_summarised_from_a_prefix(
     assert len(summary.text) <= message.MAX_INDEXED_TEXT
 
 
+def test_a_long_one_part_message_has_no_attachments_whatever_its_text_says() -> None:
+    body = b"lorem ipsum\r\n" * (message.INDEX_PREFIX // 13 + 1)
+    body += b"--x\r\nContent-Disposition: attachment; filename=x.pdf\r\nContent-Type: application/pdf\r\n"
+    raw = b"Subject: quoted\r\nContent-Type: text/plain\r\n\r\n" + body
+    summary = message.summarise_stream(io.BytesIO(raw))
+    assert summary.has_attachments is False  # as the full parser sees it: one text part
+    assert message.summarise(BytesParser(policy=message._POLICY).parsebytes(raw)).has_attachments is False
+
+
 def test_indexing_a_20_mb_message_does_not_hold_it_in_memory() -> None:
     import tracemalloc
 

@@ -327,8 +327,11 @@ def summarise_stream(stream: BinaryIO) -> Summary:
     """What the index keeps of the message read from ``stream``, holding at most
     :data:`INDEX_PREFIX` of it (and one scan block) in memory."""
     head = stream.read(INDEX_PREFIX)
-    summary = summarise(_single_part(head) or BytesParser(policy=_POLICY).parsebytes(head))
-    if len(head) == INDEX_PREFIX and not summary.has_attachments:
+    parsed = _single_part(head) or BytesParser(policy=_POLICY).parsebytes(head)
+    summary = summarise(parsed)
+    # Only a multipart message has part headers to find past the prefix: in a one-part
+    # message, text there that looks like one is body text.
+    if len(head) == INDEX_PREFIX and not summary.has_attachments and parsed.is_multipart():
         summary = dataclasses.replace(summary, has_attachments=_attachment_after(stream))
     return summary
 
