@@ -266,3 +266,18 @@ async def test_read_only_mail_disk_is_a_temporary_failure(spool: FileSpool, smal
         message, message.envelope.recipients
     )
     assert results == [TempFail(message.envelope.recipients[0], replies.INSUFFICIENT_STORAGE)]
+
+
+def test_new_is_made_last_so_a_reader_that_sees_it_sees_a_whole_maildir(
+    mail_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    mkdir = Path.mkdir
+
+    def recording(self: Path, *args: object, **kwargs: object) -> None:
+        mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self.name)
+
+    monkeypatch.setattr(Path, "mkdir", recording)
+    ensure_maildir(mail_root, "reader@example.test")
+    assert made[-3:] == ["tmp", "cur", "new"]

@@ -71,7 +71,9 @@ def ensure_maildir(mail_root: Path, address: str) -> Path:
 
 def _make_maildir(mail_root: Path, path: Path) -> None:
     mail_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for directory in (path.parent, path, path / "tmp", path / "new", path / "cur"):
+    # new/ last: a reader that finds new/ finds a whole Maildir (Python's mailbox module, for
+    # one, wants cur/ as well).
+    for directory in (path.parent, path, path / "tmp", path / "cur", path / "new"):
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
