@@ -10,11 +10,13 @@ the spool, answered, read back and written again into the Maildir, it is written
 mailbox's ``tmp/``, fsync'd, renamed into ``new/``, and ``new/`` fsync'd, and only then does the
 client get its 250 (RFC 5321 §6.1: the reply means "accepted responsibility"; here the
 responsibility is already discharged). An LMTP server (RFC 2033) answers the same way, after
-the delivery. A failure is the client's to retry (4xx), as with a spool that cannot write.
+the delivery. A full or read-only disk is the client's to retry (4xx), as with the spool.
 
 Everything else goes through the spool as before: several recipients (each copy carries its own
-Delivered-To, and a partial failure needs the queue), remote routes, and a sender who asked for
-a success report (RFC 3461 NOTIFY=SUCCESS, which the queue's reporting sends).
+Delivered-To, and a partial failure needs the queue), remote routes, a sender who asked for a
+success report (RFC 3461 NOTIFY=SUCCESS, which the queue's reporting sends), and a message whose
+mailbox cannot take it right now (the writer turns into the spool's before writing a byte, and
+the queue retries, then bounces).
 
 Crash safety is the spool's: until the rename into ``new/`` and its directory sync, nothing was
 acknowledged; a file left in ``tmp/`` by a crash is never read (the Maildir specification tells
@@ -30,9 +32,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from postoffice.delivery.agent import Delivered, DeliveryResult
+from postoffice.delivery.agent import DeliveryResult
 from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import DeliveryHook, MaildirStore, delivery_headers, maildir_name
+from postoffice.delivery.maildir import (
+    DeliveryHook,
+    MaildirStore,
+    delivered_to_maildir,
+    delivery_headers,
+    maildir_name,
+)
 from postoffice.spool.base import MessageWriter
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import STORAGE_FULL_ERRNOS, FileMessageWriter, FileSpool, spool_header
@@ -87,7 +95,7 @@ class DirectReceiver:
     def _delivered(self, message: QueuedMessage, target: str) -> None:
         path = Path(target)
         recipient = message.envelope.recipients[0]
-        result = Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")
+        result = delivered_to_maildir(recipient, path)
         log.info(
             "queue_id=%s to=<%s> status=delivered detail=%r",
             message.queue_id,

@@ -265,6 +265,11 @@ def _header_text(value: str) -> str:
     return "".join("?" if ord(char) < 0x20 or ord(char) == 0x7F else char for char in value)
 
 
+def delivered_to_maildir(recipient: Recipient, path: Path) -> Delivered:
+    """The result of a copy stored at ``path`` (``<maildir>/new/<name>``)."""
+    return Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")
+
+
 def delivery_headers(mail_from: str, address: str) -> bytes:
     """``Return-Path`` (RFC 5321 §4.4, ``<>`` for the null sender) and ``Delivered-To``.
 
@@ -425,4 +430,4 @@ class MaildirAgent:
             log.exception("queue_id=%s to=<%s> status=error", queue_id, address)
             return TempFail(recipient, replies.LOCAL_ERROR)
         stored.append((address, path))
-        return Delivered(recipient, detail=f"delivered to maildir {path.parent.parent}")
+        return delivered_to_maildir(recipient, path)

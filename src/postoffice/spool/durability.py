@@ -50,20 +50,20 @@ def fsync_directory(path: str | Path) -> None:
 
 
 def commit_file(
-    write: Callable[[], int],
+    fd: int,
     directory: str | Path,
     publish: Callable[[], None],
     undo: Callable[[], None] | None = None,
 ) -> None:
-    """Blocking: ``write()``, fsync its file, ``publish()``, fsync ``directory``.
+    """Blocking: fsync the written file ``fd``, ``publish()``, fsync ``directory``.
 
-    ``write`` finishes the file and returns its descriptor (the caller closes it afterwards);
+    The caller closes ``fd`` afterwards;
     ``publish`` (a rename or link into ``directory``) runs only once the data is on disk, so
     the published name never points at a partial file; when ``directory`` cannot be synced
     after it, ``undo`` takes the published file back, since the caller is about to report a
     failure and the name may not survive a crash anyway. OSError from any step propagates.
     """
-    os.fsync(write())
+    os.fsync(fd)
     publish()
     try:
         fsync_directory(directory)

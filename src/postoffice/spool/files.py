@@ -212,7 +212,7 @@ class FileMessageWriter:
                 self._close()  # here in the worker thread too: one system call fewer on the loop
 
             commit_file(
-                lambda: fd,
+                fd,
                 os.path.dirname(target),
                 publish=publish,
                 # The directory could not be synced: the rename may not survive a crash, and
