@@ -111,9 +111,9 @@ def test_listen_http_in_the_config_file(tmp_path: Path) -> None:
 def test_http_sockets_ask_for_tcp_nodelay() -> None:
     """Regression: asyncio sets TCP_NODELAY only on sockets created with IPPROTO_TCP; without
     it every response written in two parts waited out the client's delayed ACK."""
-    from postoffice.web.server import _bind
+    from postoffice.web.server import bind_http
 
-    sock = _bind("127.0.0.1", 0)
+    sock = bind_http("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
     finally:

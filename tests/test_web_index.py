@@ -143,6 +143,26 @@ def test_ids_are_never_reused(index: MailIndex, mail_root: Path) -> None:
     assert second is not None and second.id > first.id
 
 
+def test_rows_another_process_adds_are_followed_in_order(
+    tmp_path: Path, mail_root: Path, index: MailIndex
+) -> None:
+    """Two MailIndex objects on one file stand for two worker processes sharing the index."""
+    other = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    try:
+        assert index.last_id() == 0
+        index.add(deliver(mail_root, "ann@example.test", "1700000000.A_0.mx", "mine"))
+        start = index.last_id()
+        for number in range(5):
+            other.add(deliver(mail_root, "bob@example.test", f"1700000001.B_{number}.mx", f"theirs {number}"))
+        first = index.rows_after(start, 3)
+        rest = index.rows_after(first[-1].id, 3)
+        assert [row.subject for row in first + rest] == [f"theirs {number}" for number in range(5)]
+        assert [row.id for row in first + rest] == sorted(row.id for row in first + rest)
+        assert index.rows_after(rest[-1].id, 3) == [] and index.last_id() == rest[-1].id
+    finally:
+        other.close()
+
+
 def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path, mail_root: Path) -> None:
     deliver(mail_root, "fi@example.test", "1700000000.F_0.mx", "survivor")
     path = tmp_path / "index.sqlite3"

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
 from postoffice.net.server import BoundAddress, SmtpServer
-from postoffice.net.session import SessionObserver
+from postoffice.net.session import SessionObserver, name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
@@ -47,9 +48,9 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.scheduler import Scheduler
 from postoffice.web.ops import ops_routes
-from postoffice.web.server import HttpAddress
-from postoffice.web.service import WebService
-from postoffice.workers import WorkerRole, supervise
+from postoffice.web.server import HttpAddress, bind_http
+from postoffice.web.service import WebService, WebShare
+from postoffice.workers import WorkerRole, share_limits, supervise
 
 log = logging.getLogger("postoffice")
 
@@ -134,8 +135,10 @@ class Application:
         observer: SessionObserver | None = None,
         clock: Callable[[], float] = time.time,
         clean_tmp: bool = True,
+        web_share: WebShare | None = None,
     ) -> None:
-        """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received."""
+        """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received.
+        ``web_share``: a worker's part in the web side (None: this process is the whole server)."""
         self.config = config
         self.metrics = metrics.reset()
         config.mail_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +211,9 @@ class Application:
         if config.http_listeners:
             # The web UI and JSON API, with the index kept up to date at each delivery; the
             # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
-            self.web = WebService(config, self.accounts, extra_routes=ops_routes(self.operations))
+            self.web = WebService(
+                config, self.accounts, extra_routes=ops_routes(self.operations), share=web_share
+            )
 
     def _delivered(self, address: str, path: Path) -> None:
         if self.web is not None:
@@ -363,9 +368,16 @@ def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
     app.reload(config)
 
 
-async def _serve(config: Config, reload: Callable[[], Config] | None, worker: WorkerRole | None) -> int:
+async def _serve(
+    config: Config,
+    reload: Callable[[], Config] | None,
+    worker: WorkerRole | None,
+    web_share: WebShare | None = None,
+) -> int:
+    if worker is not None:
+        name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
     try:
-        app = Application(config, clean_tmp=worker is None)
+        app = Application(config, clean_tmp=worker is None, web_share=web_share)
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
@@ -438,19 +450,37 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
         return 1
     try:
         if config.workers > 1:
-            return _serve_workers(config)
+            return _serve_workers(config, reload)
         return _run(config, None, reload)
     finally:
         pid_file.release()
 
 
-def _run(config: Config, worker: WorkerRole | None, reload: Callable[[], Config] | None = None) -> int:
+def _run(
+    config: Config,
+    worker: WorkerRole | None,
+    reload: Callable[[], Config] | None = None,
+    web_share: WebShare | None = None,
+) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker))
+        return runner.run(_serve(config, reload, worker, web_share))
     return 130
 
 
-def _serve_workers(config: Config) -> int:
+def _bind_web(config: Config) -> list[socket.socket]:
+    """The HTTP listening sockets, made before the workers so one of them can serve them."""
+    sockets: list[socket.socket] = []
+    try:
+        for listener in config.http_listeners:
+            sockets.append(bind_http(listener.host, listener.port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
     # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
     # list what it left in the queue, for worker 0 to deliver.
     try:
@@ -459,19 +489,47 @@ def _serve_workers(config: Config) -> int:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
 
+    try:
+        web_sockets = _bind_web(config)
+    except OSError as exc:
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    web_addresses = [HttpAddress(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in web_sockets]
+
     def announce(worker_config: Config) -> None:
         bound = [
             BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
         ]
-        _banner(config, bound, (), None)
+        for sock in web_sockets:  # worker 0 serves them now
+            sock.close()
+        _banner(config, bound, web_addresses, None)
 
-    # `postoffice queue flush` signals the pid in the pid file, the parent here: it has no
-    # scheduler, so it ignores the signal (workers retry on their own schedule).
+    def run_worker(worker_config: Config, role: WorkerRole) -> int:
+        # Every worker indexes what it delivers; worker 0 also serves the web side.
+        serves = role.index == 0
+        if not serves:
+            for sock in web_sockets:
+                sock.close()
+        share = WebShare(serves=serves, sockets=tuple(web_sockets) if serves else ())
+        worker_reload = None
+        if reload is not None:
+            file_reload = reload
+
+            def worker_reload() -> Config:
+                return share_limits(file_reload(), worker_config.workers)
+
+        return _run(worker_config, role, worker_reload, share)
+
+    # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
+    # file, the parent here: it has no scheduler, so it ignores them (workers retry on their
+    # own schedule; a rescan in one worker would adopt the others' messages).
     for signum in (FLUSH_SIGNAL, RESCAN_SIGNAL):
         signal.signal(signum, signal.SIG_IGN)
-    # One HTTP server cannot be shared by processes: with workers, the web side is off.
     try:
-        return supervise(dataclasses.replace(config, http_listeners=()), recover, _run, announce)
+        return supervise(config, recover, run_worker, announce)
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        for sock in web_sockets:
+            sock.close()

@@ -9,11 +9,14 @@ spreads incoming connections among them and each process uses its own core (one 
 process cannot use two: the interpreter runs one thread at a time). The workers share the data
 directory safely because each one delivers only the mail it accepted itself, and what a
 previous run left in the queue is listed once, by the parent, before any worker receives, and
-given to worker 0 alone: no message is ever delivered by two processes at once.
+given to worker 0 alone: no message is ever delivered by two processes at once. Every worker
+indexes the mail it delivers into the one web index; worker 0 alone serves HTTP, on sockets the
+parent made (so the parent's banner names them), and announces every worker's deliveries.
 
 The parent holds the data directory's lock (:mod:`postoffice.pidfile`) for all of them. On
-SIGTERM or SIGINT it passes SIGTERM on and waits; if a worker dies unexpectedly, it stops the
-others and exits with status 1, and the next start recovers whatever was left in the queue.
+SIGTERM or SIGINT it passes SIGTERM on and waits; SIGHUP it passes on as it is (each worker
+re-reads the configuration). If a worker dies unexpectedly, it stops the others and exits with
+status 1, and the next start recovers whatever was left in the queue.
 """
 
 from __future__ import annotations
@@ -87,6 +90,13 @@ def reserve_listeners(listeners: Sequence[Listener]) -> tuple[list[socket.socket
     return reserved, tuple(concrete)
 
 
+def share_limits(config: Config, count: int) -> Config:
+    """``config`` for one of ``count`` workers: the connection limit stays the configured
+    total, each worker taking its share."""
+    limits = config.limits
+    return replace(config, limits=replace(limits, connections=max(1, -(-limits.connections // count))))
+
+
 class _Children:
     def __init__(self) -> None:
         self.pids: set[int] = set()
@@ -115,14 +125,13 @@ def supervise(
     """
     count = config.workers
     reserved, listeners = reserve_listeners(config.listeners)
-    limits = config.limits
-    # The total stays what was configured: each worker takes its share.
-    shared_limits = replace(limits, connections=max(1, -(-limits.connections // count)))
-    worker_config = replace(config, listeners=listeners, limits=shared_limits)
+    worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
     previous = {
         signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
     }
+    # SIGHUP (reopen logs, re-read the configuration and certificates) is each worker's to do.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: children.signal_all(signum))
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
     try:
@@ -176,6 +185,8 @@ def _become_worker(
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
+        # Until the worker's event loop takes it: a SIGHUP passed on early must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         _stop_with_parent(parent)
         os.close(ready_read)
         for sock in reserved:

@@ -44,6 +44,16 @@ from postoffice.trace import received_header, with_protocol
 log = logging.getLogger("postoffice.smtp")
 
 _session_ids = itertools.count(1)
+# Set in each worker of several (``serve --workers``), so that session IDs in the one log
+# never repeat across processes.
+_session_prefix = ""
+
+
+def name_sessions(prefix: str) -> None:
+    """Start every session ID made in this process from now on with ``prefix``."""
+    global _session_prefix
+    _session_prefix = prefix
+
 
 # Postfix smtpd_junk_command_limit: commands that move no mail forward. A client that sends
 # nothing else is probing or holding a slot, not delivering.
@@ -77,7 +87,7 @@ class SessionServices:
 class SmtpSession(asyncio.Protocol):
     def __init__(self, services: SessionServices) -> None:
         self.services = services
-        self.id = f"{next(_session_ids):06X}"
+        self.id = f"{_session_prefix}{next(_session_ids):06X}"
         self.peer = ""
         # The client's address as a trusted PROXY header states it (net.proxy_gate sets it
         # before connection_made); limits, logs and Received: then use it instead of the proxy's.

@@ -437,6 +437,22 @@ class MailIndex:
         found = self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return _row(found) if found is not None else None
 
+    def last_id(self) -> int:
+        """The newest row's id (0 for an empty index): where following new rows starts."""
+        found = self._db.execute("SELECT max(id) FROM messages").fetchone()
+        return int(found[0] or 0)
+
+    def rows_after(self, message_id: int, limit: int) -> list[Row]:
+        """Up to ``limit`` rows newer than ``message_id``, oldest first.
+
+        Rows become visible in id order, whichever process wrote them: SQLite has one writer
+        at a time, and a row's id is given inside its writer's transaction.
+        """
+        found = self._db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (message_id, limit)
+        ).fetchall()
+        return [_row(values) for values in found]
+
     def mailboxes(self, visible: Sequence[str] | None = None) -> list[MailboxCount]:
         """Every mailbox (``visible`` None) or those named in ``visible``, by address."""
         rows = self._db.execute("SELECT address, total, unread FROM mailboxes ORDER BY address").fetchall()

@@ -40,7 +40,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_http(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking socket for ``host``:``port``; OSError names the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response written in two parts waits out the peer's delayed ACK (~40 ms).
@@ -66,18 +67,28 @@ def _bind(host: str, port: int) -> socket.socket:
 class HttpServer:
     """uvicorn serving ``app`` on the given addresses, as a task of the running loop."""
 
-    def __init__(self, app: ASGIApp, addresses: Sequence[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        addresses: Sequence[tuple[str, int]],
+        *,
+        sockets: Sequence[socket.socket] | None = None,
+    ) -> None:
+        """``sockets``: listening already (made by :func:`bind_http` in a parent process),
+        served instead of binding ``addresses``."""
         self._app = app
         self._addresses = addresses
+        self._sockets = sockets
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.bound: list[HttpAddress] = []
 
     async def start(self) -> list[HttpAddress]:
-        sockets: list[socket.socket] = []
+        sockets: list[socket.socket] = list(self._sockets or ())
         try:
-            for host, port in self._addresses:
-                sockets.append(_bind(host, port))
+            if self._sockets is None:
+                for host, port in self._addresses:
+                    sockets.append(bind_http(host, port))
         except OSError:
             for sock in sockets:
                 sock.close()

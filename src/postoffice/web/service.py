@@ -14,17 +14,25 @@ that one task drains in batches (one SQLite transaction each). When mail arrives
 the index takes it for long enough to fill the backlog, further paths are not queued (memory
 stays flat under any load) and the index is reconciled with the Maildirs once the backlog is
 empty, which finds them.
+
+With several server processes (``serve --workers N``) every process indexes its own
+deliveries into the one shared database, and one of them serves HTTP
+(:class:`WebShare`). That one cannot see the others' deliveries happen, so it follows the
+index instead: new rows, whichever process wrote them, are announced from there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import socket
 import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.routing import BaseRoute
@@ -51,6 +59,24 @@ INDEX_BATCH = 256
 # transaction and a hand-off to a worker thread cost about as much as indexing a small message,
 # and a person looking at the list does not see 50 ms.
 INDEX_LINGER = 0.05
+# How often the process serving HTTP among workers looks for rows the others added, while
+# someone has the event stream open.
+FOLLOW_INTERVAL = 0.1
+# Rows announced per look.
+FOLLOW_BATCH = 500
+
+
+@dataclass(frozen=True)
+class WebShare:
+    """One process's part in the web side when several share a data directory.
+
+    ``serves``: this one serves HTTP on ``sockets`` (made and bound by the parent, so the
+    banner can name them), reconciles the index at start and announces every process's
+    deliveries. Otherwise the process only indexes the mail it delivers.
+    """
+
+    serves: bool
+    sockets: tuple[socket.socket, ...] = ()
 
 
 def open_access(config: Config) -> bool:
@@ -59,7 +85,15 @@ def open_access(config: Config) -> bool:
 
 
 class WebService:
-    def __init__(self, config: Config, accounts: Accounts, *, extra_routes: Sequence[BaseRoute] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        accounts: Accounts,
+        *,
+        extra_routes: Sequence[BaseRoute] = (),
+        share: WebShare | None = None,
+    ) -> None:
+        """``share`` None: this process is the whole server."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
         self.index = MailIndex(config.index_file, config.mail_dir)
@@ -67,9 +101,15 @@ class WebService:
         self.auth = Authenticator(accounts, config.mail_dir, open_access=open_access(config))
         self.context = WebContext(self.index, self.hub, self.auth, self.executor)
         self.app = create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access)
+        self.serves = share is None or share.serves
+        # Following the index replaces announcing one's own deliveries.
+        self._follows = share is not None and share.serves
         self.http = HttpServer(
-            self.app, [(listener.host, listener.port) for listener in config.http_listeners]
+            self.app,
+            [(listener.host, listener.port) for listener in config.http_listeners],
+            sockets=share.sockets if share is not None else None,
         )
+        self._follower: asyncio.Task[None] | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[Path] = deque()
         self._overflowed = False
@@ -78,8 +118,12 @@ class WebService:
         self._sync: asyncio.Future[SyncReport] | None = None
 
     async def start(self) -> list[HttpAddress]:
+        if not self.serves:
+            return []
         self.addresses = await self.http.start()
         loop = asyncio.get_running_loop()
+        if self._follows:
+            self._follower = loop.create_task(self._follow(), name="postoffice-index-follower")
         self._sync = loop.run_in_executor(
             self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
         )
@@ -134,20 +178,48 @@ class WebService:
                 # The messages are safe in their Maildirs; the next sync indexes them.
                 log.exception("event=index-add status=failed messages=%d", len(batch))
                 continue
-            for row in rows:
-                self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+            if self.serves and not self._follows:
+                for row in rows:
+                    self.hub.publish(Event("new", row.mailbox, summary_json(row)))
 
     async def _catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
         def announce(row: Row) -> None:
             loop.call_soon_threadsafe(self.hub.publish, Event("new", row.mailbox, summary_json(row)))
 
-        sync = functools.partial(self.index.sync, on_added=announce, stop=self._stopping.is_set)
+        on_added = announce if self.serves and not self._follows else None
+        sync = functools.partial(self.index.sync, on_added=on_added, stop=self._stopping.is_set)
         try:
             report = await loop.run_in_executor(self.executor, sync)
         except Exception:
             log.exception("event=index-sync status=failed")
             return
         log.info("event=index-sync reason=backlog added=%d", report.added)
+
+    async def _follow(self) -> None:
+        """Announce rows new to the index, whichever process added them.
+
+        While nobody listens only the newest id is read, so a stream opened later starts from
+        the rows that came after the last look (the UI ignores an id it already lists).
+        """
+        loop = asyncio.get_running_loop()
+        last: int | None = None
+        while not self._stopping.is_set():
+            try:
+                if last is None or not self.hub.subscribers:
+                    last = await loop.run_in_executor(self.executor, self.index.last_id)
+                else:
+                    rows = await loop.run_in_executor(
+                        self.executor, self.index.rows_after, last, FOLLOW_BATCH
+                    )
+                    for row in rows:
+                        self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+                    if rows:
+                        last = rows[-1].id
+                        if len(rows) == FOLLOW_BATCH:
+                            continue  # more are waiting
+            except Exception:
+                log.exception("event=index-follow status=failed")
+            await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def idle(self) -> None:
         """Until every delivery so far is indexed (and the start-up sync is done)."""
@@ -158,6 +230,10 @@ class WebService:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         self.hub.close()
         await self.http.stop()
         await self.idle()

@@ -1,0 +1,135 @@
+"""The web side of several server processes (``serve --workers N``).
+
+Real processes on ephemeral loopback ports, real SMTP and HTTP clients: every worker indexes
+what it delivers, worker 0 serves HTTP on the port the banner names and announces every
+worker's deliveries on the event stream; SIGHUP reaches every worker; a busy HTTP port is one
+line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+RECIPIENT = "many@workers.test"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
+        time.sleep(0.05)
+
+
+def _collect_new_events(url: str, subjects: list[str], connected: threading.Event) -> None:
+    with httpx.Client(timeout=30.0) as http, http.stream("GET", url) as stream:
+        kind = ""
+        for line in stream.iter_lines():
+            if line.startswith(": connected"):
+                connected.set()
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "new":
+                subjects.append(json.loads(line[6:])["subject"])
+                if len(subjects) >= 20:
+                    return
+
+
+def test_every_workers_mail_is_listed_and_announced_by_the_one_web_side(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    running = server_process("--workers", "2", data_dir=tmp_path / "data")
+    base = f"http://127.0.0.1:{running.http_port()}"
+    announced: list[str] = []
+    connected = threading.Event()
+    listener = threading.Thread(
+        target=_collect_new_events, args=(f"{base}/api/v1/events", announced, connected), daemon=True
+    )
+    listener.start()
+    assert connected.wait(10), "the event stream did not open"
+
+    sent = [f"message {index}" for index in range(20)]
+    for subject in sent:  # one connection each, so the kernel spreads them over the workers
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.sendmail("sender@example.org", [RECIPIENT], f"Subject: {subject}\r\n\r\nbody\r\n")
+
+    listener.join(20)
+    assert sorted(announced) == sorted(sent)
+    listed = httpx.get(f"{base}/api/v1/messages", params={"limit": 100}, timeout=10).json()
+    assert listed["total"] == len(sent)
+    assert sorted(item["subject"] for item in listed["messages"]) == sorted(sent)
+    # Both workers took mail (sessions are named by worker), so the list holds rows that the
+    # process serving HTTP did not write itself.
+    takers = {
+        match[1] for line in running.output if (match := re.search(r"session=(w\d)-\w+ event=mail", line))
+    }
+    assert takers == {"w0", "w1"}
+    assert running.terminate(signal.SIGTERM) == 0
+
+
+def test_sighup_is_passed_to_every_worker(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "postoffice.toml"
+    config.write_text("[limits]\nmessage_size = 100000\n")
+    running = server_process("--workers", "2", "--config", str(config), data_dir=tmp_path / "data")
+    config.write_text("[limits]\nmessage_size = 200000\n")
+
+    running.process.send_signal(signal.SIGHUP)
+
+    wait_until(
+        lambda: sum("event=reloaded" in line for line in list(running.output)) == 2,
+        what="both workers re-read the configuration",
+    )
+    assert running.process.poll() is None
+    for _ in range(6):  # whichever worker takes the connection advertises the new limit
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.ehlo()
+            assert client.esmtp_features["size"] == "200000"
+    assert running.terminate(signal.SIGTERM) == 0
+
+
+def test_a_busy_http_port_with_workers_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "postoffice",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--smtp",
+                "127.0.0.1:0",
+                "--http",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"postoffice: cannot listen on http 127.0.0.1:{port}: Address already in use"
+    ]
