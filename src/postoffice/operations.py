@@ -18,6 +18,7 @@ from postoffice import __version__, metrics
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
 from postoffice.spool.envelope import QueuedMessage, Recipient
 from postoffice.spool.scheduler import Scheduler
+from postoffice.worker_reports import WorkerReport, merge_expositions
 
 RECENT_ERRORS = 20
 
@@ -43,7 +44,13 @@ def _count_files(directory: Path) -> int:
 
 
 class Operations:
-    """Implements :class:`postoffice.web.ops.OpsState` over the application's parts."""
+    """Implements :class:`postoffice.web.ops.OpsState` over the application's parts.
+
+    With ``serve --workers N`` the process serving these endpoints is given ``peers``, the
+    fresh reports of the other workers (:mod:`postoffice.worker_reports`), and adds their
+    figures to its own so that the endpoints describe the whole server. Without it they
+    describe this process, which is then the whole server.
+    """
 
     def __init__(
         self,
@@ -53,22 +60,32 @@ class Operations:
         scheduler: Scheduler,
         listeners: Callable[[], Sequence[object]],
         sessions: Callable[[], int],
+        peers: Callable[[], Sequence[WorkerReport]] | None = None,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
         self.scheduler = scheduler
         self._listeners = listeners
         self._sessions = sessions
+        self._peers = peers
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
         self.metrics = metrics.current()
         self.metrics.watch_queue(self.queue_counts)
 
+    def _peer_reports(self) -> Sequence[WorkerReport]:
+        return () if self._peers is None else self._peers()
+
     def queue_counts(self) -> dict[str, int]:
-        # Files are the truth (what survives a crash); the scheduler knows which wait for a retry.
+        return self._queue_counts(self._peer_reports())
+
+    def _queue_counts(self, peers: Sequence[WorkerReport]) -> dict[str, int]:
+        # Files are the truth (what survives a crash); the schedulers know which wait for a
+        # retry. The spool is shared by all workers, so its files are counted once, here.
         queued = _count_files(self.spool_root / "queue")
-        deferred = min(len(self.scheduler.deferred()), queued)
+        held = len(self.scheduler.deferred()) + sum(peer.deferred for peer in peers)
+        deferred = min(held, queued)
         return {
             "active": queued - deferred,
             "deferred": deferred,
@@ -86,15 +103,37 @@ class Operations:
         else:
             self.metrics.deferred()
 
+    def report(self, index: int) -> WorkerReport:
+        """This process's own figures, for the worker serving the endpoints to add up."""
+        return WorkerReport(
+            index=index,
+            pid=os.getpid(),
+            written_at=time.time(),
+            metrics=self.metrics.exposition().decode(),
+            sessions=self._sessions(),
+            deferred=len(self.scheduler.deferred()),
+            recent_errors=list(self.errors.lines),
+        )
+
     # --- OpsState -----------------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
-        return self.metrics.exposition()
+        if self._peers is None:
+            return self.metrics.exposition()
+        # The own exposition's queue gauge already counts the peers' deferred messages.
+        own = self.metrics.exposition().decode()
+        return merge_expositions(own, [peer.metrics for peer in self._peers()])
 
     def ready(self) -> bool:
         return self.running
 
     def status(self) -> dict[str, Any]:
+        peers = self._peer_reports()
+        errors = list(self.errors.lines)
+        for peer in peers:
+            errors += peer.recent_errors
+        # Times are ISO 8601 UTC, so text order is time order; the sort is stable.
+        errors.sort(key=lambda line: line.get("time", ""))
         return {
             "version": __version__,
             "hostname": self.hostname,
@@ -102,7 +141,8 @@ class Operations:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "ready": self.running,
             "listeners": [str(listener) for listener in self._listeners()],
-            "sessions": self._sessions(),
-            "queue": self.queue_counts(),
-            "recent_errors": list(self.errors.lines),
+            "workers": 1 + len(peers),
+            "sessions": self._sessions() + sum(peer.sessions for peer in peers),
+            "queue": self._queue_counts(peers),
+            "recent_errors": errors[-RECENT_ERRORS:],
         }
