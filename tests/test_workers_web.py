@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess
 
@@ -80,6 +81,27 @@ def test_every_workers_mail_is_listed_and_announced_by_the_one_web_side(
         match[1] for line in running.output if (match := re.search(r"session=(w\d)-\w+ event=mail", line))
     }
     assert takers == {"w0", "w1"}
+
+    # The operations endpoints add up every worker's figures (the others report each second).
+    def accepted() -> float:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "postoffice_messages_total" and sample.labels == {"outcome": "accepted"}:
+                    return sample.value
+        return 0.0
+
+    wait_until(lambda: accepted() == len(sent), what="/metrics counts every worker's messages")
+    with (
+        smtplib.SMTP("127.0.0.1", running.port, timeout=10),
+        smtplib.SMTP("127.0.0.1", running.port, timeout=10),
+    ):
+        wait_until(
+            lambda: httpx.get(f"{base}/api/v1/status", timeout=10).json()["sessions"] == 2,
+            what="/api/v1/status counts every worker's sessions",
+        )
+    status = httpx.get(f"{base}/api/v1/status", timeout=10).json()
+    assert status["workers"] == 2 and status["queue"]["active"] == 0
     assert running.terminate(signal.SIGTERM) == 0
 
 

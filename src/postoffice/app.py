@@ -50,6 +50,7 @@ from postoffice.spool.scheduler import Scheduler
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, bind_http
 from postoffice.web.service import WebService, WebShare
+from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 from postoffice.workers import WorkerRole, share_limits, supervise
 
 log = logging.getLogger("postoffice")
@@ -136,9 +137,11 @@ class Application:
         clock: Callable[[], float] = time.time,
         clean_tmp: bool = True,
         web_share: WebShare | None = None,
+        worker_index: int | None = None,
     ) -> None:
         """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received.
-        ``web_share``: a worker's part in the web side (None: this process is the whole server)."""
+        ``web_share``: a worker's part in the web side (None: this process is the whole server).
+        ``worker_index``: which worker of several this is (None: the only process)."""
         self.config = config
         self.metrics = metrics.reset()
         config.mail_dir.mkdir(parents=True, exist_ok=True)
@@ -201,13 +204,26 @@ class Application:
             security=self.security,
             proxy=config.proxy_protocol,
         )
+        # With workers, worker 0 serves the operations endpoints and adds up what the others
+        # report once a second (postoffice.worker_reports).
+        reports = workers_directory(config)
         self.operations = Operations(
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
             listeners=lambda: self.smtp.bound,
             sessions=lambda: len(self.smtp.sessions),
+            peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
         )
+        self.reporter: ReportPublisher | None = None
+        if worker_index is not None and worker_index > 0:
+            index = worker_index
+            self.reporter = ReportPublisher(
+                report_path(reports, index), lambda: self.operations.report(index)
+            )
+            # The spool is shared: worker 0 counts its queue for everyone, so the others'
+            # reports leave the queue gauge out instead of listing the directories each second.
+            self.operations.metrics.watch_queue(dict)
         if config.http_listeners:
             # The web UI and JSON API, with the index kept up to date at each delivery; the
             # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
@@ -303,6 +319,8 @@ class Application:
                 await self.smtp.stop(0)
                 raise
         self.operations.running = True
+        if self.reporter is not None:
+            self.reporter.start()
         return bound
 
     def reload(self, config: Config | None = None) -> None:
@@ -317,6 +335,8 @@ class Application:
     async def stop(self, grace: float = 30.0) -> None:
         self.operations.running = False  # /readyz says so before the listeners close
         await self.smtp.stop(grace)
+        if self.reporter is not None:
+            await self.reporter.stop()
         await self.scheduler.stop()
         await self.remote.close()
         if self.transcript is not None:
@@ -377,7 +397,12 @@ async def _serve(
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
     try:
-        app = Application(config, clean_tmp=worker is None, web_share=web_share)
+        app = Application(
+            config,
+            clean_tmp=worker is None,
+            web_share=web_share,
+            worker_index=worker.index if worker is not None else None,
+        )
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
@@ -467,6 +492,11 @@ def _run(
     return 130
 
 
+def workers_directory(config: Config) -> Path:
+    """Where workers leave their reports for the one serving the operations endpoints."""
+    return config.data_dir / "workers"
+
+
 def _bind_web(config: Config) -> list[socket.socket]:
     """The HTTP listening sockets, made before the workers so one of them can serve them."""
     sockets: list[socket.socket] = []
@@ -489,6 +519,17 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
 
+    # Reports of a previous run would be added up until the new workers replace them.
+    reports = workers_directory(config)
+    with contextlib.suppress(FileNotFoundError):
+        for stale in reports.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    try:
+        reports.mkdir(exist_ok=True)
+    except OSError as exc:
+        print(f"postoffice: {reports}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     try:
         web_sockets = _bind_web(config)
     except OSError as exc:
