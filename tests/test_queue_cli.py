@@ -43,7 +43,7 @@ class Setup:
     dns: Dns
     peer: Peer
     data_dir: Path
-    start: Callable[[], ServerProcess]
+    start: Callable[..., ServerProcess]
 
     def queue(self, *args: str) -> subprocess.CompletedProcess[str]:
         return postoffice("queue", *args, "--data-dir", str(self.data_dir))
@@ -68,8 +68,9 @@ def setup(server_process: Callable[..., ServerProcess], tmp_path: Path) -> Itera
         assert alias.returncode == 0, alias.stderr
         peer = start_peer(MX, port)
 
-        def start() -> ServerProcess:
+        def start(*extra: str) -> ServerProcess:
             return server_process(
+                *extra,
                 "--domain",
                 "local.test",
                 "--dns",
@@ -111,9 +112,10 @@ def subjects_for(peer: Peer, address: str) -> Counter[str]:
     return found
 
 
-def test_the_queue_command_sees_and_changes_a_running_servers_queue(setup: Setup) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_queue_command_sees_and_changes_a_running_servers_queue(setup: Setup, workers: str) -> None:
     setup.peer.behaviour.rcpt = lambda address: "451 4.3.0 Try again later"
-    server = setup.start()
+    server = setup.start("--workers", workers)
     first, _, third = (send(server, f"m{n}") for n in range(3))
     wait_until(lambda: logged(server, "status=deferred attempts=1") == 3, "three deferred messages")
 

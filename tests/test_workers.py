@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import os
+import re
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -24,8 +26,10 @@ import pytest
 from conftest import ServerProcess
 from postoffice.config import load_config
 from postoffice.errors import ConfigError
+from postoffice.spool import ids
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import FileSpool
+from postoffice.spool.ids import claim_queue_ids, is_queue_id, new_queue_id, owner_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,7 +87,7 @@ async def _leave_in_queue(spool_dir: Path, subject: str) -> None:
     await writer.commit()
 
 
-def test_what_a_previous_run_left_is_delivered_once_by_one_worker(
+def test_what_a_previous_run_left_is_delivered_once_by_its_owner(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
@@ -96,14 +100,45 @@ def test_what_a_previous_run_left_is_delivered_once_by_one_worker(
     wait_until(lambda: not any((data_dir / "spool" / "queue").iterdir()), what="the queue drained")
     assert subjects(data_dir) == Counter(f"left {index}" for index in range(5))
 
-    # Exactly one worker recovered (pending=5); the other started with nothing.
-    def started() -> list[str]:
-        return sorted(
-            line.split("pending=")[1].split()[0] for line in list(running.output) if "status=started" in line
-        )
+    # Each message went to the one worker its queue ID names.
+    def started() -> list[int]:
+        return [
+            int(found[1])
+            for line in list(running.output)
+            if (found := re.search(r"status=started pending=(\d+)", line))
+        ]
 
     wait_until(lambda: len(started()) == 2, what="both workers logged their start")
-    assert started() == ["0", "5"]
+    assert sum(started()) == 5
+    assert running.terminate() == 0
+
+
+def test_queue_ids_name_the_worker_that_owns_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ids, "_owner", None)  # put back afterwards: this process is no worker
+    for count in (1, 2, 3, 7, 256):
+        for index in range(count):
+            claim_queue_ids(index, count)
+            made = {new_queue_id() for _ in range(50)}
+            assert len(made) == 50 and all(is_queue_id(queue_id) for queue_id in made)
+            assert {owner_of(queue_id, count) for queue_id in made} == {index}
+    with pytest.raises(ValueError):
+        claim_queue_ids(2, 2)
+
+
+def test_workers_share_one_self_signed_certificate(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Regression: each worker made its own at the same moment, and one could load another's
+    certificate with its own key (KEY_VALUES_MISMATCH) and fail to start."""
+    running = server_process("--workers", "2", "--domain", "workers.test", data_dir=tmp_path / "data")
+    assert (
+        sum("so a self-signed certificate for mx.test was generated" in line for line in running.output) == 1
+    )
+    assert sum("using the self-signed certificate made earlier" in line for line in running.output) == 2
+    for _ in range(8):  # one connection each: both workers offer the one certificate
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.starttls(context=ssl._create_unverified_context())
+            assert client.ehlo()[0] == 250
     assert running.terminate() == 0
 
 

@@ -46,6 +46,7 @@ from postoffice.spool.base import Receiver
 from postoffice.spool.bounce import Bouncer
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
+from postoffice.spool.ids import claim_queue_ids, owner_of
 from postoffice.spool.scheduler import Scheduler
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, bind_http
@@ -191,6 +192,7 @@ class Application:
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
+            owns=_ownership(worker_index, config.workers),
         )
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
@@ -396,6 +398,7 @@ async def _serve(
 ) -> int:
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
+        claim_queue_ids(worker.index, config.workers)
     try:
         app = Application(
             config,
@@ -492,6 +495,14 @@ def _run(
     return 130
 
 
+def _ownership(worker_index: int | None, count: int) -> Callable[[str], bool] | None:
+    """Which queue IDs a worker schedules (None: a single process schedules them all)."""
+    if worker_index is None:
+        return None
+    index = worker_index
+    return lambda queue_id: owner_of(queue_id, count) == index
+
+
 def workers_directory(config: Config) -> Path:
     """Where workers leave their reports for the one serving the operations endpoints."""
     return config.data_dir / "workers"
@@ -519,6 +530,14 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
 
+    # Made (or checked) once, before the workers load it: workers making a self-signed
+    # certificate at the same moment would each write a key the other's certificate lacks.
+    if needs_tls(config):
+        try:
+            ServerTls.from_config(config)
+        except PostofficeError as exc:
+            print(f"postoffice: {exc}", file=sys.stderr)
+            return 1
     # Reports of a previous run would be added up until the new workers replace them.
     reports = workers_directory(config)
     with contextlib.suppress(FileNotFoundError):
@@ -562,12 +581,11 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         return _run(worker_config, role, worker_reload, share)
 
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
-    # file, the parent here: it has no scheduler, so it ignores them (workers retry on their
-    # own schedule; a rescan in one worker would adopt the others' messages).
-    for signum in (FLUSH_SIGNAL, RESCAN_SIGNAL):
-        signal.signal(signum, signal.SIG_IGN)
+    # file, the parent here, which passes them on: each worker looks at the messages it owns.
     try:
-        return supervise(config, recover, run_worker, announce)
+        return supervise(
+            config, recover, run_worker, announce, forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL)
+        )
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1

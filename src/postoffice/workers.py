@@ -7,9 +7,12 @@ Each worker is a whole server (its own event loop, spool writer, scheduler and d
 listening socket of its own bound with ``SO_REUSEPORT`` to the same address, so the kernel
 spreads incoming connections among them and each process uses its own core (one Python
 process cannot use two: the interpreter runs one thread at a time). The workers share the data
-directory safely because each one delivers only the mail it accepted itself, and what a
-previous run left in the queue is listed once, by the parent, before any worker receives, and
-given to worker 0 alone: no message is ever delivered by two processes at once. Every worker
+directory safely because every message has one owner, named by its queue ID
+(:func:`postoffice.spool.ids.owner_of`): a worker makes only IDs it owns for the mail it
+accepts, what a previous run left in the queue is listed once, by the parent, before any
+worker receives, and shared out by owner, and a worker that looks at the queue again (the
+queue command's signals, passed on by the parent) takes up only its own. No message is ever
+delivered by two processes at once. Every worker
 indexes the mail it delivers into the one web index; worker 0 alone serves HTTP, on sockets the
 parent made (so the parent's banner names them), and announces every worker's deliveries.
 
@@ -33,13 +36,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import FrameType
+from typing import Any
 
 from postoffice.config import Config, Listener
+from postoffice.spool.ids import owner_of
 
 log = logging.getLogger("postoffice")
 
 # prctl(2) option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
+# What signal.signal() returns and takes: the handler to put back.
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 # How long the workers get to start listening.
 START_TIMEOUT = 60.0
 
@@ -49,7 +56,7 @@ class WorkerRole:
     """What one worker process is told by the parent."""
 
     index: int
-    # Queue IDs left by a previous run that this worker delivers (only worker 0 gets any).
+    # Queue IDs left by a previous run that this worker owns and delivers.
     recover: tuple[str, ...]
     # Called once the worker listens.
     ready: Callable[[], None]
@@ -117,6 +124,7 @@ def supervise(
     recover: Sequence[str],
     run_worker: Callable[[Config, WorkerRole], int],
     announce: Callable[[Config], None],
+    forward: Sequence[int] = (signal.SIGHUP,),
 ) -> int:
     """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
 
@@ -127,11 +135,13 @@ def supervise(
     reserved, listeners = reserve_listeners(config.listeners)
     worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
-    previous = {
+    previous: dict[int, _Handler] = {
         signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
     }
-    # SIGHUP (reopen logs, re-read the configuration and certificates) is each worker's to do.
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: children.signal_all(signum))
+    # SIGHUP (reopen logs, re-read the configuration and certificates) and the queue
+    # command's signals are each worker's to act on.
+    for passed in forward:
+        previous[passed] = signal.signal(passed, lambda signum, frame: children.signal_all(signum))
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
     try:
@@ -141,8 +151,9 @@ def supervise(
                 _become_worker(
                     parent,
                     worker_config,
+                    forward,
                     index,
-                    tuple(recover) if index == 0 else (),
+                    tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
                     run_worker,
                     reserved,
                     ready_read,
@@ -173,6 +184,7 @@ def supervise(
 def _become_worker(
     parent: int,
     config: Config,
+    forward: Sequence[int],
     index: int,
     recover: tuple[str, ...],
     run_worker: Callable[[Config, WorkerRole], int],
@@ -185,8 +197,9 @@ def _become_worker(
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        # Until the worker's event loop takes it: a SIGHUP passed on early must not kill it.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Until the worker's event loop takes them: a signal passed on early must not kill it.
+        for passed in forward:
+            signal.signal(passed, signal.SIG_IGN)
         _stop_with_parent(parent)
         os.close(ready_read)
         for sock in reserved:

@@ -34,6 +34,14 @@ _ID_RE = re.compile(f"[{ALPHABET}]{{{LENGTH}}}")
 _lock = threading.Lock()
 _last_micros = 0
 
+# With several server processes on one spool (``serve --workers N``) every message has one
+# owner, the process that schedules it, named by the ID itself: its last two digits (10 bits)
+# modulo N. A worker makes only IDs it owns, so whichever process looks at the queue again
+# (``postoffice queue release``) takes up exactly the messages that are its own.
+_OWNER_DIGITS = 2
+_OWNER_VALUES = 32**_OWNER_DIGITS
+_owner: tuple[int, int] | None = None
+
 
 # Bit offsets of each base32 digit, most significant first.
 _SHIFTS = {digits: tuple(range(5 * (digits - 1), -1, -5)) for digits in (TIME_DIGITS, RANDOM_DIGITS)}
@@ -63,9 +71,29 @@ def new_queue_id() -> str:
     # reply and in Received, and authorises nothing), so the random module serves: it is
     # seeded from os.urandom and reseeded in a forked child, and secrets.randbits would cost
     # a getrandom(2) call for every message.
-    return _encode(_next_micros(), TIME_DIGITS) + _encode(
-        random.getrandbits(5 * RANDOM_DIGITS), RANDOM_DIGITS
-    )
+    bits = random.getrandbits(5 * RANDOM_DIGITS)
+    if _owner is not None:
+        index, count = _owner
+        # The last digits become a random value that is ``index`` modulo ``count``.
+        owned = index + count * random.randrange(_OWNER_VALUES // count)
+        bits = (bits & ~(_OWNER_VALUES - 1)) | owned
+    return _encode(_next_micros(), TIME_DIGITS) + _encode(bits, RANDOM_DIGITS)
+
+
+def claim_queue_ids(index: int, count: int) -> None:
+    """Make every queue ID from now on one that worker ``index`` of ``count`` owns."""
+    global _owner
+    if not 0 <= index < count <= _OWNER_VALUES:
+        raise ValueError(f"worker {index} of {count}")
+    _owner = (index, count)
+
+
+def owner_of(queue_id: str, count: int) -> int:
+    """Which of ``count`` workers schedules the message ``queue_id`` (see claim_queue_ids)."""
+    value = 0
+    for char in queue_id[-_OWNER_DIGITS:]:
+        value = value * 32 + ALPHABET.index(char)
+    return value % count
 
 
 def is_queue_id(text: str) -> bool:

@@ -140,7 +140,10 @@ class Scheduler:
         on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
         recovers_copies: Collection[Route] = (),
         blocking: Blocking = asyncio.to_thread,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
+        """``owns``: with several processes on one spool, whether a queue ID found in it is
+        this one's to schedule (None: every message is)."""
         if concurrency < 1 or destination_concurrency < 1:
             raise ValueError("concurrency limits must be at least 1")
         if not 0 < retry_base <= retry_max:
@@ -148,6 +151,7 @@ class Scheduler:
         if lifetime <= 0 or delay_warning < 0:
             raise ValueError("lifetime must be positive and delay_warning not negative")
         self._spool = spool
+        self._owns = owns
         self._agents = dict(agents)
         self._retry_base = retry_base
         self._retry_max = retry_max
@@ -253,7 +257,14 @@ class Scheduler:
                 # Held and released again before its retry came: released mail goes now.
                 entry.due = None
                 self._spawn(self._resume(entry))
-        await self._adopt([queue_id for queue_id in queue_ids if queue_id not in self._entries])
+        owns = self._owns
+        await self._adopt(
+            [
+                queue_id
+                for queue_id in queue_ids
+                if queue_id not in self._entries and (owns is None or owns(queue_id))
+            ]
+        )
         if flush:
             self.flush()
 
