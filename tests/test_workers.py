@@ -196,7 +196,12 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [("0", "too small"), ('"two"', "expected an integer"), ("1000", "too many")],
+    [
+        ("0", "too small"),
+        ('"two"', 'expected an integer or "auto"'),
+        ("1000", "too many"),
+        ("1.5", "expected"),
+    ],
 )
 def test_workers_key_is_checked(tmp_path: Path, value: str, problem: str) -> None:
     config = tmp_path / "postoffice.toml"
@@ -204,6 +209,14 @@ def test_workers_key_is_checked(tmp_path: Path, value: str, problem: str) -> Non
     with pytest.raises(ConfigError, match=problem) as caught:
         load_config(config)
     assert str(caught.value).startswith(f"{config}: workers:")
+
+
+def test_workers_auto_is_one_per_core_this_process_may_use(tmp_path: Path) -> None:
+    config = tmp_path / "postoffice.toml"
+    config.write_text('workers = "auto"\n')
+    cores = len(os.sched_getaffinity(0))
+    assert load_config(config).workers == cores
+    assert load_config(None, workers="auto").workers == cores
 
 
 def test_workers_flag_overrides_the_file(tmp_path: Path) -> None:

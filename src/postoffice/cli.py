@@ -158,6 +158,11 @@ def _tcp_port(text: str) -> int:
     return int(text)
 
 
+def _workers_flag(text: str) -> int | str:
+    """``--workers``: a number, or "auto" (load_config checks either and names the flag)."""
+    return int(text) if text.strip().isdigit() else text
+
+
 def _add_serve_parser(subparsers: _Subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -249,9 +254,10 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_workers_flag,
         metavar="N",
-        help="server processes sharing the listeners and the data directory (replaces workers)",
+        help='server processes sharing the listeners and the data directory, or "auto" for one per core'
+        " (replaces workers)",
     )
     serve.set_defaults(handler=_run_serve)
 

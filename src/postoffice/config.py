@@ -850,6 +850,11 @@ def _listeners(value: object, kind: str = "smtp") -> tuple[Listener, ...]:
 
 
 def _workers(value: object) -> int:
+    if value == "auto":
+        # One per core this process may run on (its CPU affinity, as nginx's "auto" counts).
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS) if hasattr(os, "sched_getaffinity") else 1
+    if isinstance(value, str):
+        raise _Invalid(f'expected an integer or "auto", got {value!r}')
     count = _count(value)
     if count > MAX_WORKERS:
         raise _Invalid(f"{count} is too many; the most is {MAX_WORKERS}")
@@ -1085,7 +1090,7 @@ def _collect(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
-    workers: int | None = None,
+    workers: int | str | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -1163,7 +1168,7 @@ def load_config(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
-    workers: int | None = None,
+    workers: int | str | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
