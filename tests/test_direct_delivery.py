@@ -142,6 +142,31 @@ def test_a_mailbox_that_cannot_take_the_message_hands_it_to_the_queue(
     assert _files(server.config.spool_dir / "queue") == []
 
 
+def test_a_symlink_placed_after_rcpt_is_refused_at_the_write(
+    server: RunningServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The symlink check is made in the file thread just before the file is created: a
+    mailbox replaced by a symlink out of the mail root between RCPT and DATA gets nothing."""
+    caplog.set_level(logging.INFO, logger="postoffice")
+    _send(server, ["bob@example.test"])  # makes the Maildir
+    maildir = _maildir(server, "bob@example.test")
+    outside = tmp_path / "outside"
+    for part in ("tmp", "new", "cur"):
+        (outside / part).mkdir(parents=True)
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("a@client.test")
+        assert client.rcpt("bob@example.test")[0] == 250
+        maildir.rename(tmp_path / "moved")
+        maildir.symlink_to(outside, target_is_directory=True)
+        assert client.data(MESSAGE)[0] == 250  # the queue has it
+    server.wait_idle()
+    assert [_files(outside / part) for part in ("tmp", "new", "cur")] == [[], [], []]
+    statuses = _statuses(caplog)
+    assert any("reason=mailbox-unwritable" in status for status in statuses)
+    assert any("outside the mail root" in status for status in statuses)  # the agent's refusal
+
+
 async def _flush(server: RunningServer) -> None:
     server.app.scheduler.flush()
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.delivery.mailbox_names import mailbox_location, mailbox_path
 
 
 @pytest.mark.parametrize(
@@ -108,6 +108,18 @@ def test_a_symlink_placed_after_an_earlier_lookup_is_refused(tmp_path: Path) -> 
     (root / "example.com" / "user").symlink_to(outside)
     with pytest.raises(ValueError, match="outside the mail root"):
         mailbox_path(root, "user@example.com")
+
+
+def test_the_location_is_the_path_from_the_names_alone(tmp_path: Path) -> None:
+    """mailbox_location never looks at the disk; mailbox_path does, and refuses the symlink."""
+    root = tmp_path / "mail"
+    (root / "example.com").mkdir(parents=True)
+    (root / "example.com" / "user").symlink_to(tmp_path)
+    assert mailbox_location(root, "User@Example.com") == root / "example.com" / "user"
+    with pytest.raises(ValueError, match="outside the mail root"):
+        mailbox_path(root, "User@Example.com")
+    with pytest.raises(ValueError):
+        mailbox_location(root, "no-domain")
 
 
 def test_distinct_local_parts_stay_distinct(tmp_path: Path) -> None:

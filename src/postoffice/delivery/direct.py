@@ -27,13 +27,14 @@ are 36 hours old, as the specification asks.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from postoffice.delivery.agent import DeliveryResult
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.delivery.mailbox_names import mailbox_location, mailbox_path
 from postoffice.delivery.maildir import (
     DeliveryHook,
     MaildirStore,
@@ -88,7 +89,9 @@ class DirectReceiver:
         if recipient.route is not Route.LOCAL or "SUCCESS" in recipient.notify:
             return None
         try:
-            return mailbox_path(self.store.mail_root, recipient.address)
+            # The names alone, here on the event loop; the symlink check is made in the file
+            # thread just before the file is created (DirectMessageWriter._create_in_mailbox).
+            return mailbox_location(self.store.mail_root, recipient.address)
         except ValueError:
             return None  # the queue's agent turns it into a bounce, with its reason
 
@@ -151,7 +154,13 @@ class DirectMessageWriter(FileMessageWriter):
             return super()._create()
 
     def _create_in_mailbox(self) -> int:
-        self._receiver.store.prepare(self._maildir)
+        store = self._receiver.store
+        try:
+            mailbox_path(store.mail_root, self._envelope.recipients[0].address)
+        except ValueError as exc:
+            # A symlink out of the mail root appeared: the queue's agent refuses it and bounces.
+            raise OSError(errno.ELOOP, str(exc), str(self._maildir)) from None
+        store.prepare(self._maildir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             return os.open(self._path, flags, 0o600)

@@ -23,6 +23,19 @@ _KEEP_ASCII = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 NAME_MAX = 255
 
 
+def mailbox_location(mail_root: Path, address: str) -> Path:
+    """Where :func:`mailbox_path` puts ``address``'s mailbox, from the names alone: no file
+    system call, and so no check for symlinks. ValueError if the address names no mailbox.
+
+    For deciding early where a message will go; whoever writes there calls
+    :func:`mailbox_path` first, as close to the write as it can.
+    """
+    domain_name, local_name = _names(address)
+    if not (_plain(domain_name) and _plain(local_name)):
+        return mailbox_path(mail_root, address)
+    return mail_root.joinpath(domain_name, local_name)
+
+
 def mailbox_path(mail_root: Path, address: str) -> Path:
     """``mail_root/<domain>/<encoded local part>`` for ``address``; ValueError if it has none.
 
