@@ -287,7 +287,11 @@ def _text_of(part: Message | None) -> str | None:
 
 
 def attachment_parts(message: EmailMessage) -> list[Message]:
-    text, rich = _body_parts(message)
+    return _attachments_besides(message, *_body_parts(message))
+
+
+def _attachments_besides(message: EmailMessage, text: Message | None, rich: Message | None) -> list[Message]:
+    """Every leaf that is neither of the bodies ``_body_parts`` picked."""
     return [
         part
         for part in leaves(message)
@@ -377,7 +381,7 @@ def _attachment_after(stream: BinaryIO) -> bool:
 
 
 def summarise(message: EmailMessage) -> Summary:
-    text_part, html_part = _body_parts(message)
+    text_part, html_part = _body_parts(message)  # looked for once: each look reads every header
     body = _text_of(text_part)
     if body is None:
         body = html_to_text(_text_of(html_part) or "")
@@ -387,7 +391,7 @@ def summarise(message: EmailMessage) -> Summary:
         recipients=recipients,
         subject=header(message, "subject"),
         date=header_date(message),
-        has_attachments=bool(attachment_parts(message)),
+        has_attachments=bool(_attachments_besides(message, text_part, html_part)),
         text=body[:MAX_INDEXED_TEXT],
         delivered_to=header(message, "delivered-to"),
     )
