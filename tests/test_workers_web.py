@@ -102,6 +102,13 @@ def test_every_workers_mail_is_listed_and_announced_by_the_one_web_side(
         )
     status = httpx.get(f"{base}/api/v1/status", timeout=10).json()
     assert status["workers"] == 2 and status["queue"]["active"] == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "postoffice", "status", "--http", f"127.0.0.1:{running.http_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "  workers: 2 (the figures below are their sum)\n" in shown.stdout
     assert running.terminate(signal.SIGTERM) == 0
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids, owner_of
 from postoffice.spool.scheduler import Scheduler
+from postoffice.web.index import MailIndex
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, bind_http
 from postoffice.web.service import WebService, WebShare
@@ -537,6 +539,13 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
             ServerTls.from_config(config)
         except PostofficeError as exc:
             print(f"postoffice: {exc}", file=sys.stderr)
+            return 1
+    # The web index too is made (or checked, or rebuilt) once, before the workers open it.
+    if config.http_listeners:
+        try:
+            MailIndex(config.index_file, config.mail_dir).close()
+        except (sqlite3.Error, OSError) as exc:
+            print(f"postoffice: {config.index_file}: {exc}", file=sys.stderr)
             return 1
     # Reports of a previous run would be added up until the new workers replace them.
     reports = workers_directory(config)

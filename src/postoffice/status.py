@@ -59,6 +59,9 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     for listener in status.get("listeners", []):
         lines.append(f"  listening {listener}")
+    workers = status.get("workers", 1)
+    if isinstance(workers, int) and workers > 1:
+        lines.append(f"  workers: {workers} (the figures below are their sum)")
     lines.append(f"  sessions open: {status.get('sessions', 0)}")
     queue = status.get("queue", {})
     if isinstance(queue, dict):

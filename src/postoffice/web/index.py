@@ -256,6 +256,8 @@ class MailIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._create_schema()
+        except sqlite3.OperationalError:
+            raise  # locked by another process, or cannot be opened: not a damaged file
         except sqlite3.DatabaseError as exc:
             # The file is a cache: a damaged one is set aside and rebuilt from the Maildirs.
             aside = self.path.with_name(self.path.name + ".damaged")
@@ -272,6 +274,8 @@ class MailIndex:
         db = self._db
         with self._write_lock:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return  # nothing to write: workers opening one index at once never wait here
             if version not in (0, SCHEMA_VERSION):
                 db.executescript(
                     "DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS mailboxes;"
