@@ -215,7 +215,16 @@ def test_mailbox_address_inverts_mailbox_path(tmp_path: Path, address: str) -> N
 
 @pytest.mark.parametrize(
     ("domain", "local"),
-    [("ex.test", "%zz"), ("ex.test", "A"), ("ex.test", "%FF"), ("EX.test", "a"), ("ex.test", ".hidden")],
+    [
+        ("ex.test", "%zz"),
+        ("ex.test", "A"),
+        ("ex.test", "%FF"),
+        ("EX.test", "a"),
+        ("ex.test", ".hidden"),
+        ("", ""),
+        ("ex.test", ""),
+        ("", "a"),
+    ],
 )
 def test_mailbox_address_refuses_names_we_never_make(domain: str, local: str) -> None:
     with pytest.raises(ValueError):

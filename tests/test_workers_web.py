@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess
+from postoffice.web.index import MailIndex
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,6 +111,25 @@ def test_every_workers_mail_is_listed_and_announced_by_the_one_web_side(
     )
     assert "  workers: 2 (the figures below are their sum)\n" in shown.stdout
     assert running.terminate(signal.SIGTERM) == 0
+
+
+def test_mail_delivered_just_before_a_stop_is_in_the_index_after_it(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The parent indexes for the workers; at a stop it reads what they sent last."""
+    data_dir = tmp_path / "data"
+    running = server_process("--workers", "2", data_dir=data_dir)
+    sent = [f"late {index}" for index in range(12)]
+    for subject in sent:
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.sendmail("sender@example.org", [RECIPIENT], f"Subject: {subject}\r\n\r\nbody\r\n")
+    assert running.terminate(signal.SIGTERM) == 0
+    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    try:
+        assert sorted(row.subject for row in index.rows_after(0, 100)) == sorted(sent)
+    finally:
+        index.close()
+    assert not any("index-sync reason=backlog" in line for line in running.output)
 
 
 def test_sighup_is_passed_to_every_worker(

@@ -49,10 +49,11 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids, owner_of
 from postoffice.spool.scheduler import Scheduler
+from postoffice.web.feed import IndexFeed, close_all, feed_streams
 from postoffice.web.index import MailIndex
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, bind_http
-from postoffice.web.service import WebService, WebShare
+from postoffice.web.service import INDEX_BATCH, INDEX_LINGER, MAX_BACKLOG, WebService, WebShare
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 from postoffice.workers import WorkerRole, share_limits, supervise
 
@@ -525,7 +526,7 @@ def _bind_web(config: Config) -> list[socket.socket]:
 
 def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
     # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
-    # list what it left in the queue, for worker 0 to deliver.
+    # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
     except SpoolError as exc:
@@ -565,21 +566,47 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         return 1
     web_addresses = [HttpAddress(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in web_sockets]
 
+    # The parent indexes for every worker (postoffice.web.feed): one stream from each.
+    try:
+        streams = feed_streams(config.workers) if config.http_listeners else []
+    except OSError as exc:
+        print(f"postoffice: cannot make the index streams: {exc.strerror or exc}", file=sys.stderr)
+        close_all(web_sockets)
+        return 1
+    feed: IndexFeed | None = None
+
     def announce(worker_config: Config) -> None:
+        nonlocal feed
         bound = [
             BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
         ]
-        for sock in web_sockets:  # worker 0 serves them now
-            sock.close()
+        close_all(web_sockets)  # worker 0 serves them now
+        close_all(worker_end for _, worker_end in streams)  # so a worker's exit ends its stream
+        if streams:
+            # Started only now that every worker is forked: a process forked while a thread
+            # runs may inherit a lock that thread held.
+            feed = IndexFeed(
+                MailIndex(config.index_file, config.mail_dir),
+                [own_end for own_end, _ in streams],
+                batch=INDEX_BATCH,
+                linger=INDEX_LINGER,
+                max_backlog=MAX_BACKLOG,
+            )
+            feed.start()
         _banner(config, bound, web_addresses, None)
 
     def run_worker(worker_config: Config, role: WorkerRole) -> int:
-        # Every worker indexes what it delivers; worker 0 also serves the web side.
+        # The parent indexes what the workers deliver; worker 0 serves the web side.
         serves = role.index == 0
         if not serves:
-            for sock in web_sockets:
-                sock.close()
-        share = WebShare(serves=serves, sockets=tuple(web_sockets) if serves else ())
+            close_all(web_sockets)
+        close_all(own_end for own_end, _ in streams)
+        close_all(end for index, (_, end) in enumerate(streams) if index != role.index)
+        share = WebShare(
+            serves=serves,
+            sockets=tuple(web_sockets) if serves else (),
+            feed=streams[role.index][1] if streams else None,
+        )
         worker_reload = None
         if reload is not None:
             file_reload = reload
@@ -599,5 +626,7 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        for sock in web_sockets:
-            sock.close()
+        if feed is not None:
+            feed.stop()  # every worker has stopped: index what they sent last
+        close_all(web_sockets)
+        close_all(end for pair in streams for end in pair)

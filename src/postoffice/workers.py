@@ -1,7 +1,8 @@
 """Several server processes on one machine: a parent that forks workers and watches them.
 
-Untrusted input seen here: none; the parent accepts no connection and reads no mail. It sees
-the configuration (operator's) and signals.
+Untrusted input seen here: none; the parent accepts no connection. It sees the configuration
+(operator's) and signals; the mail it reads to keep the web index is parsed by
+:mod:`postoffice.web.feed` and the index.
 
 Each worker is a whole server (its own event loop, spool writer, scheduler and delivery) on a
 listening socket of its own bound with ``SO_REUSEPORT`` to the same address, so the kernel
@@ -12,9 +13,9 @@ directory safely because every message has one owner, named by its queue ID
 accepts, what a previous run left in the queue is listed once, by the parent, before any
 worker receives, and shared out by owner, and a worker that looks at the queue again (the
 queue command's signals, passed on by the parent) takes up only its own. No message is ever
-delivered by two processes at once. Every worker
-indexes the mail it delivers into the one web index; worker 0 alone serves HTTP, on sockets the
-parent made (so the parent's banner names them), and announces every worker's deliveries.
+delivered by two processes at once. The parent keeps the web index for all of them
+(:mod:`postoffice.web.feed`); worker 0 alone serves HTTP, on sockets the parent made (so the
+parent's banner names them), and announces every worker's deliveries.
 
 The parent holds the data directory's lock (:mod:`postoffice.pidfile`) for all of them. On
 SIGTERM or SIGINT it passes SIGTERM on and waits; SIGHUP it passes on as it is (each worker

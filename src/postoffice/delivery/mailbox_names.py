@@ -173,6 +173,8 @@ def mailbox_address(domain_name: str, local_name: str) -> str:
     except UnicodeDecodeError:
         raise ValueError(f"not an encoded local part: {local_name!r}") from None
     address = f"{local}@{domain_name}"
+    if not local or not domain_name:
+        raise ValueError(f"not a mailbox directory: {domain_name}/{local_name}")
     if _local_name(local) != local_name or _domain_name(domain_name) != domain_name:
         raise ValueError(f"not a mailbox directory: {domain_name}/{local_name}")
     return address

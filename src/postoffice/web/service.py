@@ -15,10 +15,9 @@ the index takes it for long enough to fill the backlog, further paths are not qu
 stays flat under any load) and the index is reconciled with the Maildirs once the backlog is
 empty, which finds them.
 
-With several server processes (``serve --workers N``) every process indexes its own
-deliveries into the one shared database, and one of them serves HTTP
-(:class:`WebShare`). That one cannot see the others' deliveries happen, so it follows the
-index instead: new rows, whichever process wrote them, are announced from there.
+With several server processes (``serve --workers N``) the parent indexes what every worker
+delivers (:mod:`postoffice.web.feed`), and worker 0 serves HTTP (:class:`WebShare`). It sees
+no delivery happen, so it follows the index instead: new rows are announced from there.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from postoffice.config import Config
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
+from postoffice.web.feed import FeedWriter
 from postoffice.web.index import MailIndex, Row, SyncReport
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
@@ -59,6 +59,8 @@ INDEX_BATCH = 256
 # transaction and a hand-off to a worker thread cost about as much as indexing a small message,
 # and a person looking at the list does not see 50 ms.
 INDEX_LINGER = 0.05
+# How long a worker gathers delivered paths before sending them to the indexing process.
+FEED_LINGER = 0.01
 # How often the process serving HTTP among workers looks for rows the others added, while
 # someone has the event stream open.
 FOLLOW_INTERVAL = 0.1
@@ -71,12 +73,16 @@ class WebShare:
     """One process's part in the web side when several share a data directory.
 
     ``serves``: this one serves HTTP on ``sockets`` (made and bound by the parent, so the
-    banner can name them), reconciles the index at start and announces every process's
-    deliveries. Otherwise the process only indexes the mail it delivers.
+    banner can name them) and announces every process's deliveries. ``feed``: the process
+    that indexes (and reconciles the index at start) is another; this one sends it the paths
+    of what it delivers.
     """
 
     serves: bool
     sockets: tuple[socket.socket, ...] = ()
+    # Where this process's deliveries go to be indexed (postoffice.web.feed); None: it
+    # indexes them itself.
+    feed: socket.socket | None = None
 
 
 def open_access(config: Config) -> bool:
@@ -109,6 +115,7 @@ class WebService:
             [(listener.host, listener.port) for listener in config.http_listeners],
             sockets=share.sockets if share is not None else None,
         )
+        self._feed = FeedWriter(share.feed) if share is not None and share.feed is not None else None
         self._follower: asyncio.Task[None] | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[Path] = deque()
@@ -118,16 +125,17 @@ class WebService:
         self._sync: asyncio.Future[SyncReport] | None = None
 
     async def start(self) -> list[HttpAddress]:
+        loop = asyncio.get_running_loop()
+        if self._feed is None:
+            self._sync = loop.run_in_executor(
+                self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
+            )
+            self._sync.add_done_callback(self._synced)
         if not self.serves:
             return []
         self.addresses = await self.http.start()
-        loop = asyncio.get_running_loop()
         if self._follows:
             self._follower = loop.create_task(self._follow(), name="postoffice-index-follower")
-        self._sync = loop.run_in_executor(
-            self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
-        )
-        self._sync.add_done_callback(self._synced)
         return self.addresses
 
     @property
@@ -170,8 +178,19 @@ class WebService:
                 await self._catch_up(loop)
                 continue
             if len(self._backlog) < INDEX_BATCH and not self._stopping.is_set():
-                await asyncio.sleep(INDEX_LINGER)
+                # Handing paths to the indexing process is cheap: it batches them itself.
+                await asyncio.sleep(INDEX_LINGER if self._feed is None else FEED_LINGER)
             batch = [self._backlog.popleft() for _ in range(min(INDEX_BATCH, len(self._backlog)))]
+            if self._feed is not None:
+                try:
+                    await self._feed.send(batch)
+                except OSError as exc:
+                    # The indexing process is gone (the server is stopping); the messages are
+                    # safe in their Maildirs, and the next start's reconciliation indexes them.
+                    log.warning("event=index-feed status=closed error=%r", exc.strerror or str(exc))
+                    self._backlog.clear()
+                    self._overflowed = False
+                continue
             try:
                 rows = await loop.run_in_executor(self.executor, self.index.add_many, batch)
             except Exception:
@@ -183,6 +202,11 @@ class WebService:
                     self.hub.publish(Event("new", row.mailbox, summary_json(row)))
 
     async def _catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._feed is not None:
+            with contextlib.suppress(OSError):
+                await self._feed.request_sync()
+            return
+
         def announce(row: Row) -> None:
             loop.call_soon_threadsafe(self.hub.publish, Event("new", row.mailbox, summary_json(row)))
 
@@ -237,5 +261,7 @@ class WebService:
         self.hub.close()
         await self.http.stop()
         await self.idle()
+        if self._feed is not None:
+            self._feed.close()  # the indexing process reads to here, then finishes
         self.executor.shutdown(wait=True)
         self.index.close()

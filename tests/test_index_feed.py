@@ -1,0 +1,138 @@
+"""The index feed (web/feed.py): workers' delivered paths, indexed by one process.
+
+A real MailIndex on disk and real socket pairs, with the worker ends driven here by plain
+blocking sends, as the workers' event loops would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.web.feed import SYNC_REQUEST, FeedWriter, IndexFeed, feed_streams
+from postoffice.web.index import MailIndex
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def deliver(mail_root: Path, address: str, name: str) -> Path:
+    box = mailbox_path(mail_root, address)
+    for part in ("tmp", "new", "cur"):
+        (box / part).mkdir(parents=True, exist_ok=True)
+    path = box / "new" / name
+    path.write_bytes(f"From: a@example.org\r\nTo: {address}\r\nSubject: {name}\r\n\r\nbody\r\n".encode())
+    return path
+
+
+def subjects(index_file: Path, mail_root: Path) -> list[str]:
+    index = MailIndex(index_file, mail_root)
+    try:
+        return sorted(row.subject for row in index.rows_after(0, 10_000))
+    finally:
+        index.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def streams() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    pairs = feed_streams(2)
+    yield pairs
+    for pair in pairs:
+        for end in pair:
+            end.close()
+
+
+def start_feed(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]], **options: int
+) -> tuple[IndexFeed, Path, Path]:
+    mail_root, index_file = tmp_path / "mail", tmp_path / "index.sqlite3"
+    mail_root.mkdir(exist_ok=True)
+    settings = {"batch": 4, "max_backlog": 1000, **options}
+    feed = IndexFeed(
+        MailIndex(index_file, mail_root),
+        [own for own, _ in streams],
+        batch=settings["batch"],
+        linger=0.02,
+        max_backlog=settings["max_backlog"],
+    )
+    feed.start()
+    return feed, mail_root, index_file
+
+
+def test_every_workers_paths_are_indexed_and_the_feed_ends_with_the_workers(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    mail_root = tmp_path / "mail"
+    mail_root.mkdir()
+    before = deliver(mail_root, "old@example.test", "1700000000.old.mx")  # found by the start's sync
+    feed, mail_root, index_file = start_feed(tmp_path, streams)
+    # (A stop during the start's reconciliation would end it early, by design.)
+    wait_until(lambda: subjects(index_file, mail_root) == [before.name], "the start's sync")
+    first, second = streams[0][1], streams[1][1]
+    paths = [deliver(mail_root, f"u{n % 2}@example.test", f"17000000{n:02d}.m{n}.mx") for n in range(10)]
+    lines = [os.fsencode(path) + b"\n" for path in paths]
+    # A line split across sends, another worker's lines between, and a line naming no mailbox.
+    first.sendall(lines[0][:10])
+    second.sendall(b"".join(lines[5:]) + b"/etc/passwd\n")
+    first.sendall(lines[0][10:] + b"".join(lines[1:5]))
+    first.close()
+    second.close()
+    feed.stop()
+    assert subjects(index_file, mail_root) == sorted([before.name, *(path.name for path in paths)])
+
+
+def test_a_sync_request_reconciles_with_the_maildirs(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    feed, mail_root, index_file = start_feed(tmp_path, streams)
+    unsent = deliver(mail_root, "ann@example.test", "1700000001.unsent.mx")  # never streamed
+    streams[0][1].sendall(SYNC_REQUEST + b"\n")
+    wait_until(lambda: subjects(index_file, mail_root) == [unsent.name], "the sync found it")
+    for _, end in streams:
+        end.close()
+    feed.stop()
+
+
+def test_a_backlog_over_its_bound_is_caught_up_by_a_sync(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    feed, mail_root, index_file = start_feed(tmp_path, streams, batch=2, max_backlog=3)
+    paths = [deliver(mail_root, "bob@example.test", f"17000001{n:02d}.b{n}.mx") for n in range(30)]
+    streams[0][1].sendall(b"".join(os.fsencode(path) + b"\n" for path in paths))
+    everything = sorted(path.name for path in paths)
+    wait_until(lambda: subjects(index_file, mail_root) == everything, "the sync caught up")
+    for _, end in streams:
+        end.close()
+    feed.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="socket pairs as the workers use them")
+def test_the_writer_sends_from_an_event_loop(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    feed, mail_root, index_file = start_feed(tmp_path, streams)
+    path = deliver(mail_root, "cy@example.test", "1700000002.c.mx")
+    writer = FeedWriter(streams[0][1])
+
+    async def send() -> None:
+        await writer.send([path, Path("/tmp/with\nnewline")])  # the second cannot be one line
+
+    asyncio.run(send())
+    writer.close()
+    streams[1][1].close()
+    feed.stop()
+    assert subjects(index_file, mail_root) == [path.name]
