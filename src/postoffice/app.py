@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -30,7 +29,7 @@ from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent, MaildirStore
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
-from postoffice.errors import ConfigError, PostofficeError, SpoolError
+from postoffice.errors import ConfigError, PostofficeError
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -49,11 +48,10 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids, owner_of
 from postoffice.spool.scheduler import Scheduler
-from postoffice.web.feed import IndexFeed, close_all, feed_streams
-from postoffice.web.index import MailIndex
 from postoffice.web.ops import ops_routes
-from postoffice.web.server import HttpAddress, bind_http
-from postoffice.web.service import INDEX_BATCH, INDEX_LINGER, MAX_BACKLOG, WebService, WebShare
+from postoffice.web.server import HttpAddress
+from postoffice.web.service import WebService, WebShare
+from postoffice.web.workers import WorkersWeb
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 from postoffice.workers import WorkerRole, share_limits, supervise
 
@@ -511,102 +509,29 @@ def workers_directory(config: Config) -> Path:
     return config.data_dir / "workers"
 
 
-def _bind_web(config: Config) -> list[socket.socket]:
-    """The HTTP listening sockets, made before the workers so one of them can serve them."""
-    sockets: list[socket.socket] = []
-    try:
-        for listener in config.http_listeners:
-            sockets.append(bind_http(listener.host, listener.port))
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
     # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
-    except SpoolError as exc:
+        _prepare_for_workers(config)
+        web = WorkersWeb(config)
+    except (PostofficeError, sqlite3.Error) as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
-
-    # Made (or checked) once, before the workers load it: workers making a self-signed
-    # certificate at the same moment would each write a key the other's certificate lacks.
-    if needs_tls(config):
-        try:
-            ServerTls.from_config(config)
-        except PostofficeError as exc:
-            print(f"postoffice: {exc}", file=sys.stderr)
-            return 1
-    # The web index too is made (or checked, or rebuilt) once, before the workers open it.
-    if config.http_listeners:
-        try:
-            MailIndex(config.index_file, config.mail_dir).close()
-        except (sqlite3.Error, OSError) as exc:
-            print(f"postoffice: {config.index_file}: {exc}", file=sys.stderr)
-            return 1
-    # Reports of a previous run would be added up until the new workers replace them.
-    reports = workers_directory(config)
-    with contextlib.suppress(FileNotFoundError):
-        for stale in reports.iterdir():
-            with contextlib.suppress(OSError):
-                stale.unlink()
-    try:
-        reports.mkdir(exist_ok=True)
     except OSError as exc:
-        print(f"postoffice: {reports}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"postoffice: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
-    try:
-        web_sockets = _bind_web(config)
-    except OSError as exc:
-        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    web_addresses = [HttpAddress(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in web_sockets]
-
-    # The parent indexes for every worker (postoffice.web.feed): one stream from each.
-    try:
-        streams = feed_streams(config.workers) if config.http_listeners else []
-    except OSError as exc:
-        print(f"postoffice: cannot make the index streams: {exc.strerror or exc}", file=sys.stderr)
-        close_all(web_sockets)
-        return 1
-    feed: IndexFeed | None = None
 
     def announce(worker_config: Config) -> None:
-        nonlocal feed
+        web.start_indexing()
         bound = [
             BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
         ]
-        close_all(web_sockets)  # worker 0 serves them now
-        close_all(worker_end for _, worker_end in streams)  # so a worker's exit ends its stream
-        if streams:
-            # Started only now that every worker is forked: a process forked while a thread
-            # runs may inherit a lock that thread held.
-            feed = IndexFeed(
-                MailIndex(config.index_file, config.mail_dir),
-                [own_end for own_end, _ in streams],
-                batch=INDEX_BATCH,
-                linger=INDEX_LINGER,
-                max_backlog=MAX_BACKLOG,
-            )
-            feed.start()
-        _banner(config, bound, web_addresses, None)
+        _banner(config, bound, web.addresses, None)
 
     def run_worker(worker_config: Config, role: WorkerRole) -> int:
-        # The parent indexes what the workers deliver; worker 0 serves the web side.
-        serves = role.index == 0
-        if not serves:
-            close_all(web_sockets)
-        close_all(own_end for own_end, _ in streams)
-        close_all(end for index, (_, end) in enumerate(streams) if index != role.index)
-        share = WebShare(
-            serves=serves,
-            sockets=tuple(web_sockets) if serves else (),
-            feed=streams[role.index][1] if streams else None,
-        )
         worker_reload = None
         if reload is not None:
             file_reload = reload
@@ -614,7 +539,7 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
             def worker_reload() -> Config:
                 return share_limits(file_reload(), worker_config.workers)
 
-        return _run(worker_config, role, worker_reload, share)
+        return _run(worker_config, role, worker_reload, web.share(role.index))
 
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
     # file, the parent here, which passes them on: each worker looks at the messages it owns.
@@ -626,7 +551,19 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
-        if feed is not None:
-            feed.stop()  # every worker has stopped: index what they sent last
-        close_all(web_sockets)
-        close_all(end for pair in streams for end in pair)
+        web.close()  # every worker has stopped: the parent indexes what they sent last
+
+
+def _prepare_for_workers(config: Config) -> None:
+    """What the workers share is made once, before any of them starts."""
+    # Workers making a self-signed certificate at the same moment would each write a key the
+    # other's certificate lacks.
+    if needs_tls(config):
+        ServerTls.from_config(config)
+    # Reports of a previous run would be added up until the new workers replace them.
+    reports = workers_directory(config)
+    with contextlib.suppress(FileNotFoundError):
+        for stale in reports.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    reports.mkdir(exist_ok=True)
