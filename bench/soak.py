@@ -5,19 +5,22 @@ Untrusted input seen here: none (it talks to a server it starts itself on loopba
 It starts ``python -m postoffice serve`` in capture mode on an ephemeral loopback port, sends
 ``--messages`` messages from ``--clients`` concurrent SMTP clients (each reusing its session
 with RSET-free back-to-back transactions, as a relay does), samples the server's resident set
-size from ``/proc/PID/status`` every few seconds, and at the end checks that every message
-that got a 250 is in a Maildir exactly once. Results print as one line per sample and a
-summary; the README records a run.
+size from ``/proc/PID/status`` (its workers' too, with ``--workers N``) every few seconds, and
+at the end checks that every message that got a 250 is in a Maildir exactly once and has a
+row in the web index. Results print as one line per sample and a summary; the README records
+a run.
 
-    python bench/soak.py --messages 1000000 --clients 8
+    python bench/soak.py --messages 1000000 --clients 8 [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,15 +32,28 @@ _LISTENING = re.compile(r"^listening smtp 127\.0\.0\.1:(\d+)$")
 
 
 def rss_kib(pid: int) -> int:
+    """The resident set of ``pid`` and its children (the workers of ``serve --workers``)."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+            total += int(line.split()[1])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_kib(int(child))
+    return total
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], int]:
+def indexed(data_dir: Path) -> int:
+    """Rows in the web index (every delivered message should have one)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "index.sqlite3")) as db:
+        count: int = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    return count
+
+
+def start_server(data_dir: Path, workers: int) -> tuple[subprocess.Popen[str], int]:
     command = [sys.executable, "-m", "postoffice", "serve", "--data-dir", str(data_dir)]
     command += ["--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--hostname", "soak.test"]
+    command += ["--workers", str(workers)]
     # This checkout's sources, whatever is installed.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -92,9 +108,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--data-dir", type=Path, help="keep the data here (default: a temporary directory)")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="postoffice-soak-"))
-    process, port = start_server(data_dir)
+    process, port = start_server(data_dir, args.workers)
     accepted: list[str] = []
     lock = threading.Lock()
     per_client = args.messages // args.clients
@@ -121,12 +138,13 @@ def main() -> int:
     delivered = count_delivered(data_dir / "mail")
     lost = [key for key in accepted if key not in delivered]
     duplicated = [key for key, n in delivered.items() if n > 1]
+    rows = indexed(data_dir)
     print(
         f"messages={args.messages} accepted={len(accepted)} seconds={elapsed:.0f} "
         f"rate={len(accepted) / elapsed:.0f}/s peak_rss={peak}KiB exit={code} "
-        f"lost={len(lost)} duplicated={len(duplicated)} data_dir={data_dir}"
+        f"lost={len(lost)} duplicated={len(duplicated)} indexed={rows} data_dir={data_dir}"
     )
-    return 0 if not lost and not duplicated and code == 0 else 1
+    return 0 if not lost and not duplicated and code == 0 and rows == len(accepted) else 1
 
 
 if __name__ == "__main__":
