@@ -344,11 +344,33 @@ ONE_PART_SAMPLES = [
     b"inner\r\n--XX--\r\n",
     b"Subject: fwd\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n",
     b" folded first line\r\nSubject: s\r\n\r\nbody\r\n",
+    # Fields a summary never reads, around and between the ones it does (they are left out).
+    b"Received: from a\r\n\tby b; Sun, 29 Nov 2026 08:00:00 +0000\r\nDKIM-Signature: v=1; a=rsa\r\n"
+    b"From: Ann <ann@example.test>\r\nX-Mailer: m\r\nSubject: kept\r\nSubject: second\r\n"
+    b"To: Bo <bo@example.test>\r\nCc: cy@example.test\r\nDelivered-To: bo@example.test\r\n"
+    b"Content-Disposition: attachment; filename=notes.txt\r\nDate: Sun, 29 Nov 2026 08:00:00 +0000\r\n"
+    b"\r\ntext\r\n",
 ]
 
 
 # Which samples the one-part reading takes; the rest go to the full parser.
-READ_AS_ONE_PART = [True, True, True, True, True, True, True, True, False, False, False, False, False, False]
+READ_AS_ONE_PART = [
+    True,
+    True,
+    True,
+    True,
+    True,
+    True,
+    True,
+    True,
+    False,
+    False,
+    False,
+    False,
+    False,
+    False,
+    True,
+]
 
 
 @pytest.mark.parametrize(("data", "one_part"), list(zip(ONE_PART_SAMPLES, READ_AS_ONE_PART, strict=True)))
@@ -373,6 +395,9 @@ def test_one_part_messages_summarise_as_the_full_parser_does(data: bytes, one_pa
                 b"body",
                 b"\xe9t\xe9",
                 b"=?utf-8?q?x?=",
+                b"Received: from x",
+                b"Content-Disposition: attachment; filename=a.txt",
+                b"Cc: c@example.test",
             ]
         ),
         max_size=12,

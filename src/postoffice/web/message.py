@@ -360,8 +360,24 @@ def _single_part(data: bytes) -> EmailMessage | None:
     message = BytesParser(policy=_POLICY).parsebytes(data[:split], headersonly=True)
     if message.defects or message.get_payload() or message.get_content_maintype() in ("multipart", "message"):
         return None
-    message.set_payload(data[split:].decode("ascii", "surrogateescape"))
-    return message
+    summarised = _summary_headers(message)
+    summarised.set_payload(data[split:].decode("ascii", "surrogateescape"))
+    return summarised
+
+
+# The fields a summary reads (see summarise): the rest, Received, DKIM-Signature and the like,
+# often most of a header block, would only lengthen every look-up, each a scan of them all.
+_SUMMARY_FIELDS = frozenset({"from", "to", "cc", "subject", "date", "delivered-to", "mime-version"})
+
+
+def _summary_headers(message: EmailMessage) -> EmailMessage:
+    """A message with only the header fields a summary reads, in their order, as parsed."""
+    kept = EmailMessage(policy=_POLICY)
+    for name, value in message.raw_items():
+        lowered = name.lower()
+        if lowered in _SUMMARY_FIELDS or lowered.startswith("content-"):
+            kept.set_raw(name, value)
+    return kept
 
 
 def _attachment_after(stream: BinaryIO) -> bool:
