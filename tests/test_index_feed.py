@@ -10,12 +10,12 @@ import asyncio
 import os
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.web.feed import SYNC_REQUEST, FeedWriter, IndexFeed, feed_streams
 from postoffice.web.index import MailIndex
@@ -38,13 +38,6 @@ def subjects(index_file: Path, mail_root: Path) -> list[str]:
         return sorted(row.subject for row in index.rows_after(0, 10_000))
     finally:
         index.close()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_every_workers_paths_are_indexed_and_the_feed_ends_with_the_workers(
     before = deliver(mail_root, "old@example.test", "1700000000.old.mx")  # found by the start's sync
     feed, mail_root, index_file = start_feed(tmp_path, streams)
     # (A stop during the start's reconciliation would end it early, by design.)
-    wait_until(lambda: subjects(index_file, mail_root) == [before.name], "the start's sync")
+    wait_until(lambda: subjects(index_file, mail_root) == [before.name], what="the start's sync")
     first, second = streams[0][1], streams[1][1]
     paths = [deliver(mail_root, f"u{n % 2}@example.test", f"17000000{n:02d}.m{n}.mx") for n in range(10)]
     lines = [os.fsencode(path) + b"\n" for path in paths]
@@ -101,7 +94,7 @@ def test_a_sync_request_reconciles_with_the_maildirs(
     feed, mail_root, index_file = start_feed(tmp_path, streams)
     unsent = deliver(mail_root, "ann@example.test", "1700000001.unsent.mx")  # never streamed
     streams[0][1].sendall(SYNC_REQUEST + b"\n")
-    wait_until(lambda: subjects(index_file, mail_root) == [unsent.name], "the sync found it")
+    wait_until(lambda: subjects(index_file, mail_root) == [unsent.name], what="the sync found it")
     for _, end in streams:
         end.close()
     feed.stop()
@@ -114,7 +107,7 @@ def test_a_backlog_over_its_bound_is_caught_up_by_a_sync(
     paths = [deliver(mail_root, "bob@example.test", f"17000001{n:02d}.b{n}.mx") for n in range(30)]
     streams[0][1].sendall(b"".join(os.fsencode(path) + b"\n" for path in paths))
     everything = sorted(path.name for path in paths)
-    wait_until(lambda: subjects(index_file, mail_root) == everything, "the sync caught up")
+    wait_until(lambda: subjects(index_file, mail_root) == everything, what="the sync caught up")
     for _, end in streams:
         end.close()
     feed.stop()

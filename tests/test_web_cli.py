@@ -52,7 +52,8 @@ def test_sigterm_does_not_wait_for_open_event_streams(server_process: Callable[.
         assert time.monotonic() - started < 15
 
 
-def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])  # with workers the parent binds it
+def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path, workers: str) -> None:
     with socket.socket() as occupier:
         occupier.bind(("127.0.0.1", 0))
         occupier.listen()
@@ -71,6 +72,8 @@ def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
                 "127.0.0.1:0",
                 "--http",
                 f"127.0.0.1:{port}",
+                "--workers",
+                workers,
             ],
             capture_output=True,
             text=True,

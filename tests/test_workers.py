@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from postoffice.config import load_config
 from postoffice.errors import ConfigError
 from postoffice.spool import ids
@@ -34,13 +34,6 @@ from postoffice.spool.ids import claim_queue_ids, is_queue_id, new_queue_id, own
 pytestmark = pytest.mark.timeout(60)
 
 RECIPIENT = "many@workers.test"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
-        time.sleep(0.05)
 
 
 def workers_of(process: ServerProcess) -> list[int]:

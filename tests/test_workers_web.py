@@ -1,9 +1,9 @@
 """The web side of several server processes (``serve --workers N``).
 
-Real processes on ephemeral loopback ports, real SMTP and HTTP clients: every worker indexes
-what it delivers, worker 0 serves HTTP on the port the banner names and announces every
-worker's deliveries on the event stream; SIGHUP reaches every worker; a busy HTTP port is one
-line.
+Real processes on ephemeral loopback ports, real SMTP and HTTP clients: the parent indexes
+what every worker delivers (and what they sent last at a stop), worker 0 serves HTTP on the
+port the banner names and announces every worker's deliveries on the event stream, the
+operations endpoints add up every worker; SIGHUP reaches every worker.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import json
 import re
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,19 +22,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from postoffice.web.index import MailIndex
 
 pytestmark = pytest.mark.timeout(60)
 
 RECIPIENT = "many@workers.test"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
-        time.sleep(0.05)
 
 
 def _collect_new_events(url: str, subjects: list[str], connected: threading.Event) -> None:
@@ -152,33 +143,3 @@ def test_sighup_is_passed_to_every_worker(
             client.ehlo()
             assert client.esmtp_features["size"] == "200000"
     assert running.terminate(signal.SIGTERM) == 0
-
-
-def test_a_busy_http_port_with_workers_is_one_line(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "postoffice",
-                "serve",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--smtp",
-                "127.0.0.1:0",
-                "--http",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
-        f"postoffice: cannot listen on http 127.0.0.1:{port}: Address already in use"
-    ]
