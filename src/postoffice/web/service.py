@@ -70,19 +70,17 @@ FOLLOW_BATCH = 500
 
 @dataclass(frozen=True)
 class WebShare:
-    """One process's part in the web side when several share a data directory.
+    """One worker's part in the web side when several share a data directory.
 
-    ``serves``: this one serves HTTP on ``sockets`` (made and bound by the parent, so the
-    banner can name them) and announces every process's deliveries. ``feed``: the process
-    that indexes (and reconciles the index at start) is another; this one sends it the paths
-    of what it delivers.
+    ``feed``: where it sends the paths of what it delivers, to the process that indexes them
+    (and reconciles the index at start; :mod:`postoffice.web.feed`). ``serves``: this one
+    serves HTTP on ``sockets`` (made and bound by the parent, so the banner can name them)
+    and announces every worker's deliveries, following the index.
     """
 
+    feed: socket.socket
     serves: bool
     sockets: tuple[socket.socket, ...] = ()
-    # Where this process's deliveries go to be indexed (postoffice.web.feed); None: it
-    # indexes them itself.
-    feed: socket.socket | None = None
 
 
 def open_access(config: Config) -> bool:
@@ -108,14 +106,14 @@ class WebService:
         self.context = WebContext(self.index, self.hub, self.auth, self.executor)
         self.app = create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access)
         self.serves = share is None or share.serves
-        # Following the index replaces announcing one's own deliveries.
+        # A worker's deliveries are indexed elsewhere: the one serving follows the index.
         self._follows = share is not None and share.serves
         self.http = HttpServer(
             self.app,
             [(listener.host, listener.port) for listener in config.http_listeners],
             sockets=share.sockets if share is not None else None,
         )
-        self._feed = FeedWriter(share.feed) if share is not None and share.feed is not None else None
+        self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[Path] = deque()
@@ -197,9 +195,8 @@ class WebService:
                 # The messages are safe in their Maildirs; the next sync indexes them.
                 log.exception("event=index-add status=failed messages=%d", len(batch))
                 continue
-            if self.serves and not self._follows:
-                for row in rows:
-                    self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+            for row in rows:
+                self.hub.publish(Event("new", row.mailbox, summary_json(row)))
 
     async def _catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._feed is not None:
@@ -210,8 +207,7 @@ class WebService:
         def announce(row: Row) -> None:
             loop.call_soon_threadsafe(self.hub.publish, Event("new", row.mailbox, summary_json(row)))
 
-        on_added = announce if self.serves and not self._follows else None
-        sync = functools.partial(self.index.sync, on_added=on_added, stop=self._stopping.is_set)
+        sync = functools.partial(self.index.sync, on_added=announce, stop=self._stopping.is_set)
         try:
             report = await loop.run_in_executor(self.executor, sync)
         except Exception:

@@ -56,9 +56,9 @@ class WorkersWeb:
         close_all(own for own, _ in self._streams)
         close_all(end for number, (_, end) in enumerate(self._streams) if number != index)
         return WebShare(
+            feed=self._streams[index][1],
             serves=serves,
             sockets=tuple(self._sockets) if serves else (),
-            feed=self._streams[index][1],
         )
 
     def start_indexing(self) -> None:
