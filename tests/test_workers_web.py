@@ -9,6 +9,7 @@ operations endpoints add up every worker; SIGHUP reaches every worker.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import smtplib
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess, wait_until
 from postoffice.web.index import MailIndex
+from test_workers import workers_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,4 +144,27 @@ def test_sighup_is_passed_to_every_worker(
         with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
             client.ehlo()
             assert client.esmtp_features["size"] == "200000"
+    assert running.terminate(signal.SIGTERM) == 0
+
+
+def test_sighup_reopens_the_log_file_in_the_parent_and_every_worker(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """After logrotate renames the file, every process writes to a new one at the old name."""
+    log_file = tmp_path / "postoffice.log"
+    config = tmp_path / "postoffice.toml"
+    config.write_text(f'log_file = "{log_file}"\n')
+    running = server_process("--workers", "2", "--config", str(config), data_dir=tmp_path / "data")
+    processes = [running.process.pid, *workers_of(running)]
+
+    def writes_to(pid: int, path: Path) -> bool:
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir() if fd.is_symlink())
+
+    wait_until(
+        lambda: all(writes_to(pid, log_file) for pid in processes), what="every process has the log open"
+    )
+    log_file.rename(tmp_path / "postoffice.log.1")
+    running.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: all(writes_to(pid, log_file) for pid in processes), what="every process reopened it")
     assert running.terminate(signal.SIGTERM) == 0

@@ -545,7 +545,12 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
     # file, the parent here, which passes them on: each worker looks at the messages it owns.
     try:
         return supervise(
-            config, recover, run_worker, announce, forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL)
+            config,
+            recover,
+            run_worker,
+            announce,
+            forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL),
+            hangup=logs.reopen,  # logrotate moved the log file: the parent writes to it too
         )
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)

@@ -126,11 +126,13 @@ def supervise(
     run_worker: Callable[[Config, WorkerRole], int],
     announce: Callable[[Config], None],
     forward: Sequence[int] = (signal.SIGHUP,),
+    hangup: Callable[[], None] | None = None,
 ) -> int:
     """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
 
     ``announce`` is called with the workers' configuration (concrete ports) once they all
-    listen; it prints what a single server prints.
+    listen; it prints what a single server prints. The signals in ``forward`` are passed on to
+    every worker; ``hangup`` is called first on SIGHUP.
     """
     count = config.workers
     reserved, listeners = reserve_listeners(config.listeners)
@@ -141,8 +143,14 @@ def supervise(
     }
     # SIGHUP (reopen logs, re-read the configuration and certificates) and the queue
     # command's signals are each worker's to act on.
+
+    def pass_on(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP and hangup is not None:
+            hangup()  # the parent's own part: it logs too (the web index's lines)
+        children.signal_all(signum)
+
     for passed in forward:
-        previous[passed] = signal.signal(passed, lambda signum, frame: children.signal_all(signum))
+        previous[passed] = signal.signal(passed, pass_on)
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
     try:
