@@ -149,6 +149,9 @@ def _bounded(name: str, what: str) -> str:
     return name
 
 
+# Every delivery the index takes is named back into its address; the same few mailboxes come
+# again and again. Bounded, like _names; a ValueError is not kept (it is raised again).
+@functools.lru_cache(maxsize=1024)
 def mailbox_address(domain_name: str, local_name: str) -> str:
     """The address whose mailbox is ``<domain_name>/<local_name>``: the inverse of the encoding.
 
