@@ -8,10 +8,11 @@ import logging
 import select
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from postoffice.logs import BatchingStreamHandler, TextFormatter
+from postoffice.logs import BatchingStreamHandler, TextFormatter, configure
 
 
 @pytest.fixture
@@ -78,3 +79,48 @@ async def test_a_long_batch_is_written_in_whole_lines_of_at_most_pipe_buf_octets
     assert [line.split()[-2] for line in stream.getvalue().splitlines()] == [
         f"event=line{n:03d}" for n in range(200)
     ]
+
+
+class Keeping(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def configured(tmp_path: Path) -> Iterator[Path]:
+    """``logs.configure`` writing to a file; the logging module's globals restored after."""
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    root = logging.getLogger("postoffice")
+    handlers, level = list(root.handlers), root.level
+    path = tmp_path / "server.log"
+    configure(log_file=path)
+    yield path
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved
+
+
+def test_records_skip_the_caller_lookup_and_still_carry_tracebacks(configured: Path) -> None:
+    # The caller lookup walks the stack for every record; the log lines never print it.
+    keep = Keeping()
+    logger = logging.getLogger("postoffice.test-callers")
+    logger.addHandler(keep)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("event=failed")
+    finally:
+        logger.removeHandler(keep)
+    assert [record.funcName for record in keep.records] == ["(unknown function)"]
+    logging.getLogger("postoffice").handlers[-1].flush()
+    (line,) = configured.read_text(encoding="utf-8").splitlines()
+    assert "ERROR postoffice.test-callers event=failed exception=" in line
+    assert "ValueError: boom" in line

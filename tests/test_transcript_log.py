@@ -14,12 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from aiosmtpd_peer import PASSWORD, USER
-from conftest import RawSmtp, RunningServer, ServerProcess
+from conftest import RawSmtp, RunningServer, ServerProcess, wait_until
 from postoffice.client.connection import SmtpClient
 from postoffice.config import load_config
 from postoffice.errors import ConfigError, SmtpAuthError
@@ -118,6 +119,51 @@ def test_sighup_reopens_the_log(server_process: Callable[..., ServerProcess], tm
     content = wait_for(log, "EHLO second.test")
     assert "first.test" not in content
     assert "second.test" not in wait_for(rotated, "first.test")
+    assert running.terminate() == 0
+
+
+def test_workers_append_whole_lines_to_one_log(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Every worker appends its batches to the same file (O_APPEND, one write(2) per batch of
+    # whole lines): sessions on both workers, side by side, must leave no line torn or mixed.
+    log = tmp_path / "transcript.log"
+    running = server_process("--workers", "2", "--transcript-log", str(log))
+    names = [f"client{index}.test" for index in range(40)]
+    filler = "x" * 400  # long lines, so the batches written at once are large
+
+    def session(name: str) -> None:
+        client = RawSmtp(running.port)
+        try:
+            client.ehlo(name)
+            client.command(f"NOOP {name} {filler}")
+            client.command("QUIT")
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(session, names))
+    wait_until(
+        lambda: log.exists() and log.read_text(encoding="utf-8").count("221 2.0.0 Bye") == len(names),
+        what="every session logged",
+    )
+    lines = log.read_text(encoding="utf-8").splitlines()
+    worker_line = re.compile(LINE.pattern.replace("(?P<session>", "(?P<worker>w[01])-(?P<session>"))
+    parsed = [worker_line.fullmatch(line) for line in lines]
+    assert all(parsed), [line for line, match in zip(lines, parsed, strict=True) if not match]
+    by_session: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for match in parsed:
+        assert match is not None
+        by_session.setdefault((match["worker"], match["session"]), []).append(
+            (match["direction"], match["text"])
+        )
+    assert len(by_session) == len(names)
+    assert {worker for worker, _ in by_session} == {"w0", "w1"}  # both workers wrote
+    for texts in by_session.values():
+        ehlo = next(text for direction, text in texts if text.startswith("EHLO "))
+        name = ehlo.removeprefix("EHLO ")
+        assert ("C", f"NOOP {name} {filler}") in texts
+        assert texts[-1] == ("S", "221 2.0.0 Bye")
     assert running.terminate() == 0
 
 
