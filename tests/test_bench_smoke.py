@@ -31,3 +31,18 @@ def test_quick_benchmark_prints_a_table_with_ratios() -> None:
     # Another server's row ends with postoffice's rate divided by its own, e.g. "1.83x".
     assert any(re.search(r"\d+\.\d\dx$", row) for row in rows if " postoffice " not in row), done.stdout
     assert "failed" not in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_floor_prints_the_budget() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), "--messages", "64"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^durable write \(32 threads\): [\d,]+/s, \d+\.\d{3} ms CPU each$", done.stdout, re.M)
+    assert re.search(r"^answering only \(W1a\): [\d,]+ msg/s", done.stdout, re.M), done.stdout
+    assert re.search(r"^budget at 2,940 msg/s on \d+ cores: \d+\.\d{3} ms CPU per message", done.stdout, re.M)
