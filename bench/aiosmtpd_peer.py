@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import maildir_store
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
@@ -40,19 +41,7 @@ class MaildirHandler:
 
     def _store(self, content: bytes) -> None:
         name = f"{int(time.time())}.P{os.getpid()}Q{next(self._counter)}.{self._host}"
-        temporary = self.root / "tmp" / name
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, self.root / "new" / name)
-        directory = os.open(self.root / "new", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        maildir_store.store(self.root, name, content)
 
 
 async def main(argv: list[str]) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import cast
 
 import load
+import maildir_store
 import procstat
 import servers
 
@@ -50,20 +51,7 @@ def durable_writes(directory: Path, count: int, threads: int = DURABLE_THREADS) 
 
     def write_some(thread: int) -> None:
         for number in range(count // threads):
-            name = f"{thread}.{number}"
-            temporary = directory / "tmp" / name
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, content)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, directory / "new" / name)
-            folder = os.open(directory / "new", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            maildir_store.store(directory, f"{thread}.{number}", content)
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
