@@ -17,7 +17,7 @@ Three figures, each the least a durable receiver pays here for a 1 KB message:
 
 Then the budget at ``--rate`` (issue 7's W1a target, 3 × Postfix's 980 msg/s, by default):
 the CPU time per message that the machine's cores allow, and what is left for the server once
-the load generator and the durable write are paid for.
+the load generator, the durable write and answering are paid for.
 """
 
 from __future__ import annotations
