@@ -58,6 +58,29 @@ def test_mailboxes_and_messages_newest_first(server: RunningServer) -> None:
         assert second["total"] == 3 and [m["subject"] for m in second["messages"]] == ["message 1"]
 
 
+def test_list_names_the_mailbox_and_a_one_line_snippet(server: RunningServer) -> None:
+    send(
+        server,
+        make_message("ann@example.test", "plain", "Hello Ann,\n\n  your   order\t#42\r\nhas shipped.\n"),
+    )
+    html_only = make_message("bob@example.test", "html only")
+    html_only.set_content("<style>p {color: red}</style><p>Big <b>news</b>&amp; more</p>", subtype="html")
+    send(server, html_only)
+    send(server, make_message("bob@example.test", "long", "word " * 500))
+    send(server, make_message("bob@example.test", "empty", "\n"))
+    with client(server) as http:
+        listed = {m["subject"]: m for m in messages(http)["messages"]}
+        assert listed["plain"]["mailbox"] == "ann@example.test"
+        assert listed["plain"]["snippet"] == "Hello Ann, your order #42 has shipped."
+        assert listed["html only"]["mailbox"] == "bob@example.test"
+        assert listed["html only"]["snippet"] == "Big news& more"
+        assert listed["long"]["snippet"] == ("word " * 40)[:200].rstrip()
+        assert listed["empty"]["snippet"] == ""
+        # One message says the same as its row in the list.
+        one = http.get(f"/api/v1/messages/{listed['plain']['id']}").json()
+        assert one["snippet"] == listed["plain"]["snippet"]
+
+
 def test_one_message_with_html_text_headers_and_attachments(server: RunningServer) -> None:
     message = make_message(
         "carol@example.test",
