@@ -356,6 +356,7 @@ def test_a_user_cannot_read_another_users_mailbox(mta: RunningServer) -> None:
     with login(mta, "alice@example.test", "alice-password") as alice, client(mta) as peer:
         assert [b["address"] for b in alice.get("/api/v1/mailboxes").json()] == ["alice@example.test"]
         assert [m["subject"] for m in messages(alice)["messages"]] == ["for alice only"]
+        assert [m["snippet"] for m in messages(alice)["messages"]] == ["alice's secret"]
         assert messages(alice, q="secret")["total"] == 1
         assert alice.get("/api/v1/messages", params={"mailbox": "bob@example.test"}).status_code == 403
 
@@ -400,6 +401,7 @@ def test_events_only_show_your_own_mailbox(mta: RunningServer) -> None:
                 events.append(json.loads(line[6:]))
                 break
         assert [e["subject"] for e in events] == ["alice's news"]
+        assert events[0]["mailbox"] == "alice@example.test" and events[0]["snippet"] == "hello"
 
 
 def test_login_throttling(mta: RunningServer) -> None:
