@@ -58,6 +58,29 @@ def test_mailboxes_and_messages_newest_first(server: RunningServer) -> None:
         assert second["total"] == 3 and [m["subject"] for m in second["messages"]] == ["message 1"]
 
 
+def test_list_names_the_mailbox_and_a_one_line_snippet(server: RunningServer) -> None:
+    send(
+        server,
+        make_message("ann@example.test", "plain", "Hello Ann,\n\n  your   order\t#42\r\nhas shipped.\n"),
+    )
+    html_only = make_message("bob@example.test", "html only")
+    html_only.set_content("<style>p {color: red}</style><p>Big <b>news</b>&amp; more</p>", subtype="html")
+    send(server, html_only)
+    send(server, make_message("bob@example.test", "long", "word " * 500))
+    send(server, make_message("bob@example.test", "empty", "\n"))
+    with client(server) as http:
+        listed = {m["subject"]: m for m in messages(http)["messages"]}
+        assert listed["plain"]["mailbox"] == "ann@example.test"
+        assert listed["plain"]["snippet"] == "Hello Ann, your order #42 has shipped."
+        assert listed["html only"]["mailbox"] == "bob@example.test"
+        assert listed["html only"]["snippet"] == "Big news& more"
+        assert listed["long"]["snippet"] == ("word " * 40)[:200].rstrip()
+        assert listed["empty"]["snippet"] == ""
+        # One message says the same as its row in the list.
+        one = http.get(f"/api/v1/messages/{listed['plain']['id']}").json()
+        assert one["snippet"] == listed["plain"]["snippet"]
+
+
 def test_one_message_with_html_text_headers_and_attachments(server: RunningServer) -> None:
     message = make_message(
         "carol@example.test",
@@ -333,6 +356,7 @@ def test_a_user_cannot_read_another_users_mailbox(mta: RunningServer) -> None:
     with login(mta, "alice@example.test", "alice-password") as alice, client(mta) as peer:
         assert [b["address"] for b in alice.get("/api/v1/mailboxes").json()] == ["alice@example.test"]
         assert [m["subject"] for m in messages(alice)["messages"]] == ["for alice only"]
+        assert [m["snippet"] for m in messages(alice)["messages"]] == ["alice's secret"]
         assert messages(alice, q="secret")["total"] == 1
         assert alice.get("/api/v1/messages", params={"mailbox": "bob@example.test"}).status_code == 403
 
@@ -377,6 +401,7 @@ def test_events_only_show_your_own_mailbox(mta: RunningServer) -> None:
                 events.append(json.loads(line[6:]))
                 break
         assert [e["subject"] for e in events] == ["alice's news"]
+        assert events[0]["mailbox"] == "alice@example.test" and events[0]["snippet"] == "hello"
 
 
 def test_login_throttling(mta: RunningServer) -> None:

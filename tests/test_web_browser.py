@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -459,3 +460,144 @@ def test_keyboard_navigation(page: Page, server: RunningServer) -> None:
     p.locator("#view-empty").wait_for()
     p.keyboard.press("/")
     assert p.evaluate("document.activeElement.id") == "search"
+
+
+@pytest.fixture
+def us_page(browser: Browser, watch: Watch) -> Iterator[Page]:
+    """A desktop page in a fixed locale and time zone, for what dates look like."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    page.on(
+        "console", lambda entry: watch.console_errors.append(entry.text) if entry.type == "error" else None
+    )
+    yield page
+    context.close()
+
+
+def test_rows_name_the_mailbox_show_a_snippet_and_the_day(
+    us_page: Page, server: RunningServer, watch: Watch
+) -> None:
+    old = make_message("ann@example.test", "From the past", "Minutes of the\n\nmeeting   follow.")
+    old["Date"] = "Tue, 03 Mar 2020 10:00:00 +0000"
+    send(server, old)
+    send(server, make_message("bob@example.test", "Fresh", "News of today"))
+    with client(server) as http:
+        fresh = next(m for m in messages(http)["messages"] if m["subject"] == "Fresh")
+    received = datetime.fromisoformat(fresh["date"].replace("Z", "+00:00"))
+    p = us_page
+    open_ui(p, server)
+    past = p.locator("#message-list li", has_text="From the past")
+    today = p.locator("#message-list li", has_text="Fresh")
+    # "All mailboxes" mixes mailboxes: each row says which one it came to.
+    expect(past.locator(".mailbox")).to_have_text("ann@example.test")
+    expect(today.locator(".mailbox")).to_have_text("bob@example.test")
+    expect(past.locator(".snippet")).to_have_text("Minutes of the meeting follow.")
+    expect(today.locator(".snippet")).to_have_text("News of today")
+    # The day, not only the time; the year when it is not this one.
+    expect(past.locator(".date")).to_have_text("Mar 3, 2020")
+    expect(today.locator(".date")).to_contain_text(f"{received:%b} {received.day}, ")
+    assert "2020" in (past.locator(".date").get_attribute("title") or "")
+    # One mailbox's list need not repeat its name on every row.
+    p.locator("#mailbox-list button", has_text="bob@example.test").click()
+    expect(p.locator("#message-list li")).to_have_count(1)
+    expect(p.locator("#message-list .mailbox")).to_have_count(0)
+    expect(p.locator("#message-list .snippet")).to_have_text("News of today")
+    assert watch.console_errors == []
+
+
+def test_the_address_names_the_open_message_and_editing_it_navigates(
+    page: Page, server: RunningServer, watch: Watch
+) -> None:
+    send(server, make_message("a@example.test", "first"))
+    send(server, make_message("b@example.test", "second"))
+    send(server, make_message("b@example.test", "third"))
+    with client(server) as http:
+        ids = {m["subject"]: m["id"] for m in messages(http)["messages"]}
+    p = page
+    p.goto(f"{server.base_url}/#id={ids['first']}")
+    expect(p.locator("#view-subject")).to_have_text("first")
+    # The open message's row is marked, however it was opened.
+    expect(p.locator("#message-list li.open")).to_have_count(1)
+    expect(p.locator("#message-list li.open")).to_contain_text("first")
+
+    p.evaluate(f"location.hash = 'mailbox=b%40example.test&id={ids['second']}'")
+    expect(p.locator("#list-title")).to_have_text("b@example.test")
+    expect(p.locator("#view-subject")).to_have_text("second")
+    expect(p.locator("#message-list li")).to_have_count(2)
+    expect(p.locator("#message-list li.open")).to_contain_text("second")
+    expect(p.locator("#mailbox-list button.current")).to_contain_text("b@example.test")
+
+    p.evaluate("location.hash = 'mailbox=b%40example.test'")
+    expect(p.locator("#view-empty")).to_be_visible()
+    expect(p.locator("#message-list li.open")).to_have_count(0)
+
+    # Back goes where the address was; so it does after a click (a phone's Back button
+    # leaves the message, not the page).
+    p.go_back()
+    expect(p.locator("#view-subject")).to_have_text("second")
+    p.locator("#message-list li", has_text="third").click()
+    expect(p.locator("#view-subject")).to_have_text("third")
+    assert f"id={ids['third']}" in p.url
+    p.go_back()
+    expect(p.locator("#view-subject")).to_have_text("second")
+    expect(p.locator("#message-list li.open")).to_contain_text("second")
+    assert watch.dialogs == [] and watch.console_errors == []
+
+
+def test_a_user_is_shown_only_their_own_mailbox_and_what_they_may_do(page: Page, mta: RunningServer) -> None:
+    send(mta, make_message("alice@example.test", "Hi Alice"))
+    send(mta, make_message("bob@example.test", "Hi Bob"))
+    asked: list[str] = []
+    p = page
+    p.on("request", lambda request: asked.append(request.url))
+    # A link naming someone else's mailbox, followed by a person who logs in as alice.
+    p.goto(mta.base_url + "/#mailbox=bob%40example.test")
+    p.fill("#login-address", "alice@example.test")
+    p.fill("#login-password", "alice-password")
+    p.click("#login-form button[type=submit]")
+    expect(p.locator("#toast")).to_contain_text("bob@example.test is not your mailbox")
+    expect(p.locator("#message-list li")).to_have_count(1)
+    expect(p.locator("#message-list li")).to_contain_text("Hi Alice")
+    # The sidebar and the heading say the same: her mailbox, and nothing besides.
+    expect(p.locator("#mailbox-list li")).to_have_count(1)
+    expect(p.locator("#mailbox-list button.current")).to_contain_text("alice@example.test")
+    expect(p.locator("#list-title")).to_have_text("alice@example.test")
+    expect(p.locator("#clear-mailbox")).to_be_visible()  # her own mailbox she may empty
+
+    p.locator("#toast").click()  # dismissed
+    expect(p.locator("#toast")).to_be_hidden()
+    p.evaluate("location.hash = 'mailbox=bob%40example.test'")
+    expect(p.locator("#toast")).to_contain_text("bob@example.test is not your mailbox")
+    expect(p.locator("#list-title")).to_have_text("alice@example.test")
+    expect(p.locator("#message-list li")).to_contain_text("Hi Alice")
+    assert "bob" not in p.locator("#app").inner_text().replace("bob@example.test is not your mailbox.", "")
+    assert not [url for url in asked if "/api/" in url and "bob" in url]
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+def test_an_error_message_leaves_the_pager_usable(
+    browser: Browser, server: RunningServer, width: int
+) -> None:
+    send(server, make_message("pager@example.test", "one"))
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    context.set_default_timeout(WAIT)
+    try:
+        p = context.new_page()
+        open_ui(p, server)
+        p.locator("#message-list li").first.wait_for()
+        p.fill("#search", "is:bogus")
+        p.press("#search", "Enter")
+        expect(p.locator("#toast")).to_contain_text("expected is:read or unread")
+        toast = p.locator("#toast").bounding_box()
+        pager = p.locator(".pager").bounding_box()
+        assert toast is not None and pager is not None
+        assert toast["y"] + toast["height"] <= pager["y"], (toast, pager)
+        for button in ("#newer", "#older"):
+            box = p.locator(button).bounding_box()
+            assert box is not None
+            centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            assert p.evaluate("([x, y]) => document.elementFromPoint(x, y).id", centre) == button[1:]
+        assert toast["x"] >= 0 and toast["x"] + toast["width"] <= width
+    finally:
+        context.close()

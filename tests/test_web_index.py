@@ -190,6 +190,34 @@ def test_an_index_of_another_version_is_rebuilt(tmp_path: Path, mail_root: Path)
         index.close()
 
 
+def test_an_index_of_version_3_gains_snippets_and_keeps_its_ids(tmp_path: Path, mail_root: Path) -> None:
+    for number in range(3):
+        deliver(mail_root, "mi@example.test", f"170000000{number}.M_{number}.mx", f"kept {number}")
+    path = tmp_path / "index.sqlite3"
+    index = MailIndex(path, mail_root)
+    index.sync()
+    ids = [row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows]
+    index.close()
+    # Made into the index of version 3 exactly: the same tables, without the snippet column.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE messages DROP COLUMN snippet")
+        db.execute("PRAGMA user_version = 3")
+    db.close()
+    index = MailIndex(path, mail_root)
+    try:
+        rows = index.page(None, EVERYTHING, limit=10, offset=0).rows
+        assert [row.id for row in rows] == ids  # not rebuilt: links to messages still work
+        assert [row.snippet for row in rows] == ["body of kept 2", "body of kept 1", "body of kept 0"]
+        assert index.sync().added == 0
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.close()
+        # A second process opening it afterwards finds nothing to do.
+        MailIndex(path, mail_root).close()
+    finally:
+        index.close()
+
+
 def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = tmp_path / "data"
     deliver(data_dir / "mail", "hu@example.test", "1700000000.H_0.mx", "one")

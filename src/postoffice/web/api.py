@@ -107,6 +107,7 @@ def summary_json(row: Row) -> dict[str, Any]:
         "size": row.size,
         "read": row.seen,
         "has_attachments": row.has_attachments,
+        "snippet": row.snippet,
     }
 
 

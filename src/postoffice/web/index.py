@@ -35,8 +35,11 @@ from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_ma
 
 log = logging.getLogger("postoffice.web.index")
 
-# Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk.
-SCHEMA_VERSION = 3
+# Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
+# except that one of version 3 first gains the snippet column in place (_add_snippets).
+SCHEMA_VERSION = 4
+# The version that added messages.snippet.
+SNIPPET_SCHEMA = 4
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 # enough that a delivery waiting for the lock never waits long.
 SYNC_BATCH = 200
@@ -66,6 +69,7 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     seen INTEGER NOT NULL,
     has_attachments INTEGER NOT NULL,
+    snippet TEXT NOT NULL DEFAULT '',
     UNIQUE (mailbox, key)
 );
 -- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
@@ -91,7 +95,8 @@ END;
 """
 
 _COLUMNS = (
-    "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments"
+    "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments,"
+    " snippet"
 )
 
 
@@ -111,6 +116,9 @@ class Row:
     size: int
     seen: bool
     has_attachments: bool
+    # The start of the body text, for the list (message.snippet); made from SearchText.body
+    # when the row is written.
+    snippet: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +151,21 @@ class SyncReport:
 
 
 def _row(values: Sequence[object]) -> Row:
-    (id_, mailbox, key, location, sender, recipients, subject, date, received, size, seen, attached) = values
+    (
+        id_,
+        mailbox,
+        key,
+        location,
+        sender,
+        recipients,
+        subject,
+        date,
+        received,
+        size,
+        seen,
+        attached,
+        snippet,
+    ) = values
     return Row(
         id=int(id_),  # type: ignore[call-overload]
         mailbox=str(mailbox),
@@ -157,7 +179,12 @@ def _row(values: Sequence[object]) -> Row:
         size=int(size),  # type: ignore[call-overload]
         seen=bool(seen),
         has_attachments=bool(attached),
+        snippet=str(snippet),
     )
+
+
+def _snippet_of(body: object) -> str:
+    return message.snippet(body) if isinstance(body, str) else ""
 
 
 def _received_time(entry: Entry, stat: os.stat_result) -> float:
@@ -274,6 +301,9 @@ class MailIndex:
         db = self._db
         with self._write_lock:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SNIPPET_SCHEMA - 1:
+                self._add_snippets(db)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == SCHEMA_VERSION:
                 return  # nothing to write: workers opening one index at once never wait here
             if version not in (0, SCHEMA_VERSION):
@@ -283,6 +313,29 @@ class MailIndex:
                 )
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+    @staticmethod
+    def _add_snippets(db: sqlite3.Connection) -> None:
+        """Schema 3 to 4: add the snippet column, made from the body text the index holds.
+
+        A migration rather than a rebuild: ids stay, so links to messages keep working, and
+        no message is parsed again. Another process may be doing the same: the version is
+        read again once this one holds the write lock, and whoever comes second finds it done.
+        """
+        db.create_function("postoffice_snippet", 1, _snippet_of, deterministic=True)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == SNIPPET_SCHEMA - 1:
+                db.execute("ALTER TABLE messages ADD COLUMN snippet TEXT NOT NULL DEFAULT ''")
+                db.execute(
+                    f"UPDATE messages SET snippet = postoffice_snippet("
+                    f"(SELECT body FROM {TEXT_TABLE} WHERE {TEXT_TABLE}.rowid = messages.id))"
+                )
+                db.execute(f"PRAGMA user_version = {SNIPPET_SCHEMA:d}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -369,9 +422,10 @@ class MailIndex:
         return row, SearchText(f"{summary.recipients} {summary.delivered_to}".strip(), summary.text)
 
     def _insert(self, db: sqlite3.Connection, row: Row, text: SearchText) -> Row | None:
+        snippet = message.snippet(text.body)
         cursor = db.execute(
             "INSERT INTO messages (mailbox, key, location, sender, recipients, subject, date, received,"
-            " size, seen, has_attachments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " size, seen, has_attachments, snippet) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (mailbox, key) DO NOTHING",
             (
                 row.mailbox,
@@ -385,6 +439,7 @@ class MailIndex:
                 row.size,
                 int(row.seen),
                 int(row.has_attachments),
+                snippet,
             ),
         )
         if cursor.rowcount == 0:
@@ -395,7 +450,7 @@ class MailIndex:
             "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox) VALUES (?, ?, ?, ?, ?, ?)",
             (new_id, row.sender, text.recipients, row.subject, text.body, mailbox_token(row.mailbox)),
         )
-        return dataclasses.replace(row, id=new_id)
+        return dataclasses.replace(row, id=new_id, snippet=snippet)
 
     def insert_many(self, items: Sequence[tuple[Row, SearchText]]) -> list[Row]:
         """Insert prepared rows in one transaction; returns the ones that are new.
@@ -632,7 +687,7 @@ class MailIndex:
                 row, text = result
                 db.execute(
                     "UPDATE messages SET location = ?, sender = ?, recipients = ?, subject = ?, date = ?,"
-                    " received = ?, size = ?, seen = ?, has_attachments = ? WHERE id = ?",
+                    " received = ?, size = ?, seen = ?, has_attachments = ?, snippet = ? WHERE id = ?",
                     (
                         row.location,
                         row.sender,
@@ -643,6 +698,7 @@ class MailIndex:
                         row.size,
                         int(row.seen),
                         int(row.has_attachments),
+                        message.snippet(text.body),
                         message_id,
                     ),
                 )

@@ -33,6 +33,9 @@ import nh3
 # Text kept for full-text search per message: enough for any real body, bounded so one huge
 # message cannot bloat the index.
 MAX_INDEXED_TEXT = 256 * 1024
+# Characters of body text the message list shows under a subject: more than a wide list
+# pane fits on its one line, a few hundred bytes per message in the index.
+SNIPPET_LENGTH = 200
 # The index parses at most this much of a message: the headers, the text bodies it keeps and
 # the parts' own headers come first; a 20 MB attachment need not be in memory to be counted.
 INDEX_PREFIX = 512 * 1024
@@ -411,6 +414,13 @@ def summarise(message: EmailMessage) -> Summary:
         text=body[:MAX_INDEXED_TEXT],
         delivered_to=header(message, "delivered-to"),
     )
+
+
+def snippet(text: str) -> str:
+    """The start of a body text as one line, for a message list (as mail clients show under
+    the subject): whitespace runs become one space, and at most SNIPPET_LENGTH characters."""
+    # A body of nothing but whitespace for longer than this shows no snippet, which is right.
+    return " ".join(text[: SNIPPET_LENGTH * 4].split())[:SNIPPET_LENGTH].rstrip()
 
 
 def html_to_text(markup: str) -> str:

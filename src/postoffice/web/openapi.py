@@ -12,6 +12,7 @@ from typing import Any
 from postoffice import __version__
 from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
 from postoffice.web.index import MAX_PAGE
+from postoffice.web.message import SNIPPET_LENGTH
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -59,6 +60,11 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
     "size": {"type": "integer", "description": "Octets, as stored."},
     "read": {"type": "boolean", "description": "The Maildir 'S' (seen) flag."},
     "has_attachments": {"type": "boolean"},
+    "snippet": {
+        "type": "string",
+        "maxLength": SNIPPET_LENGTH,
+        "description": "The start of the body text on one line (whitespace runs as one space); empty if none.",
+    },
 }
 
 _SCHEMAS: dict[str, Any] = {

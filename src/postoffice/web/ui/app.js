@@ -16,6 +16,7 @@ const state = {
   messages: [],
   selected: -1,
   open: null, // the message shown, as the API returned it
+  opening: null, // the id of the message being fetched to be shown
   tab: "html",
   remote: false,
   events: null,
@@ -51,8 +52,10 @@ function toast(text) {
   element.textContent = text;
   element.hidden = false;
   clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => { element.hidden = true; }, 3000);
+  toast.timer = setTimeout(() => { element.hidden = true; }, 4000);
 }
+
+$("toast").addEventListener("click", () => { $("toast").hidden = true; });
 
 // -- formatting --------------------------------------------------------------------------------
 
@@ -62,15 +65,22 @@ function humanSize(octets) {
   return `${(octets / 1048576).toFixed(1)} MB`;
 }
 
-const dayFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
-const dateFormat = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+// The list always shows the day, not only the time: "Mar 3, 14:05" this year, "Mar 3, 2020" before.
+const thisYearFormat = new Intl.DateTimeFormat(undefined, {
+  month: "short", day: "numeric", hour: "numeric", minute: "2-digit",
+});
+const otherYearFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
 const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 
 function shortDate(iso) {
   if (!iso) return "";
   const date = new Date(iso);
-  const now = new Date();
-  return date.toDateString() === now.toDateString() ? dayFormat.format(date) : dateFormat.format(date);
+  const format = date.getFullYear() === new Date().getFullYear() ? thisYearFormat : otherYearFormat;
+  return format.format(date);
+}
+
+function fullDate(iso) {
+  return iso ? fullFormat.format(new Date(iso)) : "";
 }
 
 function displayName(from) {
@@ -111,10 +121,17 @@ function start() {
   const session = state.session;
   $("who").textContent = session.address ? `${session.address}${session.admin ? " (admin)" : ""}` : "";
   $("logout").hidden = !session.login_required;
+  // Nothing of a previous session stays on the page.
+  state.mailboxes = [];
+  state.messages = [];
+  state.selected = -1;
+  closeMessage();
   readHash();
+  renderMailboxes();
   connectEvents();
   refreshMailboxes();
-  loadMessages().then(() => { if (state.pendingOpen) openMessage(state.pendingOpen); });
+  loadMessages();
+  if (state.pendingOpen) openMessage(state.pendingOpen);
 }
 
 $("login-form").addEventListener("submit", async (event) => {
@@ -135,29 +152,77 @@ $("login-form").addEventListener("submit", async (event) => {
 $("logout").addEventListener("click", async () => {
   try { await api("/api/v1/logout", { method: "POST" }); } catch (error) { /* logged out anyway */ }
   state.session = null;
+  history.replaceState(null, "", location.pathname + location.search); // the next person starts afresh
   showLogin();
 });
 
-// -- where we are (kept in the address bar, so reload and back work) ----------------------------
+// -- who may do what ------------------------------------------------------------------------------
+// The server decides (web/auth.py); this only keeps the page from offering what it would refuse.
+// An admin, and everyone in open mode, sees every mailbox; anyone else sees their own only.
+
+function seesAll() {
+  return Boolean(state.session && state.session.admin);
+}
+
+function mayUse(mailbox) {
+  return seesAll() || (Boolean(mailbox) && mailbox === state.session.mailbox);
+}
+
+// -- where we are (kept in the address bar: reload, back and an edited address all work) -------
 
 function readHash() {
   const params = new URLSearchParams(location.hash.slice(1));
-  state.mailbox = params.get("mailbox") || null;
+  let mailbox = params.get("mailbox") || null;
+  if (!seesAll()) {
+    // Someone else's mailbox would only answer 403; show this person's own instead.
+    if (mailbox && !mayUse(mailbox)) toast(`${mailbox} is not your mailbox.`);
+    mailbox = state.session ? state.session.mailbox : null;
+  }
+  state.mailbox = mailbox;
   state.query = params.get("q") || "";
-  state.offset = Number(params.get("offset")) || 0;
+  state.offset = Math.max(0, Math.floor(Number(params.get("offset")))) || 0;
   state.pendingOpen = Number(params.get("id")) || null;
   $("search").value = state.query;
 }
 
-function writeHash() {
+// push: a step the browser's Back button should undo (opening a message, another mailbox, a
+// search, a page); otherwise the address is only brought up to date.
+function writeHash(push = false) {
   const params = new URLSearchParams();
   if (state.mailbox) params.set("mailbox", state.mailbox);
   if (state.query) params.set("q", state.query);
   if (state.offset) params.set("offset", String(state.offset));
-  if (state.open) params.set("id", String(state.open.id));
+  const id = state.open ? state.open.id : state.opening;
+  if (id) params.set("id", String(id));
   const hash = params.toString();
-  history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
+  if (location.hash.slice(1) === hash) return;
+  const url = hash ? `#${hash}` : location.pathname + location.search;
+  if (push) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
 }
+
+// The address changed under the page: edited by hand, or Back/Forward.
+function followHash() {
+  if ($("app").hidden) return;
+  const where = () => [state.mailbox, state.query, state.offset].join("\n");
+  const before = where();
+  readHash();
+  if (where() !== before) {
+    renderMailboxes();
+    loadMessages();
+  }
+  const id = state.pendingOpen;
+  if (!id) {
+    if (state.open || state.opening) closeMessage();
+  } else if (id !== (state.open && state.open.id) && id !== state.opening) {
+    openMessage(id);
+  }
+  writeHash();
+}
+
+// Both fire for one edit of the address; the second finds nothing left to do.
+window.addEventListener("hashchange", followHash);
+window.addEventListener("popstate", followHash);
 
 // -- mailboxes -------------------------------------------------------------------------------------
 
@@ -171,11 +236,23 @@ const refreshMailboxesSoon = debounce(() => refreshMailboxes().catch(() => {}), 
 function renderMailboxes() {
   const list = $("mailbox-list");
   list.replaceChildren();
-  const totalUnread = state.mailboxes.reduce((sum, box) => sum + box.unread, 0);
-  list.append(mailboxItem(null, state.session && !state.session.admin ? "My mail" : "All mailboxes", totalUnread));
-  for (const box of state.mailboxes) list.append(mailboxItem(box.address, box.address, box.unread));
-  $("list-title").textContent = state.mailbox || "All mailboxes";
-  $("clear-mailbox").hidden = !state.mailbox;
+  let boxes = state.mailboxes;
+  if (seesAll()) {
+    const totalUnread = boxes.reduce((sum, box) => sum + box.unread, 0);
+    list.append(mailboxItem(null, "All mailboxes", totalUnread));
+  } else if (!boxes.length && state.session && state.session.mailbox) {
+    boxes = [{ address: state.session.mailbox, total: 0, unread: 0 }]; // no mail yet
+  }
+  for (const box of boxes) list.append(mailboxItem(box.address, box.address, box.unread));
+  $("list-title").textContent = state.mailbox || (seesAll() ? "All mailboxes" : "No mailbox");
+  // "Delete all" empties the whole mailbox, so it is not offered beside search results.
+  const current = boxes.find((box) => box.address === state.mailbox);
+  $("clear-mailbox").hidden = !(current && current.total > 0 && mayUse(current.address) && !state.query);
+}
+
+function setDrawer(open) {
+  $("app").classList.toggle("drawer-open", open);
+  $("menu").setAttribute("aria-expanded", String(open));
 }
 
 function mailboxItem(address, label, unread) {
@@ -186,10 +263,11 @@ function mailboxItem(address, label, unread) {
   button.append(element("span", "address", label), element("span", unread ? "badge" : "badge zero", String(unread)));
   button.title = label;
   button.addEventListener("click", () => {
+    setDrawer(false);
     state.mailbox = address;
     state.offset = 0;
-    $("app").classList.remove("drawer-open");
     closeMessage();
+    writeHash(true);
     renderMailboxes();
     loadMessages();
   });
@@ -197,10 +275,7 @@ function mailboxItem(address, label, unread) {
   return item;
 }
 
-$("menu").addEventListener("click", () => {
-  const open = $("app").classList.toggle("drawer-open");
-  $("menu").setAttribute("aria-expanded", String(open));
-});
+$("menu").addEventListener("click", () => setDrawer(!$("app").classList.contains("drawer-open")));
 
 $("clear-mailbox").addEventListener("click", async () => {
   if (!state.mailbox) return;
@@ -259,6 +334,13 @@ function renderRow(message, index) {
   row.dataset.id = String(message.id);
   if (!message.read) row.classList.add("unread");
   if (index === state.selected) { row.classList.add("selected"); row.setAttribute("aria-selected", "true"); }
+  if (state.open && state.open.id === message.id) { row.classList.add("open"); row.setAttribute("aria-current", "true"); }
+  const date = element("span", "date", shortDate(message.date));
+  date.title = fullDate(message.date);
+  const preview = element("span", "preview");
+  // Which mailbox it came to matters only when the list mixes them.
+  if (!state.mailbox) preview.append(element("span", "mailbox", message.mailbox));
+  preview.append(element("span", "snippet", message.snippet || ""));
   const extra = element("span", "extra");
   if (message.has_attachments) {
     const clip = element("span", "clip");
@@ -269,13 +351,27 @@ function renderRow(message, index) {
   extra.append(document.createTextNode(humanSize(message.size)));
   row.append(
     element("span", "sender", displayName(message.from)),
-    element("span", "date", shortDate(message.date)),
+    date,
     element("span", "subject", message.subject || "(no subject)"),
     extra,
+    preview,
   );
-  row.title = `${message.from}\n${message.subject}`;
-  row.addEventListener("click", () => { select(index); openMessage(message.id); });
+  row.title = `${message.from}\n${message.subject}\nTo ${message.mailbox}`;
+  row.addEventListener("click", () => { select(index); openMessage(message.id, true); });
   return row;
+}
+
+// The open message's row is marked wherever it came from: a click, the keyboard, the address.
+function markOpen() {
+  const id = state.open ? state.open.id : null;
+  for (const row of $("message-list").children) {
+    const open = id !== null && row.dataset.id === String(id);
+    row.classList.toggle("open", open);
+    if (open) row.setAttribute("aria-current", "true");
+    else row.removeAttribute("aria-current");
+  }
+  const index = id === null ? -1 : state.messages.findIndex((message) => message.id === id);
+  if (index >= 0 && index !== state.selected) select(index);
 }
 
 function select(index) {
@@ -289,31 +385,56 @@ function select(index) {
   rows[state.selected].scrollIntoView({ block: "nearest" });
 }
 
-$("newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE_SIZE); loadMessages(); });
-$("older").addEventListener("click", () => { state.offset += PAGE_SIZE; loadMessages(); });
+function turnPage(offset) {
+  state.offset = offset;
+  writeHash(true);
+  loadMessages();
+}
+
+$("newer").addEventListener("click", () => turnPage(Math.max(0, state.offset - PAGE_SIZE)));
+$("older").addEventListener("click", () => turnPage(state.offset + PAGE_SIZE));
+
+function search(query) {
+  state.query = query;
+  state.offset = 0;
+  writeHash(true);
+  renderMailboxes();
+  loadMessages();
+}
 
 $("search-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  state.query = $("search").value.trim();
-  state.offset = 0;
-  loadMessages();
+  search($("search").value.trim());
   $("message-list").focus();
 });
 $("search").addEventListener("search", () => {
   // The clear button of a search field.
-  if ($("search").value === "" && state.query) { state.query = ""; state.offset = 0; loadMessages(); }
+  if ($("search").value === "" && state.query) search("");
 });
+
+// A phone's search box is too narrow for the hint; it shows in full from a tablet's width up.
+const narrow = window.matchMedia("(max-width: 700px)");
+const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment";
+function placeSearchHint() { $("search").placeholder = narrow.matches ? "Search" : SEARCH_HINT; }
+narrow.addEventListener("change", placeSearchHint);
+placeSearchHint();
 
 // -- one message ---------------------------------------------------------------------------------
 
-async function openMessage(id) {
+async function openMessage(id, push = false) {
+  state.opening = id;
   let message;
   try {
     message = await api(`/api/v1/messages/${id}`);
   } catch (error) {
+    if (state.opening !== id) return;
+    state.opening = null;
     toast(error.status === 404 ? "That message is gone." : error.message);
+    writeHash();
     return;
   }
+  if (state.opening !== id) return; // another message was asked for meanwhile
+  state.opening = null;
   state.open = message;
   state.remote = false;
   $("app").dataset.view = "message";
@@ -322,7 +443,7 @@ async function openMessage(id) {
   $("view-subject").textContent = message.subject || "(no subject)";
   $("view-from").textContent = message.from;
   $("view-to").textContent = message.to;
-  $("view-date").textContent = message.date ? fullFormat.format(new Date(message.date)) : "";
+  $("view-date").textContent = fullDate(message.date);
   $("view-size").textContent = humanSize(message.size);
   $("download").href = `/api/v1/messages/${message.id}/raw`;
   $("download").setAttribute("download", `message-${message.id}.eml`);
@@ -333,18 +454,21 @@ async function openMessage(id) {
   $("tab-source").textContent = "";
   const tab = message.html !== null ? "html" : "text";
   showTab(state.tab === "html" || state.tab === "text" ? tab : state.tab);
-  writeHash();
+  markOpen();
+  writeHash(push);
   if (!message.read) setRead(message.id, true);
   else updateReadButton();
 }
 
+// The caller brings the address up to date (writeHash), pushing a step or not.
 function closeMessage() {
   state.open = null;
+  state.opening = null;
   $("view").hidden = true;
   $("view-empty").hidden = false;
   $("tab-html").removeAttribute("src");
   $("app").dataset.view = "list";
-  writeHash();
+  markOpen();
 }
 
 function renderHeaders(message) {
@@ -418,7 +542,7 @@ for (const button of document.querySelectorAll(".tabs button")) {
 }
 
 $("load-remote").addEventListener("click", () => { state.remote = true; showTab("html"); });
-$("back").addEventListener("click", () => { closeMessage(); $("message-list").focus(); });
+$("back").addEventListener("click", () => { closeMessage(); writeHash(true); $("message-list").focus(); });
 
 // Read-state changes show at once and reach the server one at a time per message, in the order
 // they were made: opening a message marks it read, and a quick "u" right after must not race that
@@ -471,6 +595,7 @@ async function deleteMessage(id) {
     if (state.open && state.open.id === id) openMessage(state.messages[state.selected].id);
   } else if (state.open && state.open.id === id) {
     closeMessage();
+    writeHash();
   }
 }
 
@@ -518,13 +643,13 @@ function connectEvents() {
   source.addEventListener("deleted", (event) => {
     const change = JSON.parse(event.data);
     removeFromList(change.id);
-    if (state.open && state.open.id === change.id) closeMessage();
+    if (state.open && state.open.id === change.id) { closeMessage(); writeHash(); }
   });
   source.addEventListener("cleared", (event) => {
     const change = JSON.parse(event.data);
     refreshMailboxesSoon();
     if (!state.mailbox || state.mailbox === change.mailbox) {
-      if (state.open && state.open.mailbox === change.mailbox) closeMessage();
+      if (state.open && state.open.mailbox === change.mailbox) { closeMessage(); writeHash(); }
       reloadSoon();
     }
   });
@@ -546,7 +671,7 @@ document.addEventListener("keydown", (event) => {
     case "k": case "ArrowUp":
       select(state.selected < 0 ? 0 : state.selected - 1); break;
     case "Enter": case "o":
-      if (state.selected >= 0) openMessage(state.messages[state.selected].id); break;
+      if (state.selected >= 0) openMessage(state.messages[state.selected].id, true); break;
     case "Delete": case "#":
       if (state.selected >= 0) deleteMessage(state.messages[state.selected].id);
       else if (state.open) deleteMessage(state.open.id);
@@ -556,7 +681,7 @@ document.addEventListener("keydown", (event) => {
     case "/":
       $("search").focus(); $("search").select(); break;
     case "Escape":
-      if (state.open) closeMessage(); break;
+      if (state.open) { closeMessage(); writeHash(true); } break;
     default:
       return;
   }
