@@ -1,29 +1,31 @@
 """Dovecot serves postoffice's Maildirs over IMAP, as docs/dovecot.md describes.
 
 A real postoffice server delivers; Debian's Dovecot (``dovecot-imapd``) reads the same Maildir
-with a minimal configuration of the shape the documentation gives: passwords from postoffice's
-own ``accounts.json`` (its argon2id hashes, which Dovecot checks as ``{ARGON2ID}``), the
-Maildir at ``<data-dir>/mail/<domain>/<local part>``, and one unprivileged user owning the mail.
-Both sides must then agree on the flags: Dovecot's ``\\Seen`` is the file's ``:2,S`` suffix,
-and postoffice's "mark read" is a ``\\Seen`` Dovecot reports.
+with the documentation's own ``dovecot.conf`` and password recipe, taken from docs/dovecot.md
+(paths, ports and the mail user replaced for the test, nothing else): passwords from
+postoffice's ``accounts.json`` (argon2id hashes, which Dovecot checks as ``{ARGON2ID}``), the
+Maildir at ``<data-dir>/mail/<domain>/<local part>``, TLS required. Both sides must then agree
+on the flags: Dovecot's ``\\Seen`` is the file's ``:2,S`` suffix, and postoffice's "mark read"
+is a ``\\Seen`` Dovecot reports.
 
 Dovecot refuses to access mail as uid 0, so when the tests run as root the Maildirs are handed
-to Debian's ``mail`` system user (standing in for the user postoffice runs as in production)
-and Dovecot's mail processes run as that user; otherwise everything runs as the current user.
-Everything listens on 127.0.0.1 only.
+to Debian's ``mail`` system user (standing in for the ``postoffice`` user of the documentation)
+and Dovecot's mail processes run as that user; otherwise everything runs as the current user
+(Dovecot's "rootless" mode). Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import imaplib
-import json
 import os
 import pwd
 import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -38,54 +40,81 @@ import pytest
 from conftest import RunningServer, require_tool, wait_until
 from mail_peers import free_port
 from postoffice.accounts import Accounts
+from submission_support import Certs, make_certs
 from web_helpers import client, messages
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "dovecot.md"
 DOMAIN = "example.test"
 ALICE = "alice@example.test"
 PASSWORD = "correct horse battery staple"
 
 
-def dovecot_passwd(accounts_json: Path) -> str:
-    """A Dovecot passwd-file from accounts.json: the recipe of docs/dovecot.md."""
-    users = json.loads(accounts_json.read_text())["users"]
-    return "".join(f"{address}:{{ARGON2ID}}{user['password']}\n" for address, user in users.items())
+def documented(marker: str) -> str:
+    """The fenced block after ``<!-- marker -->`` in docs/dovecot.md."""
+    text = DOC.read_text()
+    assert f"<!-- {marker} -->" in text, f"docs/dovecot.md has no <!-- {marker} --> block"
+    after = text.split(f"<!-- {marker} -->", 1)[1]
+    opening = after.index("```")
+    body = after.index("\n", opening) + 1
+    return after[body : after.index("```", body)]
 
 
-def dovecot_conf(work: Path, mail_root: Path, port: int, mail_user: pwd.struct_passwd) -> str:
-    """A minimal dovecot.conf: the documented one, with a private base_dir, state and log."""
+def substitute(text: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        assert old in text, f"docs/dovecot.md no longer says {old!r}: update this test with it"
+        text = text.replace(old, new)
+    return text
+
+
+def make_passwd_file(accounts_json: Path, passwd: Path, group: str) -> None:
+    """Run the documentation's recipe for Dovecot's password file."""
+    recipe = substitute(
+        documented("dovecot-passwd"),
+        {
+            "/var/lib/postoffice/accounts.json": str(accounts_json),
+            "/etc/dovecot/postoffice.passwd": str(passwd),
+            "chgrp dovecot": f"chgrp {group}",
+        },
+    )
+    subprocess.run(["bash", "-e", "-c", recipe], check=True, timeout=30)
+
+
+def dovecot_conf(work: Path, mail_root: Path, certs: Certs, port: int, mail_user: pwd.struct_passwd) -> str:
+    """The documentation's dovecot.conf, then what a test needs on top of it."""
+    conf = substitute(
+        documented("dovecot-conf"),
+        {
+            "/etc/postoffice/tls/fullchain.pem": str(certs.cert),
+            "/etc/postoffice/tls/privkey.pem": str(certs.key),
+            "/etc/dovecot/postoffice.passwd": str(work / "passwd"),
+            "/var/lib/postoffice/mail": str(mail_root),
+            "mail_uid = postoffice": f"mail_uid = {mail_user.pw_uid}",
+            "mail_gid = postoffice": f"mail_gid = {mail_user.pw_gid}",
+            "first_valid_uid = 100": f"first_valid_uid = {mail_user.pw_uid}",
+        },
+    )
     lines = [
+        # A private instance: its own sockets, state and log, and one loopback port.
         f"base_dir = {work}/run",
         f"state_dir = {work}/state",
         f"log_path = {work}/dovecot.log",
-        "protocols = imap",
         "listen = 127.0.0.1",
-        # Loopback only, and a test: no certificate. Production sets ssl = required.
-        "ssl = no",
-        "disable_plaintext_auth = no",
-        "auth_mechanisms = plain",
-        # postoffice folds addresses to lower case, and so must the lookups and the paths.
-        "auth_username_format = %Lu",
-        f"mail_uid = {mail_user.pw_uid}",
-        f"mail_gid = {mail_user.pw_gid}",
-        f"first_valid_uid = {mail_user.pw_uid}",
-        f"first_valid_gid = {mail_user.pw_gid}",
-        f"mail_location = maildir:{mail_root}/%Ld/%Ln",
-        f"passdb {{\n  driver = passwd-file\n  args = {work}/passwd\n}}",
-        f"userdb {{\n  driver = static\n  args = home={mail_root}/%Ld/%Ln\n}}",
-        f"service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}",
-        "service imap {\n  process_limit = 4\n}",
+        "service imap-login {",
+        f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}",
+        "  inet_listener imaps {\n    port = 0\n  }",
+        "}",
     ]
     if os.geteuid() != 0:
-        # Without root, Dovecot runs every process as this user and cannot chroot (its
-        # "rootless installation").
+        # Without root, Dovecot runs every process as this user and cannot chroot.
+        group = grp.getgrgid(mail_user.pw_gid).gr_name
         lines += [
             f"default_internal_user = {mail_user.pw_name}",
+            f"default_internal_group = {group}",
             f"default_login_user = {mail_user.pw_name}",
-            f"default_internal_group = {mail_user.pw_name}",
             "service imap-login {\n  chroot =\n}",
             "service anvil {\n  chroot =\n}",
         ]
-    return "\n".join(lines) + "\n"
+    return conf + "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -94,6 +123,7 @@ class Dovecot:
     work: Path
     mail_user: pwd.struct_passwd
     process: subprocess.Popen[bytes]
+    tls: ssl.SSLContext
 
     def log(self) -> str:
         path = self.work / "dovecot.log"
@@ -107,9 +137,15 @@ class Dovecot:
         for path in [mail_root, *mail_root.rglob("*")]:
             os.chown(path, self.mail_user.pw_uid, self.mail_user.pw_gid, follow_symlinks=False)
 
+    def connect(self) -> imaplib.IMAP4:
+        """An IMAP connection after STARTTLS (the documented ssl = required)."""
+        connection = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        connection.starttls(ssl_context=self.tls)
+        return connection
+
     @contextlib.contextmanager
     def imap(self, user: str, password: str) -> Iterator[imaplib.IMAP4]:
-        connection = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        connection = self.connect()
         try:
             connection.login(user, password)
             yield connection
@@ -161,9 +197,14 @@ def dovecot(shared_dir: Path, mail_server: RunningServer) -> Iterator[Dovecot]:
     for directory in (work, work / "run", work / "state"):
         directory.mkdir(mode=0o755)
     mail_user = _mail_user()
+    # Dovecot's auth process reads the password file as its internal user: "dovecot" when the
+    # master runs as root (the documented chgrp), the mail user otherwise.
+    auth_group = "dovecot" if os.geteuid() == 0 else grp.getgrgid(mail_user.pw_gid).gr_name
+    make_passwd_file(mail_server.config.accounts_file, work / "passwd", auth_group)
+    certs = make_certs(work / "tls")
     port = free_port("127.0.0.1")
-    (work / "passwd").write_text(dovecot_passwd(mail_server.config.accounts_file))
-    (work / "dovecot.conf").write_text(dovecot_conf(work, mail_server.config.mail_dir, port, mail_user))
+    conf = dovecot_conf(work, mail_server.config.mail_dir, certs, port, mail_user)
+    (work / "dovecot.conf").write_text(conf)
     stderr = (work / "stderr").open("wb")
     process = subprocess.Popen(
         [binary, "-F", "-c", str(work / "dovecot.conf")],
@@ -172,7 +213,7 @@ def dovecot(shared_dir: Path, mail_server: RunningServer) -> Iterator[Dovecot]:
         stderr=stderr,
         start_new_session=True,  # its own process group, so teardown can reach every child
     )
-    running = Dovecot(port, work, mail_user, process)
+    running = Dovecot(port, work, mail_user, process, certs.client_context())
     try:
         deadline = time.monotonic() + 20
         while not _listening(port):
@@ -284,9 +325,9 @@ def test_a_message_marked_read_in_postoffice_is_seen_in_dovecot(
 
 
 def test_a_wrong_password_is_refused_by_dovecot(dovecot: Dovecot) -> None:
-    connection = imaplib.IMAP4("127.0.0.1", dovecot.port, timeout=10)
+    connection = dovecot.connect()
     try:
-        with pytest.raises(imaplib.IMAP4.error):
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
             connection.login(ALICE, "not the password")
     finally:
         connection.shutdown()
