@@ -7,8 +7,8 @@ It starts ``python -m postoffice serve`` in capture mode on an ephemeral loopbac
 with RSET-free back-to-back transactions, as a relay does), samples the server's resident set
 size from ``/proc/PID/status`` (its workers' too, with ``--workers N``) every few seconds, and
 at the end checks that every message that got a 250 is in a Maildir exactly once and has a
-row in the web index. Results print as one line per sample and a summary; the README records
-a run.
+row in the web index. Results print as one line per sample and a summary; docs/operations.md
+(Long runs) records runs.
 
     python bench/soak.py --messages 1000000 --clients 8 [--workers 2]
 """

@@ -601,3 +601,33 @@ def test_an_error_message_leaves_the_pager_usable(
         assert toast["x"] >= 0 and toast["x"] + toast["width"] <= width
     finally:
         context.close()
+
+
+def test_a_link_opens_its_mailbox_search_and_message(page: Page, server: RunningServer) -> None:
+    """The address bar's ``#mailbox=…&q=…&id=…`` (docs/web-ui.md) restores the view it names."""
+    send(server, make_message("dev@example.test", "Invoice 7", "pay", sender="shop@example.org"))
+    send(server, make_message("dev@example.test", "Invoice 8", "pay", sender="shop@example.org"))
+    send(server, make_message("qa@example.test", "Invoice 9", "pay", sender="shop@example.org"))
+    with client(server) as http:
+        wanted = next(m for m in messages(http)["messages"] if m["subject"] == "Invoice 7")
+    p = page
+    p.goto(f"{server.base_url}/#mailbox=dev%40example.test&q=subject%3Ainvoice&id={wanted['id']}")
+    p.locator("#view-subject", has_text="Invoice 7").wait_for()
+    p.locator("#list-count", has_text="2 found").wait_for()  # dev's two invoices, not qa's
+    assert p.locator("#list-title").inner_text() == "dev@example.test"
+    assert p.locator("#search").input_value() == "subject:invoice"
+    # The page writes where it is back into the address, so reload and bookmarks keep it.
+    assert p.evaluate("location.hash") == f"#mailbox=dev%40example.test&q=subject%3Ainvoice&id={wanted['id']}"
+
+
+def test_a_link_to_a_message_survives_the_login(page: Page, mta: RunningServer) -> None:
+    send(mta, make_message("alice@example.test", "Quarterly report", "numbers"))
+    with client(mta) as http:
+        http.post("/api/v1/login", json={"address": "alice@example.test", "password": "alice-password"})
+        (summary,) = messages(http)["messages"]
+    p = page
+    p.goto(f"{mta.base_url}/#id={summary['id']}")
+    p.fill("#login-address", "alice@example.test")
+    p.fill("#login-password", "alice-password")
+    p.click("#login-form button[type=submit]")
+    p.locator("#view-subject", has_text="Quarterly report").wait_for()
