@@ -29,7 +29,7 @@ After Postfix qmgr(8):
   time is recorded, so a restart keeps the schedule.
 * After ``lifetime`` (``maximal_queue_lifetime``, 5 days; §4.5.4.1 "at least 4-5 days") the
   remaining recipients fail. Failures and, on request (RFC 3461 NOTIFY), successes and delays
-  are reported to the sender by the notifier (:mod:`postoffice.spool.bounce`).
+  are reported to the sender by the notifier (:mod:`postoffice.qmgr.bounce`).
 * A message leaves the spool only when every recipient has a final result and every report
   owed about them is queued.
 
@@ -51,13 +51,15 @@ from typing import Any, Protocol, TypeVar
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
+from postoffice.qmgr.bounce import Notifier, ReportItem, wants_report
 from postoffice.smtp import replies
 from postoffice.spool import state as records
 from postoffice.spool.base import Spool
-from postoffice.spool.bounce import Notifier, ReportItem, wants_report
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.state import Action, Deferral, Outcome, QueueState
 
+# Still the queue's log channel, as before qmgr/ split off from spool/: every log line names
+# its logger, and operators filter on this one (the README's delivery log examples).
 log = logging.getLogger("postoffice.spool")
 
 # Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
