@@ -163,8 +163,6 @@ KNOWN_LONG = {
     "postoffice/config.py",
     "postoffice/config.py::_parse",
     "postoffice/config.py::_collect",
-    "postoffice/delivery/remote.py",
-    "postoffice/delivery/remote.py::RemoteAgent._transaction",
     "postoffice/net/session.py",
     "postoffice/web/index.py",
     "postoffice/web/index.py::MailIndex.page",
