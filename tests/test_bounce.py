@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from postoffice.qmgr.bounce import Bouncer, ReportItem, status_code, wants_report
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
-from postoffice.spool.bounce import Bouncer, ReportItem, status_code, wants_report
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 

@@ -325,7 +325,7 @@ def test_a_second_postoffice_is_the_mx(
 
 
 def test_hold_keeps_a_message_and_release_lets_it_go(world: World) -> None:
-    from postoffice.spool import admin
+    from postoffice.qmgr import admin
 
     world.mx.behaviour.rcpt = lambda address: "451 4.3.0 Try again later"
     world.send()

@@ -23,11 +23,11 @@ import pytest
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.maildir import MaildirAgent
+from postoffice.qmgr.bounce import ReportItem
+from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
-from postoffice.spool.bounce import ReportItem
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
-from postoffice.spool.scheduler import Scheduler
 
 Script = Callable[[Recipient, int], DeliveryResult]
 T = TypeVar("T")
@@ -326,7 +326,7 @@ CHILD = textwrap.dedent(
     from postoffice.delivery.maildir import MaildirAgent
     from postoffice.spool.envelope import Envelope, Recipient, Route
     from postoffice.spool.files import FileSpool
-    from postoffice.spool.scheduler import Scheduler
+    from postoffice.qmgr.scheduler import Scheduler
 
     async def main(root):
         spool = FileSpool(root / "spool")
@@ -544,7 +544,7 @@ async def test_a_report_owed_when_the_process_died_is_sent_at_start(spool: FileS
 
 
 async def test_a_held_message_is_not_delivered_until_released(spool: FileSpool) -> None:
-    from postoffice.spool import admin
+    from postoffice.qmgr import admin
 
     message = await queue(spool, local("a@example.com"))
     admin.hold(spool, message.queue_id)

@@ -25,10 +25,10 @@ from postoffice import metrics
 from postoffice.delivery.agent import DeliveryResult, TempFail
 from postoffice.metrics import Metrics
 from postoffice.operations import RECENT_ERRORS, Operations
+from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
-from postoffice.spool.scheduler import Scheduler
 from postoffice.worker_reports import (
     ReportPublisher,
     WorkerReport,

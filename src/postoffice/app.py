@@ -40,14 +40,14 @@ from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
 from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
+from postoffice.qmgr.bounce import Bouncer
+from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
 from postoffice.spool.base import Receiver
-from postoffice.spool.bounce import Bouncer
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids, owner_of
-from postoffice.spool.scheduler import Scheduler
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService, WebShare

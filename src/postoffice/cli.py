@@ -40,7 +40,7 @@ from postoffice.config import (
     parse_relay_host,
 )
 from postoffice.errors import AccountError, ConfigError, PostofficeError
-from postoffice.spool import admin
+from postoffice.qmgr import admin
 from postoffice.spool.files import FileSpool
 
 # Shell convention (Advanced Bash-Scripting Guide, "Exit Codes With Special Meanings"):

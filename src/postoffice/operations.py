@@ -16,8 +16,8 @@ from typing import Any
 
 from postoffice import __version__, metrics
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
+from postoffice.qmgr.scheduler import Scheduler
 from postoffice.spool.envelope import QueuedMessage, Recipient
-from postoffice.spool.scheduler import Scheduler
 from postoffice.worker_reports import WorkerReport, merge_expositions
 
 RECENT_ERRORS = 20

@@ -30,7 +30,8 @@ The conversation, per destination (a domain, or the relay host):
 
 Connections are kept for a short while after a transaction and reused for the next message to
 the same destination (Postfix's connection cache: ``smtp_connection_cache_time_limit`` 2 s,
-``smtp_connection_reuse_time_limit`` 300 s); a cached connection is checked with RSET first.
+``smtp_connection_reuse_time_limit`` 300 s, :mod:`postoffice.delivery.sessions`); a cached
+connection is checked with RSET first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import BinaryIO
 from postoffice.client.connection import SmtpClient, TlsMode, Transaction
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
+from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
 from postoffice.errors import (
     LocalProtocolError,
     SmtpAuthError,
@@ -76,12 +78,6 @@ BLOCK_SIZE = 64 * 1024
 DATA_DONE_TIMEOUT = 600.0
 # Postfix smtp_rset_timeout = 20s: the check that a cached connection still works.
 RSET_TIMEOUT = 20.0
-# Postfix smtp_connection_cache_time_limit = 2s: how long an idle connection is kept.
-IDLE_TIMEOUT = 2.0
-# Postfix smtp_connection_reuse_time_limit = 300s: a connection is not reused after this.
-REUSE_TIME_LIMIT = 300.0
-# QUIT is a courtesy; a server that does not answer within this is simply disconnected.
-QUIT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,23 +108,6 @@ class _HostFailed(Exception):
         self.remote_mta = remote_mta
 
 
-@dataclass(slots=True)
-class _Session:
-    """An open, greeted (and maybe encrypted, authenticated) connection to one endpoint."""
-
-    client: SmtpClient
-    endpoint: Endpoint
-    created: float
-    idle_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def remote_mta(self) -> str:
-        return self.endpoint.host
-
-    def offers(self, keyword: str) -> bool:
-        return keyword in self.client.extensions
-
-
 class _SpoolContent:
     """A queued message's content, opened and read in blocks off the event loop only once the
     server has said 354; :meth:`close` after the transaction, however it ended."""
@@ -152,70 +131,6 @@ class _SpoolContent:
             self._file = None
 
 
-class _Pool:
-    """Idle connections by destination, kept for ``idle`` seconds (Postfix's connection cache)."""
-
-    def __init__(self, idle: float, reuse_time_limit: float) -> None:
-        self._idle_time = idle
-        self._reuse_time_limit = reuse_time_limit
-        self._idle: dict[str, list[_Session]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def take(self, destination: str) -> _Session | None:
-        sessions = self._idle.get(destination)
-        while sessions:
-            session = sessions.pop()
-            if session.idle_timer is not None:
-                session.idle_timer.cancel()
-                session.idle_timer = None
-            if not sessions:
-                del self._idle[destination]
-            if session.client.is_connected and time.monotonic() - session.created < self._reuse_time_limit:
-                return session
-            self.close(session)
-            sessions = self._idle.get(destination)
-        return None
-
-    def put(self, destination: str, session: _Session) -> None:
-        if not session.client.is_connected or time.monotonic() - session.created >= self._reuse_time_limit:
-            self.close(session)
-            return
-        self._idle.setdefault(destination, []).append(session)
-        session.idle_timer = asyncio.get_running_loop().call_later(
-            self._idle_time, self._expire, destination, session
-        )
-
-    def _expire(self, destination: str, session: _Session) -> None:
-        sessions = self._idle.get(destination, [])
-        if session in sessions:
-            sessions.remove(session)
-            if not sessions:
-                del self._idle[destination]
-        session.idle_timer = None
-        self.close(session)
-
-    def close(self, session: _Session) -> None:
-        """QUIT politely in the background (RFC 5321 §4.1.1.10), then drop the connection."""
-        if not session.client.is_connected:
-            session.client.close()
-            return
-        task = asyncio.create_task(session.client.quit(timeout=QUIT_TIMEOUT))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def close_all(self) -> None:
-        for destination in list(self._idle):
-            for session in self._idle.pop(destination):
-                if session.idle_timer is not None:
-                    session.idle_timer.cancel()
-                self.close(session)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
-
-    def idle_count(self) -> int:
-        return sum(len(sessions) for sessions in self._idle.values())
-
-
 class RemoteAgent:
     """:class:`~postoffice.delivery.agent.DeliveryAgent` for REMOTE recipients."""
 
@@ -223,7 +138,7 @@ class RemoteAgent:
         self.settings = settings
         self._resolver = resolver
         self._spool = spool
-        self._pool = _Pool(settings.idle_timeout, settings.reuse_time_limit)
+        self._pool = SessionCache(settings.idle_timeout, settings.reuse_time_limit)
         # Opportunistic and "require": encrypted, certificate not checked (a certificate
         # cannot be checked against an MX name that unsigned DNS gave us; Postfix "may" and
         # "encrypt" do the same). "verify" and the relay: checked against the host name.
@@ -307,7 +222,7 @@ class RemoteAgent:
         return _all(recipients, last.reply, last.remote_mta)
 
     async def _attempt(
-        self, session: _Session, message: QueuedMessage, destination: str, recipients: Sequence[Recipient]
+        self, session: Session, message: QueuedMessage, destination: str, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult] | _HostFailed:
         """One transaction; a _HostFailed when this server turned it away and the next may not."""
         try:
@@ -338,12 +253,12 @@ class RemoteAgent:
             return {"none": "none", "starttls": "verify", "tls": "implicit"}[self.settings.relay_tls]
         return self.settings.tls_policy.get(destination, "may")
 
-    async def _still_usable(self, session: _Session) -> bool:
+    async def _still_usable(self, session: Session) -> bool:
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
 
-    async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> _Session:
+    async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> Session:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
         settings = self.settings
         sock = await self._connect_socket(endpoint)
@@ -379,7 +294,7 @@ class RemoteAgent:
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
             raise _HostFailed(_open_failure(client, where, exc), host) from None
-        return _Session(client, endpoint, time.monotonic())
+        return Session(client, endpoint, time.monotonic())
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
         """The client's TLS mode and context for a policy (``none``/``may``/``require``/``verify``
@@ -414,7 +329,7 @@ class RemoteAgent:
     # --- the transaction ----------------------------------------------------------------------
 
     async def _transaction(
-        self, session: _Session, message: QueuedMessage, recipients: Sequence[Recipient]
+        self, session: Session, message: QueuedMessage, recipients: Sequence[Recipient]
     ) -> tuple[list[DeliveryResult], bool]:
         """MAIL, RCPT each, DATA; results per recipient and whether the connection is reusable.
 
@@ -434,16 +349,7 @@ class RemoteAgent:
             sender = message.envelope.mail_from
             return _all(recipients, replies.unsendable_address(sender, str(exc), sender=True), None), True
         results: list[DeliveryResult | None] = [None] * len(recipients)
-        sendable: list[int] = []
-        lines: list[bytes] = []
-        for position, recipient in enumerate(recipients):
-            try:
-                lines.append(core.rcpt(recipient.address, self._rcpt_parameters(session, recipient)))
-            except LocalProtocolError as exc:  # never sent: the others still go
-                failure = replies.unsendable_address(recipient.address, str(exc))
-                results[position] = PermFail(recipient, failure, None)
-                continue
-            sendable.append(position)
+        sendable, lines = self._rcpt_commands(session, recipients, results)
         if not sendable:
             return _finished(results, recipients, replies.LOCAL_ERROR, None), True
 
@@ -482,7 +388,24 @@ class RemoteAgent:
             reusable = client.is_connected
         return _finished(results, recipients, replies.LOCAL_ERROR, remote), reusable
 
-    def _mail_command(self, session: _Session, message: QueuedMessage) -> bytes:
+    def _rcpt_commands(
+        self, session: Session, recipients: Sequence[Recipient], results: list[DeliveryResult | None]
+    ) -> tuple[list[int], list[bytes]]:
+        """RCPT lines, and the positions of their recipients; a recipient whose RCPT cannot be
+        built (LocalProtocolError) gets its PermFail in ``results`` instead and is never sent."""
+        sendable: list[int] = []
+        lines: list[bytes] = []
+        for position, recipient in enumerate(recipients):
+            try:
+                lines.append(core.rcpt(recipient.address, self._rcpt_parameters(session, recipient)))
+            except LocalProtocolError as exc:  # never sent: the others still go
+                failure = replies.unsendable_address(recipient.address, str(exc))
+                results[position] = PermFail(recipient, failure, None)
+                continue
+            sendable.append(position)
+        return sendable, lines
+
+    def _mail_command(self, session: Session, message: QueuedMessage) -> bytes:
         """MAIL FROM with the parameters this server takes; raises when it cannot take the
         message (SmtpUnsupportedError, SmtpMessageTooBigError) or the line cannot be built."""
         envelope = message.envelope
@@ -499,7 +422,7 @@ class RemoteAgent:
                 params["ENVID"] = encode_xtext(envelope.envid)  # RFC 3461 §4.4
         return core.mail(envelope.mail_from, params)
 
-    def _rcpt_parameters(self, session: _Session, recipient: Recipient) -> dict[str, str | None]:
+    def _rcpt_parameters(self, session: Session, recipient: Recipient) -> dict[str, str | None]:
         parameters: dict[str, str | None] = {}
         if not session.offers("DSN"):
             return parameters

@@ -8,11 +8,13 @@ nothing in :mod:`postoffice.net` or :mod:`postoffice.smtp` changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.state import QueueState
+
+T = TypeVar("T")
 
 
 class MessageWriter(Protocol):
@@ -71,3 +73,13 @@ class Spool(Protocol):
 
     def append_state(self, queue_id: str, records: Sequence[Mapping[str, Any]]) -> None:
         """Durably add records (:mod:`postoffice.spool.state`) to the message's state."""
+
+
+class Blocking(Protocol):
+    """Runs a blocking spool call off the event loop (``asyncio.to_thread``, ``IoPool.run``).
+
+    :class:`Spool` calls wait for the disk; a caller on an event loop runs them through one of
+    these rather than on the loop itself.
+    """
+
+    def __call__(self, call: Callable[[], T], /) -> Awaitable[T]: ...

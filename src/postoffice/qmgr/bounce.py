@@ -40,6 +40,8 @@ from postoffice.smtp.replies import Reply, printable
 from postoffice.spool.base import MessageWriter, Spool
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient
 
+# Still the queue's log channel, as before qmgr/ split off from spool/: every log line names
+# its logger, and operators filter on this one (the README's delivery log examples).
 log = logging.getLogger("postoffice.spool")
 
 # RET=FULL returns the whole message only up to this size; a larger one gets its headers

@@ -9,9 +9,8 @@ After Postfix qmgr(8):
 * A message is delivered in *rounds*. A round splits the recipients that have no final result
   yet into *jobs*, one per destination (the local mailboxes, or one remote domain, or the
   relay host), and hands each job to the agent for its route.
-* Jobs wait in one queue per destination and are started round-robin across destinations,
-  at most ``concurrency`` at once and ``destination_concurrency`` per remote destination, so a
-  slow or dead site cannot hold up mail for the others (qmgr's per-destination queues).
+* Jobs wait in one queue per destination and are started round-robin across destinations
+  within two concurrency limits (:mod:`postoffice.qmgr.dispatch`).
 * Every final result (delivered, relayed, failed) is appended to the message's state log and
   fsync'd as soon as its job ends (:mod:`postoffice.spool.state`), so a restart redoes only
   what has no result, and a recipient already done is never delivered to again. One exception:
@@ -22,16 +21,13 @@ After Postfix qmgr(8):
   and the agent finds those copies, so the log would only have saved that look, at the price
   of creating, syncing and removing a file per message: about as much file-system work as
   storing the copy.
-* When a round ends with temporary failures, the message is deferred: the first retry after
-  ``retry_base`` seconds (Postfix ``minimal_backoff_time``, 300 s), the delay doubling up to
-  ``retry_max`` (``maximal_backoff_time``, 4000 s). RFC 5321 §4.5.4.1: "the retry interval
-  SHOULD be at least 30 minutes", which the doubling reaches by the fourth retry. The retry
-  time is recorded, so a restart keeps the schedule.
-* After ``lifetime`` (``maximal_queue_lifetime``, 5 days; §4.5.4.1 "at least 4-5 days") the
-  remaining recipients fail. Failures and, on request (RFC 3461 NOTIFY), successes and delays
-  are reported to the sender by the notifier (:mod:`postoffice.spool.bounce`).
+* When a round ends with temporary failures, the message is deferred, with a delay that
+  doubles from try to try; after the queue lifetime the remaining recipients fail
+  (:mod:`postoffice.qmgr.retry`). The retry time is recorded, so a restart keeps the schedule.
+* Failures and, on request (RFC 3461 NOTIFY), successes and delays are reported to the sender
+  (:mod:`postoffice.qmgr.reports`, by the notifier of :mod:`postoffice.qmgr.bounce`).
 * A message leaves the spool only when every recipient has a final result and every report
-  owed about them is queued.
+  owed about them is queued (:mod:`postoffice.qmgr.removal`).
 
 Time comes from ``clock`` (wall-clock seconds, since retry times outlive the process). Tests
 pass their own and call :meth:`Scheduler.run_due` after moving it forward.
@@ -44,80 +40,36 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from typing import Any
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
+from postoffice.qmgr.bounce import Notifier
+from postoffice.qmgr.dispatch import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DESTINATION_CONCURRENCY,
+    Dispatcher,
+    destination_of,
+)
+from postoffice.qmgr.entry import Entry, Job
+from postoffice.qmgr.outcomes import failed_outcome, final_outcome, log_expired, log_result
+from postoffice.qmgr.removal import Remover
+from postoffice.qmgr.reports import Reporter
+from postoffice.qmgr.retry import DEFAULT_LIFETIME, DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX, RetryPolicy
 from postoffice.smtp import replies
 from postoffice.spool import state as records
-from postoffice.spool.base import Spool
-from postoffice.spool.bounce import Notifier, ReportItem, wants_report
+from postoffice.spool.base import Blocking, Spool
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
-from postoffice.spool.state import Action, Deferral, Outcome, QueueState
+from postoffice.spool.state import Deferral, Outcome, QueueState
 
+# Still the queue's log channel, as before qmgr/ split off from spool/: every log line names
+# its logger, and operators filter on this one (the README's delivery log examples).
 log = logging.getLogger("postoffice.spool")
 
-# Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
-# one connection. Local deliveries running together flush side by side, and the file system
-# commits their flushes together, so under load this is also how many one disk flush covers.
-DEFAULT_CONCURRENCY = 64
-# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
-DEFAULT_DESTINATION_CONCURRENCY = 5
-# Postfix minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime.
-DEFAULT_RETRY_BASE = 300.0
-DEFAULT_RETRY_MAX = 4000.0
-DEFAULT_LIFETIME = 5 * 86400.0
 # How long stop() lets running deliveries finish before cancelling them (they are redone,
 # with recovering=True, at the next start).
 DEFAULT_STOP_TIMEOUT = 30.0
-
-T = TypeVar("T")
-
-
-class Blocking(Protocol):
-    """Runs a blocking spool call off the event loop (``asyncio.to_thread``, ``IoPool.run``)."""
-
-    def __call__(self, call: Callable[[], T], /) -> Awaitable[T]: ...
-
-
-def destination_of(recipient: Recipient) -> str:
-    """The default grouping: all local mailboxes together, remote mail by domain."""
-    if recipient.route is Route.LOCAL:
-        return "local"
-    return "remote:" + recipient.address.rpartition("@")[2].lower()
-
-
-@dataclass(slots=True)
-class _Entry:
-    """What the scheduler knows about one message between and during rounds."""
-
-    message: QueuedMessage
-    state: QueueState
-    recovering: bool
-    due: float | None = None  # clock() time of the next round, when deferred
-    jobs_left: int = 0  # jobs of the current round not yet finished
-    in_round: bool = False
-    temporary: dict[int, TempFail] = field(default_factory=dict)  # this round's
-    unrouted: set[Route] = field(default_factory=set)  # routes already reported as waiting
-
-
-@dataclass(slots=True)
-class _Removals:
-    """Messages to remove from the spool together, and what went wrong for which."""
-
-    queue_ids: list[str]
-    errors: asyncio.Future[dict[str, SpoolError]]
-
-
-@dataclass(slots=True)
-class _Job:
-    entry: _Entry
-    route: Route
-    destination: str
-    indices: list[int]
 
 
 class Scheduler:
@@ -144,24 +96,14 @@ class Scheduler:
     ) -> None:
         """``owns``: with several processes on one spool, whether a queue ID found in it is
         this one's to schedule (None: every message is)."""
-        if concurrency < 1 or destination_concurrency < 1:
-            raise ValueError("concurrency limits must be at least 1")
-        if not 0 < retry_base <= retry_max:
-            raise ValueError("retry delays must satisfy 0 < retry_base <= retry_max")
-        if lifetime <= 0 or delay_warning < 0:
-            raise ValueError("lifetime must be positive and delay_warning not negative")
+        self._dispatch = Dispatcher(concurrency, destination_concurrency)
+        self._retry = RetryPolicy(retry_base, retry_max, lifetime, delay_warning)
         self._spool = spool
         self._owns = owns
         self._agents = dict(agents)
-        self._retry_base = retry_base
-        self._retry_max = retry_max
-        self._lifetime = lifetime
-        self._delay_warning = delay_warning
         self._clock = clock
-        self._concurrency = concurrency
-        self._destination_concurrency = destination_concurrency
         self._destination = destination
-        self._notifier = notifier
+        self._reports = Reporter(notifier, self._retry, append=self._append, submit=self.submit)
         self._on_result = on_result  # metrics: every per-recipient result, as it happens
         # Routes whose agent, given recovering=True, finds the copies an earlier attempt stored
         # (see the module docstring): their results need no log when the message leaves at once.
@@ -169,14 +111,10 @@ class Scheduler:
         # Where spool calls run: the server passes the spool's IoPool, which wakes the loop once
         # for a batch of finished calls where asyncio.to_thread wakes it once per call.
         self._blocking = blocking
-        self._entries: dict[str, _Entry] = {}
-        # Ready jobs, one FIFO per destination; destinations are served round-robin.
-        self._ready: OrderedDict[str, deque[_Job]] = OrderedDict()
-        self._running = 0
-        self._running_by_destination: dict[str, int] = {}
+        self._remover = Remover(spool, blocking, self._spawn)
+        self._entries: dict[str, Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._removals: _Removals | None = None  # the group of removals being gathered
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
@@ -208,7 +146,7 @@ class Scheduler:
             return
         if message.queue_id in self._entries:
             return
-        entry = _Entry(message, QueueState(), recovering=False)
+        entry = Entry(message, QueueState(), recovering=False)
         self._entries[message.queue_id] = entry
         self._begin_round(entry)
         self._pump()
@@ -283,7 +221,7 @@ class Scheduler:
                 continue
             if state.held:
                 continue
-            entry = _Entry(message, state, recovering=True)
+            entry = Entry(message, state, recovering=True)
             self._entries[queue_id] = entry
             added += 1
             if state.next_attempt is not None and state.next_attempt > self._clock():
@@ -315,7 +253,7 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._ready.clear()
+        self._dispatch.clear()
         running = list(self._tasks)
         interrupted = 0
         if running:
@@ -332,7 +270,7 @@ class Scheduler:
 
     # --- rounds -------------------------------------------------------------------------------
 
-    async def _resume(self, entry: _Entry) -> None:
+    async def _resume(self, entry: Entry) -> None:
         """A deferred message is due: check the spool (deleted? held?) and start a round."""
         queue_id = entry.message.queue_id
         exists = await self._blocking(functools.partial(self._spool.exists, queue_id))
@@ -351,13 +289,13 @@ class Scheduler:
         self._begin_round(entry)
         self._pump()
 
-    def _begin_round(self, entry: _Entry) -> None:
+    def _begin_round(self, entry: Entry) -> None:
         """Queue one job per destination for the recipients that have no final result yet."""
         if self._stopping or entry.message.queue_id not in self._entries:
             return
         entry.in_round = True
         entry.temporary = {}
-        jobs: dict[tuple[Route, str], _Job] = {}
+        jobs: dict[tuple[Route, str], Job] = {}
         for index, recipient in enumerate(entry.message.envelope.recipients):
             if index in entry.state.outcomes:
                 continue
@@ -375,11 +313,11 @@ class Scheduler:
             destination = self._destination(recipient)
             job = jobs.get((route, destination))
             if job is None:
-                job = jobs[(route, destination)] = _Job(entry, route, destination, [])
+                job = jobs[(route, destination)] = Job(entry, route, destination, [])
             job.indices.append(index)
         entry.jobs_left = len(jobs)
         for job in jobs.values():
-            self._ready.setdefault(job.destination, deque()).append(job)
+            self._dispatch.add(job)
         if not jobs:
             # Nothing to deliver now: every recipient is final (a restart after the last
             # result was recorded) or waits for an agent. Finish the round to settle it.
@@ -387,32 +325,14 @@ class Scheduler:
 
     def _pump(self) -> None:
         """Start ready jobs, round-robin over destinations, within both concurrency limits."""
-        while self._running < self._concurrency and not self._stopping:
-            job = self._next_job()
+        while not self._stopping:
+            job = self._dispatch.start_next()
             if job is None:
                 break
-            self._running += 1
-            self._running_by_destination[job.destination] = (
-                self._running_by_destination.get(job.destination, 0) + 1
-            )
             self._spawn(self._run_job(job))
         self._update_idle()
 
-    def _next_job(self) -> _Job | None:
-        for destination, queue in list(self._ready.items()):
-            # The per-destination limit protects remote sites; local mailboxes share only the
-            # total (Postfix limits local delivery per recipient, which one job here is not).
-            limit = self._destination_concurrency if queue[0].route is Route.REMOTE else self._concurrency
-            if self._running_by_destination.get(destination, 0) >= limit:
-                continue
-            queue = self._ready.pop(destination)
-            job = queue.popleft()
-            if queue:
-                self._ready[destination] = queue  # to the back: the next one gets a turn
-            return job
-        return None
-
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, job: Job) -> None:
         entry = job.entry
         try:
             agent = self._agents[job.route]
@@ -420,19 +340,14 @@ class Scheduler:
             results = await self._deliver(agent, entry, recipients)
             await self._record(entry, job.indices, results, logged=job.route not in self._recovers_copies)
         finally:
-            self._running -= 1
-            left = self._running_by_destination.get(job.destination, 1) - 1
-            if left:
-                self._running_by_destination[job.destination] = left
-            else:
-                self._running_by_destination.pop(job.destination, None)
+            self._dispatch.finished(job)
             entry.jobs_left -= 1
             self._pump()
         if entry.jobs_left == 0:
             await self._finish_round(entry)
 
     async def _deliver(
-        self, agent: DeliveryAgent, entry: _Entry, recipients: Sequence[Recipient]
+        self, agent: DeliveryAgent, entry: Entry, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult]:
         queue_id = entry.message.queue_id
         try:
@@ -453,7 +368,7 @@ class Scheduler:
         return results
 
     async def _record(
-        self, entry: _Entry, indices: Sequence[int], results: Sequence[DeliveryResult], *, logged: bool = True
+        self, entry: Entry, indices: Sequence[int], results: Sequence[DeliveryResult], *, logged: bool = True
     ) -> None:
         """Log each result; make the final ones durable before anything relies on them.
 
@@ -465,47 +380,16 @@ class Scheduler:
         now = self._clock()
         outcomes: list[Outcome] = []
         for index, result in zip(indices, results, strict=True):
-            address = result.recipient.address
             if self._on_result is not None:
                 self._on_result(entry.message, result.recipient, result)  # metrics
-            if isinstance(result, Delivered):
-                action = Action.DELIVERED if result.remote_mta is None else Action.RELAYED
-                report = bool(sender) and wants_report(result.recipient, "delivered")
-                outcomes.append(
-                    Outcome(
-                        index,
-                        action,
-                        result.reply or replies.OK,
-                        now,
-                        result.remote_mta,
-                        report=report and not result.dsn_passed_on,
-                    )
-                )
-                log.info("queue_id=%s to=<%s> status=delivered detail=%r", queue_id, address, result.detail)
-            elif isinstance(result, PermFail):
-                report = bool(sender) and wants_report(result.recipient, "failed")
-                outcomes.append(Outcome(index, Action.FAILED, result.reply, now, result.remote_mta, report))
-                log.warning(
-                    "queue_id=%s to=<%s> status=bounced reply=%r relay=%s",
-                    queue_id,
-                    address,
-                    str(result.reply),
-                    result.remote_mta or "local",
-                )
+            if isinstance(result, Delivered | PermFail):
+                outcomes.append(final_outcome(index, result, sender, now))
             else:
                 entry.temporary[index] = result
-                log.info(
-                    "queue_id=%s to=<%s> status=deferred reply=%r relay=%s",
-                    queue_id,
-                    address,
-                    str(result.reply),
-                    result.remote_mta or "local",
-                )
+            log_result(queue_id, result)
         await self._save_outcomes(entry, outcomes, logged=logged)
 
-    async def _save_outcomes(
-        self, entry: _Entry, outcomes: Sequence[Outcome], *, logged: bool = True
-    ) -> None:
+    async def _save_outcomes(self, entry: Entry, outcomes: Sequence[Outcome], *, logged: bool = True) -> None:
         if not outcomes:
             return
         state = entry.state
@@ -522,7 +406,7 @@ class Scheduler:
         if logged or not leaves_now:
             await self._append(entry, [records.outcome_record(outcome) for outcome in outcomes])
 
-    async def _append(self, entry: _Entry, lines: Sequence[Mapping[str, Any]]) -> bool:
+    async def _append(self, entry: Entry, lines: Sequence[Mapping[str, Any]]) -> bool:
         try:
             await self._blocking(functools.partial(self._spool.append_state, entry.message.queue_id, lines))
         except SpoolError as exc:
@@ -533,7 +417,7 @@ class Scheduler:
             return False
         return True
 
-    async def _finish_round(self, entry: _Entry) -> None:
+    async def _finish_round(self, entry: Entry) -> None:
         """Every job of the round has ended: expire, report, then complete or defer."""
         queue_id = entry.message.queue_id
         entry.in_round = False
@@ -542,11 +426,10 @@ class Scheduler:
         if queue_id not in self._entries:
             return
         now = self._clock()
-        expires = entry.message.envelope.received_at + self._lifetime
-        if temporary and now >= expires:
+        if temporary and now >= self._retry.expires(entry.message.envelope.received_at):
             await self._expire(entry, temporary, now)
             temporary = {}
-        if not await self._report(entry):
+        if not await self._reports.report(entry):
             # The report could not be queued: keep the message and its unreported results,
             # and try again on the retry schedule.
             self._defer(entry, temporary, now)
@@ -556,101 +439,24 @@ class Scheduler:
         elif temporary:
             due = self._defer(entry, temporary, now, arm=False)
             await self._save_deferral(entry, temporary, now)
-            await self._warn_if_late(entry, temporary, now)
+            await self._reports.warn_if_late(entry, temporary, now)
             entry.due = due
             self._arm_timer()
         # Otherwise only recipients without an agent remain: the message waits in the spool,
         # with no timer, until a start() with that agent; retrying now could not help.
         self._update_idle()
 
-    async def _expire(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
+    async def _expire(self, entry: Entry, temporary: Mapping[int, TempFail], now: float) -> None:
         """Past the queue lifetime: the remaining recipients fail with their last reply."""
         sender = entry.message.envelope.mail_from
         outcomes = []
         for index, result in sorted(temporary.items()):
-            report = bool(sender) and wants_report(result.recipient, "failed")
-            outcomes.append(Outcome(index, Action.FAILED, result.reply, now, result.remote_mta, report))
-            log.warning(
-                "queue_id=%s to=<%s> status=expired reply=%r",
-                entry.message.queue_id,
-                result.recipient.address,
-                str(result.reply),
-            )
+            outcomes.append(failed_outcome(index, result, sender, now))
+            log_expired(entry.message.queue_id, result)
         await self._save_outcomes(entry, outcomes)
 
-    async def _report(self, entry: _Entry) -> bool:
-        """Queue the report owed for this message's final results, if any; False on failure."""
-        owed = entry.state.unreported()
-        if not owed:
-            return True
-        indices = [outcome.index for outcome in owed]
-        report: QueuedMessage | None = None
-        if self._notifier is not None:
-            recipients = entry.message.envelope.recipients
-            items = [
-                ReportItem(
-                    recipient=recipients[outcome.index],
-                    action=outcome.action.value,
-                    reply=outcome.reply,
-                    at=outcome.at,
-                    remote_mta=outcome.remote_mta,
-                )
-                for outcome in owed
-            ]
-            try:
-                report = await self._notifier.notify(entry.message, items)
-            except (SpoolError, OSError) as exc:
-                log.error("queue_id=%s status=report-failed error=%r", entry.message.queue_id, str(exc))
-                return False
-        entry.state.notified.update(indices)
-        # A crash between queuing the report and this record sends the report twice; the
-        # other order could lose it.
-        await self._append(entry, [records.notified_record(indices, report.queue_id if report else None)])
-        if report is not None:
-            self.submit(report)
-        return True
-
-    async def _warn_if_late(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
-        """The optional delay warning (Postfix delay_warning_time), once per message."""
-        envelope = entry.message.envelope
-        if (
-            not self._delay_warning
-            or entry.state.warned
-            or not envelope.mail_from
-            or now - envelope.received_at < self._delay_warning
-            or self._notifier is None
-        ):
-            return
-        items = [
-            ReportItem(result.recipient, "delayed", result.reply, now, result.remote_mta)
-            for _, result in sorted(temporary.items())
-            if wants_report(result.recipient, "delayed")
-        ]
-        entry.state.warned = True
-        report = None
-        if items:
-            try:
-                report = await self._notifier.notify(
-                    entry.message, items, will_retry_until=envelope.received_at + self._lifetime
-                )
-            except (SpoolError, OSError) as exc:
-                log.error("queue_id=%s status=warning-failed error=%r", entry.message.queue_id, str(exc))
-                entry.state.warned = False
-                return
-        await self._append(entry, [records.WARNED])
-        if report is not None:
-            self.submit(report)
-
     async def _complete(self, queue_id: str) -> None:
-        # Messages whose rounds end in the same pass of the loop leave the spool in one call off
-        # the loop (one thread hand-off and one wake-up for the group, not one per message).
-        removals = self._removals
-        if removals is None:
-            removals = self._removals = _Removals([], asyncio.get_running_loop().create_future())
-            self._spawn(self._remove(removals))
-        removals.queue_ids.append(queue_id)
-        errors = await asyncio.shield(removals.errors)
-        error = errors.get(queue_id)
+        error = await self._remover.remove(queue_id)
         if error is not None:
             # Every recipient has its result recorded, or was delivered by an agent that finds
             # its copy again: the next start delivers nothing twice.
@@ -659,45 +465,13 @@ class Scheduler:
             log.info("queue_id=%s status=removed", queue_id)
         self._entries.pop(queue_id, None)
 
-    async def _remove(self, removals: _Removals) -> None:
-        try:
-            await asyncio.sleep(0)  # the rounds ending in this pass join the group meanwhile
-            if self._removals is removals:
-                self._removals = None
-            errors = await self._blocking(functools.partial(self._remove_all, removals.queue_ids))
-        except asyncio.CancelledError:
-            # Stopping: the messages stay in the spool, and the next start finds them done.
-            if self._removals is removals:
-                self._removals = None
-            removals.errors.cancel()
-            raise
-        except Exception as exc:
-            removals.errors.set_exception(exc)
-            raise
-        removals.errors.set_result(errors)
-
-    def _remove_all(self, queue_ids: Sequence[str]) -> dict[str, SpoolError]:
-        """Blocking: complete each message in the spool; the ones that failed, and why."""
-        errors: dict[str, SpoolError] = {}
-        for queue_id in queue_ids:
-            try:
-                self._spool.complete(queue_id)
-            except SpoolError as exc:
-                errors[queue_id] = exc
-        return errors
-
     def _defer(
-        self, entry: _Entry, temporary: Mapping[int, TempFail], now: float, *, arm: bool = True
+        self, entry: Entry, temporary: Mapping[int, TempFail], now: float, *, arm: bool = True
     ) -> float:
         """Count a failed attempt and compute the next one; with ``arm``, schedule it now."""
         state = entry.state
         state.attempts += 1
-        delay = min(self._retry_max, self._retry_base * 2.0 ** (state.attempts - 1))
-        due = now + delay
-        # The last try comes at the end of the lifetime, not up to retry_max after it.
-        expires = entry.message.envelope.received_at + self._lifetime
-        if now < expires < due:
-            due = expires
+        due = self._retry.next_attempt(state.attempts, now, entry.message.envelope.received_at)
         state.next_attempt = due
         state.last_attempt = now
         for index, result in temporary.items():
@@ -713,7 +487,7 @@ class Scheduler:
             self._arm_timer()
         return due
 
-    async def _save_deferral(self, entry: _Entry, temporary: Mapping[int, TempFail], now: float) -> None:
+    async def _save_deferral(self, entry: Entry, temporary: Mapping[int, TempFail], now: float) -> None:
         state = entry.state
         assert state.next_attempt is not None
         current = {index: state.deferrals[index] for index in temporary if index in state.deferrals}
@@ -749,7 +523,7 @@ class Scheduler:
         self._pump()
 
     def _update_idle(self) -> None:
-        if self._tasks or self._ready:
+        if self._tasks or self._dispatch.has_ready():
             self._idle.clear()
         else:
             self._idle.set()

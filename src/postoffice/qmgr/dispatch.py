@@ -1,0 +1,95 @@
+"""Which ready delivery job starts next: one queue per destination, served round-robin.
+
+Untrusted input seen here: destination names made from recipient domains (addresses from SMTP
+clients), used only as keys.
+
+After Postfix qmgr(8)'s per-destination queues: jobs wait in one queue per destination and
+are started round-robin across destinations, at most ``concurrency`` at once and
+``destination_concurrency`` per remote destination, so a slow or dead site cannot hold up
+mail for the others.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+from postoffice.qmgr.entry import Job
+from postoffice.spool.envelope import Recipient, Route
+
+# Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
+# one connection. Local deliveries running together flush side by side, and the file system
+# commits their flushes together, so under load this is also how many one disk flush covers.
+DEFAULT_CONCURRENCY = 64
+# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
+DEFAULT_DESTINATION_CONCURRENCY = 5
+
+
+def destination_of(recipient: Recipient) -> str:
+    """The default grouping: all local mailboxes together, remote mail by domain."""
+    if recipient.route is Route.LOCAL:
+        return "local"
+    return "remote:" + recipient.address.rpartition("@")[2].lower()
+
+
+class Dispatcher:
+    """Ready jobs by destination, and how many run, in all and per destination."""
+
+    def __init__(
+        self,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
+    ) -> None:
+        if concurrency < 1 or destination_concurrency < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        self._concurrency = concurrency
+        self._destination_concurrency = destination_concurrency
+        # Ready jobs, one FIFO per destination; destinations are served round-robin.
+        self._ready: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._running = 0
+        self._running_by_destination: dict[str, int] = {}
+
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def add(self, job: Job) -> None:
+        self._ready.setdefault(job.destination, deque()).append(job)
+
+    def clear(self) -> None:
+        """Drop every ready job (when stopping: their messages stay in the spool)."""
+        self._ready.clear()
+
+    def start_next(self) -> Job | None:
+        """The next job both concurrency limits let start, counted as running; None if none."""
+        if self._running >= self._concurrency:
+            return None
+        job = self._next_job()
+        if job is None:
+            return None
+        self._running += 1
+        self._running_by_destination[job.destination] = (
+            self._running_by_destination.get(job.destination, 0) + 1
+        )
+        return job
+
+    def finished(self, job: Job) -> None:
+        """A job that :meth:`start_next` returned has ended."""
+        self._running -= 1
+        left = self._running_by_destination.get(job.destination, 1) - 1
+        if left:
+            self._running_by_destination[job.destination] = left
+        else:
+            self._running_by_destination.pop(job.destination, None)
+
+    def _next_job(self) -> Job | None:
+        for destination, queue in list(self._ready.items()):
+            # The per-destination limit protects remote sites; local mailboxes share only the
+            # total (Postfix limits local delivery per recipient, which one job here is not).
+            limit = self._destination_concurrency if queue[0].route is Route.REMOTE else self._concurrency
+            if self._running_by_destination.get(destination, 0) >= limit:
+                continue
+            queue = self._ready.pop(destination)
+            job = queue.popleft()
+            if queue:
+                self._ready[destination] = queue  # to the back: the next one gets a turn
+            return job
+        return None
