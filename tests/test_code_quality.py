@@ -35,6 +35,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "postoffice.config",
     ),
     "postoffice.errors": ("postoffice.net", "postoffice.spool", "postoffice.delivery", "postoffice.config"),
+    # Shared defaults, imported by the sans-I/O core and by config alike: constants, no imports.
+    "postoffice.defaults": ("postoffice", "os", "socket", "time"),
     "postoffice.config": ("ssl", "logging", "postoffice.net", "postoffice.spool", "postoffice.delivery"),
     "postoffice.policy": ("postoffice.net", "postoffice.spool", "postoffice.delivery", "postoffice.web"),
     "postoffice.accounts": ("postoffice.net", "postoffice.delivery", "postoffice.web", "postoffice.spool"),

@@ -49,6 +49,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping,
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from postoffice import defaults
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
 from postoffice.smtp import replies
@@ -60,16 +61,6 @@ from postoffice.spool.state import Action, Deferral, Outcome, QueueState
 
 log = logging.getLogger("postoffice.spool")
 
-# Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
-# one connection. Local deliveries running together flush side by side, and the file system
-# commits their flushes together, so under load this is also how many one disk flush covers.
-DEFAULT_CONCURRENCY = 64
-# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
-DEFAULT_DESTINATION_CONCURRENCY = 5
-# Postfix minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime.
-DEFAULT_RETRY_BASE = 300.0
-DEFAULT_RETRY_MAX = 4000.0
-DEFAULT_LIFETIME = 5 * 86400.0
 # How long stop() lets running deliveries finish before cancelling them (they are redone,
 # with recovering=True, at the next start).
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -128,13 +119,13 @@ class Scheduler:
         spool: Spool,
         agents: Mapping[Route, DeliveryAgent],
         *,
-        retry_base: float = DEFAULT_RETRY_BASE,
-        retry_max: float = DEFAULT_RETRY_MAX,
-        lifetime: float = DEFAULT_LIFETIME,
-        delay_warning: float = 0.0,
+        retry_base: float = defaults.MINIMAL_BACKOFF_TIME,
+        retry_max: float = defaults.MAXIMAL_BACKOFF_TIME,
+        lifetime: float = defaults.MAXIMAL_QUEUE_LIFETIME,
+        delay_warning: float = defaults.DELAY_WARNING_TIME,
         clock: Callable[[], float] = time.time,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
+        concurrency: int = defaults.CONCURRENCY,
+        destination_concurrency: int = defaults.DESTINATION_CONCURRENCY,
         destination: Callable[[Recipient], str] = destination_of,
         notifier: Notifier | None = None,
         on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
