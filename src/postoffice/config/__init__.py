@@ -13,8 +13,11 @@ The package, by concept:
 - :mod:`~postoffice.config.kinds`, :mod:`~postoffice.config.values`,
   :mod:`~postoffice.config.names`: the kinds of value and their readers.
 - :mod:`~postoffice.config.loader`: :func:`load_config` and :func:`check_config`.
+- :mod:`~postoffice.config.reference`: writes ``docs/config-reference.md`` from the schema
+  (``python -m postoffice.config > docs/config-reference.md``).
 
-``examples/postoffice.toml`` shows a file with every key.
+``examples/postoffice.toml`` shows a file with every key; the reference lists them with their
+defaults.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ the file against it.
 Every key is declared once, as a dataclass field made with
 :func:`~postoffice.config.schema.setting` (the tables' keys are in
 :mod:`postoffice.config.tables`): type, default, floor, ceiling, help and the overriding
-``serve`` option in one place, from which the loader, its error messages and ``check-config``
-are derived. :data:`SECTIONS`
+``serve`` option in one place, from which the loader, its error messages, ``check-config`` and
+``docs/config-reference.md`` (``python -m postoffice.config``) are derived. :data:`SECTIONS`
 maps the TOML tables onto the dataclasses.
 """
 
