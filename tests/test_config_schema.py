@@ -1,6 +1,7 @@
 """The configuration schema: every key declared once, and everything else derived from it.
 
-Also the few places where reading every key the same way changed what a file may say.
+Also the keys with no behaviour of their own yet (user, group, mail_file_mode) and the few
+places where reading every key the same way changed what a file may say.
 """
 
 from __future__ import annotations
@@ -122,6 +123,64 @@ def test_the_remote_agent_defaults_to_the_configured_delivery() -> None:
         delivery.connect_timeout,
         delivery.command_timeout,
     )
+
+
+# -- user, group, mail_file_mode -----------------------------------------------------------
+
+
+def test_account_and_mode_defaults() -> None:
+    config = load_config(None)
+    assert (config.user, config.group, config.mail_file_mode) == (None, None, 0o600)
+
+
+def test_account_and_mode_from_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'user = "postoffice"\ngroup = "mail"\nmail_file_mode = 0o640\n'))
+    assert (config.user, config.group, config.mail_file_mode) == ("postoffice", "mail", 0o640)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [('"0660"', 0o660), ('"660"', 0o660), ('"0o640"', 0o640), ("0o600", 0o600), ("416", 0o640)],
+)
+def test_mail_file_mode_is_octal_text_or_an_integer(tmp_path: Path, value: str, mode: int) -> None:
+    assert load_config(write(tmp_path, f"mail_file_mode = {value}\n")).mail_file_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"0666"', "0o666 gives every account on the machine access"),
+        ("0o604", "0o604 gives every account on the machine access"),
+        ('"0750"', "0o750 has execute bits"),
+        ("0o700", "0o700 has execute bits"),
+        ('"4600"', "0o4600 is not a file mode"),
+        ("-1", "-1 is not a file mode"),
+        ('"rw-r-----"', "'rw-r-----' is not an octal file mode"),
+        ('"0680"', "is not an octal file mode"),
+        ("0o040", "keeps the server from reading or writing its own mail"),
+        ("true", "expected an integer, got a boolean"),
+    ],
+)
+def test_mail_file_mode_mistakes(tmp_path: Path, value: str, problem: str) -> None:
+    path = write(tmp_path, f"mail_file_mode = {value}\n")
+    [line] = check_config(path)
+    assert line.startswith(f"{path}: mail_file_mode: ") and problem in line, line
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('user = ""', "user: empty name"),
+        ('group = ""', "group: empty name"),
+        ('user = "post office"', "user: 'post office' is not an account name"),
+        ('group = "a:b"', "group: 'a:b' is not an account name"),
+        ("user = 1000", "user: expected a string, got an integer"),
+    ],
+)
+def test_account_name_mistakes(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, text + "\n")
+    [line] = check_config(path)
+    assert line.startswith(f"{path}: {problem}"), line
 
 
 # -- what reading every key the same way changed -------------------------------------------

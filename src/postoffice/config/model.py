@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from postoffice.config.kinds import (
+    ACCOUNT,
     ADDRESS,
     DOMAIN,
     DOMAINS,
+    FILE_MODE,
     LOG_FORMAT,
     PATH,
     WORKERS,
@@ -126,6 +128,26 @@ class Config:
         " one per core.",
         ceiling=Bound(MAX_WORKERS),
         flag="--workers",
+    )
+    # The account and group the server switches to once its listeners are bound; None: it
+    # keeps running as the account that started it. Only read and checked here.
+    user: str | None = setting(
+        None,
+        ACCOUNT,
+        "The account to run as once the listeners are bound (privileges are dropped to it).",
+        default_text="none: keep the account that started the server",
+    )
+    group: str | None = setting(
+        None,
+        ACCOUNT,
+        "The group to run as once the listeners are bound.",
+        default_text="none",
+    )
+    # Permission bits of delivered mail files: never executable, never for every account.
+    mail_file_mode: int = setting(
+        0o600,
+        FILE_MODE,
+        'Permissions of delivered mail files, octal (0o640 or "0640"): no execute or world bits.',
     )
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None

@@ -139,7 +139,7 @@ def means_zero(value: object) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ports, networks, paths, processes
+# Ports, networks, paths, file modes, account names
 # ---------------------------------------------------------------------------------------------
 
 
@@ -175,6 +175,44 @@ def path(value: object, base: Path) -> Path:
     # Relative to the file, not to wherever the server happens to be started (like nginx's
     # include paths): the same file then means the same thing from any working directory.
     return (base / Path(text).expanduser()).resolve()
+
+
+_OCTAL = re.compile(r"(?:0o?)?([0-7]{1,4})")
+
+
+def file_mode(value: object) -> int:
+    """Permission bits from a TOML integer (``0o640``) or an octal string (``"0640"``, ``"640"``).
+
+    Mail is readable by its owner and at most a group: never by every account on the machine,
+    never executable, and without setuid, setgid or sticky bits.
+    """
+    if isinstance(value, str):
+        match = _OCTAL.fullmatch(value.strip().lower())
+        if match is None:
+            raise Invalid(f'{value!r} is not an octal file mode such as "0640"')
+        mode = int(match.group(1), 8)
+    else:
+        mode = integer(value)
+    shown = f"0o{mode:03o}" if mode >= 0 else str(mode)
+    if not 0 <= mode <= 0o777:
+        raise Invalid(f"{shown} is not a file mode; write permission bits only (0o640, say)")
+    if mode & 0o111:
+        raise Invalid(f"{shown} has execute bits; mail files are not programs (0o640, say)")
+    if mode & 0o007:
+        raise Invalid(f"{shown} gives every account on the machine access to mail; end it in 0 (0o640, say)")
+    if mode & 0o600 != 0o600:
+        raise Invalid(f"{shown} keeps the server from reading or writing its own mail; start it with 6")
+    return mode
+
+
+def account_name(value: object) -> str:
+    """A user or group name as the system's account database spells it; checked, not looked up."""
+    name = string(value)
+    if not name:
+        raise Invalid("empty name")
+    if not name.isprintable() or any(char.isspace() or char == ":" for char in name):
+        raise Invalid(f"{name!r} is not an account name (no spaces, colons or control characters)")
+    return name
 
 
 # More processes than this is a typo, not a machine (Postfix default_process_limit is 100).
