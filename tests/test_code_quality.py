@@ -46,6 +46,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "postoffice.delivery",
         "postoffice.config",
     ),
+    # Shared defaults, imported by the sans-I/O core and by config alike: constants, no imports.
+    "postoffice.defaults": ("postoffice", "os", "socket", "time"),
     "postoffice.config": (
         "ssl",
         "logging",
@@ -122,7 +124,8 @@ PERMITTED: dict[str, tuple[str, ...]] = {
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Our stdlib-only foundations: the package's version, the reply codes (every layer speaks
     # them), log output and the metrics registry.
-    ("postoffice", "postoffice.smtp.replies", "postoffice.logs", "postoffice.metrics"),
+    # Shared defaults: plain constants, imported by the sans-I/O core and by config alike.
+    ("postoffice", "postoffice.smtp.replies", "postoffice.logs", "postoffice.metrics", "postoffice.defaults"),
     # The one exception tree; an error may carry a Reply.
     ("postoffice.errors",),
     # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4).
@@ -160,9 +163,6 @@ KNOWN_LONG = {
     "postoffice/cli.py",
     "postoffice/cli.py::_add_serve_parser",
     "postoffice/client/connection.py",
-    "postoffice/config.py",
-    "postoffice/config.py::_parse",
-    "postoffice/config.py::_collect",
     "postoffice/net/session.py",
     "postoffice/web/index.py",
     "postoffice/web/index.py::MailIndex.page",

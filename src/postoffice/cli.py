@@ -30,8 +30,11 @@ from typing import Protocol
 from postoffice import __version__, pidfile
 from postoffice.accounts import Accounts
 from postoffice.config import (
+    DEFAULT_HTTP_LISTENER,
+    DEFAULT_SMTP_LISTENER,
     LOG_FORMATS,
     Config,
+    DeliverySettings,
     Listener,
     check_config,
     load_config,
@@ -212,8 +215,8 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         action="append",
         type=_listener_of("http"),
         metavar="HOST:PORT",
-        help="serve the web UI and JSON API here; repeat for more (default 127.0.0.1:8025;"
-        " replaces [listen] http)",
+        help="serve the web UI and JSON API here; repeat for more"
+        f" (default {DEFAULT_HTTP_LISTENER.address}; replaces [listen] http)",
     )
     web.add_argument("--no-http", action="store_true", help="serve no web UI or JSON API")
     serve.add_argument("--hostname", metavar="NAME", help="our host name in greetings and Received: lines")
@@ -241,7 +244,8 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         "--mx-port",
         type=_tcp_port,
         metavar="PORT",
-        help="TCP port to reach mail exchangers on (default 25; replaces [delivery] mx_port)",
+        help=f"TCP port to reach mail exchangers on (default {DeliverySettings().mx_port};"
+        " replaces [delivery] mx_port)",
     )
     serve.add_argument(
         "--relay-host",
@@ -669,7 +673,7 @@ def _add_send_parser(subparsers: _Subparsers) -> None:
     send.add_argument("--interactive", action="store_true", help="ask for everything, step by step")
     server = send.add_argument_group("server")
     server.add_argument(
-        "--server", default="127.0.0.1:2525", metavar="HOST[:PORT]", help="default %(default)s"
+        "--server", default=DEFAULT_SMTP_LISTENER.address, metavar="HOST[:PORT]", help="default %(default)s"
     )
     tls = server.add_mutually_exclusive_group()
     tls.add_argument("--starttls", action="store_true", help="require STARTTLS (RFC 3207)")
@@ -756,9 +760,9 @@ def _add_status_parser(subparsers: _Subparsers) -> None:
     status.add_argument(
         "--http",
         type=_http_address,
-        default=("127.0.0.1", 8025),
+        default=(DEFAULT_HTTP_LISTENER.host, DEFAULT_HTTP_LISTENER.port),
         metavar="HOST:PORT",
-        help="the server's --http address (default 127.0.0.1:8025)",
+        help=f"the server's --http address (default {DEFAULT_HTTP_LISTENER.address})",
     )
     status.set_defaults(handler=_run_status)
 

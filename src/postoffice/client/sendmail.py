@@ -39,7 +39,7 @@ from postoffice.client.submit import (
     submit,
 )
 from postoffice.client.transcript import TranscriptPrinter
-from postoffice.config import load_config
+from postoffice.config import DEFAULT_SMTP_LISTENER, load_config
 from postoffice.errors import ConfigError, LocalProtocolError, SmtpClientError
 from postoffice.smtp import client as core
 
@@ -243,7 +243,7 @@ def server_options(args: SendmailArgs, environ: Mapping[str, str]) -> ServerOpti
     return ServerOptions(host=connectable(listener.host), port=listener.port)
 
 
-USAGE = """\
+USAGE = f"""\
 usage: postoffice sendmail [-t] [-i] [-f SENDER] [-F NAME] [-v] [--server HOST:PORT]
                            [--config FILE] [RECIPIENT ...]
 
@@ -258,7 +258,7 @@ Read a message on standard input and submit it to the postoffice server, as
   -F NAME            the sender's name, for a From header added when missing
   -v                 show the SMTP conversation on standard error
   --server HOST:PORT submit here (default: the first listener in the
-                     configuration file, or 127.0.0.1:2525)
+                     configuration file, or {DEFAULT_SMTP_LISTENER.address})
   --config FILE      the configuration file (default: $POSTOFFICE_CONFIG, or
                      /etc/postoffice.toml when it exists)
 

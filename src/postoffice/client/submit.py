@@ -24,7 +24,7 @@ from pathlib import Path
 
 from postoffice.client.connection import SendResult, SmtpClient, TlsMode, TranscriptHook
 from postoffice.client.transcript import terminal_safe
-from postoffice.config import parse_hostport
+from postoffice.config import DEFAULT_SMTP_LISTENER, parse_hostport
 from postoffice.errors import (
     ConfigError,
     SmtpClientError,
@@ -44,7 +44,8 @@ EX_UNAVAILABLE = os.EX_UNAVAILABLE
 EX_TEMPFAIL = os.EX_TEMPFAIL
 EX_CONFIG = os.EX_CONFIG
 
-DEFAULT_SERVER = ("127.0.0.1", 2525)  # where `postoffice serve` listens by default
+# Where `postoffice serve` listens by default.
+DEFAULT_SERVER = (DEFAULT_SMTP_LISTENER.host, DEFAULT_SMTP_LISTENER.port)
 SMTP_PORT = 25  # the well-known SMTP port, when --server names only a host
 SUBMISSIONS_PORT = 465  # RFC 8314 §7.3: submission over implicit TLS
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from postoffice import defaults
 from postoffice.client.connection import SmtpClient, TlsMode, Transaction
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
@@ -85,15 +86,15 @@ class RemoteSettings:
     """What the remote agent needs from the configuration (built by the composition root)."""
 
     hostname: str  # our name in EHLO
-    mx_port: int = 25
+    mx_port: int = defaults.MX_PORT
     relay: tuple[str, int] | None = None
-    relay_tls: str = "starttls"  # none | starttls | tls
+    relay_tls: str = defaults.RELAY_TLS  # none | starttls | tls
     relay_user: str | None = None
     relay_password: str | None = field(default=None, repr=False)
     tls_policy: Mapping[str, str] = field(default_factory=dict)  # domain -> none|may|require|verify
     ca_file: Path | None = None
-    connect_timeout: float = 30.0
-    command_timeout: float = 300.0
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    command_timeout: float = defaults.REPLY_TIMEOUT
     data_timeout: float = DATA_DONE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     reuse_time_limit: float = REUSE_TIME_LIMIT

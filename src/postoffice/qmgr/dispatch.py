@@ -13,15 +13,9 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from postoffice import defaults
 from postoffice.qmgr.entry import Job
 from postoffice.spool.envelope import Recipient, Route
-
-# Postfix default_process_limit is 100 processes in all; a job here is a coroutine and at most
-# one connection. Local deliveries running together flush side by side, and the file system
-# commits their flushes together, so under load this is also how many one disk flush covers.
-DEFAULT_CONCURRENCY = 64
-# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
-DEFAULT_DESTINATION_CONCURRENCY = 5
 
 
 def destination_of(recipient: Recipient) -> str:
@@ -36,8 +30,8 @@ class Dispatcher:
 
     def __init__(
         self,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
+        concurrency: int = defaults.CONCURRENCY,
+        destination_concurrency: int = defaults.DESTINATION_CONCURRENCY,
     ) -> None:
         if concurrency < 1 or destination_concurrency < 1:
             raise ValueError("concurrency limits must be at least 1")

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Postfix minimal_backoff_time, maximal_backoff_time, maximal_queue_lifetime.
-DEFAULT_RETRY_BASE = 300.0
-DEFAULT_RETRY_MAX = 4000.0
-DEFAULT_LIFETIME = 5 * 86400.0
+from postoffice import defaults
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    retry_base: float = DEFAULT_RETRY_BASE
-    retry_max: float = DEFAULT_RETRY_MAX
-    lifetime: float = DEFAULT_LIFETIME
-    delay_warning: float = 0.0  # 0: no delay warning
+    retry_base: float = defaults.MINIMAL_BACKOFF_TIME
+    retry_max: float = defaults.MAXIMAL_BACKOFF_TIME
+    lifetime: float = defaults.MAXIMAL_QUEUE_LIFETIME
+    delay_warning: float = defaults.DELAY_WARNING_TIME  # 0: no delay warning
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_base <= self.retry_max:

@@ -43,12 +43,11 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any
 
+from postoffice import defaults
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
 from postoffice.qmgr.bounce import Notifier
 from postoffice.qmgr.dispatch import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_DESTINATION_CONCURRENCY,
     Dispatcher,
     destination_of,
 )
@@ -56,7 +55,7 @@ from postoffice.qmgr.entry import Entry, Job
 from postoffice.qmgr.outcomes import failed_outcome, final_outcome, log_expired, log_result
 from postoffice.qmgr.removal import Remover
 from postoffice.qmgr.reports import Reporter
-from postoffice.qmgr.retry import DEFAULT_LIFETIME, DEFAULT_RETRY_BASE, DEFAULT_RETRY_MAX, RetryPolicy
+from postoffice.qmgr.retry import RetryPolicy
 from postoffice.smtp import replies
 from postoffice.spool import state as records
 from postoffice.spool.base import Blocking, Spool
@@ -80,13 +79,13 @@ class Scheduler:
         spool: Spool,
         agents: Mapping[Route, DeliveryAgent],
         *,
-        retry_base: float = DEFAULT_RETRY_BASE,
-        retry_max: float = DEFAULT_RETRY_MAX,
-        lifetime: float = DEFAULT_LIFETIME,
-        delay_warning: float = 0.0,
+        retry_base: float = defaults.MINIMAL_BACKOFF_TIME,
+        retry_max: float = defaults.MAXIMAL_BACKOFF_TIME,
+        lifetime: float = defaults.MAXIMAL_QUEUE_LIFETIME,
+        delay_warning: float = defaults.DELAY_WARNING_TIME,
         clock: Callable[[], float] = time.time,
-        concurrency: int = DEFAULT_CONCURRENCY,
-        destination_concurrency: int = DEFAULT_DESTINATION_CONCURRENCY,
+        concurrency: int = defaults.CONCURRENCY,
+        destination_concurrency: int = defaults.DESTINATION_CONCURRENCY,
         destination: Callable[[Recipient], str] = destination_of,
         notifier: Notifier | None = None,
         on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,

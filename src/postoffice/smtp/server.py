@@ -21,6 +21,7 @@ import functools
 from collections import deque
 from dataclasses import dataclass
 
+from postoffice import defaults
 from postoffice.errors import LocalProtocolError
 from postoffice.smtp import commands as c
 from postoffice.smtp import events as ev
@@ -33,14 +34,15 @@ from postoffice.smtp.state import State
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """What this listener offers; see :class:`postoffice.config.Limits` for the precedents."""
+    """What this listener offers; the limits default as ``[limits]`` does (:mod:`postoffice.defaults`
+    names their precedents)."""
 
     hostname: str
-    max_message_size: int = 25 * 1024 * 1024
-    max_recipients: int = 1000
-    command_line_limit: int = 512
-    text_line_limit: int = 1000
-    max_errors: int = 20
+    max_message_size: int = defaults.MESSAGE_SIZE
+    max_recipients: int = defaults.RECIPIENTS
+    command_line_limit: int = defaults.COMMAND_LINE
+    text_line_limit: int = defaults.TEXT_LINE
+    max_errors: int = defaults.ERRORS_PER_SESSION
     starttls: bool = False
     auth_mechanisms: tuple[str, ...] = ()
     dsn: bool = False

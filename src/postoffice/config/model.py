@@ -1,0 +1,235 @@
+"""The configuration's schema: :class:`Config` (the top level of the file) and :data:`SECTIONS`.
+
+Untrusted input seen here: none; this module declares. :mod:`postoffice.config.loader` reads
+the file against it.
+
+Every key is declared once, as a dataclass field made with
+:func:`~postoffice.config.schema.setting` (the tables' keys are in
+:mod:`postoffice.config.tables`): type, default, floor, ceiling, help and the overriding
+``serve`` option in one place, from which the loader, its error messages, ``check-config`` and
+``docs/config-reference.md`` (``python -m postoffice.config``) are derived. :data:`SECTIONS`
+maps the TOML tables onto the dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postoffice.config.kinds import (
+    ACCOUNT,
+    ADDRESS,
+    DOMAIN,
+    DOMAINS,
+    FILE_MODE,
+    LOG_FORMAT,
+    PATH,
+    WORKERS,
+)
+from postoffice.config.names import (
+    DEFAULT_HTTP_LISTENER,
+    DEFAULT_SMTP_LISTENER,
+    LISTENER_KINDS,
+    Listener,
+)
+from postoffice.config.schema import Bound, Section, computed_setting, setting
+from postoffice.config.tables import (
+    AuthConfig,
+    DeliverySettings,
+    Limits,
+    ListenKeys,
+    ProxyProtocol,
+    ProxyProtocolKeys,
+    QueueSettings,
+    TLSConfig,
+)
+from postoffice.config.values import MAX_WORKERS
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/postoffice`` (``~/.local/share/postoffice``), like other user daemons."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "postoffice"
+
+
+def default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server needs, resolved and validated; the top level of the file."""
+
+    hostname: str = computed_setting(
+        default_hostname,
+        DOMAIN,
+        "Our name in the greeting, the EHLO reply and Received: lines (RFC 5321 §4.1.3: a"
+        " fully-qualified domain name).",
+        default_text="the machine's FQDN",
+        flag="--hostname",
+    )
+    data_dir: Path = computed_setting(
+        default_data_dir,
+        PATH,
+        "Where the spool, the Maildirs and accounts.json are kept.",
+        default_text="$XDG_DATA_HOME/postoffice (~/.local/share/postoffice)",
+        flag="--data-dir",
+    )
+    listeners: tuple[Listener, ...] = (DEFAULT_SMTP_LISTENER,)
+    # Local domains, lower-case. Empty means capture mode: accept every recipient, relay nothing.
+    domains: tuple[str, ...] = setting(
+        (),
+        DOMAINS,
+        "Local domains: their mail goes to users and aliases. None is capture mode: every recipient"
+        " is accepted and nothing is relayed.",
+        flag="--domain",
+    )
+    # None: postmaster@<first domain>.
+    postmaster: str | None = setting(
+        None,
+        ADDRESS,
+        "Where mail to postmaster@<a local domain> and to <postmaster> goes (RFC 5321 §4.5.1).",
+        default_text="postmaster@<the first domain>",
+    )
+    limits: Limits = field(default_factory=Limits)
+    transcript_log: Path | None = setting(
+        None,
+        PATH,
+        "Append every SMTP command and reply here, AUTH secrets replaced by *** (reopened on SIGHUP).",
+        default_text="none",
+        flag="--transcript-log",
+    )
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
+    log_format: str = setting(
+        "text",
+        LOG_FORMAT,
+        "Log lines as key=value text or one JSON object each.",
+        flag="--log-format",
+    )
+    log_file: Path | None = setting(
+        None,
+        PATH,
+        "Append the log here; SIGHUP reopens it by name, for logrotate.",
+        default_text="standard error",
+    )
+    # Web UI and JSON API listeners; empty turns the web side off.
+    http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
+    workers: int = setting(
+        1,
+        WORKERS,
+        'Server processes sharing the listeners (SO_REUSEPORT) and the data directory; "auto" is'
+        " one per core.",
+        ceiling=Bound(MAX_WORKERS),
+        flag="--workers",
+    )
+    # The account and group the server switches to once its listeners are bound; None: it
+    # keeps running as the account that started it. Only read and checked here.
+    user: str | None = setting(
+        None,
+        ACCOUNT,
+        "The account to run as once the listeners are bound (privileges are dropped to it).",
+        default_text="none: keep the account that started the server",
+    )
+    group: str | None = setting(
+        None,
+        ACCOUNT,
+        "The group to run as once the listeners are bound.",
+        default_text="none",
+    )
+    # Permission bits of delivered mail files: never executable, never for every account.
+    mail_file_mode: int = setting(
+        0o600,
+        FILE_MODE,
+        'Permissions of delivered mail files, octal (0o640 or "0640"): no execute or world bits.',
+    )
+    # The file this came from, for messages; None when built from defaults and flags only.
+    source: Path | None = None
+
+    @property
+    def capture_mode(self) -> bool:
+        return not self.domains
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def accounts_file(self) -> Path:
+        return self.data_dir / "accounts.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where a self-signed certificate is kept when ``[tls] cert`` is not set."""
+        return self.data_dir / "tls"
+
+    @property
+    def index_file(self) -> Path:
+        """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
+        return self.data_dir / "index.sqlite3"
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+
+def _listen(given: dict[str, Any]) -> dict[str, Any]:
+    # In the order given (the file's, then flags adding kinds it had not set). The default
+    # listener applies only when no listener of any kind is configured.
+    found = tuple(listener for kind, group in given.items() if kind != "http" for listener in group)
+    built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
+    if "http" in given:
+        built["http_listeners"] = tuple(given["http"])
+    return built
+
+
+def _proxy_protocol(given: dict[str, Any]) -> dict[str, Any]:
+    kinds = frozenset(kind for kind in LISTENER_KINDS if given.get(kind))
+    return {"proxy_protocol": ProxyProtocol(kinds, given.get("trusted", ()))}
+
+
+def _table(name: str, cls: type, help: str) -> Section:
+    return Section(name, cls, help, lambda given: {name: cls(**given)})
+
+
+# The file's tables, in the order the loader reads them and the reference lists them.
+SECTIONS = (
+    Section("", Config, "Where the server lives, what it is called, and how it runs.", dict),
+    Section(
+        "listen",
+        ListenKeys,
+        'Listeners as "HOST:PORT" ([IPV6]:PORT for IPv6; port 0 picks a free port); flags replace'
+        " the file's listeners of their kind.",
+        _listen,
+    ),
+    _table("tls", TLSConfig, "The server's certificate; paths are relative to the file's directory."),
+    _table("auth", AuthConfig, "SMTP AUTH (PLAIN and LOGIN, RFC 4954), offered only inside TLS."),
+    Section(
+        "proxy_protocol",
+        ProxyProtocolKeys,
+        "Listeners behind a load balancer that sends a PROXY protocol header (HAProxy send-proxy,"
+        " AWS NLB, ...); the client address in it is used for limits, logs and Received: lines.",
+        _proxy_protocol,
+    ),
+    _table("limits", Limits, "Resource limits for SMTP sessions."),
+    _table(
+        "queue",
+        QueueSettings,
+        "The outbound queue, in Postfix's names and defaults (postconf(5)); see postoffice queue list.",
+    ),
+    _table(
+        "delivery",
+        DeliverySettings,
+        "How mail leaves: into local mailboxes, and to the MX hosts of other domains (RFC 5321 §5.1)"
+        " or through one relay.",
+    ),
+)

@@ -1,0 +1,219 @@
+"""Names in the configuration: domains, addresses, ``HOST:PORT`` listeners and servers.
+
+Untrusted input seen here: names from the configuration file and the command line (and, through
+:func:`normalize_address` and :func:`normalize_domain`, addresses that other layers are given).
+Each is checked against its RFC grammar and returned in one normal form, or refused with a
+``ValueError`` (a :class:`~postoffice.errors.ConfigError` naming the key, for addresses of
+servers) whose message is one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from postoffice.config.values import Invalid, array, string
+from postoffice.errors import ConfigError
+
+# RFC 1035 §2.3.1 "preferred name syntax" as relaxed by RFC 1123 §2.1 (labels may start with a
+# digit): letters, digits and inner hyphens, 1 to 63 octets.
+_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# RFC 5321 §4.5.3.1.2: a domain is at most 255 octets; the dotted text form of that is 253.
+_MAX_DOMAIN_TEXT = 253
+# RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
+_MAX_LOCAL_PART = 64
+# RFC 5322 §3.2.3 atext, the characters of a dot-atom besides letters and digits.
+_ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def normalize_domain(name: str) -> str:
+    """Return ``name`` lower-cased if it is a valid domain name; raise ``ValueError`` if not.
+
+    Labels are LDH (RFC 1035/1123) or IDNA U-labels (RFC 5890), checked through their ASCII
+    form so the length limits hold on the wire. Address literals are not domain names.
+    """
+    if not name:
+        raise ValueError("empty domain name")
+    lowered = name.lower()
+    ascii_labels: list[str] = []
+    for label in lowered.split("."):
+        if not label:
+            raise ValueError(f"{name!r} has an empty label")
+        if label.isascii():
+            ascii_label = label
+        else:
+            try:
+                ascii_label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ValueError(f"{name!r}: {label!r} is not a valid internationalised label") from None
+        if not _LDH_LABEL.fullmatch(ascii_label):
+            raise ValueError(f"{name!r}: labels are letters, digits and inner hyphens, at most 63 characters")
+        ascii_labels.append(ascii_label)
+    if len(".".join(ascii_labels)) > _MAX_DOMAIN_TEXT:
+        raise ValueError(f"{name[:40]!r}...: longer than {_MAX_DOMAIN_TEXT} characters")
+    # RFC 3696 §2: a top-level domain is never all-numeric, which also keeps "10.0.0.1" out.
+    if ascii_labels[-1].isdigit():
+        raise ValueError(f"{name!r} is not a domain name (the last label is all digits)")
+    return lowered
+
+
+def _is_atext(char: str) -> bool:
+    if char.isascii():
+        return char.isalnum() or char in _ATEXT_SPECIALS
+    # RFC 6531 §3.3 adds UTF8-non-ascii to atext; controls and spaces stay out.
+    return char.isprintable() and not char.isspace()
+
+
+def normalize_address(address: str, *, fold_local: bool = False) -> str:
+    """Return ``local@domain`` with the domain lower-cased; raise ``ValueError`` if invalid.
+
+    The local part must be a dot-atom (RFC 5322 §3.2.3, UTF-8 allowed by RFC 6531): quoted
+    local parts are legal on the wire but nobody needs one to configure a server. Local parts
+    are case-sensitive in general (RFC 5321 §2.4); ``fold_local`` lower-cases it anyway, for
+    addresses this server owns.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"{address!r} is not an address of the form local@domain")
+    atoms = local.split(".")
+    if not all(atom and all(_is_atext(char) for char in atom) for atom in atoms):
+        raise ValueError(f"{address!r}: the local part has a character or dot that is not allowed")
+    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
+        raise ValueError(f"{address!r}: the local part is longer than {_MAX_LOCAL_PART} octets")
+    try:
+        domain = normalize_domain(domain)
+    except ValueError as exc:
+        raise ValueError(f"{address!r}: {exc}") from None
+    return f"{local.lower() if fold_local else local}@{domain}"
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_hostport(text: str, *, key: str = "listen.smtp") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[IPV6]:PORT`` for IPv6, as in RFC 3986 §3.2.2) into its parts.
+
+    The host is an IP address or a host name (lower-cased); port 0 asks the OS for a free port.
+    Errors are :class:`ConfigError` for ``key``.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ConfigError(f"{text!r}: expected [IPV6-ADDRESS]:PORT", key=key)
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{text!r}: {host!r} is not an IPv6 address", key=key) from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or not host:
+            raise ConfigError(f"{text!r}: expected HOST:PORT, as in 127.0.0.1:2525", key=key)
+        if ":" in host:
+            raise ConfigError(f"{text!r}: put an IPv6 address in brackets, as in [::1]:2525", key=key)
+        host = _listen_host(text, host, key)
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise ConfigError(f"{text!r}: the port must be a number from 0 to 65535", key=key)
+    return host, int(port_text)
+
+
+def _listen_host(text: str, host: str, key: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        return normalize_domain(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: {host!r} is neither an IP address nor a host name", key=key) from None
+
+
+def parse_dns_server(text: str, *, key: str = "delivery.dns") -> tuple[str, int]:
+    """``IP:PORT``, ``[IPV6]:PORT`` or a bare IP (port 53): where MX lookups are sent."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        host, port = parse_hostport(text, key=key)
+    else:
+        host, port = text, 53
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{text!r}: a DNS server is given by IP address, not by name", key=key) from None
+    if port == 0:
+        raise ConfigError(f"{text!r}: port 0 names no server", key=key)
+    return str(address), port
+
+
+def parse_relay_host(text: str, *, key: str = "delivery.relay_host") -> tuple[str, int]:
+    host, port = parse_hostport(text, key=key)
+    if port == 0:
+        raise ConfigError(f"{text!r}: port 0 names no server (587 is submission, 465 implicit TLS)", key=key)
+    return host, port
+
+
+# What each kind of listener is (the net layer decides what it offers):
+#   smtp        the MX service other servers deliver to (port 25): STARTTLS offered, AUTH after TLS
+#   submission  RFC 6409 message submission (port 587): STARTTLS, then AUTH, then MAIL
+#   smtps       RFC 8314 §3 implicit TLS submission (port 465): TLS from the first byte
+LISTENER_KINDS = ("smtp", "submission", "smtps")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One address to listen on; ``kind`` is one of :data:`LISTENER_KINDS`, or ``http``."""
+
+    kind: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` as the file and the command line write it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
+# Mailpit's and MailHog's web port, so tools and habits carry over.
+DEFAULT_HTTP_LISTENER = Listener("http", "127.0.0.1", 8025)
+
+
+def listeners(value: object, kind: str) -> tuple[Listener, ...]:
+    """The ``[listen]`` array for ``kind``: ``"HOST:PORT"`` strings, none listed twice."""
+    items = array(value, '"HOST:PORT" strings')
+    if not items and kind != "http":  # [] is how the web side is turned off
+        default = f" for the default {DEFAULT_SMTP_LISTENER.address}" if kind == "smtp" else ""
+        raise Invalid(f"no addresses; leave the key out{default}")
+    found: list[Listener] = []
+    for item in items:
+        listener = Listener(kind, *parse_hostport(string(item), key=f"listen.{kind}"))
+        # Port 0 twice is two ephemeral ports, not a clash.
+        if listener in found and listener.port != 0:
+            raise Invalid(f"{item!r} is listed twice")
+        found.append(listener)
+    return tuple(found)
+
+
+def domain_list(value: object) -> tuple[str, ...]:
+    """Domain names, lower-cased, each once, in the order given."""
+    domains: list[str] = []
+    for item in array(value, "domain names"):
+        domain = normalize_domain(string(item))
+        if domain not in domains:
+            domains.append(domain)
+    return tuple(domains)

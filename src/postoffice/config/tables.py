@@ -1,0 +1,368 @@
+"""The settings of each table of the file: ``[limits]``, ``[queue]``, ``[delivery]``, ``[tls]``, ...
+
+Untrusted input seen here: none; this module declares. :mod:`postoffice.config.loader` reads
+the file against it.
+
+Each key is a field made with :func:`~postoffice.config.schema.setting`: its type, default,
+floor, ceiling, one line of help and the ``serve`` option that overrides it, in one place.
+Defaults that the protocol core, the queue or the remote agent also use come from
+:mod:`postoffice.defaults`. The top level of the file, and the map from tables to these
+classes, are in :mod:`postoffice.config.model`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from postoffice import defaults as d
+from postoffice.config.kinds import (
+    BOOLEAN,
+    COUNT,
+    DNS_SERVER,
+    DURATION,
+    NETWORKS,
+    PATH,
+    PORT,
+    RELAY_HOST,
+    RELAY_TLS_MODES,
+    RELAY_USER,
+    SIZE,
+    TLS_POLICY,
+    TLS_VERSION,
+    choice_of,
+    listeners_of,
+)
+from postoffice.config.names import (
+    DEFAULT_HTTP_LISTENER,
+    DEFAULT_SMTP_LISTENER,
+    Listener,
+)
+from postoffice.config.schema import Bound, setting
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits for SMTP sessions; ``[limits]`` in the file."""
+
+    command_line: int = setting(
+        d.COMMAND_LINE,
+        SIZE,
+        "Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).",
+        floor=Bound(
+            d.MIN_COMMAND_LINE,
+            f"RFC 5321 §4.5.3.1.4 requires accepting command lines of {d.MIN_COMMAND_LINE} octets",
+        ),
+    )
+    text_line: int = setting(
+        d.TEXT_LINE,
+        SIZE,
+        "Longest line of message text, CRLF included (RFC 5321 §4.5.3.1.6); 0 accepts any length.",
+        floor=Bound(
+            d.MIN_TEXT_LINE,
+            f"RFC 5321 §4.5.3.1.6 requires accepting text lines of {d.MIN_TEXT_LINE} octets"
+            " (0 turns the check off)",
+        ),
+        off=0,
+    )
+    message_size: int = setting(
+        d.MESSAGE_SIZE,
+        SIZE,
+        "Largest message, announced with SIZE (RFC 1870); large providers accept 25 MiB today.",
+        floor=Bound(d.MIN_MESSAGE_SIZE, "RFC 5321 §4.5.3.1.7 requires at least 64KiB"),
+    )
+    recipients: int = setting(
+        d.RECIPIENTS,
+        COUNT,
+        "Recipients per message (Postfix smtpd_recipient_limit).",
+        floor=Bound(
+            d.MIN_RECIPIENTS,
+            f"RFC 5321 §4.5.3.1.8 requires accepting at least {d.MIN_RECIPIENTS} recipients",
+        ),
+    )
+    connections: int = setting(1000, COUNT, "Concurrent SMTP sessions, all listeners together.")
+    connections_per_client: int = setting(
+        50,
+        COUNT,
+        "Concurrent sessions from one client address (Postfix smtpd_client_connection_count_limit);"
+        " trusted_networks are exempt.",
+    )
+    errors_per_session: int = setting(
+        d.ERRORS_PER_SESSION,
+        COUNT,
+        "Error replies in one session before 421 and close (Postfix smtpd_hard_error_limit).",
+    )
+    junk_commands: int = setting(
+        100,
+        COUNT,
+        "NOOP, RSET, VRFY, EXPN and ETRN without a message accepted in between; the last is"
+        " answered, then 421 and close (Postfix smtpd_junk_command_limit).",
+    )
+    command_timeout: float = setting(
+        300.0,
+        DURATION,
+        "Waiting for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes); only a complete"
+        " command restarts it.",
+    )
+    data_block_timeout: float = setting(
+        180.0, DURATION, "Waiting for each block of message data (RFC 5321 §4.5.3.2.5)."
+    )
+    data_done_timeout: float = setting(
+        600.0, DURATION, "Waiting for the whole message after DATA (RFC 5321 §4.5.3.2.6)."
+    )
+    trusted_networks: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"),
+        NETWORKS,
+        "Clients exempt from the per-client limits (Postfix smtpd_client_event_limit_exceptions).",
+    )
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """How the queue retries and how many deliveries run at once; ``[queue]`` in the file.
+
+    Names and defaults are Postfix's (postconf(5)), so an operator's intuition carries over.
+    """
+
+    minimal_backoff_time: float = setting(
+        d.MINIMAL_BACKOFF_TIME,
+        DURATION,
+        "The first retry after a temporary failure; then twice as long each time.",
+    )
+    maximal_backoff_time: float = setting(
+        d.MAXIMAL_BACKOFF_TIME, DURATION, "The longest wait between two attempts."
+    )
+    maximal_queue_lifetime: float = setting(
+        d.MAXIMAL_QUEUE_LIFETIME,
+        DURATION,
+        "After this long in the queue the sender gets a non-delivery report (RFC 3464; RFC 5321"
+        " §4.5.4.1: at least 4-5 days).",
+    )
+    delay_warning_time: float = setting(
+        d.DELAY_WARNING_TIME,
+        DURATION,
+        'A "still trying" report to the sender once mail has waited this long.',
+        off=0.0,
+    )
+    concurrency: int = setting(
+        d.CONCURRENCY,
+        COUNT,
+        "Deliveries running at once, all destinations together; local ones share disk flushes.",
+    )
+    destination_concurrency: int = setting(
+        d.DESTINATION_CONCURRENCY,
+        COUNT,
+        "Deliveries running at once to one remote destination, a domain or the relay host (Postfix"
+        " initial_destination_concurrency).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """How mail leaves: into local mailboxes, and to other domains; ``[delivery]`` in the file."""
+
+    # The DNS server for MX lookups as (IP, port); None uses the system's.
+    dns: tuple[str, int] | None = setting(
+        None,
+        DNS_SERVER,
+        "The DNS server for MX and address lookups (port 53 if not given).",
+        default_text="the system's resolvers (/etc/resolv.conf)",
+        flag="--dns",
+    )
+    mx_port: int = setting(
+        d.MX_PORT, PORT, "The TCP port of every mail exchanger (RFC 5321 §2.3.5).", flag="--mx-port"
+    )
+    relay_host: tuple[str, int] | None = setting(
+        None,
+        RELAY_HOST,
+        "Send everything through this host (a smarthost) instead of looking up MX records; a name"
+        " is looked up for its addresses only.",
+        default_text="none: MX lookups",
+        flag="--relay-host",
+    )
+    relay_user: str | None = setting(
+        None,
+        RELAY_USER,
+        "Log in to the relay as this user (AUTH PLAIN or LOGIN, only inside TLS unless the relay is"
+        " on loopback).",
+        default_text="none: no login",
+    )
+    relay_password_file: Path | None = setting(
+        None,
+        PATH,
+        "A file holding the relay password on its first line (never the password itself here).",
+        default_text="none",
+    )
+    relay_tls: str = setting(
+        d.RELAY_TLS,
+        choice_of(RELAY_TLS_MODES),
+        "To the relay: STARTTLS required (RFC 3207), implicit TLS (RFC 8314, usually port 465) or"
+        " none; with TLS its certificate must be valid for its name.",
+    )
+    # Domain -> one of TLS_POLICIES, sorted; every other domain gets "may".
+    tls_policy: tuple[tuple[str, str], ...] = setting(
+        (),
+        TLS_POLICY,
+        'TLS per destination domain, as a [delivery.tls_policy] table: "none", "may" (encrypt when'
+        " offered, certificate unchecked),"
+        ' "require" (encrypted or not at all) or "verify" (and a certificate valid for the MX host).',
+        default_text='"may" for every domain',
+    )
+    tls_ca_file: Path | None = setting(
+        None,
+        PATH,
+        'CA certificates (PEM) for the relay and "verify" destinations, instead of the system\'s.',
+        default_text="the system's CA certificates",
+    )
+    connect_timeout: float = setting(
+        d.CONNECT_TIMEOUT, DURATION, "Waiting for a connection (Postfix smtp_connect_timeout)."
+    )
+    command_timeout: float = setting(
+        d.REPLY_TIMEOUT, DURATION, "Waiting for each reply (RFC 5321 §4.5.3.2: 5 minutes)."
+    )
+    local_before_reply: bool = setting(
+        True,
+        BOOLEAN,
+        "Write a message for one local mailbox into it before the 250, as an LMTP server delivers;"
+        " false queues every message first (Postfix's way).",
+    )
+
+    def tls_policy_for(self, domain: str) -> str:
+        return dict(self.tls_policy).get(domain.lower(), "may")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The server certificate under ``[tls]``; with no ``cert`` a self-signed one is made."""
+
+    cert: Path | None = setting(
+        None,
+        PATH,
+        "The certificate chain (PEM) for STARTTLS and implicit TLS; re-read on SIGHUP.",
+        default_text="none: a self-signed certificate for hostname, made once in <data_dir>/tls/",
+        flag="--tls-cert",
+    )
+    # None: the key is in the ``cert`` file (one PEM with both, as ssl.load_cert_chain allows).
+    key: Path | None = setting(
+        None,
+        PATH,
+        "The private key (PEM) for cert; needs cert.",
+        default_text="in the cert file",
+        flag="--tls-key",
+    )
+    min_version: str = setting(
+        "TLSv1.2",
+        TLS_VERSION,
+        'The oldest TLS version accepted ("1.2" also works); RFC 8996 retired 1.0 and 1.1.',
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """SMTP AUTH settings under ``[auth]``."""
+
+    allow_plaintext_on_loopback: bool = setting(
+        False,
+        BOOLEAN,
+        "Let programs on this machine log in over plaintext loopback connections; elsewhere AUTH"
+        " is only offered inside TLS (RFC 4954 §4, RFC 8314).",
+    )
+    max_failures: int = setting(
+        5,
+        COUNT,
+        "Failed logins from one client address (IPv6: its /64) within failure_window before 421 and"
+        " disconnect (fail2ban's maxretry).",
+    )
+    failure_window: float = setting(
+        600.0, DURATION, "How long a failed login counts against its client (fail2ban's findtime)."
+    )
+    failure_delay: float = setting(
+        2.0,
+        DURATION,
+        "The n-th failure in the window waits n times this long before its 535 (Dovecot's"
+        " auth_failure_delay).",
+        off=0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyProtocol:
+    """Which listener kinds expect a PROXY protocol header (HAProxy v1/v2), and from whom.
+
+    A PROXY header names the client's address, so it is only believed from ``trusted``
+    networks (the load balancers); a connection from elsewhere on such a listener is closed.
+    The file writes it as :class:`ProxyProtocolKeys`.
+    """
+
+    kinds: frozenset[str] = frozenset()
+    trusted: tuple[str, ...] = ()
+
+    def expects_header(self, kind: str) -> bool:
+        return kind in self.kinds
+
+    def is_trusted(self, address: str) -> bool:
+        return Limits(trusted_networks=self.trusted).is_trusted(address)
+
+
+def _proxy_flag(kind: str) -> bool:
+    return setting(False, BOOLEAN, f"The {kind} listeners expect a PROXY protocol header (v1 or v2).")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyProtocolKeys:
+    """``[proxy_protocol]`` as the file writes it: a switch per listener kind, and the networks."""
+
+    smtp: bool = _proxy_flag("smtp")
+    submission: bool = _proxy_flag("submission")
+    smtps: bool = _proxy_flag("smtps")
+    trusted: tuple[str, ...] = setting(
+        (),
+        NETWORKS,
+        "The load balancers a header is believed from; a connection from elsewhere on such a"
+        " listener is closed unanswered. Required when a listener expects the header.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenKeys:
+    """``[listen]`` as the file writes it; the loader makes ``Config.listeners`` and
+    ``Config.http_listeners`` of it."""
+
+    smtp: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("smtp"),
+        "The MX service other servers deliver to (port 25 in production): STARTTLS offered, AUTH"
+        " only inside TLS.",
+        default_text=f'["{DEFAULT_SMTP_LISTENER.address}"] when no listener of any kind is set',
+        flag="--smtp",
+    )
+    submission: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("submission"),
+        "Message submission for mail programs (RFC 6409, port 587): STARTTLS, then AUTH, then MAIL.",
+        default_text="none",
+        flag="--submission",
+    )
+    smtps: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("smtps"),
+        "Submission over implicit TLS (RFC 8314, port 465): TLS from the first byte.",
+        default_text="none",
+        flag="--smtps",
+    )
+    http: tuple[Listener, ...] = setting(
+        (DEFAULT_HTTP_LISTENER,),
+        listeners_of("http"),
+        "The web UI and JSON API; [] turns them off (--no-http).",
+        flag="--http",
+    )
