@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import getpass
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def _read(path: Path, option: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     if args.interactive:
         options = server_options(args, password=None)
+        # A person is at the terminal: Ctrl-C must leave, even when we were started with SIGINT
+        # ignored (a non-interactive shell starts background jobs so, and Python then keeps it
+        # ignored rather than raising KeyboardInterrupt).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         return Guided(options, _parse_server).run()
     if not args.sender:
         raise MessageError("--from is required (or use --interactive)")
