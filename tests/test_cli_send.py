@@ -271,7 +271,6 @@ def test_connection_refused_is_tempfail() -> None:
     [
         (["--to=b@example.test"], "--from is required"),
         (["--from=a@client.test"], "no recipients"),
-        (["--from=a@client.test", "--to=not an address"], "--to: "),
         (["--from=a@client.test", "--to=b@example.test", "--header=Bad Header"], "--header: "),
         (["--from=a@client.test", "--to=b@example.test", "--header=Bcc: x@example.test"], "--bcc"),
         (["--from=a@client.test", "--to=b@example.test", "--attach=/nonexistent/file"], "--attach: "),
@@ -284,3 +283,34 @@ def test_local_mistakes_are_one_line(args: list[str], message: str) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("postoffice: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--from=a@client.test", "--to=not an address"],
+            "postoffice: --to: 'not an address' is not a valid address (local-part@domain)",
+        ),
+        (
+            ["--from=a@client.test", "--cc=b@example.test, not an address"],
+            "postoffice: --cc: 'b@example.test, not an address' has an address that is not valid"
+            " (local-part@domain, commas between several)",
+        ),
+        (
+            ["--from=me at client.test", "--to=b@example.test"],
+            "postoffice: --from: 'me at client.test' is not a valid address (local-part@domain)",
+        ),
+        (
+            ["--from=a@client.test", "--bcc=<b@example.test> junk"],
+            "postoffice: --bcc: '<b@example.test> junk' has an address that is not valid"
+            " (local-part@domain, commas between several)",
+        ),
+    ],
+)
+def test_an_address_that_is_not_valid_is_quoted_whole_with_the_data_error_status(
+    args: list[str], line: str
+) -> None:
+    # The status the server's 5xx to that address would give (README: 65, what you sent).
+    result = send(*args, "--body=hi", f"--server=127.0.0.1:{closed_port()}")
+    assert (result.returncode, result.stderr) == (EX_DATAERR, line + "\n")

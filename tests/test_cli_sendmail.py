@@ -180,8 +180,6 @@ def test_connection_refused() -> None:
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        ((), EX_USAGE, b"no recipients"),
-        (("-t",), EX_USAGE, b"no recipients"),
         (("-bp",), EX_USAGE, b"-bp is not supported"),
         (("-q",), EX_USAGE, b"-q is not supported"),
         (("-f",), EX_USAGE, b"requires argument"),
@@ -193,6 +191,55 @@ def test_usage_errors(args: tuple[str, ...], status: int, message: bytes) -> Non
     result = run_sendmail(*args, stdin=b"Subject: x\n\nx\n")
     assert result.returncode == status
     assert message in result.stderr and result.stderr.count(b"\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "status", "line"),
+    [
+        (
+            (),
+            b"Subject: x\n\nx\n",
+            EX_USAGE,
+            b"postoffice: no recipients: name them as arguments, or use -t to take them from To, Cc and Bcc",
+        ),
+        (
+            ("-t",),
+            b"Subject: x\n\nx\n",
+            EX_USAGE,
+            b"postoffice: no recipients: the message has no To, Cc or Bcc address, and no argument names one",
+        ),
+        (
+            ("not an address",),
+            b"Subject: x\n\nx\n",
+            EX_DATAERR,
+            b"postoffice: 'not an address' is not a valid address (local-part@domain)",
+        ),
+        (
+            ("-t",),
+            b"To: a@example.test, not an address\nSubject: x\n\nx\n",
+            EX_DATAERR,
+            b"postoffice: To: 'a@example.test, not an address' has an address that is not valid"
+            b" (local-part@domain)",
+        ),
+        (
+            ("-f", "me at example.test", "a@example.test"),
+            b"Subject: x\n\nx\n",
+            EX_DATAERR,
+            b"postoffice: -f 'me at example.test' is not a valid address (local-part@domain)",
+        ),
+        (
+            ("a@example.test",),
+            b"From: Me <me at example.test>\nSubject: x\n\nx\n",
+            EX_DATAERR,
+            b"postoffice: From: 'Me <me at example.test>' is not a valid address (local-part@domain)",
+        ),
+    ],
+)
+def test_recipient_mistakes_are_one_line_quoting_what_was_given(
+    args: tuple[str, ...], stdin: bytes, status: int, line: bytes
+) -> None:
+    result = run_sendmail(f"--server=127.0.0.1:{closed_port()}", *args, stdin=stdin)
+    assert (result.returncode, result.stderr) == (status, line + b"\n")
 
 
 def test_help() -> None:

@@ -7,6 +7,7 @@ answer, as someone at a terminal would; the message then has to be in the server
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ SENDER = "sender@fci-cu.edu.eg.com"
 RECIPIENT = "recipient@fci-cu.edu.eg.com"
 
 
-def guided(port: int) -> pexpect.spawn:
+def guided(port: int, *, preexec_fn: Callable[[], None] | None = None) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
         [
@@ -38,6 +39,7 @@ def guided(port: int) -> pexpect.spawn:
         encoding="utf-8",
         timeout=20,
         dimensions=(50, 200),
+        preexec_fn=preexec_fn,
     )
     return child
 
@@ -137,6 +139,21 @@ def test_ctrl_c_leaves_without_a_traceback(server: RunningServer) -> None:
     answer(child, "Log in as", "")
     answer(child, "From: ", SENDER)
     child.expect_exact("To: ")
+    child.sendintr()
+    assert finish(child) == 130
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_ctrl_c_works_when_started_with_sigint_ignored(server: RunningServer) -> None:
+    # A non-interactive shell starts background jobs with SIGINT ignored, and a child keeps
+    # that; a person at the guided client must still be able to leave with Ctrl-C.
+    child = guided(server.port, preexec_fn=_ignore_sigint)
+    answer(child, "SMTP server", "")
+    answer(child, "Log in as", "")
+    child.expect_exact("From: ")
     child.sendintr()
     assert finish(child) == 130
 

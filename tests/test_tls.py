@@ -301,7 +301,7 @@ def test_self_signed_certificate_made_once(
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["mx.test"]
+    assert names.get_values_for_type(x509.DNSName) == ["mx.test", "localhost"]
     with smtplib.SMTP("127.0.0.1", first.port, timeout=10) as client:
         client.starttls(context=unverified_context())
         assert isinstance(client.sock, ssl.SSLSocket)
@@ -322,7 +322,64 @@ def test_self_signed_certificate_is_remade_for_a_new_hostname(
     server_factory(data_dir=data_dir, domains=("example.test",), hostname="mail.example.test")
     certificate = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["mail.example.test"]
+    assert names.get_values_for_type(x509.DNSName) == ["mail.example.test", "localhost"]
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])
+def test_self_signed_certificate_verifies_for_local_names(
+    server_factory: Callable[..., RunningServer], tmp_path: Path, name: str
+) -> None:
+    # The generated certificate, trusted as its own CA, verifies however a local client names
+    # this machine: host name and certificate checked as every default TLS client does.
+    running = server_factory(data_dir=tmp_path / "data", domains=("example.test",))
+    cert_file = tmp_path / "data" / "tls" / "cert.pem"
+    context = ssl.create_default_context(cafile=str(cert_file))
+    with smtplib.SMTP(name, running.port, local_hostname="client.test", timeout=10) as client:
+        code, _ = client.starttls(context=context)
+        assert code == r.READY_TO_START_TLS.code
+        assert isinstance(client.sock, ssl.SSLSocket)
+        assert client.sock.getpeercert()["subjectAltName"] == (
+            ("DNS", "mx.test"),
+            ("DNS", "localhost"),
+            ("IP Address", "127.0.0.1"),
+            ("IP Address", "0:0:0:0:0:0:0:1"),
+        )
+
+
+def test_send_cafile_trusts_the_self_signed_certificate(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    Accounts(tmp_path / "data" / "accounts.json").add_user(ALICE, ALICE_PASSWORD)
+    running = server_factory(data_dir=tmp_path / "data", domains=("example.test",))
+    cert_file = tmp_path / "data" / "tls" / "cert.pem"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "postoffice", "send", "--server", f"127.0.0.1:{running.port}",
+            "--starttls", "--cafile", str(cert_file), "--from", "me@client.test",
+            "--to", ALICE, "--body", "hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")
+    [stored] = running.messages(ALICE)
+    assert "with ESMTPS " in stored["Received"]
+
+
+def test_a_certificate_without_the_local_names_is_made_again(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server_factory(data_dir=data_dir, domains=("example.test",)).stop()
+    # What earlier versions made: the host name alone.
+    old = trustme.CA().issue_cert("mx.test")
+    old.private_key_pem.write_to_path(str(data_dir / "tls" / "key.pem"))
+    old.cert_chain_pems[0].write_to_path(str(data_dir / "tls" / "cert.pem"))
+    server_factory(data_dir=data_dir, domains=("example.test",))
+    certificate = x509.load_pem_x509_certificate((data_dir / "tls" / "cert.pem").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["mx.test", "localhost"]
 
 
 def test_certificate_and_key_in_one_file(tmp_path: Path, certs: Certs) -> None:

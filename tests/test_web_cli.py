@@ -3,7 +3,6 @@ shutdown that does not wait for open event streams."""
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
@@ -80,10 +79,11 @@ def test_busy_http_port_is_one_line_and_exit_1(tmp_path: Path, workers: str) -> 
             timeout=30,
         )
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
-    assert len(errors) == 1, result.stderr
-    assert errors[0] == f"postoffice: cannot listen on http 127.0.0.1:{port}: Address already in use"
+    # One line, nothing logged around it: the listeners open before anything starts.
+    assert result.stderr == (
+        f"postoffice: cannot listen on http 127.0.0.1:{port}: Address already in use;"
+        " choose another address with --http HOST:PORT, or --no-http for no web UI\n"
+    )
 
 
 def test_http_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:

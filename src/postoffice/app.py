@@ -29,7 +29,7 @@ from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.maildir import MaildirAgent, MaildirStore
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
-from postoffice.errors import ConfigError, PostofficeError
+from postoffice.errors import ConfigError, ListenError, PostofficeError
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -308,19 +308,22 @@ class Application:
     async def start(
         self, *, recover: Sequence[str] | None = None, reuse_port: bool = False
     ) -> Sequence[BoundAddress]:
-        """Recover, then listen. A worker gets ``recover`` (its share of what a previous run
-        left in the queue: all of it or nothing) and listens with ``reuse_port``."""
+        """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
+        what a previous run left in the queue: all of it or nothing) and listens with
+        ``reuse_port``. The listeners open first, so that a taken port (ListenError) is the
+        only thing said: nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
-        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
-        if self.transcript is not None:
-            await self.transcript.start()
-        bound = await self.smtp.start(reuse_port=reuse_port)
+        bound = await self.smtp.bind(reuse_port=reuse_port)
         if self.web is not None:
             try:
                 self.http_addresses = await self.web.start()
             except BaseException:
                 await self.smtp.stop(0)
                 raise
+        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
+        if self.transcript is not None:
+            await self.transcript.start()
+        await self.smtp.serve()
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
@@ -355,6 +358,13 @@ class Application:
             self.transcript.reopen()
 
 
+def _web_url(address: HttpAddress) -> str:
+    """The web UI's URL for a browser on this machine (a wildcard address means loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{address.port}/"
+
+
 def _banner(
     config: Config, bound: Sequence[BoundAddress], http: Sequence[HttpAddress], tls: ServerTls | None
 ) -> None:
@@ -368,11 +378,28 @@ def _banner(
         print(f"listening {address}", flush=True)
     for web_address in http:
         print(f"listening {web_address}", flush=True)  # the web UI, JSON API and /metrics
+    if http:
+        # A URL a terminal makes clickable: the first thing a person wants after starting.
+        # (The "listening" lines stay "listening KIND HOST:PORT": scripts read them.)
+        print(f"web UI  {_web_url(http[0])}", flush=True)
     print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
     if tls is not None:
         print(f"tls certificate {tls.cert} (re-read on SIGHUP)", flush=True)
     if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
+
+
+def _listen_failure(exc: ListenError, config: Config) -> str:
+    """The one line for a listener that cannot listen: what failed, and the option that moves it.
+
+    Mailpit and MailHog listen on 8025 too, so a taken web port is the likeliest first failure.
+    """
+    flag = f"--{exc.kind} HOST:PORT"
+    if config.source is not None:
+        flag += f" (or [listen] {exc.kind} in {config.source})"
+    if exc.kind == "http":
+        flag += ", or --no-http for no web UI"
+    return f"postoffice: {exc}; choose another address with {flag}"
 
 
 def _on_hangup(app: Application, reload: Callable[[], Config] | None) -> None:
@@ -432,6 +459,10 @@ async def _serve(
             bound = await app.start()
         else:
             bound = await app.start(recover=worker.recover, reuse_port=True)
+    except ListenError as exc:
+        print(_listen_failure(exc, config), file=sys.stderr)
+        await app.stop(grace=0)
+        return 1
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         await app.stop(grace=0)
@@ -516,6 +547,9 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
         web = WorkersWeb(config)
+    except ListenError as exc:
+        print(_listen_failure(exc, config), file=sys.stderr)
+        return 1
     except (PostofficeError, sqlite3.Error) as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
         return 1
@@ -552,6 +586,9 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
             forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL),
             hangup=logs.reopen,  # logrotate moved the log file: the parent writes to it too
         )
+    except ListenError as exc:
+        print(_listen_failure(exc, config), file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1

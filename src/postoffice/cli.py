@@ -37,6 +37,7 @@ from postoffice.config import (
     DeliverySettings,
     Listener,
     check_config,
+    default_data_dir,
     load_config,
     parse_dns_server,
     parse_hostport,
@@ -60,8 +61,8 @@ class _Subparsers(Protocol):
         *,
         help: str | None = ...,
         description: str | None = ...,
-        parents: Sequence[argparse.ArgumentParser] = ...,
-    ) -> argparse.ArgumentParser: ...
+        parents: Sequence[_CommandParser] = ...,
+    ) -> _CommandParser: ...
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -104,20 +105,39 @@ def _one_line(exc: Exception) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: an argument it does not know is its usage error, not the top level's.
+
+    argparse hands a command's unknown arguments back up, and the top-level parser then shows
+    its own usage (``postoffice [-h] [--version] COMMAND ...``), which names none of the
+    command's options; here the command that was given shows its usage instead.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; same behaviour
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postoffice", description="A durable, standards-correct ESMTP mail server."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
     for add in _COMMANDS:
         add(subparsers)
     return parser
 
 
-def _config_options(*, data_dir: bool = True) -> argparse.ArgumentParser:
+def _config_options(*, data_dir: bool = True) -> _CommandParser:
     """``--config`` and ``--data-dir``, shared by every command that reads the settings."""
-    options = argparse.ArgumentParser(add_help=False)
+    options = _CommandParser(add_help=False)
     options.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     if data_dir:
         options.add_argument(
@@ -128,6 +148,35 @@ def _config_options(*, data_dir: bool = True) -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, data_dir=args.data_dir)
+
+
+def _load_to_write(args: argparse.Namespace) -> Config:
+    """The settings of a command that writes to the data directory, which then exists."""
+    config = _load(args)
+    _make_data_dir(config, flag=args.data_dir is not None)
+    return config
+
+
+def _make_data_dir(config: Config, *, flag: bool) -> None:
+    """Create the data directory; its missing parents only for the default one.
+
+    A mistyped ``--data-dir /srv/mial/data`` would otherwise grow a whole new tree and start
+    an empty server there. The default (``~/.local/share/postoffice``) may lack parents on a
+    fresh account, and nobody typed it. ``flag``: the path came from ``--data-dir``.
+    """
+    data_dir = config.data_dir
+    if data_dir == default_data_dir():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return
+    try:
+        data_dir.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        key, path = ("--data-dir", None) if flag else ("data_dir", config.source)
+        raise ConfigError(
+            f"{data_dir} cannot be made: {data_dir.parent} does not exist (create it first if the path is right)",
+            key=key,
+            path=str(path) if path is not None else None,
+        ) from None
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -290,6 +339,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 
     config = load()
+    _make_data_dir(config, flag=args.data_dir is not None)
     # Imported here so that account and config commands never load the server.
     from postoffice import app
 
@@ -353,7 +403,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def _run_user_add(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load_to_write(args)
     password = _read_password(args)
     accounts = Accounts(config.accounts_file)
     address = accounts.add_user(args.address, password, admin=args.admin)
@@ -379,7 +429,7 @@ def _run_user_list(args: argparse.Namespace) -> int:
 
 
 def _run_user_del(args: argparse.Namespace) -> int:
-    address = Accounts(_load(args).accounts_file).remove_user(args.address)
+    address = Accounts(_load_to_write(args).accounts_file).remove_user(args.address)
     print(f"removed user {address}; their mail is kept")
     return 0
 
@@ -412,7 +462,7 @@ def _add_alias_parser(subparsers: _Subparsers) -> None:
 
 
 def _run_alias_add(args: argparse.Namespace) -> int:
-    accounts = Accounts(_load(args).accounts_file)
+    accounts = Accounts(_load_to_write(args).accounts_file)
     alias = accounts.add_alias(args.alias, args.targets)
     print(f"{alias} -> {', '.join(accounts.aliases()[alias])}")
     return 0
@@ -425,7 +475,7 @@ def _run_alias_list(args: argparse.Namespace) -> int:
 
 
 def _run_alias_del(args: argparse.Namespace) -> int:
-    alias = Accounts(_load(args).accounts_file).remove_alias(args.alias)
+    alias = Accounts(_load_to_write(args).accounts_file).remove_alias(args.alias)
     print(f"removed alias {alias}")
     return 0
 
@@ -667,7 +717,8 @@ def _add_send_parser(subparsers: _Subparsers) -> None:
         help="send a message over SMTP (guided with --interactive)",
         description="Build a message and send it over SMTP, showing the conversation with "
         "--transcript. Exit status: 0 sent; 75 a 4xx reply or no connection (try again later); "
-        "65 a 5xx reply to the sender, a recipient or the message; 69 a 5xx reply to the "
+        "65 a 5xx reply to the sender, a recipient or the message, or an address given here that is "
+        "not valid; 69 a 5xx reply to the "
         "session (greeting, EHLO, STARTTLS, AUTH), or a TLS failure.",
     )
     send.add_argument("--interactive", action="store_true", help="ask for everything, step by step")

@@ -9,6 +9,7 @@ client.
 
     PostofficeError
     ├── ConfigError                  a setting is wrong; names the key and the file
+    ├── ListenError                  a listener cannot be opened (port taken, name does not resolve)
     ├── AccountError                 a user/alias operation failed (exists, unknown, bad address)
     ├── ProtocolError                an SMTP exchange went wrong; may carry a Reply
     │   ├── LocalProtocolError       we tried to do something the protocol forbids (a bug)
@@ -36,6 +37,8 @@ wire, a local error is ours and must never be shown to a client.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import ClassVar
 
 from postoffice.smtp.replies import Reply
@@ -57,6 +60,34 @@ class ConfigError(PostofficeError):
         self.detail = message
         where = ": ".join(part for part in (path, key) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ListenError(PostofficeError):
+    """A listener of ``kind`` (smtp, submission, smtps, http) cannot listen on ``host``:``port``.
+
+    ``str()`` is ``cannot listen on KIND HOST:PORT: REASON``, the address written as in the
+    configuration; the command line adds which option sets it.
+    """
+
+    def __init__(self, kind: str, host: str, port: int, reason: str) -> None:
+        self.kind = kind
+        self.host = host
+        self.port = port
+        self.reason = reason
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {kind} {shown}:{port}: {reason}")
+
+    @classmethod
+    def from_os_error(cls, kind: str, host: str, port: int, exc: OSError) -> ListenError:
+        if isinstance(exc, socket.gaierror):
+            # getaddrinfo's codes are negative; os.strerror() calls -2 "Unknown error -2".
+            reason = f"the name {host} does not resolve to an address"
+        elif exc.errno is not None and exc.errno > 0:
+            # The system's words alone: asyncio's text repeats the address as a tuple.
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
+        return cls(kind, host, port, reason)
 
 
 class AccountError(PostofficeError):

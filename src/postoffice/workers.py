@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 from postoffice.config import Config, Listener
+from postoffice.errors import ListenError
 from postoffice.spool.ids import owner_of
 
 log = logging.getLogger("postoffice")
@@ -73,29 +74,39 @@ def reserve_listeners(listeners: Sequence[Listener]) -> tuple[list[socket.socket
     concrete: list[Listener] = []
     try:
         for listener in listeners:
-            infos = socket.getaddrinfo(
-                listener.host, listener.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            )
-            seen: set[tuple[int, str]] = set()
-            for family, kind, proto, _, address in infos:
-                host = str(address[0])
-                if (family, host) in seen:
-                    continue
-                seen.add((family, host))
-                sock = socket.socket(family, kind, proto)
-                reserved.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    # As asyncio's create_server does, so the workers' sockets can join it.
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
+            try:
+                concrete += _reserve(listener, reserved)
+            except OSError as exc:
+                raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
     except BaseException:
         for sock in reserved:
             sock.close()
         raise
     return reserved, tuple(concrete)
+
+
+def _reserve(listener: Listener, reserved: list[socket.socket]) -> list[Listener]:
+    """Bind every address of ``listener`` (appending the sockets to ``reserved``)."""
+    concrete: list[Listener] = []
+    infos = socket.getaddrinfo(
+        listener.host, listener.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    seen: set[tuple[int, str]] = set()
+    for family, kind, proto, _, address in infos:
+        host = str(address[0])
+        if (family, host) in seen:
+            continue
+        seen.add((family, host))
+        sock = socket.socket(family, kind, proto)
+        reserved.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # As asyncio's create_server does, so the workers' sockets can join it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
+    return concrete
 
 
 def share_limits(config: Config, count: int) -> Config:

@@ -47,15 +47,18 @@ def parse_mailboxes(text: str, *, what: str) -> list[Mailbox]:
     """``alice@example.com``, ``Alice <alice@example.com>`` or several, comma-separated."""
     if not text.isprintable():
         raise MessageError(f"{what}: {text!r} contains a line break or control character")
-    found = []
-    for name, address in email.utils.getaddresses([text]):
-        if not address:
-            raise MessageError(f"{what}: {text!r} is not an address")
-        try:
-            core.check_address(address)
-        except LocalProtocolError:
-            raise MessageError(f"{what}: {address!r} is not a valid address (local-part@domain)") from None
-        found.append(Mailbox(name, address))
+    found = [Mailbox(name, address) for name, address in email.utils.getaddresses([text])]
+    try:
+        for box in found:
+            core.check_address(box.address)
+    except LocalProtocolError:
+        # The whole text, as typed: getaddresses keeps only part of what it cannot parse
+        # ("not an address" gives "not").
+        if len(found) > 1:
+            raise MessageError(
+                f"{what}: {text!r} has an address that is not valid (local-part@domain, commas between several)"
+            ) from None
+        raise MessageError(f"{what}: {text!r} is not a valid address (local-part@domain)") from None
     if not found:
         raise MessageError(f"{what}: {text!r} is not an address")
     return found

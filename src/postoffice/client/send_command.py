@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import getpass
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from postoffice.client.compose import Draft, build, mailboxes, parse_header, par
 from postoffice.client.connection import TlsMode
 from postoffice.client.guided import Guided
 from postoffice.client.submit import (
+    EX_DATAERR,
     EX_OK,
     SMTP_PORT,
     SUBMISSIONS_PORT,
@@ -101,20 +103,38 @@ def _read(path: Path, option: str) -> bytes:
         raise MessageError(f"{option}: {path}: {exc.strerror or exc}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.interactive:
-        options = server_options(args, password=None)
-        return Guided(options, _parse_server).run()
-    if not args.sender:
-        raise MessageError("--from is required (or use --interactive)")
+def _addressed(args: argparse.Namespace) -> Draft:
+    """A draft with the sender and recipients of ``--from``, ``--to``, ``--cc``, ``--bcc``."""
     senders = parse_mailboxes(args.sender, what="--from")
     if len(senders) != 1:
         raise MessageError("--from takes one address")
-    draft = Draft(
+    return Draft(
         sender=senders[0],
         to=mailboxes(args.to, what="--to"),
         cc=mailboxes(args.cc, what="--cc"),
         bcc=mailboxes(args.bcc, what="--bcc"),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.interactive:
+        options = server_options(args, password=None)
+        # A person is at the terminal: Ctrl-C must leave, even when we were started with SIGINT
+        # ignored (a non-interactive shell starts background jobs so, and Python then keeps it
+        # ignored rather than raising KeyboardInterrupt).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return Guided(options, _parse_server).run()
+    if not args.sender:
+        raise MessageError("--from is required (or use --interactive)")
+    try:
+        draft = _addressed(args)
+    except MessageError as exc:
+        # The server would refuse the address with a 5xx, and the status is the same as
+        # for its refusal: EX_DATAERR, "what you sent" (sysexits.h).
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    draft = dataclasses.replace(
+        draft,
         subject=args.subject,
         html=_text(_read(args.html, "--html"), str(args.html)) if args.html else None,
         attachments=tuple(args.attach),

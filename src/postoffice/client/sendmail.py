@@ -70,6 +70,8 @@ class SendmailArgs:
     server: str | None = None
     config: str | None = None
     help: bool = False
+    # What to say if an address is not valid: it quotes what was typed (see _typed_addresses).
+    complaints: dict[str, str] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str]) -> SendmailArgs:
@@ -106,8 +108,30 @@ def parse_args(argv: Sequence[str]) -> SendmailArgs:
         elif option == "--help":
             args.help = True
         # The rest (-B -C -d -G -h -L -m -n -N -O -p -R -U -V -X) only tune sendmail's own work.
-    args.recipients = [address for operand in operands for _, address in email.utils.getaddresses([operand])]
+    for address, complaint in _typed_addresses(operands):
+        args.recipients.append(address)
+        args.complaints.setdefault(address, complaint)
+    if args.sender is not None:
+        complaint = f"-f {args.sender!r} is not a valid address (local-part@domain)"
+        args.complaints.setdefault(args.sender.removeprefix("<").removesuffix(">"), complaint)
     return args
+
+
+def _typed_addresses(values: Sequence[str], where: str = "") -> list[tuple[str, str]]:
+    """Each address in ``values``, with what to say if it is not valid.
+
+    ``getaddresses`` keeps only part of a value it cannot parse ("not an address" gives
+    "not"), so the complaint quotes the whole value as given, after ``where``.
+    """
+    found: list[tuple[str, str]] = []
+    for value in values:
+        addresses = [address for _, address in email.utils.getaddresses([value])]
+        if len(addresses) == 1:
+            complaint = f"{where}{value!r} is not a valid address (local-part@domain)"
+        else:
+            complaint = f"{where}{value!r} has an address that is not valid (local-part@domain)"
+        found += [(address, complaint) for address in addresses]
+    return found
 
 
 def read_message(stream: BinaryIO, *, ignore_dots: bool) -> bytes:
@@ -155,15 +179,24 @@ def _field_value(field_bytes: bytes) -> str:
 
 
 def header_recipients(fields: list[bytes]) -> list[str]:
-    """-t: addresses in To, Cc and Bcc; in Resent-To/-Cc/-Bcc instead when the message has them.
+    """-t: addresses in To, Cc and Bcc; in Resent-To/-Cc/-Bcc instead when the message has them."""
+    return [address for address, _ in _header_recipients(fields)]
+
+
+def _header_recipients(fields: list[bytes]) -> list[tuple[str, str]]:
+    """The addresses of :func:`header_recipients`, each with a complaint naming its field.
 
     RFC 5322 §3.6.6: a resent message goes to its Resent- recipients, not the original ones.
     """
     names = {"to", "cc", "bcc"}
     if any(_field_name(item) in {"resent-to", "resent-cc", "resent-bcc"} for item in fields):
         names = {"resent-to", "resent-cc", "resent-bcc"}
-    values = [_field_value(item) for item in fields if _field_name(item) in names]
-    return [address for _, address in email.utils.getaddresses(values) if address]
+    found: list[tuple[str, str]] = []
+    for item in fields:
+        if _field_name(item) in names:
+            name = item.split(b":", 1)[0].decode("ascii", "replace").strip()
+            found += _typed_addresses([_field_value(item)], f"{name}: ")
+    return [(address, typed) for address, typed in found if address]
 
 
 def default_sender() -> str:
@@ -187,21 +220,29 @@ class Prepared:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    # What to say if an address is not valid, quoting the argument, -f or header it came from.
+    complaints: Mapping[str, str] = field(default_factory=dict)
 
 
 def prepare(args: SendmailArgs, data: bytes) -> Prepared:
     """Envelope and final bytes: Bcc removed, From/Date/Message-ID added when missing."""
     fields, rest = split_message(data)
     recipients = list(args.recipients)
+    complaints = dict(args.complaints)
     if args.from_headers:
         # Postfix adds header recipients to those on the command line; so do we.
-        recipients += header_recipients(fields)
+        for address, complaint in _header_recipients(fields):
+            recipients.append(address)
+            complaints.setdefault(address, complaint)
     names = {_field_name(item) for item in fields}
     from_values = [_field_value(item) for item in fields if _field_name(item) == "from"]
-    from_addresses = [address for _, address in email.utils.getaddresses(from_values) if address]
+    from_addresses = [item for item in _typed_addresses(from_values, "From: ") if item[0]]
     sender = args.sender
+    if sender is None and from_addresses:
+        sender = from_addresses[0][0]
+        complaints.setdefault(sender, from_addresses[0][1])
     if sender is None:
-        sender = from_addresses[0] if from_addresses else default_sender()
+        sender = default_sender()
     if sender == "<>":
         sender = ""  # -f '<>': the null sender of bounces (RFC 5321 §4.5.5)
     sender = sender.removeprefix("<").removesuffix(">")
@@ -218,7 +259,7 @@ def prepare(args: SendmailArgs, data: bytes) -> Prepared:
         added.append(_header("Message-ID", email.utils.make_msgid(domain=domain)))
     if not rest:
         rest = b"\r\n"  # a message of headers only still needs its empty line before the (empty) body
-    return Prepared(sender, tuple(dict.fromkeys(recipients)), b"".join(added + kept) + rest)
+    return Prepared(sender, tuple(dict.fromkeys(recipients)), b"".join(added + kept) + rest, complaints)
 
 
 def _header(name: str, value: str) -> bytes:
@@ -282,12 +323,17 @@ def run(
         return EX_OK
     prepared = prepare(args, read_message(stdin, ignore_dots=args.ignore_dots))
     if not prepared.recipients:
-        return _fail(stderr, "no recipients: name them as arguments, or use -t", EX_USAGE)
+        if args.from_headers:
+            reason = "the message has no To, Cc or Bcc address, and no argument names one"
+        else:
+            reason = "name them as arguments, or use -t to take them from To, Cc and Bcc"
+        return _fail(stderr, f"no recipients: {reason}", EX_USAGE)
     for address in (prepared.sender, *prepared.recipients) if prepared.sender else prepared.recipients:
         try:
             core.check_address(address)
-        except LocalProtocolError as exc:
-            return _fail(stderr, str(exc), EX_DATAERR)
+        except LocalProtocolError:
+            complaint = prepared.complaints.get(address, f"{address!r} is not a valid address")
+            return _fail(stderr, complaint, EX_DATAERR)
     try:
         options = server_options(args, environ)
     except ConfigError as exc:

@@ -1,4 +1,5 @@
-"""A self-signed certificate for the server's host name, made once with ``cryptography``.
+"""A self-signed certificate for the server's host name and the local machine, made once with
+``cryptography``.
 
 Untrusted input seen here: none from the network. The files in ``<data-dir>/tls/`` were written
 here; they are read back at each start to check that they still belong together, still name
@@ -7,12 +8,16 @@ the host and have not expired, and are replaced otherwise.
 Used only when no certificate is configured: mail clients will warn about it (nobody vouches
 for it), but the connection is encrypted, which is what RFC 8314 asks of submission, and
 opportunistic STARTTLS between MTAs does not verify certificates anyway (RFC 7435 §1.3).
+Besides the host name it names ``localhost``, ``127.0.0.1`` and ``::1``, so a local client
+that trusts this very file (``postoffice send --cafile <data-dir>/tls/cert.pem``) can verify
+it whichever way it reaches the server on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import os
 from pathlib import Path
 
@@ -28,6 +33,9 @@ KEY_FILE = "key.pem"
 # when less than RENEW_BEFORE is left.
 VALIDITY = datetime.timedelta(days=825)
 RENEW_BEFORE = datetime.timedelta(days=30)
+# How clients on this machine name it, besides the host name.
+LOCAL_NAMES = ("localhost",)
+LOCAL_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool]:
@@ -52,9 +60,13 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))  # tolerate a client's clock skew
         .not_valid_after(now + VALIDITY)
-        # RFC 6125 §6.4.4: clients match the host name against the subjectAltName.
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(_ascii(hostname))]), critical=False)
+        # RFC 6125 §6.4.4: clients match the host name against the subjectAltName; an IP
+        # address is matched against its iPAddress entries only (RFC 5280 §4.2.1.6).
+        .add_extension(x509.SubjectAlternativeName(_alt_names(hostname)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Key identifiers: OpenSSL's strict verification (Python 3.13's default) wants them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -69,6 +81,13 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool
     )
     _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path, True
+
+
+def _alt_names(hostname: str) -> list[x509.GeneralName]:
+    dns = dict.fromkeys((_ascii(hostname), *LOCAL_NAMES))
+    names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
+    names += [x509.IPAddress(address) for address in LOCAL_ADDRESSES]
+    return names
 
 
 def _ascii(hostname: str) -> str:
@@ -87,7 +106,8 @@ def _still_good(cert_path: Path, key_path: Path, hostname: str, now: datetime.da
     pem = serialization.Encoding.PEM
     return (
         key.public_key().public_bytes(pem, public) == certificate.public_key().public_bytes(pem, public)
-        and _ascii(hostname) in names.get_values_for_type(x509.DNSName)
+        # One made before the local names were added is made again.
+        and set(_alt_names(hostname)) <= set(names)
         and certificate.not_valid_after_utc - RENEW_BEFORE > now
     )
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from postoffice.config import Limits, Listener, ProxyProtocol
-from postoffice.errors import ConfigError
+from postoffice.errors import ConfigError, ListenError
 from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
@@ -81,7 +80,20 @@ class SmtpServer:
         self.bound: list[BoundAddress] = []
 
     async def start(self, *, reuse_port: bool = False) -> list[BoundAddress]:
-        """Listen; ``reuse_port`` lets several processes listen on one address (SO_REUSEPORT)."""
+        """Listen and serve; ``reuse_port`` lets several processes listen on one address
+        (SO_REUSEPORT)."""
+        bound = await self.bind(reuse_port=reuse_port)
+        await self.serve()
+        return bound
+
+    async def serve(self) -> None:
+        """Accept connections on the sockets :meth:`bind` opened."""
+        for server in self._servers:
+            await server.start_serving()
+
+    async def bind(self, *, reuse_port: bool = False) -> list[BoundAddress]:
+        """Open every listener without accepting yet, so that a taken port (ListenError) is
+        found before anything else starts; :meth:`serve` then accepts."""
         loop = asyncio.get_running_loop()
         security = self._services.security
         for listener in self._listeners:
@@ -101,11 +113,11 @@ class SmtpServer:
                     backlog=1024,
                     family=socket.AF_UNSPEC,
                     ssl=context,
+                    start_serving=False,
                 )
             except OSError as exc:
                 # asyncio's text repeats the address as a tuple; say it the way the config does.
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise OSError(exc.errno, f"cannot listen on {listener}: {reason}") from exc
+                raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]

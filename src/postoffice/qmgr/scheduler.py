@@ -117,6 +117,7 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._started = False  # stop() says "stopped" only of a scheduler that said "started"
 
     # --- feeding the queue --------------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Scheduler:
         if queue_ids is None:
             queue_ids = await self._blocking(self._spool.pending)
         added = await self._adopt(queue_ids)
+        self._started = True
         log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 
     def submit(self, message: QueuedMessage) -> None:
@@ -265,7 +267,9 @@ class Scheduler:
                     await task
         self._entries.clear()
         self._idle.set()
-        log.info("status=stopped interrupted=%d", interrupted)
+        if self._started:
+            self._started = False
+            log.info("status=stopped interrupted=%d", interrupted)
 
     # --- rounds -------------------------------------------------------------------------------
 

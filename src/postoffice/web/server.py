@@ -3,7 +3,7 @@
 Untrusted input seen here: HTTP connections, parsed by uvicorn (h11) before they reach
 :mod:`postoffice.web.site`.
 
-We bind the sockets ourselves: a busy port is then an ``OSError`` the caller reports in one
+We bind the sockets ourselves: a busy port is then a ``ListenError`` the caller reports in one
 line (uvicorn would ``sys.exit``), and port 0 tells us which port it got. Signals stay with
 the application: uvicorn's own handlers are not installed.
 """
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from postoffice.errors import ListenError
 
 # Requests may take this long to finish at shutdown before their connections are closed.
 SHUTDOWN_GRACE = 5
@@ -41,7 +43,7 @@ class _Server(uvicorn.Server):
 
 
 def bind_http(host: str, port: int) -> socket.socket:
-    """A listening, non-blocking socket for ``host``:``port``; OSError names the address."""
+    """A listening, non-blocking socket for ``host``:``port``; ListenError names the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response written in two parts waits out the peer's delayed ACK (~40 ms).
@@ -55,9 +57,7 @@ def bind_http(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        reason = exc.strerror or str(exc)
-        shown = f"[{host}]" if ":" in host else host
-        raise OSError(exc.errno, f"cannot listen on http {shown}:{port}: {reason}") from None
+        raise ListenError.from_os_error("http", host, port, exc) from None
     except BaseException:
         sock.close()
         raise
@@ -89,7 +89,7 @@ class HttpServer:
             if self._sockets is None:
                 for host, port in self._addresses:
                     sockets.append(bind_http(host, port))
-        except OSError:
+        except BaseException:
             for sock in sockets:
                 sock.close()
             raise

@@ -124,6 +124,9 @@ class WebService:
 
     async def start(self) -> list[HttpAddress]:
         loop = asyncio.get_running_loop()
+        if self.serves:
+            # First: a taken port (ListenError) is reported before any work has started.
+            self.addresses = await self.http.start()
         if self._feed is None:
             self._sync = loop.run_in_executor(
                 self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
@@ -131,7 +134,6 @@ class WebService:
             self._sync.add_done_callback(self._synced)
         if not self.serves:
             return []
-        self.addresses = await self.http.start()
         if self._follows:
             self._follower = loop.create_task(self._follow(), name="postoffice-index-follower")
         return self.addresses
