@@ -46,7 +46,8 @@ def follow_mailbox(
     A key the index knows at a name that is still there costs one ``stat`` and nothing else:
     the server's own deliveries pass through here too. A known message no longer at its name
     is looked for among its candidate names, then (once per call) in a listing of the
-    Maildir. A key the index does not know is indexed if ``add_new``, else returned.
+    Maildir. A key the index does not know is indexed if ``add_new``, else returned untouched
+    (``add_new`` False goes with a ``touched`` mapping: its names are what is returned).
     """
     box = index.maildir_of(address)
     keys = None if touched is None else sorted(touched)
@@ -61,6 +62,10 @@ def follow_mailbox(
     result = Followed()
     for key, names in touched.items():
         row = known.get(key)
+        if row is None and not add_new:
+            # Not even looked at: most likely the server's own delivery, being indexed now.
+            result.unknown[key] = set(names)
+            continue
         if row is not None and maildir.entry_at(box, row.location, key) is not None:
             continue  # where the index says it is: nothing changed for a reader
         entry = _present(box, key, names)
@@ -73,10 +78,8 @@ def follow_mailbox(
                 gone.append(row)
         elif row is not None:
             moved.append((row, entry))
-        elif add_new:
-            fresh.append(entry)
         else:
-            result.unknown[key] = set(names)
+            fresh.append(entry)
     result.changes += index.apply_followed(moved, gone)
     result.changes += [Change.new(row) for row in index.add_entries(address, fresh)]
     return result
