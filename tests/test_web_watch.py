@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -180,6 +181,10 @@ def test_mailboxes_made_after_start_are_followed(server: RunningServer) -> None:
         drop(other, "cur/1700000003.M4P4.elsewhere:2,", "there at once")
         wait_for(lambda: "there at once" in listed(http) or None, WITHIN, "the message of a quick mailbox")
         assert unread(http, "quick@example.test") == 1
+        # A mailbox removed whole: its messages and the mailbox leave the lists.
+        shutil.rmtree(other)
+        wait_for(lambda: unread(http, "quick@example.test") is None or None, WITHIN, "the mailbox gone")
+        assert "there at once" not in listed(http)
 
 
 def test_own_deliveries_are_parsed_once(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,6 +258,27 @@ def test_a_watcher_on_a_closed_index_stops_cleanly(tmp_path: Path) -> None:
     watcher.stop()
     assert not watcher.running
     index.close()
+
+
+def test_a_relative_mail_root_is_watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel names changes by absolute paths; a root given relative to the working
+    directory (``--data-dir data``) is followed all the same."""
+    monkeypatch.chdir(tmp_path)
+    index = MailIndex(tmp_path / "index.sqlite3", Path("data/mail"))
+    watcher = MaildirWatcher(index)
+    watcher.start()
+    try:
+        wait_for(watcher.watching.is_set, 10, "the watcher watching")
+        box = mailbox_path(Path("data/mail"), ADDRESS)
+        for part in ("tmp", "new", "cur"):
+            (box / part).mkdir(parents=True)
+        drop(box, "new/1700000005.M6P6.elsewhere", "relative")
+        wait_for(
+            lambda: [row.subject for row in index.rows_after(0, 10)] == ["relative"], WITHIN, "it indexed"
+        )
+    finally:
+        watcher.stop()
+        index.close()
 
 
 @pytest.fixture

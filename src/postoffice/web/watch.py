@@ -58,8 +58,10 @@ GRACE = 0.5
 # Polling: how often the tree is listed and stat()ed (watchfiles' WATCHFILES_POLL_DELAY_MS
 # overrides it). Every file is looked at each time, so not much more often than needed.
 POLL_DELAY_MS = 500
-# After the watcher failed while running, how long it waits before watching again.
+# After the watcher failed, how long it waits before watching again: doubled at each failure
+# in a row, up to RESTART_DELAY_MAX, so a lasting fault logs a line a minute, not a second.
 RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 60.0
 # watchfiles' variable for forcing polling; its values mean what watchfiles says they mean.
 FORCE_POLLING_VARIABLE = "WATCHFILES_FORCE_POLLING"
 
@@ -98,7 +100,9 @@ class MaildirWatcher:
     ) -> None:
         self.index = index
         self.root = index.mail_root
-        self._prefix = os.fspath(index.mail_root) + os.sep
+        # The kernel's paths are absolute (watchfiles makes them so): compare with an absolute root.
+        self._watched = os.path.abspath(index.mail_root)
+        self._prefix = self._watched + os.sep
         self._announce = announce
         self.polling = polling_forced() if force_polling is None else force_polling
         self._stopping = threading.Event()
@@ -127,13 +131,14 @@ class MaildirWatcher:
 
     def _run(self) -> None:
         failed = False
+        delay = RESTART_DELAY
         while not self._stopping.is_set():
             started = False
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 for changes in self._changes():
                     if not started:
-                        started = True
+                        started, delay = True, RESTART_DELAY
                         self._started(rescan=failed)
                     self._take(changes)
                     self._apply()
@@ -147,11 +152,12 @@ class MaildirWatcher:
                     self.polling = True
                     continue
                 log.warning("event=maildir-watch status=failed error=%r action=restart", error)
-                self._stopping.wait(RESTART_DELAY)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX)
 
     def _changes(self) -> Iterator[set[tuple[watchfiles.Change, str]]]:
         return watchfiles.watch(
-            self.root,
+            self._watched,
             watch_filter=None,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
