@@ -7,8 +7,10 @@ anything but constants.
 
 The Maildirs are the truth and this is a cache of them: :meth:`MailIndex.add` records a
 message at delivery, :meth:`MailIndex.sync` reconciles the index with the disk (messages
-added, moved or removed by mutt, Dovecot or a person), and a message whose file moved behind
-the index's back is found again by its Maildir key the moment someone asks for it.
+added, moved or removed by mutt, Dovecot or a person), the Maildir watcher applies such
+changes as they happen (:mod:`postoffice.web.watch`, through :meth:`MailIndex.apply_followed`),
+and a message whose file moved behind the index's back is found again by its Maildir key the
+moment someone asks for it.
 
 One database file, ``<data_dir>/index.sqlite3``. WAL lets the HTTP handlers read while a
 delivery writes (SQLite "Write-Ahead Logging" §2.2). Each thread gets its own connection;
@@ -36,10 +38,13 @@ from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_ma
 log = logging.getLogger("postoffice.web.index")
 
 # Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
-# except that one of version 3 first gains the snippet column in place (_add_snippets).
-SCHEMA_VERSION = 4
+# except that one of version 3 first gains the snippet column in place (_add_snippets), and
+# one of version 4 then the change journal (_add_journal): ids stay, links keep working.
+SCHEMA_VERSION = 5
 # The version that added messages.snippet.
 SNIPPET_SCHEMA = 4
+# The version that added the changes table (the journal of changes followed from the disk).
+JOURNAL_SCHEMA = 5
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 # enough that a delivery waiting for the lock never waits long.
 SYNC_BATCH = 200
@@ -48,6 +53,11 @@ MAX_PAGE = 500
 # Characters of message text parsed and held before they are written: a batch of long
 # messages is written in several transactions, so memory stays flat whatever the batch size.
 PREPARED_TEXT_BUDGET = 1024 * 1024
+# Entries the change journal keeps: a follower that falls further behind than this misses some
+# announcements (the list it reloads is right either way).
+JOURNAL_KEEP = 10_000
+# Keys named in one query (SQLite's limit on bound values was 999 before 3.32).
+KEYS_PER_QUERY = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mailboxes (
@@ -92,6 +102,16 @@ END;
 CREATE TRIGGER IF NOT EXISTS messages_flagged AFTER UPDATE OF seen ON messages BEGIN
     UPDATE mailboxes SET unread = unread - (old.seen = 0) + (new.seen = 0) WHERE address = new.mailbox;
 END;
+-- Read-state changes and deletions followed from the disk, in order: the process serving HTTP
+-- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
+-- sequence number is never reused, so pruning old entries never hides a new one.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    mailbox TEXT NOT NULL,
+    seen INTEGER NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -140,6 +160,22 @@ class MailboxCount:
 class Page:
     total: int
     rows: list[Row]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change the index followed from the disk, to announce: ``kind`` is "new" (``row`` is
+    the new row), "updated" (``seen`` is the read state now) or "deleted"."""
+
+    kind: str
+    id: int
+    mailbox: str
+    seen: bool
+    row: Row | None = None
+
+    @classmethod
+    def new(cls, row: Row) -> Change:
+        return cls("new", row.id, row.mailbox, row.seen, row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,12 +340,17 @@ class MailIndex:
             if version == SNIPPET_SCHEMA - 1:
                 self._add_snippets(db)
                 version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == JOURNAL_SCHEMA - 1:
+                # Every statement of the schema is IF NOT EXISTS: only the journal is new.
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {JOURNAL_SCHEMA:d}")
+                version = JOURNAL_SCHEMA
             if version == SCHEMA_VERSION:
                 return  # nothing to write: workers opening one index at once never wait here
             if version not in (0, SCHEMA_VERSION):
                 db.executescript(
                     "DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS mailboxes;"
-                    " DROP TABLE IF EXISTS messages_text;"
+                    " DROP TABLE IF EXISTS messages_text; DROP TABLE IF EXISTS changes;"
                 )
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
@@ -377,7 +418,15 @@ class MailIndex:
                 continue
             if box.parent.parent != self.mail_root:
                 continue
-            yield self._prepare_entry(address, Entry(box, path.parent.name, path.name))
+            entry = Entry(box, path.parent.name, path.name)
+            # The Maildir watcher may have indexed it first (when indexing fell behind): a look
+            # up by key costs far less than parsing the message again.
+            if not self._knows(address, entry.key):
+                yield self._prepare_entry(address, entry)
+
+    def _knows(self, address: str, key: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM messages WHERE mailbox = ? AND key = ?", (address, key))
+        return found.fetchone() is not None
 
     def _insert_prepared(self, items: Iterable[tuple[Row, SearchText] | None]) -> list[Row]:
         """Insert what ``items`` prepares, in one transaction unless their texts together
@@ -490,6 +539,53 @@ class MailIndex:
                     [(address, key) for key in keys[start : start + SYNC_BATCH]],
                 )
 
+    def add_entries(self, address: str, entries: Sequence[Entry]) -> list[Row]:
+        """Index messages found in ``address``'s Maildir; returns the rows that are new.
+
+        Oldest first, as :meth:`sync` adds them: ids (the list's order) follow delivery time.
+        """
+        ordered = sorted(entries, key=lambda entry: (_name_time(entry), entry.name))
+        return self._insert_prepared(self._prepare_entry(address, entry) for entry in ordered)
+
+    def apply_followed(self, moved: Sequence[tuple[Row, Entry]], gone: Sequence[Row]) -> list[Change]:
+        """Record that the messages of ``moved`` are at their entries now and those of ``gone``
+        are no more; returns what a reader sees change (read state, deletions), journalled."""
+        changes: list[Change] = []
+        items: list[tuple[Row, Entry | None]] = [*moved, *((row, None) for row in gone)]
+        for start in range(0, len(items), SYNC_BATCH):
+            with self._writing() as db:
+                batch: list[Change] = []
+                for row, entry in items[start : start + SYNC_BATCH]:
+                    if entry is None:
+                        if db.execute("DELETE FROM messages WHERE id = ?", (row.id,)).rowcount:
+                            batch.append(Change("deleted", row.id, row.mailbox, row.seen))
+                        continue
+                    updated = db.execute(
+                        "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
+                        (entry.relative, int(entry.seen), row.id),
+                    ).rowcount
+                    if updated and entry.seen != row.seen:
+                        batch.append(Change("updated", row.id, row.mailbox, entry.seen))
+                self._journal(db, batch)
+                changes += batch
+        return changes
+
+    @staticmethod
+    def _journal(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        db.executemany(
+            "INSERT INTO changes (kind, id, mailbox, seen) VALUES (?, ?, ?, ?)",
+            [(change.kind, change.id, change.mailbox, int(change.seen)) for change in changes],
+        )
+        newest = int(db.execute("SELECT max(seq) FROM changes").fetchone()[0])
+        db.execute("DELETE FROM changes WHERE seq <= ?", (newest - JOURNAL_KEEP,))
+
+    def forget_mailbox(self, address: str) -> None:
+        """Forget ``address``'s mailbox if it holds nothing (its directory is gone)."""
+        with self._writing() as db:
+            db.execute("DELETE FROM mailboxes WHERE address = ? AND total = 0", (address,))
+
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, message_id: int) -> Row | None:
@@ -511,6 +607,37 @@ class MailIndex:
             f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?", (message_id, limit)
         ).fetchall()
         return [_row(values) for values in found]
+
+    def rows_by_key(self, address: str, keys: Sequence[str] | None) -> dict[str, Row]:
+        """The rows of ``address``'s messages named by ``keys`` (all of them for None), by key."""
+        if keys is None:
+            found = self._db.execute(f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ?", (address,))
+            return {row.key: row for row in map(_row, found)}
+        rows: dict[str, Row] = {}
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            chunk = keys[start : start + KEYS_PER_QUERY]
+            found = self._db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE mailbox = ? AND key IN ({', '.join('?' * len(chunk))})",
+                (address, *chunk),
+            )
+            rows.update((row.key, row) for row in map(_row, found))
+        return rows
+
+    def last_change(self) -> int:
+        """The newest journal entry's number (0 for none): where following changes starts."""
+        found = self._db.execute("SELECT max(seq) FROM changes").fetchone()
+        return int(found[0] or 0)
+
+    def changes_after(self, seq: int, limit: int) -> list[tuple[int, Change]]:
+        """Up to ``limit`` journalled changes after entry ``seq``, oldest first, numbered."""
+        found = self._db.execute(
+            "SELECT seq, kind, id, mailbox, seen FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [
+            (int(number), Change(str(kind), int(id_), str(mailbox), bool(seen)))
+            for number, kind, id_, mailbox, seen in found
+        ]
 
     def mailboxes(self, visible: Sequence[str] | None = None) -> list[MailboxCount]:
         """Every mailbox (``visible`` None) or those named in ``visible``, by address."""

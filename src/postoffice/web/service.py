@@ -15,9 +15,14 @@ the index takes it for long enough to fill the backlog, further paths are not qu
 stays flat under any load) and the index is reconciled with the Maildirs once the backlog is
 empty, which finds them.
 
+What other programs do to the Maildirs (Dovecot marking a message seen or expunging it, a
+file dropped into ``new/``) is followed as it happens by the process holding the index
+(:mod:`postoffice.web.watch`) and announced too.
+
 With several server processes (``serve --workers N``) the parent indexes what every worker
-delivers (:mod:`postoffice.web.feed`), and worker 0 serves HTTP (:class:`WebShare`). It sees
-no delivery happen, so it follows the index instead: new rows are announced from there.
+delivers (:mod:`postoffice.web.feed`) and watches the Maildirs, and worker 0 serves HTTP
+(:class:`WebShare`). It sees no delivery happen, so it follows the index instead: new rows and
+the index's journal of changes followed from the disk are announced from there.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
 from postoffice.web.feed import FeedWriter
-from postoffice.web.index import MailIndex, Row, SyncReport
+from postoffice.web.index import Change, MailIndex, Row, SyncReport
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
+from postoffice.web.watch import MaildirWatcher
 
 log = logging.getLogger("postoffice.web")
 
@@ -88,6 +94,17 @@ def open_access(config: Config) -> bool:
     return config.capture_mode and all(listener.is_loopback for listener in config.http_listeners)
 
 
+def change_event(change: Change) -> Event:
+    """The event announcing ``change``, as the API announces its own changes."""
+    if change.kind == "new" and change.row is not None:
+        return Event("new", change.mailbox, summary_json(change.row))
+    if change.kind == "updated":
+        return Event(
+            "updated", change.mailbox, {"id": change.id, "mailbox": change.mailbox, "read": change.seen}
+        )
+    return Event("deleted", change.mailbox, {"id": change.id, "mailbox": change.mailbox})
+
+
 class WebService:
     def __init__(
         self,
@@ -115,6 +132,7 @@ class WebService:
         )
         self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None
+        self.watcher: MaildirWatcher | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[Path] = deque()
         self._overflowed = False
@@ -128,6 +146,9 @@ class WebService:
             # First: a taken port (ListenError) is reported before any work has started.
             self.addresses = await self.http.start()
         if self._feed is None:
+            # Watching first: a change made while the sync runs is followed too.
+            self.watcher = MaildirWatcher(self.index, announce=functools.partial(self._announce, loop))
+            self.watcher.start()
             self._sync = loop.run_in_executor(
                 self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
             )
@@ -159,6 +180,16 @@ class WebService:
             report.removed,
             report.updated,
         )
+
+    def _announce(self, loop: asyncio.AbstractEventLoop, changes: Sequence[Change]) -> None:
+        """The watcher's hook (in its thread): announce what it followed, on the event loop."""
+        events = [change_event(change) for change in changes]
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+            loop.call_soon_threadsafe(self._publish, events)
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.hub.publish(event)
 
     def delivered(self, address: str, path: Path) -> None:
         """The Maildir agent's hook: index the new copy and announce it (on the event loop)."""
@@ -218,30 +249,42 @@ class WebService:
         log.info("event=index-sync reason=backlog added=%d", report.added)
 
     async def _follow(self) -> None:
-        """Announce rows new to the index, whichever process added them.
+        """Announce rows new to the index, whichever process added them, and the changes the
+        index journalled as it followed the Maildirs.
 
-        While nobody listens only the newest id is read, so a stream opened later starts from
-        the rows that came after the last look (the UI ignores an id it already lists).
+        While nobody listens only the newest id and journal entry are read, so a stream opened
+        later starts from what came after the last look (the UI ignores an id it already lists).
         """
         loop = asyncio.get_running_loop()
-        last: int | None = None
+        since: tuple[int, int] | None = None
         while not self._stopping.is_set():
             try:
-                if last is None or not self.hub.subscribers:
-                    last = await loop.run_in_executor(self.executor, self.index.last_id)
+                if since is None or not self.hub.subscribers:
+                    since = await loop.run_in_executor(self.executor, self._follow_from)
                 else:
-                    rows = await loop.run_in_executor(
-                        self.executor, self.index.rows_after, last, FOLLOW_BATCH
-                    )
-                    for row in rows:
-                        self.hub.publish(Event("new", row.mailbox, summary_json(row)))
-                    if rows:
-                        last = rows[-1].id
-                        if len(rows) == FOLLOW_BATCH:
-                            continue  # more are waiting
+                    since, events, more = await loop.run_in_executor(self.executor, self._news, since)
+                    self._publish(events)
+                    if more:
+                        continue  # more are waiting
             except Exception:
                 log.exception("event=index-follow status=failed")
             await asyncio.sleep(FOLLOW_INTERVAL)
+
+    def _follow_from(self) -> tuple[int, int]:
+        return self.index.last_id(), self.index.last_change()
+
+    def _news(self, since: tuple[int, int]) -> tuple[tuple[int, int], list[Event], bool]:
+        """Events for rows and journalled changes after ``since``; where they end; more waiting."""
+        last_id, last_change = since
+        rows = self.index.rows_after(last_id, FOLLOW_BATCH)
+        changes = self.index.changes_after(last_change, FOLLOW_BATCH)
+        events = [Event("new", row.mailbox, summary_json(row)) for row in rows]
+        events += [change_event(change) for _, change in changes]
+        if rows:
+            last_id = rows[-1].id
+        if changes:
+            last_change = changes[-1][0]
+        return (last_id, last_change), events, FOLLOW_BATCH in (len(rows), len(changes))
 
     async def idle(self) -> None:
         """Until every delivery so far is indexed (and the start-up sync is done)."""
@@ -252,6 +295,8 @@ class WebService:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):

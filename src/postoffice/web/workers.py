@@ -7,7 +7,8 @@ Before forking, the parent makes what the workers share: the index file (made or
 once, so two workers never create it at the same moment), the HTTP listening sockets (bound
 here, so the banner can name their ports, then served by worker 0) and one stream per worker
 for its delivered paths. After forking, each worker keeps only its own part
-(:meth:`WorkersWeb.share`), and the parent starts indexing what the streams bring.
+(:meth:`WorkersWeb.share`), and the parent starts indexing what the streams bring and
+following what other programs do to the Maildirs (:mod:`postoffice.web.watch`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from postoffice.web.feed import IndexFeed, close_all, feed_streams
 from postoffice.web.index import MailIndex
 from postoffice.web.server import HttpAddress, bind_http
 from postoffice.web.service import INDEX_BATCH, INDEX_LINGER, MAX_BACKLOG, WebShare
+from postoffice.web.watch import MaildirWatcher
 
 
 class WorkersWeb:
@@ -30,6 +32,7 @@ class WorkersWeb:
         self._sockets: list[socket.socket] = []
         self._streams: list[tuple[socket.socket, socket.socket]] = []
         self._feed: IndexFeed | None = None
+        self._watcher: MaildirWatcher | None = None
         self.addresses: list[HttpAddress] = []
         if not config.http_listeners:
             return
@@ -75,9 +78,16 @@ class WorkersWeb:
                 max_backlog=MAX_BACKLOG,
             )
             self._feed.start()
+            # One watcher per index, beside the one writer: worker 0 announces what it
+            # journals (web/service.py).
+            self._watcher = MaildirWatcher(self._feed.index)
+            self._watcher.start()
 
     def close(self) -> None:
         """In the parent, once every worker has stopped: index what they sent last."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
         if self._feed is not None:
             self._feed.stop()
             self._feed = None
