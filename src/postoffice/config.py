@@ -14,6 +14,9 @@ The TOML schema (every key optional; ``examples/postoffice.toml`` documents each
     postmaster = "admin@example.com"
     transcript_log = "/var/log/postoffice/transcript.log"   # every command and reply; off by default
     workers = 2                          # server processes sharing the listeners (SO_REUSEPORT)
+    user = "postoffice"                  # started as root: bind, then become this user
+    group = "mail"                       # its group (default: the user's own)
+    mail_file_mode = "0660"              # delivered files; 0600 by default, never world bits
     [listen]
     smtp = ["127.0.0.1:2525", "[::1]:2525"]   # MX service: STARTTLS offered
     submission = ["127.0.0.1:2587"]           # RFC 6409: STARTTLS, then AUTH, then MAIL
@@ -46,9 +49,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import grp
 import ipaddress
 import math
 import os
+import pwd
 import re
 import socket
 import tomllib
@@ -294,6 +299,13 @@ class Config:
     # Server processes sharing the listeners (SO_REUSEPORT) and the data directory; each
     # receives and delivers its own mail. One per core is the usual choice.
     workers: int = 1
+    # Started as root, the server binds its listeners and then becomes this user (and group:
+    # None is the user's own), before it opens the data directory. None: it stays as started.
+    user: str | None = None
+    group: str | None = None
+    # Every file delivered into a Maildir gets this mode: 0o600, or 0o660 with a group shared
+    # with a reader such as Dovecot. Directories follow (maildir_directory_mode).
+    mail_file_mode: int = 0o600
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -764,6 +776,9 @@ _TOP_KEYS = (
     "log_format",
     "log_file",
     "workers",
+    "user",
+    "group",
+    "mail_file_mode",
 )
 # More processes than this is a typo, not a machine (Postfix default_process_limit is 100).
 MAX_WORKERS = 256
@@ -910,6 +925,91 @@ def _auth_value(name: str, value: object) -> object:
     raise AssertionError(f"auth setting {name} has no parser")  # pragma: no cover
 
 
+# ---------------------------------------------------------------------------------------------
+# Who the server runs as, and the modes of the mail files it writes
+# ---------------------------------------------------------------------------------------------
+
+
+def _user(value: object) -> str:
+    name = _string(value)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise _Invalid(f"no user {name!r} on this machine (getent passwd {name})") from None
+    if entry.pw_uid == 0:
+        raise _Invalid(f"{name!r} is root, which keeps every privilege; name an unprivileged user")
+    return name
+
+
+def _group(value: object) -> str:
+    name = _string(value)
+    try:
+        entry = grp.getgrnam(name)
+    except KeyError:
+        raise _Invalid(f"no group {name!r} on this machine (getent group {name})") from None
+    if entry.gr_gid == 0:
+        raise _Invalid(f"{name!r} is root's group (gid 0); name an unprivileged group")
+    return name
+
+
+def parse_file_mode(value: object) -> int:
+    """A mail file's mode: ``0o660`` in TOML, or ``"0660"``; owner read-write, group at most."""
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if not text or any(char not in "01234567" for char in text):
+            raise _Invalid(f'{value!r} is not an octal mode; write one such as "0600" or "0660"')
+        mode = int(text, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise _Invalid(f'expected an octal mode such as "0660" or 0o660, got {_kind(value)}')
+    if mode & 0o007 and not mode & ~0o777:
+        raise _Invalid(f"{mode:#o} lets every user of this machine read the mail; 0o660 at most")
+    if mode & ~0o666:
+        hint = ""
+        if isinstance(value, int) and _octal_reading(value) is not None:
+            # TOML reads 660 as a decimal number (0o1224): say how to write it in octal.
+            hint = f'; an octal mode is written 0o{value} or "0{value}"'
+        raise _Invalid(f"{mode:#o} is not a mail file mode (read and write bits only){hint}")
+    if mode & 0o600 != 0o600:
+        raise _Invalid(f"{mode:#o} does not let the server read and write its own files; 0o600 at least")
+    return mode
+
+
+def _octal_reading(value: int) -> int | None:
+    """``value``'s decimal digits read as octal, when that is a mode we would accept."""
+    digits = str(value)
+    if any(char not in "01234567" for char in digits):
+        return None
+    mode = int(digits, 8)
+    return mode if not mode & ~0o660 and mode & 0o600 == 0o600 else None
+
+
+def maildir_directory_mode(file_mode: int) -> int:
+    """The mode of Maildir directories for files of ``file_mode``: 0o700, or with group bits
+    (and the group's search bit) when the files grant the group access: 0o660 gives 0o770."""
+    group = file_mode & 0o070
+    return 0o700 | group | (0o010 if group else 0)
+
+
+def _parse_identity(data: dict[str, Any], problems: _Problems, settings: _Settings) -> None:
+    if "user" in data:
+        settings.user = problems.check("user", lambda: _user(data["user"]))
+    if "group" in data:
+        settings.group = problems.check("group", lambda: _group(data["group"]))
+    if "mail_file_mode" in data:
+        settings.mail_file_mode = problems.check(
+            "mail_file_mode", lambda: parse_file_mode(data["mail_file_mode"])
+        )
+
+
+def _check_identity(settings: _Settings, problems: _Problems) -> None:
+    if settings.group is not None and settings.user is None:
+        problems.add("group", "a group needs its user; set user too")
+    elif settings.user is not None and settings.group is None and pwd.getpwnam(settings.user).pw_gid == 0:
+        problems.add("user", f"{settings.user!r} has root's group (gid 0) as its own; set group too")
+
+
 @dataclass(slots=True)
 class _Settings:
     """What the file said, before command-line overrides; None means "not set or invalid"."""
@@ -922,6 +1022,9 @@ class _Settings:
     transcript_log: Path | None = None
     http_listeners: tuple[Listener, ...] | None = None
     workers: int | None = None
+    user: str | None = None
+    group: str | None = None
+    mail_file_mode: int | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     queue: dict[str, Any] = field(default_factory=dict)
     delivery: dict[str, Any] = field(default_factory=dict)
@@ -1006,6 +1109,7 @@ def _parse(data: dict[str, Any], base: Path, problems: _Problems) -> _Settings:
         )
     if "workers" in data:
         settings.workers = problems.check("workers", lambda: _workers(data["workers"]))
+    _parse_identity(data, problems, settings)
     listen = _table(problems, data, "listen")
     problems.unknown_keys(listen, _LISTEN_KEYS, "listen.")
     for kind in LISTENER_KINDS:
@@ -1091,6 +1195,8 @@ def _collect(
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
     workers: int | str | None = None,
+    user: str | None = None,
+    group: str | None = None,
 ) -> tuple[Config | None, list[ConfigError]]:
     settings = _Settings()
     problems = _Problems(str(path) if path is not None else None)
@@ -1114,6 +1220,12 @@ def _collect(
         settings.http_listeners = tuple(http_listeners)
     if workers is not None:
         settings.workers = flags.check("--workers", lambda: _workers(workers))
+    if user is not None:
+        settings.user = flags.check("--user", lambda: _user(user))
+    if group is not None:
+        settings.group = flags.check("--group", lambda: _group(group))
+    if not any(error.key in ("user", "--user") for error in problems.errors + flags.errors):
+        _check_identity(settings, flags if user is not None or group is not None else problems)
     if data_dir is not None:
         settings.data_dir = data_dir.expanduser().absolute()
     if transcript_log is not None:
@@ -1139,6 +1251,9 @@ def _collect(
         domains=settings.domains or (),
         postmaster=settings.postmaster,
         workers=settings.workers or 1,
+        user=settings.user,
+        group=settings.group,
+        mail_file_mode=0o600 if settings.mail_file_mode is None else settings.mail_file_mode,
         limits=Limits(**settings.limits),
         transcript_log=settings.transcript_log,
         queue=QueueSettings(**settings.queue),
@@ -1169,6 +1284,8 @@ def load_config(
     tls_key: Path | None = None,
     http_listeners: Sequence[Listener] | None = None,
     workers: int | str | None = None,
+    user: str | None = None,
+    group: str | None = None,
 ) -> Config:
     """Build a :class:`Config` from the TOML file at ``path`` (if any) and command-line values.
 
@@ -1176,7 +1293,8 @@ def load_config(
     kind, non-empty ``domains`` replace its list, ``tls_cert`` (with ``tls_key``) its
     certificate, and ``delivery`` (parsed values by :class:`DeliverySettings` field name, from
     ``--dns``, ``--mx-port``, ``--relay-host``) replaces those keys of ``[delivery]``, and
-    ``http_listeners`` (when not None; empty turns the web side off) replaces ``[listen] http``.
+    ``http_listeners`` (when not None; empty turns the web side off) replaces ``[listen] http``;
+    ``user`` and ``group`` (``--user``, ``--group``) replace the file's.
     Raises the first :class:`ConfigError` found; :func:`check_config` lists all.
     """
     config, errors = _collect(
@@ -1191,6 +1309,8 @@ def load_config(
         tls_key=tls_key,
         http_listeners=http_listeners,
         workers=workers,
+        user=user,
+        group=group,
     )
     if config is None:
         raise errors[0]
