@@ -22,12 +22,12 @@ from pathlib import Path
 
 from postoffice import logs, metrics
 from postoffice.accounts import Accounts
-from postoffice.config import Config
+from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import MaildirAgent, MaildirStore
+from postoffice.delivery.maildir import MaildirAgent, MaildirStore, make_mail_root
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, PostofficeError
 from postoffice.net.listeners import Security
@@ -146,7 +146,7 @@ class Application:
         ``worker_index``: which worker of several this is (None: the only process)."""
         self.config = config
         self.metrics = metrics.reset()
-        config.mail_dir.mkdir(parents=True, exist_ok=True)
+        make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
         self.transcript: TranscriptLog | None = None
         if observer is None and config.transcript_log is not None:
             self.transcript = TranscriptLog(config.transcript_log)
@@ -157,7 +157,9 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = MaildirStore(config.mail_dir, config.hostname)
+        self.mailboxes = mailboxes = MaildirStore(
+            config.mail_dir, config.hostname, file_mode=config.mail_file_mode
+        )
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(

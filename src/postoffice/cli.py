@@ -35,6 +35,7 @@ from postoffice.config import (
     Listener,
     check_config,
     load_config,
+    maildir_directory_mode,
     parse_dns_server,
     parse_hostport,
     parse_relay_host,
@@ -356,7 +357,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
     from postoffice.delivery.maildir import ensure_maildir
 
     try:
-        maildir = ensure_maildir(config.mail_dir, address)
+        maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))
     except BaseException as exc:
         # Without its mailbox the user would be half made; take it back so a retry starts clean.
         with contextlib.suppress(PostofficeError, OSError):
