@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from postoffice import __version__, pidfile
+from postoffice import __version__, pidfile, privileges
 from postoffice.accounts import Accounts
 from postoffice.config import (
     LOG_FORMATS,
@@ -125,7 +125,12 @@ def _config_options(*, data_dir: bool = True) -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, data_dir=args.data_dir)
+    """The settings, for a command that reads or writes the data directory. Started as root
+    with ``user`` set, the command becomes that user first, so what it writes (accounts.json,
+    Maildirs, queue files) stays the server's to read and write."""
+    config = load_config(args.config, data_dir=args.data_dir)
+    privileges.become_configured_user(config)
+    return config
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -254,6 +259,16 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
     serve.add_argument(
+        "--user",
+        metavar="NAME",
+        help="started as root: bind the listeners, then run as this user (replaces user)",
+    )
+    serve.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the group to run as with --user (default: the user's; replaces group)",
+    )
+    serve.add_argument(
         "--workers",
         type=_workers_flag,
         metavar="N",
@@ -283,6 +298,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             http_listeners=() if args.no_http else args.http,
             workers=args.workers,
+            user=args.user,
+            group=args.group,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 
