@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from postoffice import __version__, pidfile
+from postoffice import __version__, pidfile, privileges
 from postoffice.accounts import Accounts
 from postoffice.config import (
     DEFAULT_HTTP_LISTENER,
@@ -38,6 +38,7 @@ from postoffice.config import (
     Listener,
     check_config,
     load_config,
+    maildir_directory_mode,
     parse_dns_server,
     parse_hostport,
     parse_relay_host,
@@ -127,7 +128,12 @@ def _config_options(*, data_dir: bool = True) -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, data_dir=args.data_dir)
+    """The settings, for a command that reads or writes the data directory. Started as root
+    with ``user`` set, the command becomes that user first, so what it writes (accounts.json,
+    Maildirs, queue files) stays the server's to read and write."""
+    config = load_config(args.config, data_dir=args.data_dir)
+    privileges.become_configured_user(config)
+    return config
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -257,6 +263,16 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
     serve.add_argument(
+        "--user",
+        metavar="NAME",
+        help="started as root: bind the listeners, then run as this user (replaces user)",
+    )
+    serve.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the group to run as with --user (default: the user's; replaces group)",
+    )
+    serve.add_argument(
         "--workers",
         type=_workers_flag,
         metavar="N",
@@ -286,6 +302,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             http_listeners=() if args.no_http else args.http,
             workers=args.workers,
+            user=args.user,
+            group=args.group,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 
@@ -360,7 +378,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
     from postoffice.delivery.maildir import ensure_maildir
 
     try:
-        maildir = ensure_maildir(config.mail_dir, address)
+        maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))
     except BaseException as exc:
         # Without its mailbox the user would be half made; take it back so a retry starts clean.
         with contextlib.suppress(PostofficeError, OSError):

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from postoffice.config import Limits, Listener, ProxyProtocol
@@ -29,6 +29,10 @@ from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage
 
 log = logging.getLogger("postoffice.net")
+
+# A socket bound (not yet listening) to a listener's concrete address, by a process that could
+# bind it (root, for port 25) for one that no longer could (postoffice.prebound).
+BoundSocket = tuple[Listener, socket.socket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,37 +84,51 @@ class SmtpServer:
         self._per_client: Counter[str] = Counter()
         self.bound: list[BoundAddress] = []
 
-    async def start(self, *, reuse_port: bool = False) -> list[BoundAddress]:
-        """Listen; ``reuse_port`` lets several processes listen on one address (SO_REUSEPORT)."""
-        loop = asyncio.get_running_loop()
-        security = self._services.security
-        for listener in self._listeners:
-            context = None
-            if listener.kind == "smtps":
-                if security.tls is None:
-                    raise ConfigError("implicit TLS needs a certificate", key="listen.smtps")
-                # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
-                context = security.tls.context
-            try:
-                server = await loop.create_server(
-                    self._factory(listener),
-                    listener.host,
-                    listener.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
-                    backlog=1024,
-                    family=socket.AF_UNSPEC,
-                    ssl=context,
-                )
-            except OSError as exc:
-                # asyncio's text repeats the address as a tuple; say it the way the config does.
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)
-                raise OSError(exc.errno, f"cannot listen on {listener}: {reason}") from exc
+    async def start(
+        self, *, reuse_port: bool = False, sockets: Sequence[BoundSocket] | None = None
+    ) -> list[BoundAddress]:
+        """Listen; ``reuse_port`` lets several processes listen on one address (SO_REUSEPORT).
+        ``sockets``: bound already (before root was given up), listened on instead of binding."""
+        bound: Sequence[tuple[Listener, socket.socket | None]] = (
+            [(listener, None) for listener in self._listeners] if sockets is None else sockets
+        )
+        for listener, sock in bound:
+            server = await self._listen(listener, sock, reuse_port)
             self._servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
+            for listening in server.sockets:
+                host, port = listening.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
+
+    async def _listen(
+        self, listener: Listener, sock: socket.socket | None, reuse_port: bool
+    ) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        security = self._services.security
+        context = None
+        if listener.kind == "smtps":
+            if security.tls is None:
+                raise ConfigError("implicit TLS needs a certificate", key="listen.smtps")
+            # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
+            context = security.tls.context
+        factory = self._factory(listener)
+        if sock is not None:
+            return await loop.create_server(factory, sock=sock, backlog=1024, ssl=context)
+        try:
+            return await loop.create_server(
+                factory,
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                family=socket.AF_UNSPEC,
+                ssl=context,
+            )
+        except OSError as exc:
+            # asyncio's text repeats the address as a tuple; say it the way the config does.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot listen on {listener}: {reason}") from exc
 
     def _listener_services(self, kind: str) -> SessionServices:
         """What a session on a ``kind`` listener offers (STARTTLS, AUTH, submission rules)."""
