@@ -136,7 +136,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
     ("postoffice.policy", "postoffice.delivery.agent"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
-    # through the protocol (qmgr), and the process machinery (workers, the pid file).
+    # through the protocol (qmgr), and the process machinery (workers, the pid file, becoming
+    # the configured user).
     (
         "postoffice.net",
         "postoffice.delivery",
@@ -144,9 +145,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.workers",
         "postoffice.worker_reports",
         "postoffice.pidfile",
+        "postoffice.privileges",
     ),
     # What people see: the web side, and the operator's status of a running server.
     ("postoffice.web", "postoffice.operations"),
+    # Every listener (SMTP and web) bound before root is given up: the composition root's first step.
+    ("postoffice.prebound",),
     # The composition root.
     ("postoffice.app",),
     ("postoffice.cli",),

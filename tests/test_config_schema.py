@@ -1,7 +1,8 @@
 """The configuration schema: every key declared once, and everything else derived from it.
 
-Also the keys with no behaviour of their own yet (user, group, mail_file_mode) and the few
-places where reading every key the same way changed what a file may say.
+Also how user, group and mail_file_mode read through the schema (tests/test_config_privileges.py
+has their one-line errors) and the few places where reading every key the same way changed what
+a file may say.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def test_account_and_mode_defaults() -> None:
 
 
 def test_account_and_mode_from_the_file(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, 'user = "postoffice"\ngroup = "mail"\nmail_file_mode = 0o640\n'))
-    assert (config.user, config.group, config.mail_file_mode) == ("postoffice", "mail", 0o640)
+    config = load_config(write(tmp_path, 'user = "nobody"\ngroup = "mail"\nmail_file_mode = 0o640\n'))
+    assert (config.user, config.group, config.mail_file_mode) == ("nobody", "mail", 0o640)
 
 
 @pytest.mark.parametrize(
@@ -149,16 +150,18 @@ def test_mail_file_mode_is_octal_text_or_an_integer(tmp_path: Path, value: str, 
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ('"0666"', "0o666 gives every account on the machine access"),
-        ("0o604", "0o604 gives every account on the machine access"),
-        ('"0750"', "0o750 has execute bits"),
-        ("0o700", "0o700 has execute bits"),
-        ('"4600"', "0o4600 is not a file mode"),
-        ("-1", "-1 is not a file mode"),
-        ('"rw-r-----"', "'rw-r-----' is not an octal file mode"),
-        ('"0680"', "is not an octal file mode"),
-        ("0o040", "keeps the server from reading or writing its own mail"),
-        ("true", "expected an integer, got a boolean"),
+        ('"0666"', "0o666 lets every user of this machine read the mail; 0o660 at most"),
+        ("0o604", "0o604 lets every user of this machine read the mail"),
+        ('"0750"', "0o750 is not a mail file mode (read and write bits only)"),
+        ("0o700", "0o700 is not a mail file mode"),
+        ('"4600"', "0o4600 is not a mail file mode"),
+        ("-1", "-1 is not a mail file mode"),
+        ("640", 'an octal mode is written 0o640 or "0640"'),
+        ('"rw-r-----"', "'rw-r-----' is not an octal mode"),
+        ('"0680"', "is not an octal mode"),
+        ('""', "'' is not an octal mode"),
+        ("0o040", "does not let the server read and write its own files; 0o600 at least"),
+        ("true", 'expected an octal mode such as "0660" or 0o660, got a boolean'),
     ],
 )
 def test_mail_file_mode_mistakes(tmp_path: Path, value: str, problem: str) -> None:
@@ -175,6 +178,7 @@ def test_mail_file_mode_mistakes(tmp_path: Path, value: str, problem: str) -> No
         ('user = "post office"', "user: 'post office' is not an account name"),
         ('group = "a:b"', "group: 'a:b' is not an account name"),
         ("user = 1000", "user: expected a string, got an integer"),
+        ('user = "nobody"\ngroup = "a b"', "group: 'a b' is not an account name"),
     ],
 )
 def test_account_name_mistakes(tmp_path: Path, text: str, problem: str) -> None:

@@ -14,32 +14,34 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from postoffice import logs, metrics
+from postoffice import logs, metrics, privileges
 from postoffice.accounts import Accounts
-from postoffice.config import Config
+from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import MaildirAgent, MaildirStore
+from postoffice.delivery.maildir import MaildirAgent, MaildirStore, make_mail_root
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, ListenError, PostofficeError
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
-from postoffice.net.server import BoundAddress, SmtpServer
+from postoffice.net.server import BoundAddress, BoundSocket, SmtpServer
 from postoffice.net.session import SessionObserver, name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
 from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
+from postoffice.prebound import Prebound, bind_then_drop
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp.grammar import GrammarError, parse_path
@@ -140,13 +142,15 @@ class Application:
         clean_tmp: bool = True,
         web_share: WebShare | None = None,
         worker_index: int | None = None,
+        http_sockets: Sequence[socket.socket] | None = None,
     ) -> None:
         """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received.
         ``web_share``: a worker's part in the web side (None: this process is the whole server).
-        ``worker_index``: which worker of several this is (None: the only process)."""
+        ``worker_index``: which worker of several this is (None: the only process).
+        ``http_sockets``: the whole server's web listeners, bound before root was given up."""
         self.config = config
         self.metrics = metrics.reset()
-        config.mail_dir.mkdir(parents=True, exist_ok=True)
+        make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
         self.transcript: TranscriptLog | None = None
         if observer is None and config.transcript_log is not None:
             self.transcript = TranscriptLog(config.transcript_log)
@@ -157,7 +161,9 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = MaildirStore(config.mail_dir, config.hostname)
+        self.mailboxes = mailboxes = MaildirStore(
+            config.mail_dir, config.hostname, file_mode=config.mail_file_mode
+        )
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
             Route.LOCAL: MaildirAgent(
@@ -231,7 +237,11 @@ class Application:
             # The web UI and JSON API, with the index kept up to date at each delivery; the
             # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
             self.web = WebService(
-                config, self.accounts, extra_routes=ops_routes(self.operations), share=web_share
+                config,
+                self.accounts,
+                extra_routes=ops_routes(self.operations),
+                share=web_share,
+                sockets=http_sockets,
             )
 
     def _delivered(self, address: str, path: Path) -> None:
@@ -247,17 +257,14 @@ class Application:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
 
         Domains, limits, accounts and the host name take effect; listeners, the data
-        directory and the PROXY protocol settings need a restart and are reported if changed.
+        directory, the PROXY protocol settings, the user and the mail file mode need a restart
+        and are reported if changed.
         """
-        for name in ("listeners", "data_dir", "proxy_protocol"):
+        kept = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
-        config = dataclasses.replace(
-            config,
-            listeners=self.config.listeners,
-            data_dir=self.config.data_dir,
-            proxy_protocol=self.config.proxy_protocol,
-        )
+        config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in kept})
         self.config = config
         self.accounts = Accounts(config.accounts_file)
         self.smtp.reconfigure(
@@ -306,14 +313,19 @@ class Application:
         )
 
     async def start(
-        self, *, recover: Sequence[str] | None = None, reuse_port: bool = False
+        self,
+        *,
+        recover: Sequence[str] | None = None,
+        reuse_port: bool = False,
+        sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
-        ``reuse_port``. The listeners open first, so that a taken port (ListenError) is the
-        only thing said: nothing has started yet."""
+        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.prebound`).
+        The listeners open first, so that a taken port (ListenError) is the only thing said:
+        nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
-        bound = await self.smtp.bind(reuse_port=reuse_port)
+        bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets)
         if self.web is not None:
             try:
                 self.http_addresses = await self.web.start()
@@ -423,6 +435,7 @@ async def _serve(
     reload: Callable[[], Config] | None,
     worker: WorkerRole | None,
     web_share: WebShare | None = None,
+    prebound: Prebound | None = None,
 ) -> int:
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
@@ -433,6 +446,7 @@ async def _serve(
             clean_tmp=worker is None,
             web_share=web_share,
             worker_index=worker.index if worker is not None else None,
+            http_sockets=prebound.http if prebound is not None else None,
         )
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
@@ -454,19 +468,11 @@ async def _serve(
 
     loop.add_signal_handler(FLUSH_SIGNAL, lambda: rescan(flush=True))
     loop.add_signal_handler(RESCAN_SIGNAL, lambda: rescan(flush=False))
-    try:
-        if worker is None:
-            bound = await app.start()
-        else:
-            bound = await app.start(recover=worker.recover, reuse_port=True)
-    except ListenError as exc:
-        print(_listen_failure(exc, config), file=sys.stderr)
-        await app.stop(grace=0)
+    bound = await _start_listening(app, config, worker, prebound)
+    if bound is None:
         return 1
-    except OSError as exc:
-        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
-        await app.stop(grace=0)
-        return 1
+    if worker is None or worker.index == 0:
+        privileges.warn_if_root(config)  # once the listeners are open: a failure says only why
     # The banner comes last: whoever waits for "listening" may signal the server at once.
     if worker is None:
         _banner(config, bound, app.http_addresses, app.security.tls)
@@ -477,6 +483,22 @@ async def _serve(
     await app.stop()
     log.info("event=stopped")
     return 0
+
+
+async def _start_listening(
+    app: Application, config: Config, worker: WorkerRole | None, prebound: Prebound | None
+) -> Sequence[BoundAddress] | None:
+    """Start ``app``; None (with its one line said, everything stopped) when it cannot listen."""
+    try:
+        if worker is None:
+            return await app.start(sockets=prebound.smtp[0] if prebound is not None else None)
+        return await app.start(recover=worker.recover, reuse_port=True, sockets=worker.sockets or None)
+    except ListenError as exc:
+        print(_listen_failure(exc, config), file=sys.stderr)
+    except OSError as exc:
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
+    await app.stop(grace=0)
+    return None
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -498,21 +520,31 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
 
     ``reload`` re-reads the configuration on SIGHUP (a single process; workers keep theirs).
     The pid file is the data directory's lock: one ``serve`` (with its workers) per directory.
+    Started as root with ``user`` set, it binds every listener and becomes that user first.
     """
     logs.configure(config.log_format, config.log_file)
     pid_file = PidFile(config.data_dir)
+    prebound = None
     try:
+        prebound = bind_then_drop(config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         pid_file.acquire()
+    except ListenError as exc:  # bound as root: the same one line as an unprivileged start
+        print(_listen_failure(exc, config), file=sys.stderr)
+        return 1
     except (PostofficeError, OSError) as exc:
+        if prebound is not None:
+            prebound.close()
         detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"postoffice: {detail}", file=sys.stderr)
         return 1
     try:
         if config.workers > 1:
-            return _serve_workers(config, reload)
-        return _run(config, None, reload)
+            return _serve_workers(config, reload, prebound)
+        return _run(config, None, reload, prebound=prebound)
     finally:
+        if prebound is not None:
+            prebound.close()
         pid_file.release()
 
 
@@ -521,9 +553,10 @@ def _run(
     worker: WorkerRole | None,
     reload: Callable[[], Config] | None = None,
     web_share: WebShare | None = None,
+    prebound: Prebound | None = None,
 ) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker, web_share))
+        return runner.run(_serve(config, reload, worker, web_share, prebound))
     return 130
 
 
@@ -540,13 +573,15 @@ def workers_directory(config: Config) -> Path:
     return config.data_dir / "workers"
 
 
-def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
+def _serve_workers(
+    config: Config, reload: Callable[[], Config] | None, prebound: Prebound | None = None
+) -> int:
     # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
-        web = WorkersWeb(config)
+        web = WorkersWeb(config, sockets=prebound.http if prebound is not None else None)
     except ListenError as exc:
         print(_listen_failure(exc, config), file=sys.stderr)
         return 1
@@ -585,6 +620,7 @@ def _serve_workers(config: Config, reload: Callable[[], Config] | None) -> int:
             announce,
             forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL),
             hangup=logs.reopen,  # logrotate moved the log file: the parent writes to it too
+            sockets=prebound.smtp if prebound is not None else (),
         )
     except ListenError as exc:
         print(_listen_failure(exc, config), file=sys.stderr)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from postoffice import __version__, pidfile
+from postoffice import __version__, pidfile, privileges
 from postoffice.accounts import Accounts
 from postoffice.config import (
     DEFAULT_HTTP_LISTENER,
@@ -39,6 +39,7 @@ from postoffice.config import (
     check_config,
     default_data_dir,
     load_config,
+    maildir_directory_mode,
     parse_dns_server,
     parse_hostport,
     parse_relay_host,
@@ -147,13 +148,20 @@ def _config_options(*, data_dir: bool = True) -> _CommandParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, data_dir=args.data_dir)
+    """The settings, for a command that reads or writes the data directory. Started as root
+    with ``user`` set, the command becomes that user first, so what it writes (accounts.json,
+    Maildirs, queue files) stays the server's to read and write."""
+    config = load_config(args.config, data_dir=args.data_dir)
+    privileges.become_configured_user(config)
+    return config
 
 
 def _load_to_write(args: argparse.Namespace) -> Config:
-    """The settings of a command that writes to the data directory, which then exists."""
-    config = _load(args)
+    """The settings of a command that writes to the data directory, which then exists (made
+    before root is given up, so that it can be made the user's)."""
+    config = load_config(args.config, data_dir=args.data_dir)
     _make_data_dir(config, flag=args.data_dir is not None)
+    privileges.become_configured_user(config)
     return config
 
 
@@ -165,11 +173,8 @@ def _make_data_dir(config: Config, *, flag: bool) -> None:
     fresh account, and nobody typed it. ``flag``: the path came from ``--data-dir``.
     """
     data_dir = config.data_dir
-    if data_dir == default_data_dir():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return
     try:
-        data_dir.mkdir(exist_ok=True)
+        privileges.make_data_dir(config, parents=data_dir == default_data_dir())
     except FileNotFoundError:
         key, path = ("--data-dir", None) if flag else ("data_dir", config.source)
         raise ConfigError(
@@ -306,6 +311,16 @@ def _add_serve_parser(subparsers: _Subparsers) -> None:
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
     serve.add_argument(
+        "--user",
+        metavar="NAME",
+        help="started as root: bind the listeners, then run as this user (replaces user)",
+    )
+    serve.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the group to run as with --user (default: the user's; replaces group)",
+    )
+    serve.add_argument(
         "--workers",
         type=_workers_flag,
         metavar="N",
@@ -335,6 +350,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             http_listeners=() if args.no_http else args.http,
             workers=args.workers,
+            user=args.user,
+            group=args.group,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 
@@ -410,7 +427,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
     from postoffice.delivery.maildir import ensure_maildir
 
     try:
-        maildir = ensure_maildir(config.mail_dir, address)
+        maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))
     except BaseException as exc:
         # Without its mailbox the user would be half made; take it back so a retry starts clean.
         with contextlib.suppress(PostofficeError, OSError):

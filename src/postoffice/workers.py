@@ -45,6 +45,10 @@ from postoffice.spool.ids import owner_of
 
 log = logging.getLogger("postoffice")
 
+# A listener and its socket, bound before root was given up: net.server.BoundSocket, written
+# out here because net is this module's sibling in the layering, not below it.
+BoundSocket = tuple[Listener, socket.socket]
+
 # prctl(2) option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 # What signal.signal() returns and takes: the handler to put back.
@@ -62,20 +66,24 @@ class WorkerRole:
     recover: tuple[str, ...]
     # Called once the worker listens.
     ready: Callable[[], None]
+    # Its own sockets, bound by the parent before it gave up root; empty: it binds its own.
+    sockets: tuple[BoundSocket, ...] = ()
 
 
-def reserve_listeners(listeners: Sequence[Listener]) -> tuple[list[socket.socket], tuple[Listener, ...]]:
+def reserve_listeners(
+    listeners: Sequence[Listener], *, reuse_port: bool = True
+) -> tuple[list[socket.socket], tuple[Listener, ...]]:
     """Bind (without listening) every address, so port 0 becomes one port all workers share.
 
     Returns the reserving sockets, to be closed once the workers listen, and the listeners
-    with concrete addresses and ports.
+    with concrete addresses and ports (in the order of the sockets). OSError names the listener.
     """
     reserved: list[socket.socket] = []
     concrete: list[Listener] = []
     try:
         for listener in listeners:
             try:
-                concrete += _reserve(listener, reserved)
+                concrete += _reserve(listener, reserved, reuse_port)
             except OSError as exc:
                 raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
     except BaseException:
@@ -85,7 +93,7 @@ def reserve_listeners(listeners: Sequence[Listener]) -> tuple[list[socket.socket
     return reserved, tuple(concrete)
 
 
-def _reserve(listener: Listener, reserved: list[socket.socket]) -> list[Listener]:
+def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool) -> list[Listener]:
     """Bind every address of ``listener`` (appending the sockets to ``reserved``)."""
     concrete: list[Listener] = []
     infos = socket.getaddrinfo(
@@ -100,7 +108,8 @@ def _reserve(listener: Listener, reserved: list[socket.socket]) -> list[Listener
         sock = socket.socket(family, kind, proto)
         reserved.append(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # As asyncio's create_server does, so the workers' sockets can join it.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -138,15 +147,21 @@ def supervise(
     announce: Callable[[Config], None],
     forward: Sequence[int] = (signal.SIGHUP,),
     hangup: Callable[[], None] | None = None,
+    sockets: Sequence[tuple[BoundSocket, ...]] = (),
 ) -> int:
     """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
 
     ``announce`` is called with the workers' configuration (concrete ports) once they all
     listen; it prints what a single server prints. The signals in ``forward`` are passed on to
-    every worker; ``hangup`` is called first on SIGHUP.
+    every worker; ``hangup`` is called first on SIGHUP. ``sockets``: one set per worker, bound
+    before root was given up (:mod:`postoffice.prebound`); without them each worker binds its own.
     """
     count = config.workers
-    reserved, listeners = reserve_listeners(config.listeners)
+    if sockets:
+        reserved = [sock for own in sockets for _, sock in own]
+        listeners = tuple(listener for listener, _ in sockets[0])
+    else:
+        reserved, listeners = reserve_listeners(config.listeners)
     worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
     previous: dict[int, _Handler] = {
@@ -176,6 +191,7 @@ def supervise(
                     tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
                     run_worker,
                     reserved,
+                    tuple(sockets[index]) if sockets else (),
                     ready_read,
                     ready_write,
                 )
@@ -209,6 +225,7 @@ def _become_worker(
     recover: tuple[str, ...],
     run_worker: Callable[[Config, WorkerRole], int],
     reserved: list[socket.socket],
+    own: tuple[BoundSocket, ...],
     ready_read: int,
     ready_write: int,
 ) -> None:
@@ -222,13 +239,15 @@ def _become_worker(
             signal.signal(passed, signal.SIG_IGN)
         _stop_with_parent(parent)
         os.close(ready_read)
+        mine = [sock for _, sock in own]
         for sock in reserved:
-            sock.close()
+            if not any(sock is kept for kept in mine):
+                sock.close()
 
         def ready() -> None:
             os.write(ready_write, b".")
 
-        status = run_worker(config, WorkerRole(index, recover, ready))
+        status = run_worker(config, WorkerRole(index, recover, ready, own))
     except BaseException:
         log.exception("worker=%d status=crashed", index)
     finally:

@@ -46,7 +46,12 @@ from postoffice.config.tables import (
     QueueSettings,
     TLSConfig,
 )
-from postoffice.config.values import MAX_WORKERS, parse_duration, parse_size
+from postoffice.config.values import (
+    MAX_WORKERS,
+    maildir_directory_mode,
+    parse_duration,
+    parse_size,
+)
 from postoffice.defaults import DAY, MiB
 
 LIMIT_NAMES = tuple(item.name for item in dataclasses.fields(Limits))
@@ -78,6 +83,7 @@ __all__ = [
     "default_data_dir",
     "default_hostname",
     "load_config",
+    "maildir_directory_mode",
     "normalize_address",
     "normalize_domain",
     "parse_dns_server",

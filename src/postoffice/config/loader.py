@@ -6,7 +6,7 @@ file and the key (or the flag), never as a traceback.
 
 Every key is read the same way, from its declaration in :mod:`postoffice.config.model`: its kind
 reads the value, then its floor and ceiling are checked. Rules between keys (a TLS key needs its
-certificate, relay credentials come in pairs) are checked once each key involved is valid.
+certificate, relay credentials come in pairs, a group needs its user) are checked once each key involved is valid.
 Validation collects every problem (one ConfigError per key) so ``check-config`` can list them
 all; :func:`load_config` raises the first.
 """
@@ -25,7 +25,7 @@ from postoffice.config.model import SECTIONS, Config
 from postoffice.config.names import LISTENER_KINDS, Listener
 from postoffice.config.schema import Key, Section, keys_of, read
 from postoffice.config.tables import QueueSettings
-from postoffice.config.values import kind_of
+from postoffice.config.values import kind_of, primary_gid
 from postoffice.errors import ConfigError
 
 _T = TypeVar("_T")
@@ -41,8 +41,8 @@ class Overrides(TypedDict, total=False):
     list, ``tls_cert`` (with ``tls_key``) its certificate, ``delivery`` (parsed values by
     :class:`DeliverySettings` field name, from ``--dns``, ``--mx-port``, ``--relay-host``) those
     keys of ``[delivery]``, and ``http_listeners`` (when not None; empty turns the web side off)
-    ``[listen] http``. ``hostname``, ``domains`` and ``workers`` are read as the file's values
-    are, and a mistake in one is reported under its flag.
+    ``[listen] http``. ``hostname``, ``domains``, ``workers``, ``user`` and ``group`` are read as
+    the file's values are, and a mistake in one is reported under its flag.
     """
 
     data_dir: Path | None
@@ -55,6 +55,8 @@ class Overrides(TypedDict, total=False):
     tls_key: Path | None
     http_listeners: Sequence[Listener] | None
     workers: int | str | None
+    user: str | None
+    group: str | None
 
 
 class _Problems:
@@ -171,6 +173,15 @@ def _check_merged(given: _Given, problems: _Problems) -> None:
         _check_relay(given["delivery"], problems)
 
 
+def _check_identity(given: _Given, problems: _Problems) -> None:
+    """A group is the user's; and a user whose own group is root's would keep gid 0."""
+    user, group = given[""].get("user"), given[""].get("group")
+    if group is not None and user is None:
+        problems.add("group", "a group needs its user; set user too")
+    elif user is not None and group is None and primary_gid(user) == 0:
+        problems.add("user", f"{user!r} has root's group (gid 0) as its own; set group too")
+
+
 def _check_relay(delivery: dict[str, Any], problems: _Problems) -> None:
     """Credentials come in pairs, and never cross a network in the clear."""
     has_user = "relay_user" in delivery
@@ -211,8 +222,9 @@ def _apply_overrides(given: _Given, overrides: Overrides, flags: _Problems) -> N
         _from_flag(given, "hostname", overrides.get("hostname"), flags)
     if overrides.get("domains"):
         _from_flag(given, "domains", list(overrides.get("domains", ())), flags)
-    if overrides.get("workers") is not None:
-        _from_flag(given, "workers", overrides.get("workers"), flags)
+    for name in ("workers", "user", "group"):
+        if overrides.get(name) is not None:
+            _from_flag(given, name, overrides.get(name), flags)
     for name in ("data_dir", "transcript_log"):
         value = overrides.get(name)
         if isinstance(value, Path):
@@ -250,6 +262,10 @@ def _collect(path: Path | None, overrides: Overrides) -> tuple[Config | None, li
     flags = _Problems(None)
     _apply_overrides(given, overrides, flags)
     _check_merged(given, problems)
+    if not any(error.key in ("user", "--user") for error in problems.errors + flags.errors):
+        # Reported where the pair was last set: the command line, or else the file.
+        by_flag = overrides.get("user") is not None or overrides.get("group") is not None
+        _check_identity(given, flags if by_flag else problems)
     errors = problems.errors + flags.errors
     if errors:
         return None, errors

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from postoffice.config.kinds import (
-    ACCOUNT,
     ADDRESS,
     DOMAIN,
     DOMAINS,
     FILE_MODE,
+    GROUP,
     LOG_FORMAT,
     PATH,
+    USER,
     WORKERS,
 )
 from postoffice.config.names import (
@@ -129,25 +130,33 @@ class Config:
         ceiling=Bound(MAX_WORKERS),
         flag="--workers",
     )
-    # The account and group the server switches to once its listeners are bound; None: it
-    # keeps running as the account that started it. Only read and checked here.
+    # Started as root, the server binds its listeners and then becomes this user (and group:
+    # None is the user's own) for good, before it opens the data directory (privileges.py).
+    # None: it stays as started. Both are looked up when the file is read.
     user: str | None = setting(
         None,
-        ACCOUNT,
-        "The account to run as once the listeners are bound (privileges are dropped to it).",
+        USER,
+        "Started as root, `serve` binds every listener, then runs as this user for good, before it"
+        " touches data_dir; the commands that write data_dir become it too. Never root.",
         default_text="none: keep the account that started the server",
+        flag="--user",
     )
     group: str | None = setting(
         None,
-        ACCOUNT,
-        "The group to run as once the listeners are bound.",
-        default_text="none",
+        GROUP,
+        "The group to run as with `user` (needs `user`; never gid 0): a group Dovecot is in, with"
+        ' mail_file_mode = "0660".',
+        default_text="the user's own group",
+        flag="--group",
     )
-    # Permission bits of delivered mail files: never executable, never for every account.
+    # Every file delivered into a Maildir gets this mode: 0o600, or 0o660 with a group shared
+    # with a reader such as Dovecot. Directories follow (values.maildir_directory_mode).
     mail_file_mode: int = setting(
         0o600,
         FILE_MODE,
-        'Permissions of delivered mail files, octal (0o640 or "0640"): no execute or world bits.',
+        'Mode of every delivered mail file, octal (0o660 or "0660"): 0o600, or 0o660 so `group` can'
+        " read and flag the mail (Maildir directories then 0o770, a new data_dir 0o710). No bits for"
+        " other users.",
     )
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None

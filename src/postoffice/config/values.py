@@ -1,4 +1,5 @@
-"""Readers for the values a configuration file holds: sizes, durations, counts, paths, networks.
+"""Readers for the values a configuration file holds: sizes, durations, counts, paths, networks,
+file modes, and the accounts of this machine (looked up when read).
 
 Untrusted input seen here: values from the configuration file and the command line, written by
 the operator but possibly mistyped. Every reader returns the value or raises :class:`Invalid`
@@ -7,9 +8,11 @@ with one line saying what is wrong; the loader adds the file and the key.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
 import os
+import pwd
 import re
 from collections.abc import Sequence
 from decimal import Decimal
@@ -177,42 +180,85 @@ def path(value: object, base: Path) -> Path:
     return (base / Path(text).expanduser()).resolve()
 
 
-_OCTAL = re.compile(r"(?:0o?)?([0-7]{1,4})")
-
-
 def file_mode(value: object) -> int:
-    """Permission bits from a TOML integer (``0o640``) or an octal string (``"0640"``, ``"640"``).
-
-    Mail is readable by its owner and at most a group: never by every account on the machine,
-    never executable, and without setuid, setgid or sticky bits.
-    """
+    """A mail file's mode: ``0o660`` in TOML, or ``"0660"`` (``"660"``, ``"0o660"``); the owner
+    reads and writes, a group at most reads and writes too, every other user gets nothing."""
     if isinstance(value, str):
-        match = _OCTAL.fullmatch(value.strip().lower())
-        if match is None:
-            raise Invalid(f'{value!r} is not an octal file mode such as "0640"')
-        mode = int(match.group(1), 8)
+        text = value.strip().lower().removeprefix("0o")
+        if not text or any(char not in "01234567" for char in text):
+            raise Invalid(f'{value!r} is not an octal mode; write one such as "0600" or "0660"')
+        mode = int(text, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
     else:
-        mode = integer(value)
-    shown = f"0o{mode:03o}" if mode >= 0 else str(mode)
-    if not 0 <= mode <= 0o777:
-        raise Invalid(f"{shown} is not a file mode; write permission bits only (0o640, say)")
-    if mode & 0o111:
-        raise Invalid(f"{shown} has execute bits; mail files are not programs (0o640, say)")
-    if mode & 0o007:
-        raise Invalid(f"{shown} gives every account on the machine access to mail; end it in 0 (0o640, say)")
+        raise Invalid(f'expected an octal mode such as "0660" or 0o660, got {kind_of(value)}')
+    shown = f"{mode:#o}" if mode >= 0 else str(mode)
+    if mode & 0o007 and not mode & ~0o777:
+        raise Invalid(f"{shown} lets every user of this machine read the mail; 0o660 at most")
+    if mode & ~0o666:
+        hint = ""
+        if isinstance(value, int) and _octal_reading(value) is not None:
+            # TOML reads 660 as a decimal number (0o1224): say how to write it in octal.
+            hint = f'; an octal mode is written 0o{value} or "0{value}"'
+        raise Invalid(f"{shown} is not a mail file mode (read and write bits only){hint}")
     if mode & 0o600 != 0o600:
-        raise Invalid(f"{shown} keeps the server from reading or writing its own mail; start it with 6")
+        raise Invalid(f"{shown} does not let the server read and write its own files; 0o600 at least")
     return mode
 
 
+def _octal_reading(value: int) -> int | None:
+    """``value``'s decimal digits read as octal, when that is a mode we would accept."""
+    digits = str(value)
+    if any(char not in "01234567" for char in digits):
+        return None
+    mode = int(digits, 8)
+    return mode if not mode & ~0o660 and mode & 0o600 == 0o600 else None
+
+
+def maildir_directory_mode(file_mode: int) -> int:
+    """The mode of Maildir directories for files of ``file_mode``: 0o700, or with group bits
+    (and the group's search bit) when the files grant the group access: 0o660 gives 0o770."""
+    group = file_mode & 0o070
+    return 0o700 | group | (0o010 if group else 0)
+
+
 def account_name(value: object) -> str:
-    """A user or group name as the system's account database spells it; checked, not looked up."""
+    """A user or group name as the system's account database spells it (before it is looked up)."""
     name = string(value)
     if not name:
         raise Invalid("empty name")
     if not name.isprintable() or any(char.isspace() or char == ":" for char in name):
         raise Invalid(f"{name!r} is not an account name (no spaces, colons or control characters)")
     return name
+
+
+def system_user(value: object) -> str:
+    """An unprivileged user of this machine, looked up now: the server drops root to it."""
+    name = account_name(value)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise Invalid(f"no user {name!r} on this machine (getent passwd {name})") from None
+    if entry.pw_uid == 0:
+        raise Invalid(f"{name!r} is root, which keeps every privilege; name an unprivileged user")
+    return name
+
+
+def system_group(value: object) -> str:
+    """A group of this machine other than root's, looked up now."""
+    name = account_name(value)
+    try:
+        entry = grp.getgrnam(name)
+    except KeyError:
+        raise Invalid(f"no group {name!r} on this machine (getent group {name})") from None
+    if entry.gr_gid == 0:
+        raise Invalid(f"{name!r} is root's group (gid 0); name an unprivileged group")
+    return name
+
+
+def primary_gid(user: str) -> int:
+    """The group id ``user`` (already looked up by :func:`system_user`) has as its own."""
+    return pwd.getpwnam(user).pw_gid
 
 
 # More processes than this is a typo, not a machine (Postfix default_process_limit is 100).

@@ -38,6 +38,7 @@ from postoffice.delivery.mailbox_names import mailbox_location, mailbox_path
 from postoffice.delivery.maildir import (
     DeliveryHook,
     MaildirStore,
+    create_mail_file,
     delivered_to_maildir,
     delivery_headers,
     maildir_name,
@@ -161,13 +162,14 @@ class DirectMessageWriter(FileMessageWriter):
             # A symlink out of the mail root appeared: the queue's agent refuses it and bounces.
             raise OSError(errno.ELOOP, str(exc), str(self._maildir)) from None
         store.prepare(self._maildir)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        # The store's mail_file_mode: the file is renamed into new/ as it is.
+        flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            return os.open(self._path, flags, 0o600)
+            return create_mail_file(self._path, flags, store.file_mode)
         except FileNotFoundError:
             # The Maildir went away since this process made it (a person removed it).
-            self._receiver.store.prepare(self._maildir, again=True)
-            return os.open(self._path, flags, 0o600)
+            store.prepare(self._maildir, again=True)
+            return create_mail_file(self._path, flags, store.file_mode)
 
     def _queue_instead(self) -> None:
         """Become the spool's writer: the spool's header in place of the delivery headers."""

@@ -12,6 +12,9 @@ file in ``new/``: the name appears there only after the data is on disk.
 
 Message files keep the bytes as the spool holds them, CRLF line endings included, like the
 added header lines; Dovecot, mutt and Python's :mod:`mailbox` read both line-ending styles.
+
+Files get ``mail_file_mode`` (0600 by default; 0660 lets a group such as Dovecot's read and
+flag them) and new directories the matching mode (0700; 0770 for 0660), whatever the umask.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from postoffice.config import maildir_directory_mode
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.store import MailboxStore
@@ -59,28 +63,44 @@ _MADE_MAILDIRS = 10_000
 DeliveryHook = Callable[[str, Path], None]
 
 
-def ensure_maildir(mail_root: Path, address: str) -> Path:
-    """Create the Maildir for ``address`` (``tmp``, ``new``, ``cur``; mode 0700) and return it.
+def ensure_maildir(mail_root: Path, address: str, *, mode: int = 0o700) -> Path:
+    """Create the Maildir for ``address`` (``tmp``, ``new``, ``cur``; directories of ``mode``)
+    and return it.
 
     Raises ValueError when the address names no valid mailbox.
     """
     path = mailbox_path(mail_root, address)
-    _make_maildir(mail_root, path)
+    _make_maildir(mail_root, path, mode)
     return path
 
 
-def _make_maildir(mail_root: Path, path: Path) -> None:
-    mail_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+def make_mail_root(mail_root: Path, mode: int) -> None:
+    """The directory of every Maildir (with the directories above it, as ``mkdir -p``)."""
+    mail_root.parent.mkdir(parents=True, exist_ok=True)
+    _make_directory(mail_root, mode)
+
+
+def _make_directory(directory: Path, mode: int) -> bool:
+    """mkdir with exactly ``mode``; False when it existed (left as it is)."""
+    try:
+        directory.mkdir(mode=mode)
+    except FileExistsError:
+        return False
+    if mode & 0o077:
+        os.chmod(directory, mode)  # the umask (022, 027) takes group bits away
+    return True
+
+
+def _make_maildir(mail_root: Path, path: Path, mode: int) -> None:
+    if not mail_root.is_dir():
+        make_mail_root(mail_root, mode)
     # new/ last: a reader that finds new/ finds a whole Maildir (Python's mailbox module, for
     # one, wants cur/ as well).
     for directory in (path.parent, path, path / "tmp", path / "cur", path / "new"):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        # A new directory's name is durable only once its parent is synced; without this a
-        # crash could take new/ and the message in it away after the spool has let go.
-        fsync_directory(directory.parent)
+        if _make_directory(directory, mode):
+            # A new directory's name is durable only once its parent is synced; without this a
+            # crash could take new/ and the message in it away after the spool has let go.
+            fsync_directory(directory.parent)
 
 
 def maildir_name(key: str, received_at: float, hostname: str, size: int) -> str:
@@ -99,9 +119,12 @@ def maildir_name(key: str, received_at: float, hostname: str, size: int) -> str:
 class MaildirStore:
     """:class:`~postoffice.delivery.store.MailboxStore` writing ``mail_root/<domain>/<local>/``."""
 
-    def __init__(self, mail_root: Path, hostname: str) -> None:
+    def __init__(self, mail_root: Path, hostname: str, *, file_mode: int = 0o600) -> None:
+        """``file_mode``: of every file delivered (a checked ``mail_file_mode``)."""
         self.mail_root = mail_root
         self.hostname = hostname
+        self.file_mode = file_mode
+        self.directory_mode = maildir_directory_mode(file_mode)
         # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
         self._made: set[Path] = set()
 
@@ -112,7 +135,7 @@ class MaildirStore:
             self._made.discard(maildir)
         if maildir in self._made:
             return
-        _make_maildir(self.mail_root, maildir)
+        _make_maildir(self.mail_root, maildir, self.directory_mode)
         _remove_stale(maildir / "tmp", time.time() - STALE_TMP_AGE)
         if len(self._made) >= _MADE_MAILDIRS:
             self._made.clear()
@@ -145,11 +168,11 @@ class MaildirStore:
         temporary = maildir / "tmp" / name
         final = maildir / "new" / name
         try:
-            _write_synced(temporary, headers, content, size)
+            _write_synced(temporary, headers, content, size, self.file_mode)
         except FileNotFoundError:
             # The Maildir went away since it was made (a person removed it): make it again.
             self.prepare(maildir, again=True)
-            _write_synced(temporary, headers, content, size)
+            _write_synced(temporary, headers, content, size, self.file_mode)
         try:
             _publish(temporary, final)
         finally:
@@ -190,10 +213,24 @@ def _find_delivered(maildir: Path, name: str, unique_prefix: str) -> Path | None
     return None
 
 
-def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int) -> None:
+def create_mail_file(path: Path | str, flags: int, mode: int) -> int:
+    """``os.open(path, flags | O_CREAT, mode)``, the file getting exactly ``mode``."""
+    fd = os.open(path, flags | os.O_CREAT, mode)
+    if mode & 0o077:
+        # The umask (022, 027) takes group bits away; the owner's read and write no umask in
+        # use does, so the default 0600 costs no second call.
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int, mode: int) -> None:
     # O_TRUNC: a file left in tmp/ by a crashed attempt of this same delivery is rewritten.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(path, flags, 0o600)
+    flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = create_mail_file(path, flags, mode)
     try:
         _write_all(fd, headers)
         _copy(content, fd, size)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from postoffice.config import Limits, Listener, ProxyProtocol
@@ -28,6 +28,10 @@ from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage
 
 log = logging.getLogger("postoffice.net")
+
+# A socket bound (not yet listening) to a listener's concrete address, by a process that could
+# bind it (root, for port 25) for one that no longer could (postoffice.prebound).
+BoundSocket = tuple[Listener, socket.socket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +83,12 @@ class SmtpServer:
         self._per_client: Counter[str] = Counter()
         self.bound: list[BoundAddress] = []
 
-    async def start(self, *, reuse_port: bool = False) -> list[BoundAddress]:
+    async def start(
+        self, *, reuse_port: bool = False, sockets: Sequence[BoundSocket] | None = None
+    ) -> list[BoundAddress]:
         """Listen and serve; ``reuse_port`` lets several processes listen on one address
         (SO_REUSEPORT)."""
-        bound = await self.bind(reuse_port=reuse_port)
+        bound = await self.bind(reuse_port=reuse_port, sockets=sockets)
         await self.serve()
         return bound
 
@@ -91,38 +97,54 @@ class SmtpServer:
         for server in self._servers:
             await server.start_serving()
 
-    async def bind(self, *, reuse_port: bool = False) -> list[BoundAddress]:
+    async def bind(
+        self, *, reuse_port: bool = False, sockets: Sequence[BoundSocket] | None = None
+    ) -> list[BoundAddress]:
         """Open every listener without accepting yet, so that a taken port (ListenError) is
-        found before anything else starts; :meth:`serve` then accepts."""
-        loop = asyncio.get_running_loop()
-        security = self._services.security
-        for listener in self._listeners:
-            context = None
-            if listener.kind == "smtps":
-                if security.tls is None:
-                    raise ConfigError("implicit TLS needs a certificate", key="listen.smtps")
-                # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
-                context = security.tls.context
-            try:
-                server = await loop.create_server(
-                    self._factory(listener),
-                    listener.host,
-                    listener.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
-                    backlog=1024,
-                    family=socket.AF_UNSPEC,
-                    ssl=context,
-                    start_serving=False,
-                )
-            except OSError as exc:
-                # asyncio's text repeats the address as a tuple; say it the way the config does.
-                raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
+        found before anything else starts; :meth:`serve` then accepts. ``sockets``: bound
+        already (before root was given up), listened on instead of binding."""
+        bound: Sequence[tuple[Listener, socket.socket | None]] = (
+            [(listener, None) for listener in self._listeners] if sockets is None else sockets
+        )
+        for listener, sock in bound:
+            server = await self._listen(listener, sock, reuse_port)
             self._servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
+            for listening in server.sockets:
+                host, port = listening.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
+
+    async def _listen(
+        self, listener: Listener, sock: socket.socket | None, reuse_port: bool
+    ) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        security = self._services.security
+        context = None
+        if listener.kind == "smtps":
+            if security.tls is None:
+                raise ConfigError("implicit TLS needs a certificate", key="listen.smtps")
+            # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
+            context = security.tls.context
+        factory = self._factory(listener)
+        if sock is not None:
+            return await loop.create_server(
+                factory, sock=sock, backlog=1024, ssl=context, start_serving=False
+            )
+        try:
+            return await loop.create_server(
+                factory,
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+                family=socket.AF_UNSPEC,
+                ssl=context,
+                start_serving=False,
+            )
+        except OSError as exc:
+            # asyncio's text repeats the address as a tuple; say it the way the config does.
+            raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
 
     def _listener_services(self, kind: str) -> SessionServices:
         """What a session on a ``kind`` listener offers (STARTTLS, AUTH, submission rules)."""

@@ -113,8 +113,10 @@ class WebService:
         *,
         extra_routes: Sequence[BaseRoute] = (),
         share: WebShare | None = None,
+        sockets: Sequence[socket.socket] | None = None,
     ) -> None:
-        """``share`` None: this process is the whole server."""
+        """``share`` None: this process is the whole server. ``sockets``: the whole server's
+        listeners, bound already (before root was given up); None: it binds its own."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
         self.index = MailIndex(config.index_file, config.mail_dir)
@@ -128,7 +130,7 @@ class WebService:
         self.http = HttpServer(
             self.app,
             [(listener.host, listener.port) for listener in config.http_listeners],
-            sockets=share.sockets if share is not None else None,
+            sockets=share.sockets if share is not None else sockets,
         )
         self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None

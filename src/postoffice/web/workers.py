@@ -14,6 +14,7 @@ following what other programs do to the Maildirs (:mod:`postoffice.web.watch`).
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 from postoffice.config import Config
 from postoffice.web.feed import IndexFeed, close_all, feed_streams
@@ -27,7 +28,8 @@ class WorkersWeb:
     """Made in the parent before the workers are forked; raises OSError (or sqlite3.Error for
     an index that cannot be opened) with nothing left open."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, sockets: Sequence[socket.socket] | None = None) -> None:
+        """``sockets``: the HTTP listeners, bound already (before root was given up)."""
         self._config = config
         self._sockets: list[socket.socket] = []
         self._streams: list[tuple[socket.socket, socket.socket]] = []
@@ -38,8 +40,11 @@ class WorkersWeb:
             return
         MailIndex(config.index_file, config.mail_dir).close()
         try:
-            for listener in config.http_listeners:
-                self._sockets.append(bind_http(listener.host, listener.port))
+            if sockets is not None:
+                self._sockets = list(sockets)
+            else:
+                for listener in config.http_listeners:
+                    self._sockets.append(bind_http(listener.host, listener.port))
             self._streams = feed_streams(config.workers)
         except BaseException:
             self.close()

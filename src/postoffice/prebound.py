@@ -1,0 +1,74 @@
+"""Listening sockets bound before the server gives up root (:mod:`postoffice.privileges`).
+
+Untrusted input seen here: none; nothing here accepts a connection.
+
+Port 25 takes root to bind and the server must not keep root, so when it is to become another
+user, every listener is bound first, here, and then handed to the part that serves it: the
+SMTP sockets of each process and the HTTP sockets (served by one process). With ``--workers N``
+each worker gets a set of its own, bound with SO_REUSEPORT to the same addresses as the
+workers would bind them themselves, so the kernel goes on spreading connections among them
+(Linux lets sockets share a port only when one user made them all: here, root). Without a
+user to become nothing is bound early and each part binds its own, as it always has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+
+from postoffice import privileges
+from postoffice.config import Config
+from postoffice.net.server import BoundSocket
+from postoffice.web.server import bind_http
+from postoffice.workers import reserve_listeners
+
+
+@dataclass(frozen=True)
+class Prebound:
+    """Sockets bound as root: ``smtp`` holds one set per process, ``http`` listens already."""
+
+    smtp: tuple[tuple[BoundSocket, ...], ...]
+    http: tuple[socket.socket, ...]
+
+    def close(self) -> None:
+        """Close this process's copies (a server listening on one keeps its own)."""
+        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def bind(config: Config) -> Prebound:
+    """Bind every listener of ``config``, once for each of its ``workers``; OSError names the
+    listener that could not be bound, with nothing left open."""
+    count = config.workers
+    smtp: list[tuple[BoundSocket, ...]] = []
+    http: list[socket.socket] = []
+    try:
+        listeners = config.listeners
+        for _ in range(count):
+            # The first set turns port 0 into a port; the others bind that same port.
+            sockets, listeners = reserve_listeners(listeners, reuse_port=count > 1)
+            smtp.append(tuple(zip(listeners, sockets, strict=True)))
+        for listener in config.http_listeners:
+            http.append(bind_http(listener.host, listener.port))
+    except BaseException:
+        Prebound(tuple(smtp), tuple(http)).close()
+        raise
+    return Prebound(tuple(smtp), tuple(http))
+
+
+def bind_then_drop(config: Config) -> Prebound | None:
+    """Started as root with ``user`` set: bind every listener, then become that user. None:
+    nothing was bound, as nothing needed to be. Raises ConfigError, PrivilegeError or OSError,
+    one line."""
+    identity = privileges.target(config)
+    if identity is None:
+        return None
+    prebound = bind(config)
+    try:
+        privileges.become(identity, config)
+    except BaseException:
+        prebound.close()
+        raise
+    return prebound
