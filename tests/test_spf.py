@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,8 +49,8 @@ def dns(server: ZoneServer) -> ZoneServer:
     return server
 
 
-async def mail_from(dns: ZoneServer, sender: str, ip: str = CLIENT, **options: object) -> SpfResult:
-    spf_options = SpfOptions(receiver="mx.receiver.test", **options)  # type: ignore[arg-type]
+async def mail_from(dns: ZoneServer, sender: str, ip: str = CLIENT, **options: Any) -> SpfResult:
+    spf_options = SpfOptions(receiver="mx.receiver.test", **options)
     return await check_mail_from(ip, sender, "client.test", resolver=dns.resolver(1.0), options=spf_options)
 
 
@@ -351,7 +352,7 @@ async def test_dns_failures_are_temperrors(dns: ZoneServer) -> None:
     for domain in ("broken.test", "silent.test", "inc.test"):
         result = await mail_from(dns, f"a@{domain}")
         assert result.result == "temperror", domain
-    assert "timed out" in (await mail_from(dns, "a@silent.test")).problem  # type: ignore[operator]
+    assert "timed out" in str((await mail_from(dns, "a@silent.test")).problem)
 
 
 async def test_the_whole_check_has_a_time_limit(dns: ZoneServer) -> None:
