@@ -99,6 +99,16 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "postoffice.cli",
     ),
     "postoffice.web": ("postoffice.smtp", "postoffice.net", "postoffice.app", "postoffice.cli"),
+    # Mail authentication checks: used by the SMTP session's stages, using only DNS themselves.
+    "postoffice.mailauth": (
+        "postoffice.net",
+        "postoffice.spool",
+        "postoffice.delivery",
+        "postoffice.policy",
+        "postoffice.accounts",
+        "postoffice.web",
+        "postoffice.cli",
+    ),
     # The sending side: beside net (both drive smtp over asyncio), usable by delivery.
     "postoffice.client": (
         "postoffice.net",

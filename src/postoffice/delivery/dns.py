@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from postoffice.dns_resolver import make_resolver
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
-
-log = logging.getLogger("postoffice.delivery")
 
 # dnspython's default lifetime is 5 s per query; slow authoritative servers need a bit more,
 # and a delivery that waits on it has nothing better to do.
@@ -77,20 +74,7 @@ class MxResolver:
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
-        if nameserver is None:
-            try:
-                self._resolver = dns.asyncresolver.Resolver()
-            except dns.resolver.NoResolverConfiguration:
-                # No /etc/resolv.conf (a bare container): a local resolver is the only guess,
-                # and lookups fail as temporary until one answers or `--dns` names another.
-                log.warning("status=no-resolver-configuration using=127.0.0.1:53")
-                self._resolver = dns.asyncresolver.Resolver(configure=False)
-                self._resolver.nameservers = ["127.0.0.1"]
-        else:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [nameserver[0]]
-            self._resolver.port = nameserver[1]
-        self._resolver.lifetime = timeout
+        self._resolver = make_resolver(nameserver, timeout=timeout)
         self._rng = rng or random.Random()
 
     async def mail_exchangers(self, domain: str) -> list[str]:
