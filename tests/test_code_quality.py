@@ -139,10 +139,18 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # The one exception tree; an error may carry a Reply.
     ("postoffice.errors",),
     # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4).
-    ("postoffice.config", "postoffice.smtp", "postoffice.trace"),
+    # The one DNS resolver construction (MX routing and mail authentication share it).
+    ("postoffice.config", "postoffice.smtp", "postoffice.trace", "postoffice.dns_resolver"),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
-    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
+    # Mail authentication checks (SPF, DKIM, DMARC, ARC): usable alone, below the stages that run them.
+    (
+        "postoffice.accounts",
+        "postoffice.spool",
+        "postoffice.client",
+        "postoffice.status",
+        "postoffice.mailauth",
+    ),
     # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
     ("postoffice.policy", "postoffice.delivery.agent"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
