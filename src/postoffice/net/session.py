@@ -14,6 +14,11 @@ one timer, not a coroutine stack.
 STARTTLS (RFC 3207 §4.2, CVE-2011-0411, CVE-2024-34083): once the 220 is queued, reading stops
 and the core drops every plaintext octet it holds *before* control returns to the event loop;
 the next octet this session sees comes out of the TLS layer.
+
+Closing: however a session ends on our side (QUIT, a 421 from a limit, the AUTH throttle, a
+timeout, shutdown), its last reply is written and :meth:`SmtpSession._close_transport` closes the
+connection exactly once: a TLS transport closed twice loses its TLS layer (asyncio's
+``_SSLProtocolTransport`` then fails on every call), and with it the reply still buffered.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from postoffice import metrics
 from postoffice.config import Limits
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.net.listeners import Security, for_client
+from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.policy import Policy, RecipientVerdict
 from postoffice.smtp import events as ev
 from postoffice.smtp import replies, sasl
@@ -99,7 +105,8 @@ class SmtpSession(asyncio.Protocol):
         self._busy = False  # an await (commit) is in progress; events wait
         self._writing_paused = False  # the client is not reading our replies
         self._commit_task: asyncio.Future[None] | None = None
-        self._closed = False
+        self._closing = False  # our side has closed (or aborted) the connection
+        self._closed = False  # connection_lost: the session is over
         self._last_activity = 0.0
         self._data_started = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -181,6 +188,7 @@ class SmtpSession(asyncio.Protocol):
         if self._closed:
             return  # after a failed handshake both asyncio and _upgrade may report it
         self._closed = True
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
         self._discard_message()
@@ -188,10 +196,18 @@ class SmtpSession(asyncio.Protocol):
         metrics.current().session_ended(self.outcome)
         self.services.on_closed(self)
 
+    def abort(self) -> None:
+        """Drop the connection now, unsent replies and all, and end the session."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+        self.connection_lost(None)
+
     # --- the event pump -----------------------------------------------------------------------
 
     def _process(self) -> None:
-        if self._busy or self._closed:
+        if self._busy or self._closing:
             return
         core = self.core
         while not self._busy:  # an event may start an await: AUTH's password check, STARTTLS
@@ -301,16 +317,23 @@ class SmtpSession(asyncio.Protocol):
         transport = self._transport
         assert tls is not None and transport is not None
         try:
-            secure = await self._loop.start_tls(transport, self, tls.context, server_side=True)
-        except Exception as exc:  # the handshake failed or timed out: the connection is gone
-            log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
-            metrics.current().tls_handshake(False)
-            transport.abort()
-            self.connection_lost(None)
+            secure = await self._loop.start_tls(
+                transport, self, tls.context, server_side=True, ssl_shutdown_timeout=SHUTDOWN_TIMEOUT
+            )
+        except Exception as exc:  # the handshake failed or timed out, or shutdown aborted it
+            if not self._closing:
+                log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
+                metrics.current().tls_handshake(False)
+            self.abort()
             return
         self._handshaking = False
-        if secure is None or self._closed:
+        if secure is None or secure.is_closing() or self._closing:
+            # The connection went without an error mid-handshake (close_with aborted it at
+            # shutdown, say): asyncio then returns None, uvloop a closed transport, and neither
+            # tells this session again. Nobody else will end it.
+            self.abort()
             return
+        # From here on the TLS transport is the connection; the TCP one below it is its own.
         self._transport = secure
         self._log_tls(secure)
         self._busy = False
@@ -372,7 +395,7 @@ class SmtpSession(asyncio.Protocol):
         login = self.services.security.login
         assert login is not None
         result = await login.login(credentials, mechanism=mechanism, session_id=self.id, client=self.peer)
-        if self._closed or self.core.state is State.CLOSED:
+        if self._closing or self.core.state is State.CLOSED:
             return  # closed meanwhile (shutdown): the 421 has answered the AUTH
         if result.disconnect:
             self._refuse_and_close(line, result.reply)
@@ -506,7 +529,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _complete_message(self) -> None:
         reply = await self._commit()
-        if self._closed:
+        if self._closing:  # dropped meanwhile, or the shutdown grace ran out and 421 was said
             return
         self._answer("", reply)
         self._busy = False
@@ -567,24 +590,39 @@ class SmtpSession(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _close_transport(self) -> None:
+        """Close the connection once what is written has been sent; only the first call acts.
+
+        Several paths may ask (our 421 is followed by the core's Closing event, shutdown asks
+        every idle session again), and a TLS transport must be closed only once.
+        """
         transport = self._transport
-        if transport is None:
+        if transport is None or self._closing:
             return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        unsent = transport.get_write_buffer_size()
         transport.close()
-        if transport.get_write_buffer_size() and not self._closed:
+        if unsent:
             # close() waits until the client has taken what is still buffered; one that reads
             # nothing would keep the connection, and its connection slot, for ever. It gets one
-            # more command timeout to read, then the connection is dropped.
-            if self._timer is not None:
-                self._timer.cancel()
+            # more command timeout to read, then the connection is dropped. (Over TLS the TLS
+            # layer gives up sooner, after SHUTDOWN_TIMEOUT.)
             self._timer = self._loop.call_later(self.services.limits.command_timeout, transport.abort)
 
+    @property
+    def closing(self) -> bool:
+        """Our side has closed the connection; the session ends when the transport says so."""
+        return self._closing
+
     def close_with(self, reply: Reply) -> None:
-        """End the session with ``reply`` (timeouts, shutdown) unless a commit is in flight."""
-        if self._closed:
+        """End the session with ``reply`` (timeouts, shutdown) unless it is already ending."""
+        if self._closing:
             return
         if self._handshaking and self._transport is not None:
             # Mid-handshake the wire belongs to TLS: a plaintext 421 would only garble it.
+            self._closing = True
             self._transport.abort()
             return
         self.core.close_with(reply)
@@ -593,13 +631,17 @@ class SmtpSession(asyncio.Protocol):
         if self._writing_paused and self._transport is not None:
             # The client reads nothing: close() would wait for it forever to drain our replies,
             # holding the connection (and a connection slot) open.
+            self._closing = True
             self._transport.abort()
             return
         self._close_transport()
 
     @property
     def idle(self) -> bool:
-        """No message is being received or committed: safe to close at shutdown."""
+        """No message is being received or committed, no password being checked: safe to
+        close at shutdown. A TLS handshake in progress counts as idle (nothing is lost)."""
+        if self._handshaking:
+            return True
         return not self._busy and not self.core.in_transaction
 
     # --- timeouts (RFC 5321 §4.5.3.2) ---------------------------------------------------------
@@ -631,7 +673,7 @@ class SmtpSession(asyncio.Protocol):
             self._schedule_timeout()
 
     def _on_timer(self) -> None:
-        if self._closed:
+        if self._closing:
             return
         if self._loop.time() >= self._deadline():
             log.info("session=%s event=timeout client=%s state=%s", self.id, self.peer, self.core.state.value)
