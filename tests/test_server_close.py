@@ -2,9 +2,9 @@
 
 When the server closes a session (the AUTH throttle's 421, the error limit's 421, shutdown's
 421), the client reads the reply, the connection closes and no session stays behind: over
-plaintext, STARTTLS and implicit TLS, on asyncio's event loop and on uvloop. Nothing reaches the
-log as a traceback. Real sockets, real TLS (trustme certificates), a real ``postoffice serve``
-process for the signal test.
+plaintext, STARTTLS and implicit TLS, on asyncio's event loop and on uvloop. Whatever goes wrong
+inside a session is one log line and the end of that session, never a traceback. Real sockets,
+real TLS (trustme certificates), a real ``postoffice serve`` process for the signal test.
 """
 
 from __future__ import annotations
@@ -211,6 +211,74 @@ def test_tls_close_does_not_wait_for_the_clients_close_notify(
     wait_for(lambda: not server.app.smtp.sessions, timeout=SHUTDOWN_TIMEOUT + 3.0)
     assert "event=disconnect" in log.text
     client.close()
+
+
+# --- whatever escapes a session's handler -----------------------------------------------------
+
+
+BROKEN = {
+    "greeting": "observer broke on the greeting",
+    "command": "observer broke on a command",
+    "queued": "observer broke after the commit",
+}
+# Where each breaks: a protocol callback, or the task that commits a message.
+WHERE = {"greeting": "connection_made", "command": "data_received", "queued": "commit"}
+
+
+class BrokenObserver:
+    """A transcript observer that fails at one point of the conversation (a bug, a full disk)."""
+
+    def __init__(self, at: str) -> None:
+        self.at = at
+
+    def client_said(self, session_id: str, peer: str, line: str) -> None:
+        if self.at == "command" and line.startswith("NOOP"):
+            raise RuntimeError(BROKEN["command"])
+
+    def server_said(self, session_id: str, peer: str, reply: Reply) -> None:
+        if self.at == "greeting" and reply.code == 220:
+            raise RuntimeError(BROKEN["greeting"])
+        if self.at == "queued" and "queued as" in reply.text:
+            raise RuntimeError(BROKEN["queued"])
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("at", list(BROKEN))
+def test_an_exception_in_a_session_is_one_line_and_drops_only_that_session(
+    log: pytest.LogCaptureFixture, server_factory: Callable[..., RunningServer], at: str, loop_name: str
+) -> None:
+    """Raised in connection_made, in data_received and in the task that commits a message: each
+    is logged as one line naming the session and the error, and only that session ends."""
+    observer = BrokenObserver(at)
+    broken = server_factory(loop_factory=loop_factory(loop_name), app_options={"observer": observer})
+    client = RawSmtp(broken.port)
+    try:
+        if at != "greeting":
+            client.ehlo()
+            if at == "command":
+                client.send(b"NOOP\r\n")
+            else:
+                client.command("MAIL FROM:<a@client.test>")
+                client.command("RCPT TO:<box@capture.test>")
+                client.command("DATA")
+                client.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            assert client.read_rest() == b""  # dropped, without a reply to what broke
+    finally:
+        client.close()
+    wait_for(lambda: not broken.app.smtp.sessions)
+    [failure] = [m for m in log.messages if "event=internal-error" in m]
+    assert f"where={WHERE[at]} error='RuntimeError: {BROKEN[at]}'" in failure
+    if at == "queued":  # it broke after the commit: the message is stored all the same
+        assert [m["Subject"] for m in broken.messages("box@capture.test")] == ["x"]
+    # The server goes on: the next session is served (a greeting once the observer is fixed).
+    observer.at = ""
+    other = RawSmtp(broken.port)
+    try:
+        assert other.greeting() == r.greeting("mx.test").render(enhanced=False)
+        assert other.command("NOOP") == r.OK.render(enhanced=False)
+    finally:
+        other.close()
 
 
 # --- SIGTERM with sessions in every state -----------------------------------------------------

@@ -19,18 +19,25 @@ Closing: however a session ends on our side (QUIT, a 421 from a limit, the AUTH 
 timeout, shutdown), its last reply is written and :meth:`SmtpSession._close_transport` closes the
 connection exactly once: a TLS transport closed twice loses its TLS layer (asyncio's
 ``_SSLProtocolTransport`` then fails on every call), and with it the reply still buffered.
+
+The session boundary: every entry point the event loop or the server calls (protocol callbacks,
+timers, the tasks of commit, AUTH and STARTTLS, ``close_with``) runs under :func:`_guarded`.
+Whatever escapes it is one log line (``event=internal-error``, no traceback) and the end of that
+session alone; the server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from postoffice import metrics
 from postoffice.config import Limits
@@ -90,6 +97,30 @@ class SessionServices:
     submission: bool = False  # RFC 6409: MAIL needs AUTH, and the sender must be the user's
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[SmtpSession, _P], _R],
+) -> Callable[Concatenate[SmtpSession, _P], _R | None]:
+    """The session boundary: an exception escaping ``method`` ends this session, in one log line.
+
+    Raised inside a protocol callback, it would reach asyncio's exception handler as a
+    traceback and leave the connection (and its slot) in whatever state it was in.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: SmtpSession, /, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._fail(method.__name__, exc)
+            return None
+
+    return guarded
+
+
 class SmtpSession(asyncio.Protocol):
     def __init__(self, services: SessionServices) -> None:
         self.services = services
@@ -133,6 +164,7 @@ class SmtpSession(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
+    @_guarded
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
@@ -156,6 +188,7 @@ class SmtpSession(asyncio.Protocol):
             return
         self._schedule_timeout()
 
+    @_guarded
     def data_received(self, data: bytes) -> None:
         if self.core.state in (State.DATA, State.BDAT):
             self._touch()  # message content: the timeout is per block (§4.5.3.2.5-6)
@@ -165,6 +198,7 @@ class SmtpSession(asyncio.Protocol):
         self.core.receive_data(data)
         self._process()
 
+    @_guarded
     def pause_writing(self) -> None:
         # A client that pipelines commands without reading the replies would make them pile up
         # in the transport's buffer without bound; stop reading its commands until it catches
@@ -172,11 +206,13 @@ class SmtpSession(asyncio.Protocol):
         self._writing_paused = True
         self._pause()
 
+    @_guarded
     def resume_writing(self) -> None:
         self._writing_paused = False
         if not self._busy:
             self._resume()
 
+    @_guarded
     def eof_received(self) -> bool:
         self.core.receive_data(b"")
         self._process()
@@ -184,25 +220,54 @@ class SmtpSession(asyncio.Protocol):
         # anyway (it has no half-closed TLS) and warns if asked to keep it open.
         return not self.core.tls_active
 
+    @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return  # after a failed handshake both asyncio and _upgrade may report it
         self._closed = True
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._discard_message()
-        log.info("session=%s event=disconnect client=%s outcome=%s", self.id, self.peer, self.outcome)
-        metrics.current().session_ended(self.outcome)
-        self.services.on_closed(self)
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._discard_message()
+            log.info("session=%s event=disconnect client=%s outcome=%s", self.id, self.peer, self.outcome)
+            metrics.current().session_ended(self.outcome)
+        finally:
+            self.services.on_closed(self)  # the connection slot is given back whatever happened
+
+    # --- the session boundary -----------------------------------------------------------------
+
+    def _fail(self, where: str, exc: Exception) -> None:
+        log.error(
+            "session=%s event=internal-error client=%s where=%s error=%r",
+            self.id,
+            self.peer,
+            where,
+            f"{type(exc).__name__}: {exc}",
+        )
+        self.abort()
 
     def abort(self) -> None:
         """Drop the connection now, unsent replies and all, and end the session."""
         self._closing = True
         transport = self._transport
         if transport is not None:
-            transport.abort()
+            # The last resort after a failure: a transport left broken by it must not keep the
+            # session (and its connection slot) alive.
+            with contextlib.suppress(Exception):
+                transport.abort()
         self.connection_lost(None)
+
+    def _start(self, work: Coroutine[Any, Any, None], where: str) -> asyncio.Task[None]:
+        """Run ``work`` (a commit, a password check, a handshake) inside the session boundary."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                self._fail(where, exc)
+
+        return self._loop.create_task(guarded())
 
     # --- the event pump -----------------------------------------------------------------------
 
@@ -218,7 +283,7 @@ class SmtpSession(asyncio.Protocol):
             if isinstance(event, ev.MessageComplete):
                 self._busy = True
                 self._pause()
-                self._commit_task = asyncio.ensure_future(self._complete_message())
+                self._commit_task = self._start(self._complete_message(), "commit")
                 break
             if isinstance(event, ev.Closing):
                 if event.reply is replies.TOO_MANY_ERRORS:
@@ -231,7 +296,7 @@ class SmtpSession(asyncio.Protocol):
             self._handle(event)
         self._flush()  # the 220 to STARTTLS goes out in plaintext, before the handshake
         if self._handshaking and self._tls_task is None:
-            self._tls_task = asyncio.ensure_future(self._upgrade())
+            self._tls_task = self._start(self._upgrade(), "starttls")
         self._rearm_if_sooner()
 
     def _handle(self, event: ev.Event) -> None:
@@ -389,7 +454,7 @@ class SmtpSession(asyncio.Protocol):
         self._sasl = None
         self._busy = True
         self._pause()
-        self._auth_task = asyncio.ensure_future(self._check_login(line, exchange.mechanism, step))
+        self._auth_task = self._start(self._check_login(line, exchange.mechanism, step), "auth")
 
     async def _check_login(self, line: str, mechanism: str, credentials: sasl.Credentials) -> None:
         login = self.services.security.login
@@ -616,6 +681,7 @@ class SmtpSession(asyncio.Protocol):
         """Our side has closed the connection; the session ends when the transport says so."""
         return self._closing
 
+    @_guarded
     def close_with(self, reply: Reply) -> None:
         """End the session with ``reply`` (timeouts, shutdown) unless it is already ending."""
         if self._closing:
@@ -672,6 +738,7 @@ class SmtpSession(asyncio.Protocol):
             timer.cancel()
             self._schedule_timeout()
 
+    @_guarded
     def _on_timer(self) -> None:
         if self._closing:
             return
