@@ -117,9 +117,17 @@ def maildir_messages(mail_dir: Path, address: str) -> list[mailbox.MaildirMessag
     return sorted(box, key=lambda m: m.get_date())
 
 
-def start_server(config: Config, **app_options: Any) -> RunningServer:
-    """Run an Application; ``app_options`` go to its constructor (``observer``, ``clock``)."""
-    loop = asyncio.new_event_loop()
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def start_server(
+    config: Config, loop_factory: LoopFactory | None = None, **app_options: Any
+) -> RunningServer:
+    """Run an Application; ``app_options`` go to its constructor (``observer``, ``clock``).
+
+    ``loop_factory``: the event loop to run it on (``uvloop.new_event_loop``); asyncio's by default.
+    """
+    loop = (loop_factory or asyncio.new_event_loop)()
     ready: Future[int] = Future()
     holder: dict[str, Application] = {}
 
@@ -167,12 +175,17 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start servers with config overrides: ``server_factory(domains=("example.test",))``;
-    ``app_options={"clock": ...}`` goes to the Application."""
+    ``app_options={"clock": ...}`` goes to the Application, ``loop_factory`` picks the event loop."""
     servers: list[RunningServer] = []
 
-    def factory(*, app_options: dict[str, Any] | None = None, **overrides: Any) -> RunningServer:
+    def factory(
+        *,
+        app_options: dict[str, Any] | None = None,
+        loop_factory: LoopFactory | None = None,
+        **overrides: Any,
+    ) -> RunningServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(servers)}")
-        running = start_server(make_config(data_dir, **overrides), **(app_options or {}))
+        running = start_server(make_config(data_dir, **overrides), loop_factory, **(app_options or {}))
         servers.append(running)
         return running
 
@@ -218,12 +231,24 @@ _LISTENING = re.compile(r"^listening smtp (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:]+)):(
 _LISTENING_HTTP = re.compile(r"^listening http (?:\[[^\]]+\]|[^:]+):(?P<port>\d+)\b")
 
 
-def spawn_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
-    """``python -m postoffice serve`` on an ephemeral port; waits until it listens."""
+# `python -m postoffice` with uvloop made unimportable: the server runs on asyncio's own loop
+# (app.event_loop_factory picks uvloop whenever it can be imported).
+_WITHOUT_UVLOOP = (
+    "import runpy, sys; sys.modules['uvloop'] = None; "
+    "runpy.run_module('postoffice', run_name='__main__', alter_sys=True)"
+)
+
+
+def spawn_server(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, loop: str = "default"
+) -> ServerProcess:
+    """``python -m postoffice serve`` on an ephemeral port; waits until it listens.
+
+    ``loop="asyncio"`` runs it on asyncio's event loop even where uvloop is installed."""
+    start = ["-c", _WITHOUT_UVLOOP] if loop == "asyncio" else ["-m", "postoffice"]
     command = [
         sys.executable,
-        "-m",
-        "postoffice",
+        *start,
         "serve",
         "--data-dir",
         str(data_dir),
@@ -267,8 +292,8 @@ def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
 def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
-    def factory(*extra: str, data_dir: Path | None = None) -> ServerProcess:
-        running = spawn_server(data_dir or tmp_path / "data", *extra)
+    def factory(*extra: str, data_dir: Path | None = None, loop: str = "default") -> ServerProcess:
+        running = spawn_server(data_dir or tmp_path / "data", *extra, loop=loop)
         started.append(running)
         return running
 

@@ -99,7 +99,7 @@ class ProxyGate(asyncio.Protocol):
         if not self._started:
             self._refuse("no PROXY header before the timeout")
 
-    def eof_received(self) -> bool:
+    def eof_received(self) -> bool | None:
         if self._started:
             return self._session.eof_received()
         return False

@@ -9,6 +9,7 @@ connection is closed; the server goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import Counter
@@ -20,6 +21,7 @@ from postoffice.errors import ConfigError, ListenError
 from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
+from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.policy import Policy
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
@@ -126,9 +128,17 @@ class SmtpServer:
             # RFC 8314 §3: TLS from the first byte; sessions start once the handshake is done.
             context = security.tls.context
         factory = self._factory(listener)
+        # A TLS close waits this long for the client's close_notify (RFC 8446 §6.1 does not ask
+        # us to wait at all): a client that stops answering cannot keep its slot.
+        shutdown_timeout = SHUTDOWN_TIMEOUT if context is not None else None
         if sock is not None:
             return await loop.create_server(
-                factory, sock=sock, backlog=1024, ssl=context, start_serving=False
+                factory,
+                sock=sock,
+                backlog=1024,
+                ssl=context,
+                ssl_shutdown_timeout=shutdown_timeout,
+                start_serving=False,
             )
         try:
             return await loop.create_server(
@@ -140,6 +150,7 @@ class SmtpServer:
                 backlog=1024,
                 family=socket.AF_UNSPEC,
                 ssl=context,
+                ssl_shutdown_timeout=shutdown_timeout,
                 start_serving=False,
             )
         except OSError as exc:
@@ -197,22 +208,43 @@ class SmtpServer:
                 del self._per_client[session.peer]
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting; say 421 to idle sessions; give transactions ``grace`` seconds (§3.8)."""
+        """Stop accepting and say 421 (RFC 5321 §3.8) to every session, within ``grace`` seconds.
+
+        Idle sessions hear it at once; a transaction in progress may finish until shortly
+        before the grace runs out, keeping the last :data:`SHUTDOWN_TIMEOUT` (at most half the
+        grace) for the last 421s to leave. A connection still open at the end of the grace is
+        dropped: none outlives the server, and a supervisor's SIGKILL after the grace
+        (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) finds nothing to do.
+        """
         for server in self._servers:
             server.close()
         goodbye = replies.shutting_down(self._services.settings.hostname)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        end = loop.time() + grace
+        last_call = end - min(SHUTDOWN_TIMEOUT, grace / 2)
         while True:
-            for session in list(self.sessions):
-                if session.idle:
-                    session.outcome = "shutdown"
-                    session.close_with(goodbye)
-            if not self.sessions or loop.time() >= deadline:
+            self._say_goodbye(goodbye, idle_only=True)
+            if not self._open_sessions() or loop.time() >= last_call:
                 break
             await asyncio.sleep(0.05)
+        self._say_goodbye(goodbye, idle_only=False)
+        while self.sessions and loop.time() < end:
+            await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            session.outcome = "shutdown"
-            session.close_with(goodbye)
+            log.info("session=%s event=dropped reason=shutdown client=%s", session.id, session.peer)
+            session.abort()
         for server in self._servers:
-            await server.wait_closed()
+            # Python 3.12's wait_closed also waits for connections that are no session yet (an
+            # implicit TLS handshake in progress, until its own timeout): not past the grace.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=max(0.0, end - loop.time()))
+
+    def _say_goodbye(self, goodbye: Reply, *, idle_only: bool) -> None:
+        for session in list(self.sessions):
+            if not session.closing and (session.idle or not idle_only):
+                session.outcome = "shutdown"
+                session.close_with(goodbye)
+
+    def _open_sessions(self) -> bool:
+        """Sessions that have not been told to go yet (closing ones are on their way)."""
+        return any(not session.closing for session in self.sessions)

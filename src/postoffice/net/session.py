@@ -14,23 +14,36 @@ one timer, not a coroutine stack.
 STARTTLS (RFC 3207 §4.2, CVE-2011-0411, CVE-2024-34083): once the 220 is queued, reading stops
 and the core drops every plaintext octet it holds *before* control returns to the event loop;
 the next octet this session sees comes out of the TLS layer.
+
+Closing: however a session ends on our side (QUIT, a 421 from a limit, the AUTH throttle, a
+timeout, shutdown), its last reply is written and :meth:`SmtpSession._close_transport` closes the
+connection exactly once: a TLS transport closed twice loses its TLS layer (asyncio's
+``_SSLProtocolTransport`` then fails on every call), and with it the reply still buffered.
+
+The session boundary: every entry point the event loop or the server calls (protocol callbacks,
+timers, the tasks of commit, AUTH and STARTTLS, ``close_with``) runs under :func:`_guarded`.
+Whatever escapes it is one log line (``event=internal-error``, no traceback) and the end of that
+session alone; the server goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from postoffice import metrics
 from postoffice.config import Limits
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.net.listeners import Security, for_client
+from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.policy import Policy, RecipientVerdict
 from postoffice.smtp import events as ev
 from postoffice.smtp import replies, sasl
@@ -84,6 +97,30 @@ class SessionServices:
     submission: bool = False  # RFC 6409: MAIL needs AUTH, and the sender must be the user's
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[SmtpSession, _P], _R],
+) -> Callable[Concatenate[SmtpSession, _P], _R | None]:
+    """The session boundary: an exception escaping ``method`` ends this session, in one log line.
+
+    Raised inside a protocol callback, it would reach asyncio's exception handler as a
+    traceback and leave the connection (and its slot) in whatever state it was in.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: SmtpSession, /, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._fail(method.__name__, exc)
+            return None
+
+    return guarded
+
+
 class SmtpSession(asyncio.Protocol):
     def __init__(self, services: SessionServices) -> None:
         self.services = services
@@ -99,7 +136,8 @@ class SmtpSession(asyncio.Protocol):
         self._busy = False  # an await (commit) is in progress; events wait
         self._writing_paused = False  # the client is not reading our replies
         self._commit_task: asyncio.Future[None] | None = None
-        self._closed = False
+        self._closing = False  # our side has closed (or aborted) the connection
+        self._closed = False  # connection_lost: the session is over
         self._last_activity = 0.0
         self._data_started = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -126,6 +164,7 @@ class SmtpSession(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
+    @_guarded
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
@@ -149,6 +188,7 @@ class SmtpSession(asyncio.Protocol):
             return
         self._schedule_timeout()
 
+    @_guarded
     def data_received(self, data: bytes) -> None:
         if self.core.state in (State.DATA, State.BDAT):
             self._touch()  # message content: the timeout is per block (§4.5.3.2.5-6)
@@ -158,6 +198,7 @@ class SmtpSession(asyncio.Protocol):
         self.core.receive_data(data)
         self._process()
 
+    @_guarded
     def pause_writing(self) -> None:
         # A client that pipelines commands without reading the replies would make them pile up
         # in the transport's buffer without bound; stop reading its commands until it catches
@@ -165,11 +206,13 @@ class SmtpSession(asyncio.Protocol):
         self._writing_paused = True
         self._pause()
 
+    @_guarded
     def resume_writing(self) -> None:
         self._writing_paused = False
         if not self._busy:
             self._resume()
 
+    @_guarded
     def eof_received(self) -> bool:
         self.core.receive_data(b"")
         self._process()
@@ -177,21 +220,59 @@ class SmtpSession(asyncio.Protocol):
         # anyway (it has no half-closed TLS) and warns if asked to keep it open.
         return not self.core.tls_active
 
+    @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return  # after a failed handshake both asyncio and _upgrade may report it
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._discard_message()
-        log.info("session=%s event=disconnect client=%s outcome=%s", self.id, self.peer, self.outcome)
-        metrics.current().session_ended(self.outcome)
-        self.services.on_closed(self)
+        self._closing = True
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._discard_message()
+            log.info("session=%s event=disconnect client=%s outcome=%s", self.id, self.peer, self.outcome)
+            metrics.current().session_ended(self.outcome)
+        finally:
+            self.services.on_closed(self)  # the connection slot is given back whatever happened
+
+    # --- the session boundary -----------------------------------------------------------------
+
+    def _fail(self, where: str, exc: Exception) -> None:
+        log.error(
+            "session=%s event=internal-error client=%s where=%s error=%r",
+            self.id,
+            self.peer,
+            where,
+            f"{type(exc).__name__}: {exc}",
+        )
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent replies and all, and end the session."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            # The last resort after a failure: a transport left broken by it must not keep the
+            # session (and its connection slot) alive.
+            with contextlib.suppress(Exception):
+                transport.abort()
+        self.connection_lost(None)
+
+    def _start(self, work: Coroutine[Any, Any, None], where: str) -> asyncio.Task[None]:
+        """Run ``work`` (a commit, a password check, a handshake) inside the session boundary."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                self._fail(where, exc)
+
+        return self._loop.create_task(guarded())
 
     # --- the event pump -----------------------------------------------------------------------
 
     def _process(self) -> None:
-        if self._busy or self._closed:
+        if self._busy or self._closing:
             return
         core = self.core
         while not self._busy:  # an event may start an await: AUTH's password check, STARTTLS
@@ -202,7 +283,7 @@ class SmtpSession(asyncio.Protocol):
             if isinstance(event, ev.MessageComplete):
                 self._busy = True
                 self._pause()
-                self._commit_task = asyncio.ensure_future(self._complete_message())
+                self._commit_task = self._start(self._complete_message(), "commit")
                 break
             if isinstance(event, ev.Closing):
                 if event.reply is replies.TOO_MANY_ERRORS:
@@ -215,7 +296,7 @@ class SmtpSession(asyncio.Protocol):
             self._handle(event)
         self._flush()  # the 220 to STARTTLS goes out in plaintext, before the handshake
         if self._handshaking and self._tls_task is None:
-            self._tls_task = asyncio.ensure_future(self._upgrade())
+            self._tls_task = self._start(self._upgrade(), "starttls")
         self._rearm_if_sooner()
 
     def _handle(self, event: ev.Event) -> None:
@@ -301,16 +382,23 @@ class SmtpSession(asyncio.Protocol):
         transport = self._transport
         assert tls is not None and transport is not None
         try:
-            secure = await self._loop.start_tls(transport, self, tls.context, server_side=True)
-        except Exception as exc:  # the handshake failed or timed out: the connection is gone
-            log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
-            metrics.current().tls_handshake(False)
-            transport.abort()
-            self.connection_lost(None)
+            secure = await self._loop.start_tls(
+                transport, self, tls.context, server_side=True, ssl_shutdown_timeout=SHUTDOWN_TIMEOUT
+            )
+        except Exception as exc:  # the handshake failed or timed out, or shutdown aborted it
+            if not self._closing:
+                log.info("session=%s event=tls-failed client=%s reason=%s", self.id, self.peer, _reason(exc))
+                metrics.current().tls_handshake(False)
+            self.abort()
             return
         self._handshaking = False
-        if secure is None or self._closed:
+        if secure is None or secure.is_closing() or self._closing:
+            # The connection went without an error mid-handshake (close_with aborted it at
+            # shutdown, say): asyncio then returns None, uvloop a closed transport, and neither
+            # tells this session again. Nobody else will end it.
+            self.abort()
             return
+        # From here on the TLS transport is the connection; the TCP one below it is its own.
         self._transport = secure
         self._log_tls(secure)
         self._busy = False
@@ -366,13 +454,13 @@ class SmtpSession(asyncio.Protocol):
         self._sasl = None
         self._busy = True
         self._pause()
-        self._auth_task = asyncio.ensure_future(self._check_login(line, exchange.mechanism, step))
+        self._auth_task = self._start(self._check_login(line, exchange.mechanism, step), "auth")
 
     async def _check_login(self, line: str, mechanism: str, credentials: sasl.Credentials) -> None:
         login = self.services.security.login
         assert login is not None
         result = await login.login(credentials, mechanism=mechanism, session_id=self.id, client=self.peer)
-        if self._closed or self.core.state is State.CLOSED:
+        if self._closing or self.core.state is State.CLOSED:
             return  # closed meanwhile (shutdown): the 421 has answered the AUTH
         if result.disconnect:
             self._refuse_and_close(line, result.reply)
@@ -506,7 +594,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _complete_message(self) -> None:
         reply = await self._commit()
-        if self._closed:
+        if self._closing:  # dropped meanwhile, or the shutdown grace ran out and 421 was said
             return
         self._answer("", reply)
         self._busy = False
@@ -567,24 +655,40 @@ class SmtpSession(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _close_transport(self) -> None:
+        """Close the connection once what is written has been sent; only the first call acts.
+
+        Several paths may ask (our 421 is followed by the core's Closing event, shutdown asks
+        every idle session again), and a TLS transport must be closed only once.
+        """
         transport = self._transport
-        if transport is None:
+        if transport is None or self._closing:
             return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        unsent = transport.get_write_buffer_size()
         transport.close()
-        if transport.get_write_buffer_size() and not self._closed:
+        if unsent:
             # close() waits until the client has taken what is still buffered; one that reads
             # nothing would keep the connection, and its connection slot, for ever. It gets one
-            # more command timeout to read, then the connection is dropped.
-            if self._timer is not None:
-                self._timer.cancel()
+            # more command timeout to read, then the connection is dropped. (Over TLS the TLS
+            # layer gives up sooner, after SHUTDOWN_TIMEOUT.)
             self._timer = self._loop.call_later(self.services.limits.command_timeout, transport.abort)
 
+    @property
+    def closing(self) -> bool:
+        """Our side has closed the connection; the session ends when the transport says so."""
+        return self._closing
+
+    @_guarded
     def close_with(self, reply: Reply) -> None:
-        """End the session with ``reply`` (timeouts, shutdown) unless a commit is in flight."""
-        if self._closed:
+        """End the session with ``reply`` (timeouts, shutdown) unless it is already ending."""
+        if self._closing:
             return
         if self._handshaking and self._transport is not None:
             # Mid-handshake the wire belongs to TLS: a plaintext 421 would only garble it.
+            self._closing = True
             self._transport.abort()
             return
         self.core.close_with(reply)
@@ -593,13 +697,17 @@ class SmtpSession(asyncio.Protocol):
         if self._writing_paused and self._transport is not None:
             # The client reads nothing: close() would wait for it forever to drain our replies,
             # holding the connection (and a connection slot) open.
+            self._closing = True
             self._transport.abort()
             return
         self._close_transport()
 
     @property
     def idle(self) -> bool:
-        """No message is being received or committed: safe to close at shutdown."""
+        """No message is being received or committed, no password being checked: safe to
+        close at shutdown. A TLS handshake in progress counts as idle (nothing is lost)."""
+        if self._handshaking:
+            return True
         return not self._busy and not self.core.in_transaction
 
     # --- timeouts (RFC 5321 §4.5.3.2) ---------------------------------------------------------
@@ -630,8 +738,9 @@ class SmtpSession(asyncio.Protocol):
             timer.cancel()
             self._schedule_timeout()
 
+    @_guarded
     def _on_timer(self) -> None:
-        if self._closed:
+        if self._closing:
             return
         if self._loop.time() >= self._deadline():
             log.info("session=%s event=timeout client=%s state=%s", self.id, self.peer, self.core.state.value)

@@ -24,6 +24,13 @@ from postoffice.net.selfsigned import ensure_self_signed
 
 log = logging.getLogger("postoffice.tls")
 
+# How long a closing TLS session waits for the client's close_notify (and for our last reply to
+# leave the TLS layer) before the socket is closed anyway. RFC 8446 §6.1: the side that closes
+# need not wait for the peer's close_notify; Postfix does not (tls_fast_shutdown_enable). A
+# client that reads our 421 and then neither answers nor hangs up would otherwise hold its
+# session for asyncio's default of 30 s.
+SHUTDOWN_TIMEOUT = 2.0
+
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
