@@ -1,0 +1,1 @@
+"""Mail authentication checks: SPF, DKIM, DMARC, ARC, each usable alone and tested against published vectors and independent implementations."""
