@@ -130,8 +130,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
     ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
-    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
-    ("postoffice.policy", "postoffice.delivery.agent"),
+    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types);
+    # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
+    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.mailauth"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and the process machinery (workers, the pid file).
     (
