@@ -48,15 +48,23 @@ class TxtZone(BaseResolver):  # type: ignore[misc]
     def __init__(self, records: dict[str, list[str]] | None = None) -> None:
         self.records: dict[str, list[str]] = {}
         self.servfail: set[str] = set()
-        self.silent: set[str] = set()  # never answered: the client times out
+        self.silent: set[str] = set()  # answered too late: the client times out
         self.queries: list[str] = []
-        for name, texts in (records or {}).items():
-            for text in texts:
-                self.add(name, text)
+        self.reset(records or {})
 
     @staticmethod
     def _name(name: str) -> str:
         return name.lower().rstrip(".") + "."
+
+    def reset(self, records: dict[str, list[str]]) -> None:
+        """Serve ``records`` from now on, and forget the queries and failures so far."""
+        self.records.clear()
+        self.servfail.clear()
+        self.silent.clear()
+        self.queries.clear()
+        for name, texts in records.items():
+            for text in texts:
+                self.add(name, text)
 
     def add(self, name: str, text: str) -> None:
         self.records.setdefault(self._name(name), []).append(text)
@@ -66,9 +74,8 @@ class TxtZone(BaseResolver):  # type: ignore[misc]
         self.queries.append(name)
         reply = request.reply()
         if name in self.silent:
-            time.sleep(3)
-            return None  # dnslib sends nothing
-        if name in self.servfail:
+            time.sleep(2)  # the answer comes after the client has given up
+        if name in self.servfail or name in self.silent:
             reply.header.rcode = RCODE.SERVFAIL
         elif name not in self.records:
             reply.header.rcode = RCODE.NXDOMAIN
