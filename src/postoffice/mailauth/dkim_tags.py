@@ -40,7 +40,7 @@ def parse_tag_list(text: str) -> dict[str, str]:
     specs = text.split(";")
     if specs and specs[-1].strip(_EDGE_WS) == "":
         specs.pop()  # "[ ";" ]": a trailing semicolon ends the list
-    if not specs:
+    if not specs or (len(specs) == 1 and not specs[0].strip(_EDGE_WS)):
         raise TagListError("no tags")
     for index, spec in enumerate(specs, start=1):
         name, equals, value = spec.partition("=")
