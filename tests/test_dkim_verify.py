@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import require_tool
 from dkim_support import TxtDns, dkimpy_sign, txt_dns
+from postoffice.errors import DkimError
 from postoffice.mailauth import dkim_keys
 from postoffice.mailauth.dkim_keys import DkimKey
 from postoffice.mailauth.dkim_sign import sign
@@ -263,3 +264,13 @@ async def test_the_header_b_prefix_is_the_start_of_b(key: DkimKey, dns: TxtDns) 
     b_value = re.sub(r"\s", "", field.rpartition("b=")[2])
     [result] = await _verify(field.encode() + MESSAGE, {key.record_name: [key.record()]}, dns)
     assert result.b_prefix == b_value[:8]
+
+
+def test_signing_needs_a_from_field_and_keys(key: DkimKey) -> None:
+    """RFC 6376 §5.4: "The From header field MUST be signed"; no keys, no signatures."""
+    with pytest.raises(DkimError, match="no From header field"):
+        sign(MESSAGE.replace(b"From:", b"Sender:"), [key])
+    assert sign(MESSAGE, []) == []
+    field = sign(MESSAGE, [key], now=1_700_000_000)[0]
+    assert b"t=1700000000;" in field and b"h=from: to: subject: from;" in field
+    assert all(len(line) <= 78 for line in field.split(b"\r\n"))

@@ -103,7 +103,7 @@ def sign(
         except HeaderSectionError as exc:
             raise DkimError(f"cannot sign: {exc}") from None
         names = signed_names(header, fields)
-        if "from" not in names:
+        if not any(item.name == "from" for item in header):
             raise DkimError("cannot sign: the message has no From header field (RFC 6376 §5.4)")
         body_hash = BodyHash("sha256")
         hash_body(stream, [BodyCanonicalizer(True, [body_hash])])
