@@ -102,7 +102,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # Mail authentication checks: used by the SMTP session's stages, using only DNS themselves.
     "postoffice.mailauth": (
         "postoffice.net",
-        "postoffice.spool",
         "postoffice.delivery",
         "postoffice.policy",
         "postoffice.accounts",
@@ -143,16 +142,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("postoffice.config", "postoffice.smtp", "postoffice.trace", "postoffice.dns_resolver"),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
-    # Mail authentication checks (SPF, DKIM, DMARC, ARC): usable alone, below the stages that run them.
-    (
-        "postoffice.accounts",
-        "postoffice.spool",
-        "postoffice.client",
-        "postoffice.status",
-        "postoffice.mailauth",
-    ),
-    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
-    ("postoffice.policy", "postoffice.delivery.agent"),
+    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
+    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types);
+    # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
+    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.mailauth"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and the process machinery (workers, the pid file, becoming
     # the configured user).

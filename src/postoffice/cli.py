@@ -842,6 +842,64 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dkim ----------------------------------------------------------------------------------
+
+
+def _add_dkim_parser(subparsers: _Subparsers) -> None:
+    dkim = subparsers.add_parser(
+        "dkim",
+        help="make and list DKIM signing keys",
+        description="Make and list the DKIM keys in <data-dir>/dkim/DOMAIN/SELECTOR.key. Every "
+        "key signs mail from its domain unless it is retired.",
+    )
+    actions = dkim.add_subparsers(title="actions", metavar="ACTION", required=True)
+    generate = actions.add_parser(
+        "generate",
+        help="make a key and print the DNS TXT record to publish",
+        description="Make a key (RSA 2048 or Ed25519) and print its DNS TXT record.",
+        parents=[_config_options()],
+    )
+    generate.add_argument("domain", metavar="DOMAIN")
+    generate.add_argument("--selector", metavar="S", help="default: the month, e.g. 202507 (-ed25519 added)")
+    generate.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="default rsa")
+    generate.set_defaults(handler=_run_dkim_generate)
+    listing = actions.add_parser(
+        "list",
+        help="list keys and which sign",
+        description="List the DKIM keys.",
+        parents=[_config_options()],
+    )
+    listing.add_argument("--records", action="store_true", help="also print each key's DNS TXT record")
+    listing.set_defaults(handler=_run_dkim_list)
+    retire = actions.add_parser(
+        "retire",
+        help="stop signing with a key (it stays on disk)",
+        description="Stop signing with a key.",
+        parents=[_config_options()],
+    )
+    retire.add_argument("domain", metavar="DOMAIN")
+    retire.add_argument("selector", metavar="SELECTOR")
+    retire.set_defaults(handler=_run_dkim_retire)
+
+
+def _run_dkim_generate(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_generate(_load(args).data_dir, args.domain, args.selector, args.algorithm)
+
+
+def _run_dkim_list(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_list(_load(args).data_dir, records=args.records)
+
+
+def _run_dkim_retire(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_retire(_load(args).data_dir, args.domain, args.selector)
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
@@ -852,4 +910,5 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_sendmail_parser,
     _add_queue_parser,
     _add_status_parser,
+    _add_dkim_parser,
 )
