@@ -900,6 +900,36 @@ def _run_dkim_retire(args: argparse.Namespace) -> int:
     return dkim_cli.run_retire(_load(args).data_dir, args.domain, args.selector)
 
 
+# -- dns -----------------------------------------------------------------------------------
+
+
+def _add_dns_parser(subparsers: _Subparsers) -> None:
+    dns = subparsers.add_parser(
+        "dns",
+        help="print the DNS records a local domain needs, or check them",
+        description="Print the MX, SPF, DKIM and DMARC records DOMAIN needs, as zone file lines. "
+        "With --check, look each up and print ok, missing, different or error for it; the exit "
+        "status is 0 only when every record is published as wanted.",
+        parents=[_config_options()],
+    )
+    dns.add_argument("domain", metavar="DOMAIN")
+    dns.add_argument("--check", action="store_true", help="look the records up and compare them")
+    dns.add_argument(
+        "--dns",
+        type=_dns_server,
+        metavar="HOST:PORT",
+        help="ask this DNS server (replaces [delivery] dns; default the system resolver)",
+    )
+    dns.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default %(default)s")
+    dns.set_defaults(handler=_run_dns)
+
+
+def _run_dns(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dns_cli
+
+    return dns_cli.run(_load(args), args.domain, check=args.check, nameserver=args.dns, timeout=args.timeout)
+
+
 _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve_parser,
     _add_user_parser,
@@ -911,4 +941,5 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_queue_parser,
     _add_status_parser,
     _add_dkim_parser,
+    _add_dns_parser,
 )
