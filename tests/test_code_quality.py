@@ -160,15 +160,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.net",
         "postoffice.delivery",
         "postoffice.qmgr",
-        "postoffice.workers",
+        "postoffice.runtime",
+        "postoffice.runtime.workers",
         "postoffice.worker_reports",
-        "postoffice.pidfile",
-        "postoffice.privileges",
+        "postoffice.runtime.pidfile",
+        "postoffice.runtime.privileges",
     ),
     # What people see: the web side, and the operator's status of a running server.
     ("postoffice.web", "postoffice.operations"),
     # Every listener (SMTP and web) bound before root is given up: the composition root's first step.
-    ("postoffice.prebound",),
+    ("postoffice.runtime.prebound",),
     # The composition root.
     ("postoffice.app",),
     ("postoffice.cli",),
@@ -189,7 +190,7 @@ KNOWN_LONG = {
     "postoffice/net/session.py",
     "postoffice/web/index.py",
     "postoffice/web/index.py::MailIndex.page",
-    "postoffice/workers.py::supervise",
+    "postoffice/runtime/workers.py::supervise",
 }
 
 

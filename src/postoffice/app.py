@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from postoffice import logs, metrics, privileges
+from postoffice import logs, metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
@@ -39,11 +39,13 @@ from postoffice.net.session import SessionObserver, name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
-from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.policy import Policy, mailbox_address
-from postoffice.prebound import Prebound, bind_then_drop
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
+from postoffice.runtime import privileges
+from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
+from postoffice.runtime.prebound import Prebound, bind_then_drop
+from postoffice.runtime.workers import WorkerRole, share_limits, supervise
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
 from postoffice.spool.base import Receiver
@@ -55,7 +57,6 @@ from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService, WebShare
 from postoffice.web.workers import WorkersWeb
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
-from postoffice.workers import WorkerRole, share_limits, supervise
 
 log = logging.getLogger("postoffice")
 
@@ -321,7 +322,7 @@ class Application:
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
-        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.prebound`).
+        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`).
         The listeners open first, so that a taken port (ListenError) is the only thing said:
         nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
@@ -458,7 +459,7 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _on_hangup, app, reload)
-    # `postoffice queue flush` / `hold` / `release` / `delete` (see postoffice.pidfile).
+    # `postoffice queue flush` / `hold` / `release` / `delete` (see postoffice.runtime.pidfile).
     rescans: set[asyncio.Task[None]] = set()
 
     def rescan(*, flush: bool) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from postoffice import __version__, pidfile, privileges
+from postoffice import __version__
 from postoffice.accounts import Accounts
 from postoffice.config import (
     DEFAULT_HTTP_LISTENER,
@@ -46,6 +46,7 @@ from postoffice.config import (
 )
 from postoffice.errors import AccountError, ConfigError, PostofficeError
 from postoffice.qmgr import admin
+from postoffice.runtime import pidfile, privileges
 from postoffice.spool.files import FileSpool
 
 # Shell convention (Advanced Bash-Scripting Guide, "Exit Codes With Special Meanings"):

@@ -17,7 +17,7 @@ delivered by two processes at once. The parent keeps the web index for all of th
 (:mod:`postoffice.web.feed`); worker 0 alone serves HTTP, on sockets the parent made (so the
 parent's banner names them), and announces every worker's deliveries.
 
-The parent holds the data directory's lock (:mod:`postoffice.pidfile`) for all of them. On
+The parent holds the data directory's lock (:mod:`postoffice.runtime.pidfile`) for all of them. On
 SIGTERM or SIGINT it passes SIGTERM on and waits; SIGHUP it passes on as it is (each worker
 re-reads the configuration). If a worker dies unexpectedly, it stops the others and exits with
 status 1, and the next start recovers whatever was left in the queue.
@@ -154,7 +154,7 @@ def supervise(
     ``announce`` is called with the workers' configuration (concrete ports) once they all
     listen; it prints what a single server prints. The signals in ``forward`` are passed on to
     every worker; ``hangup`` is called first on SIGHUP. ``sockets``: one set per worker, bound
-    before root was given up (:mod:`postoffice.prebound`); without them each worker binds its own.
+    before root was given up (:mod:`postoffice.runtime.prebound`); without them each worker binds its own.
     """
     count = config.workers
     if sockets:
