@@ -359,9 +359,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = load()
     _make_data_dir(config, flag=args.data_dir is not None)
     # Imported here so that account and config commands never load the server.
-    from postoffice import app
+    from postoffice.runtime import process
 
-    return app.serve(config, reload=load)
+    return process.serve(config, reload=load)
 
 
 # -- user ----------------------------------------------------------------------------------
