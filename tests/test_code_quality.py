@@ -173,14 +173,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 60
 KNOWN_LONG = {
-    "postoffice/app.py::Application.__init__",
     "postoffice/cli.py",
     "postoffice/cli.py::_add_serve_parser",
     "postoffice/client/connection.py",
     "postoffice/net/session.py",
     "postoffice/web/index.py",
     "postoffice/web/index.py::MailIndex.page",
-    "postoffice/runtime/workers.py::supervise",
 }
 
 

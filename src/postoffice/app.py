@@ -158,26 +158,52 @@ class Application:
         self.mailboxes = mailboxes = MaildirStore(
             config.mail_dir, config.hostname, file_mode=config.mail_file_mode
         )
-        agents: dict[Route, DeliveryAgent] = {
-            # The spool's worker threads: its commits and the deliveries flush side by side.
-            Route.LOCAL: MaildirAgent(
-                config.mail_dir,
-                self.spool,
-                config.hostname,
-                store=mailboxes,
-                io=self.spool.io,
-                on_delivered=self._delivered,
-            ),
-            Route.REMOTE: self.remote,
-        }
+        agents = self._agents()
         # Where sessions store what they receive: one local mailbox at once, the rest queued.
         receiver: Receiver = self.spool
         if config.delivery.local_before_reply:
             receiver = DirectReceiver(
                 self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
             )
+        self.scheduler = self._scheduler(agents, clock, worker_index)
+        self.security = security(config, self.accounts)
+        self.smtp = SmtpServer(
+            settings=server_settings(config),
+            limits=config.limits,
+            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
+            spool=receiver,
+            on_queued=self.scheduler.submit,
+            listeners=config.listeners,
+            observer=observer,
+            security=self.security,
+            proxy=config.proxy_protocol,
+        )
+        self.operations, self.reporter = self._operations(worker_index)
+        if config.http_listeners:
+            self.web = self._web(web_share, http_sockets)
+
+    def _agents(self) -> dict[Route, DeliveryAgent]:
+        """The delivery agents, by route."""
+        config = self.config
+        return {
+            # The spool's worker threads: its commits and the deliveries flush side by side.
+            Route.LOCAL: MaildirAgent(
+                config.mail_dir,
+                self.spool,
+                config.hostname,
+                store=self.mailboxes,
+                io=self.spool.io,
+                on_delivered=self._delivered,
+            ),
+            Route.REMOTE: self.remote,
+        }
+
+    def _scheduler(
+        self, agents: dict[Route, DeliveryAgent], clock: Callable[[], float], worker_index: int | None
+    ) -> Scheduler:
+        config = self.config
         queue = config.queue
-        self.scheduler = Scheduler(
+        return Scheduler(
             self.spool,
             agents,
             retry_base=queue.minimal_backoff_time,
@@ -195,22 +221,14 @@ class Application:
             blocking=self.spool.io.run,
             owns=_ownership(worker_index, config.workers),
         )
-        self.security = security(config, self.accounts)
-        self.smtp = SmtpServer(
-            settings=server_settings(config),
-            limits=config.limits,
-            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
-            spool=receiver,
-            on_queued=self.scheduler.submit,
-            listeners=config.listeners,
-            observer=observer,
-            security=self.security,
-            proxy=config.proxy_protocol,
-        )
+
+    def _operations(self, worker_index: int | None) -> tuple[Operations, ReportPublisher | None]:
+        """The operations side, and for a worker other than 0 what publishes its report."""
+        config = self.config
         # With workers, worker 0 serves the operations endpoints and adds up what the others
         # report once a second (postoffice.worker_reports).
         reports = workers_directory(config)
-        self.operations = Operations(
+        operations = Operations(
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
@@ -218,25 +236,25 @@ class Application:
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
         )
-        self.reporter: ReportPublisher | None = None
+        reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
-            self.reporter = ReportPublisher(
-                report_path(reports, index), lambda: self.operations.report(index)
-            )
+            reporter = ReportPublisher(report_path(reports, index), lambda: operations.report(index))
             # The spool is shared: worker 0 counts its queue for everyone, so the others'
             # reports leave the queue gauge out instead of listing the directories each second.
-            self.operations.metrics.watch_queue(dict)
-        if config.http_listeners:
-            # The web UI and JSON API, with the index kept up to date at each delivery; the
-            # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
-            self.web = WebService(
-                config,
-                self.accounts,
-                extra_routes=ops_routes(self.operations),
-                share=web_share,
-                sockets=http_sockets,
-            )
+            operations.metrics.watch_queue(dict)
+        return operations, reporter
+
+    def _web(self, web_share: WebShare | None, http_sockets: Sequence[socket.socket] | None) -> WebService:
+        # The web UI and JSON API, with the index kept up to date at each delivery; the
+        # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
+        return WebService(
+            self.config,
+            self.accounts,
+            extra_routes=ops_routes(self.operations),
+            share=web_share,
+            sockets=http_sockets,
+        )
 
     def _delivered(self, address: str, path: Path) -> None:
         if self.web is not None:
