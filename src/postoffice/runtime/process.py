@@ -27,7 +27,7 @@ from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.runtime import privileges
 from postoffice.runtime.banner import banner, listen_failure
-from postoffice.runtime.loop import event_loop_factory
+from postoffice.runtime.loop import event_loop_factory, log_loop_error
 from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.runtime.prebound import Prebound, bind_then_drop
 from postoffice.runtime.signals import handle_signals
@@ -92,6 +92,8 @@ async def _serve(
     web_share: WebShare | None = None,
     prebound: Prebound | None = None,
 ) -> int:
+    # What asyncio catches itself is one log line from here on, never a traceback.
+    asyncio.get_running_loop().set_exception_handler(log_loop_error)
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
         claim_queue_ids(worker.index, config.workers)
