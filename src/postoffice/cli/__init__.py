@@ -8,7 +8,7 @@ Like uvicorn's ``main.py``, this module only turns arguments into a ``Config`` a
 the package: no business logic lives here. Every error a person can fix reaches them as one line
 ``postoffice: <message>`` with exit status 1; usage errors are argparse's, status 2.
 ``send`` and ``sendmail`` report what the server said with sysexits statuses (see
-:mod:`postoffice.client.submit`).
+:mod:`postoffice.cli.submit`).
 
 Adding a command: write ``_add_<command>_parser(subparsers)``, which registers the parser and
 sets ``handler``, and ``_run_<command>(args) -> int``; then list the first in ``_COMMANDS``.
@@ -788,9 +788,9 @@ def _add_send_parser(subparsers: _Subparsers) -> None:
 
 
 def _run_send(args: argparse.Namespace) -> int:
-    from postoffice.client import send_command
+    from postoffice.cli import send
 
-    return send_command.run(args)
+    return send.run(args)
 
 
 def _add_sendmail_parser(subparsers: _Subparsers) -> None:
@@ -803,7 +803,7 @@ def _add_sendmail_parser(subparsers: _Subparsers) -> None:
 
 
 def _run_sendmail(argv: list[str]) -> int:
-    from postoffice.client import sendmail
+    from postoffice.cli import sendmail
 
     try:
         return sendmail.run(
