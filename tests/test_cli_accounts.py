@@ -12,6 +12,7 @@ import pytest
 
 from postoffice import __version__, cli
 from postoffice.accounts import Accounts
+from postoffice.cli import users
 from postoffice.config import Config, Listener
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "postoffice.toml"
@@ -245,7 +246,7 @@ def test_keyboard_interrupt_exits_130_quietly(
     def interrupted(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_user_list", interrupted)
+    monkeypatch.setattr(users, "_run_user_list", interrupted)
     assert cli.main(["user", "list", "--data-dir", str(tmp_path)]) == 130
     assert capsys.readouterr().err == ""
 

@@ -173,8 +173,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 60
 KNOWN_LONG = {
-    "postoffice/cli/__init__.py",
-    "postoffice/cli/__init__.py::_add_serve_parser",
     "postoffice/client/connection.py",
     "postoffice/net/session.py",
     "postoffice/web/index.py",
