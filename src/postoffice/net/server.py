@@ -32,7 +32,7 @@ from postoffice.spool.envelope import QueuedMessage
 log = logging.getLogger("postoffice.net")
 
 # A socket bound (not yet listening) to a listener's concrete address, by a process that could
-# bind it (root, for port 25) for one that no longer could (postoffice.prebound).
+# bind it (root, for port 25) for one that no longer could (postoffice.runtime.prebound).
 BoundSocket = tuple[Listener, socket.socket]
 
 

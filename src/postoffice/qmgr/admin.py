@@ -7,7 +7,7 @@ returned as data for the command line to print, never interpreted.
 These functions work on the spool directory while a server runs: they only read, or append
 to a state log (hold, release), or remove a message (delete), each of which the server is
 built to notice (:meth:`postoffice.qmgr.scheduler.Scheduler.rescan`). The caller then pokes
-the server (:mod:`postoffice.pidfile`) so that it notices now rather than at the next retry.
+the server (:mod:`postoffice.runtime.pidfile`) so that it notices now rather than at the next retry.
 """
 
 from __future__ import annotations
