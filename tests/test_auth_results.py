@@ -48,6 +48,24 @@ def test_built_field_reads_back() -> None:
         ("arc", "pass"),
     ]
     assert parsed.results[2].properties[2] == Property("header", "b", "abc/def+")
+    # The comment after a result comes back too: it carries the DMARC policy.
+    assert [r.comment for r in parsed.results] == [None, None, None, "p=reject dis=quarantine", "i=2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "comment"),
+    [
+        (
+            "mx.google.com; dmarc=pass (p=REJECT sp=REJECT dis=NONE) header.from=gmail.com",
+            "p=REJECT sp=REJECT dis=NONE",
+        ),
+        ("x.example; dkim=pass (a (nested) one) (second) header.d=a.example", "a (nested) one"),
+        (r"x.example; dkim=fail (bad \) sig\(nature) header.d=a.example", "bad ) sig(nature"),
+        ("x.example; spf=pass smtp.mailfrom=a.example (after a property)", None),
+    ],
+)
+def test_the_comment_after_a_result_is_kept(value: str, comment: str | None) -> None:
+    assert results.parse(value).results[0].comment == comment
 
 
 def test_authres_package_reads_our_field() -> None:

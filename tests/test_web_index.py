@@ -218,6 +218,73 @@ def test_an_index_of_version_3_gains_snippets_and_keeps_its_ids(tmp_path: Path, 
         index.close()
 
 
+OUR_FIELD = "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=b.example; dmarc=fail header.from=b.example\r\n"
+
+
+def deliver_checked(mail_root: Path, address: str, name: str, subject: str) -> Path:
+    """A message as the SMTP side stores one it checked: our Authentication-Results on top."""
+    path = deliver(mail_root, address, name, subject)
+    path.write_bytes(OUR_FIELD.encode() + path.read_bytes())
+    return path
+
+
+def test_results_are_read_for_our_host_name_only(tmp_path: Path, mail_root: Path) -> None:
+    path = deliver_checked(mail_root, "au@example.test", "1700000000.A_0.mx", "checked")
+    ours = MailIndex(tmp_path / "ours.sqlite3", mail_root, authserv_id="mx.example.test")
+    other = MailIndex(tmp_path / "other.sqlite3", mail_root, authserv_id="mx.elsewhere.test")
+    unnamed = MailIndex(tmp_path / "unnamed.sqlite3", mail_root)
+    try:
+        row = ours.add(path)
+        assert row is not None and row.auth is not None and row.auth.verdict == "fail"
+        assert ours.get(row.id) == row
+        for index in (other, unnamed):
+            added = index.add(path)
+            assert added is not None and added.subject == "checked" and added.auth is None
+    finally:
+        for index in (ours, other, unnamed):
+            index.close()
+
+
+def test_an_index_of_version_5_gains_empty_results_and_keeps_its_ids(tmp_path: Path, mail_root: Path) -> None:
+    for number in range(3):
+        deliver_checked(mail_root, "mu@example.test", f"170000000{number}.M_{number}.mx", f"kept {number}")
+    path = tmp_path / "index.sqlite3"
+    index = MailIndex(path, mail_root, authserv_id="mx.example.test")
+    index.sync()
+    ids = [row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows]
+    assert len(ids) == 3 and index.page(None, compile_query("auth:fail"), limit=10, offset=0).total == 3
+    index.close()
+    with sqlite3.connect(path) as db:
+        fresh = db.execute("PRAGMA table_info(messages)").fetchall()
+        fresh_indexes = db.execute("PRAGMA index_list(messages)").fetchall()
+    db.close()
+    # Made into the index of version 5 exactly: without the authentication columns and their index.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX messages_by_auth")
+        for column in ("auth", "auth_verdict", "auth_spf", "auth_dkim", "auth_dmarc", "auth_arc"):
+            db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 5")
+    db.close()
+    index = MailIndex(path, mail_root, authserv_id="mx.example.test")
+    try:
+        rows = index.page(None, EVERYTHING, limit=10, offset=0).rows
+        assert [row.id for row in rows] == ids  # not rebuilt: links to messages still work
+        # Nothing read again at start: the results stay empty until a full reindex.
+        assert [row.auth for row in rows] == [None] * 3
+        assert index.page(None, compile_query("auth:none"), limit=10, offset=0).total == 3
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert db.execute("PRAGMA table_info(messages)").fetchall() == fresh
+            assert sorted(db.execute("PRAGMA index_list(messages)").fetchall()) == sorted(fresh_indexes)
+        db.close()
+        MailIndex(path, mail_root).close()  # a second process finds nothing to do
+        assert index.sync(reparse=True).updated == 3
+        rows = index.page(None, compile_query("auth:fail"), limit=10, offset=0).rows
+        assert [row.id for row in rows] == ids
+    finally:
+        index.close()
+
+
 def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = tmp_path / "data"
     deliver(data_dir / "mail", "hu@example.test", "1700000000.H_0.mx", "one")
@@ -230,6 +297,20 @@ def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     error = capsys.readouterr().err
     assert error.startswith("postoffice: ") and "no mail directory" in error and error.count("\n") == 1
     assert not (tmp_path / "typo").exists()
+
+
+def test_reindex_reads_results_for_the_configured_host_name(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    deliver_checked(data_dir / "mail", "hu@example.test", "1700000000.H_0.mx", "checked")
+    config = tmp_path / "postoffice.toml"
+    config.write_text('hostname = "mx.example.test"\n')
+    assert cli.main(["reindex", "--config", str(config), "--data-dir", str(data_dir)]) == 0
+    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    try:
+        (row,) = index.page(None, compile_query("dmarc:fail"), limit=10, offset=0).rows
+        assert row.auth is not None and row.auth.spf is not None and row.auth.spf.domain == "b.example"
+    finally:
+        index.close()
 
 
 @pytest.mark.parametrize(

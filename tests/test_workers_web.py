@@ -125,6 +125,31 @@ def test_mail_delivered_just_before_a_stop_is_in_the_index_after_it(
     assert not any("index-sync reason=backlog" in line for line in running.output)
 
 
+def test_the_indexing_parent_keeps_the_results_of_our_own_field(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The parent indexes with the server's host name as authserv-id (spawn_server's mx.test)."""
+    data_dir = tmp_path / "data"
+    running = server_process("--workers", "2", data_dir=data_dir)
+    for number, authserv_id in enumerate(["mx.test"] * 3 + ["elsewhere.test"] * 3):
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.sendmail(
+                "sender@example.org",
+                [RECIPIENT],
+                f"Authentication-Results: {authserv_id}; dmarc=fail header.from=example.org\r\n"
+                f"Subject: {authserv_id} {number}\r\n\r\nbody\r\n",
+            )
+    assert running.terminate(signal.SIGTERM) == 0
+    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    try:
+        verdicts = {row.subject: row.auth.verdict if row.auth else None for row in index.rows_after(0, 100)}
+    finally:
+        index.close()
+    assert verdicts == {f"mx.test {n}": "fail" for n in range(3)} | {
+        f"elsewhere.test {n}": None for n in range(3, 6)
+    }
+
+
 def test_sighup_is_passed_to_every_worker(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:

@@ -33,7 +33,7 @@ def _run_reindex(args: argparse.Namespace) -> int:
         raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
     from postoffice.web.index import MailIndex
 
-    index = MailIndex(config.index_file, config.mail_dir)
+    index = MailIndex(config.index_file, config.mail_dir, authserv_id=config.hostname)
     try:
         report = index.sync(reparse=args.full)
     finally:

@@ -158,9 +158,12 @@ class _Scanner:
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
 
-    def cfws(self) -> None:
-        """Skip folding white space and comments (RFC 5322 §3.2.2), comments nested."""
+    def cfws(self) -> str | None:
+        """Skip folding white space and comments (RFC 5322 §3.2.2), comments nested; returns
+        the text of the first comment skipped (quoted-pairs undone), None if there was none."""
         depth = 0
+        first: str | None = None
+        start = 0
         while not self.at_end():
             ch = self.text[self.pos]
             if ch in " \t\r\n":
@@ -168,17 +171,21 @@ class _Scanner:
             elif ch == "(":
                 depth += 1
                 self.pos += 1
+                start = self.pos if depth == 1 else start
             elif depth and ch == ")":
                 depth -= 1
+                if depth == 0 and first is None:
+                    first = re.sub(r"\\(.)", r"\1", self.text[start : self.pos], flags=re.DOTALL)
                 self.pos += 1
             elif depth and ch == "\\":
                 self.pos += 2
             elif depth:
                 self.pos += 1
             else:
-                return
+                break
         if depth:
             raise AuthResultsError("unterminated comment")
+        return first
 
     def expect(self, char: str) -> None:
         self.cfws()
@@ -268,7 +275,9 @@ def _resinfo(scanner: _Scanner) -> MethodResult:
     result = scanner.keyword()
     reason = None
     properties: list[Property] = []
-    scanner.cfws()
+    # Where build() writes its comment, and where OpenDMARC and others write the DMARC policy
+    # ("dmarc=fail (p=reject dis=quarantine)"): the one comment a reader of the field may want.
+    comment = scanner.cfws()
     while not scanner.at_end() and scanner.peek() != ";":
         name = scanner.keyword()
         scanner.cfws()
@@ -281,7 +290,7 @@ def _resinfo(scanner: _Scanner) -> MethodResult:
             scanner.expect("=")
             properties.append(Property(name, prop, _pvalue(scanner)))
         scanner.cfws()
-    return MethodResult(method, result, tuple(properties), reason, version=method_version)
+    return MethodResult(method, result, tuple(properties), reason, comment, method_version)
 
 
 def _pvalue(scanner: _Scanner) -> str:

@@ -108,6 +108,9 @@ def summary_json(row: Row) -> dict[str, Any]:
         "read": row.seen,
         "has_attachments": row.has_attachments,
         "snippet": row.snippet,
+        # What the server found checking the message on arrival (SPF, DKIM, DMARC, ARC); null
+        # for mail it did not check (submitted by a user, captured).
+        "authentication": row.auth.to_json() if row.auth is not None else None,
     }
 
 

@@ -31,20 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
-from postoffice.web import maildir, message
+from postoffice.web import authresults, maildir, message
+from postoffice.web.authresults import Authentication
 from postoffice.web.maildir import Entry
 from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_mailboxes
 
 log = logging.getLogger("postoffice.web.index")
 
 # Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
-# except that one of version 3 first gains the snippet column in place (_add_snippets), and
-# one of version 4 then the change journal (_add_journal): ids stay, links keep working.
-SCHEMA_VERSION = 5
+# except that one of version 3 first gains the snippet column in place (_add_snippets), one of
+# version 4 then the change journal, and one of version 5 then the authentication results
+# (_add_auth): ids stay, links keep working.
+SCHEMA_VERSION = 6
 # The version that added messages.snippet.
 SNIPPET_SCHEMA = 4
 # The version that added the changes table (the journal of changes followed from the disk).
 JOURNAL_SCHEMA = 5
+# The version that added the authentication results (messages.auth and the auth_* columns).
+AUTH_SCHEMA = 6
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 # enough that a delivery waiting for the lock never waits long.
 SYNC_BATCH = 200
@@ -59,7 +63,20 @@ JOURNAL_KEEP = 10_000
 # Keys named in one query (SQLite's limit on bound values was 999 before 3.32).
 KEYS_PER_QUERY = 500
 
-_SCHEMA = """
+# The statements a migration runs by themselves too (each IF NOT EXISTS).
+_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    mailbox TEXT NOT NULL,
+    seen INTEGER NOT NULL
+)"""
+_AUTH_INDEX = (
+    "CREATE INDEX IF NOT EXISTS messages_by_auth"
+    " ON messages (mailbox, auth_verdict, auth_dmarc, auth_spf, auth_dkim, auth_arc)"
+)
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS mailboxes (
     address TEXT PRIMARY KEY,
     total INTEGER NOT NULL DEFAULT 0,
@@ -80,6 +97,14 @@ CREATE TABLE IF NOT EXISTS messages (
     seen INTEGER NOT NULL,
     has_attachments INTEGER NOT NULL,
     snippet TEXT NOT NULL DEFAULT '',
+    -- The results of our Authentication-Results field as JSON (web/authresults.py), NULL for
+    -- none; the auth_* columns are what search compares (Authentication.columns).
+    auth TEXT,
+    auth_verdict TEXT NOT NULL DEFAULT 'none',
+    auth_spf TEXT NOT NULL DEFAULT '',
+    auth_dkim TEXT NOT NULL DEFAULT '',
+    auth_dmarc TEXT NOT NULL DEFAULT '',
+    auth_arc TEXT NOT NULL DEFAULT '',
     UNIQUE (mailbox, key)
 );
 -- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
@@ -87,6 +112,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox);
 -- Counting by flags, dates and sizes reads only this index, never the rows.
 CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_attachments, received, size);
+-- Counting by authentication results (auth:fail, dmarc:pass) reads only this index, too.
+{_AUTH_INDEX};
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
     sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
 );
@@ -105,19 +132,41 @@ END;
 -- Read-state changes and deletions followed from the disk, in order: the process serving HTTP
 -- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
 -- sequence number is never reused, so pruning old entries never hides a new one.
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    mailbox TEXT NOT NULL,
-    seen INTEGER NOT NULL
-);
+{_CHANGES_TABLE};
 """
+# The columns schema 6 added, as _SCHEMA defines them.
+_AUTH_COLUMNS = (
+    ("auth", "TEXT"),
+    ("auth_verdict", "TEXT NOT NULL DEFAULT 'none'"),
+    ("auth_spf", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dkim", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dmarc", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_arc", "TEXT NOT NULL DEFAULT ''"),
+)
 
 _COLUMNS = (
     "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments,"
-    " snippet"
+    " snippet, auth"
 )
+# The columns a message's file gives its row (all but id, mailbox and key), as _content orders them.
+_CONTENT_COLUMNS = (
+    "location",
+    "sender",
+    "recipients",
+    "subject",
+    "date",
+    "received",
+    "size",
+    "seen",
+    "has_attachments",
+    "snippet",
+    *(name for name, _ in _AUTH_COLUMNS),
+)
+_INSERT = (
+    f"INSERT INTO messages (mailbox, key, {', '.join(_CONTENT_COLUMNS)})"
+    f" VALUES (?, ?, {', '.join('?' * len(_CONTENT_COLUMNS))}) ON CONFLICT (mailbox, key) DO NOTHING"
+)
+_UPDATE = f"UPDATE messages SET {', '.join(f'{name} = ?' for name in _CONTENT_COLUMNS)} WHERE id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +188,8 @@ class Row:
     # The start of the body text, for the list (message.snippet); made from SearchText.body
     # when the row is written.
     snippet: str = ""
+    # The results of our Authentication-Results field; None when the message has none.
+    auth: Authentication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +252,7 @@ def _row(values: Sequence[object]) -> Row:
         seen,
         attached,
         snippet,
+        auth,
     ) = values
     return Row(
         id=int(id_),  # type: ignore[call-overload]
@@ -216,6 +268,26 @@ def _row(values: Sequence[object]) -> Row:
         seen=bool(seen),
         has_attachments=bool(attached),
         snippet=str(snippet),
+        auth=authresults.loads(auth),
+    )
+
+
+def _content(row: Row, snippet: str) -> tuple[object, ...]:
+    """The values of _CONTENT_COLUMNS for ``row``."""
+    columns = row.auth.columns() if row.auth is not None else authresults.NO_COLUMNS
+    return (
+        row.location,
+        row.sender,
+        row.recipients,
+        row.subject,
+        row.date,
+        row.received,
+        row.size,
+        int(row.seen),
+        int(row.has_attachments),
+        snippet,
+        authresults.dumps(row.auth),
+        *columns,
     )
 
 
@@ -262,9 +334,12 @@ def find_maildirs(mail_root: Path) -> Iterator[tuple[str, Path]]:
 class MailIndex:
     """The index of every Maildir under ``mail_root``, stored in ``path``."""
 
-    def __init__(self, path: Path, mail_root: Path) -> None:
+    def __init__(self, path: Path, mail_root: Path, *, authserv_id: str | None = None) -> None:
+        """``authserv_id``: the server's host name, whose Authentication-Results fields hold
+        the results to keep (web/authresults.py); None keeps none."""
         self.path = path
         self.mail_root = mail_root
+        self.authserv_id = authserv_id
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -341,10 +416,12 @@ class MailIndex:
                 self._add_snippets(db)
                 version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == JOURNAL_SCHEMA - 1:
-                # Every statement of the schema is IF NOT EXISTS: only the journal is new.
-                db.executescript(_SCHEMA)
+                db.execute(_CHANGES_TABLE)  # IF NOT EXISTS: whoever comes second finds it there
                 db.execute(f"PRAGMA user_version = {JOURNAL_SCHEMA:d}")
                 version = JOURNAL_SCHEMA
+            if version == AUTH_SCHEMA - 1:
+                self._add_auth(db)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == SCHEMA_VERSION:
                 return  # nothing to write: workers opening one index at once never wait here
             if version not in (0, SCHEMA_VERSION):
@@ -373,6 +450,29 @@ class MailIndex:
                     f"(SELECT body FROM {TEXT_TABLE} WHERE {TEXT_TABLE}.rowid = messages.id))"
                 )
                 db.execute(f"PRAGMA user_version = {SNIPPET_SCHEMA:d}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _add_auth(db: sqlite3.Connection) -> None:
+        """Schema 5 to 6: add the authentication result columns, empty for every message.
+
+        No message is read again: the server wrote no Authentication-Results field of its own
+        before this version, so mail indexed then has no results to find (and a field naming
+        our host name in it is a forgery). ``postoffice reindex --full`` reads them all anyway.
+        As in _add_snippets, a second process finds the work done.
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == AUTH_SCHEMA - 1:
+                present = {str(column[1]) for column in db.execute("PRAGMA table_info(messages)")}
+                for name, definition in _AUTH_COLUMNS:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE messages ADD COLUMN {name} {definition}")
+                db.execute(_AUTH_INDEX)
+                db.execute(f"PRAGMA user_version = {AUTH_SCHEMA:d}")
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -467,30 +567,13 @@ class MailIndex:
             size=stat.st_size,
             seen=entry.seen,
             has_attachments=summary.has_attachments,
+            auth=authresults.ours(summary.auth_results, self.authserv_id) if self.authserv_id else None,
         )
         return row, SearchText(f"{summary.recipients} {summary.delivered_to}".strip(), summary.text)
 
     def _insert(self, db: sqlite3.Connection, row: Row, text: SearchText) -> Row | None:
         snippet = message.snippet(text.body)
-        cursor = db.execute(
-            "INSERT INTO messages (mailbox, key, location, sender, recipients, subject, date, received,"
-            " size, seen, has_attachments, snippet) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (mailbox, key) DO NOTHING",
-            (
-                row.mailbox,
-                row.key,
-                row.location,
-                row.sender,
-                row.recipients,
-                row.subject,
-                row.date,
-                row.received,
-                row.size,
-                int(row.seen),
-                int(row.has_attachments),
-                snippet,
-            ),
-        )
+        cursor = db.execute(_INSERT, (row.mailbox, row.key, *_content(row, snippet)))
         if cursor.rowcount == 0:
             return None
         new_id = cursor.lastrowid
@@ -812,23 +895,7 @@ class MailIndex:
                 if result is None:
                     continue
                 row, text = result
-                db.execute(
-                    "UPDATE messages SET location = ?, sender = ?, recipients = ?, subject = ?, date = ?,"
-                    " received = ?, size = ?, seen = ?, has_attachments = ?, snippet = ? WHERE id = ?",
-                    (
-                        row.location,
-                        row.sender,
-                        row.recipients,
-                        row.subject,
-                        row.date,
-                        row.received,
-                        row.size,
-                        int(row.seen),
-                        int(row.has_attachments),
-                        message.snippet(text.body),
-                        message_id,
-                    ),
-                )
+                db.execute(_UPDATE, (*_content(row, message.snippet(text.body)), message_id))
                 db.execute("DELETE FROM messages_text WHERE rowid = ?", (message_id,))
                 db.execute(
                     "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox)"

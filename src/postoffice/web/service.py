@@ -119,7 +119,7 @@ class WebService:
         listeners, bound already (before root was given up); None: it binds its own."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
-        self.index = MailIndex(config.index_file, config.mail_dir)
+        self.index = MailIndex(config.index_file, config.mail_dir, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, config.mail_dir, open_access=open_access(config))
         self.context = WebContext(self.index, self.hub, self.auth, self.executor)

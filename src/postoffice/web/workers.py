@@ -76,7 +76,7 @@ class WorkersWeb:
         close_all(end for _, end in self._streams)  # so that a worker's exit ends its stream
         if self._streams:
             self._feed = IndexFeed(
-                MailIndex(self._config.index_file, self._config.mail_dir),
+                MailIndex(self._config.index_file, self._config.mail_dir, authserv_id=self._config.hostname),
                 [own for own, _ in self._streams],
                 batch=INDEX_BATCH,
                 linger=INDEX_LINGER,
