@@ -128,8 +128,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("postoffice", "postoffice.smtp.replies", "postoffice.logs", "postoffice.metrics", "postoffice.defaults"),
     # The one exception tree; an error may carry a Reply.
     ("postoffice.errors",),
-    # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4).
-    ("postoffice.config", "postoffice.smtp", "postoffice.trace"),
+    # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4);
+    # the write-fsync-rename recipe every durable file is made with (its errors are the tree's).
+    ("postoffice.config", "postoffice.smtp", "postoffice.trace", "postoffice.durable"),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
     ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),

@@ -40,6 +40,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from postoffice.config import normalize_address, normalize_domain
+from postoffice.durable import replace_file
 from postoffice.errors import AccountError
 
 log = logging.getLogger(__name__)
@@ -341,37 +342,10 @@ class Accounts:
 
     def _write(self, data: _Data) -> None:
         text = json.dumps(_encode(data), indent=2, ensure_ascii=False) + "\n"
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        # We hold the lock, so a leftover temporary file is from a writer that crashed.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask: only the owner reads hashes
-                view = memoryview(text.encode("utf-8"))
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-                stamp = _stamp(os.fstat(fd))
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self._path.parent)
-        self._cache = (stamp, data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is (rename(2), fsync(2) notes).
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        # We hold the lock, so a leftover temporary file is from a writer that crashed. 0600
+        # whatever the umask: only the owner reads hashes.
+        status = replace_file(self._path, text.encode("utf-8"), mode=0o600)
+        self._cache = (_stamp(status), data)
 
 
 def _alias_targets(data: _Data, address: str) -> tuple[str, ...] | None:

@@ -43,9 +43,10 @@ from postoffice.delivery.maildir import (
     delivery_headers,
     maildir_name,
 )
+from postoffice.durable import is_storage_full
 from postoffice.spool.base import MessageWriter
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
-from postoffice.spool.files import STORAGE_FULL_ERRNOS, FileMessageWriter, FileSpool, spool_header
+from postoffice.spool.files import FileMessageWriter, FileSpool, spool_header
 from postoffice.spool.ids import new_queue_id
 
 log = logging.getLogger("postoffice.spool")
@@ -140,7 +141,7 @@ class DirectMessageWriter(FileMessageWriter):
         try:
             return self._create_in_mailbox()
         except OSError as exc:
-            if exc.errno in STORAGE_FULL_ERRNOS:
+            if is_storage_full(exc):
                 raise  # the spool shares the disk, as a rule: the client is told to retry later
             # A mailbox that cannot take the message now (a file in the way, permissions) is
             # the queue's to retry and, in the end, to bounce; the client need not care.

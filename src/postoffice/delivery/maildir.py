@@ -35,12 +35,12 @@ from postoffice.config import maildir_directory_mode
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.mailbox_names import mailbox_path
 from postoffice.delivery.store import MailboxStore
+from postoffice.durable import fsync_directory, is_storage_full, remove_quietly, write_all
 from postoffice.errors import DeliveryError, SpoolError
 from postoffice.smtp import replies
 from postoffice.spool.base import Spool
-from postoffice.spool.durability import IoPool, fsync_directory
+from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import QueuedMessage, Recipient
-from postoffice.spool.files import STORAGE_FULL_ERRNOS
 
 log = logging.getLogger("postoffice.delivery")
 
@@ -176,7 +176,7 @@ class MaildirStore:
         try:
             _publish(temporary, final)
         finally:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
         fsync_directory(final.parent)
         return final
 
@@ -232,20 +232,14 @@ def _write_synced(path: Path, headers: bytes, content: BinaryIO, size: int, mode
     flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = create_mail_file(path, flags, mode)
     try:
-        _write_all(fd, headers)
+        write_all(fd, headers)
         _copy(content, fd, size)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _remove_quietly(path)
+        remove_quietly(path)
         raise
     os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _copy(content: BinaryIO, fd: int, size: int) -> None:
@@ -274,7 +268,7 @@ def _copy(content: BinaryIO, fd: int, size: int) -> None:
         block = content.read(min(BLOCK_SIZE, remaining))
         if not block:
             raise DeliveryError(f"spool content ends {remaining} bytes early")
-        _write_all(fd, block)
+        write_all(fd, block)
         remaining -= len(block)
 
 
@@ -289,11 +283,6 @@ def _publish(temporary: Path, final: Path) -> None:
         if exc.errno not in _NO_LINK_ERRNOS:
             raise
         os.rename(temporary, final)
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def _header_text(value: str) -> str:
@@ -460,7 +449,7 @@ class MaildirAgent:
             return PermFail(recipient, replies.BAD_DESTINATION_MAILBOX)
         except OSError as exc:
             log.warning("queue_id=%s to=<%s> error=%r path=%s", queue_id, address, exc.strerror, exc.filename)
-            full = exc.errno in STORAGE_FULL_ERRNOS
+            full = is_storage_full(exc)
             return TempFail(recipient, replies.INSUFFICIENT_STORAGE if full else replies.LOCAL_ERROR)
         except Exception:
             # A bug or a damaged spool file: retrying later is the only safe answer.

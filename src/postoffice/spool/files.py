@@ -26,7 +26,8 @@ Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: th
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
 ``queue/`` directory is flushed after the rename, so the name itself survives a crash. Only
 then does :meth:`FileMessageWriter.commit` return and the server may answer 250. The flushes
-are shared by every message committed at the same time (:mod:`postoffice.spool.durability`).
+are shared by every message committed at the same time (:mod:`postoffice.spool.durability`);
+the recipe itself is :mod:`postoffice.durable`'s.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from postoffice.errors import SpoolError, StorageFullError
+from postoffice.durable import commit_file, fsync_directory, remove_quietly, storage_error, write_all
+from postoffice.errors import SpoolError
 from postoffice.spool import state as queue_state
-from postoffice.spool.durability import IoPool, commit_file, fsync_directory
+from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
 
@@ -70,30 +72,10 @@ ID_ATTEMPTS = 5
 FREE_FILES = 256
 FREE_FILE_SIZE = 16 * 1024
 
-# Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
-# to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
-STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-
-
-def spool_error(exc: OSError, action: str) -> SpoolError:
-    """The SpoolError for an OSError: StorageFullError when retrying later can succeed."""
-    kind = StorageFullError if exc.errno in STORAGE_FULL_ERRNOS else SpoolError
-    reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
-    return kind(f"{action}: {reason}")
-
 
 def spool_header(envelope: Envelope) -> bytes:
     """What a spool file holds before the message: the magic line and the envelope line."""
     return MAGIC + _envelope_line(envelope)
-
-
-def _remove_quietly(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("path=%s status=unremovable error=%s", path, exc.strerror)
 
 
 class _CorruptEntry(Exception):
@@ -149,21 +131,15 @@ class FileMessageWriter:
                 self._write_out()
             except OSError as exc:
                 self._abort()
-                raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+                raise storage_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
 
     def _write_out(self) -> int:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
         fd = self._fd
         if fd is None:
             fd = self._fd = self._create()
-        buffer = self._buffer
-        view = memoryview(buffer)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            view.release()
-        buffer.clear()
+        write_all(fd, self._buffer)
+        self._buffer.clear()
         return fd
 
     def _create(self) -> int:
@@ -218,7 +194,7 @@ class FileMessageWriter:
                 # The directory could not be synced: the rename may not survive a crash, and
                 # the client is about to get a temporary failure and send again, so take the
                 # file back lest a crash-free run deliver both copies.
-                undo=lambda: _remove_quietly(target),
+                undo=lambda: remove_quietly(target),
             )
             return target
 
@@ -226,7 +202,7 @@ class FileMessageWriter:
             target = await self._io.run(commit)
         except OSError as exc:
             self._abort()
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
+            raise storage_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
         self._state = _State.COMMITTED
         self._close()
         self._target = target
@@ -245,7 +221,7 @@ class FileMessageWriter:
         # Nobody was told "queued" and the scheduler never heard of it; if this unlink is lost
         # in a crash the message is delivered once, which RFC 5321 §6.1 prefers to losing it.
         if self._target is not None:
-            _remove_quietly(self._target)
+            remove_quietly(self._target)
         self._state = _State.DISCARDED
 
     def discard(self) -> None:
@@ -258,7 +234,7 @@ class FileMessageWriter:
         self._buffer = bytearray()
         if self._fd is not None:
             self._close()
-            _remove_quietly(self._path)
+            remove_quietly(self._path)
 
 
 class FileSpool:
@@ -292,7 +268,7 @@ class FileSpool:
                 self._clean_tmp()
                 self._clean_orphaned_states()
         except OSError as exc:
-            raise spool_error(exc, f"cannot prepare spool {root}") from exc
+            raise storage_error(exc, f"cannot prepare spool {root}") from exc
 
     def _make_directories(self) -> None:
         # 0700: queued mail is private to the server's user, as Postfix's queue directories.
@@ -311,16 +287,16 @@ class FileSpool:
             # After a crash between rename and the directory sync, the same file can have a
             # name in both tmp/ and queue/; removing the tmp/ name leaves the queued one.
             log.info("queue_id=%s status=removed reason=unfinished-at-start-up", entry.name)
-            _remove_quietly(Path(entry.path))
+            remove_quietly(Path(entry.path))
         for entry in os.scandir(self.free_dir):
-            _remove_quietly(Path(entry.path))
+            remove_quietly(Path(entry.path))
 
     def _clean_orphaned_states(self) -> None:
         # complete() removes the message first, then its state; a crash in between leaves a
         # state without a message, which nothing will ever read.
         for entry in os.scandir(self.state_dir):
             if is_queue_id(entry.name) and not (self.queue_dir / entry.name).exists():
-                _remove_quietly(Path(entry.path))
+                remove_quietly(Path(entry.path))
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -342,13 +318,13 @@ class FileSpool:
         try:
             status = os.statvfs(self.tmp_dir)
         except OSError as exc:
-            raise spool_error(exc, "cannot create spool file") from exc
+            raise storage_error(exc, "cannot create spool file") from exc
         if status.f_flag & os.ST_RDONLY:
-            raise spool_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot create spool file")
+            raise storage_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot create spool file")
         # Blocks reserved for root (ext4's reserved blocks) are usable when we run as root.
         free = status.f_bfree if os.geteuid() == 0 else status.f_bavail
         if free == 0:
-            raise spool_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot create spool file")
+            raise storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot create spool file")
 
     # --- reading back -------------------------------------------------------------------------
 
@@ -356,7 +332,7 @@ class FileSpool:
         try:
             names = os.listdir(self.queue_dir)
         except OSError as exc:
-            raise spool_error(exc, "cannot list the queue") from exc
+            raise storage_error(exc, "cannot list the queue") from exc
         # IDs sort by creation time (ids.py), so this is oldest first.
         return sorted(name for name in names if is_queue_id(name))
 
@@ -370,7 +346,7 @@ class FileSpool:
             try:
                 size = os.fstat(file.fileno()).st_size - file.tell()
             except OSError as exc:
-                raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+                raise storage_error(exc, f"queue_id={queue_id}: cannot read") from exc
         return QueuedMessage(queue_id, envelope, size)
 
     def open_content(self, queue_id: str) -> BinaryIO:
@@ -397,13 +373,13 @@ class FileSpool:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot remove") from exc
         try:
             (self.state_dir / queue_id).unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot remove its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot remove its state") from exc
 
     def exists(self, queue_id: str) -> bool:
         return self._queue_path(queue_id).exists()
@@ -418,7 +394,7 @@ class FileSpool:
         except FileNotFoundError:
             return queue_state.QueueState()
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot read its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot read its state") from exc
         if len(data) > MAX_STATE_SIZE:
             raise SpoolError(f"queue_id={queue_id}: state log larger than {MAX_STATE_SIZE} octets")
         return queue_state.fold(data, queue_id=queue_id)
@@ -447,7 +423,7 @@ class FileSpool:
             if created:
                 fsync_directory(self.state_dir)
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
 
     def _reuse_free_file(self, path: str) -> int | None:
         """Move a kept file to ``path`` and open it emptied; None when there is none.
@@ -466,7 +442,7 @@ class FileSpool:
                 os.link(kept, path)
             except FileNotFoundError:
                 continue  # removed by someone; try the next
-            _remove_quietly(kept)
+            remove_quietly(kept)
             # O_NOFOLLOW: what was kept is only ever a regular file of ours, never a link.
             return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
         return None
@@ -483,7 +459,7 @@ class FileSpool:
         except FileNotFoundError as exc:
             raise SpoolError(f"queue_id={queue_id}: not in the queue") from exc
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot open") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot open") from exc
 
     def _header_line(self, queue_id: str, file: BinaryIO) -> bytes:
         """Check the magic, return the envelope line and leave ``file`` at the message start."""
@@ -492,7 +468,7 @@ class FileSpool:
                 raise _CorruptEntry("bad magic line")
             line = file.readline(MAX_ENVELOPE_LINE + 1)
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot read") from exc
         except _CorruptEntry as exc:
             raise self._quarantine(queue_id, exc) from exc
         if not line.endswith(b"\n"):

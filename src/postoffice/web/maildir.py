@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from postoffice.durable import fsync_directory
+
 INFO_SEPARATOR = ":2,"
 SEEN = "S"
 
@@ -118,9 +120,5 @@ def delete(entry: Entry) -> bool:
     except FileNotFoundError:
         return False
     with contextlib.suppress(OSError):
-        fd = os.open(entry.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(entry.path.parent)
     return True
