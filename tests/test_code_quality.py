@@ -125,7 +125,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Our stdlib-only foundations: the package's version, the reply codes (every layer speaks
     # them), log output and the metrics registry.
     # Shared defaults: plain constants, imported by the sans-I/O core and by config alike.
-    ("postoffice", "postoffice.smtp.replies", "postoffice.logs", "postoffice.metrics", "postoffice.defaults"),
+    # The canonical form of a mail address and the checks a configured one passes.
+    (
+        "postoffice",
+        "postoffice.smtp.replies",
+        "postoffice.logs",
+        "postoffice.metrics",
+        "postoffice.defaults",
+        "postoffice.addresses",
+    ),
     # The one exception tree; an error may carry a Reply.
     ("postoffice.errors",),
     # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4);
@@ -134,6 +142,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
     ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
+    # Where an address goes (users and aliases from accounts, local domains from config): asked
+    # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
+    ("postoffice.recipients",),
     # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
     ("postoffice.policy", "postoffice.delivery.agent"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them

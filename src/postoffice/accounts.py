@@ -13,8 +13,9 @@ The file is JSON (``version`` 1)::
                  "@example.com": ["alice@example.com"]}}
 
 An alias key ``@domain`` is a catch-all for local parts of that domain that are neither a user
-nor an alias. Addresses are compared with both parts lower-cased: RFC 5321 §2.4 lets a server
-treat its own local parts case-insensitively, and every mail provider does.
+nor an alias. Addresses are compared in their canonical form (:mod:`postoffice.addresses`: both
+parts lower-cased and NFC): RFC 5321 §2.4 lets a server treat its own local parts
+case-insensitively, and every mail provider does.
 
 Writers take an exclusive ``flock`` on ``accounts.json.lock``, re-read, change, and replace the
 file atomically (write a temporary file, fsync it, rename it over the old one, fsync the
@@ -30,7 +31,6 @@ import json
 import logging
 import os
 import secrets
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from postoffice.config import normalize_address, normalize_domain
+from postoffice.addresses import canonical_or_none, fold, normalize_address, normalize_domain
 from postoffice.durable import replace_file
 from postoffice.errors import AccountError
 
@@ -80,23 +80,12 @@ def _stamp(st: os.stat_result) -> _Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _fold(address: str) -> str | None:
-    """The lookup form of ``address``, or None if it has no local@domain shape.
-
-    Lower-cased, and NFC-normalised as RFC 6531 §3.3 (via RFC 5198) asks, so the two spellings
-    of "é" are one user, as they are one mailbox in ``delivery.mailbox_names``.
-    """
-    local, at, domain = unicodedata.normalize("NFC", address.lower()).rpartition("@")
-    return f"{local}@{domain}" if at and local and domain else None
-
-
 def _canonical(address: str) -> str:
-    """A valid address in lookup form; AccountError if it is not valid."""
+    """A valid address in its canonical (lookup) form; AccountError if it is not valid."""
     try:
-        valid = normalize_address(address, fold_local=True)
+        return normalize_address(address, fold_local=True)
     except ValueError as exc:
         raise AccountError(str(exc)) from None
-    return unicodedata.normalize("NFC", valid)
 
 
 def _user_address(address: str) -> str:
@@ -112,7 +101,7 @@ def _alias_key(alias: str) -> str:
     if not alias.startswith("@"):
         return _canonical(alias)
     try:
-        return "@" + unicodedata.normalize("NFC", normalize_domain(alias[1:]))
+        return "@" + fold(normalize_domain(alias[1:]))
     except ValueError as exc:
         raise AccountError(str(exc)) from None
 
@@ -162,7 +151,7 @@ class Accounts:
 
     def remove_user(self, address: str) -> str:
         """Remove a user; returns the address as stored. Their mail is left alone."""
-        normal = _fold(address) or address
+        normal = canonical_or_none(address) or address
 
         def change(data: _Data) -> _Data:
             if normal not in data.users:
@@ -178,12 +167,12 @@ class Accounts:
         return [UserInfo(name, data.users[name].admin) for name in sorted(data.users)]
 
     def has_user(self, address: str) -> bool:
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         return normal is not None and normal in self._load().users
 
     def verify(self, address: str, password: str) -> bool:
         """True if ``password`` is the user's; the same work is done for unknown users."""
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         user = self._load().users.get(normal) if normal else None
         if user is None:
             # Verify against a hash nobody knows the password of, so that the reply time does
@@ -258,9 +247,7 @@ class Accounts:
         return key
 
     def remove_alias(self, alias: str) -> str:
-        key = (
-            unicodedata.normalize("NFC", alias.lower()) if alias.startswith("@") else (_fold(alias) or alias)
-        )
+        key = fold(alias) if alias.startswith("@") else (canonical_or_none(alias) or alias)
 
         def change(data: _Data) -> _Data:
             if key not in data.aliases:
@@ -282,7 +269,7 @@ class Accounts:
         Expansion is depth-first, keeps the first occurrence of each target, skips loops and
         stops at :data:`MAX_ALIAS_DEPTH`; an alias that expands to nothing resolves to None.
         """
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         if normal is None:
             return None
         data = self._load()
@@ -386,13 +373,13 @@ def _decode(raw: bytes, path: Path) -> _Data:
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise AccountError(f"{path}: user {name!r}: admin must be true or false")
-        users[_fold(name) or name] = _User(entry["password"], admin)
+        users[canonical_or_none(name) or name] = _User(entry["password"], admin)
     aliases: dict[str, tuple[str, ...]] = {}
     for name, targets in _mapping(doc, "aliases", path).items():
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
             raise AccountError(f"{path}: alias {name!r} must be a list of addresses")
-        key = name.lower() if name.startswith("@") else (_fold(name) or name)
-        aliases[key] = tuple(dict.fromkeys(_fold(t) or t for t in targets))
+        key = fold(name) if name.startswith("@") else (canonical_or_none(name) or name)
+        aliases[key] = tuple(dict.fromkeys(canonical_or_none(t) or t for t in targets))
     return _Data(users, aliases)
 
 

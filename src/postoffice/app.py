@@ -40,10 +40,11 @@ from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
 from postoffice.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
-from postoffice.policy import Policy, mailbox_address
+from postoffice.policy import Policy
 from postoffice.prebound import Prebound, bind_then_drop
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
+from postoffice.recipients import Kind, Recipients
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
 from postoffice.spool.base import Receiver
@@ -288,28 +289,19 @@ class Application:
         return "remote:" + self.remote.destination(recipient)
 
     def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
-        """Where a report (DSN) to ``sender`` goes, routed like a RCPT to that address."""
-        config = self.config
+        """Where a report (DSN) to ``sender`` goes: where a message to that address would."""
         try:
             path, rest = parse_path(f"<{sender}>", utf8=True, allow_null=False, allow_postmaster=False)
         except GrammarError:
             return ()
-        mailbox = path.mailbox
-        if mailbox is None or rest:
+        if path.mailbox is None or rest:
             return ()
-        if config.capture_mode:
-            address = mailbox_address(mailbox)
-            return (Recipient(address, sender, Route.LOCAL),) if self._mailbox_ok(address) else ()
-        if not config.is_local_domain(mailbox.domain):
+        found = Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok).resolve(path.mailbox)
+        if found.kind is Kind.RELAY:
             return (Recipient(sender, sender, Route.REMOTE),)
-        targets = self.accounts.resolve(mailbox_address(mailbox)) or []
-        return tuple(
-            Recipient(
-                target,
-                sender,
-                Route.LOCAL if config.is_local_domain(target.rpartition("@")[2]) else Route.REMOTE,
-            )
-            for target in targets
+        return (
+            *(Recipient(address, sender, Route.LOCAL) for address in found.local),
+            *(Recipient(address, sender, Route.REMOTE) for address in found.remote),
         )
 
     async def start(
