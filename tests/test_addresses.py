@@ -29,7 +29,7 @@ from postoffice.addresses import (
     split,
 )
 from postoffice.config import Config
-from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
+from postoffice.maildir.names import mailbox_address, mailbox_path
 from postoffice.recipients import Destinations, Kind, Recipients
 from postoffice.smtp.grammar import Mailbox, parse_path
 

@@ -145,8 +145,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Where an address goes (users and aliases from accounts, local domains from config): asked
     # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
     ("postoffice.recipients",),
-    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
-    ("postoffice.policy", "postoffice.delivery.agent"),
+    # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types);
+    # the storage seam: the MessageStore and MailboxStore protocols (spool's types) through
+    # which the session, the queue manager, delivery and the web side reach stored mail.
+    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.storage"),
+    # The embedded MailboxStore: Maildirs under the mail root (below delivery and web, which
+    # use it, and written against the seam above it).
+    ("postoffice.maildir",),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and the process machinery (workers, the pid file, becoming
     # the configured user).

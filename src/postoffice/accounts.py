@@ -91,7 +91,7 @@ def _canonical(address: str) -> str:
 def _user_address(address: str) -> str:
     normal = _canonical(address)
     # The local part names the user's mailbox directory under the mail root: keep path
-    # separators out here too, not only in delivery.mailbox_names (defence in depth).
+    # separators out here too, not only in maildir.names (defence in depth).
     if "/" in normal.rpartition("@")[0]:
         raise AccountError(f"{address!r}: a user's local part cannot contain '/'")
     return normal

@@ -27,10 +27,12 @@ from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
-from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import MaildirAgent, MaildirStore, make_mail_root
+from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, ListenError, PostofficeError
+from postoffice.maildir.layout import make_mail_root
+from postoffice.maildir.names import mailbox_path
+from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -47,10 +49,10 @@ from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Kind, Recipients
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
-from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids, owner_of
+from postoffice.storage import Receiver, StoredMessage
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService, WebShare
@@ -162,19 +164,10 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = MaildirStore(
-            config.mail_dir, config.hostname, file_mode=config.mail_file_mode
-        )
+        self.mailboxes = mailboxes = MaildirStore.from_config(config)
         agents: dict[Route, DeliveryAgent] = {
             # The spool's worker threads: its commits and the deliveries flush side by side.
-            Route.LOCAL: MaildirAgent(
-                config.mail_dir,
-                self.spool,
-                config.hostname,
-                store=mailboxes,
-                io=self.spool.io,
-                on_delivered=self._delivered,
-            ),
+            Route.LOCAL: LocalAgent(mailboxes, self.spool, io=self.spool.io, on_delivered=self._delivered),
             Route.REMOTE: self.remote,
         }
         # Where sessions store what they receive: one local mailbox at once, the rest queued.
@@ -240,14 +233,15 @@ class Application:
             self.web = WebService(
                 config,
                 self.accounts,
+                mailboxes,
                 extra_routes=ops_routes(self.operations),
                 share=web_share,
                 sockets=http_sockets,
             )
 
-    def _delivered(self, address: str, path: Path) -> None:
+    def _delivered(self, stored: StoredMessage) -> None:
         if self.web is not None:
-            self.web.delivered(address, path)
+            self.web.delivered(stored)
 
     def _on_delivery_result(
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
@@ -573,7 +567,9 @@ def _serve_workers(
     try:
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
-        web = WorkersWeb(config, sockets=prebound.http if prebound is not None else None)
+        web = WorkersWeb(
+            config, MaildirStore.from_config(config), sockets=prebound.http if prebound is not None else None
+        )
     except ListenError as exc:
         print(_listen_failure(exc, config), file=sys.stderr)
         return 1

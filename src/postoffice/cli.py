@@ -424,7 +424,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
     password = _read_password(args)
     accounts = Accounts(config.accounts_file)
     address = accounts.add_user(args.address, password, admin=args.admin)
-    from postoffice.delivery.maildir import ensure_maildir
+    from postoffice.maildir.layout import ensure_maildir
 
     try:
         maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))
@@ -519,9 +519,10 @@ def _run_reindex(args: argparse.Namespace) -> int:
     if not config.mail_dir.is_dir():
         # Most likely a mistyped --data-dir: say so rather than make an empty index there.
         raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
+    from postoffice.maildir.store import MaildirStore
     from postoffice.web.index import MailIndex
 
-    index = MailIndex(config.index_file, config.mail_dir)
+    index = MailIndex(config.index_file, MaildirStore.from_config(config))
     try:
         report = index.sync(reparse=args.full)
     finally:
