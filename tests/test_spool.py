@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from postoffice import durable
 from postoffice.errors import SpoolError, StorageFullError
-from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
+from postoffice.spool.writer import FileTarget
 
 
 def make_envelope(*addresses: str, mail_from: str = "sender@example.org") -> Envelope:
@@ -383,3 +385,77 @@ async def test_read_only_spool_is_storage_full(tmpfs: Path) -> None:
     with pytest.raises(StorageFullError):
         FileSpool(tmpfs / "other")
     assert spool.load(queue_id).size == len(b"before")  # reading still works
+
+
+# --- the writer's targets (spool/writer.py) --------------------------------------------------------
+
+
+class ElsewhereTarget:
+    """A FileTarget writing ``header`` + the message to ``directory/out`` (its own tmp name
+    first), handing over to ``fallback`` when its directory cannot take the file."""
+
+    delivered = True
+
+    def __init__(self, directory: Path, header: bytes, fallback: FileTarget | None) -> None:
+        self.header = header
+        self.path = str(directory / "tmp-out")
+        self._directory = directory
+        self._fallback = fallback
+        self.told: list[tuple[str, str]] = []
+
+    def create(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def destination(self, size: int) -> str:
+        return str(self._directory / f"out,S={size}")
+
+    def fallback(self, error: OSError) -> FileTarget | None:
+        return None if durable.is_storage_full(error) else self._fallback
+
+    def committed(self, message: QueuedMessage, destination: str) -> None:
+        self.told.append((message.queue_id, destination))
+
+
+async def test_a_writer_commits_into_its_target_and_tells_it(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    (tmp_path / "out").mkdir()
+    envelope = make_envelope()
+    target = ElsewhereTarget(tmp_path / "out", b"Header: 1\r\n", spool.queue_file("Q1", envelope))
+    writer = spool.writer("Q1", envelope, target)
+    writer.write(b"x" * 100_000)  # past the buffer: the file is made at once
+    message = await writer.commit()
+    assert message.delivered and message.size == 100_000
+    assert os.listdir(tmp_path / "out") == ["out,S=100011"]
+    assert (tmp_path / "out" / "out,S=100011").read_bytes() == b"Header: 1\r\n" + b"x" * 100_000
+    assert target.told == [("Q1", str(tmp_path / "out" / "out,S=100011"))]
+    assert spool.pending() == []
+
+
+async def test_a_target_that_cannot_make_its_file_hands_over_before_a_byte_is_written(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    envelope = make_envelope()
+    queue_id = new_queue_id()
+    gone = tmp_path / "no-such-directory"  # create() fails with ENOENT: not storage-full
+    writer = spool.writer(
+        queue_id, envelope, ElsewhereTarget(gone, b"Header: 1\r\n", spool.queue_file(queue_id, envelope))
+    )
+    writer.write(b"small")
+    message = await writer.commit()
+    assert not message.delivered and spool.pending() == [queue_id]
+    assert spool.load(queue_id).envelope == envelope  # the spool's header, not the target's
+    with spool.open(queue_id) as content:
+        assert content.read() == b"small"
+
+
+async def test_storage_full_is_never_handed_over(tmpfs: Path) -> None:
+    spool = FileSpool(tmpfs / "spool")
+    envelope = make_envelope()
+    (tmpfs / "out").mkdir()
+    writer = spool.writer(
+        "Q2", envelope, ElsewhereTarget(tmpfs / "out", b"", spool.queue_file("Q2", envelope))
+    )
+    remount_read_only(tmpfs)
+    writer.write(b"x")
+    with pytest.raises(StorageFullError):
+        await writer.commit()
+    assert os.listdir(tmpfs / "out") == [] and spool.pending() == []

@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from postoffice.addresses import canonical
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.durable import fsync_directory, remove_quietly
+from postoffice.durable import commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
 from postoffice.maildir import write
 from postoffice.maildir.layout import (
@@ -112,16 +112,16 @@ class MaildirStore:
         temporary = maildir / "tmp" / name
         final = maildir / "new" / name
         try:
-            write.write_synced(temporary, headers, content, size, self.file_mode)
+            fd = write.write_unsynced(temporary, headers, content, size, self.file_mode)
         except FileNotFoundError:
             # The Maildir went away since it was made (a person removed it): make it again.
             self.prepare(maildir, again=True)
-            write.write_synced(temporary, headers, content, size, self.file_mode)
+            fd = write.write_unsynced(temporary, headers, content, size, self.file_mode)
         try:
-            write.publish(temporary, final)
+            commit_file(fd, final.parent, publish=lambda: write.publish(temporary, final))
         finally:
+            os.close(fd)
             remove_quietly(temporary)
-        fsync_directory(final.parent)
         return StoredMessage(canonical(address), key_of(name), f"new/{name}", "", float(int(received_at)))
 
     def new_file(self, address: str, key: str, received_at: float, header: bytes) -> MaildirFile:

@@ -45,20 +45,21 @@ def create_mail_file(path: Path | str, flags: int, mode: int) -> int:
     return fd
 
 
-def write_synced(path: Path, headers: bytes, content: BinaryIO, size: int, mode: int) -> None:
-    """``headers`` then ``size`` bytes of ``content`` into a new file ``path``, fsync'd."""
+def write_unsynced(path: Path, headers: bytes, content: BinaryIO, size: int, mode: int) -> int:
+    """``headers`` then ``size`` bytes of ``content`` into a new file ``path``; its descriptor,
+    for :func:`~postoffice.durable.commit_file` to sync and publish (the file is removed again
+    if writing fails)."""
     # O_TRUNC: a file left in tmp/ by a crashed attempt of this same delivery is rewritten.
     flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = create_mail_file(path, flags, mode)
     try:
         write_all(fd, headers)
         _copy(content, fd, size)
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         remove_quietly(path)
         raise
-    os.close(fd)
+    return fd
 
 
 def _copy(content: BinaryIO, fd: int, size: int) -> None:
@@ -97,7 +98,7 @@ def _copy(content: BinaryIO, fd: int, size: int) -> None:
 
 def publish(temporary: Path, final: Path) -> None:
     """Give the synced file ``temporary`` its name ``final`` in ``new/`` (the caller removes
-    ``temporary`` after, and syncs ``new/``)."""
+    ``temporary`` after)."""
     try:
         os.link(temporary, final)
     except FileExistsError:
