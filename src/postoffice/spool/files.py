@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -87,9 +88,15 @@ class _QueueFile:
     def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope) -> None:
         self._spool = spool
         self._queue_id = queue_id
-        self.header = spool_header(envelope)
+        self._envelope = envelope
         # Paths as strings: pathlib's joins cost more than the rest of naming a file, per message.
         self.path = spool.tmp_prefix + queue_id
+
+    @functools.cached_property
+    def header(self) -> bytes:
+        # When asked: a direct delivery's fallback is rarely needed, and the envelope's JSON
+        # costs more than the rest of starting a message.
+        return spool_header(self._envelope)
 
     def create(self) -> int:
         return self._spool.create_file(self.path)
