@@ -31,7 +31,6 @@ from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError, ListenError, PostofficeError
 from postoffice.maildir.layout import make_mail_root
-from postoffice.maildir.names import mailbox_path
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
@@ -270,11 +269,7 @@ class Application:
         log.info("event=reloaded domains=%s", ",".join(config.domains) or "(capture mode)")
 
     def _mailbox_ok(self, address: str) -> bool:
-        try:
-            mailbox_path(self.mailboxes.mail_root, address)  # the data directory never changes
-        except ValueError:
-            return False
-        return True
+        return self.mailboxes.mailbox_name(address) is not None  # the store never changes
 
     def _destination(self, recipient: Recipient) -> str:
         """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""

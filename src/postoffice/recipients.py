@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from postoffice.accounts import Accounts
-from postoffice.addresses import join, local_part
+from postoffice.addresses import domain_of, join, local_part
 from postoffice.config import Config
 from postoffice.smtp.grammar import Mailbox
 
@@ -89,6 +89,6 @@ class Recipients:
         return self._split(self._accounts.resolve(configured) or [configured])
 
     def _split(self, targets: Sequence[str]) -> Destinations:
-        local = tuple(t for t in targets if self._config.is_local_domain(t.rpartition("@")[2]))
+        local = tuple(t for t in targets if self._config.is_local_domain(domain_of(t)))
         remote = tuple(t for t in targets if t not in local)
         return Destinations(Kind.DELIVER, local=local, remote=remote)

@@ -1,16 +1,17 @@
-"""The mailbox index: an SQLite database (WAL, FTS5) of what the Maildirs hold.
+"""The mailbox index: an SQLite database (WAL, FTS5) of what a mailbox store holds.
 
-Untrusted input seen here: message contents (through :mod:`postoffice.web.message`), Maildir
-file names that other programs create and rename, and search queries (through
-:mod:`postoffice.web.search`, which binds every value). No SQL text here is ever built from
-anything but constants.
+Untrusted input seen here: message contents (through :mod:`postoffice.web.message`), the
+locations (Maildir file names) that other programs create and rename, and search queries
+(through :mod:`postoffice.web.search`, which binds every value). No SQL text here is ever built
+from anything but constants.
 
-The Maildirs are the truth and this is a cache of them: :meth:`MailIndex.add` records a
-message at delivery, :meth:`MailIndex.sync` reconciles the index with the disk (messages
-added, moved or removed by mutt, Dovecot or a person), the Maildir watcher applies such
+The mailboxes are the truth and this is a cache of them, reached only through the
+:class:`~postoffice.storage.MailboxStore` protocol (Maildirs by default): :meth:`MailIndex.add`
+records a message at delivery, :meth:`MailIndex.sync` reconciles the index with the store
+(messages added, moved or removed by mutt, Dovecot or a person), the watcher applies such
 changes as they happen (:mod:`postoffice.web.watch`, through :meth:`MailIndex.apply_followed`),
-and a message whose file moved behind the index's back is found again by its Maildir key the
-moment someone asks for it.
+and a message that moved behind the index's back is found again by its key the moment someone
+asks for it.
 
 One database file, ``<data_dir>/index.sqlite3``. WAL lets the HTTP handlers read while a
 delivery writes (SQLite "Write-Ahead Logging" §2.2). Each thread gets its own connection;
