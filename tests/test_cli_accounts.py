@@ -18,12 +18,12 @@ from postoffice.config import Config, Listener
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "postoffice.toml"
 
 try:
-    import postoffice.delivery.maildir  # noqa: F401  (only: is it there yet?)
+    import postoffice.delivery.local  # noqa: F401  (only: is it there yet?)
 
     HAVE_MAILDIR = True
 except ImportError:
     HAVE_MAILDIR = False
-needs_maildir = pytest.mark.skipif(not HAVE_MAILDIR, reason="postoffice.delivery.maildir is not there yet")
+needs_maildir = pytest.mark.skipif(not HAVE_MAILDIR, reason="postoffice.delivery.local is not there yet")
 
 
 def run(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

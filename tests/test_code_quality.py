@@ -102,6 +102,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # Mail authentication checks: used by the SMTP session's stages, using only DNS themselves.
     "postoffice.mailauth": (
         "postoffice.net",
+        "postoffice.spool",
         "postoffice.delivery",
         "postoffice.policy",
         "postoffice.accounts",
@@ -134,18 +135,41 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Our stdlib-only foundations: the package's version, the reply codes (every layer speaks
     # them), log output and the metrics registry.
     # Shared defaults: plain constants, imported by the sans-I/O core and by config alike.
-    ("postoffice", "postoffice.smtp.replies", "postoffice.logs", "postoffice.metrics", "postoffice.defaults"),
+    # The canonical form of a mail address and the checks a configured one passes.
+    (
+        "postoffice",
+        "postoffice.smtp.replies",
+        "postoffice.logs",
+        "postoffice.metrics",
+        "postoffice.defaults",
+        "postoffice.addresses",
+    ),
     # The one exception tree; an error may carry a Reply.
     ("postoffice.errors",),
-    # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4).
-    # The one DNS resolver construction (MX routing and mail authentication share it).
-    ("postoffice.config", "postoffice.smtp", "postoffice.trace", "postoffice.dns_resolver"),
+    # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4);
+    # the write-fsync-rename recipe every durable file is made with (its errors are the tree's);
+    # the one DNS resolver construction (MX routing and mail authentication share it).
+    (
+        "postoffice.config",
+        "postoffice.smtp",
+        "postoffice.trace",
+        "postoffice.durable",
+        "postoffice.dns_resolver",
+    ),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API).
     ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
+    # Where an address goes (users and aliases from accounts, local domains from config): asked
+    # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
+    ("postoffice.recipients",),
     # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types);
+    # the storage seam: the MessageStore and MailboxStore protocols (spool's types) through
+    # which the session, the queue manager, delivery and the web side reach stored mail;
     # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
-    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.mailauth"),
+    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.storage", "postoffice.mailauth"),
+    # The embedded MailboxStore: Maildirs under the mail root (below delivery and web, which
+    # use it, and written against the seam above it).
+    ("postoffice.maildir",),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and what workers report to the one serving /metrics.
     ("postoffice.net", "postoffice.delivery", "postoffice.qmgr", "postoffice.worker_reports"),

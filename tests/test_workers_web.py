@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess, wait_until
+from postoffice.maildir.store import MaildirStore
 from postoffice.web.index import MailIndex
 from test_workers import workers_of
 
@@ -117,7 +118,7 @@ def test_mail_delivered_just_before_a_stop_is_in_the_index_after_it(
         with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
             client.sendmail("sender@example.org", [RECIPIENT], f"Subject: {subject}\r\n\r\nbody\r\n")
     assert running.terminate(signal.SIGTERM) == 0
-    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    index = MailIndex(data_dir / "index.sqlite3", MaildirStore(data_dir / "mail", "mx.test"))
     try:
         assert sorted(row.subject for row in index.rows_after(0, 100)) == sorted(sent)
     finally:
@@ -140,7 +141,7 @@ def test_the_indexing_parent_keeps_the_results_of_our_own_field(
                 f"Subject: {authserv_id} {number}\r\n\r\nbody\r\n",
             )
     assert running.terminate(signal.SIGTERM) == 0
-    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    index = MailIndex(data_dir / "index.sqlite3", MaildirStore(data_dir / "mail", "mx.test"))
     try:
         verdicts = {row.subject: row.auth.verdict if row.auth else None for row in index.rows_after(0, 100)}
     finally:

@@ -25,10 +25,11 @@ from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
-from postoffice.delivery.mailbox_names import mailbox_path
-from postoffice.delivery.maildir import MaildirAgent, MaildirStore, make_mail_root
+from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.errors import ConfigError
+from postoffice.maildir.layout import make_mail_root
+from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -37,15 +38,16 @@ from postoffice.net.session import SessionObserver
 from postoffice.net.tls import ServerTls
 from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
-from postoffice.policy import Policy, mailbox_address
+from postoffice.policy import Policy
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
+from postoffice.recipients import Kind, Recipients
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
-from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
+from postoffice.storage import Receiver, StoredMessage
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService, WebShare
@@ -155,9 +157,7 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = MaildirStore(
-            config.mail_dir, config.hostname, file_mode=config.mail_file_mode
-        )
+        self.mailboxes = mailboxes = MaildirStore.from_config(config)
         agents = self._agents()
         # Where sessions store what they receive: one local mailbox at once, the rest queued.
         receiver: Receiver = self.spool
@@ -184,16 +184,10 @@ class Application:
 
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
-        config = self.config
         return {
             # The spool's worker threads: its commits and the deliveries flush side by side.
-            Route.LOCAL: MaildirAgent(
-                config.mail_dir,
-                self.spool,
-                config.hostname,
-                store=self.mailboxes,
-                io=self.spool.io,
-                on_delivered=self._delivered,
+            Route.LOCAL: LocalAgent(
+                self.mailboxes, self.spool, io=self.spool.io, on_delivered=self._delivered
             ),
             Route.REMOTE: self.remote,
         }
@@ -251,14 +245,15 @@ class Application:
         return WebService(
             self.config,
             self.accounts,
+            self.mailboxes,
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
         )
 
-    def _delivered(self, address: str, path: Path) -> None:
+    def _delivered(self, stored: StoredMessage) -> None:
         if self.web is not None:
-            self.web.delivered(address, path)
+            self.web.delivered(stored)
 
     def _on_delivery_result(
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
@@ -287,11 +282,7 @@ class Application:
         log.info("event=reloaded domains=%s", ",".join(config.domains) or "(capture mode)")
 
     def _mailbox_ok(self, address: str) -> bool:
-        try:
-            mailbox_path(self.mailboxes.mail_root, address)  # the data directory never changes
-        except ValueError:
-            return False
-        return True
+        return self.mailboxes.mailbox_name(address) is not None  # the store never changes
 
     def _destination(self, recipient: Recipient) -> str:
         """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""
@@ -300,28 +291,19 @@ class Application:
         return "remote:" + self.remote.destination(recipient)
 
     def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
-        """Where a report (DSN) to ``sender`` goes, routed like a RCPT to that address."""
-        config = self.config
+        """Where a report (DSN) to ``sender`` goes: where a message to that address would."""
         try:
             path, rest = parse_path(f"<{sender}>", utf8=True, allow_null=False, allow_postmaster=False)
         except GrammarError:
             return ()
-        mailbox = path.mailbox
-        if mailbox is None or rest:
+        if path.mailbox is None or rest:
             return ()
-        if config.capture_mode:
-            address = mailbox_address(mailbox)
-            return (Recipient(address, sender, Route.LOCAL),) if self._mailbox_ok(address) else ()
-        if not config.is_local_domain(mailbox.domain):
+        found = Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok).resolve(path.mailbox)
+        if found.kind is Kind.RELAY:
             return (Recipient(sender, sender, Route.REMOTE),)
-        targets = self.accounts.resolve(mailbox_address(mailbox)) or []
-        return tuple(
-            Recipient(
-                target,
-                sender,
-                Route.LOCAL if config.is_local_domain(target.rpartition("@")[2]) else Route.REMOTE,
-            )
-            for target in targets
+        return (
+            *(Recipient(address, sender, Route.LOCAL) for address in found.local),
+            *(Recipient(address, sender, Route.REMOTE) for address in found.remote),
         )
 
     async def start(

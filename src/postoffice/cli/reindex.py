@@ -31,9 +31,10 @@ def _run_reindex(args: argparse.Namespace) -> int:
     if not config.mail_dir.is_dir():
         # Most likely a mistyped --data-dir: say so rather than make an empty index there.
         raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
+    from postoffice.maildir.store import MaildirStore
     from postoffice.web.index import MailIndex
 
-    index = MailIndex(config.index_file, config.mail_dir, authserv_id=config.hostname)
+    index = MailIndex(config.index_file, MaildirStore.from_config(config), authserv_id=config.hostname)
     try:
         report = index.sync(reparse=args.full)
     finally:

@@ -77,7 +77,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
     password = _read_password(args)
     accounts = Accounts(config.accounts_file)
     address = accounts.add_user(args.address, password, admin=args.admin)
-    from postoffice.delivery.maildir import ensure_maildir
+    from postoffice.maildir.layout import ensure_maildir
 
     try:
         maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))

@@ -30,8 +30,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from postoffice.durable import commit_file, fsync_directory
 from postoffice.errors import DkimError
-from postoffice.spool.durability import commit_file, fsync_directory
 
 KEY_DIRECTORY = "dkim"
 KEY_SUFFIX = ".key"

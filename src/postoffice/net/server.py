@@ -26,8 +26,8 @@ from postoffice.policy import Policy
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
-from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage
+from postoffice.storage import Receiver
 
 log = logging.getLogger("postoffice.net")
 

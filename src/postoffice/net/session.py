@@ -50,8 +50,8 @@ from postoffice.smtp import replies, sasl
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
-from postoffice.spool.base import MessageWriter, Receiver
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
+from postoffice.storage import MessageWriter, Receiver
 from postoffice.trace import received_header, with_protocol
 
 log = logging.getLogger("postoffice.smtp")
@@ -547,7 +547,7 @@ class SmtpSession(asyncio.Protocol):
             auth_user=self._user,
         )
         try:
-            writer = self.services.spool.new_message(envelope)
+            writer = self.services.spool.put(envelope)
             only = self._recipients[0].original if len(self._recipients) == 1 else None
             writer.write(
                 received_header(

@@ -91,7 +91,7 @@ def show(spool: FileSpool, queue_id: str) -> QueueEntry:
 
 def header_section(spool: FileSpool, queue_id: str) -> bytes:
     """The message's header section (bounded), as stored."""
-    with spool.open_content(queue_id) as content:
+    with spool.open(queue_id) as content:
         lines = []
         total = 0
         while total < SHOW_HEADERS_LIMIT:

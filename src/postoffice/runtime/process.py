@@ -22,6 +22,7 @@ from postoffice import logs
 from postoffice.app import Application, needs_tls, workers_directory
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
+from postoffice.maildir.store import MaildirStore
 from postoffice.net.server import BoundAddress
 from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
@@ -152,7 +153,9 @@ def _serve_workers(
     try:
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
-        web = WorkersWeb(config, sockets=prebound.http if prebound is not None else None)
+        web = WorkersWeb(
+            config, MaildirStore.from_config(config), sockets=prebound.http if prebound is not None else None
+        )
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
         return 1
