@@ -174,8 +174,16 @@ class DirectMessageWriter(FileMessageWriter):
     def _queue_instead(self) -> None:
         """Become the spool's writer: the spool's header in place of the delivery headers."""
         self._direct = False
-        self._buffer[: self._header_size] = spool_header(self._envelope)
+        header = spool_header(self._envelope)
+        self._buffer[: self._header_size] = header
+        self._top = len(header)
         self._path = self._receiver.spool.tmp_prefix + self.queue_id
+
+    def _make_room(self) -> None:
+        # A Maildir file has no envelope line to leave room in: fields added at the end of a
+        # message that outgrew the buffer cost a copy at the commit (spool/files.py).
+        if not self._direct:
+            super()._make_room()
 
     def _destination(self) -> str:
         if not self._direct:

@@ -20,7 +20,18 @@ Reusing files: creating one file and deleting one per message cost a loaded ext4
 eighth of the server's CPU time in its inode allocator (measured with ``perf``: it searches
 past recently freed inodes); truncating a file kept from an earlier message costs less.
 
-Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
+Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received,
+below the header fields the server added (``Received:`` first, then whatever the checks at the
+end of the message add, Authentication-Results say: :meth:`FileMessageWriter.prepend`).
+
+Fields added at the end of a message must go *above* content already written. A message that
+fits the buffer (nearly all mail) is still in memory then, and they are put in place there. A
+file that outgrew the buffer was written with ``ADDED_FIELDS_ROOM`` spaces of room at the end of
+its envelope line (JSON allows trailing whitespace); the commit writes the fields into that room
+with one ``pwrite`` (the envelope line ends earlier, the message starts with them), so the
+content is never copied, and readers need nothing new. Only fields that outgrow the room, or a
+file that has no envelope line (a Maildir file of :mod:`postoffice.delivery.direct`), cost a
+copy of the file in the commit's worker thread.
 
 Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
@@ -36,6 +47,7 @@ import collections
 import contextlib
 import enum
 import errno
+import io
 import itertools
 import json
 import logging
@@ -69,6 +81,11 @@ ID_ATTEMPTS = 5
 # files no larger than this, so free/ never holds more than a few megabytes.
 FREE_FILES = 256
 FREE_FILE_SIZE = 16 * 1024
+
+# Room left after the envelope line of a file that outgrew the buffer, for header fields added
+# at the end of its message (see the module docstring): an Authentication-Results field with
+# SPF, DKIM and DMARC results and a spam verdict take about a kilobyte.
+ADDED_FIELDS_ROOM = 4096
 
 # Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
 # to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
@@ -127,6 +144,10 @@ class FileMessageWriter:
         self._buffer = bytearray(header)
         self._fd: int | None = None
         self._size = 0
+        # Where the message starts (after the file's header): prepend() puts fields here.
+        self._top = len(header)
+        self._room = 0  # spaces left for added fields at the end of the envelope line on disk
+        self._late = b""  # fields prepended once the message's start was on disk
         self._state = _State.OPEN
         self._target: str | None = None  # where the committed file is
 
@@ -146,10 +167,48 @@ class FileMessageWriter:
         self._size += len(data)
         if len(self._buffer) >= BUFFER_SIZE:
             try:
+                if self._fd is None:
+                    self._fd = self._create()
+                    self._make_room()
                 self._write_out()
             except OSError as exc:
                 self._abort()
                 raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+
+    def prepend(self, data: bytes) -> None:
+        """Put header field lines above the message (see the module docstring for how)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        self._size += len(data)
+        if self._fd is None:
+            top = self._top
+            self._buffer[top:top] = data
+        else:
+            self._late = data + self._late
+
+    def read_content(self) -> BinaryIO:
+        """The message as stored so far. From the buffer while it holds the whole message;
+        else the buffer is written out and the file read (on the caller's thread: it was just
+        written, and is in the page cache)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        if self._fd is None:
+            return io.BytesIO(self._buffer[self._top :])
+        try:
+            self._write_out()
+            file = open(self._path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise spool_error(exc, f"queue_id={self._queue_id}: cannot read back") from exc
+        file.seek(self._top)
+        return file
+
+    def _make_room(self) -> None:
+        """Leave ADDED_FIELDS_ROOM spaces at the end of the envelope line, before its newline."""
+        room = ADDED_FIELDS_ROOM
+        newline = self._top - 1
+        self._buffer[newline:newline] = b" " * room
+        self._room = room
+        self._top += room
 
     def _write_out(self) -> int:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
@@ -205,6 +264,8 @@ class FileMessageWriter:
             # The file is made first, then the destination asked for: making it may change
             # where it goes (DirectMessageWriter).
             fd = self._write_out()
+            if self._late:
+                fd = self._place_late(fd)
             source, target = self._path, self._destination()
 
             def publish() -> None:
@@ -231,6 +292,39 @@ class FileMessageWriter:
         self._close()
         self._target = target
         return self._committed()
+
+    def _place_late(self, fd: int) -> int:
+        """In the commit's worker thread: write the fields prepended after the message's start
+        reached the disk above it; the file's descriptor (a new one if it had to be copied)."""
+        late, room = self._late, self._room
+        if len(late) <= room:
+            # The room is the padding before the envelope line's newline: the line now ends
+            # earlier and the message starts with the fields. Same size, nothing moves.
+            _write_at(fd, b" " * (room - len(late)) + b"\n" + late, self._top - room - 1)
+            return fd
+        return self._copy_with_late(fd, late)
+
+    def _copy_with_late(self, fd: int, late: bytes) -> int:
+        """Write the file afresh with ``late`` in place (the one case that copies the content)."""
+        fresh_path = self._path + ".new"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        fresh = os.open(fresh_path, flags, os.fstat(fd).st_mode & 0o7777)
+        try:
+            source = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                head = os.pread(source, self._top, 0)
+                _write_at(fresh, head + late, 0)
+                _copy_range(source, fresh, self._top, len(head) + len(late))
+            finally:
+                os.close(source)
+            os.rename(fresh_path, self._path)
+        except BaseException:
+            os.close(fresh)
+            _remove_quietly(fresh_path)
+            raise
+        self._close()
+        self._fd = fresh
+        return fresh
 
     def _close(self) -> None:
         fd, self._fd = self._fd, None
@@ -510,6 +604,29 @@ class FileSpool:
         else:
             log.warning("queue_id=%s status=corrupt reason=%r moved_to=%s", queue_id, str(problem), target)
         return SpoolError(f"queue_id={queue_id}: corrupt spool file ({problem})")
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _copy_range(source: int, target: int, start: int, at: int) -> None:
+    """Copy ``source`` from ``start`` to its end into ``target`` at ``at``, in the kernel where
+    it can (copy_file_range; a reflink on file systems that share blocks)."""
+    remaining = os.fstat(source).st_size - start
+    while remaining > 0:
+        try:
+            copied = os.copy_file_range(source, target, remaining, start, at)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copied = os.pwrite(target, os.pread(source, min(remaining, BUFFER_SIZE), start), at)
+        if copied == 0:
+            raise OSError(errno.EIO, "file shrank while being copied")
+        start, at, remaining = start + copied, at + copied, remaining - copied
 
 
 def _envelope_line(envelope: Envelope) -> bytes:
