@@ -91,6 +91,22 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "postoffice.accounts",
     ),
     "postoffice.delivery": ("postoffice.net", "postoffice.web", "postoffice.policy", "postoffice.qmgr"),
+    # The transaction layer: sans-I/O like the core it drives (no sockets, TLS, or event loop:
+    # the transport hands it bytes and awaits what it returns); storage only through the
+    # spool's writer protocol.
+    "postoffice.smtpd": (
+        "asyncio",
+        "socket",
+        "ssl",
+        "selectors",
+        "postoffice.net",
+        "postoffice.spool.files",
+        "postoffice.delivery",
+        "postoffice.qmgr",
+        "postoffice.web",
+        "postoffice.app",
+        "postoffice.cli",
+    ),
     "postoffice.net": (
         "postoffice.delivery",
         "postoffice.qmgr",
@@ -153,6 +169,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     # Accept/reject decisions (they ask accounts); the delivery agent protocol (spool's types).
     ("postoffice.policy", "postoffice.delivery.agent"),
+    # The transaction layer: the SMTP core's events through stages of checks (policy, limits,
+    # trace fields, mail authentication), into the spool's writer; below the transport that
+    # drives it.
+    ("postoffice.smtpd",),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and the process machinery (workers, the pid file, becoming
     # the configured user).
@@ -186,7 +206,6 @@ KNOWN_LONG = {
     "postoffice/cli.py",
     "postoffice/cli.py::_add_serve_parser",
     "postoffice/client/connection.py",
-    "postoffice/net/session.py",
     "postoffice/web/index.py",
     "postoffice/web/index.py::MailIndex.page",
     "postoffice/workers.py::supervise",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.errors import SpoolError, StorageFullError
-from postoffice.spool import files
+from postoffice.spool import headroom
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
@@ -160,7 +160,7 @@ async def test_late_fields_larger_than_the_room_are_placed_by_a_copy(tmp_path: P
     spool = FileSpool(tmp_path)
     writer = spool.new_message(make_envelope())
     writer.write(LARGE)
-    big = b"X-Big: " + b"b" * (files.ADDED_FIELDS_ROOM + 100) + b"\r\n"
+    big = b"X-Big: " + b"b" * (headroom.ADDED_FIELDS_ROOM + 100) + b"\r\n"
     writer.prepend(big)
     queued = await writer.commit()
 

@@ -22,16 +22,8 @@ past recently freed inodes); truncating a file kept from an earlier message cost
 
 Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received,
 below the header fields the server added (``Received:`` first, then whatever the checks at the
-end of the message add, Authentication-Results say: :meth:`FileMessageWriter.prepend`).
-
-Fields added at the end of a message must go *above* content already written. A message that
-fits the buffer (nearly all mail) is still in memory then, and they are put in place there. A
-file that outgrew the buffer was written with ``ADDED_FIELDS_ROOM`` spaces of room at the end of
-its envelope line (JSON allows trailing whitespace); the commit writes the fields into that room
-with one ``pwrite`` (the envelope line ends earlier, the message starts with them), so the
-content is never copied, and readers need nothing new. Only fields that outgrow the room, or a
-file that has no envelope line (a Maildir file of :mod:`postoffice.delivery.direct`), cost a
-copy of the file in the commit's worker thread.
+end of the message add): :meth:`FileMessageWriter.prepend`, and :mod:`postoffice.spool.headroom`
+for how fields added at the end of a long message find room above it without a copy.
 
 Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
@@ -57,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool import headroom
 from postoffice.spool import state as queue_state
 from postoffice.spool.durability import IoPool, commit_file, fsync_directory
 from postoffice.spool.envelope import Envelope, QueuedMessage
@@ -81,11 +74,6 @@ ID_ATTEMPTS = 5
 # files no larger than this, so free/ never holds more than a few megabytes.
 FREE_FILES = 256
 FREE_FILE_SIZE = 16 * 1024
-
-# Room left after the envelope line of a file that outgrew the buffer, for header fields added
-# at the end of its message (see the module docstring): an Authentication-Results field with
-# SPF, DKIM and DMARC results and a spam verdict take about a kilobyte.
-ADDED_FIELDS_ROOM = 4096
 
 # Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
 # to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
@@ -203,12 +191,9 @@ class FileMessageWriter:
         return file
 
     def _make_room(self) -> None:
-        """Leave ADDED_FIELDS_ROOM spaces at the end of the envelope line, before its newline."""
-        room = ADDED_FIELDS_ROOM
-        newline = self._top - 1
-        self._buffer[newline:newline] = b" " * room
-        self._room = room
-        self._top += room
+        """The file is about to be written for the first time: leave room for late fields."""
+        self._room = headroom.make_room(self._buffer, self._top)
+        self._top += self._room
 
     def _write_out(self) -> int:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
@@ -265,7 +250,7 @@ class FileMessageWriter:
             # where it goes (DirectMessageWriter).
             fd = self._write_out()
             if self._late:
-                fd = self._place_late(fd)
+                fd = self._fd = headroom.place(fd, self._path, self._top, self._room, self._late)
             source, target = self._path, self._destination()
 
             def publish() -> None:
@@ -292,39 +277,6 @@ class FileMessageWriter:
         self._close()
         self._target = target
         return self._committed()
-
-    def _place_late(self, fd: int) -> int:
-        """In the commit's worker thread: write the fields prepended after the message's start
-        reached the disk above it; the file's descriptor (a new one if it had to be copied)."""
-        late, room = self._late, self._room
-        if len(late) <= room:
-            # The room is the padding before the envelope line's newline: the line now ends
-            # earlier and the message starts with the fields. Same size, nothing moves.
-            _write_at(fd, b" " * (room - len(late)) + b"\n" + late, self._top - room - 1)
-            return fd
-        return self._copy_with_late(fd, late)
-
-    def _copy_with_late(self, fd: int, late: bytes) -> int:
-        """Write the file afresh with ``late`` in place (the one case that copies the content)."""
-        fresh_path = self._path + ".new"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        fresh = os.open(fresh_path, flags, os.fstat(fd).st_mode & 0o7777)
-        try:
-            source = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            try:
-                head = os.pread(source, self._top, 0)
-                _write_at(fresh, head + late, 0)
-                _copy_range(source, fresh, self._top, len(head) + len(late))
-            finally:
-                os.close(source)
-            os.rename(fresh_path, self._path)
-        except BaseException:
-            os.close(fresh)
-            _remove_quietly(fresh_path)
-            raise
-        self._close()
-        self._fd = fresh
-        return fresh
 
     def _close(self) -> None:
         fd, self._fd = self._fd, None
@@ -604,29 +556,6 @@ class FileSpool:
         else:
             log.warning("queue_id=%s status=corrupt reason=%r moved_to=%s", queue_id, str(problem), target)
         return SpoolError(f"queue_id={queue_id}: corrupt spool file ({problem})")
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _copy_range(source: int, target: int, start: int, at: int) -> None:
-    """Copy ``source`` from ``start`` to its end into ``target`` at ``at``, in the kernel where
-    it can (copy_file_range; a reflink on file systems that share blocks)."""
-    remaining = os.fstat(source).st_size - start
-    while remaining > 0:
-        try:
-            copied = os.copy_file_range(source, target, remaining, start, at)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            copied = os.pwrite(target, os.pread(source, min(remaining, BUFFER_SIZE), start), at)
-        if copied == 0:
-            raise OSError(errno.EIO, "file shrank while being copied")
-        start, at, remaining = start + copied, at + copied, remaining - copied
 
 
 def _envelope_line(envelope: Envelope) -> bytes:
