@@ -45,7 +45,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtp.state import State
-from postoffice.smtpd import START_TLS, Close, Conversation, Observer, Services, Step, Wait
+from postoffice.smtpd import NEED_DATA, START_TLS, Close, Conversation, Observer, Services, Step, Wait
 
 log = logging.getLogger("postoffice.smtp")
 
@@ -151,7 +151,7 @@ class SmtpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conversation = self.conversation
         assert conversation is not None
-        if conversation.state in (State.DATA, State.BDAT):
+        if conversation.core.state in (State.DATA, State.BDAT):
             self._touch()  # message content: the timeout is per block (§4.5.3.2.5-6)
         # Outside a message only a complete command counts as activity (below, in _process):
         # a client trickling one byte a second (slowloris) must not hold its slot for ever
@@ -243,7 +243,7 @@ class SmtpSession(asyncio.Protocol):
         step = conversation.process()
         if conversation.handled != handled:
             self._touch()
-        in_data = conversation.state is State.DATA
+        in_data = conversation.core.state is State.DATA
         if in_data and not self._in_data:
             self._data_started = self._loop.time()
         self._in_data = in_data
@@ -253,6 +253,8 @@ class SmtpSession(asyncio.Protocol):
     def _follow(self, step: Step) -> None:
         """Do what the conversation asks of the transport (see smtpd.conversation)."""
         self._flush()  # the 220 to STARTTLS goes out in plaintext, before the handshake
+        if step is NEED_DATA:
+            return
         if isinstance(step, Wait):
             self._busy = True
             self._pause()
@@ -404,7 +406,7 @@ class SmtpSession(asyncio.Protocol):
         limits = self.services.limits
         if self._busy:
             return self._loop.time() + limits.command_timeout  # our own commit: never the client's fault
-        if self.conversation is not None and self.conversation.state is State.DATA:
+        if self._in_data:
             return min(
                 self._last_activity + limits.data_block_timeout,
                 self._data_started + limits.data_done_timeout,

@@ -121,7 +121,8 @@ class Content:
             return self.failure or replies.LOCAL_ERROR
         ctx = self._ctx
         transaction = ctx.transaction
-        refusal = await run_checks(Stage.DATA_END, (*transaction.deferred, *self._stages.data_end), ctx)
+        checks = transaction.deferred + self._stages.data_end
+        refusal = await run_checks(Stage.DATA_END, checks, ctx) if checks else None
         if self.writer is not writer:
             return replies.LOCAL_ERROR  # discarded meanwhile: the client went away
         if refusal is not None:

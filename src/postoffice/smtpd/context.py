@@ -56,18 +56,25 @@ class Client:
 class Transaction:
     """One mail transaction (RFC 5321 §3.3): its MAIL command and the recipients accepted."""
 
-    __slots__ = ("_seen", "deferred", "folder", "mail", "notes", "recipients")
+    __slots__ = ("_notes", "_seen", "deferred", "folder", "mail", "recipients")
 
     def __init__(self, mail: c.Mail | None) -> None:
         self.mail = mail
         self.recipients: list[Recipient] = []
-        self._seen: set[tuple[str, Route]] = set()
-        self.deferred: list[Check] = []  # checks that asked to decide at the end of the message
+        self._seen: set[tuple[str, Route]] | None = None
+        self.deferred: tuple[Check, ...] = ()  # checks that asked to decide at the end of the message
         # Where local copies of the message are to be filed, when a check at the end of the
         # message chooses (DMARC quarantine: "Junk"); None is the inbox. It is part of the
         # transaction's result (MessageResult.folder) and of its log line.
         self.folder: str | None = None
-        self.notes: dict[object, Any] = {}
+        self._notes: dict[object, Any] | None = None
+
+    @property
+    def notes(self) -> dict[object, Any]:
+        """What checks keep about this transaction, keyed by the check (made when first asked)."""
+        if self._notes is None:
+            self._notes = {}
+        return self._notes
 
     @property
     def mail_from(self) -> str:
@@ -79,6 +86,8 @@ class Transaction:
         named (RFC 5321 §3.3: duplicates "SHOULD" be delivered once)."""
         original = str(command.path)
         seen = self._seen
+        if seen is None:
+            seen = self._seen = set()
         for route, addresses in ((Route.LOCAL, local), (Route.REMOTE, remote)):
             for address in addresses:
                 if (address, route) not in seen:
@@ -87,7 +96,7 @@ class Transaction:
 
     def defer(self, check: Check) -> None:
         if all(check is not other for other in self.deferred):
-            self.deferred.append(check)
+            self.deferred = (*self.deferred, check)
 
 
 class Message:

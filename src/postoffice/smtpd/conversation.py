@@ -133,20 +133,9 @@ class Conversation:
         self._tls_next = False
         self._outcome: str | None = None
         self._gone = False  # the connection was lost: nothing more is answered
-        self._handlers: dict[type[ev.Event], Callable[[Any], Coroutine[Any, Any, None]]] = {
-            ev.HelloReceived: self._hello,
-            ev.MailReceived: self._mail,
-            ev.RcptReceived: self._rcpt,
-            ev.DataReceived: self._data,
-            ev.MessageStart: self._message_start,
-            ev.ChunkReceived: self._chunk,
-            ev.MessageComplete: self._complete,
-            ev.MessageRejected: self._rejected,
-            ev.StartTlsRequested: self._starttls,
-            ev.AuthRequested: self._auth_requested,
-            ev.AuthResponse: self._auth_response,
-            ev.Replied: self._replied,
-        }
+        # Straight to the core, without a call of ours in between (they run for every read).
+        self.receive_data = self.core.receive_data
+        self.data_to_send = self.core.data_to_send
 
     # --- the transport's interface ------------------------------------------------------------
 
@@ -170,16 +159,12 @@ class Conversation:
             return Wait(suspended, Stage.CONNECT.value)
         return self.process()
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes from the client; b"" at end of file."""
-        self.core.receive_data(data)
-
-    def data_to_send(self) -> bytes:
-        return self.core.data_to_send()
-
     def process(self) -> Step:
-        """Handle every event the bytes so far make, until one needs the transport."""
-        core, handlers, content = self.core, self._handlers, self._content
+        """Handle every event the bytes so far make, until one needs the transport.
+
+        (``receive_data(bytes)`` and ``data_to_send()`` are the core's own, see __init__.)
+        """
+        core, content = self.core, self._content
         while True:
             event = core.next_event()
             if isinstance(event, ev.NeedData):
@@ -191,7 +176,7 @@ class Conversation:
             if isinstance(event, ev.Closing):
                 return Close(self._closing_outcome(event.reply))
             kind = type(event)
-            suspended = drive(handlers[kind](event))
+            suspended = drive(_HANDLERS[kind](self, event))
             if suspended is not None:
                 return Wait(suspended, _WHERE.get(kind, "session"))
             if self._tls_next:
@@ -255,7 +240,7 @@ class Conversation:
 
     async def _greet(self, admitted: Reply) -> None:
         greeting = admitted
-        if greeting.code == 220:
+        if greeting.code == 220 and self._stages.connect:
             greeting = await run_checks(Stage.CONNECT, self._stages.connect, self._ctx) or greeting
         if greeting.code != 220:
             self._outcome = "refused"
@@ -266,7 +251,8 @@ class Conversation:
     async def _hello(self, event: ev.HelloReceived) -> None:
         ctx = self._ctx
         ctx.command, ctx.line = event.command, event.line
-        refusal = await run_checks(Stage.HELO, self._stages.helo, ctx)
+        checks = self._stages.helo
+        refusal = await run_checks(Stage.HELO, checks, ctx) if checks else None
         self._answer(event.line, refusal or self.core.hello_reply(event))
 
     async def _mail(self, event: ev.MailReceived) -> None:
@@ -352,7 +338,25 @@ class Conversation:
             self._end_transaction()  # RSET
         ctx = self._ctx
         ctx.command, ctx.line = None, event.line
-        refusal = await run_checks(Stage.REPLIED, self._stages.replied, ctx)
+        checks = self._stages.replied
+        refusal = await run_checks(Stage.REPLIED, checks, ctx) if checks else None
         if refusal is not None and not self._gone and core.state is not State.CLOSED:
             core.close_with(refusal)
             self._observe_reply(refusal)
+
+
+# Each event's handler (a coroutine function of Conversation), by the event's type.
+_HANDLERS: Final[dict[type[ev.Event], Callable[[Conversation, Any], Coroutine[Any, Any, None]]]] = {
+    ev.HelloReceived: Conversation._hello,
+    ev.MailReceived: Conversation._mail,
+    ev.RcptReceived: Conversation._rcpt,
+    ev.DataReceived: Conversation._data,
+    ev.MessageStart: Conversation._message_start,
+    ev.ChunkReceived: Conversation._chunk,
+    ev.MessageComplete: Conversation._complete,
+    ev.MessageRejected: Conversation._rejected,
+    ev.StartTlsRequested: Conversation._starttls,
+    ev.AuthRequested: Conversation._auth_requested,
+    ev.AuthResponse: Conversation._auth_response,
+    ev.Replied: Conversation._replied,
+}
