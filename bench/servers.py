@@ -42,7 +42,7 @@ def workers_of(name: str) -> int:
 
 
 RECIPIENT = "rcpt@bench.test"
-# The mailbox capture mode files RECIPIENT under (delivery/mailbox_names.py).
+# The mailbox capture mode files RECIPIENT under (maildir/names.py).
 POSTOFFICE_MAILBOX = Path("mail") / "bench.test" / "rcpt"
 
 

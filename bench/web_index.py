@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 
 from postoffice.accounts import Accounts
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.maildir.names import mailbox_path
+from postoffice.maildir.store import MaildirStore
 from postoffice.web.api import WebContext
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import EventHub
@@ -162,9 +163,7 @@ def bench_index(index: MailIndex, total: int, runs: int) -> None:
 async def bench_http(index: MailIndex, total: int, runs: int, workdir: Path) -> None:
     executor = ThreadPoolExecutor(4)
     accounts = Accounts(workdir / "accounts.json")
-    context = WebContext(
-        index, EventHub(), Authenticator(accounts, index.mail_root, open_access=True), executor
-    )
+    context = WebContext(index, EventHub(), Authenticator(accounts, index.store, open_access=True), executor)
     server = HttpServer(create_app(context, loopback_only=True), [("127.0.0.1", 0)])
     (address,) = await server.start()
     base = f"http://127.0.0.1:{address.port}"
@@ -202,7 +201,7 @@ async def bench_http(index: MailIndex, total: int, runs: int, workdir: Path) -> 
             print(f"\nmemory: paged through all {offset:,} messages ({pages} pages of 500):")
             print(f"  resident before {before:.1f} MiB, after {after:.1f} MiB")
 
-            box = mailbox_path(index.mail_root, "big@example.test")
+            box = mailbox_path(workdir / "mail", "big@example.test")
             for part in ("tmp", "new", "cur"):
                 (box / part).mkdir(parents=True, exist_ok=True)
             big = box / "new" / "1700000000.BIG_0.bench"
@@ -211,7 +210,9 @@ async def bench_http(index: MailIndex, total: int, runs: int, workdir: Path) -> 
                 line = b"x" * 998 + b"\r\n"
                 for _ in range(64 * 1024):  # 64 MiB
                     out.write(line)
-            row = index.add(big)
+            stored = index.store.find("big@example.test", "1700000000.BIG_0.bench")
+            assert stored is not None
+            row = index.add(stored)
             assert row is not None
             before = rss_mib()
             received = 0
@@ -234,7 +235,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="postoffice-bench-") as temporary:
         workdir = Path(temporary)
-        index = MailIndex(workdir / "index.sqlite3", workdir / "mail")
+        index = MailIndex(workdir / "index.sqlite3", MaildirStore(workdir / "mail", "bench.test"))
         start = 1704067200.0  # 2024-01-01T00:00:00Z, one message a second
         print(f"filling the index with {args.messages:,} + {args.messages // 10:,} messages ...", flush=True)
         started = time.perf_counter()

@@ -232,7 +232,7 @@ _LISTENING_HTTP = re.compile(r"^listening http (?:\[[^\]]+\]|[^:]+):(?P<port>\d+
 
 
 # `python -m postoffice` with uvloop made unimportable: the server runs on asyncio's own loop
-# (app.event_loop_factory picks uvloop whenever it can be imported).
+# (runtime.loop.event_loop_factory picks uvloop whenever it can be imported).
 _WITHOUT_UVLOOP = (
     "import runpy, sys; sys.modules['uvloop'] = None; "
     "runpy.run_module('postoffice', run_name='__main__', alter_sys=True)"

@@ -49,7 +49,7 @@ class Stored:
 
 @dataclass
 class MemoryStore:
-    """A :class:`~postoffice.spool.base.Receiver` keeping committed messages in a list.
+    """A :class:`~postoffice.storage.Receiver` keeping committed messages in a list.
 
     ``full``: new messages are refused as on a full disk. ``fail_writes_after``: a write
     beyond that many content octets fails as a full disk would. ``commit_waits``: the commit
@@ -64,7 +64,7 @@ class MemoryStore:
     opened: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def new_message(self, envelope: Envelope) -> MemoryWriter:
+    def put(self, envelope: Envelope) -> MemoryWriter:
         if self.full:
             raise StorageFullError("cannot create spool file: No space left on device")
         self.opened += 1

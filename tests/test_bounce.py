@@ -44,13 +44,13 @@ async def original(
     spool: FileSpool, *recipients: Recipient, content: bytes = ORIGINAL, **envelope: object
 ) -> QueuedMessage:
     fields: dict[str, object] = {"mail_from": "alice@sender.test", "received_at": NOW - 60, **envelope}
-    writer = spool.new_message(Envelope(recipients=recipients, **fields))  # type: ignore[arg-type]
+    writer = spool.put(Envelope(recipients=recipients, **fields))  # type: ignore[arg-type]
     writer.write(content)
     return await writer.commit()
 
 
 def parsed(spool: FileSpool, report: QueuedMessage) -> EmailMessage:
-    with spool.open_content(report.queue_id) as content:
+    with spool.open(report.queue_id) as content:
         message = email.message_from_bytes(content.read(), policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     return message

@@ -12,17 +12,18 @@ import pytest
 
 from postoffice import __version__, cli
 from postoffice.accounts import Accounts
+from postoffice.cli import users
 from postoffice.config import Config, Listener
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "postoffice.toml"
 
 try:
-    import postoffice.delivery.maildir  # noqa: F401  (only: is it there yet?)
+    import postoffice.delivery.local  # noqa: F401  (only: is it there yet?)
 
     HAVE_MAILDIR = True
 except ImportError:
     HAVE_MAILDIR = False
-needs_maildir = pytest.mark.skipif(not HAVE_MAILDIR, reason="postoffice.delivery.maildir is not there yet")
+needs_maildir = pytest.mark.skipif(not HAVE_MAILDIR, reason="postoffice.delivery.local is not there yet")
 
 
 def run(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -245,7 +246,7 @@ def test_keyboard_interrupt_exits_130_quietly(
     def interrupted(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_user_list", interrupted)
+    monkeypatch.setattr(users, "_run_user_list", interrupted)
     assert cli.main(["user", "list", "--data-dir", str(tmp_path)]) == 130
     assert capsys.readouterr().err == ""
 
@@ -274,14 +275,14 @@ def test_terminal_password_is_asked_twice(
 
 
 def test_serve_builds_the_config_from_file_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    app = pytest.importorskip("postoffice.app", exc_type=ImportError)
+    process = pytest.importorskip("postoffice.runtime.process", exc_type=ImportError)
     seen: list[Config] = []
 
     def fake_serve(config: Config, **options: object) -> int:
         seen.append(config)
         return 7
 
-    monkeypatch.setattr(app, "serve", fake_serve)
+    monkeypatch.setattr(process, "serve", fake_serve)
     code = cli.main(
         ["serve", "--config", str(EXAMPLE), "--data-dir", str(tmp_path), "--smtp", "[::1]:0",
          "--smtp", "localhost:2526", "--hostname", "mx.test.example", "--domain", "Test.Example"]

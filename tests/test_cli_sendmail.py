@@ -19,7 +19,7 @@ import pytest
 
 from aiosmtpd_peer import Handler, peer_factory  # noqa: F401
 from conftest import RunningServer
-from postoffice.client import sendmail
+from postoffice.cli import sendmail
 from test_client_connection import closed_port
 
 pytestmark = pytest.mark.timeout(60)

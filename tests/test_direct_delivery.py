@@ -20,8 +20,9 @@ import pytest
 from conftest import NOWHERE, RunningServer, maildir_messages
 from postoffice.config import DeliverySettings, load_config
 from postoffice.delivery.direct import DirectReceiver
-from postoffice.delivery.maildir import MaildirStore, delivery_headers
+from postoffice.delivery.local import delivery_headers
 from postoffice.errors import ConfigError
+from postoffice.maildir.store import MaildirStore
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import FileSpool
 from web_helpers import client, messages
@@ -257,7 +258,7 @@ async def test_fields_added_at_the_end_are_at_the_top_of_the_mailbox_file(tmp_pa
     store = MaildirStore(tmp_path / "mail", "mx.test")
     receiver = DirectReceiver(spool, store)
     recipient = Recipient("bob@example.test", "bob@example.test", Route.LOCAL)
-    writer = receiver.new_message(Envelope("a@client.test", (recipient,), received_at=time.time()))
+    writer = receiver.put(Envelope("a@client.test", (recipient,), received_at=time.time()))
     content = b"Subject: x\r\n\r\n" + b"y" * size + b"\r\n"
     writer.prepend(b"Received: by us\r\n")
     writer.write(content)

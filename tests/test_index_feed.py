@@ -1,4 +1,4 @@
-"""The index feed (web/feed.py): workers' delivered paths, indexed by one process.
+"""The index feed (web/feed.py): workers' delivered messages, indexed by one process.
 
 A real MailIndex on disk and real socket pairs, with the worker ends driven here by plain
 blocking sends, as the workers' event loops would.
@@ -7,7 +7,7 @@ blocking sends, as the workers' event loops would.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import socket
 import sys
 from collections.abc import Iterator
@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.maildir.names import mailbox_path
+from postoffice.maildir.store import MaildirStore
+from postoffice.storage import StoredMessage
 from postoffice.web.feed import SYNC_REQUEST, FeedWriter, IndexFeed, feed_streams
 from postoffice.web.index import MailIndex
+from test_web_index import as_stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,12 +31,26 @@ def deliver(mail_root: Path, address: str, name: str) -> Path:
     for part in ("tmp", "new", "cur"):
         (box / part).mkdir(parents=True, exist_ok=True)
     path = box / "new" / name
-    path.write_bytes(f"From: a@example.org\r\nTo: {address}\r\nSubject: {name}\r\n\r\nbody\r\n".encode())
+    # Written in tmp/ and renamed, as a delivery is: the feed's own sync, running meanwhile,
+    # must never find (and index) a file half-written.
+    (box / "tmp" / name).write_bytes(
+        f"From: a@example.org\r\nTo: {address}\r\nSubject: {name}\r\n\r\nbody\r\n".encode()
+    )
+    (box / "tmp" / name).rename(path)
     return path
 
 
+def line(path: Path) -> bytes:
+    """The feed's line for the message a worker delivered into ``path``."""
+    stored = as_stored(path)
+    return (
+        json.dumps([stored.mailbox, stored.key, stored.location, stored.flags, stored.received]).encode()
+        + b"\n"
+    )
+
+
 def subjects(index_file: Path, mail_root: Path) -> list[str]:
-    index = MailIndex(index_file, mail_root)
+    index = MailIndex(index_file, MaildirStore(mail_root, "mx.test"))
     try:
         return sorted(row.subject for row in index.rows_after(0, 10_000))
     finally:
@@ -56,7 +73,7 @@ def start_feed(
     mail_root.mkdir(exist_ok=True)
     settings = {"batch": 4, "max_backlog": 1000, **options}
     feed = IndexFeed(
-        MailIndex(index_file, mail_root),
+        MailIndex(index_file, MaildirStore(mail_root, "mx.test")),
         [own for own, _ in streams],
         batch=settings["batch"],
         linger=0.02,
@@ -66,7 +83,7 @@ def start_feed(
     return feed, mail_root, index_file
 
 
-def test_every_workers_paths_are_indexed_and_the_feed_ends_with_the_workers(
+def test_every_workers_deliveries_are_indexed_and_the_feed_ends_with_the_workers(
     tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
 ) -> None:
     mail_root = tmp_path / "mail"
@@ -77,10 +94,12 @@ def test_every_workers_paths_are_indexed_and_the_feed_ends_with_the_workers(
     wait_until(lambda: subjects(index_file, mail_root) == [before.name], what="the start's sync")
     first, second = streams[0][1], streams[1][1]
     paths = [deliver(mail_root, f"u{n % 2}@example.test", f"17000000{n:02d}.m{n}.mx") for n in range(10)]
-    lines = [os.fsencode(path) + b"\n" for path in paths]
-    # A line split across sends, another worker's lines between, and a line naming no mailbox.
+    lines = [line(path) for path in paths]
+    # A line split across sends, another worker's lines between, a line naming a file outside
+    # any mailbox's new/ and cur/, and one that is no message at all.
+    outside = json.dumps(["u0@example.test", "passwd", "../../../../etc/passwd", "", 0.0]).encode()
     first.sendall(lines[0][:10])
-    second.sendall(b"".join(lines[5:]) + b"/etc/passwd\n")
+    second.sendall(b"".join(lines[5:]) + outside + b"\n/etc/passwd\n")
     first.sendall(lines[0][10:] + b"".join(lines[1:5]))
     first.close()
     second.close()
@@ -105,7 +124,7 @@ def test_a_backlog_over_its_bound_is_caught_up_by_a_sync(
 ) -> None:
     feed, mail_root, index_file = start_feed(tmp_path, streams, batch=2, max_backlog=3)
     paths = [deliver(mail_root, "bob@example.test", f"17000001{n:02d}.b{n}.mx") for n in range(30)]
-    streams[0][1].sendall(b"".join(os.fsencode(path) + b"\n" for path in paths))
+    streams[0][1].sendall(b"".join(line(path) for path in paths))
     everything = sorted(path.name for path in paths)
     wait_until(lambda: subjects(index_file, mail_root) == everything, what="the sync caught up")
     for _, end in streams:
@@ -122,7 +141,8 @@ def test_the_writer_sends_from_an_event_loop(
     writer = FeedWriter(streams[0][1])
 
     async def send() -> None:
-        await writer.send([path, Path("/tmp/with\nnewline")])  # the second cannot be one line
+        # The second names nothing there is, with a newline in its name: still one line.
+        await writer.send([as_stored(path), StoredMessage("cy@example.test", "x", "new/x\nnewline")])
 
     asyncio.run(send())
     writer.close()

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import RawSmtp, RunningServer, maildir_messages, require_tool
 from postoffice.accounts import Accounts
-from postoffice.delivery.maildir import delivery_headers
+from postoffice.delivery.local import delivery_headers
 from postoffice.smtp import replies
 
 pytestmark = pytest.mark.timeout(20)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postoffice.delivery.mailbox_names import mailbox_location, mailbox_path
+from postoffice.maildir.names import mailbox_location, mailbox_path
 
 
 @pytest.mark.parametrize(

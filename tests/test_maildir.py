@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from postoffice.delivery.agent import Delivered, PermFail, TempFail
-from postoffice.delivery.maildir import MaildirAgent, MaildirStore, ensure_maildir
+from postoffice.delivery.local import LocalAgent
+from postoffice.maildir.layout import ensure_maildir
+from postoffice.maildir.store import MaildirStore
 from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
+from postoffice.storage import StoredMessage
 
 HOSTNAME = "mx.example.com"
 CONTENT = b"Received: from client\r\nSubject: Hello\r\nFrom: a@example.org\r\n\r\nBody line\r\n"
@@ -26,7 +29,7 @@ def local(*addresses: str) -> tuple[Recipient, ...]:
 
 async def queue(spool: FileSpool, recipients: tuple[Recipient, ...], *, mail_from: str = "a@example.org",
                 content: bytes = CONTENT) -> QueuedMessage:  # fmt: skip
-    writer = spool.new_message(Envelope(mail_from, recipients, received_at=1_700_000_000.9))
+    writer = spool.put(Envelope(mail_from, recipients, received_at=1_700_000_000.9))
     writer.write(content)
     return await writer.commit()
 
@@ -59,7 +62,7 @@ def test_ensure_maildir_creates_private_tmp_new_cur(mail_root: Path) -> None:
 
 async def test_delivered_message_is_readable_by_mailbox_maildir(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com", "bob@example.com"))
-    agent = MaildirAgent(mail_root, spool, HOSTNAME)
+    agent = LocalAgent(MaildirStore(mail_root, HOSTNAME), spool)
 
     results = await agent.deliver(message, message.envelope.recipients)
 
@@ -81,7 +84,7 @@ async def test_delivered_message_is_readable_by_mailbox_maildir(spool: FileSpool
 
 async def test_null_sender_gets_an_empty_return_path(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com"), mail_from="")
-    await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(message, message.envelope.recipients)
     [received] = messages(mail_root, "alice@example.com")
     assert received["Return-Path"] == "<>"
 
@@ -89,7 +92,7 @@ async def test_null_sender_gets_an_empty_return_path(spool: FileSpool, mail_root
 async def test_large_message_is_copied_whole(spool: FileSpool, mail_root: Path) -> None:
     content = b"Subject: big\r\n\r\n" + b"".join(b"line %07d\r\n" % i for i in range(300_000))
     message = await queue(spool, local("alice@example.com"), content=content)
-    await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(message, message.envelope.recipients)
     [name] = os.listdir(mail_root / "example.com" / "alice" / "new")
     delivered = (mail_root / "example.com" / "alice" / "new" / name).read_bytes()
     assert delivered.endswith(content) and len(delivered) > len(content)
@@ -97,7 +100,9 @@ async def test_large_message_is_copied_whole(spool: FileSpool, mail_root: Path) 
 
 async def test_same_mailbox_twice_gets_one_copy(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com", "Alice@EXAMPLE.com", "bob@example.com"))
-    results = await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(
+        message, message.envelope.recipients
+    )
     assert [type(r) for r in results] == [Delivered, Delivered, Delivered]
     assert [r.recipient for r in results] == list(message.envelope.recipients)
     assert len(messages(mail_root, "alice@example.com")) == 1
@@ -111,7 +116,9 @@ async def test_invalid_mailbox_is_a_permanent_failure(
     spool: FileSpool, mail_root: Path, address: str
 ) -> None:
     message = await queue(spool, local(address, "alice@example.com"))
-    results = await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(
+        message, message.envelope.recipients
+    )
     assert results[0] == PermFail(message.envelope.recipients[0], replies.BAD_DESTINATION_MAILBOX)
     assert isinstance(results[1], Delivered)
     assert sorted(os.listdir(mail_root)) == ["example.com"]
@@ -123,7 +130,9 @@ async def test_hostile_local_parts_stay_inside_the_mail_root(
     hostile = ["../x@example.com", "a/b@example.com", ".hidden@example.com", "..@example.com",
                "a\x00b@example.com", '"john doe"@example.com', "ß/../../y@example.com"]  # fmt: skip
     message = await queue(spool, local(*hostile))
-    results = await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(
+        message, message.envelope.recipients
+    )
     assert all(isinstance(r, Delivered) for r in results)
     assert sorted(os.listdir(tmp_path)) == ["mail", "spool"]
     assert sorted(os.listdir(mail_root / "example.com")) == sorted(
@@ -133,7 +142,7 @@ async def test_hostile_local_parts_stay_inside_the_mail_root(
 
 async def test_recovering_skips_a_copy_already_in_new(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com", "bob@example.com"))
-    agent = MaildirAgent(mail_root, spool, HOSTNAME)
+    agent = LocalAgent(MaildirStore(mail_root, HOSTNAME), spool)
     await agent.deliver(message, message.envelope.recipients[:1])  # then the process died
 
     results = await agent.deliver(message, message.envelope.recipients, recovering=True)
@@ -145,7 +154,7 @@ async def test_recovering_skips_a_copy_already_in_new(spool: FileSpool, mail_roo
 
 async def test_recovering_skips_a_copy_a_reader_moved_to_cur(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com"))
-    agent = MaildirAgent(mail_root, spool, HOSTNAME)
+    agent = LocalAgent(MaildirStore(mail_root, HOSTNAME), spool)
     await agent.deliver(message, message.envelope.recipients)
     folder = mailbox.Maildir(mail_root / "example.com" / "alice", create=False)
     [key] = folder.keys()
@@ -165,7 +174,7 @@ async def test_recovering_skips_a_copy_a_reader_moved_to_cur(spool: FileSpool, m
 async def test_without_recovering_a_read_copy_is_not_looked_for(spool: FileSpool, mail_root: Path) -> None:
     # Recovery is the only time an earlier copy can exist, so only then is cur/ scanned.
     message = await queue(spool, local("alice@example.com"))
-    agent = MaildirAgent(mail_root, spool, HOSTNAME)
+    agent = LocalAgent(MaildirStore(mail_root, HOSTNAME), spool)
     await agent.deliver(message, message.envelope.recipients)
     maildir = mail_root / "example.com" / "alice"
     [name] = os.listdir(maildir / "new")
@@ -175,20 +184,23 @@ async def test_without_recovering_a_read_copy_is_not_looked_for(spool: FileSpool
 
 
 async def test_delivery_hook_sees_every_stored_copy(spool: FileSpool, mail_root: Path) -> None:
-    seen: list[tuple[str, Path]] = []
+    seen: list[StoredMessage] = []
     message = await queue(spool, local("alice@example.com", "bob@example.com", "postmaster"))
-    agent = MaildirAgent(mail_root, spool, HOSTNAME, on_delivered=lambda a, p: seen.append((a, p)))
+    agent = LocalAgent(MaildirStore(mail_root, HOSTNAME), spool, on_delivered=seen.append)
     await agent.deliver(message, message.envelope.recipients)
-    assert [address for address, _ in seen] == ["alice@example.com", "bob@example.com"]
-    assert all(path.is_file() and path.parent.name == "new" for _, path in seen)
+    assert [stored.mailbox for stored in seen] == ["alice@example.com", "bob@example.com"]
+    for stored in seen:
+        local_part, _, domain = stored.mailbox.partition("@")
+        assert stored.location.startswith("new/")
+        assert (mail_root / domain / local_part / stored.location).is_file()
 
 
 async def test_failing_hook_does_not_undo_a_delivery(spool: FileSpool, mail_root: Path) -> None:
-    def hook(address: str, path: Path) -> None:
+    def hook(stored: StoredMessage) -> None:
         raise RuntimeError("index unavailable")
 
     message = await queue(spool, local("alice@example.com"))
-    results = await MaildirAgent(mail_root, spool, HOSTNAME, on_delivered=hook).deliver(
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool, on_delivered=hook).deliver(
         message, message.envelope.recipients
     )
     assert isinstance(results[0], Delivered)
@@ -197,7 +209,9 @@ async def test_failing_hook_does_not_undo_a_delivery(spool: FileSpool, mail_root
 async def test_missing_spool_file_is_a_temporary_failure(spool: FileSpool, mail_root: Path) -> None:
     message = await queue(spool, local("alice@example.com"))
     spool.complete(message.queue_id)
-    results = await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(
+        message, message.envelope.recipients
+    )
     assert results == [TempFail(message.envelope.recipients[0], replies.LOCAL_ERROR)]
 
 
@@ -205,7 +219,9 @@ async def test_truncated_spool_file_is_not_delivered(spool: FileSpool, mail_root
     message = await queue(spool, local("alice@example.com"))
     path = spool.queue_dir / message.queue_id
     os.truncate(path, path.stat().st_size - 5)
-    results = await MaildirAgent(mail_root, spool, HOSTNAME).deliver(message, message.envelope.recipients)
+    results = await LocalAgent(MaildirStore(mail_root, HOSTNAME), spool).deliver(
+        message, message.envelope.recipients
+    )
     assert results == [TempFail(message.envelope.recipients[0], replies.LOCAL_ERROR)]
     maildir = mail_root / "example.com" / "alice"
     assert os.listdir(maildir / "new") == [] and os.listdir(maildir / "tmp") == []
@@ -220,7 +236,7 @@ def test_store_names_are_the_same_on_every_attempt(tmp_path: Path) -> None:
     with body.open("rb") as content:
         again = store.deliver("a@b.org", b"", content, "KEY_1", received_at=5.5, size=5, recovering=True)
     assert first == again
-    assert first.name == "5.KEY_1.host\\057with\\072odd\\054chars,S=5"
+    assert first.location == "new/5.KEY_1.host\\057with\\072odd\\054chars,S=5"
 
 
 # --- storage trouble ----------------------------------------------------------------------------
@@ -249,7 +265,7 @@ async def test_full_mail_disk_is_a_temporary_failure_without_a_partial_file(
 ) -> None:
     big = b"Subject: big\r\n\r\n" + b"x" * 200_000
     message = await queue(spool, local("alice@example.com", "bob@example.com"), content=big)
-    results = await MaildirAgent(small_mail_root, spool, HOSTNAME).deliver(
+    results = await LocalAgent(MaildirStore(small_mail_root, HOSTNAME), spool).deliver(
         message, message.envelope.recipients
     )
     assert results == [TempFail(r, replies.INSUFFICIENT_STORAGE) for r in message.envelope.recipients]
@@ -262,7 +278,7 @@ async def test_read_only_mail_disk_is_a_temporary_failure(spool: FileSpool, smal
     ensure_maildir(small_mail_root, "alice@example.com")
     subprocess.run(["mount", "-o", "remount,ro", str(small_mail_root)], check=True)
     message = await queue(spool, local("alice@example.com"))
-    results = await MaildirAgent(small_mail_root, spool, HOSTNAME).deliver(
+    results = await LocalAgent(MaildirStore(small_mail_root, HOSTNAME), spool).deliver(
         message, message.envelope.recipients
     )
     assert results == [TempFail(message.envelope.recipients[0], replies.INSUFFICIENT_STORAGE)]

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunningServer, require_tool, wait_until
-from postoffice import privileges
+from postoffice.runtime import privileges
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -78,7 +78,7 @@ def test_reply_texts_from_the_log_are_made_printable() -> None:
 
 async def queued(spool: FileSpool) -> QueuedMessage:
     recipient = Recipient("a@example.com", "a@example.com", Route.LOCAL)
-    writer = spool.new_message(Envelope("s@example.org", (recipient,), received_at=time.time()))
+    writer = spool.put(Envelope("s@example.org", (recipient,), received_at=time.time()))
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
     return await writer.commit()
 

@@ -83,7 +83,7 @@ def rcpt(address: str, **options: object) -> Recipient:
 async def queue(
     spool: FileSpool, *recipients: Recipient, content: bytes = BODY, **envelope: object
 ) -> QueuedMessage:
-    writer = spool.new_message(
+    writer = spool.put(
         Envelope("a@sender.test", recipients, received_at=time.time(), **envelope)  # type: ignore[arg-type]
     )
     writer.write(content)

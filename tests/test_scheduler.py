@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import pytest
 
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
-from postoffice.delivery.maildir import MaildirAgent
+from postoffice.delivery.local import LocalAgent
+from postoffice.maildir.store import MaildirStore
 from postoffice.qmgr.bounce import ReportItem
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
@@ -71,7 +72,7 @@ class FakeClock:
 
 async def queue(spool: FileSpool, *recipients: Recipient) -> QueuedMessage:
     envelope = Envelope("from@example.org", recipients, received_at=time.time())
-    writer = spool.new_message(envelope)
+    writer = spool.put(envelope)
     writer.write(b"Subject: test\r\n\r\nhello\r\n")
     return await writer.commit()
 
@@ -307,10 +308,12 @@ async def test_restart_after_partial_delivery_delivers_each_recipient_once(
     mail_root = tmp_path / "mail"
     message = await queue(spool, local("a@example.com"), local("b@example.com"), local("c@example.com"))
     # The first run delivered to a, then died before anything was recorded.
-    first = MaildirAgent(mail_root, spool, "mx.example.com")
+    first = LocalAgent(MaildirStore(mail_root, "mx.example.com"), spool)
     await first.deliver(message, message.envelope.recipients[:1])
 
-    scheduler: Scheduler = Scheduler(spool, {Route.LOCAL: MaildirAgent(mail_root, spool, "mx.example.com")})
+    scheduler: Scheduler = Scheduler(
+        spool, {Route.LOCAL: LocalAgent(MaildirStore(mail_root, "mx.example.com"), spool)}
+    )
     await scheduler.start()
     await scheduler.wait_idle()
 
@@ -323,21 +326,22 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from postoffice.delivery.maildir import MaildirAgent
+    from postoffice.delivery.local import LocalAgent
+    from postoffice.maildir.store import MaildirStore
     from postoffice.spool.envelope import Envelope, Recipient, Route
     from postoffice.spool.files import FileSpool
     from postoffice.qmgr.scheduler import Scheduler
 
     async def main(root):
         spool = FileSpool(root / "spool")
-        agents = {Route.LOCAL: MaildirAgent(root / "mail", spool, "mx.example.com", io=spool.io)}
+        agents = {Route.LOCAL: LocalAgent(MaildirStore(root / "mail", "mx.example.com"), spool, io=spool.io)}
         # As the server runs it: Maildir results that end a message are not logged.
         scheduler = Scheduler(spool, agents, recovers_copies=(Route.LOCAL,), blocking=spool.io.run)
         await scheduler.start()
         recipients = tuple(Recipient(f"u{i}@example.com", f"u{i}@example.com", Route.LOCAL) for i in range(3))
         n = 0
         while True:
-            writer = spool.new_message(Envelope("s@example.org", recipients, received_at=1.0))
+            writer = spool.put(Envelope("s@example.org", recipients, received_at=1.0))
             writer.write(b"Subject: %d\\r\\n\\r\\n" % n + b"x" * 20_000)
             queued = await writer.commit()
             print(queued.queue_id, flush=True)  # acknowledged: from here on it must not be lost
@@ -363,7 +367,7 @@ async def test_sigkill_loses_no_acknowledged_message_and_duplicates_none(
 
     spool = FileSpool(tmp_path / "spool")  # the restart: tmp/ debris goes
     mail_root = tmp_path / "mail"
-    agent: DeliveryAgent = MaildirAgent(mail_root, spool, "mx.example.com")
+    agent: DeliveryAgent = LocalAgent(MaildirStore(mail_root, "mx.example.com"), spool)
     scheduler = Scheduler(spool, {Route.LOCAL: agent})
     await scheduler.start()
     await scheduler.wait_idle()

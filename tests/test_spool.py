@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from postoffice import durable
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.spool import headroom
-from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
+from postoffice.spool.writer import FileTarget
 
 
 def make_envelope(*addresses: str, mail_from: str = "sender@example.org") -> Envelope:
@@ -26,7 +28,7 @@ def make_envelope(*addresses: str, mail_from: str = "sender@example.org") -> Env
 
 
 async def spool_message(spool: FileSpool, content: bytes, envelope: Envelope | None = None) -> str:
-    writer = spool.new_message(envelope or make_envelope())
+    writer = spool.put(envelope or make_envelope())
     writer.write(content)
     return (await writer.commit()).queue_id
 
@@ -95,7 +97,7 @@ async def test_round_trip_envelope_and_content(tmp_path: Path) -> None:
         extra={"k": "v"},
     )
     chunks = [b"Received: from x\r\n", b"Subject: hi\r\n\r\n", b"body\r\n" * 30_000]
-    writer = spool.new_message(envelope)
+    writer = spool.put(envelope)
     for chunk in chunks:
         writer.write(chunk)
     queued = await writer.commit()
@@ -106,7 +108,7 @@ async def test_round_trip_envelope_and_content(tmp_path: Path) -> None:
     assert spool.pending() == [queued.queue_id]
     loaded = spool.load(queued.queue_id)
     assert loaded == queued
-    with spool.open_content(queued.queue_id) as file:
+    with spool.open(queued.queue_id) as file:
         assert file.read() == content
     raw = (spool.queue_dir / queued.queue_id).read_bytes()
     assert raw.startswith(MAGIC) and raw.count(b"\n", 0, len(raw) - len(content)) == 2
@@ -123,14 +125,14 @@ async def test_fields_prepended_at_the_end_go_above_the_content(tmp_path: Path, 
     """Received: before the content, Authentication-Results: after it: the stored message
     starts with the last one added, then the first, then the content as written."""
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.prepend(b"Received: by us\r\n")
     writer.write(content)
     writer.prepend(b"Authentication-Results: mx.test; spf=pass\r\n")
     queued = await writer.commit()
 
     expected = b"Authentication-Results: mx.test; spf=pass\r\nReceived: by us\r\n" + content
-    with spool.open_content(queued.queue_id) as file:
+    with spool.open(queued.queue_id) as file:
         assert file.read() == expected
     assert queued.size == len(expected) == spool.load(queued.queue_id).size
     assert spool.load(queued.queue_id).envelope == make_envelope()
@@ -140,7 +142,7 @@ async def test_a_large_message_gets_its_late_fields_in_place_without_a_copy(tmp_
     """The file that outgrew the buffer keeps its inode and size: the fields went into the room
     at the end of the envelope line, nothing was copied."""
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(LARGE)
     before = os.stat(spool.tmp_dir / writer.queue_id)
     writer.prepend(b"X-Late: 1\r\n")
@@ -152,19 +154,19 @@ async def test_a_large_message_gets_its_late_fields_in_place_without_a_copy(tmp_
     raw = (spool.queue_dir / queued.queue_id).read_bytes()
     header_line = raw[len(MAGIC) : raw.index(b"\n", len(MAGIC)) + 1]
     assert header_line.rstrip(b" \n").endswith(b"}") and b"X-Late" not in header_line
-    with spool.open_content(queued.queue_id) as file:
+    with spool.open(queued.queue_id) as file:
         assert file.read() == b"X-Late: 1\r\n" + LARGE
 
 
 async def test_late_fields_larger_than_the_room_are_placed_by_a_copy(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(LARGE)
     big = b"X-Big: " + b"b" * (headroom.ADDED_FIELDS_ROOM + 100) + b"\r\n"
     writer.prepend(big)
     queued = await writer.commit()
 
-    with spool.open_content(queued.queue_id) as file:
+    with spool.open(queued.queue_id) as file:
         assert file.read() == big + LARGE
     assert queued.size == len(big + LARGE)
     assert os.listdir(spool.tmp_dir) == []  # neither the old file nor the copy stays
@@ -173,7 +175,7 @@ async def test_late_fields_larger_than_the_room_are_placed_by_a_copy(tmp_path: P
 @pytest.mark.parametrize("content", [SMALL, LARGE], ids=["small", "large"])
 def test_read_content_gives_the_message_so_far(tmp_path: Path, content: bytes) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.prepend(b"Received: by us\r\n")
     writer.write(content)
     with writer.read_content() as file:
@@ -190,7 +192,7 @@ def test_read_content_gives_the_message_so_far(tmp_path: Path, content: bytes) -
 
 async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     # More than the writer buffers, so the file exists before the commit.
     writer.write(b"Subject: x\r\n\r\n" + b"body\r\n" * 20_000)
     assert spool.pending() == []
@@ -221,7 +223,7 @@ async def test_commit_syncs_data_before_rename_and_directory_after(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(b"x" * 100_000)
     await writer.commit()
 
@@ -255,19 +257,19 @@ async def test_concurrent_commits_flush_side_by_side(tmp_path: Path, monkeypatch
 
 async def test_small_message_touches_no_file_until_commit(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(b"Subject: small\r\n\r\nbody\r\n")
     assert os.listdir(spool.tmp_dir) == [] and os.listdir(spool.queue_dir) == []
     queued = await writer.commit()
     assert os.listdir(spool.tmp_dir) == []
     assert (spool.queue_dir / queued.queue_id).stat().st_mode & 0o777 == 0o600
-    with spool.open_content(queued.queue_id) as file:
+    with spool.open(queued.queue_id) as file:
         assert file.read() == b"Subject: small\r\n\r\nbody\r\n"
 
 
 async def test_discarded_message_leaves_nothing(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    small, big = spool.new_message(make_envelope()), spool.new_message(make_envelope())
+    small, big = spool.put(make_envelope()), spool.put(make_envelope())
     small.write(b"x" * 100)
     big.write(b"x" * 200_000)
     small.discard()
@@ -306,7 +308,7 @@ async def test_a_delivered_small_message_file_is_reused_emptied(tmp_path: Path) 
     path = spool.queue_dir / second
     assert path.stat().st_ino == inode  # the same file, not a new one
     assert path.stat().st_mode & 0o777 == 0o600
-    with spool.open_content(second) as file:
+    with spool.open(second) as file:
         assert file.read() == b"second"  # nothing of the first is left
     assert os.listdir(spool.free_dir) == [] and os.listdir(spool.tmp_dir) == []
 
@@ -326,7 +328,7 @@ async def test_large_files_are_not_kept_and_kept_files_go_at_start_up(tmp_path: 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "a/b", "..", "", "0" * 15 + "\x00"])
 def test_invalid_ids_are_refused_before_touching_files(tmp_path: Path, bad: str) -> None:
     spool = FileSpool(tmp_path / "spool")
-    for operation in (spool.load, spool.open_content, spool.complete):
+    for operation in (spool.load, spool.open, spool.complete):
         with pytest.raises(SpoolError, match="not a queue ID"):
             operation(bad)
     assert sorted(os.listdir(tmp_path / "spool")) == ["corrupt", "free", "queue", "state", "tmp"]
@@ -337,7 +339,7 @@ def test_invalid_ids_are_refused_before_touching_files(tmp_path: Path, bad: str)
 
 async def test_discard_removes_the_partial_message(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(b"partial")
     writer.discard()
     writer.discard()
@@ -350,7 +352,7 @@ async def test_discard_removes_the_partial_message(tmp_path: Path) -> None:
 
 async def test_discard_after_commit_keeps_the_message(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(b"whole")
     queued = await writer.commit()
     writer.discard()
@@ -359,7 +361,7 @@ async def test_discard_after_commit_keeps_the_message(tmp_path: Path) -> None:
 
 async def test_cancelled_commit_leaves_no_message(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     writer.write(b"x" * 1000)
     task = asyncio.create_task(writer.commit())
     await asyncio.sleep(0)  # the commit is under way in a worker thread
@@ -379,7 +381,7 @@ async def test_cancelled_commit_leaves_no_message(tmp_path: Path) -> None:
 async def test_leftovers_in_tmp_are_removed_at_start_up(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
     committed = await spool_message(spool, b"kept")
-    unfinished = spool.new_message(make_envelope())
+    unfinished = spool.put(make_envelope())
     unfinished.write(b"never got its 250" * 10_000)  # and then the process dies
 
     FileSpool(tmp_path, clean_tmp=False)
@@ -429,7 +431,7 @@ def test_open_content_of_a_corrupt_file_moves_it_aside(tmp_path: Path) -> None:
     queue_id = new_queue_id()
     (spool.queue_dir / queue_id).write_bytes(b"XPOSTOFFICE-SPOOL 1\n{}\n")
     with pytest.raises(SpoolError, match="corrupt"):
-        spool.open_content(queue_id)
+        spool.open(queue_id)
     assert (spool.corrupt_dir / queue_id).exists()
 
 
@@ -438,7 +440,7 @@ def test_open_content_of_a_corrupt_file_moves_it_aside(tmp_path: Path) -> None:
 
 async def test_full_disk_is_storage_full_and_leaves_nothing(tmpfs: Path) -> None:
     spool = FileSpool(tmpfs / "spool")
-    writer = spool.new_message(make_envelope())
+    writer = spool.put(make_envelope())
     with pytest.raises(StorageFullError):
         for _ in range(64):  # 512 KiB into 64 KiB
             writer.write(b"x" * 8192)
@@ -456,7 +458,105 @@ async def test_read_only_spool_is_storage_full(tmpfs: Path) -> None:
     remount_read_only(tmpfs)
 
     with pytest.raises(StorageFullError):
-        spool.new_message(make_envelope())
+        spool.put(make_envelope())
     with pytest.raises(StorageFullError):
         FileSpool(tmpfs / "other")
     assert spool.load(queue_id).size == len(b"before")  # reading still works
+
+
+# --- the writer's targets (spool/writer.py) --------------------------------------------------------
+
+
+class ElsewhereTarget:
+    """A FileTarget writing ``header`` + the message to ``directory/out`` (its own tmp name
+    first), handing over to ``fallback`` when its directory cannot take the file."""
+
+    delivered = True
+    room = 0
+
+    def __init__(self, directory: Path, header: bytes, fallback: FileTarget | None) -> None:
+        self.header = header
+        self.path = str(directory / "tmp-out")
+        self._directory = directory
+        self._fallback = fallback
+        self.told: list[tuple[str, str]] = []
+
+    def create(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def destination(self, size: int) -> str:
+        return str(self._directory / f"out,S={size}")
+
+    def fallback(self, error: OSError) -> FileTarget | None:
+        return None if durable.is_storage_full(error) else self._fallback
+
+    def committed(self, message: QueuedMessage, destination: str) -> None:
+        self.told.append((message.queue_id, destination))
+
+
+async def test_a_writer_commits_into_its_target_and_tells_it(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    (tmp_path / "out").mkdir()
+    envelope = make_envelope()
+    target = ElsewhereTarget(tmp_path / "out", b"Header: 1\r\n", spool.queue_file("Q1", envelope))
+    writer = spool.writer("Q1", envelope, target)
+    writer.write(b"x" * 100_000)  # past the buffer: the file is made at once
+    message = await writer.commit()
+    assert message.delivered and message.size == 100_000
+    assert os.listdir(tmp_path / "out") == ["out,S=100011"]
+    assert (tmp_path / "out" / "out,S=100011").read_bytes() == b"Header: 1\r\n" + b"x" * 100_000
+    assert target.told == [("Q1", str(tmp_path / "out" / "out,S=100011"))]
+    assert spool.pending() == []
+
+
+async def test_a_target_that_cannot_make_its_file_hands_over_before_a_byte_is_written(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path / "spool")
+    envelope = make_envelope()
+    queue_id = new_queue_id()
+    gone = tmp_path / "no-such-directory"  # create() fails with ENOENT: not storage-full
+    writer = spool.writer(
+        queue_id, envelope, ElsewhereTarget(gone, b"Header: 1\r\n", spool.queue_file(queue_id, envelope))
+    )
+    writer.write(b"small")
+    message = await writer.commit()
+    assert not message.delivered and spool.pending() == [queue_id]
+    assert spool.load(queue_id).envelope == envelope  # the spool's header, not the target's
+    with spool.open(queue_id) as content:
+        assert content.read() == b"small"
+
+
+@pytest.mark.parametrize("content", [SMALL, LARGE], ids=["small", "large"])
+async def test_fields_prepended_to_a_handed_over_message_go_above_it_in_the_spool(
+    tmp_path: Path, content: bytes
+) -> None:
+    """The spool's header replaces the target's; fields added before and after the content are
+    above it, a large message's late ones in the room of the spool's envelope line."""
+    spool = FileSpool(tmp_path / "spool")
+    envelope = make_envelope()
+    queue_id = new_queue_id()
+    gone = tmp_path / "no-such-directory"
+    writer = spool.writer(
+        queue_id, envelope, ElsewhereTarget(gone, b"Header: 1\r\n", spool.queue_file(queue_id, envelope))
+    )
+    writer.prepend(b"Received: by us\r\n")
+    writer.write(content)
+    writer.prepend(b"X-Late: 1\r\n")
+    message = await writer.commit()
+    assert not message.delivered and spool.pending() == [queue_id]
+    assert spool.load(queue_id).envelope == envelope
+    with spool.open(queue_id) as stored:
+        assert stored.read() == b"X-Late: 1\r\nReceived: by us\r\n" + content
+
+
+async def test_storage_full_is_never_handed_over(tmpfs: Path) -> None:
+    spool = FileSpool(tmpfs / "spool")
+    envelope = make_envelope()
+    (tmpfs / "out").mkdir()
+    writer = spool.writer(
+        "Q2", envelope, ElsewhereTarget(tmpfs / "out", b"", spool.queue_file("Q2", envelope))
+    )
+    remount_read_only(tmpfs)
+    writer.write(b"x")
+    with pytest.raises(StorageFullError):
+        await writer.commit()
+    assert os.listdir(tmpfs / "out") == [] and spool.pending() == []

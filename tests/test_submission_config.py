@@ -129,9 +129,9 @@ def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, ke
 
 
 def test_cli_listener_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    app = pytest.importorskip("postoffice.app", exc_type=ImportError)
+    process = pytest.importorskip("postoffice.runtime.process", exc_type=ImportError)
     seen: list[Config] = []
-    monkeypatch.setattr(app, "serve", lambda config, **options: seen.append(config) or 0)
+    monkeypatch.setattr(process, "serve", lambda config, **options: seen.append(config) or 0)
     code = cli.main(
         ["serve", "--data-dir", str(tmp_path), "--smtp", "127.0.0.1:2525", "--submission", "127.0.0.1:2587",
          "--smtps", "[::1]:2465", "--tls-cert", "chain.pem", "--tls-key", "key.pem"]

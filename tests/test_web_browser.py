@@ -20,7 +20,9 @@ import pytest
 
 from conftest import RunningServer, require_tool
 from postoffice.accounts import Accounts
-from web_helpers import client, make_message, messages, send, wait_for
+from postoffice.mailauth import results
+from postoffice.mailauth.verdicts import DkimVerdict, SpfVerdict
+from web_helpers import client, make_message, messages, send, send_with_fields, wait_for
 
 pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Dialog, Page, Route, expect, sync_playwright
@@ -631,3 +633,69 @@ def test_a_link_to_a_message_survives_the_login(page: Page, mta: RunningServer) 
     p.fill("#login-password", "alice-password")
     p.click("#login-form button[type=submit]")
     p.locator("#view-subject", has_text="Quarterly report").wait_for()
+
+
+def test_authentication_results_show_as_badges_and_a_dmarc_failure_is_marked_in_the_list(
+    page: Page, server: RunningServer, watch: Watch, tmp_path: Path
+) -> None:
+    """Mail checked on arrival carries our Authentication-Results field (the server's host name
+    is mx.test); the open message shows each result, the list marks a DMARC failure."""
+    to = "dev@example.test"
+    passed = [
+        results.spf_result(SpfVerdict("pass", "shop.example")),
+        results.dkim_result(DkimVerdict("pass", "shop.example", "s2024", "abcdefghij")),
+        results.dmarc_result("pass", "shop.example", "reject", "none"),
+        results.arc_result("none"),
+    ]
+    failed = [
+        results.spf_result(SpfVerdict("softfail", "bank.example")),
+        results.dkim_result(DkimVerdict("fail", "bank.example", "k1", "zyxwvuts")),
+        results.dmarc_result("fail", "bank.example", "reject", "reject"),
+    ]
+    send_with_fields(
+        server,
+        make_message(to, "Your order", sender="shop@shop.example"),
+        results.header_field("mx.test", passed),
+    )
+    send_with_fields(
+        server,
+        make_message(to, "Verify your account", sender="bank@bank.example"),
+        results.header_field("mx.test", failed),
+    )
+    send(server, make_message(to, "Sent by a colleague"))
+    open_ui(page, server)
+    p = page
+    expect(p.locator("#message-list li")).to_have_count(3)
+    # The list marks the message failing DMARC, and only it.
+    flags = p.locator("#message-list .auth-flag")
+    expect(flags).to_have_count(1)
+    expect(p.locator("#message-list li", has_text="Verify your account").locator(".auth-flag")).to_have_text(
+        "DMARC"
+    )
+    assert "bank.example" in (flags.get_attribute("title") or "")
+
+    p.locator("#message-list li", has_text="Your order").click()
+    badges = p.locator("#view-auth .auth-badge")
+    expect(badges).to_have_text(["SPF pass", "DKIM pass (d=shop.example, s=s2024)", "DMARC pass", "ARC none"])
+    expect(p.locator("#view-auth .auth-badge.good")).to_have_count(3)
+    expect(p.locator("#view-auth .auth-badge.other")).to_have_text(["ARC none"])
+    assert "selector s2024" in (badges.nth(1).get_attribute("title") or "")
+    assert "policy reject" in (badges.nth(2).get_attribute("title") or "")
+    p.screenshot(path=str(tmp_path / "auth-pass.png"))
+
+    p.locator("#message-list li", has_text="Verify your account").click()
+    expect(badges).to_have_text(["SPF softfail", "DKIM fail (d=bank.example, s=k1)", "DMARC fail"])
+    expect(p.locator("#view-auth .auth-badge.bad")).to_have_count(3)
+    p.screenshot(path=str(tmp_path / "auth-fail.png"))
+    p.set_viewport_size({"width": 390, "height": 844})  # a phone: the badges wrap, none hidden
+    expect(p.locator("#mailboxes")).not_to_be_in_viewport()  # the drawer has slid away
+    for number in range(3):
+        expect(badges.nth(number)).to_be_in_viewport()
+    p.screenshot(path=str(tmp_path / "auth-fail-phone.png"))
+    p.set_viewport_size({"width": 1280, "height": 800})
+
+    # Mail the server did not check shows no row of results at all.
+    p.locator("#message-list li", has_text="Sent by a colleague").click()
+    p.locator("#view-subject", has_text="Sent by a colleague").wait_for()
+    expect(p.locator("#view-auth")).to_be_hidden()
+    assert watch.console_errors == []

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.maildir.names import mailbox_path
+from postoffice.maildir.store import MaildirStore
 from postoffice.web import index as index_module
 from postoffice.web.follow import follow_mailbox
 from postoffice.web.index import Change, MailIndex
-from test_web_index import deliver
+from test_web_index import as_stored, deliver
 
 ADDRESS = "fo@example.test"
 
@@ -30,7 +31,7 @@ def mail_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def index(tmp_path: Path, mail_root: Path) -> Any:
-    idx = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    idx = MailIndex(tmp_path / "index.sqlite3", MaildirStore(mail_root, "mx.test"))
     yield idx
     idx.close()
 
@@ -54,8 +55,8 @@ def test_a_message_indexed_already_is_not_parsed_again(
 ) -> None:
     """The watcher may index a delivery before the server's own indexing reaches it."""
     path = deliver(mail_root, ADDRESS, "1700000000.A_0.mx", "once")
-    assert index.add(path) is not None
-    assert index.add_many([path]) == []
+    assert index.add(as_stored(path)) is not None
+    assert index.add_many([as_stored(path)]) == []
     assert parsed == [path.name]
 
 
@@ -63,7 +64,7 @@ def test_known_names_cost_no_parse_and_change_nothing(
     index: MailIndex, mail_root: Path, parsed: list[str]
 ) -> None:
     path = deliver(mail_root, ADDRESS, "1700000000.B_0.mx", "known")
-    row = index.add(path)
+    row = index.add(as_stored(path))
     assert row is not None
     followed = follow_mailbox(index, ADDRESS, {row.key: {row.location}}, add_new=True)
     assert followed.changes == [] and followed.unknown == {}
@@ -76,7 +77,7 @@ def test_renames_and_deletions_are_applied_and_journalled(
     seen = deliver(mail_root, ADDRESS, "1700000000.C_0.mx", "seen")
     flagged = deliver(mail_root, ADDRESS, "1700000001.C_1.mx", "flagged")
     gone = deliver(mail_root, ADDRESS, "1700000002.C_2.mx", "gone")
-    rows = {row.subject: row for row in index.add_many([seen, flagged, gone])}
+    rows = {row.subject: row for row in index.add_many([as_stored(p) for p in (seen, flagged, gone)])}
     cur = seen.parent.parent / "cur"
     os.rename(seen, cur / f"{seen.name}:2,S")
     # Flagged but not seen: it moves, and a reader sees no change to announce.
@@ -97,7 +98,7 @@ def test_renames_and_deletions_are_applied_and_journalled(
     assert now is not None and now.location == f"cur/{flagged.name}:2,F" and not now.seen
     assert [(box.total, box.unread) for box in index.mailboxes()] == [(2, 1)]
     # Another process (worker 0, serving HTTP) reads the same changes from the journal.
-    other = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    other = MailIndex(tmp_path / "index.sqlite3", MaildirStore(mail_root, "mx.test"))
     try:
         journal = other.changes_after(0, 10)
         assert [change for _, change in journal] == followed.changes
@@ -121,7 +122,7 @@ def test_unknown_files_wait_unless_asked_then_are_indexed(
 
 
 def test_a_whole_mailbox_is_reconciled(index: MailIndex, mail_root: Path) -> None:
-    old = index.add(deliver(mail_root, ADDRESS, "1700000000.E_0.mx", "old"))
+    old = index.add(as_stored(deliver(mail_root, ADDRESS, "1700000000.E_0.mx", "old")))
     assert old is not None
     (mailbox_path(mail_root, ADDRESS) / old.location).unlink()
     deliver(mail_root, ADDRESS, "1700000002.E_2.mx", "later")
@@ -150,7 +151,7 @@ def test_the_journal_keeps_only_its_newest_entries(
 ) -> None:
     monkeypatch.setattr(index_module, "JOURNAL_KEEP", 2)
     paths = [deliver(mail_root, ADDRESS, f"1700000000.G_{n}.mx", f"g{n}") for n in range(3)]
-    rows = index.add_many(paths)
+    rows = index.add_many([as_stored(p) for p in paths])
     for row, path in zip(rows, paths, strict=True):
         path.unlink()
         follow_mailbox(index, ADDRESS, {row.key: {row.location}}, add_new=False)

@@ -14,7 +14,10 @@ import pytest
 
 from conftest import RunningServer
 from postoffice import cli
-from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
+from postoffice.maildir.layout import key_of
+from postoffice.maildir.names import mailbox_address, mailbox_path
+from postoffice.maildir.store import MaildirStore
+from postoffice.storage import StoredMessage
 from postoffice.web.index import SCHEMA_VERSION, MailIndex
 from postoffice.web.search import compile_query
 from web_helpers import client, make_message, messages, send
@@ -33,6 +36,16 @@ def deliver(mail_root: Path, address: str, name: str, subject: str, *, subdir: s
     return path
 
 
+def as_stored(path: Path) -> StoredMessage:
+    """The message a file written by :func:`deliver` is, as the Maildir store names it."""
+    box = path.parent.parent
+    address = mailbox_address(box.parent.name, box.name)
+    key = key_of(path.name)
+    return MaildirStore(box.parent.parent, "mx.test").look_up(
+        address, {key: [f"{path.parent.name}/{path.name}"]}
+    )[key]
+
+
 @pytest.fixture
 def mail_root(tmp_path: Path) -> Path:
     root = tmp_path / "mail"
@@ -42,7 +55,7 @@ def mail_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def index(tmp_path: Path, mail_root: Path) -> MailIndex:
-    idx = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    idx = MailIndex(tmp_path / "index.sqlite3", MaildirStore(mail_root, "mx.test"))
     yield idx  # type: ignore[misc]
     idx.close()
 
@@ -54,11 +67,12 @@ def subjects(index: MailIndex, mailbox: str | None = None) -> list[str]:
 
 def test_add_records_a_delivery_once(index: MailIndex, mail_root: Path) -> None:
     path = deliver(mail_root, "Ann@Example.test", "1700000000.A_0.mx", "first")
-    added = index.add(path)
+    added = index.add(as_stored(path))
     assert added is not None and added.mailbox == "ann@example.test" and added.seen is False
-    assert index.add(path) is None  # found again while recovering: no duplicate
+    assert index.add(as_stored(path)) is None  # found again while recovering: no duplicate
     assert subjects(index) == ["first"]
-    assert index.add(mail_root / "elsewhere.eml") is None
+    # A location outside new/ and cur/ is never read, whoever names it.
+    assert index.add(StoredMessage("ann@example.test", "elsewhere", "../../elsewhere")) is None
 
 
 def test_a_batch_of_long_texts_is_written_in_parts_and_all_of_it_indexed(
@@ -77,7 +91,7 @@ def test_a_batch_of_long_texts_is_written_in_parts_and_all_of_it_indexed(
         return insert_many(items)
 
     monkeypatch.setattr(index, "insert_many", counting)
-    assert len(index.add_many(paths)) == 7
+    assert len(index.add_many([as_stored(p) for p in paths])) == 7
     assert transactions == 4  # 2 + 2 + 2 + the last one
     assert sorted(subjects(index)) == [f"long {n}" for n in range(7)]
 
@@ -87,7 +101,7 @@ def test_sync_follows_what_other_programs_did(index: MailIndex, mail_root: Path)
     gone = deliver(mail_root, "bo@example.test", "1700000002.G_0.mx", "gone")
     read = deliver(mail_root, "bo@example.test", "1700000003.R_0.mx", "read")
     for path in (kept, gone, read):
-        index.add(path)
+        index.add(as_stored(path))
     ids = {row.subject: row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows}
     # mutt reads one, a person deletes one, a new one arrives while the server is down.
     os.rename(read, read.parent.parent / "cur" / (read.name + ":2,S"))
@@ -109,7 +123,7 @@ def test_sync_follows_what_other_programs_did(index: MailIndex, mail_root: Path)
 
 def test_reparse_reads_again_and_keeps_ids(index: MailIndex, mail_root: Path) -> None:
     path = deliver(mail_root, "cy@example.test", "1700000000.C_0.mx", "before")
-    original = index.add(path)
+    original = index.add(as_stored(path))
     assert original is not None
     path.write_bytes(b"Subject: after\r\n\r\nnew words\r\n")
     report = index.sync(reparse=True)
@@ -121,12 +135,12 @@ def test_reparse_reads_again_and_keeps_ids(index: MailIndex, mail_root: Path) ->
 
 def test_locate_follows_a_rename_and_forgets_a_deletion(index: MailIndex, mail_root: Path) -> None:
     path = deliver(mail_root, "di@example.test", "1700000000.D_0.mx", "moving")
-    row = index.add(path)
+    row = index.add(as_stored(path))
     assert row is not None
     moved = path.parent.parent / "cur" / (path.name + ":2,RS")
     os.rename(path, moved)
-    entry = index.locate(row)
-    assert entry is not None and entry.path == moved and entry.seen
+    found = index.locate(row)
+    assert found is not None and found.location == f"cur/{moved.name}" and found.seen
     stored = index.get(row.id)
     assert stored is not None and stored.location == f"cur/{moved.name}" and stored.seen
     moved.unlink()
@@ -136,10 +150,10 @@ def test_locate_follows_a_rename_and_forgets_a_deletion(index: MailIndex, mail_r
 
 
 def test_ids_are_never_reused(index: MailIndex, mail_root: Path) -> None:
-    first = index.add(deliver(mail_root, "ed@example.test", "1700000000.E_0.mx", "one"))
+    first = index.add(as_stored(deliver(mail_root, "ed@example.test", "1700000000.E_0.mx", "one")))
     assert first is not None
     index.remove(first.id)
-    second = index.add(deliver(mail_root, "ed@example.test", "1700000001.E_1.mx", "two"))
+    second = index.add(as_stored(deliver(mail_root, "ed@example.test", "1700000001.E_1.mx", "two")))
     assert second is not None and second.id > first.id
 
 
@@ -147,13 +161,17 @@ def test_rows_another_process_adds_are_followed_in_order(
     tmp_path: Path, mail_root: Path, index: MailIndex
 ) -> None:
     """Two MailIndex objects on one file stand for two worker processes sharing the index."""
-    other = MailIndex(tmp_path / "index.sqlite3", mail_root)
+    other = MailIndex(tmp_path / "index.sqlite3", MaildirStore(mail_root, "mx.test"))
     try:
         assert index.last_id() == 0
-        index.add(deliver(mail_root, "ann@example.test", "1700000000.A_0.mx", "mine"))
+        index.add(as_stored(deliver(mail_root, "ann@example.test", "1700000000.A_0.mx", "mine")))
         start = index.last_id()
         for number in range(5):
-            other.add(deliver(mail_root, "bob@example.test", f"1700000001.B_{number}.mx", f"theirs {number}"))
+            other.add(
+                as_stored(
+                    deliver(mail_root, "bob@example.test", f"1700000001.B_{number}.mx", f"theirs {number}")
+                )
+            )
         first = index.rows_after(start, 3)
         rest = index.rows_after(first[-1].id, 3)
         assert [row.subject for row in first + rest] == [f"theirs {number}" for number in range(5)]
@@ -167,7 +185,7 @@ def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path, mail_root: Pat
     deliver(mail_root, "fi@example.test", "1700000000.F_0.mx", "survivor")
     path = tmp_path / "index.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
-    index = MailIndex(path, mail_root)
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
     try:
         index.sync()
         assert subjects(index) == ["survivor"]
@@ -182,7 +200,7 @@ def test_an_index_of_another_version_is_rebuilt(tmp_path: Path, mail_root: Path)
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE messages (junk)")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    index = MailIndex(path, mail_root)
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
     try:
         index.sync()
         assert subjects(index) == ["fresh"]
@@ -194,7 +212,7 @@ def test_an_index_of_version_3_gains_snippets_and_keeps_its_ids(tmp_path: Path, 
     for number in range(3):
         deliver(mail_root, "mi@example.test", f"170000000{number}.M_{number}.mx", f"kept {number}")
     path = tmp_path / "index.sqlite3"
-    index = MailIndex(path, mail_root)
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
     index.sync()
     ids = [row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows]
     index.close()
@@ -203,7 +221,7 @@ def test_an_index_of_version_3_gains_snippets_and_keeps_its_ids(tmp_path: Path, 
         db.execute("ALTER TABLE messages DROP COLUMN snippet")
         db.execute("PRAGMA user_version = 3")
     db.close()
-    index = MailIndex(path, mail_root)
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
     try:
         rows = index.page(None, EVERYTHING, limit=10, offset=0).rows
         assert [row.id for row in rows] == ids  # not rebuilt: links to messages still work
@@ -213,7 +231,78 @@ def test_an_index_of_version_3_gains_snippets_and_keeps_its_ids(tmp_path: Path, 
             assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         db.close()
         # A second process opening it afterwards finds nothing to do.
-        MailIndex(path, mail_root).close()
+        MailIndex(path, MaildirStore(mail_root, "mx.test")).close()
+    finally:
+        index.close()
+
+
+OUR_FIELD = "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=b.example; dmarc=fail header.from=b.example\r\n"
+
+
+def deliver_checked(mail_root: Path, address: str, name: str, subject: str) -> Path:
+    """A message as the SMTP side stores one it checked: our Authentication-Results on top."""
+    path = deliver(mail_root, address, name, subject)
+    path.write_bytes(OUR_FIELD.encode() + path.read_bytes())
+    return path
+
+
+def test_results_are_read_for_our_host_name_only(tmp_path: Path, mail_root: Path) -> None:
+    path = deliver_checked(mail_root, "au@example.test", "1700000000.A_0.mx", "checked")
+    ours = MailIndex(
+        tmp_path / "ours.sqlite3", MaildirStore(mail_root, "mx.test"), authserv_id="mx.example.test"
+    )
+    other = MailIndex(
+        tmp_path / "other.sqlite3", MaildirStore(mail_root, "mx.test"), authserv_id="mx.elsewhere.test"
+    )
+    unnamed = MailIndex(tmp_path / "unnamed.sqlite3", MaildirStore(mail_root, "mx.test"))
+    try:
+        row = ours.add(as_stored(path))
+        assert row is not None and row.auth is not None and row.auth.verdict == "fail"
+        assert ours.get(row.id) == row
+        for index in (other, unnamed):
+            added = index.add(as_stored(path))
+            assert added is not None and added.subject == "checked" and added.auth is None
+    finally:
+        for index in (ours, other, unnamed):
+            index.close()
+
+
+def test_an_index_of_version_5_gains_empty_results_and_keeps_its_ids(tmp_path: Path, mail_root: Path) -> None:
+    for number in range(3):
+        deliver_checked(mail_root, "mu@example.test", f"170000000{number}.M_{number}.mx", f"kept {number}")
+    path = tmp_path / "index.sqlite3"
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"), authserv_id="mx.example.test")
+    index.sync()
+    ids = [row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows]
+    assert len(ids) == 3 and index.page(None, compile_query("auth:fail"), limit=10, offset=0).total == 3
+    index.close()
+    with sqlite3.connect(path) as db:
+        fresh = db.execute("PRAGMA table_info(messages)").fetchall()
+        fresh_indexes = db.execute("PRAGMA index_list(messages)").fetchall()
+    db.close()
+    # Made into the index of version 5 exactly: without the authentication columns and their index.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX messages_by_auth")
+        for column in ("auth", "auth_verdict", "auth_spf", "auth_dkim", "auth_dmarc", "auth_arc"):
+            db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 5")
+    db.close()
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"), authserv_id="mx.example.test")
+    try:
+        rows = index.page(None, EVERYTHING, limit=10, offset=0).rows
+        assert [row.id for row in rows] == ids  # not rebuilt: links to messages still work
+        # Nothing read again at start: the results stay empty until a full reindex.
+        assert [row.auth for row in rows] == [None] * 3
+        assert index.page(None, compile_query("auth:none"), limit=10, offset=0).total == 3
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert db.execute("PRAGMA table_info(messages)").fetchall() == fresh
+            assert sorted(db.execute("PRAGMA index_list(messages)").fetchall()) == sorted(fresh_indexes)
+        db.close()
+        MailIndex(path, MaildirStore(mail_root, "mx.test")).close()  # a second process finds nothing to do
+        assert index.sync(reparse=True).updated == 3
+        rows = index.page(None, compile_query("auth:fail"), limit=10, offset=0).rows
+        assert [row.id for row in rows] == ids
     finally:
         index.close()
 
@@ -230,6 +319,20 @@ def test_reindex_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     error = capsys.readouterr().err
     assert error.startswith("postoffice: ") and "no mail directory" in error and error.count("\n") == 1
     assert not (tmp_path / "typo").exists()
+
+
+def test_reindex_reads_results_for_the_configured_host_name(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    deliver_checked(data_dir / "mail", "hu@example.test", "1700000000.H_0.mx", "checked")
+    config = tmp_path / "postoffice.toml"
+    config.write_text('hostname = "mx.example.test"\n')
+    assert cli.main(["reindex", "--config", str(config), "--data-dir", str(data_dir)]) == 0
+    index = MailIndex(data_dir / "index.sqlite3", MaildirStore(data_dir / "mail", "mx.test"))
+    try:
+        (row,) = index.page(None, compile_query("dmarc:fail"), limit=10, offset=0).rows
+        assert row.auth is not None and row.auth.spf is not None and row.auth.spf.domain == "b.example"
+    finally:
+        index.close()
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
 from conftest import RunningServer
+from postoffice.mailauth import results
+from postoffice.mailauth.verdicts import DkimVerdict, SpfVerdict
 from postoffice.web.openapi import document
-from web_helpers import client, make_message, send
+from web_helpers import client, make_message, messages, send, send_with_fields
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,7 +64,37 @@ def live(server_factory: Callable[..., RunningServer]) -> RunningServer:
             attachments=[("a.bin", "application/octet-stream", b"\x00\x01")],
         ),
     )
+    # Checked on arrival: every kind of result, including a DKIM signature with no selector.
+    send_with_fields(
+        running,
+        make_message("fuzz@example.test", "checked"),
+        results.header_field(
+            running.config.hostname,
+            [
+                results.spf_result(SpfVerdict("softfail", "example.org")),
+                results.dkim_result(DkimVerdict("pass", "example.org", "sel", "abc")),
+                results.MethodResult("dkim", "fail", (results.Property("header", "i", "@list.example"),)),
+                results.dmarc_result("fail", "example.org", "reject", "reject"),
+                results.arc_result("pass", 1, 1),
+            ],
+        ),
+    )
     return running
+
+
+def test_authentication_results_match_the_document(live: RunningServer) -> None:
+    """Both shapes of ``authentication`` (null, and every result present) as the document says."""
+    spec = document()
+    with client(live) as http:
+        listed = messages(http)
+        one = http.get(f"/api/v1/messages/{listed['messages'][0]['id']}").json()
+    assert [m["authentication"] is None for m in listed["messages"]] == [False, True, True]
+    assert one["authentication"]["dkim"][1] == {"result": "fail", "domain": "list.example", "selector": None}
+    validator = jsonschema.Draft202012Validator({**spec, "$ref": "#/components/schemas/MessageList"})
+    validator.validate(listed)
+    jsonschema.Draft202012Validator({**spec, "$ref": "#/components/schemas/Message"}).validate(one)
+    broken = {**listed["messages"][0], "authentication": {**one["authentication"], "verdict": "maybe"}}
+    assert not validator.is_valid({"total": 1, "messages": [broken]})
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from postoffice.maildir.store import MaildirStore
 from postoffice.web.index import MailIndex, Row, SearchText
 from postoffice.web.search import MAX_QUERY_LENGTH, SearchError, compile_query, mailbox_token, tokenize
 
@@ -41,7 +42,7 @@ def row(key: str, **fields: object) -> tuple[Row, SearchText]:
 
 @pytest.fixture
 def index(tmp_path: Path) -> MailIndex:
-    idx = MailIndex(tmp_path / "index.sqlite3", tmp_path / "mail")
+    idx = MailIndex(tmp_path / "index.sqlite3", MaildirStore(tmp_path / "mail", "mx.test"))
     idx.insert_many(
         [
             row(

@@ -1,4 +1,5 @@
-"""The index follows what other programs do to the Maildirs (web/watch.py, web/follow.py).
+"""The index follows what other programs do to the Maildirs (maildir/watch.py, web/watch.py,
+web/follow.py).
 
 A real server (SMTP and HTTP on ephemeral loopback ports) receives mail over SMTP; then the
 test acts as Dovecot or a person with a shell would, renaming, removing and dropping files in
@@ -22,7 +23,8 @@ import httpx
 import pytest
 
 from conftest import RunningServer, ServerProcess
-from postoffice.delivery.mailbox_names import mailbox_path
+from postoffice.maildir.names import mailbox_path
+from postoffice.maildir.store import MaildirStore
 from postoffice.web import index as index_module
 from postoffice.web.index import MailIndex
 from postoffice.web.watch import GRACE, MaildirWatcher
@@ -151,7 +153,7 @@ def test_the_polling_fallback_follows_them_too(
 ) -> None:
     """Where inotify is missing (or forced off with watchfiles' own variable) the tree is polled."""
     monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
-    caplog.set_level(logging.INFO, logger="postoffice.web.watch")
+    caplog.set_level(logging.INFO, logger="postoffice.maildir.watch")
     server = server_factory()
     assert server.app.web is not None and server.app.web.watcher is not None
     assert server.app.web.watcher.polling is True
@@ -248,7 +250,7 @@ def test_the_watcher_stops_with_the_server(
 
 def test_a_watcher_on_a_closed_index_stops_cleanly(tmp_path: Path) -> None:
     """Stop before start, and stop twice: nothing hangs, nothing raises."""
-    index = MailIndex(tmp_path / "index.sqlite3", tmp_path / "mail")
+    index = MailIndex(tmp_path / "index.sqlite3", MaildirStore(tmp_path / "mail", "mx.test"))
     watcher = MaildirWatcher(index)
     watcher.stop()
     watcher = MaildirWatcher(index)
@@ -264,7 +266,7 @@ def test_a_relative_mail_root_is_watched(tmp_path: Path, monkeypatch: pytest.Mon
     """The kernel names changes by absolute paths; a root given relative to the working
     directory (``--data-dir data``) is followed all the same."""
     monkeypatch.chdir(tmp_path)
-    index = MailIndex(tmp_path / "index.sqlite3", Path("data/mail"))
+    index = MailIndex(tmp_path / "index.sqlite3", MaildirStore(Path("data/mail"), "mx.test"))
     watcher = MaildirWatcher(index)
     watcher.start()
     try:

@@ -306,7 +306,7 @@ class AlwaysLater:
 
 async def queued(spool: FileSpool) -> QueuedMessage:
     recipient = Recipient("a@example.com", "a@example.com", Route.LOCAL)
-    writer = spool.new_message(Envelope("from@example.org", (recipient,), received_at=time.time()))
+    writer = spool.put(Envelope("from@example.org", (recipient,), received_at=time.time()))
     writer.write(b"Subject: test\r\n\r\nhello\r\n")
     return await writer.commit()
 

@@ -75,7 +75,7 @@ async def _leave_in_queue(spool_dir: Path, subject: str) -> None:
         recipients=(Recipient(RECIPIENT, RECIPIENT, Route.LOCAL),),
         received_at=time.time(),
     )
-    writer = spool.new_message(envelope)
+    writer = spool.put(envelope)
     writer.write(f"Subject: {subject}\r\n\r\nleft by a previous run\r\n".encode())
     await writer.commit()
 

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ServerProcess, wait_until
+from postoffice.maildir.store import MaildirStore
 from postoffice.web.index import MailIndex
 from test_workers import workers_of
 
@@ -117,12 +118,37 @@ def test_mail_delivered_just_before_a_stop_is_in_the_index_after_it(
         with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
             client.sendmail("sender@example.org", [RECIPIENT], f"Subject: {subject}\r\n\r\nbody\r\n")
     assert running.terminate(signal.SIGTERM) == 0
-    index = MailIndex(data_dir / "index.sqlite3", data_dir / "mail")
+    index = MailIndex(data_dir / "index.sqlite3", MaildirStore(data_dir / "mail", "mx.test"))
     try:
         assert sorted(row.subject for row in index.rows_after(0, 100)) == sorted(sent)
     finally:
         index.close()
     assert not any("index-sync reason=backlog" in line for line in running.output)
+
+
+def test_the_indexing_parent_keeps_the_results_of_our_own_field(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The parent indexes with the server's host name as authserv-id (spawn_server's mx.test)."""
+    data_dir = tmp_path / "data"
+    running = server_process("--workers", "2", data_dir=data_dir)
+    for number, authserv_id in enumerate(["mx.test"] * 3 + ["elsewhere.test"] * 3):
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
+            client.sendmail(
+                "sender@example.org",
+                [RECIPIENT],
+                f"Authentication-Results: {authserv_id}; dmarc=fail header.from=example.org\r\n"
+                f"Subject: {authserv_id} {number}\r\n\r\nbody\r\n",
+            )
+    assert running.terminate(signal.SIGTERM) == 0
+    index = MailIndex(data_dir / "index.sqlite3", MaildirStore(data_dir / "mail", "mx.test"))
+    try:
+        verdicts = {row.subject: row.auth.verdict if row.auth else None for row in index.rows_after(0, 100)}
+    finally:
+        index.close()
+    assert verdicts == {f"mx.test {n}": "fail" for n in range(3)} | {
+        f"elsewhere.test {n}": None for n in range(3, 6)
+    }
 
 
 def test_sighup_is_passed_to_every_worker(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import time
 from collections.abc import Callable, Iterable
+from email import policy
 from email.message import EmailMessage
 from typing import Any, TypeVar
 
@@ -41,6 +42,15 @@ def send(server: RunningServer, message: EmailMessage, *, to: list[str] | None =
     """Send over SMTP to the server, and wait until it is delivered and indexed."""
     with smtplib.SMTP(server.host, server.port, timeout=10) as client:
         client.send_message(message, to_addrs=to)
+    server.index_idle()
+
+
+def send_with_fields(server: RunningServer, message: EmailMessage, *fields: bytes) -> None:
+    """Send ``message`` with header ``fields`` (each a whole field, CRLF-ended) on top, as the
+    SMTP side puts its Authentication-Results field; wait until it is delivered and indexed."""
+    data = b"".join(fields) + message.as_bytes(policy=policy.SMTP)
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.sendmail("sender@example.org", [str(message["To"])], data)
     server.index_idle()
 
 

@@ -13,8 +13,9 @@ The file is JSON (``version`` 1)::
                  "@example.com": ["alice@example.com"]}}
 
 An alias key ``@domain`` is a catch-all for local parts of that domain that are neither a user
-nor an alias. Addresses are compared with both parts lower-cased: RFC 5321 §2.4 lets a server
-treat its own local parts case-insensitively, and every mail provider does.
+nor an alias. Addresses are compared in their canonical form (:mod:`postoffice.addresses`: both
+parts lower-cased and NFC): RFC 5321 §2.4 lets a server treat its own local parts
+case-insensitively, and every mail provider does.
 
 Writers take an exclusive ``flock`` on ``accounts.json.lock``, re-read, change, and replace the
 file atomically (write a temporary file, fsync it, rename it over the old one, fsync the
@@ -30,7 +31,6 @@ import json
 import logging
 import os
 import secrets
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from postoffice.config import normalize_address, normalize_domain
+from postoffice.addresses import canonical_or_none, fold, normalize_address, normalize_domain
+from postoffice.durable import replace_file
 from postoffice.errors import AccountError
 
 log = logging.getLogger(__name__)
@@ -79,29 +80,18 @@ def _stamp(st: os.stat_result) -> _Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _fold(address: str) -> str | None:
-    """The lookup form of ``address``, or None if it has no local@domain shape.
-
-    Lower-cased, and NFC-normalised as RFC 6531 §3.3 (via RFC 5198) asks, so the two spellings
-    of "é" are one user, as they are one mailbox in ``delivery.mailbox_names``.
-    """
-    local, at, domain = unicodedata.normalize("NFC", address.lower()).rpartition("@")
-    return f"{local}@{domain}" if at and local and domain else None
-
-
 def _canonical(address: str) -> str:
-    """A valid address in lookup form; AccountError if it is not valid."""
+    """A valid address in its canonical (lookup) form; AccountError if it is not valid."""
     try:
-        valid = normalize_address(address, fold_local=True)
+        return normalize_address(address, fold_local=True)
     except ValueError as exc:
         raise AccountError(str(exc)) from None
-    return unicodedata.normalize("NFC", valid)
 
 
 def _user_address(address: str) -> str:
     normal = _canonical(address)
     # The local part names the user's mailbox directory under the mail root: keep path
-    # separators out here too, not only in delivery.mailbox_names (defence in depth).
+    # separators out here too, not only in maildir.names (defence in depth).
     if "/" in normal.rpartition("@")[0]:
         raise AccountError(f"{address!r}: a user's local part cannot contain '/'")
     return normal
@@ -111,7 +101,7 @@ def _alias_key(alias: str) -> str:
     if not alias.startswith("@"):
         return _canonical(alias)
     try:
-        return "@" + unicodedata.normalize("NFC", normalize_domain(alias[1:]))
+        return "@" + fold(normalize_domain(alias[1:]))
     except ValueError as exc:
         raise AccountError(str(exc)) from None
 
@@ -161,7 +151,7 @@ class Accounts:
 
     def remove_user(self, address: str) -> str:
         """Remove a user; returns the address as stored. Their mail is left alone."""
-        normal = _fold(address) or address
+        normal = canonical_or_none(address) or address
 
         def change(data: _Data) -> _Data:
             if normal not in data.users:
@@ -177,12 +167,12 @@ class Accounts:
         return [UserInfo(name, data.users[name].admin) for name in sorted(data.users)]
 
     def has_user(self, address: str) -> bool:
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         return normal is not None and normal in self._load().users
 
     def verify(self, address: str, password: str) -> bool:
         """True if ``password`` is the user's; the same work is done for unknown users."""
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         user = self._load().users.get(normal) if normal else None
         if user is None:
             # Verify against a hash nobody knows the password of, so that the reply time does
@@ -257,9 +247,7 @@ class Accounts:
         return key
 
     def remove_alias(self, alias: str) -> str:
-        key = (
-            unicodedata.normalize("NFC", alias.lower()) if alias.startswith("@") else (_fold(alias) or alias)
-        )
+        key = fold(alias) if alias.startswith("@") else (canonical_or_none(alias) or alias)
 
         def change(data: _Data) -> _Data:
             if key not in data.aliases:
@@ -281,7 +269,7 @@ class Accounts:
         Expansion is depth-first, keeps the first occurrence of each target, skips loops and
         stops at :data:`MAX_ALIAS_DEPTH`; an alias that expands to nothing resolves to None.
         """
-        normal = _fold(address)
+        normal = canonical_or_none(address)
         if normal is None:
             return None
         data = self._load()
@@ -341,37 +329,10 @@ class Accounts:
 
     def _write(self, data: _Data) -> None:
         text = json.dumps(_encode(data), indent=2, ensure_ascii=False) + "\n"
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        # We hold the lock, so a leftover temporary file is from a writer that crashed.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask: only the owner reads hashes
-                view = memoryview(text.encode("utf-8"))
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-                stamp = _stamp(os.fstat(fd))
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self._path.parent)
-        self._cache = (stamp, data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is (rename(2), fsync(2) notes).
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        # We hold the lock, so a leftover temporary file is from a writer that crashed. 0600
+        # whatever the umask: only the owner reads hashes.
+        status = replace_file(self._path, text.encode("utf-8"), mode=0o600)
+        self._cache = (_stamp(status), data)
 
 
 def _alias_targets(data: _Data, address: str) -> tuple[str, ...] | None:
@@ -412,13 +373,13 @@ def _decode(raw: bytes, path: Path) -> _Data:
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise AccountError(f"{path}: user {name!r}: admin must be true or false")
-        users[_fold(name) or name] = _User(entry["password"], admin)
+        users[canonical_or_none(name) or name] = _User(entry["password"], admin)
     aliases: dict[str, tuple[str, ...]] = {}
     for name, targets in _mapping(doc, "aliases", path).items():
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
             raise AccountError(f"{path}: alias {name!r} must be a list of addresses")
-        key = name.lower() if name.startswith("@") else (_fold(name) or name)
-        aliases[key] = tuple(dict.fromkeys(_fold(t) or t for t in targets))
+        key = fold(name) if name.startswith("@") else (canonical_or_none(name) or name)
+        aliases[key] = tuple(dict.fromkeys(canonical_or_none(t) or t for t in targets))
     return _Data(users, aliases)
 
 

@@ -29,7 +29,9 @@ client.
     │       └── SmtpDataRefused      DATA or the message itself refused
     ├── SpoolError                   the queue could not store or read a message
     │   └── StorageFullError         out of space or read-only: a temporary condition
-    └── DeliveryError                a delivery agent failed outside its per-recipient results
+    ├── DeliveryError                a delivery agent failed outside its per-recipient results
+    ├── DkimError                    a DKIM key cannot be made or read, or a message cannot be signed
+    └── MessageGone                  a stored message is no longer where it was (moved or removed)
 
 The local/remote split follows h11: a remote error is the peer's fault and is answered on the
 wire, a local error is ours and must never be shown to a client.
@@ -223,3 +225,13 @@ class StorageFullError(SpoolError):
 
 class DeliveryError(PostofficeError):
     """A delivery agent failed as a whole (not a per-recipient result)."""
+
+
+class DkimError(PostofficeError):
+    """A DKIM key cannot be made, found or read, or a message cannot be signed (no From field,
+    an oversized header section); ``str()`` names the domain, selector or file."""
+
+
+class MessageGone(PostofficeError):
+    """A message in a mailbox is no longer where it was: another program moved or removed it
+    (find it again, or it is gone)."""

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from postoffice.accounts import Accounts
+from postoffice.addresses import join
 from postoffice.config import Config
+from postoffice.recipients import Kind, Recipients
 from postoffice.smtp import replies
-from postoffice.smtp.grammar import Mailbox, Path
+from postoffice.smtp.grammar import Path
 from postoffice.smtp.replies import Reply
 
 
@@ -40,15 +42,6 @@ class RecipientVerdict:
     remote: tuple[str, ...] = ()  # addresses to relay to other servers
 
 
-def mailbox_address(mailbox: Mailbox) -> str:
-    """The canonical local mailbox for an address: local part unquoted and lower-cased.
-
-    RFC 5321 §2.4 lets the receiving host treat local parts case-insensitively, and every
-    common MTA does for its own mailboxes (Postfix lower-cases for local delivery).
-    """
-    return f"{mailbox.unquoted_local_part.lower()}@{mailbox.domain}"
-
-
 class Policy:
     def __init__(
         self,
@@ -59,9 +52,8 @@ class Policy:
     ) -> None:
         """``mailbox_ok(address)`` says whether a local mailbox can exist for ``address`` (the
         composition root passes the Maildir naming rules); None accepts every address."""
-        self._config = config
         self._accounts = accounts
-        self._mailbox_ok = mailbox_ok
+        self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok)
 
     def check_sender(self, path: Path, *, authenticated_user: str | None, submission: bool = False) -> Reply:
         """The reply to MAIL FROM:<path> (see the rules in the module docstring)."""
@@ -73,7 +65,7 @@ class Policy:
         if mailbox is None:
             # The null sender is for bounces, which a server makes, never a user (§4.5.5).
             return replies.NULL_SENDER_REFUSED
-        if not self.owns(authenticated_user, mailbox_address(mailbox)):
+        if not self.owns(authenticated_user, join(mailbox.unquoted_local_part, mailbox.domain)):
             return replies.SENDER_NOT_OWNED
         return replies.SENDER_OK
 
@@ -84,39 +76,19 @@ class Policy:
         return targets is not None and self._accounts.resolve(user) == [user] and user in targets
 
     def check_recipient(self, path: Path, *, authenticated_user: str | None) -> RecipientVerdict:
-        config = self._config
+        """The reply to RCPT TO:<path>: where :mod:`postoffice.recipients` says the mail goes,
+        if this session may send it there."""
         if path.postmaster:
-            return self._postmaster(config.domains[0] if config.domains else config.hostname.lower())
-        mailbox = path.mailbox
-        assert mailbox is not None  # the grammar refuses <> in RCPT
-        if config.capture_mode:
-            address = mailbox_address(mailbox)
-            if self._mailbox_ok is not None and not self._mailbox_ok(address):
-                # Refused now, while the client can still be told: after a 250 the message
-                # could only fail at delivery (a general address literal may hold "/").
-                return RecipientVerdict(replies.BAD_DESTINATION_MAILBOX)
-            return RecipientVerdict(replies.RECIPIENT_OK, local=(address,))
-        address = mailbox_address(mailbox)
-        if config.is_local_domain(mailbox.domain):
-            targets = self._accounts.resolve(address)
-            if targets is None:
-                if mailbox.unquoted_local_part.lower() == "postmaster":
-                    return self._postmaster(mailbox.domain)
-                return RecipientVerdict(replies.USER_UNKNOWN)
-            return self._split(targets)
-        if authenticated_user is not None:
-            return RecipientVerdict(replies.RECIPIENT_OK, remote=(str(mailbox),))
-        return RecipientVerdict(replies.RELAY_DENIED)
-
-    def _postmaster(self, domain: str) -> RecipientVerdict:
-        """RFC 5321 §4.5.1: postmaster must be accepted for every domain we serve."""
-        configured = self._config.postmaster
-        if configured is None:
-            return RecipientVerdict(replies.RECIPIENT_OK, local=(f"postmaster@{domain}",))
-        targets = self._accounts.resolve(configured) or [configured]
-        return self._split(targets)
-
-    def _split(self, targets: list[str]) -> RecipientVerdict:
-        local = tuple(t for t in targets if self._config.is_local_domain(t.rpartition("@")[2]))
-        remote = tuple(t for t in targets if t not in local)
-        return RecipientVerdict(replies.RECIPIENT_OK, local=local, remote=remote)
+            found = self._recipients.postmaster()
+        else:
+            assert path.mailbox is not None  # the grammar refuses <> in RCPT
+            found = self._recipients.resolve(path.mailbox)
+        if found.kind is Kind.RELAY and authenticated_user is None:
+            return RecipientVerdict(replies.RELAY_DENIED)
+        if found.kind is Kind.UNKNOWN:
+            return RecipientVerdict(replies.USER_UNKNOWN)
+        if found.kind is Kind.UNUSABLE:
+            # Refused now, while the client can still be told: after a 250 the message could
+            # only fail at delivery (a general address literal may hold "/").
+            return RecipientVerdict(replies.BAD_DESTINATION_MAILBOX)
+        return RecipientVerdict(replies.RECIPIENT_OK, local=found.local, remote=found.remote)

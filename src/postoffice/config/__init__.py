@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from postoffice.addresses import normalize_address, normalize_domain
 from postoffice.config.kinds import LOG_FORMATS, RELAY_TLS_MODES, TLS_POLICIES, TLS_VERSIONS
 from postoffice.config.loader import Overrides, check_config, load_config
 from postoffice.config.model import Config, default_data_dir, default_hostname
@@ -32,8 +33,6 @@ from postoffice.config.names import (
     DEFAULT_SMTP_LISTENER,
     LISTENER_KINDS,
     Listener,
-    normalize_address,
-    normalize_domain,
     parse_dns_server,
     parse_hostport,
     parse_relay_host,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from postoffice.addresses import normalize_address, normalize_domain
 from postoffice.config import names, values
 from postoffice.config.schema import Bound, Kind, plain, toml_text
 from postoffice.config.values import Invalid, string
@@ -54,7 +55,7 @@ def _tls_policy(value: object) -> tuple[tuple[str, str], ...]:
     policy: dict[str, str] = {}
     for domain, level in value.items():
         try:
-            name = names.normalize_domain(domain)
+            name = normalize_domain(domain)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
         try:
@@ -106,11 +107,11 @@ def listeners_of(kind: str) -> Kind:
 
 
 def _domain(value: object) -> str:
-    return names.normalize_domain(string(value))
+    return normalize_domain(string(value))
 
 
 def _address(value: object) -> str:
-    return names.normalize_address(string(value))
+    return normalize_address(string(value))
 
 
 def _dns_server(value: object) -> tuple[str, int]:

@@ -1,10 +1,11 @@
 """Names in the configuration: domains, addresses, ``HOST:PORT`` listeners and servers.
 
-Untrusted input seen here: names from the configuration file and the command line (and, through
-:func:`normalize_address` and :func:`normalize_domain`, addresses that other layers are given).
-Each is checked against its RFC grammar and returned in one normal form, or refused with a
+Untrusted input seen here: names from the configuration file and the command line. Each is
+checked against its RFC grammar and returned in one normal form, or refused with a
 ``ValueError`` (a :class:`~postoffice.errors.ConfigError` naming the key, for addresses of
-servers) whose message is one line.
+servers) whose message is one line. Domains and mail addresses are checked by
+:mod:`postoffice.addresses` (:func:`normalize_domain`, :func:`normalize_address`), which every
+layer shares.
 """
 
 from __future__ import annotations
@@ -13,80 +14,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from postoffice.addresses import normalize_domain
 from postoffice.config.values import Invalid, array, string
 from postoffice.errors import ConfigError
-
-# RFC 1035 §2.3.1 "preferred name syntax" as relaxed by RFC 1123 §2.1 (labels may start with a
-# digit): letters, digits and inner hyphens, 1 to 63 octets.
-_LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-# RFC 5321 §4.5.3.1.2: a domain is at most 255 octets; the dotted text form of that is 253.
-_MAX_DOMAIN_TEXT = 253
-# RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
-_MAX_LOCAL_PART = 64
-# RFC 5322 §3.2.3 atext, the characters of a dot-atom besides letters and digits.
-_ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
-
-
-def normalize_domain(name: str) -> str:
-    """Return ``name`` lower-cased if it is a valid domain name; raise ``ValueError`` if not.
-
-    Labels are LDH (RFC 1035/1123) or IDNA U-labels (RFC 5890), checked through their ASCII
-    form so the length limits hold on the wire. Address literals are not domain names.
-    """
-    if not name:
-        raise ValueError("empty domain name")
-    lowered = name.lower()
-    ascii_labels: list[str] = []
-    for label in lowered.split("."):
-        if not label:
-            raise ValueError(f"{name!r} has an empty label")
-        if label.isascii():
-            ascii_label = label
-        else:
-            try:
-                ascii_label = label.encode("idna").decode("ascii")
-            except UnicodeError:
-                raise ValueError(f"{name!r}: {label!r} is not a valid internationalised label") from None
-        if not _LDH_LABEL.fullmatch(ascii_label):
-            raise ValueError(f"{name!r}: labels are letters, digits and inner hyphens, at most 63 characters")
-        ascii_labels.append(ascii_label)
-    if len(".".join(ascii_labels)) > _MAX_DOMAIN_TEXT:
-        raise ValueError(f"{name[:40]!r}...: longer than {_MAX_DOMAIN_TEXT} characters")
-    # RFC 3696 §2: a top-level domain is never all-numeric, which also keeps "10.0.0.1" out.
-    if ascii_labels[-1].isdigit():
-        raise ValueError(f"{name!r} is not a domain name (the last label is all digits)")
-    return lowered
-
-
-def _is_atext(char: str) -> bool:
-    if char.isascii():
-        return char.isalnum() or char in _ATEXT_SPECIALS
-    # RFC 6531 §3.3 adds UTF8-non-ascii to atext; controls and spaces stay out.
-    return char.isprintable() and not char.isspace()
-
-
-def normalize_address(address: str, *, fold_local: bool = False) -> str:
-    """Return ``local@domain`` with the domain lower-cased; raise ``ValueError`` if invalid.
-
-    The local part must be a dot-atom (RFC 5322 §3.2.3, UTF-8 allowed by RFC 6531): quoted
-    local parts are legal on the wire but nobody needs one to configure a server. Local parts
-    are case-sensitive in general (RFC 5321 §2.4); ``fold_local`` lower-cases it anyway, for
-    addresses this server owns.
-    """
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"{address!r} is not an address of the form local@domain")
-    atoms = local.split(".")
-    if not all(atom and all(_is_atext(char) for char in atom) for atom in atoms):
-        raise ValueError(f"{address!r}: the local part has a character or dot that is not allowed")
-    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
-        raise ValueError(f"{address!r}: the local part is longer than {_MAX_LOCAL_PART} octets")
-    try:
-        domain = normalize_domain(domain)
-    except ValueError as exc:
-        raise ValueError(f"{address!r}: {exc}") from None
-    return f"{local.lower() if fold_local else local}@{domain}"
-
 
 _PORT = re.compile(r"[0-9]{1,5}")
 

@@ -1,1 +1,2 @@
-"""Delivery agents: local Maildir delivery and (later) remote SMTP delivery."""
+"""Delivery agents: local delivery into the mailbox store, remote delivery over SMTP, and direct
+delivery of a message for one local mailbox before the reply."""

@@ -1,8 +1,8 @@
 """Final delivery at the end of DATA: a message for one local mailbox goes straight into it.
 
 Untrusted input seen here: the envelope (addresses already parsed by the SMTP grammar and
-checked by the policy; the mailbox directory comes only from
-:func:`~postoffice.delivery.mailbox_names.mailbox_path`) and the message bytes, stored verbatim.
+checked by the policy; the mailbox's file comes only from the Maildir store, which never lets
+an address pick a location) and the message bytes, stored verbatim.
 
 The queue exists for what cannot be finished while the client waits: other servers, retries,
 reports. A message for one local mailbox needs none of that, so instead of being written to
@@ -15,8 +15,14 @@ the delivery. A full or read-only disk is the client's to retry (4xx), as with t
 Everything else goes through the spool as before: several recipients (each copy carries its own
 Delivered-To, and a partial failure needs the queue), remote routes, a sender who asked for a
 success report (RFC 3461 NOTIFY=SUCCESS, which the queue's reporting sends), and a message whose
-mailbox cannot take it right now (the writer turns into the spool's before writing a byte, and
-the queue retries, then bounces).
+mailbox cannot take it right now (the writer turns to the spool's file before writing a byte,
+and the queue retries, then bounces).
+
+This is composition, not a second writer: the spool's
+:class:`~postoffice.spool.writer.FileMessageWriter` streams the message, with a target naming
+the Maildir store's file (:meth:`~postoffice.maildir.store.MaildirStore.new_file`, the same
+names and mode as the store's own :meth:`deliver`) and the spool's own file to fall back to. A
+copy stored either way is reported through the same hook as the queue's local agent reports.
 
 Crash safety is the spool's: until the rename into ``new/`` and its directory sync, nothing was
 acknowledged; a file left in ``tmp/`` by a crash is never read (the Maildir specification tells
@@ -27,26 +33,18 @@ are 36 hours old, as the specification asks.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from postoffice.delivery.agent import DeliveryResult
-from postoffice.delivery.mailbox_names import mailbox_location, mailbox_path
-from postoffice.delivery.maildir import (
-    DeliveryHook,
-    MaildirStore,
-    create_mail_file,
-    delivered_to_maildir,
-    delivery_headers,
-    maildir_name,
-)
-from postoffice.spool.base import MessageWriter
+from postoffice.delivery.local import DeliveryHook, delivered_into, delivery_headers
+from postoffice.durable import is_storage_full
+from postoffice.maildir.store import MaildirFile, MaildirStore
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
-from postoffice.spool.files import STORAGE_FULL_ERRNOS, FileMessageWriter, FileSpool, spool_header
+from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import new_queue_id
+from postoffice.spool.writer import FileTarget
+from postoffice.storage import MessageWriter, StoredMessage
 
 log = logging.getLogger("postoffice.spool")
 
@@ -56,8 +54,8 @@ ResultHook = Callable[[QueuedMessage, Recipient, DeliveryResult], None]
 class DirectReceiver:
     """What an SMTP session stores a message with: its mailbox, or else the spool.
 
-    ``on_delivered(address, path)`` and ``on_result(message, recipient, result)`` are told of a
-    direct delivery as the Maildir agent and the scheduler tell of a queued one.
+    ``on_delivered(stored)`` and ``on_result(message, recipient, result)`` are told of a
+    direct delivery as the local agent and the scheduler tell of a queued one.
     """
 
     def __init__(
@@ -73,33 +71,27 @@ class DirectReceiver:
         self._on_delivered = on_delivered
         self._on_result = on_result
 
-    def new_message(self, envelope: Envelope) -> MessageWriter:
-        maildir = self._direct_mailbox(envelope)
-        if maildir is None:
-            return self.spool.new_message(envelope)
+    def put(self, envelope: Envelope) -> MessageWriter:
+        recipient = _direct_recipient(envelope)
+        if recipient is None:
+            return self.spool.put(envelope)
+        queue_id = new_queue_id()
+        headers = delivery_headers(envelope.mail_from, recipient.address)
+        try:
+            # The recipient index 0 names the file, as the local agent names a queued delivery.
+            file = self.store.new_file(recipient.address, f"{queue_id}_0", envelope.received_at, headers)
+        except ValueError:
+            return self.spool.put(envelope)  # the queue's agent turns it into a bounce, with its reason
         # The spool's check: a full or read-only disk is refused before the content, and the
         # spool is where the message goes should its mailbox refuse it.
         self.spool.check_writable()
-        return DirectMessageWriter(self, new_queue_id(), envelope, maildir)
+        queued = self.spool.queue_file(queue_id, envelope)
+        target = _MailboxTarget(file, queued, queue_id, recipient, self._delivered)
+        return self.spool.writer(queue_id, envelope, target)
 
-    def _direct_mailbox(self, envelope: Envelope) -> Path | None:
-        """The Maildir of the one local recipient, when nothing needs the queue."""
-        if len(envelope.recipients) != 1:
-            return None
-        recipient = envelope.recipients[0]
-        if recipient.route is not Route.LOCAL or "SUCCESS" in recipient.notify:
-            return None
-        try:
-            # The names alone, here on the event loop; the symlink check is made in the file
-            # thread just before the file is created (DirectMessageWriter._create_in_mailbox).
-            return mailbox_location(self.store.mail_root, recipient.address)
-        except ValueError:
-            return None  # the queue's agent turns it into a bounce, with its reason
-
-    def _delivered(self, message: QueuedMessage, target: str) -> None:
-        path = Path(target)
+    def _delivered(self, message: QueuedMessage, stored: StoredMessage) -> None:
         recipient = message.envelope.recipients[0]
-        result = delivered_to_maildir(recipient, path)
+        result = delivered_into(self.store, recipient, stored)
         log.info(
             "queue_id=%s to=<%s> status=delivered detail=%r",
             message.queue_id,
@@ -110,101 +102,68 @@ class DirectReceiver:
             if self._on_result is not None:
                 self._on_result(message, recipient, result)  # metrics
             if self._on_delivered is not None:
-                self._on_delivered(recipient.address, path)  # the web index
+                self._on_delivered(stored)  # the web index
         except Exception:
             # The copy is safely stored and acknowledged; an observer's failure stays its own.
             log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, recipient.address)
 
 
-class DirectMessageWriter(FileMessageWriter):
-    """Streams a message into ``<maildir>/tmp/``; :meth:`commit` delivers it into ``new/``.
+def _direct_recipient(envelope: Envelope) -> Recipient | None:
+    """The one local recipient, when nothing needs the queue."""
+    if len(envelope.recipients) != 1:
+        return None
+    recipient = envelope.recipients[0]
+    if recipient.route is not Route.LOCAL or "SUCCESS" in recipient.notify:
+        return None
+    return recipient
 
-    When the mailbox cannot take the file, the writer becomes the spool's before anything is
-    written, and the message is queued like any other (its agent retries, then bounces).
-    """
 
-    def __init__(self, receiver: DirectReceiver, queue_id: str, envelope: Envelope, maildir: Path) -> None:
-        headers = delivery_headers(envelope.mail_from, envelope.recipients[0].address)
-        super().__init__(receiver.spool, queue_id, envelope, headers)
-        self._receiver = receiver
-        self._maildir = maildir
-        self._maildir_prefix = f"{maildir}{os.sep}"
-        self._header_size = len(headers)
-        # The recipient index 0 names the file, as the Maildir agent names a queued delivery.
-        self._key = f"{queue_id}_0"
-        self._path = f"{self._maildir_prefix}tmp{os.sep}{self._key}"
-        self._direct = True  # False once the mailbox refused and the spool took over
+class _MailboxTarget:
+    """:class:`~postoffice.spool.writer.FileTarget` of a direct delivery: the Maildir store's
+    ``file``, or, when the mailbox cannot take it, the spool's ``queued`` file."""
 
-    def _create(self) -> int:
-        # Called once, before anything is written: the buffer still starts with our headers.
-        try:
-            return self._create_in_mailbox()
-        except OSError as exc:
-            if exc.errno in STORAGE_FULL_ERRNOS:
-                raise  # the spool shares the disk, as a rule: the client is told to retry later
-            # A mailbox that cannot take the message now (a file in the way, permissions) is
-            # the queue's to retry and, in the end, to bounce; the client need not care.
-            log.warning(
-                "queue_id=%s to=<%s> error=%r path=%s status=queued reason=mailbox-unwritable",
-                self.queue_id,
-                self._envelope.recipients[0].address,
-                exc.strerror,
-                exc.filename,
-            )
-            self._queue_instead()
-            return super()._create()
+    delivered = True
+    # A mail file has no envelope line to leave room in: fields added at the end of a message
+    # that outgrew the buffer cost a copy of the file at the commit (spool/headroom.py).
+    room = 0
 
-    def _create_in_mailbox(self) -> int:
-        store = self._receiver.store
-        try:
-            mailbox_path(store.mail_root, self._envelope.recipients[0].address)
-        except ValueError as exc:
-            # A symlink out of the mail root appeared: the queue's agent refuses it and bounces.
-            raise OSError(errno.ELOOP, str(exc), str(self._maildir)) from None
-        store.prepare(self._maildir)
-        # The store's mail_file_mode: the file is renamed into new/ as it is.
-        flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            return create_mail_file(self._path, flags, store.file_mode)
-        except FileNotFoundError:
-            # The Maildir went away since this process made it (a person removed it).
-            store.prepare(self._maildir, again=True)
-            return create_mail_file(self._path, flags, store.file_mode)
+    def __init__(
+        self,
+        file: MaildirFile,
+        queued: FileTarget,
+        queue_id: str,
+        recipient: Recipient,
+        delivered: Callable[[QueuedMessage, StoredMessage], None],
+    ) -> None:
+        self._file = file
+        self._queued = queued
+        self._queue_id = queue_id
+        self._recipient = recipient
+        self._report = delivered
+        self.header = file.header
+        self.path = file.path
 
-    def _queue_instead(self) -> None:
-        """Become the spool's writer: the spool's header in place of the delivery headers."""
-        self._direct = False
-        header = spool_header(self._envelope)
-        self._buffer[: self._header_size] = header
-        self._top = len(header)
-        self._path = self._receiver.spool.tmp_prefix + self.queue_id
+    def create(self) -> int:
+        return self._file.create()
 
-    def _make_room(self) -> None:
-        # A Maildir file has no envelope line to leave room in: fields added at the end of a
-        # message that outgrew the buffer cost a copy at the commit (spool/files.py).
-        if not self._direct:
-            super()._make_room()
+    def destination(self, size: int) -> str:
+        return self._file.destination(size)
 
-    def _destination(self) -> str:
-        if not self._direct:
-            return super()._destination()
-        name = maildir_name(
-            self._key,
-            self._envelope.received_at,
-            self._receiver.store.hostname,
-            self._header_size + self.size,
+    def fallback(self, error: OSError) -> FileTarget | None:
+        if is_storage_full(error):
+            return None  # the spool shares the disk, as a rule: the client is told to retry later
+        # A mailbox that cannot take the message now (a file in the way, permissions) is the
+        # queue's to retry and, in the end, to bounce; the client need not care.
+        log.warning(
+            "queue_id=%s to=<%s> error=%r path=%s status=queued reason=mailbox-unwritable",
+            self._queue_id,
+            self._recipient.address,
+            error.strerror,
+            error.filename,
         )
-        return f"{self._maildir_prefix}new{os.sep}{name}"
+        return self._queued
 
-    def _committed(self) -> QueuedMessage:
-        return QueuedMessage(self.queue_id, self._envelope, self.size, delivered=self._direct)
-
-    async def commit(self) -> QueuedMessage:
-        message = await super().commit()
-        # Not in _committed: a session cancelled during the commit never told the client, so
-        # the copy is taken back (FileMessageWriter._abandoned) and nobody may hear of it.
+    def committed(self, message: QueuedMessage, destination: str) -> None:
         # Soon rather than now: the session logs the message as queued first, so the log reads
         # in the order a queued message's does.
-        if message.delivered and self._target is not None:
-            asyncio.get_running_loop().call_soon(self._receiver._delivered, message, self._target)
-        return message
+        asyncio.get_running_loop().call_soon(self._report, message, self._file.stored(destination))

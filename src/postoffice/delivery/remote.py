@@ -68,8 +68,8 @@ from postoffice.smtp import client as core
 from postoffice.smtp import replies
 from postoffice.smtp.grammar import encode_xtext
 from postoffice.smtp.replies import Reply
-from postoffice.spool.base import Spool
 from postoffice.spool.envelope import QueuedMessage, Recipient
+from postoffice.storage import MessageStore
 
 log = logging.getLogger("postoffice.delivery")
 
@@ -113,14 +113,14 @@ class _SpoolContent:
     """A queued message's content, opened and read in blocks off the event loop only once the
     server has said 354; :meth:`close` after the transaction, however it ended."""
 
-    def __init__(self, spool: Spool, queue_id: str) -> None:
+    def __init__(self, spool: MessageStore, queue_id: str) -> None:
         self._spool = spool
         self._queue_id = queue_id
         self._file: BinaryIO | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            self._file = await asyncio.to_thread(self._spool.open_content, self._queue_id)
+            self._file = await asyncio.to_thread(self._spool.open, self._queue_id)
             while block := await asyncio.to_thread(self._file.read, BLOCK_SIZE):
                 yield block
         except OSError as exc:
@@ -135,7 +135,7 @@ class _SpoolContent:
 class RemoteAgent:
     """:class:`~postoffice.delivery.agent.DeliveryAgent` for REMOTE recipients."""
 
-    def __init__(self, settings: RemoteSettings, resolver: MxResolver, spool: Spool) -> None:
+    def __init__(self, settings: RemoteSettings, resolver: MxResolver, spool: MessageStore) -> None:
         self.settings = settings
         self._resolver = resolver
         self._spool = spool

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from postoffice import metrics
 from postoffice.accounts import Accounts
+from postoffice.addresses import fold
 from postoffice.errors import AccountError
 from postoffice.net.login_throttle import LoginThrottle
 from postoffice.smtp import replies
@@ -36,8 +36,8 @@ class LoginResult:
 
 
 def _identity(name: str) -> str:
-    # Accounts compare addresses lower-cased and NFC-normalised; so do we.
-    return unicodedata.normalize("NFC", name.lower())
+    # Accounts compare addresses in their canonical form (lower case, NFC); so do we.
+    return fold(name)
 
 
 class Authenticator:

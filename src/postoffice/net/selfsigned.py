@@ -15,16 +15,16 @@ it whichever way it reaches the server on this machine.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from postoffice.durable import replace_file
 
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
@@ -113,18 +113,5 @@ def _still_good(cert_path: Path, key_path: Path, hostname: str, now: datetime.da
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically with mode 0600 (it may be a private key)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` atomically with mode 0600 (it may be a private key), flushed to disk."""
+    replace_file(path, data, mode=0o600)

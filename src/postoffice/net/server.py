@@ -28,13 +28,13 @@ from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
 from postoffice.smtpd.standard import standard_stages
-from postoffice.spool.base import Receiver
 from postoffice.spool.envelope import QueuedMessage
+from postoffice.storage import Receiver
 
 log = logging.getLogger("postoffice.net")
 
 # A socket bound (not yet listening) to a listener's concrete address, by a process that could
-# bind it (root, for port 25) for one that no longer could (postoffice.prebound).
+# bind it (root, for port 25) for one that no longer could (postoffice.runtime.prebound).
 BoundSocket = tuple[Listener, socket.socket]
 
 

@@ -7,7 +7,7 @@ returned as data for the command line to print, never interpreted.
 These functions work on the spool directory while a server runs: they only read, or append
 to a state log (hold, release), or remove a message (delete), each of which the server is
 built to notice (:meth:`postoffice.qmgr.scheduler.Scheduler.rescan`). The caller then pokes
-the server (:mod:`postoffice.pidfile`) so that it notices now rather than at the next retry.
+the server (:mod:`postoffice.runtime.pidfile`) so that it notices now rather than at the next retry.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def show(spool: FileSpool, queue_id: str) -> QueueEntry:
 
 def header_section(spool: FileSpool, queue_id: str) -> bytes:
     """The message's header section (bounded), as stored."""
-    with spool.open_content(queue_id) as content:
+    with spool.open(queue_id) as content:
         lines = []
         total = 0
         while total < SHOW_HEADERS_LIMIT:

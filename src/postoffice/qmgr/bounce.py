@@ -37,8 +37,8 @@ from email.utils import format_datetime, localtime
 from typing import BinaryIO, Protocol
 
 from postoffice.smtp.replies import Reply, printable
-from postoffice.spool.base import MessageWriter, Spool
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient
+from postoffice.storage import MessageStore, MessageWriter
 
 # Still the queue's log channel, as before qmgr/ split off from spool/: every log line names
 # its logger, and operators filter on this one (the README's delivery log examples).
@@ -101,7 +101,7 @@ class Bouncer:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: MessageStore,
         hostname: str,
         recipients_for: RecipientsFor,
         *,
@@ -138,7 +138,7 @@ class Bouncer:
             body="8BITMIME" if international or original.body == "8BITMIME" else "7BIT",
             smtputf8=international,
         )
-        writer = self._spool.new_message(envelope)
+        writer = self._spool.put(envelope)
         try:
             await asyncio.to_thread(self._write, writer, message, items, will_retry_until, international)
             report = await writer.commit()
@@ -167,7 +167,7 @@ class Bouncer:
         original = message.envelope
         boundary = f"{message.queue_id}/{secrets.token_hex(12)}/{self._hostname}"
         now = self._clock()
-        with self._spool.open_content(message.queue_id) as content:
+        with self._spool.open(message.queue_id) as content:
             start = content.tell()
             headers = _header_section(content)
             content.seek(start)

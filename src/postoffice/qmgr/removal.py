@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from postoffice.errors import SpoolError
-from postoffice.spool.base import Blocking, Spool
+from postoffice.storage import Blocking, MessageStore
 
 
 @dataclass(slots=True)
@@ -30,7 +30,7 @@ class Remover:
     """Completes messages in the spool; ``spawn`` runs (and tracks) the task that does it."""
 
     def __init__(
-        self, spool: Spool, blocking: Blocking, spawn: Callable[[Coroutine[Any, Any, None]], None]
+        self, spool: MessageStore, blocking: Blocking, spawn: Callable[[Coroutine[Any, Any, None]], None]
     ) -> None:
         self._spool = spool
         self._blocking = blocking

@@ -58,9 +58,9 @@ from postoffice.qmgr.reports import Reporter
 from postoffice.qmgr.retry import RetryPolicy
 from postoffice.smtp import replies
 from postoffice.spool import state as records
-from postoffice.spool.base import Blocking, Spool
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.state import Deferral, Outcome, QueueState
+from postoffice.storage import Blocking, MessageStore
 
 # Still the queue's log channel, as before qmgr/ split off from spool/: every log line names
 # its logger, and operators filter on this one (the README's delivery log examples).
@@ -76,7 +76,7 @@ class Scheduler:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: MessageStore,
         agents: Mapping[Route, DeliveryAgent],
         *,
         retry_base: float = defaults.MINIMAL_BACKOFF_TIME,

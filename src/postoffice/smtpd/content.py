@@ -23,8 +23,8 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtpd.context import Context, Message
 from postoffice.smtpd.stages import Stage, Stages, run_checks
-from postoffice.spool.base import MessageWriter, Receiver
 from postoffice.spool.envelope import Envelope, QueuedMessage
+from postoffice.storage import MessageWriter, Receiver
 from postoffice.trace import with_protocol
 
 log = logging.getLogger("postoffice.smtp")
@@ -67,7 +67,7 @@ class Content:
         ctx = self._ctx
         envelope = self._envelope()
         try:
-            writer = self._store.new_message(envelope)
+            writer = self._store.put(envelope)
         except SpoolError as exc:
             return self._spool_failed(exc)
         ctx.message = Message(envelope, writer)

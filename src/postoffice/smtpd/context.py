@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from postoffice.smtp import commands as c
 from postoffice.smtp.server import ServerConnection
-from postoffice.spool.base import MessageWriter
 from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.storage import MessageWriter
 
 if TYPE_CHECKING:
     from postoffice.smtpd.stages import Check, Stage

@@ -41,7 +41,7 @@ from postoffice.smtpd.content import Content, MessageResult
 from postoffice.smtpd.context import Client, Context, Transaction
 from postoffice.smtpd.drive import Suspended, drive
 from postoffice.smtpd.stages import Stage, Stages, run_checks
-from postoffice.spool.base import Receiver
+from postoffice.storage import Receiver
 
 log = logging.getLogger("postoffice.smtp")
 

@@ -12,7 +12,8 @@ batch concurrent fsyncs), so many messages cost about one disk flush.
 
 :class:`IoPool` therefore runs each message's steps in one of many worker threads, in order for
 that message and side by side with the others, and reports completions to the event loop in
-batches: one wake-up of the loop for every commit that finished meanwhile, not one each.
+batches: one wake-up of the loop for every commit that finished meanwhile, not one each. The
+steps themselves are :mod:`postoffice.durable`'s.
 
 (Grouping in user space, one thread flushing every file of a batch and then every directory,
 was measured slower on ext4: a commit waited for the slowest flush of its batch and then for a
@@ -24,13 +25,10 @@ programs write to: it waits for their dirty data too.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
 import queue
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,40 +36,6 @@ T = TypeVar("T")
 # Flushes in flight at once: enough for the file system to group the commits of many sessions
 # (and of deliveries) into one journal transaction; each waiting thread costs only its stack.
 DEFAULT_THREADS = 32
-
-
-def fsync_directory(path: str | Path) -> None:
-    """Make the names in a directory durable (a rename is not, until its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def commit_file(
-    fd: int,
-    directory: str | Path,
-    publish: Callable[[], None],
-    undo: Callable[[], None] | None = None,
-) -> None:
-    """Blocking: fsync the written file ``fd``, ``publish()``, fsync ``directory``.
-
-    The caller closes ``fd`` afterwards;
-    ``publish`` (a rename or link into ``directory``) runs only once the data is on disk, so
-    the published name never points at a partial file; when ``directory`` cannot be synced
-    after it, ``undo`` takes the published file back, since the caller is about to report a
-    failure and the name may not survive a crash anyway. OSError from any step propagates.
-    """
-    os.fsync(fd)
-    publish()
-    try:
-        fsync_directory(directory)
-    except OSError:
-        if undo is not None:
-            with contextlib.suppress(OSError):
-                undo()
-        raise
 
 
 class _Workers:

@@ -2,7 +2,7 @@
 
 Untrusted input seen here: addresses and the HELO name come from the SMTP client; they were
 parsed by :mod:`postoffice.smtp.grammar` before they reach an Envelope, and are stored as data
-(JSON), never interpreted as paths — :mod:`postoffice.delivery.mailbox_names` does that safely.
+(JSON), never interpreted as paths — :mod:`postoffice.maildir.names` does that safely.
 """
 
 from __future__ import annotations

@@ -22,24 +22,23 @@ past recently freed inodes); truncating a file kept from an earlier message cost
 
 Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received,
 below the header fields the server added (``Received:`` first, then whatever the checks at the
-end of the message add): :meth:`FileMessageWriter.prepend`, and :mod:`postoffice.spool.headroom`
-for how fields added at the end of a long message find room above it without a copy.
+end of the message add): :meth:`~postoffice.spool.writer.FileMessageWriter.prepend`, and
+:mod:`postoffice.spool.headroom` for how fields added at the end of a long message find room
+above it without a copy (the envelope line may end in spaces).
 
 Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
 ``queue/`` directory is flushed after the rename, so the name itself survives a crash. Only
-then does :meth:`FileMessageWriter.commit` return and the server may answer 250. The flushes
-are shared by every message committed at the same time (:mod:`postoffice.spool.durability`).
+then does the writer's commit (:mod:`postoffice.spool.writer`) return and the server may answer
+250. The flushes are shared by every message committed at the same time
+(:mod:`postoffice.spool.durability`); the recipe itself is :mod:`postoffice.durable`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
-import enum
 import errno
-import io
+import functools
 import itertools
 import json
 import logging
@@ -48,18 +47,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from postoffice.errors import SpoolError, StorageFullError
+from postoffice.durable import fsync_directory, remove_quietly, storage_error
+from postoffice.errors import SpoolError
 from postoffice.spool import headroom
 from postoffice.spool import state as queue_state
-from postoffice.spool.durability import IoPool, commit_file, fsync_directory
+from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
 from postoffice.spool.ids import is_queue_id, new_queue_id
+from postoffice.spool.writer import FileMessageWriter, FileTarget
 
 log = logging.getLogger("postoffice.spool")
 
 MAGIC = b"POSTOFFICE-SPOOL 1\n"
-# Writes reach the disk in blocks of this size; a message is never held whole in memory.
-BUFFER_SIZE = 64 * 1024
 # An envelope of 1000 recipients (Postfix smtpd_recipient_limit) is a few hundred KiB of JSON;
 # a longer line means a damaged file, and reading it must not take unbounded memory.
 MAX_ENVELOPE_LINE = 16 * 1024 * 1024
@@ -75,240 +74,52 @@ ID_ATTEMPTS = 5
 FREE_FILES = 256
 FREE_FILE_SIZE = 16 * 1024
 
-# Out of space, over quota, or read-only: conditions an operator fixes, so the client is told
-# to try again later (452 4.3.1, RFC 3463 "mail system full") rather than given up on.
-STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-
-
-def spool_error(exc: OSError, action: str) -> SpoolError:
-    """The SpoolError for an OSError: StorageFullError when retrying later can succeed."""
-    kind = StorageFullError if exc.errno in STORAGE_FULL_ERRNOS else SpoolError
-    reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
-    return kind(f"{action}: {reason}")
-
 
 def spool_header(envelope: Envelope) -> bytes:
     """What a spool file holds before the message: the magic line and the envelope line."""
     return MAGIC + _envelope_line(envelope)
 
 
-def _remove_quietly(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("path=%s status=unremovable error=%s", path, exc.strerror)
-
-
 class _CorruptEntry(Exception):
     """A spool file whose header does not parse."""
 
 
-class _State(enum.Enum):
-    OPEN = "open"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    DISCARDED = "discarded"
+class _QueueFile:
+    """:class:`~postoffice.spool.writer.FileTarget` of a message received into the spool:
+    ``tmp/ID``, renamed to ``queue/ID`` at commit."""
 
+    delivered = False
+    # JSON allows trailing whitespace: the envelope line takes the room (spool/headroom.py).
+    room = headroom.ADDED_FIELDS_ROOM
 
-class FileMessageWriter:
-    """Streams one message into ``tmp/ID``; :meth:`commit` moves it to ``queue/ID``.
-
-    Bytes collect in a buffer of at most ``BUFFER_SIZE`` octets (what a buffered file would
-    hold anyway); the file is created when the buffer first fills. A message smaller than the
-    buffer is created, written, synced and renamed by a worker thread in one go, so the
-    event loop makes no file-system call for it: creating a file can wait for the file system's
-    journal, which the flushes of other messages keep busy.
-    """
-
-    def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope, header: bytes) -> None:
+    def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope) -> None:
         self._spool = spool
-        self._io = spool.io
         self._queue_id = queue_id
         self._envelope = envelope
         # Paths as strings: pathlib's joins cost more than the rest of naming a file, per message.
-        self._path = spool.tmp_prefix + queue_id
-        self._buffer = bytearray(header)
-        self._fd: int | None = None
-        self._size = 0
-        # Where the message starts (after the file's header): prepend() puts fields here.
-        self._top = len(header)
-        self._room = 0  # spaces left for added fields at the end of the envelope line on disk
-        self._late = b""  # fields prepended once the message's start was on disk
-        self._state = _State.OPEN
-        self._target: str | None = None  # where the committed file is
+        self.path = spool.tmp_prefix + queue_id
 
-    @property
-    def queue_id(self) -> str:
-        return self._queue_id
+    @functools.cached_property
+    def header(self) -> bytes:
+        # When asked: a direct delivery's fallback is rarely needed, and the envelope's JSON
+        # costs more than the rest of starting a message.
+        return spool_header(self._envelope)
 
-    @property
-    def size(self) -> int:
-        """Message bytes written so far (the spool header not included)."""
-        return self._size
+    def create(self) -> int:
+        return self._spool.create_file(self.path)
 
-    def write(self, data: bytes) -> None:
-        if self._state is not _State.OPEN:
-            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
-        self._buffer += data
-        self._size += len(data)
-        if len(self._buffer) >= BUFFER_SIZE:
-            try:
-                if self._fd is None:
-                    self._fd = self._create()
-                    self._make_room()
-                self._write_out()
-            except OSError as exc:
-                self._abort()
-                raise spool_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
-
-    def prepend(self, data: bytes) -> None:
-        """Put header field lines above the message (see the module docstring for how)."""
-        if self._state is not _State.OPEN:
-            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
-        self._size += len(data)
-        if self._fd is None:
-            top = self._top
-            self._buffer[top:top] = data
-        else:
-            self._late = data + self._late
-
-    def read_content(self) -> BinaryIO:
-        """The message as stored so far. From the buffer while it holds the whole message;
-        else the buffer is written out and the file read (on the caller's thread: it was just
-        written, and is in the page cache)."""
-        if self._state is not _State.OPEN:
-            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
-        if self._fd is None:
-            return io.BytesIO(self._buffer[self._top :])
-        try:
-            self._write_out()
-            file = open(self._path, "rb")  # noqa: SIM115 - the caller closes it
-        except OSError as exc:
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot read back") from exc
-        file.seek(self._top)
-        return file
-
-    def _make_room(self) -> None:
-        """The file is about to be written for the first time: leave room for late fields."""
-        self._room = headroom.make_room(self._buffer, self._top)
-        self._top += self._room
-
-    def _write_out(self) -> int:
-        """Create the file if need be and write the buffer to it; the file's descriptor."""
-        fd = self._fd
-        if fd is None:
-            fd = self._fd = self._create()
-        buffer = self._buffer
-        view = memoryview(buffer)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            view.release()
-        buffer.clear()
-        return fd
-
-    def _create(self) -> int:
-        """Open the file at ``self._path`` for writing, empty; its descriptor."""
-        fd = self._spool._reuse_free_file(self._path)
-        if fd is None:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-            # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
-            # an overwrite.
-            fd = os.open(self._path, flags, 0o600)
-        return fd
-
-    def _destination(self) -> str:
-        """Where :meth:`commit` renames the file; its directory is synced after the rename."""
+    def destination(self, size: int) -> str:
         return self._spool.queue_prefix + self._queue_id
 
-    def _committed(self) -> QueuedMessage:
-        return QueuedMessage(self._queue_id, self._envelope, self._size)
+    def fallback(self, error: OSError) -> FileTarget | None:
+        return None
 
-    async def commit(self) -> QueuedMessage:
-        if self._state is not _State.OPEN:
-            raise SpoolError(
-                f"queue_id={self._queue_id}: cannot commit a message that is {self._state.value}"
-            )
-        self._state = _State.COMMITTING
-        work = asyncio.ensure_future(self._commit())
-        try:
-            # Shielded: a cancelled session must not stop an fsync or rename half-way; the
-            # message then goes the way of any message that never got its 250 (_abandoned).
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(self._abandoned)
-            raise
-
-    async def _commit(self) -> QueuedMessage:
-        def commit() -> str:
-            # In a worker thread: the rest of the buffer reaches the file, its fsync puts it on
-            # disk, and only then the rename, so the destination never names a partial file.
-            # The file is made first, then the destination asked for: making it may change
-            # where it goes (DirectMessageWriter).
-            fd = self._write_out()
-            if self._late:
-                fd = self._fd = headroom.place(fd, self._path, self._top, self._room, self._late)
-            source, target = self._path, self._destination()
-
-            def publish() -> None:
-                os.rename(source, target)
-                self._close()  # here in the worker thread too: one system call fewer on the loop
-
-            commit_file(
-                fd,
-                os.path.dirname(target),
-                publish=publish,
-                # The directory could not be synced: the rename may not survive a crash, and
-                # the client is about to get a temporary failure and send again, so take the
-                # file back lest a crash-free run deliver both copies.
-                undo=lambda: _remove_quietly(target),
-            )
-            return target
-
-        try:
-            target = await self._io.run(commit)
-        except OSError as exc:
-            self._abort()
-            raise spool_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
-        self._state = _State.COMMITTED
-        self._close()
-        self._target = target
-        return self._committed()
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def _abandoned(self, work: asyncio.Future[QueuedMessage]) -> None:
-        """The committing session went away: no 250 was sent, so the message must not stay."""
-        if work.cancelled() or work.exception() is not None:
-            return  # _commit already removed the file
-        # Nobody was told "queued" and the scheduler never heard of it; if this unlink is lost
-        # in a crash the message is delivered once, which RFC 5321 §6.1 prefers to losing it.
-        if self._target is not None:
-            _remove_quietly(self._target)
-        self._state = _State.DISCARDED
-
-    def discard(self) -> None:
-        """Drop the partial message. After a commit (or while one runs) this does nothing."""
-        if self._state is _State.OPEN:
-            self._abort()
-
-    def _abort(self) -> None:
-        self._state = _State.DISCARDED
-        self._buffer = bytearray()
-        if self._fd is not None:
-            self._close()
-            _remove_quietly(self._path)
+    def committed(self, message: QueuedMessage, destination: str) -> None:
+        pass
 
 
 class FileSpool:
-    """:class:`~postoffice.spool.base.Spool` over a local directory tree.
+    """:class:`~postoffice.storage.MessageStore` over a local directory tree.
 
     One server process owns a spool: it alone receives into ``tmp/``, so at construction it
     removes leftovers there (crash debris that never got a 250). A process that only reads
@@ -338,7 +149,7 @@ class FileSpool:
                 self._clean_tmp()
                 self._clean_orphaned_states()
         except OSError as exc:
-            raise spool_error(exc, f"cannot prepare spool {root}") from exc
+            raise storage_error(exc, f"cannot prepare spool {root}") from exc
 
     def _make_directories(self) -> None:
         # 0700: queued mail is private to the server's user, as Postfix's queue directories.
@@ -357,29 +168,39 @@ class FileSpool:
             # After a crash between rename and the directory sync, the same file can have a
             # name in both tmp/ and queue/; removing the tmp/ name leaves the queued one.
             log.info("queue_id=%s status=removed reason=unfinished-at-start-up", entry.name)
-            _remove_quietly(Path(entry.path))
+            remove_quietly(Path(entry.path))
         for entry in os.scandir(self.free_dir):
-            _remove_quietly(Path(entry.path))
+            remove_quietly(Path(entry.path))
 
     def _clean_orphaned_states(self) -> None:
         # complete() removes the message first, then its state; a crash in between leaves a
         # state without a message, which nothing will ever read.
         for entry in os.scandir(self.state_dir):
             if is_queue_id(entry.name) and not (self.queue_dir / entry.name).exists():
-                _remove_quietly(Path(entry.path))
+                remove_quietly(Path(entry.path))
 
     # --- receiving ----------------------------------------------------------------------------
 
-    def new_message(self, envelope: Envelope) -> FileMessageWriter:
+    def put(self, envelope: Envelope) -> FileMessageWriter:
         """Start a message: its queue ID and header, in memory until there is more to write.
 
         The file ``tmp/ID`` (0600, O_EXCL) appears when the content outgrows the buffer, or at
-        commit, in a worker thread (see :class:`FileMessageWriter`). A read-only or full
-        spool is refused here, before the client sends the content, as creating the file at
-        once would.
+        commit, in a worker thread (see :class:`~postoffice.spool.writer.FileMessageWriter`).
+        A read-only or full spool is refused here, before the client sends the content, as
+        creating the file at once would.
         """
         self.check_writable()
-        return FileMessageWriter(self, new_queue_id(), envelope, spool_header(envelope))
+        queue_id = new_queue_id()
+        return FileMessageWriter(self.io, queue_id, envelope, _QueueFile(self, queue_id, envelope))
+
+    def queue_file(self, queue_id: str, envelope: Envelope) -> FileTarget:
+        """Where a message received into the spool is written: ``tmp/ID``, then ``queue/ID``."""
+        return _QueueFile(self, queue_id, envelope)
+
+    def writer(self, queue_id: str, envelope: Envelope, target: FileTarget) -> FileMessageWriter:
+        """A writer for a message written into ``target`` with this spool's worker threads
+        (direct delivery's, which falls back to :meth:`queue_file`)."""
+        return FileMessageWriter(self.io, queue_id, envelope, target)
 
     def check_writable(self) -> None:
         """StorageFullError when the spool's file system is full or read-only."""
@@ -388,13 +209,13 @@ class FileSpool:
         try:
             status = os.statvfs(self.tmp_dir)
         except OSError as exc:
-            raise spool_error(exc, "cannot create spool file") from exc
+            raise storage_error(exc, "cannot create spool file") from exc
         if status.f_flag & os.ST_RDONLY:
-            raise spool_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot create spool file")
+            raise storage_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot create spool file")
         # Blocks reserved for root (ext4's reserved blocks) are usable when we run as root.
         free = status.f_bfree if os.geteuid() == 0 else status.f_bavail
         if free == 0:
-            raise spool_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot create spool file")
+            raise storage_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot create spool file")
 
     # --- reading back -------------------------------------------------------------------------
 
@@ -402,7 +223,7 @@ class FileSpool:
         try:
             names = os.listdir(self.queue_dir)
         except OSError as exc:
-            raise spool_error(exc, "cannot list the queue") from exc
+            raise storage_error(exc, "cannot list the queue") from exc
         # IDs sort by creation time (ids.py), so this is oldest first.
         return sorted(name for name in names if is_queue_id(name))
 
@@ -416,10 +237,10 @@ class FileSpool:
             try:
                 size = os.fstat(file.fileno()).st_size - file.tell()
             except OSError as exc:
-                raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+                raise storage_error(exc, f"queue_id={queue_id}: cannot read") from exc
         return QueuedMessage(queue_id, envelope, size)
 
-    def open_content(self, queue_id: str) -> BinaryIO:
+    def open(self, queue_id: str) -> BinaryIO:
         file = self._open(queue_id)
         try:
             self._header_line(queue_id, file)
@@ -443,13 +264,13 @@ class FileSpool:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot remove") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot remove") from exc
         try:
             (self.state_dir / queue_id).unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot remove its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot remove its state") from exc
 
     def exists(self, queue_id: str) -> bool:
         return self._queue_path(queue_id).exists()
@@ -464,7 +285,7 @@ class FileSpool:
         except FileNotFoundError:
             return queue_state.QueueState()
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot read its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot read its state") from exc
         if len(data) > MAX_STATE_SIZE:
             raise SpoolError(f"queue_id={queue_id}: state log larger than {MAX_STATE_SIZE} octets")
         return queue_state.fold(data, queue_id=queue_id)
@@ -493,7 +314,18 @@ class FileSpool:
             if created:
                 fsync_directory(self.state_dir)
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot record its state") from exc
+
+    def create_file(self, path: str) -> int:
+        """Open ``path`` for writing, empty, as a new file of this spool: a kept file of
+        ``free/`` moved there, or a new one (0600, O_EXCL); its descriptor."""
+        fd = self._reuse_free_file(path)
+        if fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            # O_EXCL: queue IDs are unique by construction (ids.py); a clash is refused, never
+            # an overwrite.
+            fd = os.open(path, flags, 0o600)
+        return fd
 
     def _reuse_free_file(self, path: str) -> int | None:
         """Move a kept file to ``path`` and open it emptied; None when there is none.
@@ -512,7 +344,7 @@ class FileSpool:
                 os.link(kept, path)
             except FileNotFoundError:
                 continue  # removed by someone; try the next
-            _remove_quietly(kept)
+            remove_quietly(kept)
             # O_NOFOLLOW: what was kept is only ever a regular file of ours, never a link.
             return os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
         return None
@@ -529,7 +361,7 @@ class FileSpool:
         except FileNotFoundError as exc:
             raise SpoolError(f"queue_id={queue_id}: not in the queue") from exc
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot open") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot open") from exc
 
     def _header_line(self, queue_id: str, file: BinaryIO) -> bytes:
         """Check the magic, return the envelope line and leave ``file`` at the message start."""
@@ -538,7 +370,7 @@ class FileSpool:
                 raise _CorruptEntry("bad magic line")
             line = file.readline(MAX_ENVELOPE_LINE + 1)
         except OSError as exc:
-            raise spool_error(exc, f"queue_id={queue_id}: cannot read") from exc
+            raise storage_error(exc, f"queue_id={queue_id}: cannot read") from exc
         except _CorruptEntry as exc:
             raise self._quarantine(queue_id, exc) from exc
         if not line.endswith(b"\n"):

@@ -7,17 +7,17 @@ Checks at the end of a message add fields that belong at its top, above content 
 streamed into the spool. A message that fits the writer's buffer (nearly all mail) is still in
 memory then, and they are simply put in place. For a file that outgrew the buffer the writer
 left ``ADDED_FIELDS_ROOM`` spaces at the end of the envelope line when it first wrote it
-(:func:`make_room`; JSON allows trailing whitespace); at the commit :func:`place` writes the
-fields into that room with one ``pwrite``: the envelope line ends earlier and the message
-starts with them, at the same size, so the content is never copied and readers need nothing
-new::
+(:func:`make_room`, as the spool's target asks; JSON allows trailing whitespace); at the commit
+:func:`place` writes the fields into that room with one ``pwrite``: the envelope line ends
+earlier and the message starts with them, at the same size, so the content is never copied and
+readers need nothing new::
 
     before: MAGIC {"envelope"...}<room spaces>\\n Received: ...
     after:  MAGIC {"envelope"...}<fewer spaces>\\n Authentication-Results: ...\\r\\n Received: ...
 
 Only fields that outgrow the room, or a file with no envelope line to pad (a Maildir file of
-:mod:`postoffice.delivery.direct`), are placed by writing the file afresh, in the commit's
-worker thread: :func:`copy_with`.
+:mod:`postoffice.delivery.direct`, whose target leaves no room), are placed by writing the file
+afresh, in the commit's worker thread: :func:`copy_with`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ ADDED_FIELDS_ROOM = 4096
 _COPY_BLOCK = 64 * 1024
 
 
-def make_room(buffer: bytearray, top: int) -> int:
-    """Put ADDED_FIELDS_ROOM spaces before the newline that ends ``buffer[:top]`` (the envelope
-    line); the room made."""
+def make_room(buffer: bytearray, top: int, room: int) -> None:
+    """Put ``room`` spaces before the newline that ends ``buffer[:top]`` (the header, whose
+    last line is the envelope line for the spool's files: :attr:`FileTarget.room
+    <postoffice.spool.writer.FileTarget.room>`)."""
     newline = top - 1
-    buffer[newline:newline] = b" " * ADDED_FIELDS_ROOM
-    return ADDED_FIELDS_ROOM
+    buffer[newline:newline] = b" " * room
 
 
 def place(fd: int, path: str, top: int, room: int, fields: bytes) -> int:

@@ -28,7 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from postoffice.web import maildir, message
+from postoffice.errors import MessageGone
+from postoffice.storage import with_seen
+from postoffice.web import message
 from postoffice.web.auth import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -108,6 +110,9 @@ def summary_json(row: Row) -> dict[str, Any]:
         "read": row.seen,
         "has_attachments": row.has_attachments,
         "snippet": row.snippet,
+        # What the server found checking the message on arrival (SPF, DKIM, DMARC, ARC); null
+        # for mail it did not check (submitted by a user, captured).
+        "authentication": row.auth.to_json() if row.auth is not None else None,
     }
 
 
@@ -223,12 +228,12 @@ class MailApi:
         """The row and an open file of a message the caller may see (runs in a worker)."""
         row = self._visible_row(principal, message_id)
         for _ in range(3):  # a reader may rename it between finding and opening
-            entry = self.index.locate(row)
-            if entry is None:
+            stored = self.index.locate(row)
+            if stored is None:
                 break
             try:
-                return row, entry.path.open("rb")
-            except FileNotFoundError:
+                return row, self.index.store.read(stored)
+            except MessageGone:
                 continue
         raise ApiError(404, "no such message")
 
@@ -309,9 +314,9 @@ class MailApi:
         known = {box.address for box in self.index.mailboxes([address])}
         if address not in known:
             raise ApiError(404, "no such mailbox")
-        box = self.index.maildir_of(address)
+        store = self.index.store
         # Only what was listed goes, file and row alike: a message delivered meanwhile stays.
-        deleted = [entry.key for entry in list(maildir.entries(box)) if maildir.delete(entry)]
+        deleted = [stored.key for stored in store.list_messages(address) if store.expunge(stored)]
         self.index.remove_keys(address, deleted)
         return len(deleted)
 
@@ -399,12 +404,12 @@ class MailApi:
     def _set_read(self, principal: Principal, message_id: int, read: bool) -> Row:
         row = self._visible_row(principal, message_id)
         for _ in range(3):
-            entry = self.index.locate(row)
-            if entry is None:
+            stored = self.index.locate(row)
+            if stored is None:
                 break
             try:
-                moved = maildir.set_seen(entry, read)
-            except FileNotFoundError:
+                moved = self.index.store.set_flags(stored, with_seen(stored.flags, read))
+            except MessageGone:
                 continue  # renamed by another reader just now: find it again
             self.index.set_location(row.id, moved)
             updated = self.index.get(row.id)
@@ -422,10 +427,10 @@ class MailApi:
     def _delete(self, principal: Principal, message_id: int) -> Row:
         row = self._visible_row(principal, message_id)
         for _ in range(3):
-            entry = self.index.locate(row)
-            if entry is None:
+            stored = self.index.locate(row)
+            if stored is None:
                 break
-            if maildir.delete(entry):
+            if self.index.store.expunge(stored):
                 self.index.remove(row.id)
                 return row
         raise ApiError(404, "no such message")

@@ -26,13 +26,12 @@ import dataclasses
 import hmac
 import secrets
 import time
-import unicodedata
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from postoffice.accounts import Accounts
-from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
+from postoffice.addresses import fold
+from postoffice.storage import MailboxStore
 
 SESSION_COOKIE = "postoffice_session"
 CSRF_HEADER = "x-csrf-token"
@@ -129,9 +128,9 @@ class LoginThrottled(Exception):
 class Authenticator:
     """Decides who a request comes from, and logs people in and out."""
 
-    def __init__(self, accounts: Accounts, mail_root: Path, *, open_access: bool) -> None:
+    def __init__(self, accounts: Accounts, mailboxes: MailboxStore, *, open_access: bool) -> None:
         self.accounts = accounts
-        self.mail_root = mail_root
+        self.mailboxes = mailboxes
         self.open_access = open_access
         # In open mode one CSRF token serves the process: only pages of this origin can read it.
         self._open_principal = Principal(None, None, True, secrets.token_urlsafe(32))
@@ -172,16 +171,12 @@ class Authenticator:
         return None
 
     def _mailbox_of(self, address: str) -> str | None:
-        try:
-            path = mailbox_path(self.mail_root, address)
-            return mailbox_address(path.parent.name, path.name)
-        except ValueError:
-            return None
+        return self.mailboxes.mailbox_name(address)
 
     async def login(self, address: str, password: str, client: str) -> Principal:
         """A new session for ``address``; LoginRefused or LoginThrottled otherwise."""
         now = time.time()
-        account_key = unicodedata.normalize("NFC", address.strip().lower())
+        account_key = fold(address.strip())
         wait = max(self._by_client.retry_after(client, now), self._by_account.retry_after(account_key, now))
         if wait > 0:
             raise LoginThrottled(wait)

@@ -1,16 +1,16 @@
-"""Delivered paths from worker processes to the one process that indexes them.
+"""Delivered messages from worker processes to the one process that indexes them.
 
 Untrusted input seen here: the delivered messages, which the index parses (through
-:mod:`postoffice.web.message`). Each stream carries the paths of messages one worker
-delivered itself, one per line, and the index checks every path again
-(:meth:`MailIndex.add_many` takes only files in a mailbox directory under the mail root).
+:mod:`postoffice.web.message`). Each stream carries the messages one worker delivered itself,
+one JSON array per line (:class:`~postoffice.storage.StoredMessage`'s fields), and the store
+checks each again when the index reads it (a location names a file inside its mailbox only).
 
 With ``serve --workers N`` one writer keeps the web index. Workers that each indexed their own
 deliveries measured slower than one process alone: an indexing thread holds its worker's
 interpreter lock while the event loop waits for it, and two SQLite writers each find the other's
 commit at their next transaction and read the changed pages again. The parent process, which
 otherwise only waits for its workers, indexes for all of them instead: every worker streams its
-delivered paths over a socket of its own, and one thread in the parent reads them all and adds
+delivered messages over a socket of its own, and one thread in the parent reads them all and adds
 them in batches, as a single process does (:mod:`postoffice.web.service`). Worker 0 serves
 HTTP and announces new rows as it finds them in the index.
 """
@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import os
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
+from postoffice.storage import StoredMessage
 from postoffice.web.index import MailIndex
 
 log = logging.getLogger("postoffice.web")
@@ -38,23 +38,35 @@ SYNC_REQUEST = b"!sync"
 _READ_SIZE = 256 * 1024
 
 
-def _lines(paths: Iterable[Path]) -> bytes:
-    # Our Maildir names never hold a newline (mailbox names percent-encode it); a path that
-    # did could not be told from two, so it is left to the next reconciliation.
-    encoded = (os.fsencode(path) for path in paths)
-    return b"".join(item + b"\n" for item in encoded if b"\n" not in item)
+def _lines(delivered: Iterable[StoredMessage]) -> bytes:
+    # JSON escapes control characters: each message is one line, whatever its names hold.
+    return b"".join(
+        json.dumps([m.mailbox, m.key, m.location, m.flags, m.received]).encode() + b"\n" for m in delivered
+    )
+
+
+def _parse(line: bytes) -> StoredMessage | None:
+    """The message a line names; None for a line that is not one (logged)."""
+    try:
+        mailbox, key, location, flags, received = json.loads(line)
+        if not all(isinstance(text, str) for text in (mailbox, key, location, flags)):
+            raise TypeError("not text")
+        return StoredMessage(mailbox, key, location, flags, float(received))
+    except (ValueError, TypeError) as exc:
+        log.warning("event=index-feed status=bad-line error=%r", str(exc))
+        return None
 
 
 class FeedWriter:
-    """A worker's end: hands delivered paths to the indexing process."""
+    """A worker's end: hands delivered messages to the indexing process."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
 
-    async def send(self, paths: Sequence[Path]) -> None:
-        """Send ``paths``; waits (without blocking the loop) while the reader is behind."""
-        data = _lines(paths)
+    async def send(self, delivered: Sequence[StoredMessage]) -> None:
+        """Send ``delivered``; waits (without blocking the loop) while the reader is behind."""
+        data = _lines(delivered)
         if data:
             await asyncio.get_running_loop().sock_sendall(self._sock, data)
 
@@ -69,7 +81,7 @@ class IndexFeed:
     """The indexing process's end: one thread reading every worker's stream into the index.
 
     It reconciles the index with the Maildirs first (as a single process does at start), then
-    adds what the workers deliver in batches of up to ``batch`` paths, waiting up to ``linger``
+    adds what the workers deliver in batches of up to ``batch`` messages, waiting up to ``linger``
     seconds for a batch to fill. It ends once every worker has closed its stream (they have
     stopped) and all they sent is indexed, or when :meth:`stop` runs out of patience.
     """
@@ -128,7 +140,7 @@ class IndexFeed:
             each.setblocking(False)
             selector.register(each, selectors.EVENT_READ, each)
             partial[each] = b""
-        pending: list[Path] = []
+        pending: list[StoredMessage] = []
         overflowed = False
         sync_wanted = False
         due: float | None = None  # when the batch waiting in ``pending`` is written anyway
@@ -154,7 +166,9 @@ class IndexFeed:
                         if line == SYNC_REQUEST:
                             sync_wanted = True
                         elif len(pending) < self._max_backlog:
-                            pending.append(Path(os.fsdecode(line)))
+                            stored = _parse(line)
+                            if stored is not None:
+                                pending.append(stored)
                         elif not overflowed:
                             overflowed = True
                             log.warning(
@@ -171,7 +185,7 @@ class IndexFeed:
                     overflowed = sync_wanted = False
                     self._sync("backlog")
 
-    def _add(self, batch: list[Path]) -> None:
+    def _add(self, batch: list[StoredMessage]) -> None:
         try:
             self.index.add_many(batch)
         except Exception:

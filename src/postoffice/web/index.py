@@ -1,16 +1,17 @@
-"""The mailbox index: an SQLite database (WAL, FTS5) of what the Maildirs hold.
+"""The mailbox index: an SQLite database (WAL, FTS5) of what a mailbox store holds.
 
-Untrusted input seen here: message contents (through :mod:`postoffice.web.message`), Maildir
-file names that other programs create and rename, and search queries (through
-:mod:`postoffice.web.search`, which binds every value). No SQL text here is ever built from
-anything but constants.
+Untrusted input seen here: message contents (through :mod:`postoffice.web.message`), the
+locations (Maildir file names) that other programs create and rename, and search queries
+(through :mod:`postoffice.web.search`, which binds every value). No SQL text here is ever built
+from anything but constants.
 
-The Maildirs are the truth and this is a cache of them: :meth:`MailIndex.add` records a
-message at delivery, :meth:`MailIndex.sync` reconciles the index with the disk (messages
-added, moved or removed by mutt, Dovecot or a person), the Maildir watcher applies such
+The mailboxes are the truth and this is a cache of them, reached only through the
+:class:`~postoffice.storage.MailboxStore` protocol (Maildirs by default): :meth:`MailIndex.add`
+records a message at delivery, :meth:`MailIndex.sync` reconciles the index with the store
+(messages added, moved or removed by mutt, Dovecot or a person), the watcher applies such
 changes as they happen (:mod:`postoffice.web.watch`, through :meth:`MailIndex.apply_followed`),
-and a message whose file moved behind the index's back is found again by its Maildir key the
-moment someone asks for it.
+and a message that moved behind the index's back is found again by its key the moment someone
+asks for it.
 
 One database file, ``<data_dir>/index.sqlite3``. WAL lets the HTTP handlers read while a
 delivery writes (SQLite "Write-Ahead Logging" §2.2). Each thread gets its own connection;
@@ -30,21 +31,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from postoffice.delivery.mailbox_names import mailbox_address, mailbox_path
-from postoffice.web import maildir, message
-from postoffice.web.maildir import Entry
+from postoffice.errors import MessageGone
+from postoffice.storage import MailboxStore, StoredMessage
+from postoffice.web import authresults, message
+from postoffice.web.authresults import Authentication
 from postoffice.web.search import TEXT_TABLE, Compiled, mailbox_token, within_mailboxes
 
 log = logging.getLogger("postoffice.web.index")
 
 # Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
-# except that one of version 3 first gains the snippet column in place (_add_snippets), and
-# one of version 4 then the change journal (_add_journal): ids stay, links keep working.
-SCHEMA_VERSION = 5
+# except that one of version 3 first gains the snippet column in place (_add_snippets), one of
+# version 4 then the change journal, and one of version 5 then the authentication results
+# (_add_auth): ids stay, links keep working.
+SCHEMA_VERSION = 6
 # The version that added messages.snippet.
 SNIPPET_SCHEMA = 4
 # The version that added the changes table (the journal of changes followed from the disk).
 JOURNAL_SCHEMA = 5
+# The version that added the authentication results (messages.auth and the auth_* columns).
+AUTH_SCHEMA = 6
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 # enough that a delivery waiting for the lock never waits long.
 SYNC_BATCH = 200
@@ -59,7 +64,20 @@ JOURNAL_KEEP = 10_000
 # Keys named in one query (SQLite's limit on bound values was 999 before 3.32).
 KEYS_PER_QUERY = 500
 
-_SCHEMA = """
+# The statements a migration runs by themselves too (each IF NOT EXISTS).
+_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    mailbox TEXT NOT NULL,
+    seen INTEGER NOT NULL
+)"""
+_AUTH_INDEX = (
+    "CREATE INDEX IF NOT EXISTS messages_by_auth"
+    " ON messages (mailbox, auth_verdict, auth_dmarc, auth_spf, auth_dkim, auth_arc)"
+)
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS mailboxes (
     address TEXT PRIMARY KEY,
     total INTEGER NOT NULL DEFAULT 0,
@@ -80,6 +98,14 @@ CREATE TABLE IF NOT EXISTS messages (
     seen INTEGER NOT NULL,
     has_attachments INTEGER NOT NULL,
     snippet TEXT NOT NULL DEFAULT '',
+    -- The results of our Authentication-Results field as JSON (web/authresults.py), NULL for
+    -- none; the auth_* columns are what search compares (Authentication.columns).
+    auth TEXT,
+    auth_verdict TEXT NOT NULL DEFAULT 'none',
+    auth_spf TEXT NOT NULL DEFAULT '',
+    auth_dkim TEXT NOT NULL DEFAULT '',
+    auth_dmarc TEXT NOT NULL DEFAULT '',
+    auth_arc TEXT NOT NULL DEFAULT '',
     UNIQUE (mailbox, key)
 );
 -- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
@@ -87,6 +113,8 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox);
 -- Counting by flags, dates and sizes reads only this index, never the rows.
 CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_attachments, received, size);
+-- Counting by authentication results (auth:fail, dmarc:pass) reads only this index, too.
+{_AUTH_INDEX};
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
     sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
 );
@@ -105,19 +133,41 @@ END;
 -- Read-state changes and deletions followed from the disk, in order: the process serving HTTP
 -- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
 -- sequence number is never reused, so pruning old entries never hides a new one.
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    id INTEGER NOT NULL,
-    mailbox TEXT NOT NULL,
-    seen INTEGER NOT NULL
-);
+{_CHANGES_TABLE};
 """
+# The columns schema 6 added, as _SCHEMA defines them.
+_AUTH_COLUMNS = (
+    ("auth", "TEXT"),
+    ("auth_verdict", "TEXT NOT NULL DEFAULT 'none'"),
+    ("auth_spf", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dkim", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dmarc", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_arc", "TEXT NOT NULL DEFAULT ''"),
+)
 
 _COLUMNS = (
     "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments,"
-    " snippet"
+    " snippet, auth"
 )
+# The columns a message's file gives its row (all but id, mailbox and key), as _content orders them.
+_CONTENT_COLUMNS = (
+    "location",
+    "sender",
+    "recipients",
+    "subject",
+    "date",
+    "received",
+    "size",
+    "seen",
+    "has_attachments",
+    "snippet",
+    *(name for name, _ in _AUTH_COLUMNS),
+)
+_INSERT = (
+    f"INSERT INTO messages (mailbox, key, {', '.join(_CONTENT_COLUMNS)})"
+    f" VALUES (?, ?, {', '.join('?' * len(_CONTENT_COLUMNS))}) ON CONFLICT (mailbox, key) DO NOTHING"
+)
+_UPDATE = f"UPDATE messages SET {', '.join(f'{name} = ?' for name in _CONTENT_COLUMNS)} WHERE id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +189,8 @@ class Row:
     # The start of the body text, for the list (message.snippet); made from SearchText.body
     # when the row is written.
     snippet: str = ""
+    # The results of our Authentication-Results field; None when the message has none.
+    auth: Authentication | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +253,7 @@ def _row(values: Sequence[object]) -> Row:
         seen,
         attached,
         snippet,
+        auth,
     ) = values
     return Row(
         id=int(id_),  # type: ignore[call-overload]
@@ -216,6 +269,26 @@ def _row(values: Sequence[object]) -> Row:
         seen=bool(seen),
         has_attachments=bool(attached),
         snippet=str(snippet),
+        auth=authresults.loads(auth),
+    )
+
+
+def _content(row: Row, snippet: str) -> tuple[object, ...]:
+    """The values of _CONTENT_COLUMNS for ``row``."""
+    columns = row.auth.columns() if row.auth is not None else authresults.NO_COLUMNS
+    return (
+        row.location,
+        row.sender,
+        row.recipients,
+        row.subject,
+        row.date,
+        row.received,
+        row.size,
+        int(row.seen),
+        int(row.has_attachments),
+        snippet,
+        authresults.dumps(row.auth),
+        *columns,
     )
 
 
@@ -223,48 +296,15 @@ def _snippet_of(body: object) -> str:
     return message.snippet(body) if isinstance(body, str) else ""
 
 
-def _received_time(entry: Entry, stat: os.stat_result) -> float:
-    # Our deliveries (and qmail's, Dovecot's) start the name with the delivery time in seconds.
-    head = entry.name.split(".", 1)[0]
-    return float(head) if head.isdigit() else stat.st_mtime
-
-
-def _name_time(entry: Entry) -> float:
-    """The delivery time for ordering, from the name, else the file's mtime (0 if gone)."""
-    head = entry.name.split(".", 1)[0]
-    if head.isdigit():
-        return float(head)
-    try:
-        return entry.path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def find_maildirs(mail_root: Path) -> Iterator[tuple[str, Path]]:
-    """``(address, maildir)`` for every mailbox directory under ``mail_root``."""
-    try:
-        domains = sorted(os.scandir(mail_root), key=lambda item: item.name)
-    except FileNotFoundError:
-        return
-    for domain in domains:
-        if not domain.is_dir(follow_symlinks=False):
-            continue
-        for local in sorted(os.scandir(domain.path), key=lambda item: item.name):
-            path = Path(local.path)
-            if not local.is_dir(follow_symlinks=False) or not (path / "cur").is_dir():
-                continue
-            try:
-                yield mailbox_address(domain.name, local.name), path
-            except ValueError:
-                log.warning("skipping %s: not a mailbox directory this server made", path)
-
-
 class MailIndex:
-    """The index of every Maildir under ``mail_root``, stored in ``path``."""
+    """The index of every mailbox of ``store``, stored in ``path``."""
 
-    def __init__(self, path: Path, mail_root: Path) -> None:
+    def __init__(self, path: Path, store: MailboxStore, *, authserv_id: str | None = None) -> None:
+        """``authserv_id``: the server's host name, whose Authentication-Results fields hold
+        the results to keep (web/authresults.py); None keeps none."""
         self.path = path
-        self.mail_root = mail_root
+        self.store = store
+        self.authserv_id = authserv_id
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -341,10 +381,12 @@ class MailIndex:
                 self._add_snippets(db)
                 version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == JOURNAL_SCHEMA - 1:
-                # Every statement of the schema is IF NOT EXISTS: only the journal is new.
-                db.executescript(_SCHEMA)
+                db.execute(_CHANGES_TABLE)  # IF NOT EXISTS: whoever comes second finds it there
                 db.execute(f"PRAGMA user_version = {JOURNAL_SCHEMA:d}")
                 version = JOURNAL_SCHEMA
+            if version == AUTH_SCHEMA - 1:
+                self._add_auth(db)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == SCHEMA_VERSION:
                 return  # nothing to write: workers opening one index at once never wait here
             if version not in (0, SCHEMA_VERSION):
@@ -378,51 +420,57 @@ class MailIndex:
             raise
         db.execute("COMMIT")
 
-    # -- writing -------------------------------------------------------------------------------
+    @staticmethod
+    def _add_auth(db: sqlite3.Connection) -> None:
+        """Schema 5 to 6: add the authentication result columns, empty for every message.
 
-    def maildir_of(self, address: str) -> Path:
-        return mailbox_path(self.mail_root, address)
+        No message is read again: the server wrote no Authentication-Results field of its own
+        before this version, so mail indexed then has no results to find (and a field naming
+        our host name in it is a forgery). ``postoffice reindex --full`` reads them all anyway.
+        As in _add_snippets, a second process finds the work done.
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == AUTH_SCHEMA - 1:
+                present = {str(column[1]) for column in db.execute("PRAGMA table_info(messages)")}
+                for name, definition in _AUTH_COLUMNS:
+                    if name not in present:
+                        db.execute(f"ALTER TABLE messages ADD COLUMN {name} {definition}")
+                db.execute(_AUTH_INDEX)
+                db.execute(f"PRAGMA user_version = {AUTH_SCHEMA:d}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------------
 
     def mailbox_name(self, address: str) -> str:
         """The name the index knows ``address``'s mailbox by (``Ann@Example.TEST`` is
         ``ann@example.test``); ``address`` itself if it names no mailbox."""
-        try:
-            path = mailbox_path(self.mail_root, address)
-            return mailbox_address(path.parent.name, path.name)
-        except ValueError:
-            return address
+        return self.store.mailbox_name(address) or address
 
-    def add(self, path: Path) -> Row | None:
-        """Index the message stored at ``path`` (a file in a Maildir's ``new/`` or ``cur/``).
+    def add(self, stored: StoredMessage) -> Row | None:
+        """Index a delivered message.
 
         Returns the new row, or None if it was indexed already (a delivery found again while
-        recovering) or is not in a mailbox directory.
+        recovering) or is gone.
         """
-        rows = self.add_many([path])
+        rows = self.add_many([stored])
         return rows[0] if rows else None
 
-    def add_many(self, paths: Sequence[Path]) -> list[Row]:
+    def add_many(self, delivered: Sequence[StoredMessage]) -> list[Row]:
         """Index several delivered messages in one transaction; returns the rows that are new.
 
         Parsing happens before the write lock is taken, so readers and other writers wait
-        only for the inserts.
+        only for the inserts. The Maildir watcher may have indexed one first (when indexing
+        fell behind): a look up by key costs far less than parsing the message again.
         """
-        return self._insert_prepared(self._prepare_paths(paths))
-
-    def _prepare_paths(self, paths: Sequence[Path]) -> Iterator[tuple[Row, SearchText] | None]:
-        for path in paths:
-            box = path.parent.parent
-            try:
-                address = mailbox_address(box.parent.name, box.name)
-            except ValueError:
-                continue
-            if box.parent.parent != self.mail_root:
-                continue
-            entry = Entry(box, path.parent.name, path.name)
-            # The Maildir watcher may have indexed it first (when indexing fell behind): a look
-            # up by key costs far less than parsing the message again.
-            if not self._knows(address, entry.key):
-                yield self._prepare_entry(address, entry)
+        return self._insert_prepared(
+            self._prepare_message(stored)
+            for stored in delivered
+            if not self._knows(stored.mailbox, stored.key)
+        )
 
     def _knows(self, address: str, key: str) -> bool:
         found = self._db.execute("SELECT 1 FROM messages WHERE mailbox = ? AND key = ?", (address, key))
@@ -444,53 +492,37 @@ class MailIndex:
                 prepared, held = [], 0
         return rows + self.insert_many(prepared)
 
-    def _prepare_entry(self, address: str, entry: Entry) -> tuple[Row, SearchText] | None:
+    def _prepare_message(self, stored: StoredMessage) -> tuple[Row, SearchText] | None:
         try:
-            with entry.path.open("rb") as stream:
-                stat = os.fstat(stream.fileno())
+            with self.store.read(stored) as stream:
+                size = stream.seek(0, os.SEEK_END)
+                stream.seek(0)
                 summary = message.summarise_stream(stream)
-        except FileNotFoundError:
+        except MessageGone:
             return None
         except OSError as exc:
-            log.warning("cannot index %s: %s", entry.path, exc.strerror)
+            log.warning("cannot index %s %s: %s", stored.mailbox, stored.location, exc.strerror)
             return None
         row = Row(
             id=0,
-            mailbox=address,
-            key=entry.key,
-            location=entry.relative,
+            mailbox=stored.mailbox,
+            key=stored.key,
+            location=stored.location,
             sender=summary.sender,
             recipients=summary.recipients,
             subject=summary.subject,
             date=summary.date,
-            received=_received_time(entry, stat),
-            size=stat.st_size,
-            seen=entry.seen,
+            received=stored.received,
+            size=size,
+            seen=stored.seen,
             has_attachments=summary.has_attachments,
+            auth=authresults.ours(summary.auth_results, self.authserv_id) if self.authserv_id else None,
         )
         return row, SearchText(f"{summary.recipients} {summary.delivered_to}".strip(), summary.text)
 
     def _insert(self, db: sqlite3.Connection, row: Row, text: SearchText) -> Row | None:
         snippet = message.snippet(text.body)
-        cursor = db.execute(
-            "INSERT INTO messages (mailbox, key, location, sender, recipients, subject, date, received,"
-            " size, seen, has_attachments, snippet) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (mailbox, key) DO NOTHING",
-            (
-                row.mailbox,
-                row.key,
-                row.location,
-                row.sender,
-                row.recipients,
-                row.subject,
-                row.date,
-                row.received,
-                row.size,
-                int(row.seen),
-                int(row.has_attachments),
-                snippet,
-            ),
-        )
+        cursor = db.execute(_INSERT, (row.mailbox, row.key, *_content(row, snippet)))
         if cursor.rowcount == 0:
             return None
         new_id = cursor.lastrowid
@@ -524,11 +556,11 @@ class MailIndex:
         with self._writing() as db:
             return db.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
 
-    def set_location(self, message_id: int, entry: Entry) -> None:
+    def set_location(self, message_id: int, stored: StoredMessage) -> None:
         with self._writing() as db:
             db.execute(
                 "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
-                (entry.relative, int(entry.seen), message_id),
+                (stored.location, int(stored.seen), message_id),
             )
 
     def remove_keys(self, address: str, keys: Sequence[str]) -> None:
@@ -539,33 +571,33 @@ class MailIndex:
                     [(address, key) for key in keys[start : start + SYNC_BATCH]],
                 )
 
-    def add_entries(self, address: str, entries: Sequence[Entry]) -> list[Row]:
-        """Index messages found in ``address``'s Maildir; returns the rows that are new.
+    def add_found(self, found: Sequence[StoredMessage]) -> list[Row]:
+        """Index messages found in their mailboxes; returns the rows that are new.
 
         Oldest first, as :meth:`sync` adds them: ids (the list's order) follow delivery time.
         """
-        ordered = sorted(entries, key=lambda entry: (_name_time(entry), entry.name))
-        return self._insert_prepared(self._prepare_entry(address, entry) for entry in ordered)
+        ordered = sorted(found, key=lambda stored: (stored.received, stored.key))
+        return self._insert_prepared(self._prepare_message(stored) for stored in ordered)
 
-    def apply_followed(self, moved: Sequence[tuple[Row, Entry]], gone: Sequence[Row]) -> list[Change]:
-        """Record that the messages of ``moved`` are at their entries now and those of ``gone``
+    def apply_followed(self, moved: Sequence[tuple[Row, StoredMessage]], gone: Sequence[Row]) -> list[Change]:
+        """Record that the messages of ``moved`` are where they are now and those of ``gone``
         are no more; returns what a reader sees change (read state, deletions), journalled."""
         changes: list[Change] = []
-        items: list[tuple[Row, Entry | None]] = [*moved, *((row, None) for row in gone)]
+        items: list[tuple[Row, StoredMessage | None]] = [*moved, *((row, None) for row in gone)]
         for start in range(0, len(items), SYNC_BATCH):
             with self._writing() as db:
                 batch: list[Change] = []
-                for row, entry in items[start : start + SYNC_BATCH]:
-                    if entry is None:
+                for row, stored in items[start : start + SYNC_BATCH]:
+                    if stored is None:
                         if db.execute("DELETE FROM messages WHERE id = ?", (row.id,)).rowcount:
                             batch.append(Change("deleted", row.id, row.mailbox, row.seen))
                         continue
                     updated = db.execute(
                         "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
-                        (entry.relative, int(entry.seen), row.id),
+                        (stored.location, int(stored.seen), row.id),
                     ).rowcount
-                    if updated and entry.seen != row.seen:
-                        batch.append(Change("updated", row.id, row.mailbox, entry.seen))
+                    if updated and stored.seen != row.seen:
+                        batch.append(Change("updated", row.id, row.mailbox, stored.seen))
                 self._journal(db, batch)
                 changes += batch
         return changes
@@ -715,18 +747,16 @@ class MailIndex:
 
     # -- the disk --------------------------------------------------------------------------------
 
-    def locate(self, row: Row) -> Entry | None:
-        """The file of ``row`` now; the index follows a move, and forgets a message gone."""
-        box = self.maildir_of(row.mailbox)
-        entry = maildir.entry_at(box, row.location, row.key)
-        if entry is not None:
-            return entry
-        entry = maildir.find(box, row.key)
-        if entry is None:
+    def locate(self, row: Row) -> StoredMessage | None:
+        """Where the message of ``row`` is now; the index follows a move, and forgets a
+        message gone."""
+        stored = self.store.find(row.mailbox, row.key, row.location)
+        if stored is None:
             self.remove(row.id)
             return None
-        self.set_location(row.id, entry)
-        return entry
+        if stored.location != row.location:
+            self.set_location(row.id, stored)
+        return stored
 
     def sync(
         self,
@@ -735,7 +765,7 @@ class MailIndex:
         on_added: Callable[[Row], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> SyncReport:
-        """Make the index say what the Maildirs hold; ``reparse`` re-reads every message.
+        """Make the index say what the mailboxes hold; ``reparse`` re-reads every message.
 
         Messages new to the index are added oldest first across all mailboxes, so ids (and
         with them the newest-first order) follow delivery time. ``stop`` is asked between
@@ -743,23 +773,23 @@ class MailIndex:
         """
         boxes = removed = updated = 0
         seen_boxes: set[str] = set()
-        fresh: list[tuple[float, str, str, Entry]] = []
-        for address, box in find_maildirs(self.mail_root):
+        fresh: list[StoredMessage] = []
+        for address in self.store.mailboxes():
             if stop is not None and stop():
                 return SyncReport(boxes, 0, removed, updated)
             boxes += 1
             seen_boxes.add(address)
             self.register_mailbox(address)
-            new_entries, r, u = self._sync_mailbox(address, box, reparse)
+            new_messages, r, u = self._sync_mailbox(address, reparse)
             removed, updated = removed + r, updated + u
-            fresh.extend((_name_time(entry), entry.name, address, entry) for entry in new_entries)
-        fresh.sort(key=lambda item: item[:2])
+            fresh.extend(new_messages)
+        fresh.sort(key=lambda stored: (stored.received, stored.key))
         added = 0
         for start in range(0, len(fresh), SYNC_BATCH):
             if stop is not None and stop():
                 return SyncReport(boxes, added, removed, updated)
             batch = fresh[start : start + SYNC_BATCH]
-            prepared = (self._prepare_entry(address, entry) for _, _, address, entry in batch)
+            prepared = (self._prepare_message(stored) for stored in batch)
             for new_row in self._insert_prepared(prepared):
                 added += 1
                 if on_added is not None:
@@ -771,8 +801,8 @@ class MailIndex:
                     db.execute("DELETE FROM mailboxes WHERE address = ? AND total = 0", (address,))
         return SyncReport(boxes, added, removed, updated)
 
-    def _sync_mailbox(self, address: str, box: Path, reparse: bool) -> tuple[list[Entry], int, int]:
-        """Forget what is gone, follow what moved; returns the entries new to the index."""
+    def _sync_mailbox(self, address: str, reparse: bool) -> tuple[list[StoredMessage], int, int]:
+        """Forget what is gone, follow what moved; returns the messages new to the index."""
         # The index first, then the disk: a message delivered (and indexed) in between is on
         # the disk but not in this snapshot, so it can never be taken for one that went away.
         indexed = {
@@ -781,12 +811,15 @@ class MailIndex:
                 "SELECT id, key, location FROM messages WHERE mailbox = ?", (address,)
             )
         }
-        on_disk = {entry.key: entry for entry in maildir.entries(box)}
+        try:
+            on_disk = {stored.key: stored for stored in self.store.list_messages(address)}
+        except ValueError:
+            return [], 0, 0  # no longer a mailbox this store can name (a symlink appeared)
         gone = [values[0] for key, values in indexed.items() if key not in on_disk]
         changed = [
             (on_disk[key], values[0])
             for key, values in indexed.items()
-            if key in on_disk and (reparse or values[1] != on_disk[key].relative)
+            if key in on_disk and (reparse or values[1] != on_disk[key].location)
         ]
         for start in range(0, len(gone), SYNC_BATCH):
             with self._writing() as db:
@@ -801,34 +834,18 @@ class MailIndex:
             with self._writing() as db:
                 db.executemany(
                     "UPDATE messages SET location = ?, seen = ? WHERE id = ?",
-                    [(entry.relative, int(entry.seen), i) for entry, i in batch],
+                    [(stored.location, int(stored.seen), i) for stored, i in batch],
                 )
-        return [entry for key, entry in on_disk.items() if key not in indexed], len(gone), len(changed)
+        return [stored for key, stored in on_disk.items() if key not in indexed], len(gone), len(changed)
 
-    def _reparse(self, address: str, batch: Sequence[tuple[Entry, int]]) -> None:
-        prepared = [(item, self._prepare_entry(address, item[0])) for item in batch]
+    def _reparse(self, address: str, batch: Sequence[tuple[StoredMessage, int]]) -> None:
+        prepared = [(item, self._prepare_message(item[0])) for item in batch]
         with self._writing() as db:
             for (_, message_id), result in prepared:
                 if result is None:
                     continue
                 row, text = result
-                db.execute(
-                    "UPDATE messages SET location = ?, sender = ?, recipients = ?, subject = ?, date = ?,"
-                    " received = ?, size = ?, seen = ?, has_attachments = ?, snippet = ? WHERE id = ?",
-                    (
-                        row.location,
-                        row.sender,
-                        row.recipients,
-                        row.subject,
-                        row.date,
-                        row.received,
-                        row.size,
-                        int(row.seen),
-                        int(row.has_attachments),
-                        message.snippet(text.body),
-                        message_id,
-                    ),
-                )
+                db.execute(_UPDATE, (*_content(row, message.snippet(text.body)), message_id))
                 db.execute("DELETE FROM messages_text WHERE rowid = ?", (message_id,))
                 db.execute(
                     "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox)"

@@ -17,6 +17,7 @@ import base64
 import dataclasses
 import email.utils
 import html as html_lib
+import itertools
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ _ATTACHMENT_HEADER = re.compile(
 )
 _HEADER_LINE = b"\ncontent-"
 _SCAN_BLOCK = 256 * 1024
+# Authentication-Results fields read per message. Ours is normally the topmost (the SMTP side
+# adds it on top, RFC 8601 §5); a few more are read in case a filter on this host added one above.
+MAX_AUTH_FIELDS = 8
 # Inline images (cid:) are embedded into the sanitised HTML as data: URLs up to this size each
 # and in total, so the sandboxed view needs no request back to the server.
 MAX_INLINE_IMAGE = 2 * 1024 * 1024
@@ -90,6 +94,9 @@ class Summary:
     text: str
     # Delivered-To: the envelope recipient, found by to: searches but not shown as "To".
     delivered_to: str
+    # The Authentication-Results values (RFC 8601), topmost first: the index keeps the results
+    # of the one our server wrote (web/authresults.py).
+    auth_results: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +377,9 @@ def _single_part(data: bytes) -> EmailMessage | None:
 
 # The fields a summary reads (see summarise): the rest, Received, DKIM-Signature and the like,
 # often most of a header block, would only lengthen every look-up, each a scan of them all.
-_SUMMARY_FIELDS = frozenset({"from", "to", "cc", "subject", "date", "delivered-to", "mime-version"})
+_SUMMARY_FIELDS = frozenset(
+    {"from", "to", "cc", "subject", "date", "delivered-to", "mime-version", "authentication-results"}
+)
 
 
 def _summary_headers(message: EmailMessage) -> EmailMessage:
@@ -413,7 +422,14 @@ def summarise(message: EmailMessage) -> Summary:
         has_attachments=bool(_attachments_besides(message, text_part, html_part)),
         text=body[:MAX_INDEXED_TEXT],
         delivered_to=header(message, "delivered-to"),
+        auth_results=auth_results(message),
     )
+
+
+def auth_results(message: Message) -> tuple[str, ...]:
+    """The first MAX_AUTH_FIELDS Authentication-Results values as written, topmost first."""
+    found = (value for name, value in message.raw_items() if name.lower() == "authentication-results")
+    return tuple(str(value) for value in itertools.islice(found, MAX_AUTH_FIELDS))
 
 
 def snippet(text: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from postoffice import __version__
 from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
+from postoffice.web.authresults import POLICIES, RESULTS, VERDICTS
 from postoffice.web.index import MAX_PAGE
 from postoffice.web.message import SNIPPET_LENGTH
 
@@ -65,6 +66,63 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
         "maxLength": SNIPPET_LENGTH,
         "description": "The start of the body text on one line (whitespace runs as one space); empty if none.",
     },
+    "authentication": {
+        "anyOf": [_ref("Authentication"), {"type": "null"}],
+        "description": "The results of checking the message on arrival; null for mail that was not"
+        " checked (submitted by a user, captured).",
+    },
+}
+
+
+def _result(method: str, **names: dict[str, Any]) -> dict[str, Any]:
+    """One method's result object: ``result`` and what it was about (``names``)."""
+    properties: dict[str, Any] = {"result": {"type": "string", "enum": list(RESULTS[method])}, **names}
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _or_null(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}], "description": description}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"type": ["string", "null"], "description": description}
+
+
+_AUTHENTICATION: dict[str, Any] = {
+    "type": "object",
+    "description": "The server's own Authentication-Results field (RFC 8601), as it checked the message.",
+    "required": ["verdict", "spf", "dkim", "dmarc", "arc"],
+    "properties": {
+        "verdict": {
+            "type": "string",
+            "enum": list(VERDICTS),
+            "description": "DMARC's result when it is pass or fail; else fail if SPF failed (fail, softfail)"
+            " or no DKIM signature verified and one failed, pass if SPF or a signature passed, none"
+            " otherwise. Searched with auth:.",
+        },
+        "spf": _or_null(
+            _result("spf", domain=_text("The MAIL FROM domain, or the HELO name.")), "SPF (RFC 7208)."
+        ),
+        "dkim": {
+            "type": "array",
+            "description": "One entry per DKIM signature (RFC 6376).",
+            "items": _result(
+                "dkim", domain=_text("d=, the signing domain."), selector=_text("s=, the selector.")
+            ),
+        },
+        "dmarc": _or_null(
+            _result(
+                "dmarc",
+                domain=_text("The From domain."),
+                policy=_or_null(
+                    {"type": "string", "enum": list(POLICIES)},
+                    "The domain's policy (p=) for mail that fails.",
+                ),
+            ),
+            "DMARC (RFC 7489).",
+        ),
+        "arc": _or_null(_result("arc"), "ARC (RFC 8617): the chain's validation status."),
+    },
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -106,6 +164,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": list(_SUMMARY_PROPERTIES),
         "properties": _SUMMARY_PROPERTIES,
     },
+    "Authentication": _AUTHENTICATION,
     "MessageList": {
         "type": "object",
         "required": ["total", "messages"],
@@ -224,7 +283,9 @@ _PATHS: dict[str, Any] = {
             "summary": "List or search messages, newest first",
             "description": 'Search syntax (Mailpit\'s): free words and "phrases", from:, to:, subject:,'
             " has:attachment, is:read, is:unread, before:YYYY-MM-DD, after:YYYY-MM-DD, larger:1M,"
-            " smaller:500K; prefix any term with - to negate it.",
+            " smaller:500K; and the authentication results: auth:pass|fail|none (the verdict),"
+            " spf:, dkim: (any signature), dmarc:, arc: with a result (pass, fail, softfail, none,"
+            " neutral, temperror, permerror, policy); prefix any term with - to negate it.",
             "operationId": "listMessages",
             "parameters": [
                 {

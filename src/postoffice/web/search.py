@@ -17,6 +17,14 @@ The syntax (Mailpit's, so people and scripts can move over)::
     larger:1M  smaller:500K     size in octets, K/M/G are powers of 1024
     -term  -from:noreply        negation of any term ("!" works too)
 
+and, ours, the authentication results the server recorded on arrival (web/authresults.py)::
+
+    auth:pass  auth:fail  auth:none     the verdict: DMARC's when it reached one; else fail if
+                                        SPF failed (fail, softfail) or no DKIM signature verified
+                                        and one failed, pass if SPF or a signature passed; none
+                                        for the rest, and for mail that was not checked
+    spf:softfail  dkim:fail  dmarc:pass  arc:none    one method's result (dkim: any signature's)
+
 Words match as prefixes ("hel" finds "hello"), case- and accent-insensitively; a phrase
 matches its words in order. Terms are joined with AND.
 """
@@ -28,6 +36,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from postoffice.web.authresults import RESULTS, VERDICTS
 
 # The FTS5 table of the index and its columns (see index.py). Its "mailbox" column holds one
 # opaque token per mailbox, so FTS5 itself can keep a search inside the caller's mailboxes.
@@ -52,6 +62,15 @@ _CONDITIONS = {
     ("is", "seen"): "seen = 1",
     ("is", "unread"): "seen = 0",
     ("is", "unseen"): "seen = 0",
+}
+# Authentication results: the column each compares, and the values it can hold. auth_dkim holds
+# every signature's result between spaces (Authentication.columns), so it is searched for " r ".
+_AUTH_FIELDS = {
+    "auth": ("auth_verdict = ?", VERDICTS),
+    "spf": ("auth_spf = ?", RESULTS["spf"]),
+    "dkim": ("instr(auth_dkim, ?) > 0", RESULTS["dkim"]),
+    "dmarc": ("auth_dmarc = ?", RESULTS["dmarc"]),
+    "arc": ("auth_arc = ?", RESULTS["arc"]),
 }
 _COMPARISONS = {
     "before": "received < ?",
@@ -109,7 +128,9 @@ def tokenize(query: str) -> list[Term]:
     return terms
 
 
-_KNOWN_FIELDS = frozenset({"from", "to", "subject", "has", "is", "before", "after", "larger", "smaller"})
+_KNOWN_FIELDS = frozenset(
+    {"from", "to", "subject", "has", "is", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
+)
 
 
 def _fts_phrase(value: str) -> str | None:
@@ -149,6 +170,14 @@ def _size(field: str, value: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+def _auth_condition(field: str, value: str) -> tuple[str, str]:
+    condition, choices = _AUTH_FIELDS[field]
+    result = value.strip().lower()
+    if result not in choices:
+        raise SearchError(f"{field}:{value}: expected {field}:" + ", ".join(choices))
+    return condition, f" {result} " if field == "dkim" else result
+
+
 def compile_query(query: str) -> Compiled:
     """Compile ``query``; SearchError if a term cannot be understood. Empty means "all"."""
     conditions: list[str] = []
@@ -169,6 +198,11 @@ def compile_query(query: str) -> Compiled:
                 choices = "attachment" if term.field == "has" else "read or unread"
                 raise SearchError(f"{term.field}:{term.value}: expected {term.field}:{choices}")
             conditions.append(f"NOT ({condition})" if term.negated else condition)
+            continue
+        if term.field in _AUTH_FIELDS:
+            condition, result = _auth_condition(term.field, term.value)
+            conditions.append(f"NOT ({condition})" if term.negated else condition)
+            params.append(result)
             continue
         value: object = (
             _timestamp(term.field, term.value)

@@ -1,17 +1,17 @@
 """The web side as one service: index, event hub, sessions and the HTTP server, started and
 stopped together by the composition root.
 
-Untrusted input seen here: paths of delivered messages (from the Maildir agent) and, through
-the parts it builds, everything the HTTP side sees.
+Untrusted input seen here: the messages local delivery stored (through the mailbox store) and,
+through the parts it builds, everything the HTTP side sees.
 
-Deliveries are indexed as they happen (``delivered`` is the Maildir agent's ``on_delivered``
+Deliveries are indexed as they happen (``delivered`` is local delivery's ``on_delivered``
 hook) and announced on the event stream. At start the index is reconciled with the Maildirs
 in the background, so mail that arrived, moved or went while the server was down (or was
 changed by mutt or Dovecot) is right without a manual ``postoffice reindex``.
 
-Indexing runs behind delivery, never in its way: delivered paths wait in a bounded backlog
+Indexing runs behind delivery, never in its way: delivered messages wait in a bounded backlog
 that one task drains in batches (one SQLite transaction each). When mail arrives faster than
-the index takes it for long enough to fill the backlog, further paths are not queued (memory
+the index takes it for long enough to fill the backlog, further messages are not queued (memory
 stays flat under any load) and the index is reconciled with the Maildirs once the backlog is
 empty, which finds them.
 
@@ -37,12 +37,12 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.routing import BaseRoute
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
+from postoffice.storage import MailboxStore, StoredMessage
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
@@ -57,15 +57,15 @@ log = logging.getLogger("postoffice.web")
 # Worker threads for index and Maildir work (each keeps one SQLite connection): enough for
 # reads to go on while a delivery is indexed, few enough to leave the cores to SMTP.
 WORKERS = 4
-# Delivered paths waiting to be indexed, at most (about 2 MB of paths); beyond it a sync catches up.
+# Delivered messages waiting to be indexed, at most (a few MB); beyond it a sync catches up.
 MAX_BACKLOG = 20_000
-# Paths indexed in one transaction.
+# Messages indexed in one transaction.
 INDEX_BATCH = 256
 # How long indexing waits for more deliveries before a batch smaller than INDEX_BATCH: a
 # transaction and a hand-off to a worker thread cost about as much as indexing a small message,
 # and a person looking at the list does not see 50 ms.
 INDEX_LINGER = 0.05
-# How long a worker gathers delivered paths before sending them to the indexing process.
+# How long a worker gathers delivered messages before sending them to the indexing process.
 FEED_LINGER = 0.01
 # How often the process serving HTTP among workers looks for rows the others added, while
 # someone has the event stream open.
@@ -78,7 +78,7 @@ FOLLOW_BATCH = 500
 class WebShare:
     """One worker's part in the web side when several share a data directory.
 
-    ``feed``: where it sends the paths of what it delivers, to the process that indexes them
+    ``feed``: where it sends what it delivers, to the process that indexes them
     (and reconciles the index at start; :mod:`postoffice.web.feed`). ``serves``: this one
     serves HTTP on ``sockets`` (made and bound by the parent, so the banner can name them)
     and announces every worker's deliveries, following the index.
@@ -110,6 +110,7 @@ class WebService:
         self,
         config: Config,
         accounts: Accounts,
+        mailboxes: MailboxStore,
         *,
         extra_routes: Sequence[BaseRoute] = (),
         share: WebShare | None = None,
@@ -119,9 +120,9 @@ class WebService:
         listeners, bound already (before root was given up); None: it binds its own."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
-        self.index = MailIndex(config.index_file, config.mail_dir)
+        self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
-        self.auth = Authenticator(accounts, config.mail_dir, open_access=open_access(config))
+        self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
         self.context = WebContext(self.index, self.hub, self.auth, self.executor)
         self.app = create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access)
         self.serves = share is None or share.serves
@@ -136,7 +137,7 @@ class WebService:
         self._follower: asyncio.Task[None] | None = None
         self.watcher: MaildirWatcher | None = None
         self.addresses: list[HttpAddress] = []
-        self._backlog: deque[Path] = deque()
+        self._backlog: deque[StoredMessage] = deque()
         self._overflowed = False
         self._indexer: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
@@ -193,10 +194,10 @@ class WebService:
         for event in events:
             self.hub.publish(event)
 
-    def delivered(self, address: str, path: Path) -> None:
-        """The Maildir agent's hook: index the new copy and announce it (on the event loop)."""
+    def delivered(self, stored: StoredMessage) -> None:
+        """Local delivery's hook: index the new copy and announce it (on the event loop)."""
         if len(self._backlog) < MAX_BACKLOG:
-            self._backlog.append(path)
+            self._backlog.append(stored)
         elif not self._overflowed:
             self._overflowed = True
             log.warning("event=index-behind backlog=%d action=resync-when-drained", len(self._backlog))
@@ -211,7 +212,7 @@ class WebService:
                 await self._catch_up(loop)
                 continue
             if len(self._backlog) < INDEX_BATCH and not self._stopping.is_set():
-                # Handing paths to the indexing process is cheap: it batches them itself.
+                # Handing messages to the indexing process is cheap: it batches them itself.
                 await asyncio.sleep(INDEX_LINGER if self._feed is None else FEED_LINGER)
             batch = [self._backlog.popleft() for _ in range(min(INDEX_BATCH, len(self._backlog)))]
             if self._feed is not None:

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Sequence
 
 from postoffice.config import Config
+from postoffice.storage import MailboxStore
 from postoffice.web.feed import IndexFeed, close_all, feed_streams
 from postoffice.web.index import MailIndex
 from postoffice.web.server import HttpAddress, bind_http
@@ -28,9 +29,13 @@ class WorkersWeb:
     """Made in the parent before the workers are forked; raises OSError (or sqlite3.Error for
     an index that cannot be opened) with nothing left open."""
 
-    def __init__(self, config: Config, *, sockets: Sequence[socket.socket] | None = None) -> None:
-        """``sockets``: the HTTP listeners, bound already (before root was given up)."""
+    def __init__(
+        self, config: Config, mailboxes: MailboxStore, *, sockets: Sequence[socket.socket] | None = None
+    ) -> None:
+        """``mailboxes``: the store the index covers. ``sockets``: the HTTP listeners, bound
+        already (before root was given up)."""
         self._config = config
+        self._mailboxes = mailboxes
         self._sockets: list[socket.socket] = []
         self._streams: list[tuple[socket.socket, socket.socket]] = []
         self._feed: IndexFeed | None = None
@@ -38,7 +43,7 @@ class WorkersWeb:
         self.addresses: list[HttpAddress] = []
         if not config.http_listeners:
             return
-        MailIndex(config.index_file, config.mail_dir).close()
+        MailIndex(config.index_file, mailboxes).close()
         try:
             if sockets is not None:
                 self._sockets = list(sockets)
@@ -76,7 +81,7 @@ class WorkersWeb:
         close_all(end for _, end in self._streams)  # so that a worker's exit ends its stream
         if self._streams:
             self._feed = IndexFeed(
-                MailIndex(self._config.index_file, self._config.mail_dir),
+                MailIndex(self._config.index_file, self._mailboxes, authserv_id=self._config.hostname),
                 [own for own, _ in self._streams],
                 batch=INDEX_BATCH,
                 linger=INDEX_LINGER,

@@ -348,6 +348,13 @@ function renderRow(message, index) {
     clip.setAttribute("aria-label", "has attachments");
     extra.append(clip);
   }
+  const dmarc = message.authentication && message.authentication.dmarc;
+  if (dmarc && dmarc.result === "fail") {
+    const flag = element("span", "auth-flag", "DMARC");
+    flag.title = `Failed DMARC: it may not come from ${dmarc.domain || "the domain in From"}`;
+    flag.setAttribute("aria-label", flag.title);
+    extra.append(flag);
+  }
   extra.append(document.createTextNode(humanSize(message.size)));
   row.append(
     element("span", "sender", displayName(message.from)),
@@ -414,7 +421,7 @@ $("search").addEventListener("search", () => {
 
 // A phone's search box is too narrow for the hint; it shows in full from a tablet's width up.
 const narrow = window.matchMedia("(max-width: 700px)");
-const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment";
+const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment auth:fail";
 function placeSearchHint() { $("search").placeholder = narrow.matches ? "Search" : SEARCH_HINT; }
 narrow.addEventListener("change", placeSearchHint);
 placeSearchHint();
@@ -449,6 +456,7 @@ async function openMessage(id, push = false) {
   $("download").setAttribute("download", `message-${message.id}.eml`);
   $("attachment-count").textContent = message.attachments.length ? `(${message.attachments.length})` : "";
   renderHeaders(message);
+  renderAuthentication(message.authentication);
   renderAttachments(message);
   $("tab-text").textContent = message.text ?? "(this message has no plain-text part)";
   $("tab-source").textContent = "";
@@ -478,6 +486,49 @@ function renderHeaders(message) {
     row.append(element("th", "", header.name), element("td", "", header.value));
     return row;
   }));
+}
+
+// -- authentication results: what the server found checking the message on arrival -------------
+
+const AUTH_GOOD = new Set(["pass"]);
+const AUTH_BAD = new Set(["fail", "softfail"]);
+
+function authBadge(label, result, tooltip) {
+  const tone = AUTH_GOOD.has(result) ? "good" : AUTH_BAD.has(result) ? "bad" : "other";
+  const badge = element("span", `auth-badge ${tone}`, `${label} ${result}`);
+  badge.setAttribute("role", "listitem");
+  badge.title = tooltip;
+  return badge;
+}
+
+function renderAuthentication(auth) {
+  const row = $("view-auth");
+  // Mail the server did not check (sent by a user of this server, captured) shows nothing.
+  row.hidden = !auth;
+  if (!auth) { row.replaceChildren(); return; }
+  const badges = [];
+  if (auth.spf) {
+    const about = auth.spf.domain ? ` for ${auth.spf.domain}` : "";
+    badges.push(authBadge("SPF", auth.spf.result, `SPF ${auth.spf.result}${about}: was the sending server allowed to send its mail?`));
+  }
+  for (const signature of auth.dkim) {
+    const badge = authBadge("DKIM", signature.result,
+      `DKIM signature of ${signature.domain || "an unnamed domain"}` +
+      `${signature.selector ? ` (selector ${signature.selector})` : ""}: ${signature.result}`);
+    const names = [signature.domain && `d=${signature.domain}`, signature.selector && `s=${signature.selector}`].filter(Boolean);
+    if (names.length) badge.append(element("span", "auth-names", ` (${names.join(", ")})`));
+    badges.push(badge);
+  }
+  if (auth.dmarc) {
+    const policy = auth.dmarc.policy ? `, policy ${auth.dmarc.policy}` : "";
+    badges.push(authBadge("DMARC", auth.dmarc.result,
+      `DMARC ${auth.dmarc.result} for the From domain${auth.dmarc.domain ? ` ${auth.dmarc.domain}` : ""}${policy}`));
+  }
+  if (auth.arc) {
+    badges.push(authBadge("ARC", auth.arc.result, `ARC ${auth.arc.result}: the results earlier servers recorded`));
+  }
+  if (!badges.length) badges.push(authBadge("Checks", "none", "Checked on arrival, with no results"));
+  row.replaceChildren(...badges);
 }
 
 function renderAttachments(message) {

@@ -1,4 +1,4 @@
-"""Listening sockets bound before the server gives up root (:mod:`postoffice.privileges`).
+"""Listening sockets bound before the server gives up root (:mod:`postoffice.runtime.privileges`).
 
 Untrusted input seen here: none; nothing here accepts a connection.
 
@@ -17,11 +17,11 @@ import contextlib
 import socket
 from dataclasses import dataclass
 
-from postoffice import privileges
 from postoffice.config import Config
 from postoffice.net.server import BoundSocket
+from postoffice.runtime import privileges
+from postoffice.runtime.workers import reserve_listeners
 from postoffice.web.server import bind_http
-from postoffice.workers import reserve_listeners
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ delivered by two processes at once. The parent keeps the web index for all of th
 (:mod:`postoffice.web.feed`); worker 0 alone serves HTTP, on sockets the parent made (so the
 parent's banner names them), and announces every worker's deliveries.
 
-The parent holds the data directory's lock (:mod:`postoffice.pidfile`) for all of them. On
+The parent holds the data directory's lock (:mod:`postoffice.runtime.pidfile`) for all of them. On
 SIGTERM or SIGINT it passes SIGTERM on and waits; SIGHUP it passes on as it is (each worker
 re-reads the configuration). If a worker dies unexpectedly, it stops the others and exits with
 status 1, and the next start recovers whatever was left in the queue.
@@ -41,13 +41,10 @@ from typing import Any
 
 from postoffice.config import Config, Listener
 from postoffice.errors import ListenError
+from postoffice.net.server import BoundSocket
 from postoffice.spool.ids import owner_of
 
 log = logging.getLogger("postoffice")
-
-# A listener and its socket, bound before root was given up: net.server.BoundSocket, written
-# out here because net is this module's sibling in the layering, not below it.
-BoundSocket = tuple[Listener, socket.socket]
 
 # prctl(2) option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
@@ -154,29 +151,13 @@ def supervise(
     ``announce`` is called with the workers' configuration (concrete ports) once they all
     listen; it prints what a single server prints. The signals in ``forward`` are passed on to
     every worker; ``hangup`` is called first on SIGHUP. ``sockets``: one set per worker, bound
-    before root was given up (:mod:`postoffice.prebound`); without them each worker binds its own.
+    before root was given up (:mod:`postoffice.runtime.prebound`); without them each worker binds its own.
     """
     count = config.workers
-    if sockets:
-        reserved = [sock for own in sockets for _, sock in own]
-        listeners = tuple(listener for listener, _ in sockets[0])
-    else:
-        reserved, listeners = reserve_listeners(config.listeners)
+    reserved, listeners = _workers_sockets(config, sockets)
     worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
-    previous: dict[int, _Handler] = {
-        signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
-    # SIGHUP (reopen logs, re-read the configuration and certificates) and the queue
-    # command's signals are each worker's to act on.
-
-    def pass_on(signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP and hangup is not None:
-            hangup()  # the parent's own part: it logs too (the web index's lines)
-        children.signal_all(signum)
-
-    for passed in forward:
-        previous[passed] = signal.signal(passed, pass_on)
+    previous = _handle_signals(children, forward, hangup)
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
     try:
@@ -215,6 +196,36 @@ def supervise(
                     os.close(fd)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _workers_sockets(
+    config: Config, sockets: Sequence[tuple[BoundSocket, ...]]
+) -> tuple[list[socket.socket], tuple[Listener, ...]]:
+    """Every worker's sockets, and the listeners they are for (concrete ports): bound before
+    root was given up, or reserved now."""
+    if sockets:
+        return [sock for own in sockets for _, sock in own], tuple(listener for listener, _ in sockets[0])
+    return reserve_listeners(config.listeners)
+
+
+def _handle_signals(
+    children: _Children, forward: Sequence[int], hangup: Callable[[], None] | None
+) -> dict[int, _Handler]:
+    """The parent's signal handlers; returns the handlers they replaced, to be put back."""
+    previous: dict[int, _Handler] = {
+        signum: signal.signal(signum, children.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    # SIGHUP (reopen logs, re-read the configuration and certificates) and the queue
+    # command's signals are each worker's to act on.
+
+    def pass_on(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP and hangup is not None:
+            hangup()  # the parent's own part: it logs too (the web index's lines)
+        children.signal_all(signum)
+
+    for passed in forward:
+        previous[passed] = signal.signal(passed, pass_on)
+    return previous
 
 
 def _become_worker(

@@ -22,8 +22,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from postoffice.cli.transcript import terminal_safe
 from postoffice.client.connection import SendResult, SmtpClient, TlsMode, TranscriptHook
-from postoffice.client.transcript import terminal_safe
 from postoffice.config import DEFAULT_SMTP_LISTENER, parse_hostport
 from postoffice.errors import (
     ConfigError,

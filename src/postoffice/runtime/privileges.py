@@ -7,7 +7,7 @@ looked at (their owner and whether the user may write them).
 Ports below 1024 (25, 465, 587) need root or CAP_NET_BIND_SERVICE, but a server that goes on as
 root while it parses what strangers send turns any bug into a root compromise. Started as root
 with ``user`` set, ``postoffice serve`` therefore binds every listener first
-(:mod:`postoffice.prebound`) and then drops root for good, as Postfix's master does for its
+(:mod:`postoffice.runtime.prebound`) and then drops root for good, as Postfix's master does for its
 daemons (set_ugid) and in the only order that works, since setgid is refused once the user id
 is gone: the supplementary groups (initgroups(3), the user's memberships plus the group, as
 systemd's ``User=`` sets them, so membership of ssl-cert still opens the TLS key), then the

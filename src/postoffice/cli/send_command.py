@@ -1,8 +1,8 @@
 """``postoffice send``: build a message from command-line options and submit it.
 
-Untrusted input seen here: the options :func:`postoffice.cli._add_send_parser` defines, the
+Untrusted input seen here: the options :func:`postoffice.cli.send.add_send_parser` defines, the
 body and password from standard input or files, and the server's replies (through
-:mod:`postoffice.client.submit`). The password comes from standard input, the environment or
+:mod:`postoffice.cli.submit`). The password comes from standard input, the environment or
 the terminal, never from an option, so it never shows in ``ps`` or the shell's history.
 """
 
@@ -16,10 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
-from postoffice.client.compose import Draft, build, mailboxes, parse_header, parse_mailboxes
-from postoffice.client.connection import TlsMode
-from postoffice.client.guided import Guided
-from postoffice.client.submit import (
+from postoffice.cli.compose import Draft, build, mailboxes, parse_header, parse_mailboxes
+from postoffice.cli.guided import Guided
+from postoffice.cli.submit import (
     EX_DATAERR,
     EX_OK,
     SMTP_PORT,
@@ -32,7 +31,8 @@ from postoffice.client.submit import (
     partial_status,
     submit,
 )
-from postoffice.client.transcript import TranscriptPrinter, terminal_safe
+from postoffice.cli.transcript import TranscriptPrinter, terminal_safe
+from postoffice.client.connection import TlsMode
 from postoffice.errors import MessageError, SmtpClientError
 
 PASSWORD_VARIABLE = "POSTOFFICE_PASSWORD"

@@ -7,7 +7,7 @@ own To/Cc/Bcc headers; the Bcc header is then removed so no recipient sees it.
 The options are sendmail's (as Postfix's sendmail(1) documents them): ``-t``, ``-f`` (or the
 older ``-r``), ``-F``, ``-i`` / ``-oi``, ``-v``; options that only tune sendmail's own queue
 (``-odi``, ``-oem``, ``-B``, ``-N``...) are accepted and ignored, as Postfix does. Exit
-statuses are sendmail's sysexits values, documented in :mod:`postoffice.client.submit`.
+statuses are sendmail's sysexits values, documented in :mod:`postoffice.cli.submit`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from postoffice.client.submit import (
+from postoffice.cli.submit import (
     EX_CONFIG,
     EX_DATAERR,
     EX_NOUSER,
@@ -38,7 +38,7 @@ from postoffice.client.submit import (
     partial_status,
     submit,
 )
-from postoffice.client.transcript import TranscriptPrinter
+from postoffice.cli.transcript import TranscriptPrinter
 from postoffice.config import DEFAULT_SMTP_LISTENER, load_config
 from postoffice.errors import ConfigError, LocalProtocolError, SmtpClientError
 from postoffice.smtp import client as core

@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import unicodedata
 from pathlib import Path
+
+from postoffice.addresses import fold, split
 
 # Characters of RFC 5322 ``atext`` (and the dot of dot-atom) that are harmless in a file name;
 # everything else, `%` included, is percent-encoded so the mapping stays one-to-one.
@@ -39,10 +40,9 @@ def mailbox_location(mail_root: Path, address: str) -> Path:
 def mailbox_path(mail_root: Path, address: str) -> Path:
     """``mail_root/<domain>/<encoded local part>`` for ``address``; ValueError if it has none.
 
-    ``User@Example.COM`` and ``user@example.com`` share a mailbox: the domain is
-    case-insensitive (RFC 5321 §2.4), and although a local part may be case-sensitive, Postfix
-    folds addresses to lower case for its lookups too, so a sender's capitalisation never splits
-    one user's mail.
+    ``User@Example.COM`` and ``user@example.com`` share a mailbox: the directory names are the
+    address's canonical form (:func:`postoffice.addresses.canonical`: lower case, NFC), so a
+    sender's capitalisation never splits one user's mail.
     """
     domain_name, local_name = _names(address)
     path = mail_root.joinpath(domain_name, local_name)
@@ -65,11 +65,10 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
 # again (each RCPT, then delivery); bounded, so a client sending many addresses cannot grow it.
 @functools.lru_cache(maxsize=1024)
 def _names(address: str) -> tuple[str, str]:
-    """The directory names ``(<domain>, <encoded local part>)`` for ``address``."""
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"address has no local part and domain: {address!r}")
-    return _domain_name(domain), _local_name(local)
+    """The directory names ``(<domain>, <encoded local part>)`` for ``address``: its
+    canonical form (:mod:`postoffice.addresses`), encoded."""
+    local, domain = split(address)
+    return _domain_name(fold(domain)), _local_name(fold(local))
 
 
 def _plain(name: str) -> bool:
@@ -90,15 +89,10 @@ def _symlink_among(domain_dir: str, mailbox: str) -> bool:
     return False
 
 
-def _normalise(text: str) -> str:
-    # RFC 6531 §3.3 refers to RFC 5198, which asks for NFC: two spellings of one name (é as
-    # one code point or as e + accent) must be one mailbox.
-    return unicodedata.normalize("NFC", text.lower())
-
-
 def _local_name(local: str) -> str:
+    """The directory name of a canonical local part."""
     out = []
-    for char in _normalise(local):
+    for char in local:
         if char in _KEEP_ASCII or (not char.isascii() and char.isalnum()):
             out.append(char)
         else:
@@ -110,8 +104,8 @@ def _local_name(local: str) -> str:
     return _bounded("".join(out), "local part")
 
 
-def _domain_name(domain: str) -> str:
-    name = _normalise(domain)
+def _domain_name(name: str) -> str:
+    """The directory name of a canonical domain."""
     if name.startswith("["):
         _check_address_literal(name)
     else:
@@ -178,6 +172,7 @@ def mailbox_address(domain_name: str, local_name: str) -> str:
     address = f"{local}@{domain_name}"
     if not local or not domain_name:
         raise ValueError(f"not a mailbox directory: {domain_name}/{local_name}")
-    if _local_name(local) != local_name or _domain_name(domain_name) != domain_name:
+    # Only the names _names makes: the canonical form of the address, encoded the one way.
+    if _names(address) != (domain_name, local_name):
         raise ValueError(f"not a mailbox directory: {domain_name}/{local_name}")
     return address

@@ -17,9 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from postoffice.client.compose import Draft, Mailbox, build, parse_mailboxes
-from postoffice.client.connection import TlsMode
-from postoffice.client.submit import (
+from postoffice.cli.compose import Draft, Mailbox, build, parse_mailboxes
+from postoffice.cli.submit import (
     EX_OK,
     SUBMISSIONS_PORT,
     ServerOptions,
@@ -27,7 +26,8 @@ from postoffice.client.submit import (
     describe_refused,
     submit,
 )
-from postoffice.client.transcript import TranscriptPrinter, terminal_safe
+from postoffice.cli.transcript import TranscriptPrinter, terminal_safe
+from postoffice.client.connection import TlsMode
 from postoffice.errors import ConfigError, MessageError, SmtpClientError
 
 # The classroom client's end marker, and the SMTP one (RFC 5321 §4.1.1.4) for those who know it.

@@ -1,0 +1,66 @@
+"""``postoffice dkim generate|list|retire``: the DKIM signing keys in ``<data-dir>/dkim/``.
+
+Untrusted input seen here: the command line (a domain and selector, checked by
+:mod:`postoffice.mailauth.dkim_keys` before they name any file).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from postoffice.cli.common import Subparsers, config_options, load
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    dkim = subparsers.add_parser(
+        "dkim",
+        help="make and list DKIM signing keys",
+        description="Make and list the DKIM keys in <data-dir>/dkim/DOMAIN/SELECTOR.key. Every "
+        "key signs mail from its domain unless it is retired.",
+    )
+    actions = dkim.add_subparsers(title="actions", metavar="ACTION", required=True)
+    generate = actions.add_parser(
+        "generate",
+        help="make a key and print the DNS TXT record to publish",
+        description="Make a key (RSA 2048 or Ed25519) and print its DNS TXT record.",
+        parents=[config_options()],
+    )
+    generate.add_argument("domain", metavar="DOMAIN")
+    generate.add_argument("--selector", metavar="S", help="default: the month, e.g. 202507 (-ed25519 added)")
+    generate.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa", help="default rsa")
+    generate.set_defaults(handler=_run_generate)
+    listing = actions.add_parser(
+        "list",
+        help="list keys and which sign",
+        description="List the DKIM keys.",
+        parents=[config_options()],
+    )
+    listing.add_argument("--records", action="store_true", help="also print each key's DNS TXT record")
+    listing.set_defaults(handler=_run_list)
+    retire = actions.add_parser(
+        "retire",
+        help="stop signing with a key (it stays on disk)",
+        description="Stop signing with a key.",
+        parents=[config_options()],
+    )
+    retire.add_argument("domain", metavar="DOMAIN")
+    retire.add_argument("selector", metavar="SELECTOR")
+    retire.set_defaults(handler=_run_retire)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_generate(load(args).data_dir, args.domain, args.selector, args.algorithm)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_list(load(args).data_dir, records=args.records)
+
+
+def _run_retire(args: argparse.Namespace) -> int:
+    from postoffice.mailauth import dkim_cli
+
+    return dkim_cli.run_retire(load(args).data_dir, args.domain, args.selector)

@@ -1,0 +1,302 @@
+"""The embedded :class:`~postoffice.storage.MailboxStore`: one Maildir per address under a mail root.
+
+Untrusted input seen here: recipient addresses from SMTP clients (an address becomes a
+directory only through :func:`~postoffice.maildir.names.mailbox_path`, which keeps it inside the
+root), message bytes (copied verbatim, never parsed here), and the names other programs give to
+files in the Maildirs (Dovecot, mutt, a person with a shell). A location (``new/NAME``,
+``cur/NAME``) from outside is only ever split and checked (:func:`split_location`); a message
+file is opened, renamed or removed only as a plain file found in its own mailbox's ``new/`` or
+``cur/``, never through a symlink.
+
+Message files keep the bytes as the spool holds them, CRLF line endings included, like the
+added header lines; Dovecot, mutt and Python's :mod:`mailbox` read both line-ending styles.
+Files get ``mail_file_mode`` (0600 by default; 0660 lets a group such as Dovecot's read and
+flag them) and new directories the matching mode (0700; 0770 for 0660), whatever the umask.
+
+A message reaches a Maildir by one of two routes, both through this store: :meth:`deliver`
+copies it from the spool (the queue's local agent), and :meth:`new_file` names the file the
+spool's writer streams it into when it is delivered before the reply (direct delivery). Both
+name it :func:`maildir_name` of the same key and make it visible the same way: synced data,
+then its name in ``new/``, then ``new/`` synced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from postoffice.addresses import canonical
+from postoffice.config import Config, maildir_directory_mode
+from postoffice.durable import commit_file, fsync_directory, remove_quietly
+from postoffice.errors import MessageGone
+from postoffice.maildir import write
+from postoffice.maildir.layout import (
+    STALE_TMP_AGE,
+    find_mailboxes,
+    flags_of,
+    key_of,
+    maildir_name,
+    make_maildir,
+    message_files,
+    name_time,
+    remove_stale,
+    split_location,
+    with_flags,
+)
+from postoffice.maildir.names import mailbox_location, mailbox_path
+from postoffice.maildir.watch import MaildirWatch
+from postoffice.storage import OnChanges, StoredMessage
+
+# Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
+_MADE_MAILDIRS = 10_000
+
+
+class MaildirStore:
+    """Maildirs at ``mail_root/<domain>/<local>/``; deliveries named for ``hostname``."""
+
+    def __init__(self, mail_root: Path, hostname: str, *, file_mode: int = 0o600) -> None:
+        """``file_mode``: of every file delivered (a checked ``mail_file_mode``)."""
+        self.mail_root = mail_root
+        self.hostname = hostname
+        self.file_mode = file_mode
+        self.directory_mode = maildir_directory_mode(file_mode)
+        # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
+        self._made: set[Path] = set()
+
+    @classmethod
+    def from_config(cls, config: Config) -> MaildirStore:
+        return cls(config.mail_dir, config.hostname, file_mode=config.mail_file_mode)
+
+    def prepare(self, maildir: Path, *, again: bool = False) -> None:
+        """Make ``maildir`` (a checked :func:`mailbox_path`) unless this store made it already;
+        ``again`` when it has gone since (a person removed it)."""
+        if again:
+            self._made.discard(maildir)
+        if maildir in self._made:
+            return
+        make_maildir(self.mail_root, maildir, self.directory_mode)
+        remove_stale(maildir / "tmp", time.time() - STALE_TMP_AGE)
+        if len(self._made) >= _MADE_MAILDIRS:
+            self._made.clear()
+        self._made.add(maildir)
+
+    # --- delivering -------------------------------------------------------------------------------
+
+    def deliver(
+        self,
+        address: str,
+        headers: bytes,
+        content: BinaryIO,
+        key: str,
+        *,
+        received_at: float,
+        size: int,
+        recovering: bool,
+    ) -> StoredMessage:
+        """See :meth:`postoffice.storage.MailboxStore.deliver`."""
+        maildir = mailbox_path(self.mail_root, address)
+        name = maildir_name(key, received_at, self.hostname, len(headers) + size)
+        self.prepare(maildir)
+        if recovering:
+            earlier = write.find_delivered(maildir, name, f"{int(received_at)}.{key}.")
+            if earlier is not None:
+                # Synced again: the crash may have come between the link and the sync.
+                fsync_directory(earlier.parent)
+                return self._stored(canonical(address), earlier.parent.name, earlier.name, str(earlier))
+        temporary = maildir / "tmp" / name
+        final = maildir / "new" / name
+        try:
+            fd = write.write_unsynced(temporary, headers, content, size, self.file_mode)
+        except FileNotFoundError:
+            # The Maildir went away since it was made (a person removed it): make it again.
+            self.prepare(maildir, again=True)
+            fd = write.write_unsynced(temporary, headers, content, size, self.file_mode)
+        try:
+            commit_file(fd, final.parent, publish=lambda: write.publish(temporary, final))
+        finally:
+            os.close(fd)
+            remove_quietly(temporary)
+        return StoredMessage(canonical(address), key_of(name), f"new/{name}", "", float(int(received_at)))
+
+    def new_file(self, address: str, key: str, received_at: float, header: bytes) -> MaildirFile:
+        """The file a message for ``address`` is streamed into by someone else's writer (direct
+        delivery): ValueError if the address names no mailbox."""
+        # The names alone, here on the event loop; the symlink check is made in the file thread
+        # just before the file is created (MaildirFile.create).
+        return MaildirFile(self, address, mailbox_location(self.mail_root, address), key, received_at, header)
+
+    def describe(self, message: StoredMessage) -> str:
+        return f"maildir {mailbox_location(self.mail_root, message.mailbox)}"
+
+    # --- mailboxes ----------------------------------------------------------------------------------
+
+    def mailbox_name(self, address: str) -> str | None:
+        try:
+            mailbox_path(self.mail_root, address)
+        except ValueError:
+            return None
+        return canonical(address)
+
+    def mailboxes(self) -> Iterator[str]:
+        return (address for address, _ in find_mailboxes(self.mail_root))
+
+    def has_mailbox(self, address: str) -> bool:
+        try:
+            return (mailbox_path(self.mail_root, address) / "cur").is_dir()
+        except ValueError:
+            return False
+
+    # --- messages -----------------------------------------------------------------------------------
+
+    def list_messages(self, address: str) -> list[StoredMessage]:
+        return list(self._messages(address))
+
+    def _messages(self, address: str) -> Iterator[StoredMessage]:
+        maildir = mailbox_path(self.mail_root, address)
+        mailbox = canonical(address)
+        prefix = f"{maildir}{os.sep}"
+        for subdir, name in message_files(maildir):
+            yield self._stored(mailbox, subdir, name, f"{prefix}{subdir}{os.sep}{name}")
+
+    def look_up(self, address: str, candidates: Mapping[str, Sequence[str]]) -> dict[str, StoredMessage]:
+        if not candidates:
+            return {}
+        prefix = f"{mailbox_path(self.mail_root, address)}{os.sep}"
+        mailbox = canonical(address)
+        found: dict[str, StoredMessage] = {}
+        for key, locations in candidates.items():
+            for location in locations:
+                parts = split_location(location)
+                if parts is None or key_of(parts[1]) != key:
+                    continue
+                path = f"{prefix}{parts[0]}{os.sep}{parts[1]}"
+                try:
+                    status = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(status.st_mode):  # never through a symlink
+                    found[key] = self._stored(mailbox, parts[0], parts[1], path, status)
+                    break
+        return found
+
+    def find(self, address: str, key: str, location: str | None = None) -> StoredMessage | None:
+        if location is not None:
+            found = self.look_up(address, {key: (location,)}).get(key)
+            if found is not None:
+                return found
+        return next((message for message in self._messages(address) if message.key == key), None)
+
+    def read(self, message: StoredMessage) -> BinaryIO:
+        path = self._path(message)
+        try:
+            return open(path, "rb", opener=_no_follow)
+        except FileNotFoundError:
+            raise MessageGone(f"{message.mailbox}: {message.location} is gone") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise MessageGone(f"{message.mailbox}: {message.location} is a symlink") from None
+
+    def set_flags(self, message: StoredMessage, flags: str) -> StoredMessage:
+        """Rename the file so its info says ``flags``; a message in ``new/`` moves to ``cur/``
+        either way (someone has looked at the mailbox)."""
+        path = self._path(message)
+        name = with_flags(path.name, flags)
+        if path.parent.name != "cur" or name != path.name:
+            try:
+                os.rename(path, path.parent.parent / "cur" / name)
+            except FileNotFoundError:
+                raise MessageGone(f"{message.mailbox}: {message.location} moved") from None
+        return StoredMessage(message.mailbox, message.key, f"cur/{name}", flags_of(name), message.received)
+
+    def expunge(self, message: StoredMessage) -> bool:
+        try:
+            path = self._path(message)
+            path.unlink()
+        except (FileNotFoundError, MessageGone):
+            return False
+        with contextlib.suppress(OSError):
+            fsync_directory(path.parent)
+        return True
+
+    def watch(self, on_changes: OnChanges, *, force_polling: bool | None = None) -> MaildirWatch:
+        return MaildirWatch(self.mail_root, on_changes, force_polling=force_polling)
+
+    def _path(self, message: StoredMessage) -> Path:
+        """The file ``message.location`` names in its mailbox; MessageGone for a location no
+        message of ours can have (another key's, or not ``new/NAME`` or ``cur/NAME``)."""
+        parts = split_location(message.location)
+        if parts is None or key_of(parts[1]) != message.key:
+            raise MessageGone(f"{message.mailbox}: no message {message.key} at {message.location!r}")
+        return mailbox_path(self.mail_root, message.mailbox) / parts[0] / parts[1]
+
+    @staticmethod
+    def _stored(
+        mailbox: str, subdir: str, name: str, path: str, status: os.stat_result | None = None
+    ) -> StoredMessage:
+        received = name_time(name)
+        if received is None:
+            # A name without the delivery time: the file's own time, if it is still there.
+            try:
+                received = (status or os.lstat(path)).st_mtime
+            except OSError:
+                received = 0.0
+        flags = flags_of(name) if subdir == "cur" else ""
+        return StoredMessage(mailbox, key_of(name), f"{subdir}/{name}", flags, received)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+class MaildirFile:
+    """A message streamed into a Maildir by someone else's writer (direct delivery): created
+    in ``tmp/`` under its key, renamed into ``new/`` under :func:`maildir_name`."""
+
+    def __init__(
+        self, store: MaildirStore, address: str, maildir: Path, key: str, received_at: float, header: bytes
+    ) -> None:
+        self._store = store
+        self._address = address
+        self._maildir = maildir
+        self._prefix = f"{maildir}{os.sep}"
+        self._key = key
+        self._received_at = received_at
+        self.header = header
+        self.path = f"{self._prefix}tmp{os.sep}{key}"
+
+    def create(self) -> int:
+        """Make the file in ``tmp/``, empty and open for writing (the store's file mode: it is
+        renamed into ``new/`` as it is). OSError if the mailbox cannot take it."""
+        store = self._store
+        try:
+            mailbox_path(store.mail_root, self._address)
+        except ValueError as exc:
+            # A symlink out of the mail root appeared: the queue's agent refuses it and bounces.
+            raise OSError(errno.ELOOP, str(exc), str(self._maildir)) from None
+        store.prepare(self._maildir)
+        flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            return write.create_mail_file(self.path, flags, store.file_mode)
+        except FileNotFoundError:
+            # The Maildir went away since this process made it (a person removed it).
+            store.prepare(self._maildir, again=True)
+            return write.create_mail_file(self.path, flags, store.file_mode)
+
+    def destination(self, size: int) -> str:
+        """Where the complete file of ``size`` octets goes: ``new/`` under its Maildir name."""
+        name = maildir_name(self._key, self._received_at, self._store.hostname, size)
+        return f"{self._prefix}new{os.sep}{name}"
+
+    def stored(self, destination: str) -> StoredMessage:
+        """The message once its file is at ``destination``."""
+        name = os.path.basename(destination)
+        return StoredMessage(
+            canonical(self._address), key_of(name), f"new/{name}", "", float(int(self._received_at))
+        )

@@ -1,0 +1,62 @@
+"""What ``postoffice serve`` prints when it starts, and the one line when it cannot listen.
+
+Untrusted input seen here: none; the banner shows the operator's configuration and the
+addresses the listeners got. Scripts read the ``listening KIND HOST:PORT`` lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from postoffice.config import Config
+from postoffice.errors import ListenError
+from postoffice.net.server import BoundAddress
+from postoffice.net.tls import ServerTls
+from postoffice.web.server import HttpAddress
+
+log = logging.getLogger("postoffice")
+
+
+def web_url(address: HttpAddress) -> str:
+    """The web UI's URL for a browser on this machine (a wildcard address means loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{address.port}/"
+
+
+def banner(
+    config: Config, bound: Sequence[BoundAddress], http: Sequence[HttpAddress], tls: ServerTls | None
+) -> None:
+    mode = (
+        "capture mode: every recipient is accepted, nothing is relayed"
+        if config.capture_mode
+        else ("mail server for " + ", ".join(config.domains))
+    )
+    print(f"postoffice {config.hostname}: {mode}", flush=True)
+    for address in bound:
+        print(f"listening {address}", flush=True)
+    for web_address in http:
+        print(f"listening {web_address}", flush=True)  # the web UI, JSON API and /metrics
+    if http:
+        # A URL a terminal makes clickable: the first thing a person wants after starting.
+        # (The "listening" lines stay "listening KIND HOST:PORT": scripts read them.)
+        print(f"web UI  {web_url(http[0])}", flush=True)
+    print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
+    if tls is not None:
+        print(f"tls certificate {tls.cert} (re-read on SIGHUP)", flush=True)
+    if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
+        log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
+
+
+def listen_failure(exc: ListenError, config: Config) -> str:
+    """The one line for a listener that cannot listen: what failed, and the option that moves it.
+
+    Mailpit and MailHog listen on 8025 too, so a taken web port is the likeliest first failure.
+    """
+    flag = f"--{exc.kind} HOST:PORT"
+    if config.source is not None:
+        flag += f" (or [listen] {exc.kind} in {config.source})"
+    if exc.kind == "http":
+        flag += ", or --no-http for no web UI"
+    return f"postoffice: {exc}; choose another address with {flag}"

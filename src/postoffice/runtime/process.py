@@ -1,0 +1,221 @@
+"""Running ``postoffice serve``: one process, or a parent and its workers, until SIGTERM.
+
+Untrusted input seen here: none directly; the :class:`~postoffice.app.Application` it runs
+sees the network. Started as root with ``user`` set, every listener is bound first
+(:mod:`postoffice.runtime.prebound`) and root is given up before anything else runs.
+
+What a person reads here is one line: ``postoffice: <what failed>`` on standard error with
+exit status 1, or the banner (:mod:`postoffice.runtime.banner`) once the server listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+
+from postoffice import logs
+from postoffice.app import Application, needs_tls, workers_directory
+from postoffice.config import Config
+from postoffice.errors import ListenError, PostofficeError
+from postoffice.maildir.store import MaildirStore
+from postoffice.net.server import BoundAddress
+from postoffice.net.session import name_sessions
+from postoffice.net.tls import ServerTls
+from postoffice.runtime import privileges
+from postoffice.runtime.banner import banner, listen_failure
+from postoffice.runtime.loop import event_loop_factory, log_loop_error
+from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
+from postoffice.runtime.prebound import Prebound, bind_then_drop
+from postoffice.runtime.signals import handle_signals
+from postoffice.runtime.workers import WorkerRole, share_limits, supervise
+from postoffice.spool.files import FileSpool
+from postoffice.spool.ids import claim_queue_ids
+from postoffice.web.service import WebShare
+from postoffice.web.workers import WorkersWeb
+
+log = logging.getLogger("postoffice")
+
+
+def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; the exit code for the CLI.
+
+    ``reload`` re-reads the configuration on SIGHUP (a single process; workers keep theirs).
+    The pid file is the data directory's lock: one ``serve`` (with its workers) per directory.
+    Started as root with ``user`` set, it binds every listener and becomes that user first.
+    """
+    logs.configure(config.log_format, config.log_file)
+    pid_file = PidFile(config.data_dir)
+    prebound = None
+    try:
+        prebound = bind_then_drop(config)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        pid_file.acquire()
+    except ListenError as exc:  # bound as root: the same one line as an unprivileged start
+        print(listen_failure(exc, config), file=sys.stderr)
+        return 1
+    except (PostofficeError, OSError) as exc:
+        if prebound is not None:
+            prebound.close()
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"postoffice: {detail}", file=sys.stderr)
+        return 1
+    try:
+        if config.workers > 1:
+            return _serve_workers(config, reload, prebound)
+        return _run(config, None, reload, prebound=prebound)
+    finally:
+        if prebound is not None:
+            prebound.close()
+        pid_file.release()
+
+
+def _run(
+    config: Config,
+    worker: WorkerRole | None,
+    reload: Callable[[], Config] | None = None,
+    web_share: WebShare | None = None,
+    prebound: Prebound | None = None,
+) -> int:
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(_serve(config, reload, worker, web_share, prebound))
+    return 130
+
+
+async def _serve(
+    config: Config,
+    reload: Callable[[], Config] | None,
+    worker: WorkerRole | None,
+    web_share: WebShare | None = None,
+    prebound: Prebound | None = None,
+) -> int:
+    # What asyncio catches itself is one log line from here on, never a traceback.
+    asyncio.get_running_loop().set_exception_handler(log_loop_error)
+    if worker is not None:
+        name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
+        claim_queue_ids(worker.index, config.workers)
+    try:
+        app = Application(
+            config,
+            clean_tmp=worker is None,
+            web_share=web_share,
+            worker_index=worker.index if worker is not None else None,
+            http_sockets=prebound.http if prebound is not None else None,
+        )
+    except PostofficeError as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
+    # Handlers go in before anything is announced: a supervisor may signal as soon as it reads
+    # the "listening" line, and a SIGTERM then must stop us cleanly, not kill us.
+    stop = handle_signals(app, reload)
+    bound = await _start_listening(app, config, worker, prebound)
+    if bound is None:
+        return 1
+    if worker is None or worker.index == 0:
+        privileges.warn_if_root(config)  # once the listeners are open: a failure says only why
+    # The banner comes last: whoever waits for "listening" may signal the server at once.
+    if worker is None:
+        banner(config, bound, app.http_addresses, app.security.tls)
+    else:
+        worker.ready()
+    await stop.wait()
+    log.info("event=shutdown")
+    await app.stop()
+    log.info("event=stopped")
+    return 0
+
+
+async def _start_listening(
+    app: Application, config: Config, worker: WorkerRole | None, prebound: Prebound | None
+) -> Sequence[BoundAddress] | None:
+    """Start ``app``; None (with its one line said, everything stopped) when it cannot listen."""
+    try:
+        if worker is None:
+            return await app.start(sockets=prebound.smtp[0] if prebound is not None else None)
+        return await app.start(recover=worker.recover, reuse_port=True, sockets=worker.sockets or None)
+    except ListenError as exc:
+        print(listen_failure(exc, config), file=sys.stderr)
+    except OSError as exc:
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
+    await app.stop(grace=0)
+    return None
+
+
+def _serve_workers(
+    config: Config, reload: Callable[[], Config] | None, prebound: Prebound | None = None
+) -> int:
+    # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
+    # list what it left in the queue, for the workers that own it to deliver.
+    try:
+        recover = FileSpool(config.spool_dir).pending()
+        _prepare_for_workers(config)
+        web = WorkersWeb(
+            config, MaildirStore.from_config(config), sockets=prebound.http if prebound is not None else None
+        )
+    except ListenError as exc:
+        print(listen_failure(exc, config), file=sys.stderr)
+        return 1
+    except (PostofficeError, sqlite3.Error) as exc:
+        print(f"postoffice: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"postoffice: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def announce(worker_config: Config) -> None:
+        web.start_indexing()
+        bound = [
+            BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
+        ]
+        banner(config, bound, web.addresses, None)
+
+    def run_worker(worker_config: Config, role: WorkerRole) -> int:
+        worker_reload = None
+        if reload is not None:
+            file_reload = reload
+
+            def worker_reload() -> Config:
+                return share_limits(file_reload(), worker_config.workers)
+
+        return _run(worker_config, role, worker_reload, web.share(role.index))
+
+    # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
+    # file, the parent here, which passes them on: each worker looks at the messages it owns.
+    try:
+        return supervise(
+            config,
+            recover,
+            run_worker,
+            announce,
+            forward=(signal.SIGHUP, FLUSH_SIGNAL, RESCAN_SIGNAL),
+            hangup=logs.reopen,  # logrotate moved the log file: the parent writes to it too
+            sockets=prebound.smtp if prebound is not None else (),
+        )
+    except ListenError as exc:
+        print(listen_failure(exc, config), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        web.close()  # every worker has stopped: the parent indexes what they sent last
+
+
+def _prepare_for_workers(config: Config) -> None:
+    """What the workers share is made once, before any of them starts."""
+    # Workers making a self-signed certificate at the same moment would each write a key the
+    # other's certificate lacks.
+    if needs_tls(config):
+        ServerTls.from_config(config)
+    # Reports of a previous run would be added up until the new workers replace them.
+    reports = workers_directory(config)
+    with contextlib.suppress(FileNotFoundError):
+        for stale in reports.iterdir():
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    reports.mkdir(exist_ok=True)

@@ -1,0 +1,219 @@
+"""One suite for every MailboxStore (storage.py): deliver, list, read, flags, expunge, watch.
+
+Each implementation runs the same tests through the protocol alone: the embedded Maildir store
+today, a PostgreSQL one later (add it to STORES). What a test needs that the protocol cannot
+do (another program renaming a file behind the store's back) is in the implementation's own
+suite (test_maildir.py, test_web_watch.py).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from postoffice.errors import MessageGone
+from postoffice.maildir.store import MaildirStore
+from postoffice.storage import MailboxChanges, MailboxStore, StoredMessage, with_seen
+
+STORES: dict[str, Callable[[Path], MailboxStore]] = {
+    "maildir": lambda tmp_path: MaildirStore(tmp_path / "mail", "mx.test"),
+}
+HEADERS = b"Return-Path: <a@example.org>\r\nDelivered-To: ann@example.test\r\n"
+BODY = b"Subject: hello\r\n\r\nHello, Ann.\r\n"
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> MailboxStore:
+    return STORES[request.param](tmp_path)
+
+
+def deliver(
+    store: MailboxStore, address: str, key: str, *, body: bytes = BODY, recovering: bool = False
+) -> StoredMessage:
+    return store.deliver(
+        address,
+        HEADERS,
+        io.BytesIO(body),
+        key,
+        received_at=1700000000.7,
+        size=len(body),
+        recovering=recovering,
+    )
+
+
+def content(store: MailboxStore, message: StoredMessage) -> bytes:
+    with store.read(message) as stream:
+        return stream.read()
+
+
+# --- delivering and reading ---------------------------------------------------------------------
+
+
+def test_a_delivered_message_is_listed_and_reads_back_whole(store: MailboxStore) -> None:
+    stored = deliver(store, "Ann@Example.TEST", "Q1_0")
+    assert stored.mailbox == "ann@example.test"
+    assert stored.flags == "" and not stored.seen and stored.received == 1700000000.0
+    assert content(store, stored) == HEADERS + BODY
+    assert store.list_messages("ann@example.test") == [stored]
+    assert store.list_messages("ANN@example.test") == [stored]  # any spelling of the address
+    assert list(store.mailboxes()) == ["ann@example.test"] and store.has_mailbox("ann@example.test")
+    assert "ann" in store.describe(stored)
+
+
+def test_a_delivery_found_again_while_recovering_is_not_stored_twice(store: MailboxStore) -> None:
+    first = deliver(store, "ann@example.test", "Q2_0")
+    again = deliver(store, "ann@example.test", "Q2_0", recovering=True)
+    assert again == first and len(store.list_messages("ann@example.test")) == 1
+
+
+def test_each_key_is_its_own_message(store: MailboxStore) -> None:
+    one = deliver(store, "ann@example.test", "Q3_0", body=b"Subject: one\r\n\r\n1\r\n")
+    two = deliver(store, "ann@example.test", "Q4_0", body=b"Subject: two\r\n\r\n2\r\n")
+    assert one.key != two.key
+    assert {m.key for m in store.list_messages("ann@example.test")} == {one.key, two.key}
+    assert content(store, two).endswith(b"2\r\n")
+
+
+@pytest.mark.parametrize("address", ["no-domain", "@example.test", "x@[x:/etc]", "a@" + "b" * 300 + ".test"])
+def test_an_address_that_names_no_mailbox_is_refused(store: MailboxStore, address: str) -> None:
+    with pytest.raises(ValueError):
+        deliver(store, address, "Q5_0")
+    assert store.mailbox_name(address) is None and not store.has_mailbox(address)
+    assert list(store.mailboxes()) == []
+
+
+def test_mailbox_names_are_canonical(store: MailboxStore) -> None:
+    assert (
+        store.mailbox_name("José@Example.TEST")
+        == store.mailbox_name("jose\u0301@example.test")
+        == "josé@example.test"
+    )
+    assert not store.has_mailbox("josé@example.test")  # named, not made
+    assert store.list_messages("josé@example.test") == []
+
+
+# --- finding ----------------------------------------------------------------------------------
+
+
+def test_a_message_is_found_at_its_location_or_wherever_it_went(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q6_0")
+    assert store.look_up("ann@example.test", {stored.key: [stored.location]}) == {stored.key: stored}
+    assert store.find("ann@example.test", stored.key, stored.location) == stored
+    moved = store.set_flags(stored, "S")
+    assert store.look_up("ann@example.test", {stored.key: [stored.location]}) == {}
+    assert store.find("ann@example.test", stored.key, stored.location) == moved
+    assert store.find("ann@example.test", "no-such-key") is None
+
+
+def test_a_location_is_never_a_path_of_its_own(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q7_0")
+    for location in ("../../../etc/passwd", "tmp/" + stored.key, "/etc/passwd", "cur/../new/x"):
+        assert store.look_up("ann@example.test", {stored.key: [location]}) == {}
+        bogus = StoredMessage(stored.mailbox, stored.key, location)
+        with pytest.raises(MessageGone):
+            store.read(bogus)
+        assert store.expunge(bogus) is False
+    other_key = StoredMessage(stored.mailbox, "another", stored.location)
+    with pytest.raises(MessageGone):
+        store.read(other_key)
+
+
+# --- flags and expunging ------------------------------------------------------------------------
+
+
+def test_flags_are_set_exactly_and_in_order(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q8_0")
+    seen = store.set_flags(stored, with_seen(stored.flags, True))
+    assert seen.seen and seen.flags == "S" and seen.key == stored.key
+    flagged = store.set_flags(seen, "SFR")
+    assert flagged.flags == "FRS"
+    unseen = store.set_flags(flagged, with_seen(flagged.flags, False))
+    assert unseen.flags == "FR" and not unseen.seen
+    assert store.list_messages("ann@example.test") == [unseen]
+    assert content(store, unseen) == HEADERS + BODY
+    with pytest.raises(MessageGone):
+        store.set_flags(stored, "S")  # not where it was any more
+
+
+def test_an_expunged_message_is_gone_for_good(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q9_0")
+    assert store.expunge(stored) is True
+    assert store.expunge(stored) is False
+    assert store.list_messages("ann@example.test") == []
+    assert store.find("ann@example.test", stored.key, stored.location) is None
+    with pytest.raises(MessageGone):
+        store.read(stored)
+    with pytest.raises(MessageGone):
+        store.set_flags(stored, "S")
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Every batch a watch reported, from its thread."""
+
+    def __init__(self) -> None:
+        self.batches: list[MailboxChanges] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, changes: MailboxChanges) -> None:
+        with self._lock:
+            self.batches.append(changes)
+
+    def wait_for(self, condition: Callable[[list[MailboxChanges]], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if condition(list(self.batches)):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"not reported in {timeout} s: {self.batches!r}")
+
+
+def touched(batches: list[MailboxChanges], mailbox: str, key: str) -> set[str]:
+    """Every location a change to ``key`` in ``mailbox`` was reported at."""
+    return {location for batch in batches for location in batch.messages.get(mailbox, {}).get(key, ())}
+
+
+@pytest.fixture
+def watched(store: MailboxStore) -> Iterator[tuple[MailboxStore, Recorder]]:
+    recorder = Recorder()
+    watch = store.watch(recorder)
+    assert not watch.running
+    watch.start()
+    try:
+        assert watch.watching.wait(10), "the watch never started"
+        yield store, recorder
+    finally:
+        watch.stop()
+        assert not watch.running
+
+
+def test_a_watch_reports_deliveries_flags_and_expunges(watched: tuple[MailboxStore, Recorder]) -> None:
+    store, recorder = watched
+    deliver(store, "early@example.test", "W0_0")  # its mailbox exists before the next one
+    recorder.wait_for(lambda batches: any("early@example.test" in b.mailboxes for b in batches))
+    stored = deliver(store, "early@example.test", "W1_0")
+    recorder.wait_for(lambda batches: stored.location in touched(batches, stored.mailbox, stored.key))
+    seen = store.set_flags(stored, "S")
+    recorder.wait_for(lambda batches: seen.location in touched(batches, seen.mailbox, seen.key))
+    store.expunge(seen)
+    count = len(recorder.batches)
+    recorder.wait_for(lambda batches: seen.location in touched(batches[count:], seen.mailbox, seen.key))
+
+
+def test_a_new_mailbox_is_reported_whole(watched: tuple[MailboxStore, Recorder]) -> None:
+    store, recorder = watched
+    deliver(store, "new@example.test", "W2_0")
+    recorder.wait_for(lambda batches: any("new@example.test" in batch.mailboxes for batch in batches))
+
+
+def test_a_quiet_watch_still_calls_at_each_tick(watched: tuple[MailboxStore, Recorder]) -> None:
+    _, recorder = watched
+    recorder.wait_for(lambda batches: len([b for b in batches if not b.messages and not b.mailboxes]) >= 3)
