@@ -1,12 +1,17 @@
-"""Coverage-guided fuzzing of the sans-I/O SMTP server core and the PROXY protocol parser.
+"""Coverage-guided fuzzing of the SMTP server: the sans-I/O core with the transaction layer over
+it (``postoffice.smtpd``), and the PROXY protocol parser.
 
 Untrusted input seen here: every byte atheris generates, as if a client sent it.
 
 The invariant is the one the Hypothesis tests in ``tests/test_smtp_fuzz.py`` check, over inputs
-libFuzzer evolves towards new branches: whatever arrives, in whatever pieces, the core either
-waits for more or answers with well-formed reply lines; it never raises, its state is always a
-:class:`State`, and end of file always ends in exactly one ``Closing``. The PROXY header parser
-must return a header, ask for more bytes, or raise :class:`ProxyProtocolError`, nothing else.
+libFuzzer evolves towards new branches: whatever arrives, in whatever pieces, the conversation
+either waits for more or answers with well-formed reply lines; nothing raises, the core's state
+is always a :class:`State`, end of file always ends the session, every ``250 queued as`` has its
+stored message and every message opened is stored or discarded. The conversation runs with the
+standard stages (policy in capture mode, the junk-command limit, the Received: field, the login
+throttle), AUTH that accepts ``user``/``pw``, and an in-memory store (``tests/smtpd_pair.py``),
+so commands reach the stages and content reaches the writer. The PROXY header parser must return
+a header, ask for more bytes, or raise :class:`ProxyProtocolError`, nothing else.
 
 Run (see fuzz/README.md)::
 
@@ -16,20 +21,24 @@ Run (see fuzz/README.md)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import sys
+from pathlib import Path
 
 import atheris
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
 with atheris.instrument_imports():
     from postoffice.net import proxy_protocol
-    from postoffice.smtp import events as ev
-    from postoffice.smtp import replies
-    from postoffice.smtp.server import ServerConnection, ServerSettings
+    from postoffice.smtp.server import ServerSettings
     from postoffice.smtp.state import State
+    from smtpd_pair import MemoryStore, SmtpdSession, fuzz_services
 
 REPLY_LINE = re.compile(rb"\d{3}[ -][^\r\n]*")
+QUEUED = re.compile(rb"^250 .*queued as", re.MULTILINE)
 SETTINGS = (
     ServerSettings(hostname="mx.fuzz"),
     ServerSettings(
@@ -37,43 +46,9 @@ SETTINGS = (
     ),
     ServerSettings(hostname="mx.fuzz", auth_mechanisms=("PLAIN", "LOGIN"), dsn=True, starttls=True),
 )
-
-
-def _answer(event: ev.Event) -> replies.Reply | None:
-    """The accept-everything application: every decision gets its positive reply."""
-    if isinstance(event, ev.HelloReceived):
-        return None  # answered through hello_reply below
-    if isinstance(event, ev.MailReceived):
-        return replies.SENDER_OK
-    if isinstance(event, ev.RcptReceived):
-        return replies.RECIPIENT_OK
-    if isinstance(event, ev.DataReceived):
-        return replies.START_MAIL_INPUT
-    if isinstance(event, ev.ChunkReceived):
-        return replies.chunk_received(event.size)
-    if isinstance(event, ev.MessageComplete):
-        return replies.queued("FUZZ")
-    if isinstance(event, (ev.StartTlsRequested, ev.AuthRequested, ev.AuthResponse)):
-        return replies.NOT_IMPLEMENTED
-    return None
-
-
-def _pump(conn: ServerConnection) -> list[ev.Event]:
-    seen: list[ev.Event] = []
-    for _ in range(100_000):
-        event = conn.next_event()
-        if isinstance(event, ev.NeedData):
-            return seen
-        seen.append(event)
-        if isinstance(event, ev.HelloReceived):
-            conn.send(conn.hello_reply(event))
-        else:
-            reply = _answer(event)
-            if reply is not None:
-                conn.send(reply)
-        if isinstance(event, ev.Closing):
-            return seen
-    raise AssertionError("the core produced events without end")
+# One event loop for every input: the conversation's waits (the commit, the password check)
+# run on it as they would in the server.
+LOOP = asyncio.new_event_loop()
 
 
 def _check_output(output: bytes) -> None:
@@ -91,28 +66,24 @@ def fuzz_one(data: bytes) -> None:
     with contextlib.suppress(proxy_protocol.ProxyProtocolError):
         proxy_protocol.parse(header)
 
-    conn = ServerConnection(settings)
-    conn.greet(replies.greeting(settings.hostname))
-    output = bytearray(conn.data_to_send())
-    events: list[ev.Event] = []
-    while fdp.remaining_bytes():
-        piece = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 64))
-        if not piece:
-            break
-        conn.receive_data(piece)
-        events += _pump(conn)
-        output += conn.data_to_send()
-        assert isinstance(conn.state, State)
-        if conn.state is State.CLOSED:
-            break
-    if conn.state is not State.CLOSED:
-        conn.receive_data(b"")
-        events += _pump(conn)
-        output += conn.data_to_send()
-    _check_output(bytes(output))
-    assert conn.state is State.CLOSED
-    assert sum(isinstance(e, ev.Closing) for e in events) == 1
-    assert isinstance(events[-1], ev.Closing)
+    store = MemoryStore()
+    session = SmtpdSession(fuzz_services(store), settings, loop=LOOP)
+    try:
+        while fdp.remaining_bytes() and session.closed is None:
+            piece = fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 64))
+            if not piece:
+                break
+            session.feed(piece)
+            assert isinstance(session.conversation.state, State)
+        if session.closed is None:
+            session.feed(b"")
+    finally:
+        session.close()
+    output = bytes(session.transcript)
+    _check_output(output)
+    assert session.closed is not None and session.conversation.state is State.CLOSED
+    assert len(QUEUED.findall(output)) == len(store.messages)
+    assert store.all_ended
 
 
 def main() -> None:

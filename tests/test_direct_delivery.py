@@ -19,7 +19,12 @@ import pytest
 
 from conftest import NOWHERE, RunningServer, maildir_messages
 from postoffice.config import DeliverySettings, load_config
+from postoffice.delivery.direct import DirectReceiver
+from postoffice.delivery.local import delivery_headers
 from postoffice.errors import ConfigError
+from postoffice.maildir.store import MaildirStore
+from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.spool.files import FileSpool
 from web_helpers import client, messages
 
 MESSAGE = b"From: a@client.test\r\nTo: bob@example.test\r\nSubject: direct\r\n\r\nHello.\r\n"
@@ -240,3 +245,29 @@ def test_the_setting_is_read_from_the_file(tmp_path: Path) -> None:
     path.write_text('[delivery]\nlocal_before_reply = "no"\n')
     with pytest.raises(ConfigError, match=r"delivery\.local_before_reply"):
         load_config(path)
+
+
+# --- header fields added at the end of the message (MessageWriter.prepend) ---------------------
+
+
+@pytest.mark.parametrize("size", [100, 200_000], ids=["in-the-buffer", "copied"])
+async def test_fields_added_at_the_end_are_at_the_top_of_the_mailbox_file(tmp_path: Path, size: int) -> None:
+    """Below Return-Path and Delivered-To, above Received: and the content; a message that
+    outgrew the buffer is copied once at the commit (a Maildir file has no room to leave)."""
+    spool = FileSpool(tmp_path / "spool")
+    store = MaildirStore(tmp_path / "mail", "mx.test")
+    receiver = DirectReceiver(spool, store)
+    recipient = Recipient("bob@example.test", "bob@example.test", Route.LOCAL)
+    writer = receiver.put(Envelope("a@client.test", (recipient,), received_at=time.time()))
+    content = b"Subject: x\r\n\r\n" + b"y" * size + b"\r\n"
+    writer.prepend(b"Received: by us\r\n")
+    writer.write(content)
+    writer.prepend(b"Authentication-Results: mx.test; none\r\n")
+    queued = await writer.commit()
+
+    assert queued.delivered
+    [path] = _files(tmp_path / "mail" / "example.test" / "bob" / "new")
+    expected = b"Authentication-Results: mx.test; none\r\nReceived: by us\r\n" + content
+    assert path.read_bytes() == delivery_headers("a@client.test", "bob@example.test") + expected
+    assert queued.size == len(expected)
+    assert _files(tmp_path / "mail" / "example.test" / "bob" / "tmp") == []

@@ -1,4 +1,5 @@
-"""Property tests of the SMTP server core: whatever bytes arrive, it answers or waits, never raises.
+"""Property tests of the SMTP server core and the transaction layer over it: whatever bytes
+arrive, they answer or wait, never raise.
 
 Invariants, for random bytes and for streams built from real SMTP vocabulary:
 
@@ -6,7 +7,10 @@ Invariants, for random bytes and for streams built from real SMTP vocabulary:
 * every line written is a well-formed reply line (RFC 5321 §4.2: ``\\d{3}[ -]``) of at most
   512 octets with its CRLF (§4.5.3.1.5);
 * the state is always a :class:`State`, and end of file always leads to one final ``Closing``;
-* how the stream is split into reads changes neither the output bytes nor the events.
+* how the stream is split into reads changes neither the output bytes nor the events;
+* through the transaction layer (``smtpd``, with its standard stages, AUTH and an in-memory
+  store): the same, every ``250 queued as`` has its stored message, and every message opened
+  is stored or discarded by the time the connection is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtp.state import State
 from smtp_pair import HOST, Driver, lines, normalised, parse_replies
+from smtpd_pair import MemoryStore, SmtpdSession, fuzz_services
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REPLY_LINE = re.compile(rb"\d{3}[ -][^\r\n]*")
@@ -365,3 +370,63 @@ def test_content_over_the_size_limit_does_not_depend_on_the_cuts() -> None:
     for driver in (whole, pieces):
         handed_on = b"".join(event.data for event in driver.events if isinstance(event, ev.MessageData))
         assert len(handed_on) == 40
+
+
+# --- through the transaction layer ------------------------------------------------------------
+
+
+def drive_smtpd(data: bytes, cuts: list[int], config: ServerSettings) -> tuple[SmtpdSession, MemoryStore]:
+    """Feed ``data`` to a conversation with the standard stages, then end of file; check the
+    invariants on the way."""
+    store = MemoryStore()
+    session = SmtpdSession(fuzz_services(store), config)
+    try:
+        for piece in _pieces(data, cuts):
+            session.feed(piece)
+            assert isinstance(session.conversation.state, State)
+            if session.closed is not None:
+                break
+        if session.closed is None:
+            session.feed(b"")
+    finally:
+        session.close()
+    check_output(bytes(session.transcript))
+    assert session.closed is not None and session.conversation.state is State.CLOSED
+    queued = [
+        reply
+        for reply in parse_replies(bytes(session.transcript))
+        if reply.code == 250 and "queued as" in reply.lines[-1]
+    ]
+    assert len(queued) == len(store.messages)
+    assert store.all_ended
+    return session, store
+
+
+@FUZZ
+@given(split(commandish), st.sampled_from([*CONFIGS, TLS_CONFIG, TLS_REQUIRED_CONFIG]))
+def test_command_streams_never_break_the_transaction_layer(
+    case: tuple[bytes, list[int]], config: ServerSettings
+) -> None:
+    drive_smtpd(*case, config)
+
+
+@FUZZ
+@given(split(random_bytes), st.sampled_from(CONFIGS))
+def test_random_bytes_never_break_the_transaction_layer(
+    case: tuple[bytes, list[int]], config: ServerSettings
+) -> None:
+    drive_smtpd(*case, config)
+
+
+@FUZZ
+@given(split(commandish), st.sampled_from(CONFIGS))
+def test_splitting_never_changes_what_the_transaction_layer_stores(
+    case: tuple[bytes, list[int]], config: ServerSettings
+) -> None:
+    data, cuts = case
+    whole, whole_store = drive_smtpd(data, [], config)
+    pieces, pieces_store = drive_smtpd(data, cuts, config)
+    assert pieces.transcript == whole.transcript
+    assert [m.content for m in pieces_store.messages] == [
+        m.content.replace(b"MEM", b"MEM") for m in whole_store.messages
+    ]

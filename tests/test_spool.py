@@ -15,6 +15,7 @@ import pytest
 
 from postoffice import durable
 from postoffice.errors import SpoolError, StorageFullError
+from postoffice.spool import headroom
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import MAGIC, FileSpool
 from postoffice.spool.ids import is_queue_id, new_queue_id, queue_id_time
@@ -111,6 +112,82 @@ async def test_round_trip_envelope_and_content(tmp_path: Path) -> None:
         assert file.read() == content
     raw = (spool.queue_dir / queued.queue_id).read_bytes()
     assert raw.startswith(MAGIC) and raw.count(b"\n", 0, len(raw) - len(content)) == 2
+
+
+# --- header fields added above the content (prepend) ----------------------------------------
+
+SMALL = b"Subject: small\r\n\r\nbody\r\n"
+LARGE = b"Subject: large\r\n\r\n" + b"0123456789abcdef\r\n" * 10_000  # outgrows the buffer
+
+
+@pytest.mark.parametrize("content", [SMALL, LARGE], ids=["small", "large"])
+async def test_fields_prepended_at_the_end_go_above_the_content(tmp_path: Path, content: bytes) -> None:
+    """Received: before the content, Authentication-Results: after it: the stored message
+    starts with the last one added, then the first, then the content as written."""
+    spool = FileSpool(tmp_path)
+    writer = spool.put(make_envelope())
+    writer.prepend(b"Received: by us\r\n")
+    writer.write(content)
+    writer.prepend(b"Authentication-Results: mx.test; spf=pass\r\n")
+    queued = await writer.commit()
+
+    expected = b"Authentication-Results: mx.test; spf=pass\r\nReceived: by us\r\n" + content
+    with spool.open(queued.queue_id) as file:
+        assert file.read() == expected
+    assert queued.size == len(expected) == spool.load(queued.queue_id).size
+    assert spool.load(queued.queue_id).envelope == make_envelope()
+
+
+async def test_a_large_message_gets_its_late_fields_in_place_without_a_copy(tmp_path: Path) -> None:
+    """The file that outgrew the buffer keeps its inode and size: the fields went into the room
+    at the end of the envelope line, nothing was copied."""
+    spool = FileSpool(tmp_path)
+    writer = spool.put(make_envelope())
+    writer.write(LARGE)
+    before = os.stat(spool.tmp_dir / writer.queue_id)
+    writer.prepend(b"X-Late: 1\r\n")
+    queued = await writer.commit()
+
+    after = os.stat(spool.queue_dir / queued.queue_id)
+    assert after.st_ino == before.st_ino
+    assert after.st_size == before.st_size
+    raw = (spool.queue_dir / queued.queue_id).read_bytes()
+    header_line = raw[len(MAGIC) : raw.index(b"\n", len(MAGIC)) + 1]
+    assert header_line.rstrip(b" \n").endswith(b"}") and b"X-Late" not in header_line
+    with spool.open(queued.queue_id) as file:
+        assert file.read() == b"X-Late: 1\r\n" + LARGE
+
+
+async def test_late_fields_larger_than_the_room_are_placed_by_a_copy(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.put(make_envelope())
+    writer.write(LARGE)
+    big = b"X-Big: " + b"b" * (headroom.ADDED_FIELDS_ROOM + 100) + b"\r\n"
+    writer.prepend(big)
+    queued = await writer.commit()
+
+    with spool.open(queued.queue_id) as file:
+        assert file.read() == big + LARGE
+    assert queued.size == len(big + LARGE)
+    assert os.listdir(spool.tmp_dir) == []  # neither the old file nor the copy stays
+
+
+@pytest.mark.parametrize("content", [SMALL, LARGE], ids=["small", "large"])
+def test_read_content_gives_the_message_so_far(tmp_path: Path, content: bytes) -> None:
+    spool = FileSpool(tmp_path)
+    writer = spool.put(make_envelope())
+    writer.prepend(b"Received: by us\r\n")
+    writer.write(content)
+    with writer.read_content() as file:
+        assert file.read() == b"Received: by us\r\n" + content
+    writer.write(b"more\r\n")  # reading back did not end the message
+    with writer.read_content() as file:
+        assert file.read().endswith(content + b"more\r\n")
+    writer.discard()
+    with pytest.raises(SpoolError):
+        writer.read_content()
+    with pytest.raises(SpoolError):
+        writer.prepend(b"X: y\r\n")
 
 
 async def test_message_is_invisible_until_commit_returns(tmp_path: Path) -> None:
@@ -395,6 +472,7 @@ class ElsewhereTarget:
     first), handing over to ``fallback`` when its directory cannot take the file."""
 
     delivered = True
+    room = 0
 
     def __init__(self, directory: Path, header: bytes, fallback: FileTarget | None) -> None:
         self.header = header
@@ -445,6 +523,29 @@ async def test_a_target_that_cannot_make_its_file_hands_over_before_a_byte_is_wr
     assert spool.load(queue_id).envelope == envelope  # the spool's header, not the target's
     with spool.open(queue_id) as content:
         assert content.read() == b"small"
+
+
+@pytest.mark.parametrize("content", [SMALL, LARGE], ids=["small", "large"])
+async def test_fields_prepended_to_a_handed_over_message_go_above_it_in_the_spool(
+    tmp_path: Path, content: bytes
+) -> None:
+    """The spool's header replaces the target's; fields added before and after the content are
+    above it, a large message's late ones in the room of the spool's envelope line."""
+    spool = FileSpool(tmp_path / "spool")
+    envelope = make_envelope()
+    queue_id = new_queue_id()
+    gone = tmp_path / "no-such-directory"
+    writer = spool.writer(
+        queue_id, envelope, ElsewhereTarget(gone, b"Header: 1\r\n", spool.queue_file(queue_id, envelope))
+    )
+    writer.prepend(b"Received: by us\r\n")
+    writer.write(content)
+    writer.prepend(b"X-Late: 1\r\n")
+    message = await writer.commit()
+    assert not message.delivered and spool.pending() == [queue_id]
+    assert spool.load(queue_id).envelope == envelope
+    with spool.open(queue_id) as stored:
+        assert stored.read() == b"X-Late: 1\r\nReceived: by us\r\n" + content
 
 
 async def test_storage_full_is_never_handed_over(tmpfs: Path) -> None:

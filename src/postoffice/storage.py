@@ -51,6 +51,18 @@ class MessageWriter(Protocol):
     def write(self, data: bytes) -> None:
         """Append message bytes. Raises StorageFullError (ENOSPC/EROFS) or SpoolError."""
 
+    def prepend(self, data: bytes) -> None:
+        """Put header field lines (each ending in CRLF) above everything written or prepended
+        so far: trace fields (``Received:``) before the content, ``Authentication-Results:``
+        and the like at its end. Allowed until :meth:`commit`, and cheap at any time: the
+        writer places them without copying the content where it can (see
+        :meth:`~postoffice.spool.writer.FileMessageWriter.prepend`)."""
+
+    def read_content(self) -> BinaryIO:
+        """The message as stored so far, from its first octet: what checks at the end of the
+        message read (fields prepended once the content began may or may not be in it)."""
+        ...
+
     async def commit(self) -> QueuedMessage:
         """Make the message durable (data and directory fsync'd) and queue it.
 

@@ -14,7 +14,7 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError, ListenError
@@ -26,6 +26,8 @@ from postoffice.policy import Policy
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
+from postoffice.smtpd import Services
+from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import QueuedMessage
 from postoffice.storage import Receiver
 
@@ -65,17 +67,12 @@ class SmtpServer:
         security: Security | None = None,
         proxy: ProxyProtocol | None = None,
     ) -> None:
-        self._services = SessionServices(
-            settings=settings,
-            limits=limits,
-            policy=policy,
-            spool=spool,
-            on_queued=on_queued,
-            admit=self._admit,
-            on_closed=self._forget,
-            observer=observer,
-            security=security or Security(),
-        )
+        self._settings = settings
+        self._policy = policy
+        self._spool = spool
+        self._on_queued = on_queued
+        self._observer = observer
+        self._security = security or Security()
         self._listeners = listeners
         self._limits = limits
         self._proxy = proxy or ProxyProtocol()
@@ -120,7 +117,7 @@ class SmtpServer:
         self, listener: Listener, sock: socket.socket | None, reuse_port: bool
     ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        security = self._services.security
+        security = self._security
         context = None
         if listener.kind == "smtps":
             if security.tls is None:
@@ -161,11 +158,30 @@ class SmtpServer:
         """What a session on a ``kind`` listener offers (STARTTLS, AUTH, submission rules)."""
         services = self._by_kind.get(kind)
         if services is None:
-            base = self._services
-            services = replace(
-                base,
-                settings=settings_for(kind, base.settings, base.security),
+            security = self._security
+            settings = settings_for(kind, self._settings, security)
+            stages = standard_stages(
+                policy=self._policy,
+                hostname=settings.hostname,
+                junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
+                authenticator=security.login,
+            )
+            on_queued = self._on_queued
+            services = SessionServices(
+                settings=settings,
+                limits=self._limits,
+                conversation=Services(
+                    stages=stages,
+                    store=self._spool,
+                    on_queued=lambda result: on_queued(result.queued),
+                    login=security.login,
+                    tls=security.tls is not None,
+                    observer=self._observer,
+                ),
+                admit=self._admit,
+                on_closed=self._forget,
+                security=security,
             )
             self._by_kind[kind] = services
         return services
@@ -182,9 +198,8 @@ class SmtpServer:
 
     def reconfigure(self, *, settings: ServerSettings, limits: Limits, policy: Policy) -> None:
         """New settings, limits and policy for sessions that start from now on (SIGHUP)."""
-        self._services = replace(self._services, settings=settings, limits=limits, policy=policy)
+        self._settings, self._limits, self._policy = settings, limits, policy
         self._by_kind.clear()
-        self._limits = limits
 
     def _admit(self, session: SmtpSession) -> Reply:
         limits = self._limits
@@ -198,7 +213,7 @@ class SmtpServer:
             return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
         self.sessions.add(session)
         self._per_client[session.peer] += 1
-        return replies.greeting(self._services.settings.hostname)
+        return replies.greeting(self._settings.hostname)
 
     def _forget(self, session: SmtpSession) -> None:
         if session in self.sessions:
@@ -218,7 +233,7 @@ class SmtpServer:
         """
         for server in self._servers:
             server.close()
-        goodbye = replies.shutting_down(self._services.settings.hostname)
+        goodbye = replies.shutting_down(self._settings.hostname)
         loop = asyncio.get_running_loop()
         end = loop.time() + grace
         last_call = end - min(SHUTDOWN_TIMEOUT, grace / 2)

@@ -153,7 +153,7 @@ class ServerConnection:
         self.authenticated = False
         self.esmtp = False
         self.helo_name = ""
-        self.state = State.INIT
+        self.state = st.after(self.state, c.StartTls)
         self._reset_transaction()
 
     def hello_reply(self, event: ev.HelloReceived) -> Reply:
@@ -220,30 +220,32 @@ class ServerConnection:
             self._reader.discard_buffered()
 
     def _apply(self, event: ev.Decision, reply: Reply) -> None:
+        """Move on after ``reply`` to ``event``; every state comes from the table (smtp.state)."""
         positive = reply.positive
         if isinstance(event, ev.HelloReceived):
             if positive:
-                self.state = State.READY
+                self.state = st.after(self.state, type(event.command))
                 self.esmtp = isinstance(event.command, c.Ehlo)
                 self.helo_name = event.command.name
                 self._reset_transaction()
         elif isinstance(event, ev.MailReceived):
             if positive:
-                self.state = State.MAIL
+                self.state = st.after(self.state, c.Mail)
                 self._utf8 = event.command.smtputf8
         elif isinstance(event, ev.RcptReceived):
             self._rcpt_attempted = True
             if positive:
                 self._recipients += 1
-                self.state = State.RCPT
+                self.state = st.after(self.state, c.Rcpt)
         elif isinstance(event, ev.DataReceived):
             if reply.code == 354:
-                self.state = State.DATA
+                self.state = st.after(self.state, c.Data)
                 self._mode = _Mode.DATA
                 self._reader.start_data()
                 self._events.append(ev.MessageStart())
         elif isinstance(event, ev.ChunkReceived):
-            if not positive:  # RFC 3030 §2: a failed chunk ends the transaction
+            self.state = st.after_bdat(last=False, accepted=positive)
+            if self.state is not State.BDAT:  # refused: the transaction has failed
                 self._end_transaction()
         elif isinstance(event, ev.MessageComplete):
             self._end_transaction()
@@ -256,7 +258,8 @@ class ServerConnection:
                 self.authenticated = True
 
     def _end_transaction(self) -> None:
-        self.state = State.READY
+        """The content (or a chunk of it) has been answered: the transaction is over."""
+        self.state = st.after_content()
         self._mode = _Mode.COMMAND
         self._reset_transaction()
 
@@ -431,8 +434,9 @@ class ServerConnection:
             self._mode = _Mode.DISCARD_CHUNK
         else:
             self._mode = _Mode.CHUNK
-            if self.state is State.RCPT:
-                self.state = State.BDAT
+            target = st.after(self.state, c.Bdat)
+            if target is not self.state:  # the first chunk (RCPT -> BDAT): the content begins
+                self.state = target
                 return ev.MessageStart()
         return None
 
@@ -449,7 +453,7 @@ class ServerConnection:
             self._mode = _Mode.COMMAND
             return self._reply_event(self._chunk_line, self._chunk_error)
         if self._chunk_last or self._too_big:
-            return self._finish_message()
+            return self._finish_message()  # answered: st.after_bdat(last=True) is after_content
         self._mode = _Mode.COMMAND
         return ev.ChunkReceived(self._size, self._chunk_line)
 

@@ -5,7 +5,9 @@ for every command a client sends. Nothing else in the code decides "did they say
 
 RFC 5321 §4.1.4 gives the order: HELO/EHLO, then MAIL, one or more RCPT, then DATA (or BDAT
 chunks, RFC 3030); RSET, NOOP, VRFY, HELP and QUIT are allowed at any time. A command leads to
-its target state only when the reply to it is positive.
+its target state only when the reply to it is positive. The core sets its state only from here:
+:func:`after` for an answered command, :func:`after_bdat` for an answered chunk and
+:func:`after_content` once a message's content has been answered.
 """
 
 from __future__ import annotations
@@ -82,9 +84,22 @@ def sequence_error(state: State, command: c.Command) -> Reply:
     return _SEQUENCE_ERRORS.get((state, type(command)), replies.BAD_SEQUENCE)
 
 
-def after_bdat(last: bool) -> State:
-    """RFC 3030 §2: after the LAST chunk is answered, the transaction is over."""
-    return State.READY if last else State.BDAT
+def after(state: State, command: type[c.Command]) -> State:
+    """Where a positive reply to a ``command`` taken in ``state`` leads (it was in sequence)."""
+    return TRANSITIONS[state, command]
+
+
+def after_bdat(*, last: bool, accepted: bool) -> State:
+    """RFC 3030 §2: after the LAST chunk is answered the transaction is over, and so it is after
+    a refused one ("the transaction should be considered failed"; chunks already pipelined
+    after it are refused as out of sequence)."""
+    return State.BDAT if accepted and not last else State.READY
+
+
+def after_content() -> State:
+    """RFC 5321 §4.1.1.4: once the content's end is answered (stored or refused), the
+    transaction is over and the buffers are cleared."""
+    return State.READY
 
 
 def in_transaction(state: State) -> bool:

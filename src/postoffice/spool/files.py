@@ -20,7 +20,11 @@ Reusing files: creating one file and deleting one per message cost a loaded ext4
 eighth of the server's CPU time in its inode allocator (measured with ``perf``: it searches
 past recently freed inodes); truncating a file kept from an earlier message costs less.
 
-Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received.
+Each file is ``MAGIC``, one line of envelope JSON, then the message bytes exactly as received,
+below the header fields the server added (``Received:`` first, then whatever the checks at the
+end of the message add): :meth:`~postoffice.spool.writer.FileMessageWriter.prepend`, and
+:mod:`postoffice.spool.headroom` for how fields added at the end of a long message find room
+above it without a copy (the envelope line may end in spaces).
 
 Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: the data is
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
@@ -45,6 +49,7 @@ from typing import Any, BinaryIO
 
 from postoffice.durable import fsync_directory, remove_quietly, storage_error
 from postoffice.errors import SpoolError
+from postoffice.spool import headroom
 from postoffice.spool import state as queue_state
 from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
@@ -84,6 +89,8 @@ class _QueueFile:
     ``tmp/ID``, renamed to ``queue/ID`` at commit."""
 
     delivered = False
+    # JSON allows trailing whitespace: the envelope line takes the room (spool/headroom.py).
+    room = headroom.ADDED_FIELDS_ROOM
 
     def __init__(self, spool: FileSpool, queue_id: str, envelope: Envelope) -> None:
         self._spool = spool

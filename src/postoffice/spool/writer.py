@@ -9,6 +9,12 @@ target is ``tmp/ID`` renamed to ``queue/ID`` (:mod:`postoffice.spool.files`); di
 is a Maildir's ``tmp/`` renamed into ``new/`` (:mod:`postoffice.delivery.direct`), which turns
 into the spool's when the mailbox cannot take the file. The writer is the same either way: a
 target never touches the writer's state, and the writer knows no layout.
+
+Header fields the server adds go above the content at any time before the commit
+(:meth:`FileMessageWriter.prepend`): into the buffer while the message's start is still there
+(nearly all mail), else into the room a target leaves at the end of its header
+(:attr:`FileTarget.room`, :mod:`postoffice.spool.headroom`), else, for a target with no room or
+fields that outgrow it, by writing the file afresh in the commit's worker thread.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import io
 import os
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from postoffice.durable import commit_file, remove_quietly, storage_error, write_all
 from postoffice.errors import SpoolError
+from postoffice.spool import headroom
 from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
 
@@ -44,6 +52,14 @@ class FileTarget(Protocol):
     @property
     def delivered(self) -> bool:
         """Whether a committed file is delivered (``QueuedMessage.delivered``), not queued."""
+        ...
+
+    @property
+    def room(self) -> int:
+        """Spaces :attr:`header` may take before its last octet (a newline) to make room for
+        header fields prepended once the message's start is on disk; 0 when it can take none
+        (such fields then cost a copy of the file at the commit). See
+        :mod:`postoffice.spool.headroom`."""
         ...
 
     def create(self) -> int:
@@ -89,6 +105,10 @@ class FileMessageWriter:
         self._buffer = bytearray(target.header)
         self._fd: int | None = None
         self._size = 0
+        # Where the message starts (after the target's header): prepend() puts fields here.
+        self._top = len(target.header)
+        self._room = 0  # spaces left for added fields at the end of the header on disk
+        self._late = b""  # fields prepended once the message's start was on disk
         self._state = _State.OPEN
         self._published: str | None = None  # where the committed file is
 
@@ -108,10 +128,49 @@ class FileMessageWriter:
         self._size += len(data)
         if len(self._buffer) >= BUFFER_SIZE:
             try:
+                if self._fd is None:
+                    self._fd = self._create()
+                    self._make_room()
                 self._write_out()
             except OSError as exc:
                 self._abort()
                 raise storage_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+
+    def prepend(self, data: bytes) -> None:
+        """Put header field lines above the message (see the module docstring for how)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        self._size += len(data)
+        if self._fd is None:
+            top = self._top
+            self._buffer[top:top] = data
+        else:
+            self._late = data + self._late
+
+    def read_content(self) -> BinaryIO:
+        """The message as stored so far. From the buffer while it holds the whole message;
+        else the buffer is written out and the file read (on the caller's thread: it was just
+        written, and is in the page cache)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        if self._fd is None:
+            return io.BytesIO(self._buffer[self._top :])
+        try:
+            self._write_out()
+            file = open(self._target.path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise storage_error(exc, f"queue_id={self._queue_id}: cannot read back") from exc
+        file.seek(self._top)
+        return file
+
+    def _make_room(self) -> None:
+        """The file is about to be written for the first time: leave the target's room for
+        late fields (only a message that outgrew the buffer can get any)."""
+        room = self._target.room
+        if room:
+            headroom.make_room(self._buffer, self._top, room)
+            self._room = room
+            self._top += room
 
     def _write_out(self) -> int:
         """Create the file if need be and write the buffer to it; the file's descriptor."""
@@ -133,6 +192,7 @@ class FileMessageWriter:
                 raise
             self._buffer[: len(target.header)] = fallback.header
             self._target = fallback
+            self._top = len(fallback.header)
             return fallback.create()
 
     async def commit(self) -> QueuedMessage:
@@ -163,6 +223,8 @@ class FileMessageWriter:
             # the target (FileTarget.fallback).
             fd = self._write_out()
             target = self._target
+            if self._late:
+                fd = self._fd = headroom.place(fd, target.path, self._top, self._room, self._late)
             source, destination = target.path, target.destination(len(target.header) + self._size)
 
             def publish() -> None:

@@ -1,0 +1,183 @@
+"""What checks see: the client, the transaction being built, and the message once it comes.
+
+Untrusted input seen here: everything the client said, already parsed by the SMTP core (HELO
+name, MAIL and RCPT commands with their parameters) and the message content, which reaches
+checks only through :class:`Message` (read back from the spool writer, never held whole here).
+
+One :class:`Context` lives as long as the conversation; the transaction layer moves it from
+stage to stage (``stage``, ``command``, ``line``) rather than making one per command, so a check
+costs no allocation of ours. Checks are shared by every session of a listener: what one needs
+to remember about a session or a transaction goes into ``client.notes`` or
+``transaction.notes``, keyed by the check itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from postoffice.smtp import commands as c
+from postoffice.smtp.server import ServerConnection
+from postoffice.spool.envelope import Envelope, Recipient, Route
+from postoffice.storage import MessageWriter
+
+if TYPE_CHECKING:
+    from postoffice.smtpd.stages import Check, Stage
+
+# Postfix header_size_limit: the most of a header section a check is given to read.
+HEADER_SECTION_LIMIT = 102_400
+
+
+class Client:
+    """The client of one session, as far as it has told us (HELO name, TLS, who it logged in as)."""
+
+    __slots__ = ("_core", "address", "id", "notes", "queued", "user")
+
+    def __init__(self, session_id: str, address: str, core: ServerConnection) -> None:
+        self.id = session_id
+        self.address = address  # its IP address (as a trusted PROXY header says, if one does)
+        self._core = core
+        self.user: str | None = None  # authenticated as (RFC 4954), until STARTTLS resets it
+        self.queued = 0  # messages queued in this session so far
+        self.notes: dict[object, Any] = {}
+
+    @property
+    def helo(self) -> str:
+        return self._core.helo_name
+
+    @property
+    def esmtp(self) -> bool:
+        return self._core.esmtp
+
+    @property
+    def tls(self) -> bool:
+        return self._core.tls_active
+
+
+class Transaction:
+    """One mail transaction (RFC 5321 §3.3): its MAIL command and the recipients accepted."""
+
+    __slots__ = ("_notes", "_seen", "deferred", "folder", "mail", "recipients")
+
+    def __init__(self, mail: c.Mail | None) -> None:
+        self.mail = mail
+        self.recipients: list[Recipient] = []
+        self._seen: set[tuple[str, Route]] | None = None
+        self.deferred: tuple[Check, ...] = ()  # checks that asked to decide at the end of the message
+        # Where local copies of the message are to be filed, when a check at the end of the
+        # message chooses (DMARC quarantine: "Junk"); None is the inbox. It is part of the
+        # transaction's result (MessageResult.folder) and of its log line.
+        self.folder: str | None = None
+        self._notes: dict[object, Any] | None = None
+
+    @property
+    def notes(self) -> dict[object, Any]:
+        """What checks keep about this transaction, keyed by the check (made when first asked)."""
+        if self._notes is None:
+            self._notes = {}
+        return self._notes
+
+    @property
+    def mail_from(self) -> str:
+        """The reverse-path as text, "" for the null sender <>."""
+        return "" if self.mail is None else str(self.mail.path)
+
+    def add_recipients(self, command: c.Rcpt, local: tuple[str, ...], remote: tuple[str, ...]) -> None:
+        """The targets one RCPT resolved to; each mailbox gets one copy however often it is
+        named (RFC 5321 §3.3: duplicates "SHOULD" be delivered once)."""
+        original = str(command.path)
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = set()
+        for route, addresses in ((Route.LOCAL, local), (Route.REMOTE, remote)):
+            for address in addresses:
+                if (address, route) not in seen:
+                    seen.add((address, route))
+                    self.recipients.append(Recipient(address, original, route, command.notify, command.orcpt))
+
+    def defer(self, check: Check) -> None:
+        if all(check is not other for other in self.deferred):
+            self.deferred = (*self.deferred, check)
+
+
+class Message:
+    """The message of the transaction, from the start of its content to its commit.
+
+    At data-start only the envelope and ``add_header`` make sense; at data-end the content is
+    complete and can be read (``header_section``, ``open``).
+    """
+
+    __slots__ = ("_writer", "envelope")
+
+    def __init__(self, envelope: Envelope, writer: MessageWriter) -> None:
+        self.envelope = envelope
+        self._writer = writer
+
+    @property
+    def queue_id(self) -> str:
+        return self._writer.queue_id
+
+    def add_header(self, field: bytes) -> None:
+        """Put a header field (whole lines, CRLF-terminated) at the top of the stored message.
+
+        Fields added later go above those added earlier, as trace fields do (RFC 5322 §3.6.7).
+        At the end of the message this costs no copy of the content (see MessageWriter.prepend).
+        """
+        if not field.endswith(b"\r\n") or b"\r\n\r\n" in field or field.startswith((b" ", b"\t")):
+            raise ValueError(f"not a header field: {field[:40]!r}")
+        self._writer.prepend(field)
+
+    def open(self) -> BinaryIO:
+        """The message as stored so far (fields added at data-start included), from its start."""
+        return self._writer.read_content()
+
+    def header_section(self) -> bytes:
+        """The header section (RFC 5322 §2.1) of the stored message, without the empty line
+        that ends it; at most HEADER_SECTION_LIMIT octets."""
+        with self.open() as content:
+            head = content.read(HEADER_SECTION_LIMIT)
+        if head.startswith(b"\r\n"):
+            return b""
+        end = head.find(b"\r\n\r\n")
+        return head if end < 0 else head[: end + 2]
+
+
+class Context:
+    """Everything a check may look at, for the stage it runs in."""
+
+    __slots__ = ("_local", "_remote", "client", "command", "line", "message", "stage", "transaction")
+
+    def __init__(self, client: Client, stage: Stage) -> None:
+        self.client = client
+        self.stage = stage
+        self.transaction = Transaction(None)
+        self.command: c.Command | None = None  # HELO/EHLO, AUTH, MAIL or RCPT being decided
+        self.line = ""  # the client's line as logged (AUTH secrets redacted)
+        self.message: Message | None = None  # from data-start to the commit
+        self._local: tuple[str, ...] = ()
+        self._remote: tuple[str, ...] = ()
+
+    @property
+    def mail(self) -> c.Mail:
+        """The transaction's MAIL command (from the mail stage on)."""
+        mail = self.transaction.mail
+        if mail is None:
+            raise LookupError("no MAIL command in this transaction")
+        return mail
+
+    @property
+    def rcpt(self) -> c.Rcpt:
+        """The RCPT command being decided (rcpt stage)."""
+        command = self.command
+        if not isinstance(command, c.Rcpt):
+            raise LookupError("no RCPT command is being decided")
+        return command
+
+    def route(self, *, local: tuple[str, ...] = (), remote: tuple[str, ...] = ()) -> None:
+        """Rcpt stage: where the recipient's copies go (local mailboxes, remote addresses),
+        once every check has accepted it."""
+        self._local, self._remote = local, remote
+
+    def take_routes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        routes = self._local, self._remote
+        self._local = self._remote = ()
+        return routes
