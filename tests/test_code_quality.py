@@ -1,10 +1,10 @@
 """The code base keeps its own rules: ruff, mypy --strict, imports that point downward, and
 modules and functions small enough to read.
 
-The layering is ARCHITECTURE.md's, as :data:`LAYERS` writes it down: smtp.replies ← errors ←
-config, smtp ← accounts, spool, client ← policy, delivery.agent, storage ← maildir ← smtpd ←
-net, delivery, qmgr ← web ← app ← runtime ← cli. A module that reaches upward or sideways fails
-here, and so does a cycle between packages. :data:`FORBIDDEN` adds finer rules (what the sans-I/O protocol may not touch, say).
+The layering is written down once, as :data:`LAYERS`; docs/ARCHITECTURE.md draws it (and
+tests/test_docs.py keeps the drawing equal to it) and says why. A module that reaches upward or
+sideways fails here, and so does a cycle between packages. :data:`FORBIDDEN` adds finer rules
+(what the sans-I/O protocol may not touch, say).
 """
 
 from __future__ import annotations

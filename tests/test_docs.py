@@ -14,18 +14,23 @@ from pathlib import Path
 
 import pytest
 
+from test_code_quality import LAYERS
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = sorted([README, *(ROOT / "docs").glob("*.md")])
 # Pages written on another branch: a link to one is allowed before it exists (and checked,
 # anchors included, once it does).
-PENDING = {ROOT / "docs" / "ARCHITECTURE.md"}
+PENDING: set[Path] = set()
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 README_MAX_LINES = 300
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"``.+?``|`[^`\n]*`")
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+# The layer drawing in docs/ARCHITECTURE.md: the fenced block right after this marker.
+_LAYER_DRAWING = re.compile(r"^<!-- layers -->\n```text\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 def prose(text: str) -> str:
@@ -103,3 +108,20 @@ def test_the_readme_is_a_short_tour_with_its_two_commands() -> None:
         after = text.split(marker, 1)[1]
         first = next(line for line in after.splitlines() if line.strip() and not line.startswith("```"))
         assert first == command
+
+
+def layer_drawing(layers: tuple[tuple[str, ...], ...]) -> str:
+    """``layers`` (LAYERS of test_code_quality.py) as docs/ARCHITECTURE.md draws them: top layer
+    first, one line each, its number and its units without the ``postoffice.`` prefix."""
+    lines = []
+    for number, layer in reversed(list(enumerate(layers))):
+        names = ", ".join(unit.removeprefix("postoffice.") for unit in layer)
+        lines.append(f"{number:>2}  {names}\n")
+    return "".join(lines)
+
+
+def test_the_architecture_draws_the_layers_the_code_quality_test_enforces() -> None:
+    found = _LAYER_DRAWING.search(ARCHITECTURE.read_text())
+    assert found is not None, "docs/ARCHITECTURE.md: no ```text block after <!-- layers -->"
+    expected = layer_drawing(LAYERS)
+    assert found.group(1) == expected, f"redraw the layers in docs/ARCHITECTURE.md as:\n{expected}"
