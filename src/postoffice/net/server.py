@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError, ListenError
+from postoffice.mailauth.dkim_signer import Signer
 from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
@@ -66,6 +67,7 @@ class SmtpServer:
         observer: SessionObserver | None = None,
         security: Security | None = None,
         proxy: ProxyProtocol | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -76,6 +78,7 @@ class SmtpServer:
         self._listeners = listeners
         self._limits = limits
         self._proxy = proxy or ProxyProtocol()
+        self._signer = signer
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -166,6 +169,7 @@ class SmtpServer:
                 junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
                 authenticator=security.login,
+                signer=self._signer,
             )
             on_queued = self._on_queued
             services = SessionServices(
