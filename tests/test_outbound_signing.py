@@ -3,11 +3,14 @@
 alice logs in on the submission listener (STARTTLS, AUTH PLAIN) and sends to bob@remote.test;
 the server finds remote.test's MX through a dnslib server on loopback and delivers to an
 aiosmtpd peer on 127.0.0.2. What the peer received is verified with dkimpy and with OpenDKIM
-(``opendkim-testmsg`` in a namespace of its own whose DNS serves our keys).
+(``opendkim-testmsg`` in a namespace of its own whose DNS serves our keys), and its DMARC
+verdict comes from OpenDMARC (``miltertest``), given dkimpy's DKIM results and the SPF result
+for local.test's published record in an Authentication-Results field it trusts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,13 +20,17 @@ from typing import Any
 import dkim
 import pytest
 
+import dmarc_support
 from conftest import RunningServer, maildir_messages, require_tool
 from dkim_support import TxtDns, opendkim_testmsg, txt_dns
+from dns_zone import DnsZone, dns_zone_server
 from mail_peers import Dns, Peer, dns_server, free_port, start_peer
 from postoffice.accounts import Accounts
 from postoffice.config import AuthConfig, AuthenticationSettings, DeliverySettings, Listener, TLSConfig
 from postoffice.mailauth import dkim_keys
 from postoffice.mailauth.dkim_keys import DkimKey
+from postoffice.mailauth.spf import check_mail_from
+from postoffice.mailauth.verdicts import DkimVerdict, SpfVerdict
 from submission_support import Certs, make_certs, ports, smtp_over_starttls
 
 pytestmark = pytest.mark.timeout(90)
@@ -232,3 +239,57 @@ def test_a_bounce_is_signed_and_verifies(world: World) -> None:
     assert b"MAILER-DAEMON@mx.local.test" in content
     with txt_dns(records(*keys)) as keys_dns:
         assert dkimpy_results(content, keys_dns) == [(b"local.test", True), (b"local.test", True)]
+
+
+def _dkim_verdicts(content: bytes, keys: list[DkimKey]) -> tuple[DkimVerdict, ...]:
+    """dkimpy's result for each signature of ``content``, as an Authentication-Results hands it on."""
+    with txt_dns(records(*keys)) as keys_dns:
+        return tuple(
+            DkimVerdict("pass" if verified else "fail", domain.decode(), key.selector, "")
+            for (domain, verified), key in zip(dkimpy_results(content, keys_dns), keys, strict=True)
+        )
+
+
+def _opendmarc_verdicts(cases: list[dmarc_support.Case], tmp_path: Path) -> list[dmarc_support.Verdict]:
+    """OpenDMARC's verdicts on ``cases``, From local.test (p=reject, SPF for 127.0.0.0/8)."""
+    zone = DnsZone()
+    zone.txt("_dmarc.local.test", "v=DMARC1; p=reject; adkim=r; aspf=r")
+    zone.txt("local.test", "v=spf1 ip4:127.0.0.0/8 -all")
+    with dns_zone_server(zone) as server:
+        # The server delivered from 127.0.0.1 (to the peer on 127.0.0.2).
+        spf = asyncio.run(check_mail_from("127.0.0.1", ALICE, "mx.local.test", resolver=server.resolver()))
+    assert spf.result == "pass"
+    with dmarc_support.dns_on_port_53(zone) as address, dmarc_support.opendmarc(tmp_path, address) as port:
+        return [dmarc_support.run_case(case, port, tmp_path) for case in cases]
+
+
+def _case(name: str, spf: SpfVerdict | None, dkim_verdicts: tuple[DkimVerdict, ...]) -> dmarc_support.Case:
+    expected = dmarc_support.Verdict("pass", "reject", "none")
+    return dmarc_support.Case(name, ("Alice <alice@local.test>",), spf, dkim_verdicts, expected)
+
+
+def test_opendmarc_passes_signed_mail_aligned(world: World, tmp_path: Path) -> None:
+    require_tool("opendmarc")
+    require_tool("miltertest")
+    require_tool("unshare")
+    why_not = dmarc_support.can_run_opendmarc()
+    if why_not:
+        pytest.skip(why_not)
+    keys = world.generate("local.test", "rsa", "ed25519")
+    world.submit()
+    content = world.received()
+    signed = _dkim_verdicts(content, keys)
+    assert [verdict.result for verdict in signed] == ["pass", "pass"]
+    tampered = _dkim_verdicts(content.replace(b"this is hello", b"this is bye"), keys)
+    assert [verdict.result for verdict in tampered] == ["fail", "fail"]
+    spf = SpfVerdict("pass", "local.test")
+    verdicts = _opendmarc_verdicts(
+        [
+            _case("spf-and-dkim", spf, signed),
+            _case("dkim-alone", None, signed),  # aligned DKIM passes DMARC by itself
+            _case("tampered", None, tampered),
+        ],
+        tmp_path,
+    )
+    passed = dmarc_support.Verdict("pass", "reject", "none")
+    assert verdicts == [passed, passed, dmarc_support.Verdict("fail", "reject", "reject")]
