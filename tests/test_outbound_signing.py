@@ -11,7 +11,10 @@ for local.test's published record in an Authentication-Results field it trusts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,3 +296,45 @@ def test_opendmarc_passes_signed_mail_aligned(world: World, tmp_path: Path) -> N
     )
     passed = dmarc_support.Verdict("pass", "reject", "none")
     assert verdicts == [passed, passed, dmarc_support.Verdict("fail", "reject", "reject")]
+
+
+def test_postoffice_send_with_a_login_is_signed(world: World) -> None:
+    [key] = world.generate()
+    cafile = world.certs.cert.parent / "ca.pem"
+    world.certs.ca.cert_pem.write_to_path(str(cafile))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "postoffice",
+            "send",
+            f"--server=127.0.0.1:{ports(world.server)['submission']}",
+            "--starttls",
+            f"--cafile={cafile}",
+            f"--auth-user={ALICE}",
+            "--password-stdin",
+            f"--from={ALICE}",
+            f"--to={BOB}",
+            "--subject=from the command line",
+        ],
+        input=f"{PASSWORD}\nsent with postoffice send\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    world.server.wait_idle()
+    content = world.received()
+    assert b"sent with postoffice send" in content
+    with txt_dns(records(key)) as keys_dns:
+        assert dkimpy_results(content, keys_dns) == [(b"local.test", True)]
+
+
+def test_one_log_line_per_signed_message(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="postoffice.dkim")
+    world.generate("local.test", "rsa", "ed25519")
+    world.submit()
+    lines = [record.getMessage() for record in caplog.records if "dkim-signed" in record.getMessage()]
+    assert len(lines) == 1
+    assert "domain=local.test selectors=sel-ed25519,sel-rsa" in lines[0] and "queue_id=" in lines[0]
