@@ -28,6 +28,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
+from postoffice.smtpd.checks.signing import DkimSigning
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import QueuedMessage
 from postoffice.storage import Receiver
@@ -78,7 +79,8 @@ class SmtpServer:
         self._listeners = listeners
         self._limits = limits
         self._proxy = proxy or ProxyProtocol()
-        self._signer = signer
+        # DKIM signing of authenticated users' mail, hashed off the event loop.
+        self._signing = None if signer is None else DkimSigning(signer, asyncio.to_thread)
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -169,7 +171,7 @@ class SmtpServer:
                 junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
                 authenticator=security.login,
-                signer=self._signer,
+                signing=self._signing,
             )
             on_queued = self._on_queued
             services = SessionServices(

@@ -7,6 +7,10 @@ Which sessions are ours: those that authenticated (RFC 4954). A client that did 
 anyone on the Internet, loopback included (a plain session on the MX port may carry mail
 relayed from anywhere), so its mail is never signed whatever its From says. Mail with no
 recipient outside (it does not leave) is not signed either: signatures are for the next hop.
+
+Signing reads the whole message (the body hash, RFC 6376 §3.7), so it runs through ``blocking``
+(a worker thread) rather than on the event loop; the session waits for it at data-end, so
+nothing else touches the message meanwhile.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import logging
 
 from postoffice.errors import DkimError
-from postoffice.mailauth.dkim_signer import Signer, signature_fields
+from postoffice.mailauth.dkim_signer import Signed, Signer, signature_fields
 from postoffice.smtpd.context import Context
 from postoffice.smtpd.verdict import ACCEPT, Verdict
 from postoffice.spool.envelope import Route
+from postoffice.storage import Blocking
 
 log = logging.getLogger("postoffice.dkim")
 
@@ -25,8 +30,9 @@ log = logging.getLogger("postoffice.dkim")
 class DkimSigning:
     """Data-end stage: the DKIM-Signature fields of the From domain's keys, above the message."""
 
-    def __init__(self, signer: Signer) -> None:
+    def __init__(self, signer: Signer, blocking: Blocking) -> None:
         self._signer = signer
+        self._blocking = blocking
 
     async def check(self, ctx: Context) -> Verdict:
         message = ctx.message
@@ -40,9 +46,13 @@ class DkimSigning:
         if domain is None:
             return ACCEPT
         what = f"session={ctx.client.id} queue_id={message.queue_id}"
-        try:
+
+        def sign() -> Signed | None:
             with message.open() as content:
-                signed = signer.sign(content, domain, what=what)
+                return signer.sign(content, domain, what=what)
+
+        try:
+            signed = await self._blocking(sign)
         except DkimError as exc:
             # Accepted unsigned: the message is the user's, and a receiver treats an unsigned
             # message as it would one whose signature failed (RFC 6376 §6.1).
