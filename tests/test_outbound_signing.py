@@ -11,6 +11,7 @@ for local.test's published record in an Authentication-Results field it trusts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import smtplib
 import subprocess
@@ -338,3 +339,20 @@ def test_one_log_line_per_signed_message(world: World, caplog: pytest.LogCapture
     lines = [record.getMessage() for record in caplog.records if "dkim-signed" in record.getMessage()]
     assert len(lines) == 1
     assert "domain=local.test selectors=sel-ed25519,sel-rsa" in lines[0] and "queue_id=" in lines[0]
+
+
+def test_a_reloaded_configuration_turns_signing_off_and_on(world: World) -> None:
+    world.generate()
+    server = world.server
+
+    async def reload(sign: bool) -> None:
+        server.app.reload(
+            dataclasses.replace(server.config, authentication=AuthenticationSettings(sign=sign))
+        )
+
+    server.call(reload(False))
+    world.submit(subject="off")
+    server.call(reload(True))
+    world.submit(subject="on")
+    off, on = (message.content for message in world.peer.received)
+    assert signature_fields(off) == [] and len(signature_fields(on)) == 1
