@@ -32,6 +32,7 @@ NOT_KEYS = {
     "delivery",
     "tls",
     "auth",
+    "authentication",
     "proxy_protocol",
     "source",
 }

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from postoffice import metrics
 from postoffice.accounts import Accounts
@@ -27,7 +28,8 @@ from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
-from postoffice.errors import ConfigError
+from postoffice.errors import ConfigError, DkimError
+from postoffice.mailauth.dkim_signer import Signer, signature_fields
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
@@ -165,6 +167,8 @@ class Application:
             receiver = DirectReceiver(
                 self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
             )
+        # DKIM keys, read once and again when their directory changes (or on SIGHUP).
+        self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
@@ -177,6 +181,7 @@ class Application:
             observer=observer,
             security=self.security,
             proxy=config.proxy_protocol,
+            signer=self.signer,
         )
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
@@ -208,7 +213,9 @@ class Application:
             concurrency=queue.concurrency,
             destination_concurrency=queue.destination_concurrency,
             destination=self._destination,
-            notifier=Bouncer(self.spool, config.hostname, self._report_recipients, clock=clock),
+            notifier=Bouncer(
+                self.spool, config.hostname, self._report_recipients, clock=clock, sign=self._sign_report
+            ),
             on_result=self._on_delivery_result,
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
@@ -251,6 +258,19 @@ class Application:
             sockets=http_sockets,
         )
 
+    def _sign_report(self, report: BinaryIO, queue_id: str) -> Sequence[bytes]:
+        """DKIM-Signature fields for a report from MAILER-DAEMON@hostname: the keys of the host
+        name, or of the longest local domain it is under (aligned with From, RFC 7489 §3.1.1)."""
+        signer = self.signer
+        domain = signer.for_host(self.config.hostname)
+        if domain is None or not signer.enabled:
+            return ()
+        try:
+            return signature_fields(signer.sign(report, domain, what=f"queue_id={queue_id}"))
+        except DkimError as exc:
+            log.warning("queue_id=%s event=dkim-not-signed domain=%s reason=%r", queue_id, domain, str(exc))
+            return ()
+
     def _delivered(self, stored: StoredMessage) -> None:
         if self.web is not None:
             self.web.delivered(stored)
@@ -274,6 +294,7 @@ class Application:
         config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in kept})
         self.config = config
         self.accounts = Accounts(config.accounts_file)
+        self.signer.configure(config.domains, enabled=config.authentication.sign)
         self.smtp.reconfigure(
             settings=server_settings(config),
             limits=config.limits,
@@ -341,6 +362,7 @@ class Application:
         if self.security.tls is not None:
             self.security.tls.reload()
         self.reopen_logs()
+        self.signer.reload()
         if config is not None:
             self.apply(config)
 

@@ -39,6 +39,7 @@ from postoffice.config.names import (
 from postoffice.config.schema import Bound, Section, computed_setting, setting
 from postoffice.config.tables import (
     AuthConfig,
+    AuthenticationSettings,
     DeliverySettings,
     Limits,
     ListenKeys,
@@ -107,6 +108,7 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     log_format: str = setting(
         "text",
@@ -222,6 +224,11 @@ SECTIONS = (
     ),
     _table("tls", TLSConfig, "The server's certificate; paths are relative to the file's directory."),
     _table("auth", AuthConfig, "SMTP AUTH (PLAIN and LOGIN, RFC 4954), offered only inside TLS."),
+    _table(
+        "authentication",
+        AuthenticationSettings,
+        "Mail authentication: DKIM signatures on mail that leaves (RFC 6376).",
+    ),
     Section(
         "proxy_protocol",
         ProxyProtocolKeys,

@@ -296,6 +296,18 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationSettings:
+    """Mail authentication (DKIM, SPF, DMARC) under ``[authentication]``."""
+
+    sign: bool = setting(
+        True,
+        BOOLEAN,
+        "DKIM-sign mail from a local domain that leaves through us (authenticated submission,"
+        " bounces and reports) with its keys from `postoffice dkim generate` (RFC 6376).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyProtocol:
     """Which listener kinds expect a PROXY protocol header (HAProxy v1/v2), and from whom.
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError, ListenError
+from postoffice.mailauth.dkim_signer import Signer
 from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
@@ -27,6 +28,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
+from postoffice.smtpd.checks.signing import DkimSigning
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import QueuedMessage
 from postoffice.storage import Receiver
@@ -66,6 +68,7 @@ class SmtpServer:
         observer: SessionObserver | None = None,
         security: Security | None = None,
         proxy: ProxyProtocol | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -76,6 +79,8 @@ class SmtpServer:
         self._listeners = listeners
         self._limits = limits
         self._proxy = proxy or ProxyProtocol()
+        # DKIM signing of authenticated users' mail, hashed off the event loop.
+        self._signing = None if signer is None else DkimSigning(signer, asyncio.to_thread)
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -166,6 +171,7 @@ class SmtpServer:
                 junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
                 authenticator=security.login,
+                signing=self._signing,
             )
             on_queued = self._on_queued
             services = SessionServices(

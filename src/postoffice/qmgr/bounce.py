@@ -96,6 +96,11 @@ def wants_report(recipient: Recipient, action: str) -> bool:
     return "SUCCESS" in notify  # delivered, relayed
 
 
+# What signs a report (the composition root injects DKIM signing; qmgr knows no keys): the
+# report's content and queue id in, the fields to prepend out (each prepended above the last).
+ReportSigner = Callable[[BinaryIO, str], Sequence[bytes]]
+
+
 class Bouncer:
     """The :class:`Notifier` that writes reports into the spool."""
 
@@ -106,8 +111,12 @@ class Bouncer:
         recipients_for: RecipientsFor,
         *,
         clock: Callable[[], float] = time.time,
+        sign: ReportSigner | None = None,
     ) -> None:
+        """``sign``: the header fields (DKIM-Signature) to put above a composed report, given
+        the report as written; called on a worker thread, before the report is queued."""
         self._spool = spool
+        self._sign = sign
         self._hostname = hostname
         self._recipients_for = recipients_for
         self._clock = clock
@@ -189,6 +198,11 @@ class Bouncer:
                 put(f"Content-Type: {kind}\r\nContent-Description: Message headers\r\n\r\n".encode())
                 put(headers)
             put(f"\r\n--{boundary}--\r\n".encode())
+        if self._sign is not None:
+            with writer.read_content() as report:
+                fields = self._sign(report, writer.queue_id)
+            for field in fields:
+                writer.prepend(field)
 
     def _top(self, sender: str, kind: str, boundary: str, report_id: str, now: float) -> bytes:
         subject = {

@@ -14,7 +14,7 @@ from postoffice.smtpd.auth import Authenticator
 from postoffice.smtpd.checks.limits import JunkCommands, LoginThrottle
 from postoffice.smtpd.checks.policy import RecipientPolicy, SenderPolicy
 from postoffice.smtpd.checks.trace import ReceivedField
-from postoffice.smtpd.stages import Stages
+from postoffice.smtpd.stages import Check, Stages
 
 
 def standard_stages(
@@ -24,13 +24,16 @@ def standard_stages(
     junk_commands: int,
     submission: bool,
     authenticator: Authenticator | None,
+    signing: Check | None = None,
 ) -> Stages:
     """Policy at MAIL and RCPT, our Received: field at data-start, the junk-command limit, and
-    the login throttle before AUTH when AUTH is offered."""
+    the login throttle before AUTH when AUTH is offered; ``signing`` (DKIM signatures on our
+    users' mail, :class:`~postoffice.smtpd.checks.signing.DkimSigning`) last at data-end."""
     return Stages(
         auth=() if authenticator is None else (LoginThrottle(authenticator),),
         mail=(SenderPolicy(policy, submission=submission),),
         rcpt=(RecipientPolicy(policy),),
         data_start=(ReceivedField(hostname),),
+        data_end=() if signing is None else (signing,),
         replied=(JunkCommands(junk_commands),),
     )
