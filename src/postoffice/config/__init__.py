@@ -39,6 +39,7 @@ from postoffice.config.names import (
 )
 from postoffice.config.tables import (
     AuthConfig,
+    AuthenticationSettings,
     DeliverySettings,
     Limits,
     ProxyProtocol,
@@ -69,6 +70,7 @@ __all__ = [
     "TLS_POLICIES",
     "TLS_VERSIONS",
     "AuthConfig",
+    "AuthenticationSettings",
     "Config",
     "DeliverySettings",
     "Limits",

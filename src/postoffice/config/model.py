@@ -39,6 +39,7 @@ from postoffice.config.names import (
 from postoffice.config.schema import Bound, Section, computed_setting, setting
 from postoffice.config.tables import (
     AuthConfig,
+    AuthenticationSettings,
     DeliverySettings,
     Limits,
     ListenKeys,
@@ -108,6 +109,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
+    authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     log_format: str = setting(
         "text",
         LOG_FORMAT,
@@ -187,6 +189,13 @@ class Config:
         """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
         return self.data_dir / "index.sqlite3"
 
+    @property
+    def verify_authentication(self) -> bool:
+        """Whether mail from outside gets SPF, DKIM, DMARC and ARC verified (``[authentication]
+        verify``; unset: on unless in capture mode)."""
+        verify = self.authentication.verify
+        return not self.capture_mode if verify is None else verify
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 
@@ -240,5 +249,11 @@ SECTIONS = (
         DeliverySettings,
         "How mail leaves: into local mailboxes, and to the MX hosts of other domains (RFC 5321 §5.1)"
         " or through one relay.",
+    ),
+    _table(
+        "authentication",
+        AuthenticationSettings,
+        "Verifying mail from outside: SPF, DKIM, DMARC and ARC into an Authentication-Results field"
+        " (RFC 8601), and acting on DMARC policies.",
     ),
 )
