@@ -104,6 +104,12 @@ class MemoryWriter:
         self._check_open()
         self._fields.insert(0, data)
 
+    def overwrite(self, offset: int, data: bytes) -> None:
+        self._check_open()
+        whole = bytearray(b"".join(self._fields) + self._content)
+        whole[offset : offset + len(data)] = data
+        self._fields, self._content = [], whole
+
     def read_content(self) -> BinaryIO:
         self._check_open()
         return io.BytesIO(b"".join(self._fields) + self._content)

@@ -27,7 +27,10 @@ from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError
+from postoffice.mailauth.dkim_dns import DnsTxtResolver
+from postoffice.mailauth.inbound import Verifier
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
@@ -44,6 +47,7 @@ from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Kind, Recipients
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
+from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
@@ -54,6 +58,21 @@ from postoffice.web.service import WebService, WebShare
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 
 log = logging.getLogger("postoffice")
+
+
+def inbound_authentication(config: Config) -> InboundAuthentication | None:
+    """SPF, DKIM, DMARC and ARC for mail from outside, when ``[authentication] verify`` says so
+    (by default: unless in capture mode); every lookup asks ``[delivery] dns``."""
+    if not config.verify_authentication:
+        return None
+    settings = config.authentication
+    nameserver, timeout = config.delivery.dns, settings.dns_timeout
+    verifier = Verifier(
+        make_resolver(nameserver, timeout=timeout),
+        DnsTxtResolver(nameserver, timeout=timeout),
+        hostname=config.hostname,
+    )
+    return InboundAuthentication(verifier, settings, config.hostname)
 
 
 def server_settings(config: Config) -> ServerSettings:
@@ -177,6 +196,7 @@ class Application:
             observer=observer,
             security=self.security,
             proxy=config.proxy_protocol,
+            inbound=inbound_authentication(config),
         )
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:

@@ -58,6 +58,12 @@ class MessageWriter(Protocol):
         writer places them without copying the content where it can (see
         :meth:`~postoffice.spool.writer.FileMessageWriter.prepend`)."""
 
+    def overwrite(self, offset: int, data: bytes) -> None:
+        """Replace ``len(data)`` octets of the content, ``offset`` octets from the start of what
+        :meth:`read_content` returns, in place: a header field renamed to a name of the same
+        length (a forged Authentication-Results, RFC 8601 §5), at no copy of the content. Only
+        before fields are prepended at the end of the message."""
+
     def read_content(self) -> BinaryIO:
         """The message as stored so far, from its first octet: what checks at the end of the
         message read (fields prepended once the content began may or may not be in it)."""

@@ -27,6 +27,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
+from postoffice.smtpd.stages import Check
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import QueuedMessage
 from postoffice.storage import Receiver
@@ -66,6 +67,7 @@ class SmtpServer:
         observer: SessionObserver | None = None,
         security: Security | None = None,
         proxy: ProxyProtocol | None = None,
+        inbound: Check | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -76,6 +78,7 @@ class SmtpServer:
         self._listeners = listeners
         self._limits = limits
         self._proxy = proxy or ProxyProtocol()
+        self._inbound = inbound  # mail authentication on the listeners that are not for submission
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -166,6 +169,7 @@ class SmtpServer:
                 junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
                 authenticator=security.login,
+                inbound=self._inbound,
             )
             on_queued = self._on_queued
             services = SessionServices(

@@ -147,6 +147,24 @@ class FileMessageWriter:
         else:
             self._late = data + self._late
 
+    def overwrite(self, offset: int, data: bytes) -> None:
+        """Replace octets of the message in place (see MessageWriter.overwrite)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        if offset < 0 or offset + len(data) > self._size:
+            raise ValueError(f"cannot overwrite {len(data)} octets at {offset}")
+        start = self._top + offset
+        if self._fd is None:
+            self._buffer[start : start + len(data)] = data
+            return
+        try:
+            # The unwritten tail goes out first, so the octets are where the file says.
+            fd = self._write_out()
+            os.pwrite(fd, data, start)
+        except OSError as exc:
+            self._abort()
+            raise storage_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+
     def read_content(self) -> BinaryIO:
         """The message as stored so far. From the buffer while it holds the whole message;
         else the buffer is written out and the file read (on the caller's thread: it was just
