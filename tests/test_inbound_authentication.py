@@ -92,7 +92,7 @@ def _ours(message: Message) -> results.AuthenticationResults:
         for name, value in message.items()
         if name.lower() == "authentication-results" and value.startswith(ID)
     ]
-    names = [name.lower() for name in message.keys()]
+    names = [name.lower() for name, _ in message.items()]
     # At the top, as we received it: above our Received: (delivery adds Return-Path and
     # Delivered-To above both).
     assert names.index("authentication-results") < names.index("received")
@@ -147,9 +147,11 @@ def test_dkim_signed_message_passes_with_its_domain_and_selector(
 
 
 def test_forged_mail_from_a_reject_domain_is_refused_at_end_of_data(verifying: RunningServer) -> None:
-    with smtplib.SMTP("127.0.0.1", verifying.port, local_hostname="client.test", timeout=20) as client:
-        with pytest.raises(smtplib.SMTPDataError) as refused:
-            client.sendmail("a@bank.test", [RECIPIENT], _message("ceo@bank.test", "forged"))
+    with (
+        smtplib.SMTP("127.0.0.1", verifying.port, local_hostname="client.test", timeout=20) as client,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        client.sendmail("a@bank.test", [RECIPIENT], _message("ceo@bank.test", "forged"))
     assert refused.value.smtp_code == 550
     assert refused.value.smtp_error.startswith(b"5.7.1")
     assert b"DMARC" in refused.value.smtp_error and b"bank.test" in refused.value.smtp_error
@@ -233,9 +235,11 @@ def test_a_real_server_verifies_mx_mail_but_not_submission(
 
 def test_results_are_counted_in_the_metrics(verifying: RunningServer) -> None:
     _send(verifying, "a@good.test", _message("a@good.test", "counted"))
-    with smtplib.SMTP("127.0.0.1", verifying.port, local_hostname="client.test", timeout=20) as client:
-        with pytest.raises(smtplib.SMTPDataError):
-            client.sendmail("a@bank.test", [RECIPIENT], _message("ceo@bank.test", "refused"))
+    with (
+        smtplib.SMTP("127.0.0.1", verifying.port, local_hostname="client.test", timeout=20) as client,
+        pytest.raises(smtplib.SMTPDataError),
+    ):
+        client.sendmail("a@bank.test", [RECIPIENT], _message("ceo@bank.test", "refused"))
     wait_until(lambda: "dmarc" in verifying.app.metrics.exposition().decode(), what="metrics")
     exposition = verifying.app.metrics.exposition().decode()
     assert 'postoffice_authentication_results_total{method="spf",result="pass"} 1.0' in exposition
