@@ -246,3 +246,34 @@ def test_results_are_counted_in_the_metrics(verifying: RunningServer) -> None:
     assert 'postoffice_authentication_results_total{method="spf",result="fail"} 1.0' in exposition
     assert 'postoffice_authentication_results_total{method="dmarc",result="fail"} 1.0' in exposition
     assert 'postoffice_authentication_results_total{method="dkim",result="none"} 2.0' in exposition
+
+
+def _junk(server: RunningServer, address: str = RECIPIENT) -> list[Path]:
+    server.wait_idle()
+    local, _, domain = address.rpartition("@")
+    return sorted((server.config.mail_dir / domain / local / ".Junk" / "new").glob("*"))
+
+
+@pytest.mark.parametrize("body_size", [0, 300_000], ids=["small", "large"])
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "queued"])
+def test_quarantine_files_into_junk(
+    server_factory: Callable[..., RunningServer],
+    dns_server: ZoneServer,
+    zone: DnsZone,
+    direct: bool,
+    body_size: int,
+) -> None:
+    """p=quarantine: the message goes to <maildir>/.Junk/new/, whether delivered before the
+    250 or from the queue, and whether still in the writer's buffer or already on disk."""
+    delivery = replace(NOWHERE, dns=dns_server.address, local_before_reply=direct)
+    server = server_factory(
+        delivery=delivery, authentication=AuthenticationSettings(verify=True, dns_timeout=1.0)
+    )
+    content = _message("news@shop.test", "offer") + (b"x" * 76 + b"\r\n") * (body_size // 78)
+    _send(server, "news@shop.test", content)
+    _send(server, "a@good.test", _message("a@good.test", "fine"))
+    [junk] = _junk(server)
+    stored = email.message_from_bytes(junk.read_bytes())
+    assert stored["Subject"] == "offer"
+    assert _result(_ours(stored), "dmarc").result == "fail"
+    assert [message["Subject"] for message in _stored(server)] == ["fine"]
