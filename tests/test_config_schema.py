@@ -33,6 +33,7 @@ NOT_KEYS = {
     "tls",
     "auth",
     "proxy_protocol",
+    "authentication",
     "source",
 }
 

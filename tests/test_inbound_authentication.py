@@ -17,7 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import dmarc_support
 from conftest import NOWHERE, RunningServer, wait_until
+from dmarc_support import CASES, Case
 from dns_zone import DnsZone, ZoneServer, dns_zone_server
 from mail_peers import free_port
 from postoffice.config import AuthenticationSettings
@@ -277,3 +279,55 @@ def test_quarantine_files_into_junk(
     assert stored["Subject"] == "offer"
     assert _result(_ours(stored), "dmarc").result == "fail"
     assert [message["Subject"] for message in _stored(server)] == ["fine"]
+
+
+# --- the DMARC case table, end to end --------------------------------------------------------------
+
+# Rows of tests/dmarc_support.py's table whose SPF input an SMTP client can produce (its DKIM
+# input is none) and where OpenDMARC agrees with our expected verdict (no ``opendmarc``
+# override): the server's Authentication-Results must say what the table says.
+TABLE_ROWS = [
+    case
+    for case in CASES
+    if not case.dkim and case.opendmarc is None and case.name not in ("no-record", "dns-timeout")
+]
+
+
+@pytest.fixture
+def table_zone(dns_server: ZoneServer) -> DnsZone:
+    zone = DnsZone()
+    dmarc_support.publish(zone)
+    for domain in ("bounce.example.com", "elsewhere.com", "example.net"):
+        zone.txt(domain, "v=spf1 ip4:127.0.0.0/8 -all")
+    for domain in ("example.com", "shop.example.com"):
+        zone.txt(domain, "v=spf1 -all")
+    dns_server.serve(zone)
+    return zone
+
+
+@pytest.mark.parametrize("case", TABLE_ROWS, ids=[case.name for case in TABLE_ROWS])
+def test_results_match_the_dmarc_table(
+    case: Case, server_factory: Callable[..., RunningServer], dns_server: ZoneServer, table_zone: DnsZone
+) -> None:
+    # No SPF verdict in the row: a MAIL FROM domain without any SPF record (spf=none).
+    mail_from = f"bounce@{case.spf.domain}" if case.spf is not None else "bounce@unrelated.test"
+    from_lines = "".join(f"From: {value}\r\n" for value in case.from_fields)
+    content = f"{from_lines}To: {RECIPIENT}\r\nSubject: {case.name}\r\n\r\nHello.\r\n".encode()
+    server = _verifying(server_factory, dns_server.address)
+    expected = case.expected
+    if expected.result == "fail" and expected.disposition == "reject":
+        with (
+            smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=20) as client,
+            pytest.raises(smtplib.SMTPDataError) as refused,
+        ):
+            client.sendmail(mail_from, [RECIPIENT], content)
+        assert refused.value.smtp_code == 550
+        return
+    _send(server, mail_from, content)
+    junk = [email.message_from_bytes(path.read_bytes()) for path in _junk(server)]
+    [stored] = junk or _stored(server)
+    assert bool(junk) == (expected.disposition == "quarantine")
+    dmarc_result = _result(_ours(stored), "dmarc")
+    assert dmarc_result.result == expected.result
+    if expected.policy is not None:
+        assert dmarc_result.comment == f"p={expected.policy} dis={expected.disposition}"
