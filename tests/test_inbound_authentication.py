@@ -22,7 +22,8 @@ from conftest import NOWHERE, RunningServer, wait_until
 from dmarc_support import CASES, Case
 from dns_zone import DnsZone, ZoneServer, dns_zone_server
 from mail_peers import free_port
-from postoffice.config import AuthenticationSettings
+from postoffice.config import AuthenticationSettings, load_config
+from postoffice.errors import ConfigError
 from postoffice.mailauth import results
 from submission_support import (
     ALICE,
@@ -331,3 +332,36 @@ def test_results_match_the_dmarc_table(
     assert dmarc_result.result == expected.result
     if expected.policy is not None:
         assert dmarc_result.comment == f"p={expected.policy} dis={expected.disposition}"
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_verify_defaults_on_with_domains_and_off_in_capture_mode(tmp_path: Path) -> None:
+    path = tmp_path / "postoffice.toml"
+    path.write_text('domains = ["example.test"]\n', encoding="utf-8")
+    assert load_config(path).verify_authentication
+    path.write_text("[authentication]\nskip_networks = []\n", encoding="utf-8")
+    assert not load_config(path).verify_authentication
+    path.write_text('[authentication]\nverify = true\nskip_networks = ["192.0.2.0/24"]\n', encoding="utf-8")
+    config = load_config(path)
+    assert config.verify_authentication
+    assert config.authentication.skips_network("192.0.2.7")
+    assert not config.authentication.skips_network("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('verify = "yes"', "authentication.verify"),
+        ('skip_networks = ["not a network"]', "authentication.skip_networks"),
+        ('dns_timeout = "soon"', "authentication.dns_timeout"),
+        ("sign_everything = true", "authentication.sign_everything"),
+    ],
+)
+def test_bad_authentication_settings_name_the_key_and_file(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "postoffice.toml"
+    path.write_text(f"[authentication]\n{text}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert problem in str(error.value) and str(path) in str(error.value)
