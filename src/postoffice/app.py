@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import dns.resolver
+
 from postoffice import metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
@@ -60,6 +62,10 @@ from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 log = logging.getLogger("postoffice")
 
 
+# Records kept by the verification's resolver (a few hundred octets each).
+DNS_CACHE_SIZE = 10_000
+
+
 def inbound_authentication(config: Config) -> InboundAuthentication | None:
     """SPF, DKIM, DMARC and ARC for mail from outside, when ``[authentication] verify`` says so
     (by default: unless in capture mode); every lookup asks ``[delivery] dns``."""
@@ -67,8 +73,12 @@ def inbound_authentication(config: Config) -> InboundAuthentication | None:
         return None
     settings = config.authentication
     nameserver, timeout = config.delivery.dns, settings.dns_timeout
+    resolver = make_resolver(nameserver, timeout=timeout)
+    # Answers kept for their TTL: a sender's SPF and DMARC records are asked for every message
+    # it sends, and a round trip to even a local resolver costs more than the rest of SPF.
+    resolver.cache = dns.resolver.LRUCache(DNS_CACHE_SIZE)
     verifier = Verifier(
-        make_resolver(nameserver, timeout=timeout),
+        resolver,
         DnsTxtResolver(nameserver, timeout=timeout),
         hostname=config.hostname,
     )

@@ -118,12 +118,18 @@ class Verifier:
         open_message: Callable[[], BinaryIO],
         from_fields: Sequence[bytes],
         size: int,
+        *,
+        arc_sets: bool = True,
     ) -> Verification:
-        """DKIM and ARC on the stored message, then DMARC from its From fields (RFC 7489 §6.6)."""
+        """DKIM and ARC on the stored message, then DMARC from its From fields (RFC 7489 §6.6).
+        ``arc_sets``: False when the caller saw no ARC-Seal field (arc=none without reading the
+        message again)."""
         spf_result = await spf.result()
         with open_message() as content:
             signatures = await self._dkim(content)
-        chain = await self._arc(open_message, size)
+        chain = (
+            await self._arc(open_message, size) if arc_sets else arc.ArcResult("none", reason="no ARC sets")
+        )
         verdicts = [dkim_verdict(item) for item in signatures]
         try:
             report = await dmarc.evaluate_message(

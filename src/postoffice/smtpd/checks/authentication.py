@@ -71,9 +71,12 @@ class InboundAuthentication:
     async def _finish(self, ctx: Context, message: Message, lookup: SpfLookup) -> Verdict:
         header = message.header_section()
         from_fields: list[bytes] = []
+        arc_sets = False
         for offset, field in _fields(header):
             name = results.field_name(field).lower()
-            if name == b"from":
+            if name == b"arc-seal":
+                arc_sets = True
+            elif name == b"from":
                 from_fields.append(field.partition(b":")[2])
             elif len(name) == len(REMOVED_NAME) and results.claims_authserv_id(field, self._hostname):
                 message.overwrite(offset, REMOVED_NAME)
@@ -83,14 +86,19 @@ class InboundAuthentication:
         if self._skip_domains and any(self._skipped(domain) for domain in _authors(from_fields)):
             lookup.cancel()
             return ACCEPT
-        found = await self._verifier.verify(lookup, message.open, from_fields, _size(message))
+        found = await self._verifier.verify(
+            lookup, message.open, from_fields, _size(message), arc_sets=arc_sets
+        )
         message.add_header(results.header_field(self._hostname, found.methods()))
         _count(found)
         return self._enforce(ctx, found)
 
     def _enforce(self, ctx: Context, found: Verification) -> Verdict:
         report = found.dmarc
-        log.info(
+        # Every message's results are in its Authentication-Results field and the metrics; the
+        # log says so only when they change what becomes of the message.
+        acting = self._settings.enforce and report.result == "fail" and report.disposition != "none"
+        (log.info if acting else log.debug)(
             "session=%s event=authentication spf=%s dkim=%s dmarc=%s arc=%s policy=%s",
             ctx.client.id,
             found.spf.result,
