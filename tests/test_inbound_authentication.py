@@ -226,7 +226,12 @@ def test_a_real_server_verifies_mx_mail_but_not_submission(
     server_factory: Callable[..., RunningServer], dns_server: ZoneServer, zone: DnsZone, tmp_path: Path
 ) -> None:
     certs = make_certs(tmp_path / "certs")
-    server = start_submission_server(server_factory, certs, delivery=replace(NOWHERE, dns=dns_server.address))
+    server = start_submission_server(
+        server_factory,
+        certs,
+        delivery=replace(NOWHERE, dns=dns_server.address),
+        authentication=AuthenticationSettings(),  # verify's default: on, as domains are configured
+    )
     with smtp_over_starttls(ports(server)["submission"], certs.client_context()) as client:
         client.login(ALICE, ALICE_PASSWORD)
         client.sendmail(ALICE, [BOB], _message(ALICE, "submitted"))
