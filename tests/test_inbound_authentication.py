@@ -179,12 +179,19 @@ def test_dns_down_is_accepted_with_temperror(server_factory: Callable[..., Runni
     assert _result(parsed, "dmarc").result == "temperror"
 
 
-def test_forged_results_in_our_name_are_neutralised_and_others_kept(verifying: RunningServer) -> None:
+@pytest.mark.parametrize("body_size", [0, 300_000], ids=["in-buffer", "on-disk"])
+def test_forged_results_in_our_name_are_neutralised_and_others_kept(
+    verifying: RunningServer, body_size: int
+) -> None:
+    """Renamed in place, whether the message is still in the writer's buffer or on disk."""
     forged = (
         f"Authentication-Results: {ID}; spf=pass smtp.mailfrom=bank.test; dmarc=pass\r\n"
         "Authentication-Results: other.test; dkim=pass header.d=other.test\r\n"
     )
-    _send(verifying, "a@good.test", _message("a@good.test", "forged results", extra=forged))
+    content = _message("a@good.test", "forged results", extra=forged) + (b"y" * 76 + b"\r\n") * (
+        body_size // 78
+    )
+    _send(verifying, "a@good.test", content)
     [stored] = _stored(verifying)
     spf = _result(_ours(stored), "spf")  # exactly one of ours: the forged one was renamed
     assert (spf.result, spf.properties[0].value) == ("pass", "good.test")
