@@ -169,7 +169,10 @@ def start(name: str, workdir: Path) -> RunningServer:
 def _start_postoffice(name: str, workdir: Path, workers: int) -> RunningServer:
     data_dir = workdir / "data"
     config = workdir / "postoffice.toml"
-    config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir))
+    # More settings for a comparison run (``[authentication] verify = true`` with a DNS server,
+    # say): TOML appended to the file, from the environment.
+    extra = os.environ.get("POSTOFFICE_BENCH_EXTRA_CONFIG", "")
+    config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + extra)
     command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config)]
     if workers > 1:
         command += ["--workers", str(workers)]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from postoffice.app import Application
-from postoffice.config import Config, DeliverySettings, Limits, Listener
+from postoffice.config import AuthenticationSettings, Config, DeliverySettings, Limits, Listener
 
 # Subprocesses (`python -m postoffice ...`) run this checkout's sources, like the tests do.
 _SOURCES = str(Path(__file__).resolve().parent.parent / "src")
@@ -159,6 +159,9 @@ def start_server(
 NOWHERE = DeliverySettings(relay_host=("127.0.0.1", 9), relay_tls="none")
 
 
+NO_VERIFICATION = AuthenticationSettings(verify=False)
+
+
 def make_config(data_dir: Path, **overrides: Any) -> Config:
     limits = overrides.pop("limits", None) or Limits()
     base = Config(
@@ -168,6 +171,9 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         http_listeners=(Listener("http", "127.0.0.1", 0),),
         limits=limits,
         delivery=NOWHERE,
+        # No mail authentication (DNS lookups) unless a test asks: a server with domains would
+        # verify by default, and tests never reach a real resolver.
+        authentication=NO_VERIFICATION,
     )
     return replace(base, **overrides)
 

@@ -84,6 +84,7 @@ class MemoryWriter:
         self._fields: list[bytes] = []
         self._content = bytearray()
         self._state = "open"
+        self.folder: str | None = None
 
     @property
     def queue_id(self) -> str:
@@ -103,6 +104,16 @@ class MemoryWriter:
     def prepend(self, data: bytes) -> None:
         self._check_open()
         self._fields.insert(0, data)
+
+    def overwrite(self, offset: int, data: bytes) -> None:
+        self._check_open()
+        whole = bytearray(b"".join(self._fields) + self._content)
+        whole[offset : offset + len(data)] = data
+        self._fields, self._content = [], whole
+
+    def file_into(self, folder: str) -> None:
+        self._check_open()
+        self.folder = folder
 
     def read_content(self) -> BinaryIO:
         self._check_open()

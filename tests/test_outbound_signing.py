@@ -223,7 +223,14 @@ def test_a_key_made_while_running_signs_the_next_message(world: World) -> None:
     world.submit(subject="before")
     [key] = world.generate()
     world.submit(subject="after")
-    before, after = (message.content for message in world.peer.received)
+    # The two deliveries run side by side: tell them apart by subject, not by arrival.
+    by_subject = {
+        subject: message.content
+        for message in world.peer.received
+        for subject in ("before", "after")
+        if f"Subject: {subject}\r\n".encode() in message.content
+    }
+    before, after = by_subject["before"], by_subject["after"]
     assert signature_fields(before) == [] and len(signature_fields(after)) == 1
     with txt_dns(records(key)) as keys_dns:
         assert dkimpy_results(after, keys_dns) == [(b"local.test", True)]

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import dns.resolver
+
 from postoffice import metrics
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
@@ -28,8 +30,11 @@ from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError, DkimError
+from postoffice.mailauth.dkim_dns import DnsTxtResolver
 from postoffice.mailauth.dkim_signer import Signer, signature_fields
+from postoffice.mailauth.inbound import Verifier
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
@@ -46,6 +51,7 @@ from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Kind, Recipients
 from postoffice.smtp.grammar import GrammarError, parse_path
 from postoffice.smtp.server import ServerSettings
+from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
@@ -56,6 +62,29 @@ from postoffice.web.service import WebService, WebShare
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 
 log = logging.getLogger("postoffice")
+
+
+# Records kept by the verification's resolver (a few hundred octets each).
+DNS_CACHE_SIZE = 10_000
+
+
+def inbound_authentication(config: Config) -> InboundAuthentication | None:
+    """SPF, DKIM, DMARC and ARC for mail from outside, when ``[authentication] verify`` says so
+    (by default: unless in capture mode); every lookup asks ``[delivery] dns``."""
+    if not config.verify_authentication:
+        return None
+    settings = config.authentication
+    nameserver, timeout = config.delivery.dns, settings.dns_timeout
+    resolver = make_resolver(nameserver, timeout=timeout)
+    # Answers kept for their TTL: a sender's SPF and DMARC records are asked for every message
+    # it sends, and a round trip to even a local resolver costs more than the rest of SPF.
+    resolver.cache = dns.resolver.LRUCache(DNS_CACHE_SIZE)
+    verifier = Verifier(
+        resolver,
+        DnsTxtResolver(nameserver, timeout=timeout),
+        hostname=config.hostname,
+    )
+    return InboundAuthentication(verifier, settings, config.hostname)
 
 
 def server_settings(config: Config) -> ServerSettings:
@@ -182,6 +211,7 @@ class Application:
             security=self.security,
             proxy=config.proxy_protocol,
             signer=self.signer,
+            inbound=inbound_authentication(config),
         )
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:

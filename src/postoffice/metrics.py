@@ -73,6 +73,12 @@ class Metrics:
         self.spool_errors = Counter(
             "postoffice_spool_errors", "Messages refused because the spool could not store them", registry=r
         )
+        self.authentication_results = Counter(
+            "postoffice_authentication_results",
+            "Mail authentication results of incoming mail, by method (spf, dkim, dmarc, arc) and result",
+            ["method", "result"],
+            registry=r,
+        )
         self.queue_size = _QueueCollector()
         r.register(self.queue_size)
         # Every series of a fixed vocabulary exists from the start (reads 0, not absent) and is
@@ -139,6 +145,10 @@ class Metrics:
         # Mechanism names come from our own advertised list; anything else is folded.
         mechanism = mechanism.upper() if mechanism.upper() in ("PLAIN", "LOGIN", "CRAM-MD5") else "other"
         self.auth_attempts.labels(mechanism, outcome if outcome in AUTH_OUTCOMES else "failed").inc()
+
+    def authentication_result(self, method: str, result: str) -> None:
+        # Results come from our verifiers' fixed vocabularies (RFC 8601 §2.7).
+        self.authentication_results.labels(method, result).inc()
 
     def watch_queue(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Report ``counts()`` (messages by queue state) at every scrape."""

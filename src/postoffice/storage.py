@@ -58,6 +58,16 @@ class MessageWriter(Protocol):
         writer places them without copying the content where it can (see
         :meth:`~postoffice.spool.writer.FileMessageWriter.prepend`)."""
 
+    def overwrite(self, offset: int, data: bytes) -> None:
+        """Replace ``len(data)`` octets of the content, ``offset`` octets from the start of what
+        :meth:`read_content` returns, in place: a header field renamed to a name of the same
+        length (a forged Authentication-Results, RFC 8601 §5), at no copy of the content. Only
+        before fields are prepended at the end of the message."""
+
+    def file_into(self, folder: str) -> None:
+        """Local copies of this message go to the mailbox's ``folder`` (DMARC quarantine:
+        "Junk"), recorded with the message before :meth:`commit`."""
+
     def read_content(self) -> BinaryIO:
         """The message as stored so far, from its first octet: what checks at the end of the
         message read (fields prepended once the content began may or may not be in it)."""
@@ -205,8 +215,10 @@ class MailboxStore(Protocol):
         received_at: float,
         size: int,
         recovering: bool,
+        folder: str | None = None,
     ) -> StoredMessage:
-        """Durably store ``headers`` then ``size`` bytes read from ``content`` for ``address``.
+        """Durably store ``headers`` then ``size`` bytes read from ``content`` for ``address``
+        (into its ``folder``, "Junk" say, when given; else its inbox).
 
         ``key`` names this one delivery (queue ID and recipient) and is the same on every
         attempt: with ``recovering``, a copy already stored under it is returned instead of

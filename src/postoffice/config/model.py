@@ -189,6 +189,13 @@ class Config:
         """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
         return self.data_dir / "index.sqlite3"
 
+    @property
+    def verify_authentication(self) -> bool:
+        """Whether mail from outside gets SPF, DKIM, DMARC and ARC verified (``[authentication]
+        verify``; unset: on unless in capture mode)."""
+        verify = self.authentication.verify
+        return not self.capture_mode if verify is None else verify
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 
@@ -224,11 +231,6 @@ SECTIONS = (
     ),
     _table("tls", TLSConfig, "The server's certificate; paths are relative to the file's directory."),
     _table("auth", AuthConfig, "SMTP AUTH (PLAIN and LOGIN, RFC 4954), offered only inside TLS."),
-    _table(
-        "authentication",
-        AuthenticationSettings,
-        "Mail authentication: DKIM signatures on mail that leaves (RFC 6376).",
-    ),
     Section(
         "proxy_protocol",
         ProxyProtocolKeys,
@@ -247,5 +249,12 @@ SECTIONS = (
         DeliverySettings,
         "How mail leaves: into local mailboxes, and to the MX hosts of other domains (RFC 5321 §5.1)"
         " or through one relay.",
+    ),
+    _table(
+        "authentication",
+        AuthenticationSettings,
+        "Mail authentication: DKIM signatures on mail that leaves (RFC 6376); verifying mail from"
+        " outside (SPF, DKIM, DMARC and ARC into an Authentication-Results field, RFC 8601) and"
+        " acting on DMARC policies.",
     ),
 )

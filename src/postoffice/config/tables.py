@@ -21,6 +21,7 @@ from postoffice.config.kinds import (
     BOOLEAN,
     COUNT,
     DNS_SERVER,
+    DOMAINS,
     DURATION,
     NETWORKS,
     PATH,
@@ -297,7 +298,12 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSettings:
-    """Mail authentication (DKIM, SPF, DMARC) under ``[authentication]``."""
+    """Mail authentication under ``[authentication]``: DKIM-signing what leaves, and verifying
+    the mail that arrives from outside.
+
+    SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489) and ARC (RFC 8617) results go into one
+    Authentication-Results field (RFC 8601). Authenticated submission is never checked.
+    """
 
     sign: bool = setting(
         True,
@@ -305,6 +311,48 @@ class AuthenticationSettings:
         "DKIM-sign mail from a local domain that leaves through us (authenticated submission,"
         " bounces and reports) with its keys from `postoffice dkim generate` (RFC 6376).",
     )
+
+    # None: on when local domains are configured (a real server), off in capture mode, where
+    # there is usually no DNS and every captured message would wait on lookups.
+    verify: bool | None = setting(
+        None,
+        BOOLEAN,
+        "Verify SPF, DKIM, DMARC and ARC on mail from outside and add an Authentication-Results"
+        " field (RFC 8601).",
+        default_text="true when domains are configured, false in capture mode",
+    )
+    enforce: bool = setting(
+        True,
+        BOOLEAN,
+        "Act on DMARC failures: p=reject gets 550 5.7.1 at the end of the message, p=quarantine"
+        " files it in the recipient's Junk folder. false only records the results.",
+    )
+    skip_networks: tuple[str, ...] = setting(
+        (),
+        NETWORKS,
+        "Clients whose mail is not verified (a backup MX, a trusted relay); loopback is checked"
+        " like any other client unless listed.",
+    )
+    skip_domains: tuple[str, ...] = setting(
+        (),
+        DOMAINS,
+        "Sender domains (MAIL FROM or From) whose mail is not verified.",
+    )
+    dns_timeout: float = setting(
+        5.0,
+        DURATION,
+        "Waiting for one DNS answer while verifying; a lookup that times out is a temperror,"
+        " recorded and never a rejection.",
+    )
+
+    def skips_network(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.skip_networks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,10 @@ class _MailboxTarget:
         )
         return self._queued
 
+    def file_into(self, folder: str, envelope: Envelope) -> None:
+        self._file.file_into(folder)
+        self._queued.file_into(folder, envelope)
+
     def committed(self, message: QueuedMessage, destination: str) -> None:
         # Soon rather than now: the session logs the message as queued first, so the log reads
         # in the order a queued message's does.

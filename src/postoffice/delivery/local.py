@@ -167,6 +167,7 @@ class LocalAgent:
                 received_at=message.envelope.received_at,
                 size=message.size,
                 recovering=recovering,
+                folder=message.envelope.folder,
             )
         except ValueError as exc:
             log.warning("queue_id=%s to=<%s> error=%r", queue_id, address, str(exc))

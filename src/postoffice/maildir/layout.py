@@ -51,6 +51,20 @@ def ensure_maildir(mail_root: Path, address: str, *, mode: int = 0o700) -> Path:
     return path
 
 
+_FOLDER_RE = re.compile(r"[A-Za-z0-9]+")
+
+
+def folder_path(maildir: Path, folder: str | None) -> Path:
+    """The Maildir of ``folder`` inside the mailbox ``maildir`` (Maildir++: ``.Name``, as
+    Dovecot and Courier keep folders); ``maildir`` itself for None, the inbox. Names are ours
+    ("Junk"), never a client's; anything but letters and digits is refused (ValueError)."""
+    if folder is None:
+        return maildir
+    if not _FOLDER_RE.fullmatch(folder):
+        raise ValueError(f"not a folder name: {folder!r}")
+    return maildir / f".{folder}"
+
+
 def make_mail_root(mail_root: Path, mode: int) -> None:
     """The directory of every Maildir (with the directories above it, as ``mkdir -p``)."""
     mail_root.parent.mkdir(parents=True, exist_ok=True)

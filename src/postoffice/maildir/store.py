@@ -40,6 +40,7 @@ from postoffice.maildir.layout import (
     STALE_TMP_AGE,
     find_mailboxes,
     flags_of,
+    folder_path,
     key_of,
     maildir_name,
     make_maildir,
@@ -98,10 +99,14 @@ class MaildirStore:
         received_at: float,
         size: int,
         recovering: bool,
+        folder: str | None = None,
     ) -> StoredMessage:
         """See :meth:`postoffice.storage.MailboxStore.deliver`."""
-        maildir = mailbox_path(self.mail_root, address)
+        mailbox = mailbox_path(self.mail_root, address)
+        maildir = folder_path(mailbox, folder)
         name = maildir_name(key, received_at, self.hostname, len(headers) + size)
+        if maildir != mailbox:
+            self.prepare(mailbox)  # a folder's Maildir is made inside its mailbox's
         self.prepare(maildir)
         if recovering:
             earlier = write.find_delivered(maildir, name, f"{int(received_at)}.{key}.")
@@ -122,7 +127,10 @@ class MaildirStore:
         finally:
             os.close(fd)
             remove_quietly(temporary)
-        return StoredMessage(canonical(address), key_of(name), f"new/{name}", "", float(int(received_at)))
+        where = "" if folder is None else f"{maildir.name}/"
+        return StoredMessage(
+            canonical(address), key_of(name), f"{where}new/{name}", "", float(int(received_at))
+        )
 
     def new_file(self, address: str, key: str, received_at: float, header: bytes) -> MaildirFile:
         """The file a message for ``address`` is streamed into by someone else's writer (direct
@@ -270,6 +278,12 @@ class MaildirFile:
         self._received_at = received_at
         self.header = header
         self.path = f"{self._prefix}tmp{os.sep}{key}"
+        self._folder: str | None = None  # filed into this folder of the mailbox, not its inbox
+
+    def file_into(self, folder: str) -> None:
+        """Go to the mailbox's ``folder`` (a Maildir++ ``.Name``) at the commit."""
+        folder_path(self._maildir, folder)  # the name is checked now
+        self._folder = folder
 
     def create(self) -> int:
         """Make the file in ``tmp/``, empty and open for writing (the store's file mode: it is
@@ -292,11 +306,17 @@ class MaildirFile:
     def destination(self, size: int) -> str:
         """Where the complete file of ``size`` octets goes: ``new/`` under its Maildir name."""
         name = maildir_name(self._key, self._received_at, self._store.hostname, size)
-        return f"{self._prefix}new{os.sep}{name}"
+        if self._folder is None:
+            return f"{self._prefix}new{os.sep}{name}"
+        # In the commit's worker thread: the folder is made when first needed.
+        folder = folder_path(self._maildir, self._folder)
+        self._store.prepare(folder)
+        return f"{folder}{os.sep}new{os.sep}{name}"
 
     def stored(self, destination: str) -> StoredMessage:
         """The message once its file is at ``destination``."""
         name = os.path.basename(destination)
+        where = "" if self._folder is None else f".{self._folder}/"
         return StoredMessage(
-            canonical(self._address), key_of(name), f"new/{name}", "", float(int(self._received_at))
+            canonical(self._address), key_of(name), f"{where}new/{name}", "", float(int(self._received_at))
         )

@@ -29,6 +29,7 @@ from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
 from postoffice.smtpd.checks.signing import DkimSigning
+from postoffice.smtpd.stages import Check
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import QueuedMessage
 from postoffice.storage import Receiver
@@ -69,6 +70,7 @@ class SmtpServer:
         security: Security | None = None,
         proxy: ProxyProtocol | None = None,
         signer: Signer | None = None,
+        inbound: Check | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
@@ -81,6 +83,7 @@ class SmtpServer:
         self._proxy = proxy or ProxyProtocol()
         # DKIM signing of authenticated users' mail, hashed off the event loop.
         self._signing = None if signer is None else DkimSigning(signer, asyncio.to_thread)
+        self._inbound = inbound  # mail authentication on the listeners that are not for submission
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -172,6 +175,7 @@ class SmtpServer:
                 submission=kind in SUBMISSION_KINDS,
                 authenticator=security.login,
                 signing=self._signing,
+                inbound=self._inbound,
             )
             on_queued = self._on_queued
             services = SessionServices(

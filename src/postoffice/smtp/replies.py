@@ -220,6 +220,18 @@ BAD_DESTINATION_MAILBOX = Reply.of(553, "5.1.3", "Mailbox name not allowed")
 SENDER_NOT_OWNED = Reply.of(553, "5.7.1", "Sender address rejected: not owned by the authenticated user")
 NULL_SENDER_REFUSED = Reply.of(553, "5.7.1", "Sender address rejected: the null sender is not accepted here")
 
+
+def dmarc_reject(domain: str) -> Reply:
+    """RFC 7489 §6.7 and §10.3: the author's domain publishes p=reject and the message fails
+    DMARC; refused at the end of the data, never after a 250."""
+    return Reply.of(
+        550,
+        "5.7.1",
+        f"Message rejected: DMARC policy of {printable(domain)} (p=reject) and the message fails"
+        " SPF and DKIM alignment",
+    )
+
+
 # --- local trouble ----------------------------------------------------------------------------
 
 LOCAL_ERROR = Reply.of(451, "4.3.0", "Local error in processing")

@@ -133,6 +133,8 @@ class Content:
         self.writer = None
         ctx.message = None
         try:
+            if transaction.folder is not None:
+                writer.file_into(transaction.folder)
             queued = await writer.commit()
         except Exception as exc:  # the client must get an answer, never our exception text
             writer.discard()

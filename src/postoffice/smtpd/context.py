@@ -126,6 +126,12 @@ class Message:
             raise ValueError(f"not a header field: {field[:40]!r}")
         self._writer.prepend(field)
 
+    def overwrite(self, offset: int, data: bytes) -> None:
+        """Replace octets of the stored message in place, ``offset`` from its start (as
+        :meth:`open` reads it): renaming a header field to a name of the same length. Before
+        any :meth:`add_header` at the end of the message."""
+        self._writer.overwrite(offset, data)
+
     def open(self) -> BinaryIO:
         """The message as stored so far (fields added at data-start included), from its start."""
         return self._writer.read_content()

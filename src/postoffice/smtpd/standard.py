@@ -25,13 +25,17 @@ def standard_stages(
     submission: bool,
     authenticator: Authenticator | None,
     signing: Check | None = None,
+    inbound: Check | None = None,
 ) -> Stages:
-    """Policy at MAIL and RCPT, our Received: field at data-start, the junk-command limit, and
-    the login throttle before AUTH when AUTH is offered; ``signing`` (DKIM signatures on our
-    users' mail, :class:`~postoffice.smtpd.checks.signing.DkimSigning`) last at data-end."""
+    """Policy at MAIL and RCPT, our Received: field at data-start, the junk-command limit, the
+    login throttle before AUTH when AUTH is offered, ``inbound`` (SPF, DKIM, DMARC and ARC
+    verification: it starts at MAIL and finishes at data-end, before the data-end stage's own
+    checks) on the listeners that are not for submission, and ``signing`` (DKIM signatures on
+    our users' mail, :class:`~postoffice.smtpd.checks.signing.DkimSigning`) last at data-end."""
+    verify = () if inbound is None or submission else (inbound,)
     return Stages(
         auth=() if authenticator is None else (LoginThrottle(authenticator),),
-        mail=(SenderPolicy(policy, submission=submission),),
+        mail=(SenderPolicy(policy, submission=submission), *verify),
         rcpt=(RecipientPolicy(policy),),
         data_start=(ReceivedField(hostname),),
         data_end=() if signing is None else (signing,),

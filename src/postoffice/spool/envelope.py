@@ -50,6 +50,9 @@ class Envelope:
     auth_user: str | None = None  # RFC 4954: who authenticated the submission
     ret: str | None = None  # RFC 3461 RET=
     envid: str | None = None  # RFC 3461 ENVID=
+    # Where local copies are filed (a Maildir++ folder, ".Junk"), as a check at the end of the
+    # message chose (DMARC quarantine); None: the inbox.
+    folder: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:

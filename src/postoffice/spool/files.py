@@ -117,6 +117,10 @@ class _QueueFile:
     def committed(self, message: QueuedMessage, destination: str) -> None:
         pass
 
+    def file_into(self, folder: str, envelope: Envelope) -> None:
+        self._envelope = envelope
+        self.__dict__.pop("header", None)  # made again from the new envelope when asked
+
 
 class FileSpool:
     """:class:`~postoffice.storage.MessageStore` over a local directory tree.

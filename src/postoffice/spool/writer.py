@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import io
 import os
@@ -78,6 +79,9 @@ class FileTarget(Protocol):
 
     def committed(self, message: QueuedMessage, destination: str) -> None:
         """Told on the event loop once the commit has returned ``message`` to its caller."""
+
+    def file_into(self, folder: str, envelope: Envelope) -> None:
+        """Local copies go to ``folder``: ``envelope`` says so; :attr:`header` follows it."""
 
 
 class _State(enum.Enum):
@@ -146,6 +150,51 @@ class FileMessageWriter:
             self._buffer[top:top] = data
         else:
             self._late = data + self._late
+
+    def overwrite(self, offset: int, data: bytes) -> None:
+        """Replace octets of the message in place (see MessageWriter.overwrite)."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        if offset < 0 or offset + len(data) > self._size:
+            raise ValueError(f"cannot overwrite {len(data)} octets at {offset}")
+        start = self._top + offset
+        if self._fd is None:
+            self._buffer[start : start + len(data)] = data
+            return
+        try:
+            # The unwritten tail goes out first, so the octets are where the file says.
+            fd = self._write_out()
+            os.pwrite(fd, data, start)
+        except OSError as exc:
+            self._abort()
+            raise storage_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+
+    def file_into(self, folder: str) -> None:
+        """Record ``folder`` in the envelope (see MessageWriter.file_into). The envelope line
+        is rewritten in place: in the buffer, or on disk into the room left at its end (JSON
+        allows the trailing spaces, spool/headroom.py), so the content is never copied."""
+        if self._state is not _State.OPEN:
+            raise SpoolError(f"queue_id={self._queue_id}: message is {self._state.value}")
+        target = self._target
+        old = target.header
+        self._envelope = dataclasses.replace(self._envelope, folder=folder)
+        target.file_into(folder, self._envelope)
+        new = target.header
+        if new == old:
+            return  # a mailbox file: its name says where it goes, not its header
+        if self._fd is None:
+            self._buffer[: len(old)] = new
+            self._top += len(new) - len(old)
+            return
+        grow = len(new) - len(old)
+        if grow > self._room:
+            raise SpoolError(f"queue_id={self._queue_id}: no room to record the folder")
+        try:
+            os.pwrite(self._fd, new[:-1], 0)  # over the old line and the first spaces after it
+        except OSError as exc:
+            self._abort()
+            raise storage_error(exc, f"queue_id={self._queue_id}: cannot write") from exc
+        self._room -= grow
 
     def read_content(self) -> BinaryIO:
         """The message as stored so far. From the buffer while it holds the whole message;
