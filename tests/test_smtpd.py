@@ -29,6 +29,7 @@ from postoffice.smtpd import ACCEPT, DEFER, Context, MessageResult, Services, St
 from postoffice.smtpd.drive import drive
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import Route
+from postoffice.spool.files import FileSpool
 from smtp_pair import HOST
 from smtpd_pair import CLIENT_ADDRESS, MemoryStore, Observed, SmtpdSession, services
 
@@ -470,3 +471,24 @@ def test_starttls_drops_pipelined_plaintext_and_the_client_starts_over(policy: P
         assert session.command("EHLO client.test").code == 250
         assert session.command("MAIL FROM:<a@client.test>").is_(r.SENDER_OK)
         assert session.conversation.client.tls
+
+
+@pytest.mark.parametrize("size", [100, 300_000], ids=["small", "large"])
+def test_a_data_end_field_reaches_the_file_spool_above_the_received_field(
+    policy: Policy, tmp_path: Path, size: int
+) -> None:
+    """The same check over the real spool writer: a message that outgrew the writer's buffer
+    is read back from its file, and its added field goes into the room left for it."""
+    spool = FileSpool(tmp_path / "spool")
+    checker = Authenticates()
+    content = CONTENT + (b"z" * 70 + b"\r\n") * (size // 72)
+    conversation_services = replace(standard(policy, MemoryStore()), store=spool)
+    stages = replace(conversation_services.stages, data_end=(checker,))
+    with SmtpdSession(replace(conversation_services, stages=stages)) as session:
+        session.command("EHLO client.test")
+        assert session.transaction("a@client.test", [ALICE], content)[-1].code == 250
+        [queue_id] = spool.pending()
+    with spool.open_content(queue_id) as stored:
+        message = stored.read()
+    assert message.startswith(b"Authentication-Results: mx.test; dmarc=fail (p=quarantine)\r\nReceived: ")
+    assert message.endswith(content) and checker.content.endswith(content)
