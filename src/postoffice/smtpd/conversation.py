@@ -38,7 +38,7 @@ from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
 from postoffice.smtpd.auth import Authenticator, AuthExchange
 from postoffice.smtpd.content import Content, MessageResult
-from postoffice.smtpd.context import Client, Context, Transaction
+from postoffice.smtpd.context import Client, Context, Spawn, Transaction
 from postoffice.smtpd.drive import Suspended, drive
 from postoffice.smtpd.stages import Stage, Stages, run_checks
 from postoffice.spool.base import Receiver
@@ -65,6 +65,7 @@ class Services:
     tls: bool = False  # STARTTLS can be served (a certificate is configured)
     observer: Observer | None = None
     clock: Callable[[], float] = time.time
+    spawn: Spawn | None = None  # starts checks' background work (asyncio.ensure_future)
 
 
 # --- what the transport is asked to do -----------------------------------------------------------
@@ -126,7 +127,7 @@ class Conversation:
         self.client = Client(session_id, address, self.core)
         self._services = services
         self._stages = services.stages
-        ctx = self._ctx = Context(self.client, Stage.CONNECT)
+        ctx = self._ctx = Context(self.client, Stage.CONNECT, services.spawn)
         self._content = Content(ctx, services.stages, services.store, services.on_queued, services.clock)
         self._auth = AuthExchange(services.login, ctx)
         self.handled = 0  # events handled so far (the transport's activity clock)
@@ -196,6 +197,7 @@ class Conversation:
         """The connection is gone: drop the message being received, answer nothing more."""
         self._gone = True
         self._content.discard()
+        self._ctx.transaction.end()
 
     # --- answering ----------------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class Conversation:
         content = self._content
         content.discard()
         content.failure = None
+        self._ctx.transaction.end()
         self._ctx.transaction = Transaction(None)
 
     def _observe(self, line: str, reply: Reply) -> None:
@@ -264,6 +267,7 @@ class Conversation:
         ctx = self._ctx
         command = event.command
         ctx.command, ctx.line = command, event.line
+        ctx.transaction.end()
         ctx.transaction = Transaction(command)  # a refused MAIL ends it again (_answer)
         reply = await run_checks(Stage.MAIL, self._stages.mail, ctx) or replies.SENDER_OK
         if reply.positive:
