@@ -158,6 +158,7 @@ def services(stages: Stages | None = None, store: MemoryStore | None = None, **o
         stages=stages or Stages(),
         store=store or MemoryStore(),
         on_queued=results.append,
+        spawn=asyncio.ensure_future,
         **options,  # type: ignore[arg-type]
     )
 

@@ -29,6 +29,7 @@ from postoffice.smtpd import ACCEPT, DEFER, Context, MessageResult, Services, St
 from postoffice.smtpd.drive import drive
 from postoffice.smtpd.standard import standard_stages
 from postoffice.spool.envelope import Route
+from postoffice.spool.files import FileSpool
 from smtp_pair import HOST
 from smtpd_pair import CLIENT_ADDRESS, MemoryStore, Observed, SmtpdSession, services
 
@@ -79,6 +80,7 @@ def standard(
         store=store,
         on_queued=(results if results is not None else []).append,
         login=authenticator,
+        spawn=asyncio.ensure_future,
     )
 
 
@@ -180,6 +182,55 @@ def test_a_deferred_check_decides_at_the_end_of_the_message() -> None:
             250,
         ]
         assert len(store.messages) == 1
+
+
+class SpfLike:
+    """Starts a lookup at MAIL and defers; awaits its result at the end of the message."""
+
+    def __init__(self) -> None:
+        self.started: list[asyncio.Future[str]] = []
+        self.cancelled = 0
+
+    async def lookup(self, result: asyncio.Future[str]) -> str:
+        try:
+            return await result
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def check(self, ctx: Context) -> Verdict:
+        if ctx.stage is Stage.MAIL:
+            result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self.started.append(result)
+            ctx.transaction.notes[self] = ctx.start(self.lookup(result))
+            return DEFER
+        verdict = await ctx.transaction.notes[self]
+        return ACCEPT if verdict == "pass" else r.Reply.of(550, "5.7.23", "SPF fail")
+
+
+def test_work_started_at_mail_runs_beside_the_content_and_is_awaited_at_its_end() -> None:
+    spf = SpfLike()
+    store = MemoryStore()
+    with SmtpdSession(services(Stages(mail=(spf,)), store)) as session:
+        session.command("EHLO client.test")
+        session.command("MAIL FROM:<a@client.test>")
+        session.command("RCPT TO:<x@capture.test>")
+        session.command("DATA")
+        spf.started[0].set_result("pass")  # the answer arrives while the content does
+        assert session.message(CONTENT).code == 250
+        assert session.waits == ["commit"]  # one wait: the rest of the lookup, then the commit
+        # A transaction abandoned before its end (RSET): its lookup is cancelled, not leaked.
+        session.command("MAIL FROM:<a@client.test>")
+        assert session.command("RSET").is_(r.RESET_OK)
+        session.loop.run_until_complete(asyncio.sleep(0))
+        assert spf.cancelled == 1
+        # And one the answer refuses: the message is refused at its end.
+        session.command("MAIL FROM:<a@client.test>")
+        session.command("RCPT TO:<x@capture.test>")
+        session.command("DATA")
+        spf.started[2].set_result("fail")
+        assert session.message(CONTENT).code == 550
+    assert len(store.messages) == 1
 
 
 def test_a_check_that_raises_is_a_temporary_failure_and_one_log_line(
@@ -470,3 +521,24 @@ def test_starttls_drops_pipelined_plaintext_and_the_client_starts_over(policy: P
         assert session.command("EHLO client.test").code == 250
         assert session.command("MAIL FROM:<a@client.test>").is_(r.SENDER_OK)
         assert session.conversation.client.tls
+
+
+@pytest.mark.parametrize("size", [100, 300_000], ids=["small", "large"])
+def test_a_data_end_field_reaches_the_file_spool_above_the_received_field(
+    policy: Policy, tmp_path: Path, size: int
+) -> None:
+    """The same check over the real spool writer: a message that outgrew the writer's buffer
+    is read back from its file, and its added field goes into the room left for it."""
+    spool = FileSpool(tmp_path / "spool")
+    checker = Authenticates()
+    content = CONTENT + (b"z" * 70 + b"\r\n") * (size // 72)
+    conversation_services = replace(standard(policy, MemoryStore()), store=spool)
+    stages = replace(conversation_services.stages, data_end=(checker,))
+    with SmtpdSession(replace(conversation_services, stages=stages)) as session:
+        session.command("EHLO client.test")
+        assert session.transaction("a@client.test", [ALICE], content)[-1].code == 250
+        [queue_id] = spool.pending()
+    with spool.open_content(queue_id) as stored:
+        message = stored.read()
+    assert message.startswith(b"Authentication-Results: mx.test; dmarc=fail (p=quarantine)\r\nReceived: ")
+    assert message.endswith(content) and checker.content.endswith(content)

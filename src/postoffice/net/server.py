@@ -188,6 +188,7 @@ class SmtpServer:
                     login=security.login,
                     tls=security.tls is not None,
                     observer=self._observer,
+                    spawn=asyncio.ensure_future,
                 ),
                 admit=self._admit,
                 on_closed=self._forget,

@@ -247,14 +247,15 @@ class SmtpSession(asyncio.Protocol):
         if in_data and not self._in_data:
             self._data_started = self._loop.time()
         self._in_data = in_data
-        self._follow(step)
+        if step is NEED_DATA:
+            self._flush()
+        else:
+            self._follow(step)
         self._rearm_if_sooner()
 
     def _follow(self, step: Step) -> None:
         """Do what the conversation asks of the transport (see smtpd.conversation)."""
         self._flush()  # the 220 to STARTTLS goes out in plaintext, before the handshake
-        if step is NEED_DATA:
-            return
         if isinstance(step, Wait):
             self._busy = True
             self._pause()

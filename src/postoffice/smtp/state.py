@@ -29,6 +29,10 @@ class State(enum.Enum):
     BDAT = "bdat"  # at least one BDAT chunk accepted, LAST not yet seen
     CLOSED = "closed"
 
+    # Members are singletons compared by identity: hash them so too (in C), not by Enum's
+    # hash(self._name_) (a Python call), for the table lookups made for every command.
+    __hash__ = object.__hash__
+
 
 _GREETED = (State.READY, State.MAIL, State.RCPT, State.BDAT)
 _OPEN = (State.INIT, *_GREETED)

@@ -13,7 +13,8 @@ to remember about a session or a transaction goes into ``client.notes`` or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 from postoffice.smtp import commands as c
 from postoffice.smtp.server import ServerConnection
@@ -22,6 +23,9 @@ from postoffice.storage import MessageWriter
 
 if TYPE_CHECKING:
     from postoffice.smtpd.stages import Check, Stage
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 
 # Postfix header_size_limit: the most of a header section a check is given to read.
 HEADER_SECTION_LIMIT = 102_400
@@ -56,7 +60,7 @@ class Client:
 class Transaction:
     """One mail transaction (RFC 5321 §3.3): its MAIL command and the recipients accepted."""
 
-    __slots__ = ("_notes", "_seen", "deferred", "folder", "mail", "recipients")
+    __slots__ = ("_background", "_notes", "_seen", "deferred", "folder", "mail", "recipients")
 
     def __init__(self, mail: c.Mail | None) -> None:
         self.mail = mail
@@ -68,6 +72,7 @@ class Transaction:
         # transaction's result (MessageResult.folder) and of its log line.
         self.folder: str | None = None
         self._notes: dict[object, Any] | None = None
+        self._background: list[Background[Any]] | None = None
 
     @property
     def notes(self) -> dict[object, Any]:
@@ -97,6 +102,22 @@ class Transaction:
     def defer(self, check: Check) -> None:
         if all(check is not other for other in self.deferred):
             self.deferred = (*self.deferred, check)
+
+    def keep(self, work: Background[Any]) -> None:
+        """Work started for this transaction (Context.start), to be stopped with it."""
+        if self._background is None:
+            self._background = []
+        self._background.append(work)
+
+    def end(self) -> None:
+        """The transaction is over: work started for it and not awaited is cancelled (a lookup
+        for a message that never came), and a failure nobody awaited is taken, not logged."""
+        for work in self._background or ():
+            if not work.done():
+                work.cancel()
+            elif not work.cancelled():
+                work.exception()
+        self._background = None
 
 
 class Message:
@@ -147,12 +168,41 @@ class Message:
         return head if end < 0 else head[: end + 2]
 
 
+class Background(Protocol[_T_co]):
+    """Work running beside the conversation (an asyncio task, made by the transport's loop)."""
+
+    def __await__(self) -> Generator[Any, None, _T_co]: ...
+
+    def done(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def cancel(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+
+# Starts a coroutine beside the conversation: asyncio.ensure_future, given by the transport.
+Spawn = Callable[[Coroutine[Any, Any, Any]], Background[Any]]
+
+
 class Context:
     """Everything a check may look at, for the stage it runs in."""
 
-    __slots__ = ("_local", "_remote", "client", "command", "line", "message", "stage", "transaction")
+    __slots__ = (
+        "_local",
+        "_remote",
+        "_spawn",
+        "client",
+        "command",
+        "line",
+        "message",
+        "stage",
+        "transaction",
+    )
 
-    def __init__(self, client: Client, stage: Stage) -> None:
+    def __init__(self, client: Client, stage: Stage, spawn: Spawn | None = None) -> None:
+        self._spawn = spawn
         self.client = client
         self.stage = stage
         self.transaction = Transaction(None)
@@ -177,6 +227,18 @@ class Context:
         if not isinstance(command, c.Rcpt):
             raise LookupError("no RCPT command is being decided")
         return command
+
+    def start(self, work: Coroutine[Any, Any, _T]) -> Background[_T]:
+        """Run ``work`` beside the conversation and return a handle to await later: SPF's DNS
+        lookups started at MAIL (the check then DEFERs) and awaited at data-end. Cancelled if
+        the transaction ends first (RSET, a refusal, the connection lost)."""
+        spawn = self._spawn
+        if spawn is None:
+            work.close()
+            raise RuntimeError("no event loop to run background work on (Services.spawn)")
+        handle = cast(Background[_T], spawn(work))
+        self.transaction.keep(handle)
+        return handle
 
     def route(self, *, local: tuple[str, ...] = (), remote: tuple[str, ...] = ()) -> None:
         """Rcpt stage: where the recipient's copies go (local mailboxes, remote addresses),

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from postoffice import metrics
 from postoffice.smtp import events as ev
@@ -38,7 +38,7 @@ from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
 from postoffice.smtpd.auth import Authenticator, AuthExchange
 from postoffice.smtpd.content import Content, MessageResult
-from postoffice.smtpd.context import Client, Context, Transaction
+from postoffice.smtpd.context import Client, Context, Spawn, Transaction
 from postoffice.smtpd.drive import Suspended, drive
 from postoffice.smtpd.stages import Stage, Stages, run_checks
 from postoffice.storage import Receiver
@@ -65,6 +65,7 @@ class Services:
     tls: bool = False  # STARTTLS can be served (a certificate is configured)
     observer: Observer | None = None
     clock: Callable[[], float] = time.time
+    spawn: Spawn | None = None  # starts checks' background work (asyncio.ensure_future)
 
 
 # --- what the transport is asked to do -----------------------------------------------------------
@@ -103,7 +104,7 @@ class Close:
 Step = _Signal | Wait | Close
 
 # Where a suspended handler of each event is waiting, for the log line should it fail.
-_WHERE: Final[dict[type[ev.Event], str]] = {
+_WHERE: Final[dict[type, str]] = {
     ev.HelloReceived: Stage.HELO.value,
     ev.MailReceived: Stage.MAIL.value,
     ev.RcptReceived: Stage.RCPT.value,
@@ -126,11 +127,10 @@ class Conversation:
         self.client = Client(session_id, address, self.core)
         self._services = services
         self._stages = services.stages
-        ctx = self._ctx = Context(self.client, Stage.CONNECT)
+        ctx = self._ctx = Context(self.client, Stage.CONNECT, services.spawn)
         self._content = Content(ctx, services.stages, services.store, services.on_queued, services.clock)
         self._auth = AuthExchange(services.login, ctx)
         self.handled = 0  # events handled so far (the transport's activity clock)
-        self._tls_next = False
         self._outcome: str | None = None
         self._gone = False  # the connection was lost: nothing more is answered
         # Straight to the core, without a call of ours in between (they run for every read).
@@ -167,21 +167,26 @@ class Conversation:
         core, content = self.core, self._content
         while True:
             event = core.next_event()
-            if isinstance(event, ev.NeedData):
+            kind = type(event)
+            if kind is ev.NeedData:
                 return NEED_DATA
             self.handled += 1
-            if isinstance(event, ev.MessageData):  # the hot path of a large message: no coroutine
-                content.write(event.data)
+            if kind is ev.MessageData:  # the hot path of a large message: no coroutine
+                content.write(cast(ev.MessageData, event).data)
                 continue
-            if isinstance(event, ev.Closing):
-                return Close(self._closing_outcome(event.reply))
-            kind = type(event)
-            suspended = drive(_HANDLERS[kind](self, event))
-            if suspended is not None:
-                return Wait(suspended, _WHERE.get(kind, "session"))
-            if self._tls_next:
-                self._tls_next = False
-                return START_TLS
+            sync = _SYNC_HANDLERS.get(kind)
+            if sync is not None:
+                step = sync(self, event)
+                if step is not None:
+                    return step
+                continue
+            handler = _HANDLERS[kind](self, event)
+            try:  # drive(), inlined: this runs for every command
+                waiting_on = handler.send(None)
+            except StopIteration:
+                pass
+            else:
+                return Wait(Suspended(handler, waiting_on), _WHERE.get(kind, "session"))
 
     def close_with(self, reply: Reply) -> None:
         """End the conversation on our side with ``reply`` (timeout, shutdown)."""
@@ -192,6 +197,7 @@ class Conversation:
         """The connection is gone: drop the message being received, answer nothing more."""
         self._gone = True
         self._content.discard()
+        self._ctx.transaction.end()
 
     # --- answering ----------------------------------------------------------------------------
 
@@ -204,7 +210,8 @@ class Conversation:
         else:
             core.send(reply)
         self._observe(line, reply)
-        if self._ctx.transaction.mail is not None and not core.in_transaction:
+        state = core.state
+        if (state is State.READY or state is State.INIT) and self._ctx.transaction.mail is not None:
             self._end_transaction()
 
     def _end_transaction(self) -> None:
@@ -212,6 +219,7 @@ class Conversation:
         content = self._content
         content.discard()
         content.failure = None
+        self._ctx.transaction.end()
         self._ctx.transaction = Transaction(None)
 
     def _observe(self, line: str, reply: Reply) -> None:
@@ -227,14 +235,14 @@ class Conversation:
         if observer is not None:
             observer.server_said(self.client.id, self.client.address, reply)
 
-    def _closing_outcome(self, reply: Reply | None) -> str | None:
-        if self._outcome is not None:
-            return self._outcome
-        if reply is replies.TOO_MANY_ERRORS or reply is replies.TOO_MANY_JUNK_COMMANDS:
-            return "errors"
-        if reply is not None and reply.code == replies.CLOSING.code:
-            return "quit"
-        return None
+    def _closing(self, event: ev.Closing) -> Step:
+        reply, outcome = event.reply, self._outcome
+        if outcome is None:
+            if reply is replies.TOO_MANY_ERRORS or reply is replies.TOO_MANY_JUNK_COMMANDS:
+                outcome = "errors"
+            elif reply is not None and reply.code == replies.CLOSING.code:
+                outcome = "quit"
+        return Close(outcome)
 
     # --- the stages ---------------------------------------------------------------------------
 
@@ -259,6 +267,7 @@ class Conversation:
         ctx = self._ctx
         command = event.command
         ctx.command, ctx.line = command, event.line
+        ctx.transaction.end()
         ctx.transaction = Transaction(command)  # a refused MAIL ends it again (_answer)
         reply = await run_checks(Stage.MAIL, self._stages.mail, ctx) or replies.SENDER_OK
         if reply.positive:
@@ -285,39 +294,47 @@ class Conversation:
         # may succeed): its failure is not kept.
         self._answer(event.line, await self._content.start())
 
-    async def _message_start(self, event: ev.MessageStart) -> None:
+    def _message_start(self, event: ev.MessageStart) -> Step | None:
         content = self._content
-        if content.writer is None and content.failure is None:
-            # BDAT: the first chunk opens the message; a refusal answers that chunk.
-            reply = await content.start()
-            if reply.code != replies.START_MAIL_INPUT.code:
-                content.failure = reply
+        if content.writer is not None or content.failure is not None:
+            return None  # DATA: opened at the 354 already
+        # BDAT: the first chunk opens the message; a refusal answers that chunk.
+        suspended = drive(self._open_for_bdat())
+        return None if suspended is None else Wait(suspended, Stage.DATA_START.value)
 
-    async def _chunk(self, event: ev.ChunkReceived) -> None:
+    async def _open_for_bdat(self) -> None:
+        content = self._content
+        reply = await content.start()
+        if reply.code != replies.START_MAIL_INPUT.code:
+            content.failure = reply
+
+    def _chunk(self, event: ev.ChunkReceived) -> Step | None:
         # A refused chunk ends the transaction (RFC 3030 §2), and with it the message.
         self._answer(event.line, self._content.failure or replies.chunk_received(event.size))
+        return None
 
     async def _complete(self, event: ev.MessageComplete) -> None:
         self._answer("", await self._content.finish())
 
-    async def _rejected(self, event: ev.MessageRejected) -> None:
+    def _rejected(self, event: ev.MessageRejected) -> Step | None:
         # The core refused the content at its end (size, bare line endings) and answered.
         self._observe("", event.reply)
         metrics.current().message_rejected()
         self._end_transaction()
+        return None
 
-    async def _starttls(self, event: ev.StartTlsRequested) -> None:
+    def _starttls(self, event: ev.StartTlsRequested) -> Step | None:
         if not self._services.tls:  # the core refuses STARTTLS where not offered; defence in depth
             self._answer(event.line, replies.TLS_NOT_AVAILABLE)
-            return
+            return None
         self._answer(event.line, replies.READY_TO_START_TLS)
         if self.core.state is State.CLOSED:
-            return
+            return None
         # From here on nothing is read in plaintext: the core drops what it holds (a command
         # pipelined after STARTTLS is an attack) before the transport reads again.
         self.core.start_tls()
         self.client.user = None
-        self._tls_next = True
+        return START_TLS
 
     async def _auth_requested(self, event: ev.AuthRequested) -> None:
         ctx = self._ctx
@@ -334,7 +351,8 @@ class Conversation:
     async def _replied(self, event: ev.Replied) -> None:
         self._observe(event.line, event.reply)
         core = self.core
-        if self._ctx.transaction.mail is not None and not core.in_transaction:
+        state = core.state
+        if (state is State.READY or state is State.INIT) and self._ctx.transaction.mail is not None:
             self._end_transaction()  # RSET
         ctx = self._ctx
         ctx.command, ctx.line = None, event.line
@@ -345,18 +363,22 @@ class Conversation:
             self._observe_reply(refusal)
 
 
-# Each event's handler (a coroutine function of Conversation), by the event's type.
-_HANDLERS: Final[dict[type[ev.Event], Callable[[Conversation, Any], Coroutine[Any, Any, None]]]] = {
+# Each event's handler, by the event's type: a coroutine function of Conversation where the
+# event goes through a stage (its checks may wait), else a plain one returning the next step.
+_HANDLERS: Final[dict[type, Callable[[Conversation, Any], Coroutine[Any, Any, None]]]] = {
     ev.HelloReceived: Conversation._hello,
     ev.MailReceived: Conversation._mail,
     ev.RcptReceived: Conversation._rcpt,
     ev.DataReceived: Conversation._data,
-    ev.MessageStart: Conversation._message_start,
-    ev.ChunkReceived: Conversation._chunk,
     ev.MessageComplete: Conversation._complete,
-    ev.MessageRejected: Conversation._rejected,
-    ev.StartTlsRequested: Conversation._starttls,
     ev.AuthRequested: Conversation._auth_requested,
     ev.AuthResponse: Conversation._auth_response,
     ev.Replied: Conversation._replied,
+}
+_SYNC_HANDLERS: Final[dict[type, Callable[[Conversation, Any], Step | None]]] = {
+    ev.MessageStart: Conversation._message_start,
+    ev.ChunkReceived: Conversation._chunk,
+    ev.MessageRejected: Conversation._rejected,
+    ev.StartTlsRequested: Conversation._starttls,
+    ev.Closing: Conversation._closing,
 }

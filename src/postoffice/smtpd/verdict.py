@@ -7,8 +7,8 @@ its usual positive reply), a :class:`~postoffice.smtp.replies.Reply` (the comman
 checks after it are not asked; a 421 also ends the session, RFC 5321 §3.8), or :data:`DEFER`:
 "go on for now, and ask me again at the end of the message". A deferred check is called again,
 with the same method, at the data-end stage, before that stage's own checks: SPF, say, starts
-its DNS lookups at MAIL and waits for their result only once the content is in, and a refusal
-it makes then refuses the whole message.
+its DNS lookups at MAIL (:meth:`~postoffice.smtpd.context.Context.start`) and waits for their
+result only once the content is in, and a refusal it makes then refuses the whole message.
 """
 
 from __future__ import annotations
