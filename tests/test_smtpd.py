@@ -538,7 +538,7 @@ def test_a_data_end_field_reaches_the_file_spool_above_the_received_field(
         session.command("EHLO client.test")
         assert session.transaction("a@client.test", [ALICE], content)[-1].code == 250
         [queue_id] = spool.pending()
-    with spool.open_content(queue_id) as stored:
+    with spool.open(queue_id) as stored:
         message = stored.read()
     assert message.startswith(b"Authentication-Results: mx.test; dmarc=fail (p=quarantine)\r\nReceived: ")
     assert message.endswith(content) and checker.content.endswith(content)
