@@ -14,6 +14,7 @@ inside: serve the zone on 127.0.0.1:53, run the command, exit with its status.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.metadata
 import io
 import json
@@ -116,16 +117,33 @@ class TxtDns:
         return dnsfunc
 
 
+def _udp_and_tcp(zone: TxtZone, port: int, logger: DNSLogger) -> tuple[DNSServer, DNSServer]:
+    """UDP and TCP servers on one port; with port 0, a free UDP port can be taken for TCP by
+    another test running meanwhile, so another port is tried then."""
+    for _ in range(20):
+        udp = DNSServer(zone, address="127.0.0.1", port=port, logger=logger)
+        try:
+            tcp = DNSServer(
+                zone, address="127.0.0.1", port=udp.server.server_address[1], logger=logger, tcp=True
+            )
+        except OSError as exc:
+            udp.server.server_close()
+            if port or exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        udp.start_thread()
+        tcp.start_thread()
+        return udp, tcp
+    raise OSError(errno.EADDRINUSE, "no port free for both UDP and TCP")
+
+
 @contextlib.contextmanager
 def txt_dns(records: dict[str, list[str]] | None = None, port: int = 0) -> Iterator[TxtDns]:
     """A dnslib server on 127.0.0.1 (UDP and TCP, ``port`` 0 for any free one)."""
     zone = TxtZone(records)
     quiet = DNSLogger(log="-request,-reply,-truncated,-data,-recv,-send,-error", prefix=False)
-    udp = DNSServer(zone, address="127.0.0.1", port=port, logger=quiet)
-    udp.start_thread()
+    udp, tcp = _udp_and_tcp(zone, port, quiet)
     port = udp.server.server_address[1]
-    tcp = DNSServer(zone, address="127.0.0.1", port=port, logger=quiet, tcp=True)
-    tcp.start_thread()
     try:
         yield TxtDns(zone, port, [udp, tcp])
     finally:
