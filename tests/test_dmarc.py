@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.resolver
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -307,3 +308,22 @@ async def test_dkim_verdicts_any_aligned_pass_wins(zone_server: ZoneServer) -> N
     verdicts = [DkimVerdict("pass", "other.example", "s", "b"), DkimVerdict("pass", "example.com", "s", "b")]
     result = await dmarc.evaluate("example.com", None, verdicts, resolver)
     assert (result.result, result.dkim_aligned, result.spf_aligned) == ("pass", True, False)
+
+
+async def test_cached_answers_are_read_from_the_cache_within_their_ttl() -> None:
+    """Records the resolver's cache holds are used as dnspython would use them (the TTL kept):
+    a record changed in DNS is seen only once the cached answer expires."""
+    zone = DnsZone()
+    zone.txt("_dmarc.cached.example", "v=DMARC1; p=reject")
+    with dns_zone_server(zone) as server:
+        resolver = server.resolver(timeout=1.0)
+        resolver.cache = dns.resolver.LRUCache(10)
+        first = await dmarc.discover_policy("cached.example", resolver)
+        changed = DnsZone()
+        changed.txt("_dmarc.cached.example", "v=DMARC1; p=none")
+        server.serve(changed)
+        assert await dmarc.discover_policy("cached.example", resolver) == first
+        resolver.cache.flush()
+        again = await dmarc.discover_policy("cached.example", resolver)
+    assert first.record is not None and first.record.p == "reject"
+    assert again.record is not None and again.record.p == "none"
