@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.resolver
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -258,8 +259,71 @@ def test_author_domains_raise_only_their_error(text: str) -> None:
         dmarc.author_domains([text])
 
 
+def _by_full_parser(text: str) -> list[str] | str:
+    try:
+        return dmarc._parsed_domains(text.strip())
+    except dmarc.AuthorError as exc:
+        return f"error: {exc}"
+
+
+def _by_author_domains(text: str) -> list[str] | str:
+    try:
+        return dmarc.author_domains([text])
+    except dmarc.AuthorError as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ann@example.com",
+        "Ann Smith <ann@Example.COM>",
+        '"Smith, Ann" <ann@example.com>',
+        "Ann<ann@example.com>",
+        "<a.b.c@mail.example.com>",
+        "a@-bad-.example",
+        "a@example",
+        "a@192.0.2.1",
+        "Ann ann@example.com",
+        "a@example.com (Ann)",
+        '"a\\"b" <a@example.com>',
+        "a..b@example.com",
+        "a@example.com.",
+        "a@bü.example",
+    ],
+)
+def test_plain_from_fields_read_like_the_full_parser(text: str) -> None:
+    """The cheap path for a plain mailbox gives what the stdlib's parser gives."""
+    assert _by_author_domains(text) == _by_full_parser(text)
+
+
+@given(st.from_regex(dmarc._PLAIN_MAILBOX, fullmatch=True) | st.text(max_size=80))
+def test_any_from_field_reads_like_the_full_parser(text: str) -> None:
+    text = text.replace("\r", "").replace("\n", "")  # author_domains unfolds; compare unfolded text
+    assert _by_author_domains(text) == _by_full_parser(text)
+
+
 async def test_dkim_verdicts_any_aligned_pass_wins(zone_server: ZoneServer) -> None:
     resolver = zone_server.resolver(timeout=1.0)
     verdicts = [DkimVerdict("pass", "other.example", "s", "b"), DkimVerdict("pass", "example.com", "s", "b")]
     result = await dmarc.evaluate("example.com", None, verdicts, resolver)
     assert (result.result, result.dkim_aligned, result.spf_aligned) == ("pass", True, False)
+
+
+async def test_cached_answers_are_read_from_the_cache_within_their_ttl() -> None:
+    """Records the resolver's cache holds are used as dnspython would use them (the TTL kept):
+    a record changed in DNS is seen only once the cached answer expires."""
+    zone = DnsZone()
+    zone.txt("_dmarc.cached.example", "v=DMARC1; p=reject")
+    with dns_zone_server(zone) as server:
+        resolver = server.resolver(timeout=1.0)
+        resolver.cache = dns.resolver.LRUCache(10)
+        first = await dmarc.discover_policy("cached.example", resolver)
+        changed = DnsZone()
+        changed.txt("_dmarc.cached.example", "v=DMARC1; p=none")
+        server.serve(changed)
+        assert await dmarc.discover_policy("cached.example", resolver) == first
+        resolver.cache.flush()
+        again = await dmarc.discover_policy("cached.example", resolver)
+    assert first.record is not None and first.record.p == "reject"
+    assert again.record is not None and again.record.p == "none"

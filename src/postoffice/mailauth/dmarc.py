@@ -24,6 +24,7 @@ The steps, in RFC 7489's order:
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -53,6 +54,19 @@ _VERSION = re.compile(r"[ \t]*[vV][ \t]*=[ \t]*DMARC1[ \t]*(?:;|$)")
 _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s,!]+(?:![0-9]+[kmgtKMGT]?)?")
 _KEYWORD = re.compile(r"[A-Za-z0-9-]+")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+
+# The From field of nearly every message is one plain mailbox, "local@domain" or "Display Name
+# <local@domain>" (RFC 5322 §3.4: atoms or a simple quoted-string as the name, a dot-atom on
+# both sides of the @). Those are read with this; anything else (comments, groups, several
+# addresses, escapes, obsolete syntax, non-ASCII) goes to the stdlib's full parser, which gives
+# the same domain for these but costs a fraction of a millisecond per message.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_WORD = rf'(?:{_ATEXT}|"[ !#-\[\]-~]*")'  # an atom or a quoted-string without escapes
+_ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+_PLAIN_MAILBOX = re.compile(rf"(?:(?:{_WORD}(?:[ \t]+{_WORD})*[ \t]*)?<{_ADDR_SPEC}>|{_ADDR_SPEC})")
+# Distinct texts kept for the caches below (records, domains): bounded, a few hundred octets each.
+CACHE_SIZE = 4096
 
 
 class DmarcError(PostofficeError, ValueError):
@@ -124,6 +138,7 @@ def is_dmarc_record(text: str) -> bool:
     return _VERSION.match(text) is not None
 
 
+@functools.lru_cache(maxsize=CACHE_SIZE)  # DmarcRecord is immutable; errors are not cached
 def parse_record(text: str) -> DmarcRecord:
     """The record's tags; raises DmarcRecordError for a record RFC 7489 §6.4 does not allow."""
     if not is_dmarc_record(text):
@@ -208,6 +223,7 @@ def _uris(value: str | None) -> tuple[str, ...]:
 _psl: PublicSuffixList | None = None
 
 
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label; a public suffix is its own."""
     global _psl
@@ -216,6 +232,7 @@ def organizational_domain(domain: str) -> str:
     return _psl.privatesuffix(domain) or domain
 
 
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def normalize_domain(domain: str) -> str | None:
     """The domain as lower-case A-labels without a final dot (RFC 7489 §6.6.1), or None when
     it is not a domain name."""
@@ -226,9 +243,7 @@ def normalize_domain(domain: str) -> str | None:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
         return None
-    if not all(
-        re.fullmatch(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?", label) for label in ascii_domain.split(".")
-    ):
+    if not all(_LABEL.fullmatch(label) for label in ascii_domain.split(".")):
         return None
     return ascii_domain
 
@@ -357,6 +372,18 @@ def author_domains(from_fields: Sequence[str | bytes]) -> list[str]:
     value = from_fields[0]
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     text = re.sub(r"\r?\n(?=[ \t])", "", text).strip()
+    plain = _PLAIN_MAILBOX.fullmatch(text)
+    domain = normalize_domain(plain.group(1) or plain.group(2)) if plain else None
+    domains = [domain] if domain else _parsed_domains(text)
+    if len(domains) > MAX_AUTHOR_DOMAINS:
+        raise AuthorError(
+            f"the From field names {len(domains)} domains (at most {MAX_AUTHOR_DOMAINS} are checked)"
+        )
+    return domains
+
+
+def _parsed_domains(text: str) -> list[str]:
+    """The From field's domains by the stdlib's full RFC 5322 parser."""
     try:
         header = SMTP.header_factory("From", text)
     except Exception as exc:  # the stdlib parser's failures on hostile input are not a closed set
@@ -370,10 +397,6 @@ def author_domains(from_fields: Sequence[str | bytes]) -> list[str]:
             raise AuthorError(f"From address {address.addr_spec[:80]!r} has no domain")
         if domain not in domains:
             domains.append(domain)
-    if len(domains) > MAX_AUTHOR_DOMAINS:
-        raise AuthorError(
-            f"the From field names {len(domains)} domains (at most {MAX_AUTHOR_DOMAINS} are checked)"
-        )
     return domains
 
 

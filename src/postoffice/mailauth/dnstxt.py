@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 
 
@@ -30,14 +32,27 @@ class TxtAnswer:
     exists: bool = True
 
 
+def cached(
+    resolver: dns.asyncresolver.Resolver, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
+) -> dns.resolver.Answer | None:
+    """The answer the resolver's cache holds for an absolute ``name`` (still within its TTL), or
+    None. It is what ``resolve(name, rdtype, raise_on_no_answer=False, search=False)`` returns
+    for a cached name (dnspython looks at the same cache entry first), without building a
+    resolution per query: the SPF and DMARC records of a sender are asked for every message."""
+    cache = resolver.cache
+    return None if cache is None else cache.get((name, rdtype, dns.rdataclass.IN))
+
+
 async def lookup_txt(resolver: dns.asyncresolver.Resolver, name: str) -> TxtAnswer:
     """The TXT records at ``name``; raises TxtTemporaryError when DNS does not answer."""
     try:
         absolute = dns.name.from_text(name.encode("idna").decode("ascii"), origin=dns.name.root)
     except (UnicodeError, ValueError, dns.exception.DNSException):
         return TxtAnswer((), exists=False)
+    answer = cached(resolver, absolute, dns.rdatatype.TXT)
     try:
-        answer = await resolver.resolve(absolute, "TXT", raise_on_no_answer=False, search=False)
+        if answer is None:
+            answer = await resolver.resolve(absolute, "TXT", raise_on_no_answer=False, search=False)
     except dns.resolver.NXDOMAIN:
         return TxtAnswer((), exists=False)
     except dns.exception.Timeout:

@@ -28,6 +28,11 @@ HEADER_B_LENGTH = 8
 # RFC 2045 §5.1: tspecials, which a token cannot hold (RFC 8601 §2.2 "value").
 _TSPECIALS = frozenset('()<>@,;:\\"/[]?=')
 _KEYWORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+# Compiled once: every incoming message's field goes through these (CTLs and DEL; what makes a
+# value need quoting, RFC 2045 tspecials and SP; what a comment must escape, RFC 5322 §3.2.2).
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_A_TOKEN = re.compile(r'[()<>@,;:\\"/\[\]?= ]')
+_COMMENT_SPECIALS = re.compile(r"([()\\])")
 
 
 class AuthResultsError(PostofficeError, ValueError):
@@ -119,13 +124,13 @@ def header_field(authserv_id: str, results: Sequence[MethodResult]) -> bytes:
 
 
 def _clean(text: str) -> str:
-    return "".join(ch for ch in text if ch >= " " and ch != "\x7f")
+    return _CONTROLS.sub("", text)
 
 
 def _value(text: str) -> str:
     """RFC 2045 value: a token when it can be one, else a quoted-string."""
     text = _clean(text)
-    if text and not any(ch in _TSPECIALS or ch == " " for ch in text):
+    if text and not _NOT_A_TOKEN.search(text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -138,7 +143,7 @@ def _keyword(text: str) -> str:
 
 
 def _comment(text: str) -> str:
-    return re.sub(r"([()\\])", r"\\\1", _clean(text))
+    return _COMMENT_SPECIALS.sub(r"\\\1", _clean(text))
 
 
 # --- parsing (RFC 8601 §2.2) ---------------------------------------------------------------------

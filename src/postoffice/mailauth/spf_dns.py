@@ -16,10 +16,12 @@ from typing import Any
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
 from postoffice.errors import PostofficeError
+from postoffice.mailauth.dnstxt import cached
 from postoffice.mailauth.spf_record import SpfPermError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,8 +66,10 @@ class SpfLookups:
     async def query(self, name: dns.name.Name, rdtype: str) -> list[Any]:
         """The records of ``rdtype`` at ``name``: empty for NXDOMAIN or no data (§5: "as if the
         server returned ... zero answer records"); SpfTempError for any other failure."""
+        answer = cached(self.resolver, name, dns.rdatatype.RdataType.make(rdtype))
         try:
-            answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
+            if answer is None:
+                answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
             return []
         except dns.exception.Timeout:

@@ -12,6 +12,7 @@ formed", and the test suite's detect-errors-anywhere case asks for it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ def is_spf_record(text: bytes) -> bool:
     return text[:6].lower() == b"v=spf1" and (len(text) == 6 or text[6:7] == b" ")
 
 
+# Parsed records kept by their text: a sender's record comes back for every message it sends
+# (DNS answers are cached for their TTL, so the same text recurs), and a Record is immutable.
+# A record that does not parse raises again each time (exceptions are not cached).
+RECORD_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=RECORD_CACHE_SIZE)
 def parse_record(text: str) -> Record:
     """The record, or SpfPermError naming the first problem (RFC 7208 §4.6)."""
     if not text.isascii():
