@@ -214,8 +214,6 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 60
 KNOWN_LONG = {
     "postoffice/client/connection.py",
-    "postoffice/web/index.py",
-    "postoffice/web/index.py::MailIndex.page",
 }
 
 
