@@ -1,0 +1,180 @@
+"""The mailbox index's schema: its version, its tables, and the migrations from older ones.
+
+Part of :mod:`postoffice.web.index`. No SQL text here is ever built from anything but
+constants.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from postoffice.web import message
+from postoffice.web.search import TEXT_TABLE
+
+# Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
+# except that one of version 3 first gains the snippet column in place (_add_snippets), one of
+# version 4 then the change journal, and one of version 5 then the authentication results
+# (_add_auth): ids stay, links keep working.
+SCHEMA_VERSION = 6
+# The version that added messages.snippet.
+SNIPPET_SCHEMA = 4
+# The version that added the changes table (the journal of changes followed from the disk).
+JOURNAL_SCHEMA = 5
+# The version that added the authentication results (messages.auth and the auth_* columns).
+AUTH_SCHEMA = 6
+# Rows written per transaction while syncing: large enough to amortise the commit, small
+
+# The statements a migration runs by themselves too (each IF NOT EXISTS).
+_CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    mailbox TEXT NOT NULL,
+    seen INTEGER NOT NULL
+)"""
+_AUTH_INDEX = (
+    "CREATE INDEX IF NOT EXISTS messages_by_auth"
+    " ON messages (mailbox, auth_verdict, auth_dmarc, auth_spf, auth_dkim, auth_arc)"
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS mailboxes (
+    address TEXT PRIMARY KEY,
+    total INTEGER NOT NULL DEFAULT 0,
+    unread INTEGER NOT NULL DEFAULT 0
+);
+-- AUTOINCREMENT: an id is never reused, so a stale link can never open a different message.
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mailbox TEXT NOT NULL,
+    key TEXT NOT NULL,
+    location TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    date REAL,
+    received REAL NOT NULL,
+    size INTEGER NOT NULL,
+    seen INTEGER NOT NULL,
+    has_attachments INTEGER NOT NULL,
+    snippet TEXT NOT NULL DEFAULT '',
+    -- The results of our Authentication-Results field as JSON (web/authresults.py), NULL for
+    -- none; the auth_* columns are what search compares (Authentication.columns).
+    auth TEXT,
+    auth_verdict TEXT NOT NULL DEFAULT 'none',
+    auth_spf TEXT NOT NULL DEFAULT '',
+    auth_dkim TEXT NOT NULL DEFAULT '',
+    auth_dmarc TEXT NOT NULL DEFAULT '',
+    auth_arc TEXT NOT NULL DEFAULT '',
+    UNIQUE (mailbox, key)
+);
+-- Newest first is id order: ids follow arrival (see MailIndex.page). An index ends with the
+-- rowid, so this one lists a mailbox newest first without sorting.
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox);
+-- Counting by flags, dates and sizes reads only this index, never the rows.
+CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_attachments, received, size);
+-- Counting by authentication results (auth:fail, dmarc:pass) reads only this index, too.
+{_AUTH_INDEX};
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
+    sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
+);
+-- Counts kept by triggers: listing mailboxes never scans messages.
+CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
+    INSERT INTO mailboxes (address, total, unread) VALUES (new.mailbox, 1, new.seen = 0)
+    ON CONFLICT (address) DO UPDATE SET total = total + 1, unread = unread + (new.seen = 0);
+END;
+CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
+    UPDATE mailboxes SET total = total - 1, unread = unread - (old.seen = 0) WHERE address = old.mailbox;
+    DELETE FROM messages_text WHERE rowid = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_flagged AFTER UPDATE OF seen ON messages BEGIN
+    UPDATE mailboxes SET unread = unread - (old.seen = 0) + (new.seen = 0) WHERE address = new.mailbox;
+END;
+-- Read-state changes and deletions followed from the disk, in order: the process serving HTTP
+-- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
+-- sequence number is never reused, so pruning old entries never hides a new one.
+{_CHANGES_TABLE};
+"""
+# The columns schema 6 added, as _SCHEMA defines them.
+_AUTH_COLUMNS = (
+    ("auth", "TEXT"),
+    ("auth_verdict", "TEXT NOT NULL DEFAULT 'none'"),
+    ("auth_spf", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dkim", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_dmarc", "TEXT NOT NULL DEFAULT ''"),
+    ("auth_arc", "TEXT NOT NULL DEFAULT ''"),
+)
+
+
+def _snippet_of(body: object) -> str:
+    return message.snippet(body) if isinstance(body, str) else ""
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema of ``db`` to SCHEMA_VERSION; the caller holds the write lock."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SNIPPET_SCHEMA - 1:
+        _add_snippets(db)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == JOURNAL_SCHEMA - 1:
+        db.execute(_CHANGES_TABLE)  # IF NOT EXISTS: whoever comes second finds it there
+        db.execute(f"PRAGMA user_version = {JOURNAL_SCHEMA:d}")
+        version = JOURNAL_SCHEMA
+    if version == AUTH_SCHEMA - 1:
+        _add_auth(db)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return  # nothing to write: workers opening one index at once never wait here
+    if version not in (0, SCHEMA_VERSION):
+        db.executescript(
+            "DROP TABLE IF EXISTS messages; DROP TABLE IF EXISTS mailboxes;"
+            " DROP TABLE IF EXISTS messages_text; DROP TABLE IF EXISTS changes;"
+        )
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+
+def _add_snippets(db: sqlite3.Connection) -> None:
+    """Schema 3 to 4: add the snippet column, made from the body text the index holds.
+
+    A migration rather than a rebuild: ids stay, so links to messages keep working, and
+    no message is parsed again. Another process may be doing the same: the version is
+    read again once this one holds the write lock, and whoever comes second finds it done.
+    """
+    db.create_function("postoffice_snippet", 1, _snippet_of, deterministic=True)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] == SNIPPET_SCHEMA - 1:
+            db.execute("ALTER TABLE messages ADD COLUMN snippet TEXT NOT NULL DEFAULT ''")
+            db.execute(
+                f"UPDATE messages SET snippet = postoffice_snippet("
+                f"(SELECT body FROM {TEXT_TABLE} WHERE {TEXT_TABLE}.rowid = messages.id))"
+            )
+            db.execute(f"PRAGMA user_version = {SNIPPET_SCHEMA:d}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _add_auth(db: sqlite3.Connection) -> None:
+    """Schema 5 to 6: add the authentication result columns, empty for every message.
+
+    No message is read again: the server wrote no Authentication-Results field of its own
+    before this version, so mail indexed then has no results to find (and a field naming
+    our host name in it is a forgery). ``postoffice reindex --full`` reads them all anyway.
+    As in _add_snippets, a second process finds the work done.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] == AUTH_SCHEMA - 1:
+            present = {str(column[1]) for column in db.execute("PRAGMA table_info(messages)")}
+            for name, definition in _AUTH_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {name} {definition}")
+            db.execute(_AUTH_INDEX)
+            db.execute(f"PRAGMA user_version = {AUTH_SCHEMA:d}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
