@@ -287,7 +287,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=",".join(servers.SERVER_NAMES),
-        help="comma-separated: postoffice, postoffice-wN (N worker processes), aiosmtpd-maildir, aiosmtpd-discard, smtp-sink",
+        help="comma-separated: postoffice, postoffice-wN (N worker processes), postoffice-verify (SPF/DKIM/DMARC/ARC checked, from a local DNS server), aiosmtpd-maildir, aiosmtpd-discard, smtp-sink",
     )
     parser.add_argument("--messages", type=int, help="messages per workload (overrides W1a/W1b/W2/W3 counts)")
     parser.add_argument("--idle-sessions", type=int, help="W4 sessions (default 5000, quick 500)")

@@ -2,7 +2,9 @@
 
 - ``postoffice``: ``python -m postoffice serve`` in capture mode with its durable default
   (fsync before 250, then delivery into a Maildir), from a config file written here;
-  ``postoffice-wN`` is the same with ``--workers N``;
+  ``postoffice-wN`` is the same with ``--workers N``; ``postoffice-verify`` is the same with
+  ``[authentication] verify = true``, its ``[delivery] dns`` a server on 127.0.0.1 started here
+  (dns_zone.py) that gives the load generator's sender domain SPF and DMARC records;
 - ``aiosmtpd-maildir``: aiosmtpd storing each message in a Maildir with fsync before 250;
 - ``aiosmtpd-discard``: aiosmtpd answering 250 and storing nothing;
 - ``smtp-sink``: Postfix's C test server, storing nothing (when Debian's ``postfix`` is installed).
@@ -28,11 +30,14 @@ REPO = BENCH_DIR.parent
 SOURCES = REPO / "src"
 
 SERVER_NAMES = ("postoffice", "postoffice-w2", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
+# Not run unless named: the cost of verifying SPF, DKIM, DMARC and ARC on every message.
+VERIFY = "postoffice-verify"
 
 
 def is_postoffice(name: str) -> bool:
-    """``postoffice`` (one process) or ``postoffice-wN`` (``serve --workers N``)."""
-    return name == "postoffice" or (
+    """``postoffice`` (one process), ``postoffice-wN`` (``serve --workers N``) or
+    ``postoffice-verify``."""
+    return name in ("postoffice", VERIFY) or (
         name.startswith("postoffice-w") and name[12:].isdigit() and int(name[12:]) > 0
     )
 
@@ -54,6 +59,8 @@ class RunningServer:
     workdir: Path
     # Messages stored so far (None for servers that store nothing).
     stored: Callable[[], int] | None
+    # Run after the server has stopped (the DNS server of postoffice-verify).
+    cleanup: Callable[[], None] | None = None
 
     @property
     def pid(self) -> int:
@@ -67,6 +74,9 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
 
     def wait_stored(self, count: int, timeout: float) -> float | None:
         """Seconds until ``count`` messages are stored (None: never, or nothing is stored)."""
@@ -156,6 +166,8 @@ connections = 6000
 def start(name: str, workdir: Path) -> RunningServer:
     workdir.mkdir(parents=True, exist_ok=True)
     if is_postoffice(name):
+        if name == VERIFY:
+            return _start_verifying(workdir)
         return _start_postoffice(name, workdir, workers_of(name))
     if name == "aiosmtpd-maildir":
         return _start_aiosmtpd(workdir, maildir=True)
@@ -166,13 +178,36 @@ def start(name: str, workdir: Path) -> RunningServer:
     raise ValueError(f"unknown server {name!r}")
 
 
-def _start_postoffice(name: str, workdir: Path, workers: int) -> RunningServer:
+VERIFY_CONFIG = """
+[authentication]
+verify = true
+
+[delivery]
+dns = "127.0.0.1:{dns_port}"
+"""
+
+
+def _start_verifying(workdir: Path) -> RunningServer:
+    import dns_zone
+
+    # The DNS server lives as long as postoffice: RunningServer.stop closes it.
+    zone = contextlib.ExitStack()
+    port = zone.enter_context(dns_zone.serving())
+    try:
+        server = _start_postoffice(VERIFY, workdir, 1, VERIFY_CONFIG.format(dns_port=port))
+    except BaseException:
+        zone.close()
+        raise
+    server.cleanup = zone.close
+    return server
+
+
+def _start_postoffice(name: str, workdir: Path, workers: int, settings: str = "") -> RunningServer:
     data_dir = workdir / "data"
     config = workdir / "postoffice.toml"
-    # More settings for a comparison run (``[authentication] verify = true`` with a DNS server,
-    # say): TOML appended to the file, from the environment.
+    # More settings for a comparison run: TOML appended to the file, from the environment.
     extra = os.environ.get("POSTOFFICE_BENCH_EXTRA_CONFIG", "")
-    config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + extra)
+    config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + settings + extra)
     command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config)]
     if workers > 1:
         command += ["--workers", str(workers)]

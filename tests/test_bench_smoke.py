@@ -6,6 +6,7 @@ end to end and reports postoffice's rate relative to a peer measured in the same
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -46,3 +47,34 @@ def test_floor_prints_the_budget() -> None:
     assert re.search(r"^durable write \(32 threads\): [\d,]+/s, \d+\.\d{3} ms CPU each$", done.stdout, re.M)
     assert re.search(r"^answering only \(W1a\): [\d,]+ msg/s", done.stdout, re.M), done.stdout
     assert re.search(r"^budget at 2,940 msg/s on \d+ cores: \d+\.\d{3} ms CPU per message", done.stdout, re.M)
+
+
+@pytest.mark.timeout(180)
+def test_verifying_server_passes_spf_and_dmarc_from_its_own_dns(tmp_path: Path) -> None:
+    # --keep leaves the data directories under TMPDIR, where the stored messages show that
+    # verification ran against the bench's DNS server (and that its records pass).
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "W1a"]
+    done = subprocess.run(
+        [*command, "--messages", "20", "--servers", "postoffice,postoffice-verify", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("W1a ")]
+    assert any(" postoffice-verify " in row for row in rows), done.stdout
+    assert "failed" not in done.stdout, done.stdout
+    verified = list(
+        tmp_path.glob("postoffice-bench-*/0-W1a-postoffice-verify/data/mail/bench.test/rcpt/new/*")
+    )
+    plain = list(tmp_path.glob("postoffice-bench-*/0-W1a-postoffice/data/mail/bench.test/rcpt/new/*"))
+    assert len(verified) == 20 and len(plain) == 20, done.stdout
+    results = _header(verified[0])
+    assert "spf=pass" in results and "dmarc=pass" in results, results
+    assert "Authentication-Results" not in _header(plain[0])
+
+
+def _header(message: Path) -> str:
+    return message.read_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()
