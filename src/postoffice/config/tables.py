@@ -43,6 +43,18 @@ from postoffice.config.names import (
 from postoffice.config.schema import Bound, setting
 
 
+def in_networks(address: str, networks: tuple[str, ...]) -> bool:
+    """Whether the client ``address`` (an IPv4-mapped IPv6 address counts as its IPv4 one; a
+    scope suffix is ignored) lies in one of ``networks`` (CIDRs)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Resource limits for SMTP sessions; ``[limits]`` in the file."""
@@ -119,13 +131,7 @@ class Limits:
     )
 
     def is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+        return in_networks(address, self.trusted_networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,13 +352,7 @@ class AuthenticationSettings:
     )
 
     def skips_network(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.skip_networks)
+        return in_networks(address, self.skip_networks)
 
 
 @dataclass(frozen=True, slots=True)
