@@ -380,3 +380,32 @@ def smtp_client() -> Iterator[Callable[..., RawSmtp]]:
     yield connect
     for client in opened:
         client.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs at ``mount_point``: a real file system that really runs out of space
+    (needs root and mount(8); the test is skipped otherwise). Unmounted however the test ends."""
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (see :func:`small_tmpfs`)."""
+    with small_tmpfs(tmp_path / "small") as mount_point:
+        yield mount_point
+
+
+def remount_read_only(mount_point: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)

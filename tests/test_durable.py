@@ -7,36 +7,14 @@ import errno
 import logging
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import remount_read_only
 from postoffice import durable
 from postoffice.errors import SpoolError, StorageFullError
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a real file system that really runs out of space (needs root)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def remount_read_only(mount_point: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_tmpfs
 from postoffice.delivery.agent import Delivered, PermFail, TempFail
 from postoffice.delivery.local import LocalAgent
 from postoffice.maildir.layout import ensure_maildir
@@ -245,19 +246,8 @@ def test_store_names_are_the_same_on_every_attempt(tmp_path: Path) -> None:
 @pytest.fixture
 def small_mail_root(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs as the mail root: a disk that really fills up (needs root)."""
-    mount_point = tmp_path / "mail"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "mail") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_full_mail_disk_is_a_temporary_failure_without_a_partial_file(

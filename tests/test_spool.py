@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import remount_read_only
 from postoffice import durable
 from postoffice.errors import SpoolError, StorageFullError
 from postoffice.spool import headroom
@@ -31,28 +30,6 @@ async def spool_message(spool: FileSpool, content: bytes, envelope: Envelope | N
     writer = spool.put(envelope or make_envelope())
     writer.write(content)
     return (await writer.commit()).queue_id
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a real file system that really runs out of space (needs root)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def remount_read_only(mount_point: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
 
 
 # --- queue IDs ----------------------------------------------------------------------------------
