@@ -14,6 +14,7 @@ import mailbox
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -270,22 +271,43 @@ def spawn_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        # faulthandler: a server that hangs is made to print where (see _dump_and_kill).
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
     )
     output: list[str] = []
-    deadline = time.monotonic() + 30
-    assert process.stdout is not None
+    # The output is read on a thread from the start, so a server that hangs before it listens
+    # fails here, at the deadline, with what it printed (a blocking readline would wait on).
+    threading.Thread(target=_drain, args=(process, output), daemon=True).start()
+    deadline = time.monotonic() + 45
+    seen = 0
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        match = _LISTENING.match(line.strip())
-        if match:
-            threading.Thread(target=_drain, args=(process, output), daemon=True).start()
-            return ServerProcess(process, int(match["port"]), data_dir, output)
-    process.kill()
+        for line in output[seen:]:
+            seen += 1
+            match = _LISTENING.match(line.strip())
+            if match:
+                return ServerProcess(process, int(match["port"]), data_dir, output)
+        if process.poll() is not None and seen == len(output):
+            time.sleep(0.1)  # the last lines may still be on their way
+            if seen == len(output):
+                break
+        time.sleep(0.02)
+    _dump_and_kill(process)
     raise AssertionError("server did not start:\n" + "".join(output))
+
+
+def _dump_and_kill(process: subprocess.Popen[str]) -> None:
+    """Have a hung server and its workers print every thread's stack (SIGABRT, which
+    faulthandler answers), then kill it."""
+    if process.poll() is None:
+        pids = [process.pid]
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+        for pid in reversed(pids):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGABRT)
+        time.sleep(1)
+    process.kill()
 
 
 def _drain(process: subprocess.Popen[str], output: list[str]) -> None:

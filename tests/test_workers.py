@@ -8,6 +8,7 @@ and a second server on the same data directory is refused.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import mailbox
 import os
 import re
@@ -161,6 +162,23 @@ def test_a_worker_that_dies_stops_the_server(
     wait_until(
         lambda: not Path(f"/proc/{second}").exists() or _zombie(second), what="the other worker stopped"
     )
+
+
+def test_sigterm_taken_by_a_thread_of_the_parent_still_stops_every_worker(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # The parent indexes the workers' mail on threads of its own, and the kernel may hand a
+    # signal sent to the process to any of them. tgkill(2) does that on purpose here.
+    running = server_process("--workers", "2", data_dir=tmp_path / "data")
+    parent = running.process.pid
+
+    def threads() -> list[int]:
+        return [int(task.name) for task in Path(f"/proc/{parent}/task").iterdir() if int(task.name) != parent]
+
+    wait_until(lambda: bool(threads()), what="the parent's indexing threads")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(parent, threads()[0], signal.SIGTERM) == 0
+    assert running.process.wait(15) == 0
 
 
 def test_workers_stop_when_the_parent_is_killed(

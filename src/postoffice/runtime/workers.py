@@ -52,6 +52,8 @@ _PR_SET_PDEATHSIG = 1
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 # How long the workers get to start listening.
 START_TIMEOUT = 60.0
+# How often the parent looks for a worker that ended (and runs the signal handlers that came).
+_REAP_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -301,11 +303,27 @@ def _wait_ready(ready_read: int, count: int, children: _Children) -> bool:
     return True
 
 
+def _wait_child() -> tuple[int, int]:
+    """The next worker to end and its wait status, waiting with signals still handled.
+
+    Once the parent indexes mail it has threads (the index feed, the Maildir watcher's), and
+    the kernel may deliver SIGTERM to any of them: a main thread blocked in ``waitpid(2)`` is
+    then never interrupted, so the handler that passes SIGTERM on would wait for a worker that
+    is never told to stop. Python runs a handler as soon as the main thread runs bytecode
+    again, so the wait is a short poll.
+    """
+    while True:
+        pid, code = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            return pid, code
+        time.sleep(_REAP_POLL)
+
+
 def _reap(children: _Children) -> int:
     """Wait for every worker; 0 only if all ended cleanly after a stop signal."""
     status = 0
     while children.pids:
-        pid, code = os.waitpid(-1, 0)
+        pid, code = _wait_child()
         if pid not in children.pids:
             continue
         children.pids.discard(pid)
