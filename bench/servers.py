@@ -7,7 +7,9 @@
   (dns_zone.py) that gives the load generator's sender domain SPF and DMARC records;
 - ``aiosmtpd-maildir``: aiosmtpd storing each message in a Maildir with fsync before 250;
 - ``aiosmtpd-discard``: aiosmtpd answering 250 and storing nothing;
-- ``smtp-sink``: Postfix's C test server, storing nothing (when Debian's ``postfix`` is installed).
+- ``smtp-sink``: Postfix's C test server, storing nothing (when Debian's ``postfix`` is installed);
+- ``postfix``: Postfix itself, a private instance delivering into a Maildir with ``virtual(8)``
+  (postfix_peer.py; needs Debian's ``postfix`` and root).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import postfix_peer
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 # The checkout's own sources, whatever is installed.
 SOURCES = REPO / "src"
 
-SERVER_NAMES = ("postoffice", "postoffice-w2", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
+SERVER_NAMES = ("postoffice", "postoffice-w2", "postfix", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
 # Not run unless named: the cost of verifying SPF, DKIM, DMARC and ARC on every message.
 VERIFY = "postoffice-verify"
 
@@ -54,20 +58,30 @@ POSTOFFICE_MAILBOX = Path("mail") / "bench.test" / "rcpt"
 @dataclass
 class RunningServer:
     name: str
-    process: subprocess.Popen[bytes]
+    # None for a server that daemonizes (Postfix): then ``master`` and ``stopper`` say the rest.
+    process: subprocess.Popen[bytes] | None
     port: int
     workdir: Path
     # Messages stored so far (None for servers that store nothing).
     stored: Callable[[], int] | None
     # Run after the server has stopped (the DNS server of postoffice-verify).
     cleanup: Callable[[], None] | None = None
+    # The daemon's main process (whose tree is measured) and how it is stopped.
+    master: int | None = None
+    stopper: Callable[[], None] | None = None
 
     @property
     def pid(self) -> int:
+        if self.master is not None:
+            return self.master
+        assert self.process is not None
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.stopper is not None:
+            self.stopper()
+            self.stopper = None
+        elif self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(20)
@@ -92,6 +106,8 @@ class RunningServer:
 
 
 def available(name: str) -> bool:
+    if name == "postfix":
+        return postfix_peer.available()
     if name == "smtp-sink":
         return shutil.which("smtp-sink") is not None
     if name.startswith("aiosmtpd"):
@@ -175,6 +191,8 @@ def start(name: str, workdir: Path) -> RunningServer:
         return _start_aiosmtpd(workdir, maildir=False)
     if name == "smtp-sink":
         return _start_smtp_sink(workdir)
+    if name == "postfix":
+        return _start_postfix(workdir)
     raise ValueError(f"unknown server {name!r}")
 
 
@@ -247,6 +265,20 @@ def _start_smtp_sink(workdir: Path) -> RunningServer:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
     _wait_listening(port, process)
     return RunningServer("smtp-sink", process, port, workdir, None)
+
+
+def _start_postfix(workdir: Path) -> RunningServer:
+    root = workdir / "postfix"
+    master, port = postfix_peer.start(root)
+    return RunningServer(
+        "postfix",
+        None,
+        port,
+        workdir,
+        _count_files(postfix_peer.maildir_new(root)),
+        master=master,
+        stopper=lambda: postfix_peer.stop(root),
+    )
 
 
 def _drain(process: subprocess.Popen[bytes]) -> None:

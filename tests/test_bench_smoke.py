@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,32 @@ def test_quick_benchmark_prints_a_table_with_ratios() -> None:
     # Another server's row ends with postoffice's rate divided by its own, e.g. "1.83x".
     assert any(re.search(r"\d+\.\d\dx$", row) for row in rows if " postoffice " not in row), done.stdout
     assert "failed" not in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_postfix_runs_beside_postoffice_and_the_targets_compare_with_it() -> None:
+    require_tool("postfix")
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance needs root")
+    done = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "W1a"),
+            *("--messages", "50", "--servers", "postoffice,postfix"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("W1a ") and " postfix " in line]
+    assert "failed" not in row, done.stdout
+    assert re.search(r"postoffice W1a: \d+\.\d\dx Postfix \(\d+ / \d+ msg/s\), target ≥ 2x", done.stdout), (
+        done.stdout
+    )
+    # Its instance is stopped with the run (its master names the run's directory).
+    left = subprocess.run(["pgrep", "-af", "postoffice-bench-"], capture_output=True, text=True, check=False)
+    assert not left.stdout.strip(), left.stdout
 
 
 @pytest.mark.timeout(120)
