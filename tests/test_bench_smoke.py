@@ -106,3 +106,19 @@ def test_verifying_server_passes_spf_and_dmarc_from_its_own_dns(tmp_path: Path) 
 
 def _header(message: Path) -> str:
     return message.read_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()
+
+
+@pytest.mark.timeout(180)
+def test_outbound_benchmark_drains_a_queue_to_the_sink() -> None:
+    require_tool("smtp-sink")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "outbound.py"), "--messages", "50"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^postoffice\s+\d+\s+\d+\.\d\s+\d+\.\d\d$", done.stdout, re.MULTILINE), done.stdout
+    if os.geteuid() == 0 and "postfix " in done.stdout:
+        assert re.search(r"outbound relay ≥ Postfix's rate: \d+\.\d\dx", done.stdout), done.stdout
