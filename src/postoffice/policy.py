@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from postoffice.accounts import Accounts
 from postoffice.addresses import join
 from postoffice.config import Config
-from postoffice.recipients import Kind, Recipients
+from postoffice.recipients import Kind, Recipients, SrsReverse
 from postoffice.smtp import replies
 from postoffice.smtp.grammar import Path
 from postoffice.smtp.replies import Reply
@@ -40,6 +40,7 @@ class RecipientVerdict:
     reply: Reply
     local: tuple[str, ...] = ()  # mailbox addresses on this server
     remote: tuple[str, ...] = ()  # addresses to relay to other servers
+    forward: tuple[str, ...] = ()  # outside addresses an alias forwards to
 
 
 class Policy:
@@ -49,11 +50,13 @@ class Policy:
         accounts: Accounts,
         *,
         mailbox_ok: Callable[[str], bool] | None = None,
+        srs: SrsReverse | None = None,
     ) -> None:
         """``mailbox_ok(address)`` says whether a local mailbox can exist for ``address`` (the
-        composition root passes the Maildir naming rules); None accepts every address."""
+        composition root passes the Maildir naming rules); None accepts every address. ``srs``
+        reverses our SRS addresses, so bounces to forwarded mail go back."""
         self._accounts = accounts
-        self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok)
+        self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok, srs=srs)
 
     def check_sender(self, path: Path, *, authenticated_user: str | None, submission: bool = False) -> Reply:
         """The reply to MAIL FROM:<path> (see the rules in the module docstring)."""
@@ -91,4 +94,6 @@ class Policy:
             # Refused now, while the client can still be told: after a 250 the message could
             # only fail at delivery (a general address literal may hold "/").
             return RecipientVerdict(replies.BAD_DESTINATION_MAILBOX)
-        return RecipientVerdict(replies.RECIPIENT_OK, local=found.local, remote=found.remote)
+        return RecipientVerdict(
+            replies.RECIPIENT_OK, local=found.local, remote=found.remote, forward=found.forward
+        )
