@@ -12,9 +12,11 @@ import pytest
 
 from conftest import make_config
 from postoffice.accounts import Accounts
-from postoffice.config import Config, load_config
+from postoffice.app import srs_secrets
+from postoffice.config import AuthenticationSettings, Config, load_config
 from postoffice.delivery.agent import Delivered, TempFail
 from postoffice.delivery.forward import ForwardAgent
+from postoffice.errors import ConfigError
 from postoffice.mailauth import dkim_keys, results
 from postoffice.mailauth.arc_sealer import ArcSealer
 from postoffice.mailauth.dkim_signer import Signer
@@ -247,3 +249,14 @@ async def test_a_secret_that_cannot_be_read_defers_and_queues_nothing(tmp_path: 
     [result] = await agent(tmp_path, spool, submitted, create=False).deliver(message, [bob])
     assert isinstance(result, TempFail) and result.reply == replies.LOCAL_ERROR
     assert submitted == [] and spool.pending() == [message.queue_id]
+
+
+def test_a_given_secret_file_is_checked_when_the_server_is_built(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.secret"
+    config = make_config(tmp_path, authentication=AuthenticationSettings(srs_secret_file=missing))
+    with pytest.raises(ConfigError, match=r"missing\.secret: no such file") as raised:
+        srs_secrets(config)
+    assert raised.value.key == "authentication.srs_secret_file"
+    missing.write_text("s3cret\n")
+    assert srs_secrets(config).current() == (b"s3cret",)
+    assert not (tmp_path / "srs.secret").exists()

@@ -38,7 +38,7 @@ from postoffice.mailauth.dkim_dns import DnsTxtResolver
 from postoffice.mailauth.dkim_signer import Signer, signature_fields
 from postoffice.mailauth.forwarding import SenderRewriting
 from postoffice.mailauth.inbound import Verifier
-from postoffice.mailauth.srs_secrets import SrsSecrets
+from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
@@ -93,8 +93,16 @@ def inbound_authentication(config: Config) -> InboundAuthentication | None:
 
 def srs_secrets(config: Config) -> SrsSecrets:
     """The SRS secrets of forwarded copies: ``[authentication] srs_secret_file``, which must
-    exist, or ``<data-dir>/srs.secret``, made on first use."""
-    return SrsSecrets(config.srs_secret_file, create=config.authentication.srs_secret_file is None)
+    hold one now (ConfigError if not), or ``<data-dir>/srs.secret``, made on first use."""
+    given = config.authentication.srs_secret_file is not None
+    secrets = SrsSecrets(config.srs_secret_file, create=not given)
+    if given:
+        try:
+            secrets.current()
+        except SrsSecretError as exc:
+            source = str(config.source) if config.source is not None else None
+            raise ConfigError(str(exc), key="authentication.srs_secret_file", path=source) from None
+    return secrets
 
 
 def server_settings(config: Config) -> ServerSettings:
