@@ -11,7 +11,9 @@ The rules:
   nothing is relayed, because nothing leaves the machine.
 * MTA mode: only configured domains are local. A local recipient must be a user or an alias
   (else ``550 5.1.1``); ``postmaster`` is always accepted (RFC 5321 §4.5.1). A non-local
-  recipient needs an authenticated session (else ``554 5.7.1``): no open relay.
+  recipient needs an authenticated session (else ``554 5.7.1``): no open relay. An alias's
+  outside targets are forwarded (not relayed), and a bounce to one of our SRS addresses goes
+  back to the sender it encodes, from anyone; an SRS address we did not make is ``550 5.1.1``.
 * Submission (RFC 6409; the ``submission`` and ``smtps`` listeners): MAIL needs an
   authenticated session (else ``530 5.7.0``).
 * An authenticated session sends only as its user: MAIL FROM must be the user's address or
