@@ -170,7 +170,7 @@ def mailbox(address: str) -> Mailbox:
         ("ANN@example.test", Destinations(Kind.DELIVER, local=("ann@example.test",))),
         (
             "Team@Example.TEST",
-            Destinations(Kind.DELIVER, local=("ann@example.test",), remote=("far@elsewhere.test",)),
+            Destinations(Kind.DELIVER, local=("ann@example.test",), forward=("far@elsewhere.test",)),
         ),
         ("Someone@Elsewhere.test", Destinations(Kind.RELAY, remote=("Someone@elsewhere.test",))),
         ("nobody@example.test", Destinations(Kind.UNKNOWN)),

@@ -95,7 +95,20 @@ def send(server: ServerProcess, subject: str) -> str:
     assert code == 250
     match = re.search(rb"queued as ([0-9A-Z]{16})", reply)
     assert match
-    return match.group(1).decode()
+    return forwarded_copy(server, match.group(1).decode())
+
+
+def forwarded_copy(server: ServerProcess, queue_id: str) -> str:
+    """The queue ID of the copy the alias forwards (with its own SRS sender) to bob and dan."""
+    pattern = re.compile(rf"queue_id={queue_id} event=forwarded copy=([0-9A-Z]{{16}})")
+    found: list[str] = []
+
+    def copied() -> bool:
+        found[:] = [m.group(1) for line in list(server.output) if (m := pattern.search(line))]
+        return bool(found)
+
+    wait_until(copied, f"{queue_id} forwarded")
+    return found[0]
 
 
 def logged(server: ServerProcess, text: str) -> int:
@@ -127,7 +140,7 @@ def test_the_queue_command_sees_and_changes_a_running_servers_queue(setup: Setup
 
     shown = setup.queue("show", first)
     assert shown.returncode == 0, shown.stderr
-    assert "sender: <carol@sender.test>" in shown.stdout and "Subject: m0" in shown.stdout
+    assert "=sender.test=carol@local.test>" in shown.stdout and "Subject: m0" in shown.stdout
 
     assert setup.queue("hold", first).stdout == f"held {first}\n"
     assert setup.queue("delete", third).stdout == f"deleted {third}\n"

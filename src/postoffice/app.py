@@ -28,13 +28,17 @@ from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
+from postoffice.delivery.forward import ForwardAgent
 from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError, DkimError
+from postoffice.mailauth.arc_sealer import ArcSealer
 from postoffice.mailauth.dkim_dns import DnsTxtResolver
 from postoffice.mailauth.dkim_signer import Signer, signature_fields
+from postoffice.mailauth.forwarding import SenderRewriting
 from postoffice.mailauth.inbound import Verifier
+from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
@@ -85,6 +89,20 @@ def inbound_authentication(config: Config) -> InboundAuthentication | None:
         hostname=config.hostname,
     )
     return InboundAuthentication(verifier, settings, config.hostname)
+
+
+def srs_secrets(config: Config) -> SrsSecrets:
+    """The SRS secrets of forwarded copies: ``[authentication] srs_secret_file``, which must
+    hold one now (ConfigError if not), or ``<data-dir>/srs.secret``, made on first use."""
+    given = config.authentication.srs_secret_file is not None
+    secrets = SrsSecrets(config.srs_secret_file, create=not given)
+    if given:
+        try:
+            secrets.current()
+        except SrsSecretError as exc:
+            source = str(config.source) if config.source is not None else None
+            raise ConfigError(str(exc), key="authentication.srs_secret_file", path=source) from None
+    return secrets
 
 
 def server_settings(config: Config) -> ServerSettings:
@@ -189,6 +207,9 @@ class Application:
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.mailboxes = mailboxes = MaildirStore.from_config(config)
+        # DKIM keys, read once and again when their directory changes (or on SIGHUP).
+        self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
+        self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
         agents = self._agents()
         # Where sessions store what they receive: one local mailbox at once, the rest queued.
         receiver: Receiver = self.spool
@@ -196,14 +217,12 @@ class Application:
             receiver = DirectReceiver(
                 self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
             )
-        # DKIM keys, read once and again when their directory changes (or on SIGHUP).
-        self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
-            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
+            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok, srs=self.srs.reverse),
             spool=receiver,
             on_queued=self.scheduler.submit,
             listeners=config.listeners,
@@ -225,6 +244,13 @@ class Application:
                 self.mailboxes, self.spool, io=self.spool.io, on_delivered=self._delivered
             ),
             Route.REMOTE: self.remote,
+            Route.FORWARD: ForwardAgent(
+                self.spool,
+                self.srs,
+                ArcSealer(self.signer, self.config.hostname),
+                lambda copy: self.scheduler.submit(copy),
+                default_domain=self.config.domains[0] if self.config.domains else self.config.hostname,
+            ),
         }
 
     def _scheduler(
@@ -328,7 +354,7 @@ class Application:
         self.smtp.reconfigure(
             settings=server_settings(config),
             limits=config.limits,
-            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok),
+            policy=Policy(config, self.accounts, mailbox_ok=self._mailbox_ok, srs=self.srs.reverse),
         )
         log.info("event=reloaded domains=%s", ",".join(config.domains) or "(capture mode)")
 
@@ -337,8 +363,8 @@ class Application:
 
     def _destination(self, recipient: Recipient) -> str:
         """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""
-        if recipient.route is Route.LOCAL:
-            return "local"
+        if recipient.route is not Route.REMOTE:
+            return str(recipient.route.value)
         return "remote:" + self.remote.destination(recipient)
 
     def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
@@ -349,12 +375,15 @@ class Application:
             return ()
         if path.mailbox is None or rest:
             return ()
-        found = Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok).resolve(path.mailbox)
+        found = Recipients(
+            self.config, self.accounts, mailbox_ok=self._mailbox_ok, srs=self.srs.reverse
+        ).resolve(path.mailbox)
         if found.kind is Kind.RELAY:
             return (Recipient(sender, sender, Route.REMOTE),)
+        # A report's sender is null and it has nothing to seal: forwarded as it is.
         return (
             *(Recipient(address, sender, Route.LOCAL) for address in found.local),
-            *(Recipient(address, sender, Route.REMOTE) for address in found.remote),
+            *(Recipient(address, sender, Route.REMOTE) for address in (*found.remote, *found.forward)),
         )
 
     async def start(

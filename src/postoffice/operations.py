@@ -17,7 +17,7 @@ from typing import Any
 from postoffice import __version__, metrics
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
 from postoffice.qmgr.scheduler import Scheduler
-from postoffice.spool.envelope import QueuedMessage, Recipient
+from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.worker_reports import WorkerReport, merge_expositions
 
 RECENT_ERRORS = 20
@@ -96,6 +96,8 @@ class Operations:
     def on_delivery_result(
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
     ) -> None:
+        if recipient.route is Route.FORWARD and isinstance(result, Delivered):
+            return  # queued as a forwarded copy, whose own delivery is counted
         if isinstance(result, Delivered):
             self.metrics.delivered(recipient.route.value, time.time() - message.envelope.received_at)
         elif isinstance(result, PermFail):

@@ -11,7 +11,9 @@ The rules:
   nothing is relayed, because nothing leaves the machine.
 * MTA mode: only configured domains are local. A local recipient must be a user or an alias
   (else ``550 5.1.1``); ``postmaster`` is always accepted (RFC 5321 §4.5.1). A non-local
-  recipient needs an authenticated session (else ``554 5.7.1``): no open relay.
+  recipient needs an authenticated session (else ``554 5.7.1``): no open relay. An alias's
+  outside targets are forwarded (not relayed), and a bounce to one of our SRS addresses goes
+  back to the sender it encodes, from anyone; an SRS address we did not make is ``550 5.1.1``.
 * Submission (RFC 6409; the ``submission`` and ``smtps`` listeners): MAIL needs an
   authenticated session (else ``530 5.7.0``).
 * An authenticated session sends only as its user: MAIL FROM must be the user's address or
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from postoffice.accounts import Accounts
 from postoffice.addresses import join
 from postoffice.config import Config
-from postoffice.recipients import Kind, Recipients
+from postoffice.recipients import Kind, Recipients, SrsReverse
 from postoffice.smtp import replies
 from postoffice.smtp.grammar import Path
 from postoffice.smtp.replies import Reply
@@ -40,6 +42,7 @@ class RecipientVerdict:
     reply: Reply
     local: tuple[str, ...] = ()  # mailbox addresses on this server
     remote: tuple[str, ...] = ()  # addresses to relay to other servers
+    forward: tuple[str, ...] = ()  # outside addresses an alias forwards to
 
 
 class Policy:
@@ -49,11 +52,13 @@ class Policy:
         accounts: Accounts,
         *,
         mailbox_ok: Callable[[str], bool] | None = None,
+        srs: SrsReverse | None = None,
     ) -> None:
         """``mailbox_ok(address)`` says whether a local mailbox can exist for ``address`` (the
-        composition root passes the Maildir naming rules); None accepts every address."""
+        composition root passes the Maildir naming rules); None accepts every address. ``srs``
+        reverses our SRS addresses, so bounces to forwarded mail go back."""
         self._accounts = accounts
-        self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok)
+        self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok, srs=srs)
 
     def check_sender(self, path: Path, *, authenticated_user: str | None, submission: bool = False) -> Reply:
         """The reply to MAIL FROM:<path> (see the rules in the module docstring)."""
@@ -91,4 +96,6 @@ class Policy:
             # Refused now, while the client can still be told: after a 250 the message could
             # only fail at delivery (a general address literal may hold "/").
             return RecipientVerdict(replies.BAD_DESTINATION_MAILBOX)
-        return RecipientVerdict(replies.RECIPIENT_OK, local=found.local, remote=found.remote)
+        return RecipientVerdict(
+            replies.RECIPIENT_OK, local=found.local, remote=found.remote, forward=found.forward
+        )

@@ -8,9 +8,11 @@ An address resolves to one of four things (:class:`Kind`):
 
 * capture mode (no local domains): a mailbox named after the address, if one can be made for
   it (``mailbox_ok``; a general address literal may hold a "/"); nothing leaves the machine;
-* a local domain: the user, or an alias's targets (each local or remote, by its domain), or for
-  an unknown ``postmaster`` the configured postmaster (RFC 5321 §4.5.1: it must be accepted for
-  every domain we serve); anyone else there is unknown;
+* a local domain: the user, or an alias's targets (each local, or forwarded when its domain is
+  not ours), or for an unknown ``postmaster`` the configured postmaster (RFC 5321 §4.5.1: it
+  must be accepted for every domain we serve); an SRS address of ours (a bounce to mail we
+  forwarded) goes back to the address it encodes, and an SRS address our secret did not make,
+  or made too long ago, is unknown, like anyone else there;
 * any other domain: the address itself, relayed (an SMTP session may relay only once
   authenticated, which :mod:`postoffice.policy` decides).
 
@@ -30,6 +32,11 @@ from postoffice.addresses import domain_of, join, local_part
 from postoffice.config import Config
 from postoffice.smtp.grammar import Mailbox
 
+# What reverses our SRS addresses (postoffice.mailauth.forwarding, handed in by the composition
+# root): the original address; None for an address that is not SRS at all; ValueError for one
+# that is SRS but not valid (not our hash, expired, malformed).
+SrsReverse = Callable[[str], str | None]
+
 
 class Kind(enum.Enum):
     DELIVER = "deliver"  # to ``local`` mailboxes and ``remote`` addresses
@@ -40,25 +47,34 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Destinations:
-    """What an address resolved to: its kind, the local mailboxes (canonical addresses) and
-    the remote addresses the mail goes to."""
+    """What an address resolved to: its kind, the local mailboxes (canonical addresses), the
+    remote addresses the mail goes to as it is, and the outside addresses an alias forwards
+    it to (a copy of its own, :mod:`postoffice.delivery.forward`)."""
 
     kind: Kind
     local: tuple[str, ...] = ()
     remote: tuple[str, ...] = ()
+    forward: tuple[str, ...] = ()
 
 
 class Recipients:
     """Resolves addresses against ``config`` (capture mode, local domains, postmaster) and
     ``accounts`` (users, aliases). ``mailbox_ok(address)`` says whether a mailbox can exist
-    for ``address`` in capture mode (None: every address)."""
+    for ``address`` in capture mode (None: every address); ``srs`` reverses our SRS addresses
+    (None: there are none)."""
 
     def __init__(
-        self, config: Config, accounts: Accounts, *, mailbox_ok: Callable[[str], bool] | None = None
+        self,
+        config: Config,
+        accounts: Accounts,
+        *,
+        mailbox_ok: Callable[[str], bool] | None = None,
+        srs: SrsReverse | None = None,
     ) -> None:
         self._config = config
         self._accounts = accounts
         self._mailbox_ok = mailbox_ok
+        self._srs = srs
 
     def resolve(self, mailbox: Mailbox) -> Destinations:
         """Where mail for ``mailbox`` goes (see the module docstring)."""
@@ -70,6 +86,9 @@ class Recipients:
             return Destinations(Kind.DELIVER, local=(address,))
         if not config.is_local_domain(mailbox.domain):
             return Destinations(Kind.RELAY, remote=(str(mailbox),))
+        bounced = self._bounce(address)
+        if bounced is not None:
+            return bounced
         targets = self._accounts.resolve(address)
         if targets is not None:
             return self._split(targets)
@@ -88,7 +107,23 @@ class Recipients:
             return Destinations(Kind.DELIVER, local=(f"postmaster@{domain}",))
         return self._split(self._accounts.resolve(configured) or [configured])
 
+    def _bounce(self, address: str) -> Destinations | None:
+        """Where mail to our SRS ``address`` goes (checked before aliases, so a catch-all does
+        not swallow it); None when it is no SRS address."""
+        if self._srs is None:
+            return None
+        try:
+            original = self._srs(address)
+        except ValueError:
+            return Destinations(Kind.UNKNOWN)
+        if original is None:
+            return None
+        if self._config.is_local_domain(domain_of(original)):
+            return Destinations(Kind.DELIVER, local=(original,))
+        # Back as it is: a bounce's sender is null, and it must not be rewritten again.
+        return Destinations(Kind.DELIVER, remote=(original,))
+
     def _split(self, targets: Sequence[str]) -> Destinations:
         local = tuple(t for t in targets if self._config.is_local_domain(domain_of(t)))
-        remote = tuple(t for t in targets if t not in local)
-        return Destinations(Kind.DELIVER, local=local, remote=remote)
+        forward = tuple(t for t in targets if t not in local)
+        return Destinations(Kind.DELIVER, local=local, forward=forward)

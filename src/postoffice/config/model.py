@@ -199,6 +199,12 @@ class Config:
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
 
+    @property
+    def srs_secret_file(self) -> Path:
+        """Where the SRS secrets are (``[authentication] srs_secret_file``, else in data_dir)."""
+        given = self.authentication.srs_secret_file
+        return self.data_dir / "srs.secret" if given is None else given
+
 
 def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # In the order given (the file's, then flags adding kinds it had not set). The default

@@ -350,6 +350,14 @@ class AuthenticationSettings:
         "Waiting for one DNS answer while verifying; a lookup that times out is a temperror,"
         " recorded and never a rejection.",
     )
+    srs_secret_file: Path | None = setting(
+        None,
+        PATH,
+        "The SRS secrets for mail an alias forwards outside, one a line: the first signs, every"
+        " one is accepted on bounces (rotation). Without it <data-dir>/srs.secret is used, made"
+        " with a random secret (mode 0600) on first use.",
+        default_text="<data-dir>/srs.secret",
+    )
 
     def skips_network(self, address: str) -> bool:
         return in_networks(address, self.skip_networks)

@@ -19,9 +19,10 @@ from postoffice.spool.envelope import Recipient, Route
 
 
 def destination_of(recipient: Recipient) -> str:
-    """The default grouping: all local mailboxes together, remote mail by domain."""
-    if recipient.route is Route.LOCAL:
-        return "local"
+    """The default grouping: all local mailboxes together, all forwarded copies together (they
+    are written into the queue, not sent), remote mail by domain."""
+    if recipient.route is not Route.REMOTE:
+        return str(recipient.route.value)
     return "remote:" + recipient.address.rpartition("@")[2].lower()
 
 

@@ -86,14 +86,20 @@ class Transaction:
         """The reverse-path as text, "" for the null sender <>."""
         return "" if self.mail is None else str(self.mail.path)
 
-    def add_recipients(self, command: c.Rcpt, local: tuple[str, ...], remote: tuple[str, ...]) -> None:
+    def add_recipients(
+        self,
+        command: c.Rcpt,
+        local: tuple[str, ...],
+        remote: tuple[str, ...],
+        forward: tuple[str, ...] = (),
+    ) -> None:
         """The targets one RCPT resolved to; each mailbox gets one copy however often it is
         named (RFC 5321 §3.3: duplicates "SHOULD" be delivered once)."""
         original = str(command.path)
         seen = self._seen
         if seen is None:
             seen = self._seen = set()
-        for route, addresses in ((Route.LOCAL, local), (Route.REMOTE, remote)):
+        for route, addresses in ((Route.LOCAL, local), (Route.REMOTE, remote), (Route.FORWARD, forward)):
             for address in addresses:
                 if (address, route) not in seen:
                     seen.add((address, route))
@@ -190,6 +196,7 @@ class Context:
     """Everything a check may look at, for the stage it runs in."""
 
     __slots__ = (
+        "_forward",
         "_local",
         "_remote",
         "_spawn",
@@ -211,6 +218,7 @@ class Context:
         self.message: Message | None = None  # from data-start to the commit
         self._local: tuple[str, ...] = ()
         self._remote: tuple[str, ...] = ()
+        self._forward: tuple[str, ...] = ()
 
     @property
     def mail(self) -> c.Mail:
@@ -240,12 +248,14 @@ class Context:
         self.transaction.keep(handle)
         return handle
 
-    def route(self, *, local: tuple[str, ...] = (), remote: tuple[str, ...] = ()) -> None:
-        """Rcpt stage: where the recipient's copies go (local mailboxes, remote addresses),
-        once every check has accepted it."""
-        self._local, self._remote = local, remote
+    def route(
+        self, *, local: tuple[str, ...] = (), remote: tuple[str, ...] = (), forward: tuple[str, ...] = ()
+    ) -> None:
+        """Rcpt stage: where the recipient's copies go (local mailboxes, remote addresses, and
+        outside addresses an alias forwards to), once every check has accepted it."""
+        self._local, self._remote, self._forward = local, remote, forward
 
-    def take_routes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        routes = self._local, self._remote
-        self._local = self._remote = ()
+    def take_routes(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        routes = self._local, self._remote, self._forward
+        self._local = self._remote = self._forward = ()
         return routes

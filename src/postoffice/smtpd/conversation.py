@@ -279,9 +279,9 @@ class Conversation:
         command = event.command
         ctx.command, ctx.line = command, event.line
         reply = await run_checks(Stage.RCPT, self._stages.rcpt, ctx)
-        local, remote = ctx.take_routes()
+        local, remote, forward = ctx.take_routes()
         if reply is None:
-            ctx.transaction.add_recipients(command, local, remote)
+            ctx.transaction.add_recipients(command, local, remote, forward)
             reply = replies.RECIPIENT_OK
         else:
             log.info("session=%s event=reject to=<%s> reply=%r", self.client.id, command.path, str(reply))

@@ -13,10 +13,13 @@ from typing import Any
 
 
 class Route(enum.Enum):
-    """Where a recipient is delivered: a local mailbox or another mail server."""
+    """Where a recipient is delivered: a local mailbox, another mail server, or another mail
+    server through a forwarded copy (an alias's outside target: a copy of its own with an SRS
+    envelope sender and an ARC set, :mod:`postoffice.delivery.forward`)."""
 
     LOCAL = "local"
     REMOTE = "remote"
+    FORWARD = "forward"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,5 +36,5 @@ class RecipientPolicy:
         verdict = self._policy.check_recipient(ctx.rcpt.path, authenticated_user=ctx.client.user)
         if not verdict.reply.positive:
             return verdict.reply
-        ctx.route(local=verdict.local, remote=verdict.remote)
+        ctx.route(local=verdict.local, remote=verdict.remote, forward=verdict.forward)
         return ACCEPT

@@ -40,7 +40,7 @@ class DkimSigning:
         signer = self._signer
         if not signer.enabled or ctx.client.user is None:
             return ACCEPT
-        if all(recipient.route is not Route.REMOTE for recipient in ctx.transaction.recipients):
+        if all(recipient.route is Route.LOCAL for recipient in ctx.transaction.recipients):
             return ACCEPT
         domain = signer.for_author(message.header_section())
         if domain is None:
