@@ -313,8 +313,7 @@ class AcmeSettings:
     ca_file: Path | None = setting(
         None,
         PATH,
-        "CA certificates (PEM) that the directory's HTTPS certificate is checked against: a"
-        " private CA's.",
+        "CA certificates (PEM) that the directory's HTTPS certificate is checked against: a private CA's.",
         default_text="the system's trust store",
     )
     retry_min: float = setting(
