@@ -227,9 +227,6 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
         )
-        self.certificates: CertificateWatch | None = None
-        self.acme: AcmeService | None = None
-        self.acme_http: HttpServer | None = None
         self._acme(worker_index, acme_sockets)
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
@@ -239,6 +236,9 @@ class Application:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the
         only one, or worker 0) orders and renews it and answers the CA's HTTP-01 challenges."""
         config, tls = self.config, self.security.tls
+        self.certificates: CertificateWatch | None = None
+        self.acme: AcmeService | None = None
+        self.acme_http: HttpServer | None = None
         if not config.acme.enabled or tls is None:
             return
         files = AcmeFiles(config.acme_dir)

@@ -126,8 +126,8 @@ def describe(exc: BaseException) -> str:
         )
     if isinstance(exc, requests.exceptions.RequestException):
         return f"cannot reach the CA: {type(exc).__name__}: {_first(exc)}"
-    if isinstance(exc, OSError):
-        return f"{exc.filename or ''}: {exc.strerror or exc}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {_first(exc)}"
 
 

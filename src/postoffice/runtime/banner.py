@@ -63,6 +63,9 @@ def listen_failure(exc: ListenError, config: Config) -> str:
 
     Mailpit and MailHog listen on 8025 too, so a taken web port is the likeliest first failure.
     """
+    if exc.kind == "acme_http":  # no flag: the CA connects to port 80, set in the file
+        where = f" in {config.source}" if config.source is not None else ""
+        return f"postoffice: {exc}; the CA's HTTP-01 check needs it: set [listen] acme_http{where}"
     flag = f"--{exc.kind} HOST:PORT"
     if config.source is not None:
         flag += f" (or [listen] {exc.kind} in {config.source})"

@@ -186,8 +186,7 @@ def _serve_workers(
             def worker_reload() -> Config:
                 return share_limits(file_reload(), worker_config.workers)
 
-        # Worker 0 orders the certificates (postoffice.app): the HTTP-01 listener is its alone.
-        acme = prebound.acme if prebound is not None and role.index == 0 else None
+        acme = prebound.acme if prebound is not None and role.index == 0 else None  # it orders certificates
         return _run(worker_config, role, worker_reload, web.share(role.index), acme_sockets=acme)
 
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
