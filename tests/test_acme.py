@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
+
 from acme_pebble import Pebble, free_port, pebble
 from conftest import RunningServer, wait_until
-from cryptography import x509
 from dns_zone import ZoneServer, dns_zone_server
-
 from postoffice.config import AcmeSettings, Listener
 
 HOST = "mail.acme.test"
