@@ -22,8 +22,9 @@ import trustme
 from cryptography import x509
 
 from acme_pebble import Pebble, free_port, pebble
-from conftest import RunningServer, wait_until
+from conftest import RunningServer, ServerProcess, wait_until
 from dns_zone import ZoneServer, dns_zone_server
+from postoffice.acme.renewal import Backoff
 from postoffice.config import AcmeSettings, Listener
 
 HOST = "mail.acme.test"
@@ -61,13 +62,7 @@ def acme_server(
 
 def presented(server: RunningServer, context: ssl.SSLContext) -> x509.Certificate:
     """The certificate a STARTTLS client is shown (chain checked against ``context``)."""
-    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=10) as client:
-        client._host = HOST  # the name the certificate is checked against (SNI, too)
-        client.starttls(context=context)
-        assert client.sock is not None
-        der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
+    return presented_at(server.port, context)
 
 
 def unverified() -> ssl.SSLContext:
@@ -92,10 +87,16 @@ def test_a_fresh_server_obtains_a_certificate_and_presents_it_on_starttls(
         assert certificate.issuer == ca.intermediate().subject
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == [HOST]
+        assert presented_at(server.port, unverified(), sni=False) == certificate
         files = server.config.acme_dir
         assert {path.name for path in files.iterdir()} >= {"account.key", "cert.key", "cert.pem"}
         assert (files / "account.key").stat().st_mode & 0o777 == 0o600
         assert (files / "cert.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_backoff_doubles_from_retry_min_up_to_retry_max() -> None:
+    backoff = Backoff(600.0, 3600.0)
+    assert [backoff.after(failures) for failures in range(1, 6)] == [600, 1200, 2400, 3600, 3600]
 
 
 def test_status_and_metrics_show_the_certificate_expiry_and_source(
@@ -231,3 +232,42 @@ def test_the_ca_being_down_is_retried_and_nothing_is_lost(
         wait_until(lambda: source(server) == "acme", 30, "an ACME certificate once the CA is back")
     assert len(server.messages("b@acme.test")) == 1
     assert all(record.exc_info is None for record in caplog.records if "acme" in record.getMessage())
+
+
+def test_with_workers_worker_0_orders_and_every_worker_presents_the_certificate(
+    server_process: Callable[..., ServerProcess], dns: ZoneServer, acme_port: int, tmp_path: Path
+) -> None:
+    with pebble(tmp_path / "pebble", dns_port=dns.port, http_port=acme_port) as ca:
+        config = tmp_path / "postoffice.toml"
+        config.write_text(
+            f"[acme]\nenabled = true\ndirectory = {json.dumps(ca.directory)}\n"
+            f"ca_file = {json.dumps(str(ca.ca_file))}\nretry_min = 1\nretry_max = 2\n"
+            f'[listen]\nacme_http = ["127.0.0.1:{acme_port}"]\n',
+            encoding="utf-8",
+        )
+        running = server_process("--config", str(config), "--workers", "2", "--hostname", HOST)
+        wait_until(lambda: any("event=acme-issued" in line for line in running.output), 30, "a certificate")
+        intermediate = ca.intermediate().subject
+
+        def all_acme() -> bool:
+            # One connection each from a new source port: the kernel spreads them over both.
+            return all(presented_at(running.port, unverified()).issuer == intermediate for _ in range(8))
+
+        wait_until(all_acme, 20, "every worker presenting the ACME certificate")
+        presented_at(running.port, ca.client_context())  # and it verifies
+        assert sum("event=acme-order" in line for line in running.output) == 1  # worker 0 alone
+        # Worker 0 switched when it saved the file; worker 1 found the file on its own.
+        assert sum("event=tls-reloaded" in line and "source=acme" in line for line in running.output) == 2
+        assert running.terminate() == 0
+
+
+def presented_at(port: int, context: ssl.SSLContext, *, sni: bool = True) -> x509.Certificate:
+    """The certificate STARTTLS on ``port`` shows; ``sni=False`` sends no server name (an IP
+    address is never sent as one, RFC 6066 §3), as many MTAs do."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as client:
+        if sni:
+            client._host = HOST  # the name the certificate is checked against, and SNI
+        client.starttls(context=context)
+        der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert der is not None
+    return x509.load_der_x509_certificate(der)

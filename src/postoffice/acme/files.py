@@ -47,6 +47,12 @@ class AcmeFiles:
     def cert(self) -> Path:
         return self.directory / "cert.pem"
 
+    @property
+    def issued_by(self) -> Path:
+        """The directory URL ``cert.pem`` was ordered from: another CA configured since (staging
+        to production, say) means a new order now."""
+        return self.directory / "cert.ca"
+
     def has_certificate(self) -> bool:
         return self.cert.is_file() and self.key.is_file()
 
@@ -66,8 +72,17 @@ class AcmeFiles:
     def key_pem(self) -> bytes:
         return self.key.read_bytes()
 
-    def save_certificate(self, chain: bytes) -> None:
+    def save_certificate(self, chain: bytes, directory: str) -> None:
+        # The chain first: a crash between the two leaves the old CA's name, so the next start
+        # orders again rather than keeping a certificate it cannot tell the origin of.
         replace_file(self.cert, chain, mode=CERT_MODE)
+        replace_file(self.issued_by, directory.encode() + b"\n", mode=CERT_MODE)
+
+    def ordered_from(self) -> str | None:
+        try:
+            return self.issued_by.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def signature(self) -> tuple[int, int, int] | None:
         """What changes when ``cert.pem`` is replaced (inode, mtime, size); None: no file."""

@@ -76,9 +76,12 @@ class AcmeService:
         return read_certificate_info(self.files.cert, "acme") if self.files.has_certificate() else None
 
     def due_in(self, now: datetime.datetime) -> float:
-        """Seconds until the next order: 0 without a certificate for every configured name."""
+        """Seconds until the next order: 0 without a certificate from the configured CA for
+        every configured name."""
         info = self.current()
         if info is None or set(self.ca.domains) - set(info.names):
+            return 0.0
+        if self.files.ordered_from() != self.ca.directory:
             return 0.0
         return max(0.0, (info.renew_at() - now).total_seconds())
 
@@ -125,7 +128,7 @@ class AcmeService:
         except ValueError:
             raise OrderError("the CA sent a chain that is not a PEM certificate") from None
         try:
-            self.files.save_certificate(chain)
+            self.files.save_certificate(chain, self.ca.directory)
         except OSError as exc:
             raise OrderError(f"cannot save {self.files.cert}: {exc.strerror or exc}") from None
         return info
