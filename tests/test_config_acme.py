@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,17 @@ def test_bad_acme_settings_are_one_line_naming_the_key(
     (problem,) = check_config(write(tmp_path, text))
     assert key in problem and words in problem, problem
     assert "\n" not in problem
+
+
+def test_check_config_says_where_the_certificate_comes_from(tmp_path: Path) -> None:
+    path = write(tmp_path, 'hostname = "mail.example.org"\n[acme]\nenabled = true\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "postoffice", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        f"  tls certificate: ACME for mail.example.org from {LETS_ENCRYPT} (HTTP-01 on 0.0.0.0:80)"
+        in result.stdout
+    )
