@@ -26,6 +26,7 @@ from conftest import RunningServer, ServerProcess, wait_until
 from dns_zone import ZoneServer, dns_zone_server
 from postoffice.acme.renewal import Backoff
 from postoffice.config import AcmeSettings, Listener
+from postoffice.status import render_status
 
 HOST = "mail.acme.test"
 
@@ -97,6 +98,12 @@ def test_a_fresh_server_obtains_a_certificate_and_presents_it_on_starttls(
 def test_backoff_doubles_from_retry_min_up_to_retry_max() -> None:
     backoff = Backoff(600.0, 3600.0)
     assert [backoff.after(failures) for failures in range(1, 6)] == [600, 1200, 2400, 3600, 3600]
+
+
+def test_postoffice_status_prints_each_certificate_with_its_source_and_expiry() -> None:
+    certificate = {"source": "acme", "names": [HOST], "not_after": "2027-03-06T21:10:00+00:00"}
+    text = render_status({"queue": {}, "certificates": [certificate]})
+    assert f"  certificate (acme): {HOST} expires 2027-03-06T21:10:00+00:00" in text.splitlines()
 
 
 def test_status_and_metrics_show_the_certificate_expiry_and_source(

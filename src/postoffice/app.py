@@ -356,10 +356,11 @@ class Application:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
 
         Domains, limits, accounts and the host name take effect; listeners, the data
-        directory, the PROXY protocol settings, the user and the mail file mode need a restart
-        and are reported if changed.
+        directory, the PROXY protocol settings, the user, the mail file mode and ``[acme]``
+        need a restart and are reported if changed.
         """
-        kept = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        kept += ("acme", "acme_http_listeners")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)

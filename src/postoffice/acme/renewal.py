@@ -91,7 +91,12 @@ class AcmeService:
             if wait > 0:
                 log.info("event=acme-renewal-scheduled in=%ds names=%s", wait, ",".join(self.ca.domains))
                 await asyncio.sleep(wait)
-            if await self._attempt():
+            try:
+                renewed = await self._attempt()
+            except Exception:  # a bug: one line with its traceback (logs.py), then the backoff
+                log.exception("event=acme-error names=%s", ",".join(self.ca.domains))
+                renewed = False
+            if renewed:
                 self.failures = 0
                 continue
             self.failures += 1
@@ -152,9 +157,12 @@ async def _in_thread(work: Callable[[], _T]) -> _T:
         try:
             result = work()
         except BaseException as exc:  # handed to the awaiting task, which decides
-            loop.call_soon_threadsafe(settle, None, exc)
+            outcome: tuple[_T | None, BaseException | None] = (None, exc)
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            outcome = (result, None)
+        # The server may have stopped meanwhile: then nobody waits for the outcome.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=run, name="postoffice-acme", daemon=True).start()
     return await future

@@ -51,7 +51,9 @@ def banner(
     if tls is not None:
         print(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)", flush=True)
     if config.acme.enabled:
-        where = ", ".join(f"{address.host}:{address.port}" for address in acme) or "worker 0"
+        where = ", ".join(f"{address.host}:{address.port}" for address in acme) or ", ".join(
+            listener.address for listener in config.acme_listeners
+        )
         names = ", ".join(config.acme_domains)
         print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
     if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
