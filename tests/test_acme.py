@@ -8,6 +8,7 @@ when a challenge fails or the CA is down, and shows the certificate in status an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import smtplib
@@ -278,3 +279,17 @@ def presented_at(port: int, context: ssl.SSLContext, *, sni: bool = True) -> x50
         der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
     assert der is not None
     return x509.load_der_x509_certificate(der)
+
+
+def test_a_reload_does_not_turn_acme_on_without_a_restart(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="postoffice")
+    changed = dataclasses.replace(server.config, acme=AcmeSettings(enabled=True))
+
+    async def reload() -> None:
+        server.app.apply(changed)
+
+    server.call(reload())
+    assert "event=reload-ignored key=acme reason=restart-needed" in caplog.text
+    assert not server.app.config.acme.enabled and server.app.acme is None
