@@ -176,8 +176,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.dns_resolver",
     ),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
-    # of a running server's API).
-    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status"),
+    # of a running server's API); ACME certificates (its files, orders and renewal schedule,
+    # which net's TLS follows).
+    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status", "postoffice.acme"),
     # Where an address goes (users and aliases from accounts, local domains from config): asked
     # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
     ("postoffice.recipients",),

@@ -27,6 +27,8 @@ from postoffice.smtp.server import ServerSettings
 NOT_KEYS = {
     "listeners",
     "http_listeners",
+    "acme_http_listeners",
+    "acme",
     "limits",
     "queue",
     "delivery",

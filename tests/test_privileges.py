@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -474,3 +475,30 @@ def test_an_interpreter_the_user_cannot_read_is_refused_at_start(
     assert re.fullmatch(
         rf"postoffice: user '{TARGET}' cannot read /\S+, where Python loads modules from;.*", lines[0]
     )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_acme_challenge_listener_is_bound_as_root_and_served_as_the_user(
+    target: pwd.struct_passwd, shared: Path, workers: str
+) -> None:
+    smtp, acme_http = privileged_ports(2)
+    running = start_root_server(
+        shared,
+        f'data_dir = "{shared / "data"}"\nhostname = "mx.test"\nuser = "{TARGET}"\n'
+        # A CA nobody answers at: the listener is what is tested here (tests/test_acme.py orders).
+        '[acme]\nenabled = true\ndirectory = "https://127.0.0.1:9/dir"\n'
+        f'[listen]\nsmtp = ["127.0.0.1:{smtp}"]\nacme_http = ["127.0.0.1:{acme_http}"]\nhttp = []\n',
+        "--workers",
+        workers,
+    )
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{acme_http}/.well-known/acme-challenge/x", timeout=10)
+        assert refused.value.code == 404
+        wait_until(
+            lambda: any("event=acme-failed" in line for line in running.output), what="a first attempt"
+        )
+        acme = running.data_dir / "acme"
+        assert owners_under(acme) == {(target.pw_uid, target.pw_gid)}
+    finally:
+        assert running.stop() == 0, "".join(running.output)

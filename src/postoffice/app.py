@@ -24,6 +24,11 @@ import dns.resolver
 
 from postoffice import metrics
 from postoffice.accounts import Accounts
+from postoffice.acme.certificate import CertificateInfo
+from postoffice.acme.challenges import ChallengeApp, Challenges
+from postoffice.acme.files import AcmeFiles
+from postoffice.acme.order import CaSettings
+from postoffice.acme.renewal import AcmeService, Backoff
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
@@ -41,6 +46,7 @@ from postoffice.mailauth.inbound import Verifier
 from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
+from postoffice.net.certwatch import CertificateWatch
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -61,7 +67,7 @@ from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
 from postoffice.storage import Receiver, StoredMessage
 from postoffice.web.ops import ops_routes
-from postoffice.web.server import HttpAddress
+from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 
@@ -158,7 +164,12 @@ def needs_tls(config: Config) -> bool:
     (aiosmtplib does by default) would fail against a self-signed one.
     """
     submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or config.tls.cert is not None or not config.capture_mode
+    return submission or has_certificate(config) or not config.capture_mode
+
+
+def has_certificate(config: Config) -> bool:
+    """A certificate clients can verify is configured or obtained (not a self-signed one)."""
+    return config.tls.cert is not None or config.acme.enabled
 
 
 def security(config: Config, accounts: Accounts) -> Security:
@@ -170,7 +181,7 @@ def security(config: Config, accounts: Accounts) -> Security:
     return Security(
         tls=tls,
         login=Authenticator(accounts, throttle),
-        starttls_on_smtp=tls is not None and (config.tls.cert is not None or not config.capture_mode),
+        starttls_on_smtp=tls is not None and (has_certificate(config) or not config.capture_mode),
         plaintext_auth_on_loopback=auth.allow_plaintext_on_loopback,
     )
 
@@ -188,11 +199,13 @@ class Application:
         web_share: WebShare | None = None,
         worker_index: int | None = None,
         http_sockets: Sequence[socket.socket] | None = None,
+        acme_sockets: Sequence[socket.socket] | None = None,
     ) -> None:
         """``clean_tmp=False`` for a worker: the parent cleaned ``tmp/`` before any received.
         ``web_share``: a worker's part in the web side (None: this process is the whole server).
         ``worker_index``: which worker of several this is (None: the only process).
-        ``http_sockets``: the whole server's web listeners, bound before root was given up."""
+        ``http_sockets``: the whole server's web listeners, bound before root was given up;
+        ``acme_sockets`` the same for ``[listen] acme_http``."""
         self.config = config
         self.metrics = metrics.reset()
         make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
@@ -206,6 +219,7 @@ class Application:
         self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
+        self.acme_addresses: list[HttpAddress] = []
         self.mailboxes = mailboxes = MaildirStore.from_config(config)
         # DKIM keys, read once and again when their directory changes (or on SIGHUP).
         self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
@@ -232,9 +246,31 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
         )
+        self._acme(worker_index, acme_sockets)
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
+
+    def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
+        """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the
+        only one, or worker 0) orders and renews it and answers the CA's HTTP-01 challenges."""
+        config, tls = self.config, self.security.tls
+        self.certificates: CertificateWatch | None = None
+        self.acme: AcmeService | None = None
+        self.acme_http: HttpServer | None = None
+        if not config.acme.enabled or tls is None:
+            return
+        files = AcmeFiles(config.acme_dir)
+        self.certificates = CertificateWatch(tls, files)
+        if worker_index not in (None, 0):
+            return
+        acme = config.acme
+        ca = CaSettings(acme.directory, config.acme_domains, acme.email, acme.ca_file)
+        challenges = Challenges()
+        addresses = [(listener.host, listener.port) for listener in config.acme_listeners]
+        self.acme_http = HttpServer(ChallengeApp(challenges), addresses, sockets=sockets, kind="acme_http")
+        backoff = Backoff(acme.retry_min, acme.retry_max)
+        self.acme = AcmeService(ca, files, challenges, backoff, on_certificate=self.certificates.check)
 
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
@@ -292,6 +328,7 @@ class Application:
             listeners=lambda: self.smtp.bound,
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
+            certificates=self._certificates,
         )
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
@@ -313,6 +350,11 @@ class Application:
             share=web_share,
             sockets=http_sockets,
         )
+
+    def _certificates(self) -> list[CertificateInfo]:
+        """The certificate each TLS listener presents now (one, shared by all of them)."""
+        tls = self.security.tls
+        return [tls.info] if tls is not None and tls.info is not None else []
 
     def _sign_report(self, report: BinaryIO, queue_id: str) -> Sequence[bytes]:
         """DKIM-Signature fields for a report from MAILER-DAEMON@hostname: the keys of the host
@@ -340,10 +382,11 @@ class Application:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
 
         Domains, limits, accounts and the host name take effect; listeners, the data
-        directory, the PROXY protocol settings, the user and the mail file mode need a restart
-        and are reported if changed.
+        directory, the PROXY protocol settings, the user, the mail file mode and ``[acme]``
+        need a restart and are reported if changed.
         """
-        kept = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        kept += ("acme", "acme_http_listeners")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
@@ -400,16 +443,24 @@ class Application:
         nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets)
-        if self.web is not None:
-            try:
+        try:
+            if self.web is not None:
                 self.http_addresses = await self.web.start()
-            except BaseException:
-                await self.smtp.stop(0)
-                raise
+            if self.acme_http is not None:
+                self.acme_addresses = await self.acme_http.start()
+        except BaseException:
+            await self.smtp.stop(0)
+            if self.web is not None:
+                await self.web.stop()
+            raise
         await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
         if self.transcript is not None:
             await self.transcript.start()
         await self.smtp.serve()
+        if self.certificates is not None:
+            self.certificates.start()
+        if self.acme is not None:
+            self.acme.start()
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
@@ -427,6 +478,12 @@ class Application:
 
     async def stop(self, grace: float = 30.0) -> None:
         self.operations.running = False  # /readyz says so before the listeners close
+        if self.acme is not None:
+            await self.acme.stop()
+        if self.certificates is not None:
+            await self.certificates.stop()
+        if self.acme_http is not None:
+            await self.acme_http.stop()
         await self.smtp.stop(grace)
         if self.reporter is not None:
             await self.reporter.stop()

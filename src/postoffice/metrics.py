@@ -13,7 +13,8 @@ units, ``_total`` for counters).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime
+from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -81,6 +82,8 @@ class Metrics:
         )
         self.queue_size = _QueueCollector()
         r.register(self.queue_size)
+        self.certificates = _CertificateCollector()
+        r.register(self.certificates)
         # Every series of a fixed vocabulary exists from the start (reads 0, not absent) and is
         # bound once: labels() takes a lock and a dictionary look-up, several times per message.
         self._session_outcomes = {outcome: self.sessions.labels(outcome) for outcome in SESSION_OUTCOMES}
@@ -153,6 +156,38 @@ class Metrics:
     def watch_queue(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Report ``counts()`` (messages by queue state) at every scrape."""
         self.queue_size.source = counts
+
+    def watch_certificates(self, certificates: Callable[[], Sequence[tuple[str, datetime.datetime]]]) -> None:
+        """Report each certificate in use, ``(source, not_after)``, at every scrape."""
+        self.certificates.source = certificates
+
+
+CERTIFICATE_EXPIRY = "postoffice_certificate_expiry_timestamp_seconds"
+
+
+class _CertificateCollector(Collector):
+    """``postoffice_certificate_expiry_timestamp_seconds{source=...}``: when the certificate the
+    TLS listeners present stops being valid (its not-after, Unix time), by where it came from
+    (acme, self-signed, file); alert on ``... - time() < 14 * 86400``."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Sequence[tuple[str, datetime.datetime]]] = tuple
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            CERTIFICATE_EXPIRY,
+            "When the TLS certificate in use expires (not-after, Unix time)",
+            labels=["source"],
+        )
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        for source, not_after in self.source():
+            family.add_metric([source], not_after.timestamp())
+        return [family]
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
 
 
 class _QueueCollector(Collector):

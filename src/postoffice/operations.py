@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from postoffice import __version__, metrics
+from postoffice.acme.certificate import CertificateInfo
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
@@ -61,6 +62,7 @@ class Operations:
         listeners: Callable[[], Sequence[object]],
         sessions: Callable[[], int],
         peers: Callable[[], Sequence[WorkerReport]] | None = None,
+        certificates: Callable[[], Sequence[CertificateInfo]] = tuple,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
@@ -68,11 +70,13 @@ class Operations:
         self._listeners = listeners
         self._sessions = sessions
         self._peers = peers
+        self._certificates = certificates
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
         self.metrics = metrics.current()
         self.metrics.watch_queue(self.queue_counts)
+        self.metrics.watch_certificates(lambda: [(info.source, info.not_after) for info in certificates()])
 
     def _peer_reports(self) -> Sequence[WorkerReport]:
         return () if self._peers is None else self._peers()
@@ -146,5 +150,6 @@ class Operations:
             "workers": 1 + len(peers),
             "sessions": self._sessions() + sum(peer.sessions for peer in peers),
             "queue": self._queue_counts(peers),
+            "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
         }

@@ -66,6 +66,13 @@ def render_status(status: dict[str, Any]) -> str:
     queue = status.get("queue", {})
     if isinstance(queue, dict):
         lines.append("  queue: " + ", ".join(f"{state} {count}" for state, count in queue.items()))
+    for certificate in status.get("certificates", []):
+        if isinstance(certificate, dict):
+            names = certificate.get("names") or [certificate.get("subject", "?")]
+            lines.append(
+                f"  certificate ({certificate.get('source', '?')}): {', '.join(map(str, names))}"
+                f" expires {certificate.get('not_after', '?')}"
+            )
     errors = status.get("recent_errors", [])
     if errors:
         lines.append(f"  recent errors ({len(errors)}, newest last):")

@@ -284,7 +284,13 @@ def _parse_other(text: str) -> list[Metric] | None:
 
 
 def merge_expositions(
-    own: str, others: Sequence[str], *, own_only: Collection[str] = ("postoffice_queue_messages",)
+    own: str,
+    others: Sequence[str],
+    *,
+    own_only: Collection[str] = (
+        "postoffice_queue_messages",
+        "postoffice_certificate_expiry_timestamp_seconds",
+    ),
 ) -> bytes:
     """One text exposition with every sample of the same name and labels summed across texts.
 
@@ -293,7 +299,8 @@ def merge_expositions(
     earliest time. Families named in ``own_only`` come from ``own`` alone (the queue gauge is
     counted from the shared spool, once). Families keep ``own``'s order; a family only another
     process has follows, in the order first seen. A text of ``others`` that does not parse is
-    left out.
+    left out. The certificate's expiry is worker 0's: it orders the certificate, the others
+    follow it (a sum of timestamps would mean nothing).
     """
     merged: dict[str, _MergedFamily] = {}
     for family in text_string_to_metric_families(own):

@@ -39,6 +39,9 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  hostname: {config.hostname}")
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
     tls = config.tls.cert or f"self-signed, made in {config.tls_dir} when a listener needs it"
+    if config.acme.enabled:
+        challenges = ", ".join(listener.address for listener in config.acme_listeners)
+        tls = f"ACME for {', '.join(config.acme_domains)} from {config.acme.directory} (HTTP-01 on {challenges})"
     print(f"  tls certificate: {tls}")
     print(f"  web: {', '.join(str(listener) for listener in config.http_listeners) or 'off'}")
     print(f"  data dir: {config.data_dir}")

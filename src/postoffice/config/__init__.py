@@ -38,6 +38,7 @@ from postoffice.config.names import (
     parse_relay_host,
 )
 from postoffice.config.tables import (
+    AcmeSettings,
     AuthConfig,
     AuthenticationSettings,
     DeliverySettings,
@@ -69,6 +70,7 @@ __all__ = [
     "RELAY_TLS_MODES",
     "TLS_POLICIES",
     "TLS_VERSIONS",
+    "AcmeSettings",
     "AuthConfig",
     "AuthenticationSettings",
     "Config",

@@ -6,6 +6,7 @@ the readers of :mod:`postoffice.config.values` and :mod:`postoffice.config.names
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,6 +119,15 @@ def _dns_server(value: object) -> tuple[str, int]:
     return names.parse_dns_server(string(value))
 
 
+def _https_url(value: object) -> str:
+    text = string(value).strip()
+    parts = urllib.parse.urlsplit(text)
+    # RFC 8555 §6.1: ACME is spoken over HTTPS only.
+    if parts.scheme != "https" or not parts.hostname:
+        raise Invalid(f"{text!r}: expected an https:// URL")
+    return text
+
+
 def _relay_host(value: object) -> tuple[str, int]:
     return names.parse_relay_host(string(value))
 
@@ -138,6 +148,7 @@ DOMAIN = Kind("domain name", plain(_domain))
 DOMAINS = Kind("array of domain names", plain(names.domain_list))
 ADDRESS = Kind("address", plain(_address))
 DNS_SERVER = Kind('"IP:PORT" or "IP"', plain(_dns_server), _show_host_port)
+HTTPS_URL = Kind("https:// URL", plain(_https_url))
 RELAY_HOST = Kind('"HOST:PORT"', plain(_relay_host), _show_host_port)
 LOG_FORMAT = Kind(_one_of(LOG_FORMATS), plain(_log_format))
 TLS_VERSION = Kind(_one_of(TLS_VERSIONS), plain(_tls_version))

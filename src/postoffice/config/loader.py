@@ -171,6 +171,8 @@ def _check_merged(given: _Given, problems: _Problems) -> None:
             problems.add("queue.minimal_backoff_time", "is longer than maximal_backoff_time")
     if problems.clean("delivery"):
         _check_relay(given["delivery"], problems)
+    if problems.clean("acme") and given["acme"].get("enabled") and "cert" in given["tls"]:
+        problems.add("acme.enabled", "[tls] cert is set too; use one or the other")
 
 
 def _check_identity(given: _Given, problems: _Problems) -> None:

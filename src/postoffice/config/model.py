@@ -31,6 +31,7 @@ from postoffice.config.kinds import (
     WORKERS,
 )
 from postoffice.config.names import (
+    DEFAULT_ACME_HTTP_LISTENER,
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
     LISTENER_KINDS,
@@ -38,6 +39,7 @@ from postoffice.config.names import (
 )
 from postoffice.config.schema import Bound, Section, computed_setting, setting
 from postoffice.config.tables import (
+    AcmeSettings,
     AuthConfig,
     AuthenticationSettings,
     DeliverySettings,
@@ -110,6 +112,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    # [listen] acme_http as given; empty: the default, when [acme] is enabled (acme_listeners).
+    acme_http_listeners: tuple[Listener, ...] = ()
     log_format: str = setting(
         "text",
         LOG_FORMAT,
@@ -185,6 +190,23 @@ class Config:
         return self.data_dir / "tls"
 
     @property
+    def acme_dir(self) -> Path:
+        """The ACME account key, the certificate's key and the certificate (postoffice.acme)."""
+        return self.data_dir / "acme"
+
+    @property
+    def acme_domains(self) -> tuple[str, ...]:
+        """The names the ACME certificate is for: ``[acme] domains``, or the host name."""
+        return self.acme.domains or (self.hostname,)
+
+    @property
+    def acme_listeners(self) -> tuple[Listener, ...]:
+        """Where the HTTP-01 challenge responder listens: none unless ``[acme]`` is enabled."""
+        if not self.acme.enabled:
+            return ()
+        return self.acme_http_listeners or (DEFAULT_ACME_HTTP_LISTENER,)
+
+    @property
     def index_file(self) -> Path:
         """The web side's mailbox index: a cache of the Maildirs, rebuilt by ``reindex``."""
         return self.data_dir / "index.sqlite3"
@@ -209,10 +231,13 @@ class Config:
 def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # In the order given (the file's, then flags adding kinds it had not set). The default
     # listener applies only when no listener of any kind is configured.
-    found = tuple(listener for kind, group in given.items() if kind != "http" for listener in group)
+    separate = ("http", "acme_http")
+    found = tuple(listener for kind, group in given.items() if kind not in separate for listener in group)
     built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
     if "http" in given:
         built["http_listeners"] = tuple(given["http"])
+    if "acme_http" in given:
+        built["acme_http_listeners"] = tuple(given["acme_http"])
     return built
 
 
@@ -236,6 +261,12 @@ SECTIONS = (
         _listen,
     ),
     _table("tls", TLSConfig, "The server's certificate; paths are relative to the file's directory."),
+    _table(
+        "acme",
+        AcmeSettings,
+        "Automatic certificates from an ACME CA (RFC 8555), Let's Encrypt by default; see"
+        " docs/certificates.md.",
+    ),
     _table("auth", AuthConfig, "SMTP AUTH (PLAIN and LOGIN, RFC 4954), offered only inside TLS."),
     Section(
         "proxy_protocol",

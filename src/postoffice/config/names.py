@@ -121,6 +121,8 @@ class Listener:
 DEFAULT_SMTP_LISTENER = Listener("smtp", "127.0.0.1", 2525)
 # Mailpit's and MailHog's web port, so tools and habits carry over.
 DEFAULT_HTTP_LISTENER = Listener("http", "127.0.0.1", 8025)
+# RFC 8555 §8.3: the CA fetches http://<domain>/.well-known/acme-challenge/<token> on port 80.
+DEFAULT_ACME_HTTP_LISTENER = Listener("acme_http", "0.0.0.0", 80)
 
 
 def listeners(value: object, kind: str) -> tuple[Listener, ...]:

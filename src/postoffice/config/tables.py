@@ -18,11 +18,13 @@ from pathlib import Path
 
 from postoffice import defaults as d
 from postoffice.config.kinds import (
+    ADDRESS,
     BOOLEAN,
     COUNT,
     DNS_SERVER,
     DOMAINS,
     DURATION,
+    HTTPS_URL,
     NETWORKS,
     PATH,
     PORT,
@@ -36,6 +38,7 @@ from postoffice.config.kinds import (
     listeners_of,
 )
 from postoffice.config.names import (
+    DEFAULT_ACME_HTTP_LISTENER,
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
     Listener,
@@ -274,6 +277,53 @@ class TLSConfig:
     )
 
 
+# RFC 8555 directories of Let's Encrypt: production (the default) and staging (for trying out:
+# higher rate limits, certificates no client trusts).
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeSettings:
+    """Automatic certificates under ``[acme]`` (RFC 8555, HTTP-01 challenges)."""
+
+    enabled: bool = setting(
+        False,
+        BOOLEAN,
+        "Obtain the certificate from an ACME CA and renew it at two thirds of its lifetime; needs"
+        " [listen] acme_http reachable as http://<each domain>/ (port 80). Not with [tls] cert.",
+    )
+    email: str | None = setting(
+        None,
+        ADDRESS,
+        "The contact address the CA is given for the account (expiry and policy notices).",
+        default_text="none",
+    )
+    directory: str = setting(
+        LETS_ENCRYPT,
+        HTTPS_URL,
+        f"The CA's directory URL; Let's Encrypt's staging is {LETS_ENCRYPT_STAGING}.",
+    )
+    domains: tuple[str, ...] = setting(
+        (),
+        DOMAINS,
+        "The names the certificate is for (one certificate, all of them as subjectAltNames).",
+        default_text="[hostname]",
+    )
+    ca_file: Path | None = setting(
+        None,
+        PATH,
+        "CA certificates (PEM) that the directory's HTTPS certificate is checked against: a private CA's.",
+        default_text="the system's trust store",
+    )
+    retry_min: float = setting(
+        600.0, DURATION, "The wait after a failed attempt; each further failure doubles it."
+    )
+    retry_max: float = setting(
+        d.DAY, DURATION, "The longest wait between attempts (Let's Encrypt limits failed validations)."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """SMTP AUTH settings under ``[auth]``."""
@@ -427,6 +477,13 @@ class ListenKeys:
         "Submission over implicit TLS (RFC 8314, port 465): TLS from the first byte.",
         default_text="none",
         flag="--smtps",
+    )
+    acme_http: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("acme_http"),
+        "With [acme] enabled: the HTTP-01 challenge responder (RFC 8555 §8.3), which answers only"
+        " /.well-known/acme-challenge/; the CA connects to port 80.",
+        default_text=f'["{DEFAULT_ACME_HTTP_LISTENER.address}"] when [acme] is enabled',
     )
     http: tuple[Listener, ...] = setting(
         (DEFAULT_HTTP_LISTENER,),

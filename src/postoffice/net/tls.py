@@ -4,10 +4,12 @@ Untrusted input seen here: none from the network directly (the handshake is Open
 by asyncio); the certificate and key files the operator names, which OpenSSL parses.
 
 The context is made once and shared by every listener: implicit TLS (``create_server(ssl=)``)
-and STARTTLS (``loop.start_tls``) alike. :meth:`ServerTls.reload` loads the certificate and key
-again *into the same context*: OpenSSL copies the certificate into each connection when the
-connection is created (``SSL_new``), so sessions already running keep theirs and every new
-handshake presents the new one, without closing a listener or a connection.
+and STARTTLS (``loop.start_tls``) alike. :meth:`ServerTls.reload` (SIGHUP) and
+:meth:`ServerTls.use` (a certificate from ACME) load the certificate and key into a *new*
+context, checked whole, and swap one reference; the shared context's servername callback,
+which OpenSSL runs at every ClientHello, moves each new connection onto the newest context.
+Sessions already running keep theirs and every new handshake presents the new certificate,
+without closing a listener or a connection, and no handshake sees a half-loaded pair.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from postoffice.acme.certificate import read_certificate_info
+from postoffice.acme.files import AcmeFiles
 from postoffice.config import Config
 from postoffice.errors import ConfigError
 from postoffice.net.selfsigned import ensure_self_signed
@@ -44,26 +48,36 @@ class ServerTls:
         *,
         min_version: str = "TLSv1.2",
         config_file: Path | None = None,
+        source: str = "file",
     ) -> None:
         self.cert = cert
         self.key = key
+        self.source = source
         self._config_file = config_file
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        # RFC 8996 retires TLS 1.0/1.1; RFC 8314 §4.1 asks for 1.2 or later.
-        self.context.minimum_version = _VERSIONS[min_version]
-        # Client certificates are not asked for: AUTH identifies submission users.
-        self.context.verify_mode = ssl.CERT_NONE
+        self._min_version = _VERSIONS[min_version]
+        # The context every listener and every STARTTLS is given, for good; a new certificate
+        # goes into a new context, which _select hands each new connection.
+        self.context = self._new_context()
         self._load(self.context)
-        log.info("event=tls-loaded cert=%s%s", cert, _expiry(cert))
+        self._current = self.context
+        self.context.sni_callback = self._select
+        self.info = read_certificate_info(cert, source)
+        log.info("event=tls-loaded cert=%s source=%s%s", cert, source, _expiry(cert))
 
     @classmethod
     def from_config(cls, config: Config) -> ServerTls:
-        """The configured certificate, or a self-signed one for the host name (made once)."""
+        """The configured certificate, ACME's, or a self-signed one for the host name (made once)."""
         tls = config.tls
         if tls.cert is not None:
             return cls(tls.cert, tls.key, min_version=tls.min_version, config_file=config.source)
+        if config.acme.enabled:
+            acme = cls.from_acme(config)
+            if acme is not None:
+                return acme
         cert, key, made = ensure_self_signed(config.tls_dir, config.hostname)
-        if made:
+        if config.acme.enabled:
+            log.info("event=tls-self-signed cert=%s: until ACME has a certificate", cert)
+        elif made:
             log.warning(
                 "event=tls-self-signed cert=%s: no [tls] cert is configured, so a self-signed "
                 "certificate for %s was generated; clients will warn about it until you set [tls] cert and key",
@@ -72,20 +86,60 @@ class ServerTls:
             )
         else:
             log.info("event=tls-self-signed cert=%s: using the self-signed certificate made earlier", cert)
-        return cls(cert, key, min_version=tls.min_version, config_file=config.source)
+        return cls(cert, key, min_version=tls.min_version, config_file=config.source, source="self-signed")
+
+    @classmethod
+    def from_acme(cls, config: Config) -> ServerTls | None:
+        """The certificate ACME saved earlier, if there is one that loads."""
+        files = AcmeFiles(config.acme_dir)
+        if not files.has_certificate():
+            return None
+        try:
+            return cls(files.cert, files.key, min_version=config.tls.min_version, source="acme")
+        except ConfigError as exc:
+            log.error("event=tls-acme-unusable %s; a self-signed certificate is used until a new one", exc)
+            return None
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # RFC 8996 retires TLS 1.0/1.1; RFC 8314 §4.1 asks for 1.2 or later.
+        context.minimum_version = self._min_version
+        # Client certificates are not asked for: AUTH identifies submission users.
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _select(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, name: str | None, front: ssl.SSLContext
+    ) -> None:
+        """At each ClientHello (OpenSSL's servername callback runs with or without SNI): the
+        connection takes the newest certificate's context. Swapping one reference is atomic,
+        so a handshake gets the old certificate and key or the new ones, never a mix, and
+        connections already in TLS keep what they had."""
+        current = self._current
+        if current is not front:
+            connection.context = current
 
     def reload(self) -> bool:
         """Re-read the certificate and key (SIGHUP). On any error the old ones stay in use."""
         try:
-            # Loaded into a scratch context first: a half-replaced pair (new certificate, old
-            # key) must never reach the live one.
-            self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-            self._load(self.context)
+            fresh = self._new_context()
+            self._load(fresh)
         except ConfigError as exc:
             log.error("event=tls-reload-failed %s; the previous certificate stays in use", exc)
             return False
-        log.info("event=tls-reloaded cert=%s%s", self.cert, _expiry(self.cert))
+        self._current = fresh
+        self.info = read_certificate_info(self.cert, self.source)
+        log.info("event=tls-reloaded cert=%s source=%s%s", self.cert, self.source, _expiry(self.cert))
         return True
+
+    def use(self, cert: Path, key: Path | None, source: str) -> bool:
+        """Switch to another certificate (ACME's first one); False keeps the current one."""
+        previous = (self.cert, self.key, self.source)
+        self.cert, self.key, self.source = cert, key, source
+        if self.reload():
+            return True
+        self.cert, self.key, self.source = previous
+        return False
 
     def _load(self, context: ssl.SSLContext) -> None:
         try:

@@ -26,7 +26,12 @@ def web_url(address: HttpAddress) -> str:
 
 
 def banner(
-    config: Config, bound: Sequence[BoundAddress], http: Sequence[HttpAddress], tls: ServerTls | None
+    config: Config,
+    bound: Sequence[BoundAddress],
+    http: Sequence[HttpAddress],
+    tls: ServerTls | None,
+    *,
+    acme: Sequence[HttpAddress] = (),
 ) -> None:
     mode = (
         "capture mode: every recipient is accepted, nothing is relayed"
@@ -44,7 +49,13 @@ def banner(
         print(f"web UI  {web_url(http[0])}", flush=True)
     print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
     if tls is not None:
-        print(f"tls certificate {tls.cert} (re-read on SIGHUP)", flush=True)
+        print(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)", flush=True)
+    if config.acme.enabled:
+        where = ", ".join(f"{address.host}:{address.port}" for address in acme) or ", ".join(
+            listener.address for listener in config.acme_listeners
+        )
+        names = ", ".join(config.acme_domains)
+        print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
     if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
 
@@ -54,6 +65,9 @@ def listen_failure(exc: ListenError, config: Config) -> str:
 
     Mailpit and MailHog listen on 8025 too, so a taken web port is the likeliest first failure.
     """
+    if exc.kind == "acme_http":  # no flag: the CA connects to port 80, set in the file
+        where = f" in {config.source}" if config.source is not None else ""
+        return f"postoffice: {exc}; the CA's HTTP-01 check needs it: set [listen] acme_http{where}"
     flag = f"--{exc.kind} HOST:PORT"
     if config.source is not None:
         flag += f" (or [listen] {exc.kind} in {config.source})"

@@ -26,14 +26,16 @@ from postoffice.web.server import bind_http
 
 @dataclass(frozen=True)
 class Prebound:
-    """Sockets bound as root: ``smtp`` holds one set per process, ``http`` listens already."""
+    """Sockets bound as root: ``smtp`` holds one set per process, ``http`` and ``acme`` (the
+    HTTP-01 responder on port 80, served by the process that orders certificates) listen already."""
 
     smtp: tuple[tuple[BoundSocket, ...], ...]
     http: tuple[socket.socket, ...]
+    acme: tuple[socket.socket, ...] = ()
 
     def close(self) -> None:
         """Close this process's copies (a server listening on one keeps its own)."""
-        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http):
+        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http) + list(self.acme):
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -44,6 +46,7 @@ def bind(config: Config) -> Prebound:
     count = config.workers
     smtp: list[tuple[BoundSocket, ...]] = []
     http: list[socket.socket] = []
+    acme: list[socket.socket] = []
     try:
         listeners = config.listeners
         for _ in range(count):
@@ -52,10 +55,12 @@ def bind(config: Config) -> Prebound:
             smtp.append(tuple(zip(listeners, sockets, strict=True)))
         for listener in config.http_listeners:
             http.append(bind_http(listener.host, listener.port))
+        for listener in config.acme_listeners:
+            acme.append(bind_http(listener.host, listener.port, kind="acme_http"))
     except BaseException:
-        Prebound(tuple(smtp), tuple(http)).close()
+        Prebound(tuple(smtp), tuple(http), tuple(acme)).close()
         raise
-    return Prebound(tuple(smtp), tuple(http))
+    return Prebound(tuple(smtp), tuple(http), tuple(acme))
 
 
 def bind_then_drop(config: Config) -> Prebound | None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -80,9 +81,10 @@ def _run(
     reload: Callable[[], Config] | None = None,
     web_share: WebShare | None = None,
     prebound: Prebound | None = None,
+    acme_sockets: tuple[socket.socket, ...] | None = None,
 ) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker, web_share, prebound))
+        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets))
     return 130
 
 
@@ -92,6 +94,7 @@ async def _serve(
     worker: WorkerRole | None,
     web_share: WebShare | None = None,
     prebound: Prebound | None = None,
+    acme_sockets: tuple[socket.socket, ...] | None = None,
 ) -> int:
     # What asyncio catches itself is one log line from here on, never a traceback.
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
@@ -105,6 +108,7 @@ async def _serve(
             web_share=web_share,
             worker_index=worker.index if worker is not None else None,
             http_sockets=prebound.http if prebound is not None else None,
+            acme_sockets=prebound.acme if prebound is not None else acme_sockets,
         )
     except PostofficeError as exc:
         print(f"postoffice: {exc}", file=sys.stderr)
@@ -119,7 +123,7 @@ async def _serve(
         privileges.warn_if_root(config)  # once the listeners are open: a failure says only why
     # The banner comes last: whoever waits for "listening" may signal the server at once.
     if worker is None:
-        banner(config, bound, app.http_addresses, app.security.tls)
+        banner(config, bound, app.http_addresses, app.security.tls, acme=app.acme_addresses)
     else:
         worker.ready()
     await stop.wait()
@@ -182,7 +186,8 @@ def _serve_workers(
             def worker_reload() -> Config:
                 return share_limits(file_reload(), worker_config.workers)
 
-        return _run(worker_config, role, worker_reload, web.share(role.index))
+        acme = prebound.acme if prebound is not None and role.index == 0 else None  # it orders certificates
+        return _run(worker_config, role, worker_reload, web.share(role.index), acme_sockets=acme)
 
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
     # file, the parent here, which passes them on: each worker looks at the messages it owns.

@@ -42,8 +42,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind_http(host: str, port: int) -> socket.socket:
-    """A listening, non-blocking socket for ``host``:``port``; ListenError names the address."""
+def bind_http(host: str, port: int, *, kind: str = "http") -> socket.socket:
+    """A listening, non-blocking socket for ``host``:``port``; ListenError names the address
+    (and ``kind``, the listener's)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it a response written in two parts waits out the peer's delayed ACK (~40 ms).
@@ -57,7 +58,7 @@ def bind_http(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ListenError.from_os_error("http", host, port, exc) from None
+        raise ListenError.from_os_error(kind, host, port, exc) from None
     except BaseException:
         sock.close()
         raise
@@ -73,9 +74,11 @@ class HttpServer:
         addresses: Sequence[tuple[str, int]],
         *,
         sockets: Sequence[socket.socket] | None = None,
+        kind: str = "http",
     ) -> None:
         """``sockets``: listening already (made by :func:`bind_http` in a parent process),
-        served instead of binding ``addresses``."""
+        served instead of binding ``addresses``; ``kind`` names the listener in errors."""
+        self._kind = kind
         self._app = app
         self._addresses = addresses
         self._sockets = sockets
@@ -88,7 +91,7 @@ class HttpServer:
         try:
             if self._sockets is None:
                 for host, port in self._addresses:
-                    sockets.append(bind_http(host, port))
+                    sockets.append(bind_http(host, port, kind=self._kind))
         except BaseException:
             for sock in sockets:
                 sock.close()
