@@ -225,12 +225,7 @@ class Application:
         self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
         self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
         agents = self._agents()
-        # Where sessions store what they receive: one local mailbox at once, the rest queued.
-        receiver: Receiver = self.spool
-        if config.delivery.local_before_reply:
-            receiver = DirectReceiver(
-                self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
-            )
+        receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
         self.smtp = SmtpServer(
@@ -250,6 +245,14 @@ class Application:
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
+
+    def _receiver(self, mailboxes: MaildirStore) -> Receiver:
+        """Where sessions store what they receive: one local mailbox at once, the rest queued."""
+        if not self.config.delivery.local_before_reply:
+            return self.spool
+        return DirectReceiver(
+            self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
+        )
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the
