@@ -16,8 +16,9 @@ Authentication-Results field of ours on top. With ``enforce``,
 a DMARC failure under p=reject is refused with 550 5.7.1 (before any 250, RFC 7489 §10.3) and
 one under p=quarantine goes to the recipient's Junk folder.
 
-Not checked: authenticated sessions (the listeners for submission get no such check at all),
-clients in ``skip_networks``, and senders whose MAIL FROM or From domain is in ``skip_domains``.
+Not checked: authenticated sessions and those on the local socket (``postoffice sendmail``;
+the listeners for submission get no such check at all), clients in ``skip_networks``, and
+senders whose MAIL FROM or From domain is in ``skip_domains``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class InboundAuthentication:
 
     def _start(self, ctx: Context) -> Verdict:
         client = ctx.client
-        if client.user is not None or self._settings.skips_network(client.address):
+        if client.submits or self._settings.skips_network(client.address):
             return ACCEPT
         mail_from = ctx.transaction.mail_from
         if mail_from and self._skipped(mail_from.rpartition("@")[2]):
