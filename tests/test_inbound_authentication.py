@@ -43,6 +43,7 @@ from submission_support import (
     smtp_over_starttls,
     start_submission_server,
 )
+from web_helpers import client, csrf, messages
 
 RECIPIENT = "someone@capture.test"
 ID = "mx.test"  # the test servers' hostname: our authserv-id
@@ -428,3 +429,38 @@ def test_bad_authentication_settings_name_the_key_and_file(tmp_path: Path, text:
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert problem in str(error.value) and str(path) in str(error.value)
+
+
+def test_quarantined_mail_is_listed_as_junk_and_not_counted_unread(
+    server_factory: Callable[..., RunningServer], dns_server: ZoneServer, zone: DnsZone
+) -> None:
+    """The web side lists the Junk copy with folder "Junk", finds it with in:junk, keeps it out
+    of the unread count, and keeps it in Junk when it is read."""
+    server = _verifying(server_factory, dns_server.address)
+    _send(server, "news@shop.test", _message("news@shop.test", "offer"))
+    _send(server, "a@good.test", _message("a@good.test", "fine"))
+    server.index_idle()
+    with client(server) as http:
+        listed = {item["subject"]: item for item in messages(http)["messages"]}
+        assert {subject: item["folder"] for subject, item in listed.items()} == {
+            "offer": "Junk",
+            "fine": "INBOX",
+        }
+        assert [item["subject"] for item in messages(http, q="in:junk")["messages"]] == ["offer"]
+        assert [item["subject"] for item in messages(http, q="in:inbox")["messages"]] == ["fine"]
+        assert [item["subject"] for item in messages(http, q="-in:junk")["messages"]] == ["fine"]
+        assert http.get("/api/v1/mailboxes").json() == [{"address": RECIPIENT, "total": 2, "unread": 1}]
+        junk = listed["offer"]
+        assert http.get(f"/api/v1/messages/{junk['id']}").json()["folder"] == "Junk"
+        marked = http.patch(f"/api/v1/messages/{junk['id']}", json={"read": True}, headers=csrf(http))
+        assert marked.status_code == 200 and marked.json()["folder"] == "Junk"
+        [read] = _junk_read(server)
+        assert read.name.endswith(":2,S")  # the flag is set in .Junk/cur, not in the inbox
+        assert http.get("/api/v1/mailboxes").json()[0]["unread"] == 1
+        bad = http.get("/api/v1/messages", params={"q": "in:trash"})
+        assert (bad.status_code, bad.json()) == (400, {"error": "in:trash: expected in:inbox or junk"})
+
+
+def _junk_read(server: RunningServer) -> list[Path]:
+    local, _, domain = RECIPIENT.rpartition("@")
+    return sorted((server.config.mail_dir / domain / local / ".Junk" / "cur").glob("*"))
