@@ -3,9 +3,11 @@ server on loopback, DKIM signatures made by dkimpy with keys made here."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import smtplib
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from email.message import Message
@@ -23,8 +25,15 @@ from dmarc_support import CASES, Case
 from dns_zone import DnsZone, ZoneServer, dns_zone_server
 from mail_peers import free_port
 from postoffice.config import AuthenticationSettings, load_config
+from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError
 from postoffice.mailauth import results
+from postoffice.mailauth.dkim_dns import DnsTxtResolver
+from postoffice.mailauth.inbound import Verifier
+from postoffice.smtp import replies
+from postoffice.smtpd import Stages
+from postoffice.smtpd.checks.authentication import InboundAuthentication
+from smtpd_pair import SmtpdSession, services
 from submission_support import (
     ALICE,
     ALICE_PASSWORD,
@@ -34,6 +43,7 @@ from submission_support import (
     smtp_over_starttls,
     start_submission_server,
 )
+from web_helpers import client, csrf, messages
 
 RECIPIENT = "someone@capture.test"
 ID = "mx.test"  # the test servers' hostname: our authserv-id
@@ -118,6 +128,48 @@ def test_spf_pass_and_fail_are_in_the_authentication_results(verifying: RunningS
     assert _result(by_subject["good"], "dkim").result == "none"
     assert _result(by_subject["good"], "arc").result == "none"
     assert _result(by_subject["good"], "dmarc").result == "none"
+
+
+def test_received_spf_field_is_added_beside_the_authentication_results(verifying: RunningServer) -> None:
+    """RFC 7208 §9.1: result, comment, then client-ip, envelope-from, helo, receiver, identity
+    and the mechanism that matched, one pair a line; above our Received:, below
+    Authentication-Results."""
+    _send(verifying, "a@good.test", _message("a@good.test", "traced"))
+    verifying.wait_idle()
+    [path] = (verifying.config.mail_dir / "capture.test" / "someone" / "new").iterdir()
+    raw = path.read_bytes()  # as stored: the mailbox module's messages fold long lines again
+    assert (
+        b"Received-SPF: pass (mx.test: domain of a@good.test designates 127.0.0.1 as permitted sender)\r\n"
+        b"\tclient-ip=127.0.0.1;\r\n"
+        b'\tenvelope-from="a@good.test";\r\n'
+        b"\thelo=client.test;\r\n"
+        b"\treceiver=mx.test;\r\n"
+        b"\tidentity=mailfrom;\r\n"
+        b'\tmechanism="ip4:127.0.0.0/8"\r\n'
+        b"Received: from client.test"
+    ) in raw
+    assert raw.index(b"Authentication-Results: mx.test;") < raw.index(b"Received-SPF:")
+
+
+def test_a_transactions_spf_lookup_ends_with_it(dns_server: ZoneServer) -> None:
+    """SPF runs beside the conversation through Context.start: a transaction reset while its
+    lookup waits on a silent DNS server leaves no task behind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        nameserver = ("127.0.0.1", silent.getsockname()[1])
+        verifier = Verifier(
+            make_resolver(nameserver, timeout=30.0), DnsTxtResolver(nameserver, timeout=30.0), hostname=ID
+        )
+        check = InboundAuthentication(verifier, AuthenticationSettings(verify=True), ID)
+        with SmtpdSession(services(Stages(mail=(check,)))) as session:
+            session.command("EHLO client.test")
+            assert session.command("MAIL FROM:<a@silent.test>").is_(replies.SENDER_OK)
+            loop = session.loop
+            loop.run_until_complete(asyncio.sleep(0.05))  # the lookup is waiting for an answer
+            assert [task for task in asyncio.all_tasks(loop) if not task.done()] != []
+            assert session.command("RSET").is_(replies.RESET_OK)
+            loop.run_until_complete(asyncio.sleep(0.05))
+            assert [task for task in asyncio.all_tasks(loop) if not task.done()] == []
 
 
 def test_dkim_signed_message_passes_with_its_domain_and_selector(
@@ -377,3 +429,38 @@ def test_bad_authentication_settings_name_the_key_and_file(tmp_path: Path, text:
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert problem in str(error.value) and str(path) in str(error.value)
+
+
+def test_quarantined_mail_is_listed_as_junk_and_not_counted_unread(
+    server_factory: Callable[..., RunningServer], dns_server: ZoneServer, zone: DnsZone
+) -> None:
+    """The web side lists the Junk copy with folder "Junk", finds it with in:junk, keeps it out
+    of the unread count, and keeps it in Junk when it is read."""
+    server = _verifying(server_factory, dns_server.address)
+    _send(server, "news@shop.test", _message("news@shop.test", "offer"))
+    _send(server, "a@good.test", _message("a@good.test", "fine"))
+    server.index_idle()
+    with client(server) as http:
+        listed = {item["subject"]: item for item in messages(http)["messages"]}
+        assert {subject: item["folder"] for subject, item in listed.items()} == {
+            "offer": "Junk",
+            "fine": "INBOX",
+        }
+        assert [item["subject"] for item in messages(http, q="in:junk")["messages"]] == ["offer"]
+        assert [item["subject"] for item in messages(http, q="in:inbox")["messages"]] == ["fine"]
+        assert [item["subject"] for item in messages(http, q="-in:junk")["messages"]] == ["fine"]
+        assert http.get("/api/v1/mailboxes").json() == [{"address": RECIPIENT, "total": 2, "unread": 1}]
+        junk = listed["offer"]
+        assert http.get(f"/api/v1/messages/{junk['id']}").json()["folder"] == "Junk"
+        marked = http.patch(f"/api/v1/messages/{junk['id']}", json={"read": True}, headers=csrf(http))
+        assert marked.status_code == 200 and marked.json()["folder"] == "Junk"
+        [read] = _junk_read(server)
+        assert read.name.endswith(":2,S")  # the flag is set in .Junk/cur, not in the inbox
+        assert http.get("/api/v1/mailboxes").json()[0]["unread"] == 1
+        bad = http.get("/api/v1/messages", params={"q": "in:trash"})
+        assert (bad.status_code, bad.json()) == (400, {"error": "in:trash: expected in:inbox or junk"})
+
+
+def _junk_read(server: RunningServer) -> list[Path]:
+    local, _, domain = RECIPIENT.rpartition("@")
+    return sorted((server.config.mail_dir / domain / local / ".Junk" / "cur").glob("*"))

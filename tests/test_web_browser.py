@@ -699,3 +699,39 @@ def test_authentication_results_show_as_badges_and_a_dmarc_failure_is_marked_in_
     p.locator("#view-subject", has_text="Sent by a colleague").wait_for()
     expect(p.locator("#view-auth")).to_be_hidden()
     assert watch.console_errors == []
+
+
+def test_junk_is_marked_in_the_list_left_out_of_unread_and_filtered_by_its_button(
+    page: Page, server: RunningServer
+) -> None:
+    """A copy in the Junk folder (the DMARC quarantine's, or one a mail client moved there)."""
+    to = "dev@example.test"
+    send(server, make_message(to, "Lunch on Friday"))
+    send(server, make_message(to, "You have won"))
+    with client(server) as http:
+        [won] = messages(http, q='subject:"You have won"')["messages"]
+    box = server.config.mail_dir / "example.test" / "dev"
+    [path] = [item for item in (box / "new").iterdir() if b"You have won" in item.read_bytes()]
+    for part in ("tmp", "new", "cur"):
+        (box / ".Junk" / part).mkdir(parents=True, exist_ok=True)
+    path.rename(box / ".Junk" / "new" / path.name)
+    with client(server) as http:
+        wait_for(lambda: messages(http, q="in:junk")["total"] == 1 or None, 5.0, "the move followed")
+        assert [item["folder"] for item in messages(http, q="in:junk")["messages"]] == ["Junk"]
+        assert messages(http, q="in:junk")["messages"][0]["id"] == won["id"]  # the same message
+    open_ui(page, server)
+    p = page
+    expect(p.locator("#message-list li")).to_have_count(2, timeout=WAIT)
+    junk_row = p.locator("#message-list li", has_text="You have won")
+    expect(junk_row.locator(".junk-badge")).to_have_text("Junk")
+    expect(junk_row).not_to_have_class("unread")
+    expect(p.locator("#message-list .junk-badge")).to_have_count(1)
+    # The mailbox counts one unread message: the inbox's.
+    expect(p.locator("#mailbox-list li", has_text=to).locator(".badge")).to_have_text("1")
+    p.locator("#junk-filter").click()
+    expect(p.locator("#search")).to_have_value("in:junk")
+    expect(p.locator("#message-list li")).to_have_count(1)
+    expect(p.locator("#junk-filter")).to_have_attribute("aria-pressed", "true")
+    p.locator("#junk-filter").click()
+    expect(p.locator("#message-list li")).to_have_count(2)
+    expect(p.locator("#junk-filter")).to_have_attribute("aria-pressed", "false")

@@ -379,3 +379,82 @@ def test_mail_received_without_the_web_side_is_indexed_at_next_start(
     send(web, make_message("iris@example.test", "and one more"))
     with client(web) as http:
         assert messages(http)["total"] == 2
+
+
+def _junk_path(mail_root: Path, address: str, name: str, subject: str, subdir: str = "new") -> Path:
+    """A message another program (or the DMARC quarantine) put in the mailbox's Junk folder."""
+    inbox = mailbox_path(mail_root, address)
+    for part in ("tmp", "new", "cur"):
+        (inbox / part).mkdir(parents=True, exist_ok=True)
+        (inbox / ".Junk" / part).mkdir(parents=True, exist_ok=True)
+    path = inbox / ".Junk" / subdir / name
+    path.write_bytes(f"From: a@example.org\r\nTo: {address}\r\nSubject: {subject}\r\n\r\nbody\r\n".encode())
+    return path
+
+
+def test_the_junk_folder_is_listed_and_left_out_of_the_unread_count(
+    index: MailIndex, mail_root: Path
+) -> None:
+    deliver(mail_root, "jo@example.test", "1700000000.A_0.mx", "inbox")
+    _junk_path(mail_root, "jo@example.test", "1700000001.B_0.mx", "junk new")
+    _junk_path(mail_root, "jo@example.test", "1700000002.C_0.mx:2,S", "junk read", subdir="cur")
+    # Other folders (a mail client's Trash) are not ours to list.
+    trash = mailbox_path(mail_root, "jo@example.test") / ".Trash" / "new"
+    trash.mkdir(parents=True)
+    (trash / "1700000003.D_0.mx").write_bytes(b"Subject: trash\r\n\r\nx\r\n")
+    index.sync()
+    rows = {row.subject: row for row in index.page(None, EVERYTHING, limit=10, offset=0).rows}
+    assert {subject: row.folder for subject, row in rows.items()} == {
+        "inbox": None,
+        "junk new": "Junk",
+        "junk read": "Junk",
+    }
+    assert rows["junk read"].seen and rows["junk read"].location.startswith(".Junk/cur/")
+    [box] = index.mailboxes()
+    assert (box.total, box.unread) == (3, 1)
+    assert sorted(
+        row.subject for row in index.page(None, compile_query("in:junk"), limit=10, offset=0).rows
+    ) == [
+        "junk new",
+        "junk read",
+    ]
+    # A junk message read elsewhere (moved to .Junk/cur with S) stays out of the count.
+    new = mailbox_path(mail_root, "jo@example.test") / ".Junk" / "new" / "1700000001.B_0.mx"
+    new.rename(new.parent.parent / "cur" / "1700000001.B_0.mx:2,S")
+    index.sync()
+    [box] = index.mailboxes()
+    assert (box.total, box.unread) == (3, 1)
+
+
+def test_an_index_of_version_6_counts_unread_without_junk_and_keeps_its_ids(
+    tmp_path: Path, mail_root: Path
+) -> None:
+    deliver(mail_root, "jo@example.test", "1700000000.A_0.mx", "inbox")
+    _junk_path(mail_root, "jo@example.test", "1700000001.B_0.mx", "junk")
+    path = tmp_path / "index.sqlite3"
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
+    index.sync()
+    ids = sorted(row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows)
+    index.close()
+    # Made into an index of version 6: its triggers counted every unread message.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TRIGGER messages_added")
+        db.execute(
+            "CREATE TRIGGER messages_added AFTER INSERT ON messages BEGIN"
+            " INSERT INTO mailboxes (address, total, unread) VALUES (new.mailbox, 1, new.seen = 0)"
+            " ON CONFLICT (address) DO UPDATE SET total = total + 1, unread = unread + (new.seen = 0); END"
+        )
+        db.execute("UPDATE mailboxes SET unread = 2")
+        db.execute("PRAGMA user_version = 6")
+    db.close()
+    index = MailIndex(path, MaildirStore(mail_root, "mx.test"))
+    try:
+        assert sorted(row.id for row in index.page(None, EVERYTHING, limit=10, offset=0).rows) == ids
+        [box] = index.mailboxes()
+        assert (box.total, box.unread) == (2, 1)
+        _junk_path(mail_root, "jo@example.test", "1700000005.E_0.mx", "more junk")
+        index.sync()
+        [box] = index.mailboxes()
+        assert (box.total, box.unread) == (3, 1)  # the new trigger leaves junk out too
+    finally:
+        index.close()

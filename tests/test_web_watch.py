@@ -312,3 +312,24 @@ def wait_until_watching(running: ServerProcess) -> None:
         10,
         "the watcher started",
     )
+
+
+def test_the_junk_folder_is_followed(server: RunningServer) -> None:
+    """Another program drops a message into .Junk/new, and a mail client moves one into Junk
+    (a rename into .Junk/cur): each is listed as Junk, never counted unread."""
+    with client(server) as http:
+        send(server, make_message(ADDRESS, "moved"))
+        wait_for(lambda: "moved" in listed(http) or None, WITHIN, "the delivery listed")
+        assert unread(http) == 1
+        box = mailbox_path(server.config.mail_dir, ADDRESS)
+        for part in ("tmp", "new", "cur"):
+            (box / ".Junk" / part).mkdir(parents=True, exist_ok=True)
+        time.sleep(GRACE + 0.5)  # the new folder's own events have settled: only the drop is left
+        drop(box / ".Junk", "new/1700000000.M1P1.elsewhere", "dropped junk")
+        wait_for(lambda: "dropped junk" in listed(http) or None, WITHIN, "the junk listed")
+        assert listed(http)["dropped junk"]["folder"] == "Junk" and unread(http) == 1
+        path = message_file(server.config.mail_dir, ADDRESS)
+        os.rename(path, box / ".Junk" / "cur" / f"{path.name}:2,")
+        wait_for(lambda: listed(http)["moved"]["folder"] == "Junk" or None, WITHIN, "the move followed")
+        assert unread(http) == 0
+        assert sorted(listed(http, q="in:junk")) == ["dropped junk", "moved"]

@@ -240,6 +240,7 @@ class Application:
             proxy=config.proxy_protocol,
             signer=self.signer,
             inbound=inbound_authentication(config),
+            local_socket=config.local_socket_path if config.local_socket else None,
         )
         self._acme(worker_index, acme_sockets)
         self.operations, self.reporter = self._operations(worker_index)
@@ -389,7 +390,7 @@ class Application:
         need a restart and are reported if changed.
         """
         kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
-        kept += ("acme", "acme_http_listeners")
+        kept += ("acme", "acme_http_listeners", "local_socket")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
@@ -438,14 +439,16 @@ class Application:
         recover: Sequence[str] | None = None,
         reuse_port: bool = False,
         sockets: Sequence[BoundSocket] | None = None,
+        local: socket.socket | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
-        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`).
+        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`);
+        ``local`` is the local socket a worker shares with the others (None: bound here).
         The listeners open first, so that a taken port (ListenError) is the only thing said:
         nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
-        bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets)
+        bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets, local=local)
         try:
             if self.web is not None:
                 self.http_addresses = await self.web.start()

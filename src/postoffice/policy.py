@@ -16,6 +16,8 @@ The rules:
   back to the sender it encodes, from anyone; an SRS address we did not make is ``550 5.1.1``.
 * Submission (RFC 6409; the ``submission`` and ``smtps`` listeners): MAIL needs an
   authenticated session (else ``530 5.7.0``).
+* The server's local socket (``postoffice sendmail``; only the server's user and root can open
+  it) is trusted as the local system: any sender, relaying allowed, no AUTH.
 * An authenticated session sends only as its user: MAIL FROM must be the user's address or
   an alias that resolves to the user (else ``553 5.7.1``, RFC 6409 §6.1), so the null sender
   is refused too. Its non-local recipients are relayed.
@@ -60,8 +62,15 @@ class Policy:
         self._accounts = accounts
         self._recipients = Recipients(config, accounts, mailbox_ok=mailbox_ok, srs=srs)
 
-    def check_sender(self, path: Path, *, authenticated_user: str | None, submission: bool = False) -> Reply:
-        """The reply to MAIL FROM:<path> (see the rules in the module docstring)."""
+    def check_sender(
+        self, path: Path, *, authenticated_user: str | None, submission: bool = False, local: bool = False
+    ) -> Reply:
+        """The reply to MAIL FROM:<path> (see the rules in the module docstring); ``local``: the
+        session is on the server's local socket."""
+        if local:
+            # As Postfix's sendmail: the local system sends as whoever it says (cron's mail,
+            # a null sender from a program's bounce).
+            return replies.SENDER_OK
         if authenticated_user is None:
             # RFC 6409 §4.3: submission is for authenticated users; the MX service takes mail
             # from anyone (and only for local recipients, see check_recipient).
@@ -80,7 +89,9 @@ class Policy:
         targets = self._accounts.resolve(address)
         return targets is not None and self._accounts.resolve(user) == [user] and user in targets
 
-    def check_recipient(self, path: Path, *, authenticated_user: str | None) -> RecipientVerdict:
+    def check_recipient(
+        self, path: Path, *, authenticated_user: str | None, local: bool = False
+    ) -> RecipientVerdict:
         """The reply to RCPT TO:<path>: where :mod:`postoffice.recipients` says the mail goes,
         if this session may send it there."""
         if path.postmaster:
@@ -88,7 +99,7 @@ class Policy:
         else:
             assert path.mailbox is not None  # the grammar refuses <> in RCPT
             found = self._recipients.resolve(path.mailbox)
-        if found.kind is Kind.RELAY and authenticated_user is None:
+        if found.kind is Kind.RELAY and authenticated_user is None and not local:
             return RecipientVerdict(replies.RELAY_DENIED)
         if found.kind is Kind.UNKNOWN:
             return RecipientVerdict(replies.USER_UNKNOWN)

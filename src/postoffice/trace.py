@@ -59,10 +59,14 @@ def received_header(
     queue_id: str,
     recipient: str | None,
     when: float,
+    local: str | None = None,
 ) -> bytes:
-    """``Received:`` per §4.4; ``for`` only with one recipient, so Bcc recipients stay private."""
+    """``Received:`` per §4.4; ``for`` only with one recipient, so Bcc recipients stay private.
+    ``local``: the client came through the server's local socket; the comment then names the
+    process (``uid=1000 pid=4242``) instead of an address, as Postfix's "from userid" does."""
+    origin = _address_literal(client_address) if local is None else f"local {printable(local, 100)}"
     lines = [
-        f"Received: from {printable(helo, 100) or 'unknown'} ({_address_literal(client_address)})",
+        f"Received: from {printable(helo, 100) or 'unknown'} ({origin})",
         f"\tby {hostname} (postoffice) with {protocol} id {queue_id}",
     ]
     stamp = _date_stamp(when)

@@ -39,7 +39,7 @@ from postoffice.cli.submit import (
     submit,
 )
 from postoffice.cli.transcript import TranscriptPrinter
-from postoffice.config import DEFAULT_SMTP_LISTENER, load_config
+from postoffice.config import DEFAULT_SMTP_LISTENER, default_data_dir, load_config, local_socket_path
 from postoffice.errors import ConfigError, LocalProtocolError, SmtpClientError
 from postoffice.smtp import client as core
 
@@ -267,10 +267,13 @@ def _header(name: str, value: str) -> bytes:
 
 
 def server_options(args: SendmailArgs, environ: Mapping[str, str]) -> ServerOptions:
-    """Where to submit: ``--server``, else the first listener of the configuration file.
+    """Where to submit: ``--server``, else the server's local socket in the data directory of
+    the configuration file, and when that cannot be opened, the file's first listener.
 
     The file is ``--config``, else ``$POSTOFFICE_CONFIG``, else ``/etc/postoffice.toml`` when it
     exists (programs that run sendmail pass no options of ours), else the built-in default.
+    Through the local socket the mail is the local system's own: signed and not verified, as
+    a logged-in user's (docs/sending.md).
     """
     if args.server is not None:
         host, port = parse_server(args.server, key="--server")
@@ -279,9 +282,11 @@ def server_options(args: SendmailArgs, environ: Mapping[str, str]) -> ServerOpti
     if path is None and SYSTEM_CONFIG.is_file():
         path = str(SYSTEM_CONFIG)
     if path is None:
-        return ServerOptions()
-    listener = load_config(Path(path)).listeners[0]
-    return ServerOptions(host=connectable(listener.host), port=listener.port)
+        return ServerOptions(local_socket=local_socket_path(default_data_dir(environ)))
+    config = load_config(Path(path))
+    listener = config.listeners[0]
+    local = config.local_socket_path if config.local_socket else None
+    return ServerOptions(host=connectable(listener.host), port=listener.port, local_socket=local)
 
 
 USAGE = f"""\
@@ -298,7 +303,8 @@ Read a message on standard input and submit it to the postoffice server, as
                      login@hostname); -f '<>' for the null sender
   -F NAME            the sender's name, for a From header added when missing
   -v                 show the SMTP conversation on standard error
-  --server HOST:PORT submit here (default: the first listener in the
+  --server HOST:PORT submit here (default: the server's local socket in its
+                     data directory, else the first listener in the
                      configuration file, or {DEFAULT_SMTP_LISTENER.address})
   --config FILE      the configuration file (default: $POSTOFFICE_CONFIG, or
                      /etc/postoffice.toml when it exists)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ from postoffice.errors import (
     SmtpDataRefused,
     SmtpMessageTooBigError,
     SmtpRecipientsRefused,
+    SmtpReplyError,
     SmtpSenderRefused,
 )
+from postoffice.net.local_socket import reachable
 from postoffice.smtp.replies import Reply
 
 EX_OK = os.EX_OK
@@ -62,6 +65,9 @@ class ServerOptions:
     ehlo: str | None = None
     credentials: tuple[str, str] | None = None
     timeout: float = 60.0
+    # The server's local socket (net.local_socket), tried first; host and port when it cannot
+    # be opened (no server, or one this user may not reach).
+    local_socket: Path | None = None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is TlsMode.PLAIN:
@@ -104,6 +110,19 @@ def connectable(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
+def open_local(path: Path) -> socket.socket | None:
+    """A connection to the server's local socket at ``path``; None when there is none to
+    reach (no such file, no permission, nobody listening), so the caller uses TCP."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with reachable(path) as name:
+            sock.connect(name)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 async def _submit(
     options: ServerOptions,
     sender: str,
@@ -111,8 +130,22 @@ async def _submit(
     data: bytes,
     transcript: TranscriptHook | None,
 ) -> SendResult:
-    async with options.client(transcript) as client:
-        return await client.send(sender, recipients, data)
+    local = open_local(options.local_socket) if options.local_socket is not None else None
+    if local is None:
+        async with options.client(transcript) as client:
+            return await client.send(sender, recipients, data)
+    client = options.client(transcript)
+    await client.connect(local)
+    try:
+        result = await client.send(sender, recipients, data)
+    except SmtpReplyError:
+        await client.quit()  # as SmtpClient's own context does after a refusal
+        raise
+    except BaseException:
+        client.close()
+        raise
+    await client.quit()
+    return result
 
 
 def submit(

@@ -27,7 +27,7 @@ import dataclasses
 from postoffice.addresses import normalize_address, normalize_domain
 from postoffice.config.kinds import LOG_FORMATS, RELAY_TLS_MODES, TLS_POLICIES, TLS_VERSIONS
 from postoffice.config.loader import Overrides, check_config, load_config
-from postoffice.config.model import Config, default_data_dir, default_hostname
+from postoffice.config.model import Config, default_data_dir, default_hostname, local_socket_path
 from postoffice.config.names import (
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
@@ -86,6 +86,7 @@ __all__ = [
     "default_data_dir",
     "default_hostname",
     "load_config",
+    "local_socket_path",
     "maildir_directory_mode",
     "normalize_address",
     "normalize_domain",

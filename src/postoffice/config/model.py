@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from postoffice.config.kinds import (
     ADDRESS,
+    BOOLEAN,
     DOMAIN,
     DOMAINS,
     FILE_MODE,
@@ -53,10 +55,15 @@ from postoffice.config.tables import (
 from postoffice.config.values import MAX_WORKERS
 
 
-def default_data_dir() -> Path:
+def default_data_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """``$XDG_DATA_HOME/postoffice`` (``~/.local/share/postoffice``), like other user daemons."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "postoffice"
+
+
+def local_socket_path(data_dir: Path) -> Path:
+    """The local socket of the server of ``data_dir`` (see Config.local_socket)."""
+    return data_dir / "run" / "submit.sock"
 
 
 def default_hostname() -> str:
@@ -165,6 +172,14 @@ class Config:
         " read and flag the mail (Maildir directories then 0o770, a new data_dir 0o710). No bits for"
         " other users.",
     )
+    # Programs of this machine (postoffice sendmail) hand mail over here as the local system.
+    local_socket: bool = setting(
+        True,
+        BOOLEAN,
+        "Listen on <data_dir>/run/submit.sock (mode 0600: the server's user and root only) for"
+        " `postoffice sendmail`, whose mail is then trusted as submission is: DKIM-signed, never"
+        " verified, relayed.",
+    )
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -205,6 +220,11 @@ class Config:
         if not self.acme.enabled:
             return ()
         return self.acme_http_listeners or (DEFAULT_ACME_HTTP_LISTENER,)
+
+    @property
+    def local_socket_path(self) -> Path:
+        """Where ``local_socket`` listens, and where ``postoffice sendmail`` looks for it."""
+        return local_socket_path(self.data_dir)
 
     @property
     def index_file(self) -> Path:

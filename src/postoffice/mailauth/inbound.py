@@ -4,18 +4,17 @@ Untrusted input seen here: the client's address, HELO name and MAIL FROM (checke
 grammar), and the message content, read through the callables the caller hands in; every
 lookup its domains cause goes to DNS through our resolver, with its timeout.
 
-The SMTP side starts :meth:`Verifier.start_spf` when MAIL FROM is accepted, so the SPF lookups
-run while the client sends its recipients and content, and calls :meth:`Verifier.verify` once
-the whole message is in. Nothing here raises for hostile input or DNS trouble: a lookup that
+The SMTP side starts :meth:`Verifier.spf` beside the conversation when MAIL FROM is accepted
+(``Context.start``), so the SPF lookups run while the client sends its recipients and content,
+and calls :meth:`Verifier.verify` once the whole message is in. Nothing here raises for hostile input or DNS trouble: a lookup that
 fails is a ``temperror`` (RFC 7208 §2.6.6, RFC 6376 §6.1.2, RFC 7489 §6.6.3), recorded in the
 results and never a reason to refuse the message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -73,22 +72,6 @@ def dkim_verdict(result: dkim_verify.DkimResult) -> DkimVerdict:
     return DkimVerdict(result.result, result.domain, result.selector, result.b_prefix)
 
 
-class SpfLookup:
-    """An SPF evaluation running in its own task (it never raises: see Verifier._spf)."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self, future: asyncio.Future[SpfResult]) -> None:
-        self._future = future
-
-    async def result(self) -> SpfResult:
-        return await self._future
-
-    def cancel(self) -> None:
-        """The transaction ended without a message: stop asking DNS."""
-        self._future.cancel()
-
-
 class Verifier:
     """One per server: the resolvers and options every message's checks share."""
 
@@ -97,12 +80,10 @@ class Verifier:
         self._txt = txt
         self._options = SpfOptions(receiver=hostname, time_limit=max(resolver.lifetime * 4, 1.0))
 
-    def start_spf(self, ip: str, mail_from: str, helo: str) -> SpfLookup:
-        """Begin SPF for the MAIL FROM identity (the HELO identity for a null sender, RFC 7208
-        §2.4) in a task of its own; its result is awaited when the message is in."""
-        return SpfLookup(asyncio.ensure_future(self._spf(ip, mail_from, helo)))
-
-    async def _spf(self, ip: str, mail_from: str, helo: str) -> SpfResult:
+    async def spf(self, ip: str, mail_from: str, helo: str) -> SpfResult:
+        """SPF for the MAIL FROM identity (the HELO identity for a null sender, RFC 7208 §2.4).
+        Never raises: the caller starts it at MAIL beside the conversation and awaits it when
+        the message is in (:meth:`verify`)."""
         try:
             return await check_mail_from(ip, mail_from, helo, resolver=self._resolver, options=self._options)
         except Exception as exc:  # SPF is never a reason to lose the message
@@ -114,7 +95,7 @@ class Verifier:
 
     async def verify(
         self,
-        spf: SpfLookup,
+        spf: Awaitable[SpfResult],
         open_message: Callable[[], BinaryIO],
         from_fields: Sequence[bytes],
         size: int,
@@ -124,7 +105,7 @@ class Verifier:
         """DKIM and ARC on the stored message, then DMARC from its From fields (RFC 7489 §6.6).
         ``arc_sets``: False when the caller saw no ARC-Seal field (arc=none without reading the
         message again)."""
-        spf_result = await spf.result()
+        spf_result = await spf
         with open_message() as content:
             signatures = await self._dkim(content)
         chain = (

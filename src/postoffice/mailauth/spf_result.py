@@ -57,6 +57,18 @@ class SpfResult:
 
     def received_spf(self, receiver: str) -> str:
         """The value of a Received-SPF header field (RFC 7208 §9.1), added by ``receiver``."""
+        result, pairs = self._received_spf(receiver)
+        return f"{result} {'; '.join(pairs)}"
+
+    def received_spf_field(self, receiver: str) -> bytes:
+        """The whole Received-SPF field, CRLF-terminated and folded before each key-value pair
+        (RFC 5322 §2.2.3), so no line of it grows long with the client's addresses."""
+        result, pairs = self._received_spf(receiver)
+        folded = ";\r\n\t".join(pairs)
+        return f"Received-SPF: {result}\r\n\t{folded}\r\n".encode()
+
+    def _received_spf(self, receiver: str) -> tuple[str, list[str]]:
+        """§9.1: the result with its comment, then the key-value pairs."""
         pairs = [
             ("client-ip", self.ip),
             ("envelope-from", self.sender),
@@ -68,8 +80,8 @@ class SpfResult:
             pairs.append(("mechanism", self.mechanism))
         if self.problem is not None and self.result in ("temperror", "permerror", "none"):
             pairs.append(("problem", self.problem))
-        values = "; ".join(f"{key}={_value(value)}" for key, value in pairs)
-        return f"{self.result} ({_comment_text(f'{receiver}: {self.comment}')}) {values}"
+        head = f"{self.result} ({_comment_text(f'{receiver}: {self.comment}')})"
+        return head, [f"{key}={_value(value)}" for key, value in pairs]
 
 
 def _clean(text: str) -> str:

@@ -31,6 +31,11 @@ log = logging.getLogger("postoffice.maildir")
 INFO_SEPARATOR = ":2,"
 # The directories holding messages; tmp/ holds deliveries in progress.
 MESSAGE_DIRS = ("new", "cur")
+# The Maildir++ folders (".Name" inside a mailbox) the server files mail into and lists beside
+# the inbox: Junk, for DMARC quarantine. Other folders (Dovecot's Sent, Trash) are a mail
+# client's and are not listed.
+LISTED_FOLDERS = ("Junk",)
+FOLDER_DIRS = tuple(f".{name}" for name in LISTED_FOLDERS)
 # Keys become part of a file name; ours are "<queue ID>_<recipient index>".
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Files in a Maildir's tmp/ older than this are a crashed delivery's (the specification's 36 hours).
@@ -149,26 +154,33 @@ def name_time(name: str) -> float | None:
 
 
 def split_location(location: str) -> tuple[str, str] | None:
-    """``(subdir, name)`` of a location ``new/NAME`` or ``cur/NAME``; None for anything else
-    (a location is compared and joined only in this shape: never a path of its own)."""
+    """``(subdir, name)`` of a location ``new/NAME`` or ``cur/NAME``, or of one in a listed
+    folder (``.Junk/new/NAME``: subdir ``.Junk/new``); None for anything else (a location is
+    compared and joined only in this shape: never a path of its own)."""
     subdir, _, name = location.partition("/")
+    folder = ""
+    if subdir in FOLDER_DIRS:
+        folder = f"{subdir}/"
+        subdir, _, name = name.partition("/")
     if subdir not in MESSAGE_DIRS or not name or "/" in name or name.startswith("."):
         return None
-    return subdir, name
+    return f"{folder}{subdir}", name
 
 
 def message_files(maildir: Path) -> Iterator[tuple[str, str]]:
-    """``(subdir, name)`` of every message file in ``new/`` and ``cur/``: plain files only (a
-    symlink could lead anywhere), no dot files (not messages, says the specification)."""
-    for subdir in MESSAGE_DIRS:
-        try:
-            scan = os.scandir(maildir / subdir)
-        except FileNotFoundError:
-            continue
-        with scan:
-            for item in scan:
-                if not item.name.startswith(".") and item.is_file(follow_symlinks=False):
-                    yield subdir, item.name
+    """``(subdir, name)`` of every message file in ``new/`` and ``cur/``, the inbox's and each
+    listed folder's (subdir ``.Junk/new``): plain files only (a symlink could lead anywhere),
+    no dot files (not messages, says the specification)."""
+    for folder in ("", *(f"{name}/" for name in FOLDER_DIRS)):
+        for subdir in MESSAGE_DIRS:
+            try:
+                scan = os.scandir(maildir / f"{folder}{subdir}")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with scan:
+                for item in scan:
+                    if not item.name.startswith(".") and item.is_file(follow_symlinks=False):
+                        yield f"{folder}{subdir}", item.name
 
 
 def find_mailboxes(mail_root: Path) -> Iterator[tuple[str, Path]]:

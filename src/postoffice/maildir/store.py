@@ -221,7 +221,10 @@ class MaildirStore:
                 os.rename(path, path.parent.parent / "cur" / name)
             except FileNotFoundError:
                 raise MessageGone(f"{message.mailbox}: {message.location} moved") from None
-        return StoredMessage(message.mailbox, message.key, f"cur/{name}", flags_of(name), message.received)
+        folder = "" if message.folder is None else f".{message.folder}/"
+        return StoredMessage(
+            message.mailbox, message.key, f"{folder}cur/{name}", flags_of(name), message.received
+        )
 
     def expunge(self, message: StoredMessage) -> bool:
         try:
@@ -255,7 +258,7 @@ class MaildirStore:
                 received = (status or os.lstat(path)).st_mtime
             except OSError:
                 received = 0.0
-        flags = flags_of(name) if subdir == "cur" else ""
+        flags = flags_of(name) if subdir.endswith("cur") else ""  # "cur" or ".Junk/cur"
         return StoredMessage(mailbox, key_of(name), f"{subdir}/{name}", flags, received)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import watchfiles
 
-from postoffice.maildir.layout import MESSAGE_DIRS, find_mailboxes, key_of
+from postoffice.maildir.layout import FOLDER_DIRS, MESSAGE_DIRS, find_mailboxes, key_of
 from postoffice.maildir.names import mailbox_address, mailbox_path
 from postoffice.storage import MailboxChanges, OnChanges
 
@@ -173,7 +173,12 @@ class MaildirWatch:
             if not path.startswith(self._prefix):
                 continue
             parts = path[len(self._prefix) :].split(os.sep)
-            if len(parts) == 4 and parts[2] in MESSAGE_DIRS:
+            if len(parts) == 5 and parts[2] in FOLDER_DIRS and parts[3] in MESSAGE_DIRS:
+                # A listed folder's message (.Junk/new/NAME): located as the store locates it.
+                parts = [parts[0], parts[1], f"{parts[2]}/{parts[3]}", parts[4]]
+            elif len(parts) in (3, 4) and parts[2] in FOLDER_DIRS and change != watchfiles.Change.modified:
+                parts = parts[:2]  # the folder made or removed: look at the whole mailbox
+            if len(parts) == 4 and parts[2].rpartition("/")[2] in MESSAGE_DIRS:
                 name = parts[3]
                 if not name.startswith("."):  # dot files are not messages (the specification)
                     keys = touched.setdefault((parts[0], parts[1]), {})

@@ -8,6 +8,7 @@ kind        TLS                               AUTH                         MAIL 
 smtp        STARTTLS (RFC 3207)               after TLS                    no (MX service)
 submission  STARTTLS, required before AUTH    after TLS (RFC 6409, 8314)   yes
 smtps       implicit, from the first byte     yes (RFC 8314 §3)            yes
+local       none (a Unix socket)              none: trusted as the system  no
 ==========  ================================  ===========================  ===============
 
 "After TLS" has one exception, off by default: ``[auth] allow_plaintext_on_loopback`` lets
@@ -27,6 +28,8 @@ from postoffice.smtp.server import ServerSettings
 
 # Listener kinds on which MAIL needs an authenticated session (RFC 6409 §4.3, RFC 8314 §3.3).
 SUBMISSION_KINDS = frozenset({"submission", "smtps"})
+# The server's own Unix socket (net.local_socket): only the server's user and root can open it.
+LOCAL_KIND = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ def settings_for(kind: str, base: ServerSettings, security: Security) -> ServerS
     """The session settings of a listener of ``kind``."""
     has_tls = security.tls is not None
     mechanisms = sasl.MECHANISMS if security.login is not None else ()
+    if kind == LOCAL_KIND:
+        return replace(base, starttls=False, auth_mechanisms=())  # nothing to hide or prove here
     if kind == "smtps":
         return replace(base, implicit_tls=True, auth_mechanisms=mechanisms, auth_requires_tls=True)
     starttls = has_tls if kind == "submission" else has_tls and security.starttls_on_smtp

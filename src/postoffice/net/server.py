@@ -15,11 +15,13 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError, ListenError
 from postoffice.mailauth.dkim_signer import Signer
-from postoffice.net.listeners import SUBMISSION_KINDS, Security, settings_for
+from postoffice.net.listeners import LOCAL_KIND, SUBMISSION_KINDS, Security, settings_for
+from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.proxy_gate import ProxyGate
 from postoffice.net.session import SessionObserver, SessionServices, SmtpSession
 from postoffice.net.tls import SHUTDOWN_TIMEOUT
@@ -71,7 +73,10 @@ class SmtpServer:
         proxy: ProxyProtocol | None = None,
         signer: Signer | None = None,
         inbound: Check | None = None,
+        local_socket: Path | None = None,
     ) -> None:
+        """``local_socket``: where the trusted local socket listens (net.local_socket); None:
+        nowhere."""
         self._settings = settings
         self._policy = policy
         self._spool = spool
@@ -84,6 +89,8 @@ class SmtpServer:
         # DKIM signing of authenticated users' mail, hashed off the event loop.
         self._signing = None if signer is None else DkimSigning(signer, asyncio.to_thread)
         self._inbound = inbound  # mail authentication on the listeners that are not for submission
+        self._local_socket = local_socket
+        self._owns_local_socket = False  # made it, so takes its name away at the end
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -105,11 +112,16 @@ class SmtpServer:
             await server.start_serving()
 
     async def bind(
-        self, *, reuse_port: bool = False, sockets: Sequence[BoundSocket] | None = None
+        self,
+        *,
+        reuse_port: bool = False,
+        sockets: Sequence[BoundSocket] | None = None,
+        local: socket.socket | None = None,
     ) -> list[BoundAddress]:
         """Open every listener without accepting yet, so that a taken port (ListenError) is
         found before anything else starts; :meth:`serve` then accepts. ``sockets``: bound
-        already (before root was given up), listened on instead of binding."""
+        already (before root was given up), listened on instead of binding. ``local``: the
+        local socket, bound by the parent of several workers (else bound here if configured)."""
         bound: Sequence[tuple[Listener, socket.socket | None]] = (
             [(listener, None) for listener in self._listeners] if sockets is None else sockets
         )
@@ -119,7 +131,28 @@ class SmtpServer:
             for listening in server.sockets:
                 host, port = listening.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
+        await self._listen_locally(local)
         return self.bound
+
+    async def _listen_locally(self, sock: socket.socket | None) -> None:
+        """The local socket for ``postoffice sendmail``; one that cannot be made is one log
+        line, and sendmail uses the MX port as before."""
+        path = self._local_socket
+        if path is None:
+            return
+        if sock is None:
+            try:
+                sock = bind_local_socket(path)
+            except OSError as exc:
+                log.warning(
+                    "event=local-socket-failed path=%s error=%r", path, exc.strerror or type(exc).__name__
+                )
+                return
+            self._owns_local_socket = True
+        server = await asyncio.get_running_loop().create_unix_server(
+            self._factory_for(LOCAL_KIND), sock=sock, backlog=1024, start_serving=False
+        )
+        self._servers.append(server)
 
     async def _listen(
         self, listener: Listener, sock: socket.socket | None, reuse_port: bool
@@ -173,9 +206,9 @@ class SmtpServer:
                 hostname=settings.hostname,
                 junk_commands=self._limits.junk_commands,
                 submission=kind in SUBMISSION_KINDS,
-                authenticator=security.login,
+                authenticator=None if kind == LOCAL_KIND else security.login,
                 signing=self._signing,
-                inbound=self._inbound,
+                inbound=None if kind == LOCAL_KIND else self._inbound,
             )
             on_queued = self._on_queued
             services = SessionServices(
@@ -193,13 +226,16 @@ class SmtpServer:
                 admit=self._admit,
                 on_closed=self._forget,
                 security=security,
+                local=kind == LOCAL_KIND,
             )
             self._by_kind[kind] = services
         return services
 
     def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        return self._factory_for(listener.kind)
+
+    def _factory_for(self, kind: str) -> Callable[[], asyncio.Protocol]:
         # Services are looked up per connection, so reconfigure() applies to new sessions.
-        kind = listener.kind
         if self._proxy.expects_header(kind):
             proxy = self._proxy
             return lambda: ProxyGate(
@@ -217,8 +253,12 @@ class SmtpServer:
         if len(self.sessions) >= limits.connections:
             log.warning("session=%s event=refused reason=connections client=%s", session.id, session.peer)
             return replies.TOO_MANY_CONNECTIONS
-        if self._per_client[session.peer] >= limits.connections_per_client and not limits.is_trusted(
-            session.peer
+        # The local socket's clients are this machine's own programs, all with no address:
+        # only the total limit applies to them.
+        if (
+            session.local is None
+            and self._per_client[session.peer] >= limits.connections_per_client
+            and not limits.is_trusted(session.peer)
         ):
             log.warning("session=%s event=refused reason=per-client client=%s", session.id, session.peer)
             return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
@@ -244,6 +284,8 @@ class SmtpServer:
         """
         for server in self._servers:
             server.close()
+        if self._owns_local_socket and self._local_socket is not None:
+            remove_local_socket(self._local_socket)
         goodbye = replies.shutting_down(self._settings.hostname)
         loop = asyncio.get_running_loop()
         end = loop.time() + grace

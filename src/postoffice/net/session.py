@@ -40,12 +40,23 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 from postoffice import metrics
 from postoffice.config import Limits
 from postoffice.net.listeners import Security, for_client
+from postoffice.net.local_socket import peer_of
 from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtp.state import State
-from postoffice.smtpd import NEED_DATA, START_TLS, Close, Conversation, Observer, Services, Step, Wait
+from postoffice.smtpd import (
+    NEED_DATA,
+    START_TLS,
+    Close,
+    Conversation,
+    LocalPeer,
+    Observer,
+    Services,
+    Step,
+    Wait,
+)
 
 log = logging.getLogger("postoffice.smtp")
 
@@ -74,6 +85,7 @@ class SessionServices:
     admit: Callable[[SmtpSession], Reply]  # the greeting, or 421 when over a connection limit
     on_closed: Callable[[SmtpSession], None]
     security: Security = field(default_factory=Security)
+    local: bool = False  # the server's local socket (net.local_socket): the peer's credentials count
 
 
 _P = ParamSpec("_P")
@@ -108,6 +120,8 @@ class SmtpSession(asyncio.Protocol):
         # The client's address as a trusted PROXY header states it (net.proxy_gate sets it
         # before connection_made); limits, logs and Received: then use it instead of the proxy's.
         self.proxied_peer: str | None = None
+        # The process on the other end of the local socket (SO_PEERCRED); None over TCP.
+        self.local: LocalPeer | None = None
         self.outcome = "disconnect"  # how the session ended, for metrics
         self.conversation: Conversation | None = None  # from connection_made on
         self._transport: asyncio.Transport | None = None
@@ -129,14 +143,20 @@ class SmtpSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = self.proxied_peer or (str(peer[0]) if peer else "")
         services = self.services
+        if services.local:
+            self.local = local = peer_of(transport.get_extra_info("socket"))
+            log.info("session=%s event=connect client=local %s", self.id, local)
+        else:
+            peer = transport.get_extra_info("peername")
+            self.peer = self.proxied_peer or (str(peer[0]) if peer else "")
+            log.info("session=%s event=connect client=%s", self.id, self.peer)
         settings = for_client(services.settings, services.security, self.peer)
-        conversation = Conversation(services.conversation, settings, session_id=self.id, address=self.peer)
+        conversation = Conversation(
+            services.conversation, settings, session_id=self.id, address=self.peer, local=self.local
+        )
         self.conversation = conversation
         self._touch()
-        log.info("session=%s event=connect client=%s", self.id, self.peer)
         metrics.current().connection_opened("smtp")
         if services.settings.implicit_tls:
             self._log_tls(transport)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -24,6 +25,7 @@ from postoffice.app import Application, needs_tls, workers_directory
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
 from postoffice.maildir.store import MaildirStore
+from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.server import BoundAddress
 from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
@@ -82,9 +84,10 @@ def _run(
     web_share: WebShare | None = None,
     prebound: Prebound | None = None,
     acme_sockets: tuple[socket.socket, ...] | None = None,
+    local: socket.socket | None = None,
 ) -> int:
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets))
+        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets, local))
     return 130
 
 
@@ -95,6 +98,7 @@ async def _serve(
     web_share: WebShare | None = None,
     prebound: Prebound | None = None,
     acme_sockets: tuple[socket.socket, ...] | None = None,
+    local: socket.socket | None = None,
 ) -> int:
     # What asyncio catches itself is one log line from here on, never a traceback.
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
@@ -116,7 +120,7 @@ async def _serve(
     # Handlers go in before anything is announced: a supervisor may signal as soon as it reads
     # the "listening" line, and a SIGTERM then must stop us cleanly, not kill us.
     stop = handle_signals(app, reload)
-    bound = await _start_listening(app, config, worker, prebound)
+    bound = await _start_listening(app, config, worker, prebound, local)
     if bound is None:
         return 1
     if worker is None or worker.index == 0:
@@ -134,13 +138,19 @@ async def _serve(
 
 
 async def _start_listening(
-    app: Application, config: Config, worker: WorkerRole | None, prebound: Prebound | None
+    app: Application,
+    config: Config,
+    worker: WorkerRole | None,
+    prebound: Prebound | None,
+    local: socket.socket | None = None,
 ) -> Sequence[BoundAddress] | None:
     """Start ``app``; None (with its one line said, everything stopped) when it cannot listen."""
     try:
         if worker is None:
             return await app.start(sockets=prebound.smtp[0] if prebound is not None else None)
-        return await app.start(recover=worker.recover, reuse_port=True, sockets=worker.sockets or None)
+        return await app.start(
+            recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
+        )
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
     except OSError as exc:
@@ -178,17 +188,10 @@ def _serve_workers(
         ]
         banner(config, bound, web.addresses, None)
 
-    def run_worker(worker_config: Config, role: WorkerRole) -> int:
-        worker_reload = None
-        if reload is not None:
-            file_reload = reload
-
-            def worker_reload() -> Config:
-                return share_limits(file_reload(), worker_config.workers)
-
-        acme = prebound.acme if prebound is not None and role.index == 0 else None  # it orders certificates
-        return _run(worker_config, role, worker_reload, web.share(role.index), acme_sockets=acme)
-
+    # One local socket for all the workers, bound here (as the server's user, so its file is
+    # theirs) and accepted on by each: the kernel gives each connection to one of them.
+    local = _bind_local(config)
+    run_worker = _worker_runner(reload, web, local, prebound)
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
     # file, the parent here, which passes them on: each worker looks at the messages it owns.
     try:
@@ -208,7 +211,50 @@ def _serve_workers(
         print(f"postoffice: {exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        if local is not None:
+            local.close()
+            remove_local_socket(config.local_socket_path)
         web.close()  # every worker has stopped: the parent indexes what they sent last
+
+
+def _worker_runner(
+    reload: Callable[[], Config] | None,
+    web: WorkersWeb,
+    local: socket.socket | None,
+    prebound: Prebound | None,
+) -> Callable[[Config, WorkerRole], int]:
+    """What each forked worker runs: a whole server on its share of the configuration."""
+
+    def run_worker(worker_config: Config, role: WorkerRole) -> int:
+        worker_reload = None
+        if reload is not None:
+            file_reload = reload
+
+            def worker_reload() -> Config:
+                return share_limits(file_reload(), worker_config.workers)
+
+        if local is None:  # none was made: no worker makes its own in the others' place
+            worker_config = dataclasses.replace(worker_config, local_socket=False)
+        acme = prebound.acme if prebound is not None and role.index == 0 else None  # it orders certificates
+        share = web.share(role.index)
+        return _run(worker_config, role, worker_reload, share, acme_sockets=acme, local=local)
+
+    return run_worker
+
+
+def _bind_local(config: Config) -> socket.socket | None:
+    """The workers' local socket, or None (not configured, or it cannot be made: one line)."""
+    if not config.local_socket:
+        return None
+    try:
+        return bind_local_socket(config.local_socket_path)
+    except OSError as exc:
+        log.warning(
+            "event=local-socket-failed path=%s error=%r",
+            config.local_socket_path,
+            exc.strerror or type(exc).__name__,
+        )
+        return None
 
 
 def _prepare_for_workers(config: Config) -> None:

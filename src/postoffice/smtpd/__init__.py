@@ -20,7 +20,7 @@ transport to finish.
 """
 
 from postoffice.smtpd.content import MessageResult
-from postoffice.smtpd.context import Client, Context, Message, Transaction
+from postoffice.smtpd.context import Client, Context, LocalPeer, Message, Transaction
 from postoffice.smtpd.conversation import (
     NEED_DATA,
     START_TLS,
@@ -44,6 +44,7 @@ __all__ = [
     "Close",
     "Context",
     "Conversation",
+    "LocalPeer",
     "Message",
     "MessageResult",
     "Observer",

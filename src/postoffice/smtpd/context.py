@@ -14,6 +14,7 @@ to remember about a session or a transaction goes into ``client.notes`` or
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 from postoffice.smtp import commands as c
@@ -31,18 +32,46 @@ _T_co = TypeVar("_T_co", covariant=True)
 HEADER_SECTION_LIMIT = 102_400
 
 
+@dataclass(frozen=True, slots=True)
+class LocalPeer:
+    """The process at the other end of the server's local socket, as the kernel says
+    (SO_PEERCRED): a program of this machine, ``postoffice sendmail`` say. None where the
+    kernel did not tell."""
+
+    uid: int | None
+    pid: int | None
+
+    def __str__(self) -> str:
+        unknown = "unknown"
+        return (
+            f"uid={unknown if self.uid is None else self.uid} pid={unknown if self.pid is None else self.pid}"
+        )
+
+
 class Client:
     """The client of one session, as far as it has told us (HELO name, TLS, who it logged in as)."""
 
-    __slots__ = ("_core", "address", "id", "notes", "queued", "user")
+    __slots__ = ("_core", "address", "id", "local", "notes", "queued", "user")
 
-    def __init__(self, session_id: str, address: str, core: ServerConnection) -> None:
+    def __init__(
+        self, session_id: str, address: str, core: ServerConnection, local: LocalPeer | None = None
+    ) -> None:
         self.id = session_id
         self.address = address  # its IP address (as a trusted PROXY header says, if one does)
         self._core = core
         self.user: str | None = None  # authenticated as (RFC 4954), until STARTTLS resets it
+        # A program of this machine on the server's local socket, which only the server's own
+        # user and root can open: trusted as local submission is (signed, never verified, may
+        # relay and send as anyone), without AUTH.
+        self.local = local
         self.queued = 0  # messages queued in this session so far
         self.notes: dict[object, Any] = {}
+
+    @property
+    def submits(self) -> bool:
+        """Mail from this client is our users' own: it logged in, or it came through the local
+        socket. Such mail is signed, never verified, and may be relayed."""
+        return self.user is not None or self.local is not None
 
     @property
     def helo(self) -> str:

@@ -38,7 +38,7 @@ from postoffice.smtp.server import ServerConnection, ServerSettings
 from postoffice.smtp.state import State
 from postoffice.smtpd.auth import Authenticator, AuthExchange
 from postoffice.smtpd.content import Content, MessageResult
-from postoffice.smtpd.context import Client, Context, Spawn, Transaction
+from postoffice.smtpd.context import Client, Context, LocalPeer, Spawn, Transaction
 from postoffice.smtpd.drive import Suspended, drive
 from postoffice.smtpd.stages import Stage, Stages, run_checks
 from postoffice.storage import Receiver
@@ -121,10 +121,17 @@ class Conversation:
     """One session's conversation: bytes in, replies out, every command through its stage."""
 
     def __init__(
-        self, services: Services, settings: ServerSettings, *, session_id: str, address: str
+        self,
+        services: Services,
+        settings: ServerSettings,
+        *,
+        session_id: str,
+        address: str,
+        local: LocalPeer | None = None,
     ) -> None:
+        """``local``: the client came through the server's local socket (see Client.local)."""
         self.core = ServerConnection(settings)
-        self.client = Client(session_id, address, self.core)
+        self.client = Client(session_id, address, self.core, local)
         self._services = services
         self._stages = services.stages
         ctx = self._ctx = Context(self.client, Stage.CONNECT, services.spawn)

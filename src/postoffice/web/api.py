@@ -97,6 +97,9 @@ def iso_time(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+INBOX = "INBOX"
+
+
 def summary_json(row: Row) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -110,6 +113,9 @@ def summary_json(row: Row) -> dict[str, Any]:
         "read": row.seen,
         "has_attachments": row.has_attachments,
         "snippet": row.snippet,
+        # "Junk" for a copy the server filed there (DMARC quarantine): listed with the rest,
+        # never counted as unread; "INBOX" (IMAP's name, RFC 9051 §5.1) for the others.
+        "folder": row.folder or INBOX,
         # What the server found checking the message on arrival (SPF, DKIM, DMARC, ARC); null
         # for mail it did not check (submitted by a user, captured).
         "authentication": row.auth.to_json() if row.auth is not None else None,

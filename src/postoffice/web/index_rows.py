@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from postoffice.storage import folder_of
 from postoffice.web import authresults
 from postoffice.web.authresults import Authentication
 from postoffice.web.index_schema import _AUTH_COLUMNS
@@ -58,6 +59,11 @@ class Row:
     snippet: str = ""
     # The results of our Authentication-Results field; None when the message has none.
     auth: Authentication | None = None
+
+    @property
+    def folder(self) -> str | None:
+        """The folder it is filed in ("Junk": a DMARC quarantine); None for the inbox."""
+        return folder_of(self.location)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,38 @@ from postoffice.web.search import TEXT_TABLE
 
 # Bumped whenever the schema or what is indexed changes: an older index is rebuilt from disk,
 # except that one of version 3 first gains the snippet column in place (_add_snippets), one of
-# version 4 then the change journal, and one of version 5 then the authentication results
-# (_add_auth): ids stay, links keep working.
-SCHEMA_VERSION = 6
+# version 4 then the change journal, one of version 5 then the authentication results
+# (_add_auth), and one of version 6 then unread counts without the Junk folder
+# (_count_inbox_only): ids stay, links keep working.
+SCHEMA_VERSION = 7
 # The version that added messages.snippet.
 SNIPPET_SCHEMA = 4
 # The version that added the changes table (the journal of changes followed from the disk).
 JOURNAL_SCHEMA = 5
 # The version that added the authentication results (messages.auth and the auth_* columns).
 AUTH_SCHEMA = 6
+# The version whose unread counts leave out the Junk folder (the triggers below).
+JUNK_SCHEMA = 7
 # Rows written per transaction while syncing: large enough to amortise the commit, small
+
+# An unread message counts when it is in the inbox: mail in the Junk folder (a DMARC
+# quarantine, location ".Junk/...", storage.folder_of) is listed but never announced as new.
+_UNREAD_NEW = "(new.seen = 0 AND substr(new.location, 1, 6) <> '.Junk/')"
+_UNREAD_OLD = "(old.seen = 0 AND substr(old.location, 1, 6) <> '.Junk/')"
+# Counts kept by triggers: listing mailboxes never scans messages.
+_COUNT_TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
+    INSERT INTO mailboxes (address, total, unread) VALUES (new.mailbox, 1, {_UNREAD_NEW})
+    ON CONFLICT (address) DO UPDATE SET total = total + 1, unread = unread + {_UNREAD_NEW};
+END;
+CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
+    UPDATE mailboxes SET total = total - 1, unread = unread - {_UNREAD_OLD} WHERE address = old.mailbox;
+    DELETE FROM messages_text WHERE rowid = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_flagged AFTER UPDATE OF seen, location ON messages BEGIN
+    UPDATE mailboxes SET unread = unread - {_UNREAD_OLD} + {_UNREAD_NEW} WHERE address = new.mailbox;
+END;
+"""
 
 # The statements a migration runs by themselves too (each IF NOT EXISTS).
 _CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
@@ -78,18 +100,7 @@ CREATE INDEX IF NOT EXISTS messages_by_flags ON messages (mailbox, seen, has_att
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
     sender, recipients, subject, body, mailbox, tokenize = "unicode61 remove_diacritics 2"
 );
--- Counts kept by triggers: listing mailboxes never scans messages.
-CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
-    INSERT INTO mailboxes (address, total, unread) VALUES (new.mailbox, 1, new.seen = 0)
-    ON CONFLICT (address) DO UPDATE SET total = total + 1, unread = unread + (new.seen = 0);
-END;
-CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
-    UPDATE mailboxes SET total = total - 1, unread = unread - (old.seen = 0) WHERE address = old.mailbox;
-    DELETE FROM messages_text WHERE rowid = old.id;
-END;
-CREATE TRIGGER IF NOT EXISTS messages_flagged AFTER UPDATE OF seen ON messages BEGIN
-    UPDATE mailboxes SET unread = unread - (old.seen = 0) + (new.seen = 0) WHERE address = new.mailbox;
-END;
+{_COUNT_TRIGGERS}
 -- Read-state changes and deletions followed from the disk, in order: the process serving HTTP
 -- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
 -- sequence number is never reused, so pruning old entries never hides a new one.
@@ -122,6 +133,9 @@ def migrate(db: sqlite3.Connection) -> None:
         version = JOURNAL_SCHEMA
     if version == AUTH_SCHEMA - 1:
         _add_auth(db)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == JUNK_SCHEMA - 1:
+        _count_inbox_only(db)
         version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return  # nothing to write: workers opening one index at once never wait here
@@ -174,6 +188,27 @@ def _add_auth(db: sqlite3.Connection) -> None:
                     db.execute(f"ALTER TABLE messages ADD COLUMN {name} {definition}")
             db.execute(_AUTH_INDEX)
             db.execute(f"PRAGMA user_version = {AUTH_SCHEMA:d}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _count_inbox_only(db: sqlite3.Connection) -> None:
+    """Schema 6 to 7: the count triggers leave the Junk folder out of the unread counts, and
+    the counts are made again. As in _add_snippets, a second process finds the work done."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] == JUNK_SCHEMA - 1:
+            for name in ("messages_added", "messages_removed", "messages_flagged"):
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for statement in _COUNT_TRIGGERS.split("END;")[:-1]:
+                db.execute(statement + "END;")
+            db.execute(
+                "UPDATE mailboxes SET unread = (SELECT count(*) FROM messages WHERE mailbox = address"
+                " AND seen = 0 AND substr(location, 1, 6) <> '.Junk/')"
+            )
+            db.execute(f"PRAGMA user_version = {JUNK_SCHEMA:d}")
     except BaseException:
         db.execute("ROLLBACK")
         raise

@@ -66,6 +66,11 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
         "maxLength": SNIPPET_LENGTH,
         "description": "The start of the body text on one line (whitespace runs as one space); empty if none.",
     },
+    "folder": {
+        "type": "string",
+        "description": 'Where the message is filed: "INBOX", or "Junk" for mail the server quarantined'
+        " (DMARC p=quarantine), which is listed but not counted as unread. Search in:junk or in:inbox.",
+    },
     "authentication": {
         "anyOf": [_ref("Authentication"), {"type": "null"}],
         "description": "The results of checking the message on arrival; null for mail that was not"

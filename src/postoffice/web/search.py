@@ -13,6 +13,7 @@ The syntax (Mailpit's, so people and scripts can move over)::
     subject:"weekly report"     subject
     has:attachment              with attachments
     is:read  is:unread          Maildir "S" flag
+    in:junk  in:inbox           ours: the Junk folder (DMARC quarantine), or the inbox
     before:2024-05-01  after:2024-05-01T12:00    received time, UTC, ISO 8601
     larger:1M  smaller:500K     size in octets, K/M/G are powers of 1024
     -term  -from:noreply        negation of any term ("!" works too)
@@ -62,7 +63,11 @@ _CONDITIONS = {
     ("is", "seen"): "seen = 1",
     ("is", "unread"): "seen = 0",
     ("is", "unseen"): "seen = 0",
+    # The folder (storage.folder_of): the DMARC quarantine's Junk, or the inbox.
+    ("in", "junk"): "substr(location, 1, 6) = '.Junk/'",
+    ("in", "inbox"): "substr(location, 1, 6) <> '.Junk/'",
 }
+_CHOICES = {"has": "attachment", "is": "read or unread", "in": "inbox or junk"}
 # Authentication results: the column each compares, and the values it can hold. auth_dkim holds
 # every signature's result between spaces (Authentication.columns), so it is searched for " r ".
 _AUTH_FIELDS = {
@@ -129,7 +134,7 @@ def tokenize(query: str) -> list[Term]:
 
 
 _KNOWN_FIELDS = frozenset(
-    {"from", "to", "subject", "has", "is", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
+    {"from", "to", "subject", "has", "is", "in", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
 )
 
 
@@ -192,11 +197,10 @@ def compile_query(query: str) -> Compiled:
                 expression = f"{column} : {phrase}"
                 (unwanted if term.negated else wanted).append(expression)
             continue
-        if term.field in ("has", "is"):
+        if term.field in _CHOICES:
             condition = _CONDITIONS.get((term.field, term.value.lower()))
             if condition is None:
-                choices = "attachment" if term.field == "has" else "read or unread"
-                raise SearchError(f"{term.field}:{term.value}: expected {term.field}:{choices}")
+                raise SearchError(f"{term.field}:{term.value}: expected {term.field}:{_CHOICES[term.field]}")
             conditions.append(f"NOT ({condition})" if term.negated else condition)
             continue
         if term.field in _AUTH_FIELDS:

@@ -5,17 +5,20 @@ Untrusted input seen here: the envelope and the message's header section (the Fr
 Authentication-Results fields a sender wrote); the verifiers in :mod:`postoffice.mailauth`
 read the rest.
 
-At MAIL the check starts SPF (RFC 7208: the MAIL FROM identity, HELO's for a null sender) and
-defers, so the lookups run while the client sends its recipients and content. At the end of the
+At MAIL the check starts SPF (RFC 7208: the MAIL FROM identity, HELO's for a null sender)
+beside the conversation (``Context.start``: the transaction cancels it if it ends without a
+message) and defers, so the lookups run while the client sends its recipients and content. At the end of the
 message it renames every Authentication-Results field that claims our authserv-id (RFC 8601 §5:
 a forger's cannot pass) to ``X-Removed-Auth-Results`` in place — a name of the same 22 octets,
 so the stored message is not copied — then verifies DKIM and ARC on the stored content, DMARC
-on its From field, and puts one Authentication-Results field of ours on top. With ``enforce``,
+on its From field, and puts a Received-SPF field (RFC 7208 §9.1) and above it one
+Authentication-Results field of ours on top. With ``enforce``,
 a DMARC failure under p=reject is refused with 550 5.7.1 (before any 250, RFC 7489 §10.3) and
 one under p=quarantine goes to the recipient's Junk folder.
 
-Not checked: authenticated sessions (the listeners for submission get no such check at all),
-clients in ``skip_networks``, and senders whose MAIL FROM or From domain is in ``skip_domains``.
+Not checked: authenticated sessions and those on the local socket (``postoffice sendmail``;
+the listeners for submission get no such check at all), clients in ``skip_networks``, and
+senders whose MAIL FROM or From domain is in ``skip_domains``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from collections.abc import Iterator
 from postoffice import metrics
 from postoffice.config import AuthenticationSettings
 from postoffice.mailauth import dmarc, results
-from postoffice.mailauth.inbound import SpfLookup, Verification, Verifier
+from postoffice.mailauth.inbound import Verification, Verifier
+from postoffice.mailauth.spf_result import SpfResult
 from postoffice.smtp import replies
-from postoffice.smtpd.context import Context, Message
+from postoffice.smtpd.context import Background, Context, Message
 from postoffice.smtpd.stages import Stage
 from postoffice.smtpd.verdict import ACCEPT, DEFER, Verdict
 
@@ -50,25 +54,25 @@ class InboundAuthentication:
     async def check(self, ctx: Context) -> Verdict:
         if ctx.stage is Stage.MAIL:
             return self._start(ctx)
-        lookup = ctx.transaction.notes.pop(self, None)
-        if not isinstance(lookup, SpfLookup) or ctx.message is None:
+        lookup: Background[SpfResult] | None = ctx.transaction.notes.pop(self, None)
+        if lookup is None or ctx.message is None:
             return ACCEPT
         return await self._finish(ctx, ctx.message, lookup)
 
     def _start(self, ctx: Context) -> Verdict:
         client = ctx.client
-        if client.user is not None or self._settings.skips_network(client.address):
+        if client.submits or self._settings.skips_network(client.address):
             return ACCEPT
         mail_from = ctx.transaction.mail_from
         if mail_from and self._skipped(mail_from.rpartition("@")[2]):
             return ACCEPT
-        ctx.transaction.notes[self] = self._verifier.start_spf(client.address, mail_from, client.helo)
+        ctx.transaction.notes[self] = ctx.start(self._verifier.spf(client.address, mail_from, client.helo))
         return DEFER
 
     def _skipped(self, domain: str) -> bool:
         return bool(self._skip_domains) and domain.lower().rstrip(".") in self._skip_domains
 
-    async def _finish(self, ctx: Context, message: Message, lookup: SpfLookup) -> Verdict:
+    async def _finish(self, ctx: Context, message: Message, lookup: Background[SpfResult]) -> Verdict:
         header = message.header_section()
         from_fields: list[bytes] = []
         arc_sets = False
@@ -89,6 +93,9 @@ class InboundAuthentication:
         found = await self._verifier.verify(
             lookup, message.open, from_fields, _size(message), arc_sets=arc_sets
         )
+        # RFC 7208 §9.1 asks for Received-SPF above our Received: field; RFC 8601 §5 for
+        # Authentication-Results at the top. Later fields go above earlier ones.
+        message.add_header(found.spf.received_spf_field(self._hostname))
         message.add_header(results.header_field(self._hostname, found.methods()))
         _count(found)
         return self._enforce(ctx, found)

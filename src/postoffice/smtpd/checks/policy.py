@@ -20,8 +20,12 @@ class SenderPolicy:
         self._submission = submission  # RFC 6409: MAIL needs AUTH on this listener
 
     async def check(self, ctx: Context) -> Verdict:
+        client = ctx.client
         reply = self._policy.check_sender(
-            ctx.mail.path, authenticated_user=ctx.client.user, submission=self._submission
+            ctx.mail.path,
+            authenticated_user=client.user,
+            submission=self._submission,
+            local=client.local is not None,
         )
         return ACCEPT if reply.positive else reply
 
@@ -33,7 +37,10 @@ class RecipientPolicy:
         self._policy = policy
 
     async def check(self, ctx: Context) -> Verdict:
-        verdict = self._policy.check_recipient(ctx.rcpt.path, authenticated_user=ctx.client.user)
+        client = ctx.client
+        verdict = self._policy.check_recipient(
+            ctx.rcpt.path, authenticated_user=client.user, local=client.local is not None
+        )
         if not verdict.reply.positive:
             return verdict.reply
         ctx.route(local=verdict.local, remote=verdict.remote, forward=verdict.forward)

@@ -3,8 +3,9 @@
 Untrusted input seen here: the message of an authenticated user, whose From field chooses the
 key (only a local domain's: :meth:`~postoffice.mailauth.dkim_signer.Signer.for_author`).
 
-Which sessions are ours: those that authenticated (RFC 4954). A client that did not log in is
-anyone on the Internet, loopback included (a plain session on the MX port may carry mail
+Which sessions are ours: those that authenticated (RFC 4954), and those on the server's local
+socket (``postoffice sendmail``; only the server's user and root can open it). A client that
+did not log in on a TCP listener is anyone on the Internet, loopback included (a plain session on the MX port may carry mail
 relayed from anywhere), so its mail is never signed whatever its From says. Mail with no
 recipient outside (it does not leave) is not signed either: signatures are for the next hop.
 
@@ -38,7 +39,7 @@ class DkimSigning:
         message = ctx.message
         assert message is not None  # data-end
         signer = self._signer
-        if not signer.enabled or ctx.client.user is None:
+        if not signer.enabled or not ctx.client.submits:
             return ACCEPT
         if all(recipient.route is Route.LOCAL for recipient in ctx.transaction.recipients):
             return ACCEPT

@@ -32,6 +32,7 @@ class ReceivedField:
                 # "for" only with one recipient, so Bcc recipients stay private.
                 recipient=recipients[0].original if len(recipients) == 1 else None,
                 when=envelope.received_at,
+                local=None if ctx.client.local is None else str(ctx.client.local),
             )
         )
         return ACCEPT

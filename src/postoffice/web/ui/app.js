@@ -248,6 +248,7 @@ function renderMailboxes() {
   // "Delete all" empties the whole mailbox, so it is not offered beside search results.
   const current = boxes.find((box) => box.address === state.mailbox);
   $("clear-mailbox").hidden = !(current && current.total > 0 && mayUse(current.address) && !state.query);
+  renderJunkFilter();
 }
 
 function setDrawer(open) {
@@ -332,7 +333,10 @@ function renderRow(message, index) {
   const row = element("li");
   row.setAttribute("role", "option");
   row.dataset.id = String(message.id);
-  if (!message.read) row.classList.add("unread");
+  // Junk (a DMARC quarantine) is listed, marked, and never shown as unread mail.
+  const junk = message.folder === "Junk";
+  if (junk) row.classList.add("junk");
+  else if (!message.read) row.classList.add("unread");
   if (index === state.selected) { row.classList.add("selected"); row.setAttribute("aria-selected", "true"); }
   if (state.open && state.open.id === message.id) { row.classList.add("open"); row.setAttribute("aria-current", "true"); }
   const date = element("span", "date", shortDate(message.date));
@@ -347,6 +351,12 @@ function renderRow(message, index) {
     clip.title = "has attachments";
     clip.setAttribute("aria-label", "has attachments");
     extra.append(clip);
+  }
+  if (junk) {
+    const badge = element("span", "junk-badge", "Junk");
+    badge.title = "Filed in the Junk folder: its domain's DMARC policy asks for quarantine";
+    badge.setAttribute("aria-label", badge.title);
+    extra.append(badge);
   }
   const dmarc = message.authentication && message.authentication.dmarc;
   if (dmarc && dmarc.result === "fail") {
@@ -421,7 +431,21 @@ $("search").addEventListener("search", () => {
 
 // A phone's search box is too narrow for the hint; it shows in full from a tablet's width up.
 const narrow = window.matchMedia("(max-width: 700px)");
-const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment auth:fail";
+const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment auth:fail in:junk";
+// The Junk button: the search with or without in:junk (the list shows junk with a badge).
+function renderJunkFilter() {
+  const on = state.query.split(/\s+/).includes("in:junk");
+  $("junk-filter").setAttribute("aria-pressed", String(on));
+  $("junk-filter").classList.toggle("current", on);
+}
+
+$("junk-filter").addEventListener("click", () => {
+  const terms = state.query.split(/\s+/).filter((term) => term);
+  const on = terms.includes("in:junk");
+  const query = (on ? terms.filter((term) => term !== "in:junk") : [...terms, "in:junk"]).join(" ");
+  $("search").value = query;
+  search(query);
+});
 function placeSearchHint() { $("search").placeholder = narrow.matches ? "Search" : SEARCH_HINT; }
 narrow.addEventListener("change", placeSearchHint);
 placeSearchHint();
