@@ -130,8 +130,9 @@ class DomainSecurity:
                 failure = replies.policy_tls_failed(endpoint.host, "DANE", problem)
                 self.outcome(endpoint, "dane", "validation-failure", str(failure))
                 return failure
-        if not client.tls_active:  # only "may" gets here without TLS: MTA-STS testing
-            self.outcome(endpoint, requirement.source, "starttls-not-supported", "delivered (testing)")
+        if not client.tls_active:  # only "may" gets here without TLS
+            if requirement.source == "mta-sts-testing":
+                self.outcome(endpoint, requirement.source, "starttls-not-supported", "delivered (testing)")
             return None
         self.outcome(endpoint, requirement.source, "success", "")
         return None
