@@ -35,7 +35,7 @@ class PolicyHost:
 
 def _handler(host: PolicyHost) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             host.requests.append((self.headers.get("Host", ""), self.path))
             answer = host.answer
             self.send_response(answer.status)

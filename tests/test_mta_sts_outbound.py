@@ -114,9 +114,12 @@ async def test_an_mx_the_enforced_policy_does_not_list_is_not_delivered_to(
     tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     answer = Answer(policy("enforce", "*.elsewhere.test"))
-    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web:
-        with peers(MX1, tls_context=server_context(ca, "mx1.sts.test")) as [mx]:
-            result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
+    mx_tls = server_context(ca, "mx1.sts.test")
+    with (
+        policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web,
+        peers(MX1, tls_context=mx_tls) as [mx],
+    ):
+        result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
     assert isinstance(result, TempFail) and result.reply.code == 451 and result.reply.enhanced == "4.7.5"
     assert "does not allow the MX host mx1.sts.test" in result.reply.text
     assert mx.received == [] and mx.handler.hellos == 0  # not even connected to
@@ -146,10 +149,9 @@ async def test_testing_mode_delivers_and_logs(
     tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     answer = Answer(policy("testing", "mx.elsewhere.test"))
-    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web:
-        with peers(MX1) as [mx]:
-            caplog.set_level(logging.INFO, "postoffice.delivery")
-            result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
+    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web, peers(MX1) as [mx]:
+        caplog.set_level(logging.INFO, "postoffice.delivery")
+        result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
     assert isinstance(result, Delivered) and len(mx.received) == 1
     assert any(
         "policy=mta-sts-testing tls_result=validation-failure" in line for line in policy_lines(caplog)
@@ -180,9 +182,13 @@ async def test_a_cached_policy_outlives_its_txt_record_and_its_host(
     tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path
 ) -> None:
     # An attacker who strips the TXT record and blocks the policy host gains nothing (§5.1).
-    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=Answer(policy("enforce", "mx9.sts.test"))) as web:
-        with peers(MX1, tls_context=server_context(ca, "mx1.sts.test")) as [mx]:
-            await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
+    answer = Answer(policy("enforce", "mx9.sts.test"))
+    mx_tls = server_context(ca, "mx1.sts.test")
+    with (
+        policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web,
+        peers(MX1, tls_context=mx_tls) as [mx],
+    ):
+        await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
     dns.zone.records[f"_mta-sts.{DOMAIN}."].clear()
     with peers(MX1) as [mx]:
         result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
@@ -209,10 +215,9 @@ async def test_a_bad_policy_is_one_log_line_and_no_policy(
     case: str, tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     answer, reason = BAD_ANSWERS[case]
-    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web:
-        with peers(MX1) as [mx]:
-            agent = make_agent(tmp_path, dns, mx.port, web.port, ca_file, fetch_timeout=1.0)
-            result = await deliver(agent)
+    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web, peers(MX1) as [mx]:
+        agent = make_agent(tmp_path, dns, mx.port, web.port, ca_file, fetch_timeout=1.0)
+        result = await deliver(agent)
     assert isinstance(result, Delivered) and len(mx.received) == 1
     [line] = [line for line in policy_lines(caplog) if "mta-sts-unusable" in line]
     assert reason in line and "policy=none" in line
@@ -225,9 +230,9 @@ async def test_a_policy_host_without_a_valid_certificate_is_no_policy(
 ) -> None:
     issuer = {"plain-http": None, "wrong-name": ca, "unknown-ca": trustme.CA()}[tls]
     name = "mta-sts.elsewhere.test" if tls == "wrong-name" else f"mta-sts.{DOMAIN}"
-    with policy_host(WEB, issuer, name, answer=Answer(policy("enforce", "mx9.sts.test"))) as web:
-        with peers(MX1) as [mx]:
-            result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file, fetch_timeout=2.0))
+    answer = Answer(policy("enforce", "mx9.sts.test"))
+    with policy_host(WEB, issuer, name, answer=answer) as web, peers(MX1) as [mx]:
+        result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file, fetch_timeout=2.0))
     assert isinstance(result, Delivered)
     [line] = [line for line in policy_lines(caplog) if "mta-sts-unusable" in line]
     assert "mta-sts.sts.test" in line
