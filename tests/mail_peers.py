@@ -402,8 +402,8 @@ class Zone(BaseResolver):  # type: ignore[misc]
         qtype = QTYPE[request.q.qtype]
         self.queries.append((name, qtype))
         reply = request.reply()
-        if self._authenticated(name):
-            reply.header.ad = 1
+        # dnslib's reply() copies the query's flags, AD included (RFC 6840 §5.7 lets a query set it).
+        reply.header.ad = 1 if self._authenticated(name) else 0
         if name in self.slow:
             time.sleep(1.5)
         if name in self.servfail:

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 DANE_TA, DANE_EE = 2, 3
 CERT, SPKI = 0, 1
@@ -109,15 +109,27 @@ def _matches(record: Tlsa, certificate: x509.Certificate) -> bool:
 
 
 def _signed_by_anchor(anchor_der: bytes, certificate: x509.Certificate, host: str) -> bool:
-    """§3.1.2: the chain leads to the anchor and the certificate names the MX host."""
+    """§3.1.2: the certificate is issued by the anchor, in its validity period, and names the
+    MX host (RFC 7672 §3.2.3: the MX host name, in a DNS subjectAltName)."""
     try:
         anchor = x509.load_der_x509_certificate(anchor_der)
-        now = datetime.datetime.now(datetime.UTC)
-        verifier = PolicyBuilder().store(Store([anchor])).time(now).build_server_verifier(x509.DNSName(host))
-        verifier.verify(certificate, [])
-    except (ValueError, VerificationError):
+        certificate.verify_directly_issued_by(anchor)
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
-    return True
+    now = datetime.datetime.now(datetime.UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        return False
+    return any(_name_matches(name, host) for name in names.value.get_values_for_type(x509.DNSName))
+
+
+def _name_matches(name: str, host: str) -> bool:
+    """RFC 6125 §6.4.3, as RFC 7672 §3.2.3 allows: exact, or "*" for the whole leftmost label."""
+    name, host = name.lower().rstrip("."), host.lower().rstrip(".")
+    if name.startswith("*."):
+        first, dot, rest = host.partition(".")
+        return bool(first) and bool(dot) and rest == name[2:]
+    return name == host
 
 
 def tlsa_name(host: str, port: int) -> str:
