@@ -81,10 +81,20 @@ def spki_sha256(certificate: x509.Certificate) -> bytes:
     ).digest()
 
 
-def make_agent(tmp_path: Path, dns: Dns, port: int, *, dane: bool = True, sts_port: int = 443) -> RemoteAgent:
+def make_agent(
+    tmp_path: Path,
+    dns: Dns,
+    port: int,
+    *,
+    dane: bool = True,
+    sts_port: int = 443,
+    sts_ca: trustme.CA | None = None,
+) -> RemoteAgent:
     resolver = MxResolver(dns.address, timeout=2.0, rng=random.Random(0))
-    # The system's CAs: the test CA's MTA-STS hosts are not trusted here, DANE stands alone.
-    sts = StsPolicies(resolver, None, ssl.create_default_context(), port=sts_port, timeout=2.0)
+    context = ssl.create_default_context()
+    if sts_ca is not None:
+        sts_ca.configure_trust(context)
+    sts = StsPolicies(resolver, None, context, port=sts_port, timeout=2.0)
     settings = RemoteSettings(
         hostname="mx.sender.test", mx_port=port, connect_timeout=5.0, command_timeout=10.0
     )
@@ -164,7 +174,7 @@ async def test_unauthenticated_tlsa_records_are_ignored(
     dns.zone.tlsa(tlsa_name("mx1.plain.test", port), 3, 1, 1, b"\x00" * 32)  # would not match
     with mx_at(port, tls_context=context) as [mx]:
         result = await deliver(make_agent(tmp_path, dns, port), "bob@plain.test")
-    assert isinstance(result, Delivered)
+    assert isinstance(result, Delivered) and mx.received[0].tls
 
 
 async def test_the_ad_bit_means_nothing_unless_the_resolver_is_trusted(
@@ -174,7 +184,7 @@ async def test_the_ad_bit_means_nothing_unless_the_resolver_is_trusted(
     dns.zone.tlsa(tlsa_name("mx1.dane.test", port), 3, 1, 1, b"\x00" * 32)
     with mx_at(port, tls_context=context) as [mx]:
         result = await deliver(make_agent(tmp_path, dns, port, dane=False), "bob@dane.test")
-    assert isinstance(result, Delivered)
+    assert isinstance(result, Delivered) and mx.received[0].tls
 
 
 async def test_junk_tlsa_records_are_unusable_but_tls_stays_mandatory(
@@ -220,8 +230,7 @@ async def test_a_failed_tlsa_lookup_makes_the_host_unusable(tmp_path: Path, dns:
 async def test_dane_takes_precedence_over_mta_sts(
     tmp_path: Path, dns: Dns, port: int, ca: trustme.CA
 ) -> None:
-    # The MTA-STS policy lists another MX (and its host is not even trusted here); the DANE
-    # record matches: DANE decides (RFC 8461 §2).
+    # The MTA-STS policy lists another MX; the DANE record matches: DANE decides (RFC 8461 §2).
     context, certificate = leaf(ca, "mx1.dane.test")
     dns.zone.tlsa(tlsa_name("mx1.dane.test", port), 3, 1, 1, spki_sha256(certificate))
     dns.zone.a("mta-sts.dane.test", WEB)
@@ -231,8 +240,13 @@ async def test_dane_takes_precedence_over_mta_sts(
         policy_host(WEB, ca, "mta-sts.dane.test", answer=answer) as web,
         mx_at(port, tls_context=context) as [mx],
     ):
-        result = await deliver(make_agent(tmp_path, dns, port, sts_port=web.port), "bob@dane.test")
-    assert isinstance(result, Delivered)
+        result = await deliver(make_agent(tmp_path, dns, port, sts_port=web.port, sts_ca=ca), "bob@dane.test")
+        assert isinstance(result, Delivered) and len(mx.received) == 1 and len(web.requests) == 1
+        # The same policy without DANE (the resolver not trusted): the MX is refused.
+        result = await deliver(
+            make_agent(tmp_path, dns, port, sts_port=web.port, sts_ca=ca, dane=False), "bob@dane.test"
+        )
+    assert isinstance(result, TempFail) and "does not allow the MX host" in result.reply.text
 
 
 # --- matching, without sockets ------------------------------------------------------------------
