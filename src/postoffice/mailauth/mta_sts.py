@@ -16,6 +16,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from postoffice.config import Config
+
 # §3.2: "max_age: Max lifetime of the policy (plaintext non-negative integer seconds,
 # maximum value of 31557600)".
 MAX_AGE_LIMIT = 31_557_600
@@ -142,3 +144,13 @@ def policy_id(text: str) -> str:
 def render_record(text: str) -> str:
     """The ``_mta-sts`` TXT record for a policy text."""
     return f"v=STSv1; id={policy_id(text)}"
+
+
+def our_policy(config: Config) -> str | None:
+    """The policy this server publishes (``[mta_sts]``), or None when ``mode`` is ``off``; the
+    MX hosts default to our host name, which every local domain's MX record names."""
+    settings = config.mta_sts
+    if settings.mode == "off":
+        return None
+    hosts = settings.mx or (config.hostname.lower().removesuffix("."),)
+    return render_policy(settings.mode, int(settings.max_age), hosts)
