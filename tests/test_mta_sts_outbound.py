@@ -8,20 +8,25 @@ from __future__ import annotations
 import json
 import logging
 import random
+import smtplib
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from conftest import RunningServer
 from mail_peers import Dns, dns_server, peers
+from postoffice.accounts import Accounts
+from postoffice.config import DeliverySettings
 from postoffice.delivery.agent import Delivered, DeliveryResult, TempFail
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.mtasts import StsPolicies
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.delivery.tls_policy import TransportSecurity
+from postoffice.qmgr.admin import list_queue
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import FileSpool
 from sts_support import Answer, PolicyHost, policy, policy_host
@@ -250,3 +255,49 @@ async def test_a_damaged_cache_file_is_only_a_miss(
     with peers(MX1, tls_context=server_context(ca, "mx1.sts.test")) as [mx]:
         result = await deliver(make_agent(tmp_path, dns, mx.port, web.port, ca_file))
     assert isinstance(result, Delivered) and len(web.requests) == 1
+
+
+# --- end to end: a running server, its queue --------------------------------------------------
+
+
+def test_the_queue_shows_the_deferral_and_the_listed_mx_gets_the_mail(
+    server_factory: Callable[..., RunningServer], dns: Dns, ca: trustme.CA, ca_file: Path
+) -> None:
+    mx_tls = server_context(ca, "mx1.sts.test", "mx2.sts.test")
+    answer = Answer(policy("enforce", "mx2.sts.test"))
+    with (
+        policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web,
+        peers(MX1, tls_context=mx_tls) as [mx],
+    ):
+        delivery = DeliverySettings(
+            dns=dns.address, mx_port=mx.port, connect_timeout=5, tls_ca_file=ca_file, mta_sts_port=web.port
+        )
+        clock = [time.time()]
+        server = server_factory(
+            hostname="mx.local.test",
+            domains=("local.test",),
+            delivery=delivery,
+            app_options={"clock": lambda: clock[0]},
+        )
+        Accounts(server.config.accounts_file).add_alias("fwd@local.test", [f"bob@{DOMAIN}"])
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.sendmail("alice@local.test", ["fwd@local.test"], b"Subject: sts\r\n\r\nhello\r\n")
+        server.wait_idle()
+        [entry] = list_queue(server.app.spool)
+        [status] = entry.recipients()
+        assert status.status == "deferred" and status.reply is not None
+        assert (status.reply.code, status.reply.enhanced) == (451, "4.7.5") and mx.received == []
+
+        # The domain lists the MX after all (a new id): the retry delivers over verified TLS.
+        dns.zone.records[f"_mta-sts.{DOMAIN}."].clear()
+        dns.zone.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=second")
+        web.answer = Answer(policy("enforce", "*.sts.test"))
+        scheduler = server.app.scheduler
+
+        async def retry() -> None:
+            clock[0] += 3600  # past the first retry
+            scheduler.run_due()
+            await scheduler.wait_idle()
+
+        server.call(retry())
+        assert len(mx.received) == 1 and mx.received[0].tls and list_queue(server.app.spool) == []
