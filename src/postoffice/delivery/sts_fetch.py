@@ -96,10 +96,13 @@ def _check_response(response: httpx.Response) -> None:
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"certificate not accepted: {cause.verify_message or cause.reason}"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS failed: {cause.reason or cause}"
+    """One line: the TLS error under httpx's and httpcore's wrappers when there is one."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"certificate not accepted: {cause.verify_message or cause.reason}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed: {cause.reason or cause}"
+        cause = cause.__cause__ or cause.__context__
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
