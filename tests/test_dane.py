@@ -4,6 +4,7 @@ others. The agent believes the bit only when told its resolver validates (``dane
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -271,3 +272,16 @@ def test_every_selector_and_matching_type_of_dane_ee(ca: trustme.CA) -> None:
     assert (
         check_certificate(dane_policy("n", "mx.test", [Tlsa(3, 1, 1, b"\x00" * 32)]), b"not DER") is not None
     )
+
+
+def test_dane_under_uvloop(tmp_path: Path, dns: Dns, port: int, ca: trustme.CA) -> None:
+    # uvloop's TLS transport must show the peer's certificate as asyncio's does.
+    uvloop = pytest.importorskip("uvloop")
+    context, certificate = leaf(ca, "mx1.dane.test")
+    dns.zone.tlsa(tlsa_name("mx1.dane.test", port), 3, 1, 1, spki_sha256(certificate))
+    with (
+        mx_at(port, tls_context=context) as [mx],
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        result = runner.run(deliver(make_agent(tmp_path, dns, port), "bob@dane.test"))
+    assert isinstance(result, Delivered) and mx.received[0].tls
