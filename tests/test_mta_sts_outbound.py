@@ -229,6 +229,23 @@ async def test_a_bad_policy_is_one_log_line_and_no_policy(
     assert not (tmp_path / "mta-sts" / f"{DOMAIN}.json").exists()
 
 
+async def test_a_failed_fetch_is_not_repeated_for_every_message(
+    tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = Answer(b"not a policy\r\n")
+    with policy_host(WEB, ca, f"mta-sts.{DOMAIN}", answer=answer) as web, peers(MX1) as [mx]:
+        agent = make_agent(tmp_path, dns, mx.port, web.port, ca_file)
+        for _ in range(3):
+            assert isinstance(await deliver(agent), Delivered)
+        assert len(web.requests) == 1 and len(mx.received) == 3
+        # A new id is a new policy: fetched at once.
+        dns.zone.records[f"_mta-sts.{DOMAIN}."].clear()
+        dns.zone.txt(f"_mta-sts.{DOMAIN}", "v=STSv1; id=second")
+        await deliver(agent)
+        assert len(web.requests) == 2
+    assert len([line for line in policy_lines(caplog) if "mta-sts-unusable" in line]) == 2
+
+
 @pytest.mark.parametrize("tls", ["plain-http", "wrong-name", "unknown-ca"])
 async def test_a_policy_host_without_a_valid_certificate_is_no_policy(
     tls: str, tmp_path: Path, dns: Dns, ca: trustme.CA, ca_file: Path, caplog: pytest.LogCaptureFixture

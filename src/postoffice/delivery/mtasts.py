@@ -32,6 +32,10 @@ from postoffice.mailauth.mta_sts import StsPolicy, StsRecord, StsSyntaxError, pa
 log = logging.getLogger("postoffice.delivery")
 
 _CACHE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+# A policy that could not be fetched is not asked for again (for the same id) for this long:
+# every message to the domain would otherwise cost a fetch and a log line (Postfix's
+# minimal_backoff_time, the queue's first retry).
+FAILED_FETCH_BACKOFF = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class StsPolicies:
         self._timeout = timeout
         self._clock = clock
         self._memory: dict[str, CachedPolicy] = {}
+        self._failed: dict[str, tuple[str, float]] = {}  # domain -> (record id, until)
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         """The policy to apply to ``domain`` now (mode ``none`` included), or None."""
@@ -79,15 +84,20 @@ class StsPolicies:
             return usable
         if record is None or (usable is not None and cached is not None and cached.id == record.id):
             return usable
+        failed_id, until = self._failed.get(domain, ("", 0.0))
+        if failed_id == record.id and now < until:
+            return usable
         host = f"mta-sts.{domain}"
         try:
             addresses = await self._resolver.addresses(host)
             text = await fetch_policy(host, addresses, self._port, self._context, timeout=self._timeout)
             policy = parse_policy(text)
         except (RouteError, StsFetchError, StsSyntaxError) as exc:
+            self._failed[domain] = (record.id, now + FAILED_FETCH_BACKOFF)
             keeps = "cached" if usable is not None else "none"
             log.warning("domain=%s status=mta-sts-unusable policy=%s reason=%r", domain, keeps, str(exc))
             return usable
+        self._failed.pop(domain, None)
         fetched = CachedPolicy(record.id, now, text, policy)
         self._memory[domain] = fetched
         await asyncio.to_thread(self._store, domain, fetched)
