@@ -73,7 +73,10 @@ class StsPolicies:
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         """The policy to apply to ``domain`` now (mode ``none`` included), or None."""
-        domain = domain.lower().removesuffix(".")
+        try:  # the A-label form (RFC 5890): the names looked up and the Host header are ASCII
+            domain = domain.lower().removesuffix(".").encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
         now = self._clock()
         cached = await self._cached(domain)
         usable = cached.policy if cached is not None and cached.fresh(now) else None
@@ -125,11 +128,7 @@ class StsPolicies:
     def _path(self, domain: str) -> Path | None:
         if self._cache_dir is None:
             return None
-        try:
-            name = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-        return self._cache_dir / f"{name}.json" if _CACHE_NAME.fullmatch(name) else None
+        return self._cache_dir / f"{domain}.json" if _CACHE_NAME.fullmatch(domain) else None
 
     async def _cached(self, domain: str) -> CachedPolicy | None:
         if domain in self._memory:

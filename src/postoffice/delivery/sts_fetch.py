@@ -49,6 +49,9 @@ async def fetch_policy(
             failure = StsFetchError(f"{host}[{address}]: no complete answer within {timeout:g}s")
         except httpx.TransportError as exc:
             failure = StsFetchError(f"{host}[{address}]: {_transport_reason(exc)}")
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:
+            # Anything else the server's answer or the name can make httpx or h11 raise.
+            raise StsFetchError(f"{host}[{address}]: {type(exc).__name__}: {str(exc)[:200]}") from None
         except StsFetchError as exc:
             raise StsFetchError(f"{host}[{address}]: {exc}") from None
     raise failure
