@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dns.asyncresolver
-from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSError, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TLSA, TXT, A, DNSError, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from postoffice.dns_resolver import make_resolver
@@ -103,6 +103,9 @@ class DnsZone(BaseResolver):  # type: ignore[misc]
 
     def cname(self, name: str, target: str) -> None:
         self._add(name, QTYPE.CNAME, CNAME(DNSLabel(target)))
+
+    def tlsa(self, name: str, usage: int, selector: int, matching: int, data: bytes) -> None:
+        self._add(name, QTYPE.TLSA, TLSA(usage, selector, matching, data))
 
     def timeout(self, name: str) -> None:
         """Queries for ``name`` asking for a type it has no records of are never answered."""

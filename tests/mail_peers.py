@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, LoginPassword, Session
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel, DNSRecord
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TLSA, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 from postoffice.smtp import replies
@@ -359,6 +359,8 @@ class Zone(BaseResolver):  # type: ignore[misc]
         self.servfail: set[str] = set()
         self.slow: set[str] = set()  # never answered in time
         self.queries: list[tuple[str, str]] = []
+        # Zones whose answers carry the AD bit, as a validating resolver marks them (RFC 4035).
+        self.authenticated: set[str] = set()
 
     def _name(self, name: str) -> str:
         return name.lower().rstrip(".") + "."
@@ -382,11 +384,26 @@ class Zone(BaseResolver):  # type: ignore[misc]
         """The name exists, with no records (so every lookup gets NOERROR, no answer)."""
         self.records.setdefault(self._name(name), [])
 
+    def txt(self, name: str, text: str) -> None:
+        self.records.setdefault(self._name(name), []).append(
+            RR(self._name(name), QTYPE.TXT, rdata=TXT(text.encode()), ttl=60)
+        )
+
+    def tlsa(self, name: str, usage: int, selector: int, matching: int, data: bytes) -> None:
+        self.records.setdefault(self._name(name), []).append(
+            RR(self._name(name), QTYPE.TLSA, rdata=TLSA(usage, selector, matching, data), ttl=60)
+        )
+
+    def _authenticated(self, name: str) -> bool:
+        return any(name == zone or name.endswith("." + zone) for zone in map(self._name, self.authenticated))
+
     def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
         name = self._name(str(request.q.qname))
         qtype = QTYPE[request.q.qtype]
         self.queries.append((name, qtype))
         reply = request.reply()
+        # dnslib's reply() copies the query's flags, AD included (RFC 6840 §5.7 lets a query set it).
+        reply.header.ad = 1 if self._authenticated(name) else 0
         if name in self.slow:
             time.sleep(1.5)
         if name in self.servfail:

@@ -36,6 +36,7 @@ NOT_KEYS = {
     "auth",
     "authentication",
     "proxy_protocol",
+    "mta_sts",
     "source",
 }
 

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +36,9 @@ from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.forward import ForwardAgent
 from postoffice.delivery.local import LocalAgent
+from postoffice.delivery.mtasts import StsPolicies
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.delivery.tls_policy import TransportSecurity
 from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError, DkimError
 from postoffice.mailauth.arc_sealer import ArcSealer
@@ -154,6 +157,19 @@ def remote_settings(config: Config) -> RemoteSettings:
     )
 
 
+def transport_security(config: Config, resolver: MxResolver) -> TransportSecurity | None:
+    """MTA-STS (policies cached in <data-dir>/mta-sts) and DANE, as ``[delivery]`` turns them on."""
+    delivery = config.delivery
+    if not (delivery.mta_sts or delivery.dns_validates):
+        return None
+    sts = None
+    if delivery.mta_sts:
+        ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file is not None else None
+        context = ssl.create_default_context(cafile=ca_file)
+        sts = StsPolicies(resolver, config.data_dir / "mta-sts", context, port=delivery.mta_sts_port)
+    return TransportSecurity(resolver, sts, dane=delivery.dns_validates)
+
+
 def needs_tls(config: Config) -> bool:
     """A certificate is loaded (or made) when a listener will use it.
 
@@ -216,7 +232,10 @@ class Application:
             observer = self.transcript
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
-        self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
+        resolver = MxResolver(config.delivery.dns)
+        self.remote = RemoteAgent(
+            remote_settings(config), resolver, self.spool, transport_security(config, resolver)
+        )
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []

@@ -163,6 +163,17 @@ class ClientTransport:
         protocol = self._protocol
         return protocol is not None and not protocol.closed and protocol.error is None
 
+    def peer_certificate(self) -> bytes | None:
+        """The server's certificate (DER) once TLS is up, verified or not; None before."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None or not self.tls_active:
+            return None
+        ssl_object = protocol.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        der: bytes | None = ssl_object.getpeercert(binary_form=True)
+        return der
+
     # --- the end ------------------------------------------------------------------------------
 
     async def quit(self, *, timeout: float | None = None) -> None:

@@ -26,6 +26,8 @@ TLS_POLICIES = ("none", "may", "require", "verify")
 # Towards a relay host: "none", "starttls" (RFC 3207, required) or "tls" (implicit TLS from
 # the first byte, RFC 8314 §3.3); with either TLS mode the relay's certificate is verified.
 RELAY_TLS_MODES = ("none", "starttls", "tls")
+# [mta_sts] mode: RFC 8461 §3.2's three, and "off" for no policy at all.
+STS_MODES = ("off", "none", "testing", "enforce")
 
 
 def _one_of(choices: Sequence[str]) -> str:

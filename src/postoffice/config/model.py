@@ -47,6 +47,7 @@ from postoffice.config.tables import (
     DeliverySettings,
     Limits,
     ListenKeys,
+    MtaStsSettings,
     ProxyProtocol,
     ProxyProtocolKeys,
     QueueSettings,
@@ -116,6 +117,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
@@ -313,5 +315,11 @@ SECTIONS = (
         "Mail authentication: DKIM signatures on mail that leaves (RFC 6376); verifying mail from"
         " outside (SPF, DKIM, DMARC and ARC into an Authentication-Results field, RFC 8601) and"
         " acting on DMARC policies.",
+    ),
+    _table(
+        "mta_sts",
+        MtaStsSettings,
+        "Our MTA-STS policy (RFC 8461), served on the HTTP listener to Host mta-sts.DOMAIN for each"
+        " local domain; postoffice dns prints its records.",
     ),
 )

@@ -32,6 +32,7 @@ from postoffice.config.kinds import (
     RELAY_TLS_MODES,
     RELAY_USER,
     SIZE,
+    STS_MODES,
     TLS_POLICY,
     TLS_VERSION,
     choice_of,
@@ -246,9 +247,51 @@ class DeliverySettings:
         "Write a message for one local mailbox into it before the 250, as an LMTP server delivers;"
         " false queues every message first (Postfix's way).",
     )
+    mta_sts: bool = setting(
+        True,
+        BOOLEAN,
+        "Honour other domains' MTA-STS policies (RFC 8461): in enforce mode mail goes only to the"
+        " MX hosts the policy names, over TLS with a certificate valid for the MX name.",
+    )
+    mta_sts_port: int = setting(
+        443,
+        PORT,
+        "The HTTPS port policies are fetched from (RFC 8461 §3.3 says 443; another only for tests).",
+    )
+    dns_validates: bool = setting(
+        False,
+        BOOLEAN,
+        "The DNS server is a validating DNSSEC resolver this host trusts (on loopback or over a"
+        " trusted path): its AD bit is believed, which turns on DANE for SMTP (RFC 7672).",
+    )
 
     def tls_policy_for(self, domain: str) -> str:
         return dict(self.tls_policy).get(domain.lower(), "may")
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    """Our own MTA-STS policy (RFC 8461 §3.2), served to other servers; ``[mta_sts]`` in the file."""
+
+    mode: str = setting(
+        "off",
+        choice_of(STS_MODES),
+        'The policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt: "enforce", "testing",'
+        ' "none" (withdraws one published before) or "off" (nothing served).',
+    )
+    max_age: float = setting(
+        604800.0,
+        DURATION,
+        "How long senders keep the policy (RFC 8461 §3.2 recommends weeks).",
+        floor=Bound(86400, "RFC 8461 §3.2 recommends weeks; less than a day defeats the cache"),
+        ceiling=Bound(31557600, "RFC 8461 §3.2: at most 31557600 seconds"),
+    )
+    mx: tuple[str, ...] = setting(
+        (),
+        DOMAINS,
+        "The MX host names the policy allows.",
+        default_text="the host name",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rdatatype
 import dns.resolver
@@ -75,6 +76,9 @@ class MxResolver:
         rng: random.Random | None = None,
     ) -> None:
         self._resolver = make_resolver(nameserver, timeout=timeout)
+        # RFC 6840 §5.7: AD set in a query asks a validating resolver to say whether it
+        # validated the answer (DANE believes it only with [delivery] dns_validates).
+        self._resolver.flags = dns.flags.RD | dns.flags.AD
         self._rng = rng or random.Random()
 
     async def mail_exchangers(self, domain: str) -> list[str]:
@@ -151,6 +155,11 @@ class MxResolver:
         if not addresses:
             raise RouteError(replies.dns_failure(host, "no address records"))
         return [Endpoint(host, address, port) for address in addresses[:MX_ADDRESS_LIMIT]]
+
+    async def lookup(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        """Records of any type at ``name`` (for MTA-STS's TXT and DANE's TLSA), None when there
+        are none; RouteError when the lookup fails. ``answer.response.flags`` has the AD bit."""
+        return await self._query(name, _absolute(name), rdtype, missing_ok=True)
 
     async def _query(
         self, domain: str, name: dns.name.Name, rdtype: str, *, missing_ok: bool = False

@@ -51,6 +51,7 @@ from postoffice.client.connection import SmtpClient, TlsMode, Transaction
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
 from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
+from postoffice.delivery.tls_policy import DomainSecurity, TransportSecurity
 from postoffice.errors import (
     LocalProtocolError,
     SmtpAuthError,
@@ -135,10 +136,18 @@ class _SpoolContent:
 class RemoteAgent:
     """:class:`~postoffice.delivery.agent.DeliveryAgent` for REMOTE recipients."""
 
-    def __init__(self, settings: RemoteSettings, resolver: MxResolver, spool: MessageStore) -> None:
+    def __init__(
+        self,
+        settings: RemoteSettings,
+        resolver: MxResolver,
+        spool: MessageStore,
+        security: TransportSecurity | None = None,
+    ) -> None:
         self.settings = settings
         self._resolver = resolver
         self._spool = spool
+        # MTA-STS and DANE (delivery/tls_policy.py); None: opportunistic TLS only.
+        self.security = security
         self._pool = SessionCache(settings.idle_timeout, settings.reuse_time_limit)
         # Opportunistic and "require": encrypted, certificate not checked (a certificate
         # cannot be checked against an MX name that unsigned DNS gave us; Postfix "may" and
@@ -202,11 +211,12 @@ class RemoteAgent:
             )
             return _all(recipients, exc.reply, None)
         last = _HostFailed(replies.cannot_connect(destination, "no mail server tried"), destination)
+        security = await self._security_for(destination)
         for endpoint in endpoints:
             if self.settings.relay is None and endpoint.host == self.settings.hostname.lower():
                 return _all(recipients, replies.loops_back(destination), None)
             try:
-                session = await self._open(endpoint, self._tls_policy(destination))
+                session = await self._open_secured(endpoint, destination, security)
             except _HostFailed as failure:
                 log.info(
                     "queue_id=%s relay=%s status=next-host reply=%r",
@@ -258,6 +268,36 @@ class RemoteAgent:
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
+
+    async def _security_for(self, destination: str) -> DomainSecurity | None:
+        """The destination's MTA-STS and DANE requirements; None for the relay, a domain with a
+        configured TLS policy (the operator's choice stands) or with neither turned on."""
+        if (
+            self.security is None
+            or self.settings.relay is not None
+            or destination in self.settings.tls_policy
+        ):
+            return None
+        return await self.security.for_domain(destination)
+
+    async def _open_secured(
+        self, endpoint: Endpoint, destination: str, security: DomainSecurity | None
+    ) -> Session:
+        """:meth:`_open`, under the host's requirement (delivery/tls_policy.py) when there is one."""
+        if security is None:
+            return await self._open(endpoint, self._tls_policy(destination))
+        requirement = await security.for_host(endpoint)
+        if requirement.refusal is not None:
+            raise _HostFailed(requirement.refusal, endpoint.host)
+        try:
+            session = await self._open(endpoint, requirement.tls)
+        except _HostFailed as failure:
+            raise _HostFailed(security.failed(endpoint, requirement, failure.reply), endpoint.host) from None
+        problem = security.check(endpoint, requirement, session.client)
+        if problem is not None:
+            self._pool.close(session)
+            raise _HostFailed(problem, endpoint.host)
+        return session
 
     async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> Session:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""

@@ -22,6 +22,7 @@ from postoffice.errors import ConfigError
 from postoffice.mailauth import dkim_keys
 from postoffice.mailauth.records import mail_domain, records_for, zone_text
 from postoffice.mailauth.records_check import Finding, Status, check_records
+from postoffice.mailauth.records_tls import transport_records, with_transport
 
 # dnspython's default lifetime: one query, retries included.
 DEFAULT_TIMEOUT = 5.0
@@ -44,9 +45,9 @@ def run(
             f"{timeout:g}: give more than 0 and at most {MAX_TIMEOUT:g} seconds", key="--timeout"
         )
     ring = dkim_keys.list_keys(config.data_dir)
-    facts = mail_domain(config, domain, ring.keys)
+    facts = with_transport(config, mail_domain(config, domain, ring.keys))
     _report_key_problems(config.data_dir, facts.domain, ring.problems)
-    records = records_for(facts)
+    records = records_for(facts) + transport_records(facts)
     if not check:
         out.write(zone_text(facts, records))
         return 0

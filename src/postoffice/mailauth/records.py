@@ -7,6 +7,7 @@ Each record is a :class:`Record`: where it goes, its data, how a published one i
 (:class:`Match`) and the comment that says what it is for. :data:`BUILDERS` lists the kinds a
 domain needs, one function each; MTA-STS (RFC 8461 §3.1, ``_mta-sts.DOMAIN``) and TLS-RPT
 (RFC 8460 §3, ``_smtp._tls.DOMAIN``) join it, one entry each, once the server serves them.
+MTA-STS and DANE's TLSA are in :mod:`postoffice.mailauth.records_tls`.
 
 Choices, and why:
 
@@ -51,6 +52,9 @@ class Match(enum.Enum):
     SPF = "spf"  # the one v=spf1 record is ours
     DKIM = "dkim"  # the key record holds our public key
     DMARC = "dmarc"  # one valid v=DMARC1 record with a policy
+    STS = "sts"  # the one v=STSv1 record carries our policy's id
+    STS_HOST = "sts-host"  # the policy host's name leads somewhere (CNAME or addresses)
+    TLSA = "tlsa"  # a TLSA record with our data
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ class Record:
 
     purpose: str  # a few words, as the check's lines name it: "SPF", "DKIM key 202507"
     name: str  # absolute, with the trailing dot
-    rdtype: str  # "MX", "TXT", "A", "AAAA"
+    rdtype: str  # "MX", "TXT", "A", "AAAA", "CNAME", "TLSA"
     data: str | None  # MX and A in presentation form; TXT the whole text, unsplit
     match: Match
     comments: tuple[str, ...]
@@ -83,6 +87,8 @@ class MailDomain:
     addresses: tuple[IPAddress, ...] = ()
     dkim_keys: tuple[DkimKey, ...] = ()
     relay_host: str | None = None
+    sts_policy: str | None = None  # our MTA-STS policy text (records_tls.py), None: not published
+    tlsa: str | None = None  # "3 1 1 <hex>" for the current certificate, None: unreadable
 
 
 def zone_data(rdtype: str, data: str) -> str:

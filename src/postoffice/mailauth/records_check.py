@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from postoffice.mailauth.dkim_record import KeyRecordError, PublicKey, parse_key_record
 from postoffice.mailauth.dkim_tags import TagListError, parse_tag_list
+from postoffice.mailauth.mta_sts import StsSyntaxError, parse_record
 from postoffice.mailauth.records import Match, Record
 
 SHOWN_TEXT = 120  # characters of a found record shown in a line
@@ -218,10 +219,52 @@ async def _check_dmarc(record: Record, lookup: Lookup) -> Outcome:
     return Status.OK, f"p={policy}"
 
 
+async def _check_sts(record: Record, lookup: Lookup) -> Outcome:
+    """RFC 8461 §3.1: exactly one v=STSv1 record, and its id is our policy's."""
+    found = [text for text in await _texts(lookup, record.name) if text.startswith("v=STSv1")]
+    if not found:
+        return Status.MISSING, "no v=STSv1 record"
+    if len(found) > 1:
+        return Status.ERROR, f"{len(found)} v=STSv1 records; senders then use none: publish one"
+    try:
+        published = parse_record(found[0])
+    except StsSyntaxError as exc:
+        return Status.DIFFERENT, f"found {show(found[0])}: {exc}"
+    assert record.data is not None
+    if published.id != parse_record(record.data).id:
+        return Status.DIFFERENT, f"id={published.id}: the policy changed since; publish the new id"
+    return Status.OK, ""
+
+
+async def _check_sts_host(record: Record, lookup: Lookup) -> Outcome:
+    aliases = [_host(rdata.target) for rdata in await lookup(record.name, "CNAME")]
+    if aliases:
+        wanted = _host(record.data)
+        return (Status.OK, "") if wanted in aliases else (Status.OK, f"CNAME to {aliases[0]}")
+    if await lookup(record.name, "A") or await lookup(record.name, "AAAA"):
+        return Status.OK, "address records"
+    return Status.MISSING, "no CNAME or address records: senders cannot fetch the policy"
+
+
+async def _check_tlsa(record: Record, lookup: Lookup) -> Outcome:
+    """DANE is optional (it needs a DNSSEC-signed zone); a published record that does not match
+    the certificate is not: DANE senders then refuse to deliver (RFC 7672 §2.2)."""
+    assert record.data is not None  # records_tls prints none without a certificate
+    found = [f"{r.usage} {r.selector} {r.mtype} {r.cert.hex()}" for r in await lookup(record.name, "TLSA")]
+    if not found:
+        return Status.OK, "not published (optional: DANE needs a DNSSEC-signed zone)"
+    if record.data.lower() not in found:
+        return Status.DIFFERENT, "no TLSA record matches the current certificate's key"
+    return Status.OK, ""
+
+
 _CHECKS: dict[Match, Callable[[Record, Lookup], Awaitable[Outcome]]] = {
     Match.MX: _check_mx,
     Match.ADDRESS: _check_address,
     Match.SPF: _check_spf,
     Match.DKIM: _check_dkim,
     Match.DMARC: _check_dmarc,
+    Match.STS: _check_sts,
+    Match.STS_HOST: _check_sts_host,
+    Match.TLSA: _check_tlsa,
 }

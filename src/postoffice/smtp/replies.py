@@ -298,6 +298,22 @@ def tls_failed(host: str, detail: str) -> Reply:
     return Reply.of(451, "4.7.5", f"TLS with {printable(host)} failed: {printable(detail)}")
 
 
+def policy_mx_refused(host: str, domain: str) -> Reply:
+    """RFC 3463 X.7.5: the domain's MTA-STS policy in enforce mode does not list this MX host
+    (RFC 8461 §4.1); the host is not used."""
+    return Reply.of(
+        451, "4.7.5", f"MTA-STS policy of {printable(domain)} does not allow the MX host {printable(host)}"
+    )
+
+
+def policy_tls_failed(host: str, policy: str, detail: str) -> Reply:
+    """RFC 3463 X.7.5: a policy (MTA-STS, RFC 8461 §5; DANE, RFC 7672 §2.2) requires
+    authenticated TLS with ``host``, and it could not be had."""
+    return Reply.of(
+        451, "4.7.5", f"{policy} requires authenticated TLS with {printable(host)}: {printable(detail)}"
+    )
+
+
 def unsendable_address(address: str, detail: str, *, sender: bool = False) -> Reply:
     """RFC 3463 X.1.7 (sender) / X.1.3 (recipient): an address, or its DSN parameters, that no
     SMTP command can carry (our own check before sending, not a server's answer)."""

@@ -42,12 +42,14 @@ from starlette.routing import BaseRoute
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
+from postoffice.mailauth.mta_sts import our_policy
 from postoffice.storage import MailboxStore, StoredMessage
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
 from postoffice.web.feed import FeedWriter
 from postoffice.web.index import Change, MailIndex, Row, SyncReport
+from postoffice.web.mta_sts import with_policy
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
 from postoffice.web.watch import MaildirWatcher
@@ -124,7 +126,11 @@ class WebService:
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
         self.context = WebContext(self.index, self.hub, self.auth, self.executor)
-        self.app = create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access)
+        self.app = with_policy(
+            create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access),
+            our_policy(config),
+            config.domains,
+        )
         self.serves = share is None or share.serves
         # A worker's deliveries are indexed elsewhere: the one serving follows the index.
         self._follows = share is not None and share.serves
