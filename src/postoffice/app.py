@@ -40,6 +40,7 @@ from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
+from postoffice.net.pop3_server import Pop3Server
 from postoffice.net.server import BoundAddress, BoundSocket, SmtpServer
 from postoffice.net.session import SessionObserver
 from postoffice.net.tls import ServerTls
@@ -140,7 +141,7 @@ def needs_tls(config: Config) -> bool:
     (aiosmtplib does by default) would fail against a self-signed one.
     """
     submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or config.tls.cert is not None or not config.capture_mode
+    return submission or bool(config.pop3_listeners) or config.tls.cert is not None or not config.capture_mode
 
 
 def security(config: Config, accounts: Accounts) -> Security:
@@ -213,9 +214,25 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
         )
+        self.pop3 = self._pop3(worker_index)
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
+
+    def _pop3(self, worker_index: int | None) -> Pop3Server | None:
+        """POP3 (RFC 1939) over the same mailboxes, if asked for; with workers, worker 0's."""
+        config = self.config
+        if not config.pop3_listeners or worker_index not in (None, 0):
+            return None
+        return Pop3Server(
+            hostname=config.hostname,
+            listeners=config.pop3_listeners,
+            security=self.security,
+            store=self.mailboxes,
+            locks=config.data_dir / "pop3-locks",
+            limits=config.limits,
+            capture=config.capture_mode,
+        )
 
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
@@ -263,7 +280,7 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: self.smtp.bound,
+            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 is not None else ())],
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
         )
@@ -371,12 +388,16 @@ class Application:
         nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets)
-        if self.web is not None:
-            try:
+        try:
+            if self.pop3 is not None:
+                bound = [*bound, *await self.pop3.start()]
+            if self.web is not None:
                 self.http_addresses = await self.web.start()
-            except BaseException:
-                await self.smtp.stop(0)
-                raise
+        except BaseException:
+            await self.smtp.stop(0)
+            if self.pop3 is not None:
+                await self.pop3.stop(0)
+            raise
         await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
         if self.transcript is not None:
             await self.transcript.start()
@@ -399,6 +420,8 @@ class Application:
     async def stop(self, grace: float = 30.0) -> None:
         self.operations.running = False  # /readyz says so before the listeners close
         await self.smtp.stop(grace)
+        if self.pop3 is not None:
+            await self.pop3.stop(grace)
         if self.reporter is not None:
             await self.reporter.stop()
         await self.scheduler.stop()

@@ -34,6 +34,7 @@ from postoffice.config.names import (
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
     LISTENER_KINDS,
+    POP3_LISTENER_KINDS,
     Listener,
 )
 from postoffice.config.schema import Bound, Section, computed_setting, setting
@@ -124,6 +125,8 @@ class Config:
     )
     # Web UI and JSON API listeners; empty turns the web side off.
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
+    # POP3 listeners ([listen] pop3 and pop3s); none unless asked.
+    pop3_listeners: tuple[Listener, ...] = ()
     workers: int = setting(
         1,
         WORKERS,
@@ -203,10 +206,14 @@ class Config:
 def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # In the order given (the file's, then flags adding kinds it had not set). The default
     # listener applies only when no listener of any kind is configured.
-    found = tuple(listener for kind, group in given.items() if kind != "http" for listener in group)
+    # POP3 listeners are not counted: a server that lets mail be read still receives it.
+    found = tuple(listener for kind, group in given.items() if kind in LISTENER_KINDS for listener in group)
     built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
     if "http" in given:
         built["http_listeners"] = tuple(given["http"])
+    built["pop3_listeners"] = tuple(
+        listener for kind in POP3_LISTENER_KINDS for listener in given.get(kind, ())
+    )
     return built
 
 

@@ -420,6 +420,21 @@ class ListenKeys:
         default_text="none",
         flag="--smtps",
     )
+    pop3: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("pop3"),
+        "POP3 for mail programs (RFC 1939, port 110): STLS offered, login only inside TLS except"
+        " from loopback; INBOX only (docs/pop3.md).",
+        default_text="none",
+        flag="--pop3",
+    )
+    pop3s: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("pop3s"),
+        "POP3 over implicit TLS (RFC 8314, port 995): TLS from the first byte.",
+        default_text="none",
+        flag="--pop3s",
+    )
     http: tuple[Listener, ...] = setting(
         (DEFAULT_HTTP_LISTENER,),
         listeners_of("http"),
