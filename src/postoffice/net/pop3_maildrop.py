@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from postoffice.errors import MessageGone
+from postoffice.maildir.folders import INBOX, folder_of
 from postoffice.pop3.content import transmitted_size
 from postoffice.pop3.events import Entry
 from postoffice.storage import MailboxStore, StoredMessage, with_seen
@@ -78,7 +79,10 @@ class Maildrop:
         return drop
 
     def _list(self) -> None:
-        listed = sorted(self.store.list_messages(self.mailbox), key=lambda found: (found.received, found.key))
+        inbox = (
+            found for found in self.store.list_messages(self.mailbox) if folder_of(found.location) == INBOX
+        )
+        listed = sorted(inbox, key=lambda found: (found.received, found.key))
         for message in listed:
             try:
                 size = transmitted_size(chunks(self.store, message))
