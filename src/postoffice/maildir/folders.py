@@ -33,8 +33,11 @@ SPECIAL_USE = {
 # Where the web UI can move a message to with one click.
 MOVE_TARGETS = (INBOX, "Archive", "Junk", "Trash")
 
-_LEVEL = re.compile(r"[A-Za-z0-9 _-]{1,64}")
-_MAX_LEVELS = 8
+# One level of a name: letters, digits, "-" and "_", and spaces inside ("Sent Items"), at most
+# 64 characters; at most 8 levels. The API document publishes the same pattern.
+_LEVEL = r"[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?"
+FOLDER_PATTERN = rf"^{_LEVEL}(?:/{_LEVEL}){{0,7}}$"
+_NAME = re.compile(FOLDER_PATTERN)
 
 
 def directory_of(name: str) -> str:
@@ -42,12 +45,9 @@ def directory_of(name: str) -> str:
     the inbox. ValueError for a name this server does not make a directory of."""
     if name.upper() == INBOX:
         return ""
-    levels = name.split(SEPARATOR)
-    if len(levels) > _MAX_LEVELS or not all(_LEVEL.fullmatch(level) for level in levels):
+    if _NAME.fullmatch(name) is None or name.endswith("\n"):
         raise ValueError(f"not a folder name: {name!r}")
-    if any(level != level.strip() for level in levels):
-        raise ValueError(f"not a folder name: {name!r}")
-    return "." + ".".join(levels)
+    return "." + ".".join(name.split(SEPARATOR))
 
 
 def name_of(directory: str) -> str | None:

@@ -17,6 +17,10 @@ The syntax (Mailpit's, so people and scripts can move over)::
     larger:1M  smaller:500K     size in octets, K/M/G are powers of 1024
     -term  -from:noreply        negation of any term ("!" works too)
 
+and, ours, the folder a message is in (Maildir++, maildir/folders.py)::
+
+    in:INBOX  in:Junk  in:Archive/2024  -in:Trash
+
 and, ours, the authentication results the server recorded on arrival (web/authresults.py)::
 
     auth:pass  auth:fail  auth:none     the verdict: DMARC's when it reached one; else fail if
@@ -37,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from postoffice.maildir.folders import directory_of
 from postoffice.web.authresults import RESULTS, VERDICTS
 
 # The FTS5 table of the index and its columns (see index.py). Its "mailbox" column holds one
@@ -129,7 +134,7 @@ def tokenize(query: str) -> list[Term]:
 
 
 _KNOWN_FIELDS = frozenset(
-    {"from", "to", "subject", "has", "is", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
+    {"from", "to", "subject", "has", "is", "in", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
 )
 
 
@@ -178,6 +183,19 @@ def _auth_condition(field: str, value: str) -> tuple[str, str]:
     return condition, f" {result} " if field == "dkim" else result
 
 
+def _folder_condition(value: str) -> tuple[str, tuple[object, ...]]:
+    """``in:NAME``: the message's location starts with its folder's directory (``.Junk/``);
+    the inbox's locations start with ``new/`` or ``cur/``, never a dot."""
+    try:
+        directory = directory_of(value.strip())
+    except ValueError:
+        raise SearchError(f"in:{value}: not a folder name") from None
+    if not directory:
+        return "substr(location, 1, 1) <> '.'", ()
+    prefix = f"{directory}/"
+    return "substr(location, 1, ?) = ?", (len(prefix), prefix)
+
+
 def compile_query(query: str) -> Compiled:
     """Compile ``query``; SearchError if a term cannot be understood. Empty means "all"."""
     conditions: list[str] = []
@@ -198,6 +216,11 @@ def compile_query(query: str) -> Compiled:
                 choices = "attachment" if term.field == "has" else "read or unread"
                 raise SearchError(f"{term.field}:{term.value}: expected {term.field}:{choices}")
             conditions.append(f"NOT ({condition})" if term.negated else condition)
+            continue
+        if term.field == "in":
+            condition, bound = _folder_condition(term.value)
+            conditions.append(f"NOT ({condition})" if term.negated else condition)
+            params.extend(bound)
             continue
         if term.field in _AUTH_FIELDS:
             condition, result = _auth_condition(term.field, term.value)
