@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
@@ -296,3 +297,28 @@ def test_listen_pop3_in_the_config_file(tmp_path: Path) -> None:
     assert [listener.kind for listener in config.listeners] == ["smtp"]  # SMTP still receives
     flagged = load_config(path, listeners=[Listener("pop3", "127.0.0.1", 2110)])
     assert flagged.pop3_listeners == (Listener("pop3", "127.0.0.1", 2110), Listener("pop3s", "::1", 1995))
+
+
+def test_retr_is_the_read_state_the_web_ui_shows_and_folders_stay_out(capture: RunningServer) -> None:
+    deliver(capture, "dan@localhost", "read me")
+    deliver(capture, "dan@localhost", "junk")
+    capture.index_idle()
+    with httpx.Client(base_url=capture.base_url, timeout=10) as http:
+        token = {"X-CSRF-Token": http.get("/api/v1/session").json()["csrf_token"]}
+        listed = http.get("/api/v1/messages", params={"mailbox": "dan@localhost"}).json()["messages"]
+        junk = next(m for m in listed if m["subject"] == "junk")
+        assert http.post(
+            f"/api/v1/messages/{junk['id']}/move", json={"folder": "Junk"}, headers=token
+        ).is_success
+        client = poplib.POP3("127.0.0.1", pop3_port(capture), timeout=10)
+        client.user("dan@localhost")
+        client.pass_("x")
+        assert client.stat()[0] == 1  # INBOX only: Junk is not the maildrop
+        assert b"Subject: read me" in client.retr(1)[1]
+        client.quit()
+        wait_until(
+            lambda: all(
+                m["read"] for m in http.get("/api/v1/messages", params={"q": "in:INBOX"}).json()["messages"]
+            ),
+            what="the web index to see RETR's seen flag",
+        )

@@ -334,7 +334,15 @@ class Application:
         directory, the PROXY protocol settings, the user and the mail file mode need a restart
         and are reported if changed.
         """
-        kept = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
+        kept = (
+            "listeners",
+            "pop3_listeners",
+            "data_dir",
+            "proxy_protocol",
+            "user",
+            "group",
+            "mail_file_mode",
+        )
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)

@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 from postoffice.errors import MessageGone
@@ -42,7 +42,7 @@ def unique_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def chunks(store: MailboxStore, message: StoredMessage) -> Iterator[bytes]:
+def chunks(store: MailboxStore, message: StoredMessage) -> Generator[bytes]:
     """The message's bytes in pieces (MessageGone if it is no longer there)."""
     with store.read(message) as file:
         while chunk := file.read(CHUNK):
@@ -98,7 +98,7 @@ class Maildrop:
             with contextlib.suppress(MessageGone):
                 self.messages[number - 1] = self.store.set_flags(message, with_seen(message.flags, True))
 
-    def read(self, number: int) -> Iterator[bytes]:
+    def read(self, number: int) -> Generator[bytes]:
         message = self._current(number - 1)
         if message is None:
             raise MessageGone(f"{self.mailbox}: message {number} is gone")

@@ -68,6 +68,7 @@ class Pop3Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = self._loop.time()
         self._maildrop: Maildrop | None = None
+        self._task: asyncio.Task[None] | None = None  # kept: the loop holds tasks only weakly
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class Pop3Session(asyncio.Protocol):
                     self._transport.resume_reading()
                 self._pump()
 
-        self._loop.create_task(guarded())
+        self._task = self._loop.create_task(guarded())
 
     async def _decide(self, event: Event) -> None:
         if isinstance(event, Login):
@@ -297,13 +298,27 @@ class Pop3Session(asyncio.Protocol):
             return
         core.message_begins(event)
         chunk = first
-        while chunk:
-            core.message_chunk(chunk)
-            self._flush()
-            await self._writable.wait()  # flow control: at most a chunk or two buffered
-            if self._closing:
-                return
-            chunk = await asyncio.to_thread(next, pieces, b"")
+        try:
+            while chunk:
+                core.message_chunk(chunk)
+                self._flush()
+                await self._writable.wait()  # flow control: at most a chunk or two buffered
+                if self._closing:
+                    return
+                chunk = await asyncio.to_thread(next, pieces, b"")
+        except OSError as exc:
+            # Half a message is on the wire: the only honest end is to drop the connection.
+            log.warning(
+                "session=%s event=read-failed client=%s number=%d reason=%s",
+                self.id,
+                self.peer,
+                event.number,
+                exc,
+            )
+            self.abort()
+            return
+        finally:
+            await asyncio.to_thread(pieces.close)  # the file, now rather than at collection
         core.message_ends()
         if event.lines is None:
             await asyncio.to_thread(drop.seen, event.number)  # RETR: the message is read
