@@ -98,6 +98,7 @@ def test_poplib_reads_and_deletes_in_capture_mode(capture: RunningServer) -> Non
     assert response.startswith(b"+OK") and b".leading dot" in lines and b"one" in lines
     assert size == int(listed[0].split()[1])  # poplib counts what it got, unstuffed: LIST said so
     assert [name.endswith(":2,S") for name in maildir_files(capture, "alice@localhost")["cur"]] == [True]
+    assert [line.split()[1].decode() for line in client.uidl()[1]] == uids  # the UIDL survives the rename
     client.dele(1)
     before = maildir_files(capture, "alice@localhost")
     assert len(before["new"]) + len(before["cur"]) == 2  # DELE is applied only at QUIT
@@ -322,3 +323,15 @@ def test_retr_is_the_read_state_the_web_ui_shows_and_folders_stay_out(capture: R
             ),
             what="the web index to see RETR's seen flag",
         )
+
+
+def test_pipelined_commands_from_a_client_that_does_not_read_are_all_answered(capture: RunningServer) -> None:
+    count = 20_000
+    with socket.create_connection(("127.0.0.1", pop3_port(capture)), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"NOOP\r\n" * count)  # the server stops reading until we catch up
+        answers = [reader.readline() for _ in range(count)]
+        assert set(answers) == {b"+OK\r\n"}
+        sock.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"+OK")

@@ -102,10 +102,16 @@ class Pop3Session(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        self._writable.clear()  # the client is not reading: stop sending a message's bytes
+        # The client is not reading: stop sending a message's bytes, and stop reading commands
+        # whose answers would pile up unread (pipelining without reading).
+        self._writable.clear()
+        if not self._busy and self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if not self._busy and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
@@ -172,7 +178,11 @@ class Pop3Session(asyncio.Protocol):
                 if self._closing:
                     return
                 self._busy = False
-                if self._transport is not None and not self._transport.is_closing():
+                if (
+                    self._writable.is_set()
+                    and self._transport is not None
+                    and not self._transport.is_closing()
+                ):
                     self._transport.resume_reading()
                 self._pump()
 

@@ -276,6 +276,7 @@ class Pop3Connection:
     def tls_started(self) -> None:
         self._waiting = False
         self.tls_active = True
+        self._user = None  # RFC 2595 §4: nothing of the plaintext session carries over
 
     # --- TRANSACTION --------------------------------------------------------------------------
 
