@@ -251,9 +251,17 @@ function renderMailboxes() {
     boxes = [{ address: state.session.mailbox, total: 0, unread: 0 }]; // no mail yet
   }
   for (const box of boxes) {
-    list.append(mailboxItem(box.address, box.address, box.unread));
-    // The folders of the mailbox shown (Maildir++: INBOX, Archive, Junk, Trash, ...).
-    if (box.address === state.mailbox) for (const folder of state.folders) list.append(folderItem(folder));
+    const item = mailboxItem(box.address, box.address, box.unread);
+    // The folders of the mailbox shown (Maildir++: INBOX, Archive, Junk, Trash, ...), inside
+    // its item: the list holds one item per mailbox.
+    if (box.address === state.mailbox && state.folders.length) {
+      const folders = element("div", "folders");
+      folders.setAttribute("role", "group");
+      folders.setAttribute("aria-label", `Folders of ${box.address}`);
+      folders.append(...state.folders.map(folderButton));
+      item.append(folders);
+    }
+    list.append(item);
   }
   const where = state.mailbox || (seesAll() ? "All mailboxes" : "No mailbox");
   $("list-title").textContent = state.folder ? `${where} · ${state.folder}` : where;
@@ -288,8 +296,7 @@ function mailboxItem(address, label, unread) {
   return item;
 }
 
-function folderItem(folder) {
-  const item = element("li", "folder");
+function folderButton(folder) {
   const button = element("button");
   button.type = "button";
   if (folder.name === state.folder) button.classList.add("current");
@@ -306,8 +313,7 @@ function folderItem(folder) {
     renderMailboxes();
     loadMessages();
   });
-  item.append(button);
-  return item;
+  return button;
 }
 
 $("menu").addEventListener("click", () => setDrawer(!$("app").classList.contains("drawer-open")));
