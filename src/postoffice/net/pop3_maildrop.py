@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -32,6 +33,25 @@ from postoffice.storage import MailboxStore, StoredMessage, with_seen
 CHUNK = 64 * 1024
 # RFC 1939 §7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 _UID_MAX = 70
+# Sizes as sent, by (mailbox, key): a Maildir message's content never changes (only its name
+# does), so each is counted once, not at every login. Bounded: past this many, start again.
+_SIZES_KEPT = 100_000
+_sizes: dict[tuple[str, str], int] = {}
+_sizes_lock = threading.Lock()
+
+
+def transmitted(store: MailboxStore, message: StoredMessage) -> int:
+    """The size RETR sends ``message`` with (counted once per message; MessageGone if gone)."""
+    known = (message.mailbox, message.key)
+    with _sizes_lock:
+        size = _sizes.get(known)
+    if size is None:
+        size = transmitted_size(chunks(store, message))
+        with _sizes_lock:
+            if len(_sizes) >= _SIZES_KEPT:
+                _sizes.clear()
+            _sizes[known] = size
+    return size
 
 
 def unique_id(key: str) -> str:
@@ -85,7 +105,7 @@ class Maildrop:
         listed = sorted(inbox, key=lambda found: (found.received, found.key))
         for message in listed:
             try:
-                size = transmitted_size(chunks(self.store, message))
+                size = transmitted(self.store, message)
             except MessageGone:
                 continue  # removed by another program since the listing
             self.messages.append(message)
