@@ -335,3 +335,25 @@ def test_pipelined_commands_from_a_client_that_does_not_read_are_all_answered(ca
         assert set(answers) == {b"+OK\r\n"}
         sock.sendall(b"QUIT\r\n")
         assert reader.readline().startswith(b"+OK")
+
+
+def test_failed_logins_are_throttled_like_smtp_auth(
+    server_factory: Callable[..., RunningServer], certs: Certs
+) -> None:
+    server = server_factory(
+        domains=("example.test",),
+        tls=TLSConfig(cert=certs.cert, key=certs.key),
+        auth=AuthConfig(failure_delay=0.0, max_failures=3),
+        pop3_listeners=(Listener("pop3", "127.0.0.1", 0),),
+    )
+    add_accounts(server)
+    client = poplib.POP3("127.0.0.1", pop3_port(server), timeout=10)
+    for attempt in range(3):
+        client.user(ALICE)
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+            client.pass_(f"guess {attempt}")
+    assert client.file.readline() == b""  # the third failure closed the session
+    again = poplib.POP3("127.0.0.1", pop3_port(server), timeout=10)
+    again.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"too many failed logins"):
+        again.pass_(ALICE_PASSWORD)  # locked out: not even the right password is tried
