@@ -388,6 +388,7 @@ class Application:
         recover: Sequence[str] | None = None,
         reuse_port: bool = False,
         sockets: Sequence[BoundSocket] | None = None,
+        pop3_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
@@ -398,7 +399,7 @@ class Application:
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets)
         try:
             if self.pop3 is not None:
-                bound = [*bound, *await self.pop3.start()]
+                bound = [*bound, *await self.pop3.start(sockets=pop3_sockets)]
             if self.web is not None:
                 self.http_addresses = await self.web.start()
         except BaseException:

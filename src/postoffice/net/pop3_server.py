@@ -15,13 +15,14 @@ import contextlib
 import logging
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from postoffice.config import Limits, Listener
 from postoffice.errors import ConfigError, ListenError
 from postoffice.net.listeners import Security
 from postoffice.net.pop3_session import Pop3Services, Pop3Session
-from postoffice.net.server import BoundAddress
+from postoffice.net.server import BoundAddress, BoundSocket
 from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.pop3.server import Pop3Settings
 from postoffice.storage import MailboxStore
@@ -69,34 +70,45 @@ class Pop3Server:
         self._per_client: Counter[str] = Counter()
         self.bound: list[BoundAddress] = []
 
-    async def start(self, *, reuse_port: bool = False) -> list[BoundAddress]:
-        """Listen and serve every POP3 listener; ListenError if one cannot listen."""
-        loop = asyncio.get_running_loop()
-        for listener in self._listeners:
-            context = None
-            if listener.kind == "pop3s":
-                if self._security.tls is None:
-                    raise ConfigError("implicit TLS needs a certificate", key="listen.pop3s")
-                context = self._security.tls.context
-            services = self._services[listener.kind]
-            try:
-                server = await loop.create_server(
-                    lambda services=services: Pop3Session(services),
-                    listener.host,
-                    listener.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
-                    family=socket.AF_UNSPEC,
-                    ssl=context,
-                    ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if context is not None else None,
-                )
-            except OSError as exc:
-                raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
+    async def start(self, *, sockets: Sequence[BoundSocket] | None = None) -> list[BoundAddress]:
+        """Listen and serve every POP3 listener; ListenError if one cannot listen. ``sockets``:
+        bound already (before root was given up), listened on instead of binding."""
+        bound: Sequence[tuple[Listener, socket.socket | None]] = (
+            [(listener, None) for listener in self._listeners] if sockets is None else sockets
+        )
+        for listener, sock in bound:
+            server = await self._listen(listener, sock)
             self._servers.append(server)
             for listening in server.sockets:
                 host, port = listening.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
+
+    async def _listen(self, listener: Listener, sock: socket.socket | None) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        context = None
+        if listener.kind == "pop3s":
+            if self._security.tls is None:
+                raise ConfigError("implicit TLS needs a certificate", key="listen.pop3s")
+            context = self._security.tls.context
+        services = self._services[listener.kind]
+        shutdown_timeout = SHUTDOWN_TIMEOUT if context is not None else None
+        if sock is not None:
+            return await loop.create_server(
+                lambda: Pop3Session(services), sock=sock, ssl=context, ssl_shutdown_timeout=shutdown_timeout
+            )
+        try:
+            return await loop.create_server(
+                lambda: Pop3Session(services),
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                family=socket.AF_UNSPEC,
+                ssl=context,
+                ssl_shutdown_timeout=shutdown_timeout,
+            )
+        except OSError as exc:
+            raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
 
     def _admit(self, session: Pop3Session) -> bool:
         limits = self._limits

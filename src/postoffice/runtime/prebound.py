@@ -26,14 +26,17 @@ from postoffice.web.server import bind_http
 
 @dataclass(frozen=True)
 class Prebound:
-    """Sockets bound as root: ``smtp`` holds one set per process, ``http`` listens already."""
+    """Sockets bound as root: ``smtp`` holds one set per process, ``http`` listens already,
+    ``pop3`` is the one process's that serves POP3 (without workers; see docs/pop3.md)."""
 
     smtp: tuple[tuple[BoundSocket, ...], ...]
     http: tuple[socket.socket, ...]
+    pop3: tuple[BoundSocket, ...] = ()
 
     def close(self) -> None:
         """Close this process's copies (a server listening on one keeps its own)."""
-        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http):
+        pop3 = [sock for _, sock in self.pop3]
+        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http) + pop3:
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -44,6 +47,7 @@ def bind(config: Config) -> Prebound:
     count = config.workers
     smtp: list[tuple[BoundSocket, ...]] = []
     http: list[socket.socket] = []
+    pop3: tuple[BoundSocket, ...] = ()
     try:
         listeners = config.listeners
         for _ in range(count):
@@ -52,10 +56,13 @@ def bind(config: Config) -> Prebound:
             smtp.append(tuple(zip(listeners, sockets, strict=True)))
         for listener in config.http_listeners:
             http.append(bind_http(listener.host, listener.port))
+        if count == 1 and config.pop3_listeners:
+            sockets, pop3_listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
+            pop3 = tuple(zip(pop3_listeners, sockets, strict=True))
     except BaseException:
-        Prebound(tuple(smtp), tuple(http)).close()
+        Prebound(tuple(smtp), tuple(http), pop3).close()
         raise
-    return Prebound(tuple(smtp), tuple(http))
+    return Prebound(tuple(smtp), tuple(http), pop3)
 
 
 def bind_then_drop(config: Config) -> Prebound | None:
