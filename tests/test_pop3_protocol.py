@@ -8,7 +8,7 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postoffice.pop3.commands import MAX_LINE
+from postoffice.pop3.commands import KEYWORDS, MAX_ARGUMENT, MAX_LINE, CommandError, parse
 from postoffice.pop3.content import Normalizer, transmitted_size
 from postoffice.pop3.events import NEED_DATA, Closed, Entry, Login, Retrieve, StartTls, Update
 from postoffice.pop3.server import Pop3Connection, Pop3Settings, State
@@ -179,3 +179,14 @@ def test_fuzz_the_core_never_raises_and_always_answers(chunks: list[bytes]) -> N
         out = core.data_to_send()
         # Every answer starts with a status indicator (or SASL's "+ " continuation).
         assert out == b"" or out.startswith((b"+OK", b"-ERR", b"+ ")), out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_the_parser_raises_only_command_errors(line: bytes) -> None:
+    try:
+        command = parse(line)
+    except CommandError:
+        return
+    assert command.keyword in KEYWORDS
+    assert all(0 < len(argument) <= MAX_ARGUMENT for argument in command.arguments)
