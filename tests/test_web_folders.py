@@ -51,6 +51,8 @@ def test_move_to_trash_and_back_with_folders_and_counts(server: RunningServer) -
             m["subject"] for m in messages(http, mailbox="ann@example.test", q="in:INBOX")["messages"]
         ] == ["keep"]
         assert messages(http, mailbox="ann@example.test", q="-in:Trash")["total"] == 1
+        assert messages(http, mailbox="ann@example.test", q="in:trash")["total"] == 1  # special-use: any case
+        assert messages(http, mailbox="ann@example.test", q="in:inbox")["total"] == 1
         # Read state and the message itself follow it into the folder.
         read = http.patch(f"/api/v1/messages/{target['id']}", json={"read": True}, headers=csrf(http))
         assert read.json()["read"] is True and read.json()["folder"] == "Trash"

@@ -30,6 +30,9 @@ SPECIAL_USE = {
     "Sent": "\\Sent",
     "Trash": "\\Trash",
 }
+# The special-use names are matched without regard to case ("junk" is Junk), as INBOX is
+# (RFC 9051 §5.1); any other name is exact, as the directory is.
+_SPECIAL_BY_LOWER = {name.lower(): name for name in SPECIAL_USE}
 # Where the web UI can move a message to with one click.
 MOVE_TARGETS = (INBOX, "Archive", "Junk", "Trash")
 
@@ -42,9 +45,11 @@ _NAME = re.compile(FOLDER_PATTERN)
 
 def directory_of(name: str) -> str:
     """The Maildir++ directory (``.Junk``, ``.Archive.2024``) of folder ``name``; ``""`` for
-    the inbox. ValueError for a name this server does not make a directory of."""
+    the inbox (``INBOX`` in any case, and the special-use names too: ``junk`` is ``.Junk``).
+    ValueError for a name this server does not make a directory of."""
     if name.upper() == INBOX:
         return ""
+    name = _SPECIAL_BY_LOWER.get(name.lower(), name)
     if _NAME.fullmatch(name) is None or name.endswith("\n"):
         raise ValueError(f"not a folder name: {name!r}")
     return "." + ".".join(name.split(SEPARATOR))
