@@ -39,6 +39,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "postoffice.app",
         "postoffice.config",
     ),
+    # The sans-I/O POP3 core, like the SMTP one: bytes in, events out.
+    "postoffice.pop3": ("asyncio", "socket", "ssl", "os", "time", "postoffice.net", "postoffice.storage"),
     "postoffice.errors": (
         "postoffice.net",
         "postoffice.spool",
@@ -171,6 +173,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "postoffice.config",
         "postoffice.smtp",
+        "postoffice.pop3",
         "postoffice.trace",
         "postoffice.durable",
         "postoffice.dns_resolver",

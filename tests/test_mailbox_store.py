@@ -152,6 +152,32 @@ def test_an_expunged_message_is_gone_for_good(store: MailboxStore) -> None:
         store.set_flags(stored, "S")
 
 
+# --- folders ----------------------------------------------------------------------------------
+
+
+def test_a_message_moves_between_folders_keeping_its_key_and_flags(store: MailboxStore) -> None:
+    stored = store.set_flags(deliver(store, "ann@example.test", "F1_0"), "S")
+    assert store.folders("ann@example.test") == ["INBOX"]
+    junk = store.move(stored, "Junk")
+    assert (junk.key, junk.flags) == (stored.key, "S") and junk.location.startswith(".Junk/cur/")
+    assert store.folders("ann@example.test") == ["INBOX", "Junk"]
+    assert store.list_messages("ann@example.test") == [junk]  # listed with its folder
+    assert content(store, junk) == HEADERS + BODY
+    assert store.find("ann@example.test", junk.key, stored.location) == junk
+    unseen = store.set_flags(junk, "")
+    assert unseen.location.startswith(".Junk/cur/") and not unseen.seen
+    back = store.move(unseen, "INBOX")
+    assert back.location.startswith("cur/") and content(store, back) == HEADERS + BODY
+    nested = store.move(back, "Archive/2024")
+    assert nested.location.startswith(".Archive.2024/cur/")
+    assert store.folders("ann@example.test") == ["INBOX", "Archive/2024", "Junk"]
+    with pytest.raises(MessageGone):
+        store.move(back, "Trash")  # not where it was any more
+    for bad in ("../x", "a/../b", ".hidden", "", "a//b", "x" * 100):
+        with pytest.raises(ValueError):
+            store.move(nested, bad)
+
+
 # --- watching ---------------------------------------------------------------------------------
 
 
@@ -217,3 +243,16 @@ def test_a_new_mailbox_is_reported_whole(watched: tuple[MailboxStore, Recorder])
 def test_a_quiet_watch_still_calls_at_each_tick(watched: tuple[MailboxStore, Recorder]) -> None:
     _, recorder = watched
     recorder.wait_for(lambda batches: len([b for b in batches if not b.messages and not b.mailboxes]) >= 3)
+
+
+def test_a_watch_reports_moves_into_and_within_folders(watched: tuple[MailboxStore, Recorder]) -> None:
+    store, recorder = watched
+    deliver(store, "fold@example.test", "W3_0")
+    recorder.wait_for(lambda batches: any("fold@example.test" in b.mailboxes for b in batches))
+    stored = deliver(store, "fold@example.test", "W4_0")
+    recorder.wait_for(lambda batches: stored.location in touched(batches, stored.mailbox, stored.key))
+    count = len(recorder.batches)
+    trash = store.move(stored, "Trash")  # the folder is new: its mailbox is looked at whole
+    recorder.wait_for(lambda batches: any("fold@example.test" in b.mailboxes for b in batches[count:]))
+    seen = store.set_flags(trash, "S")
+    recorder.wait_for(lambda batches: seen.location in touched(batches, seen.mailbox, seen.key))

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import poplib
 import pwd
 import random
 import re
@@ -247,12 +248,12 @@ def _files(maildir: Path) -> list[Path]:
 
 
 def test_root_binds_every_listener_then_runs_as_the_user(target: pwd.struct_passwd, shared: Path) -> None:
-    smtp, submission, smtps, http = privileged_ports(4)
+    smtp, submission, smtps, http, pop3 = privileged_ports(5)
     running = start_root_server(
         shared,
         f'data_dir = "{shared / "data"}"\nhostname = "mx.test"\nuser = "{TARGET}"\n'
         f'[listen]\nsmtp = ["127.0.0.1:{smtp}"]\nsubmission = ["127.0.0.1:{submission}"]\n'
-        f'smtps = ["127.0.0.1:{smtps}"]\nhttp = ["127.0.0.1:{http}"]\n',
+        f'smtps = ["127.0.0.1:{smtps}"]\nhttp = ["127.0.0.1:{http}"]\npop3 = ["127.0.0.1:{pop3}"]\n',
     )
     try:
         uid, gid = target.pw_uid, target.pw_gid
@@ -273,6 +274,9 @@ def test_root_binds_every_listener_then_runs_as_the_user(target: pwd.struct_pass
             assert client.ehlo()[0] == 250  # with the self-signed certificate made as nobody
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/livez", timeout=10) as response:
             assert response.status == 200
+        pop = poplib.POP3("127.0.0.1", pop3, timeout=10)  # bound as root, served as the user
+        assert pop.getwelcome().startswith(b"+OK")
+        pop.quit()
 
         # The data directory and everything in it is the user's, made by the user.
         assert stat.S_IMODE(running.data_dir.stat().st_mode) == 0o700

@@ -735,3 +735,29 @@ def test_junk_is_marked_in_the_list_left_out_of_unread_and_filtered_by_its_butto
     p.locator("#junk-filter").click()
     expect(p.locator("#message-list li")).to_have_count(2)
     expect(p.locator("#junk-filter")).to_have_attribute("aria-pressed", "false")
+
+
+def test_folders_show_under_the_mailbox_and_a_message_moves_to_trash(
+    page: Page, server: RunningServer, watch: Watch
+) -> None:
+    send(server, make_message("dev@example.test", "Keep this", "fine"))
+    send(server, make_message("dev@example.test", "Spam offer", "buy now"))
+    p = page
+    p.goto(f"{server.base_url}/#mailbox=dev%40example.test")
+    expect(p.locator("#message-list li")).to_have_count(2, timeout=WAIT)
+    for name in ("INBOX", "Archive", "Junk", "Trash"):
+        p.locator(f"#mailbox-list button[data-folder='{name}']").wait_for()
+    p.locator("#message-list li", has_text="Spam offer").click()
+    p.locator("#view-subject", has_text="Spam offer").wait_for()
+    p.select_option("#move-to", "Trash")
+    p.locator("#toast", has_text="Moved to Trash").wait_for()
+    trash = server.config.mail_dir / "example.test" / "dev" / ".Trash"
+    wait_for(lambda: [*trash.joinpath("cur").iterdir(), *trash.joinpath("new").iterdir()], what="the rename")
+    p.click("#mailbox-list button[data-folder='Trash']")
+    expect(p.locator("#message-list li")).to_have_count(1, timeout=WAIT)
+    assert "Spam offer" in p.locator("#message-list li").inner_text()
+    assert p.locator("#list-title").inner_text() == "dev@example.test · Trash"
+    p.click("#mailbox-list button[data-folder='INBOX']")
+    expect(p.locator("#message-list li")).to_have_count(1, timeout=WAIT)
+    assert "Keep this" in p.locator("#message-list li").inner_text()
+    assert watch.dialogs == [] and watch.console_errors == []

@@ -398,20 +398,22 @@ def test_the_junk_folder_is_listed_and_left_out_of_the_unread_count(
     deliver(mail_root, "jo@example.test", "1700000000.A_0.mx", "inbox")
     _junk_path(mail_root, "jo@example.test", "1700000001.B_0.mx", "junk new")
     _junk_path(mail_root, "jo@example.test", "1700000002.C_0.mx:2,S", "junk read", subdir="cur")
-    # Other folders (a mail client's Trash) are not ours to list.
+    # Other folders (a mail client's Trash) are listed too, and counted as unread.
     trash = mailbox_path(mail_root, "jo@example.test") / ".Trash" / "new"
     trash.mkdir(parents=True)
+    (trash.parent / "cur").mkdir()  # a Maildir++ folder has its cur/
     (trash / "1700000003.D_0.mx").write_bytes(b"Subject: trash\r\n\r\nx\r\n")
     index.sync()
     rows = {row.subject: row for row in index.page(None, EVERYTHING, limit=10, offset=0).rows}
     assert {subject: row.folder for subject, row in rows.items()} == {
-        "inbox": None,
+        "inbox": "INBOX",
         "junk new": "Junk",
         "junk read": "Junk",
+        "trash": "Trash",
     }
     assert rows["junk read"].seen and rows["junk read"].location.startswith(".Junk/cur/")
     [box] = index.mailboxes()
-    assert (box.total, box.unread) == (3, 1)
+    assert (box.total, box.unread) == (4, 2)  # the inbox's and the Trash's unread, not Junk's
     assert sorted(
         row.subject for row in index.page(None, compile_query("in:junk"), limit=10, offset=0).rows
     ) == [
@@ -423,7 +425,7 @@ def test_the_junk_folder_is_listed_and_left_out_of_the_unread_count(
     new.rename(new.parent.parent / "cur" / "1700000001.B_0.mx:2,S")
     index.sync()
     [box] = index.mailboxes()
-    assert (box.total, box.unread) == (3, 1)
+    assert (box.total, box.unread) == (4, 2)
 
 
 def test_an_index_of_version_6_counts_unread_without_junk_and_keeps_its_ids(

@@ -53,6 +53,7 @@ from postoffice.net.certwatch import CertificateWatch
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
+from postoffice.net.pop3_server import Pop3Server
 from postoffice.net.server import BoundAddress, BoundSocket, SmtpServer
 from postoffice.net.session import SessionObserver
 from postoffice.net.tls import ServerTls
@@ -180,7 +181,7 @@ def needs_tls(config: Config) -> bool:
     (aiosmtplib does by default) would fail against a self-signed one.
     """
     submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or has_certificate(config) or not config.capture_mode
+    return submission or bool(config.pop3_listeners) or has_certificate(config) or not config.capture_mode
 
 
 def has_certificate(config: Config) -> bool:
@@ -262,6 +263,7 @@ class Application:
             local_socket=config.local_socket_path if config.local_socket else None,
         )
         self._acme(worker_index, acme_sockets)
+        self.pop3 = self._pop3(worker_index)
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
@@ -294,6 +296,21 @@ class Application:
         self.acme_http = HttpServer(ChallengeApp(challenges), addresses, sockets=sockets, kind="acme_http")
         backoff = Backoff(acme.retry_min, acme.retry_max)
         self.acme = AcmeService(ca, files, challenges, backoff, on_certificate=self.certificates.check)
+
+    def _pop3(self, worker_index: int | None) -> Pop3Server | None:
+        """POP3 (RFC 1939) over the same mailboxes, if asked for; with workers, worker 0's."""
+        config = self.config
+        if not config.pop3_listeners or worker_index not in (None, 0):
+            return None
+        return Pop3Server(
+            hostname=config.hostname,
+            listeners=config.pop3_listeners,
+            security=self.security,
+            store=self.mailboxes,
+            locks=config.data_dir / "pop3-locks",
+            limits=config.limits,
+            capture=config.capture_mode,
+        )
 
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
@@ -348,7 +365,7 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: self.smtp.bound,
+            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 is not None else ())],
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
@@ -409,7 +426,7 @@ class Application:
         need a restart and are reported if changed.
         """
         kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
-        kept += ("acme", "acme_http_listeners", "local_socket")
+        kept += ("acme", "acme_http_listeners", "local_socket", "pop3_listeners")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
@@ -459,6 +476,7 @@ class Application:
         reuse_port: bool = False,
         sockets: Sequence[BoundSocket] | None = None,
         local: socket.socket | None = None,
+        pop3_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
@@ -469,12 +487,16 @@ class Application:
         logging.getLogger("postoffice").addHandler(self.operations.errors)
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets, local=local)
         try:
+            if self.pop3 is not None:
+                bound = [*bound, *await self.pop3.start(sockets=pop3_sockets)]
             if self.web is not None:
                 self.http_addresses = await self.web.start()
             if self.acme_http is not None:
                 self.acme_addresses = await self.acme_http.start()
         except BaseException:
             await self.smtp.stop(0)
+            if self.pop3 is not None:
+                await self.pop3.stop(0)
             if self.web is not None:
                 await self.web.stop()
             raise
@@ -510,6 +532,8 @@ class Application:
         if self.acme_http is not None:
             await self.acme_http.stop()
         await self.smtp.stop(grace)
+        if self.pop3 is not None:
+            await self.pop3.stop(grace)
         if self.reporter is not None:
             await self.reporter.stop()
         await self.scheduler.stop()

@@ -256,7 +256,8 @@ class MailboxStore(Protocol):
     def has_mailbox(self, address: str) -> bool: ...
 
     def list_messages(self, address: str) -> list[StoredMessage]:
-        """Every message in ``address``'s mailbox (none if it has no mailbox yet)."""
+        """Every message in ``address``'s mailbox, its folders' too (none if it has no mailbox
+        yet); a message's location says its folder (``.Junk/cur/NAME``, maildir/folders.py)."""
         ...
 
     def look_up(self, address: str, candidates: Mapping[str, Sequence[str]]) -> dict[str, StoredMessage]:
@@ -278,6 +279,16 @@ class MailboxStore(Protocol):
 
     def expunge(self, message: StoredMessage) -> bool:
         """Remove the message for good; False if it was not at its location."""
+        ...
+
+    def folders(self, address: str) -> list[str]:
+        """The folders of ``address``'s mailbox by name ("INBOX" first, then "Junk", "Archive/2024",
+        ...: maildir/folders.py names them)."""
+        ...
+
+    def move(self, message: StoredMessage, folder: str) -> StoredMessage:
+        """Move ``message`` into ``folder`` of its mailbox (made if missing), keeping its key and
+        flags; returns it where it is now. ValueError for a name no folder can have."""
         ...
 
     def watch(self, on_changes: OnChanges, *, force_polling: bool | None = None) -> MailboxWatch:

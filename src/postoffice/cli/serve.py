@@ -52,9 +52,32 @@ def add_parser(subparsers: Subparsers) -> None:
         parents=[config_options()],
     )
     _add_listen_options(serve)
+    _add_pop3_options(serve)
     _add_mail_options(serve)
     _add_process_options(serve)
     serve.set_defaults(handler=_run_serve)
+
+
+def _add_pop3_options(serve: argparse.ArgumentParser) -> None:
+    """The POP3 listeners (docs/pop3.md); none unless asked."""
+    serve.add_argument(
+        "--pop3",
+        action="append",
+        type=_listener_of("pop3"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="serve POP3 with STLS (port 110) here; replaces [listen] pop3",
+    )
+    serve.add_argument(
+        "--pop3s",
+        action="append",
+        type=_listener_of("pop3s"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="serve POP3 over implicit TLS (port 995) here; replaces [listen] pop3s",
+    )
 
 
 def _add_listen_options(serve: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from postoffice.config.names import (
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
     LISTENER_KINDS,
+    POP3_LISTENER_KINDS,
     Listener,
 )
 from postoffice.config.schema import Bound, Section, computed_setting, setting
@@ -138,6 +139,8 @@ class Config:
     )
     # Web UI and JSON API listeners; empty turns the web side off.
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
+    # POP3 listeners ([listen] pop3 and pop3s); none unless asked.
+    pop3_listeners: tuple[Listener, ...] = ()
     workers: int = setting(
         1,
         WORKERS,
@@ -253,13 +256,17 @@ class Config:
 def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # In the order given (the file's, then flags adding kinds it had not set). The default
     # listener applies only when no listener of any kind is configured.
-    separate = ("http", "acme_http")
-    found = tuple(listener for kind, group in given.items() if kind not in separate for listener in group)
+    # Only SMTP listeners count: HTTP, the ACME responder and POP3 are beside them (a server
+    # that lets mail be read still receives it).
+    found = tuple(listener for kind, group in given.items() if kind in LISTENER_KINDS for listener in group)
     built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
     if "http" in given:
         built["http_listeners"] = tuple(given["http"])
     if "acme_http" in given:
         built["acme_http_listeners"] = tuple(given["acme_http"])
+    built["pop3_listeners"] = tuple(
+        listener for kind in POP3_LISTENER_KINDS for listener in given.get(kind, ())
+    )
     return built
 
 

@@ -88,11 +88,16 @@ def parse_relay_host(text: str, *, key: str = "delivery.relay_host") -> tuple[st
 #   submission  RFC 6409 message submission (port 587): STARTTLS, then AUTH, then MAIL
 #   smtps       RFC 8314 §3 implicit TLS submission (port 465): TLS from the first byte
 LISTENER_KINDS = ("smtp", "submission", "smtps")
+# Mail reading (RFC 1939), apart from the SMTP listeners and never started unless asked:
+#   pop3        POP3 with STLS (RFC 2595, port 110)
+#   pop3s       POP3 over implicit TLS (RFC 8314 §3.3, port 995)
+POP3_LISTENER_KINDS = ("pop3", "pop3s")
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One address to listen on; ``kind`` is one of :data:`LISTENER_KINDS`, or ``http``."""
+    """One address to listen on; ``kind`` is one of :data:`LISTENER_KINDS`,
+    :data:`POP3_LISTENER_KINDS`, or ``http``."""
 
     kind: str
     host: str

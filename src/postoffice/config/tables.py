@@ -528,6 +528,21 @@ class ListenKeys:
         " /.well-known/acme-challenge/; the CA connects to port 80.",
         default_text=f'["{DEFAULT_ACME_HTTP_LISTENER.address}"] when [acme] is enabled',
     )
+    pop3: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("pop3"),
+        "POP3 for mail programs (RFC 1939, port 110): STLS offered, login only inside TLS except"
+        " from loopback; INBOX only (docs/pop3.md).",
+        default_text="none",
+        flag="--pop3",
+    )
+    pop3s: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("pop3s"),
+        "POP3 over implicit TLS (RFC 8314, port 995): TLS from the first byte.",
+        default_text="none",
+        flag="--pop3s",
+    )
     http: tuple[Listener, ...] = setting(
         (DEFAULT_HTTP_LISTENER,),
         listeners_of("http"),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from postoffice.durable import fsync_directory
 from postoffice.errors import DeliveryError
+from postoffice.maildir.folders import name_of
 from postoffice.maildir.names import mailbox_address, mailbox_path
 
 log = logging.getLogger("postoffice.maildir")
@@ -31,11 +32,6 @@ log = logging.getLogger("postoffice.maildir")
 INFO_SEPARATOR = ":2,"
 # The directories holding messages; tmp/ holds deliveries in progress.
 MESSAGE_DIRS = ("new", "cur")
-# The Maildir++ folders (".Name" inside a mailbox) the server files mail into and lists beside
-# the inbox: Junk, for DMARC quarantine. Other folders (Dovecot's Sent, Trash) are a mail
-# client's and are not listed.
-LISTED_FOLDERS = ("Junk",)
-FOLDER_DIRS = tuple(f".{name}" for name in LISTED_FOLDERS)
 # Keys become part of a file name; ours are "<queue ID>_<recipient index>".
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Files in a Maildir's tmp/ older than this are a crashed delivery's (the specification's 36 hours).
@@ -154,33 +150,59 @@ def name_time(name: str) -> float | None:
 
 
 def split_location(location: str) -> tuple[str, str] | None:
-    """``(subdir, name)`` of a location ``new/NAME`` or ``cur/NAME``, or of one in a listed
-    folder (``.Junk/new/NAME``: subdir ``.Junk/new``); None for anything else (a location is
-    compared and joined only in this shape: never a path of its own)."""
-    subdir, _, name = location.partition("/")
+    """``(subdir, name)`` of a location ``new/NAME`` or ``cur/NAME``, or in a folder
+    ``.Junk/cur/NAME`` (subdir ``.Junk/cur``); None for anything else (a location is compared
+    and joined only in this shape: never a path of its own)."""
     folder = ""
-    if subdir in FOLDER_DIRS:
-        folder = f"{subdir}/"
-        subdir, _, name = name.partition("/")
+    head, _, rest = location.partition("/")
+    if head.startswith("."):
+        if name_of(head) is None:
+            return None
+        folder, location = f"{head}/", rest
+    subdir, _, name = location.partition("/")
     if subdir not in MESSAGE_DIRS or not name or "/" in name or name.startswith("."):
         return None
     return f"{folder}{subdir}", name
 
 
-def message_files(maildir: Path) -> Iterator[tuple[str, str]]:
-    """``(subdir, name)`` of every message file in ``new/`` and ``cur/``, the inbox's and each
-    listed folder's (subdir ``.Junk/new``): plain files only (a symlink could lead anywhere),
-    no dot files (not messages, says the specification)."""
-    for folder in ("", *(f"{name}/" for name in FOLDER_DIRS)):
-        for subdir in MESSAGE_DIRS:
-            try:
-                scan = os.scandir(maildir / f"{folder}{subdir}")
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with scan:
-                for item in scan:
-                    if not item.name.startswith(".") and item.is_file(follow_symlinks=False):
-                        yield f"{folder}{subdir}", item.name
+def folder_directories(maildir: Path) -> list[str]:
+    """The Maildir++ folders (``.Junk``) inside the mailbox ``maildir``: plain directories
+    with a ``cur/``, named as :func:`~postoffice.maildir.folders.directory_of` names one."""
+    try:
+        with os.scandir(maildir) as scan:
+            found = [
+                item.name
+                for item in scan
+                if item.name.startswith(".")
+                and name_of(item.name) is not None
+                and item.is_dir(follow_symlinks=False)
+                and os.path.isdir(os.path.join(item.path, "cur"))
+            ]
+    except OSError:
+        return []
+    return sorted(found)
+
+
+def message_files(maildir: Path, *, folders: bool = False) -> Iterator[tuple[str, str]]:
+    """``(subdir, name)`` of every message file in ``new/`` and ``cur/``: plain files only (a
+    symlink could lead anywhere), no dot files (not messages, says the specification). With
+    ``folders``, those of every Maildir++ folder too (subdir ``.Junk/cur``)."""
+    yield from _files_of(maildir, "")
+    if folders:
+        for folder in folder_directories(maildir):
+            yield from _files_of(maildir / folder, f"{folder}/")
+
+
+def _files_of(maildir: Path, prefix: str) -> Iterator[tuple[str, str]]:
+    for subdir in MESSAGE_DIRS:
+        try:
+            scan = os.scandir(maildir / subdir)
+        except FileNotFoundError:
+            continue
+        with scan:
+            for item in scan:
+                if not item.name.startswith(".") and item.is_file(follow_symlinks=False):
+                    yield f"{prefix}{subdir}", item.name
 
 
 def find_mailboxes(mail_root: Path) -> Iterator[tuple[str, Path]]:

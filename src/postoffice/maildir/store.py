@@ -36,10 +36,12 @@ from postoffice.config import Config, maildir_directory_mode
 from postoffice.durable import commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
 from postoffice.maildir import write
+from postoffice.maildir.folders import INBOX, directory_of, name_of
 from postoffice.maildir.layout import (
     STALE_TMP_AGE,
     find_mailboxes,
     flags_of,
+    folder_directories,
     folder_path,
     key_of,
     maildir_name,
@@ -169,7 +171,7 @@ class MaildirStore:
         maildir = mailbox_path(self.mail_root, address)
         mailbox = canonical(address)
         prefix = f"{maildir}{os.sep}"
-        for subdir, name in message_files(maildir):
+        for subdir, name in message_files(maildir, folders=True):
             yield self._stored(mailbox, subdir, name, f"{prefix}{subdir}{os.sep}{name}")
 
     def look_up(self, address: str, candidates: Mapping[str, Sequence[str]]) -> dict[str, StoredMessage]:
@@ -221,10 +223,41 @@ class MaildirStore:
                 os.rename(path, path.parent.parent / "cur" / name)
             except FileNotFoundError:
                 raise MessageGone(f"{message.mailbox}: {message.location} moved") from None
-        folder = "" if message.folder is None else f".{message.folder}/"
+        folder = _folder_prefix(message.location)
         return StoredMessage(
             message.mailbox, message.key, f"{folder}cur/{name}", flags_of(name), message.received
         )
+
+    # --- folders (Maildir++, maildir/folders.py) ----------------------------------------------------
+
+    def folders(self, address: str) -> list[str]:
+        """The folders of ``address``'s mailbox by name: INBOX, then the Maildir++ ones there are."""
+        maildir = mailbox_path(self.mail_root, address)
+        found = (name_of(directory) for directory in folder_directories(maildir))
+        return [INBOX, *sorted(name for name in found if name is not None)]
+
+    def move(self, message: StoredMessage, folder: str) -> StoredMessage:
+        """Move ``message`` into ``folder`` of its mailbox (made if missing), keeping its flags and
+        its key: one rename, then the new directory synced. ValueError for a name no folder can
+        have; MessageGone if it was not where it was said to be."""
+        directory = directory_of(folder)
+        path = self._path(message)
+        mailbox = mailbox_path(self.mail_root, message.mailbox)
+        target = mailbox / directory if directory else mailbox
+        if directory:
+            self.prepare(mailbox)
+            self.prepare(target)
+        subdir = path.parent.name
+        destination = target / subdir / path.name
+        if destination != path:
+            try:
+                os.rename(path, destination)
+            except FileNotFoundError:
+                raise MessageGone(f"{message.mailbox}: {message.location} moved") from None
+            with contextlib.suppress(OSError):
+                fsync_directory(destination.parent)
+        location = f"{directory}/{subdir}/{path.name}" if directory else f"{subdir}/{path.name}"
+        return StoredMessage(message.mailbox, message.key, location, message.flags, message.received)
 
     def expunge(self, message: StoredMessage) -> bool:
         try:
@@ -258,8 +291,14 @@ class MaildirStore:
                 received = (status or os.lstat(path)).st_mtime
             except OSError:
                 received = 0.0
-        flags = flags_of(name) if subdir.endswith("cur") else ""  # "cur" or ".Junk/cur"
+        flags = flags_of(name) if subdir.endswith("cur") else ""
         return StoredMessage(mailbox, key_of(name), f"{subdir}/{name}", flags, received)
+
+
+def _folder_prefix(location: str) -> str:
+    """``.Junk/`` of a location in a folder, ``""`` of one in the inbox."""
+    head, separator, _ = location.partition("/")
+    return f"{head}/" if separator and head.startswith(".") else ""
 
 
 def _no_follow(path: str, flags: int) -> int:

@@ -2,7 +2,8 @@
 
 Untrusted input seen here: the names of files and directories other programs create, rename
 and remove under the mail root, as the kernel reports them. A path is used only if it has the
-shape of a message in a mailbox (``<domain>/<local>/new|cur/<name>``) or of a mailbox directory,
+shape of a message in a mailbox (``<domain>/<local>/new|cur/<name>``, or in a Maildir++ folder
+``<domain>/<local>/.Folder/new|cur/<name>``) or of a mailbox directory,
 and only if that mailbox is where :func:`~postoffice.maildir.names.mailbox_path` puts its
 address (so no symlink leads a consumer out of the root); the rest is ignored.
 
@@ -31,7 +32,8 @@ from pathlib import Path
 
 import watchfiles
 
-from postoffice.maildir.layout import FOLDER_DIRS, MESSAGE_DIRS, find_mailboxes, key_of
+from postoffice.maildir.folders import INBOX, name_of
+from postoffice.maildir.layout import MESSAGE_DIRS, find_mailboxes, key_of
 from postoffice.maildir.names import mailbox_address, mailbox_path
 from postoffice.storage import MailboxChanges, OnChanges
 
@@ -173,21 +175,16 @@ class MaildirWatch:
             if not path.startswith(self._prefix):
                 continue
             parts = path[len(self._prefix) :].split(os.sep)
-            if len(parts) == 5 and parts[2] in FOLDER_DIRS and parts[3] in MESSAGE_DIRS:
-                # A listed folder's message (.Junk/new/NAME): located as the store locates it.
-                parts = [parts[0], parts[1], f"{parts[2]}/{parts[3]}", parts[4]]
-            elif len(parts) in (3, 4) and parts[2] in FOLDER_DIRS and change != watchfiles.Change.modified:
-                parts = parts[:2]  # the folder made or removed: look at the whole mailbox
-            if len(parts) == 4 and parts[2].rpartition("/")[2] in MESSAGE_DIRS:
-                name = parts[3]
-                if not name.startswith("."):  # dot files are not messages (the specification)
-                    keys = touched.setdefault((parts[0], parts[1]), {})
-                    keys.setdefault(key_of(name), set()).add(f"{parts[2]}/{name}")
+            location = _location(parts)
+            if location is not None:
+                keys = touched.setdefault((parts[0], parts[1]), {})
+                keys.setdefault(key_of(parts[-1]), set()).add(location)
             elif change == watchfiles.Change.modified:
                 continue  # a directory's own metadata (polling reports a listing's mtime)
             elif len(parts) == 1:
                 pending.domains.setdefault(parts[0], due)
-            elif len(parts) == 2 or (len(parts) == 3 and parts[2] in MESSAGE_DIRS):
+            elif len(parts) == 2 or (len(parts) in (3, 4) and _maildir_part(parts[2:])):
+                # A mailbox, one of its new/ or cur/, or a Maildir++ folder (or its new/, cur/).
                 pending.mailboxes.setdefault((parts[0], parts[1]), due)
         messages = {}
         for where, keys in touched.items():
@@ -228,6 +225,26 @@ class MaildirWatch:
         if (self.root / domain).is_symlink() or (self.root / domain / local).is_symlink():
             return None
         return address
+
+
+def _location(parts: list[str]) -> str | None:
+    """The message location of a path under the root split in parts: ``<domain>/<local>/`` then
+    ``new|cur/<name>``, or ``.Folder/new|cur/<name>`` (Maildir++); None for anything else."""
+    inbox = len(parts) == 4 and parts[2] in MESSAGE_DIRS
+    folder = len(parts) == 5 and parts[3] in MESSAGE_DIRS and name_of(parts[2]) not in (None, INBOX)
+    if not (inbox or folder):
+        return None
+    where = parts[2:]
+    if where[-1].startswith("."):
+        return None  # dot files are not messages (the specification)
+    return "/".join(where)
+
+
+def _maildir_part(parts: list[str]) -> bool:
+    """``new``/``cur`` of the inbox, or a Maildir++ folder or its ``new``/``cur``."""
+    if len(parts) == 1:
+        return parts[0] in MESSAGE_DIRS or name_of(parts[0]) not in (None, INBOX)
+    return name_of(parts[0]) not in (None, INBOX) and parts[1] in MESSAGE_DIRS
 
 
 def _subdirectories(path: Path) -> list[str]:

@@ -27,15 +27,18 @@ from postoffice.web.server import bind_http
 @dataclass(frozen=True)
 class Prebound:
     """Sockets bound as root: ``smtp`` holds one set per process, ``http`` and ``acme`` (the
-    HTTP-01 responder on port 80, served by the process that orders certificates) listen already."""
+    HTTP-01 responder on port 80, served by the process that orders certificates) listen already,
+    ``pop3`` is the one process's that serves POP3 (without workers; see docs/pop3.md)."""
 
     smtp: tuple[tuple[BoundSocket, ...], ...]
     http: tuple[socket.socket, ...]
     acme: tuple[socket.socket, ...] = ()
+    pop3: tuple[BoundSocket, ...] = ()
 
     def close(self) -> None:
         """Close this process's copies (a server listening on one keeps its own)."""
-        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http) + list(self.acme):
+        pop3 = [sock for _, sock in self.pop3]
+        for sock in [sock for own in self.smtp for _, sock in own] + list(self.http) + list(self.acme) + pop3:
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -47,6 +50,7 @@ def bind(config: Config) -> Prebound:
     smtp: list[tuple[BoundSocket, ...]] = []
     http: list[socket.socket] = []
     acme: list[socket.socket] = []
+    pop3: tuple[BoundSocket, ...] = ()
     try:
         listeners = config.listeners
         for _ in range(count):
@@ -57,10 +61,13 @@ def bind(config: Config) -> Prebound:
             http.append(bind_http(listener.host, listener.port))
         for listener in config.acme_listeners:
             acme.append(bind_http(listener.host, listener.port, kind="acme_http"))
+        if count == 1 and config.pop3_listeners:
+            sockets, pop3_listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
+            pop3 = tuple(zip(pop3_listeners, sockets, strict=True))
     except BaseException:
-        Prebound(tuple(smtp), tuple(http), tuple(acme)).close()
+        Prebound(tuple(smtp), tuple(http), tuple(acme), pop3).close()
         raise
-    return Prebound(tuple(smtp), tuple(http), tuple(acme))
+    return Prebound(tuple(smtp), tuple(http), tuple(acme), pop3)
 
 
 def bind_then_drop(config: Config) -> Prebound | None:

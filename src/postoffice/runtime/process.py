@@ -147,7 +147,9 @@ async def _start_listening(
     """Start ``app``; None (with its one line said, everything stopped) when it cannot listen."""
     try:
         if worker is None:
-            return await app.start(sockets=prebound.smtp[0] if prebound is not None else None)
+            if prebound is None:
+                return await app.start(local=local)
+            return await app.start(sockets=prebound.smtp[0], pop3_sockets=prebound.pop3 or None, local=local)
         return await app.start(
             recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
         )

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from postoffice.errors import MessageGone
+from postoffice.maildir.folders import folder_of
 from postoffice.storage import with_seen
 from postoffice.web import message
 from postoffice.web.auth import (
@@ -113,9 +114,9 @@ def summary_json(row: Row) -> dict[str, Any]:
         "read": row.seen,
         "has_attachments": row.has_attachments,
         "snippet": row.snippet,
-        # "Junk" for a copy the server filed there (DMARC quarantine): listed with the rest,
-        # never counted as unread; "INBOX" (IMAP's name, RFC 9051 §5.1) for the others.
-        "folder": row.folder or INBOX,
+        # "INBOX" (IMAP's name, RFC 9051 §5.1) or a Maildir++ folder: "Junk" for a copy the
+        # server filed there (DMARC quarantine), listed with the rest, never counted as unread.
+        "folder": folder_of(row.location),
         # What the server found checking the message on arrival (SPF, DKIM, DMARC, ARC); null
         # for mail it did not check (submitted by a user, captured).
         "authentication": row.auth.to_json() if row.auth is not None else None,

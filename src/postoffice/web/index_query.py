@@ -85,6 +85,17 @@ class IndexReading(IndexDatabase):
             if allowed is None or address in allowed
         ]
 
+    def folder_counts(self, address: str) -> dict[str, tuple[int, int]]:
+        """Messages and unread ones of ``address`` by folder directory (``.Junk``; ``""`` the
+        inbox), as the locations say."""
+        rows = self._db.execute(
+            "SELECT CASE WHEN substr(location, 1, 1) = '.'"
+            " THEN substr(location, 1, instr(location, '/') - 1) ELSE '' END AS folder,"
+            " count(*), sum(seen = 0) FROM messages WHERE mailbox = ? GROUP BY folder",
+            (address,),
+        ).fetchall()
+        return {str(folder): (int(total), int(unread or 0)) for folder, total, unread in rows}
+
     def page(
         self,
         mailboxes: Sequence[str] | None,

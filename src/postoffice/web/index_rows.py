@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from postoffice.storage import folder_of
+from postoffice.maildir.folders import folder_of
 from postoffice.web import authresults
 from postoffice.web.authresults import Authentication
 from postoffice.web.index_schema import _AUTH_COLUMNS
@@ -61,8 +61,9 @@ class Row:
     auth: Authentication | None = None
 
     @property
-    def folder(self) -> str | None:
-        """The folder it is filed in ("Junk": a DMARC quarantine); None for the inbox."""
+    def folder(self) -> str:
+        """The folder it is filed in: "INBOX", or "Junk" for a DMARC quarantine's copy, or any
+        other Maildir++ folder."""
         return folder_of(self.location)
 
 

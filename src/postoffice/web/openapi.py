@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from postoffice import __version__
+from postoffice.maildir.folders import FOLDER_PATTERN
 from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
 from postoffice.web.authresults import POLICIES, RESULTS, VERDICTS
 from postoffice.web.index import MAX_PAGE
@@ -68,8 +69,9 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
     },
     "folder": {
         "type": "string",
-        "description": 'Where the message is filed: "INBOX", or "Junk" for mail the server quarantined'
-        " (DMARC p=quarantine), which is listed but not counted as unread. Search in:junk or in:inbox.",
+        "description": 'The folder the message is in: "INBOX", or a Maildir++ folder ("Junk",'
+        ' "Archive/2024"); mail the server quarantined (DMARC p=quarantine) is in "Junk", listed'
+        " but not counted as unread. Searched with in:.",
     },
     "authentication": {
         "anyOf": [_ref("Authentication"), {"type": "null"}],
@@ -162,6 +164,35 @@ _SCHEMAS: dict[str, Any] = {
             "address": {"type": "string"},
             "total": {"type": "integer", "minimum": 0},
             "unread": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Folder": {
+        "type": "object",
+        "required": ["name", "special_use", "total", "unread"],
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": 'INBOX, or a Maildir++ folder ("Junk", "Archive/2024").',
+            },
+            "special_use": {
+                "type": ["string", "null"],
+                "description": "RFC 6154's attribute (\\Junk, \\Trash, \\Archive, \\Sent, \\Drafts).",
+            },
+            "total": {"type": "integer", "minimum": 0},
+            "unread": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Move": {
+        "type": "object",
+        "required": ["folder"],
+        "additionalProperties": False,
+        "properties": {
+            "folder": {
+                "type": "string",
+                "pattern": FOLDER_PATTERN,
+                "description": 'Where to: "INBOX", "Archive", "Junk", "Trash" or any folder name (levels'
+                " of letters, digits, spaces, - and _ joined by /); made when missing.",
+            }
         },
     },
     "MessageSummary": {
@@ -283,6 +314,21 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/v1/mailboxes/{address}/folders": {
+        "get": {
+            "summary": "A mailbox's folders, with counts",
+            "description": "INBOX first, then every Maildir++ folder of the mailbox, and Archive, Junk"
+            " and Trash even before they exist (a move makes them).",
+            "operationId": "listFolders",
+            "parameters": [{"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Folder")}, "The folders."),
+                "401": _UNAUTHORISED,
+                "403": _FORBIDDEN,
+                "404": _error("No such mailbox."),
+            },
+        }
+    },
     "/api/v1/messages": {
         "get": {
             "summary": "List or search messages, newest first",
@@ -290,7 +336,8 @@ _PATHS: dict[str, Any] = {
             " has:attachment, is:read, is:unread, before:YYYY-MM-DD, after:YYYY-MM-DD, larger:1M,"
             " smaller:500K; and the authentication results: auth:pass|fail|none (the verdict),"
             " spf:, dkim: (any signature), dmarc:, arc: with a result (pass, fail, softfail, none,"
-            " neutral, temperror, permerror, policy); prefix any term with - to negate it.",
+            " neutral, temperror, permerror, policy); in:INBOX, in:Junk, in:Trash (the folder);"
+            " prefix any term with - to negate it.",
             "operationId": "listMessages",
             "parameters": [
                 {
@@ -361,6 +408,24 @@ _PATHS: dict[str, Any] = {
                 "404": _NOT_FOUND,
             },
         },
+    },
+    "/api/v1/messages/{id}/move": {
+        "post": {
+            "summary": "Move a message to another folder of its mailbox (a Maildir rename)",
+            "operationId": "moveMessage",
+            "parameters": [_MESSAGE_ID, _CSRF],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Move")}}},
+            "responses": {
+                "200": _json(_ref("MessageSummary"), "The message as it is now (same id)."),
+                "400": _error('The body is not {"folder": NAME}, or NAME is no folder name.'),
+                "401": _UNAUTHORISED,
+                "403": _FORBIDDEN,
+                "404": _NOT_FOUND,
+                "413": _error("Body too large."),
+                "415": _error("Body is not JSON."),
+                "503": _error("The mailbox cannot take the message now."),
+            },
+        }
     },
     "/api/v1/messages/{id}/raw": {
         "get": {

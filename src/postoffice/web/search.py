@@ -18,6 +18,10 @@ The syntax (Mailpit's, so people and scripts can move over)::
     larger:1M  smaller:500K     size in octets, K/M/G are powers of 1024
     -term  -from:noreply        negation of any term ("!" works too)
 
+and, ours, the folder a message is in (Maildir++, maildir/folders.py)::
+
+    in:INBOX  in:Junk  in:Archive/2024  -in:Trash
+
 and, ours, the authentication results the server recorded on arrival (web/authresults.py)::
 
     auth:pass  auth:fail  auth:none     the verdict: DMARC's when it reached one; else fail if
@@ -38,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from postoffice.maildir.folders import directory_of
 from postoffice.web.authresults import RESULTS, VERDICTS
 
 # The FTS5 table of the index and its columns (see index.py). Its "mailbox" column holds one
@@ -63,11 +68,8 @@ _CONDITIONS = {
     ("is", "seen"): "seen = 1",
     ("is", "unread"): "seen = 0",
     ("is", "unseen"): "seen = 0",
-    # The folder (storage.folder_of): the DMARC quarantine's Junk, or the inbox.
-    ("in", "junk"): "substr(location, 1, 6) = '.Junk/'",
-    ("in", "inbox"): "substr(location, 1, 6) <> '.Junk/'",
 }
-_CHOICES = {"has": "attachment", "is": "read or unread", "in": "inbox or junk"}
+_CHOICES = {"has": "attachment", "is": "read or unread"}
 # Authentication results: the column each compares, and the values it can hold. auth_dkim holds
 # every signature's result between spaces (Authentication.columns), so it is searched for " r ".
 _AUTH_FIELDS = {
@@ -183,6 +185,19 @@ def _auth_condition(field: str, value: str) -> tuple[str, str]:
     return condition, f" {result} " if field == "dkim" else result
 
 
+def _folder_condition(value: str) -> tuple[str, tuple[object, ...]]:
+    """``in:NAME``: the message's location starts with its folder's directory (``.Junk/``);
+    the inbox's locations start with ``new/`` or ``cur/``, never a dot."""
+    try:
+        directory = directory_of(value.strip())
+    except ValueError:
+        raise SearchError(f"in:{value}: not a folder name") from None
+    if not directory:
+        return "substr(location, 1, 1) <> '.'", ()
+    prefix = f"{directory}/"
+    return "substr(location, 1, ?) = ?", (len(prefix), prefix)
+
+
 def compile_query(query: str) -> Compiled:
     """Compile ``query``; SearchError if a term cannot be understood. Empty means "all"."""
     conditions: list[str] = []
@@ -202,6 +217,11 @@ def compile_query(query: str) -> Compiled:
             if condition is None:
                 raise SearchError(f"{term.field}:{term.value}: expected {term.field}:{_CHOICES[term.field]}")
             conditions.append(f"NOT ({condition})" if term.negated else condition)
+            continue
+        if term.field == "in":
+            condition, bound = _folder_condition(term.value)
+            conditions.append(f"NOT ({condition})" if term.negated else condition)
+            params.extend(bound)
             continue
         if term.field in _AUTH_FIELDS:
             condition, result = _auth_condition(term.field, term.value)

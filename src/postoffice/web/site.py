@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postoffice.web import openapi
 from postoffice.web.api import MailApi, WebContext
+from postoffice.web.folder_api import FolderApi
 
 UI_DIR = Path(__file__).with_name("ui")
 # The UI's own pages: scripts and styles only from files of this origin, nothing inline.
@@ -122,8 +123,10 @@ def create_app(
     loopback_only: bool = False,
 ) -> ASGIApp:
     """The whole HTTP application. ``extra_routes`` are matched before the UI's files."""
+    api = MailApi(context)
     routes: list[BaseRoute] = [
-        *MailApi(context).routes(),
+        *api.routes(),
+        *FolderApi(api).routes(),
         Route("/api/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/api/docs", _docs, methods=["GET"]),
         *extra_routes,

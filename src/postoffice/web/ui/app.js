@@ -10,6 +10,8 @@ const state = {
   session: null,
   mailboxes: [],
   mailbox: null, // null: every mailbox the person may see
+  folder: null, // null: every folder of the mailbox; else "INBOX", "Junk", ... (searched as in:)
+  folders: [], // the folders of the mailbox shown, as GET .../folders lists them
   query: "",
   offset: 0,
   total: 0,
@@ -179,6 +181,7 @@ function readHash() {
     mailbox = state.session ? state.session.mailbox : null;
   }
   state.mailbox = mailbox;
+  state.folder = (mailbox && params.get("folder")) || null;
   state.query = params.get("q") || "";
   state.offset = Math.max(0, Math.floor(Number(params.get("offset")))) || 0;
   state.pendingOpen = Number(params.get("id")) || null;
@@ -190,6 +193,7 @@ function readHash() {
 function writeHash(push = false) {
   const params = new URLSearchParams();
   if (state.mailbox) params.set("mailbox", state.mailbox);
+  if (state.folder) params.set("folder", state.folder);
   if (state.query) params.set("q", state.query);
   if (state.offset) params.set("offset", String(state.offset));
   const id = state.open ? state.open.id : state.opening;
@@ -204,7 +208,7 @@ function writeHash(push = false) {
 // The address changed under the page: edited by hand, or Back/Forward.
 function followHash() {
   if ($("app").hidden) return;
-  const where = () => [state.mailbox, state.query, state.offset].join("\n");
+  const where = () => [state.mailbox, state.folder, state.query, state.offset].join("\n");
   const before = where();
   readHash();
   if (where() !== before) {
@@ -228,6 +232,9 @@ window.addEventListener("popstate", followHash);
 
 async function refreshMailboxes() {
   state.mailboxes = await api("/api/v1/mailboxes");
+  state.folders = state.mailbox
+    ? await api(`/api/v1/mailboxes/${encodeURIComponent(state.mailbox)}/folders`).catch(() => [])
+    : [];
   renderMailboxes();
 }
 
@@ -243,8 +250,21 @@ function renderMailboxes() {
   } else if (!boxes.length && state.session && state.session.mailbox) {
     boxes = [{ address: state.session.mailbox, total: 0, unread: 0 }]; // no mail yet
   }
-  for (const box of boxes) list.append(mailboxItem(box.address, box.address, box.unread));
-  $("list-title").textContent = state.mailbox || (seesAll() ? "All mailboxes" : "No mailbox");
+  for (const box of boxes) {
+    const item = mailboxItem(box.address, box.address, box.unread);
+    // The folders of the mailbox shown (Maildir++: INBOX, Archive, Junk, Trash, ...), inside
+    // its item: the list holds one item per mailbox.
+    if (box.address === state.mailbox && state.folders.length) {
+      const folders = element("div", "folders");
+      folders.setAttribute("role", "group");
+      folders.setAttribute("aria-label", `Folders of ${box.address}`);
+      folders.append(...state.folders.map(folderButton));
+      item.append(folders);
+    }
+    list.append(item);
+  }
+  const where = state.mailbox || (seesAll() ? "All mailboxes" : "No mailbox");
+  $("list-title").textContent = state.folder ? `${where} · ${state.folder}` : where;
   // "Delete all" empties the whole mailbox, so it is not offered beside search results.
   const current = boxes.find((box) => box.address === state.mailbox);
   $("clear-mailbox").hidden = !(current && current.total > 0 && mayUse(current.address) && !state.query);
@@ -266,14 +286,35 @@ function mailboxItem(address, label, unread) {
   button.addEventListener("click", () => {
     setDrawer(false);
     state.mailbox = address;
+    state.folder = null;
+    state.offset = 0;
+    closeMessage();
+    writeHash(true);
+    refreshMailboxes().catch(() => {});
+    loadMessages();
+  });
+  item.append(button);
+  return item;
+}
+
+function folderButton(folder) {
+  const button = element("button");
+  button.type = "button";
+  if (folder.name === state.folder) button.classList.add("current");
+  const label = folder.name === "INBOX" ? "Inbox" : folder.name;
+  button.append(element("span", "address", label), element("span", folder.unread ? "badge" : "badge zero", String(folder.unread)));
+  button.title = `${label}: ${folder.total} messages`;
+  button.dataset.folder = folder.name;
+  button.addEventListener("click", () => {
+    setDrawer(false);
+    state.folder = folder.name;
     state.offset = 0;
     closeMessage();
     writeHash(true);
     renderMailboxes();
     loadMessages();
   });
-  item.append(button);
-  return item;
+  return button;
 }
 
 $("menu").addEventListener("click", () => setDrawer(!$("app").classList.contains("drawer-open")));
@@ -295,7 +336,9 @@ $("clear-mailbox").addEventListener("click", async () => {
 function listUrl() {
   const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(state.offset) });
   if (state.mailbox) params.set("mailbox", state.mailbox);
-  if (state.query) params.set("q", state.query);
+  const folder = state.folder ? `in:"${state.folder}"` : "";
+  const query = [state.query, folder].filter(Boolean).join(" ");
+  if (query) params.set("q", query);
   return `/api/v1/messages?${params}`;
 }
 
@@ -655,6 +698,23 @@ function updateReadButton() {
 }
 
 $("toggle-read").addEventListener("click", () => { if (state.open) setRead(state.open.id, !state.open.read); });
+$("move-to").addEventListener("change", () => {
+  const folder = $("move-to").value;
+  $("move-to").value = "";
+  if (state.open && folder) moveMessage(state.open.id, folder);
+});
+
+// A move is a Maildir rename into the other folder (made when missing); the message keeps its id.
+async function moveMessage(id, folder) {
+  let summary;
+  try {
+    summary = await api(`/api/v1/messages/${id}/move`, { method: "POST", json: { folder } });
+  } catch (error) { toast(error.message); return; }
+  toast(`Moved to ${folder === "INBOX" ? "Inbox" : folder}`);
+  if (state.open && state.open.id === id) state.open.folder = summary.folder;
+  if (state.folder && summary.folder !== state.folder) removeFromList(id);
+  else refreshMailboxesSoon();
+}
 $("delete").addEventListener("click", () => { if (state.open) deleteMessage(state.open.id); });
 
 async function deleteMessage(id) {
