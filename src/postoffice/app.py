@@ -226,11 +226,7 @@ class Application:
         self.config = config
         self.metrics = metrics.reset()
         make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
-        self.transcript: TranscriptLog | None = None
-        if observer is None and config.transcript_log is not None:
-            self.transcript = TranscriptLog(config.transcript_log)
-            self.transcript.open()  # an unwritable path is reported now, not at the first session
-            observer = self.transcript
+        observer = self._observer(observer)
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
         resolver = MxResolver(config.delivery.dns)
@@ -267,6 +263,15 @@ class Application:
         self.operations, self.reporter = self._operations(worker_index)
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
+
+    def _observer(self, given: SessionObserver | None) -> SessionObserver | None:
+        """Who sees each session's lines: ``given``, or the transcript log if one is configured."""
+        self.transcript: TranscriptLog | None = None
+        if given is None and self.config.transcript_log is not None:
+            self.transcript = TranscriptLog(self.config.transcript_log)
+            self.transcript.open()  # an unwritable path is reported now, not at the first session
+            return self.transcript
+        return given
 
     def _receiver(self, mailboxes: MaildirStore) -> Receiver:
         """Where sessions store what they receive: one local mailbox at once, the rest queued."""
