@@ -48,9 +48,11 @@ from typing import BinaryIO
 
 from postoffice import defaults
 from postoffice.client.connection import SmtpClient, TlsMode, Transaction
+from postoffice.delivery import requiretls as rtls
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
 from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
+from postoffice.delivery.tlsrpt import SessionTls, TlsReportStore, record_session
 from postoffice.errors import (
     LocalProtocolError,
     SmtpAuthError,
@@ -135,8 +137,17 @@ class _SpoolContent:
 class RemoteAgent:
     """:class:`~postoffice.delivery.agent.DeliveryAgent` for REMOTE recipients."""
 
-    def __init__(self, settings: RemoteSettings, resolver: MxResolver, spool: MessageStore) -> None:
+    def __init__(
+        self,
+        settings: RemoteSettings,
+        resolver: MxResolver,
+        spool: MessageStore,
+        *,
+        tls_reports: TlsReportStore | None = None,
+    ) -> None:
+        """``tls_reports``: where each MX session's TLS result is counted (RFC 8460)."""
         self.settings = settings
+        self._tls_reports = tls_reports
         self._resolver = resolver
         self._spool = spool
         self._pool = SessionCache(settings.idle_timeout, settings.reuse_time_limit)
@@ -186,10 +197,12 @@ class RemoteAgent:
     async def _deliver_to(
         self, message: QueuedMessage, destination: str, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult]:
-        session = self._pool.take(destination)
+        # A REQUIRETLS message (RFC 8689) goes only over sessions opened for it: verified TLS.
+        key = destination + rtls.CACHE_SUFFIX if message.envelope.requiretls else destination
+        session = self._pool.take(key)
         if session is not None:
             if await self._still_usable(session):
-                outcome = await self._attempt(session, message, destination, recipients)
+                outcome = await self._attempt(session, message, key, recipients)
                 if not isinstance(outcome, _HostFailed):
                     return outcome
             else:
@@ -201,13 +214,22 @@ class RemoteAgent:
                 "queue_id=%s destination=%s status=no-route reply=%r", message.queue_id, destination, str(exc)
             )
             return _all(recipients, exc.reply, None)
+        policy = await self._message_policy(message, destination)
+        if policy is None:  # REQUIRETLS, and the relay is configured without TLS
+            return _all(
+                recipients, replies.requiretls_unmet(destination, "the relay is used without TLS"), None
+            )
         last = _HostFailed(replies.cannot_connect(destination, "no mail server tried"), destination)
         for endpoint in endpoints:
             if self.settings.relay is None and endpoint.host == self.settings.hostname.lower():
                 return _all(recipients, replies.loops_back(destination), None)
             try:
-                session = await self._open(endpoint, self._tls_policy(destination))
+                session = await self._open(endpoint, policy, report=destination)
             except _HostFailed as failure:
+                if message.envelope.requiretls and rtls.is_tls_failure(failure.reply):
+                    failure = _HostFailed(
+                        replies.requiretls_unmet(str(endpoint), failure.reply.text), failure.remote_mta
+                    )
                 log.info(
                     "queue_id=%s relay=%s status=next-host reply=%r",
                     message.queue_id,
@@ -216,7 +238,7 @@ class RemoteAgent:
                 )
                 last = failure
                 continue
-            outcome = await self._attempt(session, message, destination, recipients)
+            outcome = await self._attempt(session, message, key, recipients)
             if not isinstance(outcome, _HostFailed):
                 return outcome
             last = outcome
@@ -227,6 +249,8 @@ class RemoteAgent:
     ) -> list[DeliveryResult] | _HostFailed:
         """One transaction; a _HostFailed when this server turned it away and the next may not."""
         try:
+            if message.envelope.requiretls and not session.offers("REQUIRETLS"):  # RFC 8689 §4.2.1
+                raise _HostFailed(replies.requiretls_not_offered(str(session.endpoint)), session.remote_mta)
             results, reusable = await self._transaction(session, message, recipients)
         except _HostFailed as failure:
             log.info(
@@ -254,15 +278,31 @@ class RemoteAgent:
             return {"none": "none", "starttls": "verify", "tls": "implicit"}[self.settings.relay_tls]
         return self.settings.tls_policy.get(destination, "may")
 
+    async def _message_policy(self, message: QueuedMessage, destination: str) -> str | None:
+        """The destination's TLS policy as this message changes it (RFC 8689): REQUIRETLS makes
+        it "verify" (None: it cannot be met), ``TLS-Required: No`` relaxes a required one."""
+        policy = self._tls_policy(destination)
+        if message.envelope.requiretls:
+            return rtls.required_policy(policy, relay=self.settings.relay is not None)
+        strict = policy in rtls.STRICT and self.settings.relay is None
+        if strict and await rtls.tls_optional(self._spool, message.queue_id):
+            log.info("queue_id=%s destination=%s tls-required=no policy=may", message.queue_id, destination)
+            return "may"
+        return policy
+
     async def _still_usable(self, session: Session) -> bool:
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
 
-    async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> Session:
-        """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
+    async def _open(
+        self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True, report: str | None = None
+    ) -> Session:
+        """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured; the TLS result
+        is counted for ``report``, the policy domain (RFC 8460), when TLS was tried."""
         settings = self.settings
         sock = await self._connect_socket(endpoint)
+        local = _local_address(sock)
         mode, context = self._tls(policy if allow_tls else "none")
         # The name the certificate must carry: the MX (or relay) host name; for an address
         # literal, its IP address (matched against the certificate's IP entries).
@@ -289,13 +329,35 @@ class RemoteAgent:
             # From here the event loop owns the socket: it closes it on every failure.
             await client.connect(sock)
         except SmtpClientError as exc:
+            if isinstance(exc, SmtpTlsError | SmtpConnectError) and client.greeting is not None:
+                await self._report_tls(report if allow_tls else None, endpoint, local, client, str(exc))
             if policy == "may" and _starttls_broke(client, exc):
                 # Opportunistic TLS failed: the connection is unusable, so try again in
                 # plaintext, as Postfix does at security level "may".
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
             raise _HostFailed(_open_failure(client, where, exc), host) from None
+        await self._report_tls(
+            report if allow_tls and policy != "none" else None, endpoint, local, client, None
+        )
         return Session(client, endpoint, time.monotonic())
+
+    async def _report_tls(
+        self, domain: str | None, endpoint: Endpoint, local: str, client: SmtpClient, error: str | None
+    ) -> None:
+        """Count the session's TLS outcome for TLS reporting (RFC 8460), off the event loop."""
+        if self._tls_reports is None or domain is None or self.settings.relay is not None:
+            return
+        session = SessionTls(
+            domain=domain,
+            receiving_mx=endpoint.host,
+            receiving_ip=endpoint.address,
+            sending_ip=local,
+            tls_active=client.tls_active,
+            starttls_offered="STARTTLS" in client.extensions,
+            error=error,
+        )
+        await asyncio.to_thread(record_session, self._tls_reports, session)
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
         """The client's TLS mode and context for a policy (``none``/``may``/``require``/``verify``
@@ -416,6 +478,8 @@ class RemoteAgent:
             smtputf8=envelope.smtputf8,
             smtputf8_required=envelope.smtputf8,  # RFC 6531 §3.2: never downgraded here
         )
+        if envelope.requiretls:
+            params["REQUIRETLS"] = None  # RFC 8689 §4.2.1: passed on to the next hop
         if session.offers("DSN"):
             if envelope.ret:
                 params["RET"] = envelope.ret  # RFC 3461 §4.3
@@ -498,6 +562,14 @@ def _broken(where: str, activity: str, exc: SmtpClientError) -> Reply:
     if isinstance(exc, SmtpProtocolError):  # a garbled reply: say what was wrong with it
         return replies.lost_connection(where, f"{activity} ({exc})")
     return replies.lost_connection(where, activity)
+
+
+def _local_address(sock: socket.socket) -> str:
+    """Our end of a connected socket: the sending MTA's address in a TLS report."""
+    try:
+        return str(sock.getsockname()[0])
+    except OSError:
+        return ""
 
 
 def _reason(exc: OSError) -> str:
