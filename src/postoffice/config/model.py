@@ -48,6 +48,7 @@ from postoffice.config.tables import (
     QueueSettings,
     TLSConfig,
 )
+from postoffice.config.tls_reporting import TlsReporting
 from postoffice.config.values import MAX_WORKERS
 
 
@@ -109,6 +110,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
+    tls_reporting: TlsReporting = field(default_factory=TlsReporting)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     log_format: str = setting(
         "text",
@@ -256,5 +258,11 @@ SECTIONS = (
         "Mail authentication: DKIM signatures on mail that leaves (RFC 6376); verifying mail from"
         " outside (SPF, DKIM, DMARC and ARC into an Authentication-Results field, RFC 8601) and"
         " acting on DMARC policies.",
+    ),
+    _table(
+        "tls_reporting",
+        TlsReporting,
+        "TLS reporting (RFC 8460): daily reports to the domains we deliver to, and the record that"
+        " asks others for theirs.",
     ),
 )

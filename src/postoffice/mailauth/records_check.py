@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from postoffice.mailauth.dkim_record import KeyRecordError, PublicKey, parse_key_record
 from postoffice.mailauth.dkim_tags import TagListError, parse_tag_list
 from postoffice.mailauth.records import Match, Record
+from postoffice.mailauth.tlsrpt_record import TlsRptRecordError, is_tlsrpt, parse_record
 
 SHOWN_TEXT = 120  # characters of a found record shown in a line
 DMARC_POLICIES = ("none", "quarantine", "reject")  # RFC 7489 §6.3 p=
@@ -218,10 +219,29 @@ async def _check_dmarc(record: Record, lookup: Lookup) -> Outcome:
     return Status.OK, f"p={policy}"
 
 
+async def _check_tlsrpt(record: Record, lookup: Lookup) -> Outcome:
+    """One v=TLSRPTv1 record (RFC 8460 §3) whose rua has our mailto: address."""
+    assert record.data is not None
+    found = [text for text in await _texts(lookup, record.name) if is_tlsrpt(text)]
+    if not found:
+        return Status.MISSING, "no v=TLSRPTv1 record"
+    if len(found) > 1:
+        return Status.ERROR, f"{len(found)} TLS-RPT records; senders then report to none: publish one"
+    try:
+        published = parse_record(found[0])
+    except TlsRptRecordError as exc:
+        return Status.DIFFERENT, f"found {show(found[0])}: {exc}"
+    wanted = parse_record(record.data).mailto
+    if not set(address.lower() for address in wanted) <= {address.lower() for address in published.mailto}:
+        return Status.DIFFERENT, f"found {show(found[0])}"
+    return Status.OK, ""
+
+
 _CHECKS: dict[Match, Callable[[Record, Lookup], Awaitable[Outcome]]] = {
     Match.MX: _check_mx,
     Match.ADDRESS: _check_address,
     Match.SPF: _check_spf,
     Match.DKIM: _check_dkim,
     Match.DMARC: _check_dmarc,
+    Match.TLSRPT: _check_tlsrpt,
 }
