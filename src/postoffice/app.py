@@ -30,6 +30,7 @@ from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
+from postoffice.delivery.tlsrpt import TlsReportStore
 from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError, DkimError
 from postoffice.mailauth.dkim_dns import DnsTxtResolver
@@ -56,6 +57,7 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
 from postoffice.storage import Receiver, StoredMessage
+from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress
 from postoffice.web.service import WebService, WebShare
@@ -185,7 +187,10 @@ class Application:
             observer = self.transcript
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
-        self.remote = RemoteAgent(remote_settings(config), MxResolver(config.delivery.dns), self.spool)
+        self.tls_reports = TlsReportStore(config.data_dir) if config.tls_reporting.send else None  # RFC 8460
+        self.remote = RemoteAgent(
+            remote_settings(config), MxResolver(config.delivery.dns), self.spool, tls_reports=self.tls_reports
+        )
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.mailboxes = mailboxes = MaildirStore.from_config(config)
@@ -214,6 +219,7 @@ class Application:
             inbound=inbound_authentication(config),
         )
         self.operations, self.reporter = self._operations(worker_index)
+        self.daily_reports = self._daily_reports(clock) if worker_index in (None, 0) else None
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
 
@@ -275,6 +281,21 @@ class Application:
             # reports leave the queue gauge out instead of listing the directories each second.
             operations.metrics.watch_queue(dict)
         return operations, reporter
+
+    def _daily_reports(self, clock: Callable[[], float]) -> DailyReports | None:
+        """The hourly look for finished days to report (one process of several runs it)."""
+        if self.tls_reports is None:
+            return None
+        sender = report_sender(
+            self.config,
+            self.tls_reports,
+            self.spool,
+            sign=self._sign_report,
+            recipients_for=self._report_recipients,
+            submit=self.scheduler.submit,
+            clock=clock,
+        )
+        return DailyReports(sender)
 
     def _web(self, web_share: WebShare | None, http_sockets: Sequence[socket.socket] | None) -> WebService:
         # The web UI and JSON API, with the index kept up to date at each delivery; the
@@ -384,6 +405,8 @@ class Application:
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
+        if self.daily_reports is not None:
+            self.daily_reports.start()
         return bound
 
     def reload(self, config: Config | None = None) -> None:
@@ -401,6 +424,8 @@ class Application:
         await self.smtp.stop(grace)
         if self.reporter is not None:
             await self.reporter.stop()
+        if self.daily_reports is not None:
+            await self.daily_reports.stop()
         await self.scheduler.stop()
         await self.remote.close()
         if self.transcript is not None:
@@ -408,6 +433,8 @@ class Application:
         if self.web is not None:
             await self.web.stop()
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
+        if self.tls_reports is not None:
+            self.tls_reports.close()
         await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
 
     def reopen_logs(self) -> None:
