@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dkim
 import pytest
@@ -290,9 +290,9 @@ async def test_a_dns_failure_leaves_the_day_for_the_next_round(
 
 
 class _Collector(BaseHTTPRequestHandler):
-    bodies: list[tuple[str, bytes]] = []
+    bodies: ClassVar[list[tuple[str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         _Collector.bodies.append((self.headers["Content-Type"], self.rfile.read(length)))
         self.send_response(201)
