@@ -132,6 +132,9 @@ class TlsReportStore:
             with self._connection as connection:  # one transaction
                 yield connection
 
+    def _exists(self) -> bool:
+        return self._connection is not None or self.path.exists()
+
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
@@ -194,6 +197,8 @@ class TlsReportStore:
 
     def pending(self, before: str) -> list[tuple[str, str]]:
         """(day, domain) pairs of days before ``before`` whose report nobody has claimed yet."""
+        if not self._exists():
+            return []  # nothing counted yet: no database is made just to look
         with self._db() as db:
             rows = db.execute(
                 "SELECT DISTINCT day, domain FROM counts WHERE day < ?"
@@ -204,6 +209,8 @@ class TlsReportStore:
         return [(str(day), str(domain)) for day, domain in rows]
 
     def counts(self, day: str, domain: str) -> list[Count]:
+        if not self._exists():
+            return []
         with self._db() as db:
             rows = db.execute(
                 "SELECT policy_type, policy_string, mx_host, result_type, sending_ip, receiving_mx,"

@@ -177,9 +177,9 @@ class ServerConnection:
         keywords += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if settings.dsn:
             keywords.append("DSN")
-        keywords += ["SMTPUTF8", "CHUNKING"]
         if settings.requiretls and self.tls_active:
             keywords.append("REQUIRETLS")  # RFC 8689 §2: only over TLS
+        keywords += ["SMTPUTF8", "CHUNKING"]
         return keywords
 
     @property
