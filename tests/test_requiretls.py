@@ -86,11 +86,15 @@ def test_a_requiretls_message_is_bounced_when_it_cannot_leave_over_verified_tls(
         client.starttls(context=certs.client_context())
         client.login(ALICE, ALICE_PASSWORD)
         client.sendmail(
-            ALICE, ["carol@elsewhere.test"], b"Subject: s\r\n\r\nsecret\r\n", mail_options=["REQUIRETLS"]
+            ALICE,
+            ["carol@elsewhere.test"],
+            b"Subject: s\r\n\r\nsecret\r\n",
+            mail_options=["REQUIRETLS", "RET=FULL"],
         )
     wait_until(lambda: len(server.messages(ALICE)) == 1, what="the bounce")
     report = server.messages(ALICE)[0].as_bytes()
     assert b"Status: 5.7.10" in report and b"REQUIRETLS" in report
+    assert b"secret" not in report  # the headers only, whatever RET says
 
 
 def test_old_spool_envelopes_read_without_the_flag() -> None:
