@@ -52,7 +52,7 @@ from postoffice.delivery import requiretls as rtls
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
 from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
-from postoffice.delivery.tlsrpt import SessionTls, TlsReportStore, record_session
+from postoffice.delivery.tlsrpt import TlsReportStore, local_address, note_session
 from postoffice.errors import (
     LocalProtocolError,
     SmtpAuthError,
@@ -224,7 +224,9 @@ class RemoteAgent:
             if self.settings.relay is None and endpoint.host == self.settings.hostname.lower():
                 return _all(recipients, replies.loops_back(destination), None)
             try:
-                session = await self._open(endpoint, policy, report=destination)
+                session = await self._open(
+                    endpoint, policy, report=None if self.settings.relay else destination
+                )
             except _HostFailed as failure:
                 if message.envelope.requiretls and rtls.is_tls_failure(failure.reply):
                     failure = _HostFailed(
@@ -302,7 +304,7 @@ class RemoteAgent:
         is counted for ``report``, the policy domain (RFC 8460), when TLS was tried."""
         settings = self.settings
         sock = await self._connect_socket(endpoint)
-        local = _local_address(sock)
+        local = local_address(sock)
         mode, context = self._tls(policy if allow_tls else "none")
         # The name the certificate must carry: the MX (or relay) host name; for an address
         # literal, its IP address (matched against the certificate's IP entries).
@@ -329,35 +331,17 @@ class RemoteAgent:
             # From here the event loop owns the socket: it closes it on every failure.
             await client.connect(sock)
         except SmtpClientError as exc:
-            if isinstance(exc, SmtpTlsError | SmtpConnectError) and client.greeting is not None:
-                await self._report_tls(report if allow_tls else None, endpoint, local, client, str(exc))
+            if isinstance(exc, SmtpTlsError | SmtpConnectError) and client.greeting is not None and allow_tls:
+                await note_session(self._tls_reports, report, endpoint, local, client, str(exc))
             if policy == "may" and _starttls_broke(client, exc):
                 # Opportunistic TLS failed: the connection is unusable, so try again in
                 # plaintext, as Postfix does at security level "may".
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
             raise _HostFailed(_open_failure(client, where, exc), host) from None
-        await self._report_tls(
-            report if allow_tls and policy != "none" else None, endpoint, local, client, None
-        )
+        if allow_tls and policy != "none":
+            await note_session(self._tls_reports, report, endpoint, local, client, None)
         return Session(client, endpoint, time.monotonic())
-
-    async def _report_tls(
-        self, domain: str | None, endpoint: Endpoint, local: str, client: SmtpClient, error: str | None
-    ) -> None:
-        """Count the session's TLS outcome for TLS reporting (RFC 8460), off the event loop."""
-        if self._tls_reports is None or domain is None or self.settings.relay is not None:
-            return
-        session = SessionTls(
-            domain=domain,
-            receiving_mx=endpoint.host,
-            receiving_ip=endpoint.address,
-            sending_ip=local,
-            tls_active=client.tls_active,
-            starttls_offered="STARTTLS" in client.extensions,
-            error=error,
-        )
-        await asyncio.to_thread(record_session, self._tls_reports, session)
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
         """The client's TLS mode and context for a policy (``none``/``may``/``require``/``verify``
@@ -562,14 +546,6 @@ def _broken(where: str, activity: str, exc: SmtpClientError) -> Reply:
     if isinstance(exc, SmtpProtocolError):  # a garbled reply: say what was wrong with it
         return replies.lost_connection(where, f"{activity} ({exc})")
     return replies.lost_connection(where, activity)
-
-
-def _local_address(sock: socket.socket) -> str:
-    """Our end of a connected socket: the sending MTA's address in a TLS report."""
-    try:
-        return str(sock.getsockname()[0])
-    except OSError:
-        return ""
 
 
 def _reason(exc: OSError) -> str:

@@ -16,15 +16,20 @@ The result types are RFC 8460 §4.3's; the policy types §4.4's (``sts``, ``tlsa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from postoffice.client.connection import SmtpClient
+from postoffice.delivery.dns import Endpoint
 
 log = logging.getLogger("postoffice.tlsrpt")
 
@@ -297,3 +302,37 @@ def record_session(store: TlsReportStore, session: SessionTls) -> None:
         )
     except (sqlite3.Error, OSError, ValueError) as exc:
         log.warning("event=tlsrpt-not-recorded domain=%s reason=%r", session.domain, str(exc))
+
+
+def local_address(sock: socket.socket) -> str:
+    """Our end of a connected socket: the sending MTA's address in a TLS report."""
+    try:
+        return str(sock.getsockname()[0])
+    except OSError:
+        return ""
+
+
+async def note_session(
+    store: TlsReportStore | None,
+    domain: str | None,
+    endpoint: Endpoint,
+    local: str,
+    client: SmtpClient,
+    error: str | None,
+    policy: TlsPolicy = NO_POLICY,
+) -> None:
+    """The remote agent's hook, where a session's TLS outcome is known: count it for ``domain``
+    (None: not reported, as for the relay), off the event loop."""
+    if store is None or domain is None:
+        return
+    session = SessionTls(
+        domain=domain,
+        receiving_mx=endpoint.host,
+        receiving_ip=endpoint.address,
+        sending_ip=local,
+        tls_active=client.tls_active,
+        starttls_offered="STARTTLS" in client.extensions,
+        error=error,
+        policy=policy,
+    )
+    await asyncio.to_thread(record_session, store, session)
