@@ -4,6 +4,10 @@ and a running server counts into its data directory."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import gzip
+import json
 import random
 import smtplib
 import ssl
@@ -11,17 +15,21 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dkim
 import pytest
 import trustme
 
 from conftest import RunningServer, wait_until
+from dkim_support import txt_dns
+from dns_zone import DnsZone, dns_zone_server
 from mail_peers import Dns, dns_server, free_port, peers, start_peer
 from postoffice.accounts import Accounts
-from postoffice.config import DeliverySettings
+from postoffice.config import AuthenticationSettings, DeliverySettings
 from postoffice.delivery.agent import Delivered, DeliveryResult
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
-from postoffice.delivery.tlsrpt import Count, TlsReportStore, day_of
+from postoffice.delivery.tlsrpt import NO_POLICY, Count, TlsReportStore, day_of
+from postoffice.mailauth import dkim_keys
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.files import FileSpool
 
@@ -155,3 +163,47 @@ def test_a_running_server_counts_into_its_data_directory(
     store = TlsReportStore(server.config.data_dir)
     assert [c.result_type for c in today(store)] == ["starttls-not-supported"]
     store.close()
+
+
+def test_a_server_sends_yesterdays_report_through_its_queue_signed(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """At start the server reports finished days: the report goes through its own queue to the
+    rua domain's MX (an aiosmtpd peer), DKIM-signed with the host's domain key."""
+    data = tmp_path / "reporting-server"
+    key = dkim_keys.generate(data, "local.test", "s1")
+    store = TlsReportStore(data)
+    store.record_success(DOMAIN, at=time.time() - 86400)
+    store.record_failure(
+        DOMAIN, NO_POLICY, "starttls-not-supported", "127.0.0.1", "mx1.remote.test", at=time.time() - 86400
+    )
+    store.close()
+    port = free_port("127.0.0.1", MX1)
+    peer = start_peer(MX1, port)
+    zone = DnsZone()
+    zone.mx(DOMAIN, 10, "mx1.remote.test")
+    zone.a("mx1.remote.test", MX1)
+    zone.txt(f"_smtp._tls.{DOMAIN}", f"v=TLSRPTv1; rua=mailto:tls-reports@{DOMAIN}")
+    try:
+        with dns_zone_server(zone) as dns:
+            server_factory(
+                data_dir=data,
+                hostname="mx.local.test",
+                domains=("local.test",),
+                delivery=DeliverySettings(dns=dns.address, mx_port=port, connect_timeout=5),
+                authentication=AuthenticationSettings(verify=False, sign=True),
+            )
+            wait_until(lambda: len(peer.received) == 1, what="the report")
+    finally:
+        peer.stop()
+    [received] = peer.received
+    assert received.mail_from == "<>" and received.rcpt_tos == [f"tls-reports@{DOMAIN}"]
+    message = email.message_from_bytes(received.content, policy=email.policy.default)
+    assert message["TLS-Report-Domain"] == DOMAIN and message["TLS-Report-Submitter"] == "mx.local.test"
+    report = json.loads(gzip.decompress(list(message.iter_parts())[1].get_content()))
+    assert report["policies"][0]["summary"] == {
+        "total-successful-session-count": 1,
+        "total-failure-session-count": 1,
+    }
+    with txt_dns({key.record_name: [key.record()]}) as keys_dns:
+        assert dkim.verify(received.content, dnsfunc=keys_dns.dkimpy_dnsfunc())
