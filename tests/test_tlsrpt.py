@@ -40,6 +40,7 @@ from postoffice.delivery.tlsrpt import (
 from postoffice.mailauth import dkim_keys
 from postoffice.mailauth.dkim_signer import Signer
 from postoffice.mailauth.tlsrpt_record import TlsRptRecordError, choose_record, parse_record
+from postoffice.spool.envelope import Route
 from postoffice.spool.files import FileSpool
 from postoffice.tlsrpt.report import build_report, file_name
 from postoffice.tlsrpt.sender import Reporter, ReportSender
@@ -347,3 +348,23 @@ def test_the_send_command_queues_the_reports(tmp_path: Path, zone: DnsZone, dns_
     assert b"TLS-Report-Domain: receiver.test" in queued_content(spool, queue_id)
     again = subprocess.run([*command, "--dns", f"{host}:{port}"], capture_output=True, text=True, timeout=60)
     assert again.stdout == "no reports to send\n"
+
+
+def test_the_send_command_delivers_a_report_for_a_local_address_locally(
+    tmp_path: Path, zone: DnsZone, dns_server: ZoneServer
+) -> None:
+    data = tmp_path / "data"
+    fill_store = TlsReportStore(data)
+    fill(fill_store)
+    fill_store.close()
+    zone.txt(f"_smtp._tls.{DOMAIN}", "v=TLSRPTv1; rua=mailto:postmaster@sender.test")
+    config = tmp_path / "postoffice.toml"
+    config.write_text(f'hostname = "{HOST}"\ndomains = ["sender.test"]\ndata_dir = "{data}"\n')
+    host, port = dns_server.address
+    command = [sys.executable, "-m", "postoffice", "tlsrpt", "send", "--config", str(config)]
+    result = subprocess.run([*command, "--dns", f"{host}:{port}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    queued = FileSpool(data / "spool", clean_tmp=False).load(result.stdout.split()[-1])
+    assert [(r.address, r.route) for r in queued.envelope.recipients] == [
+        ("postmaster@sender.test", Route.LOCAL)
+    ]

@@ -49,8 +49,7 @@ from postoffice.operations import Operations
 from postoffice.policy import Policy
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
-from postoffice.recipients import Kind, Recipients
-from postoffice.smtp.grammar import GrammarError, parse_path
+from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
@@ -364,19 +363,7 @@ class Application:
 
     def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
         """Where a report (DSN) to ``sender`` goes: where a message to that address would."""
-        try:
-            path, rest = parse_path(f"<{sender}>", utf8=True, allow_null=False, allow_postmaster=False)
-        except GrammarError:
-            return ()
-        if path.mailbox is None or rest:
-            return ()
-        found = Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok).resolve(path.mailbox)
-        if found.kind is Kind.RELAY:
-            return (Recipient(sender, sender, Route.REMOTE),)
-        return (
-            *(Recipient(address, sender, Route.LOCAL) for address in found.local),
-            *(Recipient(address, sender, Route.REMOTE) for address in found.remote),
-        )
+        return report_recipients(Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok), sender)
 
     async def start(
         self,

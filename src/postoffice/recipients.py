@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from postoffice.accounts import Accounts
 from postoffice.addresses import domain_of, join, local_part
 from postoffice.config import Config
-from postoffice.smtp.grammar import Mailbox
+from postoffice.smtp.grammar import GrammarError, Mailbox, parse_path
+from postoffice.spool.envelope import Recipient, Route
 
 
 class Kind(enum.Enum):
@@ -92,3 +93,21 @@ class Recipients:
         local = tuple(t for t in targets if self._config.is_local_domain(domain_of(t)))
         remote = tuple(t for t in targets if t not in local)
         return Destinations(Kind.DELIVER, local=local, remote=remote)
+
+
+def report_recipients(recipients: Recipients, address: str) -> tuple[Recipient, ...]:
+    """Where a report (a DSN to a sender, a TLS report to a rua address) goes: where a message
+    to ``address`` would; nowhere for an address the grammar refuses."""
+    try:
+        path, rest = parse_path(f"<{address}>", utf8=True, allow_null=False, allow_postmaster=False)
+    except GrammarError:
+        return ()
+    if path.mailbox is None or rest:
+        return ()
+    found = recipients.resolve(path.mailbox)
+    if found.kind is Kind.RELAY:
+        return (Recipient(address, address, Route.REMOTE),)
+    return (
+        *(Recipient(local, address, Route.LOCAL) for local in found.local),
+        *(Recipient(remote, address, Route.REMOTE) for remote in found.remote),
+    )

@@ -47,7 +47,7 @@ def _run_send(args: argparse.Namespace) -> int:
     from postoffice.mailauth.dkim_signer import Signer
     from postoffice.runtime import pidfile
     from postoffice.spool.files import FileSpool
-    from postoffice.tlsrpt.setup import host_signer, report_sender
+    from postoffice.tlsrpt.setup import config_recipients, host_signer, report_sender
 
     config = load(args)
     if args.dns is not None:
@@ -55,7 +55,13 @@ def _run_send(args: argparse.Namespace) -> int:
     store = TlsReportStore(config.data_dir)
     spool = FileSpool(config.spool_dir, clean_tmp=False)  # a running server may be receiving
     signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
-    sender = report_sender(config, store, spool, sign=host_signer(signer, config.hostname))
+    sender = report_sender(
+        config,
+        store,
+        spool,
+        sign=host_signer(signer, config.hostname),
+        recipients_for=config_recipients(config),
+    )
     try:
         sent = asyncio.run(sender.send_due())
     finally:

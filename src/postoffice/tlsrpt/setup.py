@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
+from postoffice.accounts import Accounts
 from postoffice.config import Config
 from postoffice.delivery.tlsrpt import TlsReportStore
 from postoffice.dns_resolver import make_resolver
 from postoffice.errors import DkimError
 from postoffice.mailauth.dkim_signer import Signer, signature_fields
-from postoffice.spool.envelope import QueuedMessage
+from postoffice.maildir.store import MaildirStore
+from postoffice.recipients import Recipients, report_recipients
+from postoffice.spool.envelope import QueuedMessage, Recipient
 from postoffice.storage import MessageStore
 from postoffice.tlsrpt.sender import RecipientsFor, Reporter, ReportSender, ReportSigner, remote_recipients
 
@@ -63,6 +66,22 @@ def report_sender(
         ca_file=config.delivery.tls_ca_file,
         clock=clock,
     )
+
+
+def config_recipients(config: Config) -> RecipientsFor:
+    """Where a report to an address goes, resolved as the server resolves it (a local rua
+    address goes into its mailbox), for a command that runs without the server."""
+    mailboxes = MaildirStore.from_config(config)
+
+    def resolve(address: str) -> tuple[Recipient, ...]:
+        recipients = Recipients(
+            config,
+            Accounts(config.accounts_file),
+            mailbox_ok=lambda name: mailboxes.mailbox_name(name) is not None,
+        )
+        return report_recipients(recipients, address)
+
+    return resolve
 
 
 def host_signer(signer: Signer, hostname: str) -> ReportSigner:
