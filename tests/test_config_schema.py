@@ -34,6 +34,7 @@ NOT_KEYS = {
     "auth",
     "authentication",
     "proxy_protocol",
+    "tls_reporting",
     "source",
 }
 
