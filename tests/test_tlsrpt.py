@@ -368,3 +368,9 @@ def test_the_send_command_delivers_a_report_for_a_local_address_locally(
     assert [(r.address, r.route) for r in queued.envelope.recipients] == [
         ("postmaster@sender.test", Route.LOCAL)
     ]
+
+
+def test_a_strangers_record_cannot_make_us_mail_the_world() -> None:
+    many = ",".join(f"mailto:r{index}@receiver.test" for index in range(50))
+    record = parse_record(f"v=TLSRPTv1; rua={many},mailto:jos%C3%A9@receiver.test")
+    assert len(record.mailto) == 10 and all(address.isascii() for address in record.mailto)

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 VERSION = "v=TLSRPTv1"
+# At most this many URIs of each scheme are used: a record is written by a stranger, and each
+# mailto: is a recipient of our report (DMARC implementations cap rua alike).
+MAX_URIS = 10
 _VERSION = re.compile(r"v=TLSRPTv1[ \t]*(;|$)")  # %s: case-sensitive (RFC 8460 §3)
 
 
@@ -57,14 +60,14 @@ def parse_record(text: str) -> TlsRptRecord:
     https: list[str] = []
     for uri in (part.strip(" \t") for part in rua.split(",")):
         scheme, _, rest = uri.partition(":")
-        if scheme.lower() == "mailto" and "@" in rest:
-            # RFC 6068: the address before any ?header, percent-decoded.
-            mailto.append(urllib.parse.unquote(rest.split("?", 1)[0]).strip())
+        address = urllib.parse.unquote(rest.split("?", 1)[0]).strip()  # RFC 6068: before ?header
+        if scheme.lower() == "mailto" and "@" in address and address.isascii():
+            mailto.append(address)
         elif scheme.lower() == "https" and rest.startswith("//"):
             https.append(uri)
     if not mailto and not https:
         raise TlsRptRecordError(f"rua={rua!r} names no mailto: or https: URI")
-    return TlsRptRecord(tuple(mailto), tuple(https))
+    return TlsRptRecord(tuple(mailto[:MAX_URIS]), tuple(https[:MAX_URIS]))
 
 
 def choose_record(texts: Sequence[str]) -> TlsRptRecord | None:

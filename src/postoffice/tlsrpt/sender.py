@@ -129,7 +129,12 @@ class ReportSender:
             log.info("event=tlsrpt-no-record day=%s domain=%s", day, domain)
         return record
 
-    async def _send(self, day: str, domain: str) -> Sent | None:
+    async def _send(self, day: str, stored: str) -> Sent | None:
+        try:
+            domain = stored.encode("idna").decode("ascii")  # the report names the A-label
+        except UnicodeError:
+            log.info("event=tlsrpt-bad-record day=%s domain=%r reason=not-a-dns-name", day, stored)
+            return None
         try:
             record = await self._record(day, domain)
         except TxtTemporaryError as exc:
@@ -139,7 +144,7 @@ class ReportSender:
         reporter = self._reporter
         unique = secrets.token_hex(8)
         report_id = f"{day}.{domain}.{unique}@{reporter.hostname}"
-        counts = await asyncio.to_thread(self._store.counts, day, domain)
+        counts = await asyncio.to_thread(self._store.counts, day, stored)
         report = build_report(
             day,
             domain,
@@ -150,19 +155,9 @@ class ReportSender:
         )
         gz = compress(report)
         name = file_name(reporter.hostname, domain, day, unique)
-        queued = None
-        if record.mailto:
-            mail = ReportMail(
-                domain,
-                reporter.hostname,
-                report_id,
-                name,
-                gz,
-                f"noreply-tlsrpt@{reporter.hostname}",
-                record.mailto,
-                day,
-            )
-            queued = await self._queue(mail)
+        sender = f"noreply-tlsrpt@{reporter.hostname}"
+        mail = ReportMail(domain, reporter.hostname, report_id, name, gz, sender, record.mailto, day)
+        queued = await self._queue(mail) if record.mailto else None
         posted = tuple([url for url in record.https if await asyncio.to_thread(self._post, url, gz, domain)])
         log.info(
             "event=tlsrpt-sent day=%s domain=%s report_id=%s queue_id=%s mailto=%d https=%d",
