@@ -200,8 +200,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and what workers report to the one serving /metrics.
     ("postoffice.net", "postoffice.delivery", "postoffice.qmgr", "postoffice.worker_reports"),
-    # What people see: the web side, and the operator's status of a running server.
-    ("postoffice.web", "postoffice.operations"),
+    # What people see: the web side, and the operator's status of a running server; the daily
+    # TLS reports (RFC 8460), made from delivery's counts and queued like any mail we write.
+    ("postoffice.web", "postoffice.operations", "postoffice.tlsrpt"),
     # The composition root: one server process's parts, built from a Config.
     ("postoffice.app",),
     # Running it as a process: the pid file, binding as root then becoming the user, workers,

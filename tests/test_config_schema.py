@@ -38,6 +38,7 @@ NOT_KEYS = {
     "authentication",
     "proxy_protocol",
     "mta_sts",
+    "tls_reporting",
     "source",
 }
 

@@ -103,6 +103,7 @@ def test_the_printed_records_parse_as_zone_file_lines(config: Path, tmp_path: Pa
         (f"{DOMAIN}.", "TXT"),
         (f"s1._domainkey.{DOMAIN}.", "TXT"),
         (f"_dmarc.{DOMAIN}.", "TXT"),
+        (f"_smtp._tls.{DOMAIN}.", "TXT"),
     }
     assert records[(f"{DOMAIN}.", "MX")].exchange.to_text() == f"{HOST}."
     assert b"".join(records[(f"{DOMAIN}.", "TXT")].strings) == b"v=spf1 mx -all"
@@ -111,12 +112,14 @@ def test_the_printed_records_parse_as_zone_file_lines(config: Path, tmp_path: Pa
     assert b"".join(dkim).decode() == key.record()
     dmarc = b"".join(records[(f"_dmarc.{DOMAIN}.", "TXT")].strings).decode()
     assert dmarc == f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{DOMAIN}"
+    tlsrpt = b"".join(records[(f"_smtp._tls.{DOMAIN}.", "TXT")].strings).decode()
+    assert tlsrpt == f"v=TLSRPTv1; rua=mailto:postmaster@{DOMAIN}"  # RFC 8460 §3
 
 
 def test_every_record_says_what_it_is_for_and_the_host_needs_addresses(config: Path) -> None:
     lines = postoffice("dns", DOMAIN, "--config", str(config)).stdout.splitlines()
     records = [index for index, line in enumerate(lines) if line and not line.startswith(";")]
-    assert len(records) == 4
+    assert len(records) == 5
     assert all(lines[index - 1].startswith("; ") for index in records)
     assert f"; {HOST}. IN A <public IPv4 address>" in lines
     assert f"; {HOST}. IN AAAA <public IPv6 address>" in lines
@@ -131,8 +134,8 @@ def test_records_published_as_printed_check_ok(config: Path, zone: DnsZone, dns_
     result = postoffice("dns", DOMAIN, "--check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 6 and all(line.startswith("ok ") for line in lines[:5]), result.stdout
-    assert lines[-1] == "all 5 records are published"
+    assert len(lines) == 7 and all(line.startswith("ok ") for line in lines[:6]), result.stdout
+    assert lines[-1] == "all 6 records are published"
     assert "127.0.0.1" in line_for(result.stdout, f"{HOST}.")
     assert (f"s1._domainkey.{DOMAIN}.", "TXT") in zone.queries
 
@@ -144,7 +147,7 @@ def test_a_missing_dkim_record_is_named(config: Path, zone: DnsZone, dns_server:
     line = line_for(result.stdout, f"s1._domainkey.{DOMAIN}.")
     assert line.startswith("missing ") and "DKIM key s1" in line
     assert line_for(result.stdout, f"_dmarc.{DOMAIN}.").startswith("ok ")
-    assert result.stdout.splitlines()[-1] == "1 of 5 records need attention"
+    assert result.stdout.splitlines()[-1] == "1 of 6 records need attention"
 
 
 def test_another_dkim_key_is_different(
@@ -302,3 +305,35 @@ def test_a_timeout_out_of_range_is_refused(config: Path) -> None:
     result = postoffice("dns", DOMAIN, "--check", "--config", str(config), "--timeout", "0")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == "postoffice: --timeout: 0: give more than 0 and at most 60 seconds\n"
+
+
+def test_the_tls_reporting_address_is_configurable(config: Path) -> None:
+    with config.open("a") as file:
+        file.write('[tls_reporting]\nrua = "tls-reports@other.test"\n')
+    records = {
+        name.to_text(): b"".join(rdata.strings).decode()
+        for name, _, rdata in printed_zone(config).iterate_rdatas()
+        if rdata.rdtype == dns.rdatatype.TXT
+    }
+    assert records[f"_smtp._tls.{DOMAIN}."] == "v=TLSRPTv1; rua=mailto:tls-reports@other.test"
+
+
+def test_a_tls_reporting_record_elsewhere_is_different_and_two_are_an_error(
+    config: Path, zone: DnsZone, dns_server: ZoneServer
+) -> None:
+    name = f"_smtp._tls.{DOMAIN}."
+    publish(zone, printed_zone(config), leave_out=name)
+    zone.txt(name, "v=TLSRPTv1; rua=mailto:someone@elsewhere.test")
+    result = check(config, dns_server)
+    assert result.returncode != 0
+    assert line_for(result.stdout, name).startswith("different"), result.stdout
+
+    zone.txt(name, "v=TLSRPTv1; rua=mailto:postmaster@example.test")
+    assert line_for(check(config, dns_server).stdout, name).startswith("error")
+
+
+def test_a_missing_tls_reporting_record_is_named(config: Path, zone: DnsZone, dns_server: ZoneServer) -> None:
+    name = f"_smtp._tls.{DOMAIN}."
+    publish(zone, printed_zone(config), leave_out=name)
+    line = line_for(check(config, dns_server).stdout, name)
+    assert line.startswith("missing") and "v=TLSRPTv1" in line

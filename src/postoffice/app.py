@@ -39,6 +39,7 @@ from postoffice.delivery.local import LocalAgent
 from postoffice.delivery.mtasts import StsPolicies
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.delivery.tls_policy import TransportSecurity
+from postoffice.delivery.tlsrpt import TlsReportStore
 from postoffice.dns_resolver import make_resolver
 from postoffice.errors import ConfigError, DkimError
 from postoffice.mailauth.arc_sealer import ArcSealer
@@ -62,14 +63,14 @@ from postoffice.operations import Operations
 from postoffice.policy import Policy
 from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
-from postoffice.recipients import Kind, Recipients
-from postoffice.smtp.grammar import GrammarError, parse_path
+from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import owner_of
 from postoffice.storage import Receiver, StoredMessage
+from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
@@ -230,8 +231,13 @@ class Application:
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
         resolver = MxResolver(config.delivery.dns)
+        self.tls_reports = TlsReportStore(config.data_dir) if config.tls_reporting.send else None  # RFC 8460
         self.remote = RemoteAgent(
-            remote_settings(config), resolver, self.spool, transport_security(config, resolver)
+            remote_settings(config),
+            resolver,
+            self.spool,
+            transport_security(config, resolver),
+            tls_reports=self.tls_reports,
         )
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
@@ -261,6 +267,7 @@ class Application:
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
         self.operations, self.reporter = self._operations(worker_index)
+        self.daily_reports = self._daily_reports(clock) if worker_index in (None, 0) else None
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
 
@@ -384,6 +391,21 @@ class Application:
             operations.metrics.watch_queue(dict)
         return operations, reporter
 
+    def _daily_reports(self, clock: Callable[[], float]) -> DailyReports | None:
+        """The hourly look for finished days to report (one process of several runs it)."""
+        if self.tls_reports is None:
+            return None
+        sender = report_sender(
+            self.config,
+            self.tls_reports,
+            self.spool,
+            sign=self._sign_report,
+            recipients_for=self._report_recipients,
+            submit=self.scheduler.submit,
+            clock=clock,
+        )
+        return DailyReports(sender)
+
     def _web(self, web_share: WebShare | None, http_sockets: Sequence[socket.socket] | None) -> WebService:
         # The web UI and JSON API, with the index kept up to date at each delivery; the
         # operations endpoints (/metrics, /livez, /readyz, /api/v1/status) beside them.
@@ -457,22 +479,8 @@ class Application:
 
     def _report_recipients(self, sender: str) -> tuple[Recipient, ...]:
         """Where a report (DSN) to ``sender`` goes: where a message to that address would."""
-        try:
-            path, rest = parse_path(f"<{sender}>", utf8=True, allow_null=False, allow_postmaster=False)
-        except GrammarError:
-            return ()
-        if path.mailbox is None or rest:
-            return ()
-        found = Recipients(
-            self.config, self.accounts, mailbox_ok=self._mailbox_ok, srs=self.srs.reverse
-        ).resolve(path.mailbox)
-        if found.kind is Kind.RELAY:
-            return (Recipient(sender, sender, Route.REMOTE),)
-        # A report's sender is null and it has nothing to seal: forwarded as it is.
-        return (
-            *(Recipient(address, sender, Route.LOCAL) for address in found.local),
-            *(Recipient(address, sender, Route.REMOTE) for address in (*found.remote, *found.forward)),
-        )
+        recipients = Recipients(self.config, self.accounts, mailbox_ok=self._mailbox_ok, srs=self.srs.reverse)
+        return report_recipients(recipients, sender)
 
     async def start(
         self,
@@ -516,6 +524,8 @@ class Application:
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
+        if self.daily_reports is not None:
+            self.daily_reports.start()
         return bound
 
     def reload(self, config: Config | None = None) -> None:
@@ -541,6 +551,8 @@ class Application:
             await self.pop3.stop(grace)
         if self.reporter is not None:
             await self.reporter.stop()
+        if self.daily_reports is not None:
+            await self.daily_reports.stop()
         await self.scheduler.stop()
         await self.remote.close()
         if self.transcript is not None:
@@ -548,6 +560,8 @@ class Application:
         if self.web is not None:
             await self.web.stop()
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
+        if self.tls_reports is not None:
+            self.tls_reports.close()
         await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
 
     def reopen_logs(self) -> None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from postoffice.accounts import Accounts
 from postoffice.addresses import domain_of, join, local_part
 from postoffice.config import Config
-from postoffice.smtp.grammar import Mailbox
+from postoffice.smtp.grammar import GrammarError, Mailbox, parse_path
+from postoffice.spool.envelope import Recipient, Route
 
 # What reverses our SRS addresses (postoffice.mailauth.forwarding, handed in by the composition
 # root): the original address; None for an address that is not SRS at all; ValueError for one
@@ -127,3 +128,22 @@ class Recipients:
         local = tuple(t for t in targets if self._config.is_local_domain(domain_of(t)))
         forward = tuple(t for t in targets if t not in local)
         return Destinations(Kind.DELIVER, local=local, forward=forward)
+
+
+def report_recipients(recipients: Recipients, address: str) -> tuple[Recipient, ...]:
+    """Where a report (a DSN to a sender, a TLS report to a rua address) goes: where a message
+    to ``address`` would; nowhere for an address the grammar refuses."""
+    try:
+        path, rest = parse_path(f"<{address}>", utf8=True, allow_null=False, allow_postmaster=False)
+    except GrammarError:
+        return ()
+    if path.mailbox is None or rest:
+        return ()
+    found = recipients.resolve(path.mailbox)
+    if found.kind is Kind.RELAY:
+        return (Recipient(address, address, Route.REMOTE),)
+    return (
+        *(Recipient(local, address, Route.LOCAL) for local in found.local),
+        # A report's sender is null and it has nothing to seal: forwarded as it is.
+        *(Recipient(remote, address, Route.REMOTE) for remote in (*found.remote, *found.forward)),
+    )

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postoffice import __version__
-from postoffice.cli import check_config, dkim, dns, queue, reindex, send, serve, status, users
+from postoffice.cli import check_config, dkim, dns, queue, reindex, send, serve, status, tlsrpt, users
 from postoffice.cli.common import EXIT_INTERRUPTED, CommandParser, Handler, Subparsers, one_line
 from postoffice.errors import PostofficeError
 
@@ -90,4 +90,5 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     status.add_parser,
     dkim.add_parser,
     dns.add_parser,
+    tlsrpt.add_parser,
 )

@@ -15,7 +15,7 @@ def add_parser(subparsers: Subparsers) -> None:
     dns = subparsers.add_parser(
         "dns",
         help="print the DNS records a local domain needs, or check them",
-        description="Print the MX, SPF, DKIM and DMARC records DOMAIN needs, as zone file lines. "
+        description="Print the MX, SPF, DKIM, DMARC and TLS-RPT records DOMAIN needs, as zone file lines. "
         "With --check, look each up and print ok, missing, different or error for it; the exit "
         "status is 0 only when every record is published as wanted.",
         parents=[config_options()],

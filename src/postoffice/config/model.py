@@ -54,6 +54,7 @@ from postoffice.config.tables import (
     QueueSettings,
     TLSConfig,
 )
+from postoffice.config.tls_reporting import TlsReporting
 from postoffice.config.values import MAX_WORKERS
 
 
@@ -121,6 +122,7 @@ class Config:
     mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
+    tls_reporting: TlsReporting = field(default_factory=TlsReporting)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     # [listen] acme_http as given; empty: the default, when [acme] is enabled (acme_listeners).
@@ -328,5 +330,11 @@ SECTIONS = (
         MtaStsSettings,
         "Our MTA-STS policy (RFC 8461), served on the HTTP listener to Host mta-sts.DOMAIN for each"
         " local domain; postoffice dns prints its records.",
+    ),
+    _table(
+        "tls_reporting",
+        TlsReporting,
+        "TLS reporting (RFC 8460): daily reports to the domains we deliver to, and the record that"
+        " asks others for theirs.",
     ),
 )

@@ -48,19 +48,27 @@ from typing import BinaryIO
 
 from postoffice import defaults
 from postoffice.client.connection import SmtpClient, TlsMode, Transaction
-from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
+from postoffice.delivery import requiretls as rtls
+from postoffice.delivery.agent import DeliveryResult, PermFail
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
+from postoffice.delivery.remote_results import (
+    all_failed,
+    broken_off,
+    judge,
+    open_failure,
+    printable_reply,
+    reason_of,
+    starttls_broke,
+    unanswered_failed,
+)
 from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
 from postoffice.delivery.tls_policy import DomainSecurity, TransportSecurity
+from postoffice.delivery.tlsrpt import TlsReportStore, local_address, note_session
 from postoffice.errors import (
     LocalProtocolError,
-    SmtpAuthError,
     SmtpClientError,
     SmtpConnectError,
     SmtpMessageTooBigError,
-    SmtpProtocolError,
-    SmtpReplyError,
-    SmtpTimeoutError,
     SmtpTlsError,
     SmtpUnsupportedError,
     SpoolError,
@@ -142,8 +150,13 @@ class RemoteAgent:
         resolver: MxResolver,
         spool: MessageStore,
         security: TransportSecurity | None = None,
+        *,
+        tls_reports: TlsReportStore | None = None,
     ) -> None:
+        """``security``: MTA-STS and DANE (delivery/tls_policy.py); ``tls_reports``: where each
+        MX session's TLS result is counted (RFC 8460)."""
         self.settings = settings
+        self._tls_reports = tls_reports
         self._resolver = resolver
         self._spool = spool
         # MTA-STS and DANE (delivery/tls_policy.py); None: opportunistic TLS only.
@@ -195,10 +208,12 @@ class RemoteAgent:
     async def _deliver_to(
         self, message: QueuedMessage, destination: str, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult]:
-        session = self._pool.take(destination)
+        # A REQUIRETLS message (RFC 8689) goes only over sessions opened for it: verified TLS.
+        key = destination + rtls.CACHE_SUFFIX if message.envelope.requiretls else destination
+        session = self._pool.take(key)
         if session is not None:
             if await self._still_usable(session):
-                outcome = await self._attempt(session, message, destination, recipients)
+                outcome = await self._attempt(session, message, key, recipients)
                 if not isinstance(outcome, _HostFailed):
                     return outcome
             else:
@@ -209,15 +224,24 @@ class RemoteAgent:
             log.info(
                 "queue_id=%s destination=%s status=no-route reply=%r", message.queue_id, destination, str(exc)
             )
-            return _all(recipients, exc.reply, None)
+            return all_failed(recipients, exc.reply, None)
+        policy = await self._message_policy(message, destination)
+        if policy is None:  # REQUIRETLS, and the relay is configured without TLS
+            return all_failed(
+                recipients, replies.requiretls_unmet(destination, "the relay is used without TLS"), None
+            )
         last = _HostFailed(replies.cannot_connect(destination, "no mail server tried"), destination)
         security = await self._security_for(destination)
         for endpoint in endpoints:
             if self.settings.relay is None and endpoint.host == self.settings.hostname.lower():
-                return _all(recipients, replies.loops_back(destination), None)
+                return all_failed(recipients, replies.loops_back(destination), None)
             try:
                 session = await self._open_secured(endpoint, destination, security)
             except _HostFailed as failure:
+                if message.envelope.requiretls and rtls.is_tls_failure(failure.reply):
+                    failure = _HostFailed(
+                        replies.requiretls_unmet(str(endpoint), failure.reply.text), failure.remote_mta
+                    )
                 log.info(
                     "queue_id=%s relay=%s status=next-host reply=%r",
                     message.queue_id,
@@ -226,17 +250,19 @@ class RemoteAgent:
                 )
                 last = failure
                 continue
-            outcome = await self._attempt(session, message, destination, recipients)
+            outcome = await self._attempt(session, message, key, recipients)
             if not isinstance(outcome, _HostFailed):
                 return outcome
             last = outcome
-        return _all(recipients, last.reply, last.remote_mta)
+        return all_failed(recipients, last.reply, last.remote_mta)
 
     async def _attempt(
         self, session: Session, message: QueuedMessage, destination: str, recipients: Sequence[Recipient]
     ) -> list[DeliveryResult] | _HostFailed:
         """One transaction; a _HostFailed when this server turned it away and the next may not."""
         try:
+            if message.envelope.requiretls and not session.offers("REQUIRETLS"):  # RFC 8689 §4.2.1
+                raise _HostFailed(replies.requiretls_not_offered(str(session.endpoint)), session.remote_mta)
             results, reusable = await self._transaction(session, message, recipients)
         except _HostFailed as failure:
             log.info(
@@ -264,6 +290,18 @@ class RemoteAgent:
             return {"none": "none", "starttls": "verify", "tls": "implicit"}[self.settings.relay_tls]
         return self.settings.tls_policy.get(destination, "may")
 
+    async def _message_policy(self, message: QueuedMessage, destination: str) -> str | None:
+        """The destination's TLS policy as this message changes it (RFC 8689): REQUIRETLS makes
+        it "verify" (None: it cannot be met), ``TLS-Required: No`` relaxes a required one."""
+        policy = self._tls_policy(destination)
+        if message.envelope.requiretls:
+            return rtls.required_policy(policy, relay=self.settings.relay is not None)
+        strict = policy in rtls.STRICT and self.settings.relay is None
+        if strict and await rtls.tls_optional(self._spool, message.queue_id):
+            log.info("queue_id=%s destination=%s tls-required=no policy=may", message.queue_id, destination)
+            return "may"
+        return policy
+
     async def _still_usable(self, session: Session) -> bool:
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
@@ -284,13 +322,14 @@ class RemoteAgent:
         self, endpoint: Endpoint, destination: str, security: DomainSecurity | None
     ) -> Session:
         """:meth:`_open`, under the host's requirement (delivery/tls_policy.py) when there is one."""
+        report = None if self.settings.relay else destination
         if security is None:
-            return await self._open(endpoint, self._tls_policy(destination))
+            return await self._open(endpoint, self._tls_policy(destination), report=report)
         requirement = await security.for_host(endpoint)
         if requirement.refusal is not None:
             raise _HostFailed(requirement.refusal, endpoint.host)
         try:
-            session = await self._open(endpoint, requirement.tls)
+            session = await self._open(endpoint, requirement.tls, report=report)
         except _HostFailed as failure:
             raise _HostFailed(security.failed(endpoint, requirement, failure.reply), endpoint.host) from None
         problem = security.check(endpoint, requirement, session.client)
@@ -299,10 +338,14 @@ class RemoteAgent:
             raise _HostFailed(problem, endpoint.host)
         return session
 
-    async def _open(self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True) -> Session:
-        """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
+    async def _open(
+        self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True, report: str | None = None
+    ) -> Session:
+        """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured; the TLS result
+        is counted for ``report``, the policy domain (RFC 8460), when TLS was tried."""
         settings = self.settings
         sock = await self._connect_socket(endpoint)
+        local = local_address(sock)
         mode, context = self._tls(policy if allow_tls else "none")
         # The name the certificate must carry: the MX (or relay) host name; for an address
         # literal, its IP address (matched against the certificate's IP entries).
@@ -329,12 +372,16 @@ class RemoteAgent:
             # From here the event loop owns the socket: it closes it on every failure.
             await client.connect(sock)
         except SmtpClientError as exc:
-            if policy == "may" and _starttls_broke(client, exc):
+            if isinstance(exc, SmtpTlsError | SmtpConnectError) and client.greeting is not None and allow_tls:
+                await note_session(self._tls_reports, report, endpoint, local, client, str(exc))
+            if policy == "may" and starttls_broke(client, exc):
                 # Opportunistic TLS failed: the connection is unusable, so try again in
                 # plaintext, as Postfix does at security level "may".
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
-            raise _HostFailed(_open_failure(client, where, exc), host) from None
+            raise _HostFailed(open_failure(client, where, exc), host) from None
+        if allow_tls and policy != "none":
+            await note_session(self._tls_reports, report, endpoint, local, client, None)
         return Session(client, endpoint, time.monotonic())
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
@@ -364,7 +411,7 @@ class RemoteAgent:
             raise _HostFailed(replies.timed_out(str(endpoint), "connecting"), endpoint.host) from None
         except OSError as exc:
             sock.close()
-            raise _HostFailed(replies.cannot_connect(str(endpoint), _reason(exc)), endpoint.host) from None
+            raise _HostFailed(replies.cannot_connect(str(endpoint), reason_of(exc)), endpoint.host) from None
         return sock
 
     # --- the transaction ----------------------------------------------------------------------
@@ -383,16 +430,18 @@ class RemoteAgent:
         try:
             mail = self._mail_command(session, message)
         except SmtpUnsupportedError:
-            return _all(recipients, replies.smtputf8_not_offered(where), remote), True
+            return all_failed(recipients, replies.smtputf8_not_offered(where), remote), True
         except SmtpMessageTooBigError as exc:  # RFC 1870 §6.2: not even offered to the server
-            return _all(recipients, replies.too_big_for_peer(where, exc.limit), remote), True
+            return all_failed(recipients, replies.too_big_for_peer(where, exc.limit), remote), True
         except LocalProtocolError as exc:
             sender = message.envelope.mail_from
-            return _all(recipients, replies.unsendable_address(sender, str(exc), sender=True), None), True
+            return all_failed(
+                recipients, replies.unsendable_address(sender, str(exc), sender=True), None
+            ), True
         results: list[DeliveryResult | None] = [None] * len(recipients)
         sendable, lines = self._rcpt_commands(session, recipients, results)
         if not sendable:
-            return _finished(results, recipients, replies.LOCAL_ERROR, None), True
+            return unanswered_failed(results, recipients, replies.LOCAL_ERROR, None), True
 
         transaction = Transaction(mail, lines)
         content = _SpoolContent(self._spool, message.queue_id)
@@ -402,9 +451,9 @@ class RemoteAgent:
         except SpoolError as exc:
             log.error("queue_id=%s status=spool-error error=%r", message.queue_id, str(exc))
             client.close()
-            return _finished(results, recipients, replies.LOCAL_ERROR, None), False
+            return unanswered_failed(results, recipients, replies.LOCAL_ERROR, None), False
         except SmtpClientError as exc:
-            broken = _broken(where, client.activity, exc)
+            broken = broken_off(where, client.activity, exc)
         finally:
             await content.close()
 
@@ -412,22 +461,22 @@ class RemoteAgent:
         if mail_reply is None:  # nothing agreed yet: the next MX may do better (§5.1)
             raise _HostFailed(broken or replies.lost_connection(where, client.activity), remote)
         if mail_reply.transient:
-            raise _HostFailed(_remote(mail_reply), remote)
+            raise _HostFailed(printable_reply(mail_reply), remote)
         sent = [recipients[position] for position in sendable]
         if mail_reply.positive:
-            judged = _judge(transaction, sent, remote, where, session.offers("DSN"))
+            judged = judge(transaction, sent, remote, where, session.offers("DSN"))
         else:  # the sender refused for good: every recipient fails with that reply
-            judged = list(_all(sent, _remote(mail_reply), remote))
+            judged = list(all_failed(sent, printable_reply(mail_reply), remote))
         for position, result in zip(sendable, judged, strict=True):
             results[position] = result
         if broken is not None:
             client.close()
-            return _finished(results, recipients, broken, remote), False
+            return unanswered_failed(results, recipients, broken, remote), False
         if transaction.final_reply is None:  # refused before the content: RSET (§4.1.1.5)
             reusable = await client.reset()
         else:
             reusable = client.is_connected
-        return _finished(results, recipients, replies.LOCAL_ERROR, remote), reusable
+        return unanswered_failed(results, recipients, replies.LOCAL_ERROR, remote), reusable
 
     def _rcpt_commands(
         self, session: Session, recipients: Sequence[Recipient], results: list[DeliveryResult | None]
@@ -456,6 +505,8 @@ class RemoteAgent:
             smtputf8=envelope.smtputf8,
             smtputf8_required=envelope.smtputf8,  # RFC 6531 §3.2: never downgraded here
         )
+        if envelope.requiretls:
+            params["REQUIRETLS"] = None  # RFC 8689 §4.2.1: passed on to the next hop
         if session.offers("DSN"):
             if envelope.ret:
                 params["RET"] = envelope.ret  # RFC 3461 §4.3
@@ -473,96 +524,3 @@ class RemoteAgent:
             address_type, _, address = recipient.orcpt.partition(";")
             parameters["ORCPT"] = f"{address_type.strip()};{encode_xtext(address.strip())}"  # §4.2
         return parameters
-
-
-def _judge(
-    transaction: Transaction, recipients: Sequence[Recipient], remote: str, where: str, dsn: bool
-) -> list[DeliveryResult | None]:
-    """Each recipient's result from the replies the transaction got (None: no answer for it).
-
-    MAIL was accepted (the caller checked). A refused RCPT is that recipient's result; for the
-    accepted ones, the reply to the end of the content, or the refusal of DATA, decides.
-    """
-    results: list[DeliveryResult | None] = [None] * len(recipients)
-    for position, reply in enumerate(transaction.rcpt_replies):
-        if not reply.positive:
-            results[position] = _failed(recipients[position], _remote(reply), remote)
-    decisive = transaction.final_reply if transaction.ready_for_content else transaction.data_reply
-    if decisive is None:
-        return results
-    reply = _remote(decisive)
-    for position in transaction.accepted:
-        recipient = recipients[position]
-        if transaction.final_reply is not None and reply.positive:
-            results[position] = Delivered(
-                recipient,
-                detail=f"relayed to {where}: {reply}",
-                remote_mta=remote,
-                reply=reply,
-                dsn_passed_on=dsn,
-            )
-        else:
-            results[position] = _failed(recipient, reply, remote)
-    return results
-
-
-def _starttls_broke(client: SmtpClient, exc: SmtpClientError) -> bool:
-    """The handshake after STARTTLS failed, or the connection broke during it. A garbled or
-    injected reply (:class:`SmtpProtocolError`) is not a reason to go on in plaintext."""
-    tls_trouble = isinstance(exc, SmtpTlsError | SmtpConnectError)
-    return tls_trouble and "STARTTLS" in client.extensions and not client.tls_active
-
-
-def _open_failure(client: SmtpClient, where: str, exc: SmtpClientError) -> Reply:
-    """Why a session could not be opened, as the reply the recipients' results carry."""
-    if isinstance(exc, SmtpReplyError):  # the greeting, EHLO or HELO refused
-        return _remote(exc.reply)
-    if isinstance(exc, SmtpAuthError):
-        return replies.relay_auth_failed(where, str(exc))
-    if isinstance(exc, SmtpTlsError):
-        if client.greeting is not None and "STARTTLS" not in client.extensions:
-            return replies.tls_not_offered(where)
-        return replies.tls_failed(where, str(exc))
-    return _broken(where, client.activity, exc)
-
-
-def _remote(reply: Reply) -> Reply:
-    """A server's reply as data: at most ten lines, each printable (it reaches logs and DSNs)."""
-    return replies.remote_reply(reply.code, reply.enhanced, reply.text)
-
-
-def _broken(where: str, activity: str, exc: SmtpClientError) -> Reply:
-    """The reply for a conversation that broke off while doing ``activity``."""
-    if isinstance(exc, SmtpTimeoutError):
-        return replies.timed_out(where, activity)
-    if isinstance(exc, SmtpProtocolError):  # a garbled reply: say what was wrong with it
-        return replies.lost_connection(where, f"{activity} ({exc})")
-    return replies.lost_connection(where, activity)
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _failed(recipient: Recipient, reply: Reply, remote_mta: str | None) -> DeliveryResult:
-    return (
-        PermFail(recipient, reply, remote_mta) if reply.permanent else TempFail(recipient, reply, remote_mta)
-    )
-
-
-def _all(recipients: Sequence[Recipient], reply: Reply, remote_mta: str | None) -> list[DeliveryResult]:
-    return [_failed(recipient, reply, remote_mta) for recipient in recipients]
-
-
-def _finished(
-    results: Sequence[DeliveryResult | None],
-    recipients: Sequence[Recipient],
-    failure: Reply,
-    remote_mta: str | None,
-) -> list[DeliveryResult]:
-    """Every recipient without a result yet gets a temporary ``failure`` (the transaction
-    broke off before their turn came, or before the server answered for them)."""
-    return [
-        result if result is not None else TempFail(recipient, failure, remote_mta)
-        for recipient, result in zip(recipients, results, strict=True)
-    ]

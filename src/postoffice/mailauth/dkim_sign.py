@@ -74,6 +74,10 @@ SIGNED_FIELDS = (
     "list-post",
     "list-owner",
     "list-archive",
+    # RFC 8460 §5.3: a TLS report names its policy domain and submitter in these; signed, so
+    # that a receiver can trust them as much as the signature.
+    "tls-report-domain",
+    "tls-report-submitter",
 )
 # Signed once more than they occur (§5.4.2), so that adding one breaks the signature.
 OVERSIGNED = ("from",)

@@ -5,8 +5,7 @@ local domains). Everything else comes from the configuration and the DKIM key di
 
 Each record is a :class:`Record`: where it goes, its data, how a published one is compared
 (:class:`Match`) and the comment that says what it is for. :data:`BUILDERS` lists the kinds a
-domain needs, one function each; MTA-STS (RFC 8461 §3.1, ``_mta-sts.DOMAIN``) and TLS-RPT
-(RFC 8460 §3, ``_smtp._tls.DOMAIN``) join it, one entry each, once the server serves them.
+domain needs, one function each; TLS-RPT (RFC 8460 §3, ``_smtp._tls.DOMAIN``) is one of them.
 MTA-STS and DANE's TLSA are in :mod:`postoffice.mailauth.records_tls`.
 
 Choices, and why:
@@ -55,6 +54,7 @@ class Match(enum.Enum):
     STS = "sts"  # the one v=STSv1 record carries our policy's id
     STS_HOST = "sts-host"  # the policy host's name leads somewhere (CNAME or addresses)
     TLSA = "tlsa"  # a TLSA record with our data
+    TLSRPT = "tlsrpt"  # one v=TLSRPTv1 record whose rua has our address
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,7 @@ class MailDomain:
     relay_host: str | None = None
     sts_policy: str | None = None  # our MTA-STS policy text (records_tls.py), None: not published
     tlsa: str | None = None  # "3 1 1 <hex>" for the current certificate, None: unreadable
+    tlsrpt_rua: str = ""  # where TLS reports about mail to the domain go (RFC 8460 §3)
 
 
 def zone_data(rdtype: str, data: str) -> str:
@@ -125,7 +126,8 @@ def mail_domain(config: Config, domain: str, keys: Iterable[DkimKey]) -> MailDom
         )
     signing = tuple(key for key in keys if key.domain == name and key.signing)
     relay = config.delivery.relay_host[0] if config.delivery.relay_host else None
-    return MailDomain(name, hostname, public_addresses(config.listeners), signing, relay)
+    rua = config.tls_reporting.rua or f"postmaster@{name}"
+    return MailDomain(name, hostname, public_addresses(config.listeners), signing, relay, rua)
 
 
 def _a_label(name: str) -> str:
@@ -249,9 +251,19 @@ def _dmarc(domain: MailDomain) -> list[Record]:
     return [Record("DMARC", f"_dmarc.{domain.domain}.", "TXT", text, Match.DMARC, comments)]
 
 
+def _tlsrpt(domain: MailDomain) -> list[Record]:
+    rua = domain.tlsrpt_rua or f"postmaster@{domain.domain}"
+    comments = (
+        f"TLS reporting (RFC 8460): servers that send mail to {domain.domain} report daily to"
+        f" {rua} how their TLS connections to it went ([tls_reporting] rua).",
+    )
+    text = f"v=TLSRPTv1; rua=mailto:{rua}"
+    return [Record("TLS-RPT", f"_smtp._tls.{domain.domain}.", "TXT", text, Match.TLSRPT, comments)]
+
+
 Builder = Callable[[MailDomain], list[Record]]
 # The records every local domain needs, in the order they are printed and checked.
-BUILDERS: tuple[Builder, ...] = (_mx, _addresses, _spf, _dkim, _dmarc)
+BUILDERS: tuple[Builder, ...] = (_mx, _addresses, _spf, _dkim, _dmarc, _tlsrpt)
 
 
 def records_for(domain: MailDomain) -> list[Record]:

@@ -24,10 +24,12 @@ import dns.name
 import dns.resolver
 from cryptography.hazmat.primitives import serialization
 
+from postoffice.mailauth import mta_sts, tlsrpt_record
 from postoffice.mailauth.dkim_record import KeyRecordError, PublicKey, parse_key_record
 from postoffice.mailauth.dkim_tags import TagListError, parse_tag_list
-from postoffice.mailauth.mta_sts import StsSyntaxError, parse_record
+from postoffice.mailauth.mta_sts import StsSyntaxError
 from postoffice.mailauth.records import Match, Record
+from postoffice.mailauth.tlsrpt_record import TlsRptRecordError, is_tlsrpt
 
 SHOWN_TEXT = 120  # characters of a found record shown in a line
 DMARC_POLICIES = ("none", "quarantine", "reject")  # RFC 7489 §6.3 p=
@@ -227,11 +229,11 @@ async def _check_sts(record: Record, lookup: Lookup) -> Outcome:
     if len(found) > 1:
         return Status.ERROR, f"{len(found)} v=STSv1 records; senders then use none: publish one"
     try:
-        published = parse_record(found[0])
+        published = mta_sts.parse_record(found[0])
     except StsSyntaxError as exc:
         return Status.DIFFERENT, f"found {show(found[0])}: {exc}"
     assert record.data is not None
-    if published.id != parse_record(record.data).id:
+    if published.id != mta_sts.parse_record(record.data).id:
         return Status.DIFFERENT, f"id={published.id}: the policy changed since; publish the new id"
     return Status.OK, ""
 
@@ -258,6 +260,24 @@ async def _check_tlsa(record: Record, lookup: Lookup) -> Outcome:
     return Status.OK, ""
 
 
+async def _check_tlsrpt(record: Record, lookup: Lookup) -> Outcome:
+    """One v=TLSRPTv1 record (RFC 8460 §3) whose rua has our mailto: address."""
+    assert record.data is not None
+    found = [text for text in await _texts(lookup, record.name) if is_tlsrpt(text)]
+    if not found:
+        return Status.MISSING, "no v=TLSRPTv1 record"
+    if len(found) > 1:
+        return Status.ERROR, f"{len(found)} TLS-RPT records; senders then report to none: publish one"
+    try:
+        published = tlsrpt_record.parse_record(found[0])
+    except TlsRptRecordError as exc:
+        return Status.DIFFERENT, f"found {show(found[0])}: {exc}"
+    wanted = tlsrpt_record.parse_record(record.data).mailto
+    if not set(address.lower() for address in wanted) <= {address.lower() for address in published.mailto}:
+        return Status.DIFFERENT, f"found {show(found[0])}"
+    return Status.OK, ""
+
+
 _CHECKS: dict[Match, Callable[[Record, Lookup], Awaitable[Outcome]]] = {
     Match.MX: _check_mx,
     Match.ADDRESS: _check_address,
@@ -267,4 +287,5 @@ _CHECKS: dict[Match, Callable[[Record, Lookup], Awaitable[Outcome]]] = {
     Match.STS: _check_sts,
     Match.STS_HOST: _check_sts_host,
     Match.TLSA: _check_tlsa,
+    Match.TLSRPT: _check_tlsrpt,
 }

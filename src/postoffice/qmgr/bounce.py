@@ -180,7 +180,9 @@ class Bouncer:
             start = content.tell()
             headers = _header_section(content)
             content.seek(start)
-            full = original.ret == "FULL" and message.size <= RETURN_FULL_LIMIT
+            # A REQUIRETLS message's report may travel over plain SMTP: only its header
+            # section goes back (RFC 8689 §5 keeps the content off unprotected paths).
+            full = original.ret == "FULL" and not original.requiretls and message.size <= RETURN_FULL_LIMIT
             put = writer.write
             put(self._top(original.mail_from, _kind(items), boundary, writer.queue_id, now))
             put(f"--{boundary}\r\n".encode())

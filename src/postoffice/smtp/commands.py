@@ -44,6 +44,7 @@ class Mail:
     envid: str | None = None  # RFC 3461, xtext-decoded
     auth: str | None = None  # RFC 4954 §5: AUTH=<mailbox> or <>
     params: Mapping[str, str | None] = field(default_factory=dict)
+    requiretls: bool = False  # RFC 8689 §2: REQUIRETLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ class ParseContext:
     max_message_size: int = 0  # 0: no SIZE limit advertised
     dsn: bool = False  # RFC 3461 advertised
     auth: bool = False  # RFC 4954 advertised
+    requiretls: bool = False  # RFC 8689 offered on this listener (advertised once TLS is up)
+    tls: bool = False  # the session is inside TLS
 
 
 _Parser = Callable[[str, ParseContext], Command]
@@ -224,6 +227,7 @@ def _parse_mail(argument: str, context: ParseContext) -> Command:
     ret: str | None = None
     envid: str | None = None
     auth: str | None = None
+    requiretls = False
     for key, value in params.items():
         if key == "SIZE":
             if value is None or not _is_decimal(value) or len(value) > 20:
@@ -249,11 +253,22 @@ def _parse_mail(argument: str, context: ParseContext) -> Command:
             envid = _xtext(value)
         elif key == "AUTH" and context.auth:
             auth = _xtext(value)
+        elif key == "REQUIRETLS" and context.requiretls:
+            requiretls = _requiretls(value, context)
         else:
             raise CommandError(replies.PARAMETER_NOT_IMPLEMENTED)
     if path.mailbox is not None and not path.mailbox.is_ascii and not smtputf8:
         raise CommandError(replies.NON_ASCII_NEEDS_SMTPUTF8)
-    return Mail(path, size, body, smtputf8, ret, envid, auth, params)
+    return Mail(path, size, body, smtputf8, ret, envid, auth, params, requiretls)
+
+
+def _requiretls(value: str | None, context: ParseContext) -> bool:
+    """RFC 8689 §2: REQUIRETLS takes no value, and §4.1 only inside TLS (530 5.7.10 outside)."""
+    if value is not None:
+        raise CommandError(replies.SYNTAX_ERROR_IN_PARAMETERS.with_text("REQUIRETLS takes no value"))
+    if not context.tls:
+        raise CommandError(replies.REQUIRETLS_NEEDS_TLS)
+    return True
 
 
 def _xtext(value: str | None) -> str:

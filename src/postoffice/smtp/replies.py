@@ -169,6 +169,9 @@ AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
 # server never tells which (RFC 4954 §6 535 5.7.8).
 AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
 ENCRYPTION_REQUIRED = Reply.of(538, "5.7.11", "Encryption required for requested authentication mechanism")
+# RFC 8689 §4.1 (REQUIRETLS): the MAIL parameter is taken only over TLS; RFC 3463 X.7.10
+# "Encryption Needed" (registered by RFC 5248).
+REQUIRETLS_NEEDS_TLS = Reply.of(530, "5.7.10", "REQUIRETLS needs a TLS session (use STARTTLS first)")
 
 # --- command errors (§4.2.4) ------------------------------------------------------------------
 
@@ -312,6 +315,18 @@ def policy_tls_failed(host: str, policy: str, detail: str) -> Reply:
     return Reply.of(
         451, "4.7.5", f"{policy} requires authenticated TLS with {printable(host)}: {printable(detail)}"
     )
+
+
+def requiretls_unmet(host: str, detail: str) -> Reply:
+    """RFC 8689 §5: a REQUIRETLS message the next hop cannot take over verified TLS is not
+    relayed and is returned; X.7.10 "Encryption Needed" (RFC 5248)."""
+    return Reply.of(550, "5.7.10", f"REQUIRETLS: no verified TLS with {printable(host)}: {printable(detail)}")
+
+
+def requiretls_not_offered(host: str) -> Reply:
+    """RFC 8689 §4.2.1/§6: the next hop does not offer REQUIRETLS; X.7.30 "REQUIRETLS support
+    required" (registered by RFC 8689 §7.3)."""
+    return Reply.of(550, "5.7.30", f"REQUIRETLS support required, but {printable(host)} does not offer it")
 
 
 def unsendable_address(address: str, detail: str, *, sender: bool = False) -> Reply:

@@ -50,6 +50,9 @@ class ServerSettings:
     implicit_tls: bool = False
     # AUTH only inside TLS: not advertised before, refused with 538 (RFC 4954 §4, §6).
     auth_requires_tls: bool = False
+    # RFC 8689: REQUIRETLS offered (advertised inside TLS only, as its §2 asks); the queue
+    # honours it by relaying such a message only over verified TLS to a server offering it.
+    requiretls: bool = True
 
 
 class _Mode:
@@ -174,6 +177,8 @@ class ServerConnection:
         keywords += ["ENHANCEDSTATUSCODES", "8BITMIME"]
         if settings.dsn:
             keywords.append("DSN")
+        if settings.requiretls and self.tls_active:
+            keywords.append("REQUIRETLS")  # RFC 8689 §2: only over TLS
         keywords += ["SMTPUTF8", "CHUNKING"]
         return keywords
 
@@ -301,7 +306,13 @@ class ServerConnection:
         line = _loggable(raw)
         settings = self.settings
         context = _parse_context(
-            self.esmtp, self._utf8, settings.max_message_size, settings.dsn, self.auth_offered
+            self.esmtp,
+            self._utf8,
+            settings.max_message_size,
+            settings.dsn,
+            self.auth_offered,
+            settings.requiretls,
+            self.tls_active,
         )
         try:
             command = c.parse_command(raw, context, line_limit=self.settings.command_line_limit)
@@ -472,9 +483,17 @@ class ServerConnection:
 
 # A session meets a handful of distinct contexts; sharing them saves building one per command.
 @functools.lru_cache(maxsize=64)
-def _parse_context(esmtp: bool, utf8: bool, max_message_size: int, dsn: bool, auth: bool) -> c.ParseContext:
+def _parse_context(
+    esmtp: bool, utf8: bool, max_message_size: int, dsn: bool, auth: bool, requiretls: bool, tls: bool
+) -> c.ParseContext:
     return c.ParseContext(
-        esmtp=esmtp, utf8_transaction=utf8, max_message_size=max_message_size, dsn=dsn, auth=auth
+        esmtp=esmtp,
+        utf8_transaction=utf8,
+        max_message_size=max_message_size,
+        dsn=dsn,
+        auth=auth,
+        requiretls=requiretls,
+        tls=tls,
     )
 
 

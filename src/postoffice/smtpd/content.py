@@ -101,6 +101,7 @@ class Content:
             ret=mail.ret,  # RFC 3461 DSN parameters, kept for the bounce
             envid=mail.envid,
             auth_user=client.user,
+            requiretls=mail.requiretls,
         )
 
     def write(self, data: bytes) -> None:

@@ -53,6 +53,9 @@ class Envelope:
     auth_user: str | None = None  # RFC 4954: who authenticated the submission
     ret: str | None = None  # RFC 3461 RET=
     envid: str | None = None  # RFC 3461 ENVID=
+    # RFC 8689 REQUIRETLS: relayed only over verified TLS to a server that offers it (a spool
+    # file written before this field existed reads as False).
+    requiretls: bool = False
     # Where local copies are filed (a Maildir++ folder, ".Junk"), as a check at the end of the
     # message chose (DMARC quarantine); None: the inbox.
     folder: str | None = None
