@@ -230,15 +230,7 @@ class Application:
         observer = self._observer(observer)
         self.accounts = Accounts(config.accounts_file)
         self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
-        resolver = MxResolver(config.delivery.dns)
-        self.tls_reports = TlsReportStore(config.data_dir) if config.tls_reporting.send else None  # RFC 8460
-        self.remote = RemoteAgent(
-            remote_settings(config),
-            resolver,
-            self.spool,
-            transport_security(config, resolver),
-            tls_reports=self.tls_reports,
-        )
+        self.remote = self._remote_agent()
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []
@@ -270,6 +262,19 @@ class Application:
         self.daily_reports = self._daily_reports(clock) if worker_index in (None, 0) else None
         if config.http_listeners:
             self.web = self._web(web_share, http_sockets)
+
+    def _remote_agent(self) -> RemoteAgent:
+        """SMTP to other servers: MX routing, MTA-STS and DANE, TLS results counted (RFC 8460)."""
+        config = self.config
+        resolver = MxResolver(config.delivery.dns)
+        self.tls_reports = TlsReportStore(config.data_dir) if config.tls_reporting.send else None
+        return RemoteAgent(
+            remote_settings(config),
+            resolver,
+            self.spool,
+            transport_security(config, resolver),
+            tls_reports=self.tls_reports,
+        )
 
     def _observer(self, given: SessionObserver | None) -> SessionObserver | None:
         """Who sees each session's lines: ``given``, or the transcript log if one is configured."""

@@ -231,12 +231,12 @@ class RemoteAgent:
                 recipients, replies.requiretls_unmet(destination, "the relay is used without TLS"), None
             )
         last = _HostFailed(replies.cannot_connect(destination, "no mail server tried"), destination)
-        security = await self._security_for(destination)
+        security = await self._security_for(message, destination)
         for endpoint in endpoints:
             if self.settings.relay is None and endpoint.host == self.settings.hostname.lower():
                 return all_failed(recipients, replies.loops_back(destination), None)
             try:
-                session = await self._open_secured(endpoint, destination, security)
+                session = await self._open_secured(endpoint, destination, security, policy)
             except _HostFailed as failure:
                 if message.envelope.requiretls and rtls.is_tls_failure(failure.reply):
                     failure = _HostFailed(
@@ -307,29 +307,37 @@ class RemoteAgent:
 
     # --- opening a session --------------------------------------------------------------------
 
-    async def _security_for(self, destination: str) -> DomainSecurity | None:
+    async def _security_for(self, message: QueuedMessage, destination: str) -> DomainSecurity | None:
         """The destination's MTA-STS and DANE requirements; None for the relay, a domain with a
-        configured TLS policy (the operator's choice stands) or with neither turned on."""
+        configured TLS policy (the operator's choice stands), with neither turned on, or for a
+        message whose sender asked for none (``TLS-Required: No``, RFC 8689 §5)."""
         if (
             self.security is None
             or self.settings.relay is not None
             or destination in self.settings.tls_policy
         ):
             return None
-        return await self.security.for_domain(destination)
+        security = await self.security.for_domain(destination)
+        optional = security is not None and not message.envelope.requiretls
+        if optional and await rtls.tls_optional(self._spool, message.queue_id):
+            log.info("queue_id=%s destination=%s tls-required=no policy=may", message.queue_id, destination)
+            return None
+        return security
 
     async def _open_secured(
-        self, endpoint: Endpoint, destination: str, security: DomainSecurity | None
+        self, endpoint: Endpoint, destination: str, security: DomainSecurity | None, policy: str
     ) -> Session:
-        """:meth:`_open`, under the host's requirement (delivery/tls_policy.py) when there is one."""
+        """:meth:`_open` with the message's ``policy``, or under the host's requirement
+        (delivery/tls_policy.py) when there is one; REQUIRETLS's "verify" is never weakened."""
         report = None if self.settings.relay else destination
         if security is None:
-            return await self._open(endpoint, self._tls_policy(destination), report=report)
+            return await self._open(endpoint, policy, report=report)
         requirement = await security.for_host(endpoint)
         if requirement.refusal is not None:
             raise _HostFailed(requirement.refusal, endpoint.host)
+        tls = "verify" if policy == "verify" and requirement.tls == "may" else requirement.tls
         try:
-            session = await self._open(endpoint, requirement.tls, report=report)
+            session = await self._open(endpoint, tls, report=report)
         except _HostFailed as failure:
             raise _HostFailed(security.failed(endpoint, requirement, failure.reply), endpoint.host) from None
         problem = security.check(endpoint, requirement, session.client)
@@ -427,17 +435,9 @@ class RemoteAgent:
         client = session.client
         remote = session.remote_mta
         where = str(session.endpoint)
-        try:
-            mail = self._mail_command(session, message)
-        except SmtpUnsupportedError:
-            return all_failed(recipients, replies.smtputf8_not_offered(where), remote), True
-        except SmtpMessageTooBigError as exc:  # RFC 1870 §6.2: not even offered to the server
-            return all_failed(recipients, replies.too_big_for_peer(where, exc.limit), remote), True
-        except LocalProtocolError as exc:
-            sender = message.envelope.mail_from
-            return all_failed(
-                recipients, replies.unsendable_address(sender, str(exc), sender=True), None
-            ), True
+        mail = self._mail_or_failures(session, message, recipients)
+        if not isinstance(mail, bytes):
+            return mail, True
         results: list[DeliveryResult | None] = [None] * len(recipients)
         sendable, lines = self._rcpt_commands(session, recipients, results)
         if not sendable:
@@ -477,6 +477,21 @@ class RemoteAgent:
         else:
             reusable = client.is_connected
         return unanswered_failed(results, recipients, replies.LOCAL_ERROR, remote), reusable
+
+    def _mail_or_failures(
+        self, session: Session, message: QueuedMessage, recipients: Sequence[Recipient]
+    ) -> bytes | list[DeliveryResult]:
+        """The MAIL command, or every recipient's failure when the message cannot be offered."""
+        where, remote = str(session.endpoint), session.remote_mta
+        try:
+            return self._mail_command(session, message)
+        except SmtpUnsupportedError:
+            return all_failed(recipients, replies.smtputf8_not_offered(where), remote)
+        except SmtpMessageTooBigError as exc:  # RFC 1870 §6.2: not even offered to the server
+            return all_failed(recipients, replies.too_big_for_peer(where, exc.limit), remote)
+        except LocalProtocolError as exc:
+            sender = message.envelope.mail_from
+            return all_failed(recipients, replies.unsendable_address(sender, str(exc), sender=True), None)
 
     def _rcpt_commands(
         self, session: Session, recipients: Sequence[Recipient], results: list[DeliveryResult | None]

@@ -127,7 +127,7 @@ def mail_domain(config: Config, domain: str, keys: Iterable[DkimKey]) -> MailDom
     signing = tuple(key for key in keys if key.domain == name and key.signing)
     relay = config.delivery.relay_host[0] if config.delivery.relay_host else None
     rua = config.tls_reporting.rua or f"postmaster@{name}"
-    return MailDomain(name, hostname, public_addresses(config.listeners), signing, relay, rua)
+    return MailDomain(name, hostname, public_addresses(config.listeners), signing, relay, tlsrpt_rua=rua)
 
 
 def _a_label(name: str) -> str:
