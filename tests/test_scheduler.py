@@ -467,6 +467,32 @@ async def test_a_slow_destination_does_not_hold_up_the_others(spool: FileSpool) 
     await scheduler.stop(timeout=0.01)
 
 
+def _answered(recipient: Recipient, attempt: int) -> DeliveryResult:
+    return Delivered(recipient, remote_mta="mx.busy.test")
+
+
+def _unreachable(recipient: Recipient, attempt: int) -> DeliveryResult:
+    return TempFail(recipient, replies.cannot_connect("mx.busy.test", "refused"))
+
+
+@pytest.mark.parametrize(("script", "most"), [(_answered, 6), (_unreachable, 2)])
+async def test_a_destination_that_answers_gets_more_sessions_one_at_a_time(
+    spool: FileSpool, script: Script, most: int
+) -> None:
+    # Postfix's slow start: the window opens at destination_concurrency and grows by one with
+    # each delivery the destination answered, up to the limit; one that got no answer at all
+    # (nothing from the remote server, remote_mta None) closes it back.
+    agent = ScriptedAgent(script, pause=0.02)
+    scheduler = Scheduler(
+        spool, {Route.REMOTE: agent}, concurrency=50, destination_concurrency=2, destination_limit=6
+    )
+    for n in range(40):
+        scheduler.submit(await queue(spool, remote(f"u{n}@busy.test")))
+    await scheduler.wait_idle()
+    assert agent.most_active == most
+    await scheduler.stop()
+
+
 async def test_results_are_recorded_so_a_restart_keeps_them_and_the_schedule(spool: FileSpool) -> None:
     clock = FakeClock()
     clock.now = time.time()

@@ -361,6 +361,7 @@ class Application:
             clock=clock,
             concurrency=queue.concurrency,
             destination_concurrency=queue.destination_concurrency,
+            destination_limit=queue.destination_concurrency_limit,
             destination=self._destination,
             notifier=Bouncer(
                 self.spool, config.hostname, self._report_recipients, clock=clock, sign=self._sign_report

@@ -55,8 +55,11 @@ DELAY_WARNING_TIME = 0.0
 # together flush side by side, and the file system commits their flushes together, so under
 # load this is also how many one disk flush covers.
 CONCURRENCY = 64
-# Postfix initial_destination_concurrency = 5: no site gets more parallel connections.
+# Postfix initial_destination_concurrency = 5: no site gets more parallel connections at first.
 DESTINATION_CONCURRENCY = 5
+# The most it grows to while the destination keeps answering (Postfix's
+# default_destination_concurrency_limit): one more with each delivery that reached it.
+DESTINATION_CONCURRENCY_LIMIT = 20
 
 # -- Outbound SMTP: [delivery] ----------------------------------------------------------------
 

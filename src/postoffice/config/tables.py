@@ -173,8 +173,15 @@ class QueueSettings:
     destination_concurrency: int = setting(
         d.DESTINATION_CONCURRENCY,
         COUNT,
-        "Deliveries running at once to one remote destination, a domain or the relay host (Postfix"
-        " initial_destination_concurrency).",
+        "Deliveries running at once to one remote destination, a domain or the relay host, to begin"
+        " with (Postfix initial_destination_concurrency); it grows while the destination answers.",
+    )
+    destination_concurrency_limit: int = setting(
+        d.DESTINATION_CONCURRENCY_LIMIT,
+        COUNT,
+        "The most deliveries at once to one remote destination: from destination_concurrency, one"
+        " more with each delivery that reached it, and back when one could not (Postfix"
+        " default_destination_concurrency_limit).",
     )
 
 

@@ -4,9 +4,11 @@ Untrusted input seen here: destination names made from recipient domains (addres
 clients), used only as keys.
 
 After Postfix qmgr(8)'s per-destination queues: jobs wait in one queue per destination and
-are started round-robin across destinations, at most ``concurrency`` at once and
-``destination_concurrency`` per remote destination, so a slow or dead site cannot hold up
-mail for the others.
+are started round-robin across destinations, at most ``concurrency`` at once and a window
+per remote destination, so a slow or dead site cannot hold up mail for the others. The window
+is Postfix's slow start: it opens at ``destination_concurrency``, grows by one with each
+delivery that reached the destination, up to ``destination_limit``, and closes back to where it
+began when one could not (a connection refused, a timeout: no answer from the site at all).
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ class Dispatcher:
         self,
         concurrency: int = defaults.CONCURRENCY,
         destination_concurrency: int = defaults.DESTINATION_CONCURRENCY,
+        destination_limit: int = defaults.DESTINATION_CONCURRENCY_LIMIT,
     ) -> None:
-        if concurrency < 1 or destination_concurrency < 1:
+        if concurrency < 1 or destination_concurrency < 1 or destination_limit < 1:
             raise ValueError("concurrency limits must be at least 1")
         self._concurrency = concurrency
         self._destination_concurrency = destination_concurrency
+        self._destination_limit = max(destination_limit, destination_concurrency)
+        # Remote destinations' windows where they differ from the first one.
+        self._windows: dict[str, int] = {}
         # Ready jobs, one FIFO per destination; destinations are served round-robin.
         self._ready: OrderedDict[str, deque[Job]] = OrderedDict()
         self._running = 0
@@ -66,20 +72,35 @@ class Dispatcher:
         )
         return job
 
-    def finished(self, job: Job) -> None:
-        """A job that :meth:`start_next` returned has ended."""
+    def finished(self, job: Job, reached: bool | None = None) -> None:
+        """A job that :meth:`start_next` returned has ended; ``reached``: whether its delivery
+        got an answer from the remote destination (None: not a remote job)."""
         self._running -= 1
         left = self._running_by_destination.get(job.destination, 1) - 1
         if left:
             self._running_by_destination[job.destination] = left
         else:
             self._running_by_destination.pop(job.destination, None)
+        if reached is not None:
+            self._feedback(job.destination, reached)
+        if not left and job.destination not in self._ready:
+            self._windows.pop(job.destination, None)  # idle: the next burst starts slowly again
+
+    def window(self, destination: str) -> int:
+        """How many deliveries to ``destination`` (a remote one) may run at once now."""
+        return self._windows.get(destination, self._destination_concurrency)
+
+    def _feedback(self, destination: str, reached: bool) -> None:
+        if reached:
+            self._windows[destination] = min(self.window(destination) + 1, self._destination_limit)
+        else:
+            self._windows.pop(destination, None)
 
     def _next_job(self) -> Job | None:
         for destination, queue in list(self._ready.items()):
             # The per-destination limit protects remote sites; local mailboxes share only the
             # total (Postfix limits local delivery per recipient, which one job here is not).
-            limit = self._destination_concurrency if queue[0].route is Route.REMOTE else self._concurrency
+            limit = self.window(destination) if queue[0].route is Route.REMOTE else self._concurrency
             if self._running_by_destination.get(destination, 0) >= limit:
                 continue
             queue = self._ready.pop(destination)

@@ -86,6 +86,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         concurrency: int = defaults.CONCURRENCY,
         destination_concurrency: int = defaults.DESTINATION_CONCURRENCY,
+        destination_limit: int = defaults.DESTINATION_CONCURRENCY_LIMIT,
         destination: Callable[[Recipient], str] = destination_of,
         notifier: Notifier | None = None,
         on_result: Callable[[QueuedMessage, Recipient, DeliveryResult], None] | None = None,
@@ -95,7 +96,7 @@ class Scheduler:
     ) -> None:
         """``owns``: with several processes on one spool, whether a queue ID found in it is
         this one's to schedule (None: every message is)."""
-        self._dispatch = Dispatcher(concurrency, destination_concurrency)
+        self._dispatch = Dispatcher(concurrency, destination_concurrency, destination_limit)
         self._retry = RetryPolicy(retry_base, retry_max, lifetime, delay_warning)
         self._spool = spool
         self._owns = owns
@@ -337,13 +338,16 @@ class Scheduler:
 
     async def _run_job(self, job: Job) -> None:
         entry = job.entry
+        reached: bool | None = None
         try:
             agent = self._agents[job.route]
             recipients = [entry.message.envelope.recipients[index] for index in job.indices]
             results = await self._deliver(agent, entry, recipients)
+            if job.route is Route.REMOTE:  # the destination's window follows its answers
+                reached = any(result.remote_mta is not None for result in results)
             await self._record(entry, job.indices, results, logged=job.route not in self._recovers_copies)
         finally:
-            self._dispatch.finished(job)
+            self._dispatch.finished(job, reached)
             entry.jobs_left -= 1
             self._pump()
         if entry.jobs_left == 0:
