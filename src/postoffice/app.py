@@ -25,10 +25,10 @@ import dns.resolver
 
 from postoffice import metrics
 from postoffice.accounts import Accounts
+from postoffice.acme.ca import CaSettings
 from postoffice.acme.certificate import CertificateInfo
 from postoffice.acme.challenges import ChallengeApp, Challenges
 from postoffice.acme.files import AcmeFiles
-from postoffice.acme.order import CaSettings
 from postoffice.acme.renewal import AcmeService, Backoff
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import requests
@@ -24,6 +22,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from postoffice import __version__
+from postoffice.acme.ca import CaSettings, OrderError
 from postoffice.acme.challenges import Challenges
 from postoffice.acme.files import AcmeFiles
 
@@ -31,20 +30,6 @@ from postoffice.acme.files import AcmeFiles
 ORDER_TIMEOUT = 120.0
 # Each HTTPS request to the CA.
 NETWORK_TIMEOUT = 30
-
-
-@dataclass(frozen=True, slots=True)
-class CaSettings:
-    """Which CA, for which names, as whom."""
-
-    directory: str
-    domains: tuple[str, ...]
-    email: str | None = None
-    ca_file: Path | None = None
-
-
-class OrderError(Exception):
-    """An order that did not end with a certificate; the message is one line."""
 
 
 def obtain(ca: CaSettings, files: AcmeFiles, published: Challenges) -> bytes:

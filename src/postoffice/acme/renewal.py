@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from postoffice.acme.ca import CaSettings, OrderError
 from postoffice.acme.certificate import CertificateInfo, certificate_info, read_certificate_info
 from postoffice.acme.challenges import Challenges
 from postoffice.acme.files import AcmeFiles
-from postoffice.acme.order import CaSettings, OrderError, obtain
 
 log = logging.getLogger("postoffice.acme")
 
@@ -127,6 +127,8 @@ class AcmeService:
 
     def _order(self) -> CertificateInfo:
         """In the ACME thread: order, check and save the certificate."""
+        from postoffice.acme.order import obtain  # the ACME library, only once it is needed
+
         chain = obtain(self.ca, self.files, self.challenges)
         try:
             info = certificate_info(chain, "acme", str(self.files.cert))

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from postoffice.mailauth.mta_sts import POLICY_SIZE_LIMIT
+
+if TYPE_CHECKING:  # imported when the first policy is fetched: most servers never fetch one
+    import httpx
 
 WELL_KNOWN = "/.well-known/mta-sts.txt"
 # §3.3 asks senders to impose a timeout; mox and Postfix's resolver use about a minute or
@@ -38,6 +40,8 @@ async def fetch_policy(
     timeout: float = FETCH_TIMEOUT,
 ) -> str:
     """The policy text from ``https://HOST/.well-known/mta-sts.txt``, trying each address."""
+    import httpx
+
     if not addresses:
         raise StsFetchError(f"{host} has no address")
     failure = StsFetchError(f"{host}: nothing tried")
@@ -58,6 +62,8 @@ async def fetch_policy(
 
 
 async def _fetch_from(host: str, address: str, port: int, context: ssl.SSLContext, timeout: float) -> str:
+    import httpx
+
     literal = f"[{address}]" if ":" in address else address
     authority = host if port == 443 else f"{host}:{port}"
     async with httpx.AsyncClient(
