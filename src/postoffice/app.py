@@ -159,8 +159,11 @@ def remote_settings(config: Config) -> RemoteSettings:
     )
 
 
-def transport_security(config: Config, resolver: MxResolver) -> TransportSecurity | None:
-    """MTA-STS (policies cached in <data-dir>/mta-sts) and DANE, as ``[delivery]`` turns them on."""
+def transport_security(
+    config: Config, resolver: MxResolver, reports: TlsReportStore | None = None
+) -> TransportSecurity | None:
+    """MTA-STS (policies cached in <data-dir>/mta-sts) and DANE, as ``[delivery]`` turns them on;
+    their failures counted into ``reports`` (RFC 8460)."""
     delivery = config.delivery
     if not (delivery.mta_sts or delivery.dns_validates):
         return None
@@ -169,7 +172,7 @@ def transport_security(config: Config, resolver: MxResolver) -> TransportSecurit
         ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file is not None else None
         context = ssl.create_default_context(cafile=ca_file)
         sts = StsPolicies(resolver, config.data_dir / "mta-sts", context, port=delivery.mta_sts_port)
-    return TransportSecurity(resolver, sts, dane=delivery.dns_validates)
+    return TransportSecurity(resolver, sts, dane=delivery.dns_validates, reports=reports)
 
 
 def needs_tls(config: Config) -> bool:
@@ -272,7 +275,7 @@ class Application:
             remote_settings(config),
             resolver,
             self.spool,
-            transport_security(config, resolver),
+            transport_security(config, resolver, self.tls_reports),
             tls_reports=self.tls_reports,
         )
 
