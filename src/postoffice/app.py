@@ -178,14 +178,21 @@ def transport_security(
 def needs_tls(config: Config) -> bool:
     """A certificate is loaded (or made) when a listener will use it.
 
-    Submission listeners always do. The MX listener offers STARTTLS with a configured
+    Submission, POP3 and HTTPS listeners always do. The MX listener offers STARTTLS with a configured
     certificate, and in MTA mode with a self-signed one (opportunistic TLS between servers does
     not verify certificates, RFC 7435). In capture mode without a certificate it offers none:
     client libraries that upgrade whenever STARTTLS is offered and verify the certificate
     (aiosmtplib does by default) would fail against a self-signed one.
     """
     submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or bool(config.pop3_listeners) or has_certificate(config) or not config.capture_mode
+    https = any(listener.kind == "https" for listener in config.http_listeners)
+    return (
+        submission
+        or https
+        or bool(config.pop3_listeners)
+        or has_certificate(config)
+        or not config.capture_mode
+    )
 
 
 def has_certificate(config: Config) -> bool:
@@ -385,7 +392,11 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 is not None else ())],
+            listeners=lambda: [
+                *self.smtp.bound,
+                *(self.pop3.bound if self.pop3 is not None else ()),
+                *self.http_addresses,
+            ],
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
@@ -424,6 +435,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
+            tls=self.security.tls.context if self.security.tls is not None else None,
         )
 
     def _certificates(self) -> list[CertificateInfo]:

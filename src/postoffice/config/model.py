@@ -139,7 +139,8 @@ class Config:
         "Append the log here; SIGHUP reopens it by name, for logrotate.",
         default_text="standard error",
     )
-    # Web UI and JSON API listeners; empty turns the web side off.
+    # Web UI and JSON API listeners, [listen] http and https (each listener's kind says which);
+    # empty turns the web side off.
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
     # POP3 listeners ([listen] pop3 and pop3s); none unless asked.
     pop3_listeners: tuple[Listener, ...] = ()
@@ -262,8 +263,11 @@ def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # that lets mail be read still receives it).
     found = tuple(listener for kind, group in given.items() if kind in LISTENER_KINDS for listener in group)
     built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
-    if "http" in given:
-        built["http_listeners"] = tuple(given["http"])
+    if "http" in given or "https" in given:
+        # HTTPS serves the same web side: its listeners join HTTP's (or are alone, with
+        # http = []); each listener's kind says which it is.
+        http = tuple(given["http"]) if "http" in given else (DEFAULT_HTTP_LISTENER,)
+        built["http_listeners"] = http + tuple(given.get("https", ()))
     if "acme_http" in given:
         built["acme_http_listeners"] = tuple(given["acme_http"])
     built["pop3_listeners"] = tuple(

@@ -549,3 +549,12 @@ class ListenKeys:
         "The web UI and JSON API; [] turns them off (--no-http).",
         flag="--http",
     )
+    https: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("https"),
+        "The same web UI, JSON API and MTA-STS policy over HTTPS (port 443 in production; RFC 8461"
+        " §3.3 wants the policy at https://mta-sts.DOMAIN/), with the SMTP listeners' certificate;"
+        " an ACME renewal is used without a restart.",
+        default_text="none",
+        flag="--https",
+    )
