@@ -219,8 +219,15 @@ class Config:
 
     @property
     def acme_domains(self) -> tuple[str, ...]:
-        """The names the ACME certificate is for: ``[acme] domains``, or the host name."""
-        return self.acme.domains or (self.hostname,)
+        """The names the ACME certificate is for: ``[acme] domains``; by default the host name,
+        and with ``[mta_sts]`` on, ``mta-sts.DOMAIN`` for each local domain: senders fetch our
+        policy from that name over HTTPS and check the certificate for it (RFC 8461 §3.3)."""
+        if self.acme.domains:
+            return self.acme.domains
+        names = [self.hostname.lower()]
+        if self.mta_sts.mode != "off":
+            names += [f"mta-sts.{domain}" for domain in self.domains if f"mta-sts.{domain}" not in names]
+        return tuple(names)
 
     @property
     def acme_listeners(self) -> tuple[Listener, ...]:

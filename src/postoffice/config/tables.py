@@ -351,7 +351,8 @@ class AcmeSettings:
         (),
         DOMAINS,
         "The names the certificate is for (one certificate, all of them as subjectAltNames).",
-        default_text="[hostname]",
+        default_text='[hostname], plus "mta-sts.DOMAIN" for each local domain when [mta_sts] mode is not'
+        ' "off" (the name senders fetch our policy from over HTTPS)',
     )
     ca_file: Path | None = setting(
         None,
