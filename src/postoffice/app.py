@@ -178,21 +178,15 @@ def transport_security(
 def needs_tls(config: Config) -> bool:
     """A certificate is loaded (or made) when a listener will use it.
 
-    Submission, POP3 and HTTPS listeners always do. The MX listener offers STARTTLS with a configured
-    certificate, and in MTA mode with a self-signed one (opportunistic TLS between servers does
-    not verify certificates, RFC 7435). In capture mode without a certificate it offers none:
-    client libraries that upgrade whenever STARTTLS is offered and verify the certificate
-    (aiosmtplib does by default) would fail against a self-signed one.
+    Submission, POP3 and HTTPS listeners always do. The MX listener offers STARTTLS with a
+    configured certificate, and in MTA mode with a self-signed one (opportunistic TLS between
+    servers does not verify certificates, RFC 7435). In capture mode without a certificate it
+    offers none: client libraries that upgrade whenever STARTTLS is offered and verify the
+    certificate (aiosmtplib does by default) would fail against a self-signed one.
     """
-    submission = any(listener.kind != "smtp" for listener in config.listeners)
-    https = any(listener.kind == "https" for listener in config.http_listeners)
-    return (
-        submission
-        or https
-        or bool(config.pop3_listeners)
-        or has_certificate(config)
-        or not config.capture_mode
-    )
+    own_tls = [*config.listeners, *config.pop3_listeners, *config.http_listeners]
+    listening = any(listener.kind not in ("smtp", "http") for listener in own_tls)
+    return listening or has_certificate(config) or not config.capture_mode
 
 
 def has_certificate(config: Config) -> bool:
@@ -382,6 +376,9 @@ class Application:
             owns=_ownership(worker_index, config.workers),
         )
 
+    def _listening(self) -> list[BoundAddress | HttpAddress]:
+        return [*self.smtp.bound, *(self.pop3.bound if self.pop3 else ()), *self.http_addresses]
+
     def _operations(self, worker_index: int | None) -> tuple[Operations, ReportPublisher | None]:
         """The operations side, and for a worker other than 0 what publishes its report."""
         config = self.config
@@ -392,11 +389,7 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: [
-                *self.smtp.bound,
-                *(self.pop3.bound if self.pop3 is not None else ()),
-                *self.http_addresses,
-            ],
+            listeners=self._listening,
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
