@@ -19,6 +19,7 @@ import trustme
 from cryptography import x509
 
 from conftest import RunningServer, ServerProcess, spawn_server
+from postoffice.accounts import Accounts
 from postoffice.config import load_config
 from postoffice.config.names import Listener
 from postoffice.config.tables import MtaStsSettings, TLSConfig
@@ -119,6 +120,35 @@ def test_the_web_api_works_over_https_alone(
     assert address.scheme == "https"
     response = get(address.port, "/api/v1/messages", "localhost", trusting(ca))
     assert response.status_code == 200 and isinstance(response.json(), dict | list)
+
+
+def test_a_login_over_https_gets_a_secure_cookie_and_the_api_answers(
+    server_factory: Callable[..., RunningServer], ca: trustme.CA, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "mta"
+    Accounts(data_dir / "accounts.json").add_user(f"alice@{DOMAIN}", "alice-password")
+    cert, key = cert_files(ca, tmp_path / "tls", HOST)
+    server = server_factory(
+        hostname=HOST,
+        domains=(DOMAIN,),
+        data_dir=data_dir,
+        tls=TLSConfig(cert=cert, key=key),
+        http_listeners=(Listener("https", "127.0.0.1", 0),),
+    )
+    base = f"https://127.0.0.1:{https_port(server)}"
+    sni = {"sni_hostname": HOST}
+    with httpx.Client(verify=trusting(ca), trust_env=False, timeout=10, headers={"Host": HOST}) as http:
+        assert http.get(f"{base}/api/v1/mailboxes", extensions=sni).status_code == 401
+        login = http.post(
+            f"{base}/api/v1/login",
+            json={"address": f"alice@{DOMAIN}", "password": "alice-password"},
+            extensions=sni,
+        )
+        assert login.status_code == 200, login.text
+        # The session cookie is Secure: the request came over https (web/api.py).
+        assert "secure" in login.headers["set-cookie"].lower()
+        mailboxes = http.get(f"{base}/api/v1/mailboxes", extensions=sni)
+        assert mailboxes.status_code == 200, mailboxes.text
 
 
 def test_a_new_certificate_reaches_https_without_a_restart(
