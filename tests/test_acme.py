@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 from cryptography import x509
@@ -27,6 +28,7 @@ from conftest import RunningServer, ServerProcess, wait_until
 from dns_zone import ZoneServer, dns_zone_server
 from postoffice.acme.renewal import Backoff
 from postoffice.config import AcmeSettings, Listener
+from postoffice.config.tables import MtaStsSettings
 from postoffice.status import render_status
 
 HOST = "mail.acme.test"
@@ -293,3 +295,37 @@ def test_a_reload_does_not_turn_acme_on_without_a_restart(
     server.call(reload())
     assert "event=reload-ignored key=acme reason=restart-needed" in caplog.text
     assert not server.app.config.acme.enabled and server.app.acme is None
+
+
+def test_with_mta_sts_on_the_certificate_covers_the_policy_host_served_over_https(
+    server_factory: Callable[..., RunningServer], dns: ZoneServer, acme_port: int, tmp_path: Path
+) -> None:
+    """RFC 8461 §3.3: senders fetch https://mta-sts.DOMAIN/.well-known/mta-sts.txt and check the
+    certificate for that name; the ACME certificate carries it, and [listen] https presents it."""
+    dns.zone.a("mta-sts.acme.test", "127.0.0.1")
+    with pebble(tmp_path / "pebble", dns_port=dns.port, http_port=acme_port) as ca:
+        settings = AcmeSettings(
+            enabled=True, directory=ca.directory, ca_file=ca.ca_file, retry_min=1.0, retry_max=2.0
+        )
+        server = server_factory(
+            hostname=HOST,
+            domains=("acme.test",),
+            acme=settings,
+            mta_sts=MtaStsSettings(mode="enforce"),
+            acme_http_listeners=(Listener("acme_http", "127.0.0.1", acme_port),),
+            http_listeners=(Listener("https", "127.0.0.1", 0),),
+        )
+        wait_until(lambda: source(server) == "acme", 30, "an ACME certificate")
+        certificate = presented(server, ca.client_context())
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [HOST, "mta-sts.acme.test"]
+        [https] = server.app.http_addresses
+        with httpx.Client(verify=ca.client_context(), trust_env=False, timeout=10) as client:
+            request = client.build_request(
+                "GET",
+                f"https://127.0.0.1:{https.port}/.well-known/mta-sts.txt",
+                headers={"Host": "mta-sts.acme.test"},
+                extensions={"sni_hostname": "mta-sts.acme.test"},
+            )
+            response = client.send(request)
+        assert response.status_code == 200 and "mode: enforce" in response.text

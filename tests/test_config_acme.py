@@ -85,3 +85,15 @@ def test_check_config_says_where_the_certificate_comes_from(tmp_path: Path) -> N
         f"  tls certificate: ACME for mail.example.org from {LETS_ENCRYPT} (HTTP-01 on 0.0.0.0:80)"
         in result.stdout
     )
+
+
+def test_with_mta_sts_on_the_certificate_names_each_domains_policy_host(tmp_path: Path) -> None:
+    # RFC 8461 §3.3: senders fetch https://mta-sts.DOMAIN/ and check the certificate for that name.
+    text = 'hostname = "mail.example.org"\ndomains = ["example.org", "Example.NET"]\n[acme]\nenabled = true\n'
+    assert load_config(write(tmp_path, text)).acme_domains == ("mail.example.org",)  # [mta_sts] off
+    for mode in ("enforce", "testing", "none"):
+        config = load_config(write(tmp_path, text + f'[mta_sts]\nmode = "{mode}"\n'))
+        assert config.acme_domains == ("mail.example.org", "mta-sts.example.org", "mta-sts.example.net")
+    # Names given in [acme] domains are the operator's: nothing is added.
+    given = text + 'domains = ["mail.example.org"]\n[mta_sts]\nmode = "enforce"\n'
+    assert load_config(write(tmp_path, given)).acme_domains == ("mail.example.org",)

@@ -141,7 +141,7 @@ async def test_a_certificate_matching_no_record_is_not_delivered_to(
     assert isinstance(result, TempFail) and result.reply.code == 451 and result.reply.enhanced == "4.7.5"
     assert "DANE requires authenticated TLS" in result.reply.text and mx.received == []
     [line] = [r.getMessage() for r in caplog.records if "tls_result=" in r.getMessage()]
-    assert "policy=dane tls_result=validation-failure" in line
+    assert "policy=dane tls_result=tlsa-invalid" in line
 
 
 async def test_dane_makes_tls_mandatory(tmp_path: Path, dns: Dns, port: int, ca: trustme.CA) -> None:

@@ -100,7 +100,7 @@ def test_metrics_health_and_status(server_process: Callable[..., ServerProcess])
     status, body = get(port, "/api/v1/status")
     summary = json.loads(body)
     assert status == 200 and summary["ready"] is True
-    assert summary["listeners"] == [f"smtp 127.0.0.1:{process.port}"]
+    assert summary["listeners"] == [f"smtp 127.0.0.1:{process.port}", f"http 127.0.0.1:{port}"]
     assert summary["queue"] == {"active": 0, "deferred": 0, "receiving": 0, "corrupt": 0}
 
     shown = subprocess.run(

@@ -159,8 +159,11 @@ def remote_settings(config: Config) -> RemoteSettings:
     )
 
 
-def transport_security(config: Config, resolver: MxResolver) -> TransportSecurity | None:
-    """MTA-STS (policies cached in <data-dir>/mta-sts) and DANE, as ``[delivery]`` turns them on."""
+def transport_security(
+    config: Config, resolver: MxResolver, reports: TlsReportStore | None = None
+) -> TransportSecurity | None:
+    """MTA-STS (policies cached in <data-dir>/mta-sts) and DANE, as ``[delivery]`` turns them on;
+    their failures counted into ``reports`` (RFC 8460)."""
     delivery = config.delivery
     if not (delivery.mta_sts or delivery.dns_validates):
         return None
@@ -169,20 +172,21 @@ def transport_security(config: Config, resolver: MxResolver) -> TransportSecurit
         ca_file = str(delivery.tls_ca_file) if delivery.tls_ca_file is not None else None
         context = ssl.create_default_context(cafile=ca_file)
         sts = StsPolicies(resolver, config.data_dir / "mta-sts", context, port=delivery.mta_sts_port)
-    return TransportSecurity(resolver, sts, dane=delivery.dns_validates)
+    return TransportSecurity(resolver, sts, dane=delivery.dns_validates, reports=reports)
 
 
 def needs_tls(config: Config) -> bool:
     """A certificate is loaded (or made) when a listener will use it.
 
-    Submission listeners always do. The MX listener offers STARTTLS with a configured
-    certificate, and in MTA mode with a self-signed one (opportunistic TLS between servers does
-    not verify certificates, RFC 7435). In capture mode without a certificate it offers none:
-    client libraries that upgrade whenever STARTTLS is offered and verify the certificate
-    (aiosmtplib does by default) would fail against a self-signed one.
+    Submission, POP3 and HTTPS listeners always do. The MX listener offers STARTTLS with a
+    configured certificate, and in MTA mode with a self-signed one (opportunistic TLS between
+    servers does not verify certificates, RFC 7435). In capture mode without a certificate it
+    offers none: client libraries that upgrade whenever STARTTLS is offered and verify the
+    certificate (aiosmtplib does by default) would fail against a self-signed one.
     """
-    submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or bool(config.pop3_listeners) or has_certificate(config) or not config.capture_mode
+    own_tls = [*config.listeners, *config.pop3_listeners, *config.http_listeners]
+    listening = any(listener.kind not in ("smtp", "http") for listener in own_tls)
+    return listening or has_certificate(config) or not config.capture_mode
 
 
 def has_certificate(config: Config) -> bool:
@@ -272,7 +276,7 @@ class Application:
             remote_settings(config),
             resolver,
             self.spool,
-            transport_security(config, resolver),
+            transport_security(config, resolver, self.tls_reports),
             tls_reports=self.tls_reports,
         )
 
@@ -373,6 +377,9 @@ class Application:
             owns=_ownership(worker_index, config.workers),
         )
 
+    def _listening(self) -> list[BoundAddress | HttpAddress]:
+        return [*self.smtp.bound, *(self.pop3.bound if self.pop3 else ()), *self.http_addresses]
+
     def _operations(self, worker_index: int | None) -> tuple[Operations, ReportPublisher | None]:
         """The operations side, and for a worker other than 0 what publishes its report."""
         config = self.config
@@ -383,7 +390,7 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 is not None else ())],
+            listeners=self._listening,
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
@@ -422,6 +429,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
+            tls=self.security.tls.context if self.security.tls is not None else None,
         )
 
     def _certificates(self) -> list[CertificateInfo]:

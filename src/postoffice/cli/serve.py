@@ -127,7 +127,17 @@ def _add_listen_options(serve: argparse.ArgumentParser) -> None:
         help="serve the web UI and JSON API here; repeat for more"
         f" (default {DEFAULT_HTTP_LISTENER.address}; replaces [listen] http)",
     )
-    web.add_argument("--no-http", action="store_true", help="serve no web UI or JSON API")
+    web.add_argument("--no-http", action="store_true", help="serve no web UI or JSON API over plain HTTP")
+    serve.add_argument(
+        "--https",
+        action="append",
+        type=_listener_of("https"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="serve the web UI, JSON API and MTA-STS policy over HTTPS here (port 443),"
+        " with the server's certificate; replaces [listen] https",
+    )
 
 
 def _add_mail_options(serve: argparse.ArgumentParser) -> None:

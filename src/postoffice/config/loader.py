@@ -232,7 +232,7 @@ def _apply_overrides(given: _Given, overrides: Overrides, flags: _Problems) -> N
         if isinstance(value, Path):
             given[""][name] = value.expanduser().absolute()
     listeners = overrides.get("listeners", ())
-    for kind in (*LISTENER_KINDS, *POP3_LISTENER_KINDS):
+    for kind in (*LISTENER_KINDS, *POP3_LISTENER_KINDS, "https"):
         of_kind = tuple(listener for listener in listeners if listener.kind == kind)
         if of_kind:
             given["listen"][kind] = of_kind

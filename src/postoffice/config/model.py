@@ -139,7 +139,8 @@ class Config:
         "Append the log here; SIGHUP reopens it by name, for logrotate.",
         default_text="standard error",
     )
-    # Web UI and JSON API listeners; empty turns the web side off.
+    # Web UI and JSON API listeners, [listen] http and https (each listener's kind says which);
+    # empty turns the web side off.
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
     # POP3 listeners ([listen] pop3 and pop3s); none unless asked.
     pop3_listeners: tuple[Listener, ...] = ()
@@ -218,8 +219,15 @@ class Config:
 
     @property
     def acme_domains(self) -> tuple[str, ...]:
-        """The names the ACME certificate is for: ``[acme] domains``, or the host name."""
-        return self.acme.domains or (self.hostname,)
+        """The names the ACME certificate is for: ``[acme] domains``; by default the host name,
+        and with ``[mta_sts]`` on, ``mta-sts.DOMAIN`` for each local domain: senders fetch our
+        policy from that name over HTTPS and check the certificate for it (RFC 8461 §3.3)."""
+        if self.acme.domains:
+            return self.acme.domains
+        names = [self.hostname.lower()]
+        if self.mta_sts.mode != "off":
+            names += [f"mta-sts.{domain}" for domain in self.domains if f"mta-sts.{domain}" not in names]
+        return tuple(names)
 
     @property
     def acme_listeners(self) -> tuple[Listener, ...]:
@@ -262,8 +270,11 @@ def _listen(given: dict[str, Any]) -> dict[str, Any]:
     # that lets mail be read still receives it).
     found = tuple(listener for kind, group in given.items() if kind in LISTENER_KINDS for listener in group)
     built: dict[str, Any] = {"listeners": found or (DEFAULT_SMTP_LISTENER,)}
-    if "http" in given:
-        built["http_listeners"] = tuple(given["http"])
+    if "http" in given or "https" in given:
+        # HTTPS serves the same web side: its listeners join HTTP's (or are alone, with
+        # http = []); each listener's kind says which it is.
+        http = tuple(given["http"]) if "http" in given else (DEFAULT_HTTP_LISTENER,)
+        built["http_listeners"] = http + tuple(given.get("https", ()))
     if "acme_http" in given:
         built["acme_http_listeners"] = tuple(given["acme_http"])
     built["pop3_listeners"] = tuple(

@@ -92,12 +92,14 @@ LISTENER_KINDS = ("smtp", "submission", "smtps")
 #   pop3        POP3 with STLS (RFC 2595, port 110)
 #   pop3s       POP3 over implicit TLS (RFC 8314 §3.3, port 995)
 POP3_LISTENER_KINDS = ("pop3", "pop3s")
+# The web side: plain HTTP ("http") and HTTPS ("https"), both in ``Config.http_listeners``.
+WEB_LISTENER_KINDS = ("http", "https")
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     """One address to listen on; ``kind`` is one of :data:`LISTENER_KINDS`,
-    :data:`POP3_LISTENER_KINDS`, or ``http``."""
+    :data:`POP3_LISTENER_KINDS` or :data:`WEB_LISTENER_KINDS`."""
 
     kind: str
     host: str

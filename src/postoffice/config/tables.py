@@ -358,7 +358,8 @@ class AcmeSettings:
         (),
         DOMAINS,
         "The names the certificate is for (one certificate, all of them as subjectAltNames).",
-        default_text="[hostname]",
+        default_text='[hostname], plus "mta-sts.DOMAIN" for each local domain when [mta_sts] mode is not'
+        ' "off" (the name senders fetch our policy from over HTTPS)',
     )
     ca_file: Path | None = setting(
         None,
@@ -555,4 +556,13 @@ class ListenKeys:
         listeners_of("http"),
         "The web UI and JSON API; [] turns them off (--no-http).",
         flag="--http",
+    )
+    https: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("https"),
+        "The same web UI, JSON API and MTA-STS policy over HTTPS (port 443 in production; RFC 8461"
+        " §3.3 wants the policy at https://mta-sts.DOMAIN/), with the SMTP listeners' certificate;"
+        " an ACME renewal is used without a restart.",
+        default_text="none",
+        flag="--https",
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from postoffice import durable
 from postoffice.delivery.dns import MxResolver, RouteError
-from postoffice.delivery.sts_fetch import FETCH_TIMEOUT, StsFetchError, fetch_policy
+from postoffice.delivery.sts_fetch import FETCH_TIMEOUT, StsFetchError, StsWebPkiError, fetch_policy
 from postoffice.mailauth.mta_sts import StsPolicy, StsRecord, StsSyntaxError, parse_policy, parse_record
 
 log = logging.getLogger("postoffice.delivery")
@@ -47,6 +47,22 @@ class CachedPolicy:
 
     def fresh(self, now: float) -> bool:
         return now < self.fetched + self.policy.max_age
+
+
+@dataclass(frozen=True, slots=True)
+class StsLookup:
+    """What :meth:`StsPolicies.lookup` found: the policy in force (None: none) and its text;
+    ``failure``, when a fetch was tried and failed, is its RFC 8460 §4.3.2.2 result type
+    (``sts-policy-fetch-error``, ``sts-policy-invalid``, ``sts-webpki-invalid``) and ``reason``
+    its one line, for TLS reporting."""
+
+    policy: StsPolicy | None
+    text: str = ""
+    failure: str = ""
+    reason: str = ""
+
+
+NO_STS = StsLookup(None)
 
 
 class StsPolicies:
@@ -73,39 +89,47 @@ class StsPolicies:
 
     async def policy_for(self, domain: str) -> StsPolicy | None:
         """The policy to apply to ``domain`` now (mode ``none`` included), or None."""
+        return (await self.lookup(domain)).policy
+
+    async def lookup(self, domain: str) -> StsLookup:
+        """:meth:`policy_for` with the policy's text and a failed fetch's result type."""
         try:  # the A-label form (RFC 5890): the names looked up and the Host header are ASCII
             domain = domain.lower().removesuffix(".").encode("idna").decode("ascii")
         except UnicodeError:
-            return None
+            return NO_STS
         now = self._clock()
         cached = await self._cached(domain)
-        usable = cached.policy if cached is not None and cached.fresh(now) else None
+        usable = cached if cached is not None and cached.fresh(now) else None
+        kept = StsLookup(usable.policy, usable.text) if usable is not None else NO_STS
         try:
             record = await self._record(domain)
         except RouteError as exc:
             log.info("domain=%s status=mta-sts-lookup-failed reason=%r", domain, str(exc.reply))
-            return usable
-        if record is None or (usable is not None and cached is not None and cached.id == record.id):
-            return usable
+            return kept
+        if record is None or (usable is not None and usable.id == record.id):
+            return kept
         failed_id, until = self._failed.get(domain, ("", 0.0))
         if failed_id == record.id and now < until:
-            return usable
-        host = f"mta-sts.{domain}"
+            return kept
         try:
-            addresses = await self._resolver.addresses(host)
-            text = await fetch_policy(host, addresses, self._port, self._context, timeout=self._timeout)
-            policy = parse_policy(text)
+            fetched = await self._fetch(domain, record.id, now)
         except (RouteError, StsFetchError, StsSyntaxError) as exc:
             self._failed[domain] = (record.id, now + FAILED_FETCH_BACKOFF)
             keeps = "cached" if usable is not None else "none"
             log.warning("domain=%s status=mta-sts-unusable policy=%s reason=%r", domain, keeps, str(exc))
-            return usable
+            return StsLookup(kept.policy, kept.text, _failure_type(exc), str(exc))
         self._failed.pop(domain, None)
-        fetched = CachedPolicy(record.id, now, text, policy)
+        return StsLookup(fetched.policy, fetched.text)
+
+    async def _fetch(self, domain: str, record_id: str, now: float) -> CachedPolicy:
+        host = f"mta-sts.{domain}"
+        addresses = await self._resolver.addresses(host)
+        text = await fetch_policy(host, addresses, self._port, self._context, timeout=self._timeout)
+        fetched = CachedPolicy(record_id, now, text, parse_policy(text))
         self._memory[domain] = fetched
         await asyncio.to_thread(self._store, domain, fetched)
-        log.info("domain=%s status=mta-sts-fetched id=%s mode=%s", domain, record.id, policy.mode)
-        return policy
+        log.info("domain=%s status=mta-sts-fetched id=%s mode=%s", domain, record_id, fetched.policy.mode)
+        return fetched
 
     async def _record(self, domain: str) -> StsRecord | None:
         """§3.1: of the TXT records at ``_mta-sts``, those starting ``v=STSv1``; exactly one of
@@ -151,6 +175,15 @@ class StsPolicies:
             durable.replace_file(path, json.dumps(data).encode("utf-8"))
         except OSError as exc:
             log.warning("domain=%s status=mta-sts-cache-unwritable error=%r", domain, exc.strerror)
+
+
+def _failure_type(exc: Exception) -> str:
+    """RFC 8460 §4.3.2.2: the result type of a policy that could not be had."""
+    if isinstance(exc, StsSyntaxError):
+        return "sts-policy-invalid"
+    if isinstance(exc, StsWebPkiError):
+        return "sts-webpki-invalid"
+    return "sts-policy-fetch-error"
 
 
 def _load(path: Path) -> CachedPolicy | None:

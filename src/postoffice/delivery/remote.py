@@ -63,7 +63,7 @@ from postoffice.delivery.remote_results import (
 )
 from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
 from postoffice.delivery.tls_policy import DomainSecurity, TransportSecurity
-from postoffice.delivery.tlsrpt import TlsReportStore, local_address, note_session
+from postoffice.delivery.tlsrpt import NO_POLICY, TlsPolicy, TlsReportStore, local_address, note_session
 from postoffice.errors import (
     LocalProtocolError,
     SmtpClientError,
@@ -328,7 +328,9 @@ class RemoteAgent:
         self, endpoint: Endpoint, destination: str, security: DomainSecurity | None, policy: str
     ) -> Session:
         """:meth:`_open` with the message's ``policy``, or under the host's requirement
-        (delivery/tls_policy.py) when there is one; REQUIRETLS's "verify" is never weakened."""
+        (delivery/tls_policy.py) when there is one; REQUIRETLS's "verify" is never weakened.
+        The session's TLS is counted for the TLS report under the requirement's policy; a
+        DANE session only once its certificate has been checked."""
         report = None if self.settings.relay else destination
         if security is None:
             return await self._open(endpoint, policy, report=report)
@@ -336,21 +338,38 @@ class RemoteAgent:
         if requirement.refusal is not None:
             raise _HostFailed(requirement.refusal, endpoint.host)
         tls = "verify" if policy == "verify" and requirement.tls == "may" else requirement.tls
+        if requirement.reported:
+            report = None
+        dane = requirement.dane is not None
         try:
-            session = await self._open(endpoint, tls, report=report)
+            session = await self._open(
+                endpoint, tls, report=report, tls_policy=requirement.report, count_success=not dane
+            )
         except _HostFailed as failure:
             raise _HostFailed(security.failed(endpoint, requirement, failure.reply), endpoint.host) from None
-        problem = security.check(endpoint, requirement, session.client)
+        problem = await security.check(endpoint, requirement, session.client)
         if problem is not None:
             self._pool.close(session)
             raise _HostFailed(problem, endpoint.host)
+        if dane:
+            await note_session(
+                self._tls_reports, report, endpoint, session.local, session.client, None, requirement.report
+            )
         return session
 
     async def _open(
-        self, endpoint: Endpoint, policy: str, *, allow_tls: bool = True, report: str | None = None
+        self,
+        endpoint: Endpoint,
+        policy: str,
+        *,
+        allow_tls: bool = True,
+        report: str | None = None,
+        tls_policy: TlsPolicy = NO_POLICY,
+        count_success: bool = True,
     ) -> Session:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured; the TLS result
-        is counted for ``report``, the policy domain (RFC 8460), when TLS was tried."""
+        is counted for ``report``, the policy domain (RFC 8460), under ``tls_policy`` when TLS
+        was tried (a success only with ``count_success``)."""
         settings = self.settings
         sock = await self._connect_socket(endpoint)
         local = local_address(sock)
@@ -381,16 +400,16 @@ class RemoteAgent:
             await client.connect(sock)
         except SmtpClientError as exc:
             if isinstance(exc, SmtpTlsError | SmtpConnectError) and client.greeting is not None and allow_tls:
-                await note_session(self._tls_reports, report, endpoint, local, client, str(exc))
+                await note_session(self._tls_reports, report, endpoint, local, client, str(exc), tls_policy)
             if policy == "may" and starttls_broke(client, exc):
                 # Opportunistic TLS failed: the connection is unusable, so try again in
                 # plaintext, as Postfix does at security level "may".
                 log.info("relay=%s status=tls-failed reason=%r fallback=plaintext", where, str(exc))
                 return await self._open(endpoint, policy, allow_tls=False)
             raise _HostFailed(open_failure(client, where, exc), host) from None
-        if allow_tls and policy != "none":
-            await note_session(self._tls_reports, report, endpoint, local, client, None)
-        return Session(client, endpoint, time.monotonic())
+        if allow_tls and policy != "none" and count_success:
+            await note_session(self._tls_reports, report, endpoint, local, client, None, tls_policy)
+        return Session(client, endpoint, time.monotonic(), local=local)
 
     def _tls(self, policy: str) -> tuple[TlsMode, ssl.SSLContext]:
         """The client's TLS mode and context for a policy (``none``/``may``/``require``/``verify``

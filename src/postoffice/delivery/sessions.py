@@ -34,6 +34,7 @@ class Session:
     endpoint: Endpoint
     created: float
     idle_timer: asyncio.TimerHandle | None = None
+    local: str = ""  # our address on the connection (a TLS report's sending-mta-ip)
 
     @property
     def remote_mta(self) -> str:

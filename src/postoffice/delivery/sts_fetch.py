@@ -31,6 +31,11 @@ class StsFetchError(Exception):
     """The policy could not be fetched; the message says why, in one line."""
 
 
+class StsWebPkiError(StsFetchError):
+    """The policy host's certificate was not accepted, or its TLS failed (RFC 8460
+    ``sts-webpki-invalid``)."""
+
+
 async def fetch_policy(
     host: str,
     addresses: Sequence[str],
@@ -52,7 +57,9 @@ async def fetch_policy(
         except TimeoutError:
             failure = StsFetchError(f"{host}[{address}]: no complete answer within {timeout:g}s")
         except httpx.TransportError as exc:
-            failure = StsFetchError(f"{host}[{address}]: {_transport_reason(exc)}")
+            reason, webpki = _transport_reason(exc)
+            kind = StsWebPkiError if webpki else StsFetchError
+            failure = kind(f"{host}[{address}]: {reason}")
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ValueError) as exc:
             # Anything else the server's answer or the name can make httpx or h11 raise.
             raise StsFetchError(f"{host}[{address}]: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -104,14 +111,15 @@ def _check_response(response: httpx.Response) -> None:
         raise StsFetchError("a compressed policy (not asked for)")
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
-    """One line: the TLS error under httpx's and httpcore's wrappers when there is one."""
+def _transport_reason(exc: httpx.TransportError) -> tuple[str, bool]:
+    """One line: the TLS error under httpx's and httpcore's wrappers when there is one; and
+    whether it was TLS (the certificate) that failed."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"certificate not accepted: {cause.verify_message or cause.reason}"
+            return f"certificate not accepted: {cause.verify_message or cause.reason}", True
         if isinstance(cause, ssl.SSLError):
-            return f"TLS failed: {cause.reason or cause}"
+            return f"TLS failed: {cause.reason or cause}", True
         cause = cause.__cause__ or cause.__context__
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return text.splitlines()[0][:200], False

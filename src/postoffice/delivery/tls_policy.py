@@ -17,18 +17,30 @@ For each destination domain, then each MX host, in this order:
 
 A host that cannot meet its requirement fails with ``451 4.7.5`` and the next MX is tried; when
 none can, the message waits for the next retry. :meth:`DomainSecurity.outcome` is the one place
-an outbound TLS result is known (successes and failures), and logs it in one line.
+an outbound TLS policy result is known (successes and failures), and logs it in one line.
+
+TLS reporting (RFC 8460, :mod:`postoffice.delivery.tlsrpt`): each host's :class:`Requirement`
+carries the policy a report names (``sts`` with the policy's lines and MX patterns, ``tlsa``
+with the TLSA records, else ``no-policy-found``), and the remote agent counts each session's
+TLS under it. The failures that come before a session or instead of one are counted here, by
+:meth:`DomainSecurity.outcome`: an MX host an MTA-STS policy does not list
+(``validation-failure``), a TLSA lookup that failed (``dnssec-invalid``), a certificate no
+TLSA record matches (``tlsa-invalid``), a policy that could not be fetched
+(``sts-policy-fetch-error``, ``sts-policy-invalid``, ``sts-webpki-invalid``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from postoffice.client.connection import SmtpClient
 from postoffice.delivery.dane import DanePolicy, Tlsa, check_certificate, dane_policy, tlsa_name
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError
-from postoffice.delivery.mtasts import StsPolicies
+from postoffice.delivery.mtasts import NO_STS, StsLookup, StsPolicies
+from postoffice.delivery.tlsrpt import NO_POLICY, TlsPolicy, TlsReportStore
 from postoffice.mailauth.mta_sts import StsPolicy
 from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
@@ -47,6 +59,10 @@ class Requirement:
     tls: str
     dane: DanePolicy | None = None
     refusal: Reply | None = None
+    # The policy a TLS report names (RFC 8460 §4.4); ``reported``: this host's result is
+    # already counted (an MX host a testing policy does not list), the session is not.
+    report: TlsPolicy = NO_POLICY
+    reported: bool = False
 
 
 OPPORTUNISTIC = Requirement("opportunistic", "may")
@@ -55,25 +71,60 @@ OPPORTUNISTIC = Requirement("opportunistic", "may")
 class TransportSecurity:
     """Builds each destination's :class:`DomainSecurity` (one per delivery attempt)."""
 
-    def __init__(self, resolver: MxResolver, sts: StsPolicies | None, *, dane: bool) -> None:
+    def __init__(
+        self,
+        resolver: MxResolver,
+        sts: StsPolicies | None,
+        *,
+        dane: bool,
+        reports: TlsReportStore | None = None,
+    ) -> None:
+        """``reports``: where the policy failures are counted for TLS reporting (RFC 8460)."""
         self._resolver = resolver
         self._sts = sts
         self._dane = dane
+        self.reports = reports
 
     async def for_domain(self, domain: str) -> DomainSecurity:
-        policy = await self._sts.policy_for(domain) if self._sts is not None else None
-        if policy is not None and policy.mode == "none":
-            policy = None
-        return DomainSecurity(domain, policy, self._resolver if self._dane else None)
+        found = await self._sts.lookup(domain) if self._sts is not None else NO_STS
+        security = DomainSecurity(domain, found, self._resolver if self._dane else None, self.reports)
+        if found.failure:
+            await security.outcome(None, "mta-sts", found.failure, found.reason)
+        return security
+
+
+def sts_report(domain_sts: StsLookup) -> TlsPolicy:
+    """RFC 8460 §4.4: an ``sts`` policy's strings are its lines, its mx-host the patterns."""
+    policy = domain_sts.policy
+    if policy is None:
+        return TlsPolicy("sts")
+    lines = tuple(line for line in domain_sts.text.replace("\r\n", "\n").split("\n") if line)
+    return TlsPolicy("sts", lines, policy.mx)
+
+
+def tlsa_report(records: list[Tlsa]) -> TlsPolicy:
+    """RFC 8460 §4.4: a ``tlsa`` policy's strings are its records in presentation form."""
+    return TlsPolicy(
+        "tlsa", tuple(f"{r.usage} {r.selector} {r.matching} {r.data.hex().upper()}" for r in records)
+    )
 
 
 class DomainSecurity:
     """The TLS requirements for one destination domain's MX hosts."""
 
-    def __init__(self, domain: str, sts: StsPolicy | None, dane_resolver: MxResolver | None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        sts: StsLookup,
+        dane_resolver: MxResolver | None,
+        reports: TlsReportStore | None = None,
+    ) -> None:
         self.domain = domain
-        self.sts = sts
+        # A policy of mode "none" asks nothing (RFC 8461 §5).
+        self.sts: StsPolicy | None = sts.policy if sts.policy and sts.policy.mode != "none" else None
+        self._sts_report = sts_report(sts)
         self._dane_resolver = dane_resolver
+        self._reports = reports
 
     async def for_host(self, endpoint: Endpoint) -> Requirement:
         if self._dane_resolver is not None:
@@ -83,17 +134,21 @@ class DomainSecurity:
         sts = self.sts
         if sts is None:
             return OPPORTUNISTIC
+        report = self._sts_report
         if sts.mode == "testing":
-            if not sts.allows(endpoint.host):
-                self.outcome(
+            listed = sts.allows(endpoint.host)
+            if not listed:
+                await self.outcome(
                     endpoint, "mta-sts-testing", "validation-failure", "MX not listed; delivered (testing)"
                 )
-            return Requirement("mta-sts-testing", "may")
+            return Requirement("mta-sts-testing", "may", report=report, reported=not listed)
         if not sts.allows(endpoint.host):
+            # RFC 8460 §4.3 has no type of its own for an MX host the policy does not list:
+            # "validation-failure", as other senders report it.
             refusal = replies.policy_mx_refused(endpoint.host, self.domain)
-            self.outcome(endpoint, "mta-sts", "validation-failure", str(refusal))
-            return Requirement("mta-sts", "verify", refusal=refusal)
-        return Requirement("mta-sts", "verify")
+            await self.outcome(endpoint, "mta-sts", "validation-failure", str(refusal))
+            return Requirement("mta-sts", "verify", refusal=refusal, report=report)
+        return Requirement("mta-sts", "verify", report=report)
 
     async def _dane(self, endpoint: Endpoint) -> Requirement | None:
         """DANE's requirement for the host, or None when its TLSA records are absent or not
@@ -106,8 +161,8 @@ class DomainSecurity:
             # §2.2: a failed TLSA lookup (a validating resolver's SERVFAIL for bogus data)
             # makes the host unusable, never a reason to deliver without DANE.
             refusal = replies.policy_tls_failed(endpoint.host, "DANE", f"TLSA lookup failed ({exc.reply})")
-            self.outcome(endpoint, "dane", "dnssec-invalid", str(refusal))
-            return Requirement("dane", "require", refusal=refusal)
+            await self.outcome(endpoint, "dane", "dnssec-invalid", str(refusal), TlsPolicy("tlsa"))
+            return Requirement("dane", "require", refusal=refusal, report=TlsPolicy("tlsa"))
         if answer is None or not answer.response.flags & AD_FLAG:
             return None
         records = [Tlsa(rr.usage, rr.selector, rr.mtype, bytes(rr.cert)) for rr in answer]
@@ -120,21 +175,22 @@ class DomainSecurity:
                 policy.unusable,
                 len(policy.records),
             )
-        return Requirement("dane", "require", dane=policy)
+        return Requirement("dane", "require", dane=policy, report=tlsa_report(records))
 
-    def check(self, endpoint: Endpoint, requirement: Requirement, client: SmtpClient) -> Reply | None:
+    async def check(self, endpoint: Endpoint, requirement: Requirement, client: SmtpClient) -> Reply | None:
         """After STARTTLS: None when the connection meets ``requirement``, else the failure."""
         if requirement.dane is not None:
             problem = check_certificate(requirement.dane, client.peer_certificate())
             if problem is not None:
                 failure = replies.policy_tls_failed(endpoint.host, "DANE", problem)
-                self.outcome(endpoint, "dane", "validation-failure", str(failure))
+                # RFC 8460 §4.3.2.1: no record of the RRset matched.
+                await self.outcome(endpoint, "dane", "tlsa-invalid", str(failure), requirement.report)
                 return failure
         if not client.tls_active:  # only "may" gets here without TLS
             if requirement.source == "mta-sts-testing":
-                self.outcome(endpoint, requirement.source, "starttls-not-supported", "delivered (testing)")
+                self._log(endpoint, requirement.source, "starttls-not-supported", "delivered (testing)")
             return None
-        self.outcome(endpoint, requirement.source, "success", "")
+        self._log(endpoint, requirement.source, "success", "")
         return None
 
     def failed(self, endpoint: Endpoint, requirement: Requirement, reply: Reply) -> Reply:
@@ -144,13 +200,37 @@ class DomainSecurity:
             policy = "DANE" if requirement.source == "dane" else f"MTA-STS policy of {self.domain}"
             kind = "starttls-not-supported" if reply.enhanced == "4.7.4" else "certificate-not-trusted"
             reply = replies.policy_tls_failed(endpoint.host, policy, reply.text)
-            self.outcome(endpoint, requirement.source, kind, str(reply))
+            # The session's TLS failure is counted by the remote agent (with finer types).
+            self._log(endpoint, requirement.source, kind, str(reply))
         return reply
 
-    def outcome(self, endpoint: Endpoint, source: str, result: str, detail: str) -> None:
-        """The result of the TLS policy for one MX host: "success", or the failure as an RFC 8460
-        §4.3 result type ("starttls-not-supported", "certificate-not-trusted",
-        "validation-failure", "dnssec-invalid"). TLS reporting hooks in here."""
+    async def outcome(
+        self,
+        endpoint: Endpoint | None,
+        source: str,
+        result: str,
+        detail: str,
+        report: TlsPolicy | None = None,
+    ) -> None:
+        """A policy failure before a session or instead of one, as an RFC 8460 §4.3 result type
+        ("validation-failure", "dnssec-invalid", "tlsa-invalid", "sts-policy-fetch-error",
+        ...): logged, and counted for TLS reporting under ``report`` (default: the domain's
+        MTA-STS policy). ``endpoint`` None: the domain's policy itself failed."""
+        self._log(endpoint, source, result, detail)
+        if self._reports is None:
+            return
+        policy = self._sts_report if report is None else report
+        host = endpoint.host if endpoint is not None else ""
+        address = endpoint.address if endpoint is not None else ""
+        try:
+            await asyncio.to_thread(
+                self._reports.record_failure, self.domain, policy, result, "", host, address
+            )
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            log.warning("event=tlsrpt-not-recorded domain=%s reason=%r", self.domain, str(exc))
+
+    def _log(self, endpoint: Endpoint | None, source: str, result: str, detail: str) -> None:
+        """One line for the result of the TLS policy for one MX host (or the domain)."""
         if result == "success" and source == "opportunistic":
             return
         level = logging.INFO if result == "success" or source == "mta-sts-testing" else logging.WARNING
@@ -158,7 +238,7 @@ class DomainSecurity:
             level,
             "domain=%s host=%s policy=%s tls_result=%s detail=%r",
             self.domain,
-            endpoint.host,
+            endpoint.host if endpoint is not None else "-",
             source,
             result,
             detail,

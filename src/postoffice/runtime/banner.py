@@ -22,7 +22,7 @@ def web_url(address: HttpAddress) -> str:
     """The web UI's URL for a browser on this machine (a wildcard address means loopback)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{address.port}/"
+    return f"{address.scheme}://{shown}:{address.port}/"
 
 
 def banner(

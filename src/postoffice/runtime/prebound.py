@@ -58,7 +58,7 @@ def bind(config: Config) -> Prebound:
             sockets, listeners = reserve_listeners(listeners, reuse_port=count > 1)
             smtp.append(tuple(zip(listeners, sockets, strict=True)))
         for listener in config.http_listeners:
-            http.append(bind_http(listener.host, listener.port))
+            http.append(bind_http(listener.host, listener.port, kind=listener.kind))
         for listener in config.acme_listeners:
             acme.append(bind_http(listener.host, listener.port, kind="acme_http"))
         if count == 1 and config.pop3_listeners:

@@ -7,8 +7,8 @@ only loopback names when the API is open), since other mail servers ask for it b
 name; every other request goes on to the application unchanged.
 
 Senders fetch the policy over HTTPS with a certificate valid for ``mta-sts.DOMAIN`` (§3.3):
-the web listener here speaks plain HTTP, so a TLS-terminating proxy (or an HTTPS listener)
-in front of it serves that name.
+``[listen] https`` serves it with the server's certificate (ACME's includes those names), or a
+TLS-terminating proxy in front of the plain HTTP listener does.
 """
 
 from __future__ import annotations

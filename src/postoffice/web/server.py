@@ -6,6 +6,12 @@ Untrusted input seen here: HTTP connections, parsed by uvicorn (h11) before they
 We bind the sockets ourselves: a busy port is then a ``ListenError`` the caller reports in one
 line (uvicorn would ``sys.exit``), and port 0 tells us which port it got. Signals stay with
 the application: uvicorn's own handlers are not installed.
+
+HTTPS listeners (``[listen] https``) are served by a second uvicorn server with the SMTP
+listeners' own ``ssl.SSLContext`` (:class:`postoffice.net.tls.ServerTls`): its servername
+callback moves each handshake onto the newest certificate, so an ACME renewal or a SIGHUP
+reaches HTTPS without a restart, as it reaches SMTP. (uvicorn would build a context of its own
+from files, read once.)
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,10 +36,16 @@ SHUTDOWN_GRACE = 5
 class HttpAddress:
     host: str
     port: int
+    scheme: str = "http"  # or "https"
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http {host}:{self.port}"
+        return f"{self.scheme} {host}:{self.port}"
+
+
+def address_of(sock: socket.socket, scheme: str = "http") -> HttpAddress:
+    name = sock.getsockname()
+    return HttpAddress(str(name[0]), int(name[1]), scheme)
 
 
 class _Server(uvicorn.Server):
@@ -75,28 +88,48 @@ class HttpServer:
         *,
         sockets: Sequence[socket.socket] | None = None,
         kind: str = "http",
+        secure: Sequence[bool] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``sockets``: listening already (made by :func:`bind_http` in a parent process),
-        served instead of binding ``addresses``; ``kind`` names the listener in errors."""
+        served instead of binding ``addresses``; ``kind`` names the listener in errors.
+        ``secure``: which of the addresses (or sockets), in order, serve HTTPS with ``tls``."""
         self._kind = kind
         self._app = app
         self._addresses = addresses
         self._sockets = sockets
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._secure = secure
+        self._tls = tls
+        self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
         self.bound: list[HttpAddress] = []
 
     async def start(self) -> list[HttpAddress]:
         sockets: list[socket.socket] = list(self._sockets or ())
         try:
             if self._sockets is None:
-                for host, port in self._addresses:
-                    sockets.append(bind_http(host, port, kind=self._kind))
+                for number, (host, port) in enumerate(self._addresses):
+                    kind = "https" if self._is_secure(number) else self._kind
+                    sockets.append(bind_http(host, port, kind=kind))
         except BaseException:
             for sock in sockets:
                 sock.close()
             raise
-        self.bound = [HttpAddress(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in sockets]
+        plain = [sock for number, sock in enumerate(sockets) if not self._is_secure(number)]
+        secure = [sock for number, sock in enumerate(sockets) if self._is_secure(number)]
+        self.bound = [address_of(sock) for sock in plain] + [address_of(sock, "https") for sock in secure]
+        try:
+            for group, tls in ((plain, None), (secure, self._tls)):
+                if group:
+                    await self._serve(group, tls)
+        except BaseException:
+            await self.stop()
+            raise
+        return self.bound
+
+    def _is_secure(self, number: int) -> bool:
+        return number < len(self._secure) and self._secure[number]
+
+    async def _serve(self, sockets: list[socket.socket], tls: ssl.SSLContext | None) -> None:
         config = uvicorn.Config(
             self._app,
             lifespan="off",
@@ -106,23 +139,29 @@ class HttpServer:
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
             ws="none",
         )
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=sockets), name="postoffice-http")
-        while not self._server.started and not self._task.done():
+        if tls is not None:
+            config.load()  # serve() loads only an unloaded config: the shared context stays
+            config.ssl = tls
+        server = _Server(config)
+        name = "postoffice-https" if tls is not None else "postoffice-http"
+        task = asyncio.create_task(server.serve(sockets=sockets), name=name)
+        self._servers.append((server, task))
+        while not server.started and not task.done():
             await asyncio.sleep(0.01)
-        if self._task.done():
-            self._task.result()  # raises what went wrong
-        return self.bound
+        if task.done():
+            task.result()  # raises what went wrong
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), SHUTDOWN_GRACE * 2)
-        except TimeoutError:
-            self._server.force_exit = True
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._server = None
+        servers, self._servers = self._servers, []
+        for server, _ in servers:
+            server.should_exit = True
+        for server, task in servers:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE * 2)
+            except TimeoutError:
+                server.force_exit = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            except Exception:  # a server that failed to start has said so already
+                continue

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import socket
+import ssl
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -117,9 +118,11 @@ class WebService:
         extra_routes: Sequence[BaseRoute] = (),
         share: WebShare | None = None,
         sockets: Sequence[socket.socket] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
-        listeners, bound already (before root was given up); None: it binds its own."""
+        listeners, bound already (before root was given up); None: it binds its own. ``tls``:
+        the server's context (:class:`postoffice.net.tls.ServerTls`), for ``[listen] https``."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
@@ -138,6 +141,8 @@ class WebService:
             self.app,
             [(listener.host, listener.port) for listener in config.http_listeners],
             sockets=share.sockets if share is not None else sockets,
+            secure=[listener.kind == "https" for listener in config.http_listeners],
+            tls=tls,
         )
         self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None

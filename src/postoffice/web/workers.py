@@ -20,7 +20,7 @@ from postoffice.config import Config
 from postoffice.storage import MailboxStore
 from postoffice.web.feed import IndexFeed, close_all, feed_streams
 from postoffice.web.index import MailIndex
-from postoffice.web.server import HttpAddress, bind_http
+from postoffice.web.server import HttpAddress, address_of, bind_http
 from postoffice.web.service import INDEX_BATCH, INDEX_LINGER, MAX_BACKLOG, WebShare
 from postoffice.web.watch import MaildirWatcher
 
@@ -49,14 +49,15 @@ class WorkersWeb:
                 self._sockets = list(sockets)
             else:
                 for listener in config.http_listeners:
-                    self._sockets.append(bind_http(listener.host, listener.port))
+                    self._sockets.append(bind_http(listener.host, listener.port, kind=listener.kind))
             self._streams = feed_streams(config.workers)
         except BaseException:
             self.close()
             raise
         # Named in the banner, which the parent prints after handing the sockets over.
         self.addresses = [
-            HttpAddress(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._sockets
+            address_of(sock, listener.kind)
+            for listener, sock in zip(config.http_listeners, self._sockets, strict=True)
         ]
 
     def share(self, index: int) -> WebShare | None:
