@@ -51,6 +51,7 @@ from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.certwatch import CertificateWatch
+from postoffice.net.imap import imap_server
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -182,7 +183,8 @@ def needs_tls(config: Config) -> bool:
     (aiosmtplib does by default) would fail against a self-signed one.
     """
     submission = any(listener.kind != "smtp" for listener in config.listeners)
-    return submission or bool(config.pop3_listeners) or has_certificate(config) or not config.capture_mode
+    mail_access = bool(config.pop3_listeners or config.imap_listeners)
+    return submission or mail_access or has_certificate(config) or not config.capture_mode
 
 
 def has_certificate(config: Config) -> bool:
@@ -258,6 +260,8 @@ class Application:
         )
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
+        # IMAP (RFC 9051) over the same mailboxes, if asked for; with workers, worker 0's.
+        self.imap = imap_server(config, self.security, self.mailboxes, serve=worker_index in (None, 0))
         self.operations, self.reporter = self._operations(worker_index)
         self.daily_reports = self._daily_reports(clock) if worker_index in (None, 0) else None
         if config.http_listeners:
@@ -383,8 +387,8 @@ class Application:
             hostname=config.hostname,
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
-            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 is not None else ())],
-            sessions=lambda: len(self.smtp.sessions),
+            listeners=lambda: [*self.smtp.bound, *(self.pop3.bound if self.pop3 else ()), *self.imap.bound],
+            sessions=lambda: len(self.smtp.sessions) + self.imap.open_sessions,
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
         )
@@ -459,7 +463,7 @@ class Application:
         need a restart and are reported if changed.
         """
         kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
-        kept += ("acme", "acme_http_listeners", "local_socket", "pop3_listeners")
+        kept += ("acme", "acme_http_listeners", "local_socket", "pop3_listeners", "imap_listeners")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
@@ -508,6 +512,7 @@ class Application:
         try:
             if self.pop3 is not None:
                 bound = [*bound, *await self.pop3.start(sockets=pop3_sockets)]
+            bound = [*bound, *await self.imap.start()]
             if self.web is not None:
                 self.http_addresses = await self.web.start()
             if self.acme_http is not None:
@@ -516,6 +521,7 @@ class Application:
             await self.smtp.stop(0)
             if self.pop3 is not None:
                 await self.pop3.stop(0)
+            await self.imap.stop()
             if self.web is not None:
                 await self.web.stop()
             raise
@@ -555,6 +561,7 @@ class Application:
         await self.smtp.stop(grace)
         if self.pop3 is not None:
             await self.pop3.stop(grace)
+        await self.imap.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.daily_reports is not None:

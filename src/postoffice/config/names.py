@@ -92,6 +92,10 @@ LISTENER_KINDS = ("smtp", "submission", "smtps")
 #   pop3        POP3 with STLS (RFC 2595, port 110)
 #   pop3s       POP3 over implicit TLS (RFC 8314 §3.3, port 995)
 POP3_LISTENER_KINDS = ("pop3", "pop3s")
+# IMAP for mail clients, likewise (Config.imap_listeners, not Config.listeners):
+#   imap        RFC 9051 IMAP (port 143): STARTTLS, LOGINDISABLED before it except on loopback
+#   imaps       RFC 8314 implicit TLS IMAP (port 993)
+IMAP_KINDS = ("imap", "imaps")
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,9 +185,9 @@ def _serve_workers(
 
     def announce(worker_config: Config) -> None:
         web.start_indexing()
-        bound = [
-            BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
-        ]
+        # IMAP runs in the first worker, on the configured addresses.
+        listeners = (*worker_config.listeners, *worker_config.imap_listeners)
+        bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
         banner(config, bound, web.addresses, None)
 
     # One local socket for all the workers, bound here (as the server's user, so its file is
