@@ -500,6 +500,7 @@ class Application:
         sockets: Sequence[BoundSocket] | None = None,
         local: socket.socket | None = None,
         pop3_sockets: Sequence[BoundSocket] | None = None,
+        imap_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
@@ -512,7 +513,7 @@ class Application:
         try:
             if self.pop3 is not None:
                 bound = [*bound, *await self.pop3.start(sockets=pop3_sockets)]
-            bound = [*bound, *await self.imap.start()]
+            bound = [*bound, *await self.imap.start(sockets=imap_sockets)]
             if self.web is not None:
                 self.http_addresses = await self.web.start()
             if self.acme_http is not None:

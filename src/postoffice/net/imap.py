@@ -39,7 +39,7 @@ from postoffice.imapd.dispatch import execute
 from postoffice.imapd.session import No, Session
 from postoffice.net.listeners import Security, is_loopback
 from postoffice.net.login import Authenticator
-from postoffice.net.server import BoundAddress
+from postoffice.net.server import BoundAddress, BoundSocket
 from postoffice.net.tls import SHUTDOWN_TIMEOUT, ServerTls
 from postoffice.smtp import replies, sasl
 from postoffice.storage import MailboxStore
@@ -108,28 +108,40 @@ class ImapServer:
         self._per_client: Counter[str] = Counter()
         self._per_user: Counter[str] = Counter()
 
-    async def start(self) -> list[BoundAddress]:
-        for listener in self.listeners:
+    async def start(self, *, sockets: Sequence[BoundSocket] | None = None) -> list[BoundAddress]:
+        """Listen on every IMAP listener; ListenError if one cannot. ``sockets``: bound already
+        (as root, before the server became its user), listened on instead of binding."""
+        pairs: Sequence[tuple[Listener, socket.socket | None]] = (
+            [(listener, None) for listener in self.listeners] if sockets is None else sockets
+        )
+        for listener, sock in pairs:
             context = None
             if listener.kind == "imaps":
                 if self.services.tls is None:
                     raise ConfigError("implicit TLS needs a certificate", key="listen.imaps")
                 context = self.services.tls.context
+            callback = functools.partial(self._connected, kind=listener.kind)
+            timeout = SHUTDOWN_TIMEOUT if context else None
             try:
-                server = await asyncio.start_server(
-                    functools.partial(self._connected, kind=listener.kind),
-                    listener.host,
-                    listener.port,
-                    ssl=context,
-                    family=socket.AF_UNSPEC,
-                    reuse_address=True,
-                    ssl_shutdown_timeout=SHUTDOWN_TIMEOUT if context else None,
-                )
+                if sock is not None:
+                    server = await asyncio.start_server(
+                        callback, sock=sock, ssl=context, ssl_shutdown_timeout=timeout
+                    )
+                else:
+                    server = await asyncio.start_server(
+                        callback,
+                        listener.host,
+                        listener.port,
+                        ssl=context,
+                        family=socket.AF_UNSPEC,
+                        reuse_address=True,
+                        ssl_shutdown_timeout=timeout,
+                    )
             except OSError as exc:
                 raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
             self._servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
+            for listening in server.sockets:
+                host, port = listening.getsockname()[:2]
                 self.bound.append(BoundAddress(listener.kind, host, port))
         return self.bound
 

@@ -149,7 +149,12 @@ async def _start_listening(
         if worker is None:
             if prebound is None:
                 return await app.start(local=local)
-            return await app.start(sockets=prebound.smtp[0], pop3_sockets=prebound.pop3 or None, local=local)
+            return await app.start(
+                sockets=prebound.smtp[0],
+                pop3_sockets=prebound.pop3 or None,
+                imap_sockets=prebound.imap or None,
+                local=local,
+            )
         return await app.start(
             recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
         )
