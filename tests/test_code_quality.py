@@ -24,6 +24,19 @@ PACKAGE = ROOT / "src" / "postoffice"
 
 # module prefix -> imports it must never make (prefixes of module names)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # The IMAP core is sans-I/O like the SMTP one: bytes in, bytes out, fuzzable alone.
+    "postoffice.imap": (
+        "asyncio",
+        "socket",
+        "ssl",
+        "os",
+        "time",
+        "postoffice.net",
+        "postoffice.storage",
+        "postoffice.maildir",
+        "postoffice.accounts",
+        "postoffice.config",
+    ),
     "postoffice.smtp": (
         "asyncio",
         "socket",
@@ -174,6 +187,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.config",
         "postoffice.smtp",
         "postoffice.pop3",
+        "postoffice.imap",
         "postoffice.trace",
         "postoffice.durable",
         "postoffice.dns_resolver",
@@ -196,7 +210,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # The transaction layer: the SMTP core's events through stages of checks (policy, limits,
     # trace fields, mail authentication), into the storage seam's writer; below the transport
     # that drives it.
-    ("postoffice.smtpd",),
+    ("postoffice.smtpd", "postoffice.imapd"),
     # Receiving (net), the agents that deliver (delivery), the queue manager that drives them
     # through the protocol (qmgr), and what workers report to the one serving /metrics.
     ("postoffice.net", "postoffice.delivery", "postoffice.qmgr", "postoffice.worker_reports"),

@@ -30,6 +30,7 @@ NOT_KEYS = {
     "acme_http_listeners",
     "acme",
     "pop3_listeners",
+    "imap_listeners",
     "limits",
     "queue",
     "delivery",

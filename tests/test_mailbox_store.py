@@ -112,7 +112,17 @@ def test_a_message_is_found_at_its_location_or_wherever_it_went(store: MailboxSt
 
 def test_a_location_is_never_a_path_of_its_own(store: MailboxStore) -> None:
     stored = deliver(store, "ann@example.test", "Q7_0")
-    for location in ("../../../etc/passwd", "tmp/" + stored.key, "/etc/passwd", "cur/../new/x"):
+    for location in (
+        "../../../etc/passwd",
+        "tmp/" + stored.key,
+        "/etc/passwd",
+        "cur/../new/x",
+        f"./new/{stored.location}",
+        f"../new/{stored.location}",
+        f".Sent/../{stored.location}",
+        f".a..b/{stored.location}",
+        f"./{stored.location}",
+    ):
         assert store.look_up("ann@example.test", {stored.key: [location]}) == {}
         bogus = StoredMessage(stored.mailbox, stored.key, location)
         with pytest.raises(MessageGone):
@@ -121,6 +131,63 @@ def test_a_location_is_never_a_path_of_its_own(store: MailboxStore) -> None:
     other_key = StoredMessage(stored.mailbox, "another", stored.location)
     with pytest.raises(MessageGone):
         store.read(other_key)
+
+
+# --- folders and UIDs, for mail clients --------------------------------------------------------
+
+
+def test_folders_are_made_renamed_and_removed(store: MailboxStore) -> None:
+    deliver(store, "ann@example.test", "Q1_0")
+    assert store.folders("ann@example.test") == ["INBOX"]
+    store.create_folder("ann@example.test", "Sent")
+    store.create_folder("ann@example.test", "Archive/2026")
+    with pytest.raises(FileExistsError):
+        store.create_folder("ann@example.test", "Sent")
+    for bad in ("", "a//b", "..", "a..b", "~x", "a.b", "/x"):
+        with pytest.raises(ValueError):
+            store.create_folder("ann@example.test", bad)
+    store.rename_folder("ann@example.test", "Archive/2026", "Old")
+    assert store.folders("ann@example.test") == ["INBOX", "Old", "Sent"]
+    store.delete_folder("ann@example.test", "Old")
+    assert store.folders("ann@example.test") == ["INBOX", "Sent"]
+    with pytest.raises(FileNotFoundError):
+        store.listing("ann@example.test", "Old")
+
+
+def test_uids_ascend_stay_and_are_never_reused(store: MailboxStore) -> None:
+    first = deliver(store, "ann@example.test", "Q1_0")
+    deliver(store, "ann@example.test", "Q2_0")
+    listing = store.listing("ann@example.test", None)
+    assert [uid for uid, _ in listing.messages] == [1, 2]
+    assert listing.messages[0][1].key == first.key and listing.uidnext == 3
+    store.expunge(listing.messages[1][1])
+    deliver(store, "ann@example.test", "Q3_0")
+    again = store.listing("ann@example.test", None)
+    assert [uid for uid, _ in again.messages] == [1, 3]
+    assert again.uidvalidity == listing.uidvalidity
+    store.set_flags(again.messages[0][1], "S")
+    assert [(uid, message.flags) for uid, message in store.listing("ann@example.test", None).messages] == [
+        (1, "S"),
+        (3, ""),
+    ]
+
+
+def test_append_copy_and_move_between_folders(store: MailboxStore) -> None:
+    deliver(store, "ann@example.test", "Q1_0")
+    store.create_folder("ann@example.test", "Sent")
+    uid, added = store.add(
+        "ann@example.test", "Sent", b"Subject: sent\r\n\r\nx\r\n", flags="S", received=1.7e9
+    )
+    assert uid == 1 and added.flags == "S" and content(store, added) == b"Subject: sent\r\n\r\nx\r\n"
+    [(_, inbox_message)] = store.listing("ann@example.test", None).messages
+    copy_uid, copied = store.copy(inbox_message, "Sent", move=False)
+    assert copy_uid == 2 and content(store, copied) == content(store, inbox_message)
+    moved_uid, moved = store.copy(store.set_flags(copied, "F"), None, move=True)
+    assert moved_uid == 2 and moved.flags == "F"
+    assert [uid for uid, _ in store.listing("ann@example.test", "Sent").messages] == [1]
+    assert [uid for uid, _ in store.listing("ann@example.test", None).messages] == [1, 2]
+    with pytest.raises(MessageGone):
+        store.copy(copied, None, move=True)  # it was moved away already
 
 
 # --- flags and expunging ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ only root can bind: a listener that works afterwards was bound before root was g
 from __future__ import annotations
 
 import dataclasses
+import imaplib
 import json
 import logging
 import os
@@ -248,12 +249,13 @@ def _files(maildir: Path) -> list[Path]:
 
 
 def test_root_binds_every_listener_then_runs_as_the_user(target: pwd.struct_passwd, shared: Path) -> None:
-    smtp, submission, smtps, http, pop3 = privileged_ports(5)
+    smtp, submission, smtps, http, pop3, imap = privileged_ports(6)
     running = start_root_server(
         shared,
         f'data_dir = "{shared / "data"}"\nhostname = "mx.test"\nuser = "{TARGET}"\n'
         f'[listen]\nsmtp = ["127.0.0.1:{smtp}"]\nsubmission = ["127.0.0.1:{submission}"]\n'
-        f'smtps = ["127.0.0.1:{smtps}"]\nhttp = ["127.0.0.1:{http}"]\npop3 = ["127.0.0.1:{pop3}"]\n',
+        f'smtps = ["127.0.0.1:{smtps}"]\nhttp = ["127.0.0.1:{http}"]\npop3 = ["127.0.0.1:{pop3}"]\n'
+        f'imap = ["127.0.0.1:{imap}"]\n',
     )
     try:
         uid, gid = target.pw_uid, target.pw_gid
@@ -277,6 +279,8 @@ def test_root_binds_every_listener_then_runs_as_the_user(target: pwd.struct_pass
         pop = poplib.POP3("127.0.0.1", pop3, timeout=10)  # bound as root, served as the user
         assert pop.getwelcome().startswith(b"+OK")
         pop.quit()
+        with imaplib.IMAP4("127.0.0.1", imap, timeout=10) as client:  # bound as root, too
+            assert client.noop()[0] == "OK"
 
         # The data directory and everything in it is the user's, made by the user.
         assert stat.S_IMODE(running.data_dir.stat().st_mode) == 0o700

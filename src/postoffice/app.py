@@ -18,7 +18,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import BinaryIO
 
 import dns.resolver
@@ -51,6 +50,7 @@ from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.certwatch import CertificateWatch
+from postoffice.net.imap import imap_server
 from postoffice.net.listeners import Security
 from postoffice.net.login import Authenticator
 from postoffice.net.login_throttle import LoginThrottle
@@ -68,13 +68,13 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
-from postoffice.spool.ids import owner_of
+from postoffice.spool.ids import ownership
 from postoffice.storage import Receiver, StoredMessage
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
-from postoffice.worker_reports import ReportPublisher, read_reports, report_path
+from postoffice.worker_reports import ReportPublisher, read_reports, report_path, workers_directory
 
 log = logging.getLogger("postoffice")
 
@@ -184,7 +184,7 @@ def needs_tls(config: Config) -> bool:
     offers none: client libraries that upgrade whenever STARTTLS is offered and verify the
     certificate (aiosmtplib does by default) would fail against a self-signed one.
     """
-    own_tls = [*config.listeners, *config.pop3_listeners, *config.http_listeners]
+    own_tls = [*config.listeners, *config.pop3_listeners, *config.imap_listeners, *config.http_listeners]
     listening = any(listener.kind not in ("smtp", "http") for listener in own_tls)
     return listening or has_certificate(config) or not config.capture_mode
 
@@ -262,6 +262,8 @@ class Application:
         )
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
+        # IMAP (RFC 9051) over the same mailboxes, if asked for; with workers, worker 0's.
+        self.imap = imap_server(config, self.security, self.mailboxes, serve=worker_index in (None, 0))
         self.operations, self.reporter = self._operations(worker_index)
         self.daily_reports = self._daily_reports(clock) if worker_index in (None, 0) else None
         if config.http_listeners:
@@ -374,11 +376,12 @@ class Application:
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
-            owns=_ownership(worker_index, config.workers),
+            owns=ownership(worker_index, config.workers),
         )
 
     def _listening(self) -> list[BoundAddress | HttpAddress]:
-        return [*self.smtp.bound, *(self.pop3.bound if self.pop3 else ()), *self.http_addresses]
+        pop3 = self.pop3.bound if self.pop3 else ()
+        return [*self.smtp.bound, *pop3, *self.imap.bound, *self.http_addresses]
 
     def _operations(self, worker_index: int | None) -> tuple[Operations, ReportPublisher | None]:
         """The operations side, and for a worker other than 0 what publishes its report."""
@@ -391,7 +394,7 @@ class Application:
             spool_root=config.spool_dir,
             scheduler=self.scheduler,
             listeners=self._listening,
-            sessions=lambda: len(self.smtp.sessions),
+            sessions=lambda: len(self.smtp.sessions) + self.imap.open_sessions,
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
         )
@@ -467,7 +470,7 @@ class Application:
         need a restart and are reported if changed.
         """
         kept: tuple[str, ...] = ("listeners", "data_dir", "proxy_protocol", "user", "group", "mail_file_mode")
-        kept += ("acme", "acme_http_listeners", "local_socket", "pop3_listeners")
+        kept += ("acme", "acme_http_listeners", "local_socket", "pop3_listeners", "imap_listeners")
         for name in kept:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
@@ -504,6 +507,7 @@ class Application:
         sockets: Sequence[BoundSocket] | None = None,
         local: socket.socket | None = None,
         pop3_sockets: Sequence[BoundSocket] | None = None,
+        imap_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
         """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
@@ -516,6 +520,7 @@ class Application:
         try:
             if self.pop3 is not None:
                 bound = [*bound, *await self.pop3.start(sockets=pop3_sockets)]
+            bound = [*bound, *await self.imap.start(sockets=imap_sockets)]
             if self.web is not None:
                 self.http_addresses = await self.web.start()
             if self.acme_http is not None:
@@ -524,6 +529,7 @@ class Application:
             await self.smtp.stop(0)
             if self.pop3 is not None:
                 await self.pop3.stop(0)
+            await self.imap.stop()
             if self.web is not None:
                 await self.web.stop()
             raise
@@ -563,6 +569,7 @@ class Application:
         await self.smtp.stop(grace)
         if self.pop3 is not None:
             await self.pop3.stop(grace)
+        await self.imap.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.daily_reports is not None:
@@ -582,16 +589,3 @@ class Application:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""
         if self.transcript is not None:
             self.transcript.reopen()
-
-
-def _ownership(worker_index: int | None, count: int) -> Callable[[str], bool] | None:
-    """Which queue IDs a worker schedules (None: a single process schedules them all)."""
-    if worker_index is None:
-        return None
-    index = worker_index
-    return lambda queue_id: owner_of(queue_id, count) == index
-
-
-def workers_directory(config: Config) -> Path:
-    """Where workers leave their reports for the one serving the operations endpoints."""
-    return config.data_dir / "workers"

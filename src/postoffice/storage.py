@@ -188,6 +188,21 @@ class MailboxChanges:
 OnChanges = Callable[[MailboxChanges], None]
 
 
+@dataclass(frozen=True, slots=True)
+class FolderListing:
+    """What a mail client sees of one folder (IMAP, RFC 9051 §2.3.1.1): its UIDVALIDITY, the
+    next UID it will give, and its messages with their UIDs, in ascending UID order. UIDs are
+    kept by the store, durably: the same message has the same UID after a restart."""
+
+    uidvalidity: int
+    uidnext: int
+    messages: Sequence[tuple[int, StoredMessage]]
+    # CONDSTORE (RFC 7162): the highest mod-sequence, and each message's (by UID), raised each
+    # time its flags change.
+    highestmodseq: int = 1
+    modseqs: Mapping[int, int] = field(default_factory=dict)
+
+
 class MailboxWatch(Protocol):
     """A running watch of a :class:`MailboxStore` (see :meth:`MailboxStore.watch`)."""
 
@@ -289,6 +304,41 @@ class MailboxStore(Protocol):
     def move(self, message: StoredMessage, folder: str) -> StoredMessage:
         """Move ``message`` into ``folder`` of its mailbox (made if missing), keeping its key and
         flags; returns it where it is now. ValueError for a name no folder can have."""
+        ...
+
+    # --- what mail clients (IMAP) do: folder None is the inbox ----------------------------------
+
+    def create_folder(self, address: str, folder: str) -> None:
+        """Make ``folder``: FileExistsError if it exists, ValueError for a name it cannot have."""
+
+    def delete_folder(self, address: str, folder: str) -> None:
+        """Remove ``folder`` and its messages; FileNotFoundError if there is none."""
+
+    def rename_folder(self, address: str, old: str, new: str) -> None:
+        """Rename ``old`` (with its subfolders) to ``new``."""
+
+    def subscriptions(self, address: str) -> list[str] | None:
+        """The folders the user subscribed to (IMAP SUBSCRIBE, "INBOX" among them if it is);
+        None if the user never chose (then every folder counts as subscribed)."""
+        ...
+
+    def set_subscriptions(self, address: str, folders: Collection[str]) -> None:
+        """Remember exactly ``folders`` as subscribed, durably."""
+
+    def listing(self, address: str, folder: str | None) -> FolderListing:
+        """The folder's messages with their UIDs (new ones get theirs now); FileNotFoundError
+        if the folder does not exist."""
+        ...
+
+    def add(
+        self, address: str, folder: str | None, content: bytes, *, flags: str, received: float
+    ) -> tuple[int, StoredMessage]:
+        """Store ``content`` in ``folder`` (a client's APPEND), durably; its UID and message."""
+        ...
+
+    def copy(self, message: StoredMessage, folder: str | None, *, move: bool) -> tuple[int, StoredMessage]:
+        """Copy (or with ``move``, move) ``message`` into ``folder`` of its mailbox with its
+        flags; its UID and message there. MessageGone if it is not where it was."""
         ...
 
     def watch(self, on_changes: OnChanges, *, force_polling: bool | None = None) -> MailboxWatch:

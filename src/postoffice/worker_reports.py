@@ -30,6 +30,8 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from postoffice.config import Config
+
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL = 1.0
@@ -313,3 +315,8 @@ def merge_expositions(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(entry.build() for entry in merged.values()))
     return generate_latest(registry)
+
+
+def workers_directory(config: Config) -> Path:
+    """Where workers leave their reports for the one serving the operations endpoints."""
+    return config.data_dir / "workers"

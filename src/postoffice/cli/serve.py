@@ -53,6 +53,7 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     _add_listen_options(serve)
     _add_pop3_options(serve)
+    _add_imap_options(serve)
     _add_mail_options(serve)
     _add_process_options(serve)
     serve.set_defaults(handler=_run_serve)
@@ -137,6 +138,28 @@ def _add_listen_options(serve: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve the web UI, JSON API and MTA-STS policy over HTTPS here (port 443),"
         " with the server's certificate; replaces [listen] https",
+    )
+
+
+def _add_imap_options(serve: argparse.ArgumentParser) -> None:
+    """IMAP for mail clients (docs/imap.md); none unless asked for."""
+    serve.add_argument(
+        "--imap",
+        action="append",
+        type=_listener_of("imap"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="serve IMAP for mail clients (STARTTLS; port 143) here; replaces [listen] imap",
+    )
+    serve.add_argument(
+        "--imaps",
+        action="append",
+        type=_listener_of("imaps"),
+        default=[],
+        dest="listeners",
+        metavar="HOST:PORT",
+        help="serve IMAP over implicit TLS (port 993) here; replaces [listen] imaps",
     )
 
 

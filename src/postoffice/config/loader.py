@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from postoffice.config.model import SECTIONS, Config
-from postoffice.config.names import LISTENER_KINDS, POP3_LISTENER_KINDS, Listener
+from postoffice.config.names import IMAP_KINDS, LISTENER_KINDS, POP3_LISTENER_KINDS, Listener
 from postoffice.config.schema import Key, Section, keys_of, read
 from postoffice.config.tables import QueueSettings
 from postoffice.config.values import kind_of, primary_gid
@@ -232,7 +232,7 @@ def _apply_overrides(given: _Given, overrides: Overrides, flags: _Problems) -> N
         if isinstance(value, Path):
             given[""][name] = value.expanduser().absolute()
     listeners = overrides.get("listeners", ())
-    for kind in (*LISTENER_KINDS, *POP3_LISTENER_KINDS, "https"):
+    for kind in (*LISTENER_KINDS, *POP3_LISTENER_KINDS, *IMAP_KINDS, "https"):
         of_kind = tuple(listener for listener in listeners if listener.kind == kind)
         if of_kind:
             given["listen"][kind] = of_kind

@@ -36,6 +36,7 @@ from postoffice.config.names import (
     DEFAULT_ACME_HTTP_LISTENER,
     DEFAULT_HTTP_LISTENER,
     DEFAULT_SMTP_LISTENER,
+    IMAP_KINDS,
     LISTENER_KINDS,
     POP3_LISTENER_KINDS,
     Listener,
@@ -144,6 +145,8 @@ class Config:
     http_listeners: tuple[Listener, ...] = (DEFAULT_HTTP_LISTENER,)
     # POP3 listeners ([listen] pop3 and pop3s); none unless asked.
     pop3_listeners: tuple[Listener, ...] = ()
+    # IMAP listeners ([listen] imap and imaps); none unless asked for.
+    imap_listeners: tuple[Listener, ...] = ()
     workers: int = setting(
         1,
         WORKERS,
@@ -280,6 +283,7 @@ def _listen(given: dict[str, Any]) -> dict[str, Any]:
     built["pop3_listeners"] = tuple(
         listener for kind in POP3_LISTENER_KINDS for listener in given.get(kind, ())
     )
+    built["imap_listeners"] = tuple(listener for kind in IMAP_KINDS for listener in given.get(kind, ()))
     return built
 
 

@@ -94,6 +94,10 @@ LISTENER_KINDS = ("smtp", "submission", "smtps")
 POP3_LISTENER_KINDS = ("pop3", "pop3s")
 # The web side: plain HTTP ("http") and HTTPS ("https"), both in ``Config.http_listeners``.
 WEB_LISTENER_KINDS = ("http", "https")
+# IMAP for mail clients, likewise (Config.imap_listeners, not Config.listeners):
+#   imap        RFC 9051 IMAP (port 143): STARTTLS, LOGINDISABLED before it except on loopback
+#   imaps       RFC 8314 implicit TLS IMAP (port 993)
+IMAP_KINDS = ("imap", "imaps")
 
 
 @dataclass(frozen=True, slots=True)

@@ -551,6 +551,21 @@ class ListenKeys:
         default_text="none",
         flag="--pop3s",
     )
+    imap: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("imap"),
+        "IMAP for mail clients (RFC 9051, port 143): STARTTLS, and passwords only inside TLS"
+        " (or from loopback). See docs/imap.md.",
+        default_text="none",
+        flag="--imap",
+    )
+    imaps: tuple[Listener, ...] = setting(
+        (),
+        listeners_of("imaps"),
+        "IMAP over implicit TLS (RFC 8314, port 993): TLS from the first byte.",
+        default_text="none",
+        flag="--imaps",
+    )
     http: tuple[Listener, ...] = setting(
         (DEFAULT_HTTP_LISTENER,),
         listeners_of("http"),

@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,7 +35,7 @@ from postoffice.addresses import canonical
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.durable import commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
-from postoffice.maildir import write
+from postoffice.maildir import mailbox_folders, uids, write
 from postoffice.maildir.folders import INBOX, directory_of, name_of
 from postoffice.maildir.layout import (
     STALE_TMP_AGE,
@@ -54,10 +54,17 @@ from postoffice.maildir.layout import (
 )
 from postoffice.maildir.names import mailbox_location, mailbox_path
 from postoffice.maildir.watch import MaildirWatch
-from postoffice.storage import OnChanges, StoredMessage
+from postoffice.storage import FolderListing, OnChanges, StoredMessage
 
 # Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
 _MADE_MAILDIRS = 10_000
+
+# Folder listings kept for IMAP (an IDLE looks several times a second); past this many, forget.
+_LISTINGS = 1000
+# A listing is reused only if it was made this long (ns) after its directories last changed:
+# a change in the same tick of the file system's clock (a second, on some) as the last look
+# would leave the modification times as they were.
+_SETTLED_NS = 1_000_000_000
 
 
 class MaildirStore:
@@ -71,6 +78,8 @@ class MaildirStore:
         self.directory_mode = maildir_directory_mode(file_mode)
         # Maildirs known to exist, so that a delivery does not try five mkdirs each time.
         self._made: set[Path] = set()
+        # Folder listings by Maildir: the modification times they were made at, when, and them.
+        self._listings: dict[Path, tuple[tuple[int, ...], int, FolderListing]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> MaildirStore:
@@ -269,6 +278,93 @@ class MaildirStore:
             fsync_directory(path.parent)
         return True
 
+    # --- what mail clients (IMAP) do: folders, UIDs, APPEND, COPY ---------------------------------
+
+    def _folder_dir(self, address: str, folder: str | None) -> Path:
+        maildir = mailbox_path(self.mail_root, address)
+        return maildir if folder is None else mailbox_folders.folder_path(maildir, folder)
+
+    def create_folder(self, address: str, folder: str) -> None:
+        maildir = mailbox_path(self.mail_root, address)
+        self.prepare(maildir)
+        mailbox_folders.create_folder(self.mail_root, maildir, folder, self.directory_mode)
+
+    def delete_folder(self, address: str, folder: str) -> None:
+        mailbox_folders.delete_folder(mailbox_path(self.mail_root, address), folder)
+
+    def rename_folder(self, address: str, old: str, new: str) -> None:
+        mailbox_folders.rename_folder(mailbox_path(self.mail_root, address), old, new)
+
+    def subscriptions(self, address: str) -> list[str] | None:
+        return mailbox_folders.read_subscriptions(mailbox_path(self.mail_root, address))
+
+    def set_subscriptions(self, address: str, folders: Collection[str]) -> None:
+        maildir = mailbox_path(self.mail_root, address)
+        self.prepare(maildir)
+        mailbox_folders.write_subscriptions(maildir, folders)
+
+    def listing(self, address: str, folder: str | None) -> FolderListing:
+        maildir = self._folder_dir(address, folder)
+        if folder is None:
+            self.prepare(maildir)
+        elif not (maildir / "cur").is_dir():
+            raise FileNotFoundError(folder)
+        made = time.time_ns()
+        stamp = _stamp(maildir)
+        cached = self._listings.get(maildir)
+        if cached is not None and cached[0] == stamp and cached[1] - max(stamp) > _SETTLED_NS:
+            return cached[2]
+        mailbox = canonical(address)
+        where = "" if folder is None else f"{maildir.name}/"
+        prefix = f"{maildir}{os.sep}"
+        found = [
+            self._stored(mailbox, subdir, name, f"{prefix}{subdir}{os.sep}{name}")
+            for subdir, name in message_files(maildir)
+        ]
+        listing = uids.assign(maildir, {message.key: (message.received, message.flags) for message in found})
+        numbered = sorted(
+            ((listing.uids[message.key], _in_folder(message, where)) for message in found), key=_first
+        )
+        result = FolderListing(
+            listing.uidvalidity,
+            listing.uidnext,
+            numbered,
+            max(listing.highest, 1),
+            {uid: listing.modseqs.get(uid, 1) for uid, _ in numbered},
+        )
+        if len(self._listings) >= _LISTINGS:
+            self._listings.clear()
+        self._listings[maildir] = (stamp, made, result)
+        return result
+
+    def add(
+        self, address: str, folder: str | None, content: bytes, *, flags: str, received: float
+    ) -> tuple[int, StoredMessage]:
+        maildir = self._folder_dir(address, folder)
+        if not (maildir / "cur").is_dir():
+            raise FileNotFoundError(folder)
+        location = mailbox_folders.store_new(maildir, content, flags, received, self.hostname, self.file_mode)
+        return self._numbered(address, folder, maildir, location)
+
+    def copy(self, message: StoredMessage, folder: str | None, *, move: bool) -> tuple[int, StoredMessage]:
+        source = self._path(message)
+        maildir = self._folder_dir(message.mailbox, folder)
+        if not (maildir / "cur").is_dir():
+            raise FileNotFoundError(folder)
+        try:
+            location = mailbox_folders.copy_into(source, maildir, message.received, self.hostname, move=move)
+        except FileNotFoundError:
+            raise MessageGone(f"{message.mailbox}: {message.location} moved") from None
+        return self._numbered(message.mailbox, folder, maildir, location)
+
+    def _numbered(
+        self, address: str, folder: str | None, maildir: Path, location: str
+    ) -> tuple[int, StoredMessage]:
+        subdir, name = location.split("/", 1)
+        stored = self._stored(canonical(address), subdir, name, f"{maildir}{os.sep}{location}")
+        listing = uids.assign(maildir, {}, new_only={stored.key: stored.flags})
+        return listing.uids[stored.key], _in_folder(stored, "" if folder is None else f"{maildir.name}/")
+
     def watch(self, on_changes: OnChanges, *, force_polling: bool | None = None) -> MaildirWatch:
         return MaildirWatch(self.mail_root, on_changes, force_polling=force_polling)
 
@@ -299,6 +395,29 @@ def _folder_prefix(location: str) -> str:
     """``.Junk/`` of a location in a folder, ``""`` of one in the inbox."""
     head, separator, _ = location.partition("/")
     return f"{head}/" if separator and head.startswith(".") else ""
+
+
+def _first(item: tuple[int, StoredMessage]) -> int:
+    return item[0]
+
+
+def _stamp(maildir: Path) -> tuple[int, ...]:
+    """When ``new/``, ``cur/`` and the UID list last changed: a listing made since is current."""
+    stamps = []
+    for name in ("new", "cur", uids.FILE_NAME):
+        try:
+            stamps.append(os.stat(maildir / name).st_mtime_ns)
+        except FileNotFoundError:
+            stamps.append(0)
+    return tuple(stamps)
+
+
+def _in_folder(message: StoredMessage, where: str) -> StoredMessage:
+    if not where:
+        return message
+    return StoredMessage(
+        message.mailbox, message.key, where + message.location, message.flags, message.received
+    )
 
 
 def _no_follow(path: str, flags: int) -> int:

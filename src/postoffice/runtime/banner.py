@@ -56,7 +56,8 @@ def banner(
         )
         names = ", ".join(config.acme_domains)
         print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
-    if config.capture_mode and any(not listener.is_loopback for listener in config.listeners):
+    listeners = (*config.listeners, *config.imap_listeners)
+    if config.capture_mode and any(not listener.is_loopback for listener in listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
 
 

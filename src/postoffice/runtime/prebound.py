@@ -28,16 +28,18 @@ from postoffice.web.server import bind_http
 class Prebound:
     """Sockets bound as root: ``smtp`` holds one set per process, ``http`` and ``acme`` (the
     HTTP-01 responder on port 80, served by the process that orders certificates) listen already,
-    ``pop3`` is the one process's that serves POP3 (without workers; see docs/pop3.md)."""
+    ``pop3`` and ``imap`` are the one process's that serves POP3 and IMAP (without workers;
+    see docs/pop3.md, docs/imap.md)."""
 
     smtp: tuple[tuple[BoundSocket, ...], ...]
     http: tuple[socket.socket, ...]
     acme: tuple[socket.socket, ...] = ()
     pop3: tuple[BoundSocket, ...] = ()
+    imap: tuple[BoundSocket, ...] = ()
 
     def close(self) -> None:
         """Close this process's copies (a server listening on one keeps its own)."""
-        pop3 = [sock for _, sock in self.pop3]
+        pop3 = [sock for _, sock in (*self.pop3, *self.imap)]
         for sock in [sock for own in self.smtp for _, sock in own] + list(self.http) + list(self.acme) + pop3:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -51,6 +53,7 @@ def bind(config: Config) -> Prebound:
     http: list[socket.socket] = []
     acme: list[socket.socket] = []
     pop3: tuple[BoundSocket, ...] = ()
+    imap: tuple[BoundSocket, ...] = ()
     try:
         listeners = config.listeners
         for _ in range(count):
@@ -64,10 +67,13 @@ def bind(config: Config) -> Prebound:
         if count == 1 and config.pop3_listeners:
             sockets, pop3_listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
             pop3 = tuple(zip(pop3_listeners, sockets, strict=True))
+        if count == 1 and config.imap_listeners:
+            sockets, imap_listeners = reserve_listeners(config.imap_listeners, reuse_port=False)
+            imap = tuple(zip(imap_listeners, sockets, strict=True))
     except BaseException:
-        Prebound(tuple(smtp), tuple(http), tuple(acme), pop3).close()
+        Prebound(tuple(smtp), tuple(http), tuple(acme), pop3, imap).close()
         raise
-    return Prebound(tuple(smtp), tuple(http), tuple(acme), pop3)
+    return Prebound(tuple(smtp), tuple(http), tuple(acme), pop3, imap)
 
 
 def bind_then_drop(config: Config) -> Prebound | None:

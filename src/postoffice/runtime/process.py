@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from postoffice import logs
-from postoffice.app import Application, needs_tls, workers_directory
+from postoffice.app import Application, needs_tls
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
 from postoffice.maildir.store import MaildirStore
@@ -40,6 +40,7 @@ from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids
 from postoffice.web.service import WebShare
 from postoffice.web.workers import WorkersWeb
+from postoffice.worker_reports import workers_directory
 
 log = logging.getLogger("postoffice")
 
@@ -149,7 +150,12 @@ async def _start_listening(
         if worker is None:
             if prebound is None:
                 return await app.start(local=local)
-            return await app.start(sockets=prebound.smtp[0], pop3_sockets=prebound.pop3 or None, local=local)
+            return await app.start(
+                sockets=prebound.smtp[0],
+                pop3_sockets=prebound.pop3 or None,
+                imap_sockets=prebound.imap or None,
+                local=local,
+            )
         return await app.start(
             recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
         )
@@ -185,9 +191,9 @@ def _serve_workers(
 
     def announce(worker_config: Config) -> None:
         web.start_indexing()
-        bound = [
-            BoundAddress(listener.kind, listener.host, listener.port) for listener in worker_config.listeners
-        ]
+        # IMAP runs in the first worker, on the configured addresses.
+        listeners = (*worker_config.listeners, *worker_config.imap_listeners)
+        bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
         banner(config, bound, web.addresses, None)
 
     # One local socket for all the workers, bound here (as the server's user, so its file is

@@ -18,6 +18,7 @@ import re
 import string
 import threading
 import time
+from collections.abc import Callable
 
 ALPHABET = string.digits + "ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -94,6 +95,13 @@ def owner_of(queue_id: str, count: int) -> int:
     for char in queue_id[-_OWNER_DIGITS:]:
         value = value * 32 + ALPHABET.index(char)
     return value % count
+
+
+def ownership(worker_index: int | None, count: int) -> Callable[[str], bool] | None:
+    """Which queue IDs a worker schedules (None: a single process schedules them all)."""
+    if worker_index is None:
+        return None
+    return lambda queue_id: owner_of(queue_id, count) == worker_index
 
 
 def is_queue_id(text: str) -> bool:

@@ -1,0 +1,130 @@
+"""postoffice's IMAP server side by side with Dovecot on the same Maildir.
+
+A small corpus (plain text, multipart/alternative with a disposition, a nested message/rfc822
+holding a multipart, 8-bit UTF-8 header fields and body, several recipients, a reply) is
+delivered over SMTP; postoffice's IMAP server and Debian's Dovecot (set up as docs/dovecot.md
+says, by tests/test_dovecot.py's fixtures) then answer the same questions, and the answers
+that must agree do: folder names, message count, ENVELOPE, BODYSTRUCTURE, BODY[] and part
+octets, RFC822.SIZE, SEARCH results. Both are read through IMAPClient's parser, so quoting
+a string or sending it as a literal does not count as a difference.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from conftest import RunningServer
+from postoffice.accounts import Accounts
+from postoffice.config import Listener
+from test_dovecot import ALICE, DOMAIN, PASSWORD, Dovecot, dovecot, shared_dir  # noqa: F401 - fixtures
+
+PLAIN = (
+    "From: Bob <bob@elsewhere.test>\r\nTo: alice@example.test\r\nSubject: plain\r\n"
+    "Date: Sun, 06 Dec 2026 10:00:00 +0000\r\nMessage-ID: <plain@elsewhere.test>\r\n\r\n"
+    "Just text.\r\nTwo lines.\r\n"
+)
+ALTERNATIVE = (
+    'From: "Carol C." <carol@elsewhere.test>\r\nTo: alice@example.test, Dan <dan@example.test>\r\n'
+    "Cc: eve@elsewhere.test\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nIn-Reply-To: <plain@elsewhere.test>\r\n"
+    'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+    "--alt\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    "caf=C3=A9\r\n--alt\r\nContent-Type: text/html; charset=utf-8\r\n"
+    'Content-Disposition: inline; filename="x.html"\r\n\r\n<p>caf\xc3\xa9</p>\r\n--alt--\r\n'
+)
+NESTED = (
+    "From: bob@elsewhere.test\r\nTo: alice@example.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=outer\r\n\r\npreamble\r\n--outer\r\n"
+    "Content-Type: text/plain\r\n\r\nSee attached.\r\n--outer\r\nContent-Type: message/rfc822\r\n\r\n"
+    "From: zed@elsewhere.test\r\nSubject: inner\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n"
+    "--inner\r\nContent-Type: text/plain\r\n\r\ninner text\r\n--inner\r\n"
+    "Content-Type: application/octet-stream; name=data.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    "AAECAwQ=\r\n--inner--\r\n\r\n--outer--\r\n"
+)
+EIGHT_BIT = (
+    "From: =?utf-8?q?J=C3=B6rg?= <jorg@elsewhere.test>\r\nTo: alice@example.test\r\n"
+    "Subject: Gr\xc3\xbc\xc3\x9fe\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 8bit\r\n\r\nSch\xc3\xb6ne Gr\xc3\xbc\xc3\x9fe.\r\n"
+)
+CORPUS = [PLAIN, ALTERNATIVE, NESTED, EIGHT_BIT]
+ITEMS = ["ENVELOPE", "BODYSTRUCTURE", "RFC822.SIZE", "BODY.PEEK[]", "BODY.PEEK[1]", "BODY.PEEK[2.HEADER]"]
+SEARCHES: list[list[Any]] = [
+    ["ALL"],
+    ["FROM", "bob"],
+    ["SUBJECT", "inner"],
+    ["BODY", "attached"],
+    ["NOT", "FROM", "bob"],
+]
+
+
+@pytest.fixture
+def mail_server(shared_dir: Path, server_factory: Callable[..., RunningServer]) -> RunningServer:  # noqa: F811
+    running = server_factory(
+        data_dir=shared_dir / "data", domains=(DOMAIN,), imap_listeners=(Listener("imap", "127.0.0.1", 0),)
+    )
+    Accounts(running.config.accounts_file).add_user(ALICE, PASSWORD)
+    return running
+
+
+def answers(client: IMAPClient) -> dict[str, Any]:
+    folders = sorted(name for _flags, _delimiter, name in client.list_folders())
+    count = client.select_folder("INBOX", readonly=True)[b"EXISTS"]
+    fetched = client.fetch(client.search(["ALL"]), ITEMS)
+    per_message = [
+        {key: value for key, value in fetched[uid].items() if key not in (b"SEQ", b"UID")}
+        for uid in sorted(fetched)
+    ]
+    order = sorted(fetched)
+    found = {
+        str(criteria): [order.index(uid) + 1 for uid in client.search(criteria)] for criteria in SEARCHES
+    }
+    return {"folders": folders, "count": count, "messages": per_message, "search": found}
+
+
+@pytest.fixture
+def delivered(mail_server: RunningServer) -> RunningServer:
+    with smtplib.SMTP("127.0.0.1", mail_server.port, timeout=10) as smtp:
+        for message in CORPUS:
+            smtp.sendmail("bob@elsewhere.test", [ALICE], message.encode("latin-1"))
+    mail_server.wait_idle()
+    return mail_server
+
+
+def ours(server: RunningServer) -> Iterator[IMAPClient]:
+    assert server.app.imap is not None
+    client = IMAPClient("127.0.0.1", port=server.app.imap.bound[0].port, ssl=False)
+    client.login(ALICE, PASSWORD)
+    yield client
+    client.logout()
+
+
+def test_postoffice_answers_as_dovecot_does(delivered: RunningServer, dovecot: Dovecot) -> None:  # noqa: F811
+    [ours_client] = list(_once(delivered))
+    mine = answers(ours_client)
+    ours_client.logout()
+    dovecot.hand_over(delivered.data_dir)
+    theirs_client = IMAPClient("127.0.0.1", port=dovecot.port, ssl=False)
+    theirs_client.starttls(ssl_context=dovecot.tls)
+    theirs_client.login(ALICE, PASSWORD)
+    theirs = answers(theirs_client)
+    theirs_client.logout()
+    assert mine["folders"] == theirs["folders"]
+    assert mine["count"] == theirs["count"] == len(CORPUS)
+    assert mine["search"] == theirs["search"]
+    for number, (a, b) in enumerate(zip(mine["messages"], theirs["messages"], strict=True), 1):
+        for key in b:
+            assert a.get(key) == b[key], (
+                f"message {number} {key!r}:\n ours   {a.get(key)!r}\n dovecot {b[key]!r}"
+            )
+
+
+def _once(server: RunningServer) -> Iterator[IMAPClient]:
+    assert server.app.imap is not None
+    client = IMAPClient("127.0.0.1", port=server.app.imap.bound[0].port, ssl=False)
+    client.login(ALICE, PASSWORD)
+    yield client
