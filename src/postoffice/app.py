@@ -65,6 +65,7 @@ from postoffice.qmgr.bounce import Bouncer
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
@@ -242,6 +243,8 @@ class Application:
         receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
+        # Fault injection (smtpd/chaos.py): rules shared by every worker through a file.
+        self.chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed)
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -255,6 +258,7 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
             local_socket=config.local_socket_path if config.local_socket else None,
+            chaos=self.chaos,
         )
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
@@ -386,7 +390,10 @@ class Application:
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
+            chaos=self.chaos,
         )
+        if worker_index is None or worker_index == 0:  # the process serving /metrics
+            operations.metrics.watch_chaos(self.chaos.count)
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
@@ -421,6 +428,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
+            chaos=self.chaos,
         )
 
     def _certificates(self) -> list[CertificateInfo]:

@@ -18,6 +18,7 @@ from postoffice import __version__, metrics
 from postoffice.acme.certificate import CertificateInfo
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
 from postoffice.qmgr.scheduler import Scheduler
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.worker_reports import WorkerReport, merge_expositions
 
@@ -63,6 +64,7 @@ class Operations:
         sessions: Callable[[], int],
         peers: Callable[[], Sequence[WorkerReport]] | None = None,
         certificates: Callable[[], Sequence[CertificateInfo]] = tuple,
+        chaos: ChaosRules | None = None,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
@@ -71,6 +73,7 @@ class Operations:
         self._sessions = sessions
         self._peers = peers
         self._certificates = certificates
+        self._chaos = chaos
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
@@ -152,4 +155,13 @@ class Operations:
             "queue": self._queue_counts(peers),
             "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
+            **self._chaos_status(),
         }
+
+    def _chaos_status(self) -> dict[str, Any]:
+        """``chaos``: the fault-injection rules, only while some are in force."""
+        chaos = self._chaos
+        if chaos is None or not chaos.enabled:
+            return {}
+        chaos.refresh()
+        return {"chaos": [rule.to_json() for rule in chaos.rules]} if chaos.rules else {}

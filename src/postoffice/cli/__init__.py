@@ -31,7 +31,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postoffice import __version__
-from postoffice.cli import check_config, dkim, dns, queue, reindex, send, serve, status, tlsrpt, users, wait
+from postoffice.cli import (
+    chaos,
+    check_config,
+    dkim,
+    dns,
+    queue,
+    reindex,
+    send,
+    serve,
+    status,
+    tlsrpt,
+    users,
+    wait,
+)
 from postoffice.cli.common import EXIT_INTERRUPTED, CommandParser, Handler, Subparsers, one_line
 from postoffice.errors import PostofficeError
 
@@ -92,4 +105,5 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     dns.add_parser,
     tlsrpt.add_parser,
     wait.add_parser,
+    chaos.add_parser,
 )

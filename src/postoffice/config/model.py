@@ -187,6 +187,12 @@ class Config:
         " `postoffice sendmail`, whose mail is then trusted as submission is: DKIM-signed, never"
         " verified, relayed.",
     )
+    allow_chaos: bool = setting(
+        False,
+        BOOLEAN,
+        "Allow fault injection (PUT /api/v1/chaos, `postoffice chaos`) outside capture mode. In"
+        " capture mode it is always allowed; a real mail server refuses it unless this is true.",
+    )
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -244,6 +250,11 @@ class Config:
         verify``; unset: on unless in capture mode)."""
         verify = self.authentication.verify
         return not self.capture_mode if verify is None else verify
+
+    @property
+    def chaos_allowed(self) -> bool:
+        """Fault injection may be switched on (smtpd/chaos.py)."""
+        return self.capture_mode or self.allow_chaos
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains

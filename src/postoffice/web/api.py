@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from postoffice.errors import MessageGone
 from postoffice.maildir.folders import folder_of
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.storage import with_seen
 from postoffice.web import message
 from postoffice.web.auth import (
@@ -145,6 +146,8 @@ class WebContext:
     hub: EventHub
     auth: Authenticator
     executor: Executor
+    # Fault injection's rules (web/chaos_api.py); None where the server has none.
+    chaos: ChaosRules | None = None
 
 
 class MailApi:

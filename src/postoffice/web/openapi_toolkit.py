@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from postoffice.smtpd.chaos import MAX_DELAY, MAX_RULES, REPLY_PATTERN, STAGES
 from postoffice.web.wait import DEFAULT_WAIT, MAX_WAIT
 
 
@@ -33,7 +34,57 @@ _MESSAGE_ID = {
 _UNAUTHORISED = _error("Not logged in.")
 _NOT_FOUND = _error("No such message, or not one the caller may see.")
 
+_GLOB = {"type": ["string", "null"], "minLength": 1, "maxLength": 320}
+_RULE: dict[str, Any] = {
+    "type": "object",
+    "required": ["stage"],
+    "additionalProperties": False,
+    "properties": {
+        "stage": {"type": "string", "enum": list(STAGES)},
+        "reply": {
+            "type": ["string", "null"],
+            "pattern": REPLY_PATTERN,
+            "description": "A 4xx or 5xx reply, '451 4.3.0 Try again later' (the enhanced code optional,"
+            " of the same class), or 'disconnect'; null for a delay alone.",
+        },
+        "delay": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_DELAY,
+            "description": "Seconds first.",
+        },
+        "probability": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "default": 1},
+        "sender": {**_GLOB, "description": "A glob on the MAIL FROM address."},
+        "recipient": {**_GLOB, "description": "A glob on the RCPT TO address(es)."},
+    },
+    # A reply, or a delay to wait before going on.
+    "anyOf": [
+        {"required": ["reply"], "properties": {"reply": {"type": "string"}}},
+        {"required": ["delay"], "properties": {"delay": {"type": "number", "exclusiveMinimum": 0}}},
+    ],
+}
+_CHAOS_ERRORS = {
+    "401": _UNAUTHORISED,
+    "403": _error("Not an administrator, a missing X-CSRF-Token, or fault injection is not allowed here."),
+}
+_CSRF = {
+    "name": "X-CSRF-Token",
+    "in": "header",
+    "required": True,
+    "description": "The csrf_token of GET /api/v1/session.",
+    "schema": {"type": "string"},
+}
+
 SCHEMAS: dict[str, Any] = {
+    "ChaosRule": _RULE,
+    "ChaosRules": {
+        "type": "object",
+        "required": ["enabled", "rules"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "rules": {"type": "array", "items": _ref("ChaosRule")},
+        },
+    },
     "Links": {
         "type": "object",
         "required": ["links"],
@@ -78,6 +129,40 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PATHS: dict[str, Any] = {
+    "/api/v1/chaos": {
+        "get": {
+            "summary": "The fault-injection rules in force",
+            "operationId": "getChaos",
+            "responses": {"200": _json(_ref("ChaosRules"), "The rules."), **_CHAOS_ERRORS},
+        },
+        "put": {
+            "summary": "Replace the fault-injection rules (the whole set; [] clears)",
+            "description": "Rules reach every worker process for connections opened from now on.",
+            "operationId": "setChaos",
+            "parameters": [_CSRF],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "array", "maxItems": MAX_RULES, "items": _ref("ChaosRule")}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("ChaosRules"), "The rules now in force."),
+                "400": _error("A rule cannot be used (the error names it and the field)."),
+                **_CHAOS_ERRORS,
+                "413": _error("Body too large."),
+                "415": _error("Body is not JSON."),
+            },
+        },
+        "delete": {
+            "summary": "Remove every fault-injection rule",
+            "operationId": "clearChaos",
+            "parameters": [_CSRF],
+            "responses": {"200": _json(_ref("ChaosRules"), "No rules."), **_CHAOS_ERRORS},
+        },
+    },
     "/api/v1/messages/wait": {
         "get": {
             "summary": "The newest matching message above an id, now or when it arrives",

@@ -43,6 +43,7 @@ from starlette.routing import BaseRoute
 from postoffice.accounts import Accounts
 from postoffice.config import Config
 from postoffice.mailauth.mta_sts import our_policy
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.storage import MailboxStore, StoredMessage
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
@@ -117,6 +118,7 @@ class WebService:
         extra_routes: Sequence[BaseRoute] = (),
         share: WebShare | None = None,
         sockets: Sequence[socket.socket] | None = None,
+        chaos: ChaosRules | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
         listeners, bound already (before root was given up); None: it binds its own."""
@@ -125,7 +127,7 @@ class WebService:
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
-        self.context = WebContext(self.index, self.hub, self.auth, self.executor)
+        self.context = WebContext(self.index, self.hub, self.auth, self.executor, chaos)
         self.app = with_policy(
             create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access),
             our_policy(config),

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postoffice.web import openapi
 from postoffice.web.api import MailApi, WebContext
+from postoffice.web.chaos_api import ChaosApi
 from postoffice.web.folder_api import FolderApi
 from postoffice.web.toolkit_api import ToolkitApi
 
@@ -129,6 +130,7 @@ def create_app(
         *api.routes(),
         *FolderApi(api).routes(),
         *ToolkitApi(api).routes(),
+        *ChaosApi(api, context.chaos).routes(),
         Route("/api/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/api/docs", _docs, methods=["GET"]),
         *extra_routes,
