@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from conftest import RunningServer
+from postoffice.web import extract
 from postoffice.web.openapi import document
 from web_helpers import client, make_message, send
 
@@ -139,3 +140,27 @@ def test_wait_command_prints_the_message_or_fails_in_one_line(server: RunningSer
     bad = _cli("wait", "--api", server.base_url, "--query", "is:maybe", "--timeout", "1")
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1 and "is:maybe" in bad.stderr
+
+
+def test_codes_in_many_languages_and_in_html_cells() -> None:
+    cases = {
+        "Ihr Bestätigungscode: AB12-CD34": ["AB12-CD34"],
+        "Votre code de vérification : 7788": ["7788"],
+        "Tu código de verificación es 551234.": ["551234"],
+        "Ваш код: 900111": ["900111"],
+        "您的验证码是 556677": ["556677"],
+        "123456 is your PIN": ["123456"],
+        "Order 2024 shipped. Thanks!": [],
+        "Reset: https://x.example/r?token=abc123 now": [],
+    }
+    for text, expected in cases.items():
+        assert [code.code for code in extract.codes(text)] == expected, text
+    cell = extract.html_text("<table><tr><td>Code</td><td><b>771234</b></td></tr></table><style>p{}</style>")
+    assert cell == "Code\n771234"
+    assert [code.code for code in extract.codes(cell)] == ["771234"]
+    assert extract.links(
+        "", '<area href="https://x.example/map" alt="Map"><a href="mailto:a@x.example">a</a>'
+    ) == [
+        extract.Link("https://x.example/map", "Map", "html"),
+        extract.Link("mailto:a@x.example", "a", "html"),
+    ]

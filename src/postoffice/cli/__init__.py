@@ -36,6 +36,7 @@ from postoffice.cli import (
     check_config,
     dkim,
     dns,
+    mcp,
     queue,
     reindex,
     send,
@@ -106,4 +107,5 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     tlsrpt.add_parser,
     wait.add_parser,
     chaos.add_parser,
+    mcp.add_parser,
 )

@@ -97,6 +97,48 @@ class _Anchors(HTMLParser):
         self._close()
 
 
+# Elements whose content is not text a person reads, and elements that break a line.
+_HIDDEN = frozenset({"script", "style", "title", "head", "template"})
+_BLOCKS = frozenset(
+    {"p", "div", "br", "tr", "td", "th", "li", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+     "blockquote", "pre", "hr", "section", "article", "header", "footer"}
+)  # fmt: skip
+
+
+class _Text(HTMLParser):
+    """The text of an HTML document as a reader sees it: block elements apart, hidden ones out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN:
+            self._hidden += 1
+        elif tag in _BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def html_text(markup: str) -> str:
+    """``markup`` as text: one line per block, runs of spaces as one."""
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line)
+
+
 def _is_link(href: str) -> bool:
     return bool(href) and not href.lower().startswith(_NOT_LINKS)
 

@@ -91,5 +91,5 @@ class ToolkitApi:
     async def codes(self, request: Request, principal: Principal | None) -> Response:
         assert principal is not None
         text, html = await self.api._run(self._bodies, principal, self.api._message_id(request))
-        found = extract.codes(text, message.html_to_text(html) if html else None)
+        found = extract.codes(text, extract.html_text(html) if html else None)
         return JSONResponse({"codes": [{"code": x.code, "context": x.context} for x in found]})
