@@ -5,6 +5,7 @@ clients (``postoffice send``, smtplib) hear, and show in the status, /metrics an
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import RunningServer
+from conftest import RunningServer, ServerProcess, wait_until
 from postoffice.accounts import Accounts
 from postoffice.runtime.banner import banner
 from postoffice.smtp import replies
@@ -185,3 +186,23 @@ def test_chaos_command_needs_a_server() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("postoffice: cannot reach http://127.0.0.1:9")
     assert os.linesep not in result.stderr.rstrip("\n")
+
+
+def test_a_rule_reaches_every_worker(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    running = server_process("--workers", "2", data_dir=tmp_path / "data")
+    base = f"http://127.0.0.1:{running.http_port()}"
+    with httpx.Client(base_url=base, timeout=10) as http:
+        answer = http.put("/api/v1/chaos", json=[{"stage": "rcpt", "reply": TRY_LATER}], headers=csrf(http))
+        assert answer.status_code == 200, answer.text
+    codes = []
+    for _ in range(24):  # SO_REUSEPORT spreads connections over both workers
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("a@client.test")
+            codes.append(smtp.rcpt("b@example.test")[0])
+    assert codes == [451] * 24
+
+    def workers_that_refused() -> set[str]:
+        return set(re.findall(r"session=(w\d+)-\S+ event=chaos", "".join(running.output)))
+
+    wait_until(lambda: len(workers_that_refused()) == 2, what="a chaos line from each worker")
