@@ -206,3 +206,36 @@ def test_a_rule_reaches_every_worker(server_process: Callable[..., ServerProcess
         return set(re.findall(r"session=(w\d+)-\S+ event=chaos", "".join(running.output)))
 
     wait_until(lambda: len(workers_that_refused()) == 2, what="a chaos line from each worker")
+
+
+def test_commands_log_in_where_the_api_asks(
+    server_factory: Callable[..., RunningServer], mta_admin: Callable[..., RunningServer]
+) -> None:
+    """``postoffice chaos`` and ``postoffice wait`` on a real mail server: they log in with
+    POSTOFFICE_ADDRESS and POSTOFFICE_PASSWORD, and send the session's CSRF token."""
+    mta = mta_admin(server_factory, allow_chaos=True)
+    env = {**os.environ, "POSTOFFICE_ADDRESS": "root@example.test", "POSTOFFICE_PASSWORD": "root-password"}
+
+    def run(*args: str, environment: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "postoffice", *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=30, env=environment, check=False
+        )
+
+    refused = run("chaos", "--api", mta.base_url, "list", environment=dict(os.environ))
+    assert refused.returncode == 1
+    assert refused.stderr == "postoffice: GET /api/v1/chaos: HTTP 401: log in first\n"
+    chosen = run(
+        "chaos", "--api", mta.base_url, "set", "mail", "550 5.7.1 Not today", "--sender", "*@spam.example"
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout == "mail: 550 5.7.1 Not today, sender *@spam.example\n"
+    with smtplib.SMTP(mta.host, mta.port, timeout=10) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.mail("x@spam.example") == (550, b"5.7.1 Not today")
+        assert smtp.mail("x@ham.example")[0] == 250
+        assert smtp.rcpt("root@example.test")[0] == 250
+        assert smtp.data(b"Subject: for root\r\n\r\nhello\r\n")[0] == 250
+    found = run("wait", "--api", mta.base_url, "--subject", "for root", "--timeout", "10")
+    assert found.returncode == 0, found.stderr
+    assert '"subject": "for root"' in found.stdout

@@ -164,3 +164,19 @@ def test_codes_in_many_languages_and_in_html_cells() -> None:
         extract.Link("https://x.example/map", "Map", "html"),
         extract.Link("mailto:a@x.example", "a", "html"),
     ]
+
+
+def test_a_wait_ends_with_503_when_the_server_stops(server: RunningServer) -> None:
+    answers: list[httpx.Response] = []
+
+    def wait() -> None:
+        with client(server) as http:
+            answers.append(http.get("/api/v1/messages/wait", params={"q": "subject:never", "timeout": 30}))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)  # the request is being held
+    server.stop()
+    waiter.join(20)
+    assert [answer.status_code for answer in answers] == [503]
+    assert answers[0].json() == {"error": "the server is stopping; wait again once it is back"}

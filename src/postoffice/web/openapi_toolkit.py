@@ -192,6 +192,7 @@ PATHS: dict[str, Any] = {
                 "400": _error("A parameter or the query cannot be understood (the search's error)."),
                 "401": _UNAUTHORISED,
                 "408": _error("No matching message arrived in time."),
+                "503": _error("The server stopped before a message or the timeout."),
             },
         }
     },

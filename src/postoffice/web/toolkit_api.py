@@ -22,7 +22,7 @@ from postoffice.web.api import _MAX_ID, ApiError, MailApi
 from postoffice.web.auth import Principal
 from postoffice.web.index import Row
 from postoffice.web.search import SearchError, compile_query
-from postoffice.web.wait import DEFAULT_WAIT, MAX_WAIT, after_id, wait_for_row
+from postoffice.web.wait import DEFAULT_WAIT, MAX_WAIT, WaitEnded, after_id, wait_for_row
 
 
 class ToolkitApi:
@@ -68,7 +68,10 @@ class ToolkitApi:
             page = await api._run(functools.partial(api.index.page, scope, wanted, limit=1, offset=0))
             return page.rows[0] if page.rows else None
 
-        row = await wait_for_row(find, api.hub, timeout)
+        try:
+            row = await wait_for_row(find, api.hub, timeout)
+        except WaitEnded:
+            raise ApiError(503, "the server is stopping; wait again once it is back") from None
         if row is None:
             raise ApiError(408, f"no matching message arrived within {timeout:g} seconds")
         # The answer is GET /api/v1/messages/{id}'s, made by that endpoint itself.

@@ -27,6 +27,10 @@ DEFAULT_WAIT = 30.0
 LOOK_INTERVAL = 1.0
 
 
+class WaitEnded(Exception):
+    """The server is stopping: the event stream ended before a match or the timeout."""
+
+
 def after_id(query: Compiled, after: int) -> Compiled:
     """``query`` limited to ids above ``after``."""
     return Compiled(query.match, (*query.conditions, "id > ?"), (*query.params, after))
@@ -35,7 +39,8 @@ def after_id(query: Compiled, after: int) -> Compiled:
 async def wait_for_row(
     find: Callable[[], Awaitable[Row | None]], hub: EventHub, timeout: float
 ) -> Row | None:
-    """The first row ``find`` gives within ``timeout`` seconds; None when time is up."""
+    """The first row ``find`` gives within ``timeout`` seconds; None when time is up, WaitEnded
+    when the server stops first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     with hub.subscribe() as subscription:
@@ -44,6 +49,8 @@ async def wait_for_row(
             if row is not None:
                 return row
             remaining = deadline - loop.time()
-            if remaining <= 0 or subscription.ended:
+            if subscription.ended:
+                raise WaitEnded
+            if remaining <= 0:
                 return None
             await subscription.next(min(remaining, LOOK_INTERVAL))
