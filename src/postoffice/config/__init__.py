@@ -46,6 +46,7 @@ from postoffice.config.tables import (
     Limits,
     ProxyProtocol,
     QueueSettings,
+    RetentionSettings,
     TLSConfig,
 )
 from postoffice.config.values import (
@@ -83,6 +84,7 @@ __all__ = [
     "Overrides",
     "ProxyProtocol",
     "QueueSettings",
+    "RetentionSettings",
     "TLSConfig",
     "check_config",
     "default_data_dir",

@@ -52,6 +52,7 @@ from postoffice.config.tables import (
     ProxyProtocol,
     ProxyProtocolKeys,
     QueueSettings,
+    RetentionSettings,
     TLSConfig,
 )
 from postoffice.config.tls_reporting import TlsReporting
@@ -187,6 +188,7 @@ class Config:
         " `postoffice sendmail`, whose mail is then trusted as submission is: DKIM-signed, never"
         " verified, relayed.",
     )
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     allow_chaos: bool = setting(
         False,
         BOOLEAN,
@@ -318,6 +320,7 @@ SECTIONS = (
         _proxy_protocol,
     ),
     _table("limits", Limits, "Resource limits for SMTP sessions."),
+    _table("retention", RetentionSettings, "How much captured mail is kept (see testing-toolkit.md)."),
     _table(
         "queue",
         QueueSettings,

@@ -179,6 +179,23 @@ class QueueSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How much captured mail is kept; ``[retention]`` in the file. Pruned in the background by
+    the process that keeps the web index, oldest (lowest id) first; 0 keeps everything."""
+
+    max_messages: int = setting(0, COUNT, "Keep at most this many messages in all, the newest.", off=0)
+    max_messages_per_mailbox: int = setting(
+        0, COUNT, "Keep at most this many messages in each mailbox, the newest.", off=0
+    )
+    max_age: float = setting(0.0, DURATION, "Delete messages received longer ago than this.", off=0.0)
+    check_interval: float = setting(60.0, DURATION, "How often the limits are applied.")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_messages or self.max_messages_per_mailbox or self.max_age)
+
+
+@dataclass(frozen=True, slots=True)
 class DeliverySettings:
     """How mail leaves: into local mailboxes, and to other domains; ``[delivery]`` in the file."""
 

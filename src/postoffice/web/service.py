@@ -51,6 +51,7 @@ from postoffice.web.events import Event, EventHub
 from postoffice.web.feed import FeedWriter
 from postoffice.web.index import Change, MailIndex, Row, SyncReport
 from postoffice.web.mta_sts import with_policy
+from postoffice.web.retention import Retention
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
 from postoffice.web.watch import MaildirWatcher
@@ -144,6 +145,7 @@ class WebService:
         self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None
         self.watcher: MaildirWatcher | None = None
+        self.retention: Retention | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[StoredMessage] = deque()
         self._overflowed = False
@@ -164,6 +166,10 @@ class WebService:
                 self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
             )
             self._sync.add_done_callback(self._synced)
+            self.retention = Retention(
+                self.index, self.config.retention, functools.partial(self._announce, loop)
+            )
+            self.retention.start()
         if not self.serves:
             return []
         if self._follows:
@@ -308,6 +314,8 @@ class WebService:
         self._stopping.set()
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
+        if self.retention is not None:
+            await asyncio.to_thread(self.retention.stop)
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
