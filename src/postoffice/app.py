@@ -31,7 +31,7 @@ from postoffice.acme.files import AcmeFiles
 from postoffice.acme.order import CaSettings
 from postoffice.acme.renewal import AcmeService, Backoff
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
+from postoffice.delivery.agent import DeliveryAgent, DeliveryResult, PermFail
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.forward import ForwardAgent
@@ -75,6 +75,7 @@ from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
+from postoffice.web.webhooks import QUEUE_DIRECTORY, WebhookQueue, WebhookSender
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 
 log = logging.getLogger("postoffice")
@@ -243,8 +244,7 @@ class Application:
         receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
-        # Fault injection (smtpd/chaos.py): rules shared by every worker through a file.
-        self.chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed)
+        self._testing_toolkit(config)
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -333,6 +333,13 @@ class Application:
             capture=config.capture_mode,
         )
 
+    def _testing_toolkit(self, config: Config) -> None:
+        # Fault injection (smtpd/chaos.py): rules shared by every worker through a file.
+        self.chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed)
+        # Webhooks (web/webhooks.py): any process queues; the one serving HTTP sends.
+        self.webhook_queue = WebhookQueue(config.data_dir / QUEUE_DIRECTORY, config.webhooks)
+        self.webhooks: WebhookSender | None = None
+
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
         return {
@@ -391,9 +398,11 @@ class Application:
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
             chaos=self.chaos,
+            webhooks=lambda: self.webhooks.state() if self.webhooks is not None else None,
         )
         if worker_index is None or worker_index == 0:  # the process serving /metrics
             operations.metrics.watch_chaos(self.chaos.count)
+            operations.metrics.webhook_pending.set_function(lambda: len(self.webhook_queue.entries()))
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
@@ -457,6 +466,16 @@ class Application:
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
     ) -> None:
         self.operations.on_delivery_result(message, recipient, result)
+        if isinstance(result, PermFail) and self.webhook_queue.hooks:
+            failed = {
+                "queue_id": message.queue_id,
+                "sender": message.envelope.mail_from,
+                "recipient": recipient.address,
+                "reply": str(result.reply),
+            }
+            # Written and fsync'd in a worker thread: never on the loop that serves SMTP.
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, self.webhook_queue.enqueue, "delivery.failed", failed)
 
     def apply(self, config: Config) -> None:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
@@ -534,6 +553,9 @@ class Application:
             self.certificates.start()
         if self.acme is not None:
             self.acme.start()
+        if self.web is not None and self.web.serves:
+            self.webhooks = WebhookSender(self.webhook_queue, self.web.hub)
+            self.webhooks.start()
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
@@ -562,6 +584,8 @@ class Application:
         await self.smtp.stop(grace)
         if self.pop3 is not None:
             await self.pop3.stop(grace)
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.daily_reports is not None:

@@ -65,6 +65,7 @@ class Operations:
         peers: Callable[[], Sequence[WorkerReport]] | None = None,
         certificates: Callable[[], Sequence[CertificateInfo]] = tuple,
         chaos: ChaosRules | None = None,
+        webhooks: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
@@ -74,6 +75,7 @@ class Operations:
         self._peers = peers
         self._certificates = certificates
         self._chaos = chaos
+        self._webhooks = webhooks
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
@@ -156,7 +158,12 @@ class Operations:
             "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
             **self._chaos_status(),
+            **self._webhook_status(),
         }
+
+    def _webhook_status(self) -> dict[str, Any]:
+        state = self._webhooks() if self._webhooks is not None else None
+        return {"webhooks": state} if state else {}
 
     def _chaos_status(self) -> dict[str, Any]:
         """``chaos``: the fault-injection rules, only while some are in force."""

@@ -48,6 +48,7 @@ from postoffice.config.tables import (
     QueueSettings,
     RetentionSettings,
     TLSConfig,
+    Webhook,
 )
 from postoffice.config.values import (
     MAX_WORKERS,
@@ -86,6 +87,7 @@ __all__ = [
     "QueueSettings",
     "RetentionSettings",
     "TLSConfig",
+    "Webhook",
     "check_config",
     "default_data_dir",
     "default_hostname",

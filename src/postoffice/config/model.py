@@ -54,6 +54,7 @@ from postoffice.config.tables import (
     QueueSettings,
     RetentionSettings,
     TLSConfig,
+    Webhook,
 )
 from postoffice.config.tls_reporting import TlsReporting
 from postoffice.config.values import MAX_WORKERS
@@ -189,6 +190,7 @@ class Config:
         " verified, relayed.",
     )
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    webhooks: tuple[Webhook, ...] = ()
     allow_chaos: bool = setting(
         False,
         BOOLEAN,
@@ -321,6 +323,14 @@ SECTIONS = (
     ),
     _table("limits", Limits, "Resource limits for SMTP sessions."),
     _table("retention", RetentionSettings, "How much captured mail is kept (see testing-toolkit.md)."),
+    Section(
+        "webhooks",
+        Webhook,
+        "Each event is POSTed as JSON to every webhook that asks for it, queued on disk and retried"
+        " for a day (see testing-toolkit.md).",
+        lambda given: {"webhooks": tuple(Webhook(**entry) for entry in given.get("entries", ()))},
+        many=True,
+    ),
     _table(
         "queue",
         QueueSettings,

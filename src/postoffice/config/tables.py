@@ -24,6 +24,7 @@ from postoffice.config.kinds import (
     DNS_SERVER,
     DOMAINS,
     DURATION,
+    EVENTS,
     HTTPS_URL,
     NETWORKS,
     PATH,
@@ -31,10 +32,13 @@ from postoffice.config.kinds import (
     RELAY_HOST,
     RELAY_TLS_MODES,
     RELAY_USER,
+    SECRET,
     SIZE,
     STS_MODES,
     TLS_POLICY,
     TLS_VERSION,
+    WEBHOOK_EVENTS,
+    WEBHOOK_URL,
     choice_of,
     listeners_of,
 )
@@ -175,6 +179,22 @@ class QueueSettings:
         COUNT,
         "Deliveries running at once to one remote destination, a domain or the relay host (Postfix"
         " initial_destination_concurrency).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ``[[webhooks]]`` entry: where events are POSTed, which ones, and the signing key."""
+
+    url: str = setting("", WEBHOOK_URL, "Where each event is POSTed as JSON (required).", default_text="none")
+    events: tuple[str, ...] = setting(
+        WEBHOOK_EVENTS, EVENTS, "The events to send; delivery.failed is a recipient's final failure."
+    )
+    secret: str = setting(
+        "",
+        SECRET,
+        "Signs each body: X-Postoffice-Signature: sha256=<hex HMAC-SHA256 of the body with this key>.",
+        default_text="none: unsigned",
     )
 
 
