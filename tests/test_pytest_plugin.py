@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = "postoffice.testing.pytest_plugin"
+PLUGIN = "pytest_postoffice"
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,6 +89,13 @@ def test_messages_clear_and_timeout(postoffice_server):
 def test_the_plugin_is_declared_as_a_pytest11_entry_point() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["entry-points"]["pytest11"] == {"postoffice": PLUGIN}
+
+
+def test_loading_the_plugin_imports_no_postoffice_module() -> None:
+    """pytest loads entry points before ``pythonpath``: an import here would pin the installed copy."""
+    probe = f"import sys, {PLUGIN}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'postoffice'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
 
 
 def test_a_test_using_only_the_fixture_follows_a_confirmation_link(tmp_path: Path) -> None:
