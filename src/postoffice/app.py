@@ -62,6 +62,7 @@ from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
 from postoffice.policy import Policy
 from postoffice.qmgr.bounce import Bouncer
+from postoffice.qmgr.release import queue_release
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
@@ -438,6 +439,7 @@ class Application:
             share=web_share,
             sockets=http_sockets,
             chaos=self.chaos,
+            release=self.release,
         )
 
     def _certificates(self) -> list[CertificateInfo]:
@@ -502,6 +504,12 @@ class Application:
 
     def _mailbox_ok(self, address: str) -> bool:
         return self.mailboxes.mailbox_name(address) is not None  # the store never changes
+
+    async def release(self, content: bytes, mail_from: str, to: Sequence[str]) -> str:
+        """Send a captured message on by the outbound route (POST .../release); its queue ID."""
+        queued = await queue_release(self.spool, content, mail_from, to)
+        self.scheduler.submit(queued)
+        return queued.queue_id
 
     def _destination(self, recipient: Recipient) -> str:
         """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,6 +148,8 @@ class WebContext:
     executor: Executor
     # Fault injection's rules (web/chaos_api.py); None where the server has none.
     chaos: ChaosRules | None = None
+    # Sends a captured message on (web/release_api.py): content, sender, recipients -> queue ID.
+    release: Callable[[bytes, str, list[str]], Awaitable[str]] | None = None
 
 
 class MailApi:

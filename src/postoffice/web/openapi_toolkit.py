@@ -76,6 +76,32 @@ _CSRF = {
 }
 
 SCHEMAS: dict[str, Any] = {
+    "Release": {
+        "type": "object",
+        "required": ["to"],
+        "additionalProperties": False,
+        "properties": {
+            "to": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": {"type": "string", "format": "email"},
+            },
+            "from": {
+                "type": "string",
+                "description": "The envelope sender; the message's Return-Path when absent, '' for <>.",
+            },
+        },
+    },
+    "Released": {
+        "type": "object",
+        "required": ["queue_id", "from", "to"],
+        "properties": {
+            "queue_id": {"type": "string"},
+            "from": {"type": "string"},
+            "to": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "ChaosRule": _RULE,
     "ChaosRules": {
         "type": "object",
@@ -129,6 +155,27 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PATHS: dict[str, Any] = {
+    "/api/v1/messages/{id}/release": {
+        "post": {
+            "summary": "Send a captured message on to real addresses (the relay host or MX)",
+            "description": "Queued as a new message by the outbound route, without the Return-Path and"
+            " Delivered-To fields of its local delivery; administrators only.",
+            "operationId": "releaseMessage",
+            "parameters": [_MESSAGE_ID, _CSRF],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Release")}}},
+            "responses": {
+                "202": _json(
+                    _ref("Released"), "Queued; the queue ID names it in the log and postoffice queue."
+                ),
+                "400": _error("An address cannot be used."),
+                "401": _UNAUTHORISED,
+                "403": _error("Not an administrator, or a missing X-CSRF-Token."),
+                "404": _NOT_FOUND,
+                "413": _error("Body too large."),
+                "415": _error("Body is not JSON."),
+            },
+        }
+    },
     "/api/v1/chaos": {
         "get": {
             "summary": "The fault-injection rules in force",

@@ -34,7 +34,7 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -120,6 +120,7 @@ class WebService:
         share: WebShare | None = None,
         sockets: Sequence[socket.socket] | None = None,
         chaos: ChaosRules | None = None,
+        release: Callable[[bytes, str, list[str]], Awaitable[str]] | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
         listeners, bound already (before root was given up); None: it binds its own."""
@@ -128,7 +129,7 @@ class WebService:
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
-        self.context = WebContext(self.index, self.hub, self.auth, self.executor, chaos)
+        self.context = WebContext(self.index, self.hub, self.auth, self.executor, chaos, release)
         self.app = with_policy(
             create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access),
             our_policy(config),
