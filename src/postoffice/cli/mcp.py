@@ -1,4 +1,4 @@
-"""``postoffice mcp``: serve the MCP tools of :mod:`postoffice.testing.mcp_server` over stdio.
+"""``postoffice mcp``: serve the MCP tools of :mod:`postoffice.web.mcp_tools` over stdio.
 
 Untrusted input seen here: the command line; the MCP traffic is the SDK's and the module's.
 """
@@ -26,7 +26,7 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def _run_mcp(args: argparse.Namespace) -> int:
     try:
-        from postoffice.testing.mcp_server import build
+        from postoffice.web.mcp_tools import build
     except ImportError:
         print(
             "postoffice: the MCP server needs the mcp package: pip install 'postoffice[mcp]'", file=sys.stderr

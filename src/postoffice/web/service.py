@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
@@ -50,6 +50,7 @@ from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
 from postoffice.web.feed import FeedWriter
 from postoffice.web.index import Change, MailIndex, Row, SyncReport
+from postoffice.web.mcp_http import McpEndpoint
 from postoffice.web.mta_sts import with_policy
 from postoffice.web.retention import Retention
 from postoffice.web.server import HttpAddress, HttpServer
@@ -130,8 +131,10 @@ class WebService:
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
         self.context = WebContext(self.index, self.hub, self.auth, self.executor, chaos, release)
+        self.mcp = McpEndpoint(open_access=self.auth.open_access)
+        routes = [*extra_routes, Route("/mcp", self.mcp, methods=["GET", "POST", "DELETE"])]
         self.app = with_policy(
-            create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access),
+            create_app(self.context, extra_routes=routes, loopback_only=self.auth.open_access),
             our_policy(config),
             config.domains,
         )
@@ -175,6 +178,10 @@ class WebService:
             return []
         if self._follows:
             self._follower = loop.create_task(self._follow(), name="postoffice-index-follower")
+        if self.addresses:
+            first = self.addresses[0]
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first.host, first.host)
+            await self.mcp.start(f"http://{f'[{host}]' if ':' in host else host}:{first.port}")
         return self.addresses
 
     @property
@@ -321,6 +328,7 @@ class WebService:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        await self.mcp.stop()
         self.hub.close()
         await self.http.stop()
         await self.idle()

@@ -1,4 +1,5 @@
-"""``postoffice mcp``: an MCP server (Model Context Protocol, over stdio) that lets an AI agent
+"""The MCP tools (Model Context Protocol) over a running server's mail, for ``postoffice mcp``
+(stdio) and the web listener's ``/mcp`` (web/mcp_http.py): they let an AI agent
 read and wait for the mail a running postoffice captured.
 
 Untrusted input seen here: the tools' arguments, from the agent (checked by the SDK against
@@ -14,6 +15,7 @@ that login may see and nothing more. Built with the official SDK (``mcp``, versi
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -48,9 +50,23 @@ def _readable(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _quietly_made() -> MCPServer:
+    """The SDK's server, without the logging it sets up: MCPServer() calls logging.basicConfig
+    with a rich handler (multi-line records, tracebacks), which on a root logger with no handler
+    would print every postoffice log line a second time. basicConfig does nothing where the root
+    logger has a handler, so it gets one for that moment."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        return MCPServer("postoffice", instructions=INSTRUCTIONS, version=__version__)
+    finally:
+        root.removeHandler(guard)
+
+
 def build(api: ApiClient) -> MCPServer:
     """The MCP server with its tools, over ``api``."""
-    server: MCPServer = MCPServer("postoffice", instructions=INSTRUCTIONS, version=__version__)
+    server = _quietly_made()
 
     async def call(method: str, path: str, **options: Any) -> Any:
         return await asyncio.to_thread(api.call, method, path, **options)
