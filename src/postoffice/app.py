@@ -31,7 +31,7 @@ from postoffice.acme.files import AcmeFiles
 from postoffice.acme.order import CaSettings
 from postoffice.acme.renewal import AcmeService, Backoff
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.delivery.agent import DeliveryAgent, DeliveryResult, PermFail
+from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.forward import ForwardAgent
@@ -62,11 +62,9 @@ from postoffice.net.transcript import TranscriptLog
 from postoffice.operations import Operations
 from postoffice.policy import Policy
 from postoffice.qmgr.bounce import Bouncer
-from postoffice.qmgr.release import queue_release
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
-from postoffice.smtpd.chaos import ChaosRules
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
@@ -76,7 +74,7 @@ from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
-from postoffice.web.webhooks import QUEUE_DIRECTORY, WebhookQueue, WebhookSender
+from postoffice.web.toolkit import Toolkit
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path
 
 log = logging.getLogger("postoffice")
@@ -245,7 +243,7 @@ class Application:
         receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
-        self._testing_toolkit(config)
+        self.toolkit = Toolkit(config, self.spool, lambda queued: self.scheduler.submit(queued))
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -259,7 +257,7 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
             local_socket=config.local_socket_path if config.local_socket else None,
-            chaos=self.chaos,
+            chaos=self.toolkit.chaos,
         )
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
@@ -334,13 +332,6 @@ class Application:
             capture=config.capture_mode,
         )
 
-    def _testing_toolkit(self, config: Config) -> None:
-        # Fault injection (smtpd/chaos.py): rules shared by every worker through a file.
-        self.chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed)
-        # Webhooks (web/webhooks.py): any process queues; the one serving HTTP sends.
-        self.webhook_queue = WebhookQueue(config.data_dir / QUEUE_DIRECTORY, config.webhooks)
-        self.webhooks: WebhookSender | None = None
-
     def _agents(self) -> dict[Route, DeliveryAgent]:
         """The delivery agents, by route."""
         return {
@@ -398,12 +389,11 @@ class Application:
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
-            chaos=self.chaos,
-            webhooks=lambda: self.webhooks.state() if self.webhooks is not None else None,
+            chaos=self.toolkit.chaos,
+            webhooks=self.toolkit.webhook_state,
         )
         if worker_index is None or worker_index == 0:  # the process serving /metrics
-            operations.metrics.watch_chaos(self.chaos.count)
-            operations.metrics.webhook_pending.set_function(lambda: len(self.webhook_queue.entries()))
+            self.toolkit.serve_metrics(operations.metrics)
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
@@ -438,8 +428,8 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
-            chaos=self.chaos,
-            release=self.release,
+            chaos=self.toolkit.chaos,
+            release=self.toolkit.release,
         )
 
     def _certificates(self) -> list[CertificateInfo]:
@@ -468,16 +458,7 @@ class Application:
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
     ) -> None:
         self.operations.on_delivery_result(message, recipient, result)
-        if isinstance(result, PermFail) and self.webhook_queue.hooks:
-            failed = {
-                "queue_id": message.queue_id,
-                "sender": message.envelope.mail_from,
-                "recipient": recipient.address,
-                "reply": str(result.reply),
-            }
-            # Written and fsync'd in a worker thread: never on the loop that serves SMTP.
-            loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, self.webhook_queue.enqueue, "delivery.failed", failed)
+        self.toolkit.delivery_result(message, recipient, result)
 
     def apply(self, config: Config) -> None:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
@@ -504,12 +485,6 @@ class Application:
 
     def _mailbox_ok(self, address: str) -> bool:
         return self.mailboxes.mailbox_name(address) is not None  # the store never changes
-
-    async def release(self, content: bytes, mail_from: str, to: Sequence[str]) -> str:
-        """Send a captured message on by the outbound route (POST .../release); its queue ID."""
-        queued = await queue_release(self.spool, content, mail_from, to)
-        self.scheduler.submit(queued)
-        return queued.queue_id
 
     def _destination(self, recipient: Recipient) -> str:
         """The scheduler's unit of concurrency: local mailboxes, or one remote destination."""
@@ -561,9 +536,7 @@ class Application:
             self.certificates.start()
         if self.acme is not None:
             self.acme.start()
-        if self.web is not None and self.web.serves:
-            self.webhooks = WebhookSender(self.webhook_queue, self.web.hub)
-            self.webhooks.start()
+        self.toolkit.start(self.web.hub if self.web is not None and self.web.serves else None)
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
@@ -592,8 +565,7 @@ class Application:
         await self.smtp.stop(grace)
         if self.pop3 is not None:
             await self.pop3.stop(grace)
-        if self.webhooks is not None:
-            await self.webhooks.stop()
+        await self.toolkit.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.daily_reports is not None:
