@@ -130,7 +130,9 @@ class WebService:
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
-        self.context = WebContext(self.index, self.hub, self.auth, self.executor, chaos, release)
+        self.context = WebContext(
+            self.index, self.hub, self.auth, self.executor, chaos=chaos, release=release
+        )
         self.mcp = McpEndpoint(open_access=self.auth.open_access)
         routes = [*extra_routes, Route("/mcp", self.mcp, methods=["GET", "POST", "DELETE"])]
         self.app = with_policy(
