@@ -389,11 +389,9 @@ class Application:
             sessions=lambda: len(self.smtp.sessions),
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
-            chaos=self.toolkit.chaos,
-            webhooks=self.toolkit.webhook_state,
+            extra_status=self.toolkit.status,
         )
-        if worker_index is None or worker_index == 0:  # the process serving /metrics
-            self.toolkit.serve_metrics(operations.metrics)
+        self.toolkit.serve_metrics(operations.metrics, serves=worker_index in (None, 0))
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
@@ -428,8 +426,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
-            chaos=self.toolkit.chaos,
-            release=self.toolkit.release,
+            toolkit=self.toolkit,
         )
 
     def _certificates(self) -> list[CertificateInfo]:

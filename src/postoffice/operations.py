@@ -18,7 +18,6 @@ from postoffice import __version__, metrics
 from postoffice.acme.certificate import CertificateInfo
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
 from postoffice.qmgr.scheduler import Scheduler
-from postoffice.smtpd.chaos import ChaosRules
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.worker_reports import WorkerReport, merge_expositions
 
@@ -64,8 +63,7 @@ class Operations:
         sessions: Callable[[], int],
         peers: Callable[[], Sequence[WorkerReport]] | None = None,
         certificates: Callable[[], Sequence[CertificateInfo]] = tuple,
-        chaos: ChaosRules | None = None,
-        webhooks: Callable[[], dict[str, Any] | None] | None = None,
+        extra_status: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
@@ -74,8 +72,7 @@ class Operations:
         self._sessions = sessions
         self._peers = peers
         self._certificates = certificates
-        self._chaos = chaos
-        self._webhooks = webhooks
+        self._extra_status = extra_status  # the testing toolkit's (web/toolkit.py)
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
@@ -157,18 +154,5 @@ class Operations:
             "queue": self._queue_counts(peers),
             "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
-            **self._chaos_status(),
-            **self._webhook_status(),
+            **self._extra_status(),
         }
-
-    def _webhook_status(self) -> dict[str, Any]:
-        state = self._webhooks() if self._webhooks is not None else None
-        return {"webhooks": state} if state else {}
-
-    def _chaos_status(self) -> dict[str, Any]:
-        """``chaos``: the fault-injection rules, only while some are in force."""
-        chaos = self._chaos
-        if chaos is None or not chaos.enabled:
-            return {}
-        chaos.refresh()
-        return {"chaos": [rule.to_json() for rule in chaos.rules]} if chaos.rules else {}

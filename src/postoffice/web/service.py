@@ -34,7 +34,7 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +43,6 @@ from starlette.routing import BaseRoute, Route
 from postoffice.accounts import Accounts
 from postoffice.config import Config
 from postoffice.mailauth.mta_sts import our_policy
-from postoffice.smtpd.chaos import ChaosRules
 from postoffice.storage import MailboxStore, StoredMessage
 from postoffice.web.api import WebContext, summary_json
 from postoffice.web.auth import Authenticator
@@ -55,6 +54,7 @@ from postoffice.web.mta_sts import with_policy
 from postoffice.web.retention import Retention
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
+from postoffice.web.toolkit import Toolkit
 from postoffice.web.watch import MaildirWatcher
 
 log = logging.getLogger("postoffice.web")
@@ -120,8 +120,7 @@ class WebService:
         extra_routes: Sequence[BaseRoute] = (),
         share: WebShare | None = None,
         sockets: Sequence[socket.socket] | None = None,
-        chaos: ChaosRules | None = None,
-        release: Callable[[bytes, str, list[str]], Awaitable[str]] | None = None,
+        toolkit: Toolkit | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
         listeners, bound already (before root was given up); None: it binds its own."""
@@ -131,7 +130,12 @@ class WebService:
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
         self.context = WebContext(
-            self.index, self.hub, self.auth, self.executor, chaos=chaos, release=release
+            self.index,
+            self.hub,
+            self.auth,
+            self.executor,
+            chaos=toolkit.chaos if toolkit is not None else None,
+            release=toolkit.release if toolkit is not None else None,
         )
         self.mcp = McpEndpoint(open_access=self.auth.open_access)
         routes = [*extra_routes, Route("/mcp", self.mcp, methods=["GET", "POST", "DELETE"])]

@@ -34,13 +34,24 @@ class Toolkit:
         self._spool = spool
         self._submit = submit
 
-    def serve_metrics(self, metrics: Metrics) -> None:
-        """In the process serving /metrics: the rules in force and the deliveries queued."""
+    def serve_metrics(self, metrics: Metrics, *, serves: bool) -> None:
+        """``serves``: this process serves /metrics (the only one, or worker 0); its gauges
+        say how many rules are in force and how many deliveries wait."""
+        if not serves:
+            return
         metrics.watch_chaos(self.chaos.count)
         metrics.webhook_pending.set_function(lambda: len(self.webhook_queue.entries()))
 
-    def webhook_state(self) -> dict[str, Any] | None:
-        return self.webhooks.state() if self.webhooks is not None else None
+    def status(self) -> dict[str, Any]:
+        """For /api/v1/status: ``chaos`` while rules are in force, ``webhooks`` where they are sent."""
+        found: dict[str, Any] = {}
+        if self.chaos.enabled:
+            self.chaos.refresh()
+            if self.chaos.rules:
+                found["chaos"] = [rule.to_json() for rule in self.chaos.rules]
+        if self.webhooks is not None:
+            found["webhooks"] = self.webhooks.state()
+        return found
 
     def delivery_result(self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult) -> None:
         """A recipient's final failure is a ``delivery.failed`` event (on the event loop)."""
