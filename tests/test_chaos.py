@@ -191,6 +191,14 @@ def test_chaos_command_needs_a_server() -> None:
 def test_a_rule_reaches_every_worker(server_process: Callable[..., ServerProcess], tmp_path: Path) -> None:
     running = server_process("--workers", "2", data_dir=tmp_path / "data")
     base = f"http://127.0.0.1:{running.http_port()}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, what="worker 0 serving HTTP")
     with httpx.Client(base_url=base, timeout=10) as http:
         answer = http.put("/api/v1/chaos", json=[{"stage": "rcpt", "reply": TRY_LATER}], headers=csrf(http))
         assert answer.status_code == 200, answer.text
