@@ -220,8 +220,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # The composition root: one server process's parts, built from a Config.
     ("postoffice.app",),
     # Running it as a process: the pid file, binding as root then becoming the user, workers,
-    # signals, the banner. It starts the composition root, which never reaches back.
-    ("postoffice.runtime",),
+    # signals, the banner. It starts the composition root, which never reaches back. Beside it,
+    # running it inside a test process (the pytest plugin's capture server).
+    ("postoffice.runtime", "postoffice.testing"),
     ("postoffice.cli",),
     ("postoffice.__main__",),
 )
@@ -277,7 +278,10 @@ def test_imports_point_downward() -> None:
                 for prefix in forbidden:
                     if _matches(name, prefix):
                         violations.append(f"{module} imports {name}")
-        if not any(_matches(module, unit) for unit in ("postoffice.runtime", "postoffice.app")):
+        # The composition root is started by runtime/ (a process) and testing/ (a test's server).
+        if not any(
+            _matches(module, unit) for unit in ("postoffice.runtime", "postoffice.testing", "postoffice.app")
+        ):
             violations += [f"{module} imports {n}" for n in _imports(path) if _matches(n, "postoffice.app")]
     assert violations == []
 

@@ -41,6 +41,8 @@ def test_every_key_is_in_the_reference() -> None:
     text = render()
     for section in SECTIONS:
         heading = f"## `[{section.name}]`" if section.name else "## Top level"
+        if section.many:
+            heading = f"## `[[{section.name}]]`"
         part = text.split(heading, 1)[1].split("\n## ", 1)[0]
         for item, _ in keys_of(section.keys):
             assert f"\n| `{item.name}` |" in part, section.dotted(item.name)

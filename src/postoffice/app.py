@@ -74,6 +74,7 @@ from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
+from postoffice.web.toolkit import Toolkit
 from postoffice.worker_reports import ReportPublisher, read_reports, report_path, workers_directory
 
 log = logging.getLogger("postoffice")
@@ -246,6 +247,7 @@ class Application:
         receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
+        self.toolkit = Toolkit(config, self.spool, lambda queued: self.scheduler.submit(queued))
         self.smtp = SmtpServer(
             settings=server_settings(config),
             limits=config.limits,
@@ -259,6 +261,7 @@ class Application:
             signer=self.signer,
             inbound=inbound_authentication(config),
             local_socket=config.local_socket_path if config.local_socket else None,
+            chaos=self.toolkit.chaos,
         )
         self._acme(worker_index, acme_sockets)
         self.pop3 = self._pop3(worker_index)
@@ -397,7 +400,9 @@ class Application:
             sessions=lambda: len(self.smtp.sessions) + self.imap.open_sessions,
             peers=(lambda: read_reports(reports, exclude=0)) if worker_index == 0 else None,
             certificates=self._certificates,
+            extra_status=self.toolkit.status,
         )
+        self.toolkit.serve_metrics(operations.metrics, serves=worker_index in (None, 0))
         reporter: ReportPublisher | None = None
         if worker_index is not None and worker_index > 0:
             index = worker_index
@@ -433,6 +438,7 @@ class Application:
             share=web_share,
             sockets=http_sockets,
             tls=self.security.tls.context if self.security.tls is not None else None,
+            toolkit=self.toolkit,
         )
 
     def _certificates(self) -> list[CertificateInfo]:
@@ -461,6 +467,7 @@ class Application:
         self, message: QueuedMessage, recipient: Recipient, result: DeliveryResult
     ) -> None:
         self.operations.on_delivery_result(message, recipient, result)
+        self.toolkit.delivery_result(message, recipient, result)
 
     def apply(self, config: Config) -> None:
         """Apply a re-read configuration to new sessions; open sessions keep theirs (SIGHUP).
@@ -541,6 +548,7 @@ class Application:
             self.certificates.start()
         if self.acme is not None:
             self.acme.start()
+        self.toolkit.start(self.web.hub if self.web is not None and self.web.serves else None)
         self.operations.running = True
         if self.reporter is not None:
             self.reporter.start()
@@ -570,6 +578,7 @@ class Application:
         if self.pop3 is not None:
             await self.pop3.stop(grace)
         await self.imap.stop()
+        await self.toolkit.stop()
         if self.reporter is not None:
             await self.reporter.stop()
         if self.daily_reports is not None:

@@ -74,6 +74,7 @@ class Metrics:
         self.spool_errors = Counter(
             "postoffice_spool_errors", "Messages refused because the spool could not store them", registry=r
         )
+        self._testing_toolkit(r)
         self.authentication_results = Counter(
             "postoffice_authentication_results",
             "Mail authentication results of incoming mail, by method (spf, dkim, dmarc, arc) and result",
@@ -152,6 +153,29 @@ class Metrics:
     def authentication_result(self, method: str, result: str) -> None:
         # Results come from our verifiers' fixed vocabularies (RFC 8601 §2.7).
         self.authentication_results.labels(method, result).inc()
+
+    def _testing_toolkit(self, r: CollectorRegistry) -> None:
+        """Webhooks and fault injection (docs/testing-toolkit.md)."""
+        self.webhook_deliveries = Counter(
+            "postoffice_webhook_deliveries", "Webhook POSTs by outcome", ["outcome"], registry=r
+        )
+        self.webhook_pending = Gauge("postoffice_webhook_pending", "Webhook deliveries queued", registry=r)
+        self.chaos_rules = Gauge("postoffice_chaos_rules", "Fault-injection rules in force", registry=r)
+        self.chaos_replies = Counter(
+            "postoffice_chaos_injected", "Faults injected, by stage", ["stage"], registry=r
+        )
+
+    def webhook_delivery(self, outcome: str) -> None:
+        # delivered, retry or failed (web/webhooks.py).
+        self.webhook_deliveries.labels(outcome).inc()
+
+    def chaos_injected(self, stage: str) -> None:
+        # Stages come from smtpd/chaos.py STAGES, a fixed vocabulary.
+        self.chaos_replies.labels(stage).inc()
+
+    def watch_chaos(self, rules: Callable[[], int]) -> None:
+        """Report ``rules()`` (fault-injection rules in force) at every scrape."""
+        self.chaos_rules.set_function(rules)
 
     def watch_queue(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Report ``counts()`` (messages by queue state) at every scrape."""

@@ -63,6 +63,7 @@ class Operations:
         sessions: Callable[[], int],
         peers: Callable[[], Sequence[WorkerReport]] | None = None,
         certificates: Callable[[], Sequence[CertificateInfo]] = tuple,
+        extra_status: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.hostname = hostname
         self.spool_root = spool_root
@@ -71,6 +72,7 @@ class Operations:
         self._sessions = sessions
         self._peers = peers
         self._certificates = certificates
+        self._extra_status = extra_status  # the testing toolkit's (web/toolkit.py)
         self.started_at = time.time()
         self.running = False
         self.errors = RecentErrors()
@@ -152,4 +154,5 @@ class Operations:
             "queue": self._queue_counts(peers),
             "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
+            **self._extra_status(),
         }

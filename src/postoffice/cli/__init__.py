@@ -31,7 +31,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postoffice import __version__
-from postoffice.cli import check_config, dkim, dns, queue, reindex, send, serve, status, tlsrpt, users
+from postoffice.cli import (
+    chaos,
+    check_config,
+    dkim,
+    dns,
+    mcp,
+    queue,
+    reindex,
+    send,
+    serve,
+    status,
+    tlsrpt,
+    users,
+    wait,
+)
 from postoffice.cli.common import EXIT_INTERRUPTED, CommandParser, Handler, Subparsers, one_line
 from postoffice.errors import PostofficeError
 
@@ -91,4 +105,7 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     dkim.add_parser,
     dns.add_parser,
     tlsrpt.add_parser,
+    wait.add_parser,
+    chaos.add_parser,
+    mcp.add_parser,
 )

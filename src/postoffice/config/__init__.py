@@ -46,7 +46,9 @@ from postoffice.config.tables import (
     Limits,
     ProxyProtocol,
     QueueSettings,
+    RetentionSettings,
     TLSConfig,
+    Webhook,
 )
 from postoffice.config.values import (
     MAX_WORKERS,
@@ -83,7 +85,9 @@ __all__ = [
     "Overrides",
     "ProxyProtocol",
     "QueueSettings",
+    "RetentionSettings",
     "TLSConfig",
+    "Webhook",
     "check_config",
     "default_data_dir",
     "default_hostname",

@@ -28,6 +28,8 @@ TLS_POLICIES = ("none", "may", "require", "verify")
 RELAY_TLS_MODES = ("none", "starttls", "tls")
 # [mta_sts] mode: RFC 8461 §3.2's three, and "off" for no policy at all.
 STS_MODES = ("off", "none", "testing", "enforce")
+# What a webhook can be told of (web/webhooks.py).
+WEBHOOK_EVENTS = ("message.received", "message.deleted", "delivery.failed")
 
 
 def _one_of(choices: Sequence[str]) -> str:
@@ -73,6 +75,24 @@ def _relay_user(value: object) -> str:
     if not user or not user.isprintable():
         raise Invalid("expected a non-empty user name of printable characters")
     return user
+
+
+def _webhook_url(value: object) -> str:
+    url = string(value).strip()
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or any(ch.isspace() for ch in url):
+        raise Invalid(f"{url[:80]!r} is not an http:// or https:// URL")
+    return url
+
+
+def _webhook_events(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise Invalid("expected a non-empty array of event names")
+    events = tuple(string(item) for item in value)
+    for event in events:
+        if event not in WEBHOOK_EVENTS:
+            raise Invalid(f"{event!r} is not an event; expected {_one_of(WEBHOOK_EVENTS)}")
+    return events
 
 
 def _show_size(octets: int) -> str:
@@ -159,4 +179,7 @@ RELAY_USER = Kind("user name", plain(_relay_user))
 USER = Kind("user name on this machine", plain(values.system_user))
 GROUP = Kind("group name on this machine", plain(values.system_group))
 FILE_MODE = Kind("octal file mode", plain(values.file_mode), lambda mode: f"0o{mode:03o}")
+WEBHOOK_URL = Kind("http:// or https:// URL", plain(_webhook_url))
+EVENTS = Kind("array of " + _one_of(WEBHOOK_EVENTS), plain(_webhook_events))
+SECRET = Kind("string", plain(string), lambda _secret: '""')
 WORKERS = Kind('integer or "auto"', plain(values.workers), floor=Bound(1), excess="too many")

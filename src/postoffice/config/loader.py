@@ -133,20 +133,39 @@ def _table(problems: _Problems, data: dict[str, Any], name: str) -> dict[str, An
     return value
 
 
+def _read_keys(table: dict[str, Any], section: Section, base: Path, problems: _Problems) -> dict[str, Any]:
+    problems.unknown_keys(table, section)
+    found: dict[str, Any] = {}
+    for item, key in keys_of(section.keys):
+        if item.name in table:
+            value = problems.check(
+                section.dotted(item.name), functools.partial(read, key, table[item.name], base)
+            )
+            if value is not None:
+                found[item.name] = value
+    return found
+
+
+def _read_many(data: dict[str, Any], section: Section, base: Path, problems: _Problems) -> dict[str, Any]:
+    """An array of tables (``[[webhooks]]``): each entry read as a table; each needs a url."""
+    entries = data.get(section.name, [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        problems.add(section.name, f"expected tables written [[{section.name}]], got {kind_of(entries)}")
+        return {}
+    read_entries = [_read_keys(entry, section, base, problems) for entry in entries]
+    if any("url" not in entry for entry in entries):
+        problems.add(section.dotted("url"), f"each [[{section.name}]] needs a url")
+    return {"entries": read_entries}
+
+
 def _read_sections(data: dict[str, Any], base: Path, problems: _Problems) -> _Given:
     given: _Given = {}
     for section in SECTIONS:
+        if section.many:
+            given[section.name] = _read_many(data, section, base, problems)
+            continue
         table = _table(problems, data, section.name) if section.name else data
-        problems.unknown_keys(table, section)
-        found: dict[str, Any] = {}
-        for item, key in keys_of(section.keys):
-            if item.name in table:
-                value = problems.check(
-                    section.dotted(item.name), functools.partial(read, key, table[item.name], base)
-                )
-                if value is not None:
-                    found[item.name] = value
-        given[section.name] = found
+        given[section.name] = _read_keys(table, section, base, problems)
     return given
 
 

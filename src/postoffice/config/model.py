@@ -53,7 +53,9 @@ from postoffice.config.tables import (
     ProxyProtocol,
     ProxyProtocolKeys,
     QueueSettings,
+    RetentionSettings,
     TLSConfig,
+    Webhook,
 )
 from postoffice.config.tls_reporting import TlsReporting
 from postoffice.config.values import MAX_WORKERS
@@ -191,6 +193,14 @@ class Config:
         " `postoffice sendmail`, whose mail is then trusted as submission is: DKIM-signed, never"
         " verified, relayed.",
     )
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    webhooks: tuple[Webhook, ...] = ()
+    allow_chaos: bool = setting(
+        False,
+        BOOLEAN,
+        "Allow fault injection (PUT /api/v1/chaos, `postoffice chaos`) outside capture mode. In"
+        " capture mode it is always allowed; a real mail server refuses it unless this is true.",
+    )
     # The file this came from, for messages; None when built from defaults and flags only.
     source: Path | None = None
 
@@ -255,6 +265,11 @@ class Config:
         verify``; unset: on unless in capture mode)."""
         verify = self.authentication.verify
         return not self.capture_mode if verify is None else verify
+
+    @property
+    def chaos_allowed(self) -> bool:
+        """Fault injection may be switched on (smtpd/chaos.py)."""
+        return self.capture_mode or self.allow_chaos
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -322,6 +337,15 @@ SECTIONS = (
         _proxy_protocol,
     ),
     _table("limits", Limits, "Resource limits for SMTP sessions."),
+    _table("retention", RetentionSettings, "How much captured mail is kept (see testing-toolkit.md)."),
+    Section(
+        "webhooks",
+        Webhook,
+        "Each event is POSTed as JSON to every webhook that asks for it, queued on disk and retried"
+        " for a day (see testing-toolkit.md).",
+        lambda given: {"webhooks": tuple(Webhook(**entry) for entry in given.get("entries", ()))},
+        many=True,
+    ),
     _table(
         "queue",
         QueueSettings,

@@ -67,7 +67,9 @@ def _words(text: str) -> str:
 
 
 def _section(section: Section) -> list[str]:
-    title = f"`[{section.name}]`" if section.name else "Top level"
+    title = (
+        f"`[[{section.name}]]`" if section.many else f"`[{section.name}]`" if section.name else "Top level"
+    )
     lines = [
         f"## {title}",
         "",

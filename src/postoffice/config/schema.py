@@ -158,6 +158,8 @@ class Section:
     help: str
     # The keys the file (or a flag) set, by field name -> the ``Config`` fields they make.
     build: Callable[[dict[str, Any]], dict[str, Any]]
+    # An array of tables ([[name]]): the keys the file set are given as {"entries": [{...}, ...]}.
+    many: bool = False
 
     def key_names(self) -> tuple[str, ...]:
         return tuple(item.name for item, _ in keys_of(self.keys))

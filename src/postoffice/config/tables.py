@@ -24,6 +24,7 @@ from postoffice.config.kinds import (
     DNS_SERVER,
     DOMAINS,
     DURATION,
+    EVENTS,
     HTTPS_URL,
     NETWORKS,
     PATH,
@@ -31,10 +32,13 @@ from postoffice.config.kinds import (
     RELAY_HOST,
     RELAY_TLS_MODES,
     RELAY_USER,
+    SECRET,
     SIZE,
     STS_MODES,
     TLS_POLICY,
     TLS_VERSION,
+    WEBHOOK_EVENTS,
+    WEBHOOK_URL,
     choice_of,
     listeners_of,
 )
@@ -183,6 +187,39 @@ class QueueSettings:
         " more with each delivery that reached it, and back when one could not (Postfix"
         " default_destination_concurrency_limit).",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ``[[webhooks]]`` entry: where events are POSTed, which ones, and the signing key."""
+
+    url: str = setting("", WEBHOOK_URL, "Where each event is POSTed as JSON (required).", default_text="none")
+    events: tuple[str, ...] = setting(
+        WEBHOOK_EVENTS, EVENTS, "The events to send; delivery.failed is a recipient's final failure."
+    )
+    secret: str = setting(
+        "",
+        SECRET,
+        "Signs each body: X-Postoffice-Signature: sha256=<hex HMAC-SHA256 of the body with this key>.",
+        default_text="none: unsigned",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How much captured mail is kept; ``[retention]`` in the file. Pruned in the background by
+    the process that keeps the web index, oldest (lowest id) first; 0 keeps everything."""
+
+    max_messages: int = setting(0, COUNT, "Keep at most this many messages in all, the newest.", off=0)
+    max_messages_per_mailbox: int = setting(
+        0, COUNT, "Keep at most this many messages in each mailbox, the newest.", off=0
+    )
+    max_age: float = setting(0.0, DURATION, "Delete messages received longer ago than this.", off=0.0)
+    check_interval: float = setting(60.0, DURATION, "How often the limits are applied.")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_messages or self.max_messages_per_mailbox or self.max_age)
 
 
 @dataclass(frozen=True, slots=True)

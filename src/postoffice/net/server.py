@@ -20,6 +20,7 @@ from pathlib import Path
 from postoffice.config import Limits, Listener, ProxyProtocol
 from postoffice.errors import ConfigError, ListenError
 from postoffice.mailauth.dkim_signer import Signer
+from postoffice.net.chaos import ChaosCheck
 from postoffice.net.listeners import LOCAL_KIND, SUBMISSION_KINDS, Security, settings_for
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.proxy_gate import ProxyGate
@@ -30,6 +31,7 @@ from postoffice.smtp import replies
 from postoffice.smtp.replies import Reply
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd import Services
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.smtpd.checks.signing import DkimSigning
 from postoffice.smtpd.stages import Check
 from postoffice.smtpd.standard import standard_stages
@@ -74,6 +76,7 @@ class SmtpServer:
         signer: Signer | None = None,
         inbound: Check | None = None,
         local_socket: Path | None = None,
+        chaos: ChaosRules | None = None,
     ) -> None:
         """``local_socket``: where the trusted local socket listens (net.local_socket); None:
         nowhere."""
@@ -91,6 +94,8 @@ class SmtpServer:
         self._inbound = inbound  # mail authentication on the listeners that are not for submission
         self._local_socket = local_socket
         self._owns_local_socket = False  # made it, so takes its name away at the end
+        # Fault injection, where it is allowed (capture mode, or allow_chaos).
+        self._chaos = ChaosCheck(chaos) if chaos is not None and chaos.enabled else None
         self._by_kind: dict[str, SessionServices] = {}
         self._servers: list[asyncio.Server] = []
         self.sessions: set[SmtpSession] = set()
@@ -209,6 +214,7 @@ class SmtpServer:
                 authenticator=None if kind == LOCAL_KIND else security.login,
                 signing=self._signing,
                 inbound=None if kind == LOCAL_KIND else self._inbound,
+                chaos=self._chaos,
             )
             on_queued = self._on_queued
             services = SessionServices(

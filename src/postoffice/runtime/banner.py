@@ -13,6 +13,7 @@ from postoffice.config import Config
 from postoffice.errors import ListenError
 from postoffice.net.server import BoundAddress
 from postoffice.net.tls import ServerTls
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.web.server import HttpAddress
 
 log = logging.getLogger("postoffice")
@@ -56,6 +57,13 @@ def banner(
         )
         names = ", ".join(config.acme_domains)
         print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
+    chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed).rules
+    if chaos:
+        stages = ", ".join(sorted({rule.stage for rule in chaos}))
+        print(
+            f"chaos   {len(chaos)} fault-injection rules in force at {stages} (postoffice chaos clear)",
+            flush=True,
+        )
     listeners = (*config.listeners, *config.imap_listeners)
     if config.capture_mode and any(not listener.is_loopback for listener in listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")

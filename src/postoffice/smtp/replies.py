@@ -111,6 +111,9 @@ TOO_MANY_CONNECTIONS = Reply.of(421, "4.7.0", "Too many connections, try again l
 TOO_MANY_CONNECTIONS_FROM_CLIENT = Reply.of(421, "4.7.0", "Too many connections from your address")
 TOO_MANY_ERRORS = Reply.of(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_JUNK_COMMANDS = Reply.of(421, "4.7.0", "Too many commands without mail, closing connection")
+# Never sent: the core closes the connection without writing it (fault injection's
+# "disconnect", smtpd/chaos.py). A 421, so every layer treats it as the end of the session.
+DROP = Reply.of(421, "4.4.2", "Connection dropped")
 TIMEOUT = Reply.of(421, "4.4.2", "Timeout exceeded, closing connection")
 TOO_MANY_AUTH_FAILURES = Reply.of(421, "4.7.0", "Too many failed authentication attempts, try again later")
 

@@ -206,6 +206,8 @@ class ServerConnection:
         self._too_big = False
 
     def _write(self, reply: Reply) -> None:
+        if reply is replies.DROP:
+            return  # fault injection's silent hang-up: the 421's closing without its words
         self._out += reply.render(enhanced=self.esmtp)
 
     def _answer(self, reply: Reply) -> None:

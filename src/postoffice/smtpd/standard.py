@@ -26,18 +26,24 @@ def standard_stages(
     authenticator: Authenticator | None,
     signing: Check | None = None,
     inbound: Check | None = None,
+    chaos: Check | None = None,
 ) -> Stages:
     """Policy at MAIL and RCPT, our Received: field at data-start, the junk-command limit, the
     login throttle before AUTH when AUTH is offered, ``inbound`` (SPF, DKIM, DMARC and ARC
     verification: it starts at MAIL and finishes at data-end, before the data-end stage's own
     checks) on the listeners that are not for submission, and ``signing`` (DKIM signatures on
-    our users' mail, :class:`~postoffice.smtpd.checks.signing.DkimSigning`) last at data-end."""
+    our users' mail, :class:`~postoffice.smtpd.checks.signing.DkimSigning`) last at data-end.
+    ``chaos`` (fault injection, :mod:`postoffice.smtpd.chaos`) comes first in every stage a
+    rule can name, so a rule decides before the policy does."""
     verify = () if inbound is None or submission else (inbound,)
+    first: tuple[Check, ...] = () if chaos is None else (chaos,)
     return Stages(
-        auth=() if authenticator is None else (LoginThrottle(authenticator),),
-        mail=(SenderPolicy(policy, submission=submission), *verify),
-        rcpt=(RecipientPolicy(policy),),
-        data_start=(ReceivedField(hostname),),
-        data_end=() if signing is None else (signing,),
+        connect=first,
+        helo=first,
+        auth=(*first, *(() if authenticator is None else (LoginThrottle(authenticator),))),
+        mail=(*first, SenderPolicy(policy, submission=submission), *verify),
+        rcpt=(*first, RecipientPolicy(policy)),
+        data_start=(*first, ReceivedField(hostname)),
+        data_end=(*first, *(() if signing is None else (signing,))),
         replied=(JunkCommands(junk_commands),),
     )

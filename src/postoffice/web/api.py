@@ -18,7 +18,7 @@ import asyncio
 import functools
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from postoffice.errors import MessageGone
 from postoffice.maildir.folders import folder_of
+from postoffice.smtpd.chaos import ChaosRules
 from postoffice.storage import with_seen
 from postoffice.web import message
 from postoffice.web.auth import (
@@ -145,6 +146,10 @@ class WebContext:
     hub: EventHub
     auth: Authenticator
     executor: Executor
+    # Fault injection's rules (web/chaos_api.py); None where the server has none.
+    chaos: ChaosRules | None = None
+    # Sends a captured message on (web/release_api.py): content, sender, recipients -> queue ID.
+    release: Callable[[bytes, str, list[str]], Awaitable[str]] | None = None
 
 
 class MailApi:

@@ -514,3 +514,10 @@ def view(message: EmailMessage) -> MessageView:
         remote_content=remote,
         attachments=attachments,
     )
+
+
+def bodies(message: EmailMessage) -> tuple[str | None, str | None]:
+    """The text/plain and the raw (unsanitised) text/html body, as a mail reader picks them:
+    for reading links and codes out of, never for showing."""
+    text_part, html_part = _body_parts(message)
+    return _text_of(text_part), _text_of(html_part)

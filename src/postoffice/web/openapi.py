@@ -11,6 +11,7 @@ from typing import Any
 
 from postoffice import __version__
 from postoffice.maildir.folders import FOLDER_PATTERN
+from postoffice.web import openapi_toolkit
 from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
 from postoffice.web.authresults import POLICIES, RESULTS, VERDICTS
 from postoffice.web.index import MAX_PAGE
@@ -519,9 +520,9 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Read, search and manage the mailboxes of a postoffice mail server.",
         },
-        "paths": _PATHS,
+        "paths": {**_PATHS, **openapi_toolkit.PATHS},
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **openapi_toolkit.SCHEMAS},
             "securitySchemes": {
                 "session": {"type": "apiKey", "in": "cookie", "name": "postoffice_session"},
             },

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
@@ -50,9 +50,12 @@ from postoffice.web.auth import Authenticator
 from postoffice.web.events import Event, EventHub
 from postoffice.web.feed import FeedWriter
 from postoffice.web.index import Change, MailIndex, Row, SyncReport
+from postoffice.web.mcp_http import McpEndpoint
 from postoffice.web.mta_sts import with_policy
+from postoffice.web.retention import Retention
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.site import create_app
+from postoffice.web.toolkit import Toolkit
 from postoffice.web.watch import MaildirWatcher
 
 log = logging.getLogger("postoffice.web")
@@ -119,6 +122,7 @@ class WebService:
         share: WebShare | None = None,
         sockets: Sequence[socket.socket] | None = None,
         tls: ssl.SSLContext | None = None,
+        toolkit: Toolkit | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
         listeners, bound already (before root was given up); None: it binds its own. ``tls``:
@@ -128,9 +132,18 @@ class WebService:
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
-        self.context = WebContext(self.index, self.hub, self.auth, self.executor)
+        self.context = WebContext(
+            self.index,
+            self.hub,
+            self.auth,
+            self.executor,
+            chaos=toolkit.chaos if toolkit is not None else None,
+            release=toolkit.release if toolkit is not None else None,
+        )
+        self.mcp = McpEndpoint(open_access=self.auth.open_access)
+        routes = [*extra_routes, Route("/mcp", self.mcp, methods=["GET", "POST", "DELETE"])]
         self.app = with_policy(
-            create_app(self.context, extra_routes=extra_routes, loopback_only=self.auth.open_access),
+            create_app(self.context, extra_routes=routes, loopback_only=self.auth.open_access),
             our_policy(config),
             config.domains,
         )
@@ -147,6 +160,7 @@ class WebService:
         self._feed = FeedWriter(share.feed) if share is not None else None
         self._follower: asyncio.Task[None] | None = None
         self.watcher: MaildirWatcher | None = None
+        self.retention: Retention | None = None
         self.addresses: list[HttpAddress] = []
         self._backlog: deque[StoredMessage] = deque()
         self._overflowed = False
@@ -167,10 +181,18 @@ class WebService:
                 self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
             )
             self._sync.add_done_callback(self._synced)
+            self.retention = Retention(
+                self.index, self.config.retention, functools.partial(self._announce, loop)
+            )
+            self.retention.start()
         if not self.serves:
             return []
         if self._follows:
             self._follower = loop.create_task(self._follow(), name="postoffice-index-follower")
+        if self.addresses:
+            first = self.addresses[0]
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first.host, first.host)
+            await self.mcp.start(f"http://{f'[{host}]' if ':' in host else host}:{first.port}")
         return self.addresses
 
     @property
@@ -311,10 +333,13 @@ class WebService:
         self._stopping.set()
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
+        if self.retention is not None:
+            await asyncio.to_thread(self.retention.stop)
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        await self.mcp.stop()
         self.hub.close()
         await self.http.stop()
         await self.idle()

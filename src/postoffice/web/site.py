@@ -25,7 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postoffice.web import openapi
 from postoffice.web.api import MailApi, WebContext
+from postoffice.web.chaos_api import ChaosApi
 from postoffice.web.folder_api import FolderApi
+from postoffice.web.release_api import ReleaseApi
+from postoffice.web.toolkit_api import ToolkitApi
 
 UI_DIR = Path(__file__).with_name("ui")
 # The UI's own pages: scripts and styles only from files of this origin, nothing inline.
@@ -127,6 +130,9 @@ def create_app(
     routes: list[BaseRoute] = [
         *api.routes(),
         *FolderApi(api).routes(),
+        *ToolkitApi(api).routes(),
+        *ChaosApi(api, context.chaos).routes(),
+        *ReleaseApi(api, context.release).routes(),
         Route("/api/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/api/docs", _docs, methods=["GET"]),
         *extra_routes,

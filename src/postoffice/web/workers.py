@@ -20,6 +20,7 @@ from postoffice.config import Config
 from postoffice.storage import MailboxStore
 from postoffice.web.feed import IndexFeed, close_all, feed_streams
 from postoffice.web.index import MailIndex
+from postoffice.web.retention import Retention
 from postoffice.web.server import HttpAddress, address_of, bind_http
 from postoffice.web.service import INDEX_BATCH, INDEX_LINGER, MAX_BACKLOG, WebShare
 from postoffice.web.watch import MaildirWatcher
@@ -40,6 +41,7 @@ class WorkersWeb:
         self._streams: list[tuple[socket.socket, socket.socket]] = []
         self._feed: IndexFeed | None = None
         self._watcher: MaildirWatcher | None = None
+        self._retention: Retention | None = None
         self.addresses: list[HttpAddress] = []
         if not config.http_listeners:
             return
@@ -93,9 +95,15 @@ class WorkersWeb:
             # journals (web/service.py).
             self._watcher = MaildirWatcher(self._feed.index)
             self._watcher.start()
+            # [retention] too: its deletions are journalled, and worker 0 announces them.
+            self._retention = Retention(self._feed.index, self._config.retention)
+            self._retention.start()
 
     def close(self) -> None:
         """In the parent, once every worker has stopped: index what they sent last."""
+        if self._retention is not None:
+            self._retention.stop()
+            self._retention = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
