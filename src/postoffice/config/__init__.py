@@ -26,6 +26,7 @@ import dataclasses
 
 from postoffice.addresses import normalize_address, normalize_domain
 from postoffice.config.kinds import LOG_FORMATS, RELAY_TLS_MODES, TLS_POLICIES, TLS_VERSIONS
+from postoffice.config.listen import ProxyProtocol
 from postoffice.config.loader import Overrides, check_config, load_config
 from postoffice.config.model import Config, default_data_dir, default_hostname, local_socket_path
 from postoffice.config.names import (
@@ -44,7 +45,6 @@ from postoffice.config.tables import (
     AuthenticationSettings,
     DeliverySettings,
     Limits,
-    ProxyProtocol,
     QueueSettings,
     RetentionSettings,
     TLSConfig,

@@ -32,6 +32,7 @@ from postoffice.config.kinds import (
     USER,
     WORKERS,
 )
+from postoffice.config.listen import ListenKeys, ProxyProtocol, ProxyProtocolKeys
 from postoffice.config.names import (
     DEFAULT_ACME_HTTP_LISTENER,
     DEFAULT_HTTP_LISTENER,
@@ -48,10 +49,7 @@ from postoffice.config.tables import (
     AuthenticationSettings,
     DeliverySettings,
     Limits,
-    ListenKeys,
     MtaStsSettings,
-    ProxyProtocol,
-    ProxyProtocolKeys,
     QueueSettings,
     RetentionSettings,
     TLSConfig,
