@@ -50,6 +50,8 @@ def test_tags_from_the_header_and_the_plus_address(server: RunningServer) -> Non
         assert _by_subject(http) == {"welcome": ["signup", "welcome"], "reset": ["reset"], "plain": []}
         assert list(_by_subject(http, "tag:signup")) == ["welcome"]
         assert list(_by_subject(http, "tag:RESET")) == ["reset"]
+        # Capture mode files it under the address as given: the tag is its detail.
+        assert messages(http, q="tag:reset")["messages"][0]["mailbox"] == "ann+reset@example.test"
         assert sorted(_by_subject(http, "-tag:signup")) == ["plain", "reset"]
         assert list(_by_subject(http, "welcome tag:welcome")) == ["welcome"]  # with words (FTS5) too
         bad = http.get("/api/v1/messages", params={"q": "tag:no!pe"})
