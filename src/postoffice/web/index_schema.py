@@ -67,7 +67,6 @@ _TAGS_TABLE = """CREATE TABLE IF NOT EXISTS tags (
     tag TEXT NOT NULL,
     PRIMARY KEY (mailbox, key, tag)
 ) WITHOUT ROWID"""
-_TAGS_INDEX = "CREATE INDEX IF NOT EXISTS tags_by_tag ON tags (tag, mailbox, key)"
 _TAGS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS messages_untagged AFTER DELETE ON messages BEGIN
     DELETE FROM tags WHERE mailbox = old.mailbox AND key = old.key;
 END"""
@@ -123,7 +122,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
 -- sequence number is never reused, so pruning old entries never hides a new one.
 {_CHANGES_TABLE};
 {_TAGS_TABLE};
-{_TAGS_INDEX};
 {_TAGS_TRIGGER};
 """
 # The columns schema 6 added, as _SCHEMA defines them.
@@ -245,7 +243,7 @@ def _add_tags(db: sqlite3.Connection) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         if db.execute("PRAGMA user_version").fetchone()[0] == TAGS_SCHEMA - 1:
-            for statement in (_TAGS_TABLE, _TAGS_INDEX, _TAGS_TRIGGER):
+            for statement in (_TAGS_TABLE, _TAGS_TRIGGER):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {TAGS_SCHEMA:d}")
     except BaseException:

@@ -545,7 +545,8 @@ _PATHS: dict[str, Any] = {
     "/api/v1/events": {
         "get": {
             "summary": "Live events (Server-Sent Events)",
-            "description": "Event names: new (data: a MessageSummary), updated ({id, mailbox, read}),"
+            "description": "Event names: new (data: a MessageSummary), updated ({id, mailbox, read}; also"
+            " folder after a move, tags after PUT .../tags),"
             " deleted ({id, mailbox}), cleared ({mailbox}). Only mailboxes the caller may see.",
             "operationId": "streamEvents",
             "responses": {
