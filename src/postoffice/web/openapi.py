@@ -363,6 +363,7 @@ _PATHS: dict[str, Any] = {
             " smaller:500K; and the authentication results: auth:pass|fail|none (the verdict),"
             " spf:, dkim: (any signature), dmarc:, arc: with a result (pass, fail, softfail, none,"
             " neutral, temperror, permerror, policy); in:INBOX, in:Junk, in:Trash (the folder);"
+            " tag:NAME (the message's tags);"
             " prefix any term with - to negate it.",
             "operationId": "listMessages",
             "parameters": [

@@ -475,7 +475,7 @@ $("search").addEventListener("search", () => {
 
 // A phone's search box is too narrow for the hint; it shows in full from a tablet's width up.
 const narrow = window.matchMedia("(max-width: 700px)");
-const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment auth:fail in:junk";
+const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment tag: auth:fail in:junk";
 // The Junk button: the search with or without in:junk (the list shows junk with a badge).
 function renderJunkFilter() {
   const on = state.query.split(/\s+/).includes("in:junk");
