@@ -761,3 +761,37 @@ def test_folders_show_under_the_mailbox_and_a_message_moves_to_trash(
     expect(p.locator("#message-list li")).to_have_count(1, timeout=WAIT)
     assert "Keep this" in p.locator("#message-list li").inner_text()
     assert watch.dialogs == [] and watch.console_errors == []
+
+
+def test_tags_show_as_chips_are_added_removed_and_searched(
+    page: Page, server: RunningServer, watch: Watch
+) -> None:
+    tagged = make_message("tia@example.test", "Tagged one", "hi")
+    tagged["X-Tags"] = "signup"
+    send(server, tagged)
+    send(server, make_message("tia@example.test", "Plain one", "hi"))
+    p = page
+    open_ui(p, server)
+    row = p.locator("#message-list li", has_text="Tagged one")
+    expect(row.locator(".tag-chip")).to_have_text(["signup"])
+    p.locator("#message-list li", has_text="Plain one").click()
+    p.locator("#view-subject", has_text="Plain one").wait_for()
+    expect(p.locator("#view-tags li")).to_have_count(0)
+    p.fill("#tag-input", "Checked")
+    p.press("#tag-input", "Enter")
+    expect(p.locator("#view-tags li")).to_have_text(["checked×"])
+    plain = p.locator("#message-list li", has_text="Plain one")
+    expect(plain.locator(".tag-chip")).to_have_text(["checked"])
+    with client(server) as http:
+        assert [m["subject"] for m in messages(http, q="tag:checked")["messages"]] == ["Plain one"]
+    # A chip in the list searches for its tag.
+    row.locator(".tag-chip").click()
+    expect(p.locator("#message-list li")).to_have_count(1)
+    assert p.locator("#search").input_value() == "tag:signup"
+    p.locator("#message-list li", has_text="Tagged one").click()
+    p.locator("#view-subject", has_text="Tagged one").wait_for()
+    p.click("#view-tags button[aria-label='Remove tag signup']")
+    expect(p.locator("#view-tags li")).to_have_count(0)
+    with client(server) as http:
+        assert messages(http, q="tag:signup")["messages"] == []
+    assert watch.dialogs == [] and watch.console_errors == []

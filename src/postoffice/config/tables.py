@@ -209,6 +209,18 @@ class RetentionSettings:
     )
     max_age: float = setting(0.0, DURATION, "Delete messages received longer ago than this.", off=0.0)
     check_interval: float = setting(60.0, DURATION, "How often the limits are applied.")
+    keep_tagged: bool = setting(
+        False,
+        BOOLEAN,
+        "Never delete a message with a tag (X-Tags, plus-address or the API); it does not count"
+        " towards the limits either.",
+    )
+    keep_flagged: bool = setting(
+        False,
+        BOOLEAN,
+        "Never delete a flagged (starred) message: the Maildir F flag, IMAP's \\Flagged; it does"
+        " not count towards the limits either.",
+    )
 
     @property
     def active(self) -> bool:

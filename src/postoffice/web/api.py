@@ -121,6 +121,8 @@ def summary_json(row: Row) -> dict[str, Any]:
         # What the server found checking the message on arrival (SPF, DKIM, DMARC, ARC); null
         # for mail it did not check (submitted by a user, captured).
         "authentication": row.auth.to_json() if row.auth is not None else None,
+        # Labels from X-Tags, the plus-address or PUT .../tags (web/tags.py); searched with tag:.
+        "tags": list(row.tags),
     }
 
 

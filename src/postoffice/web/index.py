@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from postoffice.errors import MessageGone
 from postoffice.storage import StoredMessage
-from postoffice.web import authresults, message
+from postoffice.web import authresults, message, tags
 from postoffice.web.index_query import KEYS_PER_QUERY, MAX_PAGE, IndexReading
 from postoffice.web.index_rows import (
     _INSERT,
@@ -161,6 +161,7 @@ class MailIndex(IndexReading):
             seen=stored.seen,
             has_attachments=summary.has_attachments,
             auth=authresults.ours(summary.auth_results, self.authserv_id) if self.authserv_id else None,
+            tags=tuple(tags.from_message(summary.x_tags, summary.delivered_to, stored.mailbox)),
         )
         return row, SearchText(f"{summary.recipients} {summary.delivered_to}".strip(), summary.text)
 
@@ -175,7 +176,8 @@ class MailIndex(IndexReading):
             "INSERT INTO messages_text (rowid, sender, recipients, subject, body, mailbox) VALUES (?, ?, ?, ?, ?, ?)",
             (new_id, row.sender, text.recipients, row.subject, text.body, mailbox_token(row.mailbox)),
         )
-        return dataclasses.replace(row, id=new_id, snippet=snippet)
+        found = self._add_tags(db, row.mailbox, row.key, row.tags)
+        return dataclasses.replace(row, id=new_id, snippet=snippet, tags=found)
 
     def insert_many(self, items: Sequence[tuple[Row, SearchText]]) -> list[Row]:
         """Insert prepared rows in one transaction; returns the ones that are new.
@@ -187,6 +189,29 @@ class MailIndex(IndexReading):
         with self._writing() as db:
             rows = [self._insert(db, row, text) for row, text in items]
         return [row for row in rows if row is not None]
+
+    @staticmethod
+    def _add_tags(db: sqlite3.Connection, address: str, key: str, new: Sequence[str]) -> tuple[str, ...]:
+        """Add ``new`` to the tags of ``address``'s message ``key``; returns all its tags now
+        (a tag set through the API before a rebuild is kept: the table is by key)."""
+        db.executemany(
+            "INSERT INTO tags (mailbox, key, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(address, key, tag) for tag in new],
+        )
+        found = db.execute("SELECT tag FROM tags WHERE mailbox = ? AND key = ? ORDER BY tag", (address, key))
+        return tuple(str(tag) for (tag,) in found)
+
+    def set_tags(self, message_id: int, new: Sequence[str]) -> Row | None:
+        """Make ``new`` (normal tags, web/tags.py) the tags of message ``message_id``;
+        returns its row as it is now, None if it is gone."""
+        with self._writing() as db:
+            found = db.execute("SELECT mailbox, key FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if found is None:
+                return None
+            address, key = str(found[0]), str(found[1])
+            db.execute("DELETE FROM tags WHERE mailbox = ? AND key = ?", (address, key))
+            self._add_tags(db, address, key, new)
+        return self.get(message_id)
 
     @staticmethod
     def _ensure_mailbox(db: sqlite3.Connection, address: str) -> None:
@@ -362,6 +387,7 @@ class MailIndex(IndexReading):
                 if result is None:
                     continue
                 row, text = result
+                self._add_tags(db, row.mailbox, row.key, row.tags)
                 db.execute(_UPDATE, (*_content(row, message.snippet(text.body)), message_id))
                 db.execute("DELETE FROM messages_text WHERE rowid = ?", (message_id,))
                 db.execute(

@@ -15,7 +15,10 @@ from postoffice.web.index_schema import _AUTH_COLUMNS
 
 _COLUMNS = (
     "id, mailbox, key, location, sender, recipients, subject, date, received, size, seen, has_attachments,"
-    " snippet, auth"
+    " snippet, auth,"
+    # The message's tags, one a line (a tag never holds a line break: web/tags.py).
+    " (SELECT group_concat(tag, char(10)) FROM tags WHERE tags.mailbox = messages.mailbox"
+    " AND tags.key = messages.key)"
 )
 # The columns a message's file gives its row (all but id, mailbox and key), as _content orders them.
 _CONTENT_COLUMNS = (
@@ -59,6 +62,8 @@ class Row:
     snippet: str = ""
     # The results of our Authentication-Results field; None when the message has none.
     auth: Authentication | None = None
+    # Its tags, sorted (web/tags.py).
+    tags: tuple[str, ...] = ()
 
     @property
     def folder(self) -> str:
@@ -128,6 +133,7 @@ def _row(values: Sequence[object]) -> Row:
         attached,
         snippet,
         auth,
+        tags,
     ) = values
     return Row(
         id=int(id_),  # type: ignore[call-overload]
@@ -144,6 +150,7 @@ def _row(values: Sequence[object]) -> Row:
         has_attachments=bool(attached),
         snippet=str(snippet),
         auth=authresults.loads(auth),
+        tags=tuple(sorted(str(tags).split("\n"))) if tags else (),
     )
 
 

@@ -15,8 +15,9 @@ from postoffice.web.search import TEXT_TABLE
 # except that one of version 3 first gains the snippet column in place (_add_snippets), one of
 # version 4 then the change journal, one of version 5 then the authentication results
 # (_add_auth), and one of version 6 then unread counts without the Junk folder
-# (_count_inbox_only): ids stay, links keep working.
-SCHEMA_VERSION = 7
+# (_count_inbox_only), and one of version 7 then the tags table (_add_tags): ids stay, links
+# keep working.
+SCHEMA_VERSION = 8
 # The version that added messages.snippet.
 SNIPPET_SCHEMA = 4
 # The version that added the changes table (the journal of changes followed from the disk).
@@ -25,6 +26,8 @@ JOURNAL_SCHEMA = 5
 AUTH_SCHEMA = 6
 # The version whose unread counts leave out the Junk folder (the triggers below).
 JUNK_SCHEMA = 7
+# The version that added the tags table.
+TAGS_SCHEMA = 8
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 
 # An unread message counts when it is in the inbox: mail in the Junk folder (a DMARC
@@ -54,6 +57,19 @@ _CHANGES_TABLE = """CREATE TABLE IF NOT EXISTS changes (
     mailbox TEXT NOT NULL,
     seen INTEGER NOT NULL
 )"""
+# Tags (web/tags.py) by the message's mailbox and Maildir key rather than its row id: a rebuild
+# of the other tables (an older schema, below) leaves this one alone, so the tags set through the
+# API come back with the messages. A message deleted takes its tags with it (the trigger;
+# DROP TABLE fires no triggers, so a rebuild does not).
+_TAGS_TABLE = """CREATE TABLE IF NOT EXISTS tags (
+    mailbox TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (mailbox, key, tag)
+) WITHOUT ROWID"""
+_TAGS_TRIGGER = """CREATE TRIGGER IF NOT EXISTS messages_untagged AFTER DELETE ON messages BEGIN
+    DELETE FROM tags WHERE mailbox = old.mailbox AND key = old.key;
+END"""
 _AUTH_INDEX = (
     "CREATE INDEX IF NOT EXISTS messages_by_auth"
     " ON messages (mailbox, auth_verdict, auth_dmarc, auth_spf, auth_dkim, auth_arc)"
@@ -105,6 +121,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS messages_text USING fts5 (
 -- among workers announces them from here (new messages it finds by id). AUTOINCREMENT: a
 -- sequence number is never reused, so pruning old entries never hides a new one.
 {_CHANGES_TABLE};
+{_TAGS_TABLE};
+{_TAGS_TRIGGER};
 """
 # The columns schema 6 added, as _SCHEMA defines them.
 _AUTH_COLUMNS = (
@@ -136,6 +154,9 @@ def migrate(db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == JUNK_SCHEMA - 1:
         _count_inbox_only(db)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == TAGS_SCHEMA - 1:
+        _add_tags(db)
         version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return  # nothing to write: workers opening one index at once never wait here
@@ -209,6 +230,22 @@ def _count_inbox_only(db: sqlite3.Connection) -> None:
                 " AND seen = 0 AND substr(location, 1, 6) <> '.Junk/')"
             )
             db.execute(f"PRAGMA user_version = {JUNK_SCHEMA:d}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _add_tags(db: sqlite3.Connection) -> None:
+    """Schema 7 to 8: the tags table, empty. Tags from X-Tags fields and plus-addresses of
+    mail indexed before come with ``postoffice reindex --full``. As in _add_snippets, a second
+    process finds the work done."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] == TAGS_SCHEMA - 1:
+            for statement in (_TAGS_TABLE, _TAGS_TRIGGER):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {TAGS_SCHEMA:d}")
     except BaseException:
         db.execute("ROLLBACK")
         raise

@@ -97,6 +97,8 @@ class Summary:
     # The Authentication-Results values (RFC 8601), topmost first: the index keeps the results
     # of the one our server wrote (web/authresults.py).
     auth_results: tuple[str, ...] = ()
+    # The X-Tags field as written (comma-separated tags, web/tags.py); empty for none.
+    x_tags: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +380,17 @@ def _single_part(data: bytes) -> EmailMessage | None:
 # The fields a summary reads (see summarise): the rest, Received, DKIM-Signature and the like,
 # often most of a header block, would only lengthen every look-up, each a scan of them all.
 _SUMMARY_FIELDS = frozenset(
-    {"from", "to", "cc", "subject", "date", "delivered-to", "mime-version", "authentication-results"}
+    {
+        "from",
+        "to",
+        "cc",
+        "subject",
+        "date",
+        "delivered-to",
+        "mime-version",
+        "authentication-results",
+        "x-tags",
+    }
 )
 
 
@@ -423,6 +435,7 @@ def summarise(message: EmailMessage) -> Summary:
         text=body[:MAX_INDEXED_TEXT],
         delivered_to=header(message, "delivered-to"),
         auth_results=auth_results(message),
+        x_tags=header(message, "x-tags"),
     )
 
 

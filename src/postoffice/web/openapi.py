@@ -16,6 +16,7 @@ from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
 from postoffice.web.authresults import POLICIES, RESULTS, VERDICTS
 from postoffice.web.index import MAX_PAGE
 from postoffice.web.message import SNIPPET_LENGTH
+from postoffice.web.tags import MAX_TAGS, TAG_PATTERN, TAG_PATTERN_ANY_CASE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -78,6 +79,12 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
         "anyOf": [_ref("Authentication"), {"type": "null"}],
         "description": "The results of checking the message on arrival; null for mail that was not"
         " checked (submitted by a user, captured).",
+    },
+    "tags": {
+        "type": "array",
+        "items": {"type": "string", "pattern": TAG_PATTERN},
+        "description": "Its tags, sorted: from its X-Tags field, its recipient's plus-address"
+        " (alice+signup@ tags signup) and PUT /api/v1/messages/{id}/tags. Searched with tag:.",
     },
 }
 
@@ -245,6 +252,24 @@ _SCHEMAS: dict[str, Any] = {
             "attachments": {"type": "array", "items": _ref("Attachment")},
         },
     },
+    "TagSet": {
+        "type": "object",
+        "required": ["tags"],
+        "additionalProperties": False,
+        "properties": {
+            "tags": {
+                "type": "array",
+                "maxItems": MAX_TAGS,
+                "items": {"type": "string", "pattern": TAG_PATTERN_ANY_CASE},
+                "description": "Letters, digits, '.', '_' and '-' (kept in lower case).",
+            }
+        },
+    },
+    "MessageTags": {
+        "type": "object",
+        "required": ["id", "tags"],
+        "properties": {"id": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    },
     "ReadState": {
         "type": "object",
         "required": ["read"],
@@ -338,6 +363,7 @@ _PATHS: dict[str, Any] = {
             " smaller:500K; and the authentication results: auth:pass|fail|none (the verdict),"
             " spf:, dkim: (any signature), dmarc:, arc: with a result (pass, fail, softfail, none,"
             " neutral, temperror, permerror, policy); in:INBOX, in:Junk, in:Trash (the folder);"
+            " tag:NAME (the message's tags);"
             " prefix any term with - to negate it.",
             "operationId": "listMessages",
             "parameters": [
@@ -407,6 +433,33 @@ _PATHS: dict[str, Any] = {
                 "401": _UNAUTHORISED,
                 "403": _FORBIDDEN,
                 "404": _NOT_FOUND,
+            },
+        },
+    },
+    "/api/v1/messages/{id}/tags": {
+        "get": {
+            "summary": "A message's tags",
+            "operationId": "getTags",
+            "parameters": [_MESSAGE_ID],
+            "responses": {
+                "200": _json(_ref("MessageTags"), "Its tags, sorted."),
+                "401": _UNAUTHORISED,
+                "404": _NOT_FOUND,
+            },
+        },
+        "put": {
+            "summary": "Replace a message's tags (kept in the index, by its Maildir key)",
+            "operationId": "setTags",
+            "parameters": [_MESSAGE_ID, _CSRF],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TagSet")}}},
+            "responses": {
+                "200": _json(_ref("MessageSummary"), "The message as it is now, with its tags."),
+                "400": _error('The body is not {"tags": [...]}, or one of them is not a tag.'),
+                "401": _UNAUTHORISED,
+                "403": _FORBIDDEN,
+                "404": _NOT_FOUND,
+                "413": _error("Body too large."),
+                "415": _error("Body is not JSON."),
             },
         },
     },
@@ -493,7 +546,8 @@ _PATHS: dict[str, Any] = {
     "/api/v1/events": {
         "get": {
             "summary": "Live events (Server-Sent Events)",
-            "description": "Event names: new (data: a MessageSummary), updated ({id, mailbox, read}),"
+            "description": "Event names: new (data: a MessageSummary), updated ({id, mailbox, read}; also"
+            " folder after a move, tags after PUT .../tags),"
             " deleted ({id, mailbox}), cleared ({mailbox}). Only mailboxes the caller may see.",
             "operationId": "streamEvents",
             "responses": {

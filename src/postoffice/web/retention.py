@@ -27,16 +27,34 @@ log = logging.getLogger("postoffice.web")
 ROUND = 500
 
 
+# A message with a tag (the tags table, web/index_schema.py).
+_TAGGED = "EXISTS (SELECT 1 FROM tags WHERE tags.mailbox = messages.mailbox AND tags.key = messages.key)"
+# A flagged message: "F" among the flags after the Maildir info separator ":2," (maildir/layout.py).
+_FLAGGED = "(instr(location, ':2,') > 0 AND instr(substr(location, instr(location, ':2,') + 3), 'F') > 0)"
+
+
+def _candidates(settings: RetentionSettings) -> str:
+    """The messages retention may delete and counts: all but those ``settings`` keeps."""
+    kept = [
+        condition
+        for keep, condition in ((settings.keep_tagged, _TAGGED), (settings.keep_flagged, _FLAGGED))
+        if keep
+    ]
+    return f"(SELECT * FROM messages WHERE NOT ({' OR '.join(kept)}))" if kept else "messages"
+
+
 def _prunable_ids(index: MailIndex, settings: RetentionSettings, now: float) -> list[int]:
-    # The index's own connection for this thread: these are reads of its one table.
+    # The index's own connection for this thread: these are reads of its tables. The
+    # candidates are a constant of the settings, never of the data.
     db = index._db
+    messages = _candidates(settings)
     found: set[int] = set()
     if settings.max_messages_per_mailbox:
         found.update(
             row[0]
             for row in db.execute(
                 "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY mailbox ORDER BY id DESC) AS n"
-                " FROM messages) WHERE n > ? LIMIT ?",
+                f" FROM {messages}) WHERE n > ? LIMIT ?",
                 (settings.max_messages_per_mailbox, ROUND),
             )
         )
@@ -44,14 +62,14 @@ def _prunable_ids(index: MailIndex, settings: RetentionSettings, now: float) -> 
         found.update(
             row[0]
             for row in db.execute(
-                "SELECT id FROM messages ORDER BY id DESC LIMIT ? OFFSET ?", (ROUND, settings.max_messages)
+                f"SELECT id FROM {messages} ORDER BY id DESC LIMIT ? OFFSET ?", (ROUND, settings.max_messages)
             )
         )
     if settings.max_age:
         found.update(
             row[0]
             for row in db.execute(
-                "SELECT id FROM messages WHERE received < ? LIMIT ?", (now - settings.max_age, ROUND)
+                f"SELECT id FROM {messages} WHERE received < ? LIMIT ?", (now - settings.max_age, ROUND)
             )
         )
     return sorted(found)[:ROUND]

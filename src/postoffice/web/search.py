@@ -30,6 +30,10 @@ and, ours, the authentication results the server recorded on arrival (web/authre
                                         for the rest, and for mail that was not checked
     spf:softfail  dkim:fail  dmarc:pass  arc:none    one method's result (dkim: any signature's)
 
+and, ours, the tags a message carries (web/tags.py: its X-Tags field, its plus-address, the API)::
+
+    tag:signup  -tag:seen-by-ci
+
 Words match as prefixes ("hel" finds "hello"), case- and accent-insensitively; a phrase
 matches its words in order. Terms are joined with AND.
 """
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from postoffice.maildir.folders import directory_of
+from postoffice.web import tags
 from postoffice.web.authresults import RESULTS, VERDICTS
 
 # The FTS5 table of the index and its columns (see index.py). Its "mailbox" column holds one
@@ -79,6 +84,11 @@ _AUTH_FIELDS = {
     "dmarc": ("auth_dmarc = ?", RESULTS["dmarc"]),
     "arc": ("auth_arc = ?", RESULTS["arc"]),
 }
+# tag:NAME: the message's (mailbox, key) has the tag (the tags table, index_schema.py).
+_TAGGED = (
+    "EXISTS (SELECT 1 FROM tags WHERE tags.mailbox = messages.mailbox AND tags.key = messages.key"
+    " AND tags.tag = ?)"
+)
 _COMPARISONS = {
     "before": "received < ?",
     "after": "received >= ?",
@@ -136,7 +146,7 @@ def tokenize(query: str) -> list[Term]:
 
 
 _KNOWN_FIELDS = frozenset(
-    {"from", "to", "subject", "has", "is", "in", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
+    {"from", "to", "subject", "has", "is", "in", "tag", "before", "after", "larger", "smaller", *_AUTH_FIELDS}
 )
 
 
@@ -222,6 +232,13 @@ def compile_query(query: str) -> Compiled:
             condition, bound = _folder_condition(term.value)
             conditions.append(f"NOT ({condition})" if term.negated else condition)
             params.extend(bound)
+            continue
+        if term.field == "tag":
+            tag = tags.normal(term.value)
+            if tag is None:
+                raise SearchError(f"tag:{term.value}: a tag is letters, digits, '.', '_' and '-'")
+            conditions.append(f"NOT ({_TAGGED})" if term.negated else _TAGGED)
+            params.append(tag)
             continue
         if term.field in _AUTH_FIELDS:
             condition, result = _auth_condition(term.field, term.value)

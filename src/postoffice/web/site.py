@@ -28,6 +28,7 @@ from postoffice.web.api import MailApi, WebContext
 from postoffice.web.chaos_api import ChaosApi
 from postoffice.web.folder_api import FolderApi
 from postoffice.web.release_api import ReleaseApi
+from postoffice.web.tags_api import TagApi
 from postoffice.web.toolkit_api import ToolkitApi
 
 UI_DIR = Path(__file__).with_name("ui")
@@ -130,6 +131,7 @@ def create_app(
     routes: list[BaseRoute] = [
         *api.routes(),
         *FolderApi(api).routes(),
+        *TagApi(api).routes(),
         *ToolkitApi(api).routes(),
         *ChaosApi(api, context.chaos).routes(),
         *ReleaseApi(api, context.release).routes(),

@@ -387,6 +387,7 @@ function renderRow(message, index) {
   const preview = element("span", "preview");
   // Which mailbox it came to matters only when the list mixes them.
   if (!state.mailbox) preview.append(element("span", "mailbox", message.mailbox));
+  for (const tag of message.tags || []) preview.append(tagChip(tag));
   preview.append(element("span", "snippet", message.snippet || ""));
   const extra = element("span", "extra");
   if (message.has_attachments) {
@@ -474,7 +475,7 @@ $("search").addEventListener("search", () => {
 
 // A phone's search box is too narrow for the hint; it shows in full from a tablet's width up.
 const narrow = window.matchMedia("(max-width: 700px)");
-const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment auth:fail in:junk";
+const SEARCH_HINT = "Search   from: to: subject: is:unread has:attachment tag: auth:fail in:junk";
 // The Junk button: the search with or without in:junk (the list shows junk with a badge).
 function renderJunkFilter() {
   const on = state.query.split(/\s+/).includes("in:junk");
@@ -524,6 +525,7 @@ async function openMessage(id, push = false) {
   $("attachment-count").textContent = message.attachments.length ? `(${message.attachments.length})` : "";
   renderHeaders(message);
   renderAuthentication(message.authentication);
+  renderTags();
   renderAttachments(message);
   $("tab-text").textContent = message.text ?? "(this message has no plain-text part)";
   $("tab-source").textContent = "";
@@ -554,6 +556,62 @@ function renderHeaders(message) {
     return row;
   }));
 }
+
+// -- tags: from X-Tags, the plus-address, or set here (PUT /api/v1/messages/{id}/tags) -------------
+
+// A tag in the list: clicking it searches for the messages with it.
+function tagChip(tag) {
+  const chip = element("button", "tag-chip", tag);
+  chip.type = "button";
+  chip.title = `Show messages tagged ${tag}: search tag:${tag}`;
+  chip.addEventListener("click", (event) => {
+    event.stopPropagation();
+    $("search").value = `tag:${tag}`;
+    search(`tag:${tag}`);
+  });
+  return chip;
+}
+
+function renderTags() {
+  const tags = state.open ? state.open.tags || [] : [];
+  $("view-tags").replaceChildren(...tags.map((tag) => {
+    const item = element("li", "tag-chip", tag);
+    const remove = element("button", "tag-remove", "×");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `Remove tag ${tag}`);
+    remove.addEventListener("click", () => saveTags(state.open.id, tags.filter((other) => other !== tag)));
+    item.append(remove);
+    return item;
+  }));
+}
+
+async function saveTags(id, tags) {
+  let summary;
+  try {
+    summary = await api(`/api/v1/messages/${id}/tags`, { method: "PUT", json: { tags } });
+  } catch (error) { toast(error.message); return; }
+  applyTags(summary.id, summary.tags);
+}
+
+// The tags of message ``id`` are ``tags`` now: its row and, when open, its view say so.
+function applyTags(id, tags) {
+  const index = state.messages.findIndex((item) => item.id === id);
+  if (index >= 0) {
+    state.messages[index].tags = tags;
+    const row = $("message-list").querySelector(`li[data-id="${id}"]`);
+    if (row) row.replaceWith(renderRow(state.messages[index], index));
+  }
+  if (state.open && state.open.id === id) { state.open.tags = tags; renderTags(); }
+}
+
+$("tag-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const tag = $("tag-input").value.trim().toLowerCase();
+  if (!state.open || !tag) return;
+  $("tag-input").value = "";
+  const tags = state.open.tags || [];
+  if (!tags.includes(tag)) saveTags(state.open.id, [...tags, tag]);
+});
 
 // -- authentication results: what the server found checking the message on arrival -------------
 
@@ -772,6 +830,7 @@ function connectEvents() {
   source.addEventListener("updated", (event) => {
     const change = JSON.parse(event.data);
     // While this page still has changes of its own in flight, their answers are the truth.
+    if (change.tags) applyTags(change.id, change.tags);
     if (readRequests.has(change.id)) return;
     applyRead(change.id, change.read);
   });
