@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from postoffice.acme.alpn import TlsAlpnChallenges
 from postoffice.acme.certificate import read_certificate_info
 from postoffice.acme.files import AcmeFiles
 from postoffice.config import Config
@@ -61,6 +62,8 @@ class ServerTls:
         self._load(self.context)
         self._current = self.context
         self.context.sni_callback = self._select
+        # Names an ACME CA is validating by TLS-ALPN-01 (RFC 8737) at this moment, if any.
+        self.alpn_challenges = TlsAlpnChallenges()
         self.info = read_certificate_info(cert, source)
         log.info("event=tls-loaded cert=%s source=%s%s", cert, source, _expiry(cert))
 
@@ -114,8 +117,9 @@ class ServerTls:
         """At each ClientHello (OpenSSL's servername callback runs with or without SNI): the
         connection takes the newest certificate's context. Swapping one reference is atomic,
         so a handshake gets the old certificate and key or the new ones, never a mix, and
-        connections already in TLS keep what they had."""
-        current = self._current
+        connections already in TLS keep what they had. A name under TLS-ALPN-01 validation gets
+        the validation certificate instead (:mod:`postoffice.acme.alpn`)."""
+        current = self.alpn_challenges.context_for(name) or self._current
         if current is not front:
             connection.context = current
 
