@@ -69,7 +69,9 @@ def handshake(port: int, name: str, protocols: list[str] | None) -> tuple[x509.C
 def test_the_https_listener_shows_the_validation_certificate_for_a_name_being_validated(
     server_factory: Callable[..., RunningServer],
 ) -> None:
-    server = server_factory(hostname=HOST, http_listeners=(Listener("https", "127.0.0.1", 0),))
+    server = server_factory(
+        hostname=HOST, domains=("acme.test",), http_listeners=(Listener("https", "127.0.0.1", 0),)
+    )
     tls = server.app.security.tls
     assert tls is not None
     [https] = server.app.http_addresses
@@ -80,6 +82,7 @@ def test_the_https_listener_shows_the_validation_certificate_for_a_name_being_va
     assert shown.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
     other, _ = handshake(https.port, "other.acme.test", [ACME_TLS_PROTOCOL])  # another name: as ever
     assert other == before
+    assert presented_at(server.port, unverified()) == before  # STARTTLS for the name: as ever
     tls.alpn_challenges.withdraw(HOST)
     after, protocol = handshake(https.port, HOST, ["http/1.1"])
     assert after == before and protocol is None

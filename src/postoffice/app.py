@@ -442,7 +442,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
-            tls=self.security.tls.context if self.security.tls is not None else None,
+            tls=self.security.tls.https_context if self.security.tls is not None else None,
             toolkit=self.toolkit,
         )
 
