@@ -122,7 +122,7 @@ def test_a_server_with_only_an_https_listener_obtains_a_certificate_by_tls_alpn_
         server = server_factory(
             hostname=HOST, acme=settings, http_listeners=(Listener("https", "127.0.0.1", port),)
         )
-        assert server.app.acme_http is None  # nothing on port 80
+        assert server.app.acme_addresses == []  # nothing on port 80
         wait_until(lambda: source(server) == "acme", 30, "an ACME certificate")
         certificate = presented_at(server.port, ca.client_context())  # STARTTLS, verified
         assert certificate.issuer == ca.intermediate().subject

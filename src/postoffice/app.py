@@ -304,7 +304,7 @@ class Application:
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the
-        only one, or worker 0) orders and renews it and answers the CA's HTTP-01 or TLS-ALPN-01 challenges."""
+        only one, or worker 0) orders and renews it and answers the CA's challenges."""
         config, tls = self.config, self.security.tls
         self.certificates: CertificateWatch | None = None
         self.acme: AcmeService | None = None
@@ -315,16 +315,11 @@ class Application:
         self.certificates = CertificateWatch(tls, files)
         if worker_index not in (None, 0):
             return
-        acme = config.acme
-        ca = CaSettings(acme.directory, config.acme_domains, acme.email, acme.ca_file, config.acme_challenges)
-        challenges = Challenges()
-        addresses = [(listener.host, listener.port) for listener in config.acme_listeners]
-        if addresses:
-            self.acme_http = HttpServer(
-                ChallengeApp(challenges), addresses, sockets=sockets, kind="acme_http"
-            )
-        https = any(listener.kind == "https" for listener in config.http_listeners)
-        responders = Responders(challenges, tls.alpn_challenges if https else None)
+        acme, kinds = config.acme, config.acme_challenges
+        ca = CaSettings(acme.directory, config.acme_domains, acme.email, acme.ca_file, kinds)
+        responders = Responders(Challenges(), tls.alpn_challenges if "tls-alpn-01" in kinds else None)
+        where = [(listener.host, listener.port) for listener in config.acme_listeners]
+        self.acme_http = HttpServer(ChallengeApp(responders.http), where, sockets=sockets, kind="acme_http")
         backoff = Backoff(acme.retry_min, acme.retry_max)
         self.acme = AcmeService(ca, files, responders, backoff, on_certificate=self.certificates.check)
 
