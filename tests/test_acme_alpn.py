@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,8 +35,11 @@ def dns() -> Iterator[ZoneServer]:
         yield server
 
 
-def test_the_validation_certificate_carries_the_key_authorization_digest_as_rfc_8737_asks() -> None:
-    cert_pem, key_pem = validation_certificate(HOST, KEY_AUTHORIZATION)
+@pytest.mark.parametrize("name", [HOST, "a" * 63 + "." + "b" * 63 + ".acme.test"])
+def test_the_validation_certificate_carries_the_key_authorization_digest_as_rfc_8737_asks(
+    name: str,
+) -> None:
+    cert_pem, key_pem = validation_certificate(name, KEY_AUTHORIZATION)
     certificate = x509.load_pem_x509_certificate(cert_pem)
     identifier = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER)
     assert identifier.oid.dotted_string == "1.3.6.1.5.5.7.1.31"
@@ -44,7 +49,7 @@ def test_the_validation_certificate_carries_the_key_authorization_digest_as_rfc_
     assert isinstance(identifier.value, x509.UnrecognizedExtension)
     assert identifier.value.value == b"\x04\x20" + digest
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert list(san) == [x509.DNSName(HOST)]  # the identifier's name, and nothing else
+    assert list(san) == [x509.DNSName(name)]  # the identifier's name, and nothing else
     assert certificate.issuer == certificate.subject  # self-signed
     public = certificate.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -132,3 +137,16 @@ def test_a_server_with_only_an_https_listener_obtains_a_certificate_by_tls_alpn_
         assert der is not None and x509.load_der_x509_certificate(der) == certificate
         assert f"event=acme-challenge name={HOST} type=tls-alpn-01" in caplog.text
     assert not server.app.security.tls.alpn_challenges._contexts  # type: ignore[union-attr]
+
+
+def test_check_config_says_the_challenge_is_answered_on_the_https_listener(tmp_path: Path) -> None:
+    path = tmp_path / "postoffice.toml"
+    text = 'hostname = "mail.example.org"\n[acme]\nenabled = true\n[listen]\nhttps = ["0.0.0.0:443"]\n'
+    path.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "postoffice", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "(TLS-ALPN-01 on 0.0.0.0:443)" in result.stdout, result.stdout

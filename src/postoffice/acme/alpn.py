@@ -47,7 +47,8 @@ def acme_identifier_value(key_authorization: str) -> bytes:
 def validation_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
     """The self-signed certificate for ``name`` and its key, both PEM (RFC 8737 §3)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    # The name goes in the subjectAltName only: a common name holds at most 64 characters.
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ACME TLS-ALPN-01 validation")])
     now = datetime.datetime.now(datetime.UTC)
     identifier = x509.UnrecognizedExtension(ACME_IDENTIFIER, acme_identifier_value(key_authorization))
     certificate = (
