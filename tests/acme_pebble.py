@@ -87,6 +87,7 @@ def pebble(
     http_port: int,
     port: int | None = None,
     validity: int | None = None,
+    tls_port: int | None = None,
 ) -> Iterator[Pebble]:
     """Run Pebble until the block ends; ``validity``: its certificates' lifetime in seconds."""
     binary = require_tool("pebble")
@@ -105,7 +106,7 @@ def pebble(
         "certificate": str(workdir / "cert.pem"),
         "privateKey": str(workdir / "key.pem"),
         "httpPort": http_port,
-        "tlsPort": free_port(),
+        "tlsPort": tls_port or free_port(),  # TLS-ALPN-01 (RFC 8737) validations connect here
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
     }

@@ -24,7 +24,7 @@ import dns.resolver
 
 from postoffice import metrics
 from postoffice.accounts import Accounts
-from postoffice.acme.ca import CaSettings
+from postoffice.acme.ca import CaSettings, Responders
 from postoffice.acme.certificate import CertificateInfo
 from postoffice.acme.challenges import ChallengeApp, Challenges
 from postoffice.acme.files import AcmeFiles
@@ -304,7 +304,7 @@ class Application:
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the
-        only one, or worker 0) orders and renews it and answers the CA's HTTP-01 challenges."""
+        only one, or worker 0) orders and renews it and answers the CA's challenges."""
         config, tls = self.config, self.security.tls
         self.certificates: CertificateWatch | None = None
         self.acme: AcmeService | None = None
@@ -315,13 +315,13 @@ class Application:
         self.certificates = CertificateWatch(tls, files)
         if worker_index not in (None, 0):
             return
-        acme = config.acme
-        ca = CaSettings(acme.directory, config.acme_domains, acme.email, acme.ca_file)
-        challenges = Challenges()
-        addresses = [(listener.host, listener.port) for listener in config.acme_listeners]
-        self.acme_http = HttpServer(ChallengeApp(challenges), addresses, sockets=sockets, kind="acme_http")
+        acme, kinds = config.acme, config.acme_challenges
+        ca = CaSettings(acme.directory, config.acme_domains, acme.email, acme.ca_file, kinds)
+        responders = Responders(Challenges(), tls.alpn_challenges if "tls-alpn-01" in kinds else None)
+        where = [(listener.host, listener.port) for listener in config.acme_listeners]
+        self.acme_http = HttpServer(ChallengeApp(responders.http), where, sockets=sockets, kind="acme_http")
         backoff = Backoff(acme.retry_min, acme.retry_max)
-        self.acme = AcmeService(ca, files, challenges, backoff, on_certificate=self.certificates.check)
+        self.acme = AcmeService(ca, files, responders, backoff, on_certificate=self.certificates.check)
 
     def _pop3(self, worker_index: int | None) -> Pop3Server | None:
         """POP3 (RFC 1939) over the same mailboxes, if asked for; with workers, worker 0's."""
@@ -437,7 +437,7 @@ class Application:
             extra_routes=ops_routes(self.operations),
             share=web_share,
             sockets=http_sockets,
-            tls=self.security.tls.context if self.security.tls is not None else None,
+            tls=self.security.tls.https_context if self.security.tls is not None else None,
             toolkit=self.toolkit,
         )
 

@@ -6,13 +6,15 @@ Untrusted input seen here: the CA's HTTPS answers (JSON, certificates), parsed b
 Blocking: it runs in a thread of its own (:mod:`postoffice.acme.renewal`), never on the event
 loop. RFC 8555 §7.3 (the account: found again by its key, so nothing about it needs keeping),
 §7.4 (the order), §8.3 (HTTP-01: the key authorization is published through
-:class:`~postoffice.acme.challenges.Challenges` while the CA validates), §7.4 again (finalize
-with a CSR for the certificate's own key, then fetch the chain).
+:class:`~postoffice.acme.challenges.Challenges` while the CA validates; or TLS-ALPN-01, RFC 8737:
+a validation certificate through :class:`~postoffice.acme.alpn.TlsAlpnChallenges`), §7.4 again
+(finalize with a CSR for the certificate's own key, then fetch the chain).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -22,9 +24,10 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from postoffice import __version__
-from postoffice.acme.ca import CaSettings, OrderError
-from postoffice.acme.challenges import Challenges
+from postoffice.acme.ca import CaSettings, OrderError, Responders
 from postoffice.acme.files import AcmeFiles
+
+log = logging.getLogger("postoffice.acme")
 
 # How long the CA gets to validate the challenges and issue the certificate.
 ORDER_TIMEOUT = 120.0
@@ -32,7 +35,24 @@ ORDER_TIMEOUT = 120.0
 NETWORK_TIMEOUT = 30
 
 
-def obtain(ca: CaSettings, files: AcmeFiles, published: Challenges) -> bytes:
+# The ``acme`` library dropped its TLS-ALPN-01 classes (certbot 2.x); the challenge object and
+# its response (RFC 8737 §3: token, key authorization, an empty JSON answer) are the library's
+# own key-authorization kind, registered by type name so orders parse it.
+@challenges.ChallengeResponse.register
+class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+    typ = "tls-alpn-01"
+
+
+@challenges.Challenge.register
+class TLSALPN01(challenges.KeyAuthorizationChallenge):
+    typ = "tls-alpn-01"
+    response_cls = TLSALPN01Response
+
+    def validation(self, account_key: Any, **kwargs: Any) -> str:
+        return self.key_authorization(account_key)
+
+
+def obtain(ca: CaSettings, files: AcmeFiles, published: Responders) -> bytes:
     """A new certificate chain (PEM) for ``ca.domains``; OrderError says why not."""
     try:
         return _obtain(ca, files, published)
@@ -42,7 +62,7 @@ def obtain(ca: CaSettings, files: AcmeFiles, published: Challenges) -> bytes:
         raise OrderError(describe(exc)) from None
 
 
-def _obtain(ca: CaSettings, files: AcmeFiles, published: Challenges) -> bytes:
+def _obtain(ca: CaSettings, files: AcmeFiles, published: Responders) -> bytes:
     files.ensure_keys()
     account_key = JWKEC(key=files.read_key(files.account_key))
     # requests takes a CA bundle's path where a bool is annotated.
@@ -57,22 +77,22 @@ def _obtain(ca: CaSettings, files: AcmeFiles, published: Challenges) -> bytes:
     acme = client.ClientV2(client.ClientV2.get_directory(ca.directory, net), net)
     _account(acme, ca.email)
     order = acme.new_order(crypto_util.make_csr(files.key_pem(), list(ca.domains)))
-    tokens: list[str] = []
+    answered: list[tuple[str, str]] = []
     try:
         for authz in order.authorizations:
             if authz.body.status == messages.STATUS_VALID:
                 continue  # validated recently, for this account (RFC 8555 §7.1.4)
-            challenge = _http01(authz)
-            response, validation = challenge.response_and_validation(account_key)
-            token = challenge.chall.encode("token")
-            published.publish(token, validation)
-            tokens.append(token)
-            acme.answer_challenge(challenge, response)
+            challenge = _pick(authz, _offered(ca, published))
+            answered.append(_publish(challenge, authz.body.identifier.value, account_key, published))
+            acme.answer_challenge(challenge, challenge.chall.response(account_key))
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
         order = acme.poll_and_finalize(order, deadline)
     finally:
-        for token in tokens:
-            published.withdraw(token)
+        for kind, key in answered:
+            if kind == TLSALPN01.typ and published.alpn is not None:
+                published.alpn.withdraw(key)
+            else:
+                published.http.withdraw(key)
     if not order.fullchain_pem:
         raise OrderError("the CA finished the order without a certificate")
     return order.fullchain_pem.encode("ascii")
@@ -87,12 +107,34 @@ def _account(acme: client.ClientV2, email: str | None) -> None:
         acme.query_registration(messages.RegistrationResource(uri=exc.location, body=messages.Registration()))
 
 
-def _http01(authz: messages.AuthorizationResource) -> messages.ChallengeBody:
-    for challenge in authz.body.challenges:
-        if isinstance(challenge.chall, challenges.HTTP01):
-            return challenge
+def _offered(ca: CaSettings, published: Responders) -> tuple[str, ...]:
+    """The challenge types we can answer, in the configured order."""
+    return tuple(kind for kind in ca.challenges if kind != TLSALPN01.typ or published.alpn is not None)
+
+
+def _pick(authz: messages.AuthorizationResource, kinds: Sequence[str]) -> messages.ChallengeBody:
+    """The CA's challenge of the first type in ``kinds`` that it offers for this name."""
+    offered = {challenge.chall.typ: challenge for challenge in authz.body.challenges}
+    for kind in kinds:
+        if kind in offered:
+            return offered[kind]
     name = authz.body.identifier.value
-    raise OrderError(f"the CA offers no http-01 challenge for {name}")
+    raise OrderError(f"the CA offers no {' or '.join(kinds)} challenge for {name}")
+
+
+def _publish(
+    challenge: messages.ChallengeBody, name: str, account_key: JWKEC, published: Responders
+) -> tuple[str, str]:
+    """Make the answer visible to the CA; what to withdraw afterwards (its type, and key)."""
+    chall = cast(challenges.KeyAuthorizationChallenge, challenge.chall)
+    key_authorization = chall.key_authorization(account_key)
+    log.info("event=acme-challenge name=%s type=%s", name, chall.typ)
+    if isinstance(chall, TLSALPN01) and published.alpn is not None:
+        published.alpn.publish(name, key_authorization)
+        return TLSALPN01.typ, name
+    token = chall.encode("token")
+    published.http.publish(token, key_authorization)
+    return challenges.HTTP01.typ, token
 
 
 def describe(exc: BaseException) -> str:

@@ -21,9 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from postoffice.acme.ca import CaSettings, OrderError
+from postoffice.acme.ca import CaSettings, OrderError, Responders
 from postoffice.acme.certificate import CertificateInfo, certificate_info, read_certificate_info
-from postoffice.acme.challenges import Challenges
 from postoffice.acme.files import AcmeFiles
 
 log = logging.getLogger("postoffice.acme")
@@ -50,7 +49,7 @@ class AcmeService:
         self,
         ca: CaSettings,
         files: AcmeFiles,
-        challenges: Challenges,
+        challenges: Responders,
         backoff: Backoff,
         on_certificate: Callable[[], None],
     ) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from postoffice.cli.common import Subparsers, config_options
-from postoffice.config import check_config, load_config
+from postoffice.config import Config, check_config, load_config
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -40,8 +40,9 @@ def _run_check_config(args: argparse.Namespace) -> int:
     print(f"  listeners: {', '.join(str(listener) for listener in config.listeners)}")
     tls = config.tls.cert or f"self-signed, made in {config.tls_dir} when a listener needs it"
     if config.acme.enabled:
-        challenges = ", ".join(listener.address for listener in config.acme_listeners)
-        tls = f"ACME for {', '.join(config.acme_domains)} from {config.acme.directory} (HTTP-01 on {challenges})"
+        tls = (
+            f"ACME for {', '.join(config.acme_domains)} from {config.acme.directory} ({_challenges(config)})"
+        )
     print(f"  tls certificate: {tls}")
     print(f"  web: {', '.join(str(listener) for listener in config.http_listeners) or 'off'}")
     print(f"  data dir: {config.data_dir}")
@@ -55,3 +56,13 @@ def _run_check_config(args: argparse.Namespace) -> int:
         outbound = f"to MX hosts on port {delivery.mx_port}, looked up with {resolver}"
     print(f"  outbound mail: {outbound}")
     return 0
+
+
+def _challenges(config: Config) -> str:
+    """Which ACME challenges are answered where: ``HTTP-01 on 0.0.0.0:80, TLS-ALPN-01 on ...``."""
+    https = ", ".join(listener.address for listener in config.http_listeners if listener.kind == "https")
+    where = {
+        "http-01": ", ".join(listener.address for listener in config.acme_listeners),
+        "tls-alpn-01": https,
+    }
+    return "; ".join(f"{kind.upper()} on {where[kind]}" for kind in config.acme_challenges)

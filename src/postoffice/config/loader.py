@@ -192,6 +192,13 @@ def _check_merged(given: _Given, problems: _Problems) -> None:
         _check_relay(given["delivery"], problems)
     if problems.clean("acme") and given["acme"].get("enabled") and "cert" in given["tls"]:
         problems.add("acme.enabled", "[tls] cert is set too; use one or the other")
+    if problems.clean("acme") and given["acme"].get("challenge") == "tls-alpn-01" and not _has_https(given):
+        problems.add("acme.challenge", "tls-alpn-01 needs [listen] https (the CA connects to port 443)")
+
+
+def _has_https(given: _Given) -> bool:
+    listen = given["listen"]
+    return bool(listen.get("https")) or any(item.kind == "https" for item in listen.get("http", ()))
 
 
 def _check_identity(given: _Given, problems: _Problems) -> None:

@@ -241,9 +241,21 @@ class Config:
         return tuple(names)
 
     @property
+    def acme_challenges(self) -> tuple[str, ...]:
+        """The ACME challenge types answered, most preferred first (``[acme] challenge``):
+        HTTP-01 where port 80 is ours, TLS-ALPN-01 (RFC 8737) on the HTTPS listener."""
+        https = any(listener.kind == "https" for listener in self.http_listeners)
+        alpn = ("tls-alpn-01",) if https else ()
+        chosen = self.acme.challenge
+        if chosen == "auto":
+            chosen = "http-01" if self.acme_http_listeners or not https else "tls-alpn-01"
+        return ("tls-alpn-01",) if chosen == "tls-alpn-01" else ("http-01", *alpn)
+
+    @property
     def acme_listeners(self) -> tuple[Listener, ...]:
-        """Where the HTTP-01 challenge responder listens: none unless ``[acme]`` is enabled."""
-        if not self.acme.enabled:
+        """Where the HTTP-01 challenge responder listens: none unless ``[acme]`` is enabled and
+        HTTP-01 is among its challenges."""
+        if not self.acme.enabled or "http-01" not in self.acme_challenges:
             return ()
         return self.acme_http_listeners or (DEFAULT_ACME_HTTP_LISTENER,)
 

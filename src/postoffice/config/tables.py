@@ -375,15 +375,20 @@ LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
+# [acme] challenge: how the CA validates each name.
+ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")
+
+
 @dataclass(frozen=True, slots=True)
 class AcmeSettings:
-    """Automatic certificates under ``[acme]`` (RFC 8555, HTTP-01 challenges)."""
+    """Automatic certificates under ``[acme]`` (RFC 8555; HTTP-01 or TLS-ALPN-01 challenges)."""
 
     enabled: bool = setting(
         False,
         BOOLEAN,
         "Obtain the certificate from an ACME CA and renew it at two thirds of its lifetime; needs"
-        " [listen] acme_http reachable as http://<each domain>/ (port 80). Not with [tls] cert.",
+        " [listen] acme_http reachable as http://<each domain>/ (port 80), or [listen] https on"
+        " port 443 (see challenge). Not with [tls] cert.",
     )
     email: str | None = setting(
         None,
@@ -402,6 +407,14 @@ class AcmeSettings:
         "The names the certificate is for (one certificate, all of them as subjectAltNames).",
         default_text='[hostname], plus "mta-sts.DOMAIN" for each local domain when [mta_sts] mode is not'
         ' "off" (the name senders fetch our policy from over HTTPS)',
+    )
+    challenge: str = setting(
+        "auto",
+        choice_of(ACME_CHALLENGES),
+        "How the CA checks that each name is ours: http-01 (RFC 8555 §8.3, on [listen] acme_http,"
+        " port 80), tls-alpn-01 (RFC 8737, on [listen] https, port 443), or auto: http-01 when"
+        " [listen] acme_http is given or there is no https listener, else tls-alpn-01. With"
+        " http-01 and an https listener, tls-alpn-01 is used where the CA offers no http-01.",
     )
     ca_file: Path | None = setting(
         None,

@@ -3,8 +3,9 @@
 Untrusted input seen here: none from the network directly (the handshake is OpenSSL's, driven
 by asyncio); the certificate and key files the operator names, which OpenSSL parses.
 
-The context is made once and shared by every listener: implicit TLS (``create_server(ssl=)``)
-and STARTTLS (``loop.start_tls``) alike. :meth:`ServerTls.reload` (SIGHUP) and
+The context is made once and shared by every mail listener: implicit TLS
+(``create_server(ssl=)``) and STARTTLS (``loop.start_tls``) alike; the HTTPS listener has a
+front context of its own, the one whose handshakes may get a TLS-ALPN-01 validation certificate. :meth:`ServerTls.reload` (SIGHUP) and
 :meth:`ServerTls.use` (a certificate from ACME) load the certificate and key into a *new*
 context, checked whole, and swap one reference; the shared context's servername callback,
 which OpenSSL runs at every ClientHello, moves each new connection onto the newest context.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from postoffice.acme.alpn import TlsAlpnChallenges
 from postoffice.acme.certificate import read_certificate_info
 from postoffice.acme.files import AcmeFiles
 from postoffice.config import Config
@@ -61,6 +63,13 @@ class ServerTls:
         self._load(self.context)
         self._current = self.context
         self.context.sni_callback = self._select
+        # Names an ACME CA is validating by TLS-ALPN-01 (RFC 8737) at this moment, if any, and
+        # the HTTPS listener's own front context: the CA validates on port 443 only, so only
+        # those handshakes are ever shown a validation certificate, never a mail client's.
+        self.alpn_challenges = TlsAlpnChallenges()
+        self.https_context = self._new_context()
+        self._load(self.https_context)
+        self.https_context.sni_callback = self._select
         self.info = read_certificate_info(cert, source)
         log.info("event=tls-loaded cert=%s source=%s%s", cert, source, _expiry(cert))
 
@@ -114,8 +123,11 @@ class ServerTls:
         """At each ClientHello (OpenSSL's servername callback runs with or without SNI): the
         connection takes the newest certificate's context. Swapping one reference is atomic,
         so a handshake gets the old certificate and key or the new ones, never a mix, and
-        connections already in TLS keep what they had."""
+        connections already in TLS keep what they had. A name under TLS-ALPN-01 validation gets
+        the validation certificate instead on the HTTPS listener (:mod:`postoffice.acme.alpn`)."""
         current = self._current
+        if front is self.https_context:
+            current = self.alpn_challenges.context_for(name) or current
         if current is not front:
             connection.context = current
 

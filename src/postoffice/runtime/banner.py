@@ -55,6 +55,8 @@ def banner(
         where = ", ".join(f"{address.host}:{address.port}" for address in acme) or ", ".join(
             listener.address for listener in config.acme_listeners
         )
+        if "http-01" not in config.acme_challenges:
+            where = "the https listener (TLS-ALPN-01)"
         names = ", ".join(config.acme_domains)
         print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
     chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed).rules
