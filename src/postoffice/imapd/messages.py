@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 from postoffice.errors import MessageGone
 from postoffice.imap import ImapParseError, responses
@@ -26,25 +27,37 @@ from postoffice.imapd.selected import Selected, ranges_text, vanished
 from postoffice.imapd.session import No, Session
 from postoffice.storage import SEEN, StoredMessage
 
-Handler = Callable[[Session, Selected, list[Token]], Sequence[Segment]]
+Handler = Callable[[Session, Selected, list[Token]], Iterable[Segment]]
 
 
 def _targets(selected: Selected, token: Token, *, by_uid: bool) -> list[tuple[int, int]]:
     """``(seq, uid)`` of the messages a set names, in ascending order."""
+    return list(_iter_targets(selected, token, by_uid=by_uid))
+
+
+def _iter_targets(selected: Selected, token: Token, *, by_uid: bool) -> Iterator[tuple[int, int]]:
+    """:func:`_targets` one at a time (``1:*`` of a 100,000-message folder is no list); the
+    set is checked before the first is given, so a bad one fails the command whole."""
     numbers = sequence_set(token)
     if by_uid:
         largest = selected.uids[-1] if selected.uids else 0
         ranges = numbers.resolve(largest)
-        return [
+        return (
             (seq, uid) for seq, uid in enumerate(selected.uids, 1) if any(a <= uid <= b for a, b in ranges)
-        ]
+        )
     count = len(selected.uids)
-    found: set[int] = set()
-    for low, high in numbers.resolve(count):
-        if high > count or low < 1:
-            raise ImapParseError("no such message")
-        found.update(range(low, high + 1))
-    return [(seq, selected.uids[seq - 1]) for seq in sorted(found)]
+    ranges = sorted(numbers.resolve(count))
+    if any(high > count or low < 1 for low, high in ranges):
+        raise ImapParseError("no such message")
+    return ((seq, selected.uids[seq - 1]) for seq in _merged(ranges))
+
+
+def _merged(ranges: list[tuple[int, int]]) -> Iterator[int]:
+    """The numbers of sorted, possibly overlapping ranges, each once, ascending."""
+    after = 0  # the last number given
+    for low, high in ranges:
+        yield from range(max(low, after + 1), high + 1)
+        after = max(after, high)
 
 
 def modifiers(token: Token | None, allowed: tuple[str, ...]) -> dict[str, int]:
@@ -64,7 +77,10 @@ def modifiers(token: Token | None, allowed: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> list[Segment]:
+def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> Iterable[Segment]:
+    """FETCH's responses, made one message at a time as the transport takes them (RFC 9051
+    §6.4.5): ``FETCH 1:* (UID FLAGS)`` of a big folder is never a whole list in memory. What
+    can fail the command (the items, the set) is checked before the first is made."""
     arguments(args, 2, 3)
     items = fetch_items(args[1])
     given = modifiers(args[2] if len(args) == 3 else None, ("CHANGEDSINCE", "VANISHED"))
@@ -80,9 +96,20 @@ def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
     out: list[Segment] = []
     if by_uid or changed_since is not None:
         out += session.refresh(expunges=False)
-    targets = _targets(selected, args[0], by_uid=by_uid)
+    targets = _iter_targets(selected, args[0], by_uid=by_uid)
     if "VANISHED" in given:
         out += vanished(selected, sequence_set(args[0]), earlier=True)
+    made = _fetch_each(session, selected, targets, items, changed_since)
+    return itertools.chain(out, itertools.chain.from_iterable(made))
+
+
+def _fetch_each(
+    session: Session,
+    selected: Selected,
+    targets: Iterator[tuple[int, int]],
+    items: list[FetchItem],
+    changed_since: int | None,
+) -> Iterator[list[Segment]]:
     file_needed = needs_file(items)
     seen = not selected.read_only and any(item.sets_seen for item in items)
     for seq, uid in targets:
@@ -90,10 +117,9 @@ def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
         if message is None or (changed_since is not None and selected.modseq_of(uid) <= changed_since):
             continue
         try:
-            out += _fetch_one(session, selected, seq, uid, message, items, seen=seen, file_needed=file_needed)
+            yield _fetch_one(session, selected, seq, uid, message, items, seen=seen, file_needed=file_needed)
         except MessageGone:
             continue  # removed meanwhile by someone else: its EXPUNGE comes with the next refresh
-    return out
 
 
 def _fetch_one(

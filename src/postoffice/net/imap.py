@@ -25,7 +25,7 @@ import logging
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -57,6 +57,9 @@ LOGIN_TIMEOUT = 60.0
 READ_SIZE = 1024 * 1024
 # Blocks a big literal (BODY[] of a 20 MB message) is copied in from its file.
 COPY_BLOCK = 256 * 1024
+# Responses made as they are sent (FETCH 1:* of a big folder) are taken this much at a time,
+# and the next is made only once the client has taken the last (drain): memory stays here.
+STREAM_CHUNK = 64 * 1024
 # How often an IDLE-ing session looks at its folder: new mail is announced within a second.
 IDLE_POLL = 0.25
 _BASE = (
@@ -357,9 +360,20 @@ class Connection:
         await self._send_segments(untagged)
         self.send(responses.status(tag, "OK", f"{name} completed", session.last_code))
 
-    async def _send_segments(self, segments: Sequence[Segment]) -> None:
+    async def _send_segments(self, segments: Iterable[Segment]) -> None:
         """Write responses; a FileLiteral's octets are copied from its file a block at a time,
-        waiting for the client to take each (memory stays at a block, not a message)."""
+        waiting for the client to take each (memory stays at a block, not a message). Those
+        not in a list are made as they are sent: a chunk at a time in the worker thread, the
+        next once the client has taken the last."""
+        if isinstance(segments, list):
+            await self._send_list(segments)
+            return
+        iterator = iter(segments)
+        while batch := await asyncio.to_thread(_take, iterator, STREAM_CHUNK):
+            await self._send_list(batch)
+            await self.writer.drain()
+
+    async def _send_list(self, segments: list[Segment]) -> None:
         pending = list(segments)
         try:
             while pending:
@@ -517,6 +531,25 @@ class Connection:
         finally:
             self.commands.raw = False
         self.send(responses.status(parsed.tag, "OK", "IDLE terminated"))
+
+
+def _take(segments: Iterator[Segment], size: int) -> list[Segment]:
+    """The next segments, their bytes joined, up to ``size`` octets or a FileLiteral (which
+    ends the batch: it is copied before more are made); empty at the end."""
+    out: list[Segment] = []
+    pieces: list[bytes] = []
+    taken = 0
+    for segment in segments:
+        if isinstance(segment, FileLiteral):
+            out += [b"".join(pieces), segment]
+            return out
+        pieces.append(segment)
+        taken += len(segment)
+        if taken >= size:
+            break
+    if pieces:
+        out.append(b"".join(pieces))
+    return out
 
 
 def _read_at(stream: BinaryIO, offset: int, size: int) -> bytes:
