@@ -7,9 +7,12 @@ docs/imap.md come from these tests.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunningServer
+from conftest import RunningServer, wait_until
 from submission_support import ALICE, ALICE_PASSWORD, DOMAIN, Certs, make_certs
 from test_imap_clients import imap_ports, start
 
@@ -113,3 +116,72 @@ def test_fetch_of_a_big_folder_streams_with_flat_memory(
     assert checked.octets > 35 * FOLDER_SIZE
     assert peak < 1024 * 1024, f"peak {peak} bytes for {checked.octets} bytes sent"
     print(f"FETCH 1:* (UID FLAGS) of {FOLDER_SIZE} messages: {checked.octets} bytes, peak {peak} bytes")
+
+
+APPEND_CLIENT = """
+import imaplib, sys
+message = open(sys.argv[2], "rb").read()
+with imaplib.IMAP4("127.0.0.1", int(sys.argv[1])) as client:
+    client.login(sys.argv[3], sys.argv[4])
+    typ, data = client.append("Sent", "(\\\\Seen)", None, message)
+    print(typ, data[0].decode())
+"""
+
+
+def big_message(path: Path) -> bytes:
+    """A 20 MB message with CRLF line ends (imaplib would rewrite bare LFs), and its bytes."""
+    with path.open("wb") as out:
+        out.write(b"From: bob@example.test\r\nSubject: big append\r\n")
+        out.write(b"Content-Type: application/octet-stream\r\n\r\n")
+        for number in range(20 * 1024):
+            out.write(b"%1022d\r\n" % number)
+    return path.read_bytes()
+
+
+def test_a_20_mb_append_goes_to_tmp_as_it_arrives(
+    server_factory: Callable[..., RunningServer], certs: Certs, tmp_path: Path
+) -> None:
+    server = start(server_factory, certs, http_listeners=())
+    source = tmp_path / "big.eml"
+    expected = hashlib.sha256(big_message(source)).hexdigest()
+    size = source.stat().st_size
+    sent = server.config.mail_dir / DOMAIN / "alice" / ".Sent"
+    # The client (imaplib) in its own process: tracemalloc sees only the server.
+    command = [sys.executable, "-c", APPEND_CLIENT, str(imap_ports(server)["imap"]), str(source)]
+    tracemalloc.start()
+    try:
+        done = subprocess.run(
+            [*command, ALICE, ALICE_PASSWORD], capture_output=True, timeout=120, check=False
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.startswith(b"OK [APPENDUID "), done.stdout
+    stored = list((sent / "cur").iterdir())
+    assert len(stored) == 1 and stored[0].name.endswith(":2,S") and f",S={size}" in stored[0].name
+    assert hashlib.sha256(stored[0].read_bytes()).hexdigest() == expected
+    assert not list((sent / "tmp").iterdir())
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes for a {size}-byte APPEND"
+    print(f"APPEND of {size} bytes: peak {peak} bytes")
+
+
+def test_a_big_append_that_fails_leaves_nothing_in_tmp(
+    server_factory: Callable[..., RunningServer], certs: Certs
+) -> None:
+    server = start(server_factory, certs, http_listeners=())
+    maildir = server.config.mail_dir / DOMAIN / "alice"
+    body = b"Subject: x\r\n\r\n" + b"y" * (1024 * 1024) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", imap_ports(server)["imap"]), timeout=30) as sock:
+        login_and_select(sock)
+        reader = sock.makefile("rb")
+        # No such folder: the literal is read (to the mailbox's tmp/), then NO [TRYCREATE].
+        sock.sendall(b"c APPEND Nowhere {%d+}\r\n" % len(body) + body + b"\r\n")
+        assert reader.readline().startswith(b"c NO [TRYCREATE]")
+        wait_until(lambda: not list((maildir / "tmp").iterdir()))  # removed as the NO is sent
+        # Cut off halfway: what arrived is dropped when the connection ends.
+        sock.sendall(b"d APPEND INBOX {%d+}\r\n" % len(body) + body[: len(body) // 2])
+        wait_until(lambda: len(list((maildir / "tmp").iterdir())) == 1)
+        reader.close()  # else the socket stays open behind it
+    wait_until(lambda: not list((maildir / "tmp").iterdir()))
+    assert [path.name for path in (maildir / "cur").iterdir()] == []

@@ -28,7 +28,7 @@ def execute(session: Session, command: Parsed) -> Iterable[Segment]:
         if handler is not None:
             return handler(session, command.args)
         if command.name == "APPEND":
-            return APPEND(session, command.args)
+            return APPEND(session, command.args, command.spooled)
         selected_handler = SELECTED.get(command.name)
         if selected_handler is None:
             raise ImapParseError(f"unknown command {command.name[:30]}")

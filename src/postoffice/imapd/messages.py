@@ -13,11 +13,13 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from postoffice.errors import MessageGone
 from postoffice.imap import ImapParseError, responses
 from postoffice.imap.fetch_items import FetchItem, fetch_items
 from postoffice.imap.grammar import arguments, atom, date_time, flag_list, mailbox_name, number, sequence_set
+from postoffice.imap.reader import LiteralSink
 from postoffice.imap.responses import Segment
 from postoffice.imap.search import Key, parse_search
 from postoffice.imap.tokens import Token
@@ -25,7 +27,7 @@ from postoffice.imapd.fetch import MessageView, fetch_response, fetch_values, ne
 from postoffice.imapd.searching import Candidate, matches
 from postoffice.imapd.selected import Selected, ranges_text, vanished
 from postoffice.imapd.session import No, Session
-from postoffice.storage import SEEN, StoredMessage
+from postoffice.storage import SEEN, PendingMessage, StoredMessage
 
 Handler = Callable[[Session, Selected, list[Token]], Iterable[Segment]]
 
@@ -312,9 +314,14 @@ def close(session: Session, selected: Selected, args: list[Token]) -> list[bytes
     return []  # CLOSE sends no EXPUNGE responses (RFC 9051 §6.4.1)
 
 
-def append(session: Session, args: list[Token]) -> list[bytes]:
+def append(session: Session, args: list[Token], spooled: LiteralSink | None = None) -> list[bytes]:
+    """APPEND (RFC 9051 §6.3.12). ``spooled``: the message literal, written to the folder's
+    ``tmp/`` as it arrived (the transport's spool gives the store's PendingMessage)."""
     if not 2 <= len(args) <= 4 or not isinstance(args[-1], bytes):
         raise ImapParseError("APPEND needs a folder and a message literal")
+    if spooled is not None and args[-1] != b"":
+        raise ImapParseError("APPEND's message is its last argument")
+    content: bytes | PendingMessage = args[-1] if spooled is None else cast(PendingMessage, spooled)
     folder = session.folder_of(mailbox_name(args[0]))
     flags, received = "", time.time()
     for extra in args[1:-1]:
@@ -326,7 +333,7 @@ def append(session: Session, args: list[Token]) -> list[bytes]:
         listing = session.store.listing(session.user, folder)
     except FileNotFoundError:
         raise No("no such folder", "TRYCREATE") from None
-    uid, _ = session.store.add(session.user, folder, args[-1], flags=flags, received=received)
+    uid, _ = session.store.add(session.user, folder, content, flags=flags, received=received)
     session.last_code = f"APPENDUID {listing.uidvalidity} {uid}"
     return session.refresh() if session.selected is not None and session.selected.folder == folder else []
 
