@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,18 @@ def answers(client: IMAPClient) -> dict[str, Any]:
     return {"folders": folders, "count": count, "messages": per_message, "search": found}
 
 
+def next_second() -> None:
+    """Wait for the clock's next second. Dovecot numbers new files by name (delivery second,
+    then the unique part), postoffice by delivery time: each message in a second of its own
+    gets the same UID order from both."""
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
 @pytest.fixture
 def delivered(mail_server: RunningServer) -> RunningServer:
     with smtplib.SMTP("127.0.0.1", mail_server.port, timeout=10) as smtp:
         for message in CORPUS:
+            next_second()
             options = ["SMTPUTF8"] if message is SMTPUTF8 else []
             smtp.sendmail("bob@elsewhere.test", [ALICE], message.encode("latin-1"), mail_options=options)
     mail_server.wait_idle()
@@ -164,3 +173,42 @@ def _once(server: RunningServer) -> Iterator[IMAPClient]:
     client = IMAPClient("127.0.0.1", port=server.app.imap.bound[0].port, ssl=False)
     client.login(ALICE, PASSWORD)
     yield client
+
+
+def _keywords(client: IMAPClient) -> dict[int, set[bytes]]:
+    order = sorted(client.search(["ALL"]))
+    fetched = client.get_flags(order)
+    return {
+        order.index(uid) + 1: {flag for flag in fetched[uid] if not flag.startswith(b"\\")} for uid in order
+    }
+
+
+def test_keywords_are_kept_as_dovecot_keeps_them(delivered: RunningServer, dovecot: Dovecot) -> None:  # noqa: F811
+    [mine] = list(_once(delivered))
+    mine.select_folder("INBOX")
+    first, second, third = sorted(mine.search(["ALL"]))[:3]
+    mine.add_flags([first], [b"$Junk", b"Project-X"])
+    mine.add_flags([second], [b"project-x"])  # keywords match without regard to case
+    next_second()
+    mine.append("INBOX", PLAIN, flags=[b"\\Seen", b"$Forwarded"])
+    ours_before = _keywords(mine)
+    found = mine.search(["KEYWORD", "project-x"])
+    mine.logout()
+    assert ours_before[1] == {b"$Junk", b"Project-X"} and ours_before[2] == {b"Project-X"}
+    assert ours_before[len(CORPUS) + 1] == {b"$Forwarded"}
+    assert sorted(found) == [first, second]
+    inbox = delivered.config.mail_dir / DOMAIN / "alice"
+    assert (inbox / "dovecot-keywords").read_text() == "0 $Junk\n1 Project-X\n2 $Forwarded\n"
+    dovecot.hand_over(delivered.data_dir)
+    theirs = IMAPClient("127.0.0.1", port=dovecot.port, ssl=False)
+    theirs.starttls(ssl_context=dovecot.tls)
+    theirs.login(ALICE, PASSWORD)
+    theirs.select_folder("INBOX")
+    assert _keywords(theirs) == ours_before
+    assert len(theirs.search(["KEYWORD", "Project-X"])) == 2
+    theirs.add_flags(sorted(theirs.search(["ALL"]))[2:3], [b"$Junk"])  # Dovecot sets one: we read it
+    theirs.logout()
+    [again] = list(_once(delivered))
+    again.select_folder("INBOX", readonly=True)
+    assert _keywords(again)[3] == {b"$Junk"} and sorted(again.search(["KEYWORD", "$junk"]))[1] == third
+    again.logout()

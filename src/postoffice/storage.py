@@ -344,6 +344,16 @@ class MailboxStore(Protocol):
         if the folder does not exist."""
         ...
 
+    def keywords(self, address: str, folder: str | None) -> list[str]:
+        """The folder's keywords, by the number a message's lower-case flag letter stands for
+        (``a`` is 0); ``""`` for a number not in use."""
+        ...
+
+    def keyword_letters(self, address: str, folder: str | None, names: Collection[str], *, add: bool) -> str:
+        """The flag letters of keywords ``names`` in ``folder``; with ``add``, unknown ones are
+        numbered now (26 a folder at most; past that they are not kept)."""
+        ...
+
     def begin_append(self, address: str, folder: str | None) -> PendingMessage:
         """A message to be written as it arrives (a big APPEND literal), in ``folder`` when it
         exists, else where :meth:`add` can still move it to any folder of the mailbox."""

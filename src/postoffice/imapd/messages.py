@@ -9,6 +9,7 @@ for the session's own user.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import time
@@ -18,7 +19,16 @@ from typing import cast
 from postoffice.errors import MessageGone
 from postoffice.imap import ImapParseError, responses
 from postoffice.imap.fetch_items import FetchItem, fetch_items
-from postoffice.imap.grammar import arguments, atom, date_time, flag_list, mailbox_name, number, sequence_set
+from postoffice.imap.grammar import (
+    arguments,
+    atom,
+    date_time,
+    flag_list,
+    flag_names,
+    mailbox_name,
+    number,
+    sequence_set,
+)
 from postoffice.imap.reader import LiteralSink
 from postoffice.imap.responses import Segment
 from postoffice.imap.search import Key, parse_search
@@ -141,11 +151,11 @@ def _fetch_one(
             items = [*items, *fetch_items("FLAGS")]  # RFC 9051 §6.4.5: say \Seen was set
     modseq = selected.modseq_of(uid)
     if not file_needed:
-        return fetch_response(seq, fetch_values(uid, message, items, None, modseq))
+        return fetch_response(seq, fetch_values(uid, message, items, None, modseq, selected.keywords))
     stream = session.store.read(message)
     view = MessageView(stream)
     try:
-        return fetch_response(seq, fetch_values(uid, message, items, view, modseq))
+        return fetch_response(seq, fetch_values(uid, message, items, view, modseq, selected.keywords))
     finally:
         if not view.streamed:  # else the transport closes it once it has copied the literal
             stream.close()
@@ -171,7 +181,12 @@ def store(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
     mode, silent = action.removesuffix(".SILENT"), action.endswith(".SILENT")
     if mode not in ("FLAGS", "+FLAGS", "-FLAGS"):
         raise ImapParseError("STORE takes FLAGS, +FLAGS or -FLAGS")
-    letters, _keywords = flag_list(args[2])  # keywords are not kept by this server
+    letters, keywords = flag_list(args[2])
+    if keywords:  # their letters in this folder; STORE FLAGS/+FLAGS numbers new ones (RFC 9051 §2.3.2)
+        letters += session.store.keyword_letters(
+            session.user, selected.folder, keywords, add=mode != "-FLAGS"
+        )
+        selected.keywords = session.store.keywords(session.user, selected.folder)
     out, changed, modified = [], [], []
     for seq, uid in _targets(selected, args[0], by_uid=by_uid):
         message = selected.messages.get(uid)
@@ -207,6 +222,7 @@ def store(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
 
 def search(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> list[bytes]:
     query = parse_search(args)
+    query = dataclasses.replace(query, key=_with_keywords(query.key, selected.keywords))
     uses_modseq = _uses_modseq(query.key)
     if uses_modseq:
         selected.condstore = True
@@ -233,6 +249,22 @@ def search(session: Session, selected: Selected, args: list[Token], *, by_uid: b
         tail = b" (MODSEQ %d)" % top if uses_modseq and found else b""
         return [b"* SEARCH" + b"".join(b" %d" % number for number in found) + tail + b"\r\n"]
     return [_esearch(session.tag, found, query.returns, by_uid)]
+
+
+def _with_keywords(key: Key, keywords: list[str]) -> Key:
+    """``key`` with each KEYWORD criterion made the FLAG criterion of the keyword's letter in
+    this folder (a keyword the folder never numbered: no message has it)."""
+    if key.op == "KEYWORD":
+        name, wanted = cast(tuple[str, bool], key.value)
+        numbers = [index for index, known in enumerate(keywords) if known.casefold() == name.casefold()]
+        if not numbers:
+            return Key("NONE" if wanted else "ALL")
+        return Key("FLAG", (chr(ord("a") + numbers[0]), wanted))
+    if key.children:
+        return dataclasses.replace(
+            key, children=tuple(_with_keywords(child, keywords) for child in key.children)
+        )
+    return key
 
 
 def _uses_modseq(key: Key) -> bool:
@@ -265,9 +297,11 @@ def copy(session: Session, selected: Selected, args: list[Token], *, by_uid: boo
         if message is None:
             continue
         try:
-            new_uid, _ = session.store.copy(message, target, move=move)
+            new_uid, copied = session.store.copy(message, target, move=move)
         except MessageGone:
             continue
+        if target != selected.folder:
+            _keywords_into(session, selected, target, copied)
         sources.append(uid)
         copies.append(new_uid)
     out = []
@@ -281,6 +315,18 @@ def copy(session: Session, selected: Selected, args: list[Token], *, by_uid: boo
                 out.append(expunged)
     session.last_code = None if move else code
     return out
+
+
+def _keywords_into(session: Session, selected: Selected, target: str | None, copied: StoredMessage) -> None:
+    """A copy keeps its keywords (RFC 9051 §6.4.7), but their letters are the target folder's
+    own (its dovecot-keywords numbers them): the copy's letters are rewritten to match."""
+    system = "".join(letter for letter in copied.flags if not "a" <= letter <= "z")
+    if system == copied.flags:
+        return
+    names = [name for name in flag_names(copied.flags, selected.keywords) if not name.startswith("\\")]
+    letters = session.store.keyword_letters(session.user, target, names, add=True)
+    if system + letters != copied.flags:
+        session.store.set_flags(copied, system + letters)
 
 
 def _set_text(numbers: list[int]) -> str:
@@ -326,7 +372,8 @@ def append(session: Session, args: list[Token], spooled: LiteralSink | None = No
     flags, received = "", time.time()
     for extra in args[1:-1]:
         if isinstance(extra, list):
-            flags = flag_list(extra)[0]
+            letters, keywords = flag_list(extra)
+            flags = letters + _appended_keywords(session, folder, keywords)
         else:
             received = date_time(extra).timestamp()
     try:
@@ -336,6 +383,15 @@ def append(session: Session, args: list[Token], spooled: LiteralSink | None = No
     uid, _ = session.store.add(session.user, folder, content, flags=flags, received=received)
     session.last_code = f"APPENDUID {listing.uidvalidity} {uid}"
     return session.refresh() if session.selected is not None and session.selected.folder == folder else []
+
+
+def _appended_keywords(session: Session, folder: str | None, keywords: set[str]) -> str:
+    if not keywords:
+        return ""
+    try:
+        return session.store.keyword_letters(session.user, folder, keywords, add=True)
+    except FileNotFoundError:
+        raise No("no such folder", "TRYCREATE") from None
 
 
 APPEND = append

@@ -35,7 +35,7 @@ from postoffice.addresses import canonical
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.durable import commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
-from postoffice.maildir import mailbox_folders, uids, write
+from postoffice.maildir import keywords, mailbox_folders, uids, write
 from postoffice.maildir.folders import INBOX, directory_of, name_of
 from postoffice.maildir.layout import (
     STALE_TMP_AGE,
@@ -337,6 +337,15 @@ class MaildirStore:
             self._listings.clear()
         self._listings[maildir] = (stamp, made, result)
         return result
+
+    def keywords(self, address: str, folder: str | None) -> list[str]:
+        return keywords.read_keywords(self._folder_dir(address, folder))
+
+    def keyword_letters(self, address: str, folder: str | None, names: Collection[str], *, add: bool) -> str:
+        maildir = self._folder_dir(address, folder)
+        if not (maildir / "cur").is_dir():
+            raise FileNotFoundError(folder)
+        return keywords.letters_for(maildir, names, add=add)
 
     def begin_append(self, address: str, folder: str | None) -> TmpMessage:
         # The folder's own tmp/ (Maildir); a folder that is not there yet: the mailbox's, so the
