@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from postoffice.imap import ImapParseError
 from postoffice.imap.fetch_items import Section, fetch_items
 from postoffice.imap.grammar import flag_list, mailbox_name, sequence_set
-from postoffice.imap.reader import Command, CommandReader, Continue, Refused
+from postoffice.imap.reader import SPOOL_MIN, Command, CommandReader, Continue, Refused
 from postoffice.imap.responses import Literal, untagged
 from postoffice.imap.search import BadCharset, parse_search
 from postoffice.imap.structure import parse_structure, resolve
@@ -53,6 +53,49 @@ def test_literal_plus_needs_no_continuation() -> None:
     assert isinstance(command, Command)
     parsed = parse_command(command)
     assert parsed.args == ["Sent", ["\\Seen"], b"ab\r\n"]
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.discarded = False
+
+    def write(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+def test_a_big_literal_goes_to_the_spool_piece_by_piece() -> None:
+    sinks: list[tuple[tuple[bytes, ...], ListSink]] = []
+
+    def spool(segments: tuple[bytes, ...], size: int) -> ListSink:
+        assert size == SPOOL_MIN
+        sinks.append((segments, ListSink()))
+        return sinks[-1][1]
+
+    reader = CommandReader(spool=spool)
+    reader.receive_data(b"a APPEND Sent (\\Seen) {%d+}\r\n" % SPOOL_MIN + b"x" * 1000)
+    assert events(reader) == []
+    for start in range(1000, SPOOL_MIN, 1000):
+        reader.receive_data(b"y" * min(1000, SPOOL_MIN - start))
+        assert events(reader) == []
+    reader.receive_data(b"\r\n")
+    [command] = events(reader)
+    assert isinstance(command, Command)
+    [(announced, sink)] = sinks
+    assert announced == (b"a APPEND Sent (\\Seen) ",)
+    assert len(b"".join(sink.pieces)) == SPOOL_MIN and max(map(len, sink.pieces)) <= 1000
+    parsed = parse_command(command)
+    assert parsed.args == ["Sent", ["\\Seen"], b""] and parsed.spooled is sink and not sink.discarded
+    # A command refused after its literal was spooled drops the file; so does a closed reader.
+    reader.receive_data(b"b APPEND Sent {%d+}\r\n" % SPOOL_MIN + b"x" * SPOOL_MIN + b" " + b"w" * 9000)
+    assert isinstance(events(reader)[0], Refused) and sinks[-1][1].discarded
+    reader.receive_data(b"\r\nc APPEND Sent {%d+}\r\nhalf" % SPOOL_MIN)
+    events(reader)
+    reader.close()
+    assert sinks[-1][1].discarded and sinks[-1][1].pieces == [b"half"]
 
 
 def test_too_big_literals_are_refused_and_the_session_goes_on() -> None:

@@ -53,7 +53,8 @@ def run(session: Session, line: str) -> None:
     while (event := reader.next_event()) is not None:
         if isinstance(event, Command):
             with contextlib.suppress(ImapParseError, No):
-                execute(session, parse_command(event))
+                for _ in execute(session, parse_command(event)):
+                    pass  # made as taken (FETCH): take them all
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -225,6 +225,20 @@ class MailboxWatch(Protocol):
         """Stop watching; returns once the watch has ended (within ``timeout`` seconds)."""
 
 
+class PendingMessage(Protocol):
+    """A message being written a piece at a time (an APPEND literal too big to hold): given to
+    :meth:`MailboxStore.add` once whole, or discarded. A write that fails is remembered (add
+    raises it) so the rest of the literal can still be read and dropped."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def discard(self) -> None:
+        """Forget it (nothing if it was added already)."""
+
+
 class MailboxStore(Protocol):
     """The mailboxes of local users, addressed by mail address, never by a path.
 
@@ -330,10 +344,32 @@ class MailboxStore(Protocol):
         if the folder does not exist."""
         ...
 
+    def keywords(self, address: str, folder: str | None) -> list[str]:
+        """The folder's keywords, by the number a message's lower-case flag letter stands for
+        (``a`` is 0); ``""`` for a number not in use."""
+        ...
+
+    def keyword_letters(self, address: str, folder: str | None, names: Collection[str], *, add: bool) -> str:
+        """The flag letters of keywords ``names`` in ``folder``; with ``add``, unknown ones are
+        numbered now (26 a folder at most; past that they are not kept)."""
+        ...
+
+    def begin_append(self, address: str, folder: str | None) -> PendingMessage:
+        """A message to be written as it arrives (a big APPEND literal), in ``folder`` when it
+        exists, else where :meth:`add` can still move it to any folder of the mailbox."""
+        ...
+
     def add(
-        self, address: str, folder: str | None, content: bytes, *, flags: str, received: float
+        self,
+        address: str,
+        folder: str | None,
+        content: bytes | PendingMessage,
+        *,
+        flags: str,
+        received: float,
     ) -> tuple[int, StoredMessage]:
-        """Store ``content`` in ``folder`` (a client's APPEND), durably; its UID and message."""
+        """Store ``content`` in ``folder`` (a client's APPEND), durably; its UID and message.
+        A PendingMessage is published as it is (its write errors raised now), not copied."""
         ...
 
     def copy(self, message: StoredMessage, folder: str | None, *, move: bool) -> tuple[int, StoredMessage]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from postoffice.imap import ImapParseError
@@ -115,7 +116,7 @@ def _seq_number(text: str) -> int:
 
 def flag_list(token: Token) -> tuple[str, set[str]]:
     """``(letters, keywords)`` of a flag list or a single flag: Maildir letters of the system
-    flags, and the keywords (``$Forwarded``), which this server does not keep."""
+    flags, and the keywords (``$Forwarded``), whose letters the folder's store gives."""
     items = token if isinstance(token, list) else [token]
     letters, keywords = "", set()
     for item in items:
@@ -131,9 +132,13 @@ def flag_list(token: Token) -> tuple[str, set[str]]:
     return "".join(sorted(set(letters))), keywords
 
 
-def flag_names(letters: str) -> list[str]:
-    """The IMAP flags of Maildir info letters (unknown letters are left out)."""
-    return [LETTER_FLAGS[letter] for letter in sorted(letters) if letter in LETTER_FLAGS]
+def flag_names(letters: str, keywords: Sequence[str] = ()) -> list[str]:
+    """The IMAP flags of Maildir info letters: system flags, then the keywords the lower-case
+    letters stand for (``a`` is ``keywords[0]``, as in Dovecot's ``dovecot-keywords``); unknown
+    letters are left out."""
+    system = [LETTER_FLAGS[letter] for letter in sorted(letters) if letter in LETTER_FLAGS]
+    numbers = sorted(ord(letter) - ord("a") for letter in set(letters) if "a" <= letter <= "z")
+    return system + [keywords[number] for number in numbers if number < len(keywords) and keywords[number]]
 
 
 def date(token: Token) -> datetime.date:

@@ -10,17 +10,38 @@ whose parts add up past ``max_command`` is refused too. Each refusal is one even
 answers it and goes on.
 
 A line ends only at CRLF; a bare LF is kept in the line and fails the grammar later.
+
+A literal of ``SPOOL_MIN`` octets or more may go to a :class:`LiteralSink` instead of memory
+(an APPEND's message, written to the Maildir's ``tmp/`` as it arrives): the ``spool`` callback
+sees the command so far and gives a sink, or None to keep the literal in memory.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 _CRLF = b"\r\n"
 # "{" number ["+"] "}" at the end of a line (RFC 9051 §9 literal, RFC 7888 literal8 aside).
 _LITERAL_RE = re.compile(rb"\{([0-9]{1,10})(\+?)\}\Z")
 _TAG_RE = re.compile(rb"[!#$&'*+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]{1,64}")
+# Literals this big or bigger are offered to the spool callback (smaller ones cost little).
+SPOOL_MIN = 256 * 1024
+
+
+class LiteralSink(Protocol):
+    """Where a spooled literal's octets go as they arrive."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+# The command so far (its segments, the last the line that announced the literal, without the
+# announcement) and the literal's size -> a sink for it, or None to keep it in memory.
+Spool = Callable[[tuple[bytes, ...], int], LiteralSink | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +50,8 @@ class Command:
     announcement that ended them), ``segments[1::2]`` the literals between them."""
 
     segments: tuple[bytes, ...]
+    # The literal that went to a sink (its segment is then b""): at most one, the last.
+    spooled: LiteralSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +91,11 @@ class CommandReader:
     """Bytes in, events out. ``raw`` switches to whole lines (no literals) for AUTHENTICATE and
     IDLE; the session sets it back."""
 
-    def __init__(self, *, max_line: int = 8192, max_literal: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, *, max_line: int = 8192, max_literal: int = 64 * 1024 * 1024, spool: Spool | None = None
+    ) -> None:
         self.max_line = max_line
+        self.spool = spool
         self.max_literal = max_literal
         self.max_command = max_literal + 16 * max_line
         self.raw = False
@@ -79,6 +105,8 @@ class CommandReader:
         self._literal: int | None = None  # octets of the literal being read
         self._discard = 0  # octets of a refused non-synchronising literal still to drop
         self._skipping = False  # dropping the rest of an over-long line
+        self._sink: LiteralSink | None = None  # where the literal being read goes
+        self._spooled: LiteralSink | None = None  # a literal of this command that went to a sink
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
@@ -93,7 +121,10 @@ class CommandReader:
                 if self._discard:
                     return None
                 self._skipping = True  # the rest of the command line goes too
-            if self._literal is not None:
+            if self._literal is not None and self._sink is not None:
+                if not self._to_sink(self._sink):
+                    return None
+            elif self._literal is not None:
                 if len(self._buffer) < self._literal:
                     return None
                 self._segments.append(bytes(self._buffer[: self._literal]))
@@ -102,6 +133,34 @@ class CommandReader:
             event = self._read_line()
             if not isinstance(event, _Again):
                 return event
+
+    def _to_sink(self, sink: LiteralSink) -> bool:
+        """Move what has arrived of the literal to its sink; True once it is all there."""
+        assert self._literal is not None
+        taken = min(self._literal, len(self._buffer))
+        if taken:
+            sink.write(bytes(self._buffer[:taken]))
+            del self._buffer[:taken]
+            self._literal -= taken
+        if self._literal:
+            return False
+        self._segments.append(b"")
+        self._literal, self._sink = None, None
+        self._discard_spooled()  # one spooled literal a command: an earlier one is dropped
+        self._spooled = sink
+        return True
+
+    def close(self) -> None:
+        """The connection ends: a literal half-written or not handed over is dropped."""
+        for sink in (self._sink, self._spooled):
+            if sink is not None:
+                sink.discard()
+        self._sink = self._spooled = None
+
+    def _discard_spooled(self) -> None:
+        if self._spooled is not None:
+            self._spooled.discard()
+            self._spooled = None
 
     def _read_line(self) -> Event | _Again | None:
         end = self._buffer.find(_CRLF)
@@ -130,9 +189,10 @@ class CommandReader:
         match = _LITERAL_RE.search(line)
         if match is None:
             self._segments.append(line)
-            segments = tuple(self._segments)
+            command = Command(tuple(self._segments), self._spooled)
+            self._spooled = None  # the command has it now
             self._reset()
-            return Command(segments)
+            return command
         size, plus = int(match.group(1)), bool(match.group(2))
         self._size += len(line) + size
         if size > self.max_literal or self._size > self.max_command:
@@ -142,6 +202,8 @@ class CommandReader:
             return refused
         self._segments.append(line[: match.start()])
         self._literal = size
+        if size >= SPOOL_MIN and self.spool is not None:
+            self._sink = self.spool(tuple(self._segments), size)
         return _AGAIN if plus else Continue()
 
     def _refuse(self, reason: str, *, too_big: bool = False, first: bytes | None = None) -> Refused:
@@ -150,6 +212,7 @@ class CommandReader:
         return Refused(tag_of(start), reason, too_big)
 
     def _reset(self) -> None:
+        self._discard_spooled()  # nothing when a Command took it
         self._segments = []
         self._size = 0
 

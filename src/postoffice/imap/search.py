@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from postoffice.imap import ImapParseError
-from postoffice.imap.grammar import FLAG_LETTERS, SequenceSet, date, number, sequence_set, text
+from postoffice.imap.grammar import FLAG_LETTERS, SequenceSet, atom, date, number, sequence_set, text
 from postoffice.imap.tokens import Token
 
 MAX_DEPTH = 32
@@ -125,8 +125,8 @@ class _Keys:
         if name in _FLAG_KEYS:
             return Key("FLAG", _FLAG_KEYS[name])
         if name in ("KEYWORD", "UNKEYWORD"):
-            self.take()
-            return Key("ALL" if name == "UNKEYWORD" else "NONE")  # no keywords are kept
+            # The folder's store knows the keyword's letter: the session puts it in as a FLAG key.
+            return Key("KEYWORD", (atom(self.take(), "keyword"), name == "KEYWORD"))
         if name in _STRING_KEYS:
             return Key(name, text(self.take(), name).casefold())
         if name in _DATE_KEYS:

@@ -21,7 +21,9 @@ from typing import BinaryIO
 MAX_LINE = 64 * 1024
 MAX_HEADER = 256 * 1024
 MAX_DEPTH = 32
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+# Header fields are read as UTF-8 (RFC 6532: SMTPUTF8 mail has raw UTF-8 in them, parameters
+# such as name="résumé.txt" included); other bytes pass through as surrogates.
+_HEADER_PARSER = email.parser.HeaderParser(policy=email.policy.compat32)
 
 
 @dataclass(slots=True)
@@ -154,7 +156,7 @@ def _multipart(lines: _Lines, part: Part, boundaries: tuple[bytes, ...], boundar
 
 
 def _content_type(part: Part, default: str) -> None:
-    parsed = _HEADER_PARSER.parsebytes(part.header)
+    parsed = _HEADER_PARSER.parsestr(part.header.decode("utf-8", "surrogateescape"))
     value = parsed.get("Content-Type")
     if value is None or "/" not in str(value).split(";", 1)[0]:
         # None, or malformed: the default (RFC 2045 §5.2).

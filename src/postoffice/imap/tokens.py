@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from postoffice.imap import ImapParseError
-from postoffice.imap.reader import Command, tag_of
+from postoffice.imap.reader import Command, LiteralSink, tag_of
 
 Token = str | bytes | list["Token"]
 
@@ -35,6 +35,8 @@ class Parsed:
     tag: str
     name: str
     args: list[Token]
+    # A literal that went to a file as it arrived (APPEND's message): its token is b"".
+    spooled: LiteralSink | None = None
 
 
 def parse_command(command: Command) -> Parsed:
@@ -57,7 +59,7 @@ def parse_command(command: Command) -> Parsed:
             raise ImapParseError(f"{name} needs a command", tag)
         name = f"{name} {args[0].upper()}"
         args = args[1:]
-    return Parsed(tag, name, args)
+    return Parsed(tag, name, args, command.spooled)
 
 
 class _Tokenizer:

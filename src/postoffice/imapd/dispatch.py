@@ -7,7 +7,7 @@ response code RFC 9051 §7.1 names for it, never an exception that ends the sess
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from postoffice.errors import MessageGone
 from postoffice.imap import ImapParseError
@@ -17,14 +17,18 @@ from postoffice.imapd.messages import APPEND, SELECTED
 from postoffice.imapd.session import AUTHENTICATED, No, Session
 
 
-def execute(session: Session, command: Parsed) -> Sequence[Segment]:
-    """Run ``command``; its untagged responses. No and ImapParseError for NO and BAD."""
+def execute(session: Session, command: Parsed) -> Iterable[Segment]:
+    """Run ``command``; its untagged responses. No and ImapParseError for NO and BAD.
+
+    A list for most commands; FETCH's may be made as they are taken (an iterator, run in the
+    same worker thread as the rest of the session, one piece after another), so errors of a
+    message met on the way come while it is read (the transport answers NO then)."""
     try:
         handler = AUTHENTICATED.get(command.name)
         if handler is not None:
             return handler(session, command.args)
         if command.name == "APPEND":
-            return APPEND(session, command.args)
+            return APPEND(session, command.args, command.spooled)
         selected_handler = SELECTED.get(command.name)
         if selected_handler is None:
             raise ImapParseError(f"unknown command {command.name[:30]}")

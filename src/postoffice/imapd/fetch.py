@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import io
 import quopri
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from postoffice.imap import describe, responses
@@ -70,7 +71,12 @@ def needs_file(items: list[FetchItem]) -> bool:
 
 
 def fetch_values(
-    uid: int, message: StoredMessage, items: list[FetchItem], view: MessageView | None, modseq: int = 1
+    uid: int,
+    message: StoredMessage,
+    items: list[FetchItem],
+    view: MessageView | None,
+    modseq: int = 1,
+    keywords: Sequence[str] = (),
 ) -> list[Value]:
     """The FETCH data list for ``items`` (UID first, as UID FETCH must include it)."""
     out: list[Value] = []
@@ -80,7 +86,7 @@ def fetch_values(
             continue
         out.append(item.label())
         if name == "FLAGS":
-            out.append(flag_names(message.flags))
+            out.append(flag_names(message.flags, keywords))
         elif name == "INTERNALDATE":
             out.append(format_date_time(message.received).encode("ascii"))
         elif name == "MODSEQ":

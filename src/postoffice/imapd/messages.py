@@ -9,14 +9,27 @@ for the session's own user.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from postoffice.errors import MessageGone
 from postoffice.imap import ImapParseError, responses
 from postoffice.imap.fetch_items import FetchItem, fetch_items
-from postoffice.imap.grammar import arguments, atom, date_time, flag_list, mailbox_name, number, sequence_set
+from postoffice.imap.grammar import (
+    arguments,
+    atom,
+    date_time,
+    flag_list,
+    flag_names,
+    mailbox_name,
+    number,
+    sequence_set,
+)
+from postoffice.imap.reader import LiteralSink
 from postoffice.imap.responses import Segment
 from postoffice.imap.search import Key, parse_search
 from postoffice.imap.tokens import Token
@@ -24,27 +37,39 @@ from postoffice.imapd.fetch import MessageView, fetch_response, fetch_values, ne
 from postoffice.imapd.searching import Candidate, matches
 from postoffice.imapd.selected import Selected, ranges_text, vanished
 from postoffice.imapd.session import No, Session
-from postoffice.storage import SEEN, StoredMessage
+from postoffice.storage import SEEN, PendingMessage, StoredMessage
 
-Handler = Callable[[Session, Selected, list[Token]], Sequence[Segment]]
+Handler = Callable[[Session, Selected, list[Token]], Iterable[Segment]]
 
 
 def _targets(selected: Selected, token: Token, *, by_uid: bool) -> list[tuple[int, int]]:
     """``(seq, uid)`` of the messages a set names, in ascending order."""
+    return list(_iter_targets(selected, token, by_uid=by_uid))
+
+
+def _iter_targets(selected: Selected, token: Token, *, by_uid: bool) -> Iterator[tuple[int, int]]:
+    """:func:`_targets` one at a time (``1:*`` of a 100,000-message folder is no list); the
+    set is checked before the first is given, so a bad one fails the command whole."""
     numbers = sequence_set(token)
     if by_uid:
         largest = selected.uids[-1] if selected.uids else 0
         ranges = numbers.resolve(largest)
-        return [
+        return (
             (seq, uid) for seq, uid in enumerate(selected.uids, 1) if any(a <= uid <= b for a, b in ranges)
-        ]
+        )
     count = len(selected.uids)
-    found: set[int] = set()
-    for low, high in numbers.resolve(count):
-        if high > count or low < 1:
-            raise ImapParseError("no such message")
-        found.update(range(low, high + 1))
-    return [(seq, selected.uids[seq - 1]) for seq in sorted(found)]
+    ranges = sorted(numbers.resolve(count))
+    if any(high > count or low < 1 for low, high in ranges):
+        raise ImapParseError("no such message")
+    return ((seq, selected.uids[seq - 1]) for seq in _merged(ranges))
+
+
+def _merged(ranges: list[tuple[int, int]]) -> Iterator[int]:
+    """The numbers of sorted, possibly overlapping ranges, each once, ascending."""
+    after = 0  # the last number given
+    for low, high in ranges:
+        yield from range(max(low, after + 1), high + 1)
+        after = max(after, high)
 
 
 def modifiers(token: Token | None, allowed: tuple[str, ...]) -> dict[str, int]:
@@ -64,7 +89,10 @@ def modifiers(token: Token | None, allowed: tuple[str, ...]) -> dict[str, int]:
     return found
 
 
-def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> list[Segment]:
+def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> Iterable[Segment]:
+    """FETCH's responses, made one message at a time as the transport takes them (RFC 9051
+    §6.4.5): ``FETCH 1:* (UID FLAGS)`` of a big folder is never a whole list in memory. What
+    can fail the command (the items, the set) is checked before the first is made."""
     arguments(args, 2, 3)
     items = fetch_items(args[1])
     given = modifiers(args[2] if len(args) == 3 else None, ("CHANGEDSINCE", "VANISHED"))
@@ -80,9 +108,20 @@ def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
     out: list[Segment] = []
     if by_uid or changed_since is not None:
         out += session.refresh(expunges=False)
-    targets = _targets(selected, args[0], by_uid=by_uid)
+    targets = _iter_targets(selected, args[0], by_uid=by_uid)
     if "VANISHED" in given:
         out += vanished(selected, sequence_set(args[0]), earlier=True)
+    made = _fetch_each(session, selected, targets, items, changed_since)
+    return itertools.chain(out, itertools.chain.from_iterable(made))
+
+
+def _fetch_each(
+    session: Session,
+    selected: Selected,
+    targets: Iterator[tuple[int, int]],
+    items: list[FetchItem],
+    changed_since: int | None,
+) -> Iterator[list[Segment]]:
     file_needed = needs_file(items)
     seen = not selected.read_only and any(item.sets_seen for item in items)
     for seq, uid in targets:
@@ -90,10 +129,9 @@ def fetch(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
         if message is None or (changed_since is not None and selected.modseq_of(uid) <= changed_since):
             continue
         try:
-            out += _fetch_one(session, selected, seq, uid, message, items, seen=seen, file_needed=file_needed)
+            yield _fetch_one(session, selected, seq, uid, message, items, seen=seen, file_needed=file_needed)
         except MessageGone:
             continue  # removed meanwhile by someone else: its EXPUNGE comes with the next refresh
-    return out
 
 
 def _fetch_one(
@@ -113,11 +151,11 @@ def _fetch_one(
             items = [*items, *fetch_items("FLAGS")]  # RFC 9051 §6.4.5: say \Seen was set
     modseq = selected.modseq_of(uid)
     if not file_needed:
-        return fetch_response(seq, fetch_values(uid, message, items, None, modseq))
+        return fetch_response(seq, fetch_values(uid, message, items, None, modseq, selected.keywords))
     stream = session.store.read(message)
     view = MessageView(stream)
     try:
-        return fetch_response(seq, fetch_values(uid, message, items, view, modseq))
+        return fetch_response(seq, fetch_values(uid, message, items, view, modseq, selected.keywords))
     finally:
         if not view.streamed:  # else the transport closes it once it has copied the literal
             stream.close()
@@ -143,7 +181,12 @@ def store(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
     mode, silent = action.removesuffix(".SILENT"), action.endswith(".SILENT")
     if mode not in ("FLAGS", "+FLAGS", "-FLAGS"):
         raise ImapParseError("STORE takes FLAGS, +FLAGS or -FLAGS")
-    letters, _keywords = flag_list(args[2])  # keywords are not kept by this server
+    letters, keywords = flag_list(args[2])
+    if keywords:  # their letters in this folder; STORE FLAGS/+FLAGS numbers new ones (RFC 9051 §2.3.2)
+        letters += session.store.keyword_letters(
+            session.user, selected.folder, keywords, add=mode != "-FLAGS"
+        )
+        selected.keywords = session.store.keywords(session.user, selected.folder)
     out, changed, modified = [], [], []
     for seq, uid in _targets(selected, args[0], by_uid=by_uid):
         message = selected.messages.get(uid)
@@ -179,6 +222,7 @@ def store(session: Session, selected: Selected, args: list[Token], *, by_uid: bo
 
 def search(session: Session, selected: Selected, args: list[Token], *, by_uid: bool) -> list[bytes]:
     query = parse_search(args)
+    query = dataclasses.replace(query, key=_with_keywords(query.key, selected.keywords))
     uses_modseq = _uses_modseq(query.key)
     if uses_modseq:
         selected.condstore = True
@@ -205,6 +249,22 @@ def search(session: Session, selected: Selected, args: list[Token], *, by_uid: b
         tail = b" (MODSEQ %d)" % top if uses_modseq and found else b""
         return [b"* SEARCH" + b"".join(b" %d" % number for number in found) + tail + b"\r\n"]
     return [_esearch(session.tag, found, query.returns, by_uid)]
+
+
+def _with_keywords(key: Key, keywords: list[str]) -> Key:
+    """``key`` with each KEYWORD criterion made the FLAG criterion of the keyword's letter in
+    this folder (a keyword the folder never numbered: no message has it)."""
+    if key.op == "KEYWORD":
+        name, wanted = cast(tuple[str, bool], key.value)
+        numbers = [index for index, known in enumerate(keywords) if known.casefold() == name.casefold()]
+        if not numbers:
+            return Key("NONE" if wanted else "ALL")
+        return Key("FLAG", (chr(ord("a") + numbers[0]), wanted))
+    if key.children:
+        return dataclasses.replace(
+            key, children=tuple(_with_keywords(child, keywords) for child in key.children)
+        )
+    return key
 
 
 def _uses_modseq(key: Key) -> bool:
@@ -237,9 +297,11 @@ def copy(session: Session, selected: Selected, args: list[Token], *, by_uid: boo
         if message is None:
             continue
         try:
-            new_uid, _ = session.store.copy(message, target, move=move)
+            new_uid, copied = session.store.copy(message, target, move=move)
         except MessageGone:
             continue
+        if target != selected.folder:
+            _keywords_into(session, selected, target, copied)
         sources.append(uid)
         copies.append(new_uid)
     out = []
@@ -253,6 +315,18 @@ def copy(session: Session, selected: Selected, args: list[Token], *, by_uid: boo
                 out.append(expunged)
     session.last_code = None if move else code
     return out
+
+
+def _keywords_into(session: Session, selected: Selected, target: str | None, copied: StoredMessage) -> None:
+    """A copy keeps its keywords (RFC 9051 §6.4.7), but their letters are the target folder's
+    own (its dovecot-keywords numbers them): the copy's letters are rewritten to match."""
+    system = "".join(letter for letter in copied.flags if not "a" <= letter <= "z")
+    if system == copied.flags:
+        return
+    names = [name for name in flag_names(copied.flags, selected.keywords) if not name.startswith("\\")]
+    letters = session.store.keyword_letters(session.user, target, names, add=True)
+    if system + letters != copied.flags:
+        session.store.set_flags(copied, system + letters)
 
 
 def _set_text(numbers: list[int]) -> str:
@@ -286,23 +360,38 @@ def close(session: Session, selected: Selected, args: list[Token]) -> list[bytes
     return []  # CLOSE sends no EXPUNGE responses (RFC 9051 §6.4.1)
 
 
-def append(session: Session, args: list[Token]) -> list[bytes]:
+def append(session: Session, args: list[Token], spooled: LiteralSink | None = None) -> list[bytes]:
+    """APPEND (RFC 9051 §6.3.12). ``spooled``: the message literal, written to the folder's
+    ``tmp/`` as it arrived (the transport's spool gives the store's PendingMessage)."""
     if not 2 <= len(args) <= 4 or not isinstance(args[-1], bytes):
         raise ImapParseError("APPEND needs a folder and a message literal")
+    if spooled is not None and args[-1] != b"":
+        raise ImapParseError("APPEND's message is its last argument")
+    content: bytes | PendingMessage = args[-1] if spooled is None else cast(PendingMessage, spooled)
     folder = session.folder_of(mailbox_name(args[0]))
     flags, received = "", time.time()
     for extra in args[1:-1]:
         if isinstance(extra, list):
-            flags = flag_list(extra)[0]
+            letters, keywords = flag_list(extra)
+            flags = letters + _appended_keywords(session, folder, keywords)
         else:
             received = date_time(extra).timestamp()
     try:
         listing = session.store.listing(session.user, folder)
     except FileNotFoundError:
         raise No("no such folder", "TRYCREATE") from None
-    uid, _ = session.store.add(session.user, folder, args[-1], flags=flags, received=received)
+    uid, _ = session.store.add(session.user, folder, content, flags=flags, received=received)
     session.last_code = f"APPENDUID {listing.uidvalidity} {uid}"
     return session.refresh() if session.selected is not None and session.selected.folder == folder else []
+
+
+def _appended_keywords(session: Session, folder: str | None, keywords: set[str]) -> str:
+    if not keywords:
+        return ""
+    try:
+        return session.store.keyword_letters(session.user, folder, keywords, add=True)
+    except FileNotFoundError:
+        raise No("no such folder", "TRYCREATE") from None
 
 
 APPEND = append

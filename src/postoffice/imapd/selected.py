@@ -30,6 +30,8 @@ class Selected:
     # client enabled it, flag changes it hears of carry MODSEQ. QRESYNC: expunges are VANISHED.
     modseqs: dict[int, int] = field(default_factory=dict)
     highestmodseq: int = 1
+    # The folder's keywords by number: lower-case flag letters stand for them (maildir/keywords.py).
+    keywords: list[str] = field(default_factory=list)
     condstore: bool = False
     qresync: bool = False
 
@@ -111,7 +113,7 @@ class Selected:
 
     def flags_response(self, seq: int, uid: int, flags: str) -> bytes:
         """``* n FETCH (UID u FLAGS (...))``, with MODSEQ once CONDSTORE is on."""
-        values: list[responses.Value] = ["UID", uid, "FLAGS", flag_names(flags)]
+        values: list[responses.Value] = ["UID", uid, "FLAGS", flag_names(flags, self.keywords)]
         if self.condstore:
             values += ["MODSEQ", (self.modseq_of(uid),)]
         return responses.untagged(seq, "FETCH", values)

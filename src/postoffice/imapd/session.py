@@ -98,7 +98,10 @@ class Session:
         selected = self.selected
         if selected is None:
             return []
-        return selected.refresh(self.store.listing(self.user, selected.folder), expunges=expunges)
+        listing = self.store.listing(self.user, selected.folder)
+        # Another session or program may have numbered a keyword meanwhile (one small file read).
+        selected.keywords = self.store.keywords(self.user, selected.folder)
+        return selected.refresh(listing, expunges=expunges)
 
     # --- folders ----------------------------------------------------------------------------------
 
@@ -114,14 +117,15 @@ class Session:
         selected.condstore = self.condstore or resync is not None
         selected.qresync = self.qresync
         self.selected = selected
-        flags = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"
+        selected.keywords = self.store.keywords(self.user, selected.folder)
+        names = " ".join(["\\Answered \\Flagged \\Deleted \\Seen \\Draft", *filter(None, selected.keywords)])
+        # \* : clients may make new keywords (kept in dovecot-keywords, 26 a folder).
+        permanent = f"({names} \\*)" if not read_only else "()"
         out = [
-            f"* FLAGS {flags}\r\n".encode(),
+            f"* FLAGS ({names})\r\n".encode(),
             f"* {len(selected.uids)} EXISTS\r\n".encode(),
             b"* 0 RECENT\r\n",
-            responses.status(
-                None, "OK", "Permanent flags", f"PERMANENTFLAGS {flags if not read_only else '()'}"
-            ),
+            responses.status(None, "OK", "Permanent flags", f"PERMANENTFLAGS {permanent}"),
             responses.status(None, "OK", "UIDs valid", f"UIDVALIDITY {selected.uidvalidity}"),
             responses.status(None, "OK", "Predicted next UID", f"UIDNEXT {selected.uidnext}"),
         ]

@@ -93,6 +93,53 @@ def store_new(folder: Path, content: bytes, flags: str, received: float, hostnam
     return f"cur/{name}"
 
 
+class TmpMessage:
+    """A message written into ``folder/tmp/`` as it arrives (a big APPEND), published into
+    ``cur/`` by rename (:func:`store_written`): the Maildir recipe, never held whole."""
+
+    def __init__(self, folder: Path, mode: int) -> None:
+        self.key = "imap" + uuid.uuid4().hex
+        self.path = folder / "tmp" / self.key
+        flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.fd: int | None = write.create_mail_file(self.path, flags, mode)
+        self.size = 0
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.fd is None:
+            return  # failed or discarded: the rest of the literal is read and dropped
+        try:
+            write_all(self.fd, data)
+        except OSError as exc:
+            self.error = exc
+            self.discard()
+            return
+        self.size += len(data)
+
+    def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        remove_quietly(self.path)
+
+
+def store_written(folder: Path, message: TmpMessage, flags: str, received: float, hostname: str) -> str:
+    """Publish ``message`` (written in this mailbox's ``tmp/``) as a new message of ``folder``
+    with ``flags``, durably; its location (``cur/NAME``)."""
+    if message.error is not None:
+        raise message.error
+    if message.fd is None:
+        raise FileNotFoundError(message.path)
+    name = with_flags(maildir_name(message.key, received, hostname, message.size), flags)
+    final = folder / "cur" / name
+    try:
+        commit_file(message.fd, final.parent, publish=lambda: os.rename(message.path, final))
+    finally:
+        message.discard()
+    os.utime(final, (received, received))
+    return f"cur/{name}"
+
+
 def copy_into(source: Path, folder: Path, received: float, hostname: str, *, move: bool) -> str:
     """Put the message file ``source`` into ``folder`` (moved, or copied under a new key), with
     its flags; its location there. The copy is a hard link where the file system allows."""

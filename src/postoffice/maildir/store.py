@@ -35,7 +35,7 @@ from postoffice.addresses import canonical
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.durable import commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
-from postoffice.maildir import mailbox_folders, uids, write
+from postoffice.maildir import keywords, mailbox_folders, uids, write
 from postoffice.maildir.folders import INBOX, directory_of, name_of
 from postoffice.maildir.layout import (
     STALE_TMP_AGE,
@@ -52,9 +52,10 @@ from postoffice.maildir.layout import (
     split_location,
     with_flags,
 )
+from postoffice.maildir.mailbox_folders import TmpMessage
 from postoffice.maildir.names import mailbox_location, mailbox_path
 from postoffice.maildir.watch import MaildirWatch
-from postoffice.storage import FolderListing, OnChanges, StoredMessage
+from postoffice.storage import FolderListing, OnChanges, PendingMessage, StoredMessage
 
 # Maildirs remembered as existing; past this many, forget them all (one entry per mailbox).
 _MADE_MAILDIRS = 10_000
@@ -337,13 +338,44 @@ class MaildirStore:
         self._listings[maildir] = (stamp, made, result)
         return result
 
+    def keywords(self, address: str, folder: str | None) -> list[str]:
+        return keywords.read_keywords(self._folder_dir(address, folder))
+
+    def keyword_letters(self, address: str, folder: str | None, names: Collection[str], *, add: bool) -> str:
+        maildir = self._folder_dir(address, folder)
+        if not (maildir / "cur").is_dir():
+            raise FileNotFoundError(folder)
+        return keywords.letters_for(maildir, names, add=add)
+
+    def begin_append(self, address: str, folder: str | None) -> TmpMessage:
+        # The folder's own tmp/ (Maildir); a folder that is not there yet: the mailbox's, so the
+        # literal can still be read (the APPEND then fails with TRYCREATE and it is dropped).
+        maildir = self._folder_dir(address, folder)
+        if not (maildir / "tmp").is_dir():
+            maildir = mailbox_path(self.mail_root, address)
+            self.prepare(maildir)
+        return TmpMessage(maildir, self.file_mode)
+
     def add(
-        self, address: str, folder: str | None, content: bytes, *, flags: str, received: float
+        self,
+        address: str,
+        folder: str | None,
+        content: bytes | PendingMessage,
+        *,
+        flags: str,
+        received: float,
     ) -> tuple[int, StoredMessage]:
         maildir = self._folder_dir(address, folder)
         if not (maildir / "cur").is_dir():
             raise FileNotFoundError(folder)
-        location = mailbox_folders.store_new(maildir, content, flags, received, self.hostname, self.file_mode)
+        if isinstance(content, TmpMessage):
+            location = mailbox_folders.store_written(maildir, content, flags, received, self.hostname)
+        elif isinstance(content, bytes):
+            location = mailbox_folders.store_new(
+                maildir, content, flags, received, self.hostname, self.file_mode
+            )
+        else:
+            raise TypeError("a pending message of another store")
         return self._numbered(address, folder, maildir, location)
 
     def copy(self, message: StoredMessage, folder: str | None, *, move: bool) -> tuple[int, StoredMessage]:

@@ -27,16 +27,16 @@ import ssl
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
 
 from postoffice.config import Config, Limits, Listener
 from postoffice.errors import ConfigError, ListenError
 from postoffice.imap import ImapParseError, responses
-from postoffice.imap.reader import Command, CommandReader, Continue, Line, Refused
-from postoffice.imap.responses import FileLiteral, Segment
+from postoffice.imap.grammar import mailbox_name
+from postoffice.imap.reader import Command, CommandReader, Continue, Line, LiteralSink, Refused
 from postoffice.imap.tokens import Parsed, parse_command
 from postoffice.imapd.dispatch import execute
 from postoffice.imapd.session import No, Session
+from postoffice.net.imap_output import send_segments
 from postoffice.net.listeners import Security, is_loopback
 from postoffice.net.login import Authenticator
 from postoffice.net.server import BoundAddress, BoundSocket
@@ -55,8 +55,6 @@ LOGIN_TIMEOUT = 60.0
 # plaintext before STARTTLS is all in our reader when the handshake starts, and dropped with
 # it (CVE-2011-0411's family); bytes still in the kernel then fail as TLS records.
 READ_SIZE = 1024 * 1024
-# Blocks a big literal (BODY[] of a 20 MB message) is copied in from its file.
-COPY_BLOCK = 256 * 1024
 # How often an IDLE-ing session looks at its folder: new mail is announced within a second.
 IDLE_POLL = 0.25
 _BASE = (
@@ -244,7 +242,7 @@ class Connection:
         self.id = f"I{next(_ids)}"
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
-        self.commands = CommandReader(max_literal=services.max_literal)
+        self.commands = CommandReader(max_literal=services.max_literal, spool=self._spool)
         self.session: Session | None = None
         self.done = False
         self._admit_user = admit_user
@@ -267,6 +265,30 @@ class Connection:
             self.writer.write(chunk)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.commands.close()  # a big APPEND cut off halfway: its tmp/ file goes
+
+    def _spool(self, segments: tuple[bytes, ...], size: int) -> LiteralSink | None:
+        """A big APPEND literal goes to a file in the folder's ``tmp/`` as it arrives, to be
+        published by rename (Maildir); None (kept in memory) for anything else."""
+        session = self.session
+        if session is None:
+            return None
+        try:
+            parsed = parse_command(Command((*segments, b"", b"")))
+            if parsed.name != "APPEND" or len(parsed.args) < 2:
+                return None
+            folder = session.folder_of(mailbox_name(parsed.args[0]))
+            return self.services.store.begin_append(session.user, folder)
+        except (ImapParseError, ValueError):
+            return None
+        except OSError as exc:
+            log.warning("session=%s event=imap-spool-failed reason=%r", self.id, exc.strerror or str(exc))
+            return None
+
+    async def _run(self) -> None:
         log.info("session=%s event=imap-connect client=%s tls=%s", self.id, self.peer, self.secure)
         self.send(responses.status(None, "OK", "postoffice IMAP ready", f"CAPABILITY {self.capabilities()}"))
         while not self.done:
@@ -312,6 +334,13 @@ class Connection:
 
     async def _command(self, command: Command) -> None:
         try:
+            await self._parsed_command(command)
+        finally:
+            if command.spooled is not None:
+                command.spooled.discard()  # not stored (NO, BAD): its tmp/ file goes
+
+    async def _parsed_command(self, command: Command) -> None:
+        try:
             parsed = parse_command(command)
         except ImapParseError as exc:
             self.send(responses.status(exc.tag, "BAD", str(exc)))
@@ -354,39 +383,8 @@ class Connection:
         session = self.session
         session.last_code, session.tag = None, tag
         untagged = await asyncio.to_thread(execute, session, parsed)
-        await self._send_segments(untagged)
+        await send_segments(self.writer, untagged)
         self.send(responses.status(tag, "OK", f"{name} completed", session.last_code))
-
-    async def _send_segments(self, segments: Sequence[Segment]) -> None:
-        """Write responses; a FileLiteral's octets are copied from its file a block at a time,
-        waiting for the client to take each (memory stays at a block, not a message)."""
-        pending = list(segments)
-        try:
-            while pending:
-                segment = pending.pop(0)
-                if isinstance(segment, bytes):
-                    self.writer.write(segment)
-                    continue
-                await self._copy_literal(segment)
-        finally:
-            for segment in pending:  # the connection failed: the rest of the files close now
-                if isinstance(segment, FileLiteral):
-                    _close_source(segment)
-
-    async def _copy_literal(self, literal: FileLiteral) -> None:
-        stream, start = cast(tuple[BinaryIO, int], literal.source)
-        try:
-            remaining, offset = literal.length, start
-            while remaining:
-                block = await asyncio.to_thread(_read_at, stream, offset, min(COPY_BLOCK, remaining))
-                if not block:  # cannot happen with an open file; never send fewer octets than said
-                    block = b" " * min(COPY_BLOCK, remaining)
-                self.writer.write(block)
-                remaining -= len(block)
-                offset += len(block)
-                await self.writer.drain()
-        finally:
-            _close_source(literal)
 
     # --- any state ----------------------------------------------------------------------------
 
@@ -418,7 +416,7 @@ class Connection:
         await self.writer.start_tls(tls.context)
         self.secure = True
         # RFC 9051 §6.2.1 / CVE-2011-0411: what came in plaintext before the handshake is dropped.
-        self.commands = CommandReader(max_literal=self.services.max_literal)
+        self.commands = CommandReader(max_literal=self.services.max_literal, spool=self._spool)
 
     async def _login(self, parsed: Parsed) -> None:
         if len(parsed.args) != 2 or isinstance(parsed.args[0], list) or isinstance(parsed.args[1], list):
@@ -517,17 +515,6 @@ class Connection:
         finally:
             self.commands.raw = False
         self.send(responses.status(parsed.tag, "OK", "IDLE terminated"))
-
-
-def _read_at(stream: BinaryIO, offset: int, size: int) -> bytes:
-    stream.seek(offset)
-    return stream.read(size)
-
-
-def _close_source(literal: FileLiteral) -> None:
-    stream, _ = cast(tuple[BinaryIO, int], literal.source)
-    with contextlib.suppress(OSError):
-        stream.close()
 
 
 def login_allowed(*, secure: bool, peer: str) -> bool:
