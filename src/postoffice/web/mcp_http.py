@@ -31,16 +31,30 @@ class McpEndpoint:
         self._manager: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._starting = asyncio.Lock()
+        self._base_url = ""
+        self._missing = False
 
     async def start(self, base_url: str) -> None:
-        if not self.open_access:
-            return
+        """Note where the API answers. The SDK (and pydantic under it: some 35 MB) is imported
+        and its session manager started only when the first ``/mcp`` request comes."""
+        self._base_url = base_url
+
+    async def _ensure(self) -> bool:
+        """The session manager, started on first use; False without the ``mcp`` package."""
+        async with self._starting:
+            if self._manager is None and not self._missing:
+                await self._start_manager()
+        return self._manager is not None
+
+    async def _start_manager(self) -> None:
         try:
             from postoffice.client.api import ApiClient
             from postoffice.web.mcp_tools import build
         except ImportError:  # the mcp package is an extra: pip install 'postoffice[mcp]'
+            self._missing = True
             return
-        server = build(ApiClient(base_url))
+        server = build(ApiClient(self._base_url))
         server.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True)
         manager = server.session_manager
         running = asyncio.Event()
@@ -71,7 +85,7 @@ class McpEndpoint:
                 },
                 status_code=403,
             )
-        elif self._manager is None:
+        elif not self._base_url or not await self._ensure():
             answer = JSONResponse(
                 {"error": "the MCP server needs the mcp package: pip install 'postoffice[mcp]'"}, 404
             )
