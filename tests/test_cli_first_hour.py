@@ -239,3 +239,31 @@ def test_the_default_data_dir_is_made_with_its_parents(tmp_path: Path) -> None:
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert (xdg / "postoffice" / "accounts.json").is_file()
+
+
+def test_each_banner_line_is_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A log line from another thread or worker shares the pipe: `print` wrote "listening smtp
+    # HOST:PORT" and its newline apart, and a log line between them once broke the line a
+    # script (the test harness in CI) was waiting for.
+    from postoffice.config import load_config
+    from postoffice.net.server import BoundAddress
+    from postoffice.runtime import banner as banner_module
+    from postoffice.web.server import HttpAddress
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    config = load_config(data_dir=tmp_path / "data")
+    banner_module.banner(
+        config, [BoundAddress("smtp", "127.0.0.1", 2525)], [HttpAddress("127.0.0.1", 8025)], None
+    )
+    assert "listening smtp 127.0.0.1:2525\n" in writes
+    assert all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes

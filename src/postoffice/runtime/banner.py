@@ -7,6 +7,7 @@ addresses the listeners got. Scripts read the ``listening KIND HOST:PORT`` lines
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 
 from postoffice.config import Config
@@ -17,6 +18,14 @@ from postoffice.smtpd.chaos import ChaosRules
 from postoffice.web.server import HttpAddress
 
 log = logging.getLogger("postoffice")
+
+
+def say(line: str) -> None:
+    """One line of the banner in one write: ``print`` writes the text and its newline
+    separately, and a log line from another thread or worker (the same pipe, often) could land
+    between them and break the ``listening`` line a script is waiting for."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def web_url(address: HttpAddress) -> str:
@@ -39,18 +48,18 @@ def banner(
         if config.capture_mode
         else ("mail server for " + ", ".join(config.domains))
     )
-    print(f"postoffice {config.hostname}: {mode}", flush=True)
+    say(f"postoffice {config.hostname}: {mode}")
     for address in bound:
-        print(f"listening {address}", flush=True)
+        say(f"listening {address}")
     for web_address in http:
-        print(f"listening {web_address}", flush=True)  # the web UI, JSON API and /metrics
+        say(f"listening {web_address}")  # the web UI, JSON API and /metrics
     if http:
         # A URL a terminal makes clickable: the first thing a person wants after starting.
         # (The "listening" lines stay "listening KIND HOST:PORT": scripts read them.)
-        print(f"web UI  {web_url(http[0])}", flush=True)
-    print(f"data in {config.data_dir} (mail in {config.mail_dir})", flush=True)
+        say(f"web UI  {web_url(http[0])}")
+    say(f"data in {config.data_dir} (mail in {config.mail_dir})")
     if tls is not None:
-        print(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)", flush=True)
+        say(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)")
     if config.acme.enabled:
         where = ", ".join(f"{address.host}:{address.port}" for address in acme) or ", ".join(
             listener.address for listener in config.acme_listeners
@@ -58,14 +67,11 @@ def banner(
         if "http-01" not in config.acme_challenges:
             where = "the https listener (TLS-ALPN-01)"
         names = ", ".join(config.acme_domains)
-        print(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}", flush=True)
+        say(f"acme certificate for {names} from {config.acme.directory}; challenges on {where}")
     chaos = ChaosRules(config.data_dir, enabled=config.chaos_allowed).rules
     if chaos:
         stages = ", ".join(sorted({rule.stage for rule in chaos}))
-        print(
-            f"chaos   {len(chaos)} fault-injection rules in force at {stages} (postoffice chaos clear)",
-            flush=True,
-        )
+        say(f"chaos   {len(chaos)} fault-injection rules in force at {stages} (postoffice chaos clear)")
     listeners = (*config.listeners, *config.imap_listeners)
     if config.capture_mode and any(not listener.is_loopback for listener in listeners):
         log.warning("capture mode on a non-loopback address: anyone who can reach it can file mail here")
