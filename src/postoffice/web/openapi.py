@@ -16,37 +16,15 @@ from postoffice.web.api import DEFAULT_LIMIT, MAX_OFFSET
 from postoffice.web.authresults import POLICIES, RESULTS, VERDICTS
 from postoffice.web.index import MAX_PAGE
 from postoffice.web.message import SNIPPET_LENGTH
+from postoffice.web.openapi_parts import CSRF as _CSRF
+from postoffice.web.openapi_parts import MESSAGE_ID as _MESSAGE_ID
+from postoffice.web.openapi_parts import NOT_FOUND as _NOT_FOUND
+from postoffice.web.openapi_parts import UNAUTHORISED as _UNAUTHORISED
+from postoffice.web.openapi_parts import error as _error
+from postoffice.web.openapi_parts import json_body as _json
+from postoffice.web.openapi_parts import ref as _ref
 from postoffice.web.tags import MAX_TAGS, TAG_PATTERN, TAG_PATTERN_ANY_CASE
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-_MESSAGE_ID = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "The message's id, as listed by GET /api/v1/messages.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-}
-_CSRF = {
-    "name": "X-CSRF-Token",
-    "in": "header",
-    "required": True,
-    "description": "The csrf_token of GET /api/v1/session; required on every call that changes something.",
-    "schema": {"type": "string"},
-}
-_UNAUTHORISED = _error("Not logged in.")
-_NOT_FOUND = _error("No such message, or not one the caller may see.")
 _FORBIDDEN = _error("Missing or wrong X-CSRF-Token, or a mailbox that is not the caller's.")
 
 _SUMMARY_PROPERTIES: dict[str, Any] = {

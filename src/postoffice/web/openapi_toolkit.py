@@ -9,30 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from postoffice.smtpd.chaos import MAX_DELAY, MAX_RULES, REPLY_PATTERN, STAGES
+from postoffice.web.openapi_parts import CSRF as _CSRF
+from postoffice.web.openapi_parts import MESSAGE_ID as _MESSAGE_ID
+from postoffice.web.openapi_parts import NOT_FOUND as _NOT_FOUND
+from postoffice.web.openapi_parts import UNAUTHORISED as _UNAUTHORISED
+from postoffice.web.openapi_parts import error as _error
+from postoffice.web.openapi_parts import json_body as _json
+from postoffice.web.openapi_parts import ref as _ref
 from postoffice.web.wait import DEFAULT_WAIT, MAX_WAIT
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-_MESSAGE_ID = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "The message's id, as listed by GET /api/v1/messages.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-}
-_UNAUTHORISED = _error("Not logged in.")
-_NOT_FOUND = _error("No such message, or not one the caller may see.")
 
 _GLOB = {"type": ["string", "null"], "minLength": 1, "maxLength": 320}
 _RULE: dict[str, Any] = {
@@ -66,13 +50,6 @@ _RULE: dict[str, Any] = {
 _CHAOS_ERRORS = {
     "401": _UNAUTHORISED,
     "403": _error("Not an administrator, a missing X-CSRF-Token, or fault injection is not allowed here."),
-}
-_CSRF = {
-    "name": "X-CSRF-Token",
-    "in": "header",
-    "required": True,
-    "description": "The csrf_token of GET /api/v1/session.",
-    "schema": {"type": "string"},
 }
 
 SCHEMAS: dict[str, Any] = {
