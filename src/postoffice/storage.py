@@ -157,20 +157,6 @@ class StoredMessage:
     def seen(self) -> bool:
         return SEEN in self.flags
 
-    @property
-    def folder(self) -> str | None:
-        """The folder the message is filed in, None for the inbox (see :func:`folder_of`)."""
-        return folder_of(self.location)
-
-
-def folder_of(location: str) -> str | None:
-    """The folder a location names: a message in a folder (the DMARC quarantine's "Junk") has a
-    location starting ``.<folder>/``, as Maildir++ keeps folders; any other is the inbox's."""
-    if not location.startswith("."):
-        return None
-    folder, slash, _ = location[1:].partition("/")
-    return folder if slash and folder else None
-
 
 @dataclass(frozen=True, slots=True)
 class MailboxChanges:

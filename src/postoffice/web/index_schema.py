@@ -31,7 +31,7 @@ TAGS_SCHEMA = 8
 # Rows written per transaction while syncing: large enough to amortise the commit, small
 
 # An unread message counts when it is in the inbox: mail in the Junk folder (a DMARC
-# quarantine, location ".Junk/...", storage.folder_of) is listed but never announced as new.
+# quarantine, location ".Junk/...", maildir.folders.folder_of) is listed but never announced as new.
 _UNREAD_NEW = "(new.seen = 0 AND substr(new.location, 1, 6) <> '.Junk/')"
 _UNREAD_OLD = "(old.seen = 0 AND substr(old.location, 1, 6) <> '.Junk/')"
 # Counts kept by triggers: listing mailboxes never scans messages.
