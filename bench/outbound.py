@@ -150,7 +150,8 @@ def drain_postoffice(workdir: Path, messages: int, sink_port: int) -> Drain:
 
 def drain_postfix(workdir: Path, messages: int, sink_port: int) -> Drain:
     root = workdir / "postfix"
-    master, port = postfix_peer.start(root)
+    port = servers._free_port()
+    master = postfix_peer.start(root, port)
     etc = root / "etc"
     try:
         # Nothing is local: every message goes to the relay host.

@@ -87,13 +87,6 @@ def _postfix_user() -> pwd.struct_passwd | None:
         return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def configure(root: Path, port: int) -> Path:
     """Write the instance's configuration under ``root``; returns its config directory."""
     user = _postfix_user()
@@ -121,9 +114,8 @@ def _let_postfix_through(root: Path) -> None:
             directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
 
-def start(root: Path) -> tuple[int, int]:
-    """Configure and start an instance under ``root``; its master's pid and the SMTP port."""
-    port = free_port()
+def start(root: Path, port: int) -> int:
+    """Configure and start an instance under ``root`` with smtpd on ``port``; its master's pid."""
     etc = configure(root, port)
     postfix(etc, "post-install", "create-missing")
     try:
@@ -136,7 +128,7 @@ def start(root: Path) -> tuple[int, int]:
         try:
             pid = int(pid_file.read_text().split()[0])
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return pid, port
+                return pid
         except (OSError, ValueError, IndexError):
             time.sleep(0.05)
     raise RuntimeError(f"postfix did not start: {_log_tail(root)}")

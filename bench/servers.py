@@ -269,7 +269,8 @@ def _start_smtp_sink(workdir: Path) -> RunningServer:
 
 def _start_postfix(workdir: Path) -> RunningServer:
     root = workdir / "postfix"
-    master, port = postfix_peer.start(root)
+    port = _free_port()
+    master = postfix_peer.start(root, port)
     return RunningServer(
         "postfix",
         None,
