@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from pg_server import PostgresServer, postgres_bin
 from postoffice.app import Application
 from postoffice.config import AuthenticationSettings, Config, DeliverySettings, Limits, Listener
 
@@ -177,6 +178,26 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         authentication=NO_VERIFICATION,
     )
     return replace(base, **overrides)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster for this test session (tests/pg_server.py)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required in CI (.ci/run installs the postgresql package)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    cluster = PostgresServer(bindir)
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database of the session's cluster: one per test."""
+    return postgres.url(postgres.create_database())
 
 
 @pytest.fixture

@@ -182,7 +182,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("postoffice.errors",),
     # Typed settings; the sans-I/O protocol; the trace header fields (Received:, RFC 5321 §4.4);
     # the write-fsync-rename recipe every durable file is made with (its errors are the tree's);
-    # the one DNS resolver construction (MX routing and mail authentication share it).
+    # the one DNS resolver construction (MX routing and mail authentication share it); the
+    # shared PostgreSQL database's connections and schema versions (no postoffice types).
     (
         "postoffice.config",
         "postoffice.smtp",
@@ -191,6 +192,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.trace",
         "postoffice.durable",
         "postoffice.dns_resolver",
+        "postoffice.pg",
     ),
     # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API); ACME certificates (its files, orders and renewal schedule,
@@ -205,8 +207,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
     ("postoffice.policy", "postoffice.delivery.agent", "postoffice.storage", "postoffice.mailauth"),
     # The embedded MailboxStore: Maildirs under the mail root (below delivery and web, which
-    # use it, and written against the seam above it).
-    ("postoffice.maildir",),
+    # use it, and written against the seam above it); beside it, the stores of a cluster in
+    # the shared PostgreSQL database, written against the same seams.
+    ("postoffice.maildir", "postoffice.pgstore"),
     # The transaction layer: the SMTP core's events through stages of checks (policy, limits,
     # trace fields, mail authentication), into the storage seam's writer; below the transport
     # that drives it.

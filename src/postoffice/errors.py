@@ -235,3 +235,15 @@ class DkimError(PostofficeError):
 class MessageGone(PostofficeError):
     """A message in a mailbox is no longer where it was: another program moved or removed it
     (find it again, or it is gone)."""
+
+
+class DatabaseError(PostofficeError):
+    """The shared database (``[storage] backend = "postgresql"``) cannot be used.
+
+    ``str()`` is one line naming the database (never its password) and what is wrong;
+    ``permanent`` says whether trying again can help (a wrong password cannot; a server that is
+    down or restarting can)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
