@@ -219,7 +219,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("postoffice.net", "postoffice.delivery", "postoffice.qmgr", "postoffice.worker_reports"),
     # What people see: the web side, and the operator's status of a running server; the daily
     # TLS reports (RFC 8460), made from delivery's counts and queued like any mail we write.
-    ("postoffice.web", "postoffice.operations", "postoffice.tlsrpt"),
+    # Which stores a process runs on (embedded, or a cluster's database), for the root below.
+    ("postoffice.web", "postoffice.operations", "postoffice.tlsrpt", "postoffice.stores"),
     # The composition root: one server process's parts, built from a Config.
     ("postoffice.app",),
     # Running it as a process: the pid file, binding as root then becoming the user, workers,

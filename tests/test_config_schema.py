@@ -40,6 +40,7 @@ NOT_KEYS = {
     "proxy_protocol",
     "mta_sts",
     "tls_reporting",
+    "storage",
     "retention",
     "webhooks",
     "source",

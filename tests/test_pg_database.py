@@ -86,3 +86,11 @@ def _closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def test_database_flag_means_the_postgresql_backend() -> None:
+    from postoffice.config import load_config
+
+    config = load_config(database="postgresql://mail@db.example/mail")
+    assert config.clustered and config.storage.database == "postgresql://mail@db.example/mail"
+    assert not load_config().clustered

@@ -29,7 +29,7 @@ from postoffice.acme.certificate import CertificateInfo
 from postoffice.acme.challenges import ChallengeApp, Challenges
 from postoffice.acme.files import AcmeFiles
 from postoffice.acme.renewal import AcmeService, Backoff
-from postoffice.config import Config, maildir_directory_mode
+from postoffice.config import Config
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
 from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
@@ -47,7 +47,6 @@ from postoffice.mailauth.dkim_signer import Signer, signature_fields
 from postoffice.mailauth.forwarding import SenderRewriting
 from postoffice.mailauth.inbound import Verifier
 from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
-from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.certwatch import CertificateWatch
 from postoffice.net.imap import imap_server
@@ -67,9 +66,9 @@ from postoffice.recipients import Recipients, report_recipients
 from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
-from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import ownership
 from postoffice.storage import Receiver, StoredMessage
+from postoffice.stores import open_accounts, open_stores
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
@@ -231,15 +230,14 @@ class Application:
         ``acme_sockets`` the same for ``[listen] acme_http``."""
         self.config = config
         self.metrics = metrics.reset()
-        make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
         observer = self._observer(observer)
-        self.accounts = Accounts(config.accounts_file)
-        self.spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp)
+        self.stores = stores = open_stores(config, clean_tmp=clean_tmp)
+        self.accounts, self.spool = stores.accounts, stores.spool
         self.remote = self._remote_agent()
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = MaildirStore.from_config(config)
+        self.mailboxes = mailboxes = stores.mailboxes
         # DKIM keys, read once and again when their directory changes (or on SIGHUP).
         self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
         self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
@@ -483,7 +481,7 @@ class Application:
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
         config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in kept})
         self.config = config
-        self.accounts = Accounts(config.accounts_file)
+        self.accounts = open_accounts(config)
         self.signer.configure(config.domains, enabled=config.authentication.sign)
         self.smtp.reconfigure(
             settings=server_settings(config),

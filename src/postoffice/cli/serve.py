@@ -202,7 +202,13 @@ def _add_mail_options(serve: argparse.ArgumentParser) -> None:
 
 
 def _add_process_options(serve: argparse.ArgumentParser) -> None:
-    """How the server runs: its log lines, its user, its processes."""
+    """How the server runs: its log lines, its user, its processes, its storage."""
+    serve.add_argument(
+        "--database",
+        metavar="URL",
+        help="keep mail in this PostgreSQL database, shared with other nodes (postgresql://...;"
+        ' sets [storage] database and backend = "postgresql")',
+    )
     serve.add_argument(
         "--log-format", choices=LOG_FORMATS, help="key=value text or one JSON object per line (log_format)"
     )
@@ -247,6 +253,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             user=args.user,
             group=args.group,
+            database=args.database,
         )
         return dataclasses.replace(config, log_format=args.log_format) if args.log_format else config
 

@@ -39,6 +39,7 @@ from postoffice.config.names import (
     parse_hostport,
     parse_relay_host,
 )
+from postoffice.config.storage import StorageSettings
 from postoffice.config.tables import (
     AcmeSettings,
     AuthConfig,
@@ -86,6 +87,7 @@ __all__ = [
     "ProxyProtocol",
     "QueueSettings",
     "RetentionSettings",
+    "StorageSettings",
     "TLSConfig",
     "Webhook",
     "check_config",

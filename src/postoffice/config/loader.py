@@ -41,7 +41,7 @@ class Overrides(TypedDict, total=False):
     list, ``tls_cert`` (with ``tls_key``) its certificate, ``delivery`` (parsed values by
     :class:`DeliverySettings` field name, from ``--dns``, ``--mx-port``, ``--relay-host``) those
     keys of ``[delivery]``, and ``http_listeners`` (when not None; empty turns the web side off)
-    ``[listen] http``. ``hostname``, ``domains``, ``workers``, ``user`` and ``group`` are read as
+    ``[listen] http``; ``database`` the postgresql backend's database. ``hostname``, ``domains``, ``workers``, ``user`` and ``group`` are read as
     the file's values are, and a mistake in one is reported under its flag.
     """
 
@@ -55,6 +55,7 @@ class Overrides(TypedDict, total=False):
     tls_key: Path | None
     http_listeners: Sequence[Listener] | None
     workers: int | str | None
+    database: str | None
     user: str | None
     group: str | None
 
@@ -266,6 +267,9 @@ def _apply_overrides(given: _Given, overrides: Overrides, flags: _Problems) -> N
     if http is not None:
         given["listen"]["http"] = tuple(http)
     given["delivery"].update(overrides.get("delivery") or {})
+    if overrides.get("database") is not None:
+        # --database names the shared database, so it means the postgresql backend too.
+        given["storage"].update(backend="postgresql", database=overrides.get("database"))
     cert, key = overrides.get("tls_cert"), overrides.get("tls_key")
     if cert is not None:
         given["tls"]["cert"] = cert.expanduser().absolute()

@@ -43,6 +43,7 @@ from postoffice.config.names import (
     Listener,
 )
 from postoffice.config.schema import Bound, Section, computed_setting, setting
+from postoffice.config.storage import StorageSettings
 from postoffice.config.tables import (
     AcmeSettings,
     AuthConfig,
@@ -124,6 +125,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     tls_reporting: TlsReporting = field(default_factory=TlsReporting)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     proxy_protocol: ProxyProtocol = field(default_factory=ProxyProtocol)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
     # [listen] acme_http as given; empty: the default, when [acme] is enabled (acme_listeners).
@@ -205,6 +207,16 @@ class Config:
     @property
     def capture_mode(self) -> bool:
         return not self.domains
+
+    @property
+    def clustered(self) -> bool:
+        """Whether mail is kept in a database shared with other nodes ([storage] backend)."""
+        return self.storage.backend == "postgresql"
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in the cluster (its host name unless [storage] node_name says)."""
+        return self.storage.node_name or self.hostname
 
     @property
     def mail_dir(self) -> Path:
@@ -385,5 +397,11 @@ SECTIONS = (
         TlsReporting,
         "TLS reporting (RFC 8460): daily reports to the domains we deliver to, and the record that"
         " asks others for theirs.",
+    ),
+    _table(
+        "storage",
+        StorageSettings,
+        "Where mail is kept: the data directory's files (embedded), or one PostgreSQL database"
+        " shared by several nodes (docs/cluster.md).",
     ),
 )
