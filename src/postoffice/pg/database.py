@@ -116,6 +116,9 @@ class Database:
             name=f"{self.name}-blocking",
             open=False,
             timeout=timeout,
+            # A connection is tried before it is handed out: after the database restarted, a
+            # caller gets a fresh connection rather than one the server already closed.
+            check=ConnectionPool.check_connection,
         )
         self._pool.open(wait=False)
 
@@ -141,6 +144,7 @@ class Database:
                 kwargs=self._kwargs,
                 name=f"{self.name}-async",
                 open=False,
+                check=AsyncConnectionPool.check_connection,
             )
             self._async_pool = pool
             await pool.open(wait=False)
