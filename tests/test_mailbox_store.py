@@ -24,7 +24,6 @@ from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.storage import MailboxChanges, MailboxStore, StoredMessage, with_seen
 
 
-
 def postgresql_store(request: pytest.FixtureRequest, tmp_path: Path) -> MailboxStore:
     """A PgMailboxStore over a new database of the session's PostgreSQL (tests/pg_server.py)."""
     database = Database(request.getfixturevalue("pg_url"), pool_size=4)

@@ -52,7 +52,9 @@ def write_body(connection: Any, chunks: Iterator[bytes]) -> tuple[int, int]:
     size = 0
     with connection.cursor() as cursor:
         for seq, chunk in enumerate(chunks):
-            cursor.execute("INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk))
+            cursor.execute(
+                "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk)
+            )
             size += len(chunk)
     return body, size
 
@@ -127,7 +129,7 @@ class BodyReader(io.RawIOBase):
 
 def reader(connect: Connect, body: int, size: int, name: str) -> BinaryIO:
     """A buffered, seekable reader of ``body`` (``size`` octets)."""
-    return io.BufferedReader(BodyReader(connect, body, size, name), buffer_size=64 * 1024)  # type: ignore[return-value]
+    return io.BufferedReader(BodyReader(connect, body, size, name), buffer_size=64 * 1024)
 
 
 class SpooledMessage:
@@ -137,9 +139,9 @@ class SpooledMessage:
     def __init__(self, address: str, folder: str | None) -> None:
         self.address = address
         self.folder = folder
-        self.file: tempfile.SpooledTemporaryFile[bytes] | None = tempfile.SpooledTemporaryFile(
-            max_size=SPOOL_IN_MEMORY
-        )
+        # Closed by discard (or add), as long as the literal lasts.
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        self.file: tempfile.SpooledTemporaryFile[bytes] | None = spooled
         self._size = 0
         self.error: OSError | None = None
 

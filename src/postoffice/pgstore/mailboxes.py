@@ -113,7 +113,9 @@ class PgMailboxStore:
                 key = f"{key}.{uuid.uuid4().hex[:12]}"  # another delivery under the same key
             with connection.transaction():
                 body = bodies.write_body(connection, bodies.chunks_of(headers, content, size))
-                insert_message(connection, (owner, target_id), key, "", fresh=True, received=received, body=body)
+                insert_message(
+                    connection, (owner, target_id), key, "", fresh=True, received=received, body=body
+                )
                 stored = StoredMessage(mailbox, key, location(target, key, "", True), "", received)
                 if made or made_folder:
                     notify(connection, mailbox)
@@ -317,13 +319,17 @@ class PgMailboxStore:
     ) -> tuple[int, StoredMessage]:
         key = "imap" + uuid.uuid4().hex
         with self._connection() as connection:
-            owner = ensure_mailbox(connection, mailbox)[0] if target == INBOX else mailbox_id(connection, mailbox)
+            owner = (
+                ensure_mailbox(connection, mailbox)[0] if target == INBOX else mailbox_id(connection, mailbox)
+            )
             target_id = None if owner is None else folder_id(connection, owner, target)
             if owner is None or target_id is None:
                 raise FileNotFoundError(target)
             with connection.transaction():
                 body = bodies.write_body(connection, bodies.chunks_of(b"", stream, size))
-                uid = insert_message(connection, (owner, target_id), key, flags, fresh=False, received=received, body=body)
+                uid = insert_message(
+                    connection, (owner, target_id), key, flags, fresh=False, received=received, body=body
+                )
                 stored = StoredMessage(mailbox, key, location(target, key, flags, False), flags, received)
                 notify(connection, mailbox, key, (stored.location,))
         return uid, stored
