@@ -251,3 +251,29 @@ def test_a_watch_that_loses_its_connection_reconnects_and_resyncs(
     finally:
         watch.stop()
     assert not watch.running
+
+
+def test_a_listing_is_reused_until_another_node_changes_the_folder(
+    nodes: Callable[[], PgMailboxStore],
+) -> None:
+    """IMAP IDLE lists the folder several times a second: one small query while nothing changed."""
+    one, two = nodes(), nodes()
+    stored = deliver(two, "Q1_0")
+    deliver(two, "Q2_0")
+    first = one.listing("ann@example.test", None)
+    assert one.listing("ann@example.test", None) is first
+
+    def current() -> list[StoredMessage]:
+        return [message for _, message in one.listing("ann@example.test", None).messages]
+
+    looked = two.set_flags(stored, "")  # the same flags, but out of new/: another location
+    assert current()[0] == looked
+    flagged = two.set_flags(looked, "F")
+    assert current()[0] == flagged
+    assert one.listing("ann@example.test", None).modseqs[1] > first.modseqs[1]
+    moved = two.move(flagged, "Archive")
+    assert [message.key for message in current()] == ["Q2_0"]
+    two.copy(moved, None, move=True)
+    assert [message.key for message in current()] == ["Q2_0", "Q1_0"]
+    two.expunge(current()[0])
+    assert [message.key for message in current()] == ["Q1_0"]

@@ -38,9 +38,19 @@ def folder_names(connection: Any, mailbox: str) -> list[str]:
     return [row[0] for row in rows]
 
 
-def listing(connection: Any, mailbox: str, folder: str) -> FolderListing:
+# Folder listings kept for IMAP (each IDLE looks several times a second); past this many, forget.
+LISTINGS = 1000
+
+Listings = dict[tuple[str, str], tuple[tuple[int, ...], FolderListing]]
+
+
+def listing(connection: Any, mailbox: str, folder: str, kept: Listings) -> FolderListing:
     """The folder's messages by UID; FileNotFoundError if there is no such folder. One
-    snapshot (REPEATABLE READ): the UIDs listed are all below the UIDNEXT given."""
+    snapshot (REPEATABLE READ): the UIDs listed are all below the UIDNEXT given.
+
+    Every change to a folder's messages takes a new mod-sequence from the folder's row in the
+    same transaction (mail_rows.py), so a folder whose row reads as it did last time holds what
+    it held: the listing ``kept`` from then is given again, for one small query."""
     with connection.transaction():
         connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         head = connection.execute(
@@ -50,15 +60,23 @@ def listing(connection: Any, mailbox: str, folder: str) -> FolderListing:
         ).fetchone()
         if head is None:
             raise FileNotFoundError(folder)
+        stamp = tuple(int(value) for value in head)
+        earlier = kept.get((mailbox, folder))
+        if earlier is not None and earlier[0] == stamp:
+            return earlier[1]
         rows = connection.execute(
             f"SELECT {MESSAGE_COLUMNS} FROM {MESSAGE_FROM} WHERE m.folder_id = %s ORDER BY m.uid",
             (head[0],),
         ).fetchall()
     found = [message_row(row) for row in rows]
-    return FolderListing(
-        int(head[1]),
-        int(head[2]),
+    result = FolderListing(
+        stamp[1],
+        stamp[2],
         [(row.uid, row.stored(mailbox)) for row in found],
-        max(int(head[3]), 1),
+        max(stamp[3], 1),
         {row.uid: row.modseq for row in found},
     )
+    if len(kept) >= LISTINGS:
+        kept.clear()
+    kept[(mailbox, folder)] = (stamp, result)
+    return result

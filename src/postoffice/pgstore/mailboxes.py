@@ -62,6 +62,7 @@ class PgMailboxStore:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._listings: mail_listing.Listings = {}
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -191,7 +192,11 @@ class PgMailboxStore:
         flags = sorted_flags(flags)
         with self._connection() as connection, connection.transaction():
             row = self._row(connection, message, lock=True)
-            modseq = next_modseq(connection, row.folder_id) if flags != row.flags else row.modseq
+            # A new mod-sequence for a change of flags (RFC 7162 §3.1); the folder's is raised
+            # for any change, a look from new/ to cur/ too (mail_listing.listing relies on it).
+            changed = flags != row.flags or row.fresh
+            modseq = next_modseq(connection, row.folder_id) if changed else row.modseq
+            modseq = modseq if flags != row.flags else row.modseq
             connection.execute(
                 "UPDATE mail_messages SET flags = %s, fresh = false, modseq = %s WHERE id = %s",
                 (flags, modseq, row.id),
@@ -207,6 +212,7 @@ class PgMailboxStore:
             except MessageGone:
                 return False
             connection.execute("DELETE FROM mail_messages WHERE id = %s", (row.id,))
+            next_modseq(connection, row.folder_id)
             notify(connection, message.mailbox, row.key, (message.location,))
         return True
 
@@ -238,6 +244,8 @@ class PgMailboxStore:
     ) -> _Placed:
         """Put ``row`` into folder ``target_id`` (a new UID unless it is there already)."""
         uid = row.uid
+        if target_id != row.folder_id or fresh != row.fresh:
+            next_modseq(connection, row.folder_id)
         if target_id != row.folder_id:
             uid, modseq = next_uid(connection, target_id)
             connection.execute(
@@ -275,7 +283,7 @@ class PgMailboxStore:
         with self._connection() as connection:
             if folder is None:
                 ensure_mailbox(connection, mailbox)
-            return mail_listing.listing(connection, mailbox, name)
+            return mail_listing.listing(connection, mailbox, name, self._listings)
 
     def keywords(self, address: str, folder: str | None) -> list[str]:
         with self._connection() as connection:
