@@ -16,6 +16,7 @@ from typing import TypeVar
 import psycopg
 import pytest
 
+from postoffice import cli
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
 from postoffice.pgstore.bodies import CHUNK
@@ -277,3 +278,15 @@ def test_a_listing_is_reused_until_another_node_changes_the_folder(
     assert [message.key for message in current()] == ["Q2_0", "Q1_0"]
     two.expunge(current()[0])
     assert [message.key for message in current()] == ["Q1_0"]
+
+
+def test_reindex_on_a_node_indexes_the_databases_mailboxes(
+    nodes: Callable[[], PgMailboxStore], pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deliver(nodes(), "Q1_0")
+    config = tmp_path / "postoffice.toml"
+    config.write_text(f'[storage]\nbackend = "postgresql"\ndatabase = "{pg_url}"\n')
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    assert cli.main(["reindex", "--config", str(config), "--data-dir", str(data_dir)]) == 0
+    assert "indexed 1 mailboxes: 1 added, 0 removed" in capsys.readouterr().out

@@ -46,6 +46,14 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
     )
 
 
+def open_mailboxes(config: Config) -> MailboxStore:
+    """The mailboxes alone, for a process that needs nothing else (``reindex``, the web side
+    of several workers)."""
+    if config.clustered:
+        return PgMailboxStore(open_database(config))
+    return MaildirStore.from_config(config)
+
+
 def open_accounts(config: Config) -> Accounts:
     """The users and aliases ``config`` names (read again on reload)."""
     return Accounts(config.accounts_file)
@@ -64,7 +72,7 @@ def open_database(config: Config) -> Database:
 
 def _cluster(config: Config) -> Stores:
     database = open_database(config)
-    mailboxes = PgMailboxStore(database)  # noqa: F841 - the queue and accounts are next
+    mailboxes = PgMailboxStore(database)  # noqa: F841 - with the queue and the accounts, next
     database.close()
     raise DatabaseError(
         f"database {database.where}: the postgresql backend's stores are not built yet", permanent=True
