@@ -46,16 +46,25 @@ def chunks_of(headers: bytes, content: BinaryIO, size: int) -> Iterator[bytes]:
 
 
 def write_body(connection: Any, chunks: Iterator[bytes]) -> tuple[int, int]:
-    """Store ``chunks`` as a new body (inside the caller's transaction); its id and size."""
-    row = connection.execute("SELECT nextval('mail_bodies')").fetchone()
-    body = int(row[0])
+    """Store ``chunks`` as a new body (inside the caller's transaction); its id and size. The
+    first chunk takes the body's number, so a small message is one statement."""
+    body: int | None = None
     size = 0
     with connection.cursor() as cursor:
         for seq, chunk in enumerate(chunks):
-            cursor.execute(
-                "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk)
-            )
+            if body is None:
+                cursor.execute(
+                    "INSERT INTO mail_chunks (body, seq, data) VALUES (nextval('mail_bodies'), 0, %s) RETURNING body",
+                    (chunk,),
+                )
+                body = int(cursor.fetchone()[0])
+            else:
+                cursor.execute(
+                    "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk)
+                )
             size += len(chunk)
+        if body is None:  # an empty message: a number, no chunk
+            body = int(cursor.execute("SELECT nextval('mail_bodies')").fetchone()[0])
     return body, size
 
 

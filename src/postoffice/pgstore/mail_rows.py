@@ -166,19 +166,48 @@ def insert_message(
     fresh: bool,
     received: float,
     body: tuple[int, int],
+    changed: str,
 ) -> int:
-    """A new message row in folder ``ids[1]`` of mailbox ``ids[0]``; its UID. ``body``: (id, size)."""
-    uid, modseq = next_uid(connection, ids[1])
-    connection.execute(
-        "INSERT INTO mail_messages (mailbox_id, folder_id, key, uid, modseq, flags, fresh, received, size, body)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (ids[0], ids[1], key, uid, modseq, flags, fresh, received, body[1], body[0]),
-    )
-    return uid
+    """A new message row in folder ``ids[1]`` of mailbox ``ids[0]``, with the folder's next UID
+    and mod-sequence (its row stays locked until the transaction ends, so UIDs are given in
+    commit order: RFC 9051 §2.3.1.1 asks that they ascend) and the notification ``changed``
+    (:func:`payload`): one statement. Its UID. ``body``: (id, size)."""
+    row = connection.execute(
+        "WITH next AS (UPDATE mail_folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+        "   WHERE id = %s RETURNING uidnext - 1 AS uid, highestmodseq AS modseq),"
+        " added AS (INSERT INTO mail_messages"
+        "   (mailbox_id, folder_id, key, uid, modseq, flags, fresh, received, size, body)"
+        "   SELECT %s, %s, %s, next.uid, next.modseq, %s, %s, %s, %s, %s FROM next RETURNING uid)"
+        " SELECT uid, pg_notify(%s, %s) FROM added",
+        (ids[1], ids[0], ids[1], key, flags, fresh, received, body[1], body[0], CHANNEL, changed),
+    ).fetchone()
+    if row is None:
+        raise OSError("the folder was removed meanwhile")
+    return int(row[0])
+
+
+def payload(mailbox: str, key: str | None = None, locations: tuple[str, ...] = ()) -> str:
+    """What a notification says: ``key`` changed, at ``locations``; with no key, the mailbox
+    changed as a whole. Small, well under NOTIFY's 8000 octets."""
+    item = {"m": mailbox} if key is None else {"m": mailbox, "k": key, "l": list(locations)}
+    return json.dumps(item)
 
 
 def notify(connection: Any, mailbox: str, key: str | None = None, locations: tuple[str, ...] = ()) -> None:
-    """Tell every node's watch (at the commit) that ``key`` changed, at ``locations``; with no
-    key, that the mailbox changed as a whole. Small, well under NOTIFY's 8000 octets."""
-    payload = {"m": mailbox} if key is None else {"m": mailbox, "k": key, "l": list(locations)}
-    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(payload)))
+    """Tell every node's watch, at the commit, what :func:`payload` says."""
+    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(mailbox, key, locations)))
+
+
+def placed(connection: Any, mailbox: str, folder: str, key: str) -> tuple[int, int, bool] | None:
+    """The ids of ``mailbox`` and its ``folder``, and whether it holds a message ``key``: one
+    look-up for a delivery; None if the mailbox or the folder is not there yet."""
+    row = connection.execute(
+        "SELECT b.id, f.id, m.id IS NOT NULL FROM mailboxes b"
+        " LEFT JOIN mail_folders f ON f.mailbox_id = b.id AND f.name = %s"
+        " LEFT JOIN mail_messages m ON m.mailbox_id = b.id AND m.key = %s"
+        " WHERE b.address = %s",
+        (folder, key, mailbox),
+    ).fetchone()
+    if row is None or row[1] is None:
+        return None
+    return int(row[0]), int(row[1]), bool(row[2])

@@ -46,6 +46,8 @@ from postoffice.pgstore.mail_rows import (
     next_modseq,
     next_uid,
     notify,
+    payload,
+    placed,
     sorted_flags,
 )
 from postoffice.pgstore.mail_watch import PgMailboxWatch
@@ -105,23 +107,33 @@ class PgMailboxStore:
         mailbox, target = self._name(address), self._folder(folder)
         received = float(int(received_at))
         with self._connection() as connection:
-            owner, made = ensure_mailbox(connection, mailbox)
-            target_id, made_folder = ensure_folder(connection, owner, target)
-            earlier = find_row(connection, mailbox, key)
-            if earlier is not None:
-                if recovering:
-                    return earlier.stored(mailbox)
+            found = placed(connection, mailbox, target, key)
+            made = found is None
+            if found is None:
+                owner = ensure_mailbox(connection, mailbox)[0]
+                target_id = ensure_folder(connection, owner, target)[0]
+                found = (owner, target_id, find_row(connection, mailbox, key) is not None)
+            owner, target_id, earlier = found
+            if earlier:
+                row = find_row(connection, mailbox, key)
+                if recovering and row is not None:
+                    return row.stored(mailbox)
                 key = f"{key}.{uuid.uuid4().hex[:12]}"  # another delivery under the same key
+            stored = StoredMessage(mailbox, key, location(target, key, "", True), "", received)
+            # A mailbox or folder made now is named whole: its watchers look at all of it.
+            changed = payload(mailbox) if made else payload(mailbox, key, (stored.location,))
             with connection.transaction():
                 body = bodies.write_body(connection, bodies.chunks_of(headers, content, size))
                 insert_message(
-                    connection, (owner, target_id), key, "", fresh=True, received=received, body=body
+                    connection,
+                    (owner, target_id),
+                    key,
+                    "",
+                    fresh=True,
+                    received=received,
+                    body=body,
+                    changed=changed,
                 )
-                stored = StoredMessage(mailbox, key, location(target, key, "", True), "", received)
-                if made or made_folder:
-                    notify(connection, mailbox)
-                else:
-                    notify(connection, mailbox, key, (stored.location,))
         return stored
 
     def describe(self, message: StoredMessage) -> str:
@@ -333,13 +345,20 @@ class PgMailboxStore:
             target_id = None if owner is None else folder_id(connection, owner, target)
             if owner is None or target_id is None:
                 raise FileNotFoundError(target)
+            stored = StoredMessage(mailbox, key, location(target, key, flags, False), flags, received)
+            changed = payload(mailbox, key, (stored.location,))
             with connection.transaction():
                 body = bodies.write_body(connection, bodies.chunks_of(b"", stream, size))
                 uid = insert_message(
-                    connection, (owner, target_id), key, flags, fresh=False, received=received, body=body
+                    connection,
+                    (owner, target_id),
+                    key,
+                    flags,
+                    fresh=False,
+                    received=received,
+                    body=body,
+                    changed=changed,
                 )
-                stored = StoredMessage(mailbox, key, location(target, key, flags, False), flags, received)
-                notify(connection, mailbox, key, (stored.location,))
         return uid, stored
 
     def copy(self, message: StoredMessage, folder: str | None, *, move: bool) -> tuple[int, StoredMessage]:
@@ -357,12 +376,18 @@ class PgMailboxStore:
                     message.mailbox, row.key, placed.location, row.flags, row.received
                 )
             key = "imap" + uuid.uuid4().hex
+            where = location(target, key, row.flags, False)
             body = (bodies.copy_body(connection, row.body), row.size)
             uid = insert_message(
-                connection, (owner, target_id), key, row.flags, fresh=False, received=row.received, body=body
+                connection,
+                (owner, target_id),
+                key,
+                row.flags,
+                fresh=False,
+                received=row.received,
+                body=body,
+                changed=payload(message.mailbox, key, (where,)),
             )
-            where = location(target, key, row.flags, False)
-            notify(connection, message.mailbox, key, (where,))
         return uid, StoredMessage(message.mailbox, key, where, row.flags, row.received)
 
     def watch(self, on_changes: OnChanges, *, force_polling: bool | None = None) -> PgMailboxWatch:
