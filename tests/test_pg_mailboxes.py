@@ -290,3 +290,35 @@ def test_reindex_on_a_node_indexes_the_databases_mailboxes(
     data_dir.mkdir()
     assert cli.main(["reindex", "--config", str(config), "--data-dir", str(data_dir)]) == 0
     assert "indexed 1 mailboxes: 1 added, 0 removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [0, CHUNK - len(HEADERS), CHUNK, 2 * CHUNK + 1])
+def test_bodies_read_back_whole_and_seek_across_chunks(
+    nodes: Callable[[], PgMailboxStore], size: int
+) -> None:
+    store = nodes()
+    body = bytes(index % 253 for index in range(size))
+    stored = deliver(store, "Q1_0", body)
+    with store.read(stored) as stream:
+        assert stream.read() == HEADERS + body
+        stream.seek(CHUNK - 3)
+        assert stream.read(7) == (HEADERS + body)[CHUNK - 3 : CHUNK + 4]
+
+
+def test_a_key_delivered_again_without_recovering_is_a_second_message(
+    nodes: Callable[[], PgMailboxStore],
+) -> None:
+    store = nodes()
+    first = deliver(store, "Q1_0")
+    second = deliver(store, "Q1_0")
+    assert first.key != second.key and len(store.list_messages("ann@example.test")) == 2
+    again = store.deliver(
+        "ann@example.test",
+        HEADERS,
+        io.BytesIO(MESSAGE),
+        "Q1_0",
+        received_at=1.0,
+        size=len(MESSAGE),
+        recovering=True,
+    )
+    assert again == first
