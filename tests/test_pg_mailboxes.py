@@ -322,3 +322,21 @@ def test_a_key_delivered_again_without_recovering_is_a_second_message(
         recovering=True,
     )
     assert again == first
+
+
+def test_a_message_that_ends_early_is_not_stored(nodes: Callable[[], PgMailboxStore]) -> None:
+    store = nodes()
+    deliver(store, "Q0_0")
+    with pytest.raises(OSError, match="ended 10 octets early"):
+        store.deliver(
+            "ann@example.test",
+            HEADERS,
+            io.BytesIO(MESSAGE),
+            "Q1_0",
+            received_at=1.0,
+            size=len(MESSAGE) + 10,
+            recovering=False,
+        )
+    assert [message.key for message in store.list_messages("ann@example.test")] == ["Q0_0"]
+    with psycopg.connect(store.database.url) as connection:
+        assert connection.execute("SELECT count(DISTINCT body) FROM mail_chunks").fetchone() == (1,)

@@ -30,7 +30,7 @@ def chunks_of(headers: bytes, content: BinaryIO, size: int) -> Iterator[bytes]:
     (the last shorter); OSError if ``content`` ends early."""
     buffer = bytearray(headers)
     left = size
-    while left > 0 or len(buffer) >= CHUNK:
+    while True:
         while len(buffer) >= CHUNK:
             yield bytes(buffer[:CHUNK])
             del buffer[:CHUNK]
