@@ -340,3 +340,24 @@ def test_a_message_that_ends_early_is_not_stored(nodes: Callable[[], PgMailboxSt
     assert [message.key for message in store.list_messages("ann@example.test")] == ["Q0_0"]
     with psycopg.connect(store.database.url) as connection:
         assert connection.execute("SELECT count(DISTINCT body) FROM mail_chunks").fetchone() == (1,)
+
+
+def test_bodies_go_with_their_messages_and_folders(nodes: Callable[[], PgMailboxStore]) -> None:
+    store = nodes()
+
+    def bodies() -> int:
+        with psycopg.connect(store.database.url) as connection:
+            row = connection.execute("SELECT count(DISTINCT body) FROM mail_chunks").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    one, two = deliver(store, "Q1_0"), deliver(store, "Q2_0")
+    _, copied = store.copy(one, None, move=False)  # a copy has its own chunks
+    assert bodies() == 3
+    store.expunge(one)
+    assert bodies() == 2
+    with store.read(copied) as stream:
+        assert stream.read() == HEADERS + MESSAGE
+    store.move(two, "Old")
+    store.delete_folder("ann@example.test", "Old")
+    assert bodies() == 1
