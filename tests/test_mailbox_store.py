@@ -168,6 +168,25 @@ def test_folders_are_made_renamed_and_removed(store: MailboxStore) -> None:
         store.listing("ann@example.test", "Old")
 
 
+def test_a_folder_renamed_takes_its_subfolders_and_messages(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q1_0")
+    store.create_folder("ann@example.test", "Projects")
+    store.create_folder("ann@example.test", "Projects/2026")
+    store.create_folder("ann@example.test", "Projectsx")
+    store.move(stored, "Projects/2026")
+    before = store.listing("ann@example.test", "Projects/2026")
+    store.rename_folder("ann@example.test", "Projects", "Done")
+    assert store.folders("ann@example.test") == ["INBOX", "Done", "Done/2026", "Projectsx"]
+    after = store.listing("ann@example.test", "Done/2026")
+    assert after.uidvalidity == before.uidvalidity and [uid for uid, _ in after.messages] == [1]
+    [(_, moved)] = after.messages
+    assert moved.location.startswith(".Done.2026/") and content(store, moved) == HEADERS + BODY
+    with pytest.raises(FileNotFoundError):
+        store.rename_folder("ann@example.test", "Projects", "Again")
+    with pytest.raises(FileExistsError):
+        store.rename_folder("ann@example.test", "Done", "Projectsx")
+
+
 def test_uids_ascend_stay_and_are_never_reused(store: MailboxStore) -> None:
     first = deliver(store, "ann@example.test", "Q1_0")
     deliver(store, "ann@example.test", "Q2_0")
