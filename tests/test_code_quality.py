@@ -205,7 +205,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the storage seam: the MessageStore and MailboxStore protocols (spool's types) through
     # which the session, the queue manager, delivery and the web side reach stored mail;
     # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
-    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.storage", "postoffice.mailauth"),
+    # What every MailboxStore shares with the Maildir one: which addresses can have a mailbox
+    # (maildir/names.py) and what a folder may be called (maildir/folders.py).
+    (
+        "postoffice.policy",
+        "postoffice.delivery.agent",
+        "postoffice.storage",
+        "postoffice.mailauth",
+        "postoffice.maildir.names",
+        "postoffice.maildir.folders",
+    ),
     # The embedded MailboxStore: Maildirs under the mail root (below delivery and web, which
     # use it, and written against the seam above it); beside it, the stores of a cluster in
     # the shared PostgreSQL database, written against the same seams.

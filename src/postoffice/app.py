@@ -67,7 +67,7 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.ids import ownership
-from postoffice.storage import Receiver, StoredMessage
+from postoffice.storage import MailboxStore, Receiver, StoredMessage
 from postoffice.stores import open_accounts, open_stores
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
@@ -292,9 +292,10 @@ class Application:
             return self.transcript
         return given
 
-    def _receiver(self, mailboxes: MaildirStore) -> Receiver:
-        """Where sessions store what they receive: one local mailbox at once, the rest queued."""
-        if not self.config.delivery.local_before_reply:
+    def _receiver(self, mailboxes: MailboxStore) -> Receiver:
+        """Where sessions store what they receive: one local mailbox at once, the rest queued
+        (a cluster's mailboxes are reached through the shared queue alone)."""
+        if not self.config.delivery.local_before_reply or not isinstance(mailboxes, MaildirStore):
             return self.spool
         return DirectReceiver(
             self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result

@@ -19,7 +19,9 @@ from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
+from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.spool.files import FileSpool
+from postoffice.storage import MailboxStore
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Stores:
     """The stores of one server process; ``database`` is the cluster's, None when embedded."""
 
     spool: FileSpool
-    mailboxes: MaildirStore
+    mailboxes: MailboxStore
     accounts: Accounts
     database: Database | None = None
 
@@ -42,6 +44,14 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         mailboxes=MaildirStore.from_config(config),
         accounts=open_accounts(config),
     )
+
+
+def open_mailboxes(config: Config) -> MailboxStore:
+    """The mailboxes alone, for a process that needs nothing else (``reindex``, the web side
+    of several workers)."""
+    if config.clustered:
+        return PgMailboxStore(open_database(config))
+    return MaildirStore.from_config(config)
 
 
 def open_accounts(config: Config) -> Accounts:
@@ -62,6 +72,7 @@ def open_database(config: Config) -> Database:
 
 def _cluster(config: Config) -> Stores:
     database = open_database(config)
+    mailboxes = PgMailboxStore(database)  # noqa: F841 - with the queue and the accounts, next
     database.close()
     raise DatabaseError(
         f"database {database.where}: the postgresql backend's stores are not built yet", permanent=True

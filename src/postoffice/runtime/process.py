@@ -24,7 +24,6 @@ from postoffice import logs
 from postoffice.app import Application, needs_tls
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
-from postoffice.maildir.store import MaildirStore
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.server import BoundAddress
 from postoffice.net.session import name_sessions
@@ -38,6 +37,7 @@ from postoffice.runtime.signals import handle_signals
 from postoffice.runtime.workers import WorkerRole, share_limits, supervise
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids
+from postoffice.stores import open_mailboxes
 from postoffice.web.service import WebShare
 from postoffice.web.workers import WorkersWeb
 from postoffice.worker_reports import workers_directory
@@ -176,7 +176,7 @@ def _serve_workers(
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
         web = WorkersWeb(
-            config, MaildirStore.from_config(config), sockets=prebound.http if prebound is not None else None
+            config, open_mailboxes(config), sockets=prebound.http if prebound is not None else None
         )
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
