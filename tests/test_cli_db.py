@@ -127,7 +127,9 @@ def test_a_wrong_password_is_one_line_and_exit_1(postgres: PostgresServer) -> No
     assert failed.returncode == 1
     assert failed.stdout == ""
     line = failed.stderr.strip()
-    assert "\n" not in line and line.startswith("postoffice: cannot connect to the database postoffice@127.0.0.1")
+    assert "\n" not in line and line.startswith(
+        "postoffice: cannot connect to the database postoffice@127.0.0.1"
+    )
     assert "password authentication failed" in line and "wrong-secret" not in line
 
 
