@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from cluster_support import CLUSTER_STORES, require_cluster_stores
+from pg_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "cluster.py"
 
 
 @pytest.mark.timeout(300)
-def test_the_cluster_benchmark_prints_rates_and_database_costs(postgres: object) -> None:
+def test_the_cluster_benchmark_prints_rates_and_database_costs(postgres: PostgresServer) -> None:
     require_cluster_stores()
     done = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--messages", "40", "--nodes", "1,2", "--workloads", "W1a"],
@@ -29,13 +30,10 @@ def test_the_cluster_benchmark_prints_rates_and_database_costs(postgres: object)
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    rows = {
-        line.split()[1] + line.split()[2]: line
-        for line in done.stdout.splitlines()
-        if line.startswith("W1a ")
-    }
-    assert set(rows) >= {"embedded" + rows.get("embedded", " ").split()[2], "1node", "2nodes"}, done.stdout
+    for setup in ("embedded", "1 node", "2 nodes"):
+        assert re.search(rf"^W1a\s+{setup}\s+\d+", done.stdout, re.MULTILINE), done.stdout
     assert "failed" not in done.stdout, done.stdout
+    # PostgresServer: skipped where PostgreSQL is absent (the benchmark makes its own).
     # msg/s, stored/s, cpu, statements, commits, WAL records, WAL KiB, flushes per message
     assert re.search(r"^W1a\s+1 node\s+\d+(\s+[\d.-]+){7}$", done.stdout, re.MULTILINE), done.stdout
 
