@@ -103,6 +103,23 @@ def test_a_node_started_before_its_database_serves_once_it_answers(
     wait_until(node.ready, 20, "the node ready")
 
 
+def test_a_running_node_is_not_ready_while_its_database_is_down_and_recovers(
+    cluster: Cluster, postgres: PostgresServer
+) -> None:
+    require_cluster_stores()
+    [node] = cluster.start(1)
+    wait_until(node.ready, 20, "the node ready")
+    postgres.stop()
+    try:
+        wait_until(lambda: not node.ready(), 20, "503 without the database")
+        assert node.status()["cluster"]["database"] == "unreachable"
+    finally:
+        postgres.start()
+    wait_until(node.ready, 60, "ready again by itself")
+    assert node.process.poll() is None
+    assert "event=database-unreachable" in node.text and "event=database-reachable" in node.text
+
+
 def test_three_nodes_see_each_other_in_status_metrics_and_db_status(cluster: Cluster, pg_url: str) -> None:
     require_cluster_stores()
     nodes = cluster.start(3)
