@@ -25,6 +25,8 @@ from pg_server import PostgresServer
 from postoffice.pg.database import Database
 from postoffice.pg.heartbeat import Heartbeat
 from postoffice.pg.migrate import migrate
+from postoffice.pg.migrations import v0001_nodes as nodes_schema
+from postoffice.pg.nodes import list_nodes, queue_size
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ def database_down(postgres: PostgresServer) -> Iterator[PostgresServer]:
     try:
         yield postgres
     finally:
-        postgres.start()
+        if not (postgres.data / "postmaster.pid").exists():  # the test may have started it
+            postgres.start()
 
 
 def _one_line_exit(cluster: Cluster, url: str) -> str:
@@ -165,11 +168,16 @@ def test_the_heartbeat_shows_the_cluster_in_status_metrics_and_readyz(
     server.app.operations.cluster = heartbeat
     try:
         status = json.loads(_get(server, "/api/v1/status")[1])
-        assert status["node"] == "node-x" and status["cluster"]["queue"] is None
+        assert status["node"] == "node-x" and status["cluster"]["database"] == "up"
         assert [n["name"] for n in status["cluster"]["nodes"]] == ["node-x"]
-        with database.connection() as connection:  # the shared queue's table, once it exists
-            connection.execute("CREATE TABLE queue_messages (id bigint)")
-            connection.execute("INSERT INTO queue_messages VALUES (1), (2)")
+        with database.connection() as connection:  # two messages in the shared queue
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS queue_messages (queue_id text, envelope text, size bigint, node text)"
+            )
+            connection.execute(
+                "INSERT INTO queue_messages (queue_id, envelope, size, node) VALUES ('q1', '', 1, 'node-x'),"
+                " ('q2', '', 1, 'node-x')"
+            )
         wait_until(
             lambda: b"postoffice_cluster_queue_messages 2.0" in _get(server, "/metrics")[1], 10, "queue"
         )
@@ -219,3 +227,11 @@ def test_two_nodes_under_one_name_are_told_so(database: Database, caplog: pytest
     assert len(warnings) == 2 and "give each node its own [storage] node_name" in warnings[0]
     with psycopg.connect(database.url) as connection:
         assert connection.execute("SELECT count(*) FROM nodes").fetchone() == (1,)
+
+
+def test_the_cluster_queue_is_not_counted_before_its_table_exists(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(nodes_schema.SQL.encode())  # schema version 1 alone: no queue yet
+        connection.execute("INSERT INTO nodes (name, version) VALUES ('node-y', '1')")
+        assert queue_size(connection) is None
+        assert [(row.name, row.up) for row in list_nodes(connection)] == [("node-y", True)]
