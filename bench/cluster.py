@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -197,22 +198,31 @@ def split_load(workload: Workload, ports: list[int], asyncio_load: bool) -> floa
     return time.perf_counter() - began
 
 
-def wait_queue_empty(url: str, timeout: float = 600.0) -> float | None:
-    """Seconds until the shared queue is empty (None: the schema has no queue to watch)."""
+def wait_queue_empty(url: str, stall: float = 30.0) -> float | None:
+    """Seconds until the shared queue is empty; None when the schema has no queue to watch, or
+    when it stops shrinking for ``stall`` seconds (deliveries failing: said on stderr)."""
     import psycopg
 
     from postoffice.pg.nodes import queue_size
 
-    began = time.perf_counter()
+    began = progress = time.perf_counter()
+    last: int | None = None
     with psycopg.connect(url, autocommit=True) as connection:
-        while time.perf_counter() - began < timeout:
+        while True:
             left = queue_size(connection)
             if left is None:
                 return None
             if left == 0:
                 return time.perf_counter() - began
+            if last is None or left < last:
+                last, progress = left, time.perf_counter()
+            elif time.perf_counter() - progress > stall:
+                print(
+                    f"  the shared queue kept {left} messages for {stall:.0f} s: not delivered",
+                    file=sys.stderr,
+                )
+                return None
             time.sleep(0.05)
-    return None
 
 
 def measure_cluster(
@@ -317,6 +327,8 @@ def _median(rows: list[Row]) -> Row:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM (a timeout) still stops the nodes and removes the throwaway PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     missing = missing_stores()
     if missing:
         print(
