@@ -90,6 +90,7 @@ def test_a_node_waits_for_an_absent_database_and_its_readyz_says_503(
         timeout=30,
     )
     assert "NOT READY" in shown.stdout and "node node-a of a cluster; database unreachable" in shown.stdout
+    assert "  queue:" not in shown.stdout  # none yet: no empty line for it
     assert not re.search(r"^listening smtp", node.text, re.MULTILINE)  # no mail taken meanwhile
     assert node.stop() == 0  # SIGTERM ends the wait
 

@@ -84,7 +84,7 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  workers: {workers} (the figures below are their sum)")
     lines.append(f"  sessions open: {status.get('sessions', 0)}")
     queue = status.get("queue", {})
-    if isinstance(queue, dict):
+    if isinstance(queue, dict) and queue:  # a node waiting for its database has none yet
         lines.append("  queue: " + ", ".join(f"{state} {count}" for state, count in queue.items()))
     lines += _cluster_lines(status)
     for certificate in status.get("certificates", []):
