@@ -17,6 +17,7 @@ planned once per connection. TLS to the database is what the URL asks for (``ssl
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,14 @@ def describe(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
         raise DatabaseError(f"the database URL is not valid: {one_line(error)}", permanent=True) from None
+    # What the URL leaves out, libpq takes from the PG* environment variables (libpq, §34.15).
+    for key, variable in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+    ):
+        info.setdefault(key, os.environ.get(variable) or None)
     host = str(info.get("host") or "the default socket")
     port = str(info.get("port") or "5432")
     user = str(info.get("user") or "the login user")
