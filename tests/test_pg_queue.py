@@ -279,14 +279,14 @@ async def test_a_database_down_at_the_commit_is_a_spool_error_then_it_recovers(
     url = postgres.url(postgres.create_database())
     database = Database(url)
     migrate(database)
-    queue = node(database, tmp_path)
+    queue = PgQueue(database, tmp_path / "tmp", node="a", connect_wait=2)
     try:
         assert is_queue_id(await store(queue, b"before\r\n"))
         postgres.stop()
         try:
             writer = queue.put(make_envelope())
             writer.write(b"during\r\n")
-            with pytest.raises(SpoolError, match="cannot commit: the database"):
+            with pytest.raises(SpoolError, match=r"cannot commit: (the|no connection to the) database"):
                 await writer.commit()
             with pytest.raises(SpoolError, match="the database"):
                 queue.pending()

@@ -11,7 +11,6 @@ together; running it as a process (the pid file, root, workers, signals, the ban
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import socket
@@ -294,10 +293,10 @@ class Application:
 
     def _receiver(self, mailboxes: MaildirStore) -> Receiver:
         """Where sessions store what they receive: one local mailbox at once, the rest queued."""
-        if not self.config.delivery.local_before_reply:
-            return self.spool
+        if (files := self.stores.files) is None or not self.config.delivery.local_before_reply:
+            return self.spool  # a cluster's queue is the database's: no file to hand to a mailbox
         return DirectReceiver(
-            self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
+            files, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
         )
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
@@ -377,7 +376,9 @@ class Application:
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
-            owns=ownership(worker_index, config.workers),
+            # A shared queue's messages are whichever process holds their lease (pgstore/queue.py).
+            owns=ownership(worker_index, config.workers) if self.stores.sweep_every is None else None,
+            sweep_every=self.stores.sweep_every,
         )
 
     def _listening(self) -> list[BoundAddress | HttpAddress]:
@@ -590,7 +591,7 @@ class Application:
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
         if self.tls_reports is not None:
             self.tls_reports.close()
-        await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
+        await self.stores.aclose()  # nothing is left to flush: its threads end (a cluster's leases go)
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""

@@ -25,6 +25,7 @@ send again rather than lose.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -54,6 +55,9 @@ T = TypeVar("T")
 
 # How long a lease lasts without renewal: the time a dead node's messages wait for another.
 DEFAULT_LEASE_TIME = 60.0
+# How long a commit waits for a connection when the pool has none (the database down): the
+# client waits meanwhile, then gets a 451 and sends again later.
+DEFAULT_CONNECT_WAIT = 10.0
 # Messages one sweep takes over at most, so that the survivors of a dead node share its work.
 CLAIM_BATCH = 200
 
@@ -89,6 +93,7 @@ class PgQueue:
         *,
         node: str | None,
         lease_time: float = DEFAULT_LEASE_TIME,
+        connect_wait: float = DEFAULT_CONNECT_WAIT,
         clean_tmp: bool = True,
         io: IoPool | None = None,
     ) -> None:
@@ -96,6 +101,7 @@ class PgQueue:
         self.tmp_dir = tmp_dir
         self.node = node
         self.lease_time = lease_time
+        self.connect_wait = connect_wait
         # The process's own token: a node restarted under the same name is another holder, and
         # two processes given one name by mistake never share leases.
         self.holder = f"{node}/{os.getpid()}.{secrets.token_hex(4)}" if node is not None else None
@@ -139,7 +145,9 @@ class PgQueue:
         attempts = self.database.pool_size + 1
         for attempt in range(attempts):
             try:
-                async with self.database.aconnection() as connection:
+                async with contextlib.AsyncExitStack() as stack:
+                    async with asyncio.timeout(self.connect_wait):
+                        connection = await stack.enter_async_context(self.database.aconnection())
                     try:
                         await _insert(connection, row, chunks(), small=small)
                         return
@@ -149,6 +157,11 @@ class PgQueue:
                         raise
             except psycopg.Error as error:
                 raise self._failure(error, f"queue_id={queue_id}: cannot commit") from None
+            except TimeoutError:
+                raise SpoolError(
+                    f"queue_id={queue_id}: cannot commit: no connection to the database"
+                    f" {self.database.where} within {self.connect_wait:g}s"
+                ) from None
 
     def forget(self, queue_id: str) -> None:
         """Take back a committed message nobody was told of (its session went away)."""
