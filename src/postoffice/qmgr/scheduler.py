@@ -258,8 +258,8 @@ class Scheduler:
                 # load() has moved a corrupt file aside and logged it; nothing to deliver.
                 log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
                 continue
-            if state.held:
-                continue
+            if state.held or queue_id in self._entries or queue_id in self._done:
+                continue  # held; or submitted (or done) while it was being loaded
             entry = Entry(message, state, recovering=True)
             self._entries[queue_id] = entry
             added += 1
