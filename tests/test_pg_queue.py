@@ -19,7 +19,7 @@ from postoffice.errors import SpoolError
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
 from postoffice.pgstore.queue import PgQueue
-from postoffice.pgstore.queue_writer import BUFFER_SIZE, CHUNK_SIZE
+from postoffice.pgstore.queue_writer import BUFFER_SIZE, CHUNK_SIZE, PgMessageWriter
 from postoffice.spool import state as records
 from postoffice.spool.envelope import Envelope, Recipient, Route
 from postoffice.spool.ids import is_queue_id
@@ -155,6 +155,22 @@ async def test_state_log_and_complete(database: Database, tmp_path: Path) -> Non
         queue.load(queue_id)
     with pytest.raises(SpoolError, match="not in the queue"):
         queue.append_state(queue_id, [records.HOLD])
+
+
+async def test_a_queue_id_taken_by_another_node_is_refused_never_overwritten(
+    database: Database, tmp_path: Path
+) -> None:
+    a, b = node(database, tmp_path, "a"), node(database, tmp_path, "b")
+    queue_id = await store(a, b"first\r\n")
+    clash = PgMessageWriter(
+        b, queue_id, make_envelope(), tmp_path / "tmp-b"
+    )  # the same microsecond and digits
+    clash.write(b"second\r\n")
+    with pytest.raises(SpoolError, match="cannot commit"):
+        await clash.commit()
+    with a.open(queue_id) as content:
+        assert content.read() == b"first\r\n"
+    assert rows(database, "queue_chunks") == 1
 
 
 @pytest.mark.parametrize("bad", ["", "../x", "0" * 15 + "/", "0' OR '1'='1"])

@@ -11,6 +11,7 @@ else in a server knows which backend it runs on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,6 +100,9 @@ def _cluster(config: Config) -> Stores:
     from postoffice.pgstore.queue import PgQueue
 
     database = open_database(config)
+    # The pools' own warnings (each failed reconnect, each lost connection) would reach stderr
+    # raw, many a second while the database is down; the stores say it in one line each.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     lease = config.storage.queue_lease
     # Received mail waits in <data-dir>/queue-tmp/ until its commit puts it into the database.
     queue = PgQueue(database, config.data_dir / "queue-tmp", node=config.node_name, lease_time=lease)
