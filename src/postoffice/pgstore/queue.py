@@ -6,14 +6,15 @@ operator (``postoffice queue show ID``), checked with :func:`is_queue_id` before
 and whatever the rows hold when read back: an envelope that does not parse is a one-line
 ``SpoolError``, never half-trusted.
 
-Every node receives into the same tables (v0002_queue). A message is *leased* by the server
-process that delivers it: ``lease_holder`` (the node's name and a token of this process) and
-``lease_until``. The process that commits a message holds its lease from the start; it renews
-every lease it holds every quarter of the lease time (:class:`~postoffice.pgstore.leases.
-LeaseKeeper`, a thread of its own, so a busy event loop or a long stop does not let them lapse);
-each :meth:`PgQueue.pending` (the scheduler's sweep) takes up messages whose lease has run out
-or was let go, with ``SELECT … FOR UPDATE SKIP LOCKED`` so that two nodes never take the same
-one; a stop lets go of every lease it holds, so the others take its messages at once. A node
+Every node receives into the same tables (v0002_queue). A message is held by the server process
+that delivers it: its ``holder`` names the process (the node's name and a token of its own).
+Each holder has one lease row (``queue_holders``) that it renews every quarter of the lease
+time (:class:`~postoffice.pgstore.leases.LeaseKeeper`, a thread of its own, so a busy event
+loop or a long stop does not let it lapse): renewing costs one row, however many messages the
+node holds. The process that commits a message holds it from the start; each
+:meth:`PgQueue.pending` (the scheduler's sweep) takes up messages let go, or held by a holder
+whose lease ran out, with ``SELECT … FOR UPDATE SKIP LOCKED`` so that two nodes never take the
+same one; a stop lets go of every message it holds, so the others take them at once. A node
 that dies stops renewing, and the others take its messages once the lease time has passed.
 
 Each recipient's final result is in the state log (:meth:`PgQueue.append_state`, committed
@@ -61,20 +62,38 @@ DEFAULT_CONNECT_WAIT = 10.0
 # Messages one sweep takes over at most, so that the survivors of a dead node share its work.
 CLAIM_BATCH = 200
 
-_LEASE = "now() + %(lease)s * interval '1 second'"
+_RENEW = (
+    "INSERT INTO queue_holders (holder, node, lease, until) VALUES (%(holder)s, %(node)s,"
+    " %(lease)s * interval '1 second', now() + %(lease)s * interval '1 second')"
+    " ON CONFLICT (holder) DO UPDATE SET lease = EXCLUDED.lease, until = EXCLUDED.until"
+)
 _INSERT = (
-    "INSERT INTO queue_messages (queue_id, envelope, size, node, lease_holder, lease_until)"
-    f" VALUES (%(id)s, %(envelope)s, %(size)s, %(node)s, %(holder)s, {_LEASE})"
+    "INSERT INTO queue_messages (queue_id, envelope, size, node, holder)"
+    " VALUES (%(id)s, %(envelope)s, %(size)s, %(node)s, %(holder)s)"
 )
+# The messages of a holder whose lease has run out. One younger than that holder's lease is
+# left to it even then: it may have committed it just now with a renewal late (its lease row
+# lapsed, not the message's); if it is dead, the message waits no longer than its others.
+_LAPSED = (
+    "SELECT m.queue_id, m.holder FROM queue_messages m JOIN queue_holders h ON h.holder = m.holder"
+    " WHERE h.until < now() AND m.accepted < now() - h.lease"
+)
+_RELEASED = "SELECT m.queue_id, m.holder FROM queue_messages m WHERE m.holder IS NULL"
 _CLAIM = (
-    f"UPDATE queue_messages q SET lease_holder = %(holder)s, lease_until = {_LEASE}"
-    " FROM (SELECT queue_id, lease_holder FROM queue_messages WHERE lease_until < now()"
-    " ORDER BY queue_id LIMIT %(batch)s FOR UPDATE SKIP LOCKED) old"
-    " WHERE q.queue_id = old.queue_id RETURNING q.queue_id, old.lease_holder"
+    "UPDATE queue_messages q SET holder = %(holder)s"
+    " FROM ({} ORDER BY m.queue_id LIMIT %(batch)s FOR UPDATE OF m SKIP LOCKED) old"
+    " WHERE q.queue_id = old.queue_id RETURNING q.queue_id, old.holder"
 )
+_CLAIMS = (_CLAIM.format(_RELEASED), _CLAIM.format(_LAPSED))
 _TAKE_ONE = (
-    f"UPDATE queue_messages SET lease_holder = %(holder)s, lease_until = {_LEASE}"
-    " WHERE queue_id = %(id)s AND (lease_holder = %(holder)s OR lease_until < now()) RETURNING 1"
+    "UPDATE queue_messages m SET holder = %(holder)s WHERE m.queue_id = %(id)s"
+    " AND (m.holder = %(holder)s OR m.holder IS NULL OR EXISTS (SELECT 1 FROM queue_holders h"
+    " WHERE h.holder = m.holder AND h.until < now() AND m.accepted < now() - h.lease)) RETURNING 1"
+)
+# Lease rows of holders long gone, once none of their messages is left to take over.
+_FORGET_HOLDERS = (
+    "DELETE FROM queue_holders h WHERE until < now() - interval '1 day'"
+    " AND NOT EXISTS (SELECT 1 FROM queue_messages m WHERE m.holder = h.holder)"
 )
 
 
@@ -108,6 +127,7 @@ class PgQueue:
         self.io = io if io is not None else IoPool()
         self._keeper: LeaseKeeper | None = None
         if node is not None:
+            self.renew()  # the lease row exists before any message names this holder
             tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if clean_tmp:
                 for entry in os.scandir(tmp_dir):
@@ -140,7 +160,6 @@ class PgQueue:
             "size": size,
             "node": self.node,
             "holder": self.holder,
-            "lease": self.lease_time,
         }
         attempts = self.database.pool_size + 1
         for attempt in range(attempts):
@@ -183,8 +202,9 @@ class PgQueue:
 
         def sweep(connection: psycopg.Connection[Any]) -> list[str]:
             self._renew(connection)
-            _log_taken(connection.execute(_CLAIM, params).fetchall())
-            mine = "SELECT queue_id FROM queue_messages WHERE lease_holder = %(holder)s ORDER BY queue_id"
+            for claim in _CLAIMS:
+                _log_taken(connection.execute(claim, params).fetchall())
+            mine = "SELECT queue_id FROM queue_messages WHERE holder = %(holder)s ORDER BY queue_id"
             return [row[0] for row in connection.execute(mine, params).fetchall()]
 
         return self._run("cannot list the queue", sweep)
@@ -236,7 +256,7 @@ class PgQueue:
         to deliver (its lease held or, lapsed and untaken, taken again): a message another
         node took over meanwhile is that node's now."""
         self._check_id(queue_id)
-        params = {"holder": self.holder, "lease": self.lease_time, "id": queue_id}
+        params = {"holder": self.holder, "id": queue_id}
         query = "SELECT 1 FROM queue_messages WHERE queue_id = %(id)s" if self.holder is None else _TAKE_ONE
         row = self._run(
             f"queue_id={queue_id}: cannot look it up", lambda c: c.execute(query, params).fetchone()
@@ -286,24 +306,28 @@ class PgQueue:
             self._keeper.start()
 
     def renew(self) -> int:
-        """Extend every lease this process holds; how many."""
+        """Extend this process's lease (one row, however many messages it holds); how many
+        lease rows of holders long gone were forgotten."""
         return self._run("cannot renew the queue's leases", self._renew)
 
     def _renew(self, connection: psycopg.Connection[Any]) -> int:
-        cursor = connection.execute(
-            f"UPDATE queue_messages SET lease_until = {_LEASE} WHERE lease_holder = %(holder)s",
-            {"holder": self.holder, "lease": self.lease_time},
-        )
-        return cursor.rowcount
+        connection.execute(_RENEW, {"holder": self.holder, "node": self.node, "lease": self.lease_time})
+        return connection.execute(_FORGET_HOLDERS).rowcount
 
     def release(self) -> int:
         """Let go of every lease this process holds (a stop): the others take them now."""
         if self.holder is None:
             return 0
-        query = "UPDATE queue_messages SET lease_holder = NULL, lease_until = now() WHERE lease_holder = %s"
-        return self._run(
-            "cannot let go of the queue's leases", lambda c: c.execute(query, (self.holder,)).rowcount
-        )
+
+        def release(connection: psycopg.Connection[Any]) -> int:
+            with connection.transaction():
+                count = connection.execute(
+                    "UPDATE queue_messages SET holder = NULL WHERE holder = %s", (self.holder,)
+                ).rowcount
+                connection.execute("DELETE FROM queue_holders WHERE holder = %s", (self.holder,))
+            return count
+
+        return self._run("cannot let go of the queue's leases", release)
 
     def close(self) -> None:
         """Stop renewing and let the leases go (after the scheduler stopped), then the threads."""
