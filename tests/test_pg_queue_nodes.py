@@ -60,7 +60,7 @@ def start_node(
     name: str,
     url: str,
     peer: Peer,
-    *,
+    *extra: str,
     lease: str = "2s",
 ) -> ServerProcess:
     config = tmp_path / f"{name}.toml"
@@ -79,6 +79,7 @@ def start_node(
         "--domain",
         "cluster.test",
         "--no-http",
+        *extra,
         data_dir=tmp_path / name,
     )
 
@@ -183,6 +184,17 @@ def test_mail_goes_out_through_the_shared_queue_and_the_queue_command_lists_it(
     assert "X-Test-Seq: 2" in queue_command(node, pg_url, "show", queue_id["id"])
     assert "deleted" in queue_command(node, pg_url, "delete", queue_id["id"])
     assert "The queue is empty." in queue_command(node, pg_url, "list")
+
+
+def test_workers_of_a_cluster_node_each_deliver_what_they_hold(
+    server_process: Callable[..., ServerProcess], peer_factory: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """With ``--workers``, each worker receives into the shared queue and delivers what it holds."""
+    peer = peer_factory()
+    node = start_node(server_process, tmp_path, "a", pg_url, peer, "--workers", "2")
+    for seq in range(8):
+        assert send(node, seq)[0] == 250
+    wait_until(lambda: delivered(peer) == Counter(range(8)), what="every message relayed once")
 
 
 def test_the_database_down_at_the_commit_is_451_and_the_node_recovers_by_itself(
