@@ -181,13 +181,19 @@ async def test_invalid_ids_are_refused_before_any_query(database: Database, tmp_
             call(bad)
 
 
-async def test_an_envelope_that_does_not_parse_is_one_line(database: Database, tmp_path: Path) -> None:
+async def test_an_envelope_that_does_not_parse_is_one_line_and_set_aside(
+    database: Database, tmp_path: Path
+) -> None:
     queue = node(database, tmp_path)
     queue_id = await store(queue, b"x\r\n")
     with database.connection() as connection:
         connection.execute("UPDATE queue_messages SET envelope = '[1, 2'")
     with pytest.raises(SpoolError, match="envelope does not parse"):
         queue.load(queue_id)
+    # Set aside: no node takes it up (and fails on it) again; an operator still sees it.
+    queue.release()
+    assert queue.pending() == [] and node(database, tmp_path, "b").pending() == []
+    assert PgQueue(database, tmp_path / "unused", node=None).pending() == [queue_id]
 
 
 # --- several nodes on one queue ------------------------------------------------------------------

@@ -59,6 +59,8 @@ DEFAULT_LEASE_TIME = 60.0
 # How long a commit waits for a connection when the pool has none (the database down): the
 # client waits meanwhile, then gets a 451 and sends again later.
 DEFAULT_CONNECT_WAIT = 10.0
+# The holder of messages set aside as damaged: no process, and never a lapsed lease.
+CORRUPT = "corrupt"
 # Messages one sweep takes over at most, so that the survivors of a dead node share its work.
 CLAIM_BATCH = 200
 
@@ -225,8 +227,24 @@ class PgQueue:
                 raise TypeError("not a JSON object")
             envelope = Envelope.from_json_dict(data)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SpoolError(f"queue_id={queue_id}: envelope does not parse ({exc})") from None
+            raise self._quarantine(queue_id, f"envelope does not parse ({exc})") from None
         return QueuedMessage(queue_id, envelope, int(row[1]))
+
+    def _quarantine(self, queue_id: str, problem: str) -> SpoolError:
+        """Set a damaged message aside for a person to look at (the file spool's ``corrupt/``):
+        held by no process, so that no node takes it up and fails on it again and again."""
+        try:
+            self._run(
+                f"queue_id={queue_id}: cannot set it aside",
+                lambda c: c.execute(
+                    "UPDATE queue_messages SET holder = %s WHERE queue_id = %s", (CORRUPT, queue_id)
+                ),
+            )
+        except SpoolError as exc:
+            log.error("queue_id=%s status=corrupt reason=%r error=%r", queue_id, problem, str(exc))
+        else:
+            log.warning("queue_id=%s status=corrupt reason=%r holder=%s", queue_id, problem, CORRUPT)
+        return SpoolError(f"queue_id={queue_id}: {problem}")
 
     def open(self, queue_id: str) -> BinaryIO:
         size = self.load(queue_id).size
