@@ -11,7 +11,6 @@ together; running it as a process (the pid file, root, workers, signals, the ban
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import socket
@@ -47,7 +46,6 @@ from postoffice.mailauth.dkim_signer import Signer, signature_fields
 from postoffice.mailauth.forwarding import SenderRewriting
 from postoffice.mailauth.inbound import Verifier
 from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
-from postoffice.maildir.store import MaildirStore
 from postoffice.net.certwatch import CertificateWatch
 from postoffice.net.imap import imap_server
 from postoffice.net.listeners import Security
@@ -293,12 +291,16 @@ class Application:
         return given
 
     def _receiver(self, mailboxes: MailboxStore) -> Receiver:
-        """Where sessions store what they receive: one local mailbox at once, the rest queued
-        (a cluster's mailboxes are reached through the shared queue alone)."""
-        if not self.config.delivery.local_before_reply or not isinstance(mailboxes, MaildirStore):
-            return self.spool
+        """Where sessions store what they receive: one local mailbox at once, the rest queued."""
+        files = self.stores.files
+        if (
+            files is None
+            or not isinstance(mailboxes, MaildirStore)
+            or not self.config.delivery.local_before_reply
+        ):
+            return self.spool  # a cluster's queue is the database's: no file to hand to a mailbox
         return DirectReceiver(
-            self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
+            files, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
         )
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
@@ -378,7 +380,9 @@ class Application:
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
-            owns=ownership(worker_index, config.workers),
+            # A shared queue's messages are whichever process holds their lease (pgstore/queue.py).
+            owns=ownership(worker_index, config.workers) if self.stores.sweep_every is None else None,
+            sweep_every=self.stores.sweep_every,
         )
 
     def _listening(self) -> list[BoundAddress | HttpAddress]:
@@ -591,7 +595,7 @@ class Application:
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
         if self.tls_reports is not None:
             self.tls_reports.close()
-        await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
+        await self.stores.aclose()  # nothing is left to flush: its threads end (a cluster's leases go)
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""

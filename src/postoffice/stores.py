@@ -10,11 +10,14 @@ else in a server knows which backend it runs on.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.errors import DatabaseError
+from postoffice.errors import PostofficeError
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.pg.database import Database
@@ -23,15 +26,35 @@ from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.spool.files import FileSpool
 from postoffice.storage import MailboxStore
 
+if TYPE_CHECKING:
+    from postoffice.pgstore.queue import PgQueue
+
 
 @dataclass
 class Stores:
-    """The stores of one server process; ``database`` is the cluster's, None when embedded."""
+    """The stores of one server process; ``database`` is the cluster's, None when embedded.
 
-    spool: FileSpool
+    ``sweep_every``: with a queue shared by several nodes, how often the scheduler looks for
+    work in it (Scheduler.sweep); None when the queue is this host's alone."""
+
+    spool: FileSpool | PgQueue
     mailboxes: MailboxStore
     accounts: Accounts
     database: Database | None = None
+    sweep_every: float | None = None
+
+    @property
+    def files(self) -> FileSpool | None:
+        """The embedded spool, whose files direct delivery hands to a mailbox; None in a cluster."""
+        return self.spool if isinstance(self.spool, FileSpool) else None
+
+    async def aclose(self) -> None:
+        """After the scheduler stopped: the queue lets go of its leases, then the threads and
+        the database's connections."""
+        spool = self.spool
+        await asyncio.to_thread(spool.close if not isinstance(spool, FileSpool) else spool.io.close)
+        if self.database is not None:
+            await self.database.aclose()
 
 
 def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
@@ -70,10 +93,35 @@ def open_database(config: Config) -> Database:
     return database
 
 
+def open_queue_admin(config: Config) -> FileSpool | PgQueue:
+    """The queue as the ``queue`` command sees it: this host's spool, or the cluster's whole
+    shared queue (holding no lease: it only looks, and acts as an operator)."""
+    if not config.clustered:
+        if not config.spool_dir.is_dir():
+            raise PostofficeError(f"no queue in {config.data_dir} (no server has run there)")
+        # clean_tmp=False: a running server may be receiving into tmp/ right now.
+        return FileSpool(config.spool_dir, clean_tmp=False)
+    from postoffice.pgstore.queue import PgQueue
+
+    return PgQueue(open_database(config), config.data_dir / "queue-tmp", node=None)
+
+
 def _cluster(config: Config) -> Stores:
+    from postoffice.pgstore.queue import PgQueue
+
     database = open_database(config)
-    mailboxes = PgMailboxStore(database)  # noqa: F841 - with the queue and the accounts, next
-    database.close()
-    raise DatabaseError(
-        f"database {database.where}: the postgresql backend's stores are not built yet", permanent=True
+    # The pools' own warnings (each failed reconnect, each lost connection) would reach stderr
+    # raw, many a second while the database is down; the stores say it in one line each.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
+    lease = config.storage.queue_lease
+    # Received mail waits in <data-dir>/queue-tmp/ until its commit puts it into the database.
+    queue = PgQueue(database, config.data_dir / "queue-tmp", node=config.node_name, lease_time=lease)
+    queue.start_leases()
+    # The accounts stay the embedded ones until their database store lands.
+    return Stores(
+        spool=queue,
+        mailboxes=PgMailboxStore(database),
+        accounts=open_accounts(config),
+        database=database,
+        sweep_every=min(5.0, lease / 4),
     )
