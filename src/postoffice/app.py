@@ -65,7 +65,7 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.ids import ownership
-from postoffice.storage import MailboxStore, Receiver, StoredMessage
+from postoffice.storage import Receiver, StoredMessage
 from postoffice.stores import open_accounts, open_stores
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
@@ -235,12 +235,12 @@ class Application:
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []
-        self.mailboxes = mailboxes = stores.mailboxes
+        self.mailboxes = stores.mailboxes
         # DKIM keys, read once and again when their directory changes (or on SIGHUP).
         self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
         self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
         agents = self._agents()
-        receiver = self._receiver(mailboxes)
+        receiver = self._receiver()
         self.scheduler = self._scheduler(agents, clock, worker_index)
         self.security = security(config, self.accounts)
         self.toolkit = Toolkit(config, self.spool, lambda queued: self.scheduler.submit(queued))
@@ -290,18 +290,12 @@ class Application:
             return self.transcript
         return given
 
-    def _receiver(self, mailboxes: MailboxStore) -> Receiver:
+    def _receiver(self) -> Receiver:
         """Where sessions store what they receive: one local mailbox at once, the rest queued."""
-        files = self.stores.files
-        if (
-            files is None
-            or not isinstance(mailboxes, MaildirStore)
-            or not self.config.delivery.local_before_reply
-        ):
+        direct = self.stores.direct
+        if direct is None or not self.config.delivery.local_before_reply:
             return self.spool  # a cluster's queue is the database's: no file to hand to a mailbox
-        return DirectReceiver(
-            files, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
-        )
+        return DirectReceiver(*direct, on_delivered=self._delivered, on_result=self._on_delivery_result)
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the

@@ -44,9 +44,12 @@ class Stores:
     sweep_every: float | None = None
 
     @property
-    def files(self) -> FileSpool | None:
-        """The embedded spool, whose files direct delivery hands to a mailbox; None in a cluster."""
-        return self.spool if isinstance(self.spool, FileSpool) else None
+    def direct(self) -> tuple[FileSpool, MaildirStore] | None:
+        """The embedded spool and Maildirs, which direct delivery joins (a spool file becomes the
+        Maildir copy); None in a cluster, whose queue and mailboxes are the database's."""
+        if isinstance(self.spool, FileSpool) and isinstance(self.mailboxes, MaildirStore):
+            return self.spool, self.mailboxes
+        return None
 
     async def aclose(self) -> None:
         """After the scheduler stopped: the queue lets go of its leases, then the threads and
