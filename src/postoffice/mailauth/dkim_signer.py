@@ -68,11 +68,9 @@ def _unfold(header_section: bytes) -> list[bytes]:
 class Signer:
     """The key directory in memory, the local domains, and whether signing is on."""
 
-    def __init__(
-        self, data_dir: Path, domains: Iterable[str], *, enabled: bool = True, keys: KeyStore | None = None
-    ) -> None:
-        """``keys``: where the keys are kept (default ``<data_dir>/dkim``)."""
-        self._keys = keys if keys is not None else KeyDirectory(data_dir)
+    def __init__(self, keys: Path | KeyStore, domains: Iterable[str], *, enabled: bool = True) -> None:
+        """``keys``: where the keys are kept (a data directory: its ``dkim/``)."""
+        self._keys = KeyDirectory(keys) if isinstance(keys, Path) else keys
         self._lock = threading.Lock()
         self._ring = KeyRing(())
         self._stamp: Hashable | None = None
