@@ -32,6 +32,7 @@ def node(pg_url: str) -> Iterator[Callable[..., Accounts]]:
 
     def make(*, watched: bool = False, time_cost: int = 1) -> Accounts:
         database = Database(pg_url, pool_size=2)
+        database.open()  # before threads share it (Database.open is not guarded)
         opened.append(database)
         watch = None
         if watched:

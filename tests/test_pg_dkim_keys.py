@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -29,7 +28,7 @@ def database(pg_url: str) -> Iterator[Database]:
     database.close()
 
 
-def test_a_key_made_once_signs_on_every_node(database: Database, pg_url: str, tmp_path: Path) -> None:
+def test_a_key_made_once_signs_on_every_node(database: Database, pg_url: str) -> None:
     made = dkim_keys.generate(PgKeys(database), "Local.Test", "s1", "ed25519")
     assert made.path is None and made.location == "(in the database)"
     other = Database(pg_url, pool_size=1)
@@ -37,8 +36,8 @@ def test_a_key_made_once_signs_on_every_node(database: Database, pg_url: str, tm
     watch.start()
     try:
         # Node A asks the version each time; node C listens. Neither has a key file.
-        node_a = Signer(tmp_path / "a", ["local.test"], keys=PgKeys(database))
-        node_c = Signer(tmp_path / "c", ["local.test"], keys=PgKeys(other, watch))
+        node_a = Signer(PgKeys(database), ["local.test"])
+        node_c = Signer(PgKeys(other, watch), ["local.test"])
         keys_a, keys_c = node_a.keys("local.test"), node_c.keys("local.test")
         assert [k.record() for k in keys_a] == [k.record() for k in keys_c] == [made.record()]
         # Ed25519 signatures are deterministic: the same key signs the same bytes alike.
