@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from argon2 import PasswordHasher
 
+from pg_server import PostgresServer
 from postoffice.accounts import Accounts, UserInfo
 from postoffice.errors import AccountError
 from postoffice.pg.database import Database
@@ -130,3 +131,31 @@ def test_an_unreachable_database_is_one_account_error_line(postgres: object) -> 
     with pytest.raises(AccountError) as raised:
         accounts.users()
     assert "\n" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+
+
+def test_a_listening_node_answers_while_the_database_is_down_and_catches_up(
+    node: Callable[..., Accounts], postgres: PostgresServer
+) -> None:
+    server, command = node(watched=True), node()
+    command.add_user("hank@example.com", "pw")
+    eventually(lambda: server.has_user("hank@example.com"))
+    postgres.stop()
+    try:
+        # Nobody can change the accounts now: what the node has is what there is.
+        assert server.verify("hank@example.com", "pw")
+        assert server.resolve("hank@example.com") == ["hank@example.com"]
+        with pytest.raises(AccountError, match="accounts in database"):
+            command.add_user("ivy@example.com", "pw")
+    finally:
+        postgres.start()
+    eventually(lambda: _added(command, "ivy@example.com"), within=15.0)
+    eventually(lambda: server.has_user("ivy@example.com"), within=5.0)  # the watch reconnected
+
+
+def _added(accounts: Accounts, address: str) -> bool:
+    """Add ``address`` once the database takes writes again (the pool reconnects)."""
+    try:
+        accounts.add_user(address, "pw")
+    except AccountError as error:
+        return "already exists" in str(error)
+    return True

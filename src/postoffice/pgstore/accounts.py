@@ -8,8 +8,9 @@ hides them; a database failure is one line (AccountError) naming the database, n
 Each node keeps the whole table in memory, as the embedded backend keeps the whole file: a
 lookup at RCPT or AUTH is a dictionary access. It is read again when ``shared_versions``'
 ``accounts`` row moves: with a :class:`~postoffice.pgstore.watch.SharedWatch` (a server) the
-watch thread notices and reloads, so lookups never wait for the database; without one (a
-command) every lookup asks for the version first, one indexed read. A writer locks the version
+watch thread notices and reloads, so lookups never wait for the database (only the first, if
+the watch has not read the versions yet); without one (a command) every lookup asks for the
+version first, one indexed read. A writer locks the version
 row (writers take turns, as the file's writers take its lock), reads, applies the change,
 writes what differs, bumps the version and notifies, all in one transaction.
 """
@@ -51,9 +52,8 @@ class PgAccounts:
 
     def load(self) -> AccountsData:
         cached = self._cache
-        known = self._watch.version(NAME) if self._watch is not None else None
-        if cached is not None and known is not None and cached[0] >= known:
-            return cached[1]
+        if cached is not None and self._watch is not None and self._watch.version(NAME) is not None:
+            return cached[1]  # the watch thread reloads it when the version moves
         return self._fetch()
 
     def _changed(self, version: int) -> None:

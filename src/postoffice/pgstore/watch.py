@@ -121,12 +121,13 @@ class SharedWatch:
         for name, version in rows:
             if self._versions.get(name) == version:
                 continue
-            self._versions[name] = version
-            for listener in self._on_change.get(name, ()):
-                try:
+            try:
+                for listener in self._on_change.get(name, ()):
                     listener(version)
-                except Exception as error:  # a subscriber's failure must not end the watch
-                    log.warning("event=watch-reload-failed name=%s reason=%r", name, one_line(error))
+            except Exception as error:  # a subscriber's failure must not end the watch
+                log.warning("event=watch-reload-failed name=%s reason=%r", name, one_line(error))
+                continue  # not taken as seen: tried again at the next read
+            self._versions[name] = version
 
     def _failure(self, payload: str) -> None:
         """Hand another node's failed login (or a success that clears) to the throttles."""
