@@ -173,4 +173,6 @@ class PgLogins:
         return PgFailureFeed(self, kind, window)
 
     def close(self) -> None:
-        self.writer.shutdown(wait=True)
+        # Reports not written yet are dropped (counters, not mail): a database that is down
+        # must not hold a stopping node for a pool timeout per report.
+        self.writer.shutdown(wait=True, cancel_futures=True)
