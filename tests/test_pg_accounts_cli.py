@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from postoffice.accounts import Accounts
+from postoffice.mailauth import dkim_keys
 from postoffice.pg.database import Database
 from postoffice.pgstore.accounts import PgAccounts
 
@@ -91,3 +92,22 @@ def test_dkim_keys_made_on_one_node_are_printed_on_another(pg_url: str, tmp_path
     assert not (tmp_path / "c" / "dkim").exists()
     assert postoffice("dkim", "retire", "example.com", "s1", "--config", str(config)).returncode == 0
     assert "retired" in postoffice("dkim", "list", "--config", str(config)).stdout
+
+
+def test_a_data_directorys_keys_are_imported_once(pg_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "old"
+    signing = dkim_keys.generate(data, "example.com", "s1", "ed25519")
+    dkim_keys.generate(data, "example.com", "s0", "ed25519")
+    dkim_keys.retire(data, "example.com", "s0")
+    imported = postoffice("dkim", "import", str(data), "--database", pg_url)
+    assert imported.returncode == 0, imported.stderr
+    assert "2 key(s) copied" in imported.stdout and imported.stderr == ""
+    listed = postoffice("dkim", "list", "--records", "--database", pg_url).stdout.splitlines()
+    assert [line.split()[:4] for line in listed[::2]] == [
+        ["example.com", "s0", "ed25519-256", "retired"],
+        ["example.com", "s1", "ed25519-256", "signs"],
+    ]
+    assert listed[3].strip() == signing.zone_line()  # the same key: the published record holds
+    again = postoffice("dkim", "import", str(data), "--database", pg_url)
+    assert again.returncode == 0 and "0 key(s) copied" in again.stdout
+    assert again.stderr.count("has it already") == 2

@@ -8,6 +8,8 @@ Untrusted input seen here: the command line (a domain and selector, checked by
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from postoffice.cli.backend import database_option, dkim_keys_of
 from postoffice.cli.common import Subparsers, config_options, load
@@ -48,6 +50,15 @@ def add_parser(subparsers: Subparsers) -> None:
     retire.add_argument("domain", metavar="DOMAIN")
     retire.add_argument("selector", metavar="SELECTOR")
     retire.set_defaults(handler=_run_retire)
+    copy = actions.add_parser(
+        "import",
+        help="copy the keys of a data directory (into the cluster's database)",
+        description="Copy every key of DIR/dkim that is not here yet (retired ones stay retired), so that "
+        "a server moving into a cluster keeps signing with the keys its DNS publishes.",
+        parents=[config_options(), database_option()],
+    )
+    copy.add_argument("source", type=Path, metavar="DIR", help="the data directory whose dkim/ to copy")
+    copy.set_defaults(handler=_run_import)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -62,6 +73,19 @@ def _run_list(args: argparse.Namespace) -> int:
 
     with dkim_keys_of(load(args)) as keys:
         return dkim_cli.run_list(keys, records=args.records)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from postoffice.mailauth.dkim_keys import KeyDirectory, copy_keys
+
+    with dkim_keys_of(load(args)) as keys:
+        copied, skipped = copy_keys(KeyDirectory(args.source), keys)
+        for key in copied:
+            print(f"copied {key.domain}  {key.selector}  {'signs' if key.signing else 'retired'}")
+        for line in skipped:
+            print(f"postoffice: skipped {line}", file=sys.stderr)
+        print(f"{len(copied)} key(s) copied into {keys.where}")
+    return 0
 
 
 def _run_retire(args: argparse.Namespace) -> int:

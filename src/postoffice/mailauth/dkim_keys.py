@@ -201,6 +201,28 @@ class KeyStore(Protocol):
         ...
 
 
+def copy_keys(source: KeyStore, target: KeyStore) -> tuple[list[DkimKey], list[str]]:
+    """Copy every key of ``source`` that ``target`` lacks (same domain and selector), retired
+    ones retired: moving a server into a cluster keeps the keys its DNS records publish. The
+    keys copied, and a line for each one skipped (already there, or unreadable)."""
+    have = {(key.domain, key.selector) for key in target.ring().keys}
+    ring = source.ring()
+    copied: list[DkimKey] = []
+    skipped = list(ring.problems)
+    for key in ring.keys:
+        if (key.domain, key.selector) in have:
+            skipped.append(f"{key.record_name}: {target.where} has it already")
+            continue
+        pem = key.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        target.add(key.domain, key.selector, pem)
+        if not key.signing:
+            target.retire(key.domain, key.selector)
+        copied.append(key)
+    return copied, skipped
+
+
 class KeyDirectory:
     """The keys of one machine: ``<data-dir>/dkim/DOMAIN/SELECTOR.key``."""
 
