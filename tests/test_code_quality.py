@@ -194,10 +194,18 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.dns_resolver",
         "postoffice.pg",
     ),
-    # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
+    # Users and secrets, and the logins' sessions and failure counts (kept in memory, or a
+    # cluster's by pgstore); durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API); ACME certificates (its files, orders and renewal schedule,
     # which net's TLS follows).
-    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status", "postoffice.acme"),
+    (
+        "postoffice.accounts",
+        "postoffice.logins",
+        "postoffice.spool",
+        "postoffice.client",
+        "postoffice.status",
+        "postoffice.acme",
+    ),
     # Where an address goes (users and aliases from accounts, local domains from config): asked
     # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
     ("postoffice.recipients",),

@@ -66,7 +66,7 @@ from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.ids import ownership
 from postoffice.storage import Receiver, StoredMessage
-from postoffice.stores import open_accounts, open_stores
+from postoffice.stores import open_stores
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
@@ -192,17 +192,13 @@ def has_certificate(config: Config) -> bool:
     return config.tls.cert is not None or config.acme.enabled
 
 
-def security(config: Config, accounts: Accounts) -> Security:
+def security(config: Config, accounts: Accounts, throttle: LoginThrottle | None = None) -> Security:
     tls = ServerTls.from_config(config) if needs_tls(config) else None
-    auth = config.auth
-    throttle = LoginThrottle(
-        max_failures=auth.max_failures, window=auth.failure_window, delay=auth.failure_delay
-    )
     return Security(
         tls=tls,
-        login=Authenticator(accounts, throttle),
+        login=Authenticator(accounts, throttle or LoginThrottle.configured(config.auth)),
         starttls_on_smtp=tls is not None and (has_certificate(config) or not config.capture_mode),
-        plaintext_auth_on_loopback=auth.allow_plaintext_on_loopback,
+        plaintext_auth_on_loopback=config.auth.allow_plaintext_on_loopback,
     )
 
 
@@ -236,13 +232,12 @@ class Application:
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []
         self.mailboxes = stores.mailboxes
-        # DKIM keys, read once and again when their directory changes (or on SIGHUP).
-        self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
+        self.signer = Signer(stores.keys, config.domains, enabled=config.authentication.sign)
         self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
         agents = self._agents()
         receiver = self._receiver()
         self.scheduler = self._scheduler(agents, clock, worker_index)
-        self.security = security(config, self.accounts)
+        self.security = security(config, self.accounts, LoginThrottle.configured(config.auth, stores.logins))
         self.toolkit = Toolkit(config, self.spool, lambda queued: self.scheduler.submit(queued))
         self.smtp = SmtpServer(
             settings=server_settings(config),
@@ -436,6 +431,7 @@ class Application:
             sockets=http_sockets,
             tls=self.security.tls.https_context if self.security.tls is not None else None,
             toolkit=self.toolkit,
+            logins=self.stores.logins,
         )
 
     def _certificates(self) -> list[CertificateInfo]:
@@ -480,7 +476,7 @@ class Application:
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
         config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in kept})
         self.config = config
-        self.accounts = open_accounts(config)
+        self.accounts = self.stores.reload_accounts(config)
         self.signer.configure(config.domains, enabled=config.authentication.sign)
         self.smtp.reconfigure(
             settings=server_settings(config),

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
 from postoffice.errors import PostofficeError
+from postoffice.logins import LocalLogins, Logins
+from postoffice.mailauth.dkim_keys import KeyDirectory, KeyStore
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.pg.database import Database
@@ -28,6 +30,7 @@ from postoffice.storage import MailboxStore
 
 if TYPE_CHECKING:
     from postoffice.pgstore.queue import PgQueue
+    from postoffice.pgstore.shared import SharedPeople
 
 
 @dataclass
@@ -35,13 +38,18 @@ class Stores:
     """The stores of one server process; ``database`` is the cluster's, None when embedded.
 
     ``sweep_every``: with a queue shared by several nodes, how often the scheduler looks for
-    work in it (Scheduler.sweep); None when the queue is this host's alone."""
+    work in it (Scheduler.sweep); None when the queue is this host's alone. ``keys`` (the DKIM
+    keys) and ``logins`` (web sessions, failed logins) are the cluster's too when there is one;
+    ``shared`` is then the watch thread that keeps them and the accounts current."""
 
     spool: FileSpool | PgQueue
     mailboxes: MailboxStore
     accounts: Accounts
+    keys: KeyStore
     database: Database | None = None
     sweep_every: float | None = None
+    logins: Logins = field(default_factory=LocalLogins)
+    shared: SharedPeople | None = None
 
     @property
     def direct(self) -> tuple[FileSpool, MaildirStore] | None:
@@ -51,11 +59,19 @@ class Stores:
             return self.spool, self.mailboxes
         return None
 
+    def reload_accounts(self, config: Config) -> Accounts:
+        """The accounts after a reload (SIGHUP): the file may be another; a cluster's stay."""
+        if self.shared is None:
+            self.accounts = open_accounts(config)
+        return self.accounts
+
     async def aclose(self) -> None:
         """After the scheduler stopped: the queue lets go of its leases, then the threads and
         the database's connections."""
         spool = self.spool
         await asyncio.to_thread(spool.close if not isinstance(spool, FileSpool) else spool.io.close)
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.close)
         if self.database is not None:
             await self.database.aclose()
 
@@ -69,6 +85,7 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         spool=FileSpool(config.spool_dir, clean_tmp=clean_tmp),
         mailboxes=MaildirStore.from_config(config),
         accounts=open_accounts(config),
+        keys=KeyDirectory(config.data_dir),
     )
 
 
@@ -111,6 +128,7 @@ def open_queue_admin(config: Config) -> FileSpool | PgQueue:
 
 def _cluster(config: Config) -> Stores:
     from postoffice.pgstore.queue import PgQueue
+    from postoffice.pgstore.shared import open_shared
 
     database = open_database(config)
     # The pools' own warnings (each failed reconnect, each lost connection) would reach stderr
@@ -120,11 +138,15 @@ def _cluster(config: Config) -> Stores:
     # Received mail waits in <data-dir>/queue-tmp/ until its commit puts it into the database.
     queue = PgQueue(database, config.data_dir / "queue-tmp", node=config.node_name, lease_time=lease)
     queue.start_leases()
-    # The accounts stay the embedded ones until their database store lands.
+    # The accounts, DKIM keys, web sessions and failed logins, kept current by one watch thread.
+    shared = open_shared(database)
     return Stores(
         spool=queue,
         mailboxes=PgMailboxStore(database),
-        accounts=open_accounts(config),
+        accounts=shared.accounts,
+        keys=shared.keys,
         database=database,
         sweep_every=min(5.0, lease / 4),
+        logins=shared.logins,
+        shared=shared,
     )
