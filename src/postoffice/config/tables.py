@@ -180,6 +180,13 @@ class QueueSettings:
         " more with each delivery that reached it, and back when one could not (Postfix"
         " default_destination_concurrency_limit).",
     )
+    group_commit: bool = setting(
+        True,
+        BOOLEAN,
+        "Make accepted messages and local deliveries durable in groups: the commits of the same"
+        " few milliseconds share one syncfs(2) of the file system instead of two fsyncs each"
+        " (docs/delivery.md, Group commit); false flushes each file and its directory.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
