@@ -7,11 +7,12 @@ Untrusted input seen here: none (it talks only to the responder it starts on 127
 Three figures, each the least a durable receiver pays here for a 1 KB message:
 
 - **durable write**: the Maildir recipe alone (write into ``tmp/``, fsync, rename into
-  ``new/``, fsync ``new/``) from 32 threads, as postoffice's file threads ran it before group
-  commit: writes a second, and CPU per write (mostly the kernel's);
+  ``new/``, fsync ``new/``) from 32 threads, as postoffice's file threads run it: writes a
+  second, and CPU per write (mostly the kernel's);
 - **durable write, grouped**: the same recipe with postoffice's group commit
-  (``spool/group_commit.py``, its default): the flushes of the writes under way at once are
-  one ``syncfs(2)``; writes a second, CPU per write and flushes per write;
+  (``spool/group_commit.py``, ``[queue] group_commit``): the flushes of the writes under way at
+  once are one ``syncfs(2)``; writes a second, CPU per write and flushes per write (the budget
+  below still counts the per-file write, the default);
 - **answering**: a Python server that answers every SMTP command with a fixed reply and stores
   nothing (on uvloop when installed), under W1a from the benchmark's load generator: messages a
   second and its CPU per message. The gap between this and a real server is the real server's
@@ -223,7 +224,6 @@ def main(argv: list[str]) -> int:
             f"durable write, group commit ({DURABLE_THREADS} threads): {grouped_rate:,.0f}/s,"
             f" {grouped_cpu * 1e3:.3f} ms CPU each, {grouped_flushes:.3f} flushes each"
         )
-        write_cpu = grouped_cpu  # postoffice's default
     print(f"answering only (W1a): {answer_rate:,.0f} msg/s, {answer_cpu * 1e3:.3f} ms CPU per message")
     if generator_cpu is None:
         print("load generator: not measured (smtp-source is not installed; the asyncio client ran here)")

@@ -181,11 +181,12 @@ class QueueSettings:
         " default_destination_concurrency_limit).",
     )
     group_commit: bool = setting(
-        True,
+        False,
         BOOLEAN,
         "Make accepted messages and local deliveries durable in groups: the commits of the same"
-        " few milliseconds share one syncfs(2) of the file system instead of two fsyncs each"
-        " (docs/delivery.md, Group commit); false flushes each file and its directory.",
+        " few milliseconds share one syncfs(2) of the file system instead of an fsync of each file"
+        " and its directory. Faster where the data directory's file system is otherwise quiet,"
+        " slower where other programs keep it busy (docs/delivery.md, Group commit).",
     )
 
 

@@ -27,8 +27,11 @@ replay that rewrites files at start-up, where this keeps the files, their recove
 guarantee exactly as the per-file recipe gives them, and changes only how many flushes pay for
 them. Its cost: ``syncfs`` also writes back other programs' dirty data on the same file system,
 so a file system shared with a heavy writer makes each flush longer (the window still shares
-it). A file on another file system than the spool's (a mail root mounted elsewhere) is made
-durable file by file, as before: ``syncfs`` of the spool's would not cover it. So is everything
+it), and it waits for the kernel's write-back worker, which must be scheduled on the cores the
+server uses: on a busy machine a ``syncfs`` took several times an ``fsync``, and group commit
+lost where it had won on a quieter one (docs/delivery.md, Group commit). So it is a setting,
+``[queue] group_commit``, off by default. A file on another file system than the spool's (a
+mail root mounted elsewhere) is made durable file by file, as before: ``syncfs`` of the spool's would not cover it. So is everything
 where ``syncfs`` is missing (not Linux) or cannot report a failed write-back (Linux before 5.8).
 """
 
