@@ -48,19 +48,18 @@ class Stores:
         """The embedded spool, whose files direct delivery hands to a mailbox; None in a cluster."""
         return self.spool if isinstance(self.spool, FileSpool) else None
 
-    @property
-    def flushes(self) -> int:
-        """Flush calls (fsync, syncfs) the embedded spool's and mailboxes' commits made; 0 in a
-        cluster, whose database makes its own."""
-        files = self.files
-        return 0 if files is None else files.flushes
-
     async def aclose(self) -> None:
         """After the scheduler stopped: the queue lets go of its leases, then the threads and
         the database's connections."""
         await asyncio.to_thread(self.spool.close)
         if self.database is not None:
             await self.database.aclose()
+
+    @property
+    def flushes(self) -> int:
+        """Flush calls (fsync, syncfs) the embedded spool's and mailboxes' commits made; 0 in a
+        cluster, whose database makes its own."""
+        return self.spool.flushes if isinstance(self.spool, FileSpool) else 0
 
 
 def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
