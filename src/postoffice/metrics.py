@@ -84,8 +84,6 @@ class Metrics:
         )
         self.queue_size = _QueueCollector()
         r.register(self.queue_size)
-        self.spool_flushes = _FlushCollector()
-        r.register(self.spool_flushes)
         self.certificates = _CertificateCollector()
         r.register(self.certificates)
         self.cluster = _ClusterCollector()
@@ -188,8 +186,8 @@ class Metrics:
 
     def watch_flushes(self, flushes: Callable[[], int]) -> None:
         """Report ``flushes()`` (flush calls the spool's and mailboxes' commits made) at every
-        scrape."""
-        self.spool_flushes.source = flushes
+        scrape, from now on (once per metrics: the composition root calls it)."""
+        self.registry.register(_FlushCollector(flushes))
 
     def watch_certificates(self, certificates: Callable[[], Sequence[tuple[str, datetime.datetime]]]) -> None:
         """Report each certificate in use, ``(source, not_after)``, at every scrape."""
@@ -302,8 +300,8 @@ class _FlushCollector(Collector):
     messages and local deliveries durable; against ``postoffice_messages_total`` it says what
     each message costs the disk (two file by file, far fewer with group commit)."""
 
-    def __init__(self) -> None:
-        self.source: Callable[[], int] = int
+    def __init__(self, source: Callable[[], int]) -> None:
+        self.source = source
 
     def _family(self, value: int | None = None) -> CounterMetricFamily:
         help_text = "Flush calls (fsync, syncfs) made to commit spool and mailbox files"
