@@ -227,6 +227,7 @@ class Application:
         observer = self._observer(observer)
         self.stores = stores = open_stores(config, clean_tmp=clean_tmp)
         self.accounts, self.spool = stores.accounts, stores.spool
+        self.metrics.watch_flushes(lambda: stores.flushes)
         self.remote = self._remote_agent()
         self.web: WebService | None = None
         self.http_addresses: list[HttpAddress] = []

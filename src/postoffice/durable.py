@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from postoffice.errors import SpoolError, StorageFullError
 
@@ -94,6 +95,20 @@ def commit_file(
             with contextlib.suppress(OSError):
                 undo()
         raise
+
+
+class CommitFile(Protocol):
+    """Something that commits a written file as :func:`commit_file` does (same contract): that
+    function itself, or the spool's group commit (:mod:`postoffice.spool.group_commit`), which
+    shares its flushes with the other commits of the moment."""
+
+    def __call__(
+        self,
+        fd: int,
+        directory: str | Path,
+        publish: Callable[[], object],
+        undo: Callable[[], object] | None = None,
+    ) -> None: ...
 
 
 def remove_quietly(path: str | Path) -> bool:

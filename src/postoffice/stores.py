@@ -68,12 +68,17 @@ class Stores:
     async def aclose(self) -> None:
         """After the scheduler stopped: the queue lets go of its leases, then the threads and
         the database's connections."""
-        spool = self.spool
-        await asyncio.to_thread(spool.close if not isinstance(spool, FileSpool) else spool.io.close)
+        await asyncio.to_thread(self.spool.close)
         if self.shared is not None:
             await asyncio.to_thread(self.shared.close)
         if self.database is not None:
             await self.database.aclose()
+
+    @property
+    def flushes(self) -> int:
+        """Flush calls (fsync, syncfs) the embedded spool's and mailboxes' commits made; 0 in a
+        cluster, whose database makes its own."""
+        return self.spool.flushes if isinstance(self.spool, FileSpool) else 0
 
 
 def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
@@ -81,9 +86,11 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
     if config.clustered:
         return _cluster(config)
     make_mail_root(config.mail_dir, maildir_directory_mode(config.mail_file_mode))
+    spool = FileSpool(config.spool_dir, clean_tmp=clean_tmp, group_commit=config.queue.group_commit)
     return Stores(
-        spool=FileSpool(config.spool_dir, clean_tmp=clean_tmp),
-        mailboxes=MaildirStore.from_config(config),
+        spool=spool,
+        # The spool's commits: a delivery and an accepted message of the same moment share a flush.
+        mailboxes=MaildirStore.from_config(config, commit=spool.commit_file),
         accounts=open_accounts(config),
         keys=KeyDirectory(config.data_dir),
     )

@@ -180,6 +180,14 @@ class QueueSettings:
         " more with each delivery that reached it, and back when one could not (Postfix"
         " default_destination_concurrency_limit).",
     )
+    group_commit: bool = setting(
+        False,
+        BOOLEAN,
+        "Make accepted messages and local deliveries durable in groups: the commits of the same"
+        " few milliseconds share one syncfs(2) of the file system instead of an fsync of each file"
+        " and its directory. Faster where the data directory's file system is otherwise quiet,"
+        " slower where other programs keep it busy (docs/delivery.md, Group commit).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ an address pick a location) and the message bytes, stored verbatim.
 The queue exists for what cannot be finished while the client waits: other servers, retries,
 reports. A message for one local mailbox needs none of that, so instead of being written to
 the spool, answered, read back and written again into the Maildir, it is written once: into the
-mailbox's ``tmp/``, fsync'd, renamed into ``new/``, and ``new/`` fsync'd, and only then does the
+mailbox's ``tmp/``, flushed, renamed into ``new/``, and the name flushed (by the spool's committer:
+in the server, the shared ``syncfs`` of :mod:`postoffice.spool.group_commit`), and only then does the
 client get its 250 (RFC 5321 §6.1: the reply means "accepted responsibility"; here the
 responsibility is already discharged). An LMTP server (RFC 2033) answers the same way, after
 the delivery. A full or read-only disk is the client's to retry (4xx), as with the spool.

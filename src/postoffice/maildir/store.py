@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from postoffice.addresses import canonical
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.durable import commit_file, fsync_directory, remove_quietly
+from postoffice.durable import CommitFile, commit_file, fsync_directory, remove_quietly
 from postoffice.errors import MessageGone
 from postoffice.maildir import keywords, mailbox_folders, uids, write
 from postoffice.maildir.folders import INBOX, directory_of, name_of
@@ -71,9 +71,13 @@ _SETTLED_NS = 1_000_000_000
 class MaildirStore:
     """Maildirs at ``mail_root/<domain>/<local>/``; deliveries named for ``hostname``."""
 
-    def __init__(self, mail_root: Path, hostname: str, *, file_mode: int = 0o600) -> None:
-        """``file_mode``: of every file delivered (a checked ``mail_file_mode``)."""
+    def __init__(
+        self, mail_root: Path, hostname: str, *, file_mode: int = 0o600, commit: CommitFile = commit_file
+    ) -> None:
+        """``file_mode``: of every file delivered (a checked ``mail_file_mode``); ``commit``: how
+        :meth:`deliver` makes a copy durable (the server's group commit, shared with the spool)."""
         self.mail_root = mail_root
+        self._commit_file = commit
         self.hostname = hostname
         self.file_mode = file_mode
         self.directory_mode = maildir_directory_mode(file_mode)
@@ -83,8 +87,8 @@ class MaildirStore:
         self._listings: dict[Path, tuple[tuple[int, ...], int, FolderListing]] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> MaildirStore:
-        return cls(config.mail_dir, config.hostname, file_mode=config.mail_file_mode)
+    def from_config(cls, config: Config, *, commit: CommitFile = commit_file) -> MaildirStore:
+        return cls(config.mail_dir, config.hostname, file_mode=config.mail_file_mode, commit=commit)
 
     def prepare(self, maildir: Path, *, again: bool = False) -> None:
         """Make ``maildir`` (a checked :func:`mailbox_path`) unless this store made it already;
@@ -135,7 +139,7 @@ class MaildirStore:
             self.prepare(maildir, again=True)
             fd = write.write_unsynced(temporary, headers, content, size, self.file_mode)
         try:
-            commit_file(fd, final.parent, publish=lambda: write.publish(temporary, final))
+            self._commit_file(fd, final.parent, publish=lambda: write.publish(temporary, final))
         finally:
             os.close(fd)
             remove_quietly(temporary)

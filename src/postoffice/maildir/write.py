@@ -4,9 +4,10 @@ Untrusted input seen here: the message bytes, copied verbatim from the spool and
 Paths come from :mod:`postoffice.maildir.names` and :func:`~postoffice.maildir.layout.maildir_name`
 only.
 
-The recipe (cr.yp.to/proto/maildir.html): write ``tmp/NAME``, fsync it, link it to
-``new/NAME``, then (as qmail-local does not, but a crash-safe queue needs) fsync ``new/``
-before the spool forgets the message (:mod:`postoffice.durable`). A reader never sees a partial
+The recipe (cr.yp.to/proto/maildir.html): write ``tmp/NAME``, flush it, link it to
+``new/NAME``, then (as qmail-local does not, but a crash-safe queue needs) flush ``new/``
+before the spool forgets the message: file by file (:func:`postoffice.durable.commit_file`), or
+in the server with the other commits of the moment (:mod:`postoffice.spool.group_commit`). A reader never sees a partial
 file in ``new/``: the name appears there only after the data is on disk.
 """
 

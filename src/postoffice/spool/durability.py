@@ -18,8 +18,10 @@ steps themselves are :mod:`postoffice.durable`'s.
 (Grouping in user space, one thread flushing every file of a batch and then every directory,
 was measured slower on ext4: a commit waited for the slowest flush of its batch and then for a
 second round, where the file system's own grouping makes it wait for one journal commit.
-``syncfs(2)``, one call for every file at once, was slower still on a file system other
-programs write to: it waits for their dirty data too.)
+Group commit, :mod:`postoffice.spool.group_commit` (``[queue] group_commit``), goes further: one
+``syncfs(2)`` for all the commits of a moment, made by a thread of its own while these threads
+wait for it; it wins where the file system is otherwise quiet, and loses where other programs
+keep it busy, since a ``syncfs`` waits for them too.)
 """
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ Durability follows Postfix ``mail_stream.c`` and the Maildir delivery recipe: th
 flushed to disk before the rename, so the name in ``queue/`` never points at a partial file; the
 ``queue/`` directory is flushed after the rename, so the name itself survives a crash. Only
 then does the writer's commit (:mod:`postoffice.spool.writer`) return and the server may answer
-250. The flushes are shared by every message committed at the same time
-(:mod:`postoffice.spool.durability`); the recipe itself is :mod:`postoffice.durable`'s.
+250. The flushes are shared by every message committed at the same time: in the server one
+``syncfs(2)`` covers the commits of a moment (:mod:`postoffice.spool.group_commit`), else the
+file threads flush side by side (:mod:`postoffice.spool.durability`); the recipe itself is
+:mod:`postoffice.durable`'s.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from postoffice.spool import headroom
 from postoffice.spool import state as queue_state
 from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
+from postoffice.spool.group_commit import committer
 from postoffice.spool.ids import is_queue_id, new_queue_id
 from postoffice.spool.writer import FileMessageWriter, FileTarget
 
@@ -131,7 +134,14 @@ class FileSpool:
     in-progress messages alone.
     """
 
-    def __init__(self, root: Path, *, clean_tmp: bool = True, io: IoPool | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clean_tmp: bool = True,
+        io: IoPool | None = None,
+        group_commit: bool = False,
+    ) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
@@ -152,8 +162,23 @@ class FileSpool:
             if clean_tmp:
                 self._clean_tmp()
                 self._clean_orphaned_states()
+            # How a written file is made durable: file by file, or with ``group_commit`` one
+            # syncfs for the commits of a moment (spool/group_commit.py), which the server's
+            # local deliveries share (commit_file).
+            self._committer = committer(root, group=group_commit)
         except OSError as exc:
             raise storage_error(exc, f"cannot prepare spool {root}") from exc
+        self.commit_file = self._committer.commit_file
+
+    @property
+    def flushes(self) -> int:
+        """Flush calls (fsync, syncfs) the commits made through :attr:`commit_file` so far."""
+        return self._committer.flushes
+
+    def close(self) -> None:
+        """Wait for the commits handed over, then end the worker threads and the flushing one."""
+        self.io.close()
+        self._committer.close()
 
     def _make_directories(self) -> None:
         # 0700: queued mail is private to the server's user, as Postfix's queue directories.
@@ -195,7 +220,8 @@ class FileSpool:
         """
         self.check_writable()
         queue_id = new_queue_id()
-        return FileMessageWriter(self.io, queue_id, envelope, _QueueFile(self, queue_id, envelope))
+        target = _QueueFile(self, queue_id, envelope)
+        return FileMessageWriter(self.io, queue_id, envelope, target, self.commit_file)
 
     def queue_file(self, queue_id: str, envelope: Envelope) -> FileTarget:
         """Where a message received into the spool is written: ``tmp/ID``, then ``queue/ID``."""
@@ -204,7 +230,7 @@ class FileSpool:
     def writer(self, queue_id: str, envelope: Envelope, target: FileTarget) -> FileMessageWriter:
         """A writer for a message written into ``target`` with this spool's worker threads
         (direct delivery's, which falls back to :meth:`queue_file`)."""
-        return FileMessageWriter(self.io, queue_id, envelope, target)
+        return FileMessageWriter(self.io, queue_id, envelope, target, self.commit_file)
 
     def check_writable(self) -> None:
         """StorageFullError when the spool's file system is full or read-only."""

@@ -2,8 +2,10 @@
 
 Untrusted input seen here: message bytes from SMTP clients, written verbatim and never parsed.
 
-A :class:`FileMessageWriter` owns the buffer, the descriptor and the commit (write out, fsync,
-rename, fsync the directory, in a worker thread of the :class:`~postoffice.spool.durability.IoPool`);
+A :class:`FileMessageWriter` owns the buffer, the descriptor and the commit (write out, flush,
+rename, flush the name, in a worker thread of the :class:`~postoffice.spool.durability.IoPool`,
+through the spool's committer: :func:`~postoffice.durable.commit_file`, or the group commit of
+:mod:`postoffice.spool.group_commit`);
 a :class:`FileTarget` says which file it writes and where the commit puts it. The spool's own
 target is ``tmp/ID`` renamed to ``queue/ID`` (:mod:`postoffice.spool.files`); direct delivery's
 is a Maildir's ``tmp/`` renamed into ``new/`` (:mod:`postoffice.delivery.direct`), which turns
@@ -27,7 +29,7 @@ import io
 import os
 from typing import BinaryIO, Protocol
 
-from postoffice.durable import commit_file, remove_quietly, storage_error, write_all
+from postoffice.durable import CommitFile, commit_file, remove_quietly, storage_error, write_all
 from postoffice.errors import SpoolError
 from postoffice.spool import headroom
 from postoffice.spool.durability import IoPool
@@ -101,8 +103,16 @@ class FileMessageWriter:
     journal, which the flushes of other messages keep busy.
     """
 
-    def __init__(self, io: IoPool, queue_id: str, envelope: Envelope, target: FileTarget) -> None:
+    def __init__(
+        self,
+        io: IoPool,
+        queue_id: str,
+        envelope: Envelope,
+        target: FileTarget,
+        commit: CommitFile = commit_file,
+    ) -> None:
         self._io = io
+        self._commit_file = commit
         self._queue_id = queue_id
         self._envelope = envelope
         self._target = target
@@ -280,7 +290,7 @@ class FileMessageWriter:
                 os.rename(source, destination)
                 self._close()  # here in the worker thread too: one system call fewer on the loop
 
-            commit_file(
+            self._commit_file(
                 fd,
                 os.path.dirname(destination),
                 publish=publish,
