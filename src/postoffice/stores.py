@@ -20,9 +20,11 @@ from postoffice.config import Config, maildir_directory_mode
 from postoffice.errors import PostofficeError
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
+from postoffice.net.pop3_maildrop import FileLocks, MaildropLocks
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
 from postoffice.pgstore.mailboxes import PgMailboxStore
+from postoffice.pgstore.maildrop_locks import PgMaildropLocks
 from postoffice.spool.files import FileSpool
 from postoffice.storage import MailboxStore
 
@@ -34,12 +36,15 @@ if TYPE_CHECKING:
 class Stores:
     """The stores of one server process; ``database`` is the cluster's, None when embedded.
 
+    ``maildrop_locks``: POP3's (RFC 1939 §8), this node's files or the cluster's database.
+
     ``sweep_every``: with a queue shared by several nodes, how often the scheduler looks for
     work in it (Scheduler.sweep); None when the queue is this host's alone."""
 
     spool: FileSpool | PgQueue
     mailboxes: MailboxStore
     accounts: Accounts
+    maildrop_locks: MaildropLocks
     database: Database | None = None
     sweep_every: float | None = None
 
@@ -69,6 +74,7 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         spool=FileSpool(config.spool_dir, clean_tmp=clean_tmp),
         mailboxes=MaildirStore.from_config(config),
         accounts=open_accounts(config),
+        maildrop_locks=FileLocks(config.data_dir / "pop3-locks"),
     )
 
 
@@ -125,6 +131,7 @@ def _cluster(config: Config) -> Stores:
         spool=queue,
         mailboxes=PgMailboxStore(database),
         accounts=open_accounts(config),
+        maildrop_locks=PgMaildropLocks(database),
         database=database,
         sweep_every=min(5.0, lease / 4),
     )
