@@ -9,11 +9,14 @@ import asyncio
 import poplib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from conftest import wait_until
 from postoffice.config import Limits, Listener
+from postoffice.errors import DatabaseError
+from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
 from postoffice.net.pop3_server import Pop3Server
 from postoffice.pg.database import Database
@@ -142,3 +145,24 @@ async def test_a_second_pop3_session_on_another_node_is_in_use(servers: list[int
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the dropped session's lock was never let go")
+
+
+async def test_a_database_out_of_reach_is_a_temporary_failure(tmp_path: Path) -> None:
+    unreachable = Database("postgresql://po:s3cret@127.0.0.1:1/mail", name="node9")
+    with pytest.raises(DatabaseError, match=r"^cannot lock the maildrop in po@127.0.0.1:1/mail: ") as error:
+        PgMaildropLocks(unreachable).acquire(ADDRESS)
+    assert "s3cret" not in str(error.value) and "\n" not in str(error.value)
+    server = Pop3Server(
+        hostname="mx.test",
+        listeners=(Listener("pop3", "127.0.0.1", 0),),
+        security=Security(),
+        store=MaildirStore(tmp_path / "mail", "mx.test"),
+        locks=PgMaildropLocks(unreachable),
+        limits=Limits(),
+        capture=True,
+    )
+    port = (await server.start())[0].port
+    try:
+        assert "-ERR [SYS/TEMP]" in await asyncio.to_thread(refused, port)
+    finally:
+        await server.stop(grace=1)
