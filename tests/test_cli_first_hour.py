@@ -155,6 +155,23 @@ def test_the_banner_gives_the_web_ui_url(tmp_path: Path) -> None:
         assert running.terminate() == 0
 
 
+def test_a_cluster_nodes_banner_names_the_database_and_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from postoffice.config import load_config
+    from postoffice.runtime.banner import banner
+
+    path = tmp_path / "postoffice.toml"
+    path.write_text(
+        '[storage]\nbackend = "postgresql"\nnode_name = "mx2"\n'
+        'database = "postgresql://po:s3cret@db.example:5433/mail"\n'
+    )
+    banner(load_config(path, data_dir=tmp_path / "data"), [], [], None)
+    shown = capsys.readouterr().out
+    assert f"data in {tmp_path / 'data'} (node mx2; mail in the database po@db.example:5433/mail)\n" in shown
+    assert "s3cret" not in shown and "mail in " + str(tmp_path) not in shown
+
+
 # -- usage and paths --------------------------------------------------------------------------
 
 

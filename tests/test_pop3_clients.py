@@ -23,6 +23,7 @@ from conftest import RunningServer, ServerProcess, require_tool, wait_until
 from postoffice.config import AuthConfig, Limits, Listener, TLSConfig, load_config
 from postoffice.maildir.store import MaildirStore
 from postoffice.net.listeners import Security
+from postoffice.net.pop3_maildrop import FileLocks
 from postoffice.net.pop3_server import Pop3Server
 from submission_support import ALICE, ALICE_PASSWORD, Certs, add_accounts
 
@@ -245,7 +246,7 @@ async def test_an_idle_session_is_closed_without_update(tmp_path: Path) -> None:
         listeners=(Listener("pop3", "127.0.0.1", 0),),
         security=Security(),
         store=store,
-        locks=tmp_path / "locks",
+        locks=FileLocks(tmp_path / "locks"),
         limits=Limits(),
         capture=True,
         idle_timeout=0.3,

@@ -324,7 +324,7 @@ class Application:
             listeners=config.pop3_listeners,
             security=self.security,
             store=self.mailboxes,
-            locks=config.data_dir / "pop3-locks",
+            locks=self.stores.maildrop_locks,
             limits=config.limits,
             capture=config.capture_mode,
         )

@@ -22,9 +22,11 @@ from postoffice.logins import LocalLogins, Logins
 from postoffice.mailauth.dkim_keys import KeyDirectory, KeyStore
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
+from postoffice.net.pop3_maildrop import FileLocks, MaildropLocks
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
 from postoffice.pgstore.mailboxes import PgMailboxStore
+from postoffice.pgstore.maildrop_locks import PgMaildropLocks
 from postoffice.spool.files import FileSpool
 from postoffice.storage import MailboxStore
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 class Stores:
     """The stores of one server process; ``database`` is the cluster's, None when embedded.
 
+    ``maildrop_locks``: POP3's (RFC 1939 §8), this node's files or the cluster's database.
+
     ``sweep_every``: with a queue shared by several nodes, how often the scheduler looks for
     work in it (Scheduler.sweep); None when the queue is this host's alone. ``keys`` (the DKIM
     keys) and ``logins`` (web sessions, failed logins) are the cluster's too when there is one;
@@ -46,6 +50,7 @@ class Stores:
     mailboxes: MailboxStore
     accounts: Accounts
     keys: KeyStore
+    maildrop_locks: MaildropLocks
     database: Database | None = None
     sweep_every: float | None = None
     logins: Logins = field(default_factory=LocalLogins)
@@ -93,6 +98,7 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         mailboxes=MaildirStore.from_config(config, commit=spool.commit_file),
         accounts=open_accounts(config),
         keys=KeyDirectory(config.data_dir),
+        maildrop_locks=FileLocks(config.data_dir / "pop3-locks"),
     )
 
 
@@ -152,6 +158,7 @@ def _cluster(config: Config) -> Stores:
         mailboxes=PgMailboxStore(database),
         accounts=shared.accounts,
         keys=shared.keys,
+        maildrop_locks=PgMaildropLocks(database),
         database=database,
         sweep_every=min(5.0, lease / 4),
         logins=shared.logins,

@@ -6,11 +6,13 @@ Untrusted input seen here: the mailbox address a login resolved to, and the mess
 method blocks; the session runs them in a thread.
 
 RFC 1939 §8: "the POP3 server ... acquire[s] an exclusive-access lock on the maildrop"; the
-lock is an ``flock`` on a file of its own under the data directory (named by a hash of the
-mailbox), so it holds between the sessions of one process and between worker processes alike,
-and goes with the process if it dies. It keeps other POP3 sessions out; deliveries, the web UI
-and IMAP go on, and the maildrop is the listing taken at login (RFC 1939 §5: new mail appears
-at the next session).
+lock comes from a :class:`MaildropLocks`. On one node (:class:`FileLocks`) it is an ``flock`` on
+a file of its own under the data directory (named by a hash of the mailbox), so it holds
+between the sessions of one process and between worker processes alike, and goes with the
+process if it dies; in a cluster the database holds it for every node
+(:mod:`postoffice.pgstore.maildrop_locks`). It keeps other POP3 sessions out; deliveries, the
+web UI and IMAP go on, and the maildrop is the listing taken at login (RFC 1939 §5: new mail
+appears at the next session).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import threading
 from collections.abc import Generator
 from pathlib import Path
+from typing import Protocol
 
 from postoffice.errors import MessageGone
 from postoffice.maildir.folders import INBOX, folder_of
@@ -69,28 +72,67 @@ def chunks(store: MailboxStore, message: StoredMessage) -> Generator[bytes]:
             yield chunk
 
 
-class Maildrop:
-    """One locked inbox: its messages as listed at login, in delivery order."""
+class MaildropLock(Protocol):
+    """One maildrop's exclusive-access lock, held until released."""
 
-    def __init__(self, store: MailboxStore, mailbox: str, lock_fd: int) -> None:
-        self.store = store
-        self.mailbox = mailbox
-        self._lock_fd = lock_fd
-        self.messages: list[StoredMessage] = []
-        self.entries: list[Entry] = []
+    def release(self) -> None: ...
 
-    @classmethod
-    def open(cls, store: MailboxStore, mailbox: str, locks: Path) -> Maildrop | None:
-        """Lock and list ``mailbox``'s inbox; None if another session holds it (RFC 2449 IN-USE)."""
-        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+class MaildropLocks(Protocol):
+    """Where the maildrop locks are taken: blocking, run in a thread."""
+
+    def acquire(self, mailbox: str) -> MaildropLock | None:
+        """``mailbox``'s lock, or None if another session holds it (RFC 2449 IN-USE)."""
+        ...
+
+
+class FileLock:
+    """An ``flock`` held on an open file: closing the file releases it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FileLocks:
+    """The maildrop locks of one node: a file per mailbox under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def acquire(self, mailbox: str) -> FileLock | None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = hashlib.sha256(mailbox.encode("utf-8", "surrogateescape")).hexdigest()
-        fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
-        drop = cls(store, mailbox, fd)
+        return FileLock(fd)
+
+
+class Maildrop:
+    """One locked inbox: its messages as listed at login, in delivery order."""
+
+    def __init__(self, store: MailboxStore, mailbox: str, lock: MaildropLock) -> None:
+        self.store = store
+        self.mailbox = mailbox
+        self._lock: MaildropLock | None = lock
+        self.messages: list[StoredMessage] = []
+        self.entries: list[Entry] = []
+
+    @classmethod
+    def open(cls, store: MailboxStore, mailbox: str, locks: MaildropLocks) -> Maildrop | None:
+        """Lock and list ``mailbox``'s inbox; None if another session holds it (RFC 2449 IN-USE)."""
+        lock = locks.acquire(mailbox)
+        if lock is None:
+            return None
+        drop = cls(store, mailbox, lock)
         try:
             drop._list()
         except BaseException:
@@ -147,7 +189,7 @@ class Maildrop:
         return removed
 
     def close(self) -> None:
-        """Give the lock back (closing the file releases the flock)."""
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        """Give the lock back."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()

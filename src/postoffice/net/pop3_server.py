@@ -16,11 +16,11 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from postoffice.config import Limits, Listener
 from postoffice.errors import ConfigError, ListenError
 from postoffice.net.listeners import Security
+from postoffice.net.pop3_maildrop import MaildropLocks
 from postoffice.net.pop3_session import Pop3Services, Pop3Session
 from postoffice.net.server import BoundAddress, BoundSocket
 from postoffice.net.tls import SHUTDOWN_TIMEOUT
@@ -43,7 +43,7 @@ class Pop3Server:
         listeners: tuple[Listener, ...],
         security: Security,
         store: MailboxStore,
-        locks: Path,
+        locks: MaildropLocks,
         limits: Limits,
         capture: bool,
         idle_timeout: float = IDLE_TIMEOUT,

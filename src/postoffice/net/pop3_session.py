@@ -21,12 +21,11 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import cast
 
-from postoffice.errors import MessageGone
+from postoffice.errors import DatabaseError, MessageGone
 from postoffice.net.listeners import Security, is_loopback
-from postoffice.net.pop3_maildrop import Maildrop
+from postoffice.net.pop3_maildrop import Maildrop, MaildropLocks
 from postoffice.net.tls import SHUTDOWN_TIMEOUT
 from postoffice.pop3.events import NEED_DATA, Closed, Event, Login, Retrieve, StartTls, Update
 from postoffice.pop3.server import Pop3Connection, Pop3Settings
@@ -45,7 +44,7 @@ class Pop3Services:
     settings: Pop3Settings
     security: Security
     store: MailboxStore
-    locks: Path  # where the maildrop locks are kept
+    locks: MaildropLocks  # RFC 1939 §8's exclusive-access locks
     capture: bool  # capture mode: from loopback, any password opens any mailbox
     idle_timeout: float
     admit: Callable[[Pop3Session], bool]
@@ -209,7 +208,7 @@ class Pop3Session(asyncio.Protocol):
         services = self.services
         try:
             drop = await asyncio.to_thread(Maildrop.open, services.store, mailbox, services.locks)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, DatabaseError) as exc:
             log.error(
                 "session=%s event=maildrop-error client=%s mailbox=<%s> reason=%s",
                 self.id,

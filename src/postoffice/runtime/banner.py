@@ -14,6 +14,7 @@ from postoffice.config import Config
 from postoffice.errors import ListenError
 from postoffice.net.server import BoundAddress
 from postoffice.net.tls import ServerTls
+from postoffice.pg.database import describe
 from postoffice.smtpd.chaos import ChaosRules
 from postoffice.web.server import HttpAddress
 
@@ -33,6 +34,13 @@ def web_url(address: HttpAddress) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
     shown = f"[{host}]" if ":" in host else host
     return f"{address.scheme}://{shown}:{address.port}/"
+
+
+def mail_where(config: Config) -> str:
+    """Where the mail is: this node's Maildirs, or the cluster's database (never its password)."""
+    if config.clustered:
+        return f"node {config.node_name}; mail in the database {describe(config.storage.database or '')}"
+    return f"mail in {config.mail_dir}"
 
 
 def banner(
@@ -57,7 +65,7 @@ def banner(
         # A URL a terminal makes clickable: the first thing a person wants after starting.
         # (The "listening" lines stay "listening KIND HOST:PORT": scripts read them.)
         say(f"web UI  {web_url(http[0])}")
-    say(f"data in {config.data_dir} (mail in {config.mail_dir})")
+    say(f"data in {config.data_dir} ({mail_where(config)})")
     if tls is not None:
         say(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)")
     if config.acme.enabled:
