@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             spy = subprocess.Popen(
                 [
                     *("py-spy", "record", "--pid", str(server.pid), "--rate", str(args.rate), "--threads"),
-                    *(os.environ.get("PYSPY_EXTRA", "--nonblocking").split()), *("--format", "raw", "--output", str(raw)),
+                    *("--nonblocking", "--format", "raw", "--output", str(raw)),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
