@@ -1,6 +1,6 @@
 """Where one postoffice process spends its CPU per message, by thread and by part.
 
-    python bench/profile.py [--workload W1a] [--messages 6000] [--py-spy]
+    python bench/profile_cpu.py [--workload W1a] [--messages 6000] [--py-spy]
 
 Untrusted input seen here: none (it loads the server it starts on 127.0.0.1).
 
