@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from postoffice.errors import MessageGone
 from postoffice.storage import StoredMessage
 from postoffice.web import authresults, message, tags
-from postoffice.web.index_query import KEYS_PER_QUERY, MAX_PAGE, IndexReading
+from postoffice.web.index_query import KEYS_PER_QUERY, MAX_PAGE, IndexReading, in_list
 from postoffice.web.index_rows import (
     _INSERT,
     _UPDATE,
@@ -126,9 +126,9 @@ class MailIndex(IndexReading):
         for address, keys in keys_by_mailbox.items():
             for start in range(0, len(keys), KEYS_PER_QUERY):
                 chunk = keys[start : start + KEYS_PER_QUERY]
+                marks, values = in_list(chunk)
                 found = self._db.execute(
-                    f"SELECT key FROM messages WHERE mailbox = ? AND key IN ({', '.join('?' * len(chunk))})",
-                    (address, *chunk),
+                    f"SELECT key FROM messages WHERE mailbox = ? AND key IN ({marks})", (address, *values)
                 )
                 known.update((address, key) for (key,) in found)
         return known
