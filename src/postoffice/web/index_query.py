@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from postoffice.web.index_db import IndexDatabase
 from postoffice.web.index_rows import _COLUMNS, Change, MailboxCount, Page, Row, _row
@@ -126,13 +127,17 @@ class IndexReading(IndexDatabase):
 
     def _rows_by_id(self, ids: Sequence[int]) -> list[Row]:
         """The rows of ``ids``, newest first."""
+        marks, values = in_list(ids)
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id DESC", ids
+            f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id DESC", values
         ).fetchall()
         return [_row(values) for values in rows]
 
 
-def in_list(values: Sequence[str]) -> tuple[str, list[str]]:
+_T = TypeVar("_T")
+
+
+def in_list(values: Sequence[_T]) -> tuple[str, list[_T]]:
     """The ``?, ?, ...`` of an SQL ``IN`` list for ``values`` (not empty) and its parameters,
     padded with the last value to a power of two.
 
