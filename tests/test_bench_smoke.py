@@ -129,3 +129,35 @@ def _bench_processes() -> set[str]:
     """The processes of benchmark runs (their command lines name a postoffice-bench- directory)."""
     found = subprocess.run(["pgrep", "-af", "postoffice-bench-"], capture_output=True, text=True, check=False)
     return set(found.stdout.splitlines())
+
+
+@pytest.mark.timeout(180)
+def test_profile_prints_cpu_per_message_of_the_event_loop() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_cpu.py"), "--messages", "50"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("W1a: 50 messages, "), done.stdout
+    loop = [line for line in done.stdout.splitlines() if line.split()[:2] == ["event", "loop"]]
+    assert loop and float(loop[0].split()[2]) > 0, done.stdout
+
+
+def test_profile_gives_each_sample_to_the_innermost_part_it_names() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import profile_cpu as bench_profile
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    stack = [
+        "Runner.run (asyncio/runners.py:118)",
+        "SmtpSession.data_received (postoffice/net/session.py:180)",
+        "Content._queued (postoffice/smtpd/content.py:150)",
+        "Logger.info (logging/__init__.py:1489)",
+    ]
+    assert bench_profile.part_of(stack) == "logging"
+    assert bench_profile.part_of(stack[:3]) == "transaction layer"
+    assert bench_profile.part_of(stack[:1]) == bench_profile.LOOP

@@ -124,3 +124,27 @@ def test_records_skip_the_caller_lookup_and_still_carry_tracebacks(configured: P
     (line,) = configured.read_text(encoding="utf-8").splitlines()
     assert "ERROR postoffice.test-callers event=failed exception=" in line
     assert "ValueError: boom" in line
+
+
+@pytest.mark.parametrize(
+    ("message", "args"),
+    [
+        ("session=%s event=mail from=<%s> size=%s", ("00002A", "a@example.test", None)),
+        ("event=one arg=%s", ("lone",)),  # a lone argument takes LogRecord's own way (Mapping check)
+        ("event=none", ()),
+        ("event=mapping %(key)s", ({"key": "value"},)),
+    ],
+)
+def test_the_slim_record_has_every_attribute_logrecord_gives(message: str, args: tuple[object, ...]) -> None:
+    configure()  # installs the record factory, and turns off caller, thread and process lookups
+    factory = logging.getLogRecordFactory()
+    made = factory("postoffice.smtp", logging.INFO, "(unknown file)", 0, message, args, None, None, None)
+    reference = logging.LogRecord("postoffice.smtp", logging.INFO, "(unknown file)", 0, message, args, None)
+    assert made.getMessage() == reference.getMessage()
+    times = {"created", "msecs", "relativeCreated"}
+    assert {k: v for k, v in vars(made).items() if k not in times} == {
+        k: v for k, v in vars(reference).items() if k not in times
+    }
+    assert abs(made.created - reference.created) < 1.0
+    assert abs(made.relativeCreated - reference.relativeCreated) < 1000.0
+    assert TextFormatter().format(made).endswith(f"INFO postoffice.smtp {reference.getMessage()}")

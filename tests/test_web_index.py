@@ -460,3 +460,24 @@ def test_an_index_of_version_6_counts_unread_without_junk_and_keeps_its_ids(
         assert (box.total, box.unread) == (3, 1)  # the new trigger leaves junk out too
     finally:
         index.close()
+
+
+def test_looking_up_keys_in_batches_of_every_size_makes_few_distinct_statements(
+    index: MailIndex, mail_root: Path
+) -> None:
+    # Each connection keeps up to 128 prepared statements by SQL text; an IN list of every
+    # length kept 10 MB of them after 20,000 deliveries. The lists are padded to a power of two.
+    paths = [deliver(mail_root, "ann@mx.test", f"m{n}.host", f"subject {n}") for n in range(40)]
+    stored = [as_stored(path) for path in paths]
+    seen: set[str] = set()
+    index._db.set_trace_callback(seen.add)
+    for size in range(1, 41):
+        assert [row.subject for row in index.add_many(stored[size - 1 : size])] == [f"subject {size - 1}"]
+        assert index.add_many(stored[:size]) == []  # known already: nothing parsed or added again
+        found = index.rows_by_key("ann@mx.test", [s.key for s in stored[:size]] + ["not-there"])
+        assert sorted(found) == sorted(s.key for s in stored[:size])
+    index._db.set_trace_callback(None)
+    lookups = {sql for sql in seen if sql.startswith("SELECT") and " IN (" in sql}
+    assert lookups, seen
+    lengths = {sql.count("?") if "?" in sql else sql.count(",") for sql in lookups}
+    assert len(lengths) <= 2 * 7, sorted(lengths)

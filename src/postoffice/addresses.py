@@ -41,7 +41,9 @@ _ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
 
 def fold(text: str) -> str:
     """``text`` lower-cased and in NFC: how each part of an address is compared."""
-    return unicodedata.normalize("NFC", text.lower())
+    lowered = text.lower()
+    # ASCII text is in NFC already: only other text needs the normalizer (several per message).
+    return lowered if lowered.isascii() else unicodedata.normalize("NFC", lowered)
 
 
 def split(address: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import select
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 # key=value, where the value is a Python repr of a string ('...' or "...") or a bare token.
 _PAIR = re.compile(r"""([A-Za-z_][\w.-]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
@@ -72,6 +72,64 @@ class _Clock:
         return f"{last[1]}.{int(record.msecs):03d}Z"
 
 
+# What a record's pathname is when no caller is looked up (configure sets logging._srcfile to
+# None): its file name and module are this text too, as LogRecord would work them out.
+_UNKNOWN_FILE = "(unknown file)"
+# When logging was imported: relativeCreated counts from it.
+_START_TIME: float = vars(logging)["_startTime"]
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in range(0, 60, 10)}
+
+
+class _Record(logging.LogRecord):
+    """A log record made without what no line of ours prints (the record factory, see configure).
+
+    LogRecord's own ``__init__`` is most of a line's cost: it splits the caller's path into a
+    file and a module name, and checks a lone argument against ``collections.abc.Mapping``.
+    Without a caller the path is fixed, so those are constants; anything else (a lone argument,
+    thread or process names asked for) takes LogRecord's own way.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        level: int,
+        pathname: str,
+        lineno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        sinfo: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        if (
+            pathname != _UNKNOWN_FILE
+            or (args and len(args) == 1)
+            or kwargs
+            or logging.logThreads
+            or logging.logProcesses
+            or logging.logMultiprocessing
+        ):
+            super().__init__(name, level, pathname, lineno, msg, args, exc_info, func, sinfo, **kwargs)
+            return
+        created = time.time()
+        self.name = name
+        self.msg = msg
+        self.args = args
+        self.levelname = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = self.filename = self.module = pathname
+        self.exc_info = exc_info
+        self.exc_text = None
+        self.stack_info = sinfo
+        self.lineno = lineno
+        self.funcName = func  # type: ignore[assignment]  # None without a caller, as LogRecord has it
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - _START_TIME) * 1000
+        self.thread = self.threadName = self.processName = self.process = None
+
+
 class TextFormatter(logging.Formatter):
     """``2026-11-29 01:02:03.456Z INFO postoffice.smtp session=00002A event=connect ...``"""
 
@@ -85,6 +143,8 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             # A traceback is several lines; keep it one event by escaping the newlines.
             line += " exception=" + json.dumps(self.formatException(record.exc_info))
+        if line.isascii() and line.isprintable():
+            return line  # nothing splitlines() would split: the common line, as it is
         return " ".join(line.splitlines())
 
 
@@ -222,6 +282,7 @@ def configure(log_format: str = "text", log_file: Path | None = None) -> None:
     # Nor where in the source a line was logged: without this, every record walks the stack
     # to find its caller (a fifth of a line's cost; the HOWTO names this attribute for it).
     logging._srcfile = None
+    logging.setLogRecordFactory(_Record)
     root = logging.getLogger("postoffice")
     if _handler is not None:
         root.removeHandler(_handler)

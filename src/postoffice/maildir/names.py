@@ -34,7 +34,7 @@ def mailbox_location(mail_root: Path, address: str) -> Path:
     domain_name, local_name = _names(address)
     if not (_plain(domain_name) and _plain(local_name)):
         return mailbox_path(mail_root, address)
-    return mail_root.joinpath(domain_name, local_name)
+    return _joined(mail_root, domain_name, local_name)
 
 
 def mailbox_path(mail_root: Path, address: str) -> Path:
@@ -45,7 +45,7 @@ def mailbox_path(mail_root: Path, address: str) -> Path:
     sender's capitalisation never splits one user's mail.
     """
     domain_name, local_name = _names(address)
-    path = mail_root.joinpath(domain_name, local_name)
+    path = _joined(mail_root, domain_name, local_name)
     # Both names are plain components by construction; this guard keeps it so if that ever
     # changes, and refuses a symlink (placed by someone else) that leads out of the root. The
     # symlinks are looked for on every call, never cached: one can appear at any time.
@@ -69,6 +69,13 @@ def _names(address: str) -> tuple[str, str]:
     canonical form (:mod:`postoffice.addresses`), encoded."""
     local, domain = split(address)
     return _domain_name(fold(domain)), _local_name(fold(local))
+
+
+@functools.lru_cache(maxsize=1024)
+def _joined(mail_root: Path, domain_name: str, local_name: str) -> Path:
+    """``mail_root/<domain>/<local>``: made once per mailbox (a Path costs microseconds to join
+    and to format), then the same immutable object for every message to it."""
+    return mail_root.joinpath(domain_name, local_name)
 
 
 def _plain(name: str) -> bool:

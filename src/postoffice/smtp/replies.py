@@ -12,6 +12,7 @@ the constants from here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 
@@ -85,6 +86,9 @@ class Reply:
 # --- connection level -------------------------------------------------------------------------
 
 
+# The same few replies are made for every session (the 220, the EHLO reply to a client that
+# comes back); kept, each is rendered once. Bounded: the EHLO name is the client's text.
+@functools.lru_cache(maxsize=16)
 def greeting(hostname: str) -> Reply:
     """§4.2 / §3.1: the 220 greeting names the server."""
     return Reply.of(220, None, f"{hostname} ESMTP postoffice ready")
@@ -96,6 +100,11 @@ def helo_ok(hostname: str, client_name: str) -> Reply:
 
 def ehlo_ok(hostname: str, client_name: str, keywords: list[str]) -> Reply:
     """§4.1.1.1: first line greets, the others list one extension keyword each."""
+    return _ehlo_ok(hostname, client_name, tuple(keywords))
+
+
+@functools.lru_cache(maxsize=128)
+def _ehlo_ok(hostname: str, client_name: str, keywords: tuple[str, ...]) -> Reply:
     return Reply(250, None, (f"{hostname} Hello {printable(client_name)}", *keywords))
 
 

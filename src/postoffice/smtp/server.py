@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import dataclass
+from typing import cast, get_args
 
 from postoffice import defaults
 from postoffice.errors import LocalProtocolError
@@ -126,8 +127,8 @@ class ServerConnection:
         if self._pending is not None:
             raise LocalProtocolError(f"{type(self._pending).__name__} is waiting for send()")
         event = self._events.popleft() if self._events else self._produce()
-        if isinstance(event, ev.Decision):
-            self._pending = event
+        if type(event) in _DECISIONS:
+            self._pending = cast(ev.Decision, event)
         return event
 
     def send(self, reply: Reply) -> None:
@@ -481,6 +482,10 @@ class ServerConnection:
             return self._reply_event("***", replies.LINE_TOO_LONG)
         assert isinstance(raw, bytes)
         return ev.AuthResponse(raw.decode("ascii", "replace"))
+
+
+# isinstance against the Decision union walks its members; the event classes are final.
+_DECISIONS: frozenset[type] = frozenset(get_args(ev.Decision))
 
 
 # A session meets a handful of distinct contexts; sharing them saves building one per command.

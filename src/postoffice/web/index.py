@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from postoffice.errors import MessageGone
 from postoffice.storage import StoredMessage
 from postoffice.web import authresults, message, tags
-from postoffice.web.index_query import KEYS_PER_QUERY, MAX_PAGE, IndexReading
+from postoffice.web.index_query import KEYS_PER_QUERY, MAX_PAGE, IndexReading, in_list
 from postoffice.web.index_rows import (
     _INSERT,
     _UPDATE,
@@ -108,17 +108,30 @@ class MailIndex(IndexReading):
 
         Parsing happens before the write lock is taken, so readers and other writers wait
         only for the inserts. The Maildir watcher may have indexed one first (when indexing
-        fell behind): a look up by key costs far less than parsing the message again.
+        fell behind): a look up by key costs far less than parsing the message again, and one
+        query asks it for the whole batch.
         """
+        known = self._known(delivered)
         return self._insert_prepared(
-            self._prepare_message(stored)
-            for stored in delivered
-            if not self._knows(stored.mailbox, stored.key)
+            self._prepare_message(stored) for stored in delivered if (stored.mailbox, stored.key) not in known
         )
 
-    def _knows(self, address: str, key: str) -> bool:
-        found = self._db.execute("SELECT 1 FROM messages WHERE mailbox = ? AND key = ?", (address, key))
-        return found.fetchone() is not None
+    def _known(self, delivered: Sequence[StoredMessage]) -> set[tuple[str, str]]:
+        """Which of ``delivered`` the index has already, as ``(mailbox, key)``: one query per
+        mailbox and KEYS_PER_QUERY keys, where one per message cost a sixth of indexing."""
+        keys_by_mailbox: dict[str, list[str]] = {}
+        for stored in delivered:
+            keys_by_mailbox.setdefault(stored.mailbox, []).append(stored.key)
+        known: set[tuple[str, str]] = set()
+        for address, keys in keys_by_mailbox.items():
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                chunk = keys[start : start + KEYS_PER_QUERY]
+                marks, values = in_list(chunk)
+                found = self._db.execute(
+                    f"SELECT key FROM messages WHERE mailbox = ? AND key IN ({marks})", (address, *values)
+                )
+                known.update((address, key) for (key,) in found)
+        return known
 
     def _insert_prepared(self, items: Iterable[tuple[Row, SearchText] | None]) -> list[Row]:
         """Insert what ``items`` prepares, in one transaction unless their texts together
@@ -194,10 +207,11 @@ class MailIndex(IndexReading):
     def _add_tags(db: sqlite3.Connection, address: str, key: str, new: Sequence[str]) -> tuple[str, ...]:
         """Add ``new`` to the tags of ``address``'s message ``key``; returns all its tags now
         (a tag set through the API before a rebuild is kept: the table is by key)."""
-        db.executemany(
-            "INSERT INTO tags (mailbox, key, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(address, key, tag) for tag in new],
-        )
+        if new:  # most messages bring no tag: no statement to run
+            db.executemany(
+                "INSERT INTO tags (mailbox, key, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(address, key, tag) for tag in new],
+            )
         found = db.execute("SELECT tag FROM tags WHERE mailbox = ? AND key = ? ORDER BY tag", (address, key))
         return tuple(str(tag) for (tag,) in found)
 

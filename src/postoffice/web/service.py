@@ -267,8 +267,9 @@ class WebService:
                 # The messages are safe in their Maildirs; the next sync indexes them.
                 log.exception("event=index-add status=failed messages=%d", len(batch))
                 continue
-            for row in rows:
-                self.hub.publish(Event("new", row.mailbox, summary_json(row)))
+            if self.hub.subscribers:  # an event nobody would get is not worth its JSON
+                for row in rows:
+                    self.hub.publish(Event("new", row.mailbox, summary_json(row)))
 
     async def _catch_up(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._feed is not None:
