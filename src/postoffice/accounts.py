@@ -60,6 +60,16 @@ class UserInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user as a store keeps it, password hash included: what ``migrate-store`` moves from
+    one store to another (the hash is copied, never the password, which nobody knows)."""
+
+    address: str
+    password_hash: str = field(repr=False)
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _User:
     password: str = field(repr=False)
     admin: bool = False
@@ -165,6 +175,31 @@ class Accounts:
     def users(self) -> list[UserInfo]:
         data = self._load()
         return [UserInfo(name, data.users[name].admin) for name in sorted(data.users)]
+
+    def user_records(self) -> list[UserRecord]:
+        """Every user with its password hash (for moving the users to another store)."""
+        data = self._load()
+        return [
+            UserRecord(name, data.users[name].password, data.users[name].admin) for name in sorted(data.users)
+        ]
+
+    def restore_user(self, record: UserRecord) -> None:
+        """Add ``record``'s user with exactly its hash and admin flag, or make an existing one
+        so (running ``migrate-store`` again changes nothing)."""
+        normal = _user_address(record.address)
+        if not record.password_hash.startswith("$"):
+            raise AccountError(f"user {normal}: not a password hash")
+
+        def change(data: _Data) -> _Data:
+            if normal in data.aliases:
+                raise AccountError(f"{normal} is an alias; remove the alias first")
+            if data.users.get(normal) == _User(record.password_hash, record.admin):
+                return data
+            users = dict(data.users)
+            users[normal] = _User(record.password_hash, record.admin)
+            return _Data(users, data.aliases)
+
+        self._update(change)
 
     def has_user(self, address: str) -> bool:
         normal = canonical_or_none(address)

@@ -1,0 +1,127 @@
+"""``postoffice migrate-store``: move a server's accounts, mailboxes and queue to other storage
+(an embedded data directory into a cluster's PostgreSQL database, or back).
+
+Untrusted input seen here: the command line and the configuration, the operator's; what the
+stores hold is copied by :mod:`postoffice.migration`.
+
+The source is what ``serve`` would run on with the same ``--config``, ``--data-dir`` and
+``--database``; ``--to`` names the target: a ``postgresql://`` URL or a data directory. Both
+data directories are held with the server's own pid file while the run lasts, so a server
+running on either is refused, and none can start meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from postoffice.cli.common import Subparsers, config_options, make_data_dir
+from postoffice.config import Config, load_config
+from postoffice.errors import PostofficeError
+from postoffice.migration.run import Side, holdings, migrate
+from postoffice.pg.database import describe
+from postoffice.runtime import privileges
+from postoffice.runtime.pidfile import PidFile
+from postoffice.stores import open_stores
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "migrate-store",
+        help="move the accounts, mailboxes and queue to a database or a data directory",
+        description="Copy every user (with its password hash), alias, mailbox folder, message (bytes,"
+        " flags, keywords, received time), subscription and queued message (envelope and delivery"
+        " state) from the storage the server would use into a PostgreSQL database or another data"
+        " directory. Stop the server first. Safe to run again after an interruption (--resume).",
+        parents=[config_options()],
+    )
+    parser.add_argument(
+        "--database", metavar="URL", help="the source is this PostgreSQL database (as serve --database)"
+    )
+    parser.add_argument(
+        "--to", required=True, metavar="URL|DIR", help="the target: postgresql://... or a data directory"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on into a target that holds data already (a run that was interrupted); nothing is copied twice",
+    )
+    parser.set_defaults(handler=_run_migrate_store)
+
+
+def _run_migrate_store(args: argparse.Namespace) -> int:
+    source = load_config(args.config, data_dir=args.data_dir, database=args.database)
+    privileges.become_configured_user(source)
+    target = target_config(source, args.to)
+    if _where(source) == _where(target):
+        raise PostofficeError(f"the source and the target are both {_where(source)}")
+    if not source.clustered and not source.data_dir.is_dir():
+        raise PostofficeError(f"no data directory {source.data_dir} to migrate from")
+    if not target.clustered:
+        make_data_dir(target, flag=True)
+    with contextlib.ExitStack() as stack:
+        for config in (source, target):
+            if not config.clustered:
+                stack.enter_context(_held(config.data_dir))
+        from_side = stack.enter_context(_opened(source))
+        to_side = stack.enter_context(_opened(target))
+        held = holdings(to_side)
+        if held and not args.resume:
+            raise PostofficeError(
+                f"{_where(target)} already holds {', '.join(held)}; give --resume to go on with an"
+                " interrupted run into it (nothing is copied twice)"
+            )
+        print(f"migrating {_where(source)} -> {_where(target)}", flush=True)
+        tally = migrate(from_side, to_side, _progress)
+    print(tally.summary(), flush=True)
+    return 0
+
+
+def target_config(source: Config, to: str) -> Config:
+    """The settings of the target ``--to`` names: ``source``'s, on a database or a data directory."""
+    if to.startswith(_URL_SCHEMES):
+        storage = dataclasses.replace(source.storage, backend="postgresql", database=to)
+        return dataclasses.replace(source, storage=storage)
+    storage = dataclasses.replace(source.storage, backend="embedded", database=None)
+    return dataclasses.replace(source, storage=storage, data_dir=Path(to).expanduser().absolute())
+
+
+def _where(config: Config) -> str:
+    if config.clustered:
+        return f"database {describe(config.storage.database or '')}"
+    return f"data directory {config.data_dir.resolve()}"
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
+@contextlib.contextmanager
+def _held(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir``'s pid file: refused while a server runs there (one line), and no
+    server starts there until the migration is done."""
+    pid_file = PidFile(data_dir)
+    pid_file.acquire()
+    try:
+        yield
+    finally:
+        pid_file.release()
+
+
+@contextlib.contextmanager
+def _opened(config: Config) -> Iterator[Side]:
+    # clean_tmp=False: the source is read, not tidied; the target is new or our own earlier run.
+    stores = open_stores(config, clean_tmp=False)
+    try:
+        yield Side(stores.spool, stores.mailboxes, stores.accounts)
+    finally:
+        stores.spool.io.close()
+        if stores.database is not None:
+            stores.database.close()
+    sys.stdout.flush()
