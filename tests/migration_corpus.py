@@ -22,8 +22,8 @@ from postoffice.migration.run import Side
 from postoffice.smtp.replies import Reply
 from postoffice.spool import state as queue_state
 from postoffice.spool.envelope import Envelope, Recipient, Route
-from postoffice.stores import open_stores
 from postoffice.storage import MailboxStore, MessageStore
+from postoffice.stores import open_stores
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -71,7 +71,15 @@ def _accounts(accounts: Accounts) -> None:
 
 
 def _mailboxes(store: MailboxStore) -> None:
-    store.deliver(ALICE, b"", io.BytesIO(message("unread")), "Q1-0", received_at=T0, size=len(message("unread")), recovering=False)
+    store.deliver(
+        ALICE,
+        b"",
+        io.BytesIO(message("unread")),
+        "Q1-0",
+        received_at=T0,
+        size=len(message("unread")),
+        recovering=False,
+    )
     store.add(ALICE, None, message("read"), flags="S", received=T0 + 1)
     store.add(ALICE, None, message("answered"), flags="RS", received=T0 + 2)
     store.add(ALICE, None, message("twice"), flags="", received=T0 + 3)
@@ -124,7 +132,13 @@ async def _queue(spool: MessageStore) -> None:
             queue_state.HOLD,
         ],
     )
-    writer = spool.put(Envelope(mail_from=ALICE, recipients=(Recipient("x@remote.test", "x@remote.test", Route.REMOTE),), received_at=T0 + 11))
+    writer = spool.put(
+        Envelope(
+            mail_from=ALICE,
+            recipients=(Recipient("x@remote.test", "x@remote.test", Route.REMOTE),),
+            received_at=T0 + 11,
+        )
+    )
     writer.write(big_message())
     await writer.commit()
 

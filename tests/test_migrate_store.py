@@ -9,7 +9,6 @@ delivery state are compared with the source's.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +16,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, make_config
-from migration_corpus import BIG, read_holdings, side_of, write_corpus
 
+from conftest import ServerProcess, make_config
+from migration_corpus import BIG, message, read_holdings, side_of, write_corpus
 from postoffice.accounts import Accounts
 from postoffice.cli import main
 from postoffice.migration.run import migrate
@@ -65,4 +64,153 @@ def test_the_corpus_round_trips_through_two_more_data_directories(
     # The users log in with their passwords where they were moved to; the admin is one still.
     accounts = Accounts(tmp_path / "third" / "accounts.json")
     assert accounts.verify("jörg@example.com", "jörg's secret")
-    assert [(user.address, user.admin) for user in accounts.users()][0] == ("alice@example.com", True)
+    assert [(user.address, user.admin) for user in accounts.users()] == [
+        ("alice@example.com", True),
+        ("bob@example.com", False),
+        ("jörg@example.com", False),
+    ]
+
+
+def test_a_target_that_holds_data_is_refused_unless_resuming(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "target"
+    Accounts(target / "accounts.json").add_user("someone@example.com", "secret")
+    status, out, err = _migrate(capsys, "--data-dir", str(source), "--to", str(target))
+    assert (status, out) == (1, "")
+    assert err == (
+        f"postoffice: data directory {target} already holds users; give --resume to go on with an"
+        " interrupted run into it (nothing is copied twice)\n"
+    )
+    assert not (target / "mail" / "example.com").exists()
+    status, _, err = _migrate(capsys, "--data-dir", str(source), "--to", str(target), "--resume")
+    assert (status, err) == (0, "")
+    assert [user.address for user in Accounts(target / "accounts.json").users()] == [
+        "alice@example.com",
+        "bob@example.com",
+        "jörg@example.com",
+        "someone@example.com",
+    ]
+
+
+def test_a_run_resumed_after_an_interruption_copies_only_what_is_missing(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = read_holdings(make_config(source))
+    target = tmp_path / "target"
+    assert _migrate(capsys, "--data-dir", str(source), "--to", str(target))[0] == 0
+    # What an interruption leaves: some messages not copied yet (one of two equal copies among
+    # them), a queued message not yet copied, another copied but its state not yet written.
+    side, stores = side_of(make_config(target))
+    inbox = side.mailboxes.listing("alice@example.com", None).messages
+    twice = [m for _, m in inbox if m.flags == "F"]
+    junk = side.mailboxes.listing("alice@example.com", "Junk").messages
+    for stored in (*twice, junk[0][1]):
+        assert side.mailboxes.expunge(stored)
+    with_state, without = side.queue.pending()  # oldest first, as the source's
+    side.queue.complete(without)
+    (stores.spool.state_dir / with_state).unlink()
+    stores.spool.io.close()
+
+    status, out, err = _migrate(capsys, "--data-dir", str(source), "--to", str(target), "--resume")
+    assert (status, err) == (0, "")
+    assert read_holdings(make_config(target)) == expected
+    copied = len(message("twice")) + len(message("spam", header=b"X-Spam: yes\r\n"))
+    assert out.splitlines()[-1].endswith(f" 2 messages ({copied} bytes), 1 queued; 8 already there")
+
+
+def test_a_run_killed_half_way_is_finished_by_running_it_again(source: Path, tmp_path: Path) -> None:
+    expected = read_holdings(make_config(source))
+    target = tmp_path / "target"
+    command = [
+        sys.executable,
+        "-m",
+        "postoffice",
+        "migrate-store",
+        "--data-dir",
+        str(source),
+        "--to",
+        str(target),
+    ]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    for line in run.stdout:
+        if line.startswith("  mailbox alice@example.com:"):
+            run.send_signal(signal.SIGKILL)  # in the middle: bob's 5 MB message is next
+            break
+    assert run.wait(30) == -signal.SIGKILL
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert read_holdings(make_config(target)) == expected
+
+
+def test_a_big_message_is_never_held_whole(source: Path, tmp_path: Path) -> None:
+    side, stores = side_of(make_config(source))
+    target, target_stores = side_of(make_config(tmp_path / "target"))
+    peaks: dict[str, int] = {}
+
+    def progress(line: str) -> None:
+        # What each step (a mailbox, a queued message) held at most, the stores' own reads
+        # included (FileSpool.read_state asks for its whole limit in one read).
+        peaks[line.split(":")[0]] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+
+    tracemalloc.start()
+    try:
+        tally = migrate(side, target, progress)
+    finally:
+        tracemalloc.stop()
+        stores.spool.io.close()
+        target_stores.spool.io.close()
+    assert tally.bytes > BIG
+    big_queued = side.queue.pending()[1]
+    for step in ("mailbox bob@example.com", f"queue {big_queued}"):
+        assert peaks[step] < BIG // 4, f"{step}: {peaks[step]} octets at the peak"
+
+
+def test_a_server_running_on_the_source_or_the_target_is_refused(
+    tmp_path: Path, server_process: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running: ServerProcess = server_process(data_dir=tmp_path / "live")  # type: ignore[operator]
+    other = tmp_path / "other"
+    write_corpus(make_config(other))
+    for args in (
+        ("--data-dir", str(running.data_dir), "--to", str(tmp_path / "new")),
+        ("--data-dir", str(other), "--to", str(running.data_dir), "--resume"),
+    ):
+        status, out, err = _migrate(capsys, *args)
+        assert (status, out) == (1, "")
+        assert err == (
+            f"postoffice: another postoffice server is using {running.data_dir} (pid {running.process.pid});"
+            " stop it first\n"
+        )
+    assert running.process.poll() is None
+    running.terminate()
+    assert _migrate(capsys, "--data-dir", str(running.data_dir), "--to", str(tmp_path / "new"))[0] == 0
+
+
+def test_bad_sources_and_targets_are_one_line(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _migrate(capsys, "--data-dir", str(source), "--to", str(source)) == (
+        1,
+        "",
+        f"postoffice: the source and the target are both data directory {source}\n",
+    )
+    missing = tmp_path / "missing"
+    assert _migrate(capsys, "--data-dir", str(missing), "--to", str(tmp_path / "t")) == (
+        1,
+        "",
+        f"postoffice: no data directory {missing} to migrate from\n",
+    )
+    assert _migrate(capsys, "--data-dir", str(source), "--to", str(tmp_path / "no" / "such")) == (
+        1,
+        "",
+        f"postoffice: --to {tmp_path / 'no' / 'such'}: {tmp_path / 'no'} does not exist"
+        " (create it first if the path is right)\n",
+    )
+    status, _, err = _migrate(
+        capsys, "--data-dir", str(source), "--to", "postgresql://nobody@127.0.0.1:9/none"
+    )
+    assert status == 1
+    assert err.startswith("postoffice: ") and err.count("\n") == 1 and "nobody@127.0.0.1:9/none" in err

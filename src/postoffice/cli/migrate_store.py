@@ -64,6 +64,10 @@ def _run_migrate_store(args: argparse.Namespace) -> int:
     if not source.clustered and not source.data_dir.is_dir():
         raise PostofficeError(f"no data directory {source.data_dir} to migrate from")
     if not target.clustered:
+        if not target.data_dir.parent.is_dir():
+            raise PostofficeError(
+                f"--to {target.data_dir}: {target.data_dir.parent} does not exist (create it first if the path is right)"
+            )
         make_data_dir(target, flag=True)
     with contextlib.ExitStack() as stack:
         for config in (source, target):
