@@ -156,7 +156,7 @@ class Holdings:
 
 
 def holdings(side: Side) -> Holdings:
-    users = [(r.address, r.password_hash, r.admin) for r in side.accounts.user_records()]
+    users = [(address, r.password, r.admin) for address, r in sorted(side.accounts.user_records().items())]
     mailboxes = {address: _mailbox(side.mailboxes, address) for address in side.mailboxes.mailboxes()}
     return Holdings(users, side.accounts.aliases(), mailboxes, _queue_holdings(side.queue))
 

@@ -21,6 +21,7 @@ from conftest import ServerProcess, make_config
 from migration_corpus import BIG, message, read_holdings, side_of, write_corpus
 from postoffice.accounts import Accounts
 from postoffice.cli import main
+from postoffice.config.storage import StorageSettings
 from postoffice.migration.run import migrate
 
 
@@ -214,3 +215,25 @@ def test_bad_sources_and_targets_are_one_line(
     )
     assert status == 1
     assert err.startswith("postoffice: ") and err.count("\n") == 1 and "nobody@127.0.0.1:9/none" in err
+
+
+def test_the_corpus_round_trips_through_postgresql(
+    source: Path, tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = read_holdings(make_config(source))
+    status, out, err = _migrate(capsys, "--data-dir", str(source), "--to", pg_url)
+    if "stores are not built yet" in err:
+        pytest.skip("the postgresql backend's stores are not built yet (stores.py refuses them)")
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-1].endswith(" 9 messages (5243925 bytes), 2 queued; 0 already there")
+    node = make_config(tmp_path / "node", storage=StorageSettings(backend="postgresql", database=pg_url))
+    assert read_holdings(node) == expected
+    # Again, with --resume: nothing is copied twice.
+    status, out, err = _migrate(capsys, "--data-dir", str(source), "--to", pg_url, "--resume")
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-1].endswith(" 0 messages (0 bytes), 0 queued; 11 already there")
+    assert read_holdings(node) == expected
+    # And back into a data directory.
+    status, _, err = _migrate(capsys, "--database", pg_url, "--to", str(tmp_path / "back"))
+    assert (status, err) == (0, "")
+    assert read_holdings(make_config(tmp_path / "back")) == expected

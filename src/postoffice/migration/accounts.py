@@ -22,12 +22,12 @@ class AccountStore(Protocol):
 
     def aliases(self) -> dict[str, list[str]]: ...
 
-    def user_records(self) -> list[UserRecord]:
-        """Every user with its password hash and admin flag."""
+    def user_records(self) -> dict[str, UserRecord]:
+        """Every user by address, with its password hash and admin flag."""
         ...
 
-    def restore_user(self, record: UserRecord) -> None:
-        """Make the user exactly ``record`` (added, or changed to it)."""
+    def restore_user(self, address: str, record: UserRecord) -> None:
+        """Make the user at ``address`` exactly ``record`` (added, or changed to it)."""
 
     def add_alias(self, alias: str, targets: Sequence[str]) -> str: ...
 
@@ -36,8 +36,8 @@ def copy_accounts(source: AccountStore, target: AccountStore, tally: Tally, prog
     """Every user (hash and admin flag) and alias of ``source`` into ``target``; again, it
     changes nothing (an alias gains only the targets it lacks)."""
     records = source.user_records()
-    for record in records:
-        target.restore_user(record)
+    for address, record in sorted(records.items()):
+        target.restore_user(address, record)
     aliases = source.aliases()
     for alias, targets in aliases.items():
         target.add_alias(alias, targets)
