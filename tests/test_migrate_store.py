@@ -23,6 +23,7 @@ from postoffice.accounts import Accounts
 from postoffice.cli import main
 from postoffice.config.storage import StorageSettings
 from postoffice.migration.run import migrate
+from postoffice.stores import open_database
 
 
 def _migrate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -237,3 +238,31 @@ def test_the_corpus_round_trips_through_postgresql(
     status, _, err = _migrate(capsys, "--database", pg_url, "--to", str(tmp_path / "back"))
     assert (status, err) == (0, "")
     assert read_holdings(make_config(tmp_path / "back")) == expected
+
+
+def test_a_database_a_node_runs_on_is_refused(
+    source: Path, tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = make_config(tmp_path / "node", storage=StorageSettings(backend="postgresql", database=pg_url))
+    database = open_database(node)
+    try:
+        with database.connection() as connection:
+            connection.execute("INSERT INTO nodes (name, version) VALUES ('mx1', 'test')")
+        for args in (
+            ("--database", pg_url, "--to", str(tmp_path / "out")),
+            ("--data-dir", str(source), "--to", pg_url),
+        ):
+            status, out, err = _migrate(capsys, *args)
+            assert (status, out) == (1, "")
+            assert err.startswith(
+                f"postoffice: node mx1 is running on database {database.where} (seen 0 s ago);"
+            )
+        with database.connection() as connection:
+            connection.execute("UPDATE nodes SET seen = now() - interval '16 seconds'")
+    finally:
+        database.close()
+    # Stopped (its row no longer written): the database is free to move out of.
+    status, _, err = _migrate(capsys, "--database", pg_url, "--to", str(tmp_path / "out"))
+    assert "is running" not in err
+    if "stores are not built yet" not in err:
+        assert (status, err) == (0, "")

@@ -22,11 +22,12 @@ from pathlib import Path
 from postoffice.cli.common import Subparsers, config_options, make_data_dir
 from postoffice.config import Config, load_config
 from postoffice.errors import PostofficeError
+from postoffice.migration.nodes import GONE_AFTER, running_nodes
 from postoffice.migration.run import Side, holdings, migrate
 from postoffice.pg.database import describe
 from postoffice.runtime import privileges
 from postoffice.runtime.pidfile import PidFile
-from postoffice.stores import open_stores
+from postoffice.stores import open_database, open_stores
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -71,7 +72,9 @@ def _run_migrate_store(args: argparse.Namespace) -> int:
         make_data_dir(target, flag=True)
     with contextlib.ExitStack() as stack:
         for config in (source, target):
-            if not config.clustered:
+            if config.clustered:
+                _no_node_running(config)
+            else:
                 stack.enter_context(_held(config.data_dir))
         from_side = stack.enter_context(_opened(source))
         to_side = stack.enter_context(_opened(target))
@@ -116,6 +119,21 @@ def _held(data_dir: Path) -> Iterator[None]:
         yield
     finally:
         pid_file.release()
+
+
+def _no_node_running(config: Config) -> None:
+    """Refuse a database that a node serves (its heartbeat in ``nodes`` is recent)."""
+    database = open_database(config)
+    try:
+        running = running_nodes(database)
+    finally:
+        database.close()
+    if running:
+        name, age = running[0]
+        raise PostofficeError(
+            f"node {name} is running on {_where(config)} (seen {age:.0f} s ago); stop every node"
+            f" first (a stopped node's row is older than {GONE_AFTER:.0f} s)"
+        )
 
 
 @contextlib.contextmanager
