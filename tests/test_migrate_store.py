@@ -19,9 +19,10 @@ import pytest
 
 from conftest import ServerProcess, make_config
 from migration_corpus import BIG, message, read_holdings, side_of, write_corpus
-from postoffice.accounts import Accounts
+from postoffice.accounts import Accounts, UserRecord
 from postoffice.cli import main
 from postoffice.config.storage import StorageSettings
+from postoffice.errors import AccountError
 from postoffice.migration.run import migrate
 from postoffice.stores import open_database
 
@@ -266,3 +267,19 @@ def test_a_database_a_node_runs_on_is_refused(
     assert "is running" not in err
     if "stores are not built yet" not in err:
         assert (status, err) == (0, "")
+
+
+def test_a_user_is_restored_with_its_hash_and_only_as_a_user(tmp_path: Path) -> None:
+    source, target = Accounts(tmp_path / "a.json"), Accounts(tmp_path / "b.json")
+    source.add_user("Ann@Example.com", "her secret", admin=True)
+    record = source.user_records()["ann@example.com"]
+    target.restore_user("ann@example.com", record)
+    target.restore_user("ann@example.com", record)  # again: nothing changes
+    assert target.user_records() == {"ann@example.com": record}
+    assert target.verify("ann@example.com", "her secret")
+    target.add_alias("sales@example.com", ["ann@example.com"])
+    with pytest.raises(AccountError, match=r"sales@example\.com is an alias"):
+        target.restore_user("sales@example.com", record)
+    with pytest.raises(AccountError, match="not a password hash"):
+        target.restore_user("bob@example.com", UserRecord("hunter2", False))
+    assert "hunter2" not in repr(UserRecord("hunter2", False))
