@@ -60,16 +60,14 @@ class UserInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class UserRecord:
-    """A user as stored: the argon2 hash (never in a repr) and the admin flag."""
-
+class _User:
     password: str = field(repr=False)
     admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class _Data:
-    users: Mapping[str, UserRecord] = field(default_factory=dict)
+    users: Mapping[str, _User] = field(default_factory=dict)
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -145,7 +143,7 @@ class Accounts:
             if normal in data.aliases:
                 raise AccountError(f"{normal} is an alias; remove the alias first")
             users = dict(data.users)
-            users[normal] = UserRecord(hashed, admin)
+            users[normal] = _User(hashed, admin)
             return _Data(users, data.aliases)
 
         self._update(change)
@@ -167,29 +165,6 @@ class Accounts:
     def users(self) -> list[UserInfo]:
         data = self._load()
         return [UserInfo(name, data.users[name].admin) for name in sorted(data.users)]
-
-    def user_records(self) -> dict[str, UserRecord]:
-        """Every user as stored, password hash included: what ``migrate-store`` moves to
-        another store (the hash, never a password, which nobody knows)."""
-        return dict(self._load().users)
-
-    def restore_user(self, address: str, record: UserRecord) -> None:
-        """Make the user at ``address`` exactly ``record`` (hash and admin flag), adding it
-        if need be: moving a user again changes nothing."""
-        normal = _user_address(address)
-        if not record.password.startswith("$"):
-            raise AccountError(f"user {normal}: not a password hash")  # PHC strings start so
-
-        def change(data: _Data) -> _Data:
-            if normal in data.aliases:
-                raise AccountError(f"{normal} is an alias; remove the alias first")
-            if data.users.get(normal) == record:
-                return data
-            users = dict(data.users)
-            users[normal] = record
-            return _Data(users, data.aliases)
-
-        self._update(change)
 
     def has_user(self, address: str) -> bool:
         normal = canonical_or_none(address)
@@ -231,7 +206,7 @@ class Accounts:
             if user is None or user.password != old_hash:
                 return data  # changed meanwhile by someone else: theirs wins
             users = dict(data.users)
-            users[address] = UserRecord(new_hash, user.admin)
+            users[address] = _User(new_hash, user.admin)
             return _Data(users, data.aliases)
 
         try:
@@ -391,14 +366,14 @@ def _decode(raw: bytes, path: Path) -> _Data:
         raise AccountError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
         raise AccountError(f"{path}: not an accounts file of version {FORMAT_VERSION}")
-    users: dict[str, UserRecord] = {}
+    users: dict[str, _User] = {}
     for name, entry in _mapping(doc, "users", path).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("password"), str):
             raise AccountError(f"{path}: user {name!r} has no password hash")
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise AccountError(f"{path}: user {name!r}: admin must be true or false")
-        users[canonical_or_none(name) or name] = UserRecord(entry["password"], admin)
+        users[canonical_or_none(name) or name] = _User(entry["password"], admin)
     aliases: dict[str, tuple[str, ...]] = {}
     for name, targets in _mapping(doc, "aliases", path).items():
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
