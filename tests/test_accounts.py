@@ -199,7 +199,7 @@ def test_parsed_data_is_cached_until_the_file_changes(
     decoded: list[Path] = []
     original = postoffice.accounts._decode
 
-    def counting(raw: bytes, where: Path) -> postoffice.accounts._Data:
+    def counting(raw: bytes, where: Path) -> postoffice.accounts.AccountsData:
         decoded.append(where)
         return original(raw, where)
 

@@ -194,10 +194,18 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postoffice.dns_resolver",
         "postoffice.pg",
     ),
-    # Users and secrets; durable storage of the queue; the sending side (and `status`, a client
+    # Users and secrets, and the logins' sessions and failure counts (kept in memory, or a
+    # cluster's by pgstore); durable storage of the queue; the sending side (and `status`, a client
     # of a running server's API); ACME certificates (its files, orders and renewal schedule,
     # which net's TLS follows).
-    ("postoffice.accounts", "postoffice.spool", "postoffice.client", "postoffice.status", "postoffice.acme"),
+    (
+        "postoffice.accounts",
+        "postoffice.logins",
+        "postoffice.spool",
+        "postoffice.client",
+        "postoffice.status",
+        "postoffice.acme",
+    ),
     # Where an address goes (users and aliases from accounts, local domains from config): asked
     # by the SMTP policy for RCPT and by the composition root for reports, so both route alike.
     ("postoffice.recipients",),
@@ -205,7 +213,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the storage seam: the MessageStore and MailboxStore protocols (spool's types) through
     # which the session, the queue manager, delivery and the web side reach stored mail;
     # mail authentication (SPF, DKIM, ...: checks and signatures the stages above use).
-    ("postoffice.policy", "postoffice.delivery.agent", "postoffice.storage", "postoffice.mailauth"),
+    # What every MailboxStore shares with the Maildir one: which addresses can have a mailbox
+    # (maildir/names.py) and what a folder may be called (maildir/folders.py).
+    (
+        "postoffice.policy",
+        "postoffice.delivery.agent",
+        "postoffice.storage",
+        "postoffice.mailauth",
+        "postoffice.maildir.names",
+        "postoffice.maildir.folders",
+    ),
     # The embedded MailboxStore: Maildirs under the mail root (below delivery and web, which
     # use it, and written against the seam above it); beside it, the stores of a cluster in
     # the shared PostgreSQL database, written against the same seams.

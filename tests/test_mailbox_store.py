@@ -1,7 +1,7 @@
 """One suite for every MailboxStore (storage.py): deliver, list, read, flags, expunge, watch.
 
 Each implementation runs the same tests through the protocol alone: the embedded Maildir store
-today, a PostgreSQL one later (add it to STORES). What a test needs that the protocol cannot
+and the PostgreSQL one (a new database each test). What a test needs that the protocol cannot
 do (another program renaming a file behind the store's back) is in the implementation's own
 suite (test_maildir.py, test_web_watch.py).
 """
@@ -18,10 +18,24 @@ import pytest
 
 from postoffice.errors import MessageGone
 from postoffice.maildir.store import MaildirStore
+from postoffice.pg.database import Database
+from postoffice.pg.migrate import migrate
+from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.storage import MailboxChanges, MailboxStore, StoredMessage, with_seen
 
-STORES: dict[str, Callable[[Path], MailboxStore]] = {
-    "maildir": lambda tmp_path: MaildirStore(tmp_path / "mail", "mx.test"),
+
+def postgresql_store(request: pytest.FixtureRequest, tmp_path: Path) -> MailboxStore:
+    """A PgMailboxStore over a new database of the session's PostgreSQL (tests/pg_server.py)."""
+    database = Database(request.getfixturevalue("pg_url"), pool_size=4)
+    database.open()
+    request.addfinalizer(database.close)
+    migrate(database)
+    return PgMailboxStore(database)
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], MailboxStore]] = {
+    "maildir": lambda request, tmp_path: MaildirStore(tmp_path / "mail", "mx.test"),
+    "postgresql": postgresql_store,
 }
 HEADERS = b"Return-Path: <a@example.org>\r\nDelivered-To: ann@example.test\r\n"
 BODY = b"Subject: hello\r\n\r\nHello, Ann.\r\n"
@@ -29,7 +43,7 @@ BODY = b"Subject: hello\r\n\r\nHello, Ann.\r\n"
 
 @pytest.fixture(params=sorted(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> MailboxStore:
-    return STORES[request.param](tmp_path)
+    return STORES[request.param](request, tmp_path)
 
 
 def deliver(
@@ -152,6 +166,25 @@ def test_folders_are_made_renamed_and_removed(store: MailboxStore) -> None:
     assert store.folders("ann@example.test") == ["INBOX", "Sent"]
     with pytest.raises(FileNotFoundError):
         store.listing("ann@example.test", "Old")
+
+
+def test_a_folder_renamed_takes_its_subfolders_and_messages(store: MailboxStore) -> None:
+    stored = deliver(store, "ann@example.test", "Q1_0")
+    store.create_folder("ann@example.test", "Projects")
+    store.create_folder("ann@example.test", "Projects/2026")
+    store.create_folder("ann@example.test", "Projectsx")
+    store.move(stored, "Projects/2026")
+    before = store.listing("ann@example.test", "Projects/2026")
+    store.rename_folder("ann@example.test", "Projects", "Done")
+    assert store.folders("ann@example.test") == ["INBOX", "Done", "Done/2026", "Projectsx"]
+    after = store.listing("ann@example.test", "Done/2026")
+    assert after.uidvalidity == before.uidvalidity and [uid for uid, _ in after.messages] == [1]
+    [(_, moved)] = after.messages
+    assert moved.location.startswith(".Done.2026/") and content(store, moved) == HEADERS + BODY
+    with pytest.raises(FileNotFoundError):
+        store.rename_folder("ann@example.test", "Projects", "Again")
+    with pytest.raises(FileExistsError):
+        store.rename_folder("ann@example.test", "Done", "Projectsx")
 
 
 def test_uids_ascend_stay_and_are_never_reused(store: MailboxStore) -> None:

@@ -94,3 +94,16 @@ def test_database_flag_means_the_postgresql_backend() -> None:
     config = load_config(database="postgresql://mail@db.example/mail")
     assert config.clustered and config.storage.database == "postgresql://mail@db.example/mail"
     assert not load_config().clustered
+
+
+def test_a_pooled_connection_survives_the_database_restarting(postgres: PostgresServer) -> None:
+    database = Database(postgres.url(postgres.create_database()))
+    try:
+        with database.connection() as connection:
+            connection.execute("SELECT 1")
+        postgres.restart()
+        # The pool's connection died with the server; the next caller is given a new one.
+        with database.connection() as connection:
+            assert connection.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        database.close()

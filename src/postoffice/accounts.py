@@ -1,5 +1,9 @@
 """Users, aliases and password hashes: the only module that holds secrets.
 
+Where they are kept is a seam (:class:`AccountsBackend`): the JSON file below for one machine,
+or a cluster's database (:mod:`postoffice.pgstore.accounts`); every rule (canonical addresses,
+alias expansion, argon2 and its rehash) is here, the same for both.
+
 Untrusted input seen here: addresses and passwords a client sends (AUTH, RCPT), passed on by the
 server; addresses and passwords from the command line; and the accounts file, which another
 process (``postoffice user add``) may replace at any moment. Passwords are only ever handed to
@@ -34,7 +38,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -60,14 +64,18 @@ class UserInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _User:
+class UserRecord:
+    """A user as stored: the argon2 hash (never in a repr) and the admin flag."""
+
     password: str = field(repr=False)
     admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class _Data:
-    users: Mapping[str, _User] = field(default_factory=dict)
+class AccountsData:
+    """Every user and alias, as one backend version holds them (never changed in place)."""
+
+    users: Mapping[str, UserRecord] = field(default_factory=dict)
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -106,27 +114,47 @@ def _alias_key(alias: str) -> str:
         raise AccountError(str(exc)) from None
 
 
+class AccountsBackend(Protocol):
+    """Where the users and aliases are kept: the JSON file here (:class:`AccountsFile`), or a
+    cluster's database (:mod:`postoffice.pgstore.accounts`). ``load`` is called for every
+    lookup and must be cheap while nothing changed; ``update`` applies ``change`` to exactly
+    the latest data, atomically, so concurrent writers (other processes, other nodes) never
+    lose a write. ``change`` may raise AccountError (nothing is written) or return its
+    argument unchanged (nothing to write)."""
+
+    where: str
+
+    def load(self) -> AccountsData: ...
+
+    def update(self, change: Callable[[AccountsData], AccountsData]) -> None: ...
+
+
 class Accounts:
-    """The users and aliases stored in one JSON file, re-read whenever the file changes.
+    """The users and aliases of a backend (by default the JSON file at a path), read again
+    whenever it changes.
 
     ``verify`` costs one argon2 computation (tens of milliseconds by design): async callers
     should run it in a worker thread.
     """
 
-    def __init__(self, path: Path, *, hasher: PasswordHasher | None = None) -> None:
-        self._path = path
-        self._lock_path = path.with_name(path.name + ".lock")
+    def __init__(self, source: Path | AccountsBackend, *, hasher: PasswordHasher | None = None) -> None:
+        self._backend = AccountsFile(source) if isinstance(source, Path) else source
         # argon2-cffi's defaults are RFC 9106's second recommended option, argon2id.
         self._hasher = hasher or PasswordHasher()
-        self._cache: tuple[_Stamp, _Data] | None = None
         self._dummy_hash: str | None = None
 
     def __repr__(self) -> str:
-        return f"Accounts({str(self._path)!r})"
+        return f"Accounts({self._backend.where!r})"
 
     @property
-    def path(self) -> Path:
-        return self._path
+    def backend(self) -> AccountsBackend:
+        return self._backend
+
+    def _load(self) -> AccountsData:
+        return self._backend.load()
+
+    def _update(self, change: Callable[[AccountsData], AccountsData]) -> None:
+        self._backend.update(change)
 
     # -- users ---------------------------------------------------------------------------
 
@@ -137,14 +165,14 @@ class Accounts:
             raise AccountError("the password is empty")
         hashed = self._hasher.hash(password)  # slow on purpose: outside the lock
 
-        def change(data: _Data) -> _Data:
+        def change(data: AccountsData) -> AccountsData:
             if normal in data.users:
                 raise AccountError(f"user {normal} already exists")
             if normal in data.aliases:
                 raise AccountError(f"{normal} is an alias; remove the alias first")
             users = dict(data.users)
-            users[normal] = _User(hashed, admin)
-            return _Data(users, data.aliases)
+            users[normal] = UserRecord(hashed, admin)
+            return AccountsData(users, data.aliases)
 
         self._update(change)
         return normal
@@ -153,11 +181,11 @@ class Accounts:
         """Remove a user; returns the address as stored. Their mail is left alone."""
         normal = canonical_or_none(address) or address
 
-        def change(data: _Data) -> _Data:
+        def change(data: AccountsData) -> AccountsData:
             if normal not in data.users:
                 raise AccountError(f"no user {normal}")
             users = {name: user for name, user in data.users.items() if name != normal}
-            return _Data(users, data.aliases)
+            return AccountsData(users, data.aliases)
 
         self._update(change)
         return normal
@@ -165,6 +193,12 @@ class Accounts:
     def users(self) -> list[UserInfo]:
         data = self._load()
         return [UserInfo(name, data.users[name].admin) for name in sorted(data.users)]
+
+    def user(self, address: str) -> UserInfo | None:
+        """The user at ``address`` (any case), or None."""
+        normal = canonical_or_none(address)
+        found = self._load().users.get(normal) if normal is not None else None
+        return UserInfo(normal, found.admin) if found is not None and normal is not None else None
 
     def has_user(self, address: str) -> bool:
         normal = canonical_or_none(address)
@@ -201,13 +235,13 @@ class Accounts:
         """Store a hash with today's parameters (argon2-cffi ``check_needs_rehash`` advice)."""
         new_hash = self._hasher.hash(password)
 
-        def change(data: _Data) -> _Data:
+        def change(data: AccountsData) -> AccountsData:
             user = data.users.get(address)
             if user is None or user.password != old_hash:
                 return data  # changed meanwhile by someone else: theirs wins
             users = dict(data.users)
-            users[address] = _User(new_hash, user.admin)
-            return _Data(users, data.aliases)
+            users[address] = UserRecord(new_hash, user.admin)
+            return AccountsData(users, data.aliases)
 
         try:
             self._update(change)
@@ -234,14 +268,14 @@ class Accounts:
             if normal not in new_targets:
                 new_targets.append(normal)
 
-        def change(data: _Data) -> _Data:
+        def change(data: AccountsData) -> AccountsData:
             if key in data.users:
                 raise AccountError(f"{key} is a user; an address is either a user or an alias")
             merged = list(data.aliases.get(key, ()))
             merged.extend(target for target in new_targets if target not in merged)
             aliases = dict(data.aliases)
             aliases[key] = tuple(merged)
-            return _Data(data.users, aliases)
+            return AccountsData(data.users, aliases)
 
         self._update(change)
         return key
@@ -249,11 +283,11 @@ class Accounts:
     def remove_alias(self, alias: str) -> str:
         key = fold(alias) if alias.startswith("@") else (canonical_or_none(alias) or alias)
 
-        def change(data: _Data) -> _Data:
+        def change(data: AccountsData) -> AccountsData:
             if key not in data.aliases:
                 raise AccountError(f"no alias {key}")
             aliases = {name: targets for name, targets in data.aliases.items() if name != key}
-            return _Data(data.users, aliases)
+            return AccountsData(data.users, aliases)
 
         self._update(change)
         return key
@@ -281,36 +315,44 @@ class Accounts:
         _expand(data, normal, (normal,), found)
         return found or None
 
-    # -- the file ------------------------------------------------------------------------
 
-    def _load(self) -> _Data:
+class AccountsFile:
+    """The embedded backend: one JSON file, parsed again only when its stat stamp changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        self._lock_path = path.with_name(path.name + ".lock")
+        self._cache: tuple[_Stamp, AccountsData] | None = None
+
+    def load(self) -> AccountsData:
         """The current data: one ``stat`` when the file has not changed since the last read."""
         try:
-            st = os.stat(self._path)
+            st = os.stat(self.path)
         except FileNotFoundError:
             self._cache = None
-            return _Data()
+            return AccountsData()
         cached = self._cache
         if cached is not None and cached[0] == _stamp(st):
             return cached[1]
         return self._read()
 
-    def _read(self) -> _Data:
+    def _read(self) -> AccountsData:
         try:
-            with open(self._path, "rb") as stream:
+            with open(self.path, "rb") as stream:
                 # fstat of the descriptor we read from: the stamp matches exactly this content.
                 stamp = _stamp(os.fstat(stream.fileno()))
                 raw = stream.read()
         except FileNotFoundError:
             self._cache = None
-            return _Data()
-        data = _decode(raw, self._path)
+            return AccountsData()
+        data = _decode(raw, self.path)
         self._cache = (stamp, data)
         return data
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -318,7 +360,7 @@ class Accounts:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _update(self, change: Callable[[_Data], _Data]) -> None:
+    def update(self, change: Callable[[AccountsData], AccountsData]) -> None:
         with self._locked():
             # Always re-read under the lock: the stat stamp is good enough for lookups, but a
             # write must start from exactly what the previous writer left.
@@ -327,15 +369,15 @@ class Accounts:
             if new is not current:
                 self._write(new)
 
-    def _write(self, data: _Data) -> None:
+    def _write(self, data: AccountsData) -> None:
         text = json.dumps(_encode(data), indent=2, ensure_ascii=False) + "\n"
         # We hold the lock, so a leftover temporary file is from a writer that crashed. 0600
         # whatever the umask: only the owner reads hashes.
-        status = replace_file(self._path, text.encode("utf-8"), mode=0o600)
+        status = replace_file(self.path, text.encode("utf-8"), mode=0o600)
         self._cache = (_stamp(status), data)
 
 
-def _alias_targets(data: _Data, address: str) -> tuple[str, ...] | None:
+def _alias_targets(data: AccountsData, address: str) -> tuple[str, ...] | None:
     """The targets of ``address`` as an alias, or of its domain's catch-all; None if neither."""
     targets = data.aliases.get(address)
     if targets is not None:
@@ -345,7 +387,7 @@ def _alias_targets(data: _Data, address: str) -> tuple[str, ...] | None:
     return data.aliases.get("@" + address.rpartition("@")[2])
 
 
-def _expand(data: _Data, address: str, path: tuple[str, ...], found: list[str]) -> None:
+def _expand(data: AccountsData, address: str, path: tuple[str, ...], found: list[str]) -> None:
     for target in _alias_targets(data, address) or ():
         if target in data.users or _alias_targets(data, target) is None:
             if target not in found:
@@ -358,7 +400,7 @@ def _expand(data: _Data, address: str, path: tuple[str, ...], found: list[str]) 
             _expand(data, target, (*path, target), found)
 
 
-def _decode(raw: bytes, path: Path) -> _Data:
+def _decode(raw: bytes, path: Path) -> AccountsData:
     """Parse the file, checking its shape; errors name the file but never quote a hash."""
     try:
         doc = json.loads(raw)
@@ -366,21 +408,21 @@ def _decode(raw: bytes, path: Path) -> _Data:
         raise AccountError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
         raise AccountError(f"{path}: not an accounts file of version {FORMAT_VERSION}")
-    users: dict[str, _User] = {}
+    users: dict[str, UserRecord] = {}
     for name, entry in _mapping(doc, "users", path).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("password"), str):
             raise AccountError(f"{path}: user {name!r} has no password hash")
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise AccountError(f"{path}: user {name!r}: admin must be true or false")
-        users[canonical_or_none(name) or name] = _User(entry["password"], admin)
+        users[canonical_or_none(name) or name] = UserRecord(entry["password"], admin)
     aliases: dict[str, tuple[str, ...]] = {}
     for name, targets in _mapping(doc, "aliases", path).items():
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
             raise AccountError(f"{path}: alias {name!r} must be a list of addresses")
         key = fold(name) if name.startswith("@") else (canonical_or_none(name) or name)
         aliases[key] = tuple(dict.fromkeys(canonical_or_none(t) or t for t in targets))
-    return _Data(users, aliases)
+    return AccountsData(users, aliases)
 
 
 def _mapping(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -390,7 +432,7 @@ def _mapping(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _encode(data: _Data) -> dict[str, Any]:
+def _encode(data: AccountsData) -> dict[str, Any]:
     return {
         "version": FORMAT_VERSION,
         "users": {

@@ -11,7 +11,6 @@ together; running it as a process (the pid file, root, workers, signals, the ban
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import socket
@@ -67,8 +66,8 @@ from postoffice.smtp.server import ServerSettings
 from postoffice.smtpd.checks.authentication import InboundAuthentication
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.ids import ownership
-from postoffice.storage import Receiver, StoredMessage
-from postoffice.stores import open_accounts, open_stores
+from postoffice.storage import MailboxStore, Receiver, StoredMessage
+from postoffice.stores import open_stores
 from postoffice.tlsrpt.setup import DailyReports, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
@@ -194,17 +193,13 @@ def has_certificate(config: Config) -> bool:
     return config.tls.cert is not None or config.acme.enabled
 
 
-def security(config: Config, accounts: Accounts) -> Security:
+def security(config: Config, accounts: Accounts, throttle: LoginThrottle | None = None) -> Security:
     tls = ServerTls.from_config(config) if needs_tls(config) else None
-    auth = config.auth
-    throttle = LoginThrottle(
-        max_failures=auth.max_failures, window=auth.failure_window, delay=auth.failure_delay
-    )
     return Security(
         tls=tls,
-        login=Authenticator(accounts, throttle),
+        login=Authenticator(accounts, throttle or LoginThrottle.configured(config.auth)),
         starttls_on_smtp=tls is not None and (has_certificate(config) or not config.capture_mode),
-        plaintext_auth_on_loopback=auth.allow_plaintext_on_loopback,
+        plaintext_auth_on_loopback=config.auth.allow_plaintext_on_loopback,
     )
 
 
@@ -238,13 +233,12 @@ class Application:
         self.http_addresses: list[HttpAddress] = []
         self.acme_addresses: list[HttpAddress] = []
         self.mailboxes = mailboxes = stores.mailboxes
-        # DKIM keys, read once and again when their directory changes (or on SIGHUP).
-        self.signer = Signer(config.data_dir, config.domains, enabled=config.authentication.sign)
+        self.signer = Signer(stores.keys, config.domains, enabled=config.authentication.sign)
         self.srs = SenderRewriting(srs_secrets(config), lambda domain: self.config.is_local_domain(domain))
         agents = self._agents()
         receiver = self._receiver(mailboxes)
         self.scheduler = self._scheduler(agents, clock, worker_index)
-        self.security = security(config, self.accounts)
+        self.security = security(config, self.accounts, LoginThrottle.configured(config.auth, stores.logins))
         self.toolkit = Toolkit(config, self.spool, lambda queued: self.scheduler.submit(queued))
         self.smtp = SmtpServer(
             settings=server_settings(config),
@@ -292,12 +286,17 @@ class Application:
             return self.transcript
         return given
 
-    def _receiver(self, mailboxes: MaildirStore) -> Receiver:
+    def _receiver(self, mailboxes: MailboxStore) -> Receiver:
         """Where sessions store what they receive: one local mailbox at once, the rest queued."""
-        if not self.config.delivery.local_before_reply:
-            return self.spool
+        files = self.stores.files
+        if (
+            files is None
+            or not isinstance(mailboxes, MaildirStore)
+            or not self.config.delivery.local_before_reply
+        ):
+            return self.spool  # a cluster's queue is the database's: no file to hand to a mailbox
         return DirectReceiver(
-            self.spool, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
+            files, mailboxes, on_delivered=self._delivered, on_result=self._on_delivery_result
         )
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
@@ -377,7 +376,9 @@ class Application:
             # Maildir copies are named the same on every attempt, and found again on a retry.
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
-            owns=ownership(worker_index, config.workers),
+            # A shared queue's messages are whichever process holds their lease (pgstore/queue.py).
+            owns=ownership(worker_index, config.workers) if self.stores.sweep_every is None else None,
+            sweep_every=self.stores.sweep_every,
         )
 
     def _listening(self) -> list[BoundAddress | HttpAddress]:
@@ -437,6 +438,7 @@ class Application:
             sockets=http_sockets,
             tls=self.security.tls.https_context if self.security.tls is not None else None,
             toolkit=self.toolkit,
+            logins=self.stores.logins,
         )
 
     def _certificates(self) -> list[CertificateInfo]:
@@ -481,7 +483,7 @@ class Application:
                 log.warning("event=reload-ignored key=%s reason=restart-needed", name)
         config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in kept})
         self.config = config
-        self.accounts = open_accounts(config)
+        self.accounts = self.stores.reload_accounts(config)
         self.signer.configure(config.domains, enabled=config.authentication.sign)
         self.smtp.reconfigure(
             settings=server_settings(config),
@@ -590,7 +592,7 @@ class Application:
         logging.getLogger("postoffice").removeHandler(self.operations.errors)
         if self.tls_reports is not None:
             self.tls_reports.close()
-        await asyncio.to_thread(self.spool.io.close)  # nothing is left to flush: end its threads
+        await self.stores.aclose()  # nothing is left to flush: its threads end (a cluster's leases go)
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen the transcript log (logrotate has moved it)."""

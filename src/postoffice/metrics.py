@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -85,6 +86,8 @@ class Metrics:
         r.register(self.queue_size)
         self.certificates = _CertificateCollector()
         r.register(self.certificates)
+        self.cluster = _ClusterCollector()
+        r.register(self.cluster)
         # Every series of a fixed vocabulary exists from the start (reads 0, not absent) and is
         # bound once: labels() takes a lock and a dictionary look-up, several times per message.
         self._session_outcomes = {outcome: self.sessions.labels(outcome) for outcome in SESSION_OUTCOMES}
@@ -184,6 +187,59 @@ class Metrics:
     def watch_certificates(self, certificates: Callable[[], Sequence[tuple[str, datetime.datetime]]]) -> None:
         """Report each certificate in use, ``(source, not_after)``, at every scrape."""
         self.certificates.source = certificates
+
+    def watch_cluster(self, figures: Callable[[], ClusterFigures | None]) -> None:
+        """Report a cluster node's view of the cluster (docs/cluster.md) at every scrape."""
+        self.cluster.source = figures
+
+
+class ClusterFigures(NamedTuple):
+    """What a cluster node reports of itself and the cluster (labels: node names, which come
+    from the nodes' configuration, never from clients)."""
+
+    node: str
+    database_up: bool
+    nodes: Sequence[tuple[str, float]]  # each node's name and seconds since it was last seen
+    queue: int | None  # the shared queue's messages (None: not known)
+
+
+class _ClusterCollector(Collector):
+    """``postoffice_node_info{node}``, ``postoffice_database_up``,
+    ``postoffice_cluster_node_seen_seconds{node}`` and ``postoffice_cluster_queue_messages``:
+    nothing at all in a server that is not a cluster node."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], ClusterFigures | None] = lambda: None
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily("postoffice_node_info", "This cluster node's name", labels=["node"]),
+            GaugeMetricFamily("postoffice_database_up", "1 while the cluster's database answers this node"),
+            GaugeMetricFamily(
+                "postoffice_cluster_node_seen_seconds",
+                "Seconds since each node of the cluster last wrote its heartbeat",
+                labels=["node"],
+            ),
+            GaugeMetricFamily("postoffice_cluster_queue_messages", "Messages in the cluster's shared queue"),
+        ]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        figures = self.source()
+        if figures is None:
+            return []
+        info, up, seen, queue = self._families()
+        info.add_metric([figures.node], 1)
+        up.add_metric([], 1 if figures.database_up else 0)
+        for name, seconds in figures.nodes:
+            seen.add_metric([name], seconds)
+        found = [info, up, seen]
+        if figures.queue is not None:
+            queue.add_metric([], figures.queue)
+            found.append(queue)
+        return found
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return self._families()
 
 
 CERTIFICATE_EXPIRY = "postoffice_certificate_expiry_timestamp_seconds"

@@ -17,6 +17,8 @@ from typing import Any
 from postoffice import __version__, metrics
 from postoffice.acme.certificate import CertificateInfo
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail
+from postoffice.metrics import ClusterFigures
+from postoffice.pg.heartbeat import Heartbeat
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.worker_reports import WorkerReport, merge_expositions
@@ -75,9 +77,13 @@ class Operations:
         self._extra_status = extra_status  # the testing toolkit's (web/toolkit.py)
         self.started_at = time.time()
         self.running = False
+        # A cluster node's heartbeat (set by postoffice.runtime when the node serves): its
+        # view of the cluster, and whether the database answers, which readiness includes.
+        self.cluster: Heartbeat | None = None
         self.errors = RecentErrors()
         self.metrics = metrics.current()
         self.metrics.watch_queue(self.queue_counts)
+        self.metrics.watch_cluster(self.cluster_figures)
         self.metrics.watch_certificates(lambda: [(info.source, info.not_after) for info in certificates()])
 
     def _peer_reports(self) -> Sequence[WorkerReport]:
@@ -133,7 +139,28 @@ class Operations:
         return merge_expositions(own, [peer.metrics for peer in self._peers()])
 
     def ready(self) -> bool:
-        return self.running
+        return self.running and (self.cluster is None or self.cluster.reachable)
+
+    def cluster_figures(self) -> ClusterFigures | None:
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        view = cluster.view
+        nodes = [(row.name, row.age) for row in view.nodes] if view is not None else []
+        return ClusterFigures(cluster.name, cluster.reachable, nodes, view.queue if view else None)
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The node's name and its view of the cluster (nothing for a server that is not one)."""
+        cluster = self.cluster
+        if cluster is None:
+            return {}
+        view = cluster.view
+        shown: dict[str, Any] = {
+            "database": "up" if cluster.reachable else "unreachable",
+            "nodes": [row.as_json() for row in view.nodes] if view is not None else [],
+            "queue": view.queue if view is not None else None,
+        }
+        return {"node": cluster.name, "cluster": shown}
 
     def status(self) -> dict[str, Any]:
         peers = self._peer_reports()
@@ -147,12 +174,13 @@ class Operations:
             "hostname": self.hostname,
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "ready": self.running,
+            "ready": self.ready(),
             "listeners": [str(listener) for listener in self._listeners()],
             "workers": 1 + len(peers),
             "sessions": self._sessions() + sum(peer.sessions for peer in peers),
             "queue": self._queue_counts(peers),
             "certificates": [info.as_json() for info in self._certificates()],
             "recent_errors": errors[-RECENT_ERRORS:],
+            **self.cluster_status(),
             **self._extra_status(),
         }

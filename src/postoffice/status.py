@@ -50,6 +50,26 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {seconds}s"
 
 
+def _cluster_lines(status: dict[str, Any]) -> list[str]:
+    """A cluster node's name, its database, the cluster's queue and nodes (docs/cluster.md)."""
+    cluster = status.get("cluster")
+    if not isinstance(cluster, dict):
+        return []
+    queue = cluster.get("queue")
+    lines = [
+        f"  node {status.get('node', '?')} of a cluster; database {cluster.get('database', '?')}"
+        + (f"; cluster queue: {queue} messages" if isinstance(queue, int) else "")
+    ]
+    for node in cluster.get("nodes", []):
+        if isinstance(node, dict):
+            state = "up" if node.get("up") else "GONE"
+            lines.append(
+                f"    {node.get('name', '?')}: {state}, {node.get('version', '?')},"
+                f" started {node.get('started', '?')}, seen {node.get('seen_seconds_ago', '?')}s ago"
+            )
+    return lines
+
+
 def render_status(status: dict[str, Any]) -> str:
     """One screen: who, where, how busy, what went wrong lately."""
     lines = [
@@ -64,8 +84,9 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  workers: {workers} (the figures below are their sum)")
     lines.append(f"  sessions open: {status.get('sessions', 0)}")
     queue = status.get("queue", {})
-    if isinstance(queue, dict):
+    if isinstance(queue, dict) and queue:  # a node waiting for its database has none yet
         lines.append("  queue: " + ", ".join(f"{state} {count}" for state, count in queue.items()))
+    lines += _cluster_lines(status)
     for certificate in status.get("certificates", []):
         if isinstance(certificate, dict):
             names = certificate.get("names") or [certificate.get("subject", "?")]

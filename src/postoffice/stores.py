@@ -10,26 +10,67 @@ else in a server knows which backend it runs on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
-from postoffice.errors import DatabaseError
+from postoffice.errors import PostofficeError
+from postoffice.logins import LocalLogins, Logins
+from postoffice.mailauth.dkim_keys import KeyDirectory, KeyStore
 from postoffice.maildir.layout import make_mail_root
 from postoffice.maildir.store import MaildirStore
 from postoffice.pg.database import Database
 from postoffice.pg.migrate import migrate
+from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.spool.files import FileSpool
+from postoffice.storage import MailboxStore
+
+if TYPE_CHECKING:
+    from postoffice.pgstore.queue import PgQueue
+    from postoffice.pgstore.shared import SharedPeople
 
 
 @dataclass
 class Stores:
-    """The stores of one server process; ``database`` is the cluster's, None when embedded."""
+    """The stores of one server process; ``database`` is the cluster's, None when embedded.
 
-    spool: FileSpool
-    mailboxes: MaildirStore
+    ``sweep_every``: with a queue shared by several nodes, how often the scheduler looks for
+    work in it (Scheduler.sweep); None when the queue is this host's alone. ``keys`` (the DKIM
+    keys) and ``logins`` (web sessions, failed logins) are the cluster's too when there is one;
+    ``shared`` is then the watch thread that keeps them and the accounts current."""
+
+    spool: FileSpool | PgQueue
+    mailboxes: MailboxStore
     accounts: Accounts
+    keys: KeyStore
     database: Database | None = None
+    sweep_every: float | None = None
+    logins: Logins = field(default_factory=LocalLogins)
+    shared: SharedPeople | None = None
+
+    @property
+    def files(self) -> FileSpool | None:
+        """The embedded spool, whose files direct delivery hands to a mailbox; None in a cluster."""
+        return self.spool if isinstance(self.spool, FileSpool) else None
+
+    def reload_accounts(self, config: Config) -> Accounts:
+        """The accounts after a reload (SIGHUP): the file may be another; a cluster's stay."""
+        if self.shared is None:
+            self.accounts = open_accounts(config)
+        return self.accounts
+
+    async def aclose(self) -> None:
+        """After the scheduler stopped: the queue lets go of its leases, then the threads and
+        the database's connections."""
+        spool = self.spool
+        await asyncio.to_thread(spool.close if not isinstance(spool, FileSpool) else spool.io.close)
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.close)
+        if self.database is not None:
+            await self.database.aclose()
 
 
 def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
@@ -41,7 +82,16 @@ def open_stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         spool=FileSpool(config.spool_dir, clean_tmp=clean_tmp),
         mailboxes=MaildirStore.from_config(config),
         accounts=open_accounts(config),
+        keys=KeyDirectory(config.data_dir),
     )
+
+
+def open_mailboxes(config: Config) -> MailboxStore:
+    """The mailboxes alone, for a process that needs nothing else (``reindex``, the web side
+    of several workers)."""
+    if config.clustered:
+        return PgMailboxStore(open_database(config))
+    return MaildirStore.from_config(config)
 
 
 def open_accounts(config: Config) -> Accounts:
@@ -60,9 +110,40 @@ def open_database(config: Config) -> Database:
     return database
 
 
+def open_queue_admin(config: Config) -> FileSpool | PgQueue:
+    """The queue as the ``queue`` command sees it: this host's spool, or the cluster's whole
+    shared queue (holding no lease: it only looks, and acts as an operator)."""
+    if not config.clustered:
+        if not config.spool_dir.is_dir():
+            raise PostofficeError(f"no queue in {config.data_dir} (no server has run there)")
+        # clean_tmp=False: a running server may be receiving into tmp/ right now.
+        return FileSpool(config.spool_dir, clean_tmp=False)
+    from postoffice.pgstore.queue import PgQueue
+
+    return PgQueue(open_database(config), config.data_dir / "queue-tmp", node=None)
+
+
 def _cluster(config: Config) -> Stores:
+    from postoffice.pgstore.queue import PgQueue
+    from postoffice.pgstore.shared import open_shared
+
     database = open_database(config)
-    database.close()
-    raise DatabaseError(
-        f"database {database.where}: the postgresql backend's stores are not built yet", permanent=True
+    # The pools' own warnings (each failed reconnect, each lost connection) would reach stderr
+    # raw, many a second while the database is down; the stores say it in one line each.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
+    lease = config.storage.queue_lease
+    # Received mail waits in <data-dir>/queue-tmp/ until its commit puts it into the database.
+    queue = PgQueue(database, config.data_dir / "queue-tmp", node=config.node_name, lease_time=lease)
+    queue.start_leases()
+    # The accounts, DKIM keys, web sessions and failed logins, kept current by one watch thread.
+    shared = open_shared(database)
+    return Stores(
+        spool=queue,
+        mailboxes=PgMailboxStore(database),
+        accounts=shared.accounts,
+        keys=shared.keys,
+        database=database,
+        sweep_every=min(5.0, lease / 4),
+        logins=shared.logins,
+        shared=shared,
     )

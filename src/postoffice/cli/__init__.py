@@ -11,7 +11,7 @@ the rest: no business logic lives here. Every error a person can fix reaches the
 
 One module per command group: :mod:`.serve`, :mod:`.users` (``user`` and ``alias``),
 :mod:`.reindex`, :mod:`.check_config`, :mod:`.send` (``send`` and ``sendmail``), :mod:`.queue`,
-:mod:`.status`; :mod:`.common` holds what they share. ``send`` and ``sendmail`` are built on
+:mod:`.status`, :mod:`.db` (a cluster's database); :mod:`.common` holds what they share. ``send`` and ``sendmail`` are built on
 :mod:`.send_command`, :mod:`.sendmail`, :mod:`.guided`, :mod:`.compose`, :mod:`.submit` and
 :mod:`.transcript`, over the SMTP client library (:mod:`postoffice.client`).
 
@@ -34,6 +34,7 @@ from postoffice import __version__
 from postoffice.cli import (
     chaos,
     check_config,
+    db,
     dkim,
     dns,
     mcp,
@@ -108,4 +109,5 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     wait.add_parser,
     chaos.add_parser,
     mcp.add_parser,
+    db.add_parser,
 )

@@ -76,7 +76,7 @@ def load(args: argparse.Namespace) -> Config:
     """The settings, for a command that reads or writes the data directory. Started as root
     with ``user`` set, the command becomes that user first, so what it writes (accounts.json,
     Maildirs, queue files) stays the server's to read and write."""
-    config = load_config(args.config, data_dir=args.data_dir)
+    config = load_config(args.config, data_dir=args.data_dir, database=getattr(args, "database", None))
     privileges.become_configured_user(config)
     return config
 
@@ -84,7 +84,7 @@ def load(args: argparse.Namespace) -> Config:
 def load_to_write(args: argparse.Namespace) -> Config:
     """The settings of a command that writes to the data directory, which then exists (made
     before root is given up, so that it can be made the user's)."""
-    config = load_config(args.config, data_dir=args.data_dir)
+    config = load_config(args.config, data_dir=args.data_dir, database=getattr(args, "database", None))
     make_data_dir(config, flag=args.data_dir is not None)
     privileges.become_configured_user(config)
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from postoffice.cli.backend import database_option, dkim_keys_of
 from postoffice.cli.common import Subparsers, config_options, dns_server, load
 
 
@@ -18,7 +19,7 @@ def add_parser(subparsers: Subparsers) -> None:
         description="Print the MX, SPF, DKIM, DMARC and TLS-RPT records DOMAIN needs, as zone file lines. "
         "With --check, look each up and print ok, missing, different or error for it; the exit "
         "status is 0 only when every record is published as wanted.",
-        parents=[config_options()],
+        parents=[config_options(), database_option()],
     )
     dns.add_argument("domain", metavar="DOMAIN")
     dns.add_argument("--check", action="store_true", help="look the records up and compare them")
@@ -35,4 +36,8 @@ def add_parser(subparsers: Subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from postoffice.mailauth import dns_cli
 
-    return dns_cli.run(load(args), args.domain, check=args.check, nameserver=args.dns, timeout=args.timeout)
+    config = load(args)
+    with dkim_keys_of(config) as keys:
+        return dns_cli.run(
+            config, args.domain, check=args.check, nameserver=args.dns, timeout=args.timeout, keys=keys
+        )

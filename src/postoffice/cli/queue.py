@@ -17,7 +17,8 @@ from postoffice.config import Config
 from postoffice.errors import PostofficeError
 from postoffice.qmgr import admin
 from postoffice.runtime import pidfile
-from postoffice.spool.files import FileSpool
+from postoffice.storage import MessageStore
+from postoffice.stores import open_queue_admin
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -65,12 +66,10 @@ def add_parser(subparsers: Subparsers) -> None:
         action.set_defaults(handler=_run_queue_change, change=name)
 
 
-def _queue_spool(args: argparse.Namespace) -> tuple[Config, FileSpool]:
+def _queue_spool(args: argparse.Namespace) -> tuple[Config, MessageStore]:
+    """This host's spool, or with [storage] backend = "postgresql" the cluster's whole queue."""
     config = load(args)
-    if not config.spool_dir.is_dir():
-        raise PostofficeError(f"no queue in {config.data_dir} (no server has run there)")
-    # clean_tmp=False: a running server may be receiving into tmp/ right now.
-    return config, FileSpool(config.spool_dir, clean_tmp=False)
+    return config, open_queue_admin(config)
 
 
 def _when(timestamp: float | None) -> str:

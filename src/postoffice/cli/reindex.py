@@ -28,13 +28,14 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def _run_reindex(args: argparse.Namespace) -> int:
     config = load(args)
-    if not config.mail_dir.is_dir():
+    if not config.clustered and not config.mail_dir.is_dir():
         # Most likely a mistyped --data-dir: say so rather than make an empty index there.
         raise ConfigError(f"{config.mail_dir}: no mail directory here (is --data-dir right?)")
-    from postoffice.maildir.store import MaildirStore
+    from postoffice.stores import open_mailboxes
     from postoffice.web.index import MailIndex
 
-    index = MailIndex(config.index_file, MaildirStore.from_config(config), authserv_id=config.hostname)
+    # A cluster's node indexes the database's mailboxes into its own index.
+    index = MailIndex(config.index_file, open_mailboxes(config), authserv_id=config.hostname)
     try:
         report = index.sync(reparse=args.full)
     finally:

@@ -2,7 +2,9 @@
 
 Untrusted input seen here: the command line and, for ``user add``, a password read from
 standard input, a terminal or a file, all from the operator. The password goes straight to
-:class:`~postoffice.accounts.Accounts` and is never printed.
+:class:`~postoffice.accounts.Accounts` and is never printed. With the postgresql backend (in
+the configuration, or ``--database URL``) the users and aliases are the cluster's, in its
+database.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import getpass
 import sys
 from pathlib import Path
 
-from postoffice.accounts import Accounts
+from postoffice.cli.backend import accounts_of, database_option
 from postoffice.cli.common import Subparsers, config_options, load, load_to_write
 from postoffice.config import maildir_directory_mode
 from postoffice.errors import AccountError, PostofficeError
@@ -22,7 +24,7 @@ from postoffice.errors import AccountError, PostofficeError
 def add_user_parser(subparsers: Subparsers) -> None:
     user = subparsers.add_parser("user", help="add, list and remove users", description="Manage users.")
     actions = user.add_subparsers(title="actions", metavar="ACTION", required=True)
-    common = [config_options()]
+    common = [config_options(), database_option()]
 
     add = actions.add_parser(
         "add", help="add a user and create their mailbox", description="Add a user.", parents=common
@@ -75,31 +77,39 @@ def _read_password(args: argparse.Namespace) -> str:
 def _run_user_add(args: argparse.Namespace) -> int:
     config = load_to_write(args)
     password = _read_password(args)
-    accounts = Accounts(config.accounts_file)
-    address = accounts.add_user(args.address, password, admin=args.admin)
-    from postoffice.maildir.layout import ensure_maildir
+    with accounts_of(config) as accounts:
+        address = accounts.add_user(args.address, password, admin=args.admin)
+        if config.clustered:
+            # The mailboxes are the database's too: one is made at the first message.
+            print(f"added user {address} ({accounts.backend.where})")
+            return 0
+        from postoffice.maildir.layout import ensure_maildir
 
-    try:
-        maildir = ensure_maildir(config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode))
-    except BaseException as exc:
-        # Without its mailbox the user would be half made; take it back so a retry starts clean.
-        with contextlib.suppress(PostofficeError, OSError):
-            accounts.remove_user(address)
-        if isinstance(exc, ValueError):
-            raise AccountError(f"cannot create a mailbox for {address}: {exc}") from None
-        raise
+        try:
+            maildir = ensure_maildir(
+                config.mail_dir, address, mode=maildir_directory_mode(config.mail_file_mode)
+            )
+        except BaseException as exc:
+            # Without its mailbox the user would be half made; take it back so a retry starts clean.
+            with contextlib.suppress(PostofficeError, OSError):
+                accounts.remove_user(address)
+            if isinstance(exc, ValueError):
+                raise AccountError(f"cannot create a mailbox for {address}: {exc}") from None
+            raise
     print(f"added user {address} (mailbox {maildir})")
     return 0
 
 
 def _run_user_list(args: argparse.Namespace) -> int:
-    for user in Accounts(load(args).accounts_file).users():
-        print(f"{user.address} (admin)" if user.admin else user.address)
+    with accounts_of(load(args)) as accounts:
+        for user in accounts.users():
+            print(f"{user.address} (admin)" if user.admin else user.address)
     return 0
 
 
 def _run_user_del(args: argparse.Namespace) -> int:
-    address = Accounts(load_to_write(args).accounts_file).remove_user(args.address)
+    with accounts_of(load_to_write(args)) as accounts:
+        address = accounts.remove_user(args.address)
     print(f"removed user {address}; their mail is kept")
     return 0
 
@@ -110,7 +120,7 @@ def _run_user_del(args: argparse.Namespace) -> int:
 def add_alias_parser(subparsers: Subparsers) -> None:
     alias = subparsers.add_parser("alias", help="add, list and remove aliases", description="Manage aliases.")
     actions = alias.add_subparsers(title="actions", metavar="ACTION", required=True)
-    common = [config_options()]
+    common = [config_options(), database_option()]
 
     add = actions.add_parser(
         "add",
@@ -132,19 +142,21 @@ def add_alias_parser(subparsers: Subparsers) -> None:
 
 
 def _run_alias_add(args: argparse.Namespace) -> int:
-    accounts = Accounts(load_to_write(args).accounts_file)
-    alias = accounts.add_alias(args.alias, args.targets)
-    print(f"{alias} -> {', '.join(accounts.aliases()[alias])}")
+    with accounts_of(load_to_write(args)) as accounts:
+        alias = accounts.add_alias(args.alias, args.targets)
+        print(f"{alias} -> {', '.join(accounts.aliases()[alias])}")
     return 0
 
 
 def _run_alias_list(args: argparse.Namespace) -> int:
-    for alias, targets in Accounts(load(args).accounts_file).aliases().items():
-        print(f"{alias} -> {', '.join(targets)}")
+    with accounts_of(load(args)) as accounts:
+        for alias, targets in accounts.aliases().items():
+            print(f"{alias} -> {', '.join(targets)}")
     return 0
 
 
 def _run_alias_del(args: argparse.Namespace) -> int:
-    alias = Accounts(load_to_write(args).accounts_file).remove_alias(args.alias)
+    with accounts_of(load_to_write(args)) as accounts:
+        alias = accounts.remove_alias(args.alias)
     print(f"removed alias {alias}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from postoffice.config.kinds import COUNT, choice_of
+from postoffice.config.kinds import COUNT, DURATION, choice_of
 from postoffice.config.schema import Bound, Kind, plain, setting
 from postoffice.config.values import string
 
@@ -50,4 +50,12 @@ class StorageSettings:
         "Connections this node keeps open to the database, per pool (one for the event loop, one"
         " for storage calls in threads); PostgreSQL's max_connections must cover every node's.",
         ceiling=Bound(200, "PostgreSQL's default max_connections is 100"),
+    )
+    queue_lease: float = setting(
+        60.0,
+        DURATION,
+        "How long a node's hold on a queued message (its lease) lasts unless renewed (every quarter"
+        " of it): the time a node that died leaves its messages before the others deliver them.",
+        floor=Bound(1.0, "renewed every quarter of it, a lease shorter than a second outruns its renewal"),
+        ceiling=Bound(3600.0, "a dead node's mail waiting an hour is already a long delay"),
     )

@@ -1,4 +1,5 @@
-"""DKIM signing keys: made, stored and listed under ``<data-dir>/dkim/DOMAIN/SELECTOR.key``.
+"""DKIM signing keys: made, stored and listed under ``<data-dir>/dkim/DOMAIN/SELECTOR.key``
+(or, for a cluster, in its database: :class:`KeyStore` is the seam).
 
 Untrusted input seen here: the domain and selector an operator types (they become a directory
 and a file name, so both are checked to be DNS names: no "/", no "..", nothing but letters,
@@ -24,8 +25,10 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -55,7 +58,7 @@ class DkimKey:
 
     domain: str
     selector: str
-    path: Path
+    path: Path | None  # None: kept in a cluster's database
     signing: bool
     private_key: PrivateKey = field(repr=False, compare=False)
 
@@ -67,6 +70,11 @@ class DkimKey:
     @property
     def bits(self) -> int:
         return self.private_key.key_size if isinstance(self.private_key, rsa.RSAPrivateKey) else 256
+
+    @property
+    def location(self) -> str:
+        """Where the key is kept, for a person: its file, or the database."""
+        return str(self.path) if self.path is not None else "(in the database)"
 
     @property
     def record_name(self) -> str:
@@ -145,24 +153,22 @@ def default_selector(algorithm: str, now: float | None = None) -> str:
 
 
 def generate(
-    data_dir: Path,
+    target: Path | KeyStore,
     domain: str,
     selector: str | None = None,
     algorithm: str = "rsa",
     *,
     now: float | None = None,
 ) -> DkimKey:
-    """Make a key for ``domain`` and store it; the caller prints ``zone_line()`` for the DNS."""
+    """Make a key for ``domain`` and store it (in ``<target>/dkim`` for a data directory); the
+    caller prints ``zone_line()`` for the DNS."""
     if algorithm not in ALGORITHMS:
         raise DkimError(f"{algorithm!r} is not a DKIM key algorithm: use {' or '.join(ALGORITHMS)}")
     domain = check_domain(domain)
     selector = check_selector(selector if selector is not None else default_selector(algorithm, now))
     if len(f"{selector}._domainkey.{domain}") > 253:
         raise DkimError(f"{selector}._domainkey.{domain} is longer than a DNS name may be (253)")
-    directory = data_dir / KEY_DIRECTORY / domain
-    path = directory / f"{selector}{KEY_SUFFIX}"
-    if path.exists():
-        raise DkimError(f"{path} already exists: choose another --selector")
+    store = KeyDirectory(target) if isinstance(target, Path) else target
     private_key: PrivateKey
     if algorithm == "rsa":
         private_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
@@ -171,9 +177,87 @@ def generate(
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _make_directories(data_dir, directory)
-    _write_new(path, pem)
+    path = store.add(domain, selector, pem)
     return DkimKey(domain, selector, path, True, private_key)
+
+
+class KeyStore(Protocol):
+    """Where the keys are kept: ``<data-dir>/dkim`` (:class:`KeyDirectory`), or a cluster's
+    database (:mod:`postoffice.pgstore.dkim_keys`), so that every node signs with the same keys.
+    ``stamp`` is cheap and changes whenever a key is added or retired."""
+
+    where: str
+
+    def stamp(self) -> Hashable: ...
+
+    def ring(self) -> KeyRing: ...
+
+    def add(self, domain: str, selector: str, pem: bytes) -> Path | None:
+        """Keep a new key (DkimError if the selector is taken); its file, if it has one."""
+        ...
+
+    def retire(self, domain: str, selector: str) -> str:
+        """Stop signing with a key; a line saying where that was recorded."""
+        ...
+
+
+def copy_keys(source: KeyStore, target: KeyStore) -> tuple[list[DkimKey], list[str]]:
+    """Copy every key of ``source`` that ``target`` lacks (same domain and selector), retired
+    ones retired: moving a server into a cluster keeps the keys its DNS records publish. The
+    keys copied, and a line for each one skipped (already there, or unreadable)."""
+    have = {(key.domain, key.selector) for key in target.ring().keys}
+    ring = source.ring()
+    copied: list[DkimKey] = []
+    skipped = list(ring.problems)
+    for key in ring.keys:
+        if (key.domain, key.selector) in have:
+            skipped.append(f"{key.record_name}: {target.where} has it already")
+            continue
+        pem = key.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        target.add(key.domain, key.selector, pem)
+        if not key.signing:
+            target.retire(key.domain, key.selector)
+        copied.append(key)
+    return copied, skipped
+
+
+class KeyDirectory:
+    """The keys of one machine: ``<data-dir>/dkim/DOMAIN/SELECTOR.key``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / KEY_DIRECTORY
+        self.where = str(self.root)
+
+    def stamp(self) -> Hashable:
+        """The mtimes of dkim/ and of each domain directory in it (a key file made, removed or
+        retired changes its directory's)."""
+        try:
+            entries = [("", os.stat(self.root).st_mtime_ns)]
+            with os.scandir(self.root) as found:
+                for entry in found:
+                    if entry.is_dir(follow_symlinks=False):
+                        entries.append((entry.name, entry.stat().st_mtime_ns))
+        except OSError:
+            return ()
+        return tuple(sorted(entries))
+
+    def ring(self) -> KeyRing:
+        return list_keys(self.data_dir)
+
+    def add(self, domain: str, selector: str, pem: bytes) -> Path:
+        directory = self.root / domain
+        path = directory / f"{selector}{KEY_SUFFIX}"
+        if path.exists():
+            raise DkimError(f"{path} already exists: choose another --selector")
+        _make_directories(self.data_dir, directory)
+        _write_new(path, pem)
+        return path
+
+    def retire(self, domain: str, selector: str) -> str:
+        return str(retire(self.data_dir, domain, selector))
 
 
 def _make_directories(data_dir: Path, directory: Path) -> None:

@@ -17,14 +17,13 @@ nothing but our name on someone else's message.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from postoffice.mailauth.dkim_canon import MessageSource
-from postoffice.mailauth.dkim_keys import KEY_DIRECTORY, DkimKey, KeyRing, list_keys
+from postoffice.mailauth.dkim_keys import DkimKey, KeyDirectory, KeyRing, KeyStore
 from postoffice.mailauth.dkim_sign import sign
 from postoffice.mailauth.dmarc import AuthorError, author_domains
 
@@ -69,12 +68,12 @@ def _unfold(header_section: bytes) -> list[bytes]:
 class Signer:
     """The key directory in memory, the local domains, and whether signing is on."""
 
-    def __init__(self, data_dir: Path, domains: Iterable[str], *, enabled: bool = True) -> None:
-        self._root = data_dir / KEY_DIRECTORY
-        self._data_dir = data_dir
+    def __init__(self, keys: Path | KeyStore, domains: Iterable[str], *, enabled: bool = True) -> None:
+        """``keys``: where the keys are kept (a data directory: its ``dkim/``)."""
+        self._keys = KeyDirectory(keys) if isinstance(keys, Path) else keys
         self._lock = threading.Lock()
         self._ring = KeyRing(())
-        self._stamp: tuple[tuple[str, int], ...] | None = None
+        self._stamp: Hashable | None = None
         self._warned: set[str] = set()
         self.configure(domains, enabled=enabled)
 
@@ -138,30 +137,17 @@ class Signer:
         )
 
     def _current(self) -> KeyRing:
-        stamp = self._directory_stamp()
+        stamp = self._keys.stamp()
         with self._lock:
             if stamp == self._stamp:
                 return self._ring
-        ring = list_keys(self._data_dir)
+        ring = self._keys.ring()
         for problem in ring.problems:
             log.warning("event=dkim-key-skipped problem=%r", problem)
         with self._lock:
             self._ring, self._stamp = ring, stamp
             self._warned.clear()  # a key may have been made for a domain warned about
         return ring
-
-    def _directory_stamp(self) -> tuple[tuple[str, int], ...]:
-        """The mtimes of dkim/ and of each domain directory in it (a key file made, removed or
-        retired changes its directory's)."""
-        try:
-            entries = [("", os.stat(self._root).st_mtime_ns)]
-            with os.scandir(self._root) as found:
-                for entry in found:
-                    if entry.is_dir(follow_symlinks=False):
-                        entries.append((entry.name, entry.stat().st_mtime_ns))
-        except OSError:
-            return ()
-        return tuple(sorted(entries))
 
 
 def signature_fields(signed: Signed | None) -> Sequence[bytes]:

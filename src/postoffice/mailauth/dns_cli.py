@@ -37,14 +37,16 @@ def run(
     nameserver: tuple[str, int] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     out: TextIO = sys.stdout,
+    keys: dkim_keys.KeyStore | None = None,
 ) -> int:
     """Print the records (0), or with ``check`` look each up through ``nameserver`` (else the
-    configured ``[delivery] dns``, else the system's) and print a line for each."""
+    configured ``[delivery] dns``, else the system's) and print a line for each. ``keys``: where
+    the DKIM keys are (default the data directory's)."""
     if not 0 < timeout <= MAX_TIMEOUT:
         raise ConfigError(
             f"{timeout:g}: give more than 0 and at most {MAX_TIMEOUT:g} seconds", key="--timeout"
         )
-    ring = dkim_keys.list_keys(config.data_dir)
+    ring = (keys or dkim_keys.KeyDirectory(config.data_dir)).ring()
     facts = with_transport(config, mail_domain(config, domain, ring.keys))
     _report_key_problems(config.data_dir, facts.domain, ring.problems)
     records = records_for(facts) + transport_records(facts)

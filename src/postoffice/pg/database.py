@@ -17,6 +17,7 @@ planned once per connection. TLS to the database is what the URL asks for (``ssl
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,14 @@ def describe(url: str) -> str:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
         raise DatabaseError(f"the database URL is not valid: {one_line(error)}", permanent=True) from None
+    # What the URL leaves out, libpq takes from the PG* environment variables (libpq, §34.15).
+    for key, variable in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+    ):
+        info.setdefault(key, os.environ.get(variable) or None)
     host = str(info.get("host") or "the default socket")
     port = str(info.get("port") or "5432")
     user = str(info.get("user") or "the login user")
@@ -116,6 +125,9 @@ class Database:
             name=f"{self.name}-blocking",
             open=False,
             timeout=timeout,
+            # A connection is tried before it is handed out: after the database restarted, a
+            # caller gets a fresh connection rather than one the server already closed.
+            check=ConnectionPool.check_connection,
         )
         self._pool.open(wait=False)
 
@@ -141,6 +153,7 @@ class Database:
                 kwargs=self._kwargs,
                 name=f"{self.name}-async",
                 open=False,
+                check=AsyncConnectionPool.check_connection,
             )
             self._async_pool = pool
             await pool.open(wait=False)

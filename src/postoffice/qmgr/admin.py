@@ -4,7 +4,8 @@ Untrusted input seen here: queue IDs typed by the operator (checked by the spool
 become paths) and everything in the spool, written by the server from client data; it is
 returned as data for the command line to print, never interpreted.
 
-These functions work on the spool directory while a server runs: they only read, or append
+These functions work on the queue (the spool directory, or a cluster's shared queue, through
+:class:`~postoffice.storage.MessageStore`) while a server runs: they only read, or append
 to a state log (hold, release), or remove a message (delete), each of which the server is
 built to notice (:meth:`postoffice.qmgr.scheduler.Scheduler.rescan`). The caller then pokes
 the server (:mod:`postoffice.runtime.pidfile`) so that it notices now rather than at the next retry.
@@ -19,8 +20,8 @@ from postoffice.errors import SpoolError
 from postoffice.smtp.replies import Reply
 from postoffice.spool import state as records
 from postoffice.spool.envelope import QueuedMessage, Recipient
-from postoffice.spool.files import FileSpool
 from postoffice.spool.state import QueueState
+from postoffice.storage import MessageStore
 
 # `queue show` prints at most this much of the header section.
 SHOW_HEADERS_LIMIT = 64 * 1024
@@ -73,7 +74,7 @@ class QueueEntry:
         return statuses
 
 
-def list_queue(spool: FileSpool) -> list[QueueEntry]:
+def list_queue(spool: MessageStore) -> list[QueueEntry]:
     """Every queued message, oldest first. One that leaves the queue meanwhile is skipped."""
     entries = []
     for queue_id in spool.pending():
@@ -84,12 +85,12 @@ def list_queue(spool: FileSpool) -> list[QueueEntry]:
     return entries
 
 
-def show(spool: FileSpool, queue_id: str) -> QueueEntry:
+def show(spool: MessageStore, queue_id: str) -> QueueEntry:
     _require(spool, queue_id)
     return QueueEntry(spool.load(queue_id), spool.read_state(queue_id))
 
 
-def header_section(spool: FileSpool, queue_id: str) -> bytes:
+def header_section(spool: MessageStore, queue_id: str) -> bytes:
     """The message's header section (bounded), as stored."""
     with spool.open(queue_id) as content:
         lines = []
@@ -103,24 +104,24 @@ def header_section(spool: FileSpool, queue_id: str) -> bytes:
     return b"".join(lines)
 
 
-def hold(spool: FileSpool, queue_id: str) -> None:
+def hold(spool: MessageStore, queue_id: str) -> None:
     """Keep the message from being delivered (Postfix ``postsuper -h``)."""
     _require(spool, queue_id)
     spool.append_state(queue_id, [records.HOLD])
 
 
-def release(spool: FileSpool, queue_id: str) -> None:
+def release(spool: MessageStore, queue_id: str) -> None:
     """Let a held message go, at once (Postfix ``postsuper -H`` then ``postqueue -f``)."""
     _require(spool, queue_id)
     spool.append_state(queue_id, [records.RELEASE])
 
 
-def delete(spool: FileSpool, queue_id: str) -> None:
+def delete(spool: MessageStore, queue_id: str) -> None:
     """Remove the message without telling its sender (Postfix ``postsuper -d``)."""
     _require(spool, queue_id)
     spool.complete(queue_id)
 
 
-def _require(spool: FileSpool, queue_id: str) -> None:
+def _require(spool: MessageStore, queue_id: str) -> None:
     if not spool.exists(queue_id):
         raise SpoolError(f"no message {queue_id} in the queue")

@@ -93,9 +93,11 @@ class Scheduler:
         recovers_copies: Collection[Route] = (),
         blocking: Blocking = asyncio.to_thread,
         owns: Callable[[str], bool] | None = None,
+        sweep_every: float | None = None,
     ) -> None:
         """``owns``: with several processes on one spool, whether a queue ID found in it is
-        this one's to schedule (None: every message is)."""
+        this one's to schedule (None: every message is). ``sweep_every``: a queue shared by
+        several nodes; :meth:`sweep` every so many seconds (None: the queue is this host's)."""
         self._dispatch = Dispatcher(concurrency, destination_concurrency, destination_limit)
         self._retry = RetryPolicy(retry_base, retry_max, lifetime, delay_warning)
         self._spool = spool
@@ -118,6 +120,10 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._sweep_every = sweep_every
+        self._sweeper: asyncio.Task[None] | None = None
+        # Completed since the last sweep began: a sweep's listing may still name them.
+        self._done: set[str] = set()
         self._started = False  # stop() says "stopped" only of a scheduler that said "started"
 
     # --- feeding the queue --------------------------------------------------------------------
@@ -136,6 +142,8 @@ class Scheduler:
             queue_ids = await self._blocking(self._spool.pending)
         added = await self._adopt(queue_ids)
         self._started = True
+        if self._sweep_every is not None and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(self._sweep_every), name="queue-sweep")
         log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 
     def submit(self, message: QueuedMessage) -> None:
@@ -208,11 +216,40 @@ class Scheduler:
         if flush:
             self.flush()
 
+    async def sweep(self) -> None:
+        """A queue shared with other nodes: schedule what the store now gives this process (new
+        work, a dead node's messages) and forget deferred ones it no longer gives (another node
+        took them over, or an operator deleted them); the store decides which are whose."""
+        if self._stopping:
+            return
+        self._done.clear()
+        queue_ids = await self._blocking(self._spool.pending)
+        present = set(queue_ids)
+        for queue_id, entry in list(self._entries.items()):
+            if not entry.in_round and entry.due is not None and queue_id not in present:
+                self._forget(queue_id, "gone")
+        await self._adopt([queue_id for queue_id in queue_ids if queue_id not in self._entries])
+
+    async def _sweep_loop(self, interval: float) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except SpoolError as exc:
+                if not failing:  # one line for an outage, not one per sweep
+                    log.warning("status=sweep-failed error=%r", str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("status=sweep-recovered")
+                failing = False
+
     async def _adopt(self, queue_ids: Sequence[str]) -> int:
         """Load messages from the spool with their recorded state and schedule them."""
         added = 0
         for queue_id in queue_ids:
-            if queue_id in self._entries:
+            if queue_id in self._entries or queue_id in self._done:
                 continue
             try:
                 message = await self._blocking(functools.partial(self._spool.load, queue_id))
@@ -221,8 +258,8 @@ class Scheduler:
                 # load() has moved a corrupt file aside and logged it; nothing to deliver.
                 log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
                 continue
-            if state.held:
-                continue
+            if state.held or queue_id in self._entries or queue_id in self._done:
+                continue  # held; or submitted (or done) while it was being loaded
             entry = Entry(message, state, recovering=True)
             self._entries[queue_id] = entry
             added += 1
@@ -252,6 +289,11 @@ class Scheduler:
     async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Stop starting deliveries, let running ones finish for ``timeout`` seconds, cancel the rest."""
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -470,6 +512,8 @@ class Scheduler:
             log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(error))
         else:
             log.info("queue_id=%s status=removed", queue_id)
+        if self._sweep_every is not None:
+            self._done.add(queue_id)
         self._entries.pop(queue_id, None)
 
     def _defer(

@@ -20,17 +20,18 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
-from postoffice import logs
+from postoffice import __version__, logs
 from postoffice.app import Application, needs_tls
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
-from postoffice.maildir.store import MaildirStore
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.server import BoundAddress
 from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
+from postoffice.pg.heartbeat import Heartbeat
 from postoffice.runtime import privileges
 from postoffice.runtime.banner import banner, listen_failure
+from postoffice.runtime.database_wait import Waited, wait_for_database
 from postoffice.runtime.loop import event_loop_factory, log_loop_error
 from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.runtime.prebound import Prebound, bind_then_drop
@@ -38,6 +39,7 @@ from postoffice.runtime.signals import handle_signals
 from postoffice.runtime.workers import WorkerRole, share_limits, supervise
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids
+from postoffice.stores import open_mailboxes
 from postoffice.web.service import WebShare
 from postoffice.web.workers import WorkersWeb
 from postoffice.worker_reports import workers_directory
@@ -68,11 +70,20 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
         detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"postoffice: {detail}", file=sys.stderr)
         return 1
+    waited = Waited()
     try:
+        if config.clustered:  # the database first: a node that cannot reach it waits, or exits
+            waited = wait_for_database(config, prebound.http if prebound is not None else None)
+            if waited.exit is not None:
+                return waited.exit
         if config.workers > 1:
-            return _serve_workers(config, reload, prebound)
-        return _run(config, None, reload, prebound=prebound)
+            return _serve_workers(config, reload, prebound, http=waited.http)
+        return _run(config, None, reload, prebound=prebound, http=waited.http)
+    except ListenError as exc:  # a web listener bound while waiting for the database
+        print(listen_failure(exc, config), file=sys.stderr)
+        return 1
     finally:
+        waited.close()
         if prebound is not None:
             prebound.close()
         pid_file.release()
@@ -86,9 +97,13 @@ def _run(
     prebound: Prebound | None = None,
     acme_sockets: tuple[socket.socket, ...] | None = None,
     local: socket.socket | None = None,
+    http: Sequence[socket.socket] | None = None,
 ) -> int:
+    """``http``: the web listeners, bound already (as root, or while waiting for the database)."""
+    if http is None and prebound is not None:
+        http = prebound.http
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets, local))
+        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets, local, http))
     return 130
 
 
@@ -100,6 +115,7 @@ async def _serve(
     prebound: Prebound | None = None,
     acme_sockets: tuple[socket.socket, ...] | None = None,
     local: socket.socket | None = None,
+    http: Sequence[socket.socket] | None = None,
 ) -> int:
     # What asyncio catches itself is one log line from here on, never a traceback.
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
@@ -112,7 +128,7 @@ async def _serve(
             clean_tmp=worker is None,
             web_share=web_share,
             worker_index=worker.index if worker is not None else None,
-            http_sockets=prebound.http if prebound is not None else None,
+            http_sockets=http,
             acme_sockets=prebound.acme if prebound is not None else acme_sockets,
         )
     except PostofficeError as exc:
@@ -124,6 +140,7 @@ async def _serve(
     bound = await _start_listening(app, config, worker, prebound, local)
     if bound is None:
         return 1
+    heartbeat = await _heartbeat(app, config, worker)
     if worker is None or worker.index == 0:
         privileges.warn_if_root(config)  # once the listeners are open: a failure says only why
     # The banner comes last: whoever waits for "listening" may signal the server at once.
@@ -133,9 +150,23 @@ async def _serve(
         worker.ready()
     await stop.wait()
     log.info("event=shutdown")
+    if heartbeat is not None:
+        await heartbeat.stop()
     await app.stop()
     log.info("event=stopped")
     return 0
+
+
+async def _heartbeat(app: Application, config: Config, worker: WorkerRole | None) -> Heartbeat | None:
+    """A cluster node's row in ``nodes``, written by the one process that serves /api/v1/status
+    (the only one, or worker 0), whose status and /metrics then show the cluster."""
+    database = app.stores.database
+    if database is None or (worker is not None and worker.index != 0):
+        return None
+    heartbeat = Heartbeat(database, config.node_name, __version__)
+    await heartbeat.start()
+    app.operations.cluster = heartbeat
+    return heartbeat
 
 
 async def _start_listening(
@@ -168,16 +199,19 @@ async def _start_listening(
 
 
 def _serve_workers(
-    config: Config, reload: Callable[[], Config] | None, prebound: Prebound | None = None
+    config: Config,
+    reload: Callable[[], Config] | None,
+    prebound: Prebound | None = None,
+    http: Sequence[socket.socket] | None = None,
 ) -> int:
     # Under the lock and before any worker receives: clear tmp/ of a previous run's debris and
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
         _prepare_for_workers(config)
-        web = WorkersWeb(
-            config, MaildirStore.from_config(config), sockets=prebound.http if prebound is not None else None
-        )
+        if http is None and prebound is not None:
+            http = prebound.http
+        web = WorkersWeb(config, open_mailboxes(config), sockets=http)
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from postoffice.errors import MessageGone
+from postoffice.errors import DatabaseError, MessageGone
 from postoffice.maildir.folders import folder_of
 from postoffice.smtpd.chaos import ChaosRules
 from postoffice.storage import with_seen
@@ -195,7 +195,7 @@ class MailApi:
     ) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
             try:
-                principal = self.auth.principal(request.cookies.get(SESSION_COOKIE))
+                principal = await self.auth.principal(request.cookies.get(SESSION_COOKIE))
                 if authenticated:
                     if principal is None:
                         raise ApiError(401, "log in first")
@@ -290,6 +290,8 @@ class MailApi:
             raise ApiError(429, str(exc), {"Retry-After": str(int(exc.retry_after) + 1)}) from None
         except LoginRefused as exc:
             raise ApiError(401, str(exc)) from None
+        except DatabaseError as exc:  # a cluster's sessions cannot be written now
+            raise ApiError(503, str(exc)) from None
         response = JSONResponse(self._session_json(principal, open_access=False))
         response.set_cookie(
             SESSION_COOKIE,
@@ -303,7 +305,7 @@ class MailApi:
         return response
 
     async def logout(self, request: Request, principal: Principal | None) -> Response:
-        self.auth.logout(request.cookies.get(SESSION_COOKIE))
+        await self.auth.logout(request.cookies.get(SESSION_COOKIE))
         response = Response(status_code=204)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
@@ -536,7 +538,7 @@ class MailApi:
                     event = await subscription.next(HEARTBEAT_SECONDS)
                     # Asked afresh each time: a logout, a removed account or a lost admin flag
                     # takes effect on an open stream too.
-                    viewer = self.auth.principal(token)
+                    viewer = await self.auth.principal(token)
                     if viewer is None:
                         return
                     if event is None:

@@ -13,7 +13,9 @@ Two modes:
 * **accounts**: people log in with their mail account and password and see only their own
   mailbox; an account with the admin flag sees all.
 
-Sessions live in memory (a restart logs everyone out): the cookie is a 256-bit random token,
+Sessions live in a :class:`~postoffice.logins.SessionStore`: in memory on one machine (a
+restart logs everyone out), in the database for a cluster (any node takes any request, and
+failed logins count on every node: :mod:`postoffice.logins`). The cookie is a 256-bit random token,
 ``HttpOnly`` and ``SameSite=Strict`` (RFC 6265bis §5.4.7), and each session has its own CSRF
 token, sent back in the ``X-CSRF-Token`` header of every state-changing call (OWASP CSRF
 Prevention Cheat Sheet, "synchronizer token pattern").
@@ -22,7 +24,6 @@ Prevention Cheat Sheet, "synchronizer token pattern").
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import secrets
 import time
@@ -31,6 +32,15 @@ from dataclasses import dataclass, field
 
 from postoffice.accounts import Accounts
 from postoffice.addresses import fold
+from postoffice.logins import (
+    CLEAR,
+    FAIL,
+    LocalLogins,
+    Logins,
+    RemoteFailures,
+    SessionRecord,
+    merged,
+)
 from postoffice.storage import MailboxStore
 
 SESSION_COOKIE = "postoffice_session"
@@ -38,8 +48,6 @@ CSRF_HEADER = "x-csrf-token"
 # A session ends after this long without a request, and in any case after SESSION_LIFETIME.
 SESSION_IDLE = 8 * 3600.0
 SESSION_LIFETIME = 7 * 24 * 3600.0
-# Sessions kept at once; the least recently used goes first beyond this.
-MAX_SESSIONS = 10_000
 # Failed logins allowed per client address and per account in LOGIN_WINDOW before further
 # attempts are refused (429) until the oldest failure ages out (OWASP: throttle by account and
 # by source, so neither a spread-out nor a focused guesser gets far).
@@ -75,23 +83,20 @@ class Principal:
 
 
 @dataclass(slots=True)
-class _Session:
-    principal: Principal
-    created: float
-    last_used: float
-
-
-@dataclass(slots=True)
 class Throttle:
-    """Failures per key in a sliding window, with a bounded number of keys."""
+    """Failures per key in a sliding window, with a bounded number of keys; ``remote``: what
+    the other nodes of a cluster report, and where this one's failures are told."""
 
     limit: int = LOGIN_FAILURES
     window: float = LOGIN_WINDOW
     max_keys: int = MAX_THROTTLE_KEYS
+    remote: RemoteFailures | None = None
     _failures: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
 
     def retry_after(self, key: str, now: float) -> float:
         """Seconds until ``key`` may try again; 0 if it may now."""
+        if self.remote is not None:
+            self._apply(self.remote)
         failures = self._failures.get(key)
         if failures is None:
             return 0.0
@@ -105,14 +110,28 @@ class Throttle:
         return failures[0] + self.window - now
 
     def fail(self, key: str, now: float) -> None:
+        self._add(key, now)
+        if self.remote is not None:
+            self.remote.feed.publish(FAIL, key)
+
+    def _add(self, key: str, now: float) -> None:
         failures = self._failures.setdefault(key, deque(maxlen=self.limit))
-        failures.append(now)
+        self._failures[key] = merged(failures, now, self.limit)
         self._failures.move_to_end(key)
         while len(self._failures) > self.max_keys:
             self._failures.popitem(last=False)
 
     def clear(self, key: str) -> None:
         self._failures.pop(key, None)
+        if self.remote is not None:
+            self.remote.feed.publish(CLEAR, key)
+
+    def _apply(self, remote: RemoteFailures) -> None:
+        for op, key, at in remote.drain():
+            if op == FAIL:
+                self._add(key, at)
+            else:
+                self._failures.pop(key, None)
 
 
 class LoginRefused(Exception):
@@ -128,47 +147,43 @@ class LoginThrottled(Exception):
 class Authenticator:
     """Decides who a request comes from, and logs people in and out."""
 
-    def __init__(self, accounts: Accounts, mailboxes: MailboxStore, *, open_access: bool) -> None:
+    def __init__(
+        self, accounts: Accounts, mailboxes: MailboxStore, *, open_access: bool, logins: Logins | None = None
+    ) -> None:
+        """``logins``: where sessions are kept and failures told (default: this process alone)."""
         self.accounts = accounts
         self.mailboxes = mailboxes
         self.open_access = open_access
         # In open mode one CSRF token serves the process: only pages of this origin can read it.
         self._open_principal = Principal(None, None, True, secrets.token_urlsafe(32))
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._by_client = Throttle()
-        self._by_account = Throttle()
+        logins = logins or LocalLogins()
+        self._sessions = logins.sessions()
+        self._by_client = _throttle(logins, "web-client")
+        self._by_account = _throttle(logins, "web-account")
         self._verifying = asyncio.Semaphore(CONCURRENT_VERIFICATIONS)
 
-    def principal(self, session_token: str | None, now: float | None = None) -> Principal | None:
+    async def principal(self, session_token: str | None, now: float | None = None) -> Principal | None:
         if self.open_access:
             return self._open_principal
         if not session_token:
             return None
         now = time.time() if now is None else now
-        session = self._sessions.get(session_token)
+        session = await self._sessions.get(session_token)
         if session is None:
             return None
         if now - session.last_used > SESSION_IDLE or now - session.created > SESSION_LIFETIME:
-            del self._sessions[session_token]
+            await self._sessions.drop(session_token)
             return None
-        session.last_used = now
-        self._sessions.move_to_end(session_token)
-        # The account is read again on every request (a stat while the file is unchanged):
+        # The account is read again on every request (from memory while it is unchanged):
         # removing a user or their admin flag takes effect at once.
-        admin = self._admin_flag(session.principal.address)
-        if admin is None:
-            del self._sessions[session_token]
+        user = self.accounts.user(session.address)
+        if user is None:
+            await self._sessions.drop(session_token)
             return None
-        if admin != session.principal.admin:
-            session.principal = dataclasses.replace(session.principal, admin=admin)
-        return session.principal
-
-    def _admin_flag(self, address: str | None) -> bool | None:
-        """The account's admin flag, or None if there is no such user."""
-        for user in self.accounts.users():
-            if user.address == address:
-                return user.admin
-        return None
+        await self._sessions.touch(session_token, now)
+        return Principal(
+            user.address, self._mailbox_of(user.address), user.admin, session.csrf_token, session_token
+        )
 
     def _mailbox_of(self, address: str) -> str | None:
         return self.mailboxes.mailbox_name(address)
@@ -182,22 +197,23 @@ class Authenticator:
             raise LoginThrottled(wait)
         async with self._verifying:
             ok = await asyncio.to_thread(self.accounts.verify, address, password)
-        if not ok:
+        user = self.accounts.user(account_key) if ok else None
+        if user is None:
             now = time.time()
             self._by_client.fail(client, now)
             self._by_account.fail(account_key, now)
             raise LoginRefused("wrong address or password")
         self._by_account.clear(account_key)
-        admin = bool(self._admin_flag(account_key))
         token = secrets.token_urlsafe(32)
-        principal = Principal(
-            account_key, self._mailbox_of(account_key), admin, secrets.token_urlsafe(32), token
-        )
-        self._sessions[token] = _Session(principal, now, now)
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
-        return principal
+        record = SessionRecord(user.address, secrets.token_urlsafe(32), now, now)
+        await self._sessions.put(token, record)
+        return Principal(user.address, self._mailbox_of(user.address), user.admin, record.csrf_token, token)
 
-    def logout(self, session_token: str | None) -> None:
+    async def logout(self, session_token: str | None) -> None:
         if session_token:
-            self._sessions.pop(session_token, None)
+            await self._sessions.drop(session_token)
+
+
+def _throttle(logins: Logins, kind: str) -> Throttle:
+    feed = logins.failures(kind, LOGIN_WINDOW)
+    return Throttle(remote=RemoteFailures(feed, time.time) if feed is not None else None)

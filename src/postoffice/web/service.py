@@ -43,6 +43,7 @@ from starlette.routing import BaseRoute, Route
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config
+from postoffice.logins import Logins
 from postoffice.mailauth.mta_sts import our_policy
 from postoffice.storage import MailboxStore, StoredMessage
 from postoffice.web.api import WebContext, summary_json
@@ -123,15 +124,17 @@ class WebService:
         sockets: Sequence[socket.socket] | None = None,
         tls: ssl.SSLContext | None = None,
         toolkit: Toolkit | None = None,
+        logins: Logins | None = None,
     ) -> None:
         """``share`` None: this process is the whole server. ``sockets``: the whole server's
         listeners, bound already (before root was given up); None: it binds its own. ``tls``:
-        the server's context (:class:`postoffice.net.tls.ServerTls`), for ``[listen] https``."""
+        the server's context (:class:`postoffice.net.tls.ServerTls`), for ``[listen] https``.
+        ``logins``: where sessions are kept (default this process's memory)."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
-        self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config))
+        self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config), logins=logins)
         self.context = WebContext(
             self.index,
             self.hub,

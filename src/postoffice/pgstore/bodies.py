@@ -1,0 +1,184 @@
+"""Message bodies in the database: chunks of ``CHUNK`` octets in ``mail_chunks``, streamed in
+and out, so a 50 MB message never sits whole in memory (issue 21).
+
+Untrusted input seen here: message bytes (from the spool, or an IMAP APPEND), stored verbatim
+and never parsed.
+
+Every chunk but a body's last holds exactly ``CHUNK`` octets, so the chunk holding any offset
+is ``offset // CHUNK``: a reader seeks without reading what comes before.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from postoffice.errors import MessageGone
+
+CHUNK = 256 * 1024
+# What a message written a piece at a time (an IMAP APPEND literal) keeps in memory before it
+# goes to a temporary file.
+SPOOL_IN_MEMORY = CHUNK
+
+Connect = Callable[[], Any]  # a context manager giving a pooled connection (Database.connection)
+
+
+def chunks_of(headers: bytes, content: BinaryIO, size: int) -> Iterator[bytes]:
+    """``headers`` then ``size`` octets of ``content``, in chunks of exactly ``CHUNK`` octets
+    (the last shorter); OSError if ``content`` ends early."""
+    buffer = bytearray(headers)
+    left = size
+    while True:
+        while len(buffer) >= CHUNK:
+            yield bytes(buffer[:CHUNK])
+            del buffer[:CHUNK]
+        if left <= 0:
+            break
+        data = content.read(min(CHUNK, left))
+        if not data:
+            raise OSError(f"the message ended {left} octets early")
+        buffer += data
+        left -= len(data)
+    if buffer:
+        yield bytes(buffer)
+
+
+def write_body(connection: Any, chunks: Iterator[bytes]) -> tuple[int, int]:
+    """Store ``chunks`` as a new body (inside the caller's transaction); its id and size. The
+    first chunk takes the body's number, so a small message is one statement."""
+    body: int | None = None
+    size = 0
+    with connection.cursor() as cursor:
+        for seq, chunk in enumerate(chunks):
+            if body is None:
+                cursor.execute(
+                    "INSERT INTO mail_chunks (body, seq, data) VALUES (nextval('mail_bodies'), 0, %s) RETURNING body",
+                    (chunk,),
+                )
+                body = int(cursor.fetchone()[0])
+            else:
+                cursor.execute(
+                    "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk)
+                )
+            size += len(chunk)
+        if body is None:  # an empty message: a number, no chunk
+            body = int(cursor.execute("SELECT nextval('mail_bodies')").fetchone()[0])
+    return body, size
+
+
+def copy_body(connection: Any, body: int) -> int:
+    """A new body with the chunks of ``body``, copied inside the server."""
+    row = connection.execute(
+        "WITH new AS (SELECT nextval('mail_bodies') AS id)"
+        " , copied AS (INSERT INTO mail_chunks (body, seq, data)"
+        "   SELECT new.id, seq, data FROM mail_chunks, new WHERE body = %s)"
+        " SELECT id FROM new",
+        (body,),
+    ).fetchone()
+    return int(row[0])
+
+
+class BodyReader(io.RawIOBase):
+    """A body read a chunk at a time, each fetched when first needed (one kept at a time)."""
+
+    def __init__(self, connect: Connect, body: int, size: int, name: str) -> None:
+        super().__init__()
+        self._connect = connect
+        self._body = body
+        self._size = size
+        self._name = name
+        self._position = 0
+        self._chunk: tuple[int, bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        if self._position >= self._size:
+            return 0
+        seq, start = divmod(self._position, CHUNK)
+        data = self._fetch(seq)[start:]
+        count = min(len(buffer), len(data))
+        if count == 0:
+            raise OSError(f"{self._name}: the message's chunk {seq} is short")
+        buffer[:count] = data[:count]
+        self._position += count
+        return count
+
+    def _fetch(self, seq: int) -> bytes:
+        if self._chunk is None or self._chunk[0] != seq:
+            with self._connect() as connection:
+                row = connection.execute(
+                    "SELECT data FROM mail_chunks WHERE body = %s AND seq = %s", (self._body, seq)
+                ).fetchone()
+            if row is None:
+                raise MessageGone(f"{self._name} is gone")
+            self._chunk = (seq, bytes(row[0]))
+        return self._chunk[1]
+
+    def close(self) -> None:
+        self._chunk = None
+        super().close()
+
+
+def reader(connect: Connect, body: int, size: int, name: str) -> BinaryIO:
+    """A buffered, seekable reader of ``body`` (``size`` octets)."""
+    return io.BufferedReader(BodyReader(connect, body, size, name), buffer_size=64 * 1024)
+
+
+class SpooledMessage:
+    """A message written a piece at a time (IMAP APPEND): kept in memory while small, then in a
+    temporary file, and streamed into the database by ``add``."""
+
+    def __init__(self, address: str, folder: str | None) -> None:
+        self.address = address
+        self.folder = folder
+        # Closed by discard (or add), as long as the literal lasts.
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        self.file: tempfile.SpooledTemporaryFile[bytes] | None = spooled
+        self._size = 0
+        self.error: OSError | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            return  # failed or discarded: the rest of the literal is read and dropped
+        try:
+            self.file.write(data)
+        except OSError as error:
+            self.error = error
+            self.discard()
+            return
+        self._size += len(data)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def content(self) -> BinaryIO:
+        """The bytes written, from the start; the write error, if one failed."""
+        if self.error is not None:
+            raise self.error
+        if self.file is None:
+            raise FileNotFoundError("the message was discarded")
+        self.file.seek(0)
+        return self.file  # type: ignore[return-value]
