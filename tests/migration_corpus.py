@@ -4,7 +4,8 @@ The corpus is written through the stores' own interfaces into an embedded data d
 several users (an admin, a user with a UTF-8 address) and aliases (a catch-all too); folders
 (the inbox, Junk, a nested one, an empty one) with subscriptions; flags, keywords, a message
 still in ``new/``, two copies of one message, an 8-bit SMTPUTF8 message and a 5 MB one; and
-queued messages, one with a state log (a deferral, a failure, a report sent, a hold).
+queued messages, one with a state log (a deferral, a failure, a report sent, a hold); and two
+DKIM keys, one retired.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from postoffice.accounts import Accounts
+from postoffice.cli.migrate_store import open_side
 from postoffice.config import Config
+from postoffice.mailauth.dkim_keys import generate, public_key_base64
 from postoffice.migration.queue import ORIGIN
 from postoffice.migration.run import Side
 from postoffice.smtp.replies import Reply
@@ -56,10 +59,13 @@ def write_corpus(config: Config) -> None:
     stores = open_stores(config)
     try:
         _accounts(stores.accounts)
+        generate(stores.keys, "example.com", "new", "ed25519")
+        generate(stores.keys, "example.com", "old", "rsa")
+        stores.keys.retire("example.com", "old")
         _mailboxes(stores.mailboxes)
         asyncio.run(_queue(stores.spool))
     finally:
-        stores.spool.io.close()
+        asyncio.run(stores.aclose())
 
 
 def _accounts(accounts: Accounts) -> None:
@@ -151,14 +157,19 @@ class Holdings:
 
     users: list[tuple[str, str, bool]]
     aliases: dict[str, list[str]]
+    keys: list[tuple[str, str, bool, str]]
     mailboxes: dict[str, Any]
     queue: list[tuple[str, dict[str, Any], queue_state.QueueState]]
 
 
 def holdings(side: Side) -> Holdings:
+    keys = sorted(
+        (key.domain, key.selector, key.signing, public_key_base64(key.private_key))
+        for key in side.keys.ring().keys
+    )
     users = [(address, r.password, r.admin) for address, r in sorted(side.accounts.user_records().items())]
     mailboxes = {address: _mailbox(side.mailboxes, address) for address in side.mailboxes.mailboxes()}
-    return Holdings(users, side.accounts.aliases(), mailboxes, _queue_holdings(side.queue))
+    return Holdings(users, side.accounts.aliases(), keys, mailboxes, _queue_holdings(side.every_queued))
 
 
 def _sha(stream: Any) -> str:
@@ -189,16 +200,9 @@ def _queue_holdings(spool: MessageStore) -> list[tuple[str, dict[str, Any], queu
     return sorted(found, key=lambda item: item[0])
 
 
-def side_of(config: Config) -> tuple[Side, Any]:
-    stores = open_stores(config, clean_tmp=False)
-    return Side(stores.spool, stores.mailboxes, stores.accounts), stores
-
-
 def read_holdings(config: Config) -> Holdings:
-    side, stores = side_of(config)
-    try:
-        return holdings(side)
-    finally:
-        stores.spool.io.close()
-        if stores.database is not None:
-            stores.database.close()
+    async def read() -> Holdings:
+        async with open_side(config) as side:
+            return holdings(side)
+
+    return asyncio.run(read())

@@ -9,6 +9,7 @@ delivery state are compared with the source's.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -18,13 +19,15 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerProcess, make_config
-from migration_corpus import BIG, message, read_holdings, side_of, write_corpus
+from migration_corpus import BIG, message, read_holdings, write_corpus
 from postoffice.accounts import Accounts, UserRecord
 from postoffice.cli import main
+from postoffice.cli.migrate_store import open_side
 from postoffice.config.storage import StorageSettings
 from postoffice.errors import AccountError
 from postoffice.migration.run import migrate
-from postoffice.stores import open_database
+from postoffice.migration.tally import Tally
+from postoffice.stores import open_database, open_stores
 
 
 def _migrate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -54,10 +57,10 @@ def test_the_corpus_round_trips_through_two_more_data_directories(
     assert read_holdings(make_config(tmp_path / "second")) == expected
     lines = out.splitlines()
     assert lines[0] == f"migrating data directory {source} -> data directory {tmp_path / 'second'}"
-    assert lines[1] == "  accounts: 3 users, 2 aliases"
+    assert lines[1:3] == ["  accounts: 3 users, 2 aliases", "  DKIM keys: 2 copied"]
     assert any(line.startswith("  mailbox alice@example.com: 5 folders, 7 messages") for line in lines)
     assert lines[-1] == (
-        f"migrated 3 users, 2 aliases, 3 mailboxes, 7 folders, 9 messages ({_mail_bytes(source)} bytes),"
+        f"migrated 3 users, 2 aliases, 2 DKIM keys, 3 mailboxes, 7 folders, 9 messages ({_mail_bytes(source)} bytes),"
         " 2 queued; 0 already there"
     )
     # And back out again, as a database is exported: a third directory from the second.
@@ -104,16 +107,18 @@ def test_a_run_resumed_after_an_interruption_copies_only_what_is_missing(
     assert _migrate(capsys, "--data-dir", str(source), "--to", str(target))[0] == 0
     # What an interruption leaves: some messages not copied yet (one of two equal copies among
     # them), a queued message not yet copied, another copied but its state not yet written.
-    side, stores = side_of(make_config(target))
-    inbox = side.mailboxes.listing("alice@example.com", None).messages
-    twice = [m for _, m in inbox if m.flags == "F"]
-    junk = side.mailboxes.listing("alice@example.com", "Junk").messages
-    for stored in (*twice, junk[0][1]):
-        assert side.mailboxes.expunge(stored)
-    with_state, without = side.queue.pending()  # oldest first, as the source's
-    side.queue.complete(without)
-    (stores.spool.state_dir / with_state).unlink()
-    stores.spool.io.close()
+    stores = open_stores(make_config(target), clean_tmp=False)
+    try:
+        inbox = stores.mailboxes.listing("alice@example.com", None).messages
+        twice = [m for _, m in inbox if m.flags == "F"]
+        junk = stores.mailboxes.listing("alice@example.com", "Junk").messages
+        for stored in (*twice, junk[0][1]):
+            assert stores.mailboxes.expunge(stored)
+        with_state, without = stores.spool.pending()  # oldest first, as the source's
+        stores.spool.complete(without)
+    finally:
+        asyncio.run(stores.aclose())
+    (target / "spool" / "state" / with_state).unlink()
 
     status, out, err = _migrate(capsys, "--data-dir", str(source), "--to", str(target), "--resume")
     assert (status, err) == (0, "")
@@ -148,8 +153,6 @@ def test_a_run_killed_half_way_is_finished_by_running_it_again(source: Path, tmp
 
 
 def test_a_big_message_is_never_held_whole(source: Path, tmp_path: Path) -> None:
-    side, stores = side_of(make_config(source))
-    target, target_stores = side_of(make_config(tmp_path / "target"))
     peaks: dict[str, int] = {}
 
     def progress(line: str) -> None:
@@ -158,15 +161,16 @@ def test_a_big_message_is_never_held_whole(source: Path, tmp_path: Path) -> None
         peaks[line.split(":")[0]] = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
 
-    tracemalloc.start()
-    try:
-        tally = migrate(side, target, progress)
-    finally:
-        tracemalloc.stop()
-        stores.spool.io.close()
-        target_stores.spool.io.close()
+    async def run() -> tuple[Tally, str]:
+        async with open_side(make_config(source)) as side, open_side(make_config(tmp_path / "t")) as target:
+            tracemalloc.start()
+            try:
+                return await migrate(side, target, progress), side.queue.pending()[1]
+            finally:
+                tracemalloc.stop()
+
+    tally, big_queued = asyncio.run(run())
     assert tally.bytes > BIG
-    big_queued = side.queue.pending()[1]
     for step in ("mailbox bob@example.com", f"queue {big_queued}"):
         assert peaks[step] < BIG // 4, f"{step}: {peaks[step]} octets at the peak"
 

@@ -13,18 +13,19 @@ running on either is refused, and none can start meanwhile.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
-import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from postoffice.cli.common import Subparsers, config_options, make_data_dir
 from postoffice.config import Config, load_config
 from postoffice.errors import PostofficeError
-from postoffice.migration.nodes import GONE_AFTER, running_nodes
 from postoffice.migration.run import Side, holdings, migrate
+from postoffice.migration.tally import Tally
 from postoffice.pg.database import describe
+from postoffice.pg.nodes import GONE_AFTER, list_nodes
 from postoffice.runtime import privileges
 from postoffice.runtime.pidfile import PidFile
 from postoffice.stores import open_database, open_stores
@@ -76,18 +77,23 @@ def _run_migrate_store(args: argparse.Namespace) -> int:
                 _no_node_running(config)
             else:
                 stack.enter_context(_held(config.data_dir))
-        from_side = stack.enter_context(_opened(source))
-        to_side = stack.enter_context(_opened(target))
-        held = holdings(to_side)
-        if held and not args.resume:
+        tally = asyncio.run(_migrate(source, target, resume=args.resume))
+    print(tally.summary(), flush=True)
+    return 0
+
+
+async def _migrate(source: Config, target: Config, *, resume: bool) -> Tally:
+    # One event loop for the whole run: a database's asynchronous pool (the queue's commits)
+    # is made on it and must be closed on it.
+    async with open_side(source) as from_side, open_side(target) as to_side:
+        held = await asyncio.to_thread(holdings, to_side)
+        if held and not resume:
             raise PostofficeError(
                 f"{_where(target)} already holds {', '.join(held)}; give --resume to go on with an"
                 " interrupted run into it (nothing is copied twice)"
             )
         print(f"migrating {_where(source)} -> {_where(target)}", flush=True)
-        tally = migrate(from_side, to_side, _progress)
-    print(tally.summary(), flush=True)
-    return 0
+        return await migrate(from_side, to_side, _progress)
 
 
 def target_config(source: Config, to: str) -> Config:
@@ -125,25 +131,34 @@ def _no_node_running(config: Config) -> None:
     """Refuse a database that a node serves (its heartbeat in ``nodes`` is recent)."""
     database = open_database(config)
     try:
-        running = running_nodes(database)
+        with database.connection() as connection:
+            running = [node for node in list_nodes(connection) if node.up]
     finally:
         database.close()
     if running:
-        name, age = running[0]
+        node = running[0]
         raise PostofficeError(
-            f"node {name} is running on {_where(config)} (seen {age:.0f} s ago); stop every node"
-            f" first (a stopped node's row is older than {GONE_AFTER:.0f} s)"
+            f"node {node.name} is running on {_where(config)} (seen {node.age:.0f} s ago); stop every"
+            f" node first (a stopped node's row is older than {GONE_AFTER:.0f} s)"
         )
 
 
-@contextlib.contextmanager
-def _opened(config: Config) -> Iterator[Side]:
+@contextlib.asynccontextmanager
+async def open_side(config: Config) -> AsyncIterator[Side]:
+    """The stores ``config`` names, as one side of a migration; closed when done."""
     # clean_tmp=False: the source is read, not tidied; the target is new or our own earlier run.
-    stores = open_stores(config, clean_tmp=False)
+    stores = await asyncio.to_thread(open_stores, config, clean_tmp=False)
+    whole = None
+    if stores.database is not None:
+        from postoffice.pgstore.queue import PgQueue
+
+        # A node's queue lists only what it holds a lease on; the operator's view lists all.
+        whole = PgQueue(stores.database, config.data_dir / "queue-tmp", node=None)
     try:
-        yield Side(stores.spool, stores.mailboxes, stores.accounts)
+        yield Side(stores.spool, stores.mailboxes, stores.accounts, stores.keys, whole)
     finally:
-        stores.spool.io.close()
-        if stores.database is not None:
-            stores.database.close()
-    sys.stdout.flush()
+        if whole is not None:
+            whole.close()
+        # The queue lets go of its leases (the nodes take the messages up at once), then the
+        # threads and connections go.
+        await stores.aclose()

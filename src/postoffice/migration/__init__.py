@@ -8,7 +8,8 @@ Everything goes through the seams only (:class:`~postoffice.storage.MailboxStore
 :class:`~postoffice.storage.MessageStore` and the accounts), so the same code moves an embedded
 data directory into a cluster's PostgreSQL database, a database back into a data directory, or
 one data directory into another. :mod:`.accounts` copies users (their password hashes, not
-passwords) and aliases, :mod:`.mailboxes` every folder, message, flag, keyword and subscription,
+passwords) and aliases (and :func:`~postoffice.mailauth.dkim_keys.copy_keys` the DKIM keys),
+:mod:`.mailboxes` every folder, message, flag, keyword and subscription,
 :mod:`.queue` the queued messages with their envelopes and delivery state; :mod:`.run` puts
 them together and :mod:`.tally` counts.
 

@@ -26,12 +26,15 @@ ORIGIN = "migrated-from"
 CHUNK = 256 * 1024
 
 
-async def copy_queue(source: MessageStore, target: MessageStore, tally: Tally, progress: Progress) -> None:
-    """Every message queued in ``source`` (oldest first) into ``target``, state included."""
-    copied = _copied(target)
+async def copy_queue(
+    source: MessageStore, target: MessageStore, target_whole: MessageStore, tally: Tally, progress: Progress
+) -> None:
+    """Every message queued in ``source`` (oldest first) into ``target``, state included;
+    ``target_whole`` lists every message the target holds (what an earlier run copied)."""
+    copied = _copied(target_whole)
     for queue_id in source.pending():
         if queue_id in copied:
-            _complete_state(source, target, queue_id, copied[queue_id])
+            _complete_state(source, target_whole, queue_id, copied[queue_id])
             tally.skipped += 1
             continue
         new_id = await copy_message(source, target, queue_id)

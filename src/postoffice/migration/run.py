@@ -1,5 +1,5 @@
-"""One migration: the accounts, then the mailboxes, then the queue, from one set of stores to
-another.
+"""One migration: the accounts and DKIM keys, then the mailboxes, then the queue, from one set
+of stores to another.
 
 Untrusted input seen here: none of its own (what the stores hold is copied by :mod:`.accounts`,
 :mod:`.mailboxes` and :mod:`.queue`).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from postoffice.mailauth.dkim_keys import KeyStore, copy_keys
 from postoffice.migration.accounts import AccountStore, copy_accounts
 from postoffice.migration.mailboxes import copy_mailboxes
 from postoffice.migration.queue import copy_queue
@@ -23,11 +24,20 @@ from postoffice.storage import MailboxStore, MessageStore
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """The stores on one side of a migration."""
+    """The stores on one side of a migration. ``queue`` receives; ``whole_queue`` lists and
+    reads every queued message (a cluster node's queue lists only those it holds a lease on,
+    so there it is the operator's view, :class:`~postoffice.pgstore.queue.PgQueue` without a
+    node); None: ``queue`` does both."""
 
     queue: MessageStore
     mailboxes: MailboxStore
     accounts: AccountStore
+    keys: KeyStore
+    whole_queue: MessageStore | None = None
+
+    @property
+    def every_queued(self) -> MessageStore:
+        return self.whole_queue if self.whole_queue is not None else self.queue
 
 
 def holdings(side: Side) -> list[str]:
@@ -39,15 +49,23 @@ def holdings(side: Side) -> list[str]:
         held.append("aliases")
     if next(iter(side.mailboxes.mailboxes()), None) is not None:
         held.append("mailboxes")
-    if side.queue.pending():
+    if side.keys.ring().keys:
+        held.append("DKIM keys")
+    if side.every_queued.pending():
         held.append("queued messages")
     return held
 
 
-def migrate(source: Side, target: Side, progress: Progress = quiet) -> Tally:
-    """Copy everything ``source`` holds into ``target``; what was copied."""
+async def migrate(source: Side, target: Side, progress: Progress = quiet) -> Tally:
+    """Copy everything ``source`` holds into ``target``; what was copied. The stores' blocking
+    calls run in a thread, but for the queue's, whose commits are the event loop's."""
     tally = Tally()
-    copy_accounts(source.accounts, target.accounts, tally, progress)
-    copy_mailboxes(source.mailboxes, target.mailboxes, tally, progress)
-    asyncio.run(copy_queue(source.queue, target.queue, tally, progress))
+    await asyncio.to_thread(copy_accounts, source.accounts, target.accounts, tally, progress)
+    copied, skipped = await asyncio.to_thread(copy_keys, source.keys, target.keys)
+    tally.keys += len(copied)
+    progress(f"DKIM keys: {len(copied)} copied")
+    for line in skipped:
+        progress(f"DKIM key skipped: {line}")  # there already, or unreadable
+    await asyncio.to_thread(copy_mailboxes, source.mailboxes, target.mailboxes, tally, progress)
+    await copy_queue(source.every_queued, target.queue, target.every_queued, tally, progress)
     return tally

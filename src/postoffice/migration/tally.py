@@ -22,6 +22,7 @@ class Tally:
 
     users: int = 0
     aliases: int = 0
+    keys: int = 0
     mailboxes: int = 0
     folders: int = 0
     messages: int = 0
@@ -32,7 +33,8 @@ class Tally:
     def summary(self) -> str:
         """The one line a run ends with."""
         return (
-            f"migrated {self.users} users, {self.aliases} aliases, {self.mailboxes} mailboxes,"
+            f"migrated {self.users} users, {self.aliases} aliases, {self.keys} DKIM keys,"
+            f" {self.mailboxes} mailboxes,"
             f" {self.folders} folders, {self.messages} messages ({self.bytes} bytes),"
             f" {self.queued} queued; {self.skipped} already there"
         )
