@@ -238,8 +238,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # TLS reports (RFC 8460), made from delivery's counts and queued like any mail we write.
     # Which stores a process runs on (embedded, or a cluster's database), for the root below.
     ("postoffice.web", "postoffice.operations", "postoffice.tlsrpt", "postoffice.stores"),
-    # The composition root: one server process's parts, built from a Config.
-    ("postoffice.app",),
+    # The composition root: one server process's parts, built from a Config. Beside it, moving
+    # one set of stores into another (migrate-store), written against the seams alone.
+    ("postoffice.app", "postoffice.migration"),
     # Running it as a process: the pid file, binding as root then becoming the user, workers,
     # signals, the banner. It starts the composition root, which never reaches back. Beside it,
     # running it inside a test process (the pytest plugin's capture server).

@@ -200,6 +200,29 @@ class Accounts:
         found = self._load().users.get(normal) if normal is not None else None
         return UserInfo(normal, found.admin) if found is not None and normal is not None else None
 
+    def user_records(self) -> dict[str, UserRecord]:
+        """Every user as stored, password hash included: what ``migrate-store`` moves to
+        another store (the hash, never a password, which nobody knows)."""
+        return dict(self._load().users)
+
+    def restore_user(self, address: str, record: UserRecord) -> None:
+        """Make the user at ``address`` exactly ``record`` (hash and admin flag), adding it
+        if need be: moving a user again changes nothing."""
+        normal = _user_address(address)
+        if not record.password.startswith("$"):
+            raise AccountError(f"user {normal}: not a password hash")  # PHC strings start so
+
+        def change(data: AccountsData) -> AccountsData:
+            if normal in data.aliases:
+                raise AccountError(f"{normal} is an alias; remove the alias first")
+            if data.users.get(normal) == record:
+                return data
+            users = dict(data.users)
+            users[normal] = record
+            return AccountsData(users, data.aliases)
+
+        self._update(change)
+
     def has_user(self, address: str) -> bool:
         normal = canonical_or_none(address)
         return normal is not None and normal in self._load().users
