@@ -86,6 +86,24 @@ async def test_round_trip_envelope_and_content(database: Database, tmp_path: Pat
     assert os.listdir(tmp_path / "tmp-a") == []  # the temporary file went with the commit
 
 
+async def test_a_message_is_read_again_from_where_a_reader_went_back_to(
+    database: Database, tmp_path: Path
+) -> None:
+    # Local delivery reads the message once per mailbox, seeking back to its start each time.
+    queue = node(database, tmp_path)
+    queue_id = await store(queue, LARGE)
+    with queue.open(queue_id) as content:
+        start = content.tell()
+        assert content.read() == LARGE
+        content.seek(start)
+        assert content.read() == LARGE
+        middle = CHUNK_SIZE + 5  # into the second chunk
+        content.seek(middle)
+        assert content.tell() == middle and content.read(10) == LARGE[middle : middle + 10]
+        content.seek(-4, os.SEEK_END)
+        assert content.read() == LARGE[-4:]
+
+
 @pytest.mark.parametrize("content", [b"Subject: small\r\n\r\nbody\r\n", LARGE], ids=["small", "large"])
 async def test_fields_prepended_at_the_end_go_above_the_content(
     database: Database, tmp_path: Path, content: bytes

@@ -29,6 +29,29 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        # Local delivery reads the message once per mailbox, going back to where it started.
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Go to ``offset``: back to the first chunk, then forward, a chunk fetched at a time
+        (chunks are not assumed to be of one size; going back to the start costs nothing)."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        target = base + offset
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        if target < self._position:
+            self._seq, self._chunk, self._position = 0, memoryview(b""), 0
+        scratch = bytearray(min(max(target - self._position, 1), 1 << 18))
+        while self._position < min(target, self._size):
+            if not self.readinto(memoryview(scratch)[: target - self._position]):
+                break
+        self._position = max(self._position, target)
+        return self._position
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if self._position >= self._size:
             return 0
