@@ -8,6 +8,7 @@ one where the delivering process is killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -441,6 +442,81 @@ async def test_messages_finishing_together_leave_the_spool_in_one_call(spool: Fi
     release.set()  # all five deliveries end in the same pass of the loop
     await scheduler.wait_idle()
     assert spool.pending() == [] and calls == ["_remove_all"]
+    await scheduler.stop()
+
+
+async def test_relayed_results_that_end_a_message_are_recorded_by_a_flushed_removal(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[str] = []
+    flushes: list[list[str]] = []
+    append = spool.append_state
+    flush = spool.flush_removals
+
+    def recording_append(queue_id: str, lines: Sequence[Mapping[str, Any]]) -> None:
+        logged.append(queue_id)
+        append(queue_id, lines)
+
+    def recording_flush() -> None:
+        flushes.append(spool.pending())  # what is still queued when the flush comes
+        flush()
+
+    monkeypatch.setattr(spool, "append_state", recording_append)
+    monkeypatch.setattr(spool, "flush_removals", recording_flush)
+    agents: dict[Route, DeliveryAgent] = {Route.REMOTE: ScriptedAgent(), Route.LOCAL: ScriptedAgent()}
+    scheduler = Scheduler(spool, agents, recovers_copies=(Route.LOCAL,))
+    relayed = await queue(spool, remote("a@remote.example"))
+    scheduler.submit(relayed)
+    await scheduler.wait_idle()
+    # No state log: the removal is the record, and it was flushed once it was made.
+    assert logged == [] and flushes == [[]] and spool.pending() == []
+    stored = await queue(spool, local("b@example.com"))
+    scheduler.submit(stored)
+    await scheduler.wait_idle()
+    # A Maildir copy is found again after a crash: its removal needs no flush.
+    assert logged == [] and flushes == [[]] and spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_removals_ending_while_a_group_is_removed_gather_into_the_next(spool: FileSpool) -> None:
+    groups: list[list[str]] = []
+    first_held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocking(call: Callable[[], T]) -> T:
+        if isinstance(call, functools.partial) and call.func.__name__ == "_remove_all":
+            groups.append(list(call.args[0]))
+            if len(groups) == 1:
+                first_held.set()
+                await release.wait()  # the first group's flush takes a while
+        return await asyncio.to_thread(call)
+
+    gate = asyncio.Event()
+
+    class Gated(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            if recipients[0].address != "first@remote.example":
+                await gate.wait()
+                await asyncio.sleep(0.02 * int(recipients[0].address[1]))  # one after the other
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = Gated()
+    scheduler = Scheduler(spool, {Route.REMOTE: agent}, blocking=blocking)
+    first = await queue(spool, remote("first@remote.example"))
+    later = [await queue(spool, remote(f"u{n}@remote.example")) for n in range(4)]
+    for message in (first, *later):
+        scheduler.submit(message)
+    await first_held.wait()
+    gate.set()  # four more finish while the first group is still being removed
+    await until(lambda: len(agent.calls) == 5)
+    await asyncio.sleep(0.1)  # their rounds end
+    release.set()
+    await scheduler.wait_idle()
+    assert len(groups) == 2 and groups[0] == [first.queue_id]
+    assert sorted(groups[1]) == sorted(message.queue_id for message in later)
+    assert spool.pending() == []
     await scheduler.stop()
 
 

@@ -14,13 +14,15 @@ After Postfix qmgr(8):
 * Every final result (delivered, relayed, failed) is appended to the message's state log and
   fsync'd as soon as its job ends (:mod:`postoffice.spool.state`), so a restart redoes only
   what has no result, and a recipient already done is never delivered to again. One exception:
-  when the last job of a message ends with every recipient delivered by an agent that finds
-  its own earlier copies on a retry (``recovers_copies``: the Maildir agent names a copy the
-  same on every attempt), the message leaves the spool at once and its log is never written.
-  A crash before the removal is durable delivers the message again with ``recovering=True``,
-  and the agent finds those copies, so the log would only have saved that look, at the price
-  of creating, syncing and removing a file per message: about as much file-system work as
-  storing the copy.
+  when the last job of a message ends with every recipient final and no report owed, the
+  message leaves the spool at once and its log is never written: the removal records the
+  results. For an agent that finds its own earlier copies on a retry (``recovers_copies``:
+  the Maildir agent names a copy the same on every attempt) a crash before the removal is
+  durable only makes the next start find those copies again. For the others (the relay, an
+  MX) the removals are flushed a group at a time (:mod:`postoffice.qmgr.removal`), and a
+  crash in between sends those messages again: the duplicate RFC 5321 §6.1 prefers to a loss,
+  and what Postfix risks too (it marks a recipient done without a flush). The log would cost
+  a file created, flushed and removed per message: more file-system work than relaying it.
 * When a round ends with temporary failures, the message is deferred, with a delay that
   doubles from try to try; after the queue lifetime the remaining recipients fail
   (:mod:`postoffice.qmgr.retry`). The retry time is recorded, so a restart keeps the schedule.
@@ -345,7 +347,7 @@ class Scheduler:
             results = await self._deliver(agent, entry, recipients)
             if job.route is Route.REMOTE:  # the destination's window follows its answers
                 reached = any(result.remote_mta is not None for result in results)
-            await self._record(entry, job.indices, results, logged=job.route not in self._recovers_copies)
+            await self._record(entry, job.indices, results, recovers=job.route in self._recovers_copies)
         finally:
             self._dispatch.finished(job, reached)
             entry.jobs_left -= 1
@@ -375,12 +377,11 @@ class Scheduler:
         return results
 
     async def _record(
-        self, entry: Entry, indices: Sequence[int], results: Sequence[DeliveryResult], *, logged: bool = True
+        self, entry: Entry, indices: Sequence[int], results: Sequence[DeliveryResult], *, recovers: bool
     ) -> None:
         """Log each result; make the final ones durable before anything relies on them.
 
-        ``logged=False``: the agent finds its own copies again on a retry, so the results need
-        no state log if they end the message (see the module docstring).
+        ``recovers``: the agent finds its own copies again on a retry (see the module docstring).
         """
         queue_id = entry.message.queue_id
         sender = entry.message.envelope.mail_from
@@ -394,9 +395,13 @@ class Scheduler:
             else:
                 entry.temporary[index] = result
             log_result(queue_id, result)
-        await self._save_outcomes(entry, outcomes, logged=logged)
+        await self._save_outcomes(entry, outcomes, recovers=recovers)
 
-    async def _save_outcomes(self, entry: Entry, outcomes: Sequence[Outcome], *, logged: bool = True) -> None:
+    async def _save_outcomes(
+        self, entry: Entry, outcomes: Sequence[Outcome], *, recovers: bool = False
+    ) -> None:
+        """Record final results: in the state log, or, when they end the message, by its removal
+        (see the module docstring)."""
         if not outcomes:
             return
         state = entry.state
@@ -410,8 +415,10 @@ class Scheduler:
             and len(state.outcomes) == len(entry.message.envelope.recipients)
             and not state.unreported()
         )
-        if logged or not leaves_now:
+        if not leaves_now:
             await self._append(entry, [records.outcome_record(outcome) for outcome in outcomes])
+        elif not recovers:
+            entry.flush_removal = True  # the removal is their only record: flush it
 
     async def _append(self, entry: Entry, lines: Sequence[Mapping[str, Any]]) -> bool:
         try:
@@ -442,7 +449,7 @@ class Scheduler:
             self._defer(entry, temporary, now)
             return
         if len(entry.state.outcomes) == len(entry.message.envelope.recipients):
-            await self._complete(queue_id)
+            await self._complete(queue_id, durable=entry.flush_removal)
         elif temporary:
             due = self._defer(entry, temporary, now, arm=False)
             await self._save_deferral(entry, temporary, now)
@@ -462,11 +469,11 @@ class Scheduler:
             log_expired(entry.message.queue_id, result)
         await self._save_outcomes(entry, outcomes)
 
-    async def _complete(self, queue_id: str) -> None:
-        error = await self._remover.remove(queue_id)
+    async def _complete(self, queue_id: str, *, durable: bool = False) -> None:
+        error = await self._remover.remove(queue_id, durable=durable)
         if error is not None:
-            # Every recipient has its result recorded, or was delivered by an agent that finds
-            # its copy again: the next start delivers nothing twice.
+            # Every recipient has its result recorded, was delivered by an agent that finds its
+            # copy again, or is sent again by the next start (the duplicate RFC 5321 §6.1 allows).
             log.error("queue_id=%s status=uncompleted error=%r", queue_id, str(error))
         else:
             log.info("queue_id=%s status=removed", queue_id)
