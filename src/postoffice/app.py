@@ -283,6 +283,7 @@ class Application:
             self.spool,
             transport_security(config, resolver, self.tls_reports),
             tls_reports=self.tls_reports,
+            blocking=self.spool.io.run,
         )
 
     def _observer(self, given: SessionObserver | None) -> SessionObserver | None:
