@@ -347,7 +347,8 @@ async def test_a_cached_connection_the_peer_closed_is_replaced(
     message = await queue(spool, rcpt("bob@remote.test"))
     assert isinstance((await agent.deliver(message, message.envelope.recipients))[0], Delivered)
     assert agent.idle_connections() == 1
-    # The peer restarts: the cached connection is dead, and RSET finds out before MAIL.
+    # The peer restarts: the cached connection is dead, and MAIL finds out (a connection used
+    # a moment ago is not probed with RSET first); a new one carries the message.
     mx[0].stop()
     restarted = start_peer(MX1, mx[0].port)
     try:
@@ -357,6 +358,34 @@ async def test_a_cached_connection_the_peer_closed_is_replaced(
         await agent.close()
     assert isinstance(result, Delivered) and restarted.recipients() == ["bob@remote.test"]
     assert agent.connections_opened == 2
+
+
+async def test_a_connection_used_again_at_once_goes_straight_to_mail(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port)
+        try:
+            for name in ("bob", "carol"):
+                message = await queue(spool, rcpt(f"{name}@remote.test"))
+                [result] = await agent.deliver(message, message.envelope.recipients)
+                assert isinstance(result, Delivered)
+        finally:
+            await agent.close()
+    assert peer.verbs()[:3] == [["EHLO"], ["MAIL", "RCPT", "DATA"], ["MAIL", "RCPT", "DATA"]]
+
+
+async def test_a_connection_idle_for_a_while_is_probed_with_rset_first(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port, probe_after_idle=0.05)
+        try:
+            for name in ("bob", "carol"):
+                message = await queue(spool, rcpt(f"{name}@remote.test"))
+                [result] = await agent.deliver(message, message.envelope.recipients)
+                assert isinstance(result, Delivered)
+                await asyncio.sleep(0.1)
+        finally:
+            await agent.close()
+    assert peer.verbs()[:4] == [["EHLO"], ["MAIL", "RCPT", "DATA"], ["RSET"], ["MAIL", "RCPT", "DATA"]]
+    assert agent.connections_opened == 1
 
 
 async def test_idle_connections_are_closed(spool: FileSpool, dns: Dns, mx: list[Peer]) -> None:

@@ -31,7 +31,7 @@ The conversation, per destination (a domain, or the relay host):
 Connections are kept for a short while after a transaction and reused for the next message to
 the same destination (Postfix's connection cache: ``smtp_connection_cache_time_limit`` 2 s,
 ``smtp_connection_reuse_time_limit`` 300 s, :mod:`postoffice.delivery.sessions`); a cached
-connection is checked with RSET first.
+connection idle for more than a second is checked with RSET first.
 """
 
 from __future__ import annotations
@@ -61,7 +61,13 @@ from postoffice.delivery.remote_results import (
     starttls_broke,
     unanswered_failed,
 )
-from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
+from postoffice.delivery.sessions import (
+    IDLE_TIMEOUT,
+    PROBE_AFTER_IDLE,
+    REUSE_TIME_LIMIT,
+    Session,
+    SessionCache,
+)
 from postoffice.delivery.tls_policy import DomainSecurity, TransportSecurity
 from postoffice.delivery.tlsrpt import NO_POLICY, TlsPolicy, TlsReportStore, local_address, note_session
 from postoffice.errors import (
@@ -105,6 +111,7 @@ class RemoteSettings:
     data_timeout: float = DATA_DONE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     reuse_time_limit: float = REUSE_TIME_LIMIT
+    probe_after_idle: float = PROBE_AFTER_IDLE
 
 
 class _HostFailed(Exception):
@@ -281,6 +288,8 @@ class RemoteAgent:
         return policy
 
     async def _still_usable(self, session: Session) -> bool:
+        if session.idle_for() < self.settings.probe_after_idle and session.client.is_connected:
+            return True  # used a moment ago: MAIL finds out (sessions.PROBE_AFTER_IDLE)
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
