@@ -26,6 +26,7 @@ from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, 
 from postoffice.delivery.local import LocalAgent
 from postoffice.maildir.store import MaildirStore
 from postoffice.qmgr.bounce import ReportItem
+from postoffice.qmgr.removal import Remover
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
@@ -478,46 +479,29 @@ async def test_relayed_results_that_end_a_message_are_recorded_by_a_flushed_remo
     await scheduler.stop()
 
 
-async def test_removals_ending_while_a_group_is_removed_gather_into_the_next(spool: FileSpool) -> None:
+async def test_removals_ending_while_the_groups_are_busy_gather_into_the_next(spool: FileSpool) -> None:
+    messages = [await queue(spool, remote(f"u{n}@remote.example")) for n in range(6)]
     groups: list[list[str]] = []
-    first_held = asyncio.Event()
     release = asyncio.Event()
 
     async def blocking(call: Callable[[], T]) -> T:
-        if isinstance(call, functools.partial) and call.func.__name__ == "_remove_all":
-            groups.append(list(call.args[0]))
-            if len(groups) == 1:
-                first_held.set()
-                await release.wait()  # the first group's flush takes a while
+        assert isinstance(call, functools.partial)
+        groups.append(list(call.args[0]))
+        await release.wait()  # the flushes take a while
         return await asyncio.to_thread(call)
 
-    gate = asyncio.Event()
-
-    class Gated(ScriptedAgent):
-        async def deliver(
-            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
-        ) -> list[DeliveryResult]:
-            if recipients[0].address != "first@remote.example":
-                await gate.wait()
-                await asyncio.sleep(0.02 * int(recipients[0].address[1]))  # one after the other
-            return await super().deliver(message, recipients, recovering=recovering)
-
-    agent = Gated()
-    scheduler = Scheduler(spool, {Route.REMOTE: agent}, blocking=blocking)
-    first = await queue(spool, remote("first@remote.example"))
-    later = [await queue(spool, remote(f"u{n}@remote.example")) for n in range(4)]
-    for message in (first, *later):
-        scheduler.submit(message)
-    await first_held.wait()
-    gate.set()  # four more finish while the first group is still being removed
-    await until(lambda: len(agent.calls) == 5)
-    await asyncio.sleep(0.1)  # their rounds end
+    tasks: set[asyncio.Task[None]] = set()
+    remover = Remover(spool, blocking, lambda work: tasks.add(asyncio.create_task(work)), in_flight=2)
+    removals = []
+    for message in messages:  # each ends in its own pass of the loop
+        removals.append(asyncio.create_task(remover.remove(message.queue_id, durable=True)))
+        await asyncio.sleep(0.01)
     release.set()
-    await scheduler.wait_idle()
-    assert len(groups) == 2 and groups[0] == [first.queue_id]
-    assert sorted(groups[1]) == sorted(message.queue_id for message in later)
+    assert await asyncio.gather(*removals) == [None] * 6
+    # Two groups in the spool's hands at once; the four ending meanwhile went as one.
+    ids = [message.queue_id for message in messages]
+    assert groups == [ids[:1], ids[1:2], ids[2:]]
     assert spool.pending() == []
-    await scheduler.stop()
 
 
 # --- destinations, recorded progress and reports -------------------------------------------------
