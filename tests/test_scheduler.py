@@ -25,6 +25,7 @@ import pytest
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.local import LocalAgent
 from postoffice.maildir.store import MaildirStore
+from postoffice.qmgr import scheduler as qmgr_scheduler
 from postoffice.qmgr.bounce import ReportItem
 from postoffice.qmgr.removal import Remover
 from postoffice.qmgr.scheduler import Scheduler
@@ -218,6 +219,37 @@ async def test_start_recovers_pending_messages_oldest_first(spool: FileSpool) ->
 
     assert [call[0] for call in agent.calls] == [m.queue_id for m in messages]
     assert all(recovering for _, _, recovering in agent.calls)
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_begin_loads_a_big_queue_in_batches_while_the_first_ones_are_delivered(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qmgr_scheduler, "ADOPT_BATCH", 4)  # ten messages are a big queue
+    messages = [await queue(spool, local(f"u{i}@example.com")) for i in range(10)]
+    events: list[str] = []
+
+    async def blocking(call: Callable[[], T]) -> T:
+        if isinstance(call, functools.partial) and call.func.__name__ == "_load_all":
+            events.append("load")
+        return await asyncio.to_thread(call)
+
+    class Noting(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            events.append("deliver")
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = Noting()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, recovers_copies=(Route.LOCAL,), blocking=blocking)
+    scheduler.begin()  # returns at once: the server listens meanwhile
+    assert events == [] and agent.calls == []
+    await scheduler.wait_idle()  # busy until every message is scheduled and delivered
+    assert events.count("load") == 3  # one call off the loop per batch, not two per message
+    assert events.index("deliver") < len(events) - 1 - events[::-1].index("load")
+    assert sorted(call[0] for call in agent.calls) == sorted(m.queue_id for m in messages)
     assert spool.pending() == []
     await scheduler.stop()
 

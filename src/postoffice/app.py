@@ -517,7 +517,7 @@ class Application:
         pop3_sockets: Sequence[BoundSocket] | None = None,
         imap_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
-        """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
+        """Open the listeners, start recovering, then accept. A worker gets ``recover`` (its share of
         what a previous run left in the queue: all of it or nothing) and listens with
         ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`);
         ``local`` is the local socket a worker shares with the others (None: bound here).
@@ -541,7 +541,8 @@ class Application:
             if self.web is not None:
                 await self.web.stop()
             raise
-        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
+        # Deliver what a previous run accepted but did not finish, loaded in the background.
+        self.scheduler.begin(recover)
         if self.transcript is not None:
             await self.transcript.start()
         await self.smtp.serve()
