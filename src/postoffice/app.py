@@ -517,12 +517,11 @@ class Application:
         pop3_sockets: Sequence[BoundSocket] | None = None,
         imap_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
-        """Open the listeners, start recovering, then accept. A worker gets ``recover`` (its share of
-        what a previous run left in the queue: all of it or nothing) and listens with
-        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`);
-        ``local`` is the local socket a worker shares with the others (None: bound here).
-        The listeners open first, so that a taken port (ListenError) is the only thing said:
-        nothing has started yet."""
+        """Open the listeners, start recovering, then accept. A worker gets ``recover`` (its share of what a
+        previous run left in the queue: all of it or nothing) and listens with ``reuse_port``; ``sockets``
+        were bound before root was given up (:mod:`postoffice.runtime.prebound`); ``local`` is the local
+        socket a worker shares with the others (None: bound here). The listeners open first, so that a
+        taken port (ListenError) is the only thing said: nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets, local=local)
         try:
@@ -541,8 +540,7 @@ class Application:
             if self.web is not None:
                 await self.web.stop()
             raise
-        # Deliver what a previous run accepted but did not finish, loaded in the background.
-        self.scheduler.begin(recover)
+        self.scheduler.begin(recover)  # what a previous run left: loaded in the background
         if self.transcript is not None:
             await self.transcript.start()
         await self.smtp.serve()
