@@ -341,3 +341,21 @@ async def test_a_database_down_at_the_commit_is_a_spool_error_then_it_recovers(
         assert len(queue.pending()) == 2
     finally:
         await database.aclose()
+
+
+async def test_flushing_removals_makes_every_one_before_it_durable(
+    database: Database, tmp_path: Path
+) -> None:
+    # complete() commits without waiting for the disk; flush_removals() waits for the WAL to be
+    # flushed past every removal before it (the scheduler calls it once for a group).
+    queue = node(database, tmp_path)
+    queue_ids = [await store(queue, b"Subject: gone\r\n\r\nx\r\n") for _ in range(5)]
+    for queue_id in queue_ids:
+        queue.complete(queue_id)
+    with database.connection() as connection:
+        removed_at = connection.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+    queue.flush_removals()
+    with database.connection() as connection:
+        flushed = connection.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", removed_at).fetchone()
+    assert flushed == (True,)
+    assert queue.pending() == []

@@ -8,8 +8,9 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trustme
@@ -27,6 +28,7 @@ from mail_peers import (
     until,
 )
 from postoffice.delivery.agent import Delivered, DeliveryResult, PermFail, TempFail
+from postoffice.delivery.content import BLOCK_SIZE
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.smtp import replies
@@ -34,6 +36,7 @@ from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 
 MX1, MX2 = "127.0.0.2", "127.0.0.3"
+T = TypeVar("T")
 BODY = b"Subject: outbound\r\nFrom: a@sender.test\r\n\r\nhello\r\n.starts with a dot\r\n..two\r\n"
 
 
@@ -116,6 +119,38 @@ async def test_delivers_to_the_preferred_mx_with_content_intact(
     assert received.content == BODY
     assert f"SIZE={message.size}" in received.mail_options
     assert mx[1].received == []
+
+
+async def test_a_small_message_is_read_in_one_call_and_a_large_one_in_blocks(
+    spool: FileSpool, dns: Dns, mx: list[Peer]
+) -> None:
+    reads: list[str] = []
+
+    async def blocking(call: Callable[[], T]) -> T:
+        reads.append(getattr(call, "__name__", ""))
+        return await asyncio.to_thread(call)
+
+    agent = RemoteAgent(
+        RemoteSettings(hostname="mx.sender.test", mx_port=mx[0].port, connect_timeout=5.0),
+        MxResolver(dns.address, timeout=2.0, rng=random.Random(0)),
+        spool,
+        blocking=blocking,
+    )
+    small = await queue(spool, rcpt("bob@remote.test"))
+    # Exactly two blocks (of 64 KiB), the second starting with a line that starts with a dot.
+    lines = (b"." + b"a" * 97 + b"\r\n") * 1310
+    large_body = b"Subject: big\r\n\r\n" + b"f" * 18 + b"\r\n" + lines + b"." + b"b" * 33 + b"\r\n"
+    assert len(large_body) == 2 * BLOCK_SIZE and large_body[BLOCK_SIZE : BLOCK_SIZE + 1] == b"."
+    large = await queue(spool, rcpt("carol@remote.test"), content=large_body)
+    try:
+        assert isinstance((await agent.deliver(small, small.envelope.recipients))[0], Delivered)
+        assert reads == ["_first_block"]  # open, read and close in one hand-off
+        reads.clear()
+        assert isinstance((await agent.deliver(large, large.envelope.recipients))[0], Delivered)
+        assert reads == ["_first_block", "_next_block", "_next_block"]
+    finally:
+        await agent.close()
+    assert [message.content for message in mx[0].received] == [BODY, large_body]
 
 
 async def test_content_without_a_final_line_ending_gets_one(
@@ -312,7 +347,8 @@ async def test_a_cached_connection_the_peer_closed_is_replaced(
     message = await queue(spool, rcpt("bob@remote.test"))
     assert isinstance((await agent.deliver(message, message.envelope.recipients))[0], Delivered)
     assert agent.idle_connections() == 1
-    # The peer restarts: the cached connection is dead, and RSET finds out before MAIL.
+    # The peer restarts: the cached connection is dead, and MAIL finds out (a connection used
+    # a moment ago is not probed with RSET first); a new one carries the message.
     mx[0].stop()
     restarted = start_peer(MX1, mx[0].port)
     try:
@@ -322,6 +358,34 @@ async def test_a_cached_connection_the_peer_closed_is_replaced(
         await agent.close()
     assert isinstance(result, Delivered) and restarted.recipients() == ["bob@remote.test"]
     assert agent.connections_opened == 2
+
+
+async def test_a_connection_used_again_at_once_goes_straight_to_mail(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port)
+        try:
+            for name in ("bob", "carol"):
+                message = await queue(spool, rcpt(f"{name}@remote.test"))
+                [result] = await agent.deliver(message, message.envelope.recipients)
+                assert isinstance(result, Delivered)
+        finally:
+            await agent.close()
+    assert peer.verbs()[:3] == [["EHLO"], ["MAIL", "RCPT", "DATA"], ["MAIL", "RCPT", "DATA"]]
+
+
+async def test_a_connection_idle_for_a_while_is_probed_with_rset_first(spool: FileSpool, dns: Dns) -> None:
+    async with recording_peers((MX1, RecordingScript())) as [peer]:
+        agent = make_agent(spool, dns, peer.port, probe_after_idle=0.05)
+        try:
+            for name in ("bob", "carol"):
+                message = await queue(spool, rcpt(f"{name}@remote.test"))
+                [result] = await agent.deliver(message, message.envelope.recipients)
+                assert isinstance(result, Delivered)
+                await asyncio.sleep(0.1)
+        finally:
+            await agent.close()
+    assert peer.verbs()[:4] == [["EHLO"], ["MAIL", "RCPT", "DATA"], ["RSET"], ["MAIL", "RCPT", "DATA"]]
+    assert agent.connections_opened == 1
 
 
 async def test_idle_connections_are_closed(spool: FileSpool, dns: Dns, mx: list[Peer]) -> None:

@@ -8,6 +8,7 @@ one where the delivering process is killed with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -24,7 +25,9 @@ import pytest
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.delivery.local import LocalAgent
 from postoffice.maildir.store import MaildirStore
+from postoffice.qmgr import scheduler as qmgr_scheduler
 from postoffice.qmgr.bounce import ReportItem
+from postoffice.qmgr.removal import Remover
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
 from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
@@ -216,6 +219,37 @@ async def test_start_recovers_pending_messages_oldest_first(spool: FileSpool) ->
 
     assert [call[0] for call in agent.calls] == [m.queue_id for m in messages]
     assert all(recovering for _, _, recovering in agent.calls)
+    assert spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_begin_loads_a_big_queue_in_batches_while_the_first_ones_are_delivered(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qmgr_scheduler, "ADOPT_BATCH", 4)  # ten messages are a big queue
+    messages = [await queue(spool, local(f"u{i}@example.com")) for i in range(10)]
+    events: list[str] = []
+
+    async def blocking(call: Callable[[], T]) -> T:
+        if isinstance(call, functools.partial) and call.func.__name__ == "_load_all":
+            events.append("load")
+        return await asyncio.to_thread(call)
+
+    class Noting(ScriptedAgent):
+        async def deliver(
+            self, message: QueuedMessage, recipients: Sequence[Recipient], *, recovering: bool = False
+        ) -> list[DeliveryResult]:
+            events.append("deliver")
+            return await super().deliver(message, recipients, recovering=recovering)
+
+    agent = Noting()
+    scheduler = Scheduler(spool, {Route.LOCAL: agent}, recovers_copies=(Route.LOCAL,), blocking=blocking)
+    scheduler.begin()  # returns at once: the server listens meanwhile
+    assert events == [] and agent.calls == []
+    await scheduler.wait_idle()  # busy until every message is scheduled and delivered
+    assert events.count("load") == 3  # one call off the loop per batch, not two per message
+    assert events.index("deliver") < len(events) - 1 - events[::-1].index("load")
+    assert sorted(call[0] for call in agent.calls) == sorted(m.queue_id for m in messages)
     assert spool.pending() == []
     await scheduler.stop()
 
@@ -442,6 +476,64 @@ async def test_messages_finishing_together_leave_the_spool_in_one_call(spool: Fi
     await scheduler.wait_idle()
     assert spool.pending() == [] and calls == ["_remove_all"]
     await scheduler.stop()
+
+
+async def test_relayed_results_that_end_a_message_are_recorded_by_a_flushed_removal(
+    spool: FileSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[str] = []
+    flushes: list[list[str]] = []
+    append = spool.append_state
+    flush = spool.flush_removals
+
+    def recording_append(queue_id: str, lines: Sequence[Mapping[str, Any]]) -> None:
+        logged.append(queue_id)
+        append(queue_id, lines)
+
+    def recording_flush() -> None:
+        flushes.append(spool.pending())  # what is still queued when the flush comes
+        flush()
+
+    monkeypatch.setattr(spool, "append_state", recording_append)
+    monkeypatch.setattr(spool, "flush_removals", recording_flush)
+    agents: dict[Route, DeliveryAgent] = {Route.REMOTE: ScriptedAgent(), Route.LOCAL: ScriptedAgent()}
+    scheduler = Scheduler(spool, agents, recovers_copies=(Route.LOCAL,))
+    relayed = await queue(spool, remote("a@remote.example"))
+    scheduler.submit(relayed)
+    await scheduler.wait_idle()
+    # No state log: the removal is the record, and it was flushed once it was made.
+    assert logged == [] and flushes == [[]] and spool.pending() == []
+    stored = await queue(spool, local("b@example.com"))
+    scheduler.submit(stored)
+    await scheduler.wait_idle()
+    # A Maildir copy is found again after a crash: its removal needs no flush.
+    assert logged == [] and flushes == [[]] and spool.pending() == []
+    await scheduler.stop()
+
+
+async def test_removals_ending_while_the_groups_are_busy_gather_into_the_next(spool: FileSpool) -> None:
+    messages = [await queue(spool, remote(f"u{n}@remote.example")) for n in range(6)]
+    groups: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def blocking(call: Callable[[], T]) -> T:
+        assert isinstance(call, functools.partial)
+        groups.append(list(call.args[0]))
+        await release.wait()  # the flushes take a while
+        return await asyncio.to_thread(call)
+
+    tasks: set[asyncio.Task[None]] = set()
+    remover = Remover(spool, blocking, lambda work: tasks.add(asyncio.create_task(work)), in_flight=2)
+    removals = []
+    for message in messages:  # each ends in its own pass of the loop
+        removals.append(asyncio.create_task(remover.remove(message.queue_id, durable=True)))
+        await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*removals) == [None] * 6
+    # Two groups in the spool's hands at once; the four ending meanwhile went as one.
+    ids = [message.queue_id for message in messages]
+    assert groups == [ids[:1], ids[1:2], ids[2:]]
+    assert spool.pending() == []
 
 
 # --- destinations, recorded progress and reports -------------------------------------------------

@@ -275,6 +275,7 @@ class Application:
             self.spool,
             transport_security(config, resolver, self.tls_reports),
             tls_reports=self.tls_reports,
+            blocking=self.spool.io.run,
         )
 
     def _observer(self, given: SessionObserver | None) -> SessionObserver | None:
@@ -510,12 +511,11 @@ class Application:
         pop3_sockets: Sequence[BoundSocket] | None = None,
         imap_sockets: Sequence[BoundSocket] | None = None,
     ) -> Sequence[BoundAddress]:
-        """Open the listeners, recover, then accept. A worker gets ``recover`` (its share of
-        what a previous run left in the queue: all of it or nothing) and listens with
-        ``reuse_port``; ``sockets`` were bound before root was given up (:mod:`postoffice.runtime.prebound`);
-        ``local`` is the local socket a worker shares with the others (None: bound here).
-        The listeners open first, so that a taken port (ListenError) is the only thing said:
-        nothing has started yet."""
+        """Open the listeners, start recovering, then accept. A worker gets ``recover`` (its share of what a
+        previous run left in the queue: all of it or nothing) and listens with ``reuse_port``; ``sockets``
+        were bound before root was given up (:mod:`postoffice.runtime.prebound`); ``local`` is the local
+        socket a worker shares with the others (None: bound here). The listeners open first, so that a
+        taken port (ListenError) is the only thing said: nothing has started yet."""
         logging.getLogger("postoffice").addHandler(self.operations.errors)
         bound = await self.smtp.bind(reuse_port=reuse_port, sockets=sockets, local=local)
         try:
@@ -534,7 +534,7 @@ class Application:
             if self.web is not None:
                 await self.web.stop()
             raise
-        await self.scheduler.start(recover)  # deliver what a previous run accepted but did not finish
+        self.scheduler.begin(recover)  # what a previous run left: loaded in the background
         if self.transcript is not None:
             await self.transcript.start()
         await self.smtp.serve()

@@ -108,7 +108,11 @@ class MessageStore(Receiver, Protocol):
         ...
 
     def complete(self, queue_id: str) -> None:
-        """Every recipient has a final result: forget the message (and its state)."""
+        """Every recipient has a final result: forget the message (and its state). The removal
+        may be lost in a crash until :meth:`flush_removals`."""
+
+    def flush_removals(self) -> None:
+        """Make every :meth:`complete` so far durable (one flush for many)."""
 
     def exists(self, queue_id: str) -> bool:
         """Whether the message is still queued (an operator may have deleted it)."""

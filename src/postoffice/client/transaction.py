@@ -253,16 +253,21 @@ class ClientTransactions(ClientSession):
     async def _stream(self, chunks: AsyncIterator[bytes]) -> None:
         stuffer = core.DotStuffer()
         partial = bytearray()  # a line split across writes, kept for the transcript only
+        # Each block goes out once the next one is read, the last with the end of data: a
+        # message of one block is one write (one system call, one segment) instead of two.
+        held = b""
         async for chunk in chunks:
             data = stuffer.feed(chunk)
             if data:
-                self._write(data)
+                if held:
+                    self._write(held)
+                    await self._drain()
+                held = data
                 self._content_lines(partial, data)
-                await self._drain()
         tail = stuffer.finish()
         self._content_lines(partial, tail[: -len(core.END_OF_DATA)])
         self._client_line(core.END_OF_DATA)
-        self._write(tail)
+        self._write(held + tail if held else tail)
         await self._drain()
 
     def _content_lines(self, partial: bytearray, data: bytes) -> None:

@@ -31,7 +31,7 @@ The conversation, per destination (a domain, or the relay host):
 Connections are kept for a short while after a transaction and reused for the next message to
 the same destination (Postfix's connection cache: ``smtp_connection_cache_time_limit`` 2 s,
 ``smtp_connection_reuse_time_limit`` 300 s, :mod:`postoffice.delivery.sessions`); a cached
-connection is checked with RSET first.
+connection idle for more than a second is checked with RSET first.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from postoffice import defaults
 from postoffice.client.connection import SmtpClient, TlsMode, Transaction
 from postoffice.delivery import requiretls as rtls
 from postoffice.delivery.agent import DeliveryResult, PermFail
+from postoffice.delivery.content import SpoolContent
 from postoffice.delivery.dns import Endpoint, MxResolver, RouteError, address_literal
 from postoffice.delivery.remote_results import (
     all_failed,
@@ -61,7 +61,13 @@ from postoffice.delivery.remote_results import (
     starttls_broke,
     unanswered_failed,
 )
-from postoffice.delivery.sessions import IDLE_TIMEOUT, REUSE_TIME_LIMIT, Session, SessionCache
+from postoffice.delivery.sessions import (
+    IDLE_TIMEOUT,
+    PROBE_AFTER_IDLE,
+    REUSE_TIME_LIMIT,
+    Session,
+    SessionCache,
+)
 from postoffice.delivery.tls_policy import DomainSecurity, TransportSecurity
 from postoffice.delivery.tlsrpt import NO_POLICY, TlsPolicy, TlsReportStore, local_address, note_session
 from postoffice.errors import (
@@ -78,12 +84,10 @@ from postoffice.smtp import replies
 from postoffice.smtp.grammar import encode_xtext
 from postoffice.smtp.replies import Reply
 from postoffice.spool.envelope import QueuedMessage, Recipient
-from postoffice.storage import MessageStore
+from postoffice.storage import Blocking, MessageStore
 
 log = logging.getLogger("postoffice.delivery")
 
-# Content is read from the spool in blocks of this size, off the event loop.
-BLOCK_SIZE = 64 * 1024
 # RFC 5321 §4.5.3.2.6: the client waits 10 minutes for the reply to the end of data.
 DATA_DONE_TIMEOUT = 600.0
 # Postfix smtp_rset_timeout = 20s: the check that a cached connection still works.
@@ -107,6 +111,7 @@ class RemoteSettings:
     data_timeout: float = DATA_DONE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     reuse_time_limit: float = REUSE_TIME_LIMIT
+    probe_after_idle: float = PROBE_AFTER_IDLE
 
 
 class _HostFailed(Exception):
@@ -116,29 +121,6 @@ class _HostFailed(Exception):
         super().__init__(str(reply))
         self.reply = reply
         self.remote_mta = remote_mta
-
-
-class _SpoolContent:
-    """A queued message's content, opened and read in blocks off the event loop only once the
-    server has said 354; :meth:`close` after the transaction, however it ended."""
-
-    def __init__(self, spool: MessageStore, queue_id: str) -> None:
-        self._spool = spool
-        self._queue_id = queue_id
-        self._file: BinaryIO | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            self._file = await asyncio.to_thread(self._spool.open, self._queue_id)
-            while block := await asyncio.to_thread(self._file.read, BLOCK_SIZE):
-                yield block
-        except OSError as exc:
-            raise SpoolError(f"cannot read queued message {self._queue_id}: {exc}") from exc
-
-    async def close(self) -> None:
-        if self._file is not None:
-            await asyncio.to_thread(self._file.close)
-            self._file = None
 
 
 class RemoteAgent:
@@ -152,10 +134,13 @@ class RemoteAgent:
         security: TransportSecurity | None = None,
         *,
         tls_reports: TlsReportStore | None = None,
+        blocking: Blocking = asyncio.to_thread,
     ) -> None:
         """``security``: MTA-STS and DANE (delivery/tls_policy.py); ``tls_reports``: where each
-        MX session's TLS result is counted (RFC 8460)."""
+        MX session's TLS result is counted (RFC 8460); ``blocking``: where the spool is read
+        (the server passes the spool's IoPool)."""
         self.settings = settings
+        self._blocking = blocking
         self._tls_reports = tls_reports
         self._resolver = resolver
         self._spool = spool
@@ -303,6 +288,8 @@ class RemoteAgent:
         return policy
 
     async def _still_usable(self, session: Session) -> bool:
+        if session.idle_for() < self.settings.probe_after_idle and session.client.is_connected:
+            return True  # used a moment ago: MAIL finds out (sessions.PROBE_AFTER_IDLE)
         return await session.client.reset(timeout=RSET_TIMEOUT)
 
     # --- opening a session --------------------------------------------------------------------
@@ -463,7 +450,7 @@ class RemoteAgent:
             return unanswered_failed(results, recipients, replies.LOCAL_ERROR, None), True
 
         transaction = Transaction(mail, lines)
-        content = _SpoolContent(self._spool, message.queue_id)
+        content = SpoolContent(self._spool, message.queue_id, self._blocking)
         broken: Reply | None = None
         try:
             await client.transact(transaction, content)

@@ -277,6 +277,19 @@ class PgQueue:
 
         self._run(f"queue_id={queue_id}: cannot remove", remove)
 
+    def flush_removals(self) -> None:
+        """Make every :meth:`complete` so far durable: one transaction that writes a row, so its
+        commit waits for the WAL to be flushed up to it, which holds every removal committed
+        before it (the WAL is flushed in order; a transaction that writes nothing would not wait)."""
+        row = "INSERT INTO queue_flushes (node) VALUES (%s) ON CONFLICT (node) DO UPDATE SET at = now()"
+
+        def flush(connection: psycopg.Connection[Any]) -> None:
+            with connection.transaction():
+                connection.execute("SET LOCAL synchronous_commit = on")
+                connection.execute(row, (self.node or "operator",))
+
+        self._run("cannot flush the queue's removals", flush)
+
     def exists(self, queue_id: str) -> bool:
         """Whether the message is still queued; a node's also whether it is still its own
         to deliver (its lease held or, lapsed and untaken, taken again): a message another

@@ -26,6 +26,8 @@ class Entry:
     in_round: bool = False
     temporary: dict[int, TempFail] = field(default_factory=dict)  # this round's
     unrouted: set[Route] = field(default_factory=set)  # routes already reported as waiting
+    # Final results that only the message's removal records (no state log): flush the removal.
+    flush_removal: bool = False
 
 
 @dataclass(slots=True)

@@ -302,6 +302,13 @@ class FileSpool:
         except OSError as exc:
             raise storage_error(exc, f"queue_id={queue_id}: cannot remove its state") from exc
 
+    def flush_removals(self) -> None:
+        # complete() takes names out of queue/ only: flushing it makes them all durable.
+        try:
+            fsync_directory(self.queue_dir)
+        except OSError as exc:
+            raise storage_error(exc, "cannot flush the queue directory") from exc
+
     def exists(self, queue_id: str) -> bool:
         return self._queue_path(queue_id).exists()
 
