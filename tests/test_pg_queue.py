@@ -359,3 +359,22 @@ async def test_flushing_removals_makes_every_one_before_it_durable(
         flushed = connection.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", removed_at).fetchone()
     assert flushed == (True,)
     assert queue.pending() == []
+
+
+async def test_late_fields_longer_than_a_chunk_still_leave_whole_chunks(
+    database: Database, tmp_path: Path
+) -> None:
+    # Every chunk but the last is whole, so a reader finds any offset's chunk by division.
+    queue = node(database, tmp_path)
+    writer = queue.put(make_envelope("far@example.net"))
+    writer.write(LARGE)  # past the buffer: a file
+    field = b"X-Long: " + b"a" * (CHUNK_SIZE + 1000) + b"\r\n"
+    writer.prepend(field)
+    queued = await writer.commit()
+    with queue.open(queued.queue_id) as content:
+        assert content.read() == field + LARGE
+        content.seek(CHUNK_SIZE * 2 + 7)
+        assert content.read(5) == (field + LARGE)[CHUNK_SIZE * 2 + 7 : CHUNK_SIZE * 2 + 12]
+    with database.connection() as connection:
+        sizes = [row[0] for row in connection.execute("SELECT length(data) FROM queue_chunks ORDER BY seq")]
+    assert sizes[:-1] == [CHUNK_SIZE] * (len(sizes) - 1)

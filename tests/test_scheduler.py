@@ -231,7 +231,7 @@ async def test_begin_loads_a_big_queue_in_batches_while_the_first_ones_are_deliv
     events: list[str] = []
 
     async def blocking(call: Callable[[], T]) -> T:
-        if isinstance(call, functools.partial) and call.func.__name__ == "_load_all":
+        if isinstance(call, functools.partial) and call.func.__name__ == "load_all":
             events.append("load")
         return await asyncio.to_thread(call)
 

@@ -16,6 +16,7 @@ from typing import TypeVar
 import pytest
 
 from postoffice.delivery.agent import TempFail
+from postoffice.qmgr.loading import load_all
 from postoffice.qmgr.scheduler import Scheduler
 from postoffice.smtp import replies
 from postoffice.spool.envelope import Route
@@ -35,7 +36,7 @@ async def test_a_message_submitted_while_a_sweep_loads_it_is_delivered_once(spoo
     go_on = asyncio.Event()
 
     async def blocking(call: Callable[[], T]) -> T:
-        if isinstance(call, functools.partial) and call.func == spool.load:
+        if isinstance(call, functools.partial) and call.func is load_all:
             loading.set()
             await go_on.wait()  # the session's submit comes meanwhile
         return call()

@@ -4,20 +4,19 @@ and out, so a 50 MB message never sits whole in memory (issue 21).
 Untrusted input seen here: message bytes (from the spool, or an IMAP APPEND), stored verbatim
 and never parsed.
 
-Every chunk but a body's last holds exactly ``CHUNK`` octets, so the chunk holding any offset
-is ``offset // CHUNK``: a reader seeks without reading what comes before.
+Every chunk but a body's last holds exactly ``CHUNK`` octets (:mod:`postoffice.pg.chunks`,
+which reads them back).
 """
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from postoffice.errors import MessageGone
+from postoffice.pg.chunks import CHUNK, open_chunks
 
-CHUNK = 256 * 1024
 # What a message written a piece at a time (an IMAP APPEND literal) keeps in memory before it
 # goes to a temporary file.
 SPOOL_IN_MEMORY = CHUNK
@@ -80,65 +79,17 @@ def copy_body(connection: Any, body: int) -> int:
     return int(row[0])
 
 
-class BodyReader(io.RawIOBase):
-    """A body read a chunk at a time, each fetched when first needed (one kept at a time)."""
-
-    def __init__(self, connect: Connect, body: int, size: int, name: str) -> None:
-        super().__init__()
-        self._connect = connect
-        self._body = body
-        self._size = size
-        self._name = name
-        self._position = 0
-        self._chunk: tuple[int, bytes] | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        if self._position >= self._size:
-            return 0
-        seq, start = divmod(self._position, CHUNK)
-        data = self._fetch(seq)[start:]
-        count = min(len(buffer), len(data))
-        if count == 0:
-            raise OSError(f"{self._name}: the message's chunk {seq} is short")
-        buffer[:count] = data[:count]
-        self._position += count
-        return count
-
-    def _fetch(self, seq: int) -> bytes:
-        if self._chunk is None or self._chunk[0] != seq:
-            with self._connect() as connection:
-                row = connection.execute(
-                    "SELECT data FROM mail_chunks WHERE body = %s AND seq = %s", (self._body, seq)
-                ).fetchone()
-            if row is None:
-                raise MessageGone(f"{self._name} is gone")
-            self._chunk = (seq, bytes(row[0]))
-        return self._chunk[1]
-
-    def close(self) -> None:
-        self._chunk = None
-        super().close()
-
-
 def reader(connect: Connect, body: int, size: int, name: str) -> BinaryIO:
-    """A buffered, seekable reader of ``body`` (``size`` octets)."""
-    return io.BufferedReader(BodyReader(connect, body, size, name), buffer_size=64 * 1024)
+    """A buffered, seekable reader of ``body`` (``size`` octets); MessageGone if it goes."""
+
+    def fetch(seq: int) -> bytes | None:
+        with connect() as connection:
+            row = connection.execute(
+                "SELECT data FROM mail_chunks WHERE body = %s AND seq = %s", (body, seq)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    return open_chunks(fetch, size, name, lambda what: MessageGone(f"{what} is gone"))
 
 
 class SpooledMessage:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -41,10 +42,10 @@ import psycopg
 
 from postoffice.durable import remove_quietly
 from postoffice.errors import SpoolError
+from postoffice.pg.chunks import open_chunks
 from postoffice.pg.database import Database, one_line
 from postoffice.pgstore.leases import LeaseKeeper
-from postoffice.pgstore.queue_reader import open_chunks
-from postoffice.pgstore.queue_writer import CHUNK_SIZE, PgMessageWriter
+from postoffice.pgstore.queue_writer import PgMessageWriter
 from postoffice.spool import state as queue_state
 from postoffice.spool.durability import IoPool
 from postoffice.spool.envelope import Envelope, QueuedMessage
@@ -248,7 +249,9 @@ class PgQueue:
 
     def open(self, queue_id: str) -> BinaryIO:
         size = self.load(queue_id).size
-        return open_chunks(queue_id, size, lambda seq: self._chunk(queue_id, seq), CHUNK_SIZE)
+        # A message removed while being read is a failed read (an OSError), like a file's.
+        gone = functools.partial(OSError, errno.EIO)
+        return open_chunks(lambda seq: self._chunk(queue_id, seq), size, f"queue_id={queue_id}", gone)
 
     def _chunk(self, queue_id: str, seq: int) -> bytes | None:
         query = "SELECT data FROM queue_chunks WHERE queue_id = %s AND seq = %s"

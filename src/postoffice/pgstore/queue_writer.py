@@ -26,13 +26,14 @@ from typing import BinaryIO, Protocol
 
 from postoffice.durable import remove_quietly, storage_error, write_all
 from postoffice.errors import SpoolError
+from postoffice.pg.chunks import CHUNK
 from postoffice.spool.envelope import Envelope, QueuedMessage
 
 # What stays in memory before the content goes to the temporary file (spool/writer.py's).
 BUFFER_SIZE = 64 * 1024
 # One bytea row of content: large enough that a message is few rows, small enough that a
 # row is never a burden to hold (PostgreSQL TOASTs it in 2 KiB pieces on disk either way).
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = CHUNK  # every chunk but the last holds exactly this many (pg/chunks.py reads them)
 
 
 class Sink(Protocol):
@@ -180,19 +181,21 @@ class PgMessageWriter:
             for start in range(0, len(self._buffer), CHUNK_SIZE):
                 yield bytes(self._buffer[start : start + CHUNK_SIZE])
             return
-        head, offset = self._late, 0
+        pending, offset = self._late, 0
         while True:
             # In a thread: the file was just written and is in the page cache, but 256 KiB of
             # copying still has no place on the event loop.
-            data = head + await asyncio.to_thread(os.pread, fd, CHUNK_SIZE - len(head), offset)
-            offset += len(data) - len(head)
-            head = b""
+            data = await asyncio.to_thread(os.pread, fd, CHUNK_SIZE, offset)
+            offset += len(data)
+            pending += data
+            # Whole chunks only, whatever the late fields' length, so a reader can seek.
+            while len(pending) >= CHUNK_SIZE:
+                yield pending[:CHUNK_SIZE]
+                pending = pending[CHUNK_SIZE:]
             if not data:
+                if pending:
+                    yield pending
                 return
-            while len(data) > CHUNK_SIZE:  # late fields longer than a chunk
-                yield data[:CHUNK_SIZE]
-                data = data[CHUNK_SIZE:]
-            yield data
 
     def _abandoned(self, work: asyncio.Future[QueuedMessage]) -> None:
         """The committing session went away: no 250 was sent, so the message must not stay."""

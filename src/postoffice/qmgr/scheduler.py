@@ -49,11 +49,9 @@ from postoffice import defaults
 from postoffice.delivery.agent import Delivered, DeliveryAgent, DeliveryResult, PermFail, TempFail
 from postoffice.errors import SpoolError
 from postoffice.qmgr.bounce import Notifier
-from postoffice.qmgr.dispatch import (
-    Dispatcher,
-    destination_of,
-)
+from postoffice.qmgr.dispatch import Dispatcher, destination_of
 from postoffice.qmgr.entry import Entry, Job
+from postoffice.qmgr.loading import load_all, sweep_forever
 from postoffice.qmgr.outcomes import failed_outcome, final_outcome, log_expired, log_result
 from postoffice.qmgr.removal import Remover
 from postoffice.qmgr.reports import Reporter
@@ -161,7 +159,9 @@ class Scheduler:
         added = await self._adopt(queue_ids)
         self._started = True
         if self._sweep_every is not None and self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(self._sweep_every), name="queue-sweep")
+            self._sweeper = asyncio.create_task(
+                sweep_forever(self.sweep, self._sweep_every), name="queue-sweep"
+            )
         log.info("status=started pending=%d scheduled=%d", len(queue_ids), added)
 
     def submit(self, message: QueuedMessage) -> None:
@@ -248,21 +248,6 @@ class Scheduler:
                 self._forget(queue_id, "gone")
         await self._adopt([queue_id for queue_id in queue_ids if queue_id not in self._entries])
 
-    async def _sweep_loop(self, interval: float) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep()
-            except SpoolError as exc:
-                if not failing:  # one line for an outage, not one per sweep
-                    log.warning("status=sweep-failed error=%r", str(exc))
-                failing = True
-            else:
-                if failing:
-                    log.info("status=sweep-recovered")
-                failing = False
-
     async def _adopt(self, queue_ids: Sequence[str]) -> int:
         """Load messages from the spool with their recorded state and schedule them, a batch
         per call off the loop; the first deliveries start while later batches load."""
@@ -275,7 +260,7 @@ class Scheduler:
                 for queue_id in queue_ids[start : start + ADOPT_BATCH]
                 if queue_id not in self._entries and queue_id not in self._done
             ]
-            for message, state in await self._blocking(functools.partial(self._load_all, batch)):
+            for message, state in await self._blocking(functools.partial(load_all, self._spool, batch)):
                 if state.held or message.queue_id in self._entries or message.queue_id in self._done:
                     continue  # held; or submitted (or done) while it was being loaded
                 entry = Entry(message, state, recovering=True)
@@ -288,18 +273,6 @@ class Scheduler:
             self._pump()
         self._arm_timer()
         return added
-
-    def _load_all(self, queue_ids: Sequence[str]) -> list[tuple[QueuedMessage, QueueState]]:
-        """Blocking: each message's envelope and recorded state; those that cannot be read are
-        logged and left out."""
-        loaded = []
-        for queue_id in queue_ids:
-            try:
-                loaded.append((self._spool.load(queue_id), self._spool.read_state(queue_id)))
-            except SpoolError as exc:
-                # load() has moved a corrupt file aside and logged it; nothing to deliver.
-                log.error("queue_id=%s status=unloadable error=%r", queue_id, str(exc))
-        return loaded
 
     # --- introspection ------------------------------------------------------------------------
 
