@@ -378,3 +378,37 @@ async def test_late_fields_longer_than_a_chunk_still_leave_whole_chunks(
     with database.connection() as connection:
         sizes = [row[0] for row in connection.execute("SELECT length(data) FROM queue_chunks ORDER BY seq")]
     assert sizes[:-1] == [CHUNK_SIZE] * (len(sizes) - 1)
+
+
+async def test_local_deliveries_from_the_shared_queue_never_wait_on_each_others_connections(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # Each delivery reads the queue (a connection) into a mailbox (a connection): holding one
+    # while waiting for the other deadlocked as soon as every pooled connection was held so.
+    from postoffice.pgstore.mailboxes import PgMailboxStore
+
+    database = Database(pg_url, pool_size=2)
+    migrate(database)
+    try:
+        queue, mailboxes = node(database, tmp_path), PgMailboxStore(database)
+        queue_ids = [await store(queue, LARGE) for _ in range(6)]
+
+        def deliver(index: int) -> str:
+            with queue.open(queue_ids[index]) as content:
+                stored = mailboxes.deliver(
+                    f"u{index}@example.com",
+                    b"X-To: u\r\n",
+                    content,
+                    f"k{index}",
+                    received_at=1.0,
+                    size=len(LARGE),
+                    recovering=False,
+                )
+            return stored.key
+
+        keys = await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(deliver, i) for i in range(6))), 60)
+        assert keys == [f"k{i}" for i in range(6)]
+        with mailboxes.read(mailboxes.list_messages("u5@example.com")[0]) as copy:
+            assert copy.read() == b"X-To: u\r\n" + LARGE
+    finally:
+        database.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from postoffice.errors import MessageGone
 from postoffice.pg.chunks import CHUNK, open_chunks
@@ -42,6 +42,23 @@ def chunks_of(headers: bytes, content: BinaryIO, size: int) -> Iterator[bytes]:
         left -= len(data)
     if buffer:
         yield bytes(buffer)
+
+
+def stage(headers: bytes, content: BinaryIO, size: int) -> tuple[BinaryIO, int]:
+    """``headers`` then ``size`` octets of ``content`` copied aside (in memory up to a chunk, then
+    a temporary file) and rewound; with their length. A delivery reads its content this way
+    before it takes a connection: reading may itself take one (a cluster's queue is in the
+    database), and a thread holding one connection while it waits for another deadlocks once
+    every connection of the pool is held so."""
+    staged = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the caller closes it
+    try:
+        for chunk in chunks_of(headers, content, size):
+            staged.write(chunk)
+        staged.seek(0)
+    except BaseException:
+        staged.close()
+        raise
+    return cast(BinaryIO, staged), len(headers) + size
 
 
 def write_body(connection: Any, chunks: Iterator[bytes]) -> tuple[int, int]:

@@ -106,7 +106,8 @@ class PgMailboxStore:
         at once before this returns (synchronous commit: durable)."""
         mailbox, target = self._name(address), self._folder(folder)
         received = float(int(received_at))
-        with self._connection() as connection:
+        staged, staged_size = bodies.stage(headers, content, size)  # before taking a connection
+        with staged, self._connection() as connection:
             found = placed(connection, mailbox, target, key)
             made = found is None
             if found is None:
@@ -123,7 +124,7 @@ class PgMailboxStore:
             # A mailbox or folder made now is named whole: its watchers look at all of it.
             changed = payload(mailbox) if made else payload(mailbox, key, (stored.location,))
             with connection.transaction():
-                body = bodies.write_body(connection, bodies.chunks_of(headers, content, size))
+                body = bodies.write_body(connection, bodies.chunks_of(b"", staged, staged_size))
                 insert_message(
                     connection,
                     (owner, target_id),
