@@ -80,6 +80,12 @@ def is_permanent(error: BaseException) -> bool:
     return any(words in text for words in _PERMANENT_WORDS)
 
 
+# A pool retries a failed connect with a doubling delay (1, 2, 4, 8, 16 s ...) until
+# reconnect_timeout, then lets the next request start afresh at 1 s. Its default (5 minutes)
+# left a node failing for as long again as the database had been down; 5 s bounds that.
+RECONNECT_WAIT = 5.0
+
+
 class Database:
     """The cluster's database, by URL: :meth:`open` checks it can be reached, then pools."""
 
@@ -128,6 +134,7 @@ class Database:
             # A connection is tried before it is handed out: after the database restarted, a
             # caller gets a fresh connection rather than one the server already closed.
             check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_WAIT,
         )
         self._pool.open(wait=False)
 
@@ -154,6 +161,7 @@ class Database:
                 name=f"{self.name}-async",
                 open=False,
                 check=AsyncConnectionPool.check_connection,
+                reconnect_timeout=RECONNECT_WAIT,
             )
             self._async_pool = pool
             await pool.open(wait=False)
