@@ -107,3 +107,23 @@ def test_a_pooled_connection_survives_the_database_restarting(postgres: Postgres
             assert connection.execute("SELECT 2").fetchone() == (2,)
     finally:
         database.close()
+
+
+async def test_the_heartbeat_says_when_the_database_answers_again(postgres: PostgresServer) -> None:
+    from postoffice.pg.heartbeat import Heartbeat
+
+    database = Database(postgres.url(postgres.create_database()))
+    migrate(database)
+    back: list[bool] = []
+    heartbeat = Heartbeat(database, "node-a", "test", interval=0.2, on_reachable=lambda: back.append(True))
+    try:
+        await heartbeat.beat()
+        assert heartbeat.reachable and back == []  # reachable from the start: nothing to retry
+        postgres.stop()
+        await heartbeat.beat()
+        assert not heartbeat.reachable
+        postgres.start()
+        await heartbeat.beat()
+        assert heartbeat.reachable and back == [True]  # the node retries what it deferred
+    finally:
+        await database.aclose()

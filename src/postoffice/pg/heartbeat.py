@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from postoffice.pg.database import Database, one_line
@@ -33,8 +34,19 @@ log = logging.getLogger("postoffice")
 class Heartbeat:
     """Writes node ``name``'s row every ``interval`` seconds; :attr:`view` is the latest look."""
 
-    def __init__(self, database: Database, name: str, version: str, *, interval: float = HEARTBEAT) -> None:
+    def __init__(
+        self,
+        database: Database,
+        name: str,
+        version: str,
+        *,
+        interval: float = HEARTBEAT,
+        on_reachable: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_reachable`` is called when the database answers again after failing (the node
+        retries what it deferred for want of it, rather than after the retry delay)."""
         self.database = database
+        self.on_reachable = on_reachable
         self.name = name
         self.version = version
         self.interval = interval
@@ -73,6 +85,8 @@ class Heartbeat:
             return
         if self._failure is not None:
             log.info("event=database-reachable node=%s", self.name)
+            if self.on_reachable is not None:
+                self.on_reachable()
         self._failure = None
         self.reachable = True
 

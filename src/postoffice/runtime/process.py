@@ -163,7 +163,8 @@ async def _heartbeat(app: Application, config: Config, worker: WorkerRole | None
     database = app.stores.database
     if database is None or (worker is not None and worker.index != 0):
         return None
-    heartbeat = Heartbeat(database, config.node_name, __version__)
+    # Deliveries deferred while the database was away are retried once it answers again.
+    heartbeat = Heartbeat(database, config.node_name, __version__, on_reachable=app.scheduler.flush)
     await heartbeat.start()
     app.operations.cluster = heartbeat
     return heartbeat
