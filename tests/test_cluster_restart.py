@@ -139,8 +139,8 @@ def _queued(url: str) -> int:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="open bug: after the restart a node's blocking pool (its local deliveries) sometimes"
-    " gets no connection for over 20 s, so the drain below times out (half the runs here)",
+    reason="a stall seen in half the runs before the heartbeat retried deferred deliveries (none in"
+    " 7 runs since, the cause not proven): kept expected-to-fail until it has held longer",
 )
 def test_a_database_restart_under_load_is_451_meanwhile_and_loses_nothing(
     pg_url: str, postgres: PostgresServer, tmp_path: Path
