@@ -20,6 +20,7 @@ manager, the delivery agents, the web index and the SMTP session do not change.
 
 from __future__ import annotations
 
+import string
 import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,34 @@ SEEN = "S"
 def with_seen(flags: str, seen: bool) -> str:
     """``flags`` with the seen flag set (``seen``) or cleared."""
     return flags.replace(SEEN, "") + (SEEN if seen else "")
+
+
+# IMAP keywords (RFC 9051 §2.3.2) are numbered per folder, and a message's flags carry the
+# lower-case letter of each number it has ("a" for 0): 26 a folder at most, as Maildir allows.
+KEYWORD_LETTERS = string.ascii_lowercase
+
+
+def number_keywords(
+    known: Sequence[str], names: Collection[str], *, add: bool
+) -> tuple[list[str] | None, str]:
+    """The letters of keywords ``names`` among a folder's ``known`` ones (by number, ``""`` for a
+    number not in use; matched without regard to case), and, when ``add`` numbered unknown ones
+    (the next free numbers, in name order; past 26 they are dropped), the list to store, else
+    None. Every store numbers keywords with this, so they get the same letters in each."""
+    numbered = list(known)
+    by_name = {name.casefold(): index for index, name in enumerate(numbered) if name}
+    missing = [name for name in names if name.casefold() not in by_name]
+    changed = False
+    if add:
+        for name in sorted(missing):  # the same numbers whatever order a set gives
+            free = numbered.index("") if "" in numbered else len(numbered)
+            if free >= len(KEYWORD_LETTERS):
+                break
+            numbered[free : free + 1] = [name]
+            by_name[name.casefold()] = free
+            changed = True
+    indexes = {by_name[name.casefold()] for name in names if name.casefold() in by_name}
+    return (numbered if changed else None), "".join(KEYWORD_LETTERS[index] for index in sorted(indexes))
 
 
 # --- the queue ------------------------------------------------------------------------------------

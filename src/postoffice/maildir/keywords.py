@@ -10,15 +10,14 @@ them: a line that is not ``NUMBER NAME`` is skipped).
 
 from __future__ import annotations
 
-import string
 import threading
 from collections.abc import Collection
 from pathlib import Path
 
 from postoffice.durable import replace_file
+from postoffice.storage import KEYWORD_LETTERS, number_keywords
 
 KEYWORDS_FILE = "dovecot-keywords"
-LETTERS = string.ascii_lowercase  # 26 keywords a folder at most, as Maildir has letters
 _lock = threading.Lock()  # sessions of this process add keywords one at a time
 
 
@@ -31,7 +30,7 @@ def read_keywords(folder: Path) -> list[str]:
     found: dict[int, str] = {}
     for line in text.splitlines():
         number, _, name = line.partition(" ")
-        if number.isdigit() and int(number) < len(LETTERS) and name.strip():
+        if number.isdigit() and int(number) < len(KEYWORD_LETTERS) and name.strip():
             found[int(number)] = name.strip()
     return [found.get(index, "") for index in range(max(found, default=-1) + 1)]
 
@@ -43,17 +42,8 @@ def letters_for(folder: Path, names: Collection[str], *, add: bool) -> str:
     if not names:
         return ""
     with _lock:
-        known = read_keywords(folder)
-        by_name = {name.casefold(): index for index, name in enumerate(known) if name}
-        missing = [name for name in names if name.casefold() not in by_name]
-        if add and missing:
-            for name in sorted(missing):  # the same numbers whatever order a set gives
-                free = known.index("") if "" in known else len(known)
-                if free >= len(LETTERS):
-                    break
-                known[free : free + 1] = [name]
-                by_name[name.casefold()] = free
-            lines = "".join(f"{index} {name}\n" for index, name in enumerate(known) if name)
+        numbered, letters = number_keywords(read_keywords(folder), names, add=add)
+        if numbered is not None:
+            lines = "".join(f"{index} {name}\n" for index, name in enumerate(numbered) if name)
             replace_file(folder / KEYWORDS_FILE, lines.encode("utf-8"))
-    indexes = {by_name[name.casefold()] for name in names if name.casefold() in by_name}
-    return "".join(LETTERS[index] for index in sorted(indexes))
+    return letters

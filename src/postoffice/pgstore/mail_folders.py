@@ -9,14 +9,12 @@ parameters only; a folder name is checked by :func:`~postoffice.pgstore.mail_row
 
 from __future__ import annotations
 
-import string
 from collections.abc import Collection
 from typing import Any
 
 from postoffice.maildir.folders import INBOX
 from postoffice.pgstore.mail_rows import ensure_folder, ensure_mailbox, folder_id, mailbox_id, notify
-
-LETTERS = string.ascii_lowercase  # 26 keywords a folder at most, as a Maildir's letters allow
+from postoffice.storage import number_keywords
 
 
 def _not_inbox(folder: str) -> None:
@@ -102,16 +100,7 @@ def keyword_letters(connection: Any, mailbox: str, folder: str, names: Collectio
         ).fetchone()
         if row is None:
             raise FileNotFoundError(folder)
-        known: list[str] = list(row[1])
-        by_name = {name.casefold(): index for index, name in enumerate(known) if name}
-        missing = [name for name in names if name.casefold() not in by_name]
-        if add and missing:
-            for name in sorted(missing):  # the same numbers whatever order a set gives
-                free = known.index("") if "" in known else len(known)
-                if free >= len(LETTERS):
-                    break
-                known[free : free + 1] = [name]
-                by_name[name.casefold()] = free
-            connection.execute("UPDATE mail_folders SET keywords = %s WHERE id = %s", (known, row[0]))
-    indexes = {by_name[name.casefold()] for name in names if name.casefold() in by_name}
-    return "".join(LETTERS[index] for index in sorted(indexes))
+        numbered, letters = number_keywords(row[1], names, add=add)
+        if numbered is not None:
+            connection.execute("UPDATE mail_folders SET keywords = %s WHERE id = %s", (numbered, row[0]))
+    return letters
