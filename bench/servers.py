@@ -33,21 +33,28 @@ REPO = BENCH_DIR.parent
 # The checkout's own sources, whatever is installed.
 SOURCES = REPO / "src"
 
-SERVER_NAMES = ("postoffice", "postoffice-w2", "postfix", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
+SERVER_NAMES = ("postoffice", "postoffice-w1", "postfix", "aiosmtpd-maildir", "aiosmtpd-discard", "smtp-sink")
 # Not run unless named: the cost of verifying SPF, DKIM, DMARC and ARC on every message.
 VERIFY = "postoffice-verify"
 
 
+# A name ending in this runs the same server with `[queue] group_commit = true`.
+GROUP_COMMIT = "-gc"
+
+
 def is_postoffice(name: str) -> bool:
-    """``postoffice`` (one process), ``postoffice-wN`` (``serve --workers N``) or
-    ``postoffice-verify``."""
-    return name in ("postoffice", VERIFY) or (
-        name.startswith("postoffice-w") and name[12:].isdigit() and int(name[12:]) > 0
+    """``postoffice`` (the default worker setting), ``postoffice-wN`` (``serve --workers N``),
+    either with ``-gc`` (group commit on), or ``postoffice-verify``."""
+    base = name.removesuffix(GROUP_COMMIT)
+    return base in ("postoffice", VERIFY) or (
+        base.startswith("postoffice-w") and base[12:].isdigit() and int(base[12:]) > 0
     )
 
 
-def workers_of(name: str) -> int:
-    return int(name[12:]) if name.startswith("postoffice-w") else 1
+def workers_of(name: str) -> int | None:
+    """The ``--workers`` a name asks for; None: the server's default."""
+    base = name.removesuffix(GROUP_COMMIT)
+    return int(base[12:]) if base.startswith("postoffice-w") else None
 
 
 RECIPIENT = "rcpt@bench.test"
@@ -184,7 +191,8 @@ def start(name: str, workdir: Path) -> RunningServer:
     if is_postoffice(name):
         if name == VERIFY:
             return _start_verifying(workdir)
-        return _start_postoffice(name, workdir, workers_of(name))
+        settings = "\n[queue]\ngroup_commit = true\n" if name.endswith(GROUP_COMMIT) else ""
+        return _start_postoffice(name, workdir, workers_of(name), settings)
     if name == "aiosmtpd-maildir":
         return _start_aiosmtpd(workdir, maildir=True)
     if name == "aiosmtpd-discard":
@@ -212,7 +220,7 @@ def _start_verifying(workdir: Path) -> RunningServer:
     zone = contextlib.ExitStack()
     port = zone.enter_context(dns_zone.serving())
     try:
-        server = _start_postoffice(VERIFY, workdir, 1, VERIFY_CONFIG.format(dns_port=port))
+        server = _start_postoffice(VERIFY, workdir, None, VERIFY_CONFIG.format(dns_port=port))
     except BaseException:
         zone.close()
         raise
@@ -220,14 +228,14 @@ def _start_verifying(workdir: Path) -> RunningServer:
     return server
 
 
-def _start_postoffice(name: str, workdir: Path, workers: int, settings: str = "") -> RunningServer:
+def _start_postoffice(name: str, workdir: Path, workers: int | None, settings: str = "") -> RunningServer:
     data_dir = workdir / "data"
     config = workdir / "postoffice.toml"
     # More settings for a comparison run: TOML appended to the file, from the environment.
     extra = os.environ.get("POSTOFFICE_BENCH_EXTRA_CONFIG", "")
     config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + settings + extra)
     command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config)]
-    if workers > 1:
+    if workers is not None:
         command += ["--workers", str(workers)]
     env = {
         **os.environ,

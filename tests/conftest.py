@@ -24,13 +24,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pg_server import PostgresServer, postgres_bin
 from postoffice.app import Application
 from postoffice.config import AuthenticationSettings, Config, DeliverySettings, Limits, Listener
+
+if TYPE_CHECKING:
+    from postoffice.pgstore.mailboxes import PgMailboxStore
 
 # Subprocesses (`python -m postoffice ...`) run this checkout's sources, like the tests do.
 _SOURCES = str(Path(__file__).resolve().parent.parent / "src")
@@ -198,6 +201,27 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_url(postgres: PostgresServer) -> str:
     """The URL of a new, empty database of the session's cluster: one per test."""
     return postgres.url(postgres.create_database())
+
+
+@pytest.fixture
+def pg_mailbox_nodes(pg_url: str) -> Iterator[Callable[[], PgMailboxStore]]:
+    """Makes mailbox stores on the test's database, each with pools of its own: nodes of one cluster."""
+    from postoffice.pg.database import Database
+    from postoffice.pg.migrate import migrate
+    from postoffice.pgstore.mailboxes import PgMailboxStore
+
+    opened: list[Database] = []
+
+    def node() -> PgMailboxStore:
+        database = Database(pg_url, pool_size=4, name=f"node{len(opened)}")
+        database.open()
+        migrate(database)
+        opened.append(database)
+        return PgMailboxStore(database)
+
+    yield node
+    for database in opened:
+        database.close()
 
 
 @pytest.fixture

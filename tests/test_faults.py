@@ -8,15 +8,11 @@ SIGTERM (421 4.3.2 to idle sessions, grace for DATA, exit 0) is tested end to en
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import random
-import signal
 import smtplib
 import subprocess
-import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunningServer, ServerProcess
+from kill_load import AckedLoad
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import new_queue_id
 from test_integration_durability import (
@@ -32,7 +29,6 @@ from test_integration_durability import (
     check_whole,
     delivered_files,
     message_for,
-    queue_id_of,
     queue_is_empty,
     received_id,
     wait_until,
@@ -139,42 +135,13 @@ def test_repeated_sigkill_under_load_delivers_every_250_exactly_once(
 ) -> None:
     data_dir = tmp_path / "data"
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
-    acked: dict[int, str] = {}
-    numbers = itertools.count()
-    lock = threading.Lock()
+    load = AckedLoad(lambda seq: [f"box{seq % 5}@{DOMAIN}"])
     rounds = 5
     for _ in range(rounds):
-        running = server_process(data_dir=data_dir)
-        stop = threading.Event()
-
-        def send_many(port: int = running.port, stop: threading.Event = stop) -> None:
-            try:
-                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                    client.ehlo("load.test")
-                    while not stop.is_set():
-                        with lock:
-                            seq = next(numbers)
-                        client.mail("load@example.org")
-                        client.rcpt(f"box{seq % 5}@{DOMAIN}")
-                        code, text = client.data(message_for(seq))
-                        assert code == 250
-                        with lock:
-                            acked[seq] = queue_id_of(text)
-            except (OSError, smtplib.SMTPException):
-                return  # killed under us: whatever got its 250 is recorded
-
-        threads = [threading.Thread(target=send_many, daemon=True) for _ in range(4)]
-        before = len(acked)
-        for thread in threads:
-            thread.start()
-        wait_until(lambda before=before: len(acked) > before + 5, what="some messages acknowledged")
-        time.sleep(rng.uniform(0.0, 0.8))  # the instant of the kill is random on purpose
-        running.process.kill()
-        assert running.process.wait(10) == -signal.SIGKILL
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-            assert not thread.is_alive()
+        # The instant of the kill is random on purpose.
+        load.kill_under_load(
+            server_process(data_dir=data_dir), threads=4, acked_first=5, delay=rng.uniform(0.0, 0.8)
+        )
         # After every crash: no half-written message is visible in any mailbox.
         for path in delivered_files(data_dir):
             check_whole(path)
@@ -187,12 +154,12 @@ def test_repeated_sigkill_under_load_delivers_every_250_exactly_once(
     for path in delivered_files(data_dir):
         seq, message = check_whole(path)
         seen[seq] += 1
-        if seq in acked:
-            assert received_id(message) == acked[seq]
-    assert sorted(set(acked) - set(seen)) == [], "acknowledged but lost"
+        if seq in load.acked:
+            assert received_id(message) == load.acked[seq]
+    assert sorted(set(load.acked) - set(seen)) == [], "acknowledged but lost"
     assert sorted(seq for seq, count in seen.items() if count > 1) == [], "delivered twice"
     assert_spool_consistent(data_dir)
-    assert len(acked) > rounds * 5
+    assert len(load.acked) > rounds * 5
 
 
 # --- corrupt spool files ----------------------------------------------------------------------

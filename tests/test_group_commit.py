@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import itertools
 import os
 import re
-import signal
 import smtplib
 import threading
 import urllib.request
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RunningServer, ServerProcess
+from kill_load import AckedLoad
 from postoffice.config import QueueSettings
 from postoffice.spool.group_commit import (
     GroupCommit,
@@ -38,7 +37,6 @@ from test_integration_durability import (
     check_whole,
     delivered_files,
     message_for,
-    queue_id_of,
     queue_is_empty,
     received_id,
     wait_until,
@@ -281,41 +279,11 @@ def test_sigkill_under_load_loses_and_doubles_nothing_direct_or_queued(
     config = tmp_path / "postoffice.toml"
     config.write_text(f"[queue]\ngroup_commit = {str(grouped).lower()}\n")
     data_dir = tmp_path / "data"
-    acked: dict[int, str] = {}
-    lock = threading.Lock()
-    numbers = itertools.count()
+    load = AckedLoad(recipients_of)
     for _ in range(3):
-        running = server_process("--config", str(config), data_dir=data_dir)
-        stop = threading.Event()
-
-        def send_many(port: int = running.port, stop: threading.Event = stop) -> None:
-            try:
-                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                    client.ehlo("load.test")
-                    while not stop.is_set():
-                        with lock:
-                            seq = next(numbers)
-                        client.mail("load@example.org")
-                        for address in recipients_of(seq):
-                            client.rcpt(address)
-                        code, text = client.data(message_for(seq))
-                        assert code == 250
-                        with lock:
-                            acked[seq] = queue_id_of(text)
-            except (OSError, smtplib.SMTPException):
-                return  # killed under us: whatever got its 250 is recorded
-
-        threads = [threading.Thread(target=send_many, daemon=True) for _ in range(8)]
-        before = len(acked)
-        for thread in threads:
-            thread.start()
-        wait_until(lambda before=before: len(acked) > before + 40, what="messages acknowledged")
-        running.process.kill()
-        assert running.process.wait(10) == -signal.SIGKILL
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-            assert not thread.is_alive()
+        load.kill_under_load(
+            server_process("--config", str(config), data_dir=data_dir), threads=8, acked_first=40
+        )
         for path in delivered_files(data_dir):  # no partial file visible after any crash
             check_whole(path)
 
@@ -327,14 +295,14 @@ def test_sigkill_under_load_loses_and_doubles_nothing_direct_or_queued(
     for path in delivered_files(data_dir):
         seq, message = check_whole(path)
         seen[seq, f"{path.parent.parent.name}@{DOMAIN}"] += 1
-        if seq in acked:
-            assert received_id(message) == acked[seq]
-    owed = {(seq, address) for seq in acked for address in recipients_of(seq)}
+        if seq in load.acked:
+            assert received_id(message) == load.acked[seq]
+    owed = {(seq, address) for seq in load.acked for address in recipients_of(seq)}
     assert sorted(owed - set(seen)) == [], "acknowledged but lost"
     assert sorted(key for key, count in seen.items() if count > 1) == [], "delivered twice"
     assert list((data_dir / "spool" / "tmp").iterdir()) == []
     assert list((data_dir / "spool" / "corrupt").iterdir()) == []
-    assert len(acked) > 120
+    assert len(load.acked) > 120
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import io
 import poplib
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from imapclient import IMAPClient
@@ -21,8 +21,6 @@ from imapclient import IMAPClient
 from conftest import RunningServer
 from postoffice import app as app_module
 from postoffice.config import Config, Listener
-from postoffice.pg.database import Database
-from postoffice.pg.migrate import migrate
 from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.stores import Stores, open_stores
 from test_web_watch import EventLog
@@ -34,29 +32,13 @@ ADDRESS = "ann@example.test"
 
 
 @pytest.fixture
-def databases(pg_url: str) -> Iterator[Callable[[], PgMailboxStore]]:
-    opened: list[Database] = []
-
-    def node() -> PgMailboxStore:
-        database = Database(pg_url, pool_size=4, name=f"node{len(opened)}")
-        database.open()
-        migrate(database)
-        opened.append(database)
-        return PgMailboxStore(database)
-
-    yield node
-    for database in opened:
-        database.close()
-
-
-@pytest.fixture
 def server(
     server_factory: Callable[..., RunningServer],
-    databases: Callable[[], PgMailboxStore],
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
     monkeypatch: pytest.MonkeyPatch,
 ) -> RunningServer:
     """A capture-mode server (any password from loopback) with IMAP and POP3, mailboxes in the database."""
-    mailboxes = databases()
+    mailboxes = pg_mailbox_nodes()
 
     def stores(config: Config, *, clean_tmp: bool = True) -> Stores:
         embedded = open_stores(config, clean_tmp=clean_tmp)
@@ -85,9 +67,9 @@ def port(server: RunningServer, kind: str) -> int:
 
 
 def test_the_web_side_follows_another_nodes_deliveries(
-    server: RunningServer, databases: Callable[[], PgMailboxStore]
+    server: RunningServer, pg_mailbox_nodes: Callable[[], PgMailboxStore]
 ) -> None:
-    other = databases()
+    other = pg_mailbox_nodes()
     with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
         smtp.sendmail("bob@example.org", [ADDRESS], f"To: {ADDRESS}\r\nSubject: by smtp\r\n\r\nx\r\n")
     server.wait_idle()
@@ -104,9 +86,9 @@ def test_the_web_side_follows_another_nodes_deliveries(
 
 
 def test_imap_idle_and_pop3_over_the_database(
-    server: RunningServer, databases: Callable[[], PgMailboxStore]
+    server: RunningServer, pg_mailbox_nodes: Callable[[], PgMailboxStore]
 ) -> None:
-    other = databases()
+    other = pg_mailbox_nodes()
     elsewhere(other, "N0_0", "first")
     with IMAPClient("127.0.0.1", port=port(server, "imap"), ssl=False, timeout=10) as imap:
         imap.login(ADDRESS, "anything")

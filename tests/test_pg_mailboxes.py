@@ -9,7 +9,7 @@ import io
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,8 +17,6 @@ import psycopg
 import pytest
 
 from postoffice import cli
-from postoffice.pg.database import Database
-from postoffice.pg.migrate import migrate
 from postoffice.pgstore.bodies import CHUNK
 from postoffice.pgstore.mail_watch import changes_of
 from postoffice.pgstore.mailboxes import PgMailboxStore
@@ -43,23 +41,6 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
             return found
         time.sleep(0.02)
     raise AssertionError(f"{what}: not within {timeout} s")
-
-
-@pytest.fixture
-def nodes(pg_url: str) -> Iterator[Callable[[], PgMailboxStore]]:
-    """Makes stores on the test's database, each with its own pools: nodes of one cluster."""
-    opened: list[Database] = []
-
-    def node() -> PgMailboxStore:
-        database = Database(pg_url, pool_size=3, name=f"node{len(opened)}")
-        database.open()
-        migrate(database)
-        opened.append(database)
-        return PgMailboxStore(database)
-
-    yield node
-    for database in opened:
-        database.close()
 
 
 def deliver(
@@ -99,8 +80,10 @@ class Pattern(io.RawIOBase):
         return count
 
 
-def test_a_50_mb_message_goes_in_and_out_in_bounded_memory(nodes: Callable[[], PgMailboxStore]) -> None:
-    store = nodes()
+def test_a_50_mb_message_goes_in_and_out_in_bounded_memory(
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
+) -> None:
+    store = pg_mailbox_nodes()
     size = 50 * 1024 * 1024
     deliver(store, "small")  # the pools and the schema are warm before memory is measured
     tracemalloc.start()
@@ -131,8 +114,8 @@ def test_a_50_mb_message_goes_in_and_out_in_bounded_memory(nodes: Callable[[], P
     assert peak_out < 16 * CHUNK, peak_out
 
 
-def test_two_nodes_see_each_others_changes(nodes: Callable[[], PgMailboxStore]) -> None:
-    one, two = nodes(), nodes()
+def test_two_nodes_see_each_others_changes(pg_mailbox_nodes: Callable[[], PgMailboxStore]) -> None:
+    one, two = pg_mailbox_nodes(), pg_mailbox_nodes()
     stored = deliver(one, "Q1_0")
     assert two.list_messages("ann@example.test") == [stored]
     with two.read(stored) as stream:
@@ -148,8 +131,10 @@ def test_two_nodes_see_each_others_changes(nodes: Callable[[], PgMailboxStore]) 
     assert one.expunge(seen) and not two.expunge(seen)
 
 
-def test_uids_from_nodes_delivering_at_once_ascend_without_gaps(nodes: Callable[[], PgMailboxStore]) -> None:
-    stores = [nodes(), nodes()]
+def test_uids_from_nodes_delivering_at_once_ascend_without_gaps(
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
+) -> None:
+    stores = [pg_mailbox_nodes(), pg_mailbox_nodes()]
     errors: list[BaseException] = []
 
     def run(index: int) -> None:
@@ -169,8 +154,8 @@ def test_uids_from_nodes_delivering_at_once_ascend_without_gaps(nodes: Callable[
     assert [uid for uid, _ in listing.messages] == list(range(1, 41)) and listing.uidnext == 41
 
 
-def test_keywords_and_subscriptions_are_shared(nodes: Callable[[], PgMailboxStore]) -> None:
-    one, two = nodes(), nodes()
+def test_keywords_and_subscriptions_are_shared(pg_mailbox_nodes: Callable[[], PgMailboxStore]) -> None:
+    one, two = pg_mailbox_nodes(), pg_mailbox_nodes()
     deliver(one, "Q1_0")
     assert one.subscriptions("ann@example.test") is None
     assert one.keyword_letters("ann@example.test", None, {"$Junk", "$Forwarded"}, add=True) == "ab"
@@ -198,10 +183,10 @@ class Announced:
 
 
 def test_mail_delivered_on_one_node_is_in_every_nodes_index_within_a_second(
-    nodes: Callable[[], PgMailboxStore], tmp_path: Path
+    pg_mailbox_nodes: Callable[[], PgMailboxStore], tmp_path: Path
 ) -> None:
     """Each node keeps its own SQLite index; LISTEN/NOTIFY keeps it in line with the database."""
-    one, two = nodes(), nodes()
+    one, two = pg_mailbox_nodes(), pg_mailbox_nodes()
     deliver(one, "Q0_0")  # the mailbox exists; the index starts from a sync
     index = MailIndex(tmp_path / "index.sqlite3", two, authserv_id="mx.test")
     index.sync()
@@ -227,9 +212,9 @@ def test_mail_delivered_on_one_node_is_in_every_nodes_index_within_a_second(
 
 
 def test_a_watch_that_loses_its_connection_reconnects_and_resyncs(
-    nodes: Callable[[], PgMailboxStore], pg_url: str
+    pg_mailbox_nodes: Callable[[], PgMailboxStore], pg_url: str
 ) -> None:
-    store = nodes()
+    store = pg_mailbox_nodes()
     deliver(store, "Q0_0")
     batches: list[MailboxChanges] = []
     watch = store.watch(batches.append)
@@ -255,10 +240,10 @@ def test_a_watch_that_loses_its_connection_reconnects_and_resyncs(
 
 
 def test_a_listing_is_reused_until_another_node_changes_the_folder(
-    nodes: Callable[[], PgMailboxStore],
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
 ) -> None:
     """IMAP IDLE lists the folder several times a second: one small query while nothing changed."""
-    one, two = nodes(), nodes()
+    one, two = pg_mailbox_nodes(), pg_mailbox_nodes()
     stored = deliver(two, "Q1_0")
     deliver(two, "Q2_0")
     first = one.listing("ann@example.test", None)
@@ -281,9 +266,12 @@ def test_a_listing_is_reused_until_another_node_changes_the_folder(
 
 
 def test_reindex_on_a_node_indexes_the_databases_mailboxes(
-    nodes: Callable[[], PgMailboxStore], pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
+    pg_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    deliver(nodes(), "Q1_0")
+    deliver(pg_mailbox_nodes(), "Q1_0")
     config = tmp_path / "postoffice.toml"
     config.write_text(f'[storage]\nbackend = "postgresql"\ndatabase = "{pg_url}"\n')
     data_dir = tmp_path / "node"
@@ -294,9 +282,9 @@ def test_reindex_on_a_node_indexes_the_databases_mailboxes(
 
 @pytest.mark.parametrize("size", [0, CHUNK - len(HEADERS), CHUNK, 2 * CHUNK + 1])
 def test_bodies_read_back_whole_and_seek_across_chunks(
-    nodes: Callable[[], PgMailboxStore], size: int
+    pg_mailbox_nodes: Callable[[], PgMailboxStore], size: int
 ) -> None:
-    store = nodes()
+    store = pg_mailbox_nodes()
     body = bytes(index % 253 for index in range(size))
     stored = deliver(store, "Q1_0", body)
     with store.read(stored) as stream:
@@ -306,9 +294,9 @@ def test_bodies_read_back_whole_and_seek_across_chunks(
 
 
 def test_a_key_delivered_again_without_recovering_is_a_second_message(
-    nodes: Callable[[], PgMailboxStore],
+    pg_mailbox_nodes: Callable[[], PgMailboxStore],
 ) -> None:
-    store = nodes()
+    store = pg_mailbox_nodes()
     first = deliver(store, "Q1_0")
     second = deliver(store, "Q1_0")
     assert first.key != second.key and len(store.list_messages("ann@example.test")) == 2
@@ -324,8 +312,8 @@ def test_a_key_delivered_again_without_recovering_is_a_second_message(
     assert again == first
 
 
-def test_a_message_that_ends_early_is_not_stored(nodes: Callable[[], PgMailboxStore]) -> None:
-    store = nodes()
+def test_a_message_that_ends_early_is_not_stored(pg_mailbox_nodes: Callable[[], PgMailboxStore]) -> None:
+    store = pg_mailbox_nodes()
     deliver(store, "Q0_0")
     with pytest.raises(OSError, match="ended 10 octets early"):
         store.deliver(
@@ -342,8 +330,8 @@ def test_a_message_that_ends_early_is_not_stored(nodes: Callable[[], PgMailboxSt
         assert connection.execute("SELECT count(DISTINCT body) FROM mail_chunks").fetchone() == (1,)
 
 
-def test_bodies_go_with_their_messages_and_folders(nodes: Callable[[], PgMailboxStore]) -> None:
-    store = nodes()
+def test_bodies_go_with_their_messages_and_folders(pg_mailbox_nodes: Callable[[], PgMailboxStore]) -> None:
+    store = pg_mailbox_nodes()
 
     def bodies() -> int:
         with psycopg.connect(store.database.url) as connection:
