@@ -100,6 +100,17 @@ def test_lines_outside_a_loop_are_written_at_once(logged: tuple[logging.Logger, 
     assert events(stream) == ["event=main", "event=thread"]
 
 
+async def test_a_line_from_another_thread_writes_the_held_lines_first(
+    logged: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = logged
+    logger.info("event=loop")  # held for the loop's write
+    thread = threading.Thread(target=logger.info, args=("event=thread",))
+    thread.start()
+    thread.join()
+    assert events(stream) == ["event=loop", "event=thread"]
+
+
 async def test_a_long_batch_is_written_in_whole_lines_of_at_most_pipe_buf_octets(
     logged: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch
 ) -> None:
