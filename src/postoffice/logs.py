@@ -9,10 +9,13 @@ line. Secrets never reach a log record: AUTH lines are redacted before any loggi
 ``SIGHUP`` calls :func:`reopen`: a log file renamed away by logrotate is closed and created
 again under its configured name (the ``copytruncate``-free way, like nginx's ``USR1``).
 
-Lines logged on the event loop are written together once the loop has run what is ready
-(:class:`BatchingStreamHandler`): a server logs a few lines per message, and one ``write(2)``
-each, with the interpreter lock let go and taken back around it, cost more than the rest of
-the logging. Warnings and errors, and lines from other threads, are written at once.
+INFO lines logged on the event loop are held and written together, at most ``FLUSH_DELAY``
+seconds after the first of them (:class:`BatchingStreamHandler`): a server logs five lines per
+message, and one ``write(2)`` each, with the interpreter lock let go and taken back around it
+(another thread waiting for it then runs first), cost more than the rest of the logging.
+Warnings and errors, lines from other threads, :func:`flush`, the handler's close (logging's
+own at exit) and a stopped event loop write what is held at once, in order. Only a process
+killed outright (SIGKILL) loses lines: those of its last ``FLUSH_DELAY`` at most.
 """
 
 from __future__ import annotations
@@ -174,18 +177,31 @@ class JsonFormatter(logging.Formatter):
         return _JSON.encode(entry)
 
 
-class BatchingStreamHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that writes the INFO lines logged on an event loop once per loop pass.
+# How long an INFO line logged on the event loop may wait for the lines after it: under load
+# one write(2) then carries the lines of many messages (W1a: about 9 writes of the event loop's
+# thread per message before, 7 after, the 7 replies; see docs/performance.md), and a reader of
+# the log sees a line this much later at most.
+FLUSH_DELAY = 0.02
+# Held lines that are written at once, without waiting for the delay: bounds what is held.
+MAX_HELD = 256
 
-    The first such line asks the loop (``call_soon``) to write everything held, which happens
-    after the callbacks already ready to run: lines wait for no timer and no other event. A
-    warning or error, a line logged outside a running loop (a worker thread, start-up, the
-    CLI), :meth:`flush` and :meth:`close` write what is held at once, in order.
+
+class BatchingStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the INFO lines logged on an event loop together.
+
+    The first such line asks the loop to write everything held ``FLUSH_DELAY`` later
+    (``call_later``; ``MAX_HELD`` lines are written at once). A warning or error, a line logged
+    outside a running loop (a worker thread, start-up, the CLI), :meth:`flush` and
+    :meth:`close` write what is held at once, in order. A loop that stops before its timer
+    fires leaves the lines to the next of those (the server flushes as its loop ends, and
+    logging's exit handler closes the handler); a line on another loop asks that loop anew.
     """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._held: list[str] = []
+        # The loop whose timer will write what is held, while one is due.
+        self._flushing: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -195,14 +211,15 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
             return
         held = self._held
         held.append(line)
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING and len(held) < MAX_HELD:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 pass
             else:
-                if len(held) == 1:
-                    loop.call_soon(self.flush)
+                if self._flushing is not loop:
+                    self._flushing = loop
+                    loop.call_later(FLUSH_DELAY, self.flush)
                 return
         self._write_held()
 
@@ -219,6 +236,7 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
 
     def _write_held(self) -> None:
         # Called with the handler's lock held (emit runs under it).
+        self._flushing = None
         held = self._held
         if not held:
             super().flush()
@@ -294,6 +312,12 @@ def configure(log_format: str = "text", log_file: Path | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     _handler = handler
+
+
+def flush() -> None:
+    """Write the lines held for the event loop now (its loop is ending, or the process is)."""
+    if _handler is not None:
+        _handler.flush()
 
 
 def reopen() -> None:

@@ -264,14 +264,16 @@ class SmtpSession(asyncio.Protocol):
         if conversation.handled != handled:
             self._touch()
         in_data = conversation.core.state is State.DATA
-        if in_data and not self._in_data:
+        entered_data = in_data and not self._in_data
+        if entered_data:
             self._data_started = self._loop.time()
         self._in_data = in_data
         if step is NEED_DATA:
             self._flush()
         else:
             self._follow(step)
-        self._rearm_if_sooner()
+        if entered_data:
+            self._rearm_if_sooner()
 
     def _follow(self, step: Step) -> None:
         """Do what the conversation asks of the transport (see smtpd.conversation)."""
@@ -441,6 +443,7 @@ class SmtpSession(asyncio.Protocol):
     def _rearm_if_sooner(self) -> None:
         # The timer is re-armed lazily, which only ever moves it later. Entering DATA can bring
         # the deadline forward (data_block_timeout < command_timeout): move the timer with it.
+        # Nothing else can (activity and our own work only move it later), so only then.
         timer = self._timer
         if timer is not None and self._deadline() < timer.when():
             timer.cancel()

@@ -102,9 +102,17 @@ def _run(
     """``http``: the web listeners, bound already (as root, or while waiting for the database)."""
     if http is None and prebound is not None:
         http = prebound.http
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets, local, http))
-    return 130
+    try:
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=event_loop_factory()) as runner,
+        ):
+            return runner.run(_serve(config, reload, worker, web_share, prebound, acme_sockets, local, http))
+        return 130
+    finally:
+        # The lines the loop held for its next write (logs.py), before whatever the process
+        # says or does next: however the loop ended (stopped, interrupted, crashed).
+        logs.flush()
 
 
 async def _serve(
