@@ -141,7 +141,9 @@ def test_a_mailbox_that_refuses_the_message_sends_it_to_the_queue(cluster: Clust
     wait_until(lambda: "reason=mailbox-refused" in node.text, 5, "the refusal logged")
     assert "over its quota" in node.text and "Traceback" not in node.text
     # The queue's own attempt meets the same refusal: deferred, to be retried, then bounced.
-    wait_until(lambda: f"queue_id={queue_id} to=<full@example.com> status=deferred" in node.text, 10, "deferred")
+    wait_until(
+        lambda: f"queue_id={queue_id} to=<full@example.com> status=deferred" in node.text, 10, "deferred"
+    )
 
 
 def test_the_database_down_at_the_end_of_data_is_451_and_nothing_is_stored(
