@@ -218,3 +218,20 @@ def test_a_node_killed_under_load_loses_no_acknowledged_message_and_stores_none_
     assert acked <= set(found), sorted(acked - set(found))
     assert [seq for seq, count in found.items() if count > 1] == []
     assert "Traceback" not in node_a.text
+
+
+def test_a_message_past_the_buffer_and_a_chunk_is_stored_whole_in_whole_chunks(
+    cluster: Cluster, pg_url: str
+) -> None:
+    (node,) = cluster.start(1)
+    body = b"".join(b"line %06d of a long message\r\n" % n for n in range(12_000))  # ~370 KB
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("app@example.org", ["dev@example.com"], b"Subject: long\r\n\r\n" + body)
+    rows = sql(
+        pg_url,
+        "SELECT m.size, c.seq, c.data FROM mail_messages m JOIN mail_chunks c ON c.body = m.body ORDER BY c.seq",
+    )
+    content = b"".join(bytes(data) for _, _, data in rows)
+    assert content.startswith(b"Return-Path: <app@example.org>\r\nDelivered-To: dev@example.com\r\n")
+    assert content.endswith(b"Subject: long\r\n\r\n" + body)
+    assert rows[0][0] == len(content) and [len(data) for _, _, data in rows[:-1]] == [256 * 1024]
