@@ -116,7 +116,7 @@ class _MailboxSink:
         receiver, address = self._receiver, self._recipient.address
         try:
             place = receiver.store.place(address, envelope.folder)
-            stored = await self._deliver(queue_id, envelope, place, chunks)
+            stored = await self._deliver(queue_id, envelope, place, chunks, small=small)
         except (ValueError, _Refused) as refusal:
             # The queue retries it and, in the end, bounces it with the reason; the client
             # need not care (direct.py's fallback).
@@ -141,6 +141,8 @@ class _MailboxSink:
         envelope: Envelope,
         place: tuple[str, str],
         chunks: Callable[[], AsyncIterator[bytes]],
+        *,
+        small: bool,
     ) -> StoredMessage:
         receiver = self._receiver
         # The recipient index 0 names the message, as the local agent names a queued delivery.
@@ -154,7 +156,13 @@ class _MailboxSink:
                 try:
                     content = headed(headers, chunks())
                     return await receiver.store.deliver_on(
-                        connection, place, key, content, received_at=envelope.received_at, whole=whole
+                        connection,
+                        place,
+                        key,
+                        content,
+                        received_at=envelope.received_at,
+                        whole=whole,
+                        small=small,
                     )
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     raise  # the database unreachable: the client's 451 (transact)

@@ -160,13 +160,21 @@ class PgMailboxStore:
         *,
         received_at: float,
         whole: bool = False,
+        small: bool = False,
     ) -> StoredMessage:
         """Store ``content`` (header fields included) as message ``key`` at ``place`` on the
         async ``connection`` and commit (:func:`postoffice.pgstore.mail_delivery.deliver`);
         NoFolder if :meth:`make_place` must make it first, psycopg's errors as they come."""
         mailbox, folder = place
         return await mail_delivery.deliver(
-            connection, mailbox, folder, key, content, received=float(int(received_at)), whole=whole
+            connection,
+            mailbox,
+            folder,
+            key,
+            content,
+            received=float(int(received_at)),
+            whole=whole,
+            small=small,
         )
 
     def describe(self, message: StoredMessage) -> str:
