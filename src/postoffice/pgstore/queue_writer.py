@@ -37,7 +37,9 @@ CHUNK_SIZE = CHUNK  # every chunk but the last holds exactly this many (pg/chunk
 
 
 class Sink(Protocol):
-    """Where a writer's commit puts the message (:class:`~postoffice.pgstore.queue.PgQueue`)."""
+    """Where a writer's commit puts the message: the shared queue
+    (:class:`~postoffice.pgstore.queue.PgQueue`), or a mailbox (direct delivery,
+    :mod:`postoffice.delivery.direct_pg`, which falls back to the queue)."""
 
     async def insert(
         self,
