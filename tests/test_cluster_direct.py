@@ -3,7 +3,8 @@
 its 250 with no queue row ever written, and another node lists it within a second; several
 recipients still go through the queue; a mailbox that refuses the message (here a quota
 trigger) sends it to the queue; the database down at the end of DATA is a 451 and nothing is
-stored; a node SIGKILLed under load loses no acknowledged message and stores none twice."""
+stored; a node SIGKILLed under load loses no acknowledged message and stores none twice; a
+large message is stored whole; a delivery done again after its commit landed is stored once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import smtplib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,30 @@ def test_a_message_past_the_buffer_and_a_chunk_is_stored_whole_in_whole_chunks(
     assert content.startswith(b"Return-Path: <app@example.org>\r\nDelivered-To: dev@example.com\r\n")
     assert content.endswith(b"Subject: long\r\n\r\n" + body)
     assert rows[0][0] == len(content) and [len(data) for _, _, data in rows[:-1]] == [256 * 1024]
+
+
+async def test_a_delivery_done_again_after_its_commit_landed_is_not_stored_twice(pg_url: str) -> None:
+    """PgQueue.transact does the work again on another connection when the first broke, which
+    may be after the commit landed: the message's key, found, stands for the copy stored."""
+    from postoffice.pg.database import Database
+    from postoffice.pg.migrate import migrate
+    from postoffice.pgstore.mailboxes import PgMailboxStore
+
+    database = Database(pg_url)
+    migrate(database)
+    store = PgMailboxStore(database)
+    place = store.place("Dev@example.com", None)
+    assert store.make_place(*place) is True
+
+    async def content() -> AsyncIterator[bytes]:
+        yield letter(9)
+
+    try:
+        copies = []
+        for _ in range(2):
+            async with database.aconnection() as connection:
+                copies.append(await store.deliver_on(connection, place, "Q1_0", content(), received_at=1.5))
+    finally:
+        await database.aclose()
+    assert copies[0] == copies[1] and copies[0].location == "new/Q1_0"
+    assert stored(pg_url) == Counter({9: 1})
