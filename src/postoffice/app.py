@@ -30,7 +30,6 @@ from postoffice.acme.files import AcmeFiles
 from postoffice.acme.renewal import AcmeService, Backoff
 from postoffice.config import Config
 from postoffice.delivery.agent import DeliveryAgent, DeliveryResult
-from postoffice.delivery.direct import DirectReceiver
 from postoffice.delivery.dns import MxResolver
 from postoffice.delivery.forward import ForwardAgent
 from postoffice.delivery.local import LocalAgent
@@ -289,10 +288,10 @@ class Application:
 
     def _receiver(self) -> Receiver:
         """Where sessions store what they receive: one local mailbox at once, the rest queued."""
-        direct = self.stores.direct
-        if direct is None or not self.config.delivery.local_before_reply:
-            return self.spool  # a cluster's queue is the database's: no file to hand to a mailbox
-        return DirectReceiver(*direct, on_delivered=self._delivered, on_result=self._on_delivery_result)
+        if not self.config.delivery.local_before_reply:
+            return self.spool
+        direct = self.stores.direct(on_delivered=self._delivered, on_result=self._on_delivery_result)
+        return self.spool if direct is None else direct
 
     def _acme(self, worker_index: int | None, sockets: Sequence[socket.socket] | None) -> None:
         """Automatic certificates: every process follows ``<data-dir>/acme/cert.pem``; one (the

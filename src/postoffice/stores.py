@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from postoffice.accounts import Accounts
 from postoffice.config import Config, maildir_directory_mode
+from postoffice.delivery.direct import DirectReceiver, ResultHook
+from postoffice.delivery.local import DeliveryHook
 from postoffice.errors import PostofficeError
 from postoffice.logins import LocalLogins, Logins
 from postoffice.mailauth.dkim_keys import KeyDirectory, KeyStore
@@ -28,7 +30,7 @@ from postoffice.pg.migrate import migrate
 from postoffice.pgstore.mailboxes import PgMailboxStore
 from postoffice.pgstore.maildrop_locks import PgMaildropLocks
 from postoffice.spool.files import FileSpool
-from postoffice.storage import MailboxStore
+from postoffice.storage import MailboxStore, Receiver
 
 if TYPE_CHECKING:
     from postoffice.pgstore.queue import PgQueue
@@ -56,12 +58,19 @@ class Stores:
     logins: Logins = field(default_factory=LocalLogins)
     shared: SharedPeople | None = None
 
-    @property
-    def direct(self) -> tuple[FileSpool, MaildirStore] | None:
-        """The embedded spool and Maildirs, which direct delivery joins (a spool file becomes the
-        Maildir copy); None in a cluster, whose queue and mailboxes are the database's."""
+    def direct(self, *, on_delivered: DeliveryHook, on_result: ResultHook) -> Receiver | None:
+        """Direct delivery into these mailboxes (a message for one local mailbox is stored in it
+        before the 250, the rest queued): the embedded spool's file becomes the Maildir copy
+        (delivery/direct.py), a cluster's message goes into the database's mailbox in one
+        transaction (delivery/direct_pg.py)."""
         if isinstance(self.spool, FileSpool) and isinstance(self.mailboxes, MaildirStore):
-            return self.spool, self.mailboxes
+            return DirectReceiver(self.spool, self.mailboxes, on_delivered=on_delivered, on_result=on_result)
+        if isinstance(self.mailboxes, PgMailboxStore) and not isinstance(self.spool, FileSpool):
+            from postoffice.delivery.direct_pg import PgDirectReceiver  # psycopg: an extra
+
+            return PgDirectReceiver(
+                self.spool, self.mailboxes, on_delivered=on_delivered, on_result=on_result
+            )
         return None
 
     def reload_accounts(self, config: Config) -> Accounts:

@@ -73,7 +73,7 @@ class DirectReceiver:
         self._on_result = on_result
 
     def put(self, envelope: Envelope) -> MessageWriter:
-        recipient = _direct_recipient(envelope)
+        recipient = direct_recipient(envelope)
         if recipient is None:
             return self.spool.put(envelope)
         queue_id = new_queue_id()
@@ -109,7 +109,7 @@ class DirectReceiver:
             log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, recipient.address)
 
 
-def _direct_recipient(envelope: Envelope) -> Recipient | None:
+def direct_recipient(envelope: Envelope) -> Recipient | None:
     """The one local recipient, when nothing needs the queue."""
     if len(envelope.recipients) != 1:
         return None

@@ -23,6 +23,14 @@ SPOOL_IN_MEMORY = CHUNK
 
 Connect = Callable[[], Any]  # a context manager giving a pooled connection (Database.connection)
 
+# A body's statements (the blocking write_body's and direct delivery's, pgstore/mail_delivery.py):
+# the first chunk takes the body's number, so a small message is one statement.
+FIRST_CHUNK = (
+    "INSERT INTO mail_chunks (body, seq, data) VALUES (nextval('mail_bodies'), 0, %s) RETURNING body"
+)
+NEXT_CHUNK = "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)"
+EMPTY_BODY = "SELECT nextval('mail_bodies')"  # an empty message: a number, no chunk
+
 
 def chunks_of(headers: bytes, content: BinaryIO, size: int) -> Iterator[bytes]:
     """``headers`` then ``size`` octets of ``content``, in chunks of exactly ``CHUNK`` octets
@@ -69,18 +77,13 @@ def write_body(connection: Any, chunks: Iterator[bytes]) -> tuple[int, int]:
     with connection.cursor() as cursor:
         for seq, chunk in enumerate(chunks):
             if body is None:
-                cursor.execute(
-                    "INSERT INTO mail_chunks (body, seq, data) VALUES (nextval('mail_bodies'), 0, %s) RETURNING body",
-                    (chunk,),
-                )
+                cursor.execute(FIRST_CHUNK, (chunk,))
                 body = int(cursor.fetchone()[0])
             else:
-                cursor.execute(
-                    "INSERT INTO mail_chunks (body, seq, data) VALUES (%s, %s, %s)", (body, seq, chunk)
-                )
+                cursor.execute(NEXT_CHUNK, (body, seq, chunk))
             size += len(chunk)
-        if body is None:  # an empty message: a number, no chunk
-            body = int(cursor.execute("SELECT nextval('mail_bodies')").fetchone()[0])
+        if body is None:
+            body = int(cursor.execute(EMPTY_BODY).fetchone()[0])
     return body, size
 
 

@@ -157,6 +157,18 @@ def next_modseq(connection: Any, folder_id: int) -> int:
     return 1 if row is None else int(row[0])
 
 
+# insert_message's one statement: (folder, mailbox, folder, key, flags, fresh, received, size,
+# body, channel, payload) -> the new UID, or no row if the folder is gone.
+INSERT_MESSAGE = (
+    "WITH next AS (UPDATE mail_folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
+    "   WHERE id = %s RETURNING uidnext - 1 AS uid, highestmodseq AS modseq),"
+    " added AS (INSERT INTO mail_messages"
+    "   (mailbox_id, folder_id, key, uid, modseq, flags, fresh, received, size, body)"
+    "   SELECT %s, %s, %s, next.uid, next.modseq, %s, %s, %s, %s, %s FROM next RETURNING uid)"
+    " SELECT uid, pg_notify(%s, %s) FROM added"
+)
+
+
 def insert_message(
     connection: Any,
     ids: tuple[int, int],
@@ -173,12 +185,7 @@ def insert_message(
     commit order: RFC 9051 §2.3.1.1 asks that they ascend) and the notification ``changed``
     (:func:`payload`): one statement. Its UID. ``body``: (id, size)."""
     row = connection.execute(
-        "WITH next AS (UPDATE mail_folders SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1"
-        "   WHERE id = %s RETURNING uidnext - 1 AS uid, highestmodseq AS modseq),"
-        " added AS (INSERT INTO mail_messages"
-        "   (mailbox_id, folder_id, key, uid, modseq, flags, fresh, received, size, body)"
-        "   SELECT %s, %s, %s, next.uid, next.modseq, %s, %s, %s, %s, %s FROM next RETURNING uid)"
-        " SELECT uid, pg_notify(%s, %s) FROM added",
+        INSERT_MESSAGE,
         (ids[1], ids[0], ids[1], key, flags, fresh, received, body[1], body[0], CHANNEL, changed),
     ).fetchone()
     if row is None:
@@ -198,16 +205,23 @@ def notify(connection: Any, mailbox: str, key: str | None = None, locations: tup
     connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(mailbox, key, locations)))
 
 
+# placed's look-up: (folder, key, mailbox) -> mailbox id, folder id or NULL, whether key is there.
+PLACED = (
+    "SELECT b.id, f.id, m.id IS NOT NULL FROM mailboxes b"
+    " LEFT JOIN mail_folders f ON f.mailbox_id = b.id AND f.name = %s"
+    " LEFT JOIN mail_messages m ON m.mailbox_id = b.id AND m.key = %s"
+    " WHERE b.address = %s"
+)
+
+
 def placed(connection: Any, mailbox: str, folder: str, key: str) -> tuple[int, int, bool] | None:
     """The ids of ``mailbox`` and its ``folder``, and whether it holds a message ``key``: one
     look-up for a delivery; None if the mailbox or the folder is not there yet."""
-    row = connection.execute(
-        "SELECT b.id, f.id, m.id IS NOT NULL FROM mailboxes b"
-        " LEFT JOIN mail_folders f ON f.mailbox_id = b.id AND f.name = %s"
-        " LEFT JOIN mail_messages m ON m.mailbox_id = b.id AND m.key = %s"
-        " WHERE b.address = %s",
-        (folder, key, mailbox),
-    ).fetchone()
+    return placed_ids(connection.execute(PLACED, (folder, key, mailbox)).fetchone())
+
+
+def placed_ids(row: Any) -> tuple[int, int, bool] | None:
+    """What :func:`placed` makes of the row :data:`PLACED` gives."""
     if row is None or row[1] is None:
         return None
     return int(row[0]), int(row[1]), bool(row[2])

@@ -22,7 +22,7 @@ import contextlib
 import errno
 import io
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -31,7 +31,7 @@ from postoffice.errors import MessageGone
 from postoffice.maildir.folders import INBOX
 from postoffice.maildir.names import mailbox_location
 from postoffice.pg.database import Database, one_line
-from postoffice.pgstore import bodies, mail_folders, mail_listing
+from postoffice.pgstore import bodies, mail_delivery, mail_folders, mail_listing
 from postoffice.pgstore.bodies import SpooledMessage
 from postoffice.pgstore.mail_rows import (
     MessageRow,
@@ -136,6 +136,46 @@ class PgMailboxStore:
                     changed=changed,
                 )
         return stored
+
+    # --- direct delivery (delivery/direct_pg.py): on the event loop, in the caller's transaction ---
+
+    def place(self, address: str, folder: str | None) -> tuple[str, str]:
+        """The mailbox and folder names a delivery to ``address`` goes to; ValueError if none."""
+        return self._name(address), self._folder(folder)
+
+    def make_place(self, mailbox: str, folder: str) -> bool:
+        """Make ``mailbox`` and its ``folder`` (:meth:`place`'s) if missing; whether the mailbox
+        was made now (its watchers then look at all of it)."""
+        with self._connection() as connection:
+            owner, made = ensure_mailbox(connection, mailbox)
+            ensure_folder(connection, owner, folder)
+        return made
+
+    async def deliver_on(
+        self,
+        connection: Any,
+        place: tuple[str, str],
+        key: str,
+        content: AsyncIterator[bytes],
+        *,
+        received_at: float,
+        whole: bool = False,
+        small: bool = False,
+    ) -> StoredMessage:
+        """Store ``content`` (header fields included) as message ``key`` at ``place`` on the
+        async ``connection`` and commit (:func:`postoffice.pgstore.mail_delivery.deliver`);
+        NoFolder if :meth:`make_place` must make it first, psycopg's errors as they come."""
+        mailbox, folder = place
+        return await mail_delivery.deliver(
+            connection,
+            mailbox,
+            folder,
+            key,
+            content,
+            received=float(int(received_at)),
+            whole=whole,
+            small=small,
+        )
 
     def describe(self, message: StoredMessage) -> str:
         return f"postgresql {self.database.where} mailbox {message.mailbox}"

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -154,9 +154,10 @@ class PgQueue:
         chunks: Callable[[], AsyncIterator[bytes]],
         *,
         small: bool,
-    ) -> None:
+    ) -> bool:
         """The message row and its chunks (``chunks()`` streams them), in one transaction,
-        synchronously committed; done again on another connection if the pool's was stale."""
+        synchronously committed; done again on another connection if the pool's was stale.
+        False: the message is queued, not delivered (the writer's Sink protocol)."""
         row = {
             "id": queue_id,
             "envelope": _envelope_json(envelope),
@@ -164,6 +165,17 @@ class PgQueue:
             "node": self.node,
             "holder": self.holder,
         }
+        await self.transact(
+            f"queue_id={queue_id}: cannot commit",
+            lambda connection: _insert(connection, row, chunks(), small=small),
+        )
+        return False
+
+    async def transact(self, what: str, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """``work`` on a connection of the async pool, waited for at most ``connect_wait``; done
+        again on another connection if the pool's was stale (nothing was committed on it). A
+        database failure is a one-line SpoolError (the client's 451, then it sends again);
+        ``work`` commits what it writes itself. Direct delivery commits through this too."""
         attempts = self.database.pool_size + 1
         for attempt in range(attempts):
             try:
@@ -171,19 +183,18 @@ class PgQueue:
                     async with asyncio.timeout(self.connect_wait):
                         connection = await stack.enter_async_context(self.database.aconnection())
                     try:
-                        await _insert(connection, row, chunks(), small=small)
-                        return
+                        return await work(connection)
                     except psycopg.OperationalError:
                         if connection.closed and attempt + 1 < attempts:
                             continue  # kept from before the database restarted: nothing was stored
                         raise
             except psycopg.Error as error:
-                raise self._failure(error, f"queue_id={queue_id}: cannot commit") from None
+                raise self._failure(error, what) from None
             except TimeoutError:
                 raise SpoolError(
-                    f"queue_id={queue_id}: cannot commit: no connection to the database"
-                    f" {self.database.where} within {self.connect_wait:g}s"
+                    f"{what}: no connection to the database {self.database.where} within {self.connect_wait:g}s"
                 ) from None
+        raise AssertionError("unreachable")
 
     def forget(self, queue_id: str) -> None:
         """Take back a committed message nobody was told of (its session went away)."""

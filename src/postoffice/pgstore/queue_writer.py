@@ -37,7 +37,9 @@ CHUNK_SIZE = CHUNK  # every chunk but the last holds exactly this many (pg/chunk
 
 
 class Sink(Protocol):
-    """Where a writer's commit puts the message (:class:`~postoffice.pgstore.queue.PgQueue`)."""
+    """Where a writer's commit puts the message: the shared queue
+    (:class:`~postoffice.pgstore.queue.PgQueue`), or a mailbox (direct delivery,
+    :mod:`postoffice.delivery.direct_pg`, which falls back to the queue)."""
 
     async def insert(
         self,
@@ -47,7 +49,9 @@ class Sink(Protocol):
         chunks: Callable[[], AsyncIterator[bytes]],
         *,
         small: bool,
-    ) -> None: ...
+    ) -> bool:
+        """Store the message; True if it is delivered (in its mailbox), False if queued."""
+        ...
 
     def forget(self, queue_id: str) -> None: ...
 
@@ -163,7 +167,9 @@ class PgMessageWriter:
         try:
             if self._fd is not None:
                 await asyncio.to_thread(self._write_out)
-            await self._sink.insert(self._queue_id, self._envelope, self._size, self._chunks, small=small)
+            delivered = await self._sink.insert(
+                self._queue_id, self._envelope, self._size, self._chunks, small=small
+            )
         except SpoolError:
             self._abort()
             raise
@@ -172,7 +178,7 @@ class PgMessageWriter:
             raise storage_error(exc, f"queue_id={self._queue_id}: cannot commit") from exc
         self._state = _State.COMMITTED
         self._release()
-        return QueuedMessage(self._queue_id, self._envelope, self._size)
+        return QueuedMessage(self._queue_id, self._envelope, self._size, delivered=delivered)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         """The message in CHUNK_SIZE pieces: the late fields, then the file; or the buffer."""
