@@ -179,3 +179,19 @@ def test_any_content_cut_anywhere_reads_as_the_line_model_says(
 def test_any_octets_cut_anywhere_read_as_the_line_model_says(body: bytes, cuts: list[int]) -> None:
     wire = body + b"\r\n.\r\n" + NEXT_COMMAND
     assert_as_modelled(wire, cuts, 1000)
+
+
+def test_a_bdat_chunk_is_read_verbatim_however_it_is_cut() -> None:
+    """RFC 3030 §2: a chunk is exactly its size in octets, periods and bare line endings
+    included; what follows it is the next command's."""
+    chunk = b".\r\n..x\r\rbare\n.\r\n"
+    wire = chunk + NEXT_COMMAND
+    for cut in range(len(wire) + 1):
+        reader = Reader(max_line=512, text_line_limit=1000)
+        pieces = bytearray()
+        for part in (wire[:cut], wire[cut:]):
+            reader.feed(part)
+            while (piece := reader.read_chunk(len(chunk) - len(pieces))) is not None:
+                pieces += piece
+        assert bytes(pieces) == chunk, cut
+        assert reader.read_line() == NEXT_COMMAND[:-2], cut

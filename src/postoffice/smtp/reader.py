@@ -206,6 +206,7 @@ class Reader:
         buffer = self._buffer
         if not buffer or remaining <= 0:
             return None
-        piece = bytes(buffer[:remaining])
+        with memoryview(buffer) as view:
+            piece = bytes(view[:remaining])  # one copy (a bytearray slice would be a second)
         del buffer[: len(piece)]
         return piece
