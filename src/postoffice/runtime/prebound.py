@@ -48,7 +48,7 @@ class Prebound:
 def bind(config: Config) -> Prebound:
     """Bind every listener of ``config``, once for each of its ``workers``; OSError names the
     listener that could not be bound, with nothing left open."""
-    count = config.workers
+    count = config.worker_count
     smtp: list[tuple[BoundSocket, ...]] = []
     http: list[socket.socket] = []
     acme: list[socket.socket] = []

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from postoffice import __version__, logs
 from postoffice.app import Application, needs_tls
-from postoffice.config import Config
+from postoffice.config import Config, usable_cores
 from postoffice.errors import ListenError, PostofficeError
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
 from postoffice.net.server import BoundAddress
@@ -55,6 +55,8 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     Started as root with ``user`` set, it binds every listener and becomes that user first.
     """
     logs.configure(config.log_format, config.log_file)
+    # "auto" is decided once, here: the sockets bound as root and the workers forked agree.
+    config = _decide_workers(config)
     pid_file = PidFile(config.data_dir)
     prebound = None
     try:
@@ -76,7 +78,7 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
             waited = wait_for_database(config, prebound.http if prebound is not None else None)
             if waited.exit is not None:
                 return waited.exit
-        if config.workers > 1:
+        if config.worker_count > 1:
             return _serve_workers(config, reload, prebound, http=waited.http)
         return _run(config, None, reload, prebound=prebound, http=waited.http)
     except ListenError as exc:  # a web listener bound while waiting for the database
@@ -87,6 +89,19 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
         if prebound is not None:
             prebound.close()
         pid_file.release()
+
+
+def _decide_workers(config: Config) -> Config:
+    """``config`` with ``workers`` a number; "auto" is logged with what it came to, and why."""
+    if config.workers is not None:
+        return config
+    count = config.worker_count
+    reason = config.single_process_reason
+    if reason is not None and usable_cores() > 1:
+        log.info("event=workers setting=auto count=1 reason=%r", reason)
+    else:
+        log.info("event=workers setting=auto count=%d", count)
+    return dataclasses.replace(config, workers=count)
 
 
 def _run(
@@ -121,7 +136,7 @@ async def _serve(
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
-        claim_queue_ids(worker.index, config.workers)
+        claim_queue_ids(worker.index, config.worker_count)
     try:
         app = Application(
             config,
@@ -274,7 +289,7 @@ def _worker_runner(
             file_reload = reload
 
             def worker_reload() -> Config:
-                return share_limits(file_reload(), worker_config.workers)
+                return share_limits(file_reload(), worker_config.worker_count)
 
         if local is None:  # none was made: no worker makes its own in the others' place
             worker_config = dataclasses.replace(worker_config, local_socket=False)

@@ -119,9 +119,10 @@ def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool
 
 def share_limits(config: Config, count: int) -> Config:
     """``config`` for one of ``count`` workers: the connection limit stays the configured
-    total, each worker taking its share."""
+    total, each worker taking its share; ``workers`` is ``count`` (a re-read "auto" too)."""
     limits = config.limits
-    return replace(config, limits=replace(limits, connections=max(1, -(-limits.connections // count))))
+    shared = replace(limits, connections=max(1, -(-limits.connections // count)))
+    return replace(config, limits=shared, workers=count)
 
 
 class _Children:
@@ -148,14 +149,14 @@ def supervise(
     hangup: Callable[[], None] | None = None,
     sockets: Sequence[tuple[BoundSocket, ...]] = (),
 ) -> int:
-    """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
+    """Fork ``config.worker_count`` workers running ``run_worker``; the exit status for the CLI.
 
     ``announce`` is called with the workers' configuration (concrete ports) once they all
     listen; it prints what a single server prints. The signals in ``forward`` are passed on to
     every worker; ``hangup`` is called first on SIGHUP. ``sockets``: one set per worker, bound
     before root was given up (:mod:`postoffice.runtime.prebound`); without them each worker binds its own.
     """
-    count = config.workers
+    count = config.worker_count
     reserved, listeners = _workers_sockets(config, sockets)
     worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
