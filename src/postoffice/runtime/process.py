@@ -246,6 +246,8 @@ def _serve_workers(
         bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
         banner(config, bound, web.addresses, None)
 
+    # Imported once, here, so every worker shares the module's pages instead of loading its own.
+    event_loop_factory()
     # One local socket for all the workers, bound here (as the server's user, so its file is
     # theirs) and accepted on by each: the kernel gives each connection to one of them.
     local = _bind_local(config)

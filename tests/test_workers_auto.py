@@ -1,0 +1,137 @@
+"""``workers = "auto"``, the default: one server process per core this process may run on.
+
+Where several workers cannot run, "auto" is one process and an explicit number is obeyed (see
+docs/operations.md, "Several processes"). The servers here are real ``postoffice serve``
+processes with no ``--workers`` at all, fed by smtplib over real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mailbox
+import os
+import smtplib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess, wait_until
+from postoffice.config import Config, Listener, load_config
+from postoffice.spool.ids import owner_of
+
+pytestmark = pytest.mark.timeout(90)
+
+CORES = len(os.sched_getaffinity(0))
+MAILBOX = Path("mail") / "auto.test" / "many"
+
+
+def workers_of(process: ServerProcess) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{process.process.pid}/task").iterdir():
+        children += [int(pid) for pid in (task / "children").read_text().split()]
+    return children
+
+
+def send_one_per_connection(port: int, count: int) -> list[str]:
+    """Send ``count`` messages, a connection each (the kernel spreads connections, not
+    messages); the queue IDs of the 250 replies."""
+    queue_ids = []
+    for index in range(count):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo("client.example.org")
+            client.mail("sender@example.org")
+            client.rcpt("many@auto.test")
+            code, reply = client.data(f"Subject: message {index}\r\n\r\nhello\r\n".encode())
+            assert code == 250, reply
+            queue_ids.append(reply.decode().rsplit(" ", 1)[-1])
+    return queue_ids
+
+
+def banner_out(running: ServerProcess) -> None:
+    """Until the banner's ``data in`` line (``listening smtp`` comes before the rest)."""
+    wait_until(lambda: any(line.startswith("data in ") for line in list(running.output)), what="the banner")
+
+
+def delivered(data_dir: Path) -> int:
+    box = data_dir / MAILBOX
+    return len(mailbox.Maildir(box, factory=None, create=False)) if (box / "new").exists() else 0
+
+
+def test_the_default_is_one_process_per_usable_core() -> None:
+    config = load_config(None)
+    assert config.workers is None  # "auto", decided when the server starts
+    assert config.worker_count == CORES
+
+
+def test_auto_counts_only_the_cores_this_process_may_run_on() -> None:
+    # Pinned to one core (as taskset or a container's cpuset does), "auto" is one process.
+    script = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from postoffice.config import load_config; print(load_config(None).worker_count)"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert shown.stdout == "1\n"
+
+
+def test_auto_is_one_process_where_pop3_and_imap_are_bound_before_giving_up_root(tmp_path: Path) -> None:
+    # Workers leave POP3 and IMAP to worker 0, which binds them after root is given up: a port
+    # below 1024 would fail (docs/pop3.md, "Not yet"). One process binds them as root.
+    config = Config(
+        data_dir=tmp_path,
+        user="nobody",
+        imap_listeners=(Listener("imap", "0.0.0.0", 143),),
+    )
+    assert config.single_process_reason is not None
+    assert config.worker_count == 1
+    # An explicit number is obeyed, as it always was.
+    assert replace(config, workers=2).worker_count == 2
+    # Without a user to become, workers can bind them: one per core again.
+    assert replace(config, user=None).worker_count == CORES
+    assert replace(config, imap_listeners=()).worker_count == CORES
+
+
+@pytest.mark.skipif(CORES < 2, reason="one usable core: the default is one process")
+def test_a_default_serve_runs_one_worker_per_core_and_each_takes_mail(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    running = server_process(data_dir=data_dir)  # no --workers: the default
+    banner_out(running)
+    assert f"workers {CORES} server processes, sharing the listeners\n" in running.output
+    assert any(f"event=workers setting=auto count={CORES}" in line for line in running.output)
+    assert len(workers_of(running)) == CORES
+    # Each worker gives the mail it accepts queue IDs it owns: every worker took some.
+    queue_ids = send_one_per_connection(running.port, 12 * CORES)
+    assert {owner_of(queue_id, CORES) for queue_id in queue_ids} == set(range(CORES))
+    wait_until(lambda: delivered(data_dir) == len(queue_ids), what="every message delivered")
+    assert running.terminate() == 0
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """This thread (and what it starts) on one core only: a one-core machine for a child."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def test_a_default_serve_on_one_core_is_a_single_process(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    with one_core():
+        running = server_process(data_dir=data_dir)
+    banner_out(running)
+    assert any("event=workers setting=auto count=1" in line for line in running.output)
+    assert not any(line.startswith("workers ") for line in running.output)
+    assert workers_of(running) == []
+    send_one_per_connection(running.port, 2)
+    wait_until(lambda: delivered(data_dir) == 2, what="both messages delivered")
+    assert running.terminate() == 0
