@@ -152,7 +152,8 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
     lines = []
     header = (
         f"{'workload':<9}{'server':<18}{'msgs/s':>9}{'MB/s':>8}{'stored/s':>10}{'CPU ms/msg':>11}"
-        f"{'idle MB':>9}{'idle PSS':>9}{'peak MB':>9}{'growth MB':>11}" + "".join(f"{name + ' ÷':>17}" for name in ours)
+        f"{'idle MB':>9}{'idle PSS':>9}{'peak MB':>9}{'growth MB':>11}"
+        + "".join(f"{name + ' ÷':>17}" for name in ours)
     )
     lines += [header, "-" * len(header)]
     for workload in workloads:

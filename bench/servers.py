@@ -227,7 +227,8 @@ def _start_postoffice(name: str, workdir: Path, workers: int, settings: str = ""
     extra = os.environ.get("POSTOFFICE_BENCH_EXTRA_CONFIG", "")
     config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + settings + extra)
     # Always said: the default is one process per core ("auto"), and `postoffice` is one process.
-    command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config), "--workers", str(workers)]
+    command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config)]
+    command += ["--workers", str(workers)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCES), os.environ.get("PYTHONPATH")])),
