@@ -154,8 +154,7 @@ class Config:
         None,
         WORKERS,
         'Server processes sharing the listeners (SO_REUSEPORT) and the data directory; "auto" is'
-        " one per core this process may run on, or 1 where workers cannot run (operations.md);"
-        " 1 is a single process.",
+        " one per core this process may run on (1 off Linux); 1 is a single process.",
         default_text='"auto"',
         ceiling=Bound(MAX_WORKERS),
         flag="--workers",
@@ -212,21 +211,10 @@ class Config:
         return not self.domains
 
     @property
-    def single_process_reason(self) -> str | None:
-        """Why ``workers = "auto"`` runs one process on a machine of several cores; None when
-        it runs one per core. Only where several would fail: an explicit number is obeyed."""
-        if self.user is not None and (self.pop3_listeners or self.imap_listeners):
-            # Worker 0 binds POP3 and IMAP itself, after root is given up (docs/pop3.md).
-            return "POP3 and IMAP ports bound before giving up root"
-        return None
-
-    @property
     def worker_count(self) -> int:
         """How many server processes ``serve`` runs: ``workers``, or for "auto" one per usable
-        core (1 on one core, off Linux, or with a :attr:`single_process_reason`)."""
-        if self.workers is not None:
-            return self.workers
-        return 1 if self.single_process_reason is not None else usable_cores()
+        core (1 on one core, and off Linux)."""
+        return self.workers if self.workers is not None else usable_cores()
 
     @property
     def clustered(self) -> bool:

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 
 from postoffice import __version__, logs
 from postoffice.app import Application, needs_tls
-from postoffice.config import Config, usable_cores
+from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
-from postoffice.net.server import BoundAddress
+from postoffice.net.server import BoundAddress, BoundSocket
 from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.pg.heartbeat import Heartbeat
@@ -36,7 +36,7 @@ from postoffice.runtime.loop import event_loop_factory, log_loop_error
 from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.runtime.prebound import Prebound, bind_then_drop
 from postoffice.runtime.signals import handle_signals
-from postoffice.runtime.workers import WorkerRole, share_limits, supervise
+from postoffice.runtime.workers import WorkerRole, reserve_listeners, share_limits, supervise
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids
 from postoffice.stores import open_mailboxes
@@ -92,16 +92,8 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
 
 
 def _decide_workers(config: Config) -> Config:
-    """``config`` with ``workers`` a number; "auto" is logged with what it came to, and why."""
-    if config.workers is not None:
-        return config
-    count = config.worker_count
-    reason = config.single_process_reason
-    if reason is not None and usable_cores() > 1:
-        log.info("event=workers setting=auto count=1 reason=%r", reason)
-    else:
-        log.info("event=workers setting=auto count=%d", count)
-    return dataclasses.replace(config, workers=count)
+    """``config`` with ``workers`` a number (the banner says how many when more than one)."""
+    return config if config.workers is not None else dataclasses.replace(config, workers=config.worker_count)
 
 
 def _run(
@@ -204,7 +196,12 @@ async def _start_listening(
                 local=local,
             )
         return await app.start(
-            recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
+            recover=worker.recover,
+            reuse_port=True,
+            sockets=worker.sockets or None,
+            pop3_sockets=worker.pop3 or None,
+            imap_sockets=worker.imap or None,
+            local=local,
         )
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
@@ -224,9 +221,10 @@ def _serve_workers(
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
-        _prepare_for_workers(config)
+        tls = _prepare_for_workers(config)
         if http is None and prebound is not None:
             http = prebound.http
+        mail = _mail_sockets(config, prebound)
         web = WorkersWeb(config, open_mailboxes(config), sockets=http)
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
@@ -241,17 +239,17 @@ def _serve_workers(
 
     def announce(worker_config: Config) -> None:
         web.start_indexing()
-        # IMAP runs in the first worker, on the configured addresses.
-        listeners = (*worker_config.listeners, *worker_config.imap_listeners)
+        # POP3 and IMAP run in the first worker, on the sockets bound here.
+        listeners = (*worker_config.listeners, *(listener for listener, _ in (*mail[0], *mail[1])))
         bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
-        banner(config, bound, web.addresses, None)
+        banner(config, bound, web.addresses, tls)
 
     # Imported once, here, so every worker shares the module's pages instead of loading its own.
     event_loop_factory()
     # One local socket for all the workers, bound here (as the server's user, so its file is
     # theirs) and accepted on by each: the kernel gives each connection to one of them.
     local = _bind_local(config)
-    run_worker = _worker_runner(reload, web, local, prebound)
+    run_worker = _worker_runner(reload, web, local, prebound, mail)
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
     # file, the parent here, which passes them on: each worker looks at the messages it owns.
     try:
@@ -275,6 +273,36 @@ def _serve_workers(
             local.close()
             remove_local_socket(config.local_socket_path)
         web.close()  # every worker has stopped: the parent indexes what they sent last
+        _close_all(mail)
+
+
+_MailSockets = tuple[tuple[BoundSocket, ...], tuple[BoundSocket, ...]]
+
+
+def _mail_sockets(config: Config, prebound: Prebound | None) -> _MailSockets:
+    """The POP3 and IMAP sockets worker 0 serves: bound as root, or here, before any worker
+    starts, so that the banner names their ports (port 0 becomes one). ListenError names a
+    listener that cannot be bound, with nothing left open."""
+    if prebound is not None:
+        return prebound.pop3, prebound.imap
+    pop3: tuple[BoundSocket, ...] = ()
+    if config.pop3_listeners:
+        sockets, listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
+        pop3 = tuple(zip(listeners, sockets, strict=True))
+    try:
+        if not config.imap_listeners:
+            return pop3, ()
+        sockets, listeners = reserve_listeners(config.imap_listeners, reuse_port=False)
+    except BaseException:
+        _close_all((pop3, ()))
+        raise
+    return pop3, tuple(zip(listeners, sockets, strict=True))
+
+
+def _close_all(mail: _MailSockets) -> None:
+    for _, sock in (*mail[0], *mail[1]):
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _worker_runner(
@@ -282,10 +310,15 @@ def _worker_runner(
     web: WorkersWeb,
     local: socket.socket | None,
     prebound: Prebound | None,
+    mail: _MailSockets = ((), ()),
 ) -> Callable[[Config, WorkerRole], int]:
     """What each forked worker runs: a whole server on its share of the configuration."""
 
     def run_worker(worker_config: Config, role: WorkerRole) -> int:
+        if role.index == 0:  # it serves POP3 and IMAP
+            role = dataclasses.replace(role, pop3=mail[0], imap=mail[1])
+        else:
+            _close_all(mail)
         worker_reload = None
         if reload is not None:
             file_reload = reload
@@ -317,12 +350,12 @@ def _bind_local(config: Config) -> socket.socket | None:
         return None
 
 
-def _prepare_for_workers(config: Config) -> None:
-    """What the workers share is made once, before any of them starts."""
+def _prepare_for_workers(config: Config) -> ServerTls | None:
+    """What the workers share is made once, before any of them starts; the certificate's
+    description for the banner."""
     # Workers making a self-signed certificate at the same moment would each write a key the
     # other's certificate lacks.
-    if needs_tls(config):
-        ServerTls.from_config(config)
+    tls = ServerTls.from_config(config) if needs_tls(config) else None
     # Reports of a previous run would be added up until the new workers replace them.
     reports = workers_directory(config)
     with contextlib.suppress(FileNotFoundError):
@@ -330,3 +363,4 @@ def _prepare_for_workers(config: Config) -> None:
             with contextlib.suppress(OSError):
                 stale.unlink()
     reports.mkdir(exist_ok=True)
+    return tls

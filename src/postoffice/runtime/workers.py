@@ -41,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 from postoffice.config import Config, Listener
-from postoffice.errors import ListenError
+from postoffice.errors import ListenError, PostofficeError
 from postoffice.net.server import BoundSocket
 from postoffice.spool.ids import owner_of
 
@@ -68,22 +68,28 @@ class WorkerRole:
     ready: Callable[[], None]
     # Its own sockets, bound by the parent before it gave up root; empty: it binds its own.
     sockets: tuple[BoundSocket, ...] = ()
+    # Worker 0's POP3 and IMAP sockets, bound by the parent (as root, or so that the banner
+    # names their ports); empty: it binds what is configured.
+    pop3: tuple[BoundSocket, ...] = ()
+    imap: tuple[BoundSocket, ...] = ()
 
 
 def reserve_listeners(
-    listeners: Sequence[Listener], *, reuse_port: bool = True
+    listeners: Sequence[Listener], *, reuse_port: bool = True, first: bool = True
 ) -> tuple[list[socket.socket], tuple[Listener, ...]]:
     """Bind (without listening) every address, so port 0 becomes one port all workers share.
 
     Returns the reserving sockets, to be closed once the workers listen, and the listeners
     with concrete addresses and ports (in the order of the sockets). OSError names the listener.
+    ``first``: the first set of several (with ``reuse_port``), which makes sure that no other
+    server has the port already.
     """
     reserved: list[socket.socket] = []
     concrete: list[Listener] = []
     try:
         for listener in listeners:
             try:
-                concrete += _reserve(listener, reserved, reuse_port)
+                concrete += _reserve(listener, reserved, reuse_port, first)
             except OSError as exc:
                 raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
     except BaseException:
@@ -93,7 +99,9 @@ def reserve_listeners(
     return reserved, tuple(concrete)
 
 
-def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool) -> list[Listener]:
+def _reserve(
+    listener: Listener, reserved: list[socket.socket], reuse_port: bool, first: bool
+) -> list[Listener]:
     """Bind every address of ``listener`` (appending the sockets to ``reserved``)."""
     concrete: list[Listener] = []
     infos = socket.getaddrinfo(
@@ -105,17 +113,34 @@ def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool
         if (family, host) in seen:
             continue
         seen.add((family, host))
+        if reuse_port and first and listener.port:
+            _bind(socket.socket(family, kind, proto), address, reuse_port=False).close()
         sock = socket.socket(family, kind, proto)
         reserved.append(sock)
+        _bind(sock, address, reuse_port=reuse_port)
+        concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
+    return concrete
+
+
+def _bind(sock: socket.socket, address: Any, *, reuse_port: bool) -> socket.socket:
+    """Bind ``sock`` as a listener is bound (closing it if that fails).
+
+    Without ``reuse_port`` this is the test that the port is free: Linux lets a socket join a
+    port only if every socket on it, the new one too, has SO_REUSEPORT, so a second server of
+    several workers would otherwise share a port in use silently, taking half its connections.
+    """
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
+        if sock.family == socket.AF_INET6:
             # As asyncio's create_server does, so the workers' sockets can join it.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
-    return concrete
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def share_limits(config: Config, count: int) -> Config:
@@ -165,26 +190,37 @@ def supervise(
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
     _share_the_heap()
+
+    def fork(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            _become_worker(
+                parent,
+                worker_config,
+                forward,
+                index,
+                tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
+                run_worker,
+                reserved,
+                tuple(sockets[index]) if sockets else (),
+                ready_read,
+                ready_write,
+            )
+        children.pids.add(pid)
+
     try:
-        for index in range(count):
-            pid = os.fork()
-            if pid == 0:  # the worker
-                _become_worker(
-                    parent,
-                    worker_config,
-                    forward,
-                    index,
-                    tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
-                    run_worker,
-                    reserved,
-                    tuple(sockets[index]) if sockets else (),
-                    ready_read,
-                    ready_write,
-                )
-            children.pids.add(pid)
-        os.close(ready_write)
-        ready_write = -1
-        if not _wait_ready(ready_read, count, children):
+        # Worker 0 first, alone: what every worker would fail at (a log file it cannot open, a
+        # certificate it cannot load) is then said once, by it, and no other worker starts.
+        fork(0)
+        started = _wait_ready(ready_read, 1, children)
+        if started:
+            for index in range(1, count):
+                fork(index)
+            os.close(ready_write)
+            ready_write = -1
+            started = _wait_ready(ready_read, count - 1, children)
+        if not started:
+            children.stopping = True  # the worker that failed said why, in one line
             children.signal_all(signal.SIGTERM)
             _reap(children)
             return 1
@@ -285,6 +321,10 @@ def _become_worker(
             os.write(ready_write, b".")
 
         status = run_worker(config, WorkerRole(index, recover, ready, own))
+    except (PostofficeError, OSError) as exc:
+        # What one process would say at the command line's boundary: one line, status 1.
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"postoffice: {' '.join(detail.split())}", file=sys.stderr)
     except BaseException:
         log.exception("worker=%d status=crashed", index)
     finally:
@@ -319,10 +359,11 @@ def _wait_ready(ready_read: int, count: int, children: _Children) -> bool:
             if not data:  # every worker is gone (each held the write end)
                 return False
             received += len(data)
-        pid, _ = os.waitpid(-1, os.WNOHANG)
+        pid, code = os.waitpid(-1, os.WNOHANG)
         if pid:
             children.pids.discard(pid)
-            log.error("worker pid=%d status=exited-before-listening", pid)
+            if os.waitstatus_to_exitcode(code) != 1:  # 1: it printed why, as one process does
+                log.error("worker pid=%d status=exited-before-listening", pid)
             return False
     return True
 
