@@ -221,10 +221,9 @@ def _serve_workers(
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
-        tls = _prepare_for_workers(config)
+        tls, mail = _prepare_for_workers(config, prebound)
         if http is None and prebound is not None:
             http = prebound.http
-        mail = _mail_sockets(config, prebound)
         web = WorkersWeb(config, open_mailboxes(config), sockets=http)
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
@@ -244,8 +243,6 @@ def _serve_workers(
         bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
         banner(config, bound, web.addresses, tls)
 
-    # Imported once, here, so every worker shares the module's pages instead of loading its own.
-    event_loop_factory()
     # One local socket for all the workers, bound here (as the server's user, so its file is
     # theirs) and accepted on by each: the kernel gives each connection to one of them.
     local = _bind_local(config)
@@ -350,9 +347,11 @@ def _bind_local(config: Config) -> socket.socket | None:
         return None
 
 
-def _prepare_for_workers(config: Config) -> ServerTls | None:
-    """What the workers share is made once, before any of them starts; the certificate's
-    description for the banner."""
+def _prepare_for_workers(config: Config, prebound: Prebound | None) -> tuple[ServerTls | None, _MailSockets]:
+    """What the workers share is made once, before any of them starts: the certificate (for
+    the banner too) and worker 0's POP3 and IMAP sockets."""
+    # Imported once, here, so every worker shares the module's pages instead of loading its own.
+    event_loop_factory()
     # Workers making a self-signed certificate at the same moment would each write a key the
     # other's certificate lacks.
     tls = ServerTls.from_config(config) if needs_tls(config) else None
@@ -363,4 +362,4 @@ def _prepare_for_workers(config: Config) -> ServerTls | None:
             with contextlib.suppress(OSError):
                 stale.unlink()
     reports.mkdir(exist_ok=True)
-    return tls
+    return tls, _mail_sockets(config, prebound)

@@ -213,30 +213,38 @@ def supervise(
         # certificate it cannot load) is then said once, by it, and no other worker starts.
         fork(0)
         started = _wait_ready(ready_read, 1, children)
-        if started:
-            for index in range(1, count):
-                fork(index)
-            os.close(ready_write)
-            ready_write = -1
-            started = _wait_ready(ready_read, count - 1, children)
-        if not started:
-            children.stopping = True  # the worker that failed said why, in one line
-            children.signal_all(signal.SIGTERM)
-            _reap(children)
-            return 1
+        for index in range(1, count if started else 1):
+            fork(index)
+        os.close(ready_write)
+        ready_write = -1
+        if not (started and _wait_ready(ready_read, count - 1, children)):
+            return _stop_early(children)
         for sock in reserved:
             sock.close()
         announce(worker_config)
         return _reap(children)
     finally:
-        for sock in reserved:
-            sock.close()
-        for fd in (ready_read, ready_write):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _clean_up(reserved, (ready_read, ready_write), previous)
+
+
+def _stop_early(children: _Children) -> int:
+    """Stop the workers when one could not start (it said why, in one line: nothing to add)."""
+    children.stopping = True
+    children.signal_all(signal.SIGTERM)
+    _reap(children)
+    return 1
+
+
+def _clean_up(reserved: list[socket.socket], fds: tuple[int, int], previous: dict[int, _Handler]) -> None:
+    """The parent's part once the workers have ended (or never started)."""
+    for sock in reserved:
+        sock.close()
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _share_the_heap() -> None:
