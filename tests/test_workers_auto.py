@@ -123,3 +123,50 @@ def test_a_default_serve_on_one_core_is_a_single_process(
     send_one_per_connection(running.port, 2)
     wait_until(lambda: delivered(data_dir) == 2, what="both messages delivered")
     assert running.terminate() == 0
+
+
+def test_a_second_server_of_workers_on_the_same_port_is_refused(
+    server_process: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Workers bind with SO_REUSEPORT, which would let a second server of workers join the
+    # port and take half its connections; it is refused as one process is.
+    first = server_process("--workers", "2", data_dir=tmp_path / "first")
+    second = subprocess.run(
+        [sys.executable, "-m", "postoffice", "serve", "--workers", "2", "--data-dir", str(tmp_path / "second"),
+         "--smtp", f"127.0.0.1:{first.port}", "--no-http"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"postoffice: cannot listen on smtp 127.0.0.1:{first.port}: Address already in use;"
+        " choose another address with --smtp HOST:PORT"
+    ]
+    assert first.terminate() == 0
+
+
+def test_what_every_worker_would_fail_at_is_one_line(tmp_path: Path) -> None:
+    # Worker 0 starts alone first: its failure is the one line, and no other worker starts.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    failed = subprocess.run(
+        [sys.executable, "-m", "postoffice", "serve", "--workers", "2", "--data-dir", str(tmp_path / "data"),
+         "--smtp", "127.0.0.1:0", "--no-http", "--transcript-log", str(blocker / "transcript.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines() == [f"postoffice: {blocker}: File exists"]
+
+
+def test_the_heap_the_workers_inherit_is_out_of_the_collectors_reach() -> None:
+    # gc.freeze() before the fork: a worker's collections never write to, and so copy, the
+    # pages it shares with its parent (docs/performance.md, "Workers by default").
+    script = (
+        "import gc; from postoffice.runtime import workers; before = gc.get_freeze_count();"
+        "workers._share_the_heap(); print(before == 0 < gc.get_freeze_count())"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert shown.stdout == "True\n"

@@ -252,20 +252,12 @@ def _share_the_heap() -> None:
     gc module's documentation advises for fork without exec.
 
     A collection writes to every object it examines (its reference counts, its links), so the
-    first one in a worker would copy each page of the inherited heap it passes: about 30 MB a
-    worker. ``gc.freeze()`` moves everything alive now out of the collector's reach, in every
-    process forked after it and in the parent; what each makes after the fork is collected as
-    usual. The collector, off since :func:`hold_collection` if it was called, is on again.
+    first full one in a worker would copy each page of the inherited heap it passes (12 MB of
+    an idle worker's, measured: docs/performance.md). ``gc.freeze()`` moves everything alive
+    now out of the collector's reach, in every process forked after it and in the parent;
+    what each makes after the fork is collected as usual.
     """
     gc.freeze()
-    gc.enable()
-
-
-def hold_collection() -> None:
-    """Called early by a parent that will fork workers: no collection until the fork, so the
-    heap the workers inherit has no holes freed in it that their own objects would fill (each
-    fill copies a shared page). :func:`supervise` turns the collector back on."""
-    gc.disable()
 
 
 def _workers_sockets(
