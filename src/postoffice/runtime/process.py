@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -55,8 +56,11 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     Started as root with ``user`` set, it binds every listener and becomes that user first.
     """
     logs.configure(config.log_format, config.log_file)
-    # "auto" is decided once, here: the sockets bound as root and the workers forked agree.
+    # "auto" is decided once, here: the sockets bound as root and the workers forked agree,
+    # and a configuration re-read on SIGHUP keeps the number (it needs a restart).
     config = _decide_workers(config)
+    if reload is not None:
+        reload = functools.partial(_reload_keeping_workers, reload, config.worker_count)
     pid_file = PidFile(config.data_dir)
     prebound = None
     try:
@@ -94,6 +98,10 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
 def _decide_workers(config: Config) -> Config:
     """``config`` with ``workers`` a number (the banner says how many when more than one)."""
     return config if config.workers is not None else dataclasses.replace(config, workers=config.worker_count)
+
+
+def _reload_keeping_workers(reload: Callable[[], Config], count: int) -> Config:
+    return dataclasses.replace(reload(), workers=count)
 
 
 def _run(
