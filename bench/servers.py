@@ -1,6 +1,6 @@
 """The servers a benchmark compares, each started as its own process on 127.0.0.1.
 
-- ``postoffice``: ``python -m postoffice serve --workers 1`` in capture mode with its durable default
+- ``postoffice``: ``python -m postoffice serve`` in capture mode with its durable default
   (fsync before 250, then delivery into a Maildir), from a config file written here;
   ``postoffice-wN`` is the same with ``--workers N``; ``postoffice-verify`` is the same with
   ``[authentication] verify = true``, its ``[delivery] dns`` a server on 127.0.0.1 started here
@@ -226,9 +226,9 @@ def _start_postoffice(name: str, workdir: Path, workers: int, settings: str = ""
     # More settings for a comparison run: TOML appended to the file, from the environment.
     extra = os.environ.get("POSTOFFICE_BENCH_EXTRA_CONFIG", "")
     config.write_text(POSTOFFICE_CONFIG.format(data_dir=data_dir) + settings + extra)
-    # Always said: the default is one process per core ("auto"), and `postoffice` is one process.
     command = [sys.executable, "-m", "postoffice", "serve", "--config", str(config)]
-    command += ["--workers", str(workers)]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCES), os.environ.get("PYTHONPATH")])),
