@@ -1,6 +1,8 @@
 """Memory of a server and its worker processes, read from ``/proc`` (Linux).
 
-RSS is the resident set of every process in the server's tree; peak RSS is sampled every few
+RSS is the resident set of every process in the server's tree (a page shared by a parent and
+its forked workers counted in each); PSS divides each shared page among its sharers, so their
+sum is what the tree holds, and USS is what each holds alone. Peak RSS is sampled every few
 milliseconds while a workload runs, so it covers the workload only (VmHWM is per process and
 since start-up; it is reset through ``clear_refs`` where the kernel allows it).
 """
@@ -41,6 +43,33 @@ def process_tree(pid: int) -> list[int]:
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its descendants, in KiB."""
     return sum(_status_kib(p, "VmRSS") for p in process_tree(pid))
+
+
+def _rollup_kib(pid: int, fields: tuple[str, ...]) -> int:
+    """The sum of ``fields`` of ``/proc/PID/smaps_rollup`` (Linux 4.14+), in KiB; 0 if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in fields:
+            total += int(rest.split()[0])
+    return total
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` and its descendants, in KiB: each shared page divided
+    among the processes sharing it, so pages a fork shares are counted once in the sum (the
+    RSS sum counts them once per process)."""
+    return sum(_rollup_kib(p, ("Pss",)) for p in process_tree(pid))
+
+
+def uss_kib(pid: int) -> int:
+    """Unique set size of ``pid`` and its descendants, in KiB: the pages only one process maps
+    (what stopping that process would give back)."""
+    return sum(_rollup_kib(p, ("Private_Clean", "Private_Dirty")) for p in process_tree(pid))
 
 
 def hwm_kib(pid: int) -> int:

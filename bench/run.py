@@ -66,6 +66,7 @@ class Sample:
     stored_msgs_per_s: float | None = None  # until every message was in the Maildir
     cpu_ms_per_msg: float = 0.0  # the server's CPU time (all processes and threads) per message
     idle_mib: float = 0.0
+    idle_pss_mib: float = 0.0  # the idle tree's PSS: shared pages of forked workers counted once
     peak_mib: float = 0.0
     growth_mib: float = 0.0
     kib_per_session: float = 0.0
@@ -81,10 +82,12 @@ def measure(server_name: str, workload_name: str, args: argparse.Namespace, work
     with servers.running(server_name, workdir) as server:
         time.sleep(0.2)  # let start-up work (recovery scan) finish before the baseline
         idle = procstat.rss_kib(server.pid)
+        idle_pss = _mib(procstat.pss_kib(server.pid))
         if workload_name == "W4":
             result = load.run_idle(server.port, args.idle_sessions, lambda: procstat.rss_kib(server.pid))
             return Sample(
                 idle_mib=_mib(idle),
+                idle_pss_mib=idle_pss,
                 peak_mib=_mib(result.kib_held),
                 growth_mib=_mib(result.kib_held - idle),
                 kib_per_session=result.kib_per_session,
@@ -105,6 +108,7 @@ def measure(server_name: str, workload_name: str, args: argparse.Namespace, work
             mb_per_s=workload.megabytes / done.seconds,
             stored_msgs_per_s=stored_rate,
             idle_mib=_mib(idle),
+            idle_pss_mib=idle_pss,
             peak_mib=_mib(sampler.peak),
             growth_mib=_mib(sampler.peak - idle),
         )
@@ -125,6 +129,7 @@ def median_sample(samples: list[Sample]) -> Sample:
         stored_msgs_per_s=med(stored) if len(stored) == len(good) else None,
         cpu_ms_per_msg=med([s.cpu_ms_per_msg for s in good]),
         idle_mib=med([s.idle_mib for s in good]),
+        idle_pss_mib=med([s.idle_pss_mib for s in good]),
         peak_mib=med([s.peak_mib for s in good]),
         growth_mib=med([s.growth_mib for s in good]),
         kib_per_session=med([s.kib_per_session for s in good]),
@@ -149,7 +154,8 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
     lines = []
     header = (
         f"{'workload':<9}{'server':<18}{'msgs/s':>9}{'MB/s':>8}{'stored/s':>10}{'CPU ms/msg':>11}"
-        f"{'idle MB':>9}{'peak MB':>9}{'growth MB':>11}" + "".join(f"{name + ' ÷':>17}" for name in ours)
+        f"{'idle MB':>9}{'idle PSS':>9}{'peak MB':>9}{'growth MB':>11}"
+        + "".join(f"{name + ' ÷':>17}" for name in ours)
     )
     lines += [header, "-" * len(header)]
     for workload in workloads:
@@ -171,7 +177,7 @@ def render_table(results: dict[tuple[str, str], Sample], workloads: list[str], n
             lines.append(
                 f"{workload:<9}{name:<18}{sample.msgs_per_s:>9.1f}{sample.mb_per_s:>8.1f}{stored:>10}"
                 f"{sample.cpu_ms_per_msg:>11.2f}"
-                f"{sample.idle_mib:>9.1f}{sample.peak_mib:>9.1f}{sample.growth_mib:>+11.1f}{ratios}"
+                f"{sample.idle_mib:>9.1f}{sample.idle_pss_mib:>9.1f}{sample.peak_mib:>9.1f}{sample.growth_mib:>+11.1f}{ratios}"
             )
     if "W4" in workloads:
         lines.append("")

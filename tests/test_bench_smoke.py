@@ -34,6 +34,8 @@ def test_quick_benchmark_prints_a_table_with_ratios() -> None:
     # Another server's row ends with postoffice's rate divided by its own, e.g. "1.83x".
     assert any(re.search(r"\d+\.\d\dx$", row) for row in rows if " postoffice " not in row), done.stdout
     assert "failed" not in done.stdout, done.stdout
+    # Idle memory as RSS and as PSS, which counts once the pages workers share with their parent.
+    assert "idle MB" in done.stdout and "idle PSS" in done.stdout, done.stdout
 
 
 @pytest.mark.timeout(180)

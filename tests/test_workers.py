@@ -226,13 +226,13 @@ def test_workers_auto_is_one_per_core_this_process_may_use(tmp_path: Path) -> No
     config = tmp_path / "postoffice.toml"
     config.write_text('workers = "auto"\n')
     cores = len(os.sched_getaffinity(0))
-    assert load_config(config).workers == cores
-    assert load_config(None, workers="auto").workers == cores
+    assert load_config(config).worker_count == cores
+    assert load_config(None, workers="auto").worker_count == cores
 
 
 def test_workers_flag_overrides_the_file(tmp_path: Path) -> None:
     config = tmp_path / "postoffice.toml"
     config.write_text("workers = 4\n")
     assert load_config(config).workers == 4
-    assert load_config(config, workers=2).workers == 2
-    assert load_config(None).workers == 1
+    assert load_config(config, workers=2).worker_count == 2
+    assert load_config(config, workers=1).worker_count == 1

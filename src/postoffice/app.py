@@ -371,7 +371,7 @@ class Application:
             recovers_copies=(Route.LOCAL,),
             blocking=self.spool.io.run,
             # A shared queue's messages are whichever process holds their lease (pgstore/queue.py).
-            owns=ownership(worker_index, config.workers) if self.stores.sweep_every is None else None,
+            owns=ownership(worker_index, config.worker_count) if self.stores.sweep_every is None else None,
             sweep_every=self.stores.sweep_every,
         )
 

@@ -226,8 +226,8 @@ def _add_process_options(serve: argparse.ArgumentParser) -> None:
         "--workers",
         type=_workers_flag,
         metavar="N",
-        help='server processes sharing the listeners and the data directory, or "auto" for one per core'
-        " (replaces workers)",
+        help='server processes sharing the listeners and the data directory, or "auto" (the default):'
+        " one per core; 1 runs a single process (replaces workers)",
     )
 
 

@@ -56,6 +56,7 @@ from postoffice.config.values import (
     maildir_directory_mode,
     parse_duration,
     parse_size,
+    usable_cores,
 )
 from postoffice.defaults import DAY, MiB
 
@@ -103,4 +104,5 @@ __all__ = [
     "parse_hostport",
     "parse_relay_host",
     "parse_size",
+    "usable_cores",
 ]

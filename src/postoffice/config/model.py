@@ -57,7 +57,7 @@ from postoffice.config.tables import (
     Webhook,
 )
 from postoffice.config.tls_reporting import TlsReporting
-from postoffice.config.values import MAX_WORKERS
+from postoffice.config.values import MAX_WORKERS, usable_cores
 
 
 def default_data_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -149,11 +149,13 @@ class Config:
     pop3_listeners: tuple[Listener, ...] = ()
     # IMAP listeners ([listen] imap and imaps); none unless asked for.
     imap_listeners: tuple[Listener, ...] = ()
-    workers: int = setting(
-        1,
+    # None is "auto": decided when the server starts (worker_count), from the machine and the mode.
+    workers: int | None = setting(
+        None,
         WORKERS,
         'Server processes sharing the listeners (SO_REUSEPORT) and the data directory; "auto" is'
-        " one per core.",
+        " one per core this process may run on (1 off Linux); 1 is a single process.",
+        default_text='"auto"',
         ceiling=Bound(MAX_WORKERS),
         flag="--workers",
     )
@@ -207,6 +209,12 @@ class Config:
     @property
     def capture_mode(self) -> bool:
         return not self.domains
+
+    @property
+    def worker_count(self) -> int:
+        """How many server processes ``serve`` runs: ``workers``, or for "auto" one per usable
+        core (1 on one core, and off Linux)."""
+        return self.workers if self.workers is not None else usable_cores()
 
     @property
     def clustered(self) -> bool:

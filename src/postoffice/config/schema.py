@@ -138,6 +138,8 @@ def read(key: Key, value: object, base: Path) -> Any:
     if key.off is not None and means_zero(value):
         return key.off
     result = key.kind.read(value, base)
+    if result is None:  # a word for a value decided at run time ("auto")
+        return None
     lowest = key.lowest
     if lowest is not None and result < lowest.value and result != key.off:
         reason = f": {lowest.why}" if lowest.why else f"; the least is {lowest.value}"

@@ -265,11 +265,21 @@ def primary_gid(user: str) -> int:
 MAX_WORKERS = 256
 
 
-def workers(value: object) -> int:
-    """A number of processes, or ``"auto"``: one per core this process may run on."""
+def workers(value: object) -> int | None:
+    """A number of processes, or None for ``"auto"`` (decided when the server starts:
+    :attr:`postoffice.config.Config.worker_count`)."""
     if value == "auto":
-        # Its CPU affinity, as nginx's "auto" counts.
-        return min(len(os.sched_getaffinity(0)), MAX_WORKERS) if hasattr(os, "sched_getaffinity") else 1
+        return None
     if isinstance(value, str):
         raise Invalid(f'expected an integer or "auto", got {value!r}')
     return integer(value)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, as nginx's ``auto`` counts
+    (a container limited to two of 64 cores gets two). 1 where the system cannot say (only
+    Linux has ``sched_getaffinity``, and the workers need Linux: SO_REUSEPORT spreading
+    connections, PR_SET_PDEATHSIG)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))

@@ -150,11 +150,13 @@ class RemoteAgent:
         # Opportunistic and "require": encrypted, certificate not checked (a certificate
         # cannot be checked against an MX name that unsigned DNS gave us; Postfix "may" and
         # "encrypt" do the same). "verify" and the relay: checked against the host name.
-        self._unverified = ssl.create_default_context()
+        # The unverified context loads no trust store (it checks nothing against one), and the
+        # verified one is made at its first use: the system's CA certificates cost about 1-2 MB
+        # in every server process (each worker of several), and many never deliver remotely.
+        self._unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._unverified.check_hostname = False
         self._unverified.verify_mode = ssl.CERT_NONE
-        ca_file = str(settings.ca_file) if settings.ca_file is not None else None
-        self._verified = ssl.create_default_context(cafile=ca_file)
+        self._verified_context: ssl.SSLContext | None = None
         self.connections_opened = 0  # for tests and the log: how often the cache missed
 
     async def close(self) -> None:
@@ -408,8 +410,12 @@ class RemoteAgent:
             "verify": TlsMode.STARTTLS,
             "implicit": TlsMode.IMPLICIT,
         }
-        verified = policy in ("verify", "implicit")
-        return modes[policy], self._verified if verified else self._unverified
+        if policy not in ("verify", "implicit"):
+            return modes[policy], self._unverified
+        if self._verified_context is None:
+            ca_file = self.settings.ca_file
+            self._verified_context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        return modes[policy], self._verified_context
 
     async def _connect_socket(self, endpoint: Endpoint) -> socket.socket:
         """A TCP connection to exactly this address (no resolution by the OS behind our back)."""

@@ -65,6 +65,8 @@ def banner(
         # A URL a terminal makes clickable: the first thing a person wants after starting.
         # (The "listening" lines stay "listening KIND HOST:PORT": scripts read them.)
         say(f"web UI  {web_url(http[0])}")
+    if config.worker_count > 1:  # a parent and its workers (operations.md#several-processes)
+        say(f"workers {config.worker_count} server processes, sharing the listeners")
     say(f"data in {config.data_dir} ({mail_where(config)})")
     if tls is not None:
         say(f"tls certificate {tls.cert} ({tls.source}, re-read on SIGHUP)")

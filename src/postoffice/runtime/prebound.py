@@ -28,8 +28,8 @@ from postoffice.web.server import bind_http
 class Prebound:
     """Sockets bound as root: ``smtp`` holds one set per process, ``http`` and ``acme`` (the
     HTTP-01 responder on port 80, served by the process that orders certificates) listen already,
-    ``pop3`` and ``imap`` are the one process's that serves POP3 and IMAP (without workers;
-    see docs/pop3.md, docs/imap.md)."""
+    ``pop3`` and ``imap`` are the one process's that serves POP3 and IMAP (the only one, or
+    worker 0; see docs/pop3.md, docs/imap.md)."""
 
     smtp: tuple[tuple[BoundSocket, ...], ...]
     http: tuple[socket.socket, ...]
@@ -48,7 +48,7 @@ class Prebound:
 def bind(config: Config) -> Prebound:
     """Bind every listener of ``config``, once for each of its ``workers``; OSError names the
     listener that could not be bound, with nothing left open."""
-    count = config.workers
+    count = config.worker_count
     smtp: list[tuple[BoundSocket, ...]] = []
     http: list[socket.socket] = []
     acme: list[socket.socket] = []
@@ -56,18 +56,18 @@ def bind(config: Config) -> Prebound:
     imap: tuple[BoundSocket, ...] = ()
     try:
         listeners = config.listeners
-        for _ in range(count):
+        for index in range(count):
             # The first set turns port 0 into a port; the others bind that same port.
-            sockets, listeners = reserve_listeners(listeners, reuse_port=count > 1)
+            sockets, listeners = reserve_listeners(listeners, reuse_port=count > 1, first=index == 0)
             smtp.append(tuple(zip(listeners, sockets, strict=True)))
         for listener in config.http_listeners:
             http.append(bind_http(listener.host, listener.port, kind=listener.kind))
         for listener in config.acme_listeners:
             acme.append(bind_http(listener.host, listener.port, kind="acme_http"))
-        if count == 1 and config.pop3_listeners:
+        if config.pop3_listeners:
             sockets, pop3_listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
             pop3 = tuple(zip(pop3_listeners, sockets, strict=True))
-        if count == 1 and config.imap_listeners:
+        if config.imap_listeners:
             sockets, imap_listeners = reserve_listeners(config.imap_listeners, reuse_port=False)
             imap = tuple(zip(imap_listeners, sockets, strict=True))
     except BaseException:

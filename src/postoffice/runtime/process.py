@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -25,7 +26,7 @@ from postoffice.app import Application, needs_tls
 from postoffice.config import Config
 from postoffice.errors import ListenError, PostofficeError
 from postoffice.net.local_socket import bind_local_socket, remove_local_socket
-from postoffice.net.server import BoundAddress
+from postoffice.net.server import BoundAddress, BoundSocket
 from postoffice.net.session import name_sessions
 from postoffice.net.tls import ServerTls
 from postoffice.pg.heartbeat import Heartbeat
@@ -36,7 +37,7 @@ from postoffice.runtime.loop import event_loop_factory, log_loop_error
 from postoffice.runtime.pidfile import FLUSH_SIGNAL, RESCAN_SIGNAL, PidFile
 from postoffice.runtime.prebound import Prebound, bind_then_drop
 from postoffice.runtime.signals import handle_signals
-from postoffice.runtime.workers import WorkerRole, share_limits, supervise
+from postoffice.runtime.workers import WorkerRole, reserve_listeners, share_limits, supervise
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import claim_queue_ids
 from postoffice.stores import open_mailboxes
@@ -55,6 +56,11 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
     Started as root with ``user`` set, it binds every listener and becomes that user first.
     """
     logs.configure(config.log_format, config.log_file)
+    # "auto" is decided once, here: the sockets bound as root and the workers forked agree,
+    # and a configuration re-read on SIGHUP keeps the number (it needs a restart).
+    config = _decide_workers(config)
+    if reload is not None:
+        reload = functools.partial(_reload_keeping_workers, reload, config.worker_count)
     pid_file = PidFile(config.data_dir)
     prebound = None
     try:
@@ -76,7 +82,7 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
             waited = wait_for_database(config, prebound.http if prebound is not None else None)
             if waited.exit is not None:
                 return waited.exit
-        if config.workers > 1:
+        if config.worker_count > 1:
             return _serve_workers(config, reload, prebound, http=waited.http)
         return _run(config, None, reload, prebound=prebound, http=waited.http)
     except ListenError as exc:  # a web listener bound while waiting for the database
@@ -87,6 +93,15 @@ def serve(config: Config, *, reload: Callable[[], Config] | None = None) -> int:
         if prebound is not None:
             prebound.close()
         pid_file.release()
+
+
+def _decide_workers(config: Config) -> Config:
+    """``config`` with ``workers`` a number (the banner says how many when more than one)."""
+    return config if config.workers is not None else dataclasses.replace(config, workers=config.worker_count)
+
+
+def _reload_keeping_workers(reload: Callable[[], Config], count: int) -> Config:
+    return dataclasses.replace(reload(), workers=count)
 
 
 def _run(
@@ -129,7 +144,7 @@ async def _serve(
     asyncio.get_running_loop().set_exception_handler(log_loop_error)
     if worker is not None:
         name_sessions(f"w{worker.index}-")  # session=w1-000003: which worker, in one log
-        claim_queue_ids(worker.index, config.workers)
+        claim_queue_ids(worker.index, config.worker_count)
     try:
         app = Application(
             config,
@@ -197,7 +212,12 @@ async def _start_listening(
                 local=local,
             )
         return await app.start(
-            recover=worker.recover, reuse_port=True, sockets=worker.sockets or None, local=local
+            recover=worker.recover,
+            reuse_port=True,
+            sockets=worker.sockets or None,
+            pop3_sockets=worker.pop3 or None,
+            imap_sockets=worker.imap or None,
+            local=local,
         )
     except ListenError as exc:
         print(listen_failure(exc, config), file=sys.stderr)
@@ -217,7 +237,7 @@ def _serve_workers(
     # list what it left in the queue, for the workers that own it to deliver.
     try:
         recover = FileSpool(config.spool_dir).pending()
-        _prepare_for_workers(config)
+        tls, mail = _prepare_for_workers(config, prebound)
         if http is None and prebound is not None:
             http = prebound.http
         web = WorkersWeb(config, open_mailboxes(config), sockets=http)
@@ -234,15 +254,15 @@ def _serve_workers(
 
     def announce(worker_config: Config) -> None:
         web.start_indexing()
-        # IMAP runs in the first worker, on the configured addresses.
-        listeners = (*worker_config.listeners, *worker_config.imap_listeners)
+        # POP3 and IMAP run in the first worker, on the sockets bound here.
+        listeners = (*worker_config.listeners, *(listener for listener, _ in (*mail[0], *mail[1])))
         bound = [BoundAddress(listener.kind, listener.host, listener.port) for listener in listeners]
-        banner(config, bound, web.addresses, None)
+        banner(config, bound, web.addresses, tls)
 
     # One local socket for all the workers, bound here (as the server's user, so its file is
     # theirs) and accepted on by each: the kernel gives each connection to one of them.
     local = _bind_local(config)
-    run_worker = _worker_runner(reload, web, local, prebound)
+    run_worker = _worker_runner(reload, web, local, prebound, mail)
     # `postoffice queue flush` and the hold/release/delete commands signal the pid in the pid
     # file, the parent here, which passes them on: each worker looks at the messages it owns.
     try:
@@ -266,6 +286,36 @@ def _serve_workers(
             local.close()
             remove_local_socket(config.local_socket_path)
         web.close()  # every worker has stopped: the parent indexes what they sent last
+        _close_all(mail)
+
+
+_MailSockets = tuple[tuple[BoundSocket, ...], tuple[BoundSocket, ...]]
+
+
+def _mail_sockets(config: Config, prebound: Prebound | None) -> _MailSockets:
+    """The POP3 and IMAP sockets worker 0 serves: bound as root, or here, before any worker
+    starts, so that the banner names their ports (port 0 becomes one). ListenError names a
+    listener that cannot be bound, with nothing left open."""
+    if prebound is not None:
+        return prebound.pop3, prebound.imap
+    pop3: tuple[BoundSocket, ...] = ()
+    if config.pop3_listeners:
+        sockets, listeners = reserve_listeners(config.pop3_listeners, reuse_port=False)
+        pop3 = tuple(zip(listeners, sockets, strict=True))
+    try:
+        if not config.imap_listeners:
+            return pop3, ()
+        sockets, listeners = reserve_listeners(config.imap_listeners, reuse_port=False)
+    except BaseException:
+        _close_all((pop3, ()))
+        raise
+    return pop3, tuple(zip(listeners, sockets, strict=True))
+
+
+def _close_all(mail: _MailSockets) -> None:
+    for _, sock in (*mail[0], *mail[1]):
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def _worker_runner(
@@ -273,16 +323,21 @@ def _worker_runner(
     web: WorkersWeb,
     local: socket.socket | None,
     prebound: Prebound | None,
+    mail: _MailSockets = ((), ()),
 ) -> Callable[[Config, WorkerRole], int]:
     """What each forked worker runs: a whole server on its share of the configuration."""
 
     def run_worker(worker_config: Config, role: WorkerRole) -> int:
+        if role.index == 0:  # it serves POP3 and IMAP
+            role = dataclasses.replace(role, pop3=mail[0], imap=mail[1])
+        else:
+            _close_all(mail)
         worker_reload = None
         if reload is not None:
             file_reload = reload
 
             def worker_reload() -> Config:
-                return share_limits(file_reload(), worker_config.workers)
+                return share_limits(file_reload(), worker_config.worker_count)
 
         if local is None:  # none was made: no worker makes its own in the others' place
             worker_config = dataclasses.replace(worker_config, local_socket=False)
@@ -308,12 +363,14 @@ def _bind_local(config: Config) -> socket.socket | None:
         return None
 
 
-def _prepare_for_workers(config: Config) -> None:
-    """What the workers share is made once, before any of them starts."""
+def _prepare_for_workers(config: Config, prebound: Prebound | None) -> tuple[ServerTls | None, _MailSockets]:
+    """What the workers share is made once, before any of them starts: the certificate (for
+    the banner too) and worker 0's POP3 and IMAP sockets."""
+    # Imported once, here, so every worker shares the module's pages instead of loading its own.
+    event_loop_factory()
     # Workers making a self-signed certificate at the same moment would each write a key the
     # other's certificate lacks.
-    if needs_tls(config):
-        ServerTls.from_config(config)
+    tls = ServerTls.from_config(config) if needs_tls(config) else None
     # Reports of a previous run would be added up until the new workers replace them.
     reports = workers_directory(config)
     with contextlib.suppress(FileNotFoundError):
@@ -321,3 +378,4 @@ def _prepare_for_workers(config: Config) -> None:
             with contextlib.suppress(OSError):
                 stale.unlink()
     reports.mkdir(exist_ok=True)
+    return tls, _mail_sockets(config, prebound)

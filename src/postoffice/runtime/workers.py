@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -40,7 +41,7 @@ from types import FrameType
 from typing import Any
 
 from postoffice.config import Config, Listener
-from postoffice.errors import ListenError
+from postoffice.errors import ListenError, PostofficeError
 from postoffice.net.server import BoundSocket
 from postoffice.spool.ids import owner_of
 
@@ -67,22 +68,28 @@ class WorkerRole:
     ready: Callable[[], None]
     # Its own sockets, bound by the parent before it gave up root; empty: it binds its own.
     sockets: tuple[BoundSocket, ...] = ()
+    # Worker 0's POP3 and IMAP sockets, bound by the parent (as root, or so that the banner
+    # names their ports); empty: it binds what is configured.
+    pop3: tuple[BoundSocket, ...] = ()
+    imap: tuple[BoundSocket, ...] = ()
 
 
 def reserve_listeners(
-    listeners: Sequence[Listener], *, reuse_port: bool = True
+    listeners: Sequence[Listener], *, reuse_port: bool = True, first: bool = True
 ) -> tuple[list[socket.socket], tuple[Listener, ...]]:
     """Bind (without listening) every address, so port 0 becomes one port all workers share.
 
     Returns the reserving sockets, to be closed once the workers listen, and the listeners
     with concrete addresses and ports (in the order of the sockets). OSError names the listener.
+    ``first``: the first set of several (with ``reuse_port``), which makes sure that no other
+    server has the port already.
     """
     reserved: list[socket.socket] = []
     concrete: list[Listener] = []
     try:
         for listener in listeners:
             try:
-                concrete += _reserve(listener, reserved, reuse_port)
+                concrete += _reserve(listener, reserved, reuse_port, first)
             except OSError as exc:
                 raise ListenError.from_os_error(listener.kind, listener.host, listener.port, exc) from None
     except BaseException:
@@ -92,7 +99,9 @@ def reserve_listeners(
     return reserved, tuple(concrete)
 
 
-def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool) -> list[Listener]:
+def _reserve(
+    listener: Listener, reserved: list[socket.socket], reuse_port: bool, first: bool
+) -> list[Listener]:
     """Bind every address of ``listener`` (appending the sockets to ``reserved``)."""
     concrete: list[Listener] = []
     infos = socket.getaddrinfo(
@@ -104,24 +113,42 @@ def _reserve(listener: Listener, reserved: list[socket.socket], reuse_port: bool
         if (family, host) in seen:
             continue
         seen.add((family, host))
+        if reuse_port and first and listener.port:
+            _bind(socket.socket(family, kind, proto), address, reuse_port=False).close()
         sock = socket.socket(family, kind, proto)
         reserved.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            # As asyncio's create_server does, so the workers' sockets can join it.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
+        _bind(sock, address, reuse_port=reuse_port)
         concrete.append(Listener(listener.kind, host, sock.getsockname()[1]))
     return concrete
 
 
+def _bind(sock: socket.socket, address: Any, *, reuse_port: bool) -> socket.socket:
+    """Bind ``sock`` as a listener is bound (closing it if that fails).
+
+    Without ``reuse_port`` this is the test that the port is free: Linux lets a socket join a
+    port only if every socket on it, the new one too, has SO_REUSEPORT, so a second server of
+    several workers would otherwise share a port in use silently, taking half its connections.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if sock.family == socket.AF_INET6:
+            # As asyncio's create_server does, so the workers' sockets can join it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def share_limits(config: Config, count: int) -> Config:
     """``config`` for one of ``count`` workers: the connection limit stays the configured
-    total, each worker taking its share."""
+    total, each worker taking its share; ``workers`` is ``count`` (a re-read "auto" too)."""
     limits = config.limits
-    return replace(config, limits=replace(limits, connections=max(1, -(-limits.connections // count))))
+    shared = replace(limits, connections=max(1, -(-limits.connections // count)))
+    return replace(config, limits=shared, workers=count)
 
 
 class _Children:
@@ -148,56 +175,89 @@ def supervise(
     hangup: Callable[[], None] | None = None,
     sockets: Sequence[tuple[BoundSocket, ...]] = (),
 ) -> int:
-    """Fork ``config.workers`` workers running ``run_worker``; the exit status for the CLI.
+    """Fork ``config.worker_count`` workers running ``run_worker``; the exit status for the CLI.
 
     ``announce`` is called with the workers' configuration (concrete ports) once they all
     listen; it prints what a single server prints. The signals in ``forward`` are passed on to
     every worker; ``hangup`` is called first on SIGHUP. ``sockets``: one set per worker, bound
     before root was given up (:mod:`postoffice.runtime.prebound`); without them each worker binds its own.
     """
-    count = config.workers
+    count = config.worker_count
     reserved, listeners = _workers_sockets(config, sockets)
     worker_config = replace(share_limits(config, count), listeners=listeners)
     children = _Children()
     previous = _handle_signals(children, forward, hangup)
     ready_read, ready_write = os.pipe()
     parent = os.getpid()
+    _share_the_heap()
+
+    def fork(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            _become_worker(
+                parent,
+                worker_config,
+                forward,
+                index,
+                tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
+                run_worker,
+                reserved,
+                tuple(sockets[index]) if sockets else (),
+                ready_read,
+                ready_write,
+            )
+        children.pids.add(pid)
+
     try:
-        for index in range(count):
-            pid = os.fork()
-            if pid == 0:  # the worker
-                _become_worker(
-                    parent,
-                    worker_config,
-                    forward,
-                    index,
-                    tuple(queue_id for queue_id in recover if owner_of(queue_id, count) == index),
-                    run_worker,
-                    reserved,
-                    tuple(sockets[index]) if sockets else (),
-                    ready_read,
-                    ready_write,
-                )
-            children.pids.add(pid)
+        # Worker 0 first, alone: what every worker would fail at (a log file it cannot open, a
+        # certificate it cannot load) is then said once, by it, and no other worker starts.
+        fork(0)
+        started = _wait_ready(ready_read, 1, children)
+        for index in range(1, count if started else 1):
+            fork(index)
         os.close(ready_write)
         ready_write = -1
-        if not _wait_ready(ready_read, count, children):
-            children.signal_all(signal.SIGTERM)
-            _reap(children)
-            return 1
+        if not (started and _wait_ready(ready_read, count - 1, children)):
+            return _stop_early(children)
         for sock in reserved:
             sock.close()
         announce(worker_config)
         return _reap(children)
     finally:
-        for sock in reserved:
-            sock.close()
-        for fd in (ready_read, ready_write):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _clean_up(reserved, (ready_read, ready_write), previous)
+
+
+def _stop_early(children: _Children) -> int:
+    """Stop the workers when one could not start (it said why, in one line: nothing to add)."""
+    children.stopping = True
+    children.signal_all(signal.SIGTERM)
+    _reap(children)
+    return 1
+
+
+def _clean_up(reserved: list[socket.socket], fds: tuple[int, int], previous: dict[int, _Handler]) -> None:
+    """The parent's part once the workers have ended (or never started)."""
+    for sock in reserved:
+        sock.close()
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _share_the_heap() -> None:
+    """Keep the objects every worker inherits shared with the parent (copy-on-write), as the
+    gc module's documentation advises for fork without exec.
+
+    A collection writes to every object it examines (its reference counts, its links), so the
+    first full one in a worker would copy each page of the inherited heap it passes (12 MB of
+    an idle worker's, measured: docs/performance.md). ``gc.freeze()`` moves everything alive
+    now out of the collector's reach, in every process forked after it and in the parent;
+    what each makes after the fork is collected as usual.
+    """
+    gc.freeze()
 
 
 def _workers_sockets(
@@ -261,6 +321,10 @@ def _become_worker(
             os.write(ready_write, b".")
 
         status = run_worker(config, WorkerRole(index, recover, ready, own))
+    except (PostofficeError, OSError) as exc:
+        # What one process would say at the command line's boundary: one line, status 1.
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"postoffice: {' '.join(detail.split())}", file=sys.stderr)
     except BaseException:
         log.exception("worker=%d status=crashed", index)
     finally:
@@ -295,10 +359,11 @@ def _wait_ready(ready_read: int, count: int, children: _Children) -> bool:
             if not data:  # every worker is gone (each held the write end)
                 return False
             received += len(data)
-        pid, _ = os.waitpid(-1, os.WNOHANG)
+        pid, code = os.waitpid(-1, os.WNOHANG)
         if pid:
             children.pids.discard(pid)
-            log.error("worker pid=%d status=exited-before-listening", pid)
+            if os.waitstatus_to_exitcode(code) != 1:  # 1: it printed why, as one process does
+                log.error("worker pid=%d status=exited-before-listening", pid)
             return False
     return True
 

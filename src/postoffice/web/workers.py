@@ -52,7 +52,7 @@ class WorkersWeb:
             else:
                 for listener in config.http_listeners:
                     self._sockets.append(bind_http(listener.host, listener.port, kind=listener.kind))
-            self._streams = feed_streams(config.workers)
+            self._streams = feed_streams(config.worker_count)
         except BaseException:
             self.close()
             raise
