@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     workload = type(workload)(**{**workload.__dict__, "messages": args.messages})
     with (
         tempfile.TemporaryDirectory(prefix="postoffice-profile-") as tmp,
-        servers.running("postoffice", Path(tmp)) as server,
+        servers.running("postoffice-w1", Path(tmp)) as server,
     ):
         time.sleep(0.5)
         before = thread_cpu(server.pid)
