@@ -132,6 +132,10 @@ class WebService:
         ``logins``: where sessions are kept (default this process's memory)."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
+        # Indexing and reconciling in one thread of their own: one connection (and one page
+        # cache) does the writing, and one malloc arena holds its buffers, where any of the
+        # WORKERS threads taking a batch grew a cache and an arena each.
+        self._indexing = ThreadPoolExecutor(1, thread_name_prefix="postoffice-web-index")
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config), logins=logins)
@@ -181,7 +185,7 @@ class WebService:
             self.watcher = MaildirWatcher(self.index, announce=functools.partial(self._announce, loop))
             self.watcher.start()
             self._sync = loop.run_in_executor(
-                self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
+                self._indexing, functools.partial(self.index.sync, stop=self._stopping.is_set)
             )
             self._sync.add_done_callback(self._synced)
             self.retention = Retention(
@@ -262,7 +266,7 @@ class WebService:
                     self._overflowed = False
                 continue
             try:
-                rows = await loop.run_in_executor(self.executor, self.index.add_many, batch)
+                rows = await loop.run_in_executor(self._indexing, self.index.add_many, batch)
             except Exception:
                 # The messages are safe in their Maildirs; the next sync indexes them.
                 log.exception("event=index-add status=failed messages=%d", len(batch))
@@ -282,7 +286,7 @@ class WebService:
 
         sync = functools.partial(self.index.sync, on_added=announce, stop=self._stopping.is_set)
         try:
-            report = await loop.run_in_executor(self.executor, sync)
+            report = await loop.run_in_executor(self._indexing, sync)
         except Exception:
             log.exception("event=index-sync status=failed")
             return
@@ -349,5 +353,6 @@ class WebService:
         await self.idle()
         if self._feed is not None:
             self._feed.close()  # the indexing process reads to here, then finishes
+        self._indexing.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.index.close()
