@@ -408,3 +408,19 @@ def test_any_message_summarises_as_the_full_parser_does(lines: list[bytes], endi
     data = ending.join(lines)
     full = message.summarise(BytesParser(policy=message._POLICY).parsebytes(data))
     assert message.summarise_stream(io.BytesIO(data)) == full
+
+
+@given(
+    kind=st.sampled_from(
+        ["text/plain", "text/html", "text/enriched", "application/pdf", "multipart/mixed", ""]
+    ),
+    disposition=st.sampled_from(["", "inline", "attachment", 'attachment; filename="a.txt"']),
+)
+def test_the_bodies_of_a_one_part_message_are_those_get_body_finds(kind: str, disposition: str) -> None:
+    raw = "Subject: one part\r\n"
+    raw += f"Content-Type: {kind}\r\n" if kind else ""
+    raw += f"Content-Disposition: {disposition}\r\n" if disposition else ""
+    parsed = BytesParser(policy=message._POLICY).parsebytes((raw + "\r\nsome text\r\n").encode())
+    assert not parsed.is_multipart()
+    expected = (parsed.get_body(preferencelist=("plain",)), parsed.get_body(preferencelist=("html",)))
+    assert message._body_parts(parsed) == expected

@@ -195,9 +195,9 @@ def test_own_deliveries_are_parsed_once(server: RunningServer, monkeypatch: pyte
     parsed: list[str] = []
     original = index_module.message.summarise_stream
 
-    def counting(stream: Any) -> Any:
+    def counting(stream: Any, size: int | None = None) -> Any:
         parsed.append(stream.name)
-        return original(stream)
+        return original(stream, size)
 
     monkeypatch.setattr(index_module.message, "summarise_stream", counting)
     for number in range(10):

@@ -271,6 +271,13 @@ def leaves(part: Message) -> Iterator[Message]:
 
 def _body_parts(message: EmailMessage) -> tuple[Message | None, Message | None]:
     """The text/plain and text/html bodies as a mail reader picks them (RFC 2046 §5.1.4)."""
+    if not message.is_multipart():
+        # What get_body finds in a message of one part, asked once rather than twice: each
+        # question reads the headers again, and most mail the index sees is one text part.
+        if message.is_attachment():
+            return None, None
+        kind = message.get_content_type()
+        return (message if kind == "text/plain" else None), (message if kind == "text/html" else None)
     try:
         text = message.get_body(preferencelist=("plain",))
         rich = message.get_body(preferencelist=("html",))
