@@ -132,9 +132,10 @@ class WebService:
         ``logins``: where sessions are kept (default this process's memory)."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
-        # Indexing and reconciling in one thread of their own: one connection (and one page
-        # cache) does the writing, and one malloc arena holds its buffers, where any of the
-        # WORKERS threads taking a batch grew a cache and an arena each.
+        # Deliveries are indexed in one thread of its own: one connection (and one page cache)
+        # does that writing, and one malloc arena holds its buffers, where any of the WORKERS
+        # threads taking a batch grew a cache and an arena each. The start-up reconciliation
+        # runs beside it (in ``executor``), so a long one never holds new mail back.
         self._indexing = ThreadPoolExecutor(1, thread_name_prefix="postoffice-web-index")
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
@@ -185,7 +186,7 @@ class WebService:
             self.watcher = MaildirWatcher(self.index, announce=functools.partial(self._announce, loop))
             self.watcher.start()
             self._sync = loop.run_in_executor(
-                self._indexing, functools.partial(self.index.sync, stop=self._stopping.is_set)
+                self.executor, functools.partial(self.index.sync, stop=self._stopping.is_set)
             )
             self._sync.add_done_callback(self._synced)
             self.retention = Retention(
