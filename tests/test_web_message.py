@@ -424,3 +424,22 @@ def test_the_bodies_of_a_one_part_message_are_those_get_body_finds(kind: str, di
     assert not parsed.is_multipart()
     expected = (parsed.get_body(preferencelist=("plain",)), parsed.get_body(preferencelist=("html",)))
     assert message._body_parts(parsed) == expected
+
+
+@given(
+    body=st.binary(max_size=200)
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=200).map(str.encode),
+    charset=st.sampled_from(["", "us-ascii", "UTF-8", '"utf-8"', "iso-8859-1", "utf-16", "koi8-r", "bogus"]),
+    encoding=st.sampled_from(["", "7bit", "8bit", "binary", "quoted-printable", "base64"]),
+)
+def test_a_text_part_reads_as_get_content_decodes_it(body: bytes, charset: str, encoding: str) -> None:
+    # ASCII text in an ASCII-compatible charset is read as it stands (no decoded copies made).
+    raw = "Content-Type: text/plain" + (f"; charset={charset}" if charset else "") + "\r\n"
+    raw += f"Content-Transfer-Encoding: {encoding}\r\n" if encoding else ""
+    parsed = BytesParser(policy=message._POLICY).parsebytes(raw.encode() + b"\r\n" + body)
+    try:
+        expected: str | None = message._unicode(parsed.get_content())
+    except Exception:
+        expected = None  # _text_of falls back to its own decoding then
+    if expected is not None:
+        assert message._text_of(parsed) == expected

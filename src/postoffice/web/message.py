@@ -157,6 +157,8 @@ def parse_file(path: Path) -> EmailMessage:
 def _unicode(text: str) -> str:
     """``text`` with any undecodable bytes (kept by the parser as lone surrogates) turned
     into U+FFFD: SQLite, JSON and browsers all refuse lone surrogates."""
+    if text.isascii():  # no surrogates, and no encoded copy of a long body made to find none
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -294,9 +296,30 @@ def _is_body_candidate(part: Message) -> bool:
     )
 
 
+# Charsets in which text of ASCII octets means those characters (RFC 2046 §4.1.2: US-ASCII when
+# none is named), and transfer encodings that leave octets as they are (RFC 2045 §6.2).
+_ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "utf-8", "utf8", "iso-8859-1", "latin1", "windows-1252"})
+_IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def _plain_text_of(part: Message) -> str | None:
+    """The text of ``part`` when its octets are ASCII and need no decoding: the payload itself,
+    as ``get_content`` would return it, without its two copies (octets, then text) of the body.
+    None when the full decoding is needed."""
+    payload = part.get_payload()
+    if not isinstance(payload, str) or not payload.isascii():
+        return None
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    charset = str(part.get_param("charset", "us-ascii")).strip().lower()
+    return payload if encoding in _IDENTITY_ENCODINGS and charset in _ASCII_CHARSETS else None
+
+
 def _text_of(part: Message | None) -> str | None:
     if part is None:
         return None
+    plain = _plain_text_of(part)
+    if plain is not None:
+        return plain
     try:
         content = cast(EmailMessage, part).get_content()
     except Exception:
