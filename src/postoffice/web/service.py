@@ -72,6 +72,11 @@ INDEX_BATCH = 256
 # transaction and a hand-off to a worker thread cost about as much as indexing a small message,
 # and a person looking at the list does not see 50 ms.
 INDEX_LINGER = 0.05
+# The thread that indexes deliveries: one connection (one page cache) does that writing and one
+# malloc arena holds its 100 KB buffers, where each of the WORKERS threads that took a batch grew
+# a cache and an arena of its own. The start-up reconciliation runs beside it, in the WORKERS
+# threads, so a long one never holds new mail back.
+INDEX_THREAD = "postoffice-web-index"
 # How long a worker gathers delivered messages before sending them to the indexing process.
 FEED_LINGER = 0.01
 # How often the process serving HTTP among workers looks for rows the others added, while
@@ -132,11 +137,8 @@ class WebService:
         ``logins``: where sessions are kept (default this process's memory)."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
-        # Deliveries are indexed in one thread of its own: one connection (and one page cache)
-        # does that writing, and one malloc arena holds its buffers, where any of the WORKERS
-        # threads taking a batch grew a cache and an arena each. The start-up reconciliation
-        # runs beside it (in ``executor``), so a long one never holds new mail back.
-        self._indexing = ThreadPoolExecutor(1, thread_name_prefix="postoffice-web-index")
+        # One thread indexes deliveries (see INDEX_THREAD); the start-up sync runs in ``executor``.
+        self._indexing = ThreadPoolExecutor(1, thread_name_prefix=INDEX_THREAD)
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config), logins=logins)
