@@ -506,6 +506,7 @@ def test_indexing_large_messages_keeps_sqlite_memory_small(index: MailIndex, mai
         path = deliver(mail_root, "ann@mx.test", f"big{n}.host", f"big {n}")
         path.write_bytes(path.read_bytes() + body)
         paths.append(path)
+    index.keep_cache_small()  # as the thread that indexes deliveries does
     index.add_many([as_stored(paths[0])])  # the schema and the statements, before measuring
     before = _sqlite_memory_used()
     for start in range(1, 61, 10):

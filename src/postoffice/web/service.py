@@ -137,9 +137,11 @@ class WebService:
         ``logins``: where sessions are kept (default this process's memory)."""
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
-        # One thread indexes deliveries (see INDEX_THREAD); the start-up sync runs in ``executor``.
-        self._indexing = ThreadPoolExecutor(1, thread_name_prefix=INDEX_THREAD)
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
+        # One thread indexes deliveries (see INDEX_THREAD); the start-up sync runs in ``executor``.
+        self._indexing = ThreadPoolExecutor(
+            1, thread_name_prefix=INDEX_THREAD, initializer=self.index.keep_cache_small
+        )
         self.hub = EventHub()
         self.auth = Authenticator(accounts, mailboxes, open_access=open_access(config), logins=logins)
         self.context = WebContext(
