@@ -138,7 +138,6 @@ class WebService:
         self.config = config
         self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="postoffice-web")
         self.index = MailIndex(config.index_file, mailboxes, authserv_id=config.hostname)
-        # One thread indexes deliveries (see INDEX_THREAD); the start-up sync runs in ``executor``.
         self._indexing = ThreadPoolExecutor(
             1, thread_name_prefix=INDEX_THREAD, initializer=self.index.keep_cache_small
         )
