@@ -21,6 +21,7 @@ from postoffice.maildir.store import MaildirStore
 from postoffice.storage import StoredMessage
 from postoffice.web.feed import SYNC_REQUEST, FeedWriter, IndexFeed, feed_streams
 from postoffice.web.index import MailIndex
+from postoffice.web.index_db import PAGE_CACHE_KIB
 from test_web_index import as_stored
 
 pytestmark = pytest.mark.timeout(30)
@@ -164,3 +165,17 @@ def test_the_writer_sends_from_an_event_loop(
     streams[1][1].close()
     feed.stop()
     assert subjects(index_file, mail_root) == sorted([before, path.name])
+
+
+def test_the_feeds_connection_keeps_a_small_page_cache(
+    tmp_path: Path, streams: list[tuple[socket.socket, socket.socket]]
+) -> None:
+    # The indexing process's writer filled SQLite's default 2 MB cache with 100 KB messages' pages.
+    feed, _, _, _ = start_feed_synced(tmp_path, streams)
+    try:
+        sizes = [int(c.execute("PRAGMA cache_size").fetchone()[0]) for c in feed.index._connections]
+        assert -PAGE_CACHE_KIB in sizes, sizes
+    finally:
+        for _, end in streams:
+            end.close()
+        feed.stop()

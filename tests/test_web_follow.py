@@ -42,9 +42,9 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     original = index_module.message.summarise_stream
 
-    def counting(stream: Any) -> Any:
+    def counting(stream: Any, size: int | None = None) -> Any:
         names.append(os.path.basename(stream.name))
-        return original(stream)
+        return original(stream, size)
 
     monkeypatch.setattr(index_module.message, "summarise_stream", counting)
     return names

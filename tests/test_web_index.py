@@ -3,9 +3,12 @@ programs, damaged index files, the ``reindex`` command, and the index surviving 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import smtplib
 import sqlite3
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from postoffice.maildir.layout import key_of
 from postoffice.maildir.names import mailbox_address, mailbox_path
 from postoffice.maildir.store import MaildirStore
 from postoffice.storage import StoredMessage
+from postoffice.web import message
 from postoffice.web.index import SCHEMA_VERSION, MailIndex
 from postoffice.web.search import compile_query
 from web_helpers import client, make_message, messages, send
@@ -481,3 +485,46 @@ def test_looking_up_keys_in_batches_of_every_size_makes_few_distinct_statements(
     assert lookups, seen
     lengths = {sql.count("?") if "?" in sql else sql.count(",") for sql in lookups}
     assert len(lengths) <= 2 * 7, sorted(lengths)
+
+
+def _sqlite_memory_used() -> int:
+    """Bytes the SQLite library this interpreter uses holds now, for every connection."""
+    library = ctypes.util.find_library("sqlite3")
+    if library is None:
+        pytest.skip("the SQLite library is linked into the interpreter: no sqlite3_memory_used to call")
+    used = ctypes.CDLL(library).sqlite3_memory_used
+    used.restype = ctypes.c_int64
+    return int(used())
+
+
+def test_indexing_large_messages_keeps_sqlite_memory_small(index: MailIndex, mail_root: Path) -> None:
+    # Under 4,000 deliveries of 100 KB SQLite held 3.4 MB: the writer's page cache (2 MB by
+    # default) filled with the FTS5 content's pages, which nothing reads again.
+    body = ("searchable words " * 6000 + "\r\n").encode()  # 100 KB
+    paths = []
+    for n in range(61):
+        path = deliver(mail_root, "ann@mx.test", f"big{n}.host", f"big {n}")
+        path.write_bytes(path.read_bytes() + body)
+        paths.append(path)
+    index.keep_cache_small()  # as the thread that indexes deliveries does
+    index.add_many([as_stored(paths[0])])  # the schema and the statements, before measuring
+    before = _sqlite_memory_used()
+    for start in range(1, 61, 10):
+        assert len(index.add_many([as_stored(path) for path in paths[start : start + 10]])) == 10
+    grown = _sqlite_memory_used() - before
+    assert grown < 1024 * 1024, f"SQLite grew by {grown / 1e6:.2f} MB"
+    assert index.page(None, compile_query("searchable"), limit=1, offset=0).total == 61
+
+
+def test_indexing_a_small_message_reads_only_what_it_holds(index: MailIndex, mail_root: Path) -> None:
+    # Asked for the whole prefix, read() allocated 512 KiB for every message (glibc mapped it,
+    # shrank the mapping, unmapped it: three system calls and fresh pages each time).
+    first, second = (deliver(mail_root, "ann@mx.test", f"small{n}.host", f"small {n}") for n in range(2))
+    index.add(as_stored(first))  # statements prepared, modules imported
+    tracemalloc.start()
+    try:
+        assert index.add(as_stored(second)) is not None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < message.INDEX_PREFIX // 4, peak

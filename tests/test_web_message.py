@@ -408,3 +408,38 @@ def test_any_message_summarises_as_the_full_parser_does(lines: list[bytes], endi
     data = ending.join(lines)
     full = message.summarise(BytesParser(policy=message._POLICY).parsebytes(data))
     assert message.summarise_stream(io.BytesIO(data)) == full
+
+
+@given(
+    kind=st.sampled_from(
+        ["text/plain", "text/html", "text/enriched", "application/pdf", "multipart/mixed", ""]
+    ),
+    disposition=st.sampled_from(["", "inline", "attachment", 'attachment; filename="a.txt"']),
+)
+def test_the_bodies_of_a_one_part_message_are_those_get_body_finds(kind: str, disposition: str) -> None:
+    raw = "Subject: one part\r\n"
+    raw += f"Content-Type: {kind}\r\n" if kind else ""
+    raw += f"Content-Disposition: {disposition}\r\n" if disposition else ""
+    parsed = BytesParser(policy=message._POLICY).parsebytes((raw + "\r\nsome text\r\n").encode())
+    assert not parsed.is_multipart()
+    expected = (parsed.get_body(preferencelist=("plain",)), parsed.get_body(preferencelist=("html",)))
+    assert message._body_parts(parsed) == expected
+
+
+@given(
+    body=st.binary(max_size=200)
+    | st.text(alphabet=st.characters(max_codepoint=127), max_size=200).map(str.encode),
+    charset=st.sampled_from(["", "us-ascii", "UTF-8", '"utf-8"', "iso-8859-1", "utf-16", "koi8-r", "bogus"]),
+    encoding=st.sampled_from(["", "7bit", "8bit", "binary", "quoted-printable", "base64"]),
+)
+def test_a_text_part_reads_as_get_content_decodes_it(body: bytes, charset: str, encoding: str) -> None:
+    # ASCII text in an ASCII-compatible charset is read as it stands (no decoded copies made).
+    raw = "Content-Type: text/plain" + (f"; charset={charset}" if charset else "") + "\r\n"
+    raw += f"Content-Transfer-Encoding: {encoding}\r\n" if encoding else ""
+    parsed = BytesParser(policy=message._POLICY).parsebytes(raw.encode() + b"\r\n" + body)
+    try:
+        expected: str | None = message._unicode(parsed.get_content())
+    except Exception:
+        expected = None  # _text_of falls back to its own decoding then
+    if expected is not None:
+        assert message._text_of(parsed) == expected

@@ -27,6 +27,7 @@ from postoffice.maildir.names import mailbox_path
 from postoffice.maildir.store import MaildirStore
 from postoffice.web import index as index_module
 from postoffice.web.index import MailIndex
+from postoffice.web.index_db import PAGE_CACHE_KIB
 from postoffice.web.watch import GRACE, MaildirWatcher
 from web_helpers import client, make_message, messages, send, wait_for
 
@@ -195,9 +196,9 @@ def test_own_deliveries_are_parsed_once(server: RunningServer, monkeypatch: pyte
     parsed: list[str] = []
     original = index_module.message.summarise_stream
 
-    def counting(stream: Any) -> Any:
+    def counting(stream: Any, size: int | None = None) -> Any:
         parsed.append(stream.name)
-        return original(stream)
+        return original(stream, size)
 
     monkeypatch.setattr(index_module.message, "summarise_stream", counting)
     for number in range(10):
@@ -333,3 +334,23 @@ def test_the_junk_folder_is_followed(server: RunningServer) -> None:
         wait_for(lambda: listed(http)["moved"]["folder"] == "Junk" or None, WITHIN, "the move followed")
         assert unread(http) == 0
         assert sorted(listed(http, q="in:junk")) == ["dropped junk", "moved"]
+
+
+def test_the_watchers_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    """It indexes what the server's own indexing has not reached in GRACE: under a load of
+    100 KB messages, enough to fill SQLite's default 2 MB cache with their pages."""
+    index = MailIndex(tmp_path / "index.sqlite3", MaildirStore(tmp_path / "mail", "mx.test"))
+    watcher = MaildirWatcher(index)
+    watcher.start()
+    try:
+        wait_for(watcher.watching.is_set, 10, "the watcher watching")
+        box = mailbox_path(tmp_path / "mail", ADDRESS)
+        for part in ("tmp", "new", "cur"):
+            (box / part).mkdir(parents=True)
+        drop(box, "new/1700000006.M7P7.elsewhere", "cached")
+        wait_for(lambda: [row.subject for row in index.rows_after(0, 10)] == ["cached"], WITHIN, "it indexed")
+        sizes = [int(c.execute("PRAGMA cache_size").fetchone()[0]) for c in index._connections]
+        assert -PAGE_CACHE_KIB in sizes, sizes
+    finally:
+        watcher.stop()
+        index.close()

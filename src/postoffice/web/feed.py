@@ -117,6 +117,7 @@ class IndexFeed:
 
     def _run(self) -> None:
         try:
+            self.index.keep_cache_small()
             self._sync("start")
             self._follow_streams()
         except Exception:

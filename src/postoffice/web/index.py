@@ -154,7 +154,7 @@ class MailIndex(IndexReading):
             with self.store.read(stored) as stream:
                 size = stream.seek(0, os.SEEK_END)
                 stream.seek(0)
-                summary = message.summarise_stream(stream)
+                summary = message.summarise_stream(stream, size)
         except MessageGone:
             return None
         except OSError as exc:

@@ -157,6 +157,8 @@ def parse_file(path: Path) -> EmailMessage:
 def _unicode(text: str) -> str:
     """``text`` with any undecodable bytes (kept by the parser as lone surrogates) turned
     into U+FFFD: SQLite, JSON and browsers all refuse lone surrogates."""
+    if text.isascii():  # no surrogates, and no encoded copy of a long body made to find none
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -271,6 +273,13 @@ def leaves(part: Message) -> Iterator[Message]:
 
 def _body_parts(message: EmailMessage) -> tuple[Message | None, Message | None]:
     """The text/plain and text/html bodies as a mail reader picks them (RFC 2046 §5.1.4)."""
+    if not message.is_multipart():
+        # What get_body finds in a message of one part, asked once rather than twice: each
+        # question reads the headers again, and most mail the index sees is one text part.
+        if message.is_attachment():
+            return None, None
+        kind = message.get_content_type()
+        return (message if kind == "text/plain" else None), (message if kind == "text/html" else None)
     try:
         text = message.get_body(preferencelist=("plain",))
         rich = message.get_body(preferencelist=("html",))
@@ -287,9 +296,30 @@ def _is_body_candidate(part: Message) -> bool:
     )
 
 
+# Charsets in which text of ASCII octets means those characters (RFC 2046 §4.1.2: US-ASCII when
+# none is named), and transfer encodings that leave octets as they are (RFC 2045 §6.2).
+_ASCII_CHARSETS = frozenset({"us-ascii", "ascii", "utf-8", "utf8", "iso-8859-1", "latin1", "windows-1252"})
+_IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def _plain_text_of(part: Message) -> str | None:
+    """The text of ``part`` when its octets are ASCII and need no decoding: the payload itself,
+    as ``get_content`` would return it, without its two copies (octets, then text) of the body.
+    None when the full decoding is needed."""
+    payload = part.get_payload()
+    if not isinstance(payload, str) or not payload.isascii():
+        return None
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    charset = str(part.get_param("charset", "us-ascii")).strip().lower()
+    return payload if encoding in _IDENTITY_ENCODINGS and charset in _ASCII_CHARSETS else None
+
+
 def _text_of(part: Message | None) -> str | None:
     if part is None:
         return None
+    plain = _plain_text_of(part)
+    if plain is not None:
+        return plain
     try:
         content = cast(EmailMessage, part).get_content()
     except Exception:
@@ -339,10 +369,16 @@ def ascii_name(name: str) -> str:
     return _SAFE_NAME.sub("_", name) or "download"
 
 
-def summarise_stream(stream: BinaryIO) -> Summary:
+def summarise_stream(stream: BinaryIO, size: int | None = None) -> Summary:
     """What the index keeps of the message read from ``stream``, holding at most
-    :data:`INDEX_PREFIX` of it (and one scan block) in memory."""
-    head = stream.read(INDEX_PREFIX)
+    :data:`INDEX_PREFIX` of it (and one scan block) in memory.
+
+    ``size``: the message's length, when known, so the read asks for exactly what is there.
+    Asked for the whole prefix, ``read`` allocates all of it first: glibc maps 512 KiB, shrinks
+    the mapping to the message and unmaps it later, three system calls and fresh zeroed pages
+    for every message indexed (strace shows them).
+    """
+    head = stream.read(INDEX_PREFIX if size is None else min(size, INDEX_PREFIX))
     parsed = _single_part(head) or BytesParser(policy=_POLICY).parsebytes(head)
     summary = summarise(parsed)
     # Only a multipart message has part headers to find past the prefix: in a one-part
