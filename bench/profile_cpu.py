@@ -1,6 +1,6 @@
 """Where one postoffice process spends its CPU per message, by thread and by part.
 
-    python bench/profile_cpu.py [--workload W1a] [--messages 6000] [--py-spy]
+    python bench/profile_cpu.py [--workload W1a] [--messages 6000] [--py-spy] [--perf]
 
 Untrusted input seen here: none (it loads the server it starts on 127.0.0.1).
 
@@ -12,7 +12,11 @@ splits the event loop's and the index's samples into parts of a message's walk (
 SMTP core, the checks, the ``Received:`` field, the writer, the scheduler, the index, ...): each
 sample goes to the innermost frame that names a part, and what names none is the event loop's
 own (uvloop, the transport, the sockets). The parts' milliseconds are the thread's CPU shared
-out by the samples, so they add up to the thread's figure.
+out by the samples, so they add up to the thread's figure. With ``--perf`` (Linux ``perf``)
+it records the event loop thread alone and shares its CPU out by library: the interpreter's
+(``libpython`` or the ``python`` binary), the kernel's, and the rest (uvloop, libc, extension
+modules). Issue 19's budget of
+0.5 ms of Python a message on the event loop is the interpreter's row.
 """
 
 from __future__ import annotations
@@ -123,6 +127,33 @@ def report(cpu: dict[int, tuple[float, float]], main_tid: int, raw: Path | None,
             print(f"  {part:32} {by_kind[kind] * 1000 / count * n / total:6.3f}")
 
 
+def perf_by_library(data: Path, loop_ms: float) -> None:
+    """The event loop's ``loop_ms`` a message shared out by the library ``perf`` sampled in."""
+    done = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    shares: Counter[str] = Counter()
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].endswith("%"):
+            dso = fields[1]
+            kind = (
+                "the interpreter (libpython)"
+                if "python" in dso and "cpython-" not in dso
+                else "the kernel"
+                if "kernel" in dso
+                else "uvloop, libc and extension modules"
+            )
+            shares[kind] += float(fields[0].rstrip("%"))
+    total = sum(shares.values()) or 1.0
+    print("event loop, by library (perf; ms/msg, its CPU shared by the samples):")
+    for kind, share in shares.most_common():
+        print(f"  {kind:32} {loop_ms * share / total:6.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="W1a", choices=["W1a", "W1b", "W2"])
@@ -130,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", action="store_true", help="sample stacks with py-spy (installed)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples a second")
     parser.add_argument("--keep", type=Path, metavar="FILE", help="keep py-spy's raw stacks in FILE")
+    parser.add_argument("--perf", action="store_true", help="split the event loop's CPU by library with perf")
     args = parser.parse_args(argv)
     workload = FULL[args.workload]
     workload = type(workload)(**{**workload.__dict__, "messages": args.messages})
@@ -151,10 +183,22 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
+        perf = None
+        perf_data = Path(tmp) / "perf.data"
+        if args.perf:
+            perf = subprocess.Popen(
+                ["perf", "record", "-q", "-t", str(server.pid), "-o", str(perf_data)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.5)
         done = load.run_load(workload, server.port, servers.RECIPIENT)
         server.wait_stored(workload.messages, 120)
         time.sleep(0.2)  # the index's last batch
         after = thread_cpu(server.pid)
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(30)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -167,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             for tid, (user_s, system_s) in after.items()
         }
         report(cpu, server.pid, raw if spy is not None else None, count)
+        if perf is not None:
+            user_s, system_s = cpu.get(server.pid, (0.0, 0.0))
+            perf_by_library(perf_data, (user_s + system_s) * 1000 / count)
     return 0
 
 
