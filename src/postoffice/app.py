@@ -38,10 +38,10 @@ from postoffice.delivery.remote import RemoteAgent, RemoteSettings
 from postoffice.delivery.tls_policy import TransportSecurity
 from postoffice.delivery.tlsrpt import TlsReportStore
 from postoffice.dns_resolver import make_resolver
-from postoffice.errors import ConfigError, DkimError
+from postoffice.errors import ConfigError
 from postoffice.mailauth.arc_sealer import ArcSealer
 from postoffice.mailauth.dkim_dns import DnsTxtResolver
-from postoffice.mailauth.dkim_signer import Signer, signature_fields
+from postoffice.mailauth.dkim_signer import Signer
 from postoffice.mailauth.forwarding import SenderRewriting
 from postoffice.mailauth.inbound import Verifier
 from postoffice.mailauth.srs_secrets import SrsSecretError, SrsSecrets
@@ -66,7 +66,7 @@ from postoffice.spool.envelope import QueuedMessage, Recipient, Route
 from postoffice.spool.ids import ownership
 from postoffice.storage import Receiver, StoredMessage
 from postoffice.stores import open_stores
-from postoffice.tlsrpt.setup import DailyReports, report_sender
+from postoffice.tlsrpt.setup import DailyReports, host_signer, report_sender
 from postoffice.web.ops import ops_routes
 from postoffice.web.server import HttpAddress, HttpServer
 from postoffice.web.service import WebService, WebShare
@@ -441,17 +441,9 @@ class Application:
         return [tls.info] if tls is not None and tls.info is not None else []
 
     def _sign_report(self, report: BinaryIO, queue_id: str) -> Sequence[bytes]:
-        """DKIM-Signature fields for a report from MAILER-DAEMON@hostname: the keys of the host
-        name, or of the longest local domain it is under (aligned with From, RFC 7489 §3.1.1)."""
-        signer = self.signer
-        domain = signer.for_host(self.config.hostname)
-        if domain is None or not signer.enabled:
-            return ()
-        try:
-            return signature_fields(signer.sign(report, domain, what=f"queue_id={queue_id}"))
-        except DkimError as exc:
-            log.warning("queue_id=%s event=dkim-not-signed domain=%s reason=%r", queue_id, domain, str(exc))
-            return ()
+        """DKIM-Signature fields for a report from MAILER-DAEMON@hostname (the host name as
+        configured now: a reload may change it)."""
+        return host_signer(self.signer, self.config.hostname)(report, queue_id)
 
     def _delivered(self, stored: StoredMessage) -> None:
         if self.web is not None:
