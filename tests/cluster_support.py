@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from conftest import _dump_and_kill
+from conftest import _dump_and_kill, crash_tree
 
 # The stores a node in cluster mode runs on, each an engineer's part of issue 21.
 CLUSTER_STORES = ("postoffice.pgstore.queue", "postoffice.pgstore.mailboxes", "postoffice.pgstore.accounts")
@@ -134,10 +134,8 @@ class Node:
         return self.process.wait(timeout)
 
     def kill(self) -> int:
-        """SIGKILL: a node that dies without a word (a crash, a host lost)."""
-        if self.process.poll() is None:
-            self.process.kill()
-        return self.process.wait(30)
+        """SIGKILL, workers and all: a node that dies without a word (a crash, a host lost)."""
+        return crash_tree(self.process)
 
 
 class Cluster:

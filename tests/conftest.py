@@ -252,6 +252,28 @@ def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
     return server_factory()
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes ``pid`` started and that still live (a ``serve``'s workers)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def crash_tree(process: subprocess.Popen[Any]) -> int:
+    """SIGKILL a server and all its workers at once, as a power cut would; its exit status.
+
+    ``process.kill()`` alone kills the parent only, and the kernel then sends each worker
+    SIGTERM (PR_SET_PDEATHSIG), which stops gracefully: not a crash. All are stopped first,
+    so none sees another die."""
+    family = [process.pid, *children_of(process.pid)] if process.poll() is None else []
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in reversed(family):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    return process.wait(10)
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[str]
@@ -269,6 +291,14 @@ class ServerProcess:
                     return int(match["port"])
             time.sleep(0.02)
         raise AssertionError("no http listener in:\n" + "".join(self.output))
+
+    def workers(self) -> list[int]:
+        """The worker processes of ``serve`` (none for a single process)."""
+        return children_of(self.process.pid)
+
+    def crash(self) -> int:
+        """SIGKILL the server and all its workers at once, as a power cut would (crash_tree)."""
+        return crash_tree(self.process)
 
     def terminate(self, sig: int | None = None) -> int:
         if self.process.poll() is None:

@@ -43,8 +43,7 @@ class AckedLoad:
             sender.start()
         wait_until(lambda: len(self.acked) > before + acked_first, what="messages acknowledged")
         time.sleep(delay)
-        running.process.kill()
-        assert running.process.wait(10) == -signal.SIGKILL
+        assert running.crash() == -signal.SIGKILL
         stop.set()
         for sender in senders:
             sender.join(10)

@@ -128,8 +128,7 @@ def test_ack_means_durable_across_sigkill(
     for thread in threads:
         thread.start()
     wait_until(lambda: len(acked) >= total // 2, what="half the messages acknowledged")
-    first.process.kill()
-    assert first.process.wait(10) == -signal.SIGKILL
+    assert first.crash() == -signal.SIGKILL
     for thread in threads:
         thread.join(10)
         assert not thread.is_alive()
@@ -176,8 +175,7 @@ def test_sigkill_right_after_250_is_delivered_on_next_start(
     data_dir = tmp_path / "data"
     first = server_process(data_dir=data_dir)
     queue_id = _send_one(smtp_client(first.port), f"box0@{DOMAIN}", 0)
-    first.process.kill()
-    first.process.wait(10)
+    first.crash()
 
     second = server_process(data_dir=data_dir)
     wait_until(lambda: queue_is_empty(data_dir), what="the queue drained after restart")
@@ -201,8 +199,7 @@ def test_accepted_but_undeliverable_message_survives_sigkill(
     wait_until(
         lambda: logged(first, f"queue_id={queue_id} status=deferred"), what="a failed delivery attempt"
     )
-    first.process.kill()
-    first.process.wait(10)
+    first.crash()
     assert [p.name for p in queue_dir(data_dir).iterdir()] == [queue_id]
     assert delivered_files(data_dir) == []
 

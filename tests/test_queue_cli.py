@@ -5,7 +5,6 @@ exactly once."""
 from __future__ import annotations
 
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -196,8 +195,7 @@ def test_sigkill_with_mail_in_the_queue_then_restart_delivers_each_message_once(
     wait_until(
         lambda: logged(server, "status=deferred attempts=1") == len(subjects), "every message deferred"
     )
-    server.process.send_signal(signal.SIGKILL)
-    server.process.wait(10)
+    server.crash()
     assert subjects_for(setup.peer, "bob@remote.test") == Counter(dict.fromkeys(subjects, 1))
 
     setup.peer.behaviour.rcpt = lambda address: None

@@ -37,13 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 RECIPIENT = "many@workers.test"
 
 
-def workers_of(process: ServerProcess) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{process.process.pid}/task").iterdir():
-        children += [int(pid) for pid in (task / "children").read_text().split()]
-    return children
-
-
 def subjects(data_dir: Path) -> Counter[str]:
     box = data_dir / "mail" / "workers.test" / "many"
     if not (box / "new").exists():
@@ -55,7 +48,7 @@ def test_workers_share_the_port_and_deliver_every_message_once(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     running = server_process("--workers", "2", data_dir=tmp_path / "data")
-    assert len(workers_of(running)) == 2
+    assert len(running.workers()) == 2
     sent = [f"message {index}" for index in range(30)]
     for subject in sent:  # one connection each, so the kernel spreads them over the workers
         with smtplib.SMTP("127.0.0.1", running.port, timeout=10) as client:
@@ -162,7 +155,7 @@ def test_a_worker_that_dies_stops_the_server(
     server_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     running = server_process("--workers", "2", data_dir=tmp_path / "data")
-    first, second = workers_of(running)
+    first, second = running.workers()
     os.kill(first, signal.SIGKILL)
     assert running.process.wait(30) == 1
     wait_until(
@@ -192,7 +185,7 @@ def test_workers_stop_when_the_parent_is_killed(
 ) -> None:
     data_dir = tmp_path / "data"
     running = server_process("--workers", "2", data_dir=data_dir)
-    workers = workers_of(running)
+    workers = running.workers()
     running.process.kill()
     running.process.wait(10)
     for pid in workers:

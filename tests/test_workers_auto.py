@@ -29,13 +29,6 @@ CORES = len(os.sched_getaffinity(0))
 MAILBOX = Path("mail") / "auto.test" / "many"
 
 
-def workers_of(process: ServerProcess) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{process.process.pid}/task").iterdir():
-        children += [int(pid) for pid in (task / "children").read_text().split()]
-    return children
-
-
 def send_one_per_connection(port: int, count: int) -> list[str]:
     """Send ``count`` messages, a connection each (the kernel spreads connections, not
     messages); the queue IDs of the 250 replies."""
@@ -92,7 +85,7 @@ def test_a_default_serve_runs_one_worker_per_core_and_each_takes_mail(
     running = server_process(data_dir=data_dir)  # no --workers: the default
     banner_out(running)
     assert f"workers {CORES} server processes, sharing the listeners\n" in running.output
-    assert len(workers_of(running)) == CORES
+    assert len(running.workers()) == CORES
     # Each worker gives the mail it accepts queue IDs it owns: every worker took some.
     queue_ids = send_one_per_connection(running.port, 12 * CORES)
     assert {owner_of(queue_id, CORES) for queue_id in queue_ids} == set(range(CORES))
@@ -119,7 +112,7 @@ def test_a_default_serve_on_one_core_is_a_single_process(
         running = server_process(data_dir=data_dir)
     banner_out(running)
     assert not any(line.startswith("workers ") for line in running.output)
-    assert workers_of(running) == []
+    assert running.workers() == []
     send_one_per_connection(running.port, 2)
     wait_until(lambda: delivered(data_dir) == 2, what="both messages delivered")
     assert running.terminate() == 0

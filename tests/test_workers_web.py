@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import ServerProcess, wait_until
 from postoffice.maildir.store import MaildirStore
 from postoffice.web.index import MailIndex
-from test_workers import workers_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,7 +180,7 @@ def test_sighup_reopens_the_log_file_in_the_parent_and_every_worker(
     config = tmp_path / "postoffice.toml"
     config.write_text(f'log_file = "{log_file}"\n')
     running = server_process("--workers", "2", "--config", str(config), data_dir=tmp_path / "data")
-    processes = [running.process.pid, *workers_of(running)]
+    processes = [running.process.pid, *running.workers()]
 
     def writes_to(pid: int, path: Path) -> bool:
         fds = Path(f"/proc/{pid}/fd")
