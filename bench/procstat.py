@@ -32,7 +32,12 @@ def process_tree(pid: int) -> list[int]:
     while index < len(found):
         current = found[index]
         index += 1
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
+        try:
+            # A process that ends meanwhile (Postfix's come and go) is skipped.
+            tasks = list(Path(f"/proc/{current}/task").glob("*/children"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 found.extend(int(child) for child in task.read_text().split())
             except OSError:
