@@ -45,7 +45,7 @@ from postoffice.spool.envelope import Envelope, QueuedMessage, Recipient, Route
 from postoffice.spool.files import FileSpool
 from postoffice.spool.ids import new_queue_id
 from postoffice.spool.writer import FileTarget
-from postoffice.storage import MessageWriter, StoredMessage
+from postoffice.storage import MailboxStore, MessageWriter, StoredMessage
 
 log = logging.getLogger("postoffice.spool")
 
@@ -91,22 +91,34 @@ class DirectReceiver:
         return self.spool.writer(queue_id, envelope, target)
 
     def _delivered(self, message: QueuedMessage, stored: StoredMessage) -> None:
-        recipient = message.envelope.recipients[0]
-        result = delivered_into(self.store, recipient, stored)
-        log.info(
-            "queue_id=%s to=<%s> status=delivered detail=%r",
-            message.queue_id,
-            recipient.address,
-            result.detail,
-        )
-        try:
-            if self._on_result is not None:
-                self._on_result(message, recipient, result)  # metrics
-            if self._on_delivered is not None:
-                self._on_delivered(stored)  # the web index
-        except Exception:
-            # The copy is safely stored and acknowledged; an observer's failure stays its own.
-            log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, recipient.address)
+        report_delivered(self.store, message, stored, self._on_result, self._on_delivered)
+
+
+def report_delivered(
+    store: MailboxStore,
+    message: QueuedMessage,
+    stored: StoredMessage,
+    on_result: ResultHook | None,
+    on_delivered: DeliveryHook | None,
+) -> None:
+    """Log a direct delivery's copy and tell the hooks, as the local agent and the scheduler
+    tell of a queued one (the embedded and the cluster receivers both)."""
+    recipient = message.envelope.recipients[0]
+    result = delivered_into(store, recipient, stored)
+    log.info(
+        "queue_id=%s to=<%s> status=delivered detail=%r",
+        message.queue_id,
+        recipient.address,
+        result.detail,
+    )
+    try:
+        if on_result is not None:
+            on_result(message, recipient, result)  # metrics
+        if on_delivered is not None:
+            on_delivered(stored)  # the web index
+    except Exception:
+        # The copy is safely stored and acknowledged; an observer's failure stays its own.
+        log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, recipient.address)
 
 
 def direct_recipient(envelope: Envelope) -> Recipient | None:

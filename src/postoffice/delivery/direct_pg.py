@@ -35,8 +35,8 @@ from typing import Any
 
 import psycopg
 
-from postoffice.delivery.direct import ResultHook, direct_recipient
-from postoffice.delivery.local import DeliveryHook, delivered_into, delivery_headers
+from postoffice.delivery.direct import ResultHook, direct_recipient, report_delivered
+from postoffice.delivery.local import DeliveryHook, delivery_headers
 from postoffice.errors import SpoolError
 from postoffice.pg.database import one_line
 from postoffice.pgstore.mail_delivery import NoFolder, headed
@@ -76,22 +76,7 @@ class PgDirectReceiver:
         return PgMessageWriter(sink, queue_id, envelope, self.queue.tmp_dir)
 
     def delivered(self, message: QueuedMessage, stored: StoredMessage) -> None:
-        recipient = message.envelope.recipients[0]
-        result = delivered_into(self.store, recipient, stored)
-        log.info(
-            "queue_id=%s to=<%s> status=delivered detail=%r",
-            message.queue_id,
-            recipient.address,
-            result.detail,
-        )
-        try:
-            if self._on_result is not None:
-                self._on_result(message, recipient, result)  # metrics
-            if self._on_delivered is not None:
-                self._on_delivered(stored)  # the web index
-        except Exception:
-            # The copy is safely stored and acknowledged; an observer's failure stays its own.
-            log.exception("queue_id=%s to=<%s> status=hook-failed", message.queue_id, recipient.address)
+        report_delivered(self.store, message, stored, self._on_result, self._on_delivered)
 
 
 class _MailboxSink:
