@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pg_server import PostgresServer, postgres_bin
+from postoffice import logs
 from postoffice.app import Application
 from postoffice.config import AuthenticationSettings, Config, DeliverySettings, Limits, Listener
 
@@ -111,6 +112,9 @@ class RunningServer:
                 self.call(self.app.stop(grace=2.0))
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+            # The lines its loop held for the next write (logs.py), while this test's streams
+            # are still open, as `serve` writes them when its loop ends.
+            logs.flush()
 
 
 def maildir_messages(mail_dir: Path, address: str) -> list[mailbox.MaildirMessage]:

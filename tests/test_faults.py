@@ -17,6 +17,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,8 +188,16 @@ def test_corrupt_spool_files_are_moved_aside_and_reported(
     for queue_id in broken:
         assert any(f"queue_id={queue_id} status=corrupt" in line for line in running.output)
     http = next(line for line in running.output if line.startswith("listening http "))
-    with urllib.request.urlopen(f"http://{http.split()[-1]}/api/v1/status", timeout=5) as response:
-        status = json.load(response)
-    assert status["queue"]["corrupt"] == len(broken)
-    assert any("status=corrupt" in error["message"] for error in status["recent_errors"])
+
+    def status() -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://{http.split()[-1]}/api/v1/status", timeout=5) as response:
+            found: dict[str, Any] = json.load(response)
+            return found
+
+    assert status()["queue"]["corrupt"] == len(broken)
+    # Another worker's errors reach the status within its report interval (about a second).
+    wait_until(
+        lambda: any("status=corrupt" in error["message"] for error in status()["recent_errors"]),
+        what="the corrupt files among the recent errors",
+    )
     assert running.terminate() == 0
